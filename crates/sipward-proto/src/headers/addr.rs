@@ -1,0 +1,319 @@
+//! Address headers: From, To, Contact, Route, Record-Route, Refer-To.
+
+use super::{parse_params, Params};
+use crate::defect::DefectKind;
+use crate::limits::Limits;
+use crate::scan::{is_lws, parse_bounded, Cursor};
+use crate::uri::{parse_uri, Uri};
+
+/// `[display-name] <uri>` or a bare addr-spec, with header parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddr<'a> {
+    /// The whole element as written.
+    pub raw: &'a [u8],
+    /// Display name as written (quoted string with quotes, or tokens).
+    pub display: Option<&'a [u8]>,
+    pub uri: Uri<'a>,
+    /// Whether the URI was enclosed in `<...>`.
+    pub bracketed: bool,
+    pub params: Params<'a>,
+}
+
+impl<'a> NameAddr<'a> {
+    /// The `tag` parameter (From, To).
+    pub fn tag(&self) -> Option<&'a [u8]> {
+        self.params.get("tag").flatten()
+    }
+
+    /// The `expires` parameter (Contact), already checked to be a 32-bit number.
+    pub fn expires(&self) -> Option<u32> {
+        self.params
+            .get("expires")
+            .flatten()
+            .and_then(|v| parse_bounded(v, u64::from(u32::MAX)))
+            .and_then(|v| u32::try_from(v).ok())
+    }
+}
+
+/// A Contact header's content: `*` or a list of addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Contacts<'a> {
+    pub star: bool,
+    pub list: Vec<NameAddr<'a>>,
+}
+
+/// Where a name-addr stands decides what may follow it and whether `<>` is required.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// From/To/Refer-To: one value, addr-spec allowed.
+    Single,
+    /// Contact: list, addr-spec allowed.
+    List,
+    /// Route/Record-Route: list, name-addr only.
+    RouteList,
+}
+
+fn parse_one<'a>(
+    c: &mut Cursor<'a>,
+    form: Form,
+    limits: &Limits,
+) -> Result<NameAddr<'a>, DefectKind> {
+    c.skip_lws();
+    let start = c.pos();
+    let mut display = None;
+    let uri_text;
+    let bracketed;
+    if c.peek() == Some(b'"') {
+        display = Some(c.quoted_string().ok_or(DefectKind::MalformedHeader)?);
+        c.skip_lws();
+        if !c.eat(b'<') {
+            return Err(DefectKind::MalformedHeader);
+        }
+        uri_text = bracket_body(c)?;
+        bracketed = true;
+    } else {
+        // Tokens separated by LWS, then '<' makes it a name-addr; anything else means
+        // the value is an addr-spec and we start over.
+        let mut last_end = c.pos();
+        loop {
+            if c.token().is_none() {
+                break;
+            }
+            last_end = c.pos();
+            c.skip_lws();
+        }
+        if c.peek() == Some(b'<') {
+            if last_end > start {
+                display = Some(c.slice(start, last_end));
+            }
+            c.bump();
+            uri_text = bracket_body(c)?;
+            bracketed = true;
+        } else {
+            if form == Form::RouteList {
+                return Err(DefectKind::MalformedHeader);
+            }
+            c.set_pos(start);
+            uri_text = c.take_while(|b| !is_lws(b) && b != b';' && b != b',');
+            bracketed = false;
+        }
+    }
+    if uri_text.len() > limits.max_param_len {
+        return Err(DefectKind::ParamTooLong);
+    }
+    let uri = parse_uri(uri_text, limits)?;
+    if !bracketed {
+        // RFC 3261 section 20: a URI with '?' (or ',' or ';') must be bracketed.
+        if uri.raw().contains(&b'?') {
+            return Err(DefectKind::MalformedUri);
+        }
+    }
+    let params = parse_params(c, limits)?;
+    let raw = c.slice_from(start);
+    Ok(NameAddr {
+        raw,
+        display,
+        uri,
+        bracketed,
+        params,
+    })
+}
+
+/// The URI between `<` (already consumed) and `>`; no white space allowed inside.
+fn bracket_body<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8], DefectKind> {
+    let uri = c.take_while(|b| b != b'>' && !is_lws(b) && b != b'<' && b != b'"');
+    if !c.eat(b'>') {
+        return Err(DefectKind::MalformedUri);
+    }
+    Ok(uri)
+}
+
+/// From, To, Refer-To: exactly one address.
+pub(crate) fn parse_single_name_addr<'a>(
+    value: &'a [u8],
+    limits: &Limits,
+) -> Result<NameAddr<'a>, DefectKind> {
+    let mut c = Cursor::new(value);
+    let na = parse_one(&mut c, Form::Single, limits)?;
+    c.skip_lws();
+    if !c.at_end() {
+        return Err(DefectKind::MalformedHeader);
+    }
+    Ok(na)
+}
+
+/// Route, Record-Route: a list of bracketed addresses, appended to `out`.
+pub(crate) fn parse_name_addr_list<'a>(
+    value: &'a [u8],
+    limits: &Limits,
+    max: usize,
+    out: &mut Vec<NameAddr<'a>>,
+) -> Result<(), DefectKind> {
+    parse_list(value, Form::RouteList, limits, max, out).map_err(|e| match e {
+        DefectKind::TooManyContacts => DefectKind::TooManyRoutes,
+        e => e,
+    })
+}
+
+fn parse_list<'a>(
+    value: &'a [u8],
+    form: Form,
+    limits: &Limits,
+    max: usize,
+    out: &mut Vec<NameAddr<'a>>,
+) -> Result<(), DefectKind> {
+    let mut c = Cursor::new(value);
+    loop {
+        if out.len() >= max {
+            return Err(DefectKind::TooManyContacts);
+        }
+        out.push(parse_one(&mut c, form, limits)?);
+        c.skip_lws();
+        if c.at_end() {
+            return Ok(());
+        }
+        if !c.eat(b',') {
+            return Err(DefectKind::MalformedHeader);
+        }
+    }
+}
+
+/// Contact: `*` or a list; `expires` must be a 32-bit number and `q` a qvalue.
+pub(crate) fn parse_contacts<'a>(
+    value: &'a [u8],
+    limits: &Limits,
+    out: &mut Contacts<'a>,
+) -> Result<(), DefectKind> {
+    if crate::scan::trim_lws(value) == b"*" {
+        if out.star || !out.list.is_empty() {
+            return Err(DefectKind::MalformedHeader);
+        }
+        out.star = true;
+        return Ok(());
+    }
+    if out.star {
+        return Err(DefectKind::MalformedHeader);
+    }
+    let first_new = out.list.len();
+    parse_list(
+        value,
+        Form::List,
+        limits,
+        limits.max_contacts,
+        &mut out.list,
+    )?;
+    for na in out.list.get(first_new..).unwrap_or(&[]) {
+        if let Some(v) = na.params.get("expires") {
+            let v = v.ok_or(DefectKind::BadExpires)?;
+            parse_bounded(v, u64::from(u32::MAX)).ok_or(DefectKind::BadExpires)?;
+        }
+        if let Some(q) = na.params.get("q") {
+            if !q.is_some_and(is_qvalue) {
+                return Err(DefectKind::MalformedHeader);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+fn is_qvalue(q: &[u8]) -> bool {
+    match q {
+        [b'0'] | [b'1'] => true,
+        [b'0', b'.', rest @ ..] => rest.len() <= 3 && rest.iter().all(u8::is_ascii_digit),
+        [b'1', b'.', rest @ ..] => rest.len() <= 3 && rest.iter().all(|&b| b == b'0'),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single(v: &[u8]) -> Result<NameAddr<'_>, DefectKind> {
+        parse_single_name_addr(v, &Limits::default())
+    }
+
+    #[test]
+    fn forms_of_from_and_to() {
+        let na = single(
+            b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8",
+        )
+        .unwrap();
+        assert_eq!(na.display, Some(&b"\"J Rosenberg \\\\\\\"\""[..]));
+        assert_eq!(na.tag(), Some(&b"98asjd8"[..]));
+        let na = single(b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
+        assert!(!na.bracketed);
+        assert_eq!(na.tag(), Some(&b"1918181833n"[..]));
+        let na = single(b"caller<sip:caller@example.com>;tag=323").unwrap();
+        assert_eq!(na.display, Some(&b"caller"[..]));
+        let na = single(b"token1~` token2'+_ token3*%!.- <sip:mundane@example.com>").unwrap();
+        assert_eq!(na.display, Some(&b"token1~` token2'+_ token3*%!.-"[..]));
+        assert!(matches!(
+            single(b"isbn:2983792873").unwrap().uri,
+            Uri::Other { .. }
+        ));
+    }
+
+    #[test]
+    fn torture_defects() {
+        assert!(single(b"\"Mr. J. User <sip:j.user@example.com>").is_err());
+        assert!(single(b"\"Watson, Thomas\" < sip:t.watson@example.org >").is_err());
+        assert!(single(b"Bell, Alexander <sip:a.g.bell@example.com>;tag=43").is_err());
+        assert!(single(b"<sip:a@example.com>, <sip:b@example.com>").is_err());
+        assert!(single(b"sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err());
+    }
+
+    #[test]
+    fn contacts() {
+        let limits = Limits::default();
+        let mut c = Contacts::default();
+        parse_contacts(b"\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\r\n      newvalue ;\r\n  secondparam ; q = 0.33", &limits, &mut c).unwrap();
+        assert_eq!(c.list.len(), 1);
+        assert_eq!(c.list[0].params.get("q"), Some(Some(&b"0.33"[..])));
+        let mut c = Contacts::default();
+        parse_contacts(
+            b"<sip:a@h.example>;expires=60, sip:b@h.example;expires=0",
+            &limits,
+            &mut c,
+        )
+        .unwrap();
+        assert_eq!(
+            c.list.iter().map(|n| n.expires()).collect::<Vec<_>>(),
+            vec![Some(60), Some(0)]
+        );
+        let mut c = Contacts::default();
+        parse_contacts(b" * ", &limits, &mut c).unwrap();
+        assert!(c.star);
+        let mut c = Contacts::default();
+        assert_eq!(
+            parse_contacts(b"<sip:a@h.example>;expires=4294967296", &limits, &mut c),
+            Err(DefectKind::BadExpires)
+        );
+        let mut c = Contacts::default();
+        assert!(parse_contacts(b"<sip:a@h.example>;q=1.5", &limits, &mut c).is_err());
+        let mut c = Contacts::default();
+        assert!(parse_contacts(b"\"Joe\" <sip:joe@example.org>;;;;", &limits, &mut c).is_err());
+    }
+
+    #[test]
+    fn routes_need_brackets() {
+        let limits = Limits::default();
+        let mut out = Vec::new();
+        parse_name_addr_list(
+            b"<sip:p1.example;lr>,<sip:p2.example;lr>",
+            &limits,
+            8,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        let mut out = Vec::new();
+        assert!(parse_name_addr_list(b"sip:p1.example", &limits, 8, &mut out).is_err());
+        let mut out = Vec::new();
+        assert_eq!(
+            parse_name_addr_list(b"<sip:a.example>,<sip:b.example>", &limits, 1, &mut out),
+            Err(DefectKind::TooManyRoutes)
+        );
+    }
+}

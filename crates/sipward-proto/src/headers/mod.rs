@@ -1,0 +1,264 @@
+//! Typed header values, one file per family, plus the header-parameter grammar they share.
+//!
+//! Each parser takes the value of one header field (already unfolded in place: folds are
+//! linear white space to the cursor) and returns zero-copy slices of it.
+
+mod addr;
+mod auth;
+mod via;
+
+pub use addr::{Contacts, NameAddr};
+pub use auth::Credentials;
+pub use via::Via;
+
+pub(crate) use addr::{parse_contacts, parse_name_addr_list, parse_single_name_addr};
+pub(crate) use auth::parse_credentials;
+pub(crate) use via::parse_vias;
+
+use crate::defect::DefectKind;
+use crate::limits::Limits;
+use crate::scan::{is_token, parse_bounded, trim_lws, Cursor};
+
+/// Header parameters (`;name[=value]...`) as written, without the first `;`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Params<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> Params<'a> {
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
+    /// Iterates (name, value) pairs; quoted values keep their quotes.
+    pub fn iter(&self) -> ParamIter<'a> {
+        ParamIter {
+            cursor: Cursor::new(self.raw),
+            first: true,
+        }
+    }
+
+    /// Looks a parameter up by name, case-insensitively. `Some(None)` for a flag.
+    pub fn get(&self, name: &str) -> Option<Option<&'a [u8]>> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+}
+
+/// Iterator over validated header parameters.
+pub struct ParamIter<'a> {
+    cursor: Cursor<'a>,
+    first: bool,
+}
+
+impl<'a> Iterator for ParamIter<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.first && !self.cursor.eat_sep(b';') {
+            return None;
+        }
+        self.first = false;
+        self.cursor.skip_lws();
+        let param = next_param(&mut self.cursor).ok()?;
+        Some(param)
+    }
+}
+
+/// One `name [= value]` with value a token, an IPv6 reference or a quoted string.
+fn next_param<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Option<&'a [u8]>), DefectKind> {
+    let name = c.token().ok_or(DefectKind::MalformedHeader)?;
+    if !c.eat_sep(b'=') {
+        return Ok((name, None));
+    }
+    let value = match c.peek() {
+        Some(b'"') => c.quoted_string().ok_or(DefectKind::MalformedHeader)?,
+        Some(b'[') => {
+            let v =
+                c.take_while(|b| b.is_ascii_hexdigit() || matches!(b, b'[' | b']' | b':' | b'.'));
+            if v.last() != Some(&b']') {
+                return Err(DefectKind::MalformedHeader);
+            }
+            v
+        }
+        _ => c.token().ok_or(DefectKind::MalformedHeader)?,
+    };
+    Ok((name, Some(value)))
+}
+
+/// Parses `*( SEMI generic-param )` at the cursor, which stands just before a `;` or at
+/// the end of the element. Checks count and length limits.
+pub(crate) fn parse_params<'a>(
+    c: &mut Cursor<'a>,
+    limits: &Limits,
+) -> Result<Params<'a>, DefectKind> {
+    let save = c.pos();
+    if !c.eat_sep(b';') {
+        c.set_pos(save);
+        return Ok(Params::default());
+    }
+    let start = c.pos();
+    let mut count = 0usize;
+    loop {
+        let before = c.pos();
+        next_param(c)?;
+        if c.pos() - before > limits.max_param_len {
+            return Err(DefectKind::ParamTooLong);
+        }
+        count += 1;
+        if count > limits.max_params {
+            return Err(DefectKind::TooManyParams);
+        }
+        let end = c.pos();
+        if !c.eat_sep(b';') {
+            c.set_pos(end);
+            return Ok(Params {
+                raw: c.slice_from(start),
+            });
+        }
+    }
+}
+
+/// A CSeq: sequence number and method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CSeq<'a> {
+    pub seq: u32,
+    pub method: &'a [u8],
+}
+
+pub(crate) fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, DefectKind> {
+    let mut c = Cursor::new(value);
+    let digits = c.take_while(|b| b.is_ascii_digit());
+    let seq = parse_bounded(digits, u64::from(u32::MAX)).ok_or(DefectKind::BadCSeq)?;
+    if !c.skip_lws() {
+        return Err(DefectKind::BadCSeq);
+    }
+    let method = c.token().ok_or(DefectKind::BadCSeq)?;
+    c.skip_lws();
+    if !c.at_end() {
+        return Err(DefectKind::BadCSeq);
+    }
+    Ok(CSeq {
+        seq: u32::try_from(seq).map_err(|_| DefectKind::BadCSeq)?,
+        method,
+    })
+}
+
+/// A scalar header that is just a number (Max-Forwards, Expires, Content-Length).
+pub(crate) fn parse_number(value: &[u8], max: u64) -> Option<u64> {
+    parse_bounded(trim_lws(value), max)
+}
+
+/// Call-ID: `word [ "@" word ]`.
+pub(crate) fn is_call_id(value: &[u8]) -> bool {
+    let mut parts = value.splitn(2, |&b| b == b'@');
+    let word = |w: &[u8]| !w.is_empty() && w.iter().all(|&b| crate::scan::is_word(b));
+    parts.next().is_some_and(word) && parts.next().is_none_or(word)
+}
+
+pub(crate) fn all_option_tags_valid(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .map(trim_lws)
+        .all(|t| !t.is_empty() && t.iter().all(|&b| is_token(b)))
+}
+
+/// Content-Type: `type "/" subtype *( SEMI m-parameter )`. Returns the media type
+/// without parameters.
+pub(crate) fn parse_content_type<'a>(
+    value: &'a [u8],
+    limits: &Limits,
+) -> Result<&'a [u8], DefectKind> {
+    let mut c = Cursor::new(value);
+    let start = c.pos();
+    c.token().ok_or(DefectKind::MalformedHeader)?;
+    if !c.eat_sep(b'/') {
+        return Err(DefectKind::MalformedHeader);
+    }
+    c.token().ok_or(DefectKind::MalformedHeader)?;
+    let media_type = c.slice_from(start);
+    parse_params(&mut c, limits)?;
+    c.skip_lws();
+    if !c.at_end() {
+        return Err(DefectKind::MalformedHeader);
+    }
+    Ok(media_type)
+}
+
+/// Compares a media type (possibly with LWS around the slash) with `type/subtype`.
+pub(crate) fn media_type_is(media_type: &[u8], expected: &str) -> bool {
+    let mut it = media_type.splitn(2, |&b| b == b'/');
+    let (Some(t), Some(s)) = (it.next(), it.next()) else {
+        return false;
+    };
+    let mut e = expected.as_bytes().splitn(2, |&b| b == b'/');
+    let (Some(et), Some(es)) = (e.next(), e.next()) else {
+        return false;
+    };
+    trim_lws(t).eq_ignore_ascii_case(et) && trim_lws(s).eq_ignore_ascii_case(es)
+}
+
+/// Strips the quotes (not the escapes) from a quoted value.
+pub fn unquote(v: &[u8]) -> &[u8] {
+    v.strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_with_folds_and_quotes() {
+        let limits = Limits::default();
+        let mut c = Cursor::new(b" ;\r\n  tag = 98asjd8 ; x=\"a;b\";lr");
+        let p = parse_params(&mut c, &limits).unwrap();
+        assert!(c.at_end());
+        assert_eq!(p.get("TAG"), Some(Some(&b"98asjd8"[..])));
+        assert_eq!(p.get("x"), Some(Some(&b"\"a;b\""[..])));
+        assert_eq!(p.get("lr"), Some(None));
+        assert_eq!(p.iter().count(), 3);
+    }
+
+    #[test]
+    fn empty_params_are_malformed() {
+        let limits = Limits::default();
+        let mut c = Cursor::new(b";;;");
+        assert_eq!(
+            parse_params(&mut c, &limits),
+            Err(DefectKind::MalformedHeader)
+        );
+    }
+
+    #[test]
+    fn cseq_values() {
+        assert_eq!(
+            parse_cseq(b"0009\r\n  INVITE").unwrap(),
+            CSeq {
+                seq: 9,
+                method: b"INVITE"
+            }
+        );
+        assert_eq!(parse_cseq(b"4294967295 ACK").unwrap().seq, u32::MAX);
+        assert_eq!(parse_cseq(b"4294967296 ACK"), Err(DefectKind::BadCSeq));
+        assert_eq!(parse_cseq(b"1INVITE"), Err(DefectKind::BadCSeq));
+        assert_eq!(parse_cseq(b"1 INVITE x"), Err(DefectKind::BadCSeq));
+    }
+
+    #[test]
+    fn call_ids() {
+        assert!(is_call_id(b"intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"));
+        assert!(!is_call_id(b"a b"));
+        assert!(!is_call_id(b"a@b@c"));
+        assert!(!is_call_id(b""));
+    }
+
+    #[test]
+    fn content_types() {
+        let limits = Limits::default();
+        let t = parse_content_type(b"application/sdp;charset=utf-8", &limits).unwrap();
+        assert!(media_type_is(t, "Application/SDP"));
+        assert!(parse_content_type(b"application", &limits).is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! Via (RFC 3261 section 20.42, rport from RFC 3581).
+
+use super::{parse_params, Params};
+use crate::defect::DefectKind;
+use crate::limits::Limits;
+use crate::scan::{is_token, Cursor};
+use crate::uri::{parse_host, parse_host_port, parse_port, Host};
+
+/// One Via entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via<'a> {
+    /// The whole entry as written (one comma-separated element, trimmed).
+    pub raw: &'a [u8],
+    /// Transport, e.g. `UDP`, as written.
+    pub transport: &'a [u8],
+    /// `host[:port]` as written.
+    pub sent_by: &'a [u8],
+    pub host: Host<'a>,
+    pub port: Option<u16>,
+    pub params: Params<'a>,
+    pub branch: Option<&'a [u8]>,
+    pub received: Option<&'a [u8]>,
+    /// `None`: no rport; `Some(None)`: rport without value; `Some(Some(p))`: filled in.
+    pub rport: Option<Option<u16>>,
+    pub maddr: Option<&'a [u8]>,
+}
+
+/// Parses every entry of one Via header value into `out`, respecting `max`.
+pub(crate) fn parse_vias<'a>(
+    value: &'a [u8],
+    limits: &Limits,
+    out: &mut Vec<Via<'a>>,
+) -> Result<(), DefectKind> {
+    let mut c = Cursor::new(value);
+    loop {
+        if out.len() >= limits.max_vias {
+            return Err(DefectKind::TooManyVias);
+        }
+        c.skip_lws();
+        out.push(parse_one(&mut c, limits)?);
+        c.skip_lws();
+        if c.at_end() {
+            return Ok(());
+        }
+        if !c.eat(b',') {
+            return Err(DefectKind::MalformedHeader);
+        }
+    }
+}
+
+fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectKind> {
+    let start = c.pos();
+    c.token().ok_or(DefectKind::MalformedHeader)?; // protocol name
+    if !c.eat_sep(b'/') {
+        return Err(DefectKind::MalformedHeader);
+    }
+    c.token().ok_or(DefectKind::MalformedHeader)?; // version
+    if !c.eat_sep(b'/') {
+        return Err(DefectKind::MalformedHeader);
+    }
+    let transport = c.token().ok_or(DefectKind::MalformedHeader)?;
+    if !c.skip_lws() {
+        return Err(DefectKind::MalformedHeader);
+    }
+    let sent_by_start = c.pos();
+    // host, then optional SWS ":" SWS port
+    let host_text = if c.peek() == Some(b'[') {
+        c.take_while(|b| b != b']' && b != b';' && b != b',' && !crate::scan::is_lws(b));
+        if !c.eat(b']') {
+            return Err(DefectKind::InvalidIp);
+        }
+        c.slice_from(sent_by_start)
+    } else {
+        c.take_while(|b| is_token(b) && b != b':')
+    };
+    let host_end = c.pos();
+    let (host, port) = if c.eat_sep(b':') {
+        let digits = c.take_while(|b| b.is_ascii_digit());
+        (parse_host(host_text)?, Some(parse_port(digits)?))
+    } else {
+        c.set_pos(host_end);
+        parse_host_port(host_text)?
+    };
+    let sent_by = c.slice_from(sent_by_start);
+    let params = parse_params(c, limits)?;
+    let raw = c.slice_from(start);
+
+    let mut via = Via {
+        raw,
+        transport,
+        sent_by,
+        host,
+        port,
+        params,
+        branch: None,
+        received: None,
+        rport: None,
+        maddr: None,
+    };
+    for (name, value) in params.iter() {
+        if name.eq_ignore_ascii_case(b"branch") {
+            via.branch = Some(value.ok_or(DefectKind::MalformedHeader)?);
+        } else if name.eq_ignore_ascii_case(b"received") {
+            let v = value.ok_or(DefectKind::MalformedHeader)?;
+            if parse_host(v)?.ip().is_none() {
+                return Err(DefectKind::InvalidIp);
+            }
+            via.received = Some(v);
+        } else if name.eq_ignore_ascii_case(b"rport") {
+            via.rport = Some(value.map(parse_port).transpose()?);
+        } else if name.eq_ignore_ascii_case(b"maddr") {
+            let v = value.ok_or(DefectKind::MalformedHeader)?;
+            parse_host(v)?;
+            via.maddr = Some(v);
+        } else if name.eq_ignore_ascii_case(b"ttl") {
+            let v = value.ok_or(DefectKind::MalformedHeader)?;
+            crate::scan::parse_bounded(v, 255).ok_or(DefectKind::MalformedHeader)?;
+        }
+    }
+    Ok(via)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vias(v: &[u8]) -> Result<Vec<Via<'_>>, DefectKind> {
+        let mut out = Vec::new();
+        parse_vias(v, &Limits::default(), &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn folded_torture_via() {
+        let v = vias(b"SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw").unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].transport, b"UDP");
+        assert_eq!(v[0].sent_by, b"192.0.2.2");
+        assert_eq!(v[0].branch, Some(&b"390skdjuw"[..]));
+    }
+
+    #[test]
+    fn list_with_lws_around_separators() {
+        let v = vias(
+            b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239",
+        )
+        .unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].sent_by, b"spindle.example.com");
+        assert_eq!(v[0].branch, Some(&b"z9hG4bK9ikj8"[..]));
+        assert_eq!(v[1].branch, Some(&b"z9hG4bK30239"[..]));
+    }
+
+    #[test]
+    fn nat_params() {
+        let v = vias(b"SIP/2.0/UDP [2001:db8::9]:5070;rport;received=192.0.2.1;maddr=224.0.0.1;ttl=1;branch=z9hG4bKx").unwrap();
+        assert_eq!(v[0].sent_by, b"[2001:db8::9]:5070");
+        assert_eq!(v[0].port, Some(5070));
+        assert_eq!(v[0].rport, Some(None));
+        assert_eq!(v[0].received, Some(&b"192.0.2.1"[..]));
+        let v = vias(b"SIP/2.0/UDP 10.0.0.1:5060;rport=5062").unwrap();
+        assert_eq!(v[0].rport, Some(Some(5062)));
+    }
+
+    #[test]
+    fn defects() {
+        assert!(vias(b"SIP/2.0/UDP 192.0.2.15;;,;,,").is_err());
+        assert_eq!(
+            vias(b"SIP/2.0/UDP 10.0.0.1:99999").unwrap_err(),
+            DefectKind::InvalidPort
+        );
+        assert_eq!(
+            vias(b"SIP/2.0/UDP 10.0.0.1;received=host.example").unwrap_err(),
+            DefectKind::InvalidIp
+        );
+        assert!(vias(b"SIP/2.0/UDP").is_err());
+        assert!(vias(b"SIP/2.0 host").is_err());
+    }
+}

@@ -1,0 +1,775 @@
+//! The SIP message: framing, start line, header fields, typed access, and the checks
+//! that make a parsed [`Message`] known good.
+
+use std::ops::Range;
+
+use crate::defect::{Defect, DefectKind, Location};
+use crate::header::HeaderName;
+use crate::headers::{
+    self, all_option_tags_valid, media_type_is, parse_contacts, parse_content_type,
+    parse_credentials, parse_cseq, parse_name_addr_list, parse_number, parse_single_name_addr,
+    parse_vias, CSeq, Contacts, Credentials, NameAddr, Via,
+};
+use crate::limits::Limits;
+use crate::scan::{all_token, is_wsp, trim_lws, CommaSplit};
+use crate::sdp::{self, Sdp};
+use crate::uri::{parse_uri, Uri};
+
+/// A request method. Methods are case-sensitive (RFC 3261 section 7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Method<'a>(pub &'a [u8]);
+
+/// The methods sipward treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MethodKind {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Register,
+    Options,
+    Prack,
+    Update,
+    Info,
+    Subscribe,
+    Notify,
+    Refer,
+    Message,
+    Publish,
+    Other,
+}
+
+impl<'a> Method<'a> {
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    pub fn kind(&self) -> MethodKind {
+        match self.0 {
+            b"INVITE" => MethodKind::Invite,
+            b"ACK" => MethodKind::Ack,
+            b"BYE" => MethodKind::Bye,
+            b"CANCEL" => MethodKind::Cancel,
+            b"REGISTER" => MethodKind::Register,
+            b"OPTIONS" => MethodKind::Options,
+            b"PRACK" => MethodKind::Prack,
+            b"UPDATE" => MethodKind::Update,
+            b"INFO" => MethodKind::Info,
+            b"SUBSCRIBE" => MethodKind::Subscribe,
+            b"NOTIFY" => MethodKind::Notify,
+            b"REFER" => MethodKind::Refer,
+            b"MESSAGE" => MethodKind::Message,
+            b"PUBLISH" => MethodKind::Publish,
+            _ => MethodKind::Other,
+        }
+    }
+}
+
+/// Request line or status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    Request { method: Method<'a>, uri: Uri<'a> },
+    Response { code: u16, reason: &'a [u8] },
+}
+
+/// One header field as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderField<'a> {
+    pub name: HeaderName,
+    /// The name as written (case and compact form preserved).
+    pub raw_name: &'a [u8],
+    /// The value, trimmed of surrounding white space; may contain folds.
+    pub value: &'a [u8],
+    /// The whole field from the first byte of its name through its final CRLF.
+    pub line: &'a [u8],
+}
+
+/// A parsed and validated SIP message borrowing its datagram.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    buf: &'a [u8],
+    start: StartLine<'a>,
+    start_line: &'a [u8],
+    headers: Vec<HeaderField<'a>>,
+    vias: Vec<Via<'a>>,
+    from: Option<NameAddr<'a>>,
+    to: Option<NameAddr<'a>>,
+    call_id: &'a [u8],
+    cseq: Option<CSeq<'a>>,
+    max_forwards: Option<u8>,
+    expires: Option<u32>,
+    contacts: Contacts<'a>,
+    routes: Vec<NameAddr<'a>>,
+    record_routes: Vec<NameAddr<'a>>,
+    content_length: Option<usize>,
+    content_type: Option<&'a [u8]>,
+    authorization: Option<Credentials<'a>>,
+    proxy_authorization: Option<Credentials<'a>>,
+    www_authenticate: Option<Credentials<'a>>,
+    proxy_authenticate: Option<Credentials<'a>>,
+    /// Offset of the empty line that ends the header section.
+    header_end: usize,
+    body: Range<usize>,
+    sdp: Option<Sdp<'a>>,
+}
+
+/// What one datagram is.
+#[derive(Debug, Clone)]
+pub enum Datagram<'a> {
+    /// Only CR, LF and spaces: a NAT keepalive (RFC 5626 section 3.5.1), to be passed on.
+    Keepalive,
+    Message(Message<'a>),
+}
+
+/// A datagram that must not go further, and whether its sender gets an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub defect: Defect,
+    /// The status to answer with, or `None` to drop silently (responses, ACKs, and
+    /// requests too broken to answer).
+    pub status: Option<u16>,
+}
+
+/// Parses and validates one datagram. This is the only way to get a [`Message`].
+pub fn parse_datagram<'a>(buf: &'a [u8], limits: &Limits) -> Result<Datagram<'a>, Rejection> {
+    if !buf.is_empty() && buf.iter().all(|&b| matches!(b, b'\r' | b'\n' | b' ')) {
+        return Ok(Datagram::Keepalive);
+    }
+    match parse_message(buf, limits) {
+        Ok(m) => Ok(Datagram::Message(m)),
+        Err(defect) => Err(Rejection {
+            defect,
+            status: crate::answer::answerable(buf).then(|| defect.status()),
+        }),
+    }
+}
+
+fn at(kind: DefectKind, at: Location) -> Defect {
+    Defect::new(kind, at)
+}
+
+fn parse_message<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Defect> {
+    if buf.len() > limits.max_message_len {
+        return Err(at(DefectKind::MessageTooLarge, Location::Message));
+    }
+    let mut pos = 0;
+    while buf.get(pos..pos + 2) == Some(b"\r\n") {
+        pos += 2;
+    }
+    let line_end = memchr::memmem::find(buf.get(pos..).unwrap_or(&[]), b"\r\n")
+        .map(|i| pos + i)
+        .ok_or(at(DefectKind::NotSip, Location::StartLine))?;
+    let start_line = buf.get(pos..line_end).unwrap_or(&[]);
+    let start = parse_start_line(start_line, limits)?;
+
+    let mut msg = Message {
+        buf,
+        start,
+        start_line,
+        headers: Vec::new(),
+        vias: Vec::new(),
+        from: None,
+        to: None,
+        call_id: &[],
+        cseq: None,
+        max_forwards: None,
+        expires: None,
+        contacts: Contacts::default(),
+        routes: Vec::new(),
+        record_routes: Vec::new(),
+        content_length: None,
+        content_type: None,
+        authorization: None,
+        proxy_authorization: None,
+        www_authenticate: None,
+        proxy_authenticate: None,
+        header_end: 0,
+        body: 0..0,
+        sdp: None,
+    };
+
+    let (fields, header_end) = split_header_fields(buf, line_end + 2, limits)?;
+    msg.headers = fields;
+    msg.header_end = header_end;
+    let mut seen: u64 = 0;
+    for i in 0..msg.headers.len() {
+        let Some(&field) = msg.headers.get(i) else {
+            break;
+        };
+        let bit = 1u64 << (field.name as u32 % 64);
+        if field.name.is_single() && seen & bit != 0 {
+            return Err(Defect::header(DefectKind::DuplicateHeader, field.name));
+        }
+        seen |= bit;
+        msg.apply_field(field, limits)
+            .map_err(|kind| Defect::header(kind, field.name))?;
+    }
+    msg.check_semantics(limits)?;
+    Ok(msg)
+}
+
+/// Splits the header section into fields. Returns them and the offset of the empty line.
+fn split_header_fields<'a>(
+    buf: &'a [u8],
+    mut pos: usize,
+    limits: &Limits,
+) -> Result<(Vec<HeaderField<'a>>, usize), Defect> {
+    let mut fields = Vec::with_capacity(16);
+    loop {
+        let rest = buf.get(pos..).unwrap_or(&[]);
+        if rest.is_empty() {
+            return Err(at(DefectKind::MissingBlankLine, Location::Message));
+        }
+        if rest.starts_with(b"\r\n") {
+            return Ok((fields, pos));
+        }
+        if fields.len() >= limits.max_headers {
+            return Err(at(DefectKind::TooManyHeaders, Location::Message));
+        }
+        // Find the end of the field: a CRLF not followed by SP or HT.
+        let mut scan = 0;
+        let field_len = loop {
+            let Some(i) = memchr::memchr2(b'\r', b'\n', rest.get(scan..).unwrap_or(&[])) else {
+                return Err(at(DefectKind::MissingBlankLine, Location::Message));
+            };
+            let i = scan + i;
+            if rest.get(i..i + 2) != Some(b"\r\n") {
+                return Err(at(DefectKind::MalformedHeaderLine, Location::Message));
+            }
+            match rest.get(i + 2) {
+                Some(&b) if is_wsp(b) => scan = i + 2,
+                _ => break i,
+            }
+        };
+        let field = rest.get(..field_len).unwrap_or(&[]);
+        let line = rest.get(..field_len + 2).unwrap_or(&[]);
+        let colon = memchr::memchr(b':', field)
+            .ok_or(at(DefectKind::MalformedHeaderLine, Location::Message))?;
+        let raw_name = field.get(..colon).unwrap_or(&[]);
+        let name_end = raw_name
+            .iter()
+            .rposition(|&b| !is_wsp(b))
+            .map_or(0, |p| p + 1);
+        let raw_name = raw_name.get(..name_end).unwrap_or(&[]);
+        if !all_token(raw_name) {
+            return Err(at(DefectKind::MalformedHeaderLine, Location::Message));
+        }
+        let name = HeaderName::from_bytes(raw_name);
+        let value = trim_lws(field.get(colon + 1..).unwrap_or(&[]));
+        if value.len() > limits.max_param_len
+            && CommaSplit::new(value).any(|e| e.len() > limits.max_param_len)
+        {
+            return Err(Defect::header(DefectKind::ParamTooLong, name));
+        }
+        fields.push(HeaderField {
+            name,
+            raw_name,
+            value,
+            line,
+        });
+        pos += field_len + 2;
+    }
+}
+
+fn parse_start_line<'a>(line: &'a [u8], limits: &Limits) -> Result<StartLine<'a>, Defect> {
+    let bad = || at(DefectKind::MalformedStartLine, Location::StartLine);
+    if line.len() >= 4
+        && line
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+    {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        let mut parts = line.splitn(3, |&b| b == b' ');
+        let version = parts.next().ok_or_else(bad)?;
+        check_version(version)?;
+        let code = parts.next().ok_or_else(bad)?;
+        let reason = parts.next().ok_or_else(bad)?;
+        if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
+            return Err(at(DefectKind::BadStatusCode, Location::StartLine));
+        }
+        let code = code.iter().fold(0u16, |v, &b| v * 10 + u16::from(b - b'0'));
+        if !(100..=699).contains(&code) {
+            return Err(at(DefectKind::BadStatusCode, Location::StartLine));
+        }
+        if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
+            return Err(bad());
+        }
+        return Ok(StartLine::Response { code, reason });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version, single spaces exactly.
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if !all_token(method) || uri.is_empty() {
+        return Err(bad());
+    }
+    check_version(version)?;
+    let uri = parse_uri(uri, limits).map_err(|k| at(k, Location::StartLine))?;
+    match uri {
+        Uri::Other { .. } => return Err(at(DefectKind::UnsupportedUriScheme, Location::StartLine)),
+        // A proxy must not forward escaped headers of a Request-URI (RFC 4475 3.1.2.11).
+        Uri::Sip(u) if u.headers.is_some() => {
+            return Err(at(DefectKind::MalformedUri, Location::StartLine))
+        }
+        _ => {}
+    }
+    Ok(StartLine::Request {
+        method: Method(method),
+        uri,
+    })
+}
+
+fn check_version(v: &[u8]) -> Result<(), Defect> {
+    let Some(rest) = v
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case(b"SIP/"))
+        .and_then(|_| v.get(4..))
+    else {
+        return Err(at(DefectKind::MalformedStartLine, Location::StartLine));
+    };
+    let mut it = rest.splitn(2, |&b| b == b'.');
+    let (Some(major), Some(minor)) = (it.next(), it.next()) else {
+        return Err(at(DefectKind::MalformedStartLine, Location::StartLine));
+    };
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    if !digits(major) || !digits(minor) {
+        return Err(at(DefectKind::MalformedStartLine, Location::StartLine));
+    }
+    if rest != b"2.0" {
+        return Err(at(DefectKind::UnsupportedVersion, Location::StartLine));
+    }
+    Ok(())
+}
+
+impl<'a> Message<'a> {
+    fn apply_field(&mut self, f: HeaderField<'a>, limits: &Limits) -> Result<(), DefectKind> {
+        let v = f.value;
+        match f.name {
+            HeaderName::Via => parse_vias(v, limits, &mut self.vias)?,
+            HeaderName::From => self.from = Some(parse_single_name_addr(v, limits)?),
+            HeaderName::To => self.to = Some(parse_single_name_addr(v, limits)?),
+            HeaderName::CallId => {
+                if !headers::is_call_id(v) {
+                    return Err(DefectKind::MalformedHeader);
+                }
+                self.call_id = v;
+            }
+            HeaderName::CSeq => self.cseq = Some(parse_cseq(v)?),
+            HeaderName::MaxForwards => {
+                let n = parse_number(v, 255).ok_or(DefectKind::BadMaxForwards)?;
+                self.max_forwards = u8::try_from(n).ok();
+            }
+            HeaderName::Expires => {
+                let n = parse_number(v, u64::from(u32::MAX)).ok_or(DefectKind::BadExpires)?;
+                self.expires = u32::try_from(n).ok();
+            }
+            HeaderName::Contact => parse_contacts(v, limits, &mut self.contacts)?,
+            HeaderName::Route | HeaderName::RecordRoute => {
+                let used = self.routes.len() + self.record_routes.len();
+                let room = limits.max_routes.saturating_sub(used);
+                let list = if f.name == HeaderName::Route {
+                    &mut self.routes
+                } else {
+                    &mut self.record_routes
+                };
+                let before = list.len();
+                parse_name_addr_list(v, limits, before + room, list)?;
+            }
+            HeaderName::ContentLength => {
+                let n = parse_number(v, u64::from(u32::MAX)).ok_or(DefectKind::BadContentLength)?;
+                self.content_length = usize::try_from(n).ok();
+            }
+            HeaderName::ContentType => self.content_type = Some(parse_content_type(v, limits)?),
+            HeaderName::Authorization => {
+                let c = parse_credentials(v)?;
+                self.authorization.get_or_insert(c);
+            }
+            HeaderName::ProxyAuthorization => {
+                let c = parse_credentials(v)?;
+                self.proxy_authorization.get_or_insert(c);
+            }
+            HeaderName::WwwAuthenticate => {
+                let c = parse_credentials(v)?;
+                self.www_authenticate.get_or_insert(c);
+            }
+            HeaderName::ProxyAuthenticate => {
+                let c = parse_credentials(v)?;
+                self.proxy_authenticate.get_or_insert(c);
+            }
+            HeaderName::ReferTo | HeaderName::ReferredBy => {
+                parse_single_name_addr(v, limits)?;
+            }
+            HeaderName::Require | HeaderName::ProxyRequire | HeaderName::Supported => {
+                if !v.is_empty() && !all_option_tags_valid(v) {
+                    return Err(DefectKind::MalformedHeader);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn check_semantics(&mut self, limits: &Limits) -> Result<(), Defect> {
+        let missing = |h| Defect::header(DefectKind::MissingHeader, h);
+        if self.vias.is_empty() {
+            return Err(missing(HeaderName::Via));
+        }
+        if self.from.is_none() {
+            return Err(missing(HeaderName::From));
+        }
+        if self.to.is_none() {
+            return Err(missing(HeaderName::To));
+        }
+        if self.call_id.is_empty() {
+            return Err(missing(HeaderName::CallId));
+        }
+        let Some(cseq) = self.cseq else {
+            return Err(missing(HeaderName::CSeq));
+        };
+        if let StartLine::Request { method, .. } = self.start {
+            if cseq.method != method.0 {
+                return Err(Defect::header(
+                    DefectKind::CSeqMethodMismatch,
+                    HeaderName::CSeq,
+                ));
+            }
+        }
+        for via in &self.vias {
+            let unroutable = [Some(via.host.as_bytes()), via.received]
+                .into_iter()
+                .flatten()
+                .any(|h| {
+                    crate::uri::parse_host(h)
+                        .ok()
+                        .and_then(|h| h.ip())
+                        .is_some_and(|ip| match ip {
+                            std::net::IpAddr::V4(a) => a.is_broadcast() || a.is_multicast(),
+                            std::net::IpAddr::V6(a) => a.is_multicast(),
+                        })
+                });
+            if unroutable {
+                return Err(Defect::header(DefectKind::UnroutableVia, HeaderName::Via));
+            }
+        }
+
+        // Body: what follows the empty line, cut to Content-Length (extra octets in a
+        // UDP datagram are ignored, RFC 3261 section 18.3).
+        let body_start = self.header_end + 2;
+        let available = self.buf.len().saturating_sub(body_start);
+        let body_len = match self.content_length {
+            Some(n) if n > available => {
+                return Err(Defect::header(
+                    DefectKind::BodyShorterThanContentLength,
+                    HeaderName::ContentLength,
+                ))
+            }
+            Some(n) => n,
+            None => available,
+        };
+        self.body = body_start..body_start + body_len;
+        self.buf = self.buf.get(..body_start + body_len).unwrap_or(self.buf);
+        let body = self.body();
+        if !body.is_empty() {
+            let Some(ct) = self.content_type else {
+                return Err(missing(HeaderName::ContentType));
+            };
+            if media_type_is(ct, "application/sdp") {
+                if body.len() > limits.max_sdp_len {
+                    return Err(at(DefectKind::SdpTooLarge, Location::Body));
+                }
+                let sdp = sdp::parse(body, limits)
+                    .map_err(|e| at(DefectKind::BadSdp(e), Location::Body))?;
+                self.sdp = Some(sdp);
+            }
+        }
+
+        if self.is_request() {
+            if self.max_forwards == Some(0) {
+                return Err(Defect::header(
+                    DefectKind::TooManyHops,
+                    HeaderName::MaxForwards,
+                ));
+            }
+            if self
+                .headers
+                .iter()
+                .any(|h| h.name == HeaderName::ProxyRequire && !h.value.is_empty())
+            {
+                return Err(Defect::header(
+                    DefectKind::UnsupportedProxyRequire,
+                    HeaderName::ProxyRequire,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The message through the end of its body (trailing octets excluded).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    pub fn start_line(&self) -> &StartLine<'a> {
+        &self.start
+    }
+
+    /// The start line as written, without its CRLF.
+    pub fn start_line_bytes(&self) -> &'a [u8] {
+        self.start_line
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    pub fn method(&self) -> Option<Method<'a>> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn request_uri(&self) -> Option<&Uri<'a>> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub fn headers(&self) -> &[HeaderField<'a>] {
+        &self.headers
+    }
+
+    /// The first field of that name.
+    pub fn header(&self, name: HeaderName) -> Option<&HeaderField<'a>> {
+        self.headers.iter().find(|h| h.name == name)
+    }
+
+    pub fn vias(&self) -> &[Via<'a>] {
+        &self.vias
+    }
+
+    pub fn top_via(&self) -> Option<&Via<'a>> {
+        self.vias.first()
+    }
+
+    /// Present on every valid message.
+    pub fn from(&self) -> Option<&NameAddr<'a>> {
+        self.from.as_ref()
+    }
+
+    /// Present on every valid message.
+    pub fn to(&self) -> Option<&NameAddr<'a>> {
+        self.to.as_ref()
+    }
+
+    pub fn call_id(&self) -> &'a [u8] {
+        self.call_id
+    }
+
+    /// Present on every valid message.
+    pub fn cseq(&self) -> Option<CSeq<'a>> {
+        self.cseq
+    }
+
+    pub fn max_forwards(&self) -> Option<u8> {
+        self.max_forwards
+    }
+
+    pub fn expires(&self) -> Option<u32> {
+        self.expires
+    }
+
+    pub fn contacts(&self) -> &Contacts<'a> {
+        &self.contacts
+    }
+
+    pub fn routes(&self) -> &[NameAddr<'a>] {
+        &self.routes
+    }
+
+    pub fn record_routes(&self) -> &[NameAddr<'a>] {
+        &self.record_routes
+    }
+
+    pub fn content_length(&self) -> Option<usize> {
+        self.content_length
+    }
+
+    pub fn content_type(&self) -> Option<&'a [u8]> {
+        self.content_type
+    }
+
+    pub fn authorization(&self) -> Option<&Credentials<'a>> {
+        self.authorization.as_ref()
+    }
+
+    pub fn proxy_authorization(&self) -> Option<&Credentials<'a>> {
+        self.proxy_authorization.as_ref()
+    }
+
+    pub fn www_authenticate(&self) -> Option<&Credentials<'a>> {
+        self.www_authenticate.as_ref()
+    }
+
+    pub fn proxy_authenticate(&self) -> Option<&Credentials<'a>> {
+        self.proxy_authenticate.as_ref()
+    }
+
+    pub fn user_agent(&self) -> Option<&'a [u8]> {
+        self.header(HeaderName::UserAgent).map(|h| h.value)
+    }
+
+    pub fn body(&self) -> &'a [u8] {
+        self.buf.get(self.body.clone()).unwrap_or(&[])
+    }
+
+    /// Byte range of the body within [`Message::as_bytes`].
+    pub fn body_range(&self) -> Range<usize> {
+        self.body.clone()
+    }
+
+    /// Offset of the empty line that ends the header section.
+    pub fn header_end(&self) -> usize {
+        self.header_end
+    }
+
+    /// The SDP body, when the Content-Type says so.
+    pub fn sdp(&self) -> Option<&Sdp<'a>> {
+        self.sdp.as_ref()
+    }
+
+    /// The range a subslice of this message occupies, or `None` if it is not one.
+    pub fn range_of(&self, part: &[u8]) -> Option<Range<usize>> {
+        let base = self.buf.as_ptr() as usize;
+        let start = (part.as_ptr() as usize).checked_sub(base)?;
+        let end = start.checked_add(part.len())?;
+        (end <= self.buf.len()).then_some(start..end)
+    }
+
+    /// The header field that contains `range`, if any.
+    pub fn field_containing(&self, range: &Range<usize>) -> Option<&HeaderField<'a>> {
+        self.headers.iter().find(|h| {
+            self.range_of(h.line)
+                .is_some_and(|r| r.start <= range.start && range.end <= r.end)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &[u8] = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK776asdhds;rport\r\n\
+Max-Forwards: 70\r\n\
+To: Bob <sip:bob@biloxi.example.com>\r\n\
+From: \"Alice\" <sip:alice@atlanta.example.com>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@10.0.0.5\r\n\
+CSeq: 314159 INVITE\r\n\
+Contact: <sip:alice@10.0.0.5:5060>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 130\r\n\
+\r\n\
+v=0\r\n\
+o=alice 2890844526 2890844526 IN IP4 10.0.0.5\r\n\
+s=-\r\n\
+c=IN IP4 10.0.0.5\r\n\
+t=0 0\r\n\
+m=audio 49170 RTP/AVP 0\r\n\
+a=rtpmap:0 PCMU/8000\r\n";
+
+    fn parse(b: &[u8]) -> Result<Message<'_>, Rejection> {
+        match parse_datagram(b, &Limits::default())? {
+            Datagram::Message(m) => Ok(m),
+            Datagram::Keepalive => panic!("keepalive"),
+        }
+    }
+
+    #[test]
+    fn typical_invite() {
+        let m = parse(INVITE).unwrap();
+        assert_eq!(m.method().map(|m| m.kind()), Some(MethodKind::Invite));
+        assert_eq!(m.top_via().unwrap().sent_by, b"10.0.0.5:5060");
+        assert_eq!(m.from().unwrap().tag(), Some(&b"1928301774"[..]));
+        assert_eq!(m.cseq().unwrap().seq, 314159);
+        assert_eq!(m.max_forwards(), Some(70));
+        assert_eq!(m.contacts().list.len(), 1);
+        assert_eq!(m.body().len(), 130);
+        assert_eq!(m.sdp().unwrap().media.len(), 1);
+    }
+
+    #[test]
+    fn keepalives() {
+        assert!(matches!(
+            parse_datagram(b"\r\n\r\n", &Limits::default()),
+            Ok(Datagram::Keepalive)
+        ));
+        assert!(matches!(
+            parse_datagram(b"\r\n", &Limits::default()),
+            Ok(Datagram::Keepalive)
+        ));
+    }
+
+    #[test]
+    fn message_size_boundary() {
+        let limits = Limits {
+            max_message_len: INVITE.len(),
+            ..Limits::default()
+        };
+        assert!(parse_datagram(INVITE, &limits).is_ok());
+        let limits = Limits {
+            max_message_len: INVITE.len() - 1,
+            ..Limits::default()
+        };
+        let r = parse_datagram(INVITE, &limits).unwrap_err();
+        assert_eq!(r.defect.kind, DefectKind::MessageTooLarge);
+        assert_eq!(r.status, Some(513));
+    }
+
+    #[test]
+    fn responses_are_dropped_not_answered() {
+        let r = parse(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1\r\n\r\n").unwrap_err();
+        assert_eq!(r.status, None);
+    }
+
+    #[test]
+    fn missing_and_duplicate_headers() {
+        let r = parse(b"OPTIONS sip:a@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nTo: <sip:a@b.example>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err();
+        assert_eq!(
+            r.defect,
+            Defect::header(DefectKind::DuplicateHeader, HeaderName::To)
+        );
+        assert_eq!(r.status, Some(400));
+        let r = parse(b"OPTIONS sip:a@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err();
+        assert_eq!(
+            r.defect,
+            Defect::header(DefectKind::MissingHeader, HeaderName::CallId)
+        );
+        // Call-ID missing: still answered, from Via and CSeq.
+        assert_eq!(r.status, Some(400));
+        let r = parse(b"OPTIONS sip:a@b.example SIP/2.0\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err();
+        // No Via: nowhere to answer.
+        assert_eq!(r.status, None);
+    }
+
+    #[test]
+    fn range_of_subslices() {
+        let m = parse(INVITE).unwrap();
+        let via = m.top_via().unwrap();
+        let r = m.range_of(via.sent_by).unwrap();
+        assert_eq!(&INVITE[r.clone()], b"10.0.0.5:5060");
+        assert_eq!(m.field_containing(&r).unwrap().name, HeaderName::Via);
+        assert!(m.range_of(b"10.0.0.5").is_none());
+    }
+}

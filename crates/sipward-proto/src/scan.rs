@@ -1,0 +1,402 @@
+//! Byte classes and a cursor for scanning header values.
+//!
+//! Header values handed to the cursor may span folded lines. The message splitter
+//! guarantees that any CR or LF inside a value is part of a fold (CRLF followed by SP or
+//! HT), so the cursor can treat CR and LF as linear white space.
+
+/// Character-class bits for the RFC 3261 grammar, one table lookup per byte.
+const TOKEN: u16 = 1;
+const UNRESERVED: u16 = 1 << 1;
+const USER: u16 = 1 << 2;
+const PASSWORD: u16 = 1 << 3;
+const PARAMCHAR: u16 = 1 << 4;
+const HNV: u16 = 1 << 5;
+const WORD: u16 = 1 << 6;
+const ALNUM: u16 = 1 << 7;
+const DIGIT: u16 = 1 << 8;
+const HEX: u16 = 1 << 9;
+
+static CLASSES: [u16; 256] = build_classes();
+
+const fn build_classes() -> [u16; 256] {
+    let mut t = [0u16; 256];
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        let alpha = b.is_ascii_alphabetic();
+        let digit = b.is_ascii_digit();
+        let mut v = 0u16;
+        if alpha || digit {
+            v |= TOKEN | UNRESERVED | USER | PASSWORD | PARAMCHAR | HNV | WORD | ALNUM;
+        }
+        if digit {
+            v |= DIGIT | HEX;
+        }
+        if matches!(b, b'a'..=b'f' | b'A'..=b'F') {
+            v |= HEX;
+        }
+        // mark = - _ . ! ~ * ' ( )
+        if matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+        ) {
+            v |= UNRESERVED | USER | PASSWORD | PARAMCHAR | HNV | WORD;
+        }
+        // token adds % + ` and lacks ( )
+        if matches!(
+            b,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        ) {
+            v |= TOKEN;
+        }
+        // user-unreserved = & = + $ , ; ? /
+        if matches!(b, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/') {
+            v |= USER;
+        }
+        if matches!(b, b'&' | b'=' | b'+' | b'$' | b',') {
+            v |= PASSWORD;
+        }
+        // param-unreserved = [ ] / : & + $
+        if matches!(b, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$') {
+            v |= PARAMCHAR;
+        }
+        // hnv-unreserved = [ ] / ? : + $
+        if matches!(b, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$') {
+            v |= HNV;
+        }
+        // word adds % + ` " : \ / [ ] ? { } < >
+        if matches!(
+            b,
+            b'%' | b'+'
+                | b'`'
+                | b'"'
+                | b':'
+                | b'\\'
+                | b'/'
+                | b'['
+                | b']'
+                | b'?'
+                | b'{'
+                | b'}'
+                | b'<'
+                | b'>'
+        ) {
+            v |= WORD;
+        }
+        t[c] = v;
+        c += 1;
+    }
+    t
+}
+
+#[inline]
+fn class(b: u8) -> u16 {
+    CLASSES[b as usize]
+}
+
+#[inline]
+pub(crate) fn is_token(b: u8) -> bool {
+    class(b) & TOKEN != 0
+}
+#[inline]
+pub(crate) fn is_word(b: u8) -> bool {
+    class(b) & WORD != 0
+}
+#[inline]
+pub(crate) fn is_alnum(b: u8) -> bool {
+    class(b) & ALNUM != 0
+}
+#[inline]
+pub(crate) fn is_digit(b: u8) -> bool {
+    class(b) & DIGIT != 0
+}
+#[inline]
+pub(crate) fn is_hex(b: u8) -> bool {
+    class(b) & HEX != 0
+}
+#[inline]
+pub(crate) fn is_wsp(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+#[inline]
+pub(crate) fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Which escaped-character class a URI component allows.
+#[derive(Clone, Copy)]
+pub(crate) enum UriClass {
+    User,
+    Password,
+    Param,
+    HeaderPart,
+}
+
+/// True when `s` is non-empty (if `allow_empty` is false) and made only of the class's
+/// characters and well-formed `%HH` escapes.
+pub(crate) fn is_escaped_run(s: &[u8], class_of: UriClass, allow_empty: bool) -> bool {
+    if s.is_empty() {
+        return allow_empty;
+    }
+    let mask = match class_of {
+        UriClass::User => USER,
+        UriClass::Password => PASSWORD,
+        UriClass::Param => PARAMCHAR,
+        UriClass::HeaderPart => HNV,
+    };
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        if b == b'%' {
+            match (s.get(i + 1), s.get(i + 2)) {
+                (Some(&h1), Some(&h2)) if is_hex(h1) && is_hex(h2) => i += 3,
+                _ => return false,
+            }
+        } else if class(b) & mask != 0 {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+pub(crate) fn all_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_token(b))
+}
+
+/// Trims linear white space (including folds) from both ends.
+pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| !is_lws(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| !is_lws(b)).map_or(start, |p| p + 1);
+    s.get(start..end).unwrap_or(&[])
+}
+
+/// Parses a decimal number of at most `max_digits` digits into a u64, rejecting empty
+/// input, signs and anything that is not a digit.
+pub(crate) fn parse_decimal(s: &[u8], max_digits: usize) -> Option<u64> {
+    if s.is_empty() || s.len() > max_digits {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        if !is_digit(b) {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(v)
+}
+
+/// Parses a decimal number that may carry leading zeros ("0068"), bounded by `max`.
+pub(crate) fn parse_bounded(s: &[u8], max: u64) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(|&b| is_digit(b)) {
+        return None;
+    }
+    let significant = s
+        .iter()
+        .position(|&b| b != b'0')
+        .and_then(|p| s.get(p..))
+        .unwrap_or(&[]);
+    if significant.is_empty() {
+        return Some(0);
+    }
+    parse_decimal(significant, 20).filter(|&v| v <= max)
+}
+
+/// Splits `s` at top-level commas: commas inside quoted strings or angle brackets do not
+/// split. Elements are returned untrimmed.
+pub(crate) struct CommaSplit<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> CommaSplit<'a> {
+    pub(crate) fn new(s: &'a [u8]) -> Self {
+        Self { rest: Some(s) }
+    }
+}
+
+impl<'a> Iterator for CommaSplit<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let s = self.rest?;
+        let mut in_quotes = false;
+        let mut in_angle = false;
+        let mut i = 0;
+        while let Some(&b) = s.get(i) {
+            match b {
+                b'\\' if in_quotes => i += 1,
+                b'"' => in_quotes = !in_quotes,
+                b'<' if !in_quotes => in_angle = true,
+                b'>' if !in_quotes => in_angle = false,
+                b',' if !in_quotes && !in_angle => {
+                    self.rest = s.get(i + 1..);
+                    return s.get(..i);
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        self.rest = None;
+        Some(s)
+    }
+}
+
+/// A forward-only cursor over a header value.
+pub(crate) struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.buf.get(self.pos..).unwrap_or(&[])
+    }
+
+    pub(crate) fn bump(&mut self) {
+        self.pos += 1;
+    }
+
+    /// Consumes `b` if it is next.
+    pub(crate) fn eat(&mut self, b: u8) -> bool {
+        if self.peek() == Some(b) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Skips linear white space, folds included. Returns whether any was skipped.
+    pub(crate) fn skip_lws(&mut self) -> bool {
+        let start = self.pos;
+        while self.peek().is_some_and(is_lws) {
+            self.pos += 1;
+        }
+        self.pos != start
+    }
+
+    /// `SWS x SWS` separators such as `;`, `=`, `/`, `,`.
+    pub(crate) fn eat_sep(&mut self, b: u8) -> bool {
+        let save = self.pos;
+        self.skip_lws();
+        if self.eat(b) {
+            self.skip_lws();
+            true
+        } else {
+            self.pos = save;
+            false
+        }
+    }
+
+    pub(crate) fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
+        let start = self.pos;
+        while self.peek().is_some_and(&f) {
+            self.pos += 1;
+        }
+        self.buf.get(start..self.pos).unwrap_or(&[])
+    }
+
+    /// A non-empty token.
+    pub(crate) fn token(&mut self) -> Option<&'a [u8]> {
+        let t = self.take_while(is_token);
+        (!t.is_empty()).then_some(t)
+    }
+
+    /// A quoted string, returned with its quotes. `None` if the quote is unterminated or
+    /// holds a byte the grammar forbids.
+    pub(crate) fn quoted_string(&mut self) -> Option<&'a [u8]> {
+        let start = self.pos;
+        if !self.eat(b'"') {
+            return None;
+        }
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.pos += 1;
+                    return self.buf.get(start..self.pos);
+                }
+                b'\\' => {
+                    // quoted-pair: any byte but CR and LF
+                    self.pos += 1;
+                    match self.peek()? {
+                        b'\r' | b'\n' => return None,
+                        0x80..=0xff => return None,
+                        _ => self.pos += 1,
+                    }
+                }
+                // qdtext excludes controls other than the LWS of a fold
+                b if b < 0x20 && !is_lws(b) => return None,
+                0x7f => return None,
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    pub(crate) fn slice_from(&self, start: usize) -> &'a [u8] {
+        self.buf.get(start..self.pos).unwrap_or(&[])
+    }
+
+    pub(crate) fn slice(&self, start: usize, end: usize) -> &'a [u8] {
+        self.buf.get(start..end).unwrap_or(&[])
+    }
+
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn set_pos(&mut self, pos: usize) {
+        self.pos = pos.min(self.buf.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_numbers_keep_leading_zeros_and_limits() {
+        assert_eq!(parse_bounded(b"0068", 255), Some(68));
+        assert_eq!(parse_bounded(b"0000", 255), Some(0));
+        assert_eq!(parse_bounded(b"255", 255), Some(255));
+        assert_eq!(parse_bounded(b"256", 255), None);
+        assert_eq!(parse_bounded(b"-1", 255), None);
+        assert_eq!(parse_bounded(b"", 255), None);
+        assert_eq!(parse_bounded(b"99999999999999999999999999", u64::MAX), None);
+    }
+
+    #[test]
+    fn comma_split_respects_quotes_and_brackets() {
+        let parts: Vec<_> = CommaSplit::new(b"\"a,b\" <sip:x;p=1,2>, c").collect();
+        assert_eq!(parts, vec![&b"\"a,b\" <sip:x;p=1,2>"[..], &b" c"[..]]);
+    }
+
+    #[test]
+    fn quoted_strings_allow_escaped_controls_but_not_raw_ones() {
+        let mut c = Cursor::new(b"\"a\\\"b\\\x00\" rest");
+        assert_eq!(c.quoted_string(), Some(&b"\"a\\\"b\\\x00\""[..]));
+        let mut c = Cursor::new(b"\"a\x01\"");
+        assert_eq!(c.quoted_string(), None);
+        let mut c = Cursor::new(b"\"unterminated");
+        assert_eq!(c.quoted_string(), None);
+    }
+
+    #[test]
+    fn escaped_runs() {
+        assert!(is_escaped_run(b"al%20ice", UriClass::User, false));
+        assert!(!is_escaped_run(b"al%2", UriClass::User, false));
+        assert!(!is_escaped_run(b"a@b", UriClass::User, false));
+        assert!(!is_escaped_run(b"", UriClass::User, false));
+    }
+}

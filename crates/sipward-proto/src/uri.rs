@@ -1,0 +1,497 @@
+//! URIs: sip, sips and tel typed; any other well-formed absolute URI kept opaque.
+//!
+//! The caller hands in exactly the URI's bytes (the Request-URI token, the inside of
+//! `<...>`, or an addr-spec cut at its header parameters); this module checks the RFC 3261
+//! and RFC 3966 grammar, including `%HH` escapes, user and password characters, host
+//! names, IP addresses and ports.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::defect::DefectKind;
+use crate::limits::Limits;
+use crate::scan::{is_alnum, is_digit, is_escaped_run, is_hex, UriClass};
+
+/// A host: a domain name or an IP address, with the bytes it was written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host<'a> {
+    Domain(&'a [u8]),
+    Ipv4(Ipv4Addr, &'a [u8]),
+    /// Written with its brackets, e.g. `[2001:db8::1]`.
+    Ipv6(Ipv6Addr, &'a [u8]),
+}
+
+impl<'a> Host<'a> {
+    /// The host as written in the message.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match *self {
+            Host::Domain(s) | Host::Ipv4(_, s) | Host::Ipv6(_, s) => s,
+        }
+    }
+
+    /// The IP address, when the host is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match *self {
+            Host::Domain(_) => None,
+            Host::Ipv4(a, _) => Some(IpAddr::V4(a)),
+            Host::Ipv6(a, _) => Some(IpAddr::V6(a)),
+        }
+    }
+}
+
+/// Parses a host: an IPv6 reference, an IPv4 address or a host name.
+pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
+    if let Some(inner) = s.strip_prefix(b"[") {
+        let inner = inner.strip_suffix(b"]").ok_or(DefectKind::InvalidIp)?;
+        let addr = std::str::from_utf8(inner)
+            .ok()
+            .and_then(|t| t.parse::<Ipv6Addr>().ok())
+            .ok_or(DefectKind::InvalidIp)?;
+        return Ok(Host::Ipv6(addr, s));
+    }
+    if !s.is_empty() && s.iter().all(|&b| is_digit(b) || b == b'.') {
+        let addr = std::str::from_utf8(s)
+            .ok()
+            .and_then(|t| t.parse::<Ipv4Addr>().ok())
+            .ok_or(DefectKind::InvalidIp)?;
+        return Ok(Host::Ipv4(addr, s));
+    }
+    if is_hostname(s) {
+        Ok(Host::Domain(s))
+    } else {
+        Err(DefectKind::InvalidHost)
+    }
+}
+
+/// RFC 3261 hostname: dot-separated labels of alphanumerics and inner hyphens, the last
+/// starting with a letter, an optional trailing dot; at most 63 bytes a label, 255 in all.
+pub fn is_hostname(s: &[u8]) -> bool {
+    let s = s.strip_suffix(b".").unwrap_or(s);
+    if s.is_empty() || s.len() > 255 {
+        return false;
+    }
+    let mut last_label: &[u8] = &[];
+    for label in s.split(|&b| b == b'.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.iter().all(|&b| is_alnum(b) || b == b'-')
+            && label.first() != Some(&b'-')
+            && label.last() != Some(&b'-');
+        if !ok {
+            return false;
+        }
+        last_label = label;
+    }
+    last_label.first().is_some_and(|b| b.is_ascii_alphabetic())
+}
+
+/// Parses a port: 1 to 65535, at most five digits.
+pub fn parse_port(s: &[u8]) -> Result<u16, DefectKind> {
+    if s.is_empty() || s.len() > 5 || !s.iter().all(|&b| is_digit(b)) {
+        return Err(DefectKind::InvalidPort);
+    }
+    let v = s.iter().fold(0u32, |v, &b| v * 10 + u32::from(b - b'0'));
+    match u16::try_from(v) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(DefectKind::InvalidPort),
+    }
+}
+
+/// Splits `host[:port]`, where host may be an IPv6 reference.
+pub(crate) fn parse_host_port(s: &[u8]) -> Result<(Host<'_>, Option<u16>), DefectKind> {
+    let (host, port) = if s.first() == Some(&b'[') {
+        let close = s
+            .iter()
+            .position(|&b| b == b']')
+            .ok_or(DefectKind::InvalidIp)?;
+        let (h, rest) = s.split_at(close + 1);
+        match rest {
+            [] => (h, None),
+            [b':', p @ ..] => (h, Some(p)),
+            _ => return Err(DefectKind::InvalidHost),
+        }
+    } else {
+        match s.iter().position(|&b| b == b':') {
+            Some(i) => (s.get(..i).unwrap_or(&[]), s.get(i + 1..)),
+            None => (s, None),
+        }
+    };
+    let host = parse_host(host)?;
+    let port = port.map(parse_port).transpose()?;
+    Ok((host, port))
+}
+
+/// A `sip:` or `sips:` URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipUri<'a> {
+    /// The whole URI.
+    pub raw: &'a [u8],
+    pub secure: bool,
+    pub user: Option<&'a [u8]>,
+    pub password: Option<&'a [u8]>,
+    pub host: Host<'a>,
+    pub port: Option<u16>,
+    /// `host[:port]` as written: the piece topology hiding replaces.
+    pub host_port: &'a [u8],
+    /// URI parameters without the leading `;` (empty if none).
+    pub params: &'a [u8],
+    /// URI headers without the leading `?`.
+    pub headers: Option<&'a [u8]>,
+}
+
+impl<'a> SipUri<'a> {
+    /// URI parameters as (name, value) pairs.
+    pub fn params(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
+        split_params(self.params)
+    }
+
+    /// The value of a URI parameter, matched case-insensitively. `Some(None)` for a
+    /// parameter without value (such as `lr`).
+    pub fn param(&self, name: &str) -> Option<Option<&'a [u8]>> {
+        self.params()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+}
+
+/// A `tel:` URI (RFC 3966).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelUri<'a> {
+    pub raw: &'a [u8],
+    pub number: &'a [u8],
+    pub params: &'a [u8],
+}
+
+/// Any URI sipward may meet in a SIP message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uri<'a> {
+    Sip(SipUri<'a>),
+    Tel(TelUri<'a>),
+    /// A well-formed absolute URI of another scheme, kept opaque.
+    Other {
+        scheme: &'a [u8],
+        raw: &'a [u8],
+    },
+}
+
+impl<'a> Uri<'a> {
+    pub fn raw(&self) -> &'a [u8] {
+        match *self {
+            Uri::Sip(u) => u.raw,
+            Uri::Tel(u) => u.raw,
+            Uri::Other { raw, .. } => raw,
+        }
+    }
+
+    pub fn as_sip(&self) -> Option<&SipUri<'a>> {
+        match self {
+            Uri::Sip(u) => Some(u),
+            _ => None,
+        }
+    }
+}
+
+fn split_params(s: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    s.split(|&b| b == b';').filter(|p| !p.is_empty()).map(|p| {
+        match p.iter().position(|&b| b == b'=') {
+            Some(i) => (p.get(..i).unwrap_or(&[]), p.get(i + 1..)),
+            None => (p, None),
+        }
+    })
+}
+
+fn is_scheme(s: &[u8]) -> bool {
+    match s.split_first() {
+        Some((first, rest)) => {
+            first.is_ascii_alphabetic()
+                && rest
+                    .iter()
+                    .all(|&b| is_alnum(b) || matches!(b, b'+' | b'-' | b'.'))
+        }
+        None => false,
+    }
+}
+
+/// Parses a URI. A well-formed URI of a scheme other than sip, sips or tel parses to
+/// [`Uri::Other`]: the caller decides whether that is acceptable where it stands.
+pub fn parse_uri<'a>(s: &'a [u8], limits: &Limits) -> Result<Uri<'a>, DefectKind> {
+    let colon = s
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(DefectKind::MalformedUri)?;
+    let scheme = s.get(..colon).unwrap_or(&[]);
+    let rest = s.get(colon + 1..).unwrap_or(&[]);
+    if !is_scheme(scheme) {
+        return Err(DefectKind::MalformedUri);
+    }
+    if scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips") {
+        parse_sip(s, rest, scheme.len() == 4, limits).map(Uri::Sip)
+    } else if scheme.eq_ignore_ascii_case(b"tel") {
+        parse_tel(s, rest, limits).map(Uri::Tel)
+    } else {
+        // Opaque absolute URI: visible ASCII without the delimiters that would end it.
+        let ok = !rest.is_empty()
+            && rest
+                .iter()
+                .all(|&b| b > 0x20 && b < 0x7f && !matches!(b, b'<' | b'>' | b'"'))
+            && s.len() <= limits.max_param_len;
+        if ok {
+            Ok(Uri::Other { scheme, raw: s })
+        } else {
+            Err(DefectKind::MalformedUri)
+        }
+    }
+}
+
+fn parse_sip<'a>(
+    raw: &'a [u8],
+    rest: &'a [u8],
+    secure: bool,
+    limits: &Limits,
+) -> Result<SipUri<'a>, DefectKind> {
+    // The user part may hold ';', '?' and ':', but never a raw '@'; neither may
+    // anything after the host. So the first '@' ends the userinfo.
+    let (userinfo, after) = match rest.iter().position(|&b| b == b'@') {
+        Some(i) => (rest.get(..i), rest.get(i + 1..).unwrap_or(&[])),
+        None => (None, rest),
+    };
+    let (user, password) = match userinfo {
+        Some(ui) => {
+            let (user, password) = match ui.iter().position(|&b| b == b':') {
+                Some(i) => (ui.get(..i).unwrap_or(&[]), ui.get(i + 1..)),
+                None => (ui, None),
+            };
+            if user.len() > limits.max_param_len || !is_escaped_run(user, UriClass::User, false) {
+                return Err(DefectKind::InvalidUser);
+            }
+            if let Some(pw) = password {
+                if pw.len() > limits.max_param_len || !is_escaped_run(pw, UriClass::Password, true)
+                {
+                    return Err(DefectKind::InvalidUser);
+                }
+            }
+            (Some(user), password)
+        }
+        None => (None, None),
+    };
+    let host_end = after
+        .iter()
+        .position(|&b| b == b';' || b == b'?')
+        .unwrap_or(after.len());
+    let host_port = after.get(..host_end).unwrap_or(&[]);
+    if host_port.len() > limits.max_param_len {
+        return Err(DefectKind::ParamTooLong);
+    }
+    let (host, port) = parse_host_port(host_port)?;
+    let tail = after.get(host_end..).unwrap_or(&[]);
+    let (params, headers) = match tail.iter().position(|&b| b == b'?') {
+        Some(i) => (tail.get(..i).unwrap_or(&[]), tail.get(i + 1..)),
+        None => (tail, None),
+    };
+    let params = params.strip_prefix(b";").unwrap_or(params);
+    check_uri_params(params, limits)?;
+    if let Some(h) = headers {
+        check_uri_headers(h, limits)?;
+    }
+    Ok(SipUri {
+        raw,
+        secure,
+        user,
+        password,
+        host,
+        port,
+        host_port,
+        params,
+        headers,
+    })
+}
+
+fn check_uri_params(params: &[u8], limits: &Limits) -> Result<(), DefectKind> {
+    if params.is_empty() {
+        return Ok(());
+    }
+    let mut count = 0usize;
+    for p in params.split(|&b| b == b';') {
+        count += 1;
+        if count > limits.max_params {
+            return Err(DefectKind::TooManyParams);
+        }
+        if p.len() > limits.max_param_len {
+            return Err(DefectKind::ParamTooLong);
+        }
+        let (name, value) = match p.iter().position(|&b| b == b'=') {
+            Some(i) => (p.get(..i).unwrap_or(&[]), p.get(i + 1..)),
+            None => (p, None),
+        };
+        if !is_escaped_run(name, UriClass::Param, false) {
+            return Err(DefectKind::MalformedUri);
+        }
+        if let Some(v) = value {
+            if !is_escaped_run(v, UriClass::Param, false) {
+                return Err(DefectKind::MalformedUri);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_uri_headers(headers: &[u8], limits: &Limits) -> Result<(), DefectKind> {
+    let mut count = 0usize;
+    for h in headers.split(|&b| b == b'&') {
+        count += 1;
+        if count > limits.max_params {
+            return Err(DefectKind::TooManyParams);
+        }
+        if h.len() > limits.max_param_len {
+            return Err(DefectKind::ParamTooLong);
+        }
+        let i = h
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or(DefectKind::MalformedUri)?;
+        let (name, value) = (h.get(..i).unwrap_or(&[]), h.get(i + 1..).unwrap_or(&[]));
+        if !is_escaped_run(name, UriClass::HeaderPart, false)
+            || !is_escaped_run(value, UriClass::HeaderPart, true)
+        {
+            return Err(DefectKind::MalformedUri);
+        }
+    }
+    Ok(())
+}
+
+fn parse_tel<'a>(raw: &'a [u8], rest: &'a [u8], limits: &Limits) -> Result<TelUri<'a>, DefectKind> {
+    let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+    let number = rest.get(..end).unwrap_or(&[]);
+    let params = rest.get(end..).unwrap_or(&[]);
+    let params = params.strip_prefix(b";").unwrap_or(params);
+    let visual = |b: u8| matches!(b, b'-' | b'.' | b'(' | b')');
+    let valid = match number.split_first() {
+        Some((b'+', digits)) => {
+            digits.iter().any(|&b| is_digit(b)) && digits.iter().all(|&b| is_digit(b) || visual(b))
+        }
+        Some(_) => {
+            number.iter().any(|&b| is_hex(b) || b == b'*' || b == b'#')
+                && number
+                    .iter()
+                    .all(|&b| is_hex(b) || b == b'*' || b == b'#' || visual(b))
+        }
+        None => false,
+    };
+    if !valid || number.len() > limits.max_param_len {
+        return Err(DefectKind::MalformedUri);
+    }
+    check_uri_params(params, limits)?;
+    Ok(TelUri {
+        raw,
+        number,
+        params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sip(s: &str) -> SipUri<'_> {
+        match parse_uri(s.as_bytes(), &Limits::default()) {
+            Ok(Uri::Sip(u)) => u,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    fn err(s: &str) -> DefectKind {
+        match parse_uri(s.as_bytes(), &Limits::default()) {
+            Err(e) => e,
+            Ok(u) => panic!("{s} parsed: {u:?}"),
+        }
+    }
+
+    #[test]
+    fn full_sip_uri() {
+        let u = sip("sips:alice:secret@[2001:db8::1]:5061;transport=tls;lr?subject=hi&x=");
+        assert!(u.secure);
+        assert_eq!(u.user, Some(&b"alice"[..]));
+        assert_eq!(u.password, Some(&b"secret"[..]));
+        assert_eq!(u.host.ip(), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(u.port, Some(5061));
+        assert_eq!(u.host_port, b"[2001:db8::1]:5061");
+        assert_eq!(u.param("TRANSPORT"), Some(Some(&b"tls"[..])));
+        assert_eq!(u.param("lr"), Some(None));
+        assert_eq!(u.headers, Some(&b"subject=hi&x="[..]));
+    }
+
+    #[test]
+    fn torture_user_parts() {
+        let u = sip("sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com");
+        assert_eq!(
+            u.user,
+            Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..])
+        );
+        assert_eq!(u.host, Host::Domain(b"example.com"));
+        let u = sip("sip:user;par=u%40example.net@example.com");
+        assert_eq!(u.user, Some(&b"user;par=u%40example.net"[..]));
+        let u = sip("sip:null-%00-null@example.com");
+        assert_eq!(u.user, Some(&b"null-%00-null"[..]));
+    }
+
+    #[test]
+    fn defects() {
+        assert_eq!(err("sip:al ice@example.com"), DefectKind::InvalidUser);
+        assert_eq!(err("sip:al%zzice@example.com"), DefectKind::InvalidUser);
+        assert_eq!(err("sip:alice@-bad-.com"), DefectKind::InvalidHost);
+        assert_eq!(err("sip:alice@example.123"), DefectKind::InvalidHost);
+        assert_eq!(err("sip:alice@256.1.1.1"), DefectKind::InvalidIp);
+        assert_eq!(err("sip:alice@[::g]"), DefectKind::InvalidIp);
+        assert_eq!(err("sip:alice@example.com:0"), DefectKind::InvalidPort);
+        assert_eq!(err("sip:alice@example.com:65536"), DefectKind::InvalidPort);
+        assert_eq!(err("sip:alice@example.com:"), DefectKind::InvalidPort);
+        assert_eq!(err("sip:alice@example.com;;lr"), DefectKind::MalformedUri);
+        assert_eq!(err("<sip:alice@example.com>"), DefectKind::MalformedUri);
+        assert_eq!(err("sip:"), DefectKind::InvalidHost);
+        assert_eq!(err("tel:"), DefectKind::MalformedUri);
+    }
+
+    #[test]
+    fn port_bounds() {
+        assert_eq!(sip("sip:h.example:65535").port, Some(65535));
+        assert_eq!(sip("sip:h.example:1").port, Some(1));
+    }
+
+    #[test]
+    fn parameter_length_boundary() {
+        let limits = Limits::default();
+        let at = format!("sip:h.example;p={}", "v".repeat(limits.max_param_len - 2));
+        assert!(parse_uri(at.as_bytes(), &limits).is_ok());
+        let over = format!("sip:h.example;p={}", "v".repeat(limits.max_param_len - 1));
+        assert_eq!(
+            parse_uri(over.as_bytes(), &limits),
+            Err(DefectKind::ParamTooLong)
+        );
+    }
+
+    #[test]
+    fn tel_and_other_schemes() {
+        assert!(matches!(
+            parse_uri(
+                b"tel:+1-201-555-0123;phone-context=example.com",
+                &Limits::default()
+            ),
+            Ok(Uri::Tel(_))
+        ));
+        assert!(matches!(
+            parse_uri(b"http://www.example.com", &Limits::default()),
+            Ok(Uri::Other { .. })
+        ));
+        assert!(matches!(
+            parse_uri(b"isbn:2983792873", &Limits::default()),
+            Ok(Uri::Other { .. })
+        ));
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(is_hostname(b"example.com."));
+        assert!(is_hostname(b"a-b.example"));
+        assert!(!is_hostname(b"a_b.example"));
+        assert!(!is_hostname(&[b'a'; 64]));
+    }
+}
