@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, idempotently: Debian packages for the real SIP
+# peers the tests run against, and cargo-fuzz for the fuzz smoke run.
+set -euo pipefail
+
+need_apt=()
+command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
+command -v sipsak >/dev/null 2>&1 || need_apt+=(sipsak)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "install-deps: apt-get install ${need_apt[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+    echo "install-deps: cargo install cargo-fuzz"
+    cargo install --locked cargo-fuzz
+fi
+echo "install-deps: sipp $(command -v sipp), sipsak $(command -v sipsak), cargo-fuzz ok"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, then formatting, lints, unit, property,
+# corpus and end-to-end tests, and a short fuzz smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+./scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, property, RFC 4475 corpus, end-to-end with SIPp)"
+cargo test --workspace 2>&1 | tee target/test-output.log
+grep -q "test result: ok" target/test-output.log
+
+step "fuzz smoke run (${FUZZ_SECONDS:-20} s per target)"
+./fuzz/smoke.sh "${FUZZ_SECONDS:-20}"
+
+step "all tests passed"
