@@ -16,7 +16,11 @@ use sipward_proto::{parse_datagram, Datagram, Edits, Limits};
 const CALLS: usize = 20;
 
 fn free_udp_port(ip: &str) -> u16 {
-    UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct KillOnDrop(Child);
@@ -37,7 +41,9 @@ struct Counts {
 #[test]
 fn sipp_calls_pass_through_parse_and_rewrite() {
     let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
-    relay.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    relay
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let relay_addr = relay.local_addr().unwrap();
     let uas_port = free_udp_port("127.0.0.1");
     let uac_port = free_udp_port("127.0.0.1");
@@ -64,24 +70,34 @@ fn sipp_calls_pass_through_parse_and_rewrite() {
             let mut buf = vec![0u8; 65536];
             let mut edits = Edits::new();
             while !stop.load(Ordering::Relaxed) {
-                let Ok((n, from)) = relay.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = relay.recv_from(&mut buf) else {
+                    continue;
+                };
                 let datagram = &buf[..n];
                 let out = match parse_datagram(datagram, &limits) {
                     Ok(Datagram::Message(msg)) => {
                         counts.accepted.fetch_add(1, Ordering::Relaxed);
                         edits.clear();
-                        edits.append_field(&msg, "X-Sipward-Relay", b"seen").unwrap();
+                        edits
+                            .append_field(&msg, "X-Sipward-Relay", b"seen")
+                            .unwrap();
                         let out = msg.rewrite(&edits).unwrap();
                         // Everything but the added field is byte-exact.
                         let added = b"X-Sipward-Relay: seen\r\n";
                         if out.len() != msg.as_bytes().len() + added.len() {
-                            counts.rewritten_bytes_differ.fetch_add(1, Ordering::Relaxed);
+                            counts
+                                .rewritten_bytes_differ
+                                .fetch_add(1, Ordering::Relaxed);
                         }
                         out
                     }
                     Ok(Datagram::Keepalive) => datagram.to_vec(),
                     Err(r) => {
-                        eprintln!("rejected from {from}: {}\n{}", r.defect, String::from_utf8_lossy(datagram));
+                        eprintln!(
+                            "rejected from {from}: {}\n{}",
+                            r.defect,
+                            String::from_utf8_lossy(datagram)
+                        );
                         counts.rejected.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -94,8 +110,25 @@ fn sipp_calls_pass_through_parse_and_rewrite() {
 
     thread::sleep(Duration::from_millis(300));
     let uac = Command::new("sipp")
-        .args(["-sn", "uac", &relay_addr.to_string(), "-i", "127.0.0.1", "-p", &uac_port.to_string()])
-        .args(["-m", &CALLS.to_string(), "-r", "10", "-nostdin", "-timeout", "60s", "-timeout_error"])
+        .args([
+            "-sn",
+            "uac",
+            &relay_addr.to_string(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port.to_string(),
+        ])
+        .args([
+            "-m",
+            &CALLS.to_string(),
+            "-r",
+            "10",
+            "-nostdin",
+            "-timeout",
+            "60s",
+            "-timeout_error",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -116,6 +149,10 @@ fn sipp_calls_pass_through_parse_and_rewrite() {
     // Each call: INVITE, 180, 200, ACK, BYE, 200 = 6 datagrams (the built-in UAS sends no 100).
     let accepted = counts.accepted.load(Ordering::Relaxed);
     assert!(accepted >= CALLS * 6, "only {accepted} datagrams relayed");
-    assert_eq!(counts.rejected.load(Ordering::Relaxed), 0, "SIPp traffic was rejected");
+    assert_eq!(
+        counts.rejected.load(Ordering::Relaxed),
+        0,
+        "SIPp traffic was rejected"
+    );
     assert_eq!(counts.rewritten_bytes_differ.load(Ordering::Relaxed), 0);
 }
