@@ -114,6 +114,8 @@ pub struct Message<'a> {
 }
 
 /// What one datagram is.
+// Returned by value once per datagram; boxing the message would cost an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Datagram<'a> {
     /// Only CR, LF and spaces: a NAT keepalive (RFC 5626 section 3.5.1), to be passed on.
@@ -402,10 +404,10 @@ impl<'a> Message<'a> {
             HeaderName::ReferTo | HeaderName::ReferredBy => {
                 parse_single_name_addr(v, limits)?;
             }
-            HeaderName::Require | HeaderName::ProxyRequire | HeaderName::Supported => {
-                if !v.is_empty() && !all_option_tags_valid(v) {
-                    return Err(DefectKind::MalformedHeader);
-                }
+            HeaderName::Require | HeaderName::ProxyRequire | HeaderName::Supported
+                if !v.is_empty() && !all_option_tags_valid(v) =>
+            {
+                return Err(DefectKind::MalformedHeader);
             }
             _ => {}
         }

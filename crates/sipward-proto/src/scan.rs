@@ -18,6 +18,7 @@ const HEX: u16 = 1 << 9;
 
 static CLASSES: [u16; 256] = build_classes();
 
+#[allow(clippy::indexing_slicing)] // c < 256 by the loop bound
 const fn build_classes() -> [u16; 256] {
     let mut t = [0u16; 256];
     let mut c = 0usize;
@@ -90,6 +91,7 @@ const fn build_classes() -> [u16; 256] {
 }
 
 #[inline]
+#[allow(clippy::indexing_slicing)] // a u8 always indexes a 256-entry table
 fn class(b: u8) -> u16 {
     CLASSES[b as usize]
 }

@@ -2,6 +2,13 @@
 //! edits, and Content-Length kept true. Property tests cover the round trip and every
 //! size limit at its exact boundary.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use proptest::prelude::*;
 use sipward_proto::{
     parse_datagram, Datagram, DefectKind, EditError, Edits, HeaderName, Limits, Message,
