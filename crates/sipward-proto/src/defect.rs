@@ -159,6 +159,15 @@ impl Defect {
 
 impl fmt::Display for Defect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.kind, self.at) {
+            (DefectKind::MissingHeader, Location::Header(h)) => {
+                return write!(f, "missing {h} header")
+            }
+            (DefectKind::DuplicateHeader, Location::Header(h)) => {
+                return write!(f, "duplicate {h} header")
+            }
+            _ => {}
+        }
         f.write_str(self.kind_text())?;
         match self.at {
             Location::Message => Ok(()),
