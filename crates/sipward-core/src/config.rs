@@ -1,0 +1,142 @@
+//! The compiled configuration the core runs on: zones, address objects, the ALG options,
+//! services and the ordered rule set. The binary builds it from the TOML file; tests build
+//! it directly.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use sipward_proto::Limits;
+
+/// Index of a zone in [`Config::zones`].
+pub type ZoneId = usize;
+
+/// An interface (zone) the gateway has an address on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    pub name: String,
+    /// The gateway's own SIP address in this zone.
+    pub address: SocketAddr,
+    /// Networks that belong to this zone.
+    pub networks: Vec<IpNet>,
+    /// Whether this is an inside (protected) zone whose addresses must never leave.
+    pub inside: bool,
+}
+
+/// A named address object: one host (optionally with port) or a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressObject {
+    Host { ip: IpAddr, port: Option<u16> },
+    Network(IpNet),
+    Any,
+}
+
+impl AddressObject {
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        match self {
+            AddressObject::Host { ip, port } => *ip == addr.ip() && port.is_none_or(|p| p == addr.port()),
+            AddressObject::Network(net) => net.contains(&addr.ip()),
+            AddressObject::Any => true,
+        }
+    }
+}
+
+/// The SIP ALG options, with the founding brief's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlgOptions {
+    pub max_sessions_per_id: usize,
+    pub max_registration_time: Duration,
+    pub request_response_timeout: Duration,
+    pub signal_timeout: Duration,
+    pub data_channel_timeout: Duration,
+    pub allow_media_bypass: bool,
+    pub limits: Limits,
+    pub max_registrations: usize,
+    pub max_dialogs: usize,
+    pub max_transactions: usize,
+}
+
+impl Default for AlgOptions {
+    fn default() -> Self {
+        Self {
+            max_sessions_per_id: 5,
+            max_registration_time: Duration::from_secs(3600),
+            request_response_timeout: Duration::from_secs(180),
+            signal_timeout: Duration::from_secs(43200),
+            data_channel_timeout: Duration::from_secs(120),
+            allow_media_bypass: false,
+            limits: Limits::default(),
+            max_registrations: 10_000,
+            max_dialogs: 10_000,
+            max_transactions: 20_000,
+        }
+    }
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Inside to outside, translated: the ALG forwards to `destination` and hides the
+    /// inside topology.
+    Nat,
+    /// Outside to the gateway itself ("core"): the ALG routes from its own state.
+    Allow,
+    /// Silently discarded (counted).
+    Drop,
+    /// Refused: requests get 403.
+    Reject,
+}
+
+/// One rule of the ordered IP rule set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub action: Action,
+    /// Zone the datagram arrives in.
+    pub from_zone: ZoneId,
+    pub source: AddressObject,
+    /// For `Nat`: the outside zone and the next hop (the proxy). For `Allow`: `None`
+    /// destination means the gateway itself.
+    pub to_zone: Option<ZoneId>,
+    pub destination: AddressObject,
+    /// UDP port of the service the rule applies to.
+    pub service_port: u16,
+}
+
+/// The whole compiled configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Names this gateway in Warning and Via-derived values.
+    pub agent: String,
+    pub zones: Vec<Zone>,
+    pub alg: AlgOptions,
+    pub rules: Vec<Rule>,
+    /// Key for the hashes that name hidden branches, Call-IDs and contact tokens.
+    pub secret: [u8; 16],
+}
+
+impl Config {
+    pub fn zone(&self, id: ZoneId) -> Option<&Zone> {
+        self.zones.get(id)
+    }
+
+    /// The zone whose gateway address is `local`.
+    pub fn zone_of_local(&self, local: SocketAddr) -> Option<ZoneId> {
+        self.zones.iter().position(|z| z.address == local)
+    }
+
+    /// Whether `ip` belongs to an inside zone (a gateway inside address included).
+    pub fn is_inside(&self, ip: IpAddr) -> bool {
+        self.zones
+            .iter()
+            .filter(|z| z.inside)
+            .any(|z| z.address.ip() == ip || z.networks.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// First rule matching a datagram arriving in `zone` from `source` on `port`.
+    pub fn match_rule(&self, zone: ZoneId, source: SocketAddr, port: u16) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.from_zone == zone && r.service_port == port && r.source.contains(source))
+    }
+}

@@ -1,0 +1,1068 @@
+//! The gateway state machine: classify each datagram by zone and rule, translate it
+//! between inside and outside, remember what the way back needs, and run the timers.
+//!
+//! Topology hiding (inside towards outside): the phone's Via fields are replaced by one
+//! gateway Via and restored on responses; the Call-ID of an inside-originated call is
+//! replaced by a keyed hash; every SIP URI naming an inside host (Request-URI, From, To,
+//! Contact) is rewritten to the gateway's outside address (or, where the phone addressed
+//! the gateway itself, the proxy); Contacts carry a token (`swc`) that routes inbound
+//! requests back to the right phone; the SDP goes through the [`MediaSeam`].
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sipward_proto::{
+    build_answer, parse_datagram, Datagram, Edits, HeaderName, Message, MethodKind, NameAddr, Uri,
+};
+
+use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
+use crate::hide::{Hider, BRANCH_PREFIX};
+use crate::media::{Direction, MediaSeam, RewriteToZoneAddress};
+use crate::state::{
+    has_tag, Binding, BindingView, ClientTx, Dialog, DialogView, Echo, RegisterInfo, ServerTx, Tables,
+};
+
+/// How long a transaction is kept after its final response, to route retransmissions
+/// (64*T1, RFC 3261 section 17).
+const LINGER: Duration = Duration::from_secs(32);
+/// How often the timers are swept.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Contact URI parameter that carries the gateway's routing token.
+const TOKEN_PARAM: &str = "swc";
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The gateway address (and so the socket) to send from.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// Event counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub received: u64,
+    pub forwarded: u64,
+    pub answered_malformed: u64,
+    pub dropped_malformed: u64,
+    pub keepalives: u64,
+    pub dropped_no_rule: u64,
+    pub dropped_by_rule: u64,
+    pub rejected_by_rule: u64,
+    pub stray_responses: u64,
+    pub unknown_target: u64,
+    pub session_limit: u64,
+    pub state_full: u64,
+    pub timeouts: u64,
+    pub dialogs_expired: u64,
+    pub bindings_expired: u64,
+    pub edit_failures: u64,
+}
+
+/// The gateway core.
+pub struct Gateway<M: MediaSeam = RewriteToZoneAddress> {
+    config: Arc<Config>,
+    hider: Hider,
+    tables: Tables,
+    out: VecDeque<Transmit>,
+    counters: Counters,
+    media: M,
+    next_sweep: Option<Instant>,
+}
+
+impl Gateway<RewriteToZoneAddress> {
+    pub fn new(config: Config) -> Self {
+        Self::with_media(config, RewriteToZoneAddress)
+    }
+}
+
+/// Facts about one datagram's arrival, passed down the handlers.
+#[derive(Clone, Copy)]
+struct Arrival {
+    now: Instant,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+impl<M: MediaSeam> Gateway<M> {
+    pub fn with_media(config: Config, media: M) -> Self {
+        Self {
+            hider: Hider::new(&config.secret),
+            config: Arc::new(config),
+            tables: Tables::default(),
+            out: VecDeque::new(),
+            counters: Counters::default(),
+            media,
+            next_sweep: None,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn media(&self) -> &M {
+        &self.media
+    }
+
+    /// Registration bindings, for inspection.
+    pub fn bindings(&self) -> Vec<BindingView> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        self.tables
+            .bindings
+            .values()
+            .map(|b| BindingView {
+                aor: text(&b.aor),
+                phone: b.phone,
+                inside_contact: text(&b.inside_contact),
+                outside_contact: text(&b.outside_contact),
+                expires_at: b.expires_at,
+            })
+            .collect()
+    }
+
+    /// Dialogs (calls), early and confirmed.
+    pub fn dialogs(&self) -> Vec<DialogView> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        self.tables
+            .dialogs
+            .values()
+            .map(|d| DialogView {
+                inside_call_id: text(&d.inside_call_id),
+                outside_call_id: text(&d.outside_call_id),
+                aor: text(&d.aor),
+                phone: d.phone,
+                confirmed: d.confirmed,
+                created: d.created,
+            })
+            .collect()
+    }
+
+    /// Transactions in progress or lingering.
+    pub fn transactions(&self) -> usize {
+        self.tables.transactions()
+    }
+
+    /// The next datagram to send, if any. Poll after every `handle_*` call until `None`.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// When [`Gateway::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
+        self.out.push_back(Transmit { local, remote, payload });
+    }
+
+    fn arm(&mut self, now: Instant) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP);
+        }
+    }
+
+    /// Feeds one received datagram to the gateway.
+    pub fn handle_datagram(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        self.counters.received += 1;
+        let config = self.config.clone();
+        let Some(zone) = config.zone_of_local(local) else {
+            self.counters.dropped_no_rule += 1;
+            return;
+        };
+        let at = Arrival { now, local, remote };
+        match parse_datagram(data, &config.alg.limits) {
+            Err(rejection) => match build_answer(data, &rejection, &config.agent) {
+                Some(answer) => {
+                    self.counters.answered_malformed += 1;
+                    self.send(local, remote, answer);
+                }
+                None => self.counters.dropped_malformed += 1,
+            },
+            Ok(Datagram::Keepalive) => {
+                // Answer a ping with a pong (RFC 5626) to senders the rule set admits.
+                if config.match_rule(zone, remote, local.port()).is_some() {
+                    self.counters.keepalives += 1;
+                    self.send(local, remote, b"\r\n".to_vec());
+                }
+            }
+            Ok(Datagram::Message(msg)) => {
+                let inside = config.zone(zone).is_some_and(|z| z.inside);
+                match (inside, msg.is_request()) {
+                    (true, true) => self.request_from_inside(&config, zone, at, &msg),
+                    (true, false) => self.response_from_inside(&config, at, &msg),
+                    (false, true) => self.request_from_outside(&config, zone, at, &msg),
+                    (false, false) => self.response_from_outside(&config, at, &msg),
+                }
+                self.arm(now);
+            }
+        }
+    }
+
+    /// Answers a request on the gateway's own behalf (never an ACK).
+    fn answer(&mut self, config: &Config, at: Arrival, msg: &Message<'_>, status: u16, reason: &str, warning: &str) {
+        if msg.method().is_some_and(|m| m.kind() == MethodKind::Ack) {
+            return;
+        }
+        let tag = self.hider.token(&[msg.call_id(), b"answer"]);
+        let payload = Echo::of(msg).response(status, reason, &config.agent, Some(warning), &tag);
+        self.send(at.local, at.remote, payload);
+    }
+
+    fn apply_rule<'c>(
+        &mut self,
+        config: &'c Config,
+        zone: ZoneId,
+        at: Arrival,
+        msg: &Message<'_>,
+    ) -> Option<&'c Rule> {
+        let Some(rule) = config.match_rule(zone, at.remote, at.local.port()) else {
+            self.counters.dropped_no_rule += 1;
+            return None;
+        };
+        match rule.action {
+            Action::Drop => {
+                self.counters.dropped_by_rule += 1;
+                None
+            }
+            Action::Reject => {
+                self.counters.rejected_by_rule += 1;
+                self.answer(config, at, msg, 403, "Forbidden", "refused by rule set");
+                None
+            }
+            Action::Nat | Action::Allow => Some(rule),
+        }
+    }
+
+    // ---- inside to outside ----
+
+    fn request_from_inside(&mut self, config: &Config, zone: ZoneId, at: Arrival, msg: &Message<'_>) {
+        let Some(rule) = self.apply_rule(config, zone, at, msg) else { return };
+        if rule.action != Action::Nat {
+            self.counters.dropped_by_rule += 1;
+            return;
+        }
+        let (Some(wan), AddressObject::Host { ip, port }) =
+            (rule.to_zone.and_then(|z| config.zone(z)), &rule.destination)
+        else {
+            self.counters.dropped_by_rule += 1;
+            return;
+        };
+        let next_hop = SocketAddr::new(*ip, port.unwrap_or(5060));
+        let wan_local = wan.address;
+        let Some(method) = msg.method().map(|m| m.kind()) else { return };
+        let (Some(from), Some(to), Some(cseq), Some(top_via)) = (msg.from(), msg.to(), msg.cseq(), msg.top_via())
+        else {
+            return;
+        };
+        let initial = to.tag().is_none();
+        let inside_call_id = msg.call_id();
+        let dialog_call_id = self.tables.call_ids.get(inside_call_id).cloned();
+        let outside_call_id = dialog_call_id.clone().unwrap_or_else(|| self.hider.call_id(inside_call_id));
+        let aor = aor_of(&from.uri);
+
+        if method != MethodKind::Ack && self.tables.transactions() >= config.alg.max_transactions {
+            self.counters.state_full += 1;
+            self.answer(config, at, msg, 503, "Service Unavailable", "gateway transaction table full");
+            return;
+        }
+        if method == MethodKind::Invite && initial {
+            if self.tables.sessions_of(&aor) >= config.alg.max_sessions_per_id {
+                self.counters.session_limit += 1;
+                self.answer(config, at, msg, 403, "Forbidden", "maximum sessions per user reached");
+                return;
+            }
+            if self.tables.dialogs.len() >= config.alg.max_dialogs {
+                self.counters.state_full += 1;
+                self.answer(config, at, msg, 503, "Service Unavailable", "gateway dialog table full");
+                return;
+            }
+        }
+        if method == MethodKind::Register && self.tables.bindings.len() >= config.alg.max_registrations {
+            self.counters.state_full += 1;
+            self.answer(config, at, msg, 503, "Service Unavailable", "gateway registration table full");
+            return;
+        }
+
+        let phone_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
+        let remote_text = at.remote.to_string();
+        let branch = self.hider.branch(&[phone_branch, remote_text.as_bytes()]);
+        let wan_text = wan_local.to_string();
+        let next_hop_text = next_hop.to_string();
+        let is_inside = |ip: IpAddr| config.is_inside(ip);
+        let gateway_inside = |h: &sipward_proto::SipUri<'_>| {
+            let p = h.port.unwrap_or(5060);
+            h.host.ip().is_some_and(|ip| {
+                config
+                    .zones
+                    .iter()
+                    .any(|z| z.inside && z.address.ip() == ip && z.address.port() == p)
+            })
+        };
+
+        let mut edits = Edits::new();
+        let mut via_lines = Vec::new();
+        let r = (|| -> Result<(), sipward_proto::EditError> {
+            for f in msg.headers().iter().filter(|f| f.name == HeaderName::Via) {
+                via_lines.extend_from_slice(f.line);
+                edits.remove_field(msg, f)?;
+            }
+            let our_via = format!("SIP/2.0/UDP {wan_text};branch={branch};rport");
+            edits.prepend_field(msg, "Via", our_via.as_bytes())?;
+            decrement_max_forwards(msg, &mut edits)?;
+            if let Some(f) = msg.header(HeaderName::CallId) {
+                if f.value != outside_call_id.as_slice() {
+                    edits.replace(msg, f.value, &outside_call_id)?;
+                }
+            }
+            // Request-URI and To: the gateway itself stands for the proxy; a phone for
+            // the gateway's outside address.
+            for uri in [msg.request_uri(), Some(&to.uri)].into_iter().flatten() {
+                if let Uri::Sip(u) = uri {
+                    if gateway_inside(u) {
+                        edits.replace(msg, u.host_port, next_hop_text.as_bytes())?;
+                    } else if u.host.ip().is_some_and(is_inside) {
+                        edits.replace(msg, u.host_port, wan_text.as_bytes())?;
+                    }
+                }
+            }
+            if let Uri::Sip(u) = &from.uri {
+                if u.host.ip().is_some_and(is_inside) || gateway_inside(u) {
+                    edits.replace(msg, u.host_port, wan_text.as_bytes())?;
+                }
+            }
+            // Route entries naming the gateway were for us: consume them.
+            for f in msg.headers().iter().filter(|f| f.name == HeaderName::Route) {
+                let ours = msg
+                    .routes()
+                    .iter()
+                    .filter(|r| msg.range_of(r.raw).is_some_and(|rr| field_contains(msg, f, &rr)))
+                    .all(|r| r.uri.as_sip().is_some_and(gateway_inside));
+                if ours {
+                    edits.remove_field(msg, f)?;
+                }
+            }
+            Ok(())
+        })();
+        if r.is_err() {
+            self.counters.edit_failures += 1;
+            return;
+        }
+
+        // Contacts: outside address plus a routing token.
+        let mut register = None;
+        for contact in &msg.contacts().list {
+            let Uri::Sip(u) = &contact.uri else { continue };
+            if !(u.host.ip().is_some_and(is_inside) || gateway_inside(u)) {
+                continue;
+            }
+            let token = self.hider.token(&[&aor, remote_text.as_bytes(), u.raw]);
+            let outside = contact_uri(u, &wan_text, &token);
+            let ok = if contact.bracketed {
+                edits.replace(msg, u.raw, outside.as_bytes())
+            } else {
+                edits.replace(msg, u.raw, format!("<{outside}>").as_bytes())
+            };
+            if ok.is_err() {
+                self.counters.edit_failures += 1;
+                return;
+            }
+            if method == MethodKind::Register && register.is_none() {
+                register = Some(RegisterInfo {
+                    aor: aor_of(&to.uri),
+                    token,
+                    inside_contact: u.raw.to_vec(),
+                    outside_contact: outside.into_bytes(),
+                });
+            }
+        }
+        if method == MethodKind::Register && cap_expires(msg, &mut edits, config.alg.max_registration_time).is_err() {
+            self.counters.edit_failures += 1;
+            return;
+        }
+        self.media.rewrite_sdp(msg, &mut edits, &outside_call_id, Direction::Outbound, wan_local.ip(), &is_inside);
+
+        let payload = match msg.rewrite(&edits) {
+            Ok(p) => p,
+            Err(_) => {
+                self.counters.edit_failures += 1;
+                return;
+            }
+        };
+
+        // Remember the way back.
+        if method == MethodKind::Invite && initial && !self.tables.dialogs.contains_key(&outside_call_id) {
+            self.tables.insert_dialog(Dialog {
+                inside_call_id: inside_call_id.to_vec(),
+                outside_call_id: outside_call_id.clone(),
+                phone: at.remote,
+                lan_local: at.local,
+                wan_local,
+                proxy: next_hop,
+                originated_inside: true,
+                inside_from: from.raw.to_vec(),
+                inside_to: to.raw.to_vec(),
+                outside_from: Vec::new(),
+                outside_to: Vec::new(),
+                phone_contact: first_contact(msg),
+                far_contact: Vec::new(),
+                far_route: Vec::new(),
+                aor: aor.clone(),
+                token: String::new(),
+                created: at.now,
+                confirmed: false,
+                cseq_inside: cseq.seq,
+                cseq_outside: 0,
+            });
+        } else if let Some(d) = dialog_call_id.and_then(|id| self.tables.dialogs.get_mut(&id)) {
+            d.cseq_inside = d.cseq_inside.max(cseq.seq);
+        }
+        if method != MethodKind::Ack {
+            let key = (branch, cseq.method.to_vec());
+            self.tables.client.insert(
+                key,
+                ClientTx {
+                    phone: at.remote,
+                    lan_local: at.local,
+                    via_lines,
+                    echo: Echo::of(msg),
+                    inside_call_id: inside_call_id.to_vec(),
+                    outside_call_id: outside_call_id.clone(),
+                    inside_from: from.raw.to_vec(),
+                    inside_to: to.raw.to_vec(),
+                    method,
+                    created: at.now,
+                    final_at: None,
+                    register,
+                },
+            );
+        }
+        self.counters.forwarded += 1;
+        self.send(wan_local, next_hop, payload);
+    }
+
+    fn response_from_outside(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
+        let (Some(via), Some(cseq), Some(status)) = (msg.top_via(), msg.cseq(), msg.status()) else { return };
+        let ours = via.host.ip() == Some(at.local.ip())
+            && via.port.unwrap_or(5060) == at.local.port()
+            && via.branch.is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
+        let key = (
+            String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
+            cseq.method.to_vec(),
+        );
+        let Some(tx) = self.tables.client.get(&key).filter(|_| ours).cloned() else {
+            self.counters.stray_responses += 1;
+            return;
+        };
+        let mut edits = Edits::new();
+        let mut new_binding = None;
+        let r = (|| -> Result<(), sipward_proto::EditError> {
+            remove_top_via(msg, &mut edits, &tx.via_lines)?;
+            if msg.call_id() != tx.inside_call_id.as_slice() {
+                if let Some(f) = msg.header(HeaderName::CallId) {
+                    edits.replace(msg, f.value, &tx.inside_call_id)?;
+                }
+            }
+            if let (Some(f), Some(from)) = (msg.header(HeaderName::From), msg.from()) {
+                if from.raw != tx.inside_from.as_slice() {
+                    edits.replace(msg, f.value, &tx.inside_from)?;
+                }
+            }
+            if let (Some(f), Some(to)) = (msg.header(HeaderName::To), msg.to()) {
+                let restored = with_tag(&tx.inside_to, to.tag());
+                if to.raw != restored.as_slice() {
+                    edits.replace(msg, f.value, &restored)?;
+                }
+            }
+            if let Some(reg) = &tx.register {
+                if (200..300).contains(&status) {
+                    new_binding = restore_register_contacts(msg, &mut edits, reg, config.alg.max_registration_time)?;
+                }
+            }
+            Ok(())
+        })();
+        if r.is_err() {
+            self.counters.edit_failures += 1;
+            return;
+        }
+        let is_inside = |ip: IpAddr| config.is_inside(ip);
+        let lan_ip = tx.lan_local.ip();
+        self.media.rewrite_sdp(msg, &mut edits, &tx.outside_call_id, Direction::Inbound, lan_ip, &is_inside);
+        let Ok(payload) = msg.rewrite(&edits) else {
+            self.counters.edit_failures += 1;
+            return;
+        };
+
+        // State.
+        if status >= 200 {
+            if let Some(t) = self.tables.client.get_mut(&key) {
+                t.final_at.get_or_insert(at.now);
+            }
+        }
+        match tx.method {
+            MethodKind::Invite if (200..300).contains(&status) => {
+                let far_route = msg.record_routes().iter().rev().map(|r| r.raw.to_vec()).collect();
+                if let Some(d) = self.tables.dialogs.get_mut(&tx.outside_call_id) {
+                    d.confirmed = true;
+                    d.far_contact = first_contact_uri(msg);
+                    d.far_route = far_route;
+                    d.outside_from = msg.from().map(|f| f.raw.to_vec()).unwrap_or_default();
+                    d.outside_to = msg.to().map(|t| t.raw.to_vec()).unwrap_or_default();
+                    d.inside_to = with_tag(&tx.inside_to, msg.to().and_then(|t| t.tag()));
+                }
+            }
+            MethodKind::Invite if status >= 300 => self.end_unconfirmed(&tx.outside_call_id),
+            MethodKind::Bye if status >= 200 => self.end_dialog(&tx.outside_call_id),
+            MethodKind::Register if status >= 200 => {
+                if let Some(reg) = &tx.register {
+                    match new_binding {
+                        Some(expires) if (200..300).contains(&status) => {
+                            self.tables.bindings.insert(
+                                reg.token.clone(),
+                                Binding {
+                                    aor: reg.aor.clone(),
+                                    phone: tx.phone,
+                                    lan_local: tx.lan_local,
+                                    inside_contact: reg.inside_contact.clone(),
+                                    outside_contact: reg.outside_contact.clone(),
+                                    expires_at: at.now + expires,
+                                },
+                            );
+                        }
+                        _ if status == 401 || status == 407 => {}
+                        _ => {
+                            self.tables.bindings.remove(&reg.token);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if status >= 200 && tx.method != MethodKind::Invite {
+            self.tables.client.remove(&key);
+        }
+        self.counters.forwarded += 1;
+        self.send(tx.lan_local, tx.phone, payload);
+    }
+
+    // ---- outside to inside ----
+
+    fn request_from_outside(&mut self, config: &Config, zone: ZoneId, at: Arrival, msg: &Message<'_>) {
+        let Some(rule) = self.apply_rule(config, zone, at, msg) else { return };
+        if rule.action != Action::Allow {
+            self.counters.dropped_by_rule += 1;
+            return;
+        }
+        let Some(method) = msg.method().map(|m| m.kind()) else { return };
+        let (Some(cseq), Some(top_via), Some(from), Some(to)) = (msg.cseq(), msg.top_via(), msg.from(), msg.to())
+        else {
+            return;
+        };
+        let remote_text = at.remote.to_string();
+        let proxy_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
+        let branch = self.hider.branch(&[proxy_branch, remote_text.as_bytes()]);
+        let initial = to.tag().is_none();
+
+        // Where does it go? A pending INVITE (CANCEL, ACK for a failure), a registration
+        // token in the Request-URI, or the dialog the Call-ID names.
+        let pending = self.tables.server.get(&(branch.clone(), b"INVITE".to_vec())).cloned();
+        let token = msg
+            .request_uri()
+            .and_then(|u| u.as_sip())
+            .and_then(|u| u.param(TOKEN_PARAM).flatten())
+            .map(|t| String::from_utf8_lossy(t).into_owned());
+        let binding = token.as_ref().and_then(|t| self.tables.bindings.get(t)).cloned();
+        let dialog = self.tables.dialogs.get(msg.call_id()).cloned();
+        let (phone, lan_local, target, aor, tok) = if let (Some(p), MethodKind::Cancel | MethodKind::Ack) = (&pending, method) {
+            (p.phone, p.lan_local, None, p.aor.clone(), p.token.clone())
+        } else if let Some(d) = dialog.as_ref().filter(|_| !initial) {
+            (d.phone, d.lan_local, Some(d.phone_contact.clone()), d.aor.clone(), d.token.clone())
+        } else if let Some(b) = &binding {
+            let t = token.clone().unwrap_or_default();
+            (b.phone, b.lan_local, Some(b.inside_contact.clone()), b.aor.clone(), t)
+        } else {
+            self.counters.unknown_target += 1;
+            self.answer(config, at, msg, 404, "Not Found", "no such user behind this gateway");
+            return;
+        };
+        if method == MethodKind::Invite && initial {
+            if self.tables.sessions_of(&aor) >= config.alg.max_sessions_per_id {
+                self.counters.session_limit += 1;
+                self.answer(config, at, msg, 486, "Busy Here", "maximum sessions per user reached");
+                return;
+            }
+            if self.tables.dialogs.len() >= config.alg.max_dialogs {
+                self.counters.state_full += 1;
+                self.answer(config, at, msg, 503, "Service Unavailable", "gateway dialog table full");
+                return;
+            }
+        }
+        if method != MethodKind::Ack && self.tables.transactions() >= config.alg.max_transactions {
+            self.counters.state_full += 1;
+            self.answer(config, at, msg, 503, "Service Unavailable", "gateway transaction table full");
+            return;
+        }
+
+        let lan_text = lan_local.to_string();
+        let mut edits = Edits::new();
+        let mut via_lines = Vec::new();
+        let inside_dialog = dialog.as_ref().filter(|d| d.originated_inside && !initial);
+        let r = (|| -> Result<(), sipward_proto::EditError> {
+            for f in msg.headers().iter().filter(|f| f.name == HeaderName::Via) {
+                via_lines.extend_from_slice(f.line);
+                edits.remove_field(msg, f)?;
+            }
+            edits.prepend_field(msg, "Via", format!("SIP/2.0/UDP {lan_text};branch={branch}").as_bytes())?;
+            decrement_max_forwards(msg, &mut edits)?;
+            if let (Some(target), Some(uri)) = (&target, msg.request_uri()) {
+                edits.replace(msg, uri.raw(), target)?;
+            }
+            if let Some(d) = inside_dialog {
+                // The far end speaks of the hidden call: give the phone back its own.
+                if let Some(f) = msg.header(HeaderName::CallId) {
+                    edits.replace(msg, f.value, &d.inside_call_id)?;
+                }
+                if let Some(f) = msg.header(HeaderName::To) {
+                    edits.replace(msg, f.value, &d.inside_from)?;
+                }
+                if let Some(f) = msg.header(HeaderName::From) {
+                    edits.replace(msg, f.value, &with_tag(&d.inside_to, from.tag()))?;
+                }
+            }
+            Ok(())
+        })();
+        if r.is_err() {
+            self.counters.edit_failures += 1;
+            return;
+        }
+        let is_inside = |ip: IpAddr| config.is_inside(ip);
+        let call_key = msg.call_id().to_vec();
+        self.media.rewrite_sdp(msg, &mut edits, &call_key, Direction::Inbound, lan_local.ip(), &is_inside);
+        let Ok(payload) = msg.rewrite(&edits) else {
+            self.counters.edit_failures += 1;
+            return;
+        };
+
+        if method == MethodKind::Invite && initial && !self.tables.dialogs.contains_key(msg.call_id()) {
+            self.tables.insert_dialog(Dialog {
+                inside_call_id: msg.call_id().to_vec(),
+                outside_call_id: msg.call_id().to_vec(),
+                phone,
+                lan_local,
+                wan_local: at.local,
+                proxy: at.remote,
+                originated_inside: false,
+                inside_from: from.raw.to_vec(),
+                inside_to: to.raw.to_vec(),
+                outside_from: from.raw.to_vec(),
+                outside_to: to.raw.to_vec(),
+                phone_contact: target.clone().unwrap_or_default(),
+                far_contact: first_contact_uri(msg),
+                far_route: msg.record_routes().iter().map(|r| r.raw.to_vec()).collect(),
+                aor: aor.clone(),
+                token: tok.clone(),
+                created: at.now,
+                confirmed: false,
+                cseq_inside: 0,
+                cseq_outside: cseq.seq,
+            });
+        } else if let Some(d) = self.tables.dialogs.get_mut(msg.call_id()) {
+            d.cseq_outside = d.cseq_outside.max(cseq.seq);
+        }
+        if method != MethodKind::Ack {
+            self.tables.server.insert(
+                (branch, cseq.method.to_vec()),
+                ServerTx {
+                    proxy: at.remote,
+                    wan_local: at.local,
+                    lan_local,
+                    phone,
+                    via_lines,
+                    echo: Echo::of(msg),
+                    method,
+                    created: at.now,
+                    final_at: None,
+                    aor,
+                    token: tok,
+                },
+            );
+        }
+        self.counters.forwarded += 1;
+        self.send(lan_local, phone, payload);
+    }
+
+    fn response_from_inside(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
+        let (Some(via), Some(cseq), Some(status)) = (msg.top_via(), msg.cseq(), msg.status()) else { return };
+        let ours = via.host.ip() == Some(at.local.ip())
+            && via.port.unwrap_or(5060) == at.local.port()
+            && via.branch.is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
+        let key = (
+            String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
+            cseq.method.to_vec(),
+        );
+        let Some(tx) = self.tables.server.get(&key).filter(|_| ours).cloned() else {
+            self.counters.stray_responses += 1;
+            return;
+        };
+        let wan_text = tx.wan_local.to_string();
+        let is_inside = |ip: IpAddr| config.is_inside(ip);
+        let mut edits = Edits::new();
+        let r = (|| -> Result<(), sipward_proto::EditError> {
+            remove_top_via(msg, &mut edits, &tx.via_lines)?;
+            // Identity as the outside sent it; the phone's To-tag is kept.
+            if let (Some(f), Some(to)) = (msg.header(HeaderName::To), msg.to()) {
+                let restored = with_tag(&tx.echo.to, to.tag());
+                if to.raw != restored.as_slice() {
+                    edits.replace(msg, f.value, &restored)?;
+                }
+            }
+            if let (Some(f), Some(from)) = (msg.header(HeaderName::From), msg.from()) {
+                if from.raw != tx.echo.from.as_slice() {
+                    edits.replace(msg, f.value, &tx.echo.from)?;
+                }
+            }
+            if let Some(f) = msg.header(HeaderName::CallId) {
+                if f.value != tx.echo.call_id.as_slice() {
+                    edits.replace(msg, f.value, &tx.echo.call_id)?;
+                }
+            }
+            for contact in &msg.contacts().list {
+                let Uri::Sip(u) = &contact.uri else { continue };
+                if u.host.ip().is_some_and(is_inside) {
+                    let outside = contact_uri(u, &wan_text, &tx.token);
+                    if contact.bracketed {
+                        edits.replace(msg, u.raw, outside.as_bytes())?;
+                    } else {
+                        edits.replace(msg, u.raw, format!("<{outside}>").as_bytes())?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if r.is_err() {
+            self.counters.edit_failures += 1;
+            return;
+        }
+        let call_key = tx.echo.call_id.clone();
+        self.media.rewrite_sdp(msg, &mut edits, &call_key, Direction::Outbound, tx.wan_local.ip(), &is_inside);
+        let Ok(payload) = msg.rewrite(&edits) else {
+            self.counters.edit_failures += 1;
+            return;
+        };
+
+        if status >= 200 {
+            if let Some(t) = self.tables.server.get_mut(&key) {
+                t.final_at.get_or_insert(at.now);
+            }
+        }
+        let call_id = tx.echo.call_id.clone();
+        match tx.method {
+            MethodKind::Invite if (200..300).contains(&status) => {
+                let contact = first_contact_uri(msg);
+                if let Some(d) = self.tables.dialogs.get_mut(&call_id) {
+                    if !d.originated_inside {
+                        d.confirmed = true;
+                        if !contact.is_empty() {
+                            d.phone_contact = contact;
+                        }
+                        d.inside_to = msg.to().map(|t| t.raw.to_vec()).unwrap_or_default();
+                        d.outside_to = with_tag(&tx.echo.to, msg.to().and_then(|t| t.tag()));
+                    }
+                }
+            }
+            MethodKind::Invite if status >= 300 => self.end_unconfirmed(&call_id),
+            MethodKind::Bye if status >= 200 => self.end_dialog(&call_id),
+            _ => {}
+        }
+        if status >= 200 && tx.method != MethodKind::Invite {
+            self.tables.server.remove(&key);
+        }
+        self.counters.forwarded += 1;
+        self.send(tx.wan_local, tx.proxy, payload);
+    }
+
+    fn end_unconfirmed(&mut self, outside_call_id: &[u8]) {
+        if self.tables.dialogs.get(outside_call_id).is_some_and(|d| !d.confirmed) {
+            self.end_dialog(outside_call_id);
+        }
+    }
+
+    fn end_dialog(&mut self, outside_call_id: &[u8]) {
+        if self.tables.remove_dialog(outside_call_id).is_some() {
+            self.media.release(outside_call_id);
+        }
+    }
+
+    // ---- timers ----
+
+    /// Runs every timer due at `now`: 408 for transactions without a final response
+    /// after the request-response timeout, BYE both ways for dialogs older than the
+    /// signal timeout, removal of expired bindings.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let config = self.config.clone();
+        let alg = &config.alg;
+
+        let expired: Vec<_> = self
+            .tables
+            .client
+            .iter()
+            .filter(|(_, t)| expired_tx(t.created, t.final_at, now, alg.request_response_timeout))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            let Some(tx) = self.tables.client.remove(&key) else { continue };
+            if tx.final_at.is_none() {
+                self.counters.timeouts += 1;
+                let tag = self.hider.token(&[&tx.inside_call_id, b"408"]);
+                let payload = tx.echo.response(408, "Request Timeout", &config.agent, Some("no response from outside"), &tag);
+                self.send(tx.lan_local, tx.phone, payload);
+                if tx.method == MethodKind::Invite {
+                    self.end_unconfirmed(&tx.outside_call_id);
+                }
+            }
+        }
+        let expired: Vec<_> = self
+            .tables
+            .server
+            .iter()
+            .filter(|(_, t)| expired_tx(t.created, t.final_at, now, alg.request_response_timeout))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            let Some(tx) = self.tables.server.remove(&key) else { continue };
+            if tx.final_at.is_none() {
+                self.counters.timeouts += 1;
+                let tag = self.hider.token(&[&tx.echo.call_id, b"408"]);
+                let payload = tx.echo.response(408, "Request Timeout", &config.agent, Some("no response from inside"), &tag);
+                self.send(tx.wan_local, tx.proxy, payload);
+                if tx.method == MethodKind::Invite {
+                    self.end_unconfirmed(&tx.echo.call_id);
+                }
+            }
+        }
+
+        let old: Vec<Vec<u8>> = self
+            .tables
+            .dialogs
+            .values()
+            .filter(|d| d.confirmed && now.saturating_duration_since(d.created) >= alg.signal_timeout)
+            .map(|d| d.outside_call_id.clone())
+            .collect();
+        for id in old {
+            if let Some(d) = self.tables.dialogs.get(&id).cloned() {
+                self.counters.dialogs_expired += 1;
+                self.bye_both_ways(&config, &d);
+                self.end_dialog(&id);
+            }
+        }
+        let before = self.tables.bindings.len();
+        self.tables.bindings.retain(|_, b| b.expires_at > now);
+        self.counters.bindings_expired += (before - self.tables.bindings.len()) as u64;
+
+        let idle = self.tables.client.is_empty()
+            && self.tables.server.is_empty()
+            && self.tables.dialogs.is_empty()
+            && self.tables.bindings.is_empty();
+        self.next_sweep = (!idle).then_some(now + SWEEP);
+    }
+
+    /// Ends a dialog on the gateway's own initiative: a BYE to the phone and one to the
+    /// far end, each in the identity that side knows.
+    fn bye_both_ways(&mut self, config: &Config, d: &Dialog) {
+        let (phone_local, phone_remote, far_local, far_remote) = if d.originated_inside {
+            (&d.inside_from, &d.inside_to, &d.outside_to, &d.outside_from)
+        } else {
+            (&d.inside_to, &d.inside_from, &d.outside_from, &d.outside_to)
+        };
+        let text = String::from_utf8_lossy;
+        let branch = self.hider.branch(&[&d.inside_call_id, b"bye-in"]);
+        let to_phone = format!(
+            "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause=408;text=\"signal timeout\"\r\nContent-Length: 0\r\n\r\n",
+            text(&d.phone_contact),
+            d.lan_local,
+            text(phone_remote),
+            text(phone_local),
+            text(&d.inside_call_id),
+            d.cseq_outside.saturating_add(1).max(1),
+        );
+        self.send(d.lan_local, d.phone, to_phone.into_bytes());
+        let branch = self.hider.branch(&[&d.outside_call_id, b"bye-out"]);
+        let routes: String = d
+            .far_route
+            .iter()
+            .map(|r| format!("Route: {}\r\n", text(r)))
+            .collect();
+        let target = if d.far_contact.is_empty() {
+            format!("sip:{}", d.proxy)
+        } else {
+            text(&d.far_contact).into_owned()
+        };
+        let to_far = format!(
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\n{routes}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause=408;text=\"signal timeout\"\r\nContent-Length: 0\r\n\r\n",
+            d.wan_local,
+            text(far_remote),
+            text(far_local),
+            text(&d.outside_call_id),
+            d.cseq_inside.saturating_add(1).max(1),
+        );
+        let _ = config;
+        self.send(d.wan_local, d.proxy, to_far.into_bytes());
+    }
+}
+
+fn expired_tx(created: Instant, final_at: Option<Instant>, now: Instant, timeout: Duration) -> bool {
+    match final_at {
+        Some(f) => now.saturating_duration_since(f) >= LINGER,
+        None => now.saturating_duration_since(created) >= timeout,
+    }
+}
+
+/// `user@host` of a URI, the key for per-user limits and bindings.
+fn aor_of(uri: &Uri<'_>) -> Vec<u8> {
+    match uri {
+        Uri::Sip(u) => {
+            let mut v = u.user.unwrap_or_default().to_vec();
+            v.push(b'@');
+            v.extend_from_slice(u.host.as_bytes());
+            v
+        }
+        other => other.raw().to_vec(),
+    }
+}
+
+fn first_contact(msg: &Message<'_>) -> Vec<u8> {
+    first_contact_uri(msg)
+}
+
+fn first_contact_uri(msg: &Message<'_>) -> Vec<u8> {
+    msg.contacts().list.first().map(|c| c.uri.raw().to_vec()).unwrap_or_default()
+}
+
+/// The phone's contact URI with the gateway's address and a routing token.
+fn contact_uri(u: &sipward_proto::SipUri<'_>, host_port: &str, token: &str) -> String {
+    let scheme = if u.secure { "sips" } else { "sip" };
+    let mut s = String::from(scheme);
+    s.push(':');
+    if let Some(user) = u.user {
+        s.push_str(&String::from_utf8_lossy(user));
+        s.push('@');
+    }
+    s.push_str(host_port);
+    for (name, value) in u.params() {
+        if name.eq_ignore_ascii_case(TOKEN_PARAM.as_bytes()) {
+            continue;
+        }
+        s.push(';');
+        s.push_str(&String::from_utf8_lossy(name));
+        if let Some(v) = value {
+            s.push('=');
+            s.push_str(&String::from_utf8_lossy(v));
+        }
+    }
+    s.push(';');
+    s.push_str(TOKEN_PARAM);
+    s.push('=');
+    s.push_str(token);
+    s
+}
+
+fn with_tag(value: &[u8], tag: Option<&[u8]>) -> Vec<u8> {
+    let mut v = value.to_vec();
+    if let Some(tag) = tag {
+        if !has_tag(value) {
+            v.extend_from_slice(b";tag=");
+            v.extend_from_slice(tag);
+        }
+    }
+    v
+}
+
+fn field_contains(msg: &Message<'_>, f: &sipward_proto::HeaderField<'_>, r: &std::ops::Range<usize>) -> bool {
+    msg.range_of(f.line).is_some_and(|l| l.start <= r.start && r.end <= l.end)
+}
+
+fn decrement_max_forwards(msg: &Message<'_>, edits: &mut Edits) -> Result<(), sipward_proto::EditError> {
+    match (msg.max_forwards(), msg.header(HeaderName::MaxForwards)) {
+        (Some(n), Some(f)) => edits.replace(msg, f.value, n.saturating_sub(1).to_string().as_bytes()),
+        _ => edits.append_field(msg, "Max-Forwards", b"70"),
+    }
+}
+
+/// Removes the gateway's own (top) Via and puts `restore` (whole Via lines) in its place.
+fn remove_top_via(msg: &Message<'_>, edits: &mut Edits, restore: &[u8]) -> Result<(), sipward_proto::EditError> {
+    let Some(first) = msg.headers().iter().find(|f| f.name == HeaderName::Via) else {
+        return Ok(());
+    };
+    let Some(line) = msg.range_of(first.line) else { return Ok(()) };
+    match msg.vias().get(1).and_then(|v| msg.range_of(v.raw)).filter(|r| r.start < line.end) {
+        // The first Via field holds more entries: drop just ours (up to the next one).
+        Some(second) => {
+            let value = msg.range_of(first.value).map_or(line.start, |v| v.start);
+            edits.replace_range(msg, value..second.start, b"")?;
+            edits.insert(msg, line.start, restore)
+        }
+        None => edits.replace_range(msg, line, restore),
+    }
+}
+
+/// Caps Expires (header and Contact parameter) of a REGISTER at `max`.
+fn cap_expires(msg: &Message<'_>, edits: &mut Edits, max: Duration) -> Result<(), sipward_proto::EditError> {
+    let max = max.as_secs();
+    if let (Some(e), Some(f)) = (msg.expires(), msg.header(HeaderName::Expires)) {
+        if u64::from(e) > max {
+            edits.replace(msg, f.value, max.to_string().as_bytes())?;
+        }
+    }
+    for c in &msg.contacts().list {
+        cap_contact_expires(msg, edits, c, max)?;
+    }
+    Ok(())
+}
+
+fn cap_contact_expires(msg: &Message<'_>, edits: &mut Edits, c: &NameAddr<'_>, max: u64) -> Result<(), sipward_proto::EditError> {
+    if let Some(Some(v)) = c.params.get("expires") {
+        if c.expires().is_some_and(|e| u64::from(e) > max) {
+            edits.replace(msg, v, max.to_string().as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// In a 2xx to REGISTER: put the phone's contact back in place of the gateway's, cap the
+/// granted time, and return it (`None`: the binding is gone).
+fn restore_register_contacts(
+    msg: &Message<'_>,
+    edits: &mut Edits,
+    reg: &RegisterInfo,
+    max: Duration,
+) -> Result<Option<Duration>, sipward_proto::EditError> {
+    let mut granted = None;
+    for c in &msg.contacts().list {
+        let Uri::Sip(u) = &c.uri else { continue };
+        let ours = u
+            .param(TOKEN_PARAM)
+            .flatten()
+            .is_some_and(|t| t == reg.token.as_bytes());
+        if !ours {
+            continue;
+        }
+        let secs = c.expires().or(msg.expires()).map_or(3600, u64::from).min(max.as_secs());
+        edits.replace(msg, u.raw, &reg.inside_contact)?;
+        cap_contact_expires(msg, edits, c, max.as_secs())?;
+        granted = (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    if let (Some(e), Some(f)) = (msg.expires(), msg.header(HeaderName::Expires)) {
+        if u64::from(e) > max.as_secs() {
+            edits.replace(msg, f.value, max.as_secs().to_string().as_bytes())?;
+        }
+    }
+    Ok(granted)
+}

@@ -1,0 +1,19 @@
+//! sipward's gateway core: pure and sans-I/O.
+//!
+//! Contract (after quinn-proto): the core owns no socket and reads no clock. The driver
+//! feeds it every received datagram with [`Gateway::handle_datagram`] (the time, the local
+//! address it arrived on, the sender, the bytes), drains [`Gateway::poll_transmit`] after
+//! each call, and calls [`Gateway::handle_timeout`] no later than
+//! [`Gateway::poll_timeout`]. Every timer the brief names is data here, so tests run hours
+//! of virtual time in microseconds.
+
+pub mod config;
+mod gateway;
+mod hide;
+pub mod media;
+mod state;
+
+pub use config::{Action, AddressObject, AlgOptions, Config, Rule, Zone, ZoneId};
+pub use gateway::{Counters, Gateway, Transmit};
+pub use media::{MediaSeam, RewriteToZoneAddress};
+pub use state::{BindingView, DialogView};

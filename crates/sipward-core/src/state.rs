@@ -1,0 +1,227 @@
+//! The gateway's state: transactions, dialogs and registration bindings, each in a
+//! bounded table. This module is the seam for shared state (cluster mode): everything the
+//! gateway remembers goes through these tables' methods.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use sipward_proto::{Message, MethodKind};
+
+/// What is needed to answer a request on the gateway's own behalf (408, 503): its Via
+/// values, From, To, Call-ID and CSeq as they were written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Echo {
+    pub(crate) vias: Vec<Vec<u8>>,
+    pub(crate) from: Vec<u8>,
+    pub(crate) to: Vec<u8>,
+    pub(crate) call_id: Vec<u8>,
+    pub(crate) cseq: Vec<u8>,
+}
+
+impl Echo {
+    pub(crate) fn of(msg: &Message<'_>) -> Self {
+        use sipward_proto::HeaderName as H;
+        let value = |h| msg.header(h).map(|f| f.value.to_vec()).unwrap_or_default();
+        Echo {
+            vias: msg
+                .headers()
+                .iter()
+                .filter(|f| f.name == H::Via)
+                .map(|f| f.value.to_vec())
+                .collect(),
+            from: value(H::From),
+            to: value(H::To),
+            call_id: value(H::CallId),
+            cseq: value(H::CSeq),
+        }
+    }
+
+    /// A response with this request's identity; `to_tag` is added when To has none.
+    pub(crate) fn response(&self, status: u16, reason: &str, agent: &str, warning: Option<&str>, to_tag: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
+        for v in &self.vias {
+            push(&mut out, "Via", v);
+        }
+        push(&mut out, "From", &self.from);
+        if has_tag(&self.to) {
+            push(&mut out, "To", &self.to);
+        } else {
+            let mut to = self.to.clone();
+            to.extend_from_slice(b";tag=");
+            to.extend_from_slice(to_tag.as_bytes());
+            push(&mut out, "To", &to);
+        }
+        push(&mut out, "Call-ID", &self.call_id);
+        push(&mut out, "CSeq", &self.cseq);
+        out.extend_from_slice(format!("Server: {agent}\r\n").as_bytes());
+        if let Some(w) = warning {
+            out.extend_from_slice(format!("Warning: 399 {agent} \"{w}\"\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        out
+    }
+}
+
+fn push(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a (valid) To value carries a tag.
+pub(crate) fn has_tag(to: &[u8]) -> bool {
+    let params = match to.iter().rposition(|&b| b == b'>') {
+        Some(i) => to.get(i + 1..).unwrap_or(&[]),
+        None => to,
+    };
+    params
+        .split(|&b| b == b';')
+        .skip(1)
+        .any(|p| p.split(|&b| b == b'=').next().is_some_and(|n| n.trim_ascii().eq_ignore_ascii_case(b"tag")))
+}
+
+/// Registration details a REGISTER transaction carries to its response.
+#[derive(Debug, Clone)]
+pub(crate) struct RegisterInfo {
+    pub(crate) aor: Vec<u8>,
+    pub(crate) token: String,
+    /// The phone's own Contact URI, as it wrote it.
+    pub(crate) inside_contact: Vec<u8>,
+    /// The Contact URI the gateway registered in its place.
+    pub(crate) outside_contact: Vec<u8>,
+}
+
+/// A request from inside forwarded outside; its responses come back from outside.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientTx {
+    pub(crate) phone: SocketAddr,
+    pub(crate) lan_local: SocketAddr,
+    /// The phone's Via field lines, CRLF included, restored on responses.
+    pub(crate) via_lines: Vec<u8>,
+    pub(crate) echo: Echo,
+    pub(crate) inside_call_id: Vec<u8>,
+    pub(crate) outside_call_id: Vec<u8>,
+    pub(crate) inside_from: Vec<u8>,
+    pub(crate) inside_to: Vec<u8>,
+    pub(crate) method: MethodKind,
+    pub(crate) created: Instant,
+    pub(crate) final_at: Option<Instant>,
+    pub(crate) register: Option<RegisterInfo>,
+}
+
+/// A request from outside forwarded to a phone; its responses come back from inside.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerTx {
+    pub(crate) proxy: SocketAddr,
+    pub(crate) wan_local: SocketAddr,
+    pub(crate) lan_local: SocketAddr,
+    pub(crate) phone: SocketAddr,
+    pub(crate) via_lines: Vec<u8>,
+    pub(crate) echo: Echo,
+    pub(crate) method: MethodKind,
+    pub(crate) created: Instant,
+    pub(crate) final_at: Option<Instant>,
+    pub(crate) aor: Vec<u8>,
+    pub(crate) token: String,
+}
+
+/// A call (INVITE dialog) through the gateway, early or confirmed.
+#[derive(Debug, Clone)]
+pub(crate) struct Dialog {
+    pub(crate) inside_call_id: Vec<u8>,
+    pub(crate) outside_call_id: Vec<u8>,
+    pub(crate) phone: SocketAddr,
+    pub(crate) lan_local: SocketAddr,
+    pub(crate) wan_local: SocketAddr,
+    pub(crate) proxy: SocketAddr,
+    pub(crate) originated_inside: bool,
+    /// From and To values as the phone knows them (for an inside-originated call: its
+    /// own From and To; for an inbound call: as the phone received them).
+    pub(crate) inside_from: Vec<u8>,
+    pub(crate) inside_to: Vec<u8>,
+    /// The same values as the outside knows them.
+    pub(crate) outside_from: Vec<u8>,
+    pub(crate) outside_to: Vec<u8>,
+    /// Phone's contact URI (inside) and the far end's contact URI (outside).
+    pub(crate) phone_contact: Vec<u8>,
+    pub(crate) far_contact: Vec<u8>,
+    /// Route set towards the far end, in the order to use it.
+    pub(crate) far_route: Vec<Vec<u8>>,
+    pub(crate) aor: Vec<u8>,
+    pub(crate) token: String,
+    pub(crate) created: Instant,
+    pub(crate) confirmed: bool,
+    /// Highest CSeq seen from each side, so the gateway's own BYE comes after them.
+    pub(crate) cseq_inside: u32,
+    pub(crate) cseq_outside: u32,
+}
+
+/// A registration binding: the inside phone a registrar knows by the gateway's contact.
+#[derive(Debug, Clone)]
+pub(crate) struct Binding {
+    pub(crate) aor: Vec<u8>,
+    pub(crate) phone: SocketAddr,
+    pub(crate) lan_local: SocketAddr,
+    pub(crate) inside_contact: Vec<u8>,
+    pub(crate) outside_contact: Vec<u8>,
+    pub(crate) expires_at: Instant,
+}
+
+/// A read-only view of a binding, for tests and the admin surface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingView {
+    pub aor: String,
+    pub phone: SocketAddr,
+    pub inside_contact: String,
+    pub outside_contact: String,
+    pub expires_at: Instant,
+}
+
+/// A read-only view of a dialog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialogView {
+    pub inside_call_id: String,
+    pub outside_call_id: String,
+    pub aor: String,
+    pub phone: SocketAddr,
+    pub confirmed: bool,
+    pub created: Instant,
+}
+
+/// All tables. Keys: client transactions by (our outside branch, CSeq method); server
+/// transactions by (our inside branch, CSeq method); dialogs by outside Call-ID; bindings
+/// by contact token.
+#[derive(Debug, Default)]
+pub(crate) struct Tables {
+    pub(crate) client: HashMap<(String, Vec<u8>), ClientTx>,
+    pub(crate) server: HashMap<(String, Vec<u8>), ServerTx>,
+    pub(crate) dialogs: HashMap<Vec<u8>, Dialog>,
+    /// Inside Call-ID to outside Call-ID, for dialogs.
+    pub(crate) call_ids: HashMap<Vec<u8>, Vec<u8>>,
+    pub(crate) bindings: HashMap<String, Binding>,
+}
+
+impl Tables {
+    pub(crate) fn transactions(&self) -> usize {
+        self.client.len() + self.server.len()
+    }
+
+    /// Dialogs plus INVITEs still in progress that count against `aor`.
+    pub(crate) fn sessions_of(&self, aor: &[u8]) -> usize {
+        self.dialogs.values().filter(|d| d.aor == aor).count()
+    }
+
+    pub(crate) fn insert_dialog(&mut self, d: Dialog) {
+        self.call_ids.insert(d.inside_call_id.clone(), d.outside_call_id.clone());
+        self.dialogs.insert(d.outside_call_id.clone(), d);
+    }
+
+    pub(crate) fn remove_dialog(&mut self, outside_call_id: &[u8]) -> Option<Dialog> {
+        let d = self.dialogs.remove(outside_call_id)?;
+        self.call_ids.remove(&d.inside_call_id);
+        Some(d)
+    }
+}
