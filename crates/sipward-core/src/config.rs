@@ -34,7 +34,9 @@ pub enum AddressObject {
 impl AddressObject {
     pub fn contains(&self, addr: SocketAddr) -> bool {
         match self {
-            AddressObject::Host { ip, port } => *ip == addr.ip() && port.is_none_or(|p| p == addr.port()),
+            AddressObject::Host { ip, port } => {
+                *ip == addr.ip() && port.is_none_or(|p| p == addr.port())
+            }
             AddressObject::Network(net) => net.contains(&addr.ip()),
             AddressObject::Any => true,
         }

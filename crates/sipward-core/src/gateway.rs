@@ -21,7 +21,8 @@ use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
 use crate::media::{Direction, MediaSeam, RewriteToZoneAddress};
 use crate::state::{
-    has_tag, Binding, BindingView, ClientTx, Dialog, DialogView, Echo, RegisterInfo, ServerTx, Tables,
+    has_tag, Binding, BindingView, ClientTx, Dialog, DialogView, Echo, RegisterInfo, ServerTx,
+    Tables,
 };
 
 /// How long a transaction is kept after its final response, to route retransmissions
@@ -161,7 +162,11 @@ impl<M: MediaSeam> Gateway<M> {
     }
 
     fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
-        self.out.push_back(Transmit { local, remote, payload });
+        self.out.push_back(Transmit {
+            local,
+            remote,
+            payload,
+        });
     }
 
     fn arm(&mut self, now: Instant) {
@@ -171,7 +176,13 @@ impl<M: MediaSeam> Gateway<M> {
     }
 
     /// Feeds one received datagram to the gateway.
-    pub fn handle_datagram(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
         self.counters.received += 1;
         let config = self.config.clone();
         let Some(zone) = config.zone_of_local(local) else {
@@ -208,7 +219,15 @@ impl<M: MediaSeam> Gateway<M> {
     }
 
     /// Answers a request on the gateway's own behalf (never an ACK).
-    fn answer(&mut self, config: &Config, at: Arrival, msg: &Message<'_>, status: u16, reason: &str, warning: &str) {
+    fn answer(
+        &mut self,
+        config: &Config,
+        at: Arrival,
+        msg: &Message<'_>,
+        status: u16,
+        reason: &str,
+        warning: &str,
+    ) {
         if msg.method().is_some_and(|m| m.kind() == MethodKind::Ack) {
             return;
         }
@@ -244,8 +263,16 @@ impl<M: MediaSeam> Gateway<M> {
 
     // ---- inside to outside ----
 
-    fn request_from_inside(&mut self, config: &Config, zone: ZoneId, at: Arrival, msg: &Message<'_>) {
-        let Some(rule) = self.apply_rule(config, zone, at, msg) else { return };
+    fn request_from_inside(
+        &mut self,
+        config: &Config,
+        zone: ZoneId,
+        at: Arrival,
+        msg: &Message<'_>,
+    ) {
+        let Some(rule) = self.apply_rule(config, zone, at, msg) else {
+            return;
+        };
         if rule.action != Action::Nat {
             self.counters.dropped_by_rule += 1;
             return;
@@ -258,37 +285,72 @@ impl<M: MediaSeam> Gateway<M> {
         };
         let next_hop = SocketAddr::new(*ip, port.unwrap_or(5060));
         let wan_local = wan.address;
-        let Some(method) = msg.method().map(|m| m.kind()) else { return };
-        let (Some(from), Some(to), Some(cseq), Some(top_via)) = (msg.from(), msg.to(), msg.cseq(), msg.top_via())
+        let Some(method) = msg.method().map(|m| m.kind()) else {
+            return;
+        };
+        let (Some(from), Some(to), Some(cseq), Some(top_via)) =
+            (msg.from(), msg.to(), msg.cseq(), msg.top_via())
         else {
             return;
         };
         let initial = to.tag().is_none();
         let inside_call_id = msg.call_id();
         let dialog_call_id = self.tables.call_ids.get(inside_call_id).cloned();
-        let outside_call_id = dialog_call_id.clone().unwrap_or_else(|| self.hider.call_id(inside_call_id));
+        let outside_call_id = dialog_call_id
+            .clone()
+            .unwrap_or_else(|| self.hider.call_id(inside_call_id));
         let aor = aor_of(&from.uri);
 
         if method != MethodKind::Ack && self.tables.transactions() >= config.alg.max_transactions {
             self.counters.state_full += 1;
-            self.answer(config, at, msg, 503, "Service Unavailable", "gateway transaction table full");
+            self.answer(
+                config,
+                at,
+                msg,
+                503,
+                "Service Unavailable",
+                "gateway transaction table full",
+            );
             return;
         }
         if method == MethodKind::Invite && initial {
             if self.tables.sessions_of(&aor) >= config.alg.max_sessions_per_id {
                 self.counters.session_limit += 1;
-                self.answer(config, at, msg, 403, "Forbidden", "maximum sessions per user reached");
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    403,
+                    "Forbidden",
+                    "maximum sessions per user reached",
+                );
                 return;
             }
             if self.tables.dialogs.len() >= config.alg.max_dialogs {
                 self.counters.state_full += 1;
-                self.answer(config, at, msg, 503, "Service Unavailable", "gateway dialog table full");
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    "gateway dialog table full",
+                );
                 return;
             }
         }
-        if method == MethodKind::Register && self.tables.bindings.len() >= config.alg.max_registrations {
+        if method == MethodKind::Register
+            && self.tables.bindings.len() >= config.alg.max_registrations
+        {
             self.counters.state_full += 1;
-            self.answer(config, at, msg, 503, "Service Unavailable", "gateway registration table full");
+            self.answer(
+                config,
+                at,
+                msg,
+                503,
+                "Service Unavailable",
+                "gateway registration table full",
+            );
             return;
         }
 
@@ -344,7 +406,10 @@ impl<M: MediaSeam> Gateway<M> {
                 let ours = msg
                     .routes()
                     .iter()
-                    .filter(|r| msg.range_of(r.raw).is_some_and(|rr| field_contains(msg, f, &rr)))
+                    .filter(|r| {
+                        msg.range_of(r.raw)
+                            .is_some_and(|rr| field_contains(msg, f, &rr))
+                    })
                     .all(|r| r.uri.as_sip().is_some_and(gateway_inside));
                 if ours {
                     edits.remove_field(msg, f)?;
@@ -384,11 +449,20 @@ impl<M: MediaSeam> Gateway<M> {
                 });
             }
         }
-        if method == MethodKind::Register && cap_expires(msg, &mut edits, config.alg.max_registration_time).is_err() {
+        if method == MethodKind::Register
+            && cap_expires(msg, &mut edits, config.alg.max_registration_time).is_err()
+        {
             self.counters.edit_failures += 1;
             return;
         }
-        self.media.rewrite_sdp(msg, &mut edits, &outside_call_id, Direction::Outbound, wan_local.ip(), &is_inside);
+        self.media.rewrite_sdp(
+            msg,
+            &mut edits,
+            &outside_call_id,
+            Direction::Outbound,
+            wan_local.ip(),
+            &is_inside,
+        );
 
         let payload = match msg.rewrite(&edits) {
             Ok(p) => p,
@@ -399,7 +473,10 @@ impl<M: MediaSeam> Gateway<M> {
         };
 
         // Remember the way back.
-        if method == MethodKind::Invite && initial && !self.tables.dialogs.contains_key(&outside_call_id) {
+        if method == MethodKind::Invite
+            && initial
+            && !self.tables.dialogs.contains_key(&outside_call_id)
+        {
             self.tables.insert_dialog(Dialog {
                 inside_call_id: inside_call_id.to_vec(),
                 outside_call_id: outside_call_id.clone(),
@@ -450,10 +527,15 @@ impl<M: MediaSeam> Gateway<M> {
     }
 
     fn response_from_outside(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
-        let (Some(via), Some(cseq), Some(status)) = (msg.top_via(), msg.cseq(), msg.status()) else { return };
+        let (Some(via), Some(cseq), Some(status)) = (msg.top_via(), msg.cseq(), msg.status())
+        else {
+            return;
+        };
         let ours = via.host.ip() == Some(at.local.ip())
             && via.port.unwrap_or(5060) == at.local.port()
-            && via.branch.is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
+            && via
+                .branch
+                .is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
         let key = (
             String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
             cseq.method.to_vec(),
@@ -484,7 +566,12 @@ impl<M: MediaSeam> Gateway<M> {
             }
             if let Some(reg) = &tx.register {
                 if (200..300).contains(&status) {
-                    new_binding = restore_register_contacts(msg, &mut edits, reg, config.alg.max_registration_time)?;
+                    new_binding = restore_register_contacts(
+                        msg,
+                        &mut edits,
+                        reg,
+                        config.alg.max_registration_time,
+                    )?;
                 }
             }
             Ok(())
@@ -495,7 +582,14 @@ impl<M: MediaSeam> Gateway<M> {
         }
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let lan_ip = tx.lan_local.ip();
-        self.media.rewrite_sdp(msg, &mut edits, &tx.outside_call_id, Direction::Inbound, lan_ip, &is_inside);
+        self.media.rewrite_sdp(
+            msg,
+            &mut edits,
+            &tx.outside_call_id,
+            Direction::Inbound,
+            lan_ip,
+            &is_inside,
+        );
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
@@ -509,7 +603,12 @@ impl<M: MediaSeam> Gateway<M> {
         }
         match tx.method {
             MethodKind::Invite if (200..300).contains(&status) => {
-                let far_route = msg.record_routes().iter().rev().map(|r| r.raw.to_vec()).collect();
+                let far_route = msg
+                    .record_routes()
+                    .iter()
+                    .rev()
+                    .map(|r| r.raw.to_vec())
+                    .collect();
                 if let Some(d) = self.tables.dialogs.get_mut(&tx.outside_call_id) {
                     d.confirmed = true;
                     d.far_contact = first_contact_uri(msg);
@@ -555,14 +654,25 @@ impl<M: MediaSeam> Gateway<M> {
 
     // ---- outside to inside ----
 
-    fn request_from_outside(&mut self, config: &Config, zone: ZoneId, at: Arrival, msg: &Message<'_>) {
-        let Some(rule) = self.apply_rule(config, zone, at, msg) else { return };
+    fn request_from_outside(
+        &mut self,
+        config: &Config,
+        zone: ZoneId,
+        at: Arrival,
+        msg: &Message<'_>,
+    ) {
+        let Some(rule) = self.apply_rule(config, zone, at, msg) else {
+            return;
+        };
         if rule.action != Action::Allow {
             self.counters.dropped_by_rule += 1;
             return;
         }
-        let Some(method) = msg.method().map(|m| m.kind()) else { return };
-        let (Some(cseq), Some(top_via), Some(from), Some(to)) = (msg.cseq(), msg.top_via(), msg.from(), msg.to())
+        let Some(method) = msg.method().map(|m| m.kind()) else {
+            return;
+        };
+        let (Some(cseq), Some(top_via), Some(from), Some(to)) =
+            (msg.cseq(), msg.top_via(), msg.from(), msg.to())
         else {
             return;
         };
@@ -573,41 +683,89 @@ impl<M: MediaSeam> Gateway<M> {
 
         // Where does it go? A pending INVITE (CANCEL, ACK for a failure), a registration
         // token in the Request-URI, or the dialog the Call-ID names.
-        let pending = self.tables.server.get(&(branch.clone(), b"INVITE".to_vec())).cloned();
+        let pending = self
+            .tables
+            .server
+            .get(&(branch.clone(), b"INVITE".to_vec()))
+            .cloned();
         let token = msg
             .request_uri()
             .and_then(|u| u.as_sip())
             .and_then(|u| u.param(TOKEN_PARAM).flatten())
             .map(|t| String::from_utf8_lossy(t).into_owned());
-        let binding = token.as_ref().and_then(|t| self.tables.bindings.get(t)).cloned();
+        let binding = token
+            .as_ref()
+            .and_then(|t| self.tables.bindings.get(t))
+            .cloned();
         let dialog = self.tables.dialogs.get(msg.call_id()).cloned();
-        let (phone, lan_local, target, aor, tok) = if let (Some(p), MethodKind::Cancel | MethodKind::Ack) = (&pending, method) {
-            (p.phone, p.lan_local, None, p.aor.clone(), p.token.clone())
-        } else if let Some(d) = dialog.as_ref().filter(|_| !initial) {
-            (d.phone, d.lan_local, Some(d.phone_contact.clone()), d.aor.clone(), d.token.clone())
-        } else if let Some(b) = &binding {
-            let t = token.clone().unwrap_or_default();
-            (b.phone, b.lan_local, Some(b.inside_contact.clone()), b.aor.clone(), t)
-        } else {
-            self.counters.unknown_target += 1;
-            self.answer(config, at, msg, 404, "Not Found", "no such user behind this gateway");
-            return;
-        };
+        let (phone, lan_local, target, aor, tok) =
+            if let (Some(p), MethodKind::Cancel | MethodKind::Ack) = (&pending, method) {
+                (p.phone, p.lan_local, None, p.aor.clone(), p.token.clone())
+            } else if let Some(d) = dialog.as_ref().filter(|_| !initial) {
+                (
+                    d.phone,
+                    d.lan_local,
+                    Some(d.phone_contact.clone()),
+                    d.aor.clone(),
+                    d.token.clone(),
+                )
+            } else if let Some(b) = &binding {
+                let t = token.clone().unwrap_or_default();
+                (
+                    b.phone,
+                    b.lan_local,
+                    Some(b.inside_contact.clone()),
+                    b.aor.clone(),
+                    t,
+                )
+            } else {
+                self.counters.unknown_target += 1;
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    404,
+                    "Not Found",
+                    "no such user behind this gateway",
+                );
+                return;
+            };
         if method == MethodKind::Invite && initial {
             if self.tables.sessions_of(&aor) >= config.alg.max_sessions_per_id {
                 self.counters.session_limit += 1;
-                self.answer(config, at, msg, 486, "Busy Here", "maximum sessions per user reached");
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    486,
+                    "Busy Here",
+                    "maximum sessions per user reached",
+                );
                 return;
             }
             if self.tables.dialogs.len() >= config.alg.max_dialogs {
                 self.counters.state_full += 1;
-                self.answer(config, at, msg, 503, "Service Unavailable", "gateway dialog table full");
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    "gateway dialog table full",
+                );
                 return;
             }
         }
         if method != MethodKind::Ack && self.tables.transactions() >= config.alg.max_transactions {
             self.counters.state_full += 1;
-            self.answer(config, at, msg, 503, "Service Unavailable", "gateway transaction table full");
+            self.answer(
+                config,
+                at,
+                msg,
+                503,
+                "Service Unavailable",
+                "gateway transaction table full",
+            );
             return;
         }
 
@@ -620,7 +778,11 @@ impl<M: MediaSeam> Gateway<M> {
                 via_lines.extend_from_slice(f.line);
                 edits.remove_field(msg, f)?;
             }
-            edits.prepend_field(msg, "Via", format!("SIP/2.0/UDP {lan_text};branch={branch}").as_bytes())?;
+            edits.prepend_field(
+                msg,
+                "Via",
+                format!("SIP/2.0/UDP {lan_text};branch={branch}").as_bytes(),
+            )?;
             decrement_max_forwards(msg, &mut edits)?;
             if let (Some(target), Some(uri)) = (&target, msg.request_uri()) {
                 edits.replace(msg, uri.raw(), target)?;
@@ -645,13 +807,23 @@ impl<M: MediaSeam> Gateway<M> {
         }
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let call_key = msg.call_id().to_vec();
-        self.media.rewrite_sdp(msg, &mut edits, &call_key, Direction::Inbound, lan_local.ip(), &is_inside);
+        self.media.rewrite_sdp(
+            msg,
+            &mut edits,
+            &call_key,
+            Direction::Inbound,
+            lan_local.ip(),
+            &is_inside,
+        );
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
         };
 
-        if method == MethodKind::Invite && initial && !self.tables.dialogs.contains_key(msg.call_id()) {
+        if method == MethodKind::Invite
+            && initial
+            && !self.tables.dialogs.contains_key(msg.call_id())
+        {
             self.tables.insert_dialog(Dialog {
                 inside_call_id: msg.call_id().to_vec(),
                 outside_call_id: msg.call_id().to_vec(),
@@ -700,10 +872,15 @@ impl<M: MediaSeam> Gateway<M> {
     }
 
     fn response_from_inside(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
-        let (Some(via), Some(cseq), Some(status)) = (msg.top_via(), msg.cseq(), msg.status()) else { return };
+        let (Some(via), Some(cseq), Some(status)) = (msg.top_via(), msg.cseq(), msg.status())
+        else {
+            return;
+        };
         let ours = via.host.ip() == Some(at.local.ip())
             && via.port.unwrap_or(5060) == at.local.port()
-            && via.branch.is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
+            && via
+                .branch
+                .is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
         let key = (
             String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
             cseq.method.to_vec(),
@@ -752,7 +929,14 @@ impl<M: MediaSeam> Gateway<M> {
             return;
         }
         let call_key = tx.echo.call_id.clone();
-        self.media.rewrite_sdp(msg, &mut edits, &call_key, Direction::Outbound, tx.wan_local.ip(), &is_inside);
+        self.media.rewrite_sdp(
+            msg,
+            &mut edits,
+            &call_key,
+            Direction::Outbound,
+            tx.wan_local.ip(),
+            &is_inside,
+        );
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
@@ -790,7 +974,12 @@ impl<M: MediaSeam> Gateway<M> {
     }
 
     fn end_unconfirmed(&mut self, outside_call_id: &[u8]) {
-        if self.tables.dialogs.get(outside_call_id).is_some_and(|d| !d.confirmed) {
+        if self
+            .tables
+            .dialogs
+            .get(outside_call_id)
+            .is_some_and(|d| !d.confirmed)
+        {
             self.end_dialog(outside_call_id);
         }
     }
@@ -818,11 +1007,19 @@ impl<M: MediaSeam> Gateway<M> {
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
-            let Some(tx) = self.tables.client.remove(&key) else { continue };
+            let Some(tx) = self.tables.client.remove(&key) else {
+                continue;
+            };
             if tx.final_at.is_none() {
                 self.counters.timeouts += 1;
                 let tag = self.hider.token(&[&tx.inside_call_id, b"408"]);
-                let payload = tx.echo.response(408, "Request Timeout", &config.agent, Some("no response from outside"), &tag);
+                let payload = tx.echo.response(
+                    408,
+                    "Request Timeout",
+                    &config.agent,
+                    Some("no response from outside"),
+                    &tag,
+                );
                 self.send(tx.lan_local, tx.phone, payload);
                 if tx.method == MethodKind::Invite {
                     self.end_unconfirmed(&tx.outside_call_id);
@@ -837,11 +1034,19 @@ impl<M: MediaSeam> Gateway<M> {
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
-            let Some(tx) = self.tables.server.remove(&key) else { continue };
+            let Some(tx) = self.tables.server.remove(&key) else {
+                continue;
+            };
             if tx.final_at.is_none() {
                 self.counters.timeouts += 1;
                 let tag = self.hider.token(&[&tx.echo.call_id, b"408"]);
-                let payload = tx.echo.response(408, "Request Timeout", &config.agent, Some("no response from inside"), &tag);
+                let payload = tx.echo.response(
+                    408,
+                    "Request Timeout",
+                    &config.agent,
+                    Some("no response from inside"),
+                    &tag,
+                );
                 self.send(tx.wan_local, tx.proxy, payload);
                 if tx.method == MethodKind::Invite {
                     self.end_unconfirmed(&tx.echo.call_id);
@@ -853,7 +1058,9 @@ impl<M: MediaSeam> Gateway<M> {
             .tables
             .dialogs
             .values()
-            .filter(|d| d.confirmed && now.saturating_duration_since(d.created) >= alg.signal_timeout)
+            .filter(|d| {
+                d.confirmed && now.saturating_duration_since(d.created) >= alg.signal_timeout
+            })
             .map(|d| d.outside_call_id.clone())
             .collect();
         for id in old {
@@ -918,7 +1125,12 @@ impl<M: MediaSeam> Gateway<M> {
     }
 }
 
-fn expired_tx(created: Instant, final_at: Option<Instant>, now: Instant, timeout: Duration) -> bool {
+fn expired_tx(
+    created: Instant,
+    final_at: Option<Instant>,
+    now: Instant,
+    timeout: Duration,
+) -> bool {
     match final_at {
         Some(f) => now.saturating_duration_since(f) >= LINGER,
         None => now.saturating_duration_since(created) >= timeout,
@@ -943,7 +1155,11 @@ fn first_contact(msg: &Message<'_>) -> Vec<u8> {
 }
 
 fn first_contact_uri(msg: &Message<'_>) -> Vec<u8> {
-    msg.contacts().list.first().map(|c| c.uri.raw().to_vec()).unwrap_or_default()
+    msg.contacts()
+        .list
+        .first()
+        .map(|c| c.uri.raw().to_vec())
+        .unwrap_or_default()
 }
 
 /// The phone's contact URI with the gateway's address and a routing token.
@@ -985,24 +1201,45 @@ fn with_tag(value: &[u8], tag: Option<&[u8]>) -> Vec<u8> {
     v
 }
 
-fn field_contains(msg: &Message<'_>, f: &sipward_proto::HeaderField<'_>, r: &std::ops::Range<usize>) -> bool {
-    msg.range_of(f.line).is_some_and(|l| l.start <= r.start && r.end <= l.end)
+fn field_contains(
+    msg: &Message<'_>,
+    f: &sipward_proto::HeaderField<'_>,
+    r: &std::ops::Range<usize>,
+) -> bool {
+    msg.range_of(f.line)
+        .is_some_and(|l| l.start <= r.start && r.end <= l.end)
 }
 
-fn decrement_max_forwards(msg: &Message<'_>, edits: &mut Edits) -> Result<(), sipward_proto::EditError> {
+fn decrement_max_forwards(
+    msg: &Message<'_>,
+    edits: &mut Edits,
+) -> Result<(), sipward_proto::EditError> {
     match (msg.max_forwards(), msg.header(HeaderName::MaxForwards)) {
-        (Some(n), Some(f)) => edits.replace(msg, f.value, n.saturating_sub(1).to_string().as_bytes()),
+        (Some(n), Some(f)) => {
+            edits.replace(msg, f.value, n.saturating_sub(1).to_string().as_bytes())
+        }
         _ => edits.append_field(msg, "Max-Forwards", b"70"),
     }
 }
 
 /// Removes the gateway's own (top) Via and puts `restore` (whole Via lines) in its place.
-fn remove_top_via(msg: &Message<'_>, edits: &mut Edits, restore: &[u8]) -> Result<(), sipward_proto::EditError> {
+fn remove_top_via(
+    msg: &Message<'_>,
+    edits: &mut Edits,
+    restore: &[u8],
+) -> Result<(), sipward_proto::EditError> {
     let Some(first) = msg.headers().iter().find(|f| f.name == HeaderName::Via) else {
         return Ok(());
     };
-    let Some(line) = msg.range_of(first.line) else { return Ok(()) };
-    match msg.vias().get(1).and_then(|v| msg.range_of(v.raw)).filter(|r| r.start < line.end) {
+    let Some(line) = msg.range_of(first.line) else {
+        return Ok(());
+    };
+    match msg
+        .vias()
+        .get(1)
+        .and_then(|v| msg.range_of(v.raw))
+        .filter(|r| r.start < line.end)
+    {
         // The first Via field holds more entries: drop just ours (up to the next one).
         Some(second) => {
             let value = msg.range_of(first.value).map_or(line.start, |v| v.start);
@@ -1014,7 +1251,11 @@ fn remove_top_via(msg: &Message<'_>, edits: &mut Edits, restore: &[u8]) -> Resul
 }
 
 /// Caps Expires (header and Contact parameter) of a REGISTER at `max`.
-fn cap_expires(msg: &Message<'_>, edits: &mut Edits, max: Duration) -> Result<(), sipward_proto::EditError> {
+fn cap_expires(
+    msg: &Message<'_>,
+    edits: &mut Edits,
+    max: Duration,
+) -> Result<(), sipward_proto::EditError> {
     let max = max.as_secs();
     if let (Some(e), Some(f)) = (msg.expires(), msg.header(HeaderName::Expires)) {
         if u64::from(e) > max {
@@ -1027,7 +1268,12 @@ fn cap_expires(msg: &Message<'_>, edits: &mut Edits, max: Duration) -> Result<()
     Ok(())
 }
 
-fn cap_contact_expires(msg: &Message<'_>, edits: &mut Edits, c: &NameAddr<'_>, max: u64) -> Result<(), sipward_proto::EditError> {
+fn cap_contact_expires(
+    msg: &Message<'_>,
+    edits: &mut Edits,
+    c: &NameAddr<'_>,
+    max: u64,
+) -> Result<(), sipward_proto::EditError> {
     if let Some(Some(v)) = c.params.get("expires") {
         if c.expires().is_some_and(|e| u64::from(e) > max) {
             edits.replace(msg, v, max.to_string().as_bytes())?;
@@ -1054,7 +1300,11 @@ fn restore_register_contacts(
         if !ours {
             continue;
         }
-        let secs = c.expires().or(msg.expires()).map_or(3600, u64::from).min(max.as_secs());
+        let secs = c
+            .expires()
+            .or(msg.expires())
+            .map_or(3600, u64::from)
+            .min(max.as_secs());
         edits.replace(msg, u.raw, &reg.inside_contact)?;
         cap_contact_expires(msg, edits, c, max.as_secs())?;
         granted = (secs > 0).then(|| Duration::from_secs(secs));

@@ -38,7 +38,14 @@ impl Echo {
     }
 
     /// A response with this request's identity; `to_tag` is added when To has none.
-    pub(crate) fn response(&self, status: u16, reason: &str, agent: &str, warning: Option<&str>, to_tag: &str) -> Vec<u8> {
+    pub(crate) fn response(
+        &self,
+        status: u16,
+        reason: &str,
+        agent: &str,
+        warning: Option<&str>,
+        to_tag: &str,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
         for v in &self.vias {
@@ -77,10 +84,11 @@ pub(crate) fn has_tag(to: &[u8]) -> bool {
         Some(i) => to.get(i + 1..).unwrap_or(&[]),
         None => to,
     };
-    params
-        .split(|&b| b == b';')
-        .skip(1)
-        .any(|p| p.split(|&b| b == b'=').next().is_some_and(|n| n.trim_ascii().eq_ignore_ascii_case(b"tag")))
+    params.split(|&b| b == b';').skip(1).any(|p| {
+        p.split(|&b| b == b'=')
+            .next()
+            .is_some_and(|n| n.trim_ascii().eq_ignore_ascii_case(b"tag"))
+    })
 }
 
 /// Registration details a REGISTER transaction carries to its response.
@@ -215,7 +223,8 @@ impl Tables {
     }
 
     pub(crate) fn insert_dialog(&mut self, d: Dialog) {
-        self.call_ids.insert(d.inside_call_id.clone(), d.outside_call_id.clone());
+        self.call_ids
+            .insert(d.inside_call_id.clone(), d.outside_call_id.clone());
         self.dialogs.insert(d.outside_call_id.clone(), d);
     }
 

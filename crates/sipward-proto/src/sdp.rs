@@ -1,30 +1,721 @@
-//! TEMPORARY STUB: helper-1 replaces this file with the real SDP parser.
+//! SDP (RFC 8866): what a SIP ALG needs to find and rewrite media addresses.
+//!
+//! Parses the session-level origin, name, connection and direction, and every media
+//! section's port, protocol, formats, connection, `a=rtcp` (RFC 3605), direction and
+//! `a=rtpmap`. Every other line is checked for `x=value` syntax and kept as written.
+//! All slices borrow the body, itself a slice of the datagram, so the edit layer can
+//! replace them in place.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use crate::limits::Limits;
-#[derive(Debug, Clone)]
+use crate::uri::is_hostname;
+
+/// Address type of `o=` and `c=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrType {
+    Ip4,
+    Ip6,
+}
+
+/// Media direction attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+/// `o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address>`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin<'a> {
+    pub username: &'a [u8],
+    pub session_id: &'a [u8],
+    pub session_version: &'a [u8],
+    pub net_type: &'a [u8],
+    pub addr_type: AddrType,
+    pub address: &'a [u8],
+}
+
+/// `c=IN IP4 <address>[/ttl[/count]]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection<'a> {
+    pub addr_type: AddrType,
+    /// The address token only, without `/ttl` or `/count`.
+    pub address: &'a [u8],
+    /// `None` when the address is a host name.
+    pub ip: Option<IpAddr>,
+    /// The whole line, without its line ending.
+    pub line: &'a [u8],
+}
+
+/// `a=rtcp:<port> [IN IP4 <address>]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rtcp<'a> {
+    pub port: u16,
+    pub port_token: &'a [u8],
+    pub address: Option<&'a [u8]>,
+    pub ip: Option<IpAddr>,
+}
+
+/// `a=rtpmap:<payload type> <encoding name>/<clock rate>[/<parameters>]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpMap<'a> {
+    pub payload_type: u8,
+    pub encoding: &'a [u8],
+    /// Missing in some real offers (RFC 4475's torture messages have `a=rtpmap:31 LPC`).
+    pub clock_rate: Option<u32>,
+    pub params: Option<&'a [u8]>,
+}
+
+/// One `m=` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media<'a> {
+    pub kind: &'a [u8],
+    pub port: u16,
+    pub port_token: &'a [u8],
+    pub port_count: Option<u16>,
+    pub proto: &'a [u8],
+    pub formats: &'a [u8],
+    pub connection: Option<Connection<'a>>,
+    pub rtcp: Option<Rtcp<'a>>,
+    pub direction: Option<Direction>,
+    pub rtpmaps: Vec<RtpMap<'a>>,
+    /// From the `m=` line through the end of the section's last line.
+    pub section: &'a [u8],
+}
+
+impl Media<'_> {
+    /// The direction in force: the media's own, else the session's, else sendrecv.
+    pub fn effective_direction(&self, session: Option<Direction>) -> Direction {
+        self.direction.or(session).unwrap_or(Direction::SendRecv)
+    }
+
+    /// Port 0: the stream is declined or removed.
+    pub fn is_declined(&self) -> bool {
+        self.port == 0
+    }
+}
+
+/// A parsed SDP body.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sdp<'a> {
     pub body: &'a [u8],
-    pub media: Vec<()>,
+    pub origin: Origin<'a>,
+    pub session_name: &'a [u8],
+    pub connection: Option<Connection<'a>>,
+    pub direction: Option<Direction>,
+    pub media: Vec<Media<'a>>,
 }
+
+impl<'a> Sdp<'a> {
+    /// Every address in the SDP that names a host: `o=`, session and media `c=`, and
+    /// `a=rtcp` addresses. Topology hiding checks and rewrites these.
+    pub fn addresses(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        std::iter::once(self.origin.address)
+            .chain(self.connection.map(|c| c.address))
+            .chain(self.media.iter().flat_map(|m| {
+                m.connection
+                    .map(|c| c.address)
+                    .into_iter()
+                    .chain(m.rtcp.and_then(|r| r.address))
+            }))
+    }
+}
+
+/// What is wrong with an SDP body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SdpError {
     TooLarge,
     TooManyLines,
     TooManyMedia,
     BadLine,
+    MissingVersion,
+    BadVersion,
+    MissingOrigin,
+    BadOrigin,
+    MissingSessionName,
+    MissingTiming,
+    BadTiming,
+    BadConnection,
+    MissingConnection,
+    BadMedia,
+    BadPort,
+    BadAttribute,
+    ValueTooLong,
+    OutOfOrder,
 }
+
 impl SdpError {
     pub fn as_str(&self) -> &'static str {
-        "bad SDP"
+        match self {
+            SdpError::TooLarge => "SDP body too large",
+            SdpError::TooManyLines => "too many SDP lines",
+            SdpError::TooManyMedia => "too many SDP media sections",
+            SdpError::BadLine => "malformed SDP line",
+            SdpError::MissingVersion => "SDP v= line missing",
+            SdpError::BadVersion => "SDP version not 0",
+            SdpError::MissingOrigin => "SDP o= line missing",
+            SdpError::BadOrigin => "SDP o= line malformed",
+            SdpError::MissingSessionName => "SDP s= line missing",
+            SdpError::MissingTiming => "SDP t= line missing",
+            SdpError::BadTiming => "SDP t= line malformed",
+            SdpError::BadConnection => "SDP c= line malformed",
+            SdpError::MissingConnection => "SDP media without connection address",
+            SdpError::BadMedia => "SDP m= line malformed",
+            SdpError::BadPort => "SDP port invalid",
+            SdpError::BadAttribute => "SDP attribute malformed",
+            SdpError::ValueTooLong => "SDP line too long",
+            SdpError::OutOfOrder => "SDP lines out of order",
+        }
     }
 }
-pub fn parse<'a>(body: &'a [u8], _limits: &Limits) -> Result<Sdp<'a>, SdpError> {
-    if body.starts_with(b"v=0") {
-        Ok(Sdp {
-            body,
-            media: vec![()],
-        })
+
+impl fmt::Display for SdpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Splits the body into lines (CRLF, or bare LF tolerated), each without its ending.
+/// Yields `(line, line_with_ending)`.
+fn lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, full, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => {
+                let full = rest.get(..i + 1).unwrap_or(rest);
+                let line = rest.get(..i).unwrap_or(rest);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                (line, full, rest.get(i + 1..).unwrap_or(&[]))
+            }
+            None => (rest, rest, &[][..]),
+        };
+        rest = next;
+        Some((line, full))
+    })
+}
+
+fn fields(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b' ').filter(|f| !f.is_empty())
+}
+
+fn digits(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(u8::is_ascii_digit)
+}
+
+fn parse_u16(s: &[u8]) -> Option<u16> {
+    if !digits(s) || s.len() > 5 {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+fn addr_type(s: &[u8]) -> Option<AddrType> {
+    match s {
+        b"IP4" => Some(AddrType::Ip4),
+        b"IP6" => Some(AddrType::Ip6),
+        _ => None,
+    }
+}
+
+/// Checks an address token for its type; returns the IP if it is one.
+fn check_address(t: AddrType, a: &[u8]) -> Result<Option<IpAddr>, ()> {
+    let text = std::str::from_utf8(a).map_err(|_| ())?;
+    match t {
+        AddrType::Ip4 => {
+            if let Ok(ip) = text.parse::<Ipv4Addr>() {
+                return Ok(Some(IpAddr::V4(ip)));
+            }
+        }
+        AddrType::Ip6 => {
+            if let Ok(ip) = text.parse::<Ipv6Addr>() {
+                return Ok(Some(IpAddr::V6(ip)));
+            }
+        }
+    }
+    if !a.iter().all(|&b| b.is_ascii_digit() || b == b'.') && is_hostname(a) {
+        Ok(None)
     } else {
-        Err(SdpError::BadLine)
+        Err(())
     }
 }
-impl<'a> Sdp<'a> { pub fn addresses(&self) -> impl Iterator<Item = &'a [u8]> + '_ { std::iter::empty() } }
+
+fn parse_connection<'a>(line: &'a [u8], v: &'a [u8]) -> Result<Connection<'a>, SdpError> {
+    let mut f = fields(v);
+    let (Some(b"IN"), Some(t), Some(addr), None) = (f.next(), f.next(), f.next(), f.next()) else {
+        return Err(SdpError::BadConnection);
+    };
+    let t = addr_type(t).ok_or(SdpError::BadConnection)?;
+    let mut parts = addr.split(|&b| b == b'/');
+    let address = parts.next().unwrap_or_default();
+    // Optional /ttl (IP4 multicast) and /count: numbers only.
+    let extra: Vec<&[u8]> = parts.collect();
+    if extra.len() > 2 || extra.iter().any(|p| !digits(p) || p.len() > 5) {
+        return Err(SdpError::BadConnection);
+    }
+    let ip = check_address(t, address).map_err(|()| SdpError::BadConnection)?;
+    Ok(Connection {
+        addr_type: t,
+        address,
+        ip,
+        line,
+    })
+}
+
+fn parse_origin(v: &[u8]) -> Result<Origin<'_>, SdpError> {
+    let mut f = fields(v);
+    let (
+        Some(username),
+        Some(session_id),
+        Some(session_version),
+        Some(net_type),
+        Some(t),
+        Some(address),
+        None,
+    ) = (
+        f.next(),
+        f.next(),
+        f.next(),
+        f.next(),
+        f.next(),
+        f.next(),
+        f.next(),
+    )
+    else {
+        return Err(SdpError::BadOrigin);
+    };
+    if !digits(session_id) || !digits(session_version) || net_type != b"IN" {
+        return Err(SdpError::BadOrigin);
+    }
+    let addr_type = addr_type(t).ok_or(SdpError::BadOrigin)?;
+    check_address(addr_type, address).map_err(|()| SdpError::BadOrigin)?;
+    Ok(Origin {
+        username,
+        session_id,
+        session_version,
+        net_type,
+        addr_type,
+        address,
+    })
+}
+
+/// An `m=` line, as a media section of one line.
+fn parse_media_line<'a>(v: &'a [u8], full: &'a [u8]) -> Result<Media<'a>, SdpError> {
+    let mut it = v.splitn(4, |&b| b == b' ');
+    let (Some(kind), Some(port_part), Some(proto), Some(formats)) =
+        (it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(SdpError::BadMedia);
+    };
+    let token_ok = |s: &[u8]| !s.is_empty() && s.iter().all(|&b| b.is_ascii_graphic());
+    if !token_ok(kind) || !token_ok(proto) || formats.trim_ascii().is_empty() {
+        return Err(SdpError::BadMedia);
+    }
+    let mut pp = port_part.splitn(2, |&b| b == b'/');
+    let port_token = pp.next().unwrap_or_default();
+    let port = parse_u16(port_token).ok_or(SdpError::BadPort)?;
+    let count = match pp.next() {
+        Some(c) => Some(parse_u16(c).filter(|&c| c > 0).ok_or(SdpError::BadPort)?),
+        None => None,
+    };
+    Ok(Media {
+        kind,
+        port,
+        port_token,
+        port_count: count,
+        proto,
+        formats,
+        connection: None,
+        rtcp: None,
+        direction: None,
+        rtpmaps: Vec::new(),
+        section: full,
+    })
+}
+
+fn parse_rtcp(v: &[u8]) -> Result<Rtcp<'_>, SdpError> {
+    let mut f = fields(v);
+    let port_token = f.next().ok_or(SdpError::BadAttribute)?;
+    let port = parse_u16(port_token).ok_or(SdpError::BadAttribute)?;
+    match (f.next(), f.next(), f.next(), f.next()) {
+        (None, ..) => Ok(Rtcp {
+            port,
+            port_token,
+            address: None,
+            ip: None,
+        }),
+        (Some(b"IN"), Some(t), Some(a), None) => {
+            let t = addr_type(t).ok_or(SdpError::BadAttribute)?;
+            let ip = check_address(t, a).map_err(|()| SdpError::BadAttribute)?;
+            Ok(Rtcp {
+                port,
+                port_token,
+                address: Some(a),
+                ip,
+            })
+        }
+        _ => Err(SdpError::BadAttribute),
+    }
+}
+
+fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
+    let mut it = v.splitn(2, |&b| b == b' ');
+    let (Some(pt), Some(rest)) = (it.next(), it.next()) else {
+        return Err(SdpError::BadAttribute);
+    };
+    let payload_type = parse_u16(pt)
+        .and_then(|p| u8::try_from(p).ok())
+        .filter(|&p| p <= 127);
+    let payload_type = payload_type.ok_or(SdpError::BadAttribute)?;
+    let mut parts = rest.trim_ascii().splitn(3, |&b| b == b'/');
+    let encoding = parts.next().unwrap_or_default();
+    if encoding.is_empty() || !encoding.iter().all(|&b| b.is_ascii_graphic()) {
+        return Err(SdpError::BadAttribute);
+    }
+    let clock_rate = match parts.next() {
+        Some(clock) if digits(clock) && clock.len() <= 9 => {
+            std::str::from_utf8(clock).ok().and_then(|c| c.parse().ok())
+        }
+        Some(_) => return Err(SdpError::BadAttribute),
+        None => None,
+    };
+    Ok(RtpMap {
+        payload_type,
+        encoding,
+        clock_rate,
+        params: parts.next(),
+    })
+}
+
+fn direction(attr: &[u8]) -> Option<Direction> {
+    match attr {
+        b"sendrecv" => Some(Direction::SendRecv),
+        b"sendonly" => Some(Direction::SendOnly),
+        b"recvonly" => Some(Direction::RecvOnly),
+        b"inactive" => Some(Direction::Inactive),
+        _ => None,
+    }
+}
+
+/// Parses and checks an SDP body against `limits`.
+pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
+    if body.len() > limits.max_sdp_len {
+        return Err(SdpError::TooLarge);
+    }
+    let mut origin = None;
+    let mut session_name = None;
+    let mut connection = None;
+    let mut session_direction = None;
+    let mut timing = false;
+    let mut media: Vec<Media<'a>> = Vec::new();
+    let mut count = 0usize;
+    let mut seen_order = 0u8; // 0: nothing, 1: v, 2: o, 3: s, then anything
+    let body_start = body.as_ptr() as usize;
+
+    for (line, full) in lines(body) {
+        if line.is_empty() {
+            continue; // tolerate blank lines (trailing ones above all)
+        }
+        count += 1;
+        if count > limits.max_sdp_lines {
+            return Err(SdpError::TooManyLines);
+        }
+        if line.len() > limits.max_param_len {
+            return Err(SdpError::ValueTooLong);
+        }
+        let (Some(&kind), Some(b'=')) = (line.first(), line.get(1).copied()) else {
+            return Err(SdpError::BadLine);
+        };
+        if !kind.is_ascii_lowercase() {
+            return Err(SdpError::BadLine);
+        }
+        let value = line.get(2..).unwrap_or_default();
+        if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            return Err(SdpError::BadLine);
+        }
+        // v, o, s come first, in that order.
+        match (seen_order, kind) {
+            (0, b'v') => {
+                if value != b"0" {
+                    return Err(SdpError::BadVersion);
+                }
+                seen_order = 1;
+                continue;
+            }
+            (0, _) => return Err(SdpError::MissingVersion),
+            (1, b'o') => {
+                origin = Some(parse_origin(value)?);
+                seen_order = 2;
+                continue;
+            }
+            (1, _) => return Err(SdpError::MissingOrigin),
+            (2, b's') => {
+                if value.is_empty() {
+                    return Err(SdpError::MissingSessionName);
+                }
+                session_name = Some(value);
+                seen_order = 3;
+                continue;
+            }
+            (2, _) => return Err(SdpError::MissingSessionName),
+            (_, b'v' | b'o' | b's') => return Err(SdpError::OutOfOrder),
+            _ => {}
+        }
+        // Extend the current media section over this line.
+        if let Some(m) = media.last_mut() {
+            let start = m.section.as_ptr() as usize - body_start;
+            let end = full.as_ptr() as usize - body_start + full.len();
+            m.section = body.get(start..end).unwrap_or(m.section);
+        }
+        match kind {
+            b'm' => {
+                if !timing {
+                    return Err(SdpError::MissingTiming);
+                }
+                if media.len() >= limits.max_sdp_media {
+                    return Err(SdpError::TooManyMedia);
+                }
+                media.push(parse_media_line(value, full)?);
+            }
+            b'c' => {
+                let c = parse_connection(line, value)?;
+                match media.last_mut() {
+                    Some(m) if m.connection.is_none() => m.connection = Some(c),
+                    None if connection.is_none() => connection = Some(c),
+                    _ => return Err(SdpError::BadConnection),
+                }
+            }
+            b't' => {
+                if !media.is_empty() {
+                    return Err(SdpError::OutOfOrder);
+                }
+                let mut f = fields(value);
+                let (Some(a), Some(b), None) = (f.next(), f.next(), f.next()) else {
+                    return Err(SdpError::BadTiming);
+                };
+                if !digits(a) || !digits(b) {
+                    return Err(SdpError::BadTiming);
+                }
+                timing = true;
+            }
+            b'a' => {
+                let (name, attr_value) = match memchr::memchr(b':', value) {
+                    Some(i) => (value.get(..i).unwrap_or_default(), value.get(i + 1..)),
+                    None => (value, None),
+                };
+                if let Some(d) = direction(name) {
+                    match media.last_mut() {
+                        Some(m) => m.direction = Some(d),
+                        None => session_direction = Some(d),
+                    }
+                } else if name == b"rtcp" {
+                    let r = parse_rtcp(attr_value.ok_or(SdpError::BadAttribute)?)?;
+                    if let Some(m) = media.last_mut() {
+                        m.rtcp = Some(r);
+                    }
+                } else if name == b"rtpmap" {
+                    let r = parse_rtpmap(attr_value.ok_or(SdpError::BadAttribute)?)?;
+                    if let Some(m) = media.last_mut() {
+                        if m.rtpmaps.len() < limits.max_sdp_lines {
+                            m.rtpmaps.push(r);
+                        }
+                    }
+                }
+            }
+            b'i' | b'b' | b'k' => {}
+            b'u' | b'e' | b'p' | b'r' | b'z' => {
+                if !media.is_empty() {
+                    return Err(SdpError::OutOfOrder);
+                }
+            }
+            _ => return Err(SdpError::BadLine),
+        }
+    }
+    let origin = match seen_order {
+        0 => return Err(SdpError::MissingVersion),
+        1 => return Err(SdpError::MissingOrigin),
+        2 => return Err(SdpError::MissingSessionName),
+        _ => origin.ok_or(SdpError::MissingOrigin)?,
+    };
+    if !timing {
+        return Err(SdpError::MissingTiming);
+    }
+    if connection.is_none()
+        && media
+            .iter()
+            .any(|m| m.connection.is_none() && !m.is_declined())
+    {
+        return Err(SdpError::MissingConnection);
+    }
+    Ok(Sdp {
+        body,
+        origin,
+        session_name: session_name.unwrap_or_default(),
+        connection,
+        direction: session_direction,
+        media,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static OFFER: &[u8] = b"v=0\r\no=alice 2890844526 2890844526 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=rtcp:49171 IN IP4 10.0.0.6\r\na=sendrecv\r\nm=video 51372 RTP/AVP 31\r\nc=IN IP4 10.0.0.7\r\na=rtpmap:31 H261/90000\r\na=sendonly\r\n";
+
+    fn sdp(b: &[u8]) -> Result<Sdp<'_>, SdpError> {
+        parse(b, &Limits::default())
+    }
+
+    fn within(outer: &[u8], inner: &[u8]) -> bool {
+        let o = outer.as_ptr() as usize;
+        let i = inner.as_ptr() as usize;
+        i >= o && i + inner.len() <= o + outer.len()
+    }
+
+    #[test]
+    fn audio_and_video_offer() {
+        let s = sdp(OFFER).unwrap();
+        assert_eq!(s.origin.address, b"10.0.0.5");
+        assert_eq!(s.connection.unwrap().ip, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(s.media.len(), 2);
+        let a = &s.media[0];
+        assert_eq!(
+            (a.kind, a.port, a.proto, a.formats),
+            (&b"audio"[..], 49170, &b"RTP/AVP"[..], &b"0 8 101"[..])
+        );
+        assert_eq!(a.rtpmaps.len(), 2);
+        assert_eq!(a.rtpmaps[1].encoding, b"telephone-event");
+        let rtcp = a.rtcp.unwrap();
+        assert_eq!((rtcp.port, rtcp.address), (49171, Some(&b"10.0.0.6"[..])));
+        assert_eq!(a.effective_direction(s.direction), Direction::SendRecv);
+        let v = &s.media[1];
+        assert_eq!(v.connection.unwrap().address, b"10.0.0.7");
+        assert_eq!(v.effective_direction(s.direction), Direction::SendOnly);
+        assert!(v.section.starts_with(b"m=video") && v.section.ends_with(b"a=sendonly\r\n"));
+        let addrs: Vec<&[u8]> = s.addresses().collect();
+        assert_eq!(
+            addrs,
+            vec![&b"10.0.0.5"[..], b"10.0.0.5", b"10.0.0.6", b"10.0.0.7"]
+        );
+        assert!(addrs.iter().all(|a| within(OFFER, a)));
+        assert!(within(OFFER, a.port_token) && a.port_token == b"49170");
+    }
+
+    #[test]
+    fn hold_variants_and_declined_streams() {
+        let s = sdp(b"v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns= \r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=inactive\r\nm=audio 0 RTP/AVP 0\r\n").unwrap();
+        assert_eq!(s.connection.unwrap().ip, Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(
+            s.media[0].effective_direction(s.direction),
+            Direction::Inactive
+        );
+        assert!(s.media[0].is_declined());
+        // A declined stream needs no connection.
+        assert!(
+            sdp(b"v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio 0 RTP/AVP 0\r\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn ipv6_fqdn_and_bare_lf() {
+        let s = sdp(b"v=0\no=- 1 2 IN IP6 2001:db8::1\ns=-\nc=IN IP6 2001:db8::2\nt=0 0\nm=audio 5004/2 RTP/AVP 0").unwrap();
+        assert_eq!(s.media[0].port_count, Some(2));
+        assert_eq!(
+            s.connection.unwrap().ip,
+            Some("2001:db8::2".parse().unwrap())
+        );
+        let s = sdp(b"v=0\r\no=- 1 2 IN IP4 host.example.com\r\ns=-\r\nc=IN IP4 media.example.com\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n").unwrap();
+        assert_eq!(s.connection.unwrap().ip, None);
+        assert!(sdp(b"v=0\r\no=- 1 2 IN IP4 224.2.1.1\r\ns=-\r\nc=IN IP4 224.2.1.1/127/3\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n").is_ok());
+    }
+
+    #[test]
+    fn each_defect() {
+        let cases: &[(&[u8], SdpError)] = &[
+            (b"o=- 1 1 IN IP4 1.2.3.4\r\n", SdpError::MissingVersion),
+            (b"v=1\r\n", SdpError::BadVersion),
+            (b"v=0\r\ns=-\r\n", SdpError::MissingOrigin),
+            (b"v=0\r\no=- x 1 IN IP4 1.2.3.4\r\n", SdpError::BadOrigin),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nt=0 0\r\n", SdpError::MissingSessionName),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP 0\r\n", SdpError::MissingTiming),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0\r\n", SdpError::BadTiming),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.400\r\nt=0 0\r\n", SdpError::BadConnection),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n", SdpError::MissingConnection),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP\r\n", SdpError::BadMedia),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 65536 RTP/AVP 0\r\n", SdpError::BadPort),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\na=rtcp:x\r\n", SdpError::BadAttribute),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\na=rtpmap:300 X/8000\r\n", SdpError::BadAttribute),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nX=1\r\n", SdpError::BadLine),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\nt=0 0\r\n", SdpError::OutOfOrder),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\ns=-\r\n", SdpError::OutOfOrder),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(
+                sdp(body).unwrap_err(),
+                *expected,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_exact() {
+        let limits = Limits {
+            max_sdp_len: OFFER.len(),
+            ..Limits::default()
+        };
+        assert!(parse(OFFER, &limits).is_ok());
+        let limits = Limits {
+            max_sdp_len: OFFER.len() - 1,
+            ..Limits::default()
+        };
+        assert_eq!(parse(OFFER, &limits).unwrap_err(), SdpError::TooLarge);
+        let limits = Limits {
+            max_sdp_media: 2,
+            ..Limits::default()
+        };
+        assert!(parse(OFFER, &limits).is_ok());
+        let limits = Limits {
+            max_sdp_media: 1,
+            ..Limits::default()
+        };
+        assert_eq!(parse(OFFER, &limits).unwrap_err(), SdpError::TooManyMedia);
+        let lines = OFFER
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        let limits = Limits {
+            max_sdp_lines: lines,
+            ..Limits::default()
+        };
+        assert!(parse(OFFER, &limits).is_ok());
+        let limits = Limits {
+            max_sdp_lines: lines - 1,
+            ..Limits::default()
+        };
+        assert_eq!(parse(OFFER, &limits).unwrap_err(), SdpError::TooManyLines);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = sdp(&bytes);
+        }
+
+        #[test]
+        fn mutated_offers_never_panic(pos in 0usize..OFFER.len(), byte in proptest::prelude::any::<u8>()) {
+            let mut b = OFFER.to_vec();
+            b[pos] = byte;
+            let _ = sdp(&b);
+        }
+    }
+}

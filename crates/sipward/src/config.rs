@@ -1,18 +1,160 @@
 //! Configuration file: TOML, unknown fields refused, errors with file and line.
+//!
+//! The file mirrors the founding brief's objects: interfaces (zones), address objects, an
+//! ALG object with its options, a service that uses the ALG, and an ordered rule set. It
+//! compiles to [`sipward_core::Config`]; every name a rule uses must exist.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
+use sipward_core::{Action, AddressObject, AlgOptions, Rule, Zone};
 use sipward_proto::Limits;
 
-/// The whole configuration. The gateway issue grows it (zones, objects, ALGs, services,
-/// rules); for now it carries the wire-layer limits.
-#[derive(Debug, Default, Deserialize)]
+/// The configuration `sipward run` uses when no file is given: everything on loopback.
+pub(crate) const EMBEDDED_DEFAULT: &str = include_str!("../../../examples/loopback.toml");
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
     #[serde(default)]
+    gateway: GatewaySection,
+    #[serde(default)]
+    interface: Vec<InterfaceSection>,
+    #[serde(default)]
+    address: Vec<AddressSection>,
+    #[serde(default)]
+    alg: HashMap<String, AlgSection>,
+    #[serde(default)]
+    service: HashMap<String, ServiceSection>,
+    #[serde(default)]
+    rule: Vec<RuleSection>,
+    /// Wire-layer limits for `sipward validate` when the file has no ALG.
+    #[serde(default)]
     pub(crate) limits: LimitsConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewaySection {
+    #[serde(default = "default_agent")]
+    name: String,
+    /// Admin/listen options grow here.
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            name: default_agent(),
+            secret: None,
+        }
+    }
+}
+
+fn default_agent() -> String {
+    "sipward".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InterfaceSection {
+    name: String,
+    /// The gateway's own IP address on this interface.
+    address: IpAddr,
+    #[serde(default)]
+    networks: Vec<String>,
+    /// Inside (protected) interface: its addresses never leave the gateway.
+    #[serde(default)]
+    inside: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressSection {
+    name: String,
+    /// `ip` or `ip:port`.
+    #[serde(default)]
+    host: Option<String>,
+    /// `ip/prefix`.
+    #[serde(default)]
+    network: Option<String>,
+}
+
+/// The ALG object: the brief's options plus the wire-layer limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlgSection {
+    max_sessions_per_id: Option<usize>,
+    max_registration_time: Option<u64>,
+    request_response_timeout: Option<u64>,
+    signal_timeout: Option<u64>,
+    data_channel_timeout: Option<u64>,
+    allow_media_bypass: Option<bool>,
+    max_registrations: Option<usize>,
+    max_dialogs: Option<usize>,
+    max_transactions: Option<usize>,
+    // Wire-layer limits of this ALG (serde's flatten cannot be combined with
+    // deny_unknown_fields, so they are listed here).
+    max_param_len: Option<usize>,
+    max_message_len: Option<usize>,
+    max_sdp_len: Option<usize>,
+    max_headers: Option<usize>,
+    max_vias: Option<usize>,
+    max_routes: Option<usize>,
+    max_contacts: Option<usize>,
+    max_params: Option<usize>,
+    max_sdp_media: Option<usize>,
+    max_sdp_lines: Option<usize>,
+}
+
+impl AlgSection {
+    fn limits(&self) -> Limits {
+        LimitsConfig {
+            max_param_len: self.max_param_len,
+            max_message_len: self.max_message_len,
+            max_sdp_len: self.max_sdp_len,
+            max_headers: self.max_headers,
+            max_vias: self.max_vias,
+            max_routes: self.max_routes,
+            max_contacts: self.max_contacts,
+            max_params: self.max_params,
+            max_sdp_media: self.max_sdp_media,
+            max_sdp_lines: self.max_sdp_lines,
+        }
+        .to_limits()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSection {
+    protocol: String,
+    port: u16,
+    alg: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSection {
+    #[serde(default)]
+    name: Option<String>,
+    action: String,
+    from: String,
+    #[serde(default = "any")]
+    source: String,
+    to: String,
+    #[serde(default = "any")]
+    destination: String,
+    service: String,
+}
+
+fn any() -> String {
+    "any".into()
 }
 
 /// Wire-layer limits; every field optional, defaulting to the founding brief's values.
@@ -69,6 +211,220 @@ impl Config {
             }
         })
     }
+
+    /// The limits `sipward validate` applies: the ALG's if there is exactly one.
+    pub(crate) fn validate_limits(&self) -> Limits {
+        match self.alg.values().next() {
+            Some(alg) if self.alg.len() == 1 => alg.limits(),
+            _ => self.limits.to_limits(),
+        }
+    }
+
+    /// Compiles to the core's configuration, checking every cross-reference.
+    pub(crate) fn compile(&self, origin: &str) -> Result<sipward_core::Config> {
+        if self.interface.is_empty() {
+            bail!("{origin}: no [[interface]]: the gateway needs at least an inside and an outside one");
+        }
+        let mut zones = Vec::new();
+        for i in &self.interface {
+            let networks = i
+                .networks
+                .iter()
+                .map(|n| {
+                    n.parse()
+                        .map_err(|e| anyhow!("{origin}: interface {}: network {n:?}: {e}", i.name))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if zones.iter().any(|z: &Zone| z.name == i.name) {
+                bail!("{origin}: interface {:?} defined twice", i.name);
+            }
+            zones.push(Zone {
+                name: i.name.clone(),
+                address: SocketAddr::new(i.address, 0),
+                networks,
+                inside: i.inside,
+            });
+        }
+        if !zones.iter().any(|z| z.inside) || zones.iter().all(|z| z.inside) {
+            bail!("{origin}: mark at least one interface `inside = true` and leave at least one outside");
+        }
+        let mut objects: HashMap<&str, AddressObject> = HashMap::new();
+        objects.insert("any", AddressObject::Any);
+        for a in &self.address {
+            let obj =
+                match (&a.host, &a.network) {
+                    (Some(h), None) => {
+                        parse_host(h).map_err(|e| anyhow!("{origin}: address {:?}: {e}", a.name))?
+                    }
+                    (None, Some(n)) => AddressObject::Network(n.parse().map_err(|e| {
+                        anyhow!("{origin}: address {:?}: network {n:?}: {e}", a.name)
+                    })?),
+                    _ => bail!(
+                        "{origin}: address {:?}: give exactly one of `host` or `network`",
+                        a.name
+                    ),
+                };
+            if objects.insert(a.name.as_str(), obj).is_some() {
+                bail!("{origin}: address {:?} defined twice", a.name);
+            }
+        }
+        if self.alg.len() != 1 {
+            bail!(
+                "{origin}: define exactly one [alg.NAME] (found {})",
+                self.alg.len()
+            );
+        }
+        let (alg_name, alg) = self
+            .alg
+            .iter()
+            .next()
+            .ok_or_else(|| anyhow!("{origin}: no ALG"))?;
+        let d = AlgOptions::default();
+        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+        let alg_options = AlgOptions {
+            max_sessions_per_id: alg.max_sessions_per_id.unwrap_or(d.max_sessions_per_id),
+            max_registration_time: secs(alg.max_registration_time, d.max_registration_time),
+            request_response_timeout: secs(
+                alg.request_response_timeout,
+                d.request_response_timeout,
+            ),
+            signal_timeout: secs(alg.signal_timeout, d.signal_timeout),
+            data_channel_timeout: secs(alg.data_channel_timeout, d.data_channel_timeout),
+            allow_media_bypass: alg.allow_media_bypass.unwrap_or(d.allow_media_bypass),
+            limits: alg.limits(),
+            max_registrations: alg.max_registrations.unwrap_or(d.max_registrations),
+            max_dialogs: alg.max_dialogs.unwrap_or(d.max_dialogs),
+            max_transactions: alg.max_transactions.unwrap_or(d.max_transactions),
+        };
+        let mut service_port = None;
+        for (name, s) in &self.service {
+            if !s.protocol.eq_ignore_ascii_case("udp") {
+                bail!(
+                    "{origin}: service {name:?}: protocol {:?} is not supported yet (udp only)",
+                    s.protocol
+                );
+            }
+            if &s.alg != alg_name {
+                bail!("{origin}: service {name:?}: no ALG named {:?}", s.alg);
+            }
+            match service_port {
+                None => service_port = Some(s.port),
+                Some(p) if p == s.port => {}
+                Some(_) => bail!("{origin}: all services must use the same port for now"),
+            }
+        }
+        let port = service_port
+            .ok_or_else(|| anyhow!("{origin}: define a [service.NAME] that uses the ALG"))?;
+        for z in &mut zones {
+            z.address.set_port(port);
+        }
+        let zone_id = |name: &str| zones.iter().position(|z| z.name == name);
+        let mut rules = Vec::new();
+        for (i, r) in self.rule.iter().enumerate() {
+            let what = format!(
+                "{origin}: rule {} ({})",
+                i + 1,
+                r.name.clone().unwrap_or_else(|| r.action.clone())
+            );
+            let action = match r.action.to_ascii_lowercase().as_str() {
+                "nat" => Action::Nat,
+                "allow" => Action::Allow,
+                "drop" => Action::Drop,
+                "reject" => Action::Reject,
+                other => bail!("{what}: unknown action {other:?} (nat, allow, drop, reject)"),
+            };
+            let from_zone =
+                zone_id(&r.from).ok_or_else(|| anyhow!("{what}: no interface {:?}", r.from))?;
+            let to_zone = if r.to == "core" {
+                None
+            } else {
+                Some(
+                    zone_id(&r.to)
+                        .ok_or_else(|| anyhow!("{what}: no interface {:?} (or \"core\")", r.to))?,
+                )
+            };
+            let source = objects
+                .get(r.source.as_str())
+                .cloned()
+                .ok_or_else(|| anyhow!("{what}: no address object {:?}", r.source))?;
+            let destination = objects
+                .get(r.destination.as_str())
+                .cloned()
+                .ok_or_else(|| anyhow!("{what}: no address object {:?}", r.destination))?;
+            let service = self
+                .service
+                .get(&r.service)
+                .ok_or_else(|| anyhow!("{what}: no service {:?}", r.service))?;
+            if action == Action::Nat {
+                if !matches!(destination, AddressObject::Host { .. }) || to_zone.is_none() {
+                    bail!("{what}: a nat rule needs `to` an interface and a host `destination` (the proxy)");
+                }
+                if zones.get(from_zone).is_some_and(|z| !z.inside) {
+                    bail!("{what}: a nat rule translates from an inside interface");
+                }
+            }
+            if action == Action::Allow && to_zone.is_some() {
+                bail!(
+                    "{what}: an allow rule admits traffic to the gateway itself: `to = \"core\"`"
+                );
+            }
+            rules.push(Rule {
+                name: r.name.clone().unwrap_or_else(|| format!("rule{}", i + 1)),
+                action,
+                from_zone,
+                source,
+                to_zone,
+                destination,
+                service_port: service.port,
+            });
+        }
+        let secret = match &self.gateway.secret {
+            Some(s) => secret_from(s),
+            None => random_secret(),
+        };
+        Ok(sipward_core::Config {
+            agent: self.gateway.name.clone(),
+            zones,
+            alg: alg_options,
+            rules,
+            secret,
+        })
+    }
+}
+
+fn parse_host(h: &str) -> Result<AddressObject> {
+    if let Ok(sa) = h.parse::<SocketAddr>() {
+        return Ok(AddressObject::Host {
+            ip: sa.ip(),
+            port: Some(sa.port()),
+        });
+    }
+    let ip: IpAddr = h
+        .parse()
+        .map_err(|_| anyhow!("host {h:?} is not an IP address or IP:port"))?;
+    Ok(AddressObject::Host { ip, port: None })
+}
+
+fn secret_from(s: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, b) in s.bytes().enumerate() {
+        if let Some(slot) = out.get_mut(i % 16) {
+            *slot = slot.wrapping_mul(31).wrapping_add(b);
+        }
+    }
+    out
+}
+
+/// A per-process secret for the hidden names, from the OS's randomness.
+fn random_secret() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; 16];
+    for chunk in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -80,7 +436,7 @@ mod tests {
         let c = Config::parse("", "t").unwrap();
         assert_eq!(c.limits.to_limits(), Limits::default());
         let c = Config::parse("[limits]\nmax_param_len = 10\n", "t").unwrap();
-        assert_eq!(c.limits.to_limits().max_param_len, 10);
+        assert_eq!(c.validate_limits().max_param_len, 10);
     }
 
     #[test]
@@ -92,5 +448,37 @@ mod tests {
         assert!(text.contains("max_bogus"), "{text}");
         let e = Config::parse("[limits]\nmax_param_len = \"ten\"\n", "x.toml").unwrap_err();
         assert!(e.to_string().starts_with("x.toml:2: "), "{e}");
+    }
+
+    #[test]
+    fn embedded_default_compiles_with_the_brief_defaults() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "embedded")
+            .unwrap()
+            .compile("embedded")
+            .unwrap();
+        assert_eq!(c.alg.max_sessions_per_id, 5);
+        assert_eq!(c.alg.max_registration_time, Duration::from_secs(3600));
+        assert_eq!(c.alg.request_response_timeout, Duration::from_secs(180));
+        assert_eq!(c.alg.signal_timeout, Duration::from_secs(43200));
+        assert_eq!(c.alg.data_channel_timeout, Duration::from_secs(120));
+        assert!(!c.alg.allow_media_bypass);
+        assert_eq!(c.alg.limits, Limits::default());
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.rules[0].action, Action::Nat);
+        assert_eq!(c.rules[1].action, Action::Allow);
+    }
+
+    #[test]
+    fn references_are_checked() {
+        let broken =
+            EMBEDDED_DEFAULT.replace("destination = \"sip-proxy\"", "destination = \"nowhere\"");
+        let e = Config::parse(&broken, "b.toml")
+            .unwrap()
+            .compile("b.toml")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("no address object \"nowhere\""),
+            "{e}"
+        );
     }
 }

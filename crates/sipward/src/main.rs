@@ -1,11 +1,13 @@
-//! The sipward binary: command line, configuration and (with the gateway) the tokio driver.
+//! The sipward binary: command line, configuration file and the tokio driver.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod config;
+mod driver;
 mod validate;
 
 #[derive(Parser)]
@@ -21,6 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway (on the embedded loopback configuration when no file is given).
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and print the compiled rule set.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Judge SIP datagrams stored in files, one datagram per file, exactly as the gateway
     /// would: prints `FILE: accept`, `FILE: reject CODE REASON` or `FILE: drop REASON`.
     Validate {
@@ -36,9 +48,31 @@ enum Command {
     },
 }
 
+fn load(path: Option<&Path>) -> Result<sipward_core::Config> {
+    match path {
+        Some(p) => config::Config::load(p)?.compile(&p.display().to_string()),
+        None => config::Config::parse(config::EMBEDDED_DEFAULT, "embedded default")?
+            .compile("embedded default"),
+    }
+}
+
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SIPWARD_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { config } => load(config.as_deref()).and_then(|c| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(driver::run(c)).map(|()| ExitCode::SUCCESS)
+        }),
+        Command::Check { config } => load(config.as_deref()).map(|c| {
+            print_rules(&c);
+            ExitCode::SUCCESS
+        }),
         Command::Validate {
             config,
             show_answer,
@@ -52,4 +86,47 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn print_rules(c: &sipward_core::Config) {
+    println!("configuration ok");
+    for z in &c.zones {
+        let nets: Vec<String> = z.networks.iter().map(ToString::to_string).collect();
+        println!(
+            "interface {:<8} {:<22} {} networks [{}]",
+            z.name,
+            z.address,
+            if z.inside { "inside " } else { "outside" },
+            nets.join(", ")
+        );
+    }
+    let a = &c.alg;
+    println!(
+        "alg: max sessions per id {}, max registration time {}s, request-response timeout {}s, signal timeout {}s, data channel timeout {}s, media bypass {}",
+        a.max_sessions_per_id,
+        a.max_registration_time.as_secs(),
+        a.request_response_timeout.as_secs(),
+        a.signal_timeout.as_secs(),
+        a.data_channel_timeout.as_secs(),
+        if a.allow_media_bypass { "on" } else { "off" }
+    );
+    println!(
+        "limits: parameter {} B, message {} B, SDP {} B",
+        a.limits.max_param_len, a.limits.max_message_len, a.limits.max_sdp_len
+    );
+    let zone = |id: usize| c.zones.get(id).map_or("?", |z| z.name.as_str());
+    for (i, r) in c.rules.iter().enumerate() {
+        println!(
+            "rule {:>2} {:<18} {:<6} from {} {:?} to {} {:?} udp/{}",
+            i + 1,
+            r.name,
+            format!("{:?}", r.action).to_lowercase(),
+            zone(r.from_zone),
+            r.source,
+            r.to_zone.map_or("core", zone),
+            r.destination,
+            r.service_port
+        );
+    }
+    println!("rule  * default            drop   anything else (counted)");
 }

@@ -1,0 +1,505 @@
+//! The gateway core on virtual time: flows, topology hiding, timers and limits, without a
+//! socket. A phone at 10.0.0.20, the gateway at 10.0.0.1 (lan) and 203.0.113.1 (wan),
+//! the proxy at 203.0.113.10.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![allow(clippy::disallowed_methods)] // tests take one real Instant as the epoch
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sipward_core::{Action, AddressObject, AlgOptions, Config, Gateway, Rule, Transmit, Zone};
+
+const LAN: &str = "10.0.0.1:5060";
+const WAN: &str = "203.0.113.1:5060";
+const PROXY: &str = "203.0.113.10:5060";
+const PHONE: &str = "10.0.0.20:5062";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn config(alg: AlgOptions) -> Config {
+    Config {
+        agent: "sipward.test".into(),
+        zones: vec![
+            Zone {
+                name: "lan".into(),
+                address: addr(LAN),
+                networks: vec!["10.0.0.0/24".parse().unwrap()],
+                inside: true,
+            },
+            Zone {
+                name: "wan".into(),
+                address: addr(WAN),
+                networks: vec!["203.0.113.0/24".parse().unwrap()],
+                inside: false,
+            },
+        ],
+        alg,
+        rules: vec![
+            Rule {
+                name: "phones-to-proxy".into(),
+                action: Action::Nat,
+                from_zone: 0,
+                source: AddressObject::Network("10.0.0.0/24".parse().unwrap()),
+                to_zone: Some(1),
+                destination: AddressObject::Host {
+                    ip: "203.0.113.10".parse().unwrap(),
+                    port: Some(5060),
+                },
+                service_port: 5060,
+            },
+            Rule {
+                name: "proxy-to-core".into(),
+                action: Action::Allow,
+                from_zone: 1,
+                source: AddressObject::Host {
+                    ip: "203.0.113.10".parse().unwrap(),
+                    port: None,
+                },
+                to_zone: None,
+                destination: AddressObject::Any,
+                service_port: 5060,
+            },
+        ],
+        secret: [7; 16],
+    }
+}
+
+struct Net {
+    gw: Gateway,
+    now: Instant,
+}
+
+impl Net {
+    fn new(alg: AlgOptions) -> Self {
+        Net {
+            gw: Gateway::new(config(alg)),
+            now: Instant::now(),
+        }
+    }
+
+    /// Delivers a datagram and returns everything the gateway sent in reaction.
+    fn deliver(&mut self, local: &str, remote: &str, text: &str) -> Vec<Transmit> {
+        self.gw
+            .handle_datagram(self.now, addr(local), addr(remote), text.as_bytes());
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Transmit> {
+        let mut out = Vec::new();
+        while let Some(t) = self.gw.poll_transmit() {
+            if t.local == addr(WAN) {
+                assert_hidden(&t);
+            }
+            out.push(t);
+        }
+        out
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<Transmit> {
+        let end = self.now + by;
+        while let Some(t) = self.gw.poll_timeout() {
+            if t > end {
+                break;
+            }
+            self.now = t;
+            self.gw.handle_timeout(t);
+        }
+        self.now = end;
+        self.drain()
+    }
+
+    fn phone_sends(&mut self, text: &str) -> Transmit {
+        let mut out = self.deliver(LAN, PHONE, text);
+        assert_eq!(out.len(), 1, "{out:?}");
+        out.remove(0)
+    }
+
+    fn proxy_sends(&mut self, text: &str) -> Transmit {
+        let mut out = self.deliver(WAN, PROXY, text);
+        assert_eq!(out.len(), 1, "{out:?}");
+        out.remove(0)
+    }
+}
+
+/// Topology hiding, on the bytes: nothing sent outside names an inside address.
+fn assert_hidden(t: &Transmit) {
+    let text = String::from_utf8_lossy(&t.payload);
+    for inside in ["10.0.0.", "5062"] {
+        assert!(
+            !text.contains(inside),
+            "inside address {inside} leaked to {}:\n{text}",
+            t.remote
+        );
+    }
+}
+
+fn text(t: &Transmit) -> String {
+    String::from_utf8(t.payload.clone()).unwrap()
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+}
+
+fn branch_of(msg: &str) -> String {
+    let via = header(msg, "Via").unwrap();
+    via.split(';')
+        .find_map(|p| p.strip_prefix("branch="))
+        .unwrap()
+        .to_string()
+}
+
+fn register(cseq: u32, expires: u32) -> String {
+    format!(
+        "REGISTER sip:biloxi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKreg{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@biloxi.example.com>;tag=r1\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: reg-1@10.0.0.20\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@10.0.0.20:5062>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// The registrar's answer to what the gateway forwarded: echoes the Contact it got.
+fn register_ok(forwarded: &str, granted: u32) -> String {
+    let contact = header(forwarded, "Contact").unwrap();
+    let uri = contact.split('>').next().unwrap().trim_start_matches('<');
+    format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=reg-srv\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <{uri}>;expires={granted}\r\nContent-Length: 0\r\n\r\n",
+        header(forwarded, "Via").unwrap(),
+        header(forwarded, "From").unwrap(),
+        header(forwarded, "To").unwrap(),
+        header(forwarded, "Call-ID").unwrap(),
+        header(forwarded, "CSeq").unwrap(),
+    )
+}
+
+fn registered(net: &mut Net, expires: u32) -> String {
+    let out = net.phone_sends(&register(1, expires));
+    let fwd = text(&out);
+    let back = net.proxy_sends(&register_ok(&fwd, expires));
+    assert_eq!(back.remote, addr(PHONE));
+    fwd
+}
+
+#[test]
+fn register_is_hidden_capped_and_bound() {
+    let mut net = Net::new(AlgOptions::default());
+    let out = net.phone_sends(&register(1, 7200));
+    assert_eq!(out.remote, addr(PROXY));
+    assert_eq!(out.local, addr(WAN));
+    let fwd = text(&out);
+    assert!(
+        fwd.contains("Via: SIP/2.0/UDP 203.0.113.1:5060;branch=z9hG4bKsw"),
+        "{fwd}"
+    );
+    assert!(
+        fwd.contains("Contact: <sip:alice@203.0.113.1:5060;swc="),
+        "{fwd}"
+    );
+    assert!(
+        fwd.contains(";expires=3600"),
+        "Expires is capped at the maximum registration time: {fwd}"
+    );
+    assert!(fwd.contains("Max-Forwards: 69"));
+    let back = net.proxy_sends(&register_ok(&fwd, 3600));
+    let back = text(&back);
+    assert!(
+        back.contains("Via: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKreg1;rport"),
+        "{back}"
+    );
+    assert!(
+        back.contains("Contact: <sip:alice@10.0.0.20:5062>;expires=3600"),
+        "{back}"
+    );
+    assert!(back.contains("Call-ID: reg-1@10.0.0.20"), "{back}");
+    let b = net.gw.bindings();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].aor, "alice@biloxi.example.com");
+    assert_eq!(b[0].phone, addr(PHONE));
+}
+
+#[test]
+fn ten_minute_registration_expires_on_virtual_time() {
+    let mut net = Net::new(AlgOptions::default());
+    registered(&mut net, 600);
+    net.advance(Duration::from_secs(599));
+    assert_eq!(net.gw.bindings().len(), 1);
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.gw.bindings().len(), 0);
+    assert_eq!(net.gw.counters().bindings_expired, 1);
+}
+
+#[test]
+fn unregister_removes_the_binding() {
+    let mut net = Net::new(AlgOptions::default());
+    registered(&mut net, 600);
+    let out = net.phone_sends(&register(2, 0));
+    let fwd = text(&out);
+    // A registrar answers an unregister with no contacts.
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=x\r\nCall-ID: {}\r\nCSeq: 2 REGISTER\r\nContent-Length: 0\r\n\r\n",
+        header(&fwd, "Via").unwrap(),
+        header(&fwd, "From").unwrap(),
+        header(&fwd, "To").unwrap(),
+        header(&fwd, "Call-ID").unwrap()
+    );
+    net.proxy_sends(&ok);
+    assert!(net.gw.bindings().is_empty());
+}
+
+fn invite(call: &str, branch: &str) -> String {
+    let sdp = "v=0\r\no=alice 1 1 IN IP4 10.0.0.20\r\ns=-\r\nc=IN IP4 10.0.0.20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    format!(
+        "INVITE sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch={branch}\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-{call}\r\nTo: bob <sip:bob@10.0.0.1:5060>\r\nCall-ID: {call}@10.0.0.20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.0.0.20:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+fn response_to(forwarded: &str, status: &str, to_tag: &str, extra: &str) -> String {
+    format!(
+        "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: 0\r\n\r\n",
+        header(forwarded, "Via").unwrap(),
+        header(forwarded, "From").unwrap(),
+        header(forwarded, "To").unwrap(),
+        header(forwarded, "Call-ID").unwrap(),
+        header(forwarded, "CSeq").unwrap(),
+    )
+}
+
+#[test]
+fn outbound_call_is_hidden_and_restored() {
+    let mut net = Net::new(AlgOptions::default());
+    let out = net.phone_sends(&invite("c1", "z9hG4bKinv1"));
+    let fwd = text(&out);
+    assert!(
+        fwd.starts_with("INVITE sip:bob@203.0.113.10:5060 SIP/2.0\r\n"),
+        "{fwd}"
+    );
+    let hidden_call_id = header(&fwd, "Call-ID").unwrap().to_string();
+    assert!(hidden_call_id.starts_with("sw"));
+    let ringing = net.proxy_sends(&response_to(&fwd, "180 Ringing", "b1", ""));
+    let ringing = text(&ringing);
+    assert!(ringing.contains("Call-ID: c1@10.0.0.20\r\n"), "{ringing}");
+    assert!(
+        ringing.contains("From: alice <sip:alice@10.0.0.20:5062>;tag=a-c1\r\n"),
+        "{ringing}"
+    );
+    assert!(
+        ringing.contains("To: bob <sip:bob@10.0.0.1:5060>;tag=b1\r\n"),
+        "{ringing}"
+    );
+    assert!(
+        ringing.contains("Via: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKinv1\r\n"),
+        "{ringing}"
+    );
+    let ok = net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+    ));
+    assert_eq!(ok.remote, addr(PHONE));
+    assert_eq!(net.gw.dialogs().len(), 1);
+    assert!(net.gw.dialogs()[0].confirmed);
+
+    // ACK and BYE from the phone keep the hidden Call-ID.
+    let ack = net.phone_sends("ACK sip:bob@203.0.113.50 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKack1\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-c1\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b1\r\nCall-ID: c1@10.0.0.20\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+    assert!(text(&ack).contains(&format!("Call-ID: {hidden_call_id}\r\n")));
+    let bye = net.phone_sends("BYE sip:bob@203.0.113.50 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKbye1\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-c1\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b1\r\nCall-ID: c1@10.0.0.20\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n");
+    let bye = text(&bye);
+    net.proxy_sends(&response_to(&bye, "200 OK", "b1", ""));
+    assert!(net.gw.dialogs().is_empty());
+}
+
+#[test]
+fn bye_from_the_far_end_reaches_the_phone_in_its_own_terms() {
+    let mut net = Net::new(AlgOptions::default());
+    let fwd = text(&net.phone_sends(&invite("c2", "z9hG4bKinv2")));
+    net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        "b2",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+    ));
+    let outside_from = header(&fwd, "From").unwrap();
+    let outside_to = header(&fwd, "To").unwrap();
+    let bye = format!(
+        "BYE sip:alice@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKpbye\r\nVia: SIP/2.0/UDP 203.0.113.50;branch=z9hG4bKfar\r\nMax-Forwards: 69\r\nFrom: {outside_to};tag=b2\r\nTo: {outside_from}\r\nCall-ID: {}\r\nCSeq: 7 BYE\r\nContent-Length: 0\r\n\r\n",
+        header(&fwd, "Call-ID").unwrap()
+    );
+    let to_phone = net.proxy_sends(&bye);
+    assert_eq!(to_phone.remote, addr(PHONE));
+    let t = text(&to_phone);
+    assert!(t.contains("Call-ID: c2@10.0.0.20\r\n"), "{t}");
+    assert!(
+        t.contains("To: alice <sip:alice@10.0.0.20:5062>;tag=a-c2\r\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("From: bob <sip:bob@10.0.0.1:5060>;tag=b2\r\n"),
+        "{t}"
+    );
+    assert!(t.starts_with("BYE sip:alice@10.0.0.20:5062 SIP/2.0"), "{t}");
+    let ok = net.phone_sends(&format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: bob <sip:bob@10.0.0.1:5060>;tag=b2\r\nTo: alice <sip:alice@10.0.0.20:5062>;tag=a-c2\r\nCall-ID: c2@10.0.0.20\r\nCSeq: 7 BYE\r\nContent-Length: 0\r\n\r\n",
+        header(&t, "Via").unwrap()
+    ));
+    assert_eq!(ok.remote, addr(PROXY));
+    assert!(text(&ok).contains("Via: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKpbye\r\nVia: SIP/2.0/UDP 203.0.113.50;branch=z9hG4bKfar\r\n"));
+    assert!(net.gw.dialogs().is_empty());
+}
+
+#[test]
+fn inbound_call_reaches_the_registered_phone() {
+    let mut net = Net::new(AlgOptions::default());
+    let reg = registered(&mut net, 3600);
+    let contact = header(&reg, "Contact").unwrap();
+    let uri = contact.split('>').next().unwrap().trim_start_matches('<');
+    let inv = format!(
+        "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKin1\r\nMax-Forwards: 69\r\nFrom: <sip:carol@example.net>;tag=c1\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: in-1@example.net\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@198.51.100.7>\r\nContent-Length: 0\r\n\r\n"
+    );
+    let to_phone = net.proxy_sends(&inv);
+    assert_eq!(to_phone.remote, addr(PHONE));
+    let t = text(&to_phone);
+    assert!(
+        t.starts_with("INVITE sip:alice@10.0.0.20:5062 SIP/2.0\r\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsw"),
+        "{t}"
+    );
+    let ok = net.phone_sends(&format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: <sip:carol@example.net>;tag=c1\r\nTo: <sip:alice@biloxi.example.com>;tag=al\r\nCall-ID: in-1@example.net\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.0.0.20:5062>\r\nContent-Length: 0\r\n\r\n",
+        header(&t, "Via").unwrap()
+    ));
+    assert_eq!(ok.remote, addr(PROXY));
+    let ok = text(&ok);
+    assert!(
+        ok.contains("Contact: <sip:alice@203.0.113.1:5060;swc="),
+        "{ok}"
+    );
+    assert!(
+        ok.contains("Via: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKin1\r\n"),
+        "{ok}"
+    );
+    assert_eq!(net.gw.dialogs().len(), 1);
+}
+
+#[test]
+fn unknown_outside_target_gets_404_and_nothing_reaches_a_phone() {
+    let mut net = Net::new(AlgOptions::default());
+    let out = net.deliver(WAN, PROXY, "INVITE sip:nobody@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10;branch=z9hG4bKx\r\nFrom: <sip:x@example.net>;tag=1\r\nTo: <sip:nobody@203.0.113.1>\r\nCall-ID: u1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(out.len(), 1);
+    assert!(text(&out[0]).starts_with("SIP/2.0 404 "));
+    assert_eq!(out[0].remote, addr(PROXY));
+}
+
+#[test]
+fn rule_set_drops_what_it_does_not_allow() {
+    let mut net = Net::new(AlgOptions::default());
+    // From an outside address that is not the proxy: no rule, dropped.
+    let out = net.deliver(WAN, "198.51.100.66:5060", "OPTIONS sip:x@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.66;branch=z9hG4bKx\r\nFrom: <sip:x@example.net>;tag=1\r\nTo: <sip:x@203.0.113.1>\r\nCall-ID: r1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+    assert!(out.is_empty());
+    assert_eq!(net.gw.counters().dropped_no_rule, 1);
+    // A response nobody asked for: dropped.
+    let out = net.deliver(WAN, PROXY, "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 203.0.113.1:5060;branch=z9hG4bKswdeadbeef\r\nFrom: <sip:x@example.net>;tag=1\r\nTo: <sip:x@203.0.113.1>;tag=2\r\nCall-ID: r2\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+    assert!(out.is_empty());
+    assert_eq!(net.gw.counters().stray_responses, 1);
+}
+
+#[test]
+fn malformed_requests_are_answered_not_forwarded() {
+    let mut net = Net::new(AlgOptions::default());
+    let out = net.deliver(LAN, PHONE, "OPTIONS sip:x@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKm\r\nFrom: <sip:x@10.0.0.20>;tag=1\r\nFrom: <sip:y@10.0.0.20>;tag=2\r\nTo: <sip:x@10.0.0.1>\r\nCall-ID: m1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].remote, addr(PHONE));
+    assert!(text(&out[0]).starts_with("SIP/2.0 400 Bad Request\r\n"));
+    assert_eq!(net.gw.counters().answered_malformed, 1);
+}
+
+#[test]
+fn request_response_timeout_answers_408() {
+    let mut net = Net::new(AlgOptions::default());
+    net.phone_sends(&invite("c3", "z9hG4bKinv3"));
+    assert!(net.advance(Duration::from_secs(179)).is_empty());
+    let out = net.advance(Duration::from_secs(2));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].remote, addr(PHONE));
+    let t = text(&out[0]);
+    assert!(t.starts_with("SIP/2.0 408 Request Timeout\r\n"), "{t}");
+    assert!(t.contains("Call-ID: c3@10.0.0.20\r\n"));
+    assert!(net.gw.dialogs().is_empty());
+    assert_eq!(net.gw.transactions(), 0);
+}
+
+#[test]
+fn signal_timeout_ends_the_call_both_ways() {
+    let mut net = Net::new(AlgOptions::default());
+    let fwd = text(&net.phone_sends(&invite("c4", "z9hG4bKinv4")));
+    net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        "b4",
+        "Contact: <sip:bob@203.0.113.50>\r\nRecord-Route: <sip:203.0.113.10;lr>\r\n",
+    ));
+    assert!(net.advance(Duration::from_secs(43_199)).is_empty());
+    let out = net.advance(Duration::from_secs(2));
+    assert_eq!(out.len(), 2, "{out:?}");
+    let to_phone = out.iter().find(|t| t.remote == addr(PHONE)).unwrap();
+    let to_far = out.iter().find(|t| t.remote == addr(PROXY)).unwrap();
+    let p = text(to_phone);
+    let f = text(to_far);
+    assert!(
+        p.starts_with("BYE sip:alice@10.0.0.20:5062 SIP/2.0\r\n"),
+        "{p}"
+    );
+    assert!(p.contains("Call-ID: c4@10.0.0.20\r\n"));
+    assert!(f.starts_with("BYE sip:bob@203.0.113.50 SIP/2.0\r\n"), "{f}");
+    assert!(f.contains("Route: <sip:203.0.113.10;lr>\r\n"), "{f}");
+    assert!(net.gw.dialogs().is_empty());
+    assert_eq!(net.gw.counters().dialogs_expired, 1);
+}
+
+#[test]
+fn max_sessions_per_id_is_enforced() {
+    let mut net = Net::new(AlgOptions {
+        max_sessions_per_id: 2,
+        ..AlgOptions::default()
+    });
+    net.phone_sends(&invite("s1", "z9hG4bKs1"));
+    net.phone_sends(&invite("s2", "z9hG4bKs2"));
+    let out = net.phone_sends(&invite("s3", "z9hG4bKs3"));
+    assert_eq!(out.remote, addr(PHONE));
+    let t = text(&out);
+    assert!(t.starts_with("SIP/2.0 403 Forbidden\r\n"), "{t}");
+    assert!(
+        t.contains("Warning: 399 sipward.test \"maximum sessions per user reached\""),
+        "{t}"
+    );
+    assert_eq!(net.gw.counters().session_limit, 1);
+}
+
+#[test]
+fn cancel_follows_its_invite() {
+    let mut net = Net::new(AlgOptions::default());
+    let inv = text(&net.phone_sends(&invite("c5", "z9hG4bKinv5")));
+    let cancel = net.phone_sends("CANCEL sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKinv5\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-c5\r\nTo: bob <sip:bob@10.0.0.1:5060>\r\nCall-ID: c5@10.0.0.20\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n");
+    let cancel = text(&cancel);
+    assert_eq!(
+        branch_of(&cancel),
+        branch_of(&inv),
+        "CANCEL must carry its INVITE's branch"
+    );
+    assert_eq!(header(&cancel, "Call-ID"), header(&inv, "Call-ID"));
+    let ok = net.proxy_sends(&response_to(&cancel, "200 OK", "b5", ""));
+    assert_eq!(ok.remote, addr(PHONE));
+    let term = net.proxy_sends(&response_to(&inv, "487 Request Terminated", "b5", ""));
+    assert!(text(&term).starts_with("SIP/2.0 487"));
+    assert!(net.gw.dialogs().is_empty());
+}
