@@ -204,7 +204,8 @@ fn check(msg: &Message<'_>, range: &Range<usize>) -> Result<(), EditError> {
         if field.name.is_protected() {
             return Err(EditError::Protected(field.name));
         }
-        let rel = (range.start - line.start)..(range.end - line.start);
+        // The range may start before this line and end inside it: clamp to the line.
+        let rel = range.start.saturating_sub(line.start)..range.end.saturating_sub(line.start);
         if touches_quoted(field.line, &rel) {
             return Err(EditError::InsideQuotedString);
         }

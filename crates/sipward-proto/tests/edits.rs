@@ -129,6 +129,19 @@ fn guards_refuse_unsafe_edits() {
         edits.replace_range(&msg, header_end - 3..header_end + 5, b""),
         Err(EditError::CrossesBody)
     );
+    // A range that starts on the line before and ends inside a credentials header
+    // (found by the edit fuzz target: it used to underflow).
+    let auth_line = msg.range_of(auth.line).unwrap();
+    assert_eq!(
+        edits.replace_range(&msg, auth_line.start - 4..auth_line.start + 6, b""),
+        Err(EditError::Protected(HeaderName::ProxyAuthorization))
+    );
+    let from_line = msg.range_of(from.line).unwrap();
+    let quote = from_line.start + from.line.iter().position(|&b| b == b'"').unwrap();
+    assert_eq!(
+        edits.replace_range(&msg, from_line.start - 2..quote + 1, b""),
+        Err(EditError::InsideQuotedString)
+    );
     // Removing a whole credentials field is allowed: nothing inside it changes.
     edits.remove_field(&msg, auth).unwrap();
     assert!(edits.rewrite_ok(&msg));
