@@ -191,10 +191,23 @@ fn check(msg: &Message<'_>, range: &Range<usize>) -> Result<(), EditError> {
     if range.start < body.start && range.end > msg.header_end() {
         return Err(EditError::CrossesBody);
     }
-    for field in msg.headers() {
+    if range.start > msg.header_end() {
+        return Ok(()); // the body has no headers to guard
+    }
+    // Fields are in message order: skip straight to the first that ends after the
+    // range starts, and stop at the first that begins after it ends.
+    let fields = msg.headers();
+    let first = fields.partition_point(|f| {
+        msg.range_of(f.line)
+            .is_some_and(|line| line.end <= range.start)
+    });
+    for field in fields.get(first..).unwrap_or_default() {
         let Some(line) = msg.range_of(field.line) else {
             continue;
         };
+        if line.start > range.end {
+            break;
+        }
         let whole = range.start <= line.start && line.end <= range.end;
         let touches = range.start < line.end && line.start < range.end
             || (range.start == range.end && line.start < range.start && range.start < line.end);
@@ -240,6 +253,22 @@ fn touches_quoted(line: &[u8], rel: &Range<usize>) -> bool {
     false
 }
 
+/// Writes `n` in decimal into `buf` and returns the digits.
+fn format_decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        if let Some(d) = buf.get_mut(start) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || start == 0 {
+            break;
+        }
+    }
+    buf.get(start..).unwrap_or_default()
+}
+
 impl Message<'_> {
     /// Applies `edits` and returns the new message, with Content-Length set to the new
     /// body length (added if the message had none).
@@ -272,18 +301,19 @@ impl Message<'_> {
             }
         }
         // Content-Length: replace its value, or add the field at the end of the headers.
-        let new_len = body_len.to_string();
+        let mut len_buf = [0u8; 20];
+        let new_len = format_decimal(body_len, &mut len_buf);
         let added_field;
         match self.header(HeaderName::ContentLength) {
-            Some(f) if f.value != new_len.as_bytes() => {
+            Some(f) if f.value != new_len => {
                 let r = self.range_of(f.value).ok_or(EditError::NotInMessage)?;
-                pieces.push((r, new_len.as_bytes(), usize::MAX));
+                pieces.push((r, new_len, usize::MAX));
             }
             Some(_) => {}
             None => {
-                added_field = format!("Content-Length: {new_len}\r\n");
+                added_field = [b"Content-Length: ", new_len, b"\r\n"].concat();
                 let at = self.header_end();
-                pieces.push((at..at, added_field.as_bytes(), usize::MAX));
+                pieces.push((at..at, &added_field, usize::MAX));
             }
         }
         pieces.sort_by_key(|(r, _, seq)| (r.start, r.end, *seq));

@@ -7,10 +7,10 @@
 //! replace them in place.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::limits::Limits;
-use crate::uri::is_hostname;
+use crate::uri::{is_hostname, parse_ipv4};
 
 /// Address type of `o=` and `c=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +82,20 @@ pub struct Media<'a> {
     pub connection: Option<Connection<'a>>,
     pub rtcp: Option<Rtcp<'a>>,
     pub direction: Option<Direction>,
-    pub rtpmaps: Vec<RtpMap<'a>>,
     /// From the `m=` line through the end of the section's last line.
     pub section: &'a [u8],
 }
 
-impl Media<'_> {
+impl<'a> Media<'a> {
+    /// The section's `a=rtpmap` attributes, in order. They were checked when the body
+    /// was parsed; reading them again here spares every message an allocation.
+    pub fn rtpmaps(&self) -> impl Iterator<Item = RtpMap<'a>> {
+        lines(self.section).filter_map(|(line, _)| {
+            line.strip_prefix(b"a=rtpmap:")
+                .and_then(|v| parse_rtpmap(v).ok())
+        })
+    }
+
     /// The direction in force: the media's own, else the session's, else sendrecv.
     pub fn effective_direction(&self, session: Option<Direction>) -> Direction {
         self.direction.or(session).unwrap_or(Direction::SendRecv)
@@ -226,14 +234,14 @@ fn addr_type(s: &[u8]) -> Option<AddrType> {
 
 /// Checks an address token for its type; returns the IP if it is one.
 fn check_address(t: AddrType, a: &[u8]) -> Result<Option<IpAddr>, ()> {
-    let text = std::str::from_utf8(a).map_err(|_| ())?;
     match t {
         AddrType::Ip4 => {
-            if let Ok(ip) = text.parse::<Ipv4Addr>() {
+            if let Some(ip) = parse_ipv4(a) {
                 return Ok(Some(IpAddr::V4(ip)));
             }
         }
         AddrType::Ip6 => {
+            let text = std::str::from_utf8(a).map_err(|_| ())?;
             if let Ok(ip) = text.parse::<Ipv6Addr>() {
                 return Ok(Some(IpAddr::V6(ip)));
             }
@@ -254,10 +262,11 @@ fn parse_connection<'a>(line: &'a [u8], v: &'a [u8]) -> Result<Connection<'a>, S
     let t = addr_type(t).ok_or(SdpError::BadConnection)?;
     let mut parts = addr.split(|&b| b == b'/');
     let address = parts.next().unwrap_or_default();
-    // Optional /ttl (IP4 multicast) and /count: numbers only.
-    let extra: Vec<&[u8]> = parts.collect();
-    if extra.len() > 2 || extra.iter().any(|p| !digits(p) || p.len() > 5) {
-        return Err(SdpError::BadConnection);
+    // Optional /ttl (IP4 multicast) and /count: numbers only, at most two.
+    for (i, p) in parts.enumerate() {
+        if i >= 2 || !digits(p) || p.len() > 5 {
+            return Err(SdpError::BadConnection);
+        }
     }
     let ip = check_address(t, address).map_err(|()| SdpError::BadConnection)?;
     Ok(Connection {
@@ -334,7 +343,6 @@ fn parse_media_line<'a>(v: &'a [u8], full: &'a [u8]) -> Result<Media<'a>, SdpErr
         connection: None,
         rtcp: None,
         direction: None,
-        rtpmaps: Vec::new(),
         section: full,
     })
 }
@@ -436,7 +444,7 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
             return Err(SdpError::BadLine);
         }
         let value = line.get(2..).unwrap_or_default();
-        if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+        if memchr::memchr3(0, b'\r', b'\n', value).is_some() {
             return Err(SdpError::BadLine);
         }
         // v, o, s come first, in that order.
@@ -520,12 +528,7 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
                         m.rtcp = Some(r);
                     }
                 } else if name == b"rtpmap" {
-                    let r = parse_rtpmap(attr_value.ok_or(SdpError::BadAttribute)?)?;
-                    if let Some(m) = media.last_mut() {
-                        if m.rtpmaps.len() < limits.max_sdp_lines {
-                            m.rtpmaps.push(r);
-                        }
-                    }
+                    parse_rtpmap(attr_value.ok_or(SdpError::BadAttribute)?)?;
                 }
             }
             b'i' | b'b' | b'k' => {}
@@ -590,8 +593,9 @@ mod tests {
             (a.kind, a.port, a.proto, a.formats),
             (&b"audio"[..], 49170, &b"RTP/AVP"[..], &b"0 8 101"[..])
         );
-        assert_eq!(a.rtpmaps.len(), 2);
-        assert_eq!(a.rtpmaps[1].encoding, b"telephone-event");
+        let rtpmaps: Vec<_> = a.rtpmaps().collect();
+        assert_eq!(rtpmaps.len(), 2);
+        assert_eq!(rtpmaps[1].encoding, b"telephone-event");
         let rtcp = a.rtcp.unwrap();
         assert_eq!((rtcp.port, rtcp.address), (49171, Some(&b"10.0.0.6"[..])));
         assert_eq!(a.effective_direction(s.direction), Direction::SendRecv);

@@ -49,16 +49,39 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
         return Ok(Host::Ipv6(addr, s));
     }
     if !s.is_empty() && s.iter().all(|&b| is_digit(b) || b == b'.') {
-        let addr = std::str::from_utf8(s)
-            .ok()
-            .and_then(|t| t.parse::<Ipv4Addr>().ok())
-            .ok_or(DefectKind::InvalidIp)?;
+        let addr = parse_ipv4(s).ok_or(DefectKind::InvalidIp)?;
         return Ok(Host::Ipv4(addr, s));
     }
     if is_hostname(s) {
         Ok(Host::Domain(s))
     } else {
         Err(DefectKind::InvalidHost)
+    }
+}
+
+/// Dotted-quad IPv4 address: four decimal octets, no leading zeros (as the standard
+/// library's parser, without its UTF-8 round trip).
+pub(crate) fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        let (first, _) = part.split_first()?;
+        if part.len() > 3 || (part.len() > 1 && *first == b'0') {
+            return None;
+        }
+        let mut v = 0u16;
+        for &b in part {
+            if !is_digit(b) {
+                return None;
+            }
+            v = v * 10 + u16::from(b - b'0');
+        }
+        *octet = u8::try_from(v).ok()?;
+    }
+    match parts.next() {
+        None => Some(Ipv4Addr::from(octets)),
+        Some(_) => None,
     }
 }
 
@@ -402,6 +425,31 @@ mod tests {
         match parse_uri(s.as_bytes(), &Limits::default()) {
             Err(e) => e,
             Ok(u) => panic!("{s} parsed: {u:?}"),
+        }
+    }
+
+    #[test]
+    fn ipv4_parser_agrees_with_std() {
+        for text in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "192.168.1.20",
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1..2.3",
+            "1.2.3.",
+            "",
+            "1.2.3.4a",
+            "1000.1.1.1",
+            "10.0.0.0",
+        ] {
+            assert_eq!(
+                parse_ipv4(text.as_bytes()),
+                text.parse::<Ipv4Addr>().ok(),
+                "{text}"
+            );
         }
     }
 

@@ -1,0 +1,1 @@
+//! Holds only the benchmark; see benches/wire.rs.
