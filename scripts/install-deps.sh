@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: Debian packages for the real SIP
-# peers the tests run against, and cargo-fuzz for the fuzz smoke run.
+# peers the tests run against (SIPp, sipsak, Kamailio), and cargo-fuzz for the fuzz smoke run.
 set -euo pipefail
 
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v sipsak >/dev/null 2>&1 || need_apt+=(sipsak)
+command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"
     sudo_cmd=""
@@ -18,4 +19,4 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuz
     echo "install-deps: cargo install cargo-fuzz"
     cargo install --locked cargo-fuzz
 fi
-echo "install-deps: sipp $(command -v sipp), sipsak $(command -v sipsak), cargo-fuzz ok"
+echo "install-deps: sipp $(command -v sipp), sipsak $(command -v sipsak), kamailio $(command -v kamailio), cargo-fuzz ok"

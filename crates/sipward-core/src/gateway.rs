@@ -21,8 +21,8 @@ use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
 use crate::media::{Direction, MediaSeam, RewriteToZoneAddress};
 use crate::state::{
-    has_tag, Binding, BindingView, ClientTx, Dialog, DialogView, Echo, RegisterInfo, ServerTx,
-    Tables,
+    has_tag, Binding, BindingView, ClientTx, Dialog, DialogKey, DialogView, Echo, RegisterInfo,
+    ServerTx, Tables,
 };
 
 /// How long a transaction is kept after its final response, to route retransmissions
@@ -295,10 +295,15 @@ impl<M: MediaSeam> Gateway<M> {
         };
         let initial = to.tag().is_none();
         let inside_call_id = msg.call_id();
-        let dialog_call_id = self.tables.call_ids.get(inside_call_id).cloned();
-        let outside_call_id = dialog_call_id
-            .clone()
+        let dialog_key = self.tables.call_ids.get(inside_call_id).cloned();
+        let outside_call_id = dialog_key
+            .as_ref()
+            .map(|k| k.outside_call_id.clone())
             .unwrap_or_else(|| self.hider.call_id(inside_call_id));
+        let tx_dialog = dialog_key.clone().unwrap_or(DialogKey {
+            outside_call_id: outside_call_id.clone(),
+            originated_inside: true,
+        });
         let aor = aor_of(&from.uri);
 
         if method != MethodKind::Ack && self.tables.transactions() >= config.alg.max_transactions {
@@ -424,6 +429,7 @@ impl<M: MediaSeam> Gateway<M> {
 
         // Contacts: outside address plus a routing token.
         let mut register = None;
+        let mut contact_token = String::new();
         for contact in &msg.contacts().list {
             let Uri::Sip(u) = &contact.uri else { continue };
             if !(u.host.ip().is_some_and(is_inside) || gateway_inside(u)) {
@@ -439,6 +445,9 @@ impl<M: MediaSeam> Gateway<M> {
             if ok.is_err() {
                 self.counters.edit_failures += 1;
                 return;
+            }
+            if contact_token.is_empty() {
+                contact_token.clone_from(&token);
             }
             if method == MethodKind::Register && register.is_none() {
                 register = Some(RegisterInfo {
@@ -458,7 +467,7 @@ impl<M: MediaSeam> Gateway<M> {
         self.media.rewrite_sdp(
             msg,
             &mut edits,
-            &outside_call_id,
+            &tx_dialog.media_id(),
             Direction::Outbound,
             wan_local.ip(),
             &is_inside,
@@ -473,9 +482,7 @@ impl<M: MediaSeam> Gateway<M> {
         };
 
         // Remember the way back.
-        if method == MethodKind::Invite
-            && initial
-            && !self.tables.dialogs.contains_key(&outside_call_id)
+        if method == MethodKind::Invite && initial && !self.tables.dialogs.contains_key(&tx_dialog)
         {
             self.tables.insert_dialog(Dialog {
                 inside_call_id: inside_call_id.to_vec(),
@@ -493,13 +500,13 @@ impl<M: MediaSeam> Gateway<M> {
                 far_contact: Vec::new(),
                 far_route: Vec::new(),
                 aor: aor.clone(),
-                token: String::new(),
+                token: contact_token,
                 created: at.now,
                 confirmed: false,
                 cseq_inside: cseq.seq,
                 cseq_outside: 0,
             });
-        } else if let Some(d) = dialog_call_id.and_then(|id| self.tables.dialogs.get_mut(&id)) {
+        } else if let Some(d) = dialog_key.and_then(|k| self.tables.dialogs.get_mut(&k)) {
             d.cseq_inside = d.cseq_inside.max(cseq.seq);
         }
         if method != MethodKind::Ack {
@@ -512,13 +519,13 @@ impl<M: MediaSeam> Gateway<M> {
                     via_lines,
                     echo: Echo::of(msg),
                     inside_call_id: inside_call_id.to_vec(),
-                    outside_call_id: outside_call_id.clone(),
                     inside_from: from.raw.to_vec(),
                     inside_to: to.raw.to_vec(),
                     method,
                     created: at.now,
                     final_at: None,
                     register,
+                    dialog: tx_dialog,
                 },
             );
         }
@@ -585,7 +592,7 @@ impl<M: MediaSeam> Gateway<M> {
         self.media.rewrite_sdp(
             msg,
             &mut edits,
-            &tx.outside_call_id,
+            &tx.dialog.media_id(),
             Direction::Inbound,
             lan_ip,
             &is_inside,
@@ -609,7 +616,7 @@ impl<M: MediaSeam> Gateway<M> {
                     .rev()
                     .map(|r| r.raw.to_vec())
                     .collect();
-                if let Some(d) = self.tables.dialogs.get_mut(&tx.outside_call_id) {
+                if let Some(d) = self.tables.dialogs.get_mut(&tx.dialog) {
                     d.confirmed = true;
                     d.far_contact = first_contact_uri(msg);
                     d.far_route = far_route;
@@ -618,8 +625,8 @@ impl<M: MediaSeam> Gateway<M> {
                     d.inside_to = with_tag(&tx.inside_to, msg.to().and_then(|t| t.tag()));
                 }
             }
-            MethodKind::Invite if status >= 300 => self.end_unconfirmed(&tx.outside_call_id),
-            MethodKind::Bye if status >= 200 => self.end_dialog(&tx.outside_call_id),
+            MethodKind::Invite if status >= 300 => self.end_unconfirmed(&tx.dialog),
+            MethodKind::Bye if status >= 200 => self.end_dialog(&tx.dialog),
             MethodKind::Register if status >= 200 => {
                 if let Some(reg) = &tx.register {
                     match new_binding {
@@ -697,7 +704,10 @@ impl<M: MediaSeam> Gateway<M> {
             .as_ref()
             .and_then(|t| self.tables.bindings.get(t))
             .cloned();
-        let dialog = self.tables.dialogs.get(msg.call_id()).cloned();
+        let dialog = self
+            .tables
+            .outside_dialog(msg.call_id(), token.as_deref())
+            .cloned();
         let (phone, lan_local, target, aor, tok) =
             if let (Some(p), MethodKind::Cancel | MethodKind::Ack) = (&pending, method) {
                 (p.phone, p.lan_local, None, p.aor.clone(), p.token.clone())
@@ -806,11 +816,17 @@ impl<M: MediaSeam> Gateway<M> {
             return;
         }
         let is_inside = |ip: IpAddr| config.is_inside(ip);
-        let call_key = msg.call_id().to_vec();
+        let tx_dialog = match dialog.as_ref().filter(|_| !initial) {
+            Some(d) => d.key(),
+            None => DialogKey {
+                outside_call_id: msg.call_id().to_vec(),
+                originated_inside: false,
+            },
+        };
         self.media.rewrite_sdp(
             msg,
             &mut edits,
-            &call_key,
+            &tx_dialog.media_id(),
             Direction::Inbound,
             lan_local.ip(),
             &is_inside,
@@ -820,9 +836,7 @@ impl<M: MediaSeam> Gateway<M> {
             return;
         };
 
-        if method == MethodKind::Invite
-            && initial
-            && !self.tables.dialogs.contains_key(msg.call_id())
+        if method == MethodKind::Invite && initial && !self.tables.dialogs.contains_key(&tx_dialog)
         {
             self.tables.insert_dialog(Dialog {
                 inside_call_id: msg.call_id().to_vec(),
@@ -846,7 +860,7 @@ impl<M: MediaSeam> Gateway<M> {
                 cseq_inside: 0,
                 cseq_outside: cseq.seq,
             });
-        } else if let Some(d) = self.tables.dialogs.get_mut(msg.call_id()) {
+        } else if let Some(d) = self.tables.dialogs.get_mut(&tx_dialog) {
             d.cseq_outside = d.cseq_outside.max(cseq.seq);
         }
         if method != MethodKind::Ack {
@@ -864,6 +878,7 @@ impl<M: MediaSeam> Gateway<M> {
                     final_at: None,
                     aor,
                     token: tok,
+                    dialog: tx_dialog,
                 },
             );
         }
@@ -928,11 +943,10 @@ impl<M: MediaSeam> Gateway<M> {
             self.counters.edit_failures += 1;
             return;
         }
-        let call_key = tx.echo.call_id.clone();
         self.media.rewrite_sdp(
             msg,
             &mut edits,
-            &call_key,
+            &tx.dialog.media_id(),
             Direction::Outbound,
             tx.wan_local.ip(),
             &is_inside,
@@ -947,11 +961,10 @@ impl<M: MediaSeam> Gateway<M> {
                 t.final_at.get_or_insert(at.now);
             }
         }
-        let call_id = tx.echo.call_id.clone();
         match tx.method {
             MethodKind::Invite if (200..300).contains(&status) => {
                 let contact = first_contact_uri(msg);
-                if let Some(d) = self.tables.dialogs.get_mut(&call_id) {
+                if let Some(d) = self.tables.dialogs.get_mut(&tx.dialog) {
                     if !d.originated_inside {
                         d.confirmed = true;
                         if !contact.is_empty() {
@@ -962,8 +975,8 @@ impl<M: MediaSeam> Gateway<M> {
                     }
                 }
             }
-            MethodKind::Invite if status >= 300 => self.end_unconfirmed(&call_id),
-            MethodKind::Bye if status >= 200 => self.end_dialog(&call_id),
+            MethodKind::Invite if status >= 300 => self.end_unconfirmed(&tx.dialog),
+            MethodKind::Bye if status >= 200 => self.end_dialog(&tx.dialog),
             _ => {}
         }
         if status >= 200 && tx.method != MethodKind::Invite {
@@ -973,20 +986,15 @@ impl<M: MediaSeam> Gateway<M> {
         self.send(tx.wan_local, tx.proxy, payload);
     }
 
-    fn end_unconfirmed(&mut self, outside_call_id: &[u8]) {
-        if self
-            .tables
-            .dialogs
-            .get(outside_call_id)
-            .is_some_and(|d| !d.confirmed)
-        {
-            self.end_dialog(outside_call_id);
+    fn end_unconfirmed(&mut self, key: &DialogKey) {
+        if self.tables.dialogs.get(key).is_some_and(|d| !d.confirmed) {
+            self.end_dialog(key);
         }
     }
 
-    fn end_dialog(&mut self, outside_call_id: &[u8]) {
-        if self.tables.remove_dialog(outside_call_id).is_some() {
-            self.media.release(outside_call_id);
+    fn end_dialog(&mut self, key: &DialogKey) {
+        if self.tables.remove_dialog(key).is_some() {
+            self.media.release(&key.media_id());
         }
     }
 
@@ -1022,7 +1030,7 @@ impl<M: MediaSeam> Gateway<M> {
                 );
                 self.send(tx.lan_local, tx.phone, payload);
                 if tx.method == MethodKind::Invite {
-                    self.end_unconfirmed(&tx.outside_call_id);
+                    self.end_unconfirmed(&tx.dialog);
                 }
             }
         }
@@ -1049,19 +1057,19 @@ impl<M: MediaSeam> Gateway<M> {
                 );
                 self.send(tx.wan_local, tx.proxy, payload);
                 if tx.method == MethodKind::Invite {
-                    self.end_unconfirmed(&tx.echo.call_id);
+                    self.end_unconfirmed(&tx.dialog);
                 }
             }
         }
 
-        let old: Vec<Vec<u8>> = self
+        let old: Vec<DialogKey> = self
             .tables
             .dialogs
             .values()
             .filter(|d| {
                 d.confirmed && now.saturating_duration_since(d.created) >= alg.signal_timeout
             })
-            .map(|d| d.outside_call_id.clone())
+            .map(Dialog::key)
             .collect();
         for id in old {
             if let Some(d) = self.tables.dialogs.get(&id).cloned() {

@@ -111,13 +111,14 @@ pub(crate) struct ClientTx {
     pub(crate) via_lines: Vec<u8>,
     pub(crate) echo: Echo,
     pub(crate) inside_call_id: Vec<u8>,
-    pub(crate) outside_call_id: Vec<u8>,
     pub(crate) inside_from: Vec<u8>,
     pub(crate) inside_to: Vec<u8>,
     pub(crate) method: MethodKind,
     pub(crate) created: Instant,
     pub(crate) final_at: Option<Instant>,
     pub(crate) register: Option<RegisterInfo>,
+    /// The dialog this transaction belongs to or creates.
+    pub(crate) dialog: DialogKey,
 }
 
 /// A request from outside forwarded to a phone; its responses come back from inside.
@@ -134,9 +135,33 @@ pub(crate) struct ServerTx {
     pub(crate) final_at: Option<Instant>,
     pub(crate) aor: Vec<u8>,
     pub(crate) token: String,
+    /// The dialog this transaction belongs to or creates.
+    pub(crate) dialog: DialogKey,
 }
 
 /// A call (INVITE dialog) through the gateway, early or confirmed.
+/// Names a dialog in the gateway's tables. The outside Call-ID alone is not enough:
+/// when one inside phone calls another through the outside proxy (hairpin), the
+/// proxy sends the call back in with the very Call-ID the gateway gave it, and the
+/// gateway then holds two dialogs under that Call-ID, one begun inside, one outside.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct DialogKey {
+    pub(crate) outside_call_id: Vec<u8>,
+    pub(crate) originated_inside: bool,
+}
+
+impl DialogKey {
+    /// The name the media seam knows this dialog's streams by (distinct for the two
+    /// dialogs of a hairpin call).
+    pub(crate) fn media_id(&self) -> Vec<u8> {
+        let mut id = self.outside_call_id.clone();
+        if !self.originated_inside {
+            id.extend_from_slice(b";inbound");
+        }
+        id
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Dialog {
     pub(crate) inside_call_id: Vec<u8>,
@@ -168,6 +193,15 @@ pub(crate) struct Dialog {
 }
 
 /// A registration binding: the inside phone a registrar knows by the gateway's contact.
+impl Dialog {
+    pub(crate) fn key(&self) -> DialogKey {
+        DialogKey {
+            outside_call_id: self.outside_call_id.clone(),
+            originated_inside: self.originated_inside,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Binding {
     pub(crate) aor: Vec<u8>,
@@ -206,9 +240,9 @@ pub struct DialogView {
 pub(crate) struct Tables {
     pub(crate) client: HashMap<(String, Vec<u8>), ClientTx>,
     pub(crate) server: HashMap<(String, Vec<u8>), ServerTx>,
-    pub(crate) dialogs: HashMap<Vec<u8>, Dialog>,
+    pub(crate) dialogs: HashMap<DialogKey, Dialog>,
     /// Inside Call-ID to outside Call-ID, for dialogs.
-    pub(crate) call_ids: HashMap<Vec<u8>, Vec<u8>>,
+    pub(crate) call_ids: HashMap<Vec<u8>, DialogKey>,
     pub(crate) bindings: HashMap<String, Binding>,
 }
 
@@ -223,14 +257,32 @@ impl Tables {
     }
 
     pub(crate) fn insert_dialog(&mut self, d: Dialog) {
-        self.call_ids
-            .insert(d.inside_call_id.clone(), d.outside_call_id.clone());
-        self.dialogs.insert(d.outside_call_id.clone(), d);
+        let key = d.key();
+        self.call_ids.insert(d.inside_call_id.clone(), key.clone());
+        self.dialogs.insert(key, d);
     }
 
-    pub(crate) fn remove_dialog(&mut self, outside_call_id: &[u8]) -> Option<Dialog> {
-        let d = self.dialogs.remove(outside_call_id)?;
+    pub(crate) fn remove_dialog(&mut self, key: &DialogKey) -> Option<Dialog> {
+        let d = self.dialogs.remove(key)?;
         self.call_ids.remove(&d.inside_call_id);
         Some(d)
+    }
+
+    /// The dialog a request from outside belongs to. Under a hairpin Call-ID the
+    /// routing token of the Request-URI (the Contact the gateway gave that dialog's
+    /// phone) tells the two apart.
+    pub(crate) fn outside_dialog(&self, call_id: &[u8], token: Option<&str>) -> Option<&Dialog> {
+        let mut found = [true, false].into_iter().filter_map(|originated_inside| {
+            self.dialogs.get(&DialogKey {
+                outside_call_id: call_id.to_vec(),
+                originated_inside,
+            })
+        });
+        let first = found.next()?;
+        let second = found.next();
+        match (second, token) {
+            (Some(other), Some(t)) if other.token == t => Some(other),
+            _ => Some(first),
+        }
     }
 }

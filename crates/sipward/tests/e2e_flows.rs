@@ -58,7 +58,11 @@ fn outbound_flow(n: u8, phone_xml: &str, proxy_xml: &str) -> Topology {
 
 #[test]
 fn early_media_then_answer_then_hold_and_resume_then_caller_hangs_up() {
-    outbound_flow(41, "phone_early_media_hold.xml", "proxy_early_media_hold.xml");
+    outbound_flow(
+        41,
+        "phone_early_media_hold.xml",
+        "proxy_early_media_hold.xml",
+    );
 }
 
 #[test]
@@ -74,4 +78,149 @@ fn call_rejected_busy() {
 #[test]
 fn callee_outside_hangs_up() {
     outbound_flow(44, "phone_callee_hangs_up.xml", "proxy_answer_then_bye.xml");
+}
+
+/// Register, re-register and unregister with digest authentication; then a call to the
+/// released contact is refused by the gateway (404), not routed to the phone.
+#[test]
+fn register_reregister_unregister() {
+    let t = Topology::new(45);
+    let _gw = t.start_gateway();
+    let registrar = t.sipp(&[
+        "-sf",
+        &scenario("proxy_registrar_cycle.xml"),
+        "-i",
+        &t.proxy(),
+        "-p",
+        "5060",
+        "-m",
+        "1",
+        "-trace_msg",
+        "-message_file",
+        "registrar_messages.log",
+        "-trace_err",
+    ]);
+    std::thread::sleep(Duration::from_millis(200));
+    let phone = t.sipp(&[
+        "-sf",
+        &scenario("phone_register_cycle.xml"),
+        &format!("{}:5060", t.gw_lan()),
+        "-i",
+        &t.phone(0),
+        "-p",
+        "5070",
+        "-m",
+        "1",
+        "-au",
+        "alice",
+        "-ap",
+        "secret",
+        "-auth_uri",
+        "sip:sipward.test",
+    ]);
+    phone.wait_ok("phone register cycle");
+    registrar.wait_ok("registrar");
+    t.assert_no_inside_address_in("registrar_messages.log");
+
+    // The registrar saw one stable outside contact for all three rounds, and the last
+    // round asked for expiry 0.
+    // SIPp's <exec> runs the shell asynchronously: give the last line a moment.
+    let bindings = t.read_when("bindings.txt", |s| s.lines().count() >= 3);
+    let rounds: Vec<(&str, &str)> = bindings
+        .lines()
+        .map(|l| l.split_once(' ').unwrap())
+        .collect();
+    assert_eq!(rounds.len(), 3, "{bindings}");
+    let wan = format!("sip:alice@{}:5060;swc=", t.gw_wan());
+    assert!(rounds[0].0.starts_with(&wan), "{bindings}");
+    assert!(rounds.iter().all(|r| r.0 == rounds[0].0), "{bindings}");
+    let expiries: Vec<&str> = rounds.iter().map(|r| r.1).collect();
+    assert_eq!(expiries, ["600", "600", "0"]);
+
+    // The binding is gone: the gateway answers 404 and no phone is listening anyway.
+    let caller = t.sipp(&[
+        "-sf",
+        &scenario("proxy_call_unbound.xml"),
+        &format!("{}:5060", t.gw_wan()),
+        "-i",
+        &t.proxy(),
+        "-p",
+        "5060",
+        "-m",
+        "1",
+        "-inf",
+        "contact.csv",
+    ]);
+    caller.wait_ok("caller to released contact");
+}
+
+/// The brief's second scenario, against Kamailio as the outside proxy and registrar:
+/// two inside phones register through the gateway (digest), and one calls the other;
+/// the call leaves through the gateway, Kamailio looks up the callee's binding (the
+/// gateway's outside contact) and sends it back in; ACK and BYE follow Kamailio's
+/// Record-Route. Kamailio logs every datagram it receives; none may hold an inside address.
+#[test]
+fn same_network_call_through_kamailio() {
+    let t = Topology::new(46);
+    let _gw = t.start_gateway();
+    let _kamailio = t.start_kamailio();
+    let gw_lan = format!("{}:5060", t.gw_lan());
+    for (i, user) in [(0, "alice"), (1, "bob")] {
+        t.sipp(&[
+            "-sf",
+            &scenario("phone_register_as.xml"),
+            &gw_lan,
+            "-i",
+            &t.phone(i),
+            "-p",
+            "5070",
+            "-m",
+            "1",
+            "-key",
+            "user",
+            user,
+            "-au",
+            user,
+            "-ap",
+            "secret",
+            // The digest covers the Request-URI: a phone signs sip:sipward.test (SIPp
+            // would otherwise sign the gateway's inside address, which the gateway
+            // must not rewrite inside credentials).
+            "-auth_uri",
+            "sip:sipward.test",
+        ])
+        .wait_ok(&format!("{user} registration"));
+    }
+    let bob = t.sipp(&[
+        "-sf",
+        &scenario("phone_answer.xml"),
+        "-i",
+        &t.phone(1),
+        "-p",
+        "5070",
+        "-m",
+        "1",
+        "-s",
+        "bob",
+    ]);
+    std::thread::sleep(Duration::from_millis(200));
+    let alice = t.sipp(&[
+        "-sf",
+        &scenario("phone_call_via_proxy.xml"),
+        &gw_lan,
+        "-i",
+        &t.phone(0),
+        "-p",
+        "5070",
+        "-m",
+        "1",
+        "-s",
+        "bob",
+    ]);
+    alice.wait_ok("alice calling bob");
+    bob.wait_ok("bob answering");
+    let log = t.read_when("kamailio.log", |s| s.contains("BYE sip:"));
+    assert!(log.contains("INVITE sip:bob@sipward.test"), "{log}");
+    assert!(log.contains("BYE sip:"), "{log}");
+    t.assert_no_inside_address_in("kamailio.log");
 }

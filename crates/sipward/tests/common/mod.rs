@@ -36,6 +36,25 @@ impl Guard {
     }
 }
 
+/// A daemon stopped with SIGTERM, so that it can stop the processes it forked.
+pub(crate) struct Terminated(Child);
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One test's private loopback topology: inside 127.<n>.0.0/24, outside 127.<n>.1.0/24.
 pub(crate) struct Topology {
     pub(crate) n: u8,
@@ -148,6 +167,66 @@ service = "sip"
         )
     }
 
+    /// Starts Kamailio (tests/kamailio/proxy.cfg) on the proxy address, its log (every
+    /// datagram it received, whole) in `kamailio.log`, and waits until it answers.
+    pub(crate) fn start_kamailio(&self) -> Terminated {
+        let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/kamailio/proxy.cfg");
+        let log = std::fs::File::create(self.dir.join("kamailio.log")).unwrap();
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg)
+            .args(["-l", &format!("udp:{}:5060", self.proxy())])
+            .arg("-P")
+            .arg(self.dir.join("kamailio.pid"))
+            .arg("-Y")
+            .arg(&self.dir)
+            .arg("-w")
+            .arg(&self.dir)
+            .args(["-DD", "-E", "-m", "64", "-M", "8"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kamailio is installed (scripts/install-deps.sh installs it)");
+        let guard = Terminated(child);
+        let probe = std::net::UdpSocket::bind(format!("{}:0", self.proxy())).unwrap();
+        probe
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let options = format!(
+            "OPTIONS sip:probe@{p}:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKprobe\r\n\
+             From: <sip:probe@{p}>;tag=1\r\nTo: <sip:probe@{p}>\r\nCall-ID: probe\r\n\
+             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            p = self.proxy(),
+            local = probe.local_addr().unwrap()
+        );
+        let started = Instant::now();
+        let mut buf = [0u8; 2048];
+        loop {
+            let _ = probe.send_to(options.as_bytes(), format!("{}:5060", self.proxy()));
+            if probe.recv_from(&mut buf).is_ok() {
+                return guard;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "kamailio did not answer; see {}",
+                self.dir.join("kamailio.log").display()
+            );
+        }
+    }
+
+    /// Reads a file a peer writes, waiting up to five seconds until `ready` holds.
+    pub(crate) fn read_when(&self, name: &str, ready: impl Fn(&str) -> bool) -> String {
+        let path = self.dir.join(name);
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if ready(&text) || started.elapsed() > std::time::Duration::from_secs(5) {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Checks every message logged by an outside SIPp for inside addresses.
     pub(crate) fn assert_no_inside_address_in(&self, log: &str) {
         let text = std::fs::read_to_string(self.dir.join(log)).unwrap();
@@ -170,4 +249,3 @@ pub(crate) fn scenario(name: &str) -> String {
         .display()
         .to_string()
 }
-
