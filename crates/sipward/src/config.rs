@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use sipward_core::{Action, AddressObject, AlgOptions, Rule, Zone};
 use sipward_proto::Limits;
+use toml::Spanned;
 
 /// The configuration `sipward run` uses when no file is given: everything on loopback.
 pub(crate) const EMBEDDED_DEFAULT: &str = include_str!("../../../examples/loopback.toml");
@@ -35,6 +36,9 @@ pub(crate) struct Config {
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
+    /// The file's text, to turn spans into line numbers in errors.
+    #[serde(skip)]
+    text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,11 +67,11 @@ fn default_agent() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InterfaceSection {
-    name: String,
+    name: Spanned<String>,
     /// The gateway's own IP address on this interface.
     address: IpAddr,
     #[serde(default)]
-    networks: Vec<String>,
+    networks: Vec<Spanned<String>>,
     /// Inside (protected) interface: its addresses never leave the gateway.
     #[serde(default)]
     inside: bool,
@@ -76,13 +80,13 @@ struct InterfaceSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddressSection {
-    name: String,
+    name: Spanned<String>,
     /// `ip` or `ip:port`.
     #[serde(default)]
-    host: Option<String>,
+    host: Option<Spanned<String>>,
     /// `ip/prefix`.
     #[serde(default)]
-    network: Option<String>,
+    network: Option<Spanned<String>>,
 }
 
 /// The ALG object: the brief's options plus the wire-layer limits.
@@ -133,9 +137,9 @@ impl AlgSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServiceSection {
-    protocol: String,
-    port: u16,
-    alg: String,
+    protocol: Spanned<String>,
+    port: Spanned<u16>,
+    alg: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,18 +147,18 @@ struct ServiceSection {
 struct RuleSection {
     #[serde(default)]
     name: Option<String>,
-    action: String,
-    from: String,
+    action: Spanned<String>,
+    from: Spanned<String>,
     #[serde(default = "any")]
-    source: String,
-    to: String,
+    source: Spanned<String>,
+    to: Spanned<String>,
     #[serde(default = "any")]
-    destination: String,
-    service: String,
+    destination: Spanned<String>,
+    service: Spanned<String>,
 }
 
-fn any() -> String {
-    "any".into()
+fn any() -> Spanned<String> {
+    Spanned::new(0..0, "any".into())
 }
 
 /// Wire-layer limits; every field optional, defaulting to the founding brief's values.
@@ -200,7 +204,7 @@ impl Config {
     }
 
     pub(crate) fn parse(text: &str, origin: &str) -> Result<Config> {
-        toml::from_str::<Config>(text).map_err(|e| {
+        let mut config = toml::from_str::<Config>(text).map_err(|e| {
             let line = e.span().map(|s| {
                 text.get(..s.start)
                     .map_or(1, |t| t.matches('\n').count() + 1)
@@ -209,7 +213,22 @@ impl Config {
                 Some(line) => anyhow!("{origin}:{line}: {}", e.message()),
                 None => anyhow!("{origin}: {}", e.message()),
             }
-        })
+        })?;
+        config.text = text.to_owned();
+        Ok(config)
+    }
+
+    /// `file:line` of a value, for errors about it.
+    fn at<T>(&self, origin: &str, value: &Spanned<T>) -> String {
+        let start = value.span().start;
+        if value.span().is_empty() {
+            return origin.to_owned(); // a default, not written in the file
+        }
+        let line = self
+            .text
+            .get(..start)
+            .map_or(1, |t| t.matches('\n').count() + 1);
+        format!("{origin}:{line}")
     }
 
     /// The limits `sipward validate` applies: the ALG's if there is exactly one.
@@ -227,19 +246,25 @@ impl Config {
         }
         let mut zones = Vec::new();
         for i in &self.interface {
-            let networks = i
-                .networks
-                .iter()
-                .map(|n| {
-                    n.parse()
-                        .map_err(|e| anyhow!("{origin}: interface {}: network {n:?}: {e}", i.name))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if zones.iter().any(|z: &Zone| z.name == i.name) {
-                bail!("{origin}: interface {:?} defined twice", i.name);
+            let name = i.name.get_ref();
+            let mut networks = Vec::new();
+            for n in &i.networks {
+                networks.push(n.get_ref().parse().map_err(|e| {
+                    anyhow!(
+                        "{}: interface {name:?}: network {:?}: {e}",
+                        self.at(origin, n),
+                        n.get_ref()
+                    )
+                })?);
+            }
+            if zones.iter().any(|z: &Zone| &z.name == name) {
+                bail!(
+                    "{}: interface {name:?} defined twice",
+                    self.at(origin, &i.name)
+                );
             }
             zones.push(Zone {
-                name: i.name.clone(),
+                name: name.clone(),
                 address: SocketAddr::new(i.address, 0),
                 networks,
                 inside: i.inside,
@@ -251,21 +276,27 @@ impl Config {
         let mut objects: HashMap<&str, AddressObject> = HashMap::new();
         objects.insert("any", AddressObject::Any);
         for a in &self.address {
-            let obj =
-                match (&a.host, &a.network) {
-                    (Some(h), None) => {
-                        parse_host(h).map_err(|e| anyhow!("{origin}: address {:?}: {e}", a.name))?
-                    }
-                    (None, Some(n)) => AddressObject::Network(n.parse().map_err(|e| {
-                        anyhow!("{origin}: address {:?}: network {n:?}: {e}", a.name)
-                    })?),
-                    _ => bail!(
-                        "{origin}: address {:?}: give exactly one of `host` or `network`",
-                        a.name
-                    ),
-                };
-            if objects.insert(a.name.as_str(), obj).is_some() {
-                bail!("{origin}: address {:?} defined twice", a.name);
+            let name = a.name.get_ref();
+            let obj = match (&a.host, &a.network) {
+                (Some(h), None) => parse_host(h.get_ref())
+                    .map_err(|e| anyhow!("{}: address {name:?}: {e}", self.at(origin, h)))?,
+                (None, Some(n)) => AddressObject::Network(n.get_ref().parse().map_err(|e| {
+                    anyhow!(
+                        "{}: address {name:?}: network {:?}: {e}",
+                        self.at(origin, n),
+                        n.get_ref()
+                    )
+                })?),
+                _ => bail!(
+                    "{}: address {name:?}: give exactly one of `host` or `network`",
+                    self.at(origin, &a.name)
+                ),
+            };
+            if objects.insert(name.as_str(), obj).is_some() {
+                bail!(
+                    "{}: address {name:?} defined twice",
+                    self.at(origin, &a.name)
+                );
             }
         }
         if self.alg.len() != 1 {
@@ -298,19 +329,27 @@ impl Config {
         };
         let mut service_port = None;
         for (name, s) in &self.service {
-            if !s.protocol.eq_ignore_ascii_case("udp") {
+            if !s.protocol.get_ref().eq_ignore_ascii_case("udp") {
                 bail!(
-                    "{origin}: service {name:?}: protocol {:?} is not supported yet (udp only)",
-                    s.protocol
+                    "{}: service {name:?}: protocol {:?} is not supported yet (udp only)",
+                    self.at(origin, &s.protocol),
+                    s.protocol.get_ref()
                 );
             }
-            if &s.alg != alg_name {
-                bail!("{origin}: service {name:?}: no ALG named {:?}", s.alg);
+            if s.alg.get_ref() != alg_name {
+                bail!(
+                    "{}: service {name:?}: no ALG named {:?}",
+                    self.at(origin, &s.alg),
+                    s.alg.get_ref()
+                );
             }
             match service_port {
-                None => service_port = Some(s.port),
-                Some(p) if p == s.port => {}
-                Some(_) => bail!("{origin}: all services must use the same port for now"),
+                None => service_port = Some(*s.port.get_ref()),
+                Some(p) if p == *s.port.get_ref() => {}
+                Some(_) => bail!(
+                    "{}: service {name:?}: all services must use the same port for now",
+                    self.at(origin, &s.port)
+                ),
             }
         }
         let port = service_port
@@ -321,52 +360,77 @@ impl Config {
         let zone_id = |name: &str| zones.iter().position(|z| z.name == name);
         let mut rules = Vec::new();
         for (i, r) in self.rule.iter().enumerate() {
-            let what = format!(
-                "{origin}: rule {} ({})",
+            let label = format!(
+                "rule {} ({})",
                 i + 1,
-                r.name.clone().unwrap_or_else(|| r.action.clone())
+                r.name.clone().unwrap_or_else(|| r.action.get_ref().clone())
             );
-            let action = match r.action.to_ascii_lowercase().as_str() {
+            // `file:line: rule N (name): what`, the line of the offending key.
+            let err = |at: String, what: String| anyhow!("{at}: {label}: {what}");
+            let action = match r.action.get_ref().to_ascii_lowercase().as_str() {
                 "nat" => Action::Nat,
                 "allow" => Action::Allow,
                 "drop" => Action::Drop,
                 "reject" => Action::Reject,
-                other => bail!("{what}: unknown action {other:?} (nat, allow, drop, reject)"),
+                other => {
+                    return Err(err(
+                        self.at(origin, &r.action),
+                        format!("unknown action {other:?} (nat, allow, drop, reject)"),
+                    ))
+                }
             };
-            let from_zone =
-                zone_id(&r.from).ok_or_else(|| anyhow!("{what}: no interface {:?}", r.from))?;
-            let to_zone = if r.to == "core" {
+            let from_zone = zone_id(r.from.get_ref()).ok_or_else(|| {
+                err(
+                    self.at(origin, &r.from),
+                    format!("no interface {:?}", r.from.get_ref()),
+                )
+            })?;
+            let to_zone = if r.to.get_ref() == "core" {
                 None
             } else {
-                Some(
-                    zone_id(&r.to)
-                        .ok_or_else(|| anyhow!("{what}: no interface {:?} (or \"core\")", r.to))?,
-                )
+                Some(zone_id(r.to.get_ref()).ok_or_else(|| {
+                    err(
+                        self.at(origin, &r.to),
+                        format!("no interface {:?} (or \"core\")", r.to.get_ref()),
+                    )
+                })?)
             };
-            let source = objects
-                .get(r.source.as_str())
-                .cloned()
-                .ok_or_else(|| anyhow!("{what}: no address object {:?}", r.source))?;
-            let destination = objects
-                .get(r.destination.as_str())
-                .cloned()
-                .ok_or_else(|| anyhow!("{what}: no address object {:?}", r.destination))?;
-            let service = self
-                .service
-                .get(&r.service)
-                .ok_or_else(|| anyhow!("{what}: no service {:?}", r.service))?;
+            let object = |v: &Spanned<String>| {
+                objects.get(v.get_ref().as_str()).cloned().ok_or_else(|| {
+                    err(
+                        self.at(origin, v),
+                        format!("no address object {:?}", v.get_ref()),
+                    )
+                })
+            };
+            let source = object(&r.source)?;
+            let destination = object(&r.destination)?;
+            let service = self.service.get(r.service.get_ref()).ok_or_else(|| {
+                err(
+                    self.at(origin, &r.service),
+                    format!("no service {:?}", r.service.get_ref()),
+                )
+            })?;
             if action == Action::Nat {
                 if !matches!(destination, AddressObject::Host { .. }) || to_zone.is_none() {
-                    bail!("{what}: a nat rule needs `to` an interface and a host `destination` (the proxy)");
+                    return Err(err(
+                        self.at(origin, &r.destination),
+                        "a nat rule needs `to` an interface and a host `destination` (the proxy)"
+                            .into(),
+                    ));
                 }
                 if zones.get(from_zone).is_some_and(|z| !z.inside) {
-                    bail!("{what}: a nat rule translates from an inside interface");
+                    return Err(err(
+                        self.at(origin, &r.from),
+                        "a nat rule translates from an inside interface".into(),
+                    ));
                 }
             }
             if action == Action::Allow && to_zone.is_some() {
-                bail!(
-                    "{what}: an allow rule admits traffic to the gateway itself: `to = \"core\"`"
-                );
+                return Err(err(
+                    self.at(origin, &r.to),
+                    "an allow rule admits traffic to the gateway itself: `to = \"core\"`".into(),
+                ));
             }
             rules.push(Rule {
                 name: r.name.clone().unwrap_or_else(|| format!("rule{}", i + 1)),
@@ -375,7 +439,7 @@ impl Config {
                 source,
                 to_zone,
                 destination,
-                service_port: service.port,
+                service_port: *service.port.get_ref(),
             });
         }
         let secret = match &self.gateway.secret {
@@ -476,8 +540,28 @@ mod tests {
             .unwrap()
             .compile("b.toml")
             .unwrap_err();
+        let line = broken
+            .lines()
+            .position(|l| l.contains("\"nowhere\""))
+            .unwrap()
+            + 1;
+        assert_eq!(
+            e.to_string(),
+            format!("b.toml:{line}: rule 1 (phones-to-proxy): no address object \"nowhere\"")
+        );
+        let bad_net = EMBEDDED_DEFAULT.replacen(
+            "networks = [\"127.0.1.0/24\"]",
+            "networks = [\"127.0.1.0/33\"]",
+            1,
+        );
+        let e = Config::parse(&bad_net, "n.toml")
+            .unwrap()
+            .compile("n.toml")
+            .unwrap_err();
+        let line = bad_net.lines().position(|l| l.contains("/33")).unwrap() + 1;
         assert!(
-            e.to_string().contains("no address object \"nowhere\""),
+            e.to_string()
+                .starts_with(&format!("n.toml:{line}: interface \"lan\"")),
             "{e}"
         );
     }
