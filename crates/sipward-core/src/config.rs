@@ -31,6 +31,17 @@ pub enum AddressObject {
     Any,
 }
 
+impl std::fmt::Display for AddressObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddressObject::Host { ip, port: Some(p) } => write!(f, "{}", SocketAddr::new(*ip, *p)),
+            AddressObject::Host { ip, port: None } => write!(f, "{ip}"),
+            AddressObject::Network(net) => write!(f, "{net}"),
+            AddressObject::Any => f.write_str("any"),
+        }
+    }
+}
+
 impl AddressObject {
     pub fn contains(&self, addr: SocketAddr) -> bool {
         match self {

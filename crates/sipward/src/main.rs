@@ -89,10 +89,12 @@ fn main() -> ExitCode {
 }
 
 fn print_rules(c: &sipward_core::Config) {
-    println!("configuration ok");
+    use std::fmt::Write as _;
+    let mut out = String::from("configuration ok\n");
     for z in &c.zones {
         let nets: Vec<String> = z.networks.iter().map(ToString::to_string).collect();
-        println!(
+        let _ = writeln!(
+            out,
             "interface {:<8} {:<22} {} networks [{}]",
             z.name,
             z.address,
@@ -101,7 +103,8 @@ fn print_rules(c: &sipward_core::Config) {
         );
     }
     let a = &c.alg;
-    println!(
+    let _ = writeln!(
+        out,
         "alg: max sessions per id {}, max registration time {}s, request-response timeout {}s, signal timeout {}s, data channel timeout {}s, media bypass {}",
         a.max_sessions_per_id,
         a.max_registration_time.as_secs(),
@@ -110,14 +113,16 @@ fn print_rules(c: &sipward_core::Config) {
         a.data_channel_timeout.as_secs(),
         if a.allow_media_bypass { "on" } else { "off" }
     );
-    println!(
+    let _ = writeln!(
+        out,
         "limits: parameter {} B, message {} B, SDP {} B",
         a.limits.max_param_len, a.limits.max_message_len, a.limits.max_sdp_len
     );
     let zone = |id: usize| c.zones.get(id).map_or("?", |z| z.name.as_str());
     for (i, r) in c.rules.iter().enumerate() {
-        println!(
-            "rule {:>2} {:<18} {:<6} from {} {:?} to {} {:?} udp/{}",
+        let _ = writeln!(
+            out,
+            "rule {:>2} {:<18} {:<6} from {} {} to {} {} udp/{}",
             i + 1,
             r.name,
             format!("{:?}", r.action).to_lowercase(),
@@ -128,5 +133,7 @@ fn print_rules(c: &sipward_core::Config) {
             r.service_port
         );
     }
-    println!("rule  * default            drop   anything else (counted)");
+    out.push_str("rule  * default            drop   anything else (counted)\n");
+    // A closed pipe (`sipward check | head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
 }
