@@ -482,9 +482,9 @@ impl<M: MediaSeam> Gateway<M> {
         };
 
         // Remember the way back.
-        if method == MethodKind::Invite && initial && !self.tables.dialogs.contains_key(&tx_dialog)
-        {
+        if creates_dialog(method) && initial && !self.tables.dialogs.contains_key(&tx_dialog) {
             self.tables.insert_dialog(Dialog {
+                session: method == MethodKind::Invite,
                 inside_call_id: inside_call_id.to_vec(),
                 outside_call_id: outside_call_id.clone(),
                 phone: at.remote,
@@ -525,9 +525,12 @@ impl<M: MediaSeam> Gateway<M> {
                     created: at.now,
                     final_at: None,
                     register,
-                    dialog: tx_dialog,
+                    dialog: tx_dialog.clone(),
                 },
             );
+        }
+        if ends_subscription(msg) {
+            self.end_subscription(&tx_dialog);
         }
         self.counters.forwarded += 1;
         self.send(wan_local, next_hop, payload);
@@ -609,7 +612,7 @@ impl<M: MediaSeam> Gateway<M> {
             }
         }
         match tx.method {
-            MethodKind::Invite if (200..300).contains(&status) => {
+            m if creates_dialog(m) && (200..300).contains(&status) => {
                 let far_route = msg
                     .record_routes()
                     .iter()
@@ -625,7 +628,7 @@ impl<M: MediaSeam> Gateway<M> {
                     d.inside_to = with_tag(&tx.inside_to, msg.to().and_then(|t| t.tag()));
                 }
             }
-            MethodKind::Invite if status >= 300 => self.end_unconfirmed(&tx.dialog),
+            m if creates_dialog(m) && status >= 300 => self.end_unconfirmed(&tx.dialog),
             MethodKind::Bye if status >= 200 => self.end_dialog(&tx.dialog),
             MethodKind::Register if status >= 200 => {
                 if let Some(reg) = &tx.register {
@@ -836,9 +839,9 @@ impl<M: MediaSeam> Gateway<M> {
             return;
         };
 
-        if method == MethodKind::Invite && initial && !self.tables.dialogs.contains_key(&tx_dialog)
-        {
+        if creates_dialog(method) && initial && !self.tables.dialogs.contains_key(&tx_dialog) {
             self.tables.insert_dialog(Dialog {
+                session: method == MethodKind::Invite,
                 inside_call_id: msg.call_id().to_vec(),
                 outside_call_id: msg.call_id().to_vec(),
                 phone,
@@ -878,9 +881,12 @@ impl<M: MediaSeam> Gateway<M> {
                     final_at: None,
                     aor,
                     token: tok,
-                    dialog: tx_dialog,
+                    dialog: tx_dialog.clone(),
                 },
             );
+        }
+        if ends_subscription(msg) {
+            self.end_subscription(&tx_dialog);
         }
         self.counters.forwarded += 1;
         self.send(lan_local, phone, payload);
@@ -962,7 +968,7 @@ impl<M: MediaSeam> Gateway<M> {
             }
         }
         match tx.method {
-            MethodKind::Invite if (200..300).contains(&status) => {
+            m if creates_dialog(m) && (200..300).contains(&status) => {
                 let contact = first_contact_uri(msg);
                 if let Some(d) = self.tables.dialogs.get_mut(&tx.dialog) {
                     if !d.originated_inside {
@@ -975,7 +981,7 @@ impl<M: MediaSeam> Gateway<M> {
                     }
                 }
             }
-            MethodKind::Invite if status >= 300 => self.end_unconfirmed(&tx.dialog),
+            m if creates_dialog(m) && status >= 300 => self.end_unconfirmed(&tx.dialog),
             MethodKind::Bye if status >= 200 => self.end_dialog(&tx.dialog),
             _ => {}
         }
@@ -988,6 +994,12 @@ impl<M: MediaSeam> Gateway<M> {
 
     fn end_unconfirmed(&mut self, key: &DialogKey) {
         if self.tables.dialogs.get(key).is_some_and(|d| !d.confirmed) {
+            self.end_dialog(key);
+        }
+    }
+
+    fn end_subscription(&mut self, key: &DialogKey) {
+        if self.tables.dialogs.get(key).is_some_and(|d| !d.session) {
             self.end_dialog(key);
         }
     }
@@ -1029,7 +1041,7 @@ impl<M: MediaSeam> Gateway<M> {
                     &tag,
                 );
                 self.send(tx.lan_local, tx.phone, payload);
-                if tx.method == MethodKind::Invite {
+                if creates_dialog(tx.method) {
                     self.end_unconfirmed(&tx.dialog);
                 }
             }
@@ -1056,7 +1068,7 @@ impl<M: MediaSeam> Gateway<M> {
                     &tag,
                 );
                 self.send(tx.wan_local, tx.proxy, payload);
-                if tx.method == MethodKind::Invite {
+                if creates_dialog(tx.method) {
                     self.end_unconfirmed(&tx.dialog);
                 }
             }
@@ -1074,7 +1086,10 @@ impl<M: MediaSeam> Gateway<M> {
         for id in old {
             if let Some(d) = self.tables.dialogs.get(&id).cloned() {
                 self.counters.dialogs_expired += 1;
-                self.bye_both_ways(&config, &d);
+                // A call is ended on both sides; a subscription is only forgotten.
+                if d.session {
+                    self.bye_both_ways(&config, &d);
+                }
                 self.end_dialog(&id);
             }
         }
@@ -1131,6 +1146,25 @@ impl<M: MediaSeam> Gateway<M> {
         let _ = config;
         self.send(d.wan_local, d.proxy, to_far.into_bytes());
     }
+}
+
+/// Requests that create a dialog when sent outside one (RFC 3261, 6665, 3515).
+fn creates_dialog(method: MethodKind) -> bool {
+    matches!(
+        method,
+        MethodKind::Invite | MethodKind::Subscribe | MethodKind::Refer
+    )
+}
+
+/// A NOTIFY that ends its subscription (RFC 6665 section 4.1.3).
+fn ends_subscription(msg: &Message<'_>) -> bool {
+    msg.method().is_some_and(|m| m.kind() == MethodKind::Notify)
+        && msg.headers().iter().any(|f| {
+            f.raw_name.eq_ignore_ascii_case(b"Subscription-State")
+                && f.value
+                    .get(..10)
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"terminated"))
+        })
 }
 
 fn expired_tx(

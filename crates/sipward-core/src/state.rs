@@ -164,6 +164,9 @@ impl DialogKey {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Dialog {
+    /// An INVITE session (a call); otherwise a subscription (SUBSCRIBE, REFER), which
+    /// does not count against max sessions per ID and ends without BYE.
+    pub(crate) session: bool,
     pub(crate) inside_call_id: Vec<u8>,
     pub(crate) outside_call_id: Vec<u8>,
     pub(crate) phone: SocketAddr,
@@ -253,7 +256,10 @@ impl Tables {
 
     /// Dialogs plus INVITEs still in progress that count against `aor`.
     pub(crate) fn sessions_of(&self, aor: &[u8]) -> usize {
-        self.dialogs.values().filter(|d| d.aor == aor).count()
+        self.dialogs
+            .values()
+            .filter(|d| d.session && d.aor == aor)
+            .count()
     }
 
     pub(crate) fn insert_dialog(&mut self, d: Dialog) {

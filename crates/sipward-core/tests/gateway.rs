@@ -503,3 +503,89 @@ fn cancel_follows_its_invite() {
     assert!(text(&term).starts_with("SIP/2.0 487"));
     assert!(net.gw.dialogs().is_empty());
 }
+
+#[test]
+fn forked_responses_reach_the_phone_each_with_its_tag() {
+    let mut net = Net::new(AlgOptions::default());
+    let fwd = text(&net.phone_sends(&invite("fk", "z9hG4bKfork")));
+    // Two branches of a forking proxy ring, the second answers.
+    for tag in ["fork-a", "fork-b"] {
+        let ringing = text(&net.proxy_sends(&response_to(&fwd, "180 Ringing", tag, "")));
+        assert!(
+            ringing.contains(&format!("To: bob <sip:bob@10.0.0.1:5060>;tag={tag}\r\n")),
+            "{ringing}"
+        );
+        assert!(ringing.contains("Call-ID: fk@10.0.0.20\r\n"), "{ringing}");
+    }
+    let ok = text(&net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        "fork-b",
+        "Contact: <sip:bob@203.0.113.51>\r\n",
+    )));
+    assert!(ok.contains(";tag=fork-b\r\n"), "{ok}");
+    let dialogs = net.gw.dialogs();
+    assert_eq!(dialogs.len(), 1);
+    assert!(dialogs[0].confirmed);
+    // The phone's BYE goes to the branch that answered, under the hidden Call-ID.
+    let bye = text(&net.phone_sends("BYE sip:bob@203.0.113.51 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKforkbye\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-fk\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=fork-b\r\nCall-ID: fk@10.0.0.20\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"));
+    assert!(bye.contains(";tag=fork-b\r\n"), "{bye}");
+    assert_eq!(
+        header(&bye, "Call-ID"),
+        header(&fwd, "Call-ID"),
+        "hidden Call-ID kept"
+    );
+}
+
+fn subscribe(cseq: u32, expires: u32, to_tag: &str) -> String {
+    format!(
+        "SUBSCRIBE sip:bob@biloxi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKsub{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@biloxi.example.com>;tag=s1\r\nTo: <sip:bob@biloxi.example.com>{to_tag}\r\nCall-ID: sub-1@10.0.0.20\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: <sip:alice@10.0.0.20:5062>\r\nEvent: presence\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// RFC 6665: a subscription is a dialog; its NOTIFYs (even one that overtakes the 200)
+/// reach the phone in the phone's own terms; a terminated NOTIFY ends it; it never
+/// counts as a session.
+#[test]
+fn subscription_dialog_carries_notify_both_before_and_after_the_200() {
+    let mut net = Net::new(AlgOptions {
+        max_sessions_per_id: 1,
+        ..AlgOptions::default()
+    });
+    let fwd = text(&net.phone_sends(&subscribe(1, 600, "")));
+    assert!(
+        fwd.starts_with("SUBSCRIBE sip:bob@biloxi.example.com SIP/2.0"),
+        "{fwd}"
+    );
+    let hidden = header(&fwd, "Call-ID").unwrap().to_string();
+    let contact = header(&fwd, "Contact").unwrap();
+    let target = contact.trim_start_matches('<').split('>').next().unwrap();
+    let notify = |cseq: u32, state: &str| {
+        format!(
+            "NOTIFY {target} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKntf{cseq}\r\nMax-Forwards: 69\r\nFrom: <sip:bob@biloxi.example.com>;tag=pres1\r\nTo: {}\r\nCall-ID: {hidden}\r\nCSeq: {cseq} NOTIFY\r\nContact: <sip:pres@203.0.113.10>\r\nEvent: presence\r\nSubscription-State: {state}\r\nContent-Length: 0\r\n\r\n",
+            header(&fwd, "From").unwrap()
+        )
+    };
+    // The first NOTIFY overtakes the 200.
+    let first = net.proxy_sends(&notify(1, "active;expires=600"));
+    assert_eq!(first.remote, addr(PHONE));
+    let first = text(&first);
+    assert!(
+        first.starts_with("NOTIFY sip:alice@10.0.0.20:5062 SIP/2.0"),
+        "{first}"
+    );
+    assert!(first.contains("Call-ID: sub-1@10.0.0.20\r\n"), "{first}");
+    assert!(
+        first.contains("To: <sip:alice@biloxi.example.com>;tag=s1\r\n"),
+        "{first}"
+    );
+    net.proxy_sends(&response_to(&fwd, "200 OK", "pres1", "Expires: 600\r\n"));
+    assert_eq!(net.gw.dialogs().len(), 1);
+    // A subscription is not a session: the one allowed call still goes through.
+    let call = net.phone_sends(&invite("s-call", "z9hG4bKscall"));
+    assert_eq!(call.remote, addr(PROXY), "{}", text(&call));
+    // The terminating NOTIFY ends the subscription dialog.
+    let last = net.proxy_sends(&notify(2, "terminated;reason=timeout"));
+    assert_eq!(last.remote, addr(PHONE));
+    assert_eq!(net.gw.dialogs().len(), 1, "only the call is left");
+}
