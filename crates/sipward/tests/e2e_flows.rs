@@ -15,41 +15,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{scenario, Topology};
+use common::{logged, Peer, Topology};
 
 /// Runs one outbound flow: `proxy_xml` on the outside proxy's address, `phone_xml` on
 /// the first inside phone with the gateway's inside address as its outbound proxy.
 fn outbound_flow(n: u8, phone_xml: &str, proxy_xml: &str) -> Topology {
     let t = Topology::new(n);
     let _gw = t.start_gateway();
-    let proxy = t.sipp(&[
-        "-sf",
-        &scenario(proxy_xml),
-        "-i",
-        &t.proxy(),
-        "-p",
-        "5060",
-        "-m",
-        "1",
-        "-trace_msg",
-        "-message_file",
-        "proxy_messages.log",
-    ]);
+    let proxy = t.play(proxy_xml, Peer::Proxy, None, &logged("proxy_messages.log"));
     std::thread::sleep(Duration::from_millis(200));
-    let phone = t.sipp(&[
-        "-sf",
-        &scenario(phone_xml),
-        &format!("{}:5060", t.gw_lan()),
-        "-i",
-        &t.phone(0),
-        "-p",
-        "5070",
-        "-m",
-        "1",
-        "-trace_msg",
-        "-message_file",
-        "phone_messages.log",
-    ]);
+    let phone = t.play(phone_xml, Peer::Phone(0), Some(&t.gw_lan_sip()), &[]);
     phone.wait_ok(phone_xml);
     proxy.wait_ok(proxy_xml);
     t.assert_no_inside_address_in("proxy_messages.log");
@@ -86,38 +61,28 @@ fn callee_outside_hangs_up() {
 fn register_reregister_unregister() {
     let t = Topology::new(45);
     let _gw = t.start_gateway();
-    let registrar = t.sipp(&[
-        "-sf",
-        &scenario("proxy_registrar_cycle.xml"),
-        "-i",
-        &t.proxy(),
-        "-p",
-        "5060",
-        "-m",
-        "1",
-        "-trace_msg",
-        "-message_file",
-        "registrar_messages.log",
-        "-trace_err",
-    ]);
+    let mut registrar_args = logged("registrar_messages.log").to_vec();
+    registrar_args.push("-trace_err");
+    let registrar = t.play(
+        "proxy_registrar_cycle.xml",
+        Peer::Proxy,
+        None,
+        &registrar_args,
+    );
     std::thread::sleep(Duration::from_millis(200));
-    let phone = t.sipp(&[
-        "-sf",
-        &scenario("phone_register_cycle.xml"),
-        &format!("{}:5060", t.gw_lan()),
-        "-i",
-        &t.phone(0),
-        "-p",
-        "5070",
-        "-m",
-        "1",
-        "-au",
-        "alice",
-        "-ap",
-        "secret",
-        "-auth_uri",
-        "sip:sipward.test",
-    ]);
+    let phone = t.play(
+        "phone_register_cycle.xml",
+        Peer::Phone(0),
+        Some(&t.gw_lan_sip()),
+        &[
+            "-au",
+            "alice",
+            "-ap",
+            "secret",
+            "-auth_uri",
+            "sip:sipward.test",
+        ],
+    );
     phone.wait_ok("phone register cycle");
     registrar.wait_ok("registrar");
     t.assert_no_inside_address_in("registrar_messages.log");
@@ -138,19 +103,12 @@ fn register_reregister_unregister() {
     assert_eq!(expiries, ["600", "600", "0"]);
 
     // The binding is gone: the gateway answers 404 and no phone is listening anyway.
-    let caller = t.sipp(&[
-        "-sf",
-        &scenario("proxy_call_unbound.xml"),
-        &format!("{}:5060", t.gw_wan()),
-        "-i",
-        &t.proxy(),
-        "-p",
-        "5060",
-        "-m",
-        "1",
-        "-inf",
-        "contact.csv",
-    ]);
+    let caller = t.play(
+        "proxy_call_unbound.xml",
+        Peer::Proxy,
+        Some(&t.gw_wan_sip()),
+        &["-inf", "contact.csv"],
+    );
     caller.wait_ok("caller to released contact");
 }
 
@@ -164,59 +122,30 @@ fn same_network_call_through_kamailio() {
     let t = Topology::new(46);
     let _gw = t.start_gateway();
     let _kamailio = t.start_kamailio();
-    let gw_lan = format!("{}:5060", t.gw_lan());
+    let gw_lan = t.gw_lan_sip();
     for (i, user) in [(0, "alice"), (1, "bob")] {
-        t.sipp(&[
-            "-sf",
-            &scenario("phone_register_as.xml"),
-            &gw_lan,
-            "-i",
-            &t.phone(i),
-            "-p",
-            "5070",
-            "-m",
-            "1",
-            "-key",
-            "user",
-            user,
-            "-au",
-            user,
-            "-ap",
-            "secret",
-            // The digest covers the Request-URI: a phone signs sip:sipward.test (SIPp
-            // would otherwise sign the gateway's inside address, which the gateway
-            // must not rewrite inside credentials).
-            "-auth_uri",
-            "sip:sipward.test",
-        ])
+        // The digest covers the Request-URI: a phone signs sip:sipward.test (SIPp would
+        // otherwise sign the gateway's inside address, which the gateway must not
+        // rewrite inside credentials).
+        let args = ["-key", "user", user, "-au", user, "-ap", "secret"];
+        let mut args = args.to_vec();
+        args.extend(["-auth_uri", "sip:sipward.test"]);
+        t.play(
+            "phone_register_as.xml",
+            Peer::Phone(i),
+            Some(&gw_lan),
+            &args,
+        )
         .wait_ok(&format!("{user} registration"));
     }
-    let bob = t.sipp(&[
-        "-sf",
-        &scenario("phone_answer.xml"),
-        "-i",
-        &t.phone(1),
-        "-p",
-        "5070",
-        "-m",
-        "1",
-        "-s",
-        "bob",
-    ]);
+    let bob = t.play("phone_answer.xml", Peer::Phone(1), None, &["-s", "bob"]);
     std::thread::sleep(Duration::from_millis(200));
-    let alice = t.sipp(&[
-        "-sf",
-        &scenario("phone_call_via_proxy.xml"),
-        &gw_lan,
-        "-i",
-        &t.phone(0),
-        "-p",
-        "5070",
-        "-m",
-        "1",
-        "-s",
-        "bob",
-    ]);
+    let alice = t.play(
+        "phone_call_via_proxy.xml",
+        Peer::Phone(0),
+        Some(&gw_lan),
+        &["-s", "bob"],
+    );
     alice.wait_ok("alice calling bob");
     bob.wait_ok("bob answering");
     let log = t.read_when("kamailio.log", |s| s.contains("BYE sip:"));

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{scenario, Topology};
+use common::{logged, Peer, Topology};
 
 #[test]
 fn outbound_calls_through_the_gateway() {
@@ -64,37 +64,26 @@ fn register_with_digest_then_inbound_call() {
 
     // Registration: the registrar checks the digest; the gateway caps 7200 s to 3600 s
     // on the way out and the registrar's 7200 s grant to 3600 s on the way back.
-    let registrar = t.sipp(&[
-        "-sf",
-        &scenario("proxy_registrar.xml"),
-        "-i",
-        &t.proxy(),
-        "-p",
-        "5060",
-        "-m",
-        "1",
-        "-trace_msg",
-        "-message_file",
-        "registrar_messages.log",
-    ]);
+    let registrar = t.play(
+        "proxy_registrar.xml",
+        Peer::Proxy,
+        None,
+        &logged("registrar_messages.log"),
+    );
     std::thread::sleep(Duration::from_millis(200));
-    let phone = t.sipp(&[
-        "-sf",
-        &scenario("phone_register.xml"),
-        &gw_lan,
-        "-i",
-        &t.phone(0),
-        "-p",
-        "5070",
-        "-m",
-        "1",
-        "-au",
-        "alice",
-        "-ap",
-        "secret",
-        "-auth_uri",
-        "sip:sipward.test",
-    ]);
+    let phone = t.play(
+        "phone_register.xml",
+        Peer::Phone(0),
+        Some(&gw_lan),
+        &[
+            "-au",
+            "alice",
+            "-ap",
+            "secret",
+            "-auth_uri",
+            "sip:sipward.test",
+        ],
+    );
     phone.wait_ok("phone registration");
     registrar.wait_ok("registrar");
     t.assert_no_inside_address_in("registrar_messages.log");
@@ -109,22 +98,9 @@ fn register_with_digest_then_inbound_call() {
     // Inbound call to the registered phone, hung up by the caller.
     let answerer = t.sipp(&["-sn", "uas", "-i", &t.phone(0), "-p", "5070", "-m", "1"]);
     std::thread::sleep(Duration::from_millis(200));
-    let caller = t.sipp(&[
-        "-sf",
-        &scenario("proxy_call.xml"),
-        &gw_wan,
-        "-i",
-        &t.proxy(),
-        "-p",
-        "5060",
-        "-m",
-        "1",
-        "-inf",
-        "contact.csv",
-        "-trace_msg",
-        "-message_file",
-        "caller_messages.log",
-    ]);
+    let mut caller_args = vec!["-inf", "contact.csv"];
+    caller_args.extend(logged("caller_messages.log"));
+    let caller = t.play("proxy_call.xml", Peer::Proxy, Some(&gw_wan), &caller_args);
     caller.wait_ok("caller");
     answerer.wait_ok("phone (answering)");
     t.assert_no_inside_address_in("caller_messages.log");

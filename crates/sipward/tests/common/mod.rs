@@ -55,6 +55,18 @@ impl Drop for Terminated {
     }
 }
 
+/// Where a SIPp peer stands: inside phone number N (port 5070) or the outside proxy (5060).
+#[derive(Clone, Copy)]
+pub(crate) enum Peer {
+    Phone(u8),
+    Proxy,
+}
+
+/// SIPp arguments that log every message sent and received to `file`.
+pub(crate) fn logged(file: &str) -> [&str; 3] {
+    ["-trace_msg", "-message_file", file]
+}
+
 /// One test's private loopback topology: inside 127.<n>.0.0/24, outside 127.<n>.1.0/24.
 pub(crate) struct Topology {
     pub(crate) n: u8,
@@ -212,6 +224,29 @@ service = "sip"
                 self.dir.join("kamailio.log").display()
             );
         }
+    }
+
+    /// Plays one call of the scenario `xml` (tests/sipp) with SIPp standing at `at`,
+    /// towards `target` (None: wait for the other side), with `extra` arguments.
+    pub(crate) fn play(&self, xml: &str, at: Peer, target: Option<&str>, extra: &[&str]) -> Guard {
+        let (ip, port) = match at {
+            Peer::Phone(i) => (self.phone(i), "5070"),
+            Peer::Proxy => (self.proxy(), "5060"),
+        };
+        let file = scenario(xml);
+        let mut args: Vec<&str> = vec!["-sf", &file];
+        args.extend(target);
+        args.extend(["-i", &ip, "-p", port, "-m", "1"]);
+        args.extend(extra);
+        self.sipp(&args)
+    }
+
+    /// The gateway's inside (phones' outbound proxy) and outside SIP addresses.
+    pub(crate) fn gw_lan_sip(&self) -> String {
+        format!("{}:5060", self.gw_lan())
+    }
+    pub(crate) fn gw_wan_sip(&self) -> String {
+        format!("{}:5060", self.gw_wan())
     }
 
     /// Reads a file a peer writes, waiting up to five seconds until `ready` holds.
