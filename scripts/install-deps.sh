@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: Debian packages for the real SIP
-# peers the tests run against (SIPp, sipsak, Kamailio), and cargo-fuzz for the fuzz smoke run.
+# peers the tests run against (SIPp, sipsak, Kamailio, baresip, rtpengine, sipvicious, sox), and cargo-fuzz for the fuzz smoke run.
 set -euo pipefail
 
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v sipsak >/dev/null 2>&1 || need_apt+=(sipsak)
 command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
+command -v baresip >/dev/null 2>&1 || need_apt+=(baresip)
+command -v rtpengine >/dev/null 2>&1 || need_apt+=(rtpengine-daemon)
+command -v sipvicious_svcrack >/dev/null 2>&1 || command -v svcrack >/dev/null 2>&1 || need_apt+=(sipvicious)
+command -v sox >/dev/null 2>&1 || need_apt+=(sox)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"
     sudo_cmd=""
