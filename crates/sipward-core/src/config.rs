@@ -8,6 +8,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sipward_proto::Limits;
 
+pub use crate::media::Latching;
+
 /// Index of a zone in [`Config::zones`].
 pub type ZoneId = usize;
 
@@ -21,6 +23,9 @@ pub struct Zone {
     pub networks: Vec<IpNet>,
     /// Whether this is an inside (protected) zone whose addresses must never leave.
     pub inside: bool,
+    /// The inclusive UDP port range media is relayed on at this address; `None`: no
+    /// relay (SDP only has inside addresses hidden).
+    pub media_ports: Option<(u16, u16)>,
 }
 
 /// A named address object: one host (optionally with port) or a network.
@@ -63,6 +68,8 @@ pub struct AlgOptions {
     pub signal_timeout: Duration,
     pub data_channel_timeout: Duration,
     pub allow_media_bypass: bool,
+    /// Which media sources the relay accepts besides the SDP's (see [`Latching`]).
+    pub media_latching: Latching,
     pub limits: Limits,
     pub max_registrations: usize,
     pub max_dialogs: usize,
@@ -78,6 +85,7 @@ impl Default for AlgOptions {
             signal_timeout: Duration::from_secs(43200),
             data_channel_timeout: Duration::from_secs(120),
             allow_media_bypass: false,
+            media_latching: Latching::default(),
             limits: Limits::default(),
             max_registrations: 10_000,
             max_dialogs: 10_000,

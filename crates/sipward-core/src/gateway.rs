@@ -6,7 +6,8 @@
 //! replaced by a keyed hash; every SIP URI naming an inside host (Request-URI, From, To,
 //! Contact) is rewritten to the gateway's outside address (or, where the phone addressed
 //! the gateway itself, the proxy); Contacts carry a token (`swc`) that routes inbound
-//! requests back to the right phone; the SDP goes through the [`MediaSeam`].
+//! requests back to the right phone; the SDP goes through the [`MediaTable`], which points
+//! it at the media relay.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +20,7 @@ use sipward_proto::{
 
 use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
-use crate::media::{Direction, MediaSeam, RewriteToZoneAddress};
+use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::state::{
     has_tag, Binding, BindingView, ClientTx, Dialog, DialogKey, DialogView, Echo, RegisterInfo,
     ServerTx, Tables,
@@ -61,23 +62,19 @@ pub struct Counters {
     pub dialogs_expired: u64,
     pub bindings_expired: u64,
     pub edit_failures: u64,
+    /// Calls ended because their media went idle (data-channel timeout).
+    pub media_timeouts: u64,
 }
 
 /// The gateway core.
-pub struct Gateway<M: MediaSeam = RewriteToZoneAddress> {
+pub struct Gateway {
     config: Arc<Config>,
     hider: Hider,
     tables: Tables,
     out: VecDeque<Transmit>,
     counters: Counters,
-    media: M,
+    media: MediaTable,
     next_sweep: Option<Instant>,
-}
-
-impl Gateway<RewriteToZoneAddress> {
-    pub fn new(config: Config) -> Self {
-        Self::with_media(config, RewriteToZoneAddress)
-    }
 }
 
 /// Facts about one datagram's arrival, passed down the handlers.
@@ -88,8 +85,19 @@ struct Arrival {
     remote: SocketAddr,
 }
 
-impl<M: MediaSeam> Gateway<M> {
-    pub fn with_media(config: Config, media: M) -> Self {
+impl Gateway {
+    pub fn new(config: Config) -> Self {
+        let pools: Vec<_> = config
+            .zones
+            .iter()
+            .filter_map(|z| z.media_ports.map(|(low, high)| (z.address.ip(), low, high)))
+            .collect();
+        let networks = config
+            .zones
+            .iter()
+            .flat_map(|z| z.networks.clone())
+            .collect();
+        let media = MediaTable::new(&pools, config.alg.media_latching, networks);
         Self {
             hider: Hider::new(&config.secret),
             config: Arc::new(config),
@@ -109,8 +117,14 @@ impl<M: MediaSeam> Gateway<M> {
         &self.counters
     }
 
-    pub fn media(&self) -> &M {
+    pub fn media(&self) -> &MediaTable {
         &self.media
+    }
+
+    /// The next instruction for the media relay; drain after every call, like
+    /// [`Gateway::poll_transmit`].
+    pub fn poll_media(&mut self) -> Option<MediaCommand> {
+        self.media.poll_command()
     }
 
     /// Registration bindings, for inspection.
@@ -464,14 +478,26 @@ impl<M: MediaSeam> Gateway<M> {
             self.counters.edit_failures += 1;
             return;
         }
-        self.media.rewrite_sdp(
-            msg,
-            &mut edits,
-            &tx_dialog.media_id(),
-            Direction::Outbound,
-            wan_local.ip(),
-            &is_inside,
-        );
+        let passage = SdpPassage {
+            call: &tx_dialog.media_id(),
+            from: Side::Inside,
+            tag: from.tag().unwrap_or_default(),
+            gateway_ip: [at.local.ip(), wan_local.ip()],
+            is_inside: &is_inside,
+        };
+        if let Err(MediaError::PortsExhausted) =
+            self.media.rewrite_sdp(at.now, msg, &mut edits, passage)
+        {
+            self.answer(
+                config,
+                at,
+                msg,
+                503,
+                "Service Unavailable",
+                "no media ports left",
+            );
+            return;
+        }
 
         let payload = match msg.rewrite(&edits) {
             Ok(p) => p,
@@ -592,14 +618,21 @@ impl<M: MediaSeam> Gateway<M> {
         }
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let lan_ip = tx.lan_local.ip();
-        self.media.rewrite_sdp(
-            msg,
-            &mut edits,
-            &tx.dialog.media_id(),
-            Direction::Inbound,
-            lan_ip,
-            &is_inside,
-        );
+        let passage = SdpPassage {
+            call: &tx.dialog.media_id(),
+            from: Side::Outside,
+            tag: msg.to().and_then(|t| t.tag()).unwrap_or_default(),
+            gateway_ip: [lan_ip, at.local.ip()],
+            is_inside: &is_inside,
+        };
+        if self
+            .media
+            .rewrite_sdp(at.now, msg, &mut edits, passage)
+            .is_err()
+        {
+            // A response cannot be refused: it goes on with its media unrelayed.
+            self.media.hide_only(msg, &mut edits, passage);
+        }
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
@@ -610,6 +643,11 @@ impl<M: MediaSeam> Gateway<M> {
             if let Some(t) = self.tables.client.get_mut(&key) {
                 t.final_at.get_or_insert(at.now);
             }
+        }
+        if tx.method == MethodKind::Invite && (200..300).contains(&status) {
+            let tag = msg.to().and_then(|t| t.tag()).unwrap_or_default();
+            self.media
+                .answered(&tx.dialog.media_id(), Side::Outside, tag, at.now);
         }
         match tx.method {
             m if creates_dialog(m) && (200..300).contains(&status) => {
@@ -826,14 +864,26 @@ impl<M: MediaSeam> Gateway<M> {
                 originated_inside: false,
             },
         };
-        self.media.rewrite_sdp(
-            msg,
-            &mut edits,
-            &tx_dialog.media_id(),
-            Direction::Inbound,
-            lan_local.ip(),
-            &is_inside,
-        );
+        let passage = SdpPassage {
+            call: &tx_dialog.media_id(),
+            from: Side::Outside,
+            tag: from.tag().unwrap_or_default(),
+            gateway_ip: [lan_local.ip(), at.local.ip()],
+            is_inside: &is_inside,
+        };
+        if let Err(MediaError::PortsExhausted) =
+            self.media.rewrite_sdp(at.now, msg, &mut edits, passage)
+        {
+            self.answer(
+                config,
+                at,
+                msg,
+                503,
+                "Service Unavailable",
+                "no media ports left",
+            );
+            return;
+        }
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
@@ -949,14 +999,20 @@ impl<M: MediaSeam> Gateway<M> {
             self.counters.edit_failures += 1;
             return;
         }
-        self.media.rewrite_sdp(
-            msg,
-            &mut edits,
-            &tx.dialog.media_id(),
-            Direction::Outbound,
-            tx.wan_local.ip(),
-            &is_inside,
-        );
+        let passage = SdpPassage {
+            call: &tx.dialog.media_id(),
+            from: Side::Inside,
+            tag: msg.to().and_then(|t| t.tag()).unwrap_or_default(),
+            gateway_ip: [at.local.ip(), tx.wan_local.ip()],
+            is_inside: &is_inside,
+        };
+        if self
+            .media
+            .rewrite_sdp(at.now, msg, &mut edits, passage)
+            .is_err()
+        {
+            self.media.hide_only(msg, &mut edits, passage);
+        }
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
@@ -966,6 +1022,11 @@ impl<M: MediaSeam> Gateway<M> {
             if let Some(t) = self.tables.server.get_mut(&key) {
                 t.final_at.get_or_insert(at.now);
             }
+        }
+        if tx.method == MethodKind::Invite && (200..300).contains(&status) {
+            let tag = msg.to().and_then(|t| t.tag()).unwrap_or_default();
+            self.media
+                .answered(&tx.dialog.media_id(), Side::Inside, tag, at.now);
         }
         match tx.method {
             m if creates_dialog(m) && (200..300).contains(&status) => {
@@ -1074,6 +1135,8 @@ impl<M: MediaSeam> Gateway<M> {
             }
         }
 
+        self.expire_idle_media(&config, now);
+
         let old: Vec<DialogKey> = self
             .tables
             .dialogs
@@ -1088,7 +1151,7 @@ impl<M: MediaSeam> Gateway<M> {
                 self.counters.dialogs_expired += 1;
                 // A call is ended on both sides; a subscription is only forgotten.
                 if d.session {
-                    self.bye_both_ways(&config, &d);
+                    self.bye_both_ways(&config, &d, "signal timeout");
                 }
                 self.end_dialog(&id);
             }
@@ -1104,9 +1167,42 @@ impl<M: MediaSeam> Gateway<M> {
         self.next_sweep = (!idle).then_some(now + SWEEP);
     }
 
+    /// The data-channel timeout: idle streams are closed, and a call whose media all
+    /// went idle (and is not on hold) is ended with a BYE both ways.
+    fn expire_idle_media(&mut self, config: &Config, now: Instant) {
+        let ended = self.media.expire_idle(now, config.alg.data_channel_timeout);
+        for call in ended {
+            let Some(d) = self
+                .tables
+                .dialogs
+                .values()
+                .find(|d| d.session && d.key().media_id() == call)
+                .cloned()
+            else {
+                self.media.release(&call);
+                continue;
+            };
+            tracing::info!(
+                call_id = %String::from_utf8_lossy(&d.outside_call_id),
+                "media idle for the data-channel timeout: call ended"
+            );
+            self.counters.media_timeouts += 1;
+            self.bye_both_ways(config, &d, "media timeout");
+            self.end_dialog(&d.key());
+        }
+        // Media whose dialog never came to be (a refused or failed request) is freed.
+        let known: std::collections::HashSet<Vec<u8>> = self
+            .tables
+            .dialogs
+            .values()
+            .map(|d| d.key().media_id())
+            .collect();
+        self.media.retain_calls(|call| known.contains(call));
+    }
+
     /// Ends a dialog on the gateway's own initiative: a BYE to the phone and one to the
     /// far end, each in the identity that side knows.
-    fn bye_both_ways(&mut self, config: &Config, d: &Dialog) {
+    fn bye_both_ways(&mut self, config: &Config, d: &Dialog, why: &str) {
         let (phone_local, phone_remote, far_local, far_remote) = if d.originated_inside {
             (&d.inside_from, &d.inside_to, &d.outside_to, &d.outside_from)
         } else {
@@ -1115,7 +1211,7 @@ impl<M: MediaSeam> Gateway<M> {
         let text = String::from_utf8_lossy;
         let branch = self.hider.branch(&[&d.inside_call_id, b"bye-in"]);
         let to_phone = format!(
-            "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause=408;text=\"signal timeout\"\r\nContent-Length: 0\r\n\r\n",
+            "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause=408;text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
             text(&d.phone_contact),
             d.lan_local,
             text(phone_remote),
@@ -1136,7 +1232,7 @@ impl<M: MediaSeam> Gateway<M> {
             text(&d.far_contact).into_owned()
         };
         let to_far = format!(
-            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\n{routes}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause=408;text=\"signal timeout\"\r\nContent-Length: 0\r\n\r\n",
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\n{routes}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause=408;text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
             d.wan_local,
             text(far_remote),
             text(far_local),

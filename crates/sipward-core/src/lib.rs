@@ -15,5 +15,8 @@ mod state;
 
 pub use config::{Action, AddressObject, AlgOptions, Config, Rule, Zone, ZoneId};
 pub use gateway::{Counters, Gateway, Transmit};
-pub use media::{MediaSeam, RewriteToZoneAddress};
+pub use media::{
+    CounterSnapshot, LegSpec, MediaCommand, MediaTable, Peer, Side, StreamCounters, StreamId,
+    StreamView,
+};
 pub use state::{BindingView, DialogView};

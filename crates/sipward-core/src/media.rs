@@ -1,74 +1,689 @@
-//! The seam between signalling and media.
+//! Media pinholes: the relay streams each call's SDP asks for.
 //!
-//! Whenever an SDP body crosses the gateway, the core hands it to a [`MediaSeam`], which
-//! records the edits that make the SDP point where media must go. The media relay (issue
-//! "Media pinholes") implements it by allocating relay ports; until then
-//! [`RewriteToZoneAddress`] only replaces inside addresses with the gateway's address in
-//! the zone the SDP is going to, so that no inside address leaves.
+//! For every `m=` line that crosses the gateway, [`MediaTable`] allocates a port pair
+//! (RTP on an even port, RTCP on the next) on each side the gateway faces, rewrites the
+//! SDP to point at the pair on the side it goes to, and remembers where each party
+//! receives (its SDP address, or, for a party behind another NAT, the first source that
+//! sends: latching). The forwarding itself is I/O and lives in the relay (`sipward-relay`);
+//! the table tells it what to do through [`MediaCommand`]s, drained like transmits, and
+//! reads back what it saw through the shared [`StreamCounters`].
+//!
+//! Pure like the rest of the core: time is passed in, and the idle timeout is decided
+//! here from the last activity the relay recorded.
 
-use std::net::IpAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use sipward_proto::sdp::Direction as SdpDirection;
 use sipward_proto::{Edits, Message};
 
-/// Which way an SDP body is travelling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// From an inside phone towards the outside.
-    Outbound,
-    /// From the outside towards an inside phone.
-    Inbound,
+/// Names a relayed stream for the relay.
+pub type StreamId = u64;
+
+/// A side of the gateway: index 0 faces the inside phone, 1 the outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Inside = 0,
+    Outside = 1,
 }
 
-/// Rewrites an SDP body as it crosses the gateway.
-pub trait MediaSeam {
-    /// Records edits to `msg`'s SDP body. `call_key` names the call (the outside
-    /// Call-ID); `zone_ip` is the gateway's address in the zone the message goes to;
-    /// `is_inside` says whether an address must be hidden.
-    fn rewrite_sdp(
-        &mut self,
-        msg: &Message<'_>,
-        edits: &mut Edits,
-        call_key: &[u8],
-        direction: Direction,
-        zone_ip: IpAddr,
-        is_inside: &dyn Fn(IpAddr) -> bool,
-    );
-
-    /// The call ended: release whatever was allocated for it.
-    fn release(&mut self, call_key: &[u8]);
-}
-
-/// Replaces inside addresses in `o=`, `c=` and `a=rtcp` with the gateway's zone address.
-#[derive(Debug, Default)]
-pub struct RewriteToZoneAddress;
-
-impl MediaSeam for RewriteToZoneAddress {
-    fn rewrite_sdp(
-        &mut self,
-        msg: &Message<'_>,
-        edits: &mut Edits,
-        _call_key: &[u8],
-        direction: Direction,
-        zone_ip: IpAddr,
-        is_inside: &dyn Fn(IpAddr) -> bool,
-    ) {
-        if direction == Direction::Inbound {
-            return;
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Inside => Side::Outside,
+            Side::Outside => Side::Inside,
         }
-        let Some(sdp) = msg.sdp() else { return };
-        let replacement = zone_ip.to_string();
-        for addr in sdp.addresses() {
-            let inside = std::str::from_utf8(addr)
-                .ok()
-                .and_then(|a| a.parse::<IpAddr>().ok())
-                .is_some_and(is_inside);
-            if inside {
-                // An address the parser returned is a slice of this message outside any
-                // quoted string, so the edit cannot be refused.
-                let _ = edits.replace(msg, addr, replacement.as_bytes());
+    }
+
+    /// This side's element of a per-side pair.
+    pub fn of<T>(self, pair: &[T; 2]) -> &T {
+        match self {
+            Side::Inside => &pair[0],
+            Side::Outside => &pair[1],
+        }
+    }
+
+    pub fn of_mut<T>(self, pair: &mut [T; 2]) -> &mut T {
+        match self {
+            Side::Inside => &mut pair[0],
+            Side::Outside => &mut pair[1],
+        }
+    }
+}
+
+/// When the relay may accept media from a source other than the one the SDP names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Latching {
+    /// Only from the address and port the SDP names.
+    Off,
+    /// A party whose SDP names a private address (RFC 1918, RFC 6598) outside the
+    /// gateway's own networks is behind another NAT: the first source that sends to its
+    /// relay port becomes its address, both ways. Everyone else: as `Off`.
+    #[default]
+    Nat,
+    /// Every party is latched to its first source.
+    Any,
+}
+
+/// Where one party of a stream receives, and so the only source accepted from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// `None` while unknown or on hold (`c=0.0.0.0`): nothing is sent to it.
+    pub rtp: Option<SocketAddr>,
+    pub rtcp: Option<SocketAddr>,
+    /// Take the first source that sends as this party's address.
+    pub latch: bool,
+}
+
+/// One side of a stream as the relay needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegSpec {
+    /// The gateway's RTP address on this side; RTCP is on the next port.
+    pub local_rtp: SocketAddr,
+    /// The parties on this side: packets go to the first; any of them may send (more
+    /// than one only while forked early dialogs are alive).
+    pub peers: Vec<Peer>,
+}
+
+/// What the relay must do.
+#[derive(Debug, Clone)]
+pub enum MediaCommand {
+    /// Open the stream (bind its four ports) or, when it exists, update its peers.
+    Set {
+        id: StreamId,
+        /// Indexed by [`Side`].
+        legs: [LegSpec; 2],
+        counters: Arc<StreamCounters>,
+    },
+    /// Close the stream's ports.
+    Close { id: StreamId },
+}
+
+/// Per-stream counters, written by the relay and read by the core and the operator.
+#[derive(Debug)]
+pub struct StreamCounters {
+    epoch: Instant,
+    /// Packets and bytes forwarded, indexed by the [`Side`] they came from.
+    packets: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
+    /// Packets refused: from a source that is not the party's, or with nowhere to go.
+    dropped: AtomicU64,
+    /// Nanoseconds after `epoch` of the last forwarded packet, plus one (0: never).
+    last: AtomicU64,
+}
+
+/// A copy of a stream's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterSnapshot {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub dropped: u64,
+    pub last_activity: Option<Instant>,
+}
+
+impl StreamCounters {
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            packets: Default::default(),
+            bytes: Default::default(),
+            dropped: AtomicU64::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `packets` forwarded packets totalling `bytes`, which came from `from`.
+    pub fn record(&self, from: Side, packets: u64, bytes: u64, at: Instant) {
+        if let Some(p) = Some(from.of(&self.packets)) {
+            p.fetch_add(packets, Ordering::Relaxed);
+        }
+        if let Some(b) = Some(from.of(&self.bytes)) {
+            b.fetch_add(bytes, Ordering::Relaxed);
+        }
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        let since = u64::try_from(since).unwrap_or(u64::MAX - 1);
+        self.last.fetch_max(since + 1, Ordering::Relaxed);
+    }
+
+    pub fn record_drop(&self, packets: u64) {
+        self.dropped.fetch_add(packets, Ordering::Relaxed);
+    }
+
+    pub fn last_activity(&self) -> Option<Instant> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        }
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            packets: [load(&self.packets[0]), load(&self.packets[1])],
+            bytes: [load(&self.bytes[0]), load(&self.bytes[1])],
+            dropped: load(&self.dropped),
+            last_activity: self.last_activity(),
+        }
+    }
+}
+
+/// Why media could not be set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaError {
+    /// The port pool of a side is used up.
+    PortsExhausted,
+}
+
+/// A range of port pairs on one gateway address.
+#[derive(Debug)]
+struct PortPool {
+    ip: IpAddr,
+    /// Free even ports; first in, first out, so that a port just released (whose late
+    /// packets may still be on the way) is reused last.
+    free: VecDeque<u16>,
+    size: usize,
+}
+
+impl PortPool {
+    fn new(ip: IpAddr, low: u16, high: u16) -> Self {
+        let first = low.saturating_add(low % 2);
+        let free: VecDeque<u16> = (first..high).step_by(2).collect();
+        Self {
+            ip,
+            size: free.len(),
+            free,
+        }
+    }
+}
+
+/// A stream's state in the table.
+#[derive(Debug)]
+struct Stream {
+    id: StreamId,
+    counters: Arc<StreamCounters>,
+    /// The gateway's RTP address on each side.
+    local: [SocketAddr; 2],
+    /// Parties on each side by the tag of the dialog end that wrote their SDP, the
+    /// current one first.
+    peers: [Vec<(Vec<u8>, Peer)>; 2],
+    /// The side's last SDP put the stream on hold (not sendrecv, or `c=0.0.0.0`).
+    held: [bool; 2],
+    /// Since when the stream counts as set up (for the idle timeout).
+    since: Instant,
+}
+
+/// The media of one dialog, by `m=` line.
+#[derive(Debug, Default)]
+struct CallMedia {
+    streams: Vec<Option<Stream>>,
+    answered: Option<Instant>,
+}
+
+/// A read-only view of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamView {
+    pub id: StreamId,
+    /// The `m=` line it belongs to.
+    pub index: usize,
+    pub local: [SocketAddr; 2],
+    /// The current party on each side.
+    pub peers: [Option<Peer>; 2],
+    pub held: bool,
+    pub counters: CounterSnapshot,
+}
+
+/// How an SDP body crosses the gateway.
+#[derive(Clone, Copy)]
+pub struct SdpPassage<'r> {
+    /// Names the dialog (the same for all its messages).
+    pub call: &'r [u8],
+    /// The side the SDP comes from.
+    pub from: Side,
+    /// The tag of the dialog end that wrote the SDP (From of a request, To of a
+    /// response); several answers with different tags are forks.
+    pub tag: &'r [u8],
+    /// The gateway's address on each side (indexed by [`Side`]).
+    pub gateway_ip: [IpAddr; 2],
+    /// Whether an address is inside (must not leave).
+    pub is_inside: &'r dyn Fn(IpAddr) -> bool,
+}
+
+/// The media state of every call.
+#[derive(Debug)]
+pub struct MediaTable {
+    pools: Vec<PortPool>,
+    latching: Latching,
+    /// Networks of the gateway's zones: a private address in them is not behind another NAT.
+    own_networks: Vec<ipnet::IpNet>,
+    calls: HashMap<Vec<u8>, CallMedia>,
+    next_id: StreamId,
+    commands: VecDeque<MediaCommand>,
+    refused: u64,
+}
+
+impl MediaTable {
+    /// `pools`: per gateway address, the inclusive port range to relay on. An address
+    /// without a pool does not relay: SDP crossing it only has inside addresses hidden.
+    pub fn new(
+        pools: &[(IpAddr, u16, u16)],
+        latching: Latching,
+        own_networks: Vec<ipnet::IpNet>,
+    ) -> Self {
+        Self {
+            pools: pools
+                .iter()
+                .map(|&(ip, low, high)| PortPool::new(ip, low, high))
+                .collect(),
+            latching,
+            own_networks,
+            calls: HashMap::new(),
+            next_id: 1,
+            commands: VecDeque::new(),
+            refused: 0,
+        }
+    }
+
+    /// The next instruction for the relay.
+    pub fn poll_command(&mut self) -> Option<MediaCommand> {
+        self.commands.pop_front()
+    }
+
+    /// Calls refused for want of ports.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Port pairs in use and available, per gateway address.
+    pub fn pool_usage(&self) -> Vec<(IpAddr, usize, usize)> {
+        self.pools
+            .iter()
+            .map(|p| (p.ip, p.size - p.free.len(), p.size))
+            .collect()
+    }
+
+    /// Streams open, across all calls.
+    pub fn stream_count(&self) -> usize {
+        self.calls
+            .values()
+            .map(|c| c.streams.iter().flatten().count())
+            .sum()
+    }
+
+    /// The streams of a call.
+    pub fn streams(&self, call: &[u8]) -> Vec<StreamView> {
+        let Some(c) = self.calls.get(call) else {
+            return Vec::new();
+        };
+        c.streams
+            .iter()
+            .enumerate()
+            .filter_map(|(index, s)| s.as_ref().map(|s| (index, s)))
+            .map(|(index, s)| StreamView {
+                id: s.id,
+                index,
+                local: s.local,
+                peers: [
+                    s.peers[0].first().map(|p| p.1),
+                    s.peers[1].first().map(|p| p.1),
+                ],
+                held: s.held.iter().any(|&h| h),
+                counters: s.counters.snapshot(),
+            })
+            .collect()
+    }
+
+    fn pool_index(&self, ip: IpAddr) -> Option<usize> {
+        self.pools.iter().position(|p| p.ip == ip)
+    }
+
+    /// Records the edits that make `msg`'s SDP point at the relay on the side it goes
+    /// to, and the SDP's author as the party on the side it comes from. Nothing is
+    /// recorded when ports run out.
+    pub fn rewrite_sdp(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        edits: &mut Edits,
+        passage: SdpPassage<'_>,
+    ) -> Result<(), MediaError> {
+        let Some(sdp) = msg.sdp() else { return Ok(()) };
+        let from = passage.from;
+        let to = from.other();
+        let pool_in = self.pool_index(*Side::Inside.of(&passage.gateway_ip));
+        let pool_out = self.pool_index(*Side::Outside.of(&passage.gateway_ip));
+        let (Some(pool_in), Some(pool_out)) = (pool_in, pool_out) else {
+            hide_addresses(msg, edits, sdp, from, passage);
+            return Ok(());
+        };
+
+        // Allocate first, so that a refusal leaves no half-made edits.
+        let mut fresh: Vec<(usize, Stream)> = Vec::new();
+        {
+            for (index, m) in sdp.media.iter().enumerate() {
+                let exists = self
+                    .calls
+                    .get(passage.call)
+                    .and_then(|c| c.streams.get(index))
+                    .is_some_and(Option::is_some);
+                if m.is_declined() || exists {
+                    continue;
+                }
+                match self.allocate(pool_in, pool_out, now) {
+                    Some(s) => fresh.push((index, s)),
+                    None => {
+                        for (_, s) in fresh {
+                            self.free(&s);
+                        }
+                        tracing::warn!(
+                            call = %String::from_utf8_lossy(passage.call),
+                            "media port pool exhausted: call refused"
+                        );
+                        self.refused += 1;
+                        return Err(MediaError::PortsExhausted);
+                    }
+                }
+            }
+        }
+        let latching = self.latching;
+        let own = self.own_networks.clone();
+        let call = self.calls.entry(passage.call.to_vec()).or_default();
+        for (index, s) in fresh {
+            if call.streams.len() <= index {
+                call.streams.resize_with(index + 1, || None);
+            }
+            if let Some(slot) = call.streams.get_mut(index) {
+                *slot = Some(s);
+            }
+        }
+
+        let session_ip = sdp.connection.and_then(|c| c.ip);
+        let mut released = Vec::new();
+        let mut changed = Vec::new();
+        for (index, m) in sdp.media.iter().enumerate() {
+            let Some(slot) = call.streams.get_mut(index) else {
+                continue;
+            };
+            if m.is_declined() {
+                // A declined or removed stream: its ports go back to the pool.
+                if let Some(s) = slot.take() {
+                    released.push(s);
+                }
+                continue;
+            }
+            let Some(stream) = slot.as_mut() else {
+                continue;
+            };
+            let ip = m.connection.and_then(|c| c.ip).or(session_ip);
+            let on_hold_address = ip.is_some_and(|ip| ip.is_unspecified());
+            let rtp = ip
+                .filter(|ip| !ip.is_unspecified())
+                .map(|ip| SocketAddr::new(ip, m.port));
+            let rtcp = match m.rtcp {
+                Some(r) => {
+                    r.ip.or(ip)
+                        .filter(|ip| !ip.is_unspecified())
+                        .map(|ip| SocketAddr::new(ip, r.port))
+                }
+                None => rtp.map(|a| SocketAddr::new(a.ip(), a.port().saturating_add(1))),
+            };
+            let latch = match latching {
+                Latching::Off => false,
+                Latching::Any => true,
+                Latching::Nat => {
+                    ip.is_some_and(|ip| is_private(ip) && !own.iter().any(|n| n.contains(&ip)))
+                }
+            };
+            let peer = Peer { rtp, rtcp, latch };
+            let parties = from.of_mut(&mut stream.peers);
+            parties.retain(|(tag, _)| tag.as_slice() != passage.tag);
+            parties.insert(0, (passage.tag.to_vec(), peer));
+            parties.truncate(MAX_FORKS);
+            *from.of_mut(&mut stream.held) =
+                on_hold_address || m.effective_direction(sdp.direction) != SdpDirection::SendRecv;
+            changed.push(index);
+
+            // The SDP now names the relay on the side it goes to.
+            let local = *to.of(&stream.local);
+            let _ = edits.replace(msg, m.port_token, local.port().to_string().as_bytes());
+            if let Some(c) = m.connection {
+                if !c.ip.is_some_and(|ip| ip.is_unspecified()) {
+                    let _ = edits.replace(msg, c.address, local.ip().to_string().as_bytes());
+                }
+            }
+            if let Some(r) = m.rtcp {
+                let port = local.port().saturating_add(1).to_string();
+                let _ = edits.replace(msg, r.port_token, port.as_bytes());
+                if let Some(a) = r.address {
+                    let _ = edits.replace(msg, a, local.ip().to_string().as_bytes());
+                }
+            }
+        }
+        let to_ip = *to.of(&passage.gateway_ip);
+        if let Some(c) = sdp.connection {
+            if !c.ip.is_some_and(|ip| ip.is_unspecified()) {
+                let _ = edits.replace(msg, c.address, to_ip.to_string().as_bytes());
+            }
+        }
+        hide_origin(msg, edits, sdp, to_ip, passage);
+
+        for index in changed {
+            if let Some(Some(s)) = call.streams.get(index) {
+                self.commands.push_back(set_command(s));
+            }
+        }
+        for s in released {
+            self.close(&s);
+        }
+        Ok(())
+    }
+
+    /// A 2xx answered the call: the answer's author (`tag`, on `answerer`'s side) is the
+    /// party from now on, and other forks' parties are dropped.
+    pub fn answered(&mut self, call: &[u8], answerer: Side, tag: &[u8], now: Instant) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        if c.answered.is_none() {
+            c.answered = Some(now);
+            for s in c.streams.iter_mut().flatten() {
+                s.since = now;
+            }
+        }
+        for s in c.streams.iter_mut().flatten() {
+            let parties = answerer.of_mut(&mut s.peers);
+            if parties.iter().any(|(t, _)| t.as_slice() == tag) && parties.len() > 1 {
+                parties.retain(|(t, _)| t.as_slice() == tag);
+                self.commands.push_back(set_command(s));
             }
         }
     }
 
-    fn release(&mut self, _call_key: &[u8]) {}
+    /// The call ended: close its streams and return their ports.
+    pub fn release(&mut self, call: &[u8]) {
+        if let Some(c) = self.calls.remove(call) {
+            for s in c.streams.into_iter().flatten() {
+                self.close(&s);
+            }
+        }
+    }
+
+    /// Applies the data-channel timeout at `now`: a stream of an answered call with no
+    /// packet either way for `timeout` is closed; returned are the calls none of whose
+    /// streams is left, and that are not on hold (a held call may be silent until the
+    /// signal timeout). The caller ends them.
+    pub fn expire_idle(&mut self, now: Instant, timeout: Duration) -> Vec<Vec<u8>> {
+        let mut ended = Vec::new();
+        let mut closed = Vec::new();
+        for (key, call) in &mut self.calls {
+            if call.answered.is_none() {
+                continue;
+            }
+            let held = call
+                .streams
+                .iter()
+                .flatten()
+                .any(|s| s.held.iter().any(|&h| h));
+            if held {
+                continue;
+            }
+            let mut any_alive = false;
+            let mut any_closed = false;
+            for slot in &mut call.streams {
+                let Some(s) = slot else { continue };
+                let last = s
+                    .counters
+                    .last_activity()
+                    .map_or(s.since, |l| l.max(s.since));
+                if now.saturating_duration_since(last) >= timeout {
+                    if let Some(s) = slot.take() {
+                        closed.push(s);
+                    }
+                    any_closed = true;
+                } else {
+                    any_alive = true;
+                }
+            }
+            if any_closed && !any_alive {
+                ended.push(key.clone());
+            }
+        }
+        for s in closed {
+            self.close(&s);
+        }
+        ended
+    }
+
+    /// Forgets (and closes) the media of calls `keep` says no longer exist.
+    pub fn retain_calls(&mut self, keep: impl Fn(&[u8]) -> bool) {
+        let gone: Vec<Vec<u8>> = self.calls.keys().filter(|k| !keep(k)).cloned().collect();
+        for call in gone {
+            self.release(&call);
+        }
+    }
+
+    /// The SDP goes on unrelayed (ports ran out on a response, which cannot be
+    /// refused); inside addresses are still hidden.
+    pub fn hide_only(&self, msg: &Message<'_>, edits: &mut Edits, passage: SdpPassage<'_>) {
+        if let Some(sdp) = msg.sdp() {
+            hide_addresses(msg, edits, sdp, passage.from, passage);
+        }
+    }
+
+    fn allocate(&mut self, pool_in: usize, pool_out: usize, now: Instant) -> Option<Stream> {
+        let inside = self.pools.get_mut(pool_in)?;
+        let port_in = inside.free.pop_front()?;
+        let ip_in = inside.ip;
+        let Some(outside) = self.pools.get_mut(pool_out) else {
+            self.give_back(pool_in, port_in);
+            return None;
+        };
+        let Some(port_out) = outside.free.pop_front() else {
+            self.give_back(pool_in, port_in);
+            return None;
+        };
+        let ip_out = outside.ip;
+        let id = self.next_id;
+        self.next_id += 1;
+        Some(Stream {
+            id,
+            counters: Arc::new(StreamCounters::new(now)),
+            local: [
+                SocketAddr::new(ip_in, port_in),
+                SocketAddr::new(ip_out, port_out),
+            ],
+            peers: [Vec::new(), Vec::new()],
+            held: [false, false],
+            since: now,
+        })
+    }
+
+    fn give_back(&mut self, pool: usize, port: u16) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            p.free.push_back(port);
+        }
+    }
+
+    fn free(&mut self, s: &Stream) {
+        for local in s.local {
+            if let Some(i) = self.pool_index(local.ip()) {
+                self.give_back(i, local.port());
+            }
+        }
+    }
+
+    fn close(&mut self, s: &Stream) {
+        self.commands.push_back(MediaCommand::Close { id: s.id });
+        self.free(s);
+    }
+}
+
+/// Forked early dialogs remembered per stream side.
+const MAX_FORKS: usize = 8;
+
+fn set_command(s: &Stream) -> MediaCommand {
+    let leg = |side: Side| LegSpec {
+        local_rtp: *side.of(&s.local),
+        peers: side.of(&s.peers).iter().map(|p| p.1).collect(),
+    };
+    MediaCommand::Set {
+        id: s.id,
+        legs: [leg(Side::Inside), leg(Side::Outside)],
+        counters: s.counters.clone(),
+    }
+}
+
+/// RFC 1918 and RFC 6598 (carrier-grade NAT) addresses; IPv6 unique-local.
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private() || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Without a relay: inside addresses leaving the gateway become its address on the
+/// side the SDP goes to.
+fn hide_addresses(
+    msg: &Message<'_>,
+    edits: &mut Edits,
+    sdp: &sipward_proto::sdp::Sdp<'_>,
+    from: Side,
+    passage: SdpPassage<'_>,
+) {
+    if from != Side::Inside {
+        return;
+    }
+    let replacement = Side::Outside.of(&passage.gateway_ip).to_string();
+    for addr in sdp.addresses() {
+        let inside = std::str::from_utf8(addr)
+            .ok()
+            .and_then(|a| a.parse::<IpAddr>().ok())
+            .is_some_and(passage.is_inside);
+        if inside {
+            // An address the parser returned is a slice of this message outside any
+            // quoted string, so the edit cannot be refused.
+            let _ = edits.replace(msg, addr, replacement.as_bytes());
+        }
+    }
+}
+
+/// `o=` names the author's host: an inside one is replaced.
+fn hide_origin(
+    msg: &Message<'_>,
+    edits: &mut Edits,
+    sdp: &sipward_proto::sdp::Sdp<'_>,
+    to_ip: IpAddr,
+    passage: SdpPassage<'_>,
+) {
+    let inside = std::str::from_utf8(sdp.origin.address)
+        .ok()
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .is_some_and(passage.is_inside);
+    if inside && !(passage.is_inside)(to_ip) {
+        let _ = edits.replace(msg, sdp.origin.address, to_ip.to_string().as_bytes());
+    }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
+use sipward_core::config::Latching;
 use sipward_core::{Action, AddressObject, AlgOptions, Rule, Zone};
 use sipward_proto::Limits;
 use toml::Spanned;
@@ -75,6 +76,10 @@ struct InterfaceSection {
     /// Inside (protected) interface: its addresses never leave the gateway.
     #[serde(default)]
     inside: bool,
+    /// UDP ports media is relayed on at this address, `"low-high"`; default
+    /// 30000-39999.
+    #[serde(default)]
+    media_ports: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +104,8 @@ struct AlgSection {
     signal_timeout: Option<u64>,
     data_channel_timeout: Option<u64>,
     allow_media_bypass: Option<bool>,
+    /// "off", "nat" or "any".
+    media_latching: Option<Spanned<String>>,
     max_registrations: Option<usize>,
     max_dialogs: Option<usize>,
     max_transactions: Option<usize>,
@@ -263,11 +270,22 @@ impl Config {
                     self.at(origin, &i.name)
                 );
             }
+            let media_ports = match &i.media_ports {
+                None => DEFAULT_MEDIA_PORTS,
+                Some(r) => parse_port_range(r.get_ref()).map_err(|e| {
+                    anyhow!(
+                        "{}: interface {name:?}: media_ports {:?}: {e}",
+                        self.at(origin, r),
+                        r.get_ref()
+                    )
+                })?,
+            };
             zones.push(Zone {
                 name: name.clone(),
                 address: SocketAddr::new(i.address, 0),
                 networks,
                 inside: i.inside,
+                media_ports: Some(media_ports),
             });
         }
         if !zones.iter().any(|z| z.inside) || zones.iter().all(|z| z.inside) {
@@ -311,6 +329,18 @@ impl Config {
             .next()
             .ok_or_else(|| anyhow!("{origin}: no ALG"))?;
         let d = AlgOptions::default();
+        let media_latching = match &alg.media_latching {
+            None => d.media_latching,
+            Some(v) => match v.get_ref().as_str() {
+                "off" => Latching::Off,
+                "nat" => Latching::Nat,
+                "any" => Latching::Any,
+                other => bail!(
+                    "{}: alg {alg_name:?}: media_latching {other:?}: expected \"off\", \"nat\" or \"any\"",
+                    self.at(origin, v)
+                ),
+            },
+        };
         let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
         let alg_options = AlgOptions {
             max_sessions_per_id: alg.max_sessions_per_id.unwrap_or(d.max_sessions_per_id),
@@ -322,6 +352,7 @@ impl Config {
             signal_timeout: secs(alg.signal_timeout, d.signal_timeout),
             data_channel_timeout: secs(alg.data_channel_timeout, d.data_channel_timeout),
             allow_media_bypass: alg.allow_media_bypass.unwrap_or(d.allow_media_bypass),
+            media_latching,
             limits: alg.limits(),
             max_registrations: alg.max_registrations.unwrap_or(d.max_registrations),
             max_dialogs: alg.max_dialogs.unwrap_or(d.max_dialogs),
@@ -489,6 +520,29 @@ fn random_secret() -> [u8; 16] {
         chunk.copy_from_slice(&h.finish().to_le_bytes());
     }
     out
+}
+
+/// Media relay ports of an interface that names none.
+const DEFAULT_MEDIA_PORTS: (u16, u16) = (30000, 39999);
+
+/// `"low-high"`: an inclusive range holding at least one even/odd port pair.
+fn parse_port_range(text: &str) -> Result<(u16, u16)> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| anyhow!("expected \"low-high\", such as \"30000-39999\""))?;
+    let port = |p: &str| -> Result<u16> {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| anyhow!("{p:?} is not a port number (1-65535)"))
+    };
+    let (low, high) = (port(low)?, port(high)?);
+    if low < 1024 {
+        bail!("the range must start at 1024 or above");
+    }
+    if high < low.saturating_add(low % 2).saturating_add(1) {
+        bail!("the range must hold at least one even port and the odd one after it");
+    }
+    Ok((low, high))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The tokio UDP driver around the pure core: one socket per interface, one task that
-//! owns the [`Gateway`], the clock read here and nowhere else.
+//! owns the [`Gateway`], the clock read here and nowhere else. Media commands the core
+//! emits go to the relay thread ([`RelayHandle`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use sipward_core::{Config, Gateway};
+use sipward_relay::RelayHandle;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -66,6 +68,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     drop(tx);
 
     let mut gateway = Gateway::new(config);
+    let relay = RelayHandle::spawn().context("cannot start the media relay")?;
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
     loop {
@@ -87,6 +90,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 break;
             }
         }
+        relay.apply(std::iter::from_fn(|| gateway.poll_media()));
         while let Some(t) = gateway.poll_transmit() {
             if let Some((_, socket)) = sockets.iter().find(|(a, _)| *a == t.local) {
                 if let Err(e) = socket.send_to(&t.payload, t.remote).await {

@@ -1,0 +1,419 @@
+//! The media relay: forwards RTP and RTCP between the port pairs the core opens.
+//!
+//! One thread (one "relay core") owns every media socket and waits on them with epoll
+//! (mio). A readable socket is drained in batches: `recvmmsg` (and UDP GRO where the
+//! kernel coalesces) through `quinn-udp`, each batch checked against the leg's party and
+//! sent on from the other leg's socket, as one GSO send where the batch allows. Buffers
+//! are allocated once; nothing is allocated per packet.
+//!
+//! The core decides (`sipward_core::MediaCommand`); the relay only obeys: `Set` opens a
+//! stream's four sockets or updates its parties, `Close` drops them (the ports close). It
+//! writes what it saw into the stream's shared `StreamCounters`, which the core reads
+//! for the data-channel timeout.
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
+use sipward_core::{LegSpec, MediaCommand, Peer, Side, StreamCounters, StreamId};
+use slab::Slab;
+
+/// Receive buffer per batch slot: large enough for a GRO-coalesced train of datagrams.
+const BUFFER: usize = 65_536;
+const WAKER: Token = Token(usize::MAX);
+
+enum Message {
+    Command(MediaCommand),
+    Quit,
+}
+
+/// The handle the driver keeps: commands go in, the thread does the rest.
+pub struct RelayHandle {
+    sender: mpsc::Sender<Message>,
+    waker: Arc<Waker>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// Starts the relay thread.
+    pub fn spawn() -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (sender, receiver) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("sipward-relay".into())
+            .spawn(move || Relay::new(poll, receiver).run())?;
+        Ok(Self {
+            sender,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues commands for the relay and wakes it once.
+    pub fn apply(&self, commands: impl IntoIterator<Item = MediaCommand>) {
+        let mut any = false;
+        for c in commands {
+            any = true;
+            if self.sender.send(Message::Command(c)).is_err() {
+                tracing::error!("media relay thread is gone");
+                return;
+            }
+        }
+        if any {
+            if let Err(e) = self.waker.wake() {
+                tracing::error!("cannot wake the media relay: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        let _ = self.sender.send(Message::Quit);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Which of a leg's two ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Rtp = 0,
+    Rtcp = 1,
+}
+
+struct Slot {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    stream: usize,
+    side: Side,
+    channel: Channel,
+}
+
+/// A leg's parties as the relay tracks them, latched addresses included.
+#[derive(Default)]
+struct Leg {
+    peers: Vec<Peer>,
+    /// The source a latching party was first seen sending from, per channel.
+    latched: [Option<SocketAddr>; 2],
+}
+
+impl Leg {
+    fn accepts(&mut self, channel: Channel, source: SocketAddr) -> bool {
+        if channel_of(&self.latched, channel) == Some(source) {
+            return true;
+        }
+        let named = self
+            .peers
+            .iter()
+            .any(|p| address(p, channel) == Some(source));
+        if named {
+            return true;
+        }
+        let latching = self.peers.first().is_some_and(|p| p.latch);
+        if latching {
+            let slot = match channel {
+                Channel::Rtp => &mut self.latched[0],
+                Channel::Rtcp => &mut self.latched[1],
+            };
+            if slot.is_none() {
+                *slot = Some(source);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Where packets for this leg's party go on `channel`.
+    fn destination(&self, channel: Channel) -> Option<SocketAddr> {
+        let peer = self.peers.first()?;
+        if peer.latch {
+            channel_of(&self.latched, channel)
+        } else {
+            address(peer, channel)
+        }
+    }
+}
+
+/// A stream's two legs: the one a packet came in on, and the other.
+fn legs_mut(legs: &mut [Leg; 2], from: Side) -> (&mut Leg, &Leg) {
+    let [inside, outside] = legs;
+    match from {
+        Side::Inside => (inside, outside),
+        Side::Outside => (outside, inside),
+    }
+}
+
+fn channel_of<T: Copy>(pair: &[T; 2], channel: Channel) -> T {
+    match channel {
+        Channel::Rtp => pair[0],
+        Channel::Rtcp => pair[1],
+    }
+}
+
+fn address(p: &Peer, channel: Channel) -> Option<SocketAddr> {
+    match channel {
+        Channel::Rtp => p.rtp,
+        Channel::Rtcp => p.rtcp,
+    }
+}
+
+struct Stream {
+    /// Socket slots, `[side][channel]`.
+    slots: [[Option<usize>; 2]; 2],
+    legs: [Leg; 2],
+    counters: Arc<StreamCounters>,
+}
+
+struct Relay {
+    poll: Poll,
+    receiver: mpsc::Receiver<Message>,
+    slots: Slab<Slot>,
+    streams: Slab<Stream>,
+    by_id: HashMap<StreamId, usize>,
+    /// `BATCH_SIZE` receive buffers of `BUFFER` bytes, end to end.
+    buffers: Vec<u8>,
+}
+
+impl Relay {
+    fn new(poll: Poll, receiver: mpsc::Receiver<Message>) -> Self {
+        Self {
+            poll,
+            receiver,
+            slots: Slab::new(),
+            streams: Slab::new(),
+            by_id: HashMap::new(),
+            buffers: vec![0u8; BATCH_SIZE * BUFFER],
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!("media relay poll failed: {e}");
+                return;
+            }
+            for event in &events {
+                if event.token() == WAKER {
+                    if !self.take_commands() {
+                        return;
+                    }
+                } else {
+                    self.drain(event.token().0);
+                }
+            }
+        }
+    }
+
+    /// Applies queued commands; false when told to quit.
+    fn take_commands(&mut self) -> bool {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(Message::Command(MediaCommand::Set { id, legs, counters })) => {
+                    self.set(id, legs, counters);
+                }
+                Ok(Message::Command(MediaCommand::Close { id })) => self.close(id),
+                Ok(Message::Quit) | Err(mpsc::TryRecvError::Disconnected) => return false,
+                Err(mpsc::TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn set(&mut self, id: StreamId, legs: [LegSpec; 2], counters: Arc<StreamCounters>) {
+        if let Some(&key) = self.by_id.get(&id) {
+            if let Some(stream) = self.streams.get_mut(key) {
+                for (leg, spec) in stream.legs.iter_mut().zip(legs) {
+                    if leg.peers != spec.peers {
+                        // A new party (re-INVITE to another address, a fork answering):
+                        // a latching one is latched afresh.
+                        leg.peers = spec.peers;
+                        leg.latched = [None, None];
+                    }
+                }
+            }
+            return;
+        }
+        let key = self.streams.insert(Stream {
+            slots: [[None; 2]; 2],
+            legs: Default::default(),
+            counters,
+        });
+        self.by_id.insert(id, key);
+        let mut slots = [[None; 2]; 2];
+        for (side, spec) in [Side::Inside, Side::Outside].into_iter().zip(&legs) {
+            for channel in [Channel::Rtp, Channel::Rtcp] {
+                let port = spec.local_rtp.port().saturating_add(channel as u16);
+                let local = SocketAddr::new(spec.local_rtp.ip(), port);
+                match self.open(local, key, side, channel) {
+                    Ok(slot) => {
+                        let side_slots = side.of_mut(&mut slots);
+                        match channel {
+                            Channel::Rtp => side_slots[0] = Some(slot),
+                            Channel::Rtcp => side_slots[1] = Some(slot),
+                        }
+                    }
+                    Err(e) => tracing::error!(%local, stream = id, "cannot open media port: {e}"),
+                }
+            }
+        }
+        if let Some(stream) = self.streams.get_mut(key) {
+            stream.slots = slots;
+            for (leg, spec) in stream.legs.iter_mut().zip(legs) {
+                leg.peers = spec.peers;
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        local: SocketAddr,
+        stream: usize,
+        side: Side,
+        channel: Channel,
+    ) -> io::Result<usize> {
+        let std_socket = std::net::UdpSocket::bind(local)?;
+        std_socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
+        let mut socket = UdpSocket::from_std(std_socket);
+        let entry = self.slots.vacant_entry();
+        let key = entry.key();
+        self.poll
+            .registry()
+            .register(&mut socket, Token(key), Interest::READABLE)?;
+        entry.insert(Slot {
+            socket,
+            state,
+            stream,
+            side,
+            channel,
+        });
+        Ok(key)
+    }
+
+    fn close(&mut self, id: StreamId) {
+        let Some(key) = self.by_id.remove(&id) else {
+            return;
+        };
+        let Some(stream) = self.streams.try_remove(key) else {
+            return;
+        };
+        for slot in stream.slots.iter().flatten().flatten() {
+            if let Some(mut s) = self.slots.try_remove(*slot) {
+                let _ = self.poll.registry().deregister(&mut s.socket);
+            }
+        }
+    }
+
+    /// Reads a readable socket until it would block, forwarding what is acceptable.
+    fn drain(&mut self, key: usize) {
+        let mut meta = [RecvMeta::default(); BATCH_SIZE];
+        loop {
+            let Some(slot) = self.slots.get(key) else {
+                return;
+            };
+            let mut chunks = self.buffers.chunks_mut(BUFFER);
+            let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            let received = slot
+                .state
+                .recv(UdpSockRef::from(&slot.socket), &mut bufs, &mut meta);
+            let count = match received {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors from an earlier send (port unreachable) surface here;
+                    // they do not stop the socket.
+                    tracing::debug!("media receive: {e}");
+                    continue;
+                }
+            };
+            self.forward(key, &meta, count);
+        }
+    }
+
+    fn forward(&mut self, key: usize, meta: &[RecvMeta], count: usize) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let (side, channel, stream_key) = (slot.side, slot.channel, slot.stream);
+        let Some(stream) = self.streams.get_mut(stream_key) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut packets = 0u64;
+        let mut bytes = 0u64;
+        let mut dropped = 0u64;
+        let out_slot = channel_of(side.other().of(&stream.slots), channel);
+        let (from_leg, to_leg) = legs_mut(&mut stream.legs, side);
+        for (m, buf) in meta.iter().zip(self.buffers.chunks(BUFFER)).take(count) {
+            let stride = m.stride.max(1);
+            let segments = m.len.div_ceil(stride) as u64;
+            let accepted = from_leg.accepts(channel, m.addr);
+            let target = to_leg.destination(channel);
+            let (Some(target), Some(out), true) = (target, out_slot, accepted) else {
+                dropped += segments;
+                continue;
+            };
+            let Some(out) = self.slots.get(out) else {
+                dropped += segments;
+                continue;
+            };
+            let Some(contents) = buf.get(..m.len) else {
+                dropped += segments;
+                continue;
+            };
+            let sent = if segments == 1 || out.state.max_gso_segments() > 1 {
+                let transmit = Transmit {
+                    destination: target,
+                    ecn: m.ecn,
+                    contents,
+                    segment_size: (segments > 1).then_some(stride),
+                    src_ip: None,
+                };
+                out.state
+                    .send(UdpSockRef::from(&out.socket), &transmit)
+                    .is_ok()
+            } else {
+                contents.chunks(stride).all(|datagram| {
+                    let transmit = Transmit {
+                        destination: target,
+                        ecn: m.ecn,
+                        contents: datagram,
+                        segment_size: None,
+                        src_ip: None,
+                    };
+                    out.state
+                        .send(UdpSockRef::from(&out.socket), &transmit)
+                        .is_ok()
+                })
+            };
+            if sent {
+                packets += segments;
+                bytes += m.len as u64;
+            } else {
+                dropped += segments;
+            }
+        }
+        if packets > 0 {
+            stream.counters.record(side, packets, bytes, now);
+        }
+        if dropped > 0 {
+            stream.counters.record_drop(dropped);
+        }
+    }
+}
