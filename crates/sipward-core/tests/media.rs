@@ -1,0 +1,343 @@
+//! Media pinholes in the core, on virtual time: what the SDP says after the gateway, what
+//! the relay is told to open, update and close, port exhaustion, forks, hold and the
+//! data-channel timeout.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use sipward_core::{AlgOptions, MediaCommand, Peer};
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// The Set commands among `cmds`, as (stream id, inside peers, outside peers).
+fn sets(cmds: &[MediaCommand]) -> Vec<(u64, Vec<Peer>, Vec<Peer>)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            MediaCommand::Set { id, legs, .. } => {
+                Some((*id, legs[0].peers.clone(), legs[1].peers.clone()))
+            }
+            MediaCommand::Close { .. } => None,
+        })
+        .collect()
+}
+
+fn closes(cmds: &[MediaCommand]) -> Vec<u64> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            MediaCommand::Close { id } => Some(*id),
+            MediaCommand::Set { .. } => None,
+        })
+        .collect()
+}
+
+fn peer(rtp: &str, rtcp: &str) -> Peer {
+    Peer {
+        rtp: Some(sock(rtp)),
+        rtcp: Some(sock(rtcp)),
+        latch: false,
+    }
+}
+
+fn phone_request(method: &str, cseq: u32, call: &str, to_tag: &str, body: &str) -> String {
+    format!(
+        "{method} sip:bob@203.0.113.50 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bK{method}{cseq}\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-{call}\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag={to_tag}\r\nCall-ID: {call}@10.0.0.20\r\nCSeq: {cseq} {method}\r\nContact: <sip:alice@10.0.0.20:5062>\r\n{}Content-Length: {}\r\n\r\n{body}",
+        if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+        body.len()
+    )
+}
+
+/// An answered outbound call: the far end at 203.0.113.50:7000. Returns the forwarded
+/// INVITE and the stream id.
+fn answered_call(net: &mut Net, call: &str) -> (String, u64) {
+    let fwd = text(&net.phone_sends(&invite(call, &format!("z9hG4bK{call}"))));
+    let ok = response_with_sdp(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("203.0.113.50", 7000, ""),
+    );
+    net.proxy_sends(&ok);
+    let ack = phone_request("ACK", 1, call, "b1", "");
+    net.phone_sends(&ack);
+    let cmds = net.media_commands();
+    let id = sets(&cmds).last().unwrap().0;
+    (fwd, id)
+}
+
+#[test]
+fn offer_and_answer_point_each_side_at_the_relay() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let fwd = text(&net.phone_sends(&invite("m1", "z9hG4bKm1")));
+    // The offer leaves with the relay's outside pair and no inside address.
+    assert!(fwd.contains("c=IN IP4 203.0.113.1\r\n"), "{fwd}");
+    assert!(fwd.contains("m=audio 31000 RTP/AVP 0\r\n"), "{fwd}");
+    assert!(fwd.contains("o=alice 1 1 IN IP4 203.0.113.1\r\n"), "{fwd}");
+    let cmds = net.media_commands();
+    let s = sets(&cmds);
+    assert_eq!(s.len(), 1, "{cmds:?}");
+    assert_eq!(s[0].1, vec![peer("10.0.0.20:40000", "10.0.0.20:40001")]);
+    assert!(
+        s[0].2.is_empty(),
+        "the far end is not known before the answer"
+    );
+    match &cmds[0] {
+        MediaCommand::Set { legs, .. } => {
+            assert_eq!(legs[0].local_rtp, sock("10.0.0.1:30000"));
+            assert_eq!(legs[1].local_rtp, sock("203.0.113.1:31000"));
+        }
+        MediaCommand::Close { .. } => unreachable!(),
+    }
+
+    // The answer reaches the phone pointing at the relay's inside pair.
+    let ok = response_with_sdp(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("203.0.113.50", 7000, "a=rtcp:7005\r\n"),
+    );
+    let back = text(&net.proxy_sends(&ok));
+    assert!(back.contains("c=IN IP4 10.0.0.1\r\n"), "{back}");
+    assert!(back.contains("m=audio 30000 RTP/AVP 0\r\n"), "{back}");
+    assert!(back.contains("a=rtcp:30001\r\n"), "{back}");
+    let s = sets(&net.media_commands());
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].2, vec![peer("203.0.113.50:7000", "203.0.113.50:7005")]);
+    assert_eq!(net.gw.media().stream_count(), 1);
+
+    // BYE closes the stream and gives its ports back.
+    let bye = text(&net.phone_sends(&phone_request("BYE", 2, "m1", "b1", "")));
+    net.proxy_sends(&response_to(&bye, "200 OK", "b1", ""));
+    let cmds = net.media_commands();
+    assert_eq!(closes(&cmds), vec![s[0].0]);
+    assert_eq!(net.gw.media().stream_count(), 0);
+    assert!(net
+        .gw
+        .media()
+        .pool_usage()
+        .iter()
+        .all(|&(_, used, _)| used == 0));
+}
+
+#[test]
+fn exhausted_port_pool_refuses_the_call_with_503() {
+    let mut net = Net::with_media(AlgOptions::default(), 1);
+    answered_call(&mut net, "p1");
+    let refused = net.phone_sends(&invite("p2", "z9hG4bKp2"));
+    assert_eq!(refused.remote, addr(PHONE));
+    let refused = text(&refused);
+    assert!(refused.starts_with("SIP/2.0 503 "), "{refused}");
+    assert!(refused.contains("no media ports"), "{refused}");
+    assert_eq!(net.gw.media().refused(), 1);
+    assert!(net.media_commands().is_empty());
+}
+
+#[test]
+fn idle_media_ends_the_call_with_a_bye_both_ways() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let (_, id) = answered_call(&mut net, "i1");
+    assert!(net.advance(Duration::from_secs(119)).is_empty());
+    let out = net.advance(Duration::from_secs(2));
+    assert_eq!(out.len(), 2, "{out:?}");
+    for t in &out {
+        let m = text(t);
+        assert!(m.starts_with("BYE "), "{m}");
+        assert!(m.contains("text=\"media timeout\""), "{m}");
+    }
+    assert!(out.iter().any(|t| t.remote == addr(PHONE)));
+    assert!(out.iter().any(|t| t.remote == addr(PROXY)));
+    assert_eq!(closes(&net.media_commands()), vec![id]);
+    assert!(net.gw.dialogs().is_empty());
+    assert_eq!(net.gw.counters().media_timeouts, 1);
+}
+
+#[test]
+fn media_activity_keeps_the_call_up() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let fwd = text(&net.phone_sends(&invite("k1", "z9hG4bKk1")));
+    let offer = net.media_commands();
+    let MediaCommand::Set { counters, .. } = &offer[0] else {
+        panic!("{offer:?}")
+    };
+    let counters = counters.clone();
+    net.proxy_sends(&response_with_sdp(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("203.0.113.50", 7000, ""),
+    ));
+    // The relay forwards a packet 100 s into the call.
+    assert!(net.advance(Duration::from_secs(100)).is_empty());
+    counters.record(sipward_core::Side::Inside, 1, 172, net.now);
+    assert!(net.advance(Duration::from_secs(100)).is_empty());
+    assert_eq!(net.gw.dialogs().len(), 1);
+    let out = net.advance(Duration::from_secs(21));
+    assert_eq!(out.len(), 2, "120 s after the last packet: {out:?}");
+}
+
+#[test]
+fn a_call_on_hold_is_exempt_from_the_idle_timeout() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    answered_call(&mut net, "h1");
+    let hold = phone_request(
+        "INVITE",
+        2,
+        "h1",
+        "b1",
+        &sdp("10.0.0.20", 40000, "a=sendonly\r\n"),
+    );
+    let fwd = text(&net.phone_sends(&hold));
+    assert!(fwd.contains("a=sendonly\r\n"), "{fwd}");
+    assert!(fwd.contains("m=audio 31000 "), "same relay port: {fwd}");
+    net.proxy_sends(&response_with_sdp(
+        &fwd,
+        "200 OK",
+        "b1",
+        "",
+        &sdp("203.0.113.50", 7000, "a=recvonly\r\n"),
+    ));
+    assert!(net.advance(Duration::from_secs(600)).is_empty());
+    assert_eq!(net.gw.dialogs().len(), 1);
+    assert_eq!(net.gw.media().stream_count(), 1);
+}
+
+#[test]
+fn hold_with_a_zero_address_is_passed_on_as_such() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    answered_call(&mut net, "z1");
+    let hold = phone_request("INVITE", 2, "z1", "b1", &sdp("0.0.0.0", 40000, ""));
+    let fwd = text(&net.phone_sends(&hold));
+    assert!(fwd.contains("c=IN IP4 0.0.0.0\r\n"), "{fwd}");
+    let s = sets(&net.media_commands());
+    assert_eq!(s[0].1[0].rtp, None, "nothing is sent to a held party");
+}
+
+#[test]
+fn re_invite_to_a_new_port_repoints_the_same_stream() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let (_, id) = answered_call(&mut net, "r1");
+    let reinvite = phone_request("INVITE", 2, "r1", "b1", &sdp("10.0.0.20", 40000, ""));
+    let fwd = text(&net.phone_sends(&reinvite));
+    let back = text(&net.proxy_sends(&response_with_sdp(
+        &fwd,
+        "200 OK",
+        "b1",
+        "",
+        &sdp("203.0.113.60", 9000, ""),
+    )));
+    assert!(back.contains("m=audio 30000 "), "{back}");
+    let s = sets(&net.media_commands());
+    let last = s.last().unwrap();
+    assert_eq!(last.0, id, "the relay is reused");
+    assert_eq!(last.2, vec![peer("203.0.113.60:9000", "203.0.113.60:9001")]);
+    assert_eq!(net.gw.media().stream_count(), 1);
+}
+
+#[test]
+fn forked_early_media_each_reach_the_relay_and_the_answer_keeps_its_own() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let fwd = text(&net.phone_sends(&invite("f1", "z9hG4bKf1")));
+    net.media_commands();
+    for (tag, ip) in [("b1", "203.0.113.51"), ("b2", "203.0.113.52")] {
+        net.proxy_sends(&response_with_sdp(
+            &fwd,
+            "183 Session Progress",
+            tag,
+            "Contact: <sip:bob@203.0.113.50>\r\n",
+            &sdp(ip, 7000, ""),
+        ));
+    }
+    let s = sets(&net.media_commands());
+    assert_eq!(
+        s.last().unwrap().2,
+        vec![
+            peer("203.0.113.52:7000", "203.0.113.52:7001"),
+            peer("203.0.113.51:7000", "203.0.113.51:7001"),
+        ],
+        "both forks may send; the latest is sent to"
+    );
+    net.proxy_sends(&response_with_sdp(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("203.0.113.51", 7000, ""),
+    ));
+    let s = sets(&net.media_commands());
+    assert_eq!(
+        s.last().unwrap().2,
+        vec![peer("203.0.113.51:7000", "203.0.113.51:7001")],
+        "the losing fork is released"
+    );
+}
+
+#[test]
+fn declined_stream_gets_no_ports() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let body = "v=0\r\no=- 1 1 IN IP4 10.0.0.20\r\ns=-\r\nc=IN IP4 10.0.0.20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\nm=video 0 RTP/AVP 96\r\n";
+    let msg = invite("d1", "z9hG4bKd1").replace(&sdp_of_invite(), body);
+    let msg = fix_length(&msg);
+    let fwd = text(&net.phone_sends(&msg));
+    assert!(fwd.contains("m=video 0 RTP/AVP 96\r\n"), "{fwd}");
+    assert_eq!(sets(&net.media_commands()).len(), 1);
+    assert_eq!(net.gw.media().stream_count(), 1);
+}
+
+#[test]
+fn a_far_end_behind_another_nat_is_latched() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let fwd = text(&net.phone_sends(&invite("n1", "z9hG4bKn1")));
+    net.proxy_sends(&response_with_sdp(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("192.168.7.9", 7000, ""),
+    ));
+    let s = sets(&net.media_commands());
+    let far = &s.last().unwrap().2[0];
+    assert!(
+        far.latch,
+        "a private address outside our networks is behind a NAT"
+    );
+    let near = &s.last().unwrap().1[0];
+    assert!(
+        !near.latch,
+        "the phone's address is on the gateway's own network"
+    );
+}
+
+fn sdp_of_invite() -> String {
+    let inv = invite("x", "y");
+    inv.split("\r\n\r\n").nth(1).unwrap().to_string()
+}
+
+fn fix_length(msg: &str) -> String {
+    let (head, body) = msg.split_once("\r\n\r\n").unwrap();
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|l| {
+            if l.starts_with("Content-Length:") {
+                format!("Content-Length: {}", body.len())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    format!("{}\r\n\r\n{body}", head.join("\r\n"))
+}
