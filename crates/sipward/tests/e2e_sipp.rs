@@ -64,29 +64,7 @@ fn register_with_digest_then_inbound_call() {
 
     // Registration: the registrar checks the digest; the gateway caps 7200 s to 3600 s
     // on the way out and the registrar's 7200 s grant to 3600 s on the way back.
-    let registrar = t.play(
-        "proxy_registrar.xml",
-        Peer::Proxy,
-        None,
-        &logged("registrar_messages.log"),
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    let phone = t.play(
-        "phone_register.xml",
-        Peer::Phone(0),
-        Some(&gw_lan),
-        &[
-            "-au",
-            "alice",
-            "-ap",
-            "secret",
-            "-auth_uri",
-            "sip:sipward.test",
-        ],
-    );
-    phone.wait_ok("phone registration");
-    registrar.wait_ok("registrar");
-    t.assert_no_inside_address_in("registrar_messages.log");
+    t.register_alice();
     let asked = std::fs::read_to_string(t.dir.join("asked.txt")).unwrap();
     assert_eq!(asked.trim(), "3600", "the registrar saw the capped expiry");
     let contact = std::fs::read_to_string(t.dir.join("contact.txt")).unwrap();

@@ -284,3 +284,139 @@ pub(crate) fn scenario(name: &str) -> String {
         .display()
         .to_string()
 }
+
+/// One UDP datagram seen on the loopback interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Packet {
+    pub(crate) src: std::net::SocketAddr,
+    pub(crate) dst: std::net::SocketAddr,
+    pub(crate) len: usize,
+}
+
+/// A tcpdump capture of a topology's media: every UDP datagram between its addresses
+/// except SIP (ports 5060-5099). An observer outside sipward, so that what the relay
+/// forwarded is counted by someone other than the relay.
+pub(crate) struct Capture {
+    child: Terminated,
+    file: PathBuf,
+}
+
+impl Topology {
+    pub(crate) fn capture(&self) -> Capture {
+        let file = self.dir.join("media.pcap");
+        let mut child = Command::new("tcpdump")
+            .args(["-i", "lo", "-nn", "-U", "-B", "16384", "-w"])
+            .arg(&file)
+            .arg(format!(
+                "udp and net 127.{}.0.0/16 and not portrange 5060-5099",
+                self.n
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump is installed (scripts/install-deps.sh installs it)");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("tcpdump exited before listening")
+                .unwrap();
+            if line.contains("listening on") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Capture {
+            child: Terminated(child),
+            file,
+        }
+    }
+}
+
+impl Capture {
+    /// Stops the capture and returns the datagrams, in order.
+    pub(crate) fn stop(self) -> Vec<Packet> {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(self.child);
+        let out = Command::new("tcpdump")
+            .args(["-r"])
+            .arg(&self.file)
+            .args(["-nn", "-q"])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let addr = |s: &str| -> std::net::SocketAddr {
+            let s = s.trim_end_matches(':');
+            let (ip, port) = s.rsplit_once('.').unwrap();
+            format!("{ip}:{port}").parse().unwrap()
+        };
+        text.lines()
+            .filter_map(|l| {
+                // "12:00:00.000000 IP 127.0.1.10.18000 > 127.0.1.1.30000: UDP, length 172"
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(1) == Some(&"IP") && f.get(3) == Some(&">")).then(|| Packet {
+                    src: addr(f[2]),
+                    dst: addr(f[4]),
+                    len: f.last().and_then(|n| n.parse().ok()).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Datagrams from `src` to `dst` (either may be an IP with port 0 for any port).
+pub(crate) fn count(packets: &[Packet], src: &str, dst: &str) -> usize {
+    let matches = |a: std::net::SocketAddr, want: &str| {
+        let want: std::net::SocketAddr = want.parse().unwrap();
+        a.ip() == want.ip() && (want.port() == 0 || a.port() == want.port())
+    };
+    packets
+        .iter()
+        .filter(|p| matches(p.src, src) && matches(p.dst, dst))
+        .count()
+}
+
+impl Topology {
+    /// Registers inside phone 0 as alice (digest: alice/secret) through the gateway with
+    /// the SIPp registrar on the proxy address; the registrar writes the bound contact
+    /// (the gateway's address and token) to `contact.csv` for a later inbound call.
+    pub(crate) fn register_alice(&self) {
+        let registrar = self.play(
+            "proxy_registrar.xml",
+            Peer::Proxy,
+            None,
+            &logged("registrar_messages.log"),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let phone = self.play(
+            "phone_register.xml",
+            Peer::Phone(0),
+            Some(&self.gw_lan_sip()),
+            &[
+                "-au",
+                "alice",
+                "-ap",
+                "secret",
+                "-auth_uri",
+                "sip:sipward.test",
+            ],
+        );
+        phone.wait_ok("phone registration");
+        registrar.wait_ok("registrar");
+        self.assert_no_inside_address_in("registrar_messages.log");
+    }
+
+    /// Writes `tone.ulaw` (raw 8 kHz u-law, 440 Hz) of `seconds` into the test's
+    /// directory, where SIPp's `rtp_stream` finds it.
+    pub(crate) fn tone(&self, seconds: u32) {
+        let status = Command::new("sox")
+            .args(["-n", "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw"])
+            .arg(self.dir.join("tone.ulaw"))
+            .args(["synth", &seconds.to_string(), "sine", "440"])
+            .status()
+            .expect("sox is installed (scripts/install-deps.sh installs it)");
+        assert!(status.success());
+    }
+}
