@@ -59,7 +59,6 @@ fn outbound_calls_through_the_gateway() {
 fn register_with_digest_then_inbound_call() {
     let t = Topology::new(32);
     let _gw = t.start_gateway();
-    let gw_lan = format!("{}:5060", t.gw_lan());
     let gw_wan = format!("{}:5060", t.gw_wan());
 
     // Registration: the registrar checks the digest; the gateway caps 7200 s to 3600 s
