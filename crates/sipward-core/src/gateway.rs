@@ -319,6 +319,11 @@ impl Gateway {
             originated_inside: true,
         });
         let aor = aor_of(&from.uri);
+        let in_dialog = dialog_key
+            .as_ref()
+            .filter(|_| !initial)
+            .and_then(|k| self.tables.dialogs.get(k))
+            .cloned();
 
         if method != MethodKind::Ack && self.tables.transactions() >= config.alg.max_transactions {
             self.counters.state_full += 1;
@@ -404,9 +409,16 @@ impl Gateway {
                     edits.replace(msg, f.value, &outside_call_id)?;
                 }
             }
+            // In a dialog the phone knows only the gateway (its Contact and no route
+            // set): the request goes to the far end's real target, by its route set.
+            let anchored = in_dialog.as_ref().filter(|d| !d.far_contact.is_empty());
+            if let (Some(d), Some(uri)) = (anchored, msg.request_uri()) {
+                edits.replace(msg, uri.raw(), &d.far_contact)?;
+            }
+            let request_uri = msg.request_uri().filter(|_| anchored.is_none());
             // Request-URI and To: the gateway itself stands for the proxy; a phone for
             // the gateway's outside address.
-            for uri in [msg.request_uri(), Some(&to.uri)].into_iter().flatten() {
+            for uri in [request_uri, Some(&to.uri)].into_iter().flatten() {
                 if let Uri::Sip(u) = uri {
                     if gateway_inside(u) {
                         edits.replace(msg, u.host_port, next_hop_text.as_bytes())?;
@@ -420,8 +432,19 @@ impl Gateway {
                     edits.replace(msg, u.host_port, wan_text.as_bytes())?;
                 }
             }
+            let route_set = anchored.map(|d| d.far_route.as_slice()).unwrap_or_default();
+            if !route_set.is_empty() {
+                for f in msg.headers().iter().filter(|f| f.name == HeaderName::Route) {
+                    edits.remove_field(msg, f)?;
+                }
+                edits.append_field(msg, "Route", &route_set.join(&b", "[..]))?;
+            }
             // Route entries naming the gateway were for us: consume them.
-            for f in msg.headers().iter().filter(|f| f.name == HeaderName::Route) {
+            let own_routes = msg
+                .headers()
+                .iter()
+                .filter(|f| f.name == HeaderName::Route && route_set.is_empty());
+            for f in own_routes {
                 let ours = msg
                     .routes()
                     .iter()
@@ -600,6 +623,9 @@ impl Gateway {
                     edits.replace(msg, f.value, &restored)?;
                 }
             }
+            if tx.register.is_none() {
+                anchor_at_gateway(msg, &mut edits, &tx.lan_local.to_string())?;
+            }
             if let Some(reg) = &tx.register {
                 if (200..300).contains(&status) {
                     new_binding = restore_register_contacts(
@@ -649,18 +675,31 @@ impl Gateway {
             self.media
                 .answered(&tx.dialog.media_id(), Side::Outside, tag, at.now);
         }
+        let dialog_response = (creates_dialog(tx.method) || tx.method == MethodKind::Update)
+            && (101..300).contains(&status)
+            && msg.to().and_then(|t| t.tag()).is_some();
+        if dialog_response {
+            if let Some(d) = self.tables.dialogs.get_mut(&tx.dialog) {
+                // The far end's target (refreshed by every Contact it sends) and, while
+                // the dialog is being set up, its route set: the phone knows neither.
+                let contact = first_contact_uri(msg);
+                if !contact.is_empty() {
+                    d.far_contact = contact;
+                }
+                if !d.confirmed {
+                    d.far_route = msg
+                        .record_routes()
+                        .iter()
+                        .rev()
+                        .map(|r| r.raw.to_vec())
+                        .collect();
+                }
+            }
+        }
         match tx.method {
             m if creates_dialog(m) && (200..300).contains(&status) => {
-                let far_route = msg
-                    .record_routes()
-                    .iter()
-                    .rev()
-                    .map(|r| r.raw.to_vec())
-                    .collect();
                 if let Some(d) = self.tables.dialogs.get_mut(&tx.dialog) {
                     d.confirmed = true;
-                    d.far_contact = first_contact_uri(msg);
-                    d.far_route = far_route;
                     d.outside_from = msg.from().map(|f| f.raw.to_vec()).unwrap_or_default();
                     d.outside_to = msg.to().map(|t| t.raw.to_vec()).unwrap_or_default();
                     d.inside_to = with_tag(&tx.inside_to, msg.to().and_then(|t| t.tag()));
@@ -838,6 +877,7 @@ impl Gateway {
             if let (Some(target), Some(uri)) = (&target, msg.request_uri()) {
                 edits.replace(msg, uri.raw(), target)?;
             }
+            anchor_at_gateway(msg, &mut edits, &lan_text)?;
             if let Some(d) = inside_dialog {
                 // The far end speaks of the hidden call: give the phone back its own.
                 if let Some(f) = msg.header(HeaderName::CallId) {
@@ -915,6 +955,10 @@ impl Gateway {
             });
         } else if let Some(d) = self.tables.dialogs.get_mut(&tx_dialog) {
             d.cseq_outside = d.cseq_outside.max(cseq.seq);
+            let contact = first_contact_uri(msg);
+            if !contact.is_empty() && !initial {
+                d.far_contact = contact;
+            }
         }
         if method != MethodKind::Ack {
             self.tables.server.insert(
@@ -932,6 +976,7 @@ impl Gateway {
                     aor,
                     token: tok,
                     dialog: tx_dialog.clone(),
+                    record_route: msg.record_routes().iter().map(|r| r.raw.to_vec()).collect(),
                 },
             );
         }
@@ -992,6 +1037,21 @@ impl Gateway {
                         edits.replace(msg, u.raw, format!("<{outside}>").as_bytes())?;
                     }
                 }
+            }
+            // The caller's side built its route set from the request's Record-Route,
+            // which the phone never saw: the dialog-making responses carry it back.
+            if creates_dialog(tx.method)
+                && (101..300).contains(&status)
+                && !tx.record_route.is_empty()
+            {
+                for f in msg
+                    .headers()
+                    .iter()
+                    .filter(|f| f.name == HeaderName::RecordRoute)
+                {
+                    edits.remove_field(msg, f)?;
+                }
+                edits.append_field(msg, "Record-Route", &tx.record_route.join(&b", "[..]))?;
             }
             Ok(())
         })();
@@ -1298,6 +1358,36 @@ fn first_contact_uri(msg: &Message<'_>) -> Vec<u8> {
         .first()
         .map(|c| c.uri.raw().to_vec())
         .unwrap_or_default()
+}
+
+/// Keeps the gateway in every dialog a phone takes part in: the far end's Contact becomes
+/// the gateway's inside address and its Record-Route goes (the gateway keeps the route
+/// set), so that the phone sends in-dialog requests to the gateway and nowhere else.
+fn anchor_at_gateway(
+    msg: &Message<'_>,
+    edits: &mut Edits,
+    lan: &str,
+) -> Result<(), sipward_proto::EditError> {
+    for contact in &msg.contacts().list {
+        let Uri::Sip(u) = &contact.uri else { continue };
+        let anchored = match u.user {
+            Some(user) => format!("sip:{}@{lan}", String::from_utf8_lossy(user)),
+            None => format!("sip:{lan}"),
+        };
+        if contact.bracketed {
+            edits.replace(msg, u.raw, anchored.as_bytes())?;
+        } else {
+            edits.replace(msg, u.raw, format!("<{anchored}>").as_bytes())?;
+        }
+    }
+    for f in msg
+        .headers()
+        .iter()
+        .filter(|f| f.name == HeaderName::RecordRoute)
+    {
+        edits.remove_field(msg, f)?;
+    }
+    Ok(())
 }
 
 /// The phone's contact URI with the gateway's address and a routing token.

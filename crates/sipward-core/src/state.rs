@@ -137,6 +137,9 @@ pub(crate) struct ServerTx {
     pub(crate) token: String,
     /// The dialog this transaction belongs to or creates.
     pub(crate) dialog: DialogKey,
+    /// The request's Record-Route entries, withheld from the phone and given back in
+    /// its responses.
+    pub(crate) record_route: Vec<Vec<u8>>,
 }
 
 /// A call (INVITE dialog) through the gateway, early or confirmed.

@@ -429,3 +429,59 @@ fn subscription_dialog_carries_notify_both_before_and_after_the_200() {
     assert_eq!(last.remote, addr(PHONE));
     assert_eq!(net.gw.dialogs().len(), 1, "only the call is left");
 }
+
+/// The phone only ever talks to the gateway: the far end's Contact reaches it as the
+/// gateway's inside address and its Record-Route not at all; the phone's in-dialog
+/// requests leave for the real target along the real route set.
+#[test]
+fn outbound_dialog_is_anchored_at_the_gateway() {
+    let mut net = Net::new(AlgOptions::default());
+    let fwd = text(&net.phone_sends(&invite("a1", "z9hG4bKa1")));
+    let ok = text(&net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50:5070;transport=udp>\r\nRecord-Route: <sip:203.0.113.11;lr>, <sip:203.0.113.10;lr>\r\n",
+    )));
+    assert!(ok.contains("Contact: <sip:bob@10.0.0.1:5060>\r\n"), "{ok}");
+    assert!(!ok.contains("Record-Route"), "{ok}");
+    // The phone, knowing no route set, sends its BYE straight to the Contact it got.
+    let bye = text(&net.phone_sends("BYE sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKbyea1\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-a1\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b1\r\nCall-ID: a1@10.0.0.20\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"));
+    assert!(
+        bye.starts_with("BYE sip:bob@203.0.113.50:5070;transport=udp SIP/2.0\r\n"),
+        "{bye}"
+    );
+    assert!(
+        bye.contains("Route: <sip:203.0.113.10;lr>, <sip:203.0.113.11;lr>\r\n"),
+        "the route set is the Record-Route reversed: {bye}"
+    );
+}
+
+#[test]
+fn inbound_dialog_is_anchored_and_the_caller_keeps_its_route_set() {
+    let mut net = Net::new(AlgOptions::default());
+    let reg = registered(&mut net, 3600);
+    let contact = header(&reg, "Contact").unwrap();
+    let uri = contact.split('>').next().unwrap().trim_start_matches('<');
+    let inv = format!(
+        "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKin2\r\nMax-Forwards: 69\r\nRecord-Route: <sip:203.0.113.10;lr>\r\nFrom: <sip:carol@example.net>;tag=c2\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: in-2@example.net\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@198.51.100.7>\r\nContent-Length: 0\r\n\r\n"
+    );
+    let t = text(&net.proxy_sends(&inv));
+    assert!(t.contains("Contact: <sip:carol@10.0.0.1:5060>\r\n"), "{t}");
+    assert!(!t.contains("Record-Route"), "{t}");
+    let ok = text(&net.phone_sends(&format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: <sip:carol@example.net>;tag=c2\r\nTo: <sip:alice@biloxi.example.com>;tag=al\r\nCall-ID: in-2@example.net\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.0.0.20:5062>\r\nContent-Length: 0\r\n\r\n",
+        header(&t, "Via").unwrap()
+    )));
+    assert!(
+        ok.contains("Record-Route: <sip:203.0.113.10;lr>\r\n"),
+        "the caller's route set comes back in the 200: {ok}"
+    );
+    // The phone hangs up towards the Contact it was given: the gateway.
+    let bye = text(&net.phone_sends("BYE sip:carol@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKbyein2\r\nMax-Forwards: 70\r\nFrom: <sip:alice@biloxi.example.com>;tag=al\r\nTo: <sip:carol@example.net>;tag=c2\r\nCall-ID: in-2@example.net\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"));
+    assert!(
+        bye.starts_with("BYE sip:carol@198.51.100.7 SIP/2.0\r\n"),
+        "{bye}"
+    );
+    assert!(bye.contains("Route: <sip:203.0.113.10;lr>\r\n"), "{bye}");
+}

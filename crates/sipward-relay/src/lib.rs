@@ -137,10 +137,16 @@ impl Leg {
     /// Where packets for this leg's party go on `channel`.
     fn destination(&self, channel: Channel) -> Option<SocketAddr> {
         let peer = self.peers.first()?;
-        if peer.latch {
-            channel_of(&self.latched, channel)
-        } else {
-            address(peer, channel)
+        if !peer.latch {
+            return address(peer, channel);
+        }
+        match channel {
+            Channel::Rtp => self.latched[0],
+            // Until the party's own RTCP is seen, its RTCP is taken to come from the
+            // port after its RTP (RFC 3550), where it also listens.
+            Channel::Rtcp => self.latched[1].or_else(|| {
+                self.latched[0].map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+            }),
         }
     }
 }

@@ -1,0 +1,187 @@
+//! The relay thread with real sockets on loopback: forwarding both ways on RTP and RTCP,
+//! source checks, latching, counters, and closing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![allow(clippy::disallowed_methods)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sipward_core::{LegSpec, MediaCommand, Peer, Side, StreamCounters};
+use sipward_relay::RelayHandle;
+
+fn bind(addr: &str) -> UdpSocket {
+    let s = UdpSocket::bind(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    s
+}
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn strict(rtp: &UdpSocket, rtcp: &UdpSocket) -> Peer {
+    Peer {
+        rtp: Some(rtp.local_addr().unwrap()),
+        rtcp: Some(rtcp.local_addr().unwrap()),
+        latch: false,
+    }
+}
+
+fn set(relay: &RelayHandle, id: u64, inside: Vec<Peer>, outside: Vec<Peer>) -> Arc<StreamCounters> {
+    let counters = Arc::new(StreamCounters::new(Instant::now()));
+    relay.apply([MediaCommand::Set {
+        id,
+        legs: [
+            LegSpec {
+                local_rtp: sock("127.77.0.1:40000"),
+                peers: inside,
+            },
+            LegSpec {
+                local_rtp: sock("127.77.1.1:40000"),
+                peers: outside,
+            },
+        ],
+        counters: counters.clone(),
+    }]);
+    // The relay binds on its own thread.
+    std::thread::sleep(Duration::from_millis(100));
+    counters
+}
+
+fn receive(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    s.recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| (buf[..n].to_vec(), from))
+}
+
+#[test]
+fn relays_rtp_and_rtcp_both_ways_and_refuses_strangers() {
+    let relay = RelayHandle::spawn().unwrap();
+    let (phone_rtp, phone_rtcp) = (bind("127.77.0.20:0"), bind("127.77.0.20:0"));
+    let (far_rtp, far_rtcp) = (bind("127.77.1.50:0"), bind("127.77.1.50:0"));
+    let counters = set(
+        &relay,
+        1,
+        vec![strict(&phone_rtp, &phone_rtcp)],
+        vec![strict(&far_rtp, &far_rtcp)],
+    );
+
+    for i in 0..50u8 {
+        phone_rtp
+            .send_to(&[0x80, i, 1, 2], "127.77.0.1:40000")
+            .unwrap();
+    }
+    for i in 0..50u8 {
+        let (data, from) = receive(&far_rtp).expect("forwarded to the far end");
+        assert_eq!(data, [0x80, i, 1, 2], "in order, unchanged");
+        assert_eq!(
+            from,
+            sock("127.77.1.1:40000"),
+            "from the relay's outside port"
+        );
+    }
+    far_rtp.send_to(&[0x80, 9], "127.77.1.1:40000").unwrap();
+    assert_eq!(
+        receive(&phone_rtp).unwrap(),
+        (vec![0x80, 9], sock("127.77.0.1:40000"))
+    );
+    phone_rtcp
+        .send_to(&[0x81, 200], "127.77.0.1:40001")
+        .unwrap();
+    assert_eq!(
+        receive(&far_rtcp).unwrap(),
+        (vec![0x81, 200], sock("127.77.1.1:40001"))
+    );
+
+    // A stranger's packets go nowhere and are counted.
+    let stranger = bind("127.77.1.99:0");
+    for _ in 0..5 {
+        stranger.send_to(&[0x80, 0xee], "127.77.1.1:40000").unwrap();
+    }
+    assert!(
+        receive(&phone_rtp).is_none(),
+        "a stranger's packet was forwarded"
+    );
+
+    let c = counters.snapshot();
+    assert_eq!(c.packets[Side::Inside as usize], 51);
+    assert_eq!(c.packets[Side::Outside as usize], 1);
+    assert_eq!(c.bytes[Side::Inside as usize], 50 * 4 + 2);
+    assert_eq!(c.dropped, 5);
+    assert!(c.last_activity.is_some());
+
+    // Closed: the port answers with ICMP port unreachable.
+    relay.apply([MediaCommand::Close { id: 1 }]);
+    std::thread::sleep(Duration::from_millis(100));
+    far_rtp.connect("127.77.1.1:40000").unwrap();
+    far_rtp.send(&[0x80, 1]).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        far_rtp.recv(&mut buf).unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+}
+
+#[test]
+fn latching_party_is_answered_where_it_sends_from() {
+    let relay = RelayHandle::spawn().unwrap();
+    let (phone_rtp, phone_rtcp) = (bind("127.78.0.20:0"), bind("127.78.0.20:0"));
+    let behind_nat = bind("127.78.1.60:0");
+    let rtcp_of_nat = {
+        let port = behind_nat.local_addr().unwrap().port();
+        // Bind the next port where the party's RTCP is assumed to listen, if free.
+        UdpSocket::bind(("127.78.1.60", port.wrapping_add(1))).ok()
+    };
+    let counters = Arc::new(StreamCounters::new(Instant::now()));
+    relay.apply([MediaCommand::Set {
+        id: 7,
+        legs: [
+            LegSpec {
+                local_rtp: sock("127.78.0.1:40010"),
+                peers: vec![strict(&phone_rtp, &phone_rtcp)],
+            },
+            LegSpec {
+                local_rtp: sock("127.78.1.1:40010"),
+                // Its SDP named a private address it cannot be reached at.
+                peers: vec![Peer {
+                    rtp: Some(sock("192.168.1.5:7000")),
+                    rtcp: Some(sock("192.168.1.5:7001")),
+                    latch: true,
+                }],
+            },
+        ],
+        counters: counters.clone(),
+    }]);
+    std::thread::sleep(Duration::from_millis(100));
+    // Nothing goes to the unreachable SDP address before the party is seen.
+    phone_rtp.send_to(&[1], "127.78.0.1:40010").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(counters.snapshot().dropped, 1);
+    // The party sends first: it is latched, and answered there.
+    behind_nat.send_to(&[2], "127.78.1.1:40010").unwrap();
+    assert_eq!(receive(&phone_rtp).unwrap().0, vec![2]);
+    phone_rtp.send_to(&[3], "127.78.0.1:40010").unwrap();
+    assert_eq!(receive(&behind_nat).unwrap().0, vec![3]);
+    // A second source is not latched over the first.
+    let other = bind("127.78.1.61:0");
+    other.send_to(&[4], "127.78.1.1:40010").unwrap();
+    assert!(receive(&phone_rtp).is_none());
+    // RTCP for the latched party goes to the port after its RTP.
+    if let Some(rtcp) = rtcp_of_nat {
+        rtcp.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        phone_rtcp.send_to(&[5], "127.78.0.1:40011").unwrap();
+        let mut buf = [0u8; 8];
+        let (n, _) = rtcp.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[5]);
+    }
+}
