@@ -18,7 +18,25 @@ impl Drop for Guard {
     }
 }
 
+impl From<Child> for Guard {
+    fn from(child: Child) -> Self {
+        Guard(child)
+    }
+}
+
 impl Guard {
+    /// Waits (up to 20 s) for the process to end on its own.
+    pub(crate) fn wait_ended(&mut self) {
+        let started = Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("process did not end in 20 s");
+    }
+
     /// Waits for the process to end and asserts it succeeded.
     pub(crate) fn wait_ok(mut self, name: &str) {
         let started = Instant::now();
@@ -142,8 +160,16 @@ service = "sip"
     }
 
     pub(crate) fn start_gateway(&self) -> Guard {
+        self.start_gateway_with("")
+    }
+
+    /// Starts the gateway with `alg_options` (TOML lines) added to its ALG object.
+    pub(crate) fn start_gateway_with(&self, alg_options: &str) -> Guard {
         let cfg = self.dir.join("sipward.toml");
-        std::fs::write(&cfg, self.config()).unwrap();
+        let text = self
+            .config()
+            .replace("[alg.sip]\n", &format!("[alg.sip]\n{alg_options}\n"));
+        std::fs::write(&cfg, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sipward"))
             .args(["run", "--config", cfg.to_str().unwrap()])
             .stdout(Stdio::piped())
