@@ -28,6 +28,8 @@ use slab::Slab;
 /// Receive buffer per batch slot: large enough for a GRO-coalesced train of datagrams.
 const BUFFER: usize = 65_536;
 const WAKER: Token = Token(usize::MAX);
+/// Kernel receive buffer asked for each media socket.
+const RECEIVE_BUFFER: usize = 1 << 20;
 
 enum Message {
     Command(MediaCommand),
@@ -294,6 +296,11 @@ impl Relay {
         let std_socket = std::net::UdpSocket::bind(local)?;
         std_socket.set_nonblocking(true)?;
         let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
+        // Room for a burst while the relay thread is not running (the kernel caps it at
+        // net.core.rmem_max); memory is only taken by packets actually queued.
+        if let Err(e) = state.set_recv_buffer_size(UdpSockRef::from(&std_socket), RECEIVE_BUFFER) {
+            tracing::debug!(%local, "cannot enlarge the receive buffer: {e}");
+        }
         let mut socket = UdpSocket::from_std(std_socket);
         let entry = self.slots.vacant_entry();
         let key = entry.key();
@@ -349,6 +356,12 @@ impl Relay {
                 }
             };
             self.forward(key, &meta, count);
+            // A short batch emptied the queue. Stopping here saves the read that would
+            // only say so: on Linux every datagram that arrives later raises a new
+            // edge, so nothing is left unnoticed.
+            if count < BATCH_SIZE {
+                return;
+            }
         }
     }
 
