@@ -23,6 +23,8 @@ lan=127.60.0.1; wan=127.60.1.1; proxy=127.60.1.10; phone=127.60.0.20; kam=127.60
 cat > "$work/sipward.toml" <<TOML
 [gateway]
 name = "sipward-bench"
+control = "off"
+events = "off"
 [[interface]]
 name = "lan"
 address = "$lan"
@@ -40,6 +42,16 @@ name = "proxy"
 host = "$proxy:5060"
 [alg.sip]
 max_sessions_per_id = 100000
+# One SIPp "phone" places every call: per-source limits sized for a load generator.
+[protection]
+new_requests_per_second = 100000
+new_requests_burst = 100000
+dialog_requests_per_second = 200000
+dialog_requests_burst = 200000
+responses_per_second = 200000
+responses_burst = 200000
+admission_per_second = 100000
+admission_burst = 100000
 [service.sip]
 protocol = "udp"
 port = 5060

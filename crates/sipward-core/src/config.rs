@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use sipward_proto::Limits;
 
 pub use crate::media::Latching;
+use crate::protect::ProtectionOptions;
 
 /// Index of a zone in [`Config::zones`].
 pub type ZoneId = usize;
@@ -125,13 +126,15 @@ pub struct Rule {
 }
 
 /// The whole compiled configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Names this gateway in Warning and Via-derived values.
     pub agent: String,
     pub zones: Vec<Zone>,
     pub alg: AlgOptions,
     pub rules: Vec<Rule>,
+    /// Attack protection.
+    pub protection: ProtectionOptions,
     /// Key for the hashes that name hidden branches, Call-IDs and contact tokens.
     pub secret: [u8; 16],
 }

@@ -21,6 +21,7 @@ use sipward_proto::{
 use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
 use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
+use crate::protect::{BanView, Class, Guard, SecurityEvent, Verdict};
 use crate::state::{
     has_tag, Binding, BindingView, ClientTx, Dialog, DialogKey, DialogView, Echo, RegisterInfo,
     ServerTx, Tables,
@@ -62,6 +63,11 @@ pub struct Counters {
     pub dialogs_expired: u64,
     pub bindings_expired: u64,
     pub edit_failures: u64,
+    /// Dropped by protection: banned sources, floods, filters; answered 503 for overload.
+    pub dropped_banned: u64,
+    pub dropped_flood: u64,
+    pub dropped_filtered: u64,
+    pub overloaded: u64,
     /// Calls ended because their media went idle (data-channel timeout).
     pub media_timeouts: u64,
 }
@@ -74,6 +80,7 @@ pub struct Gateway {
     out: VecDeque<Transmit>,
     counters: Counters,
     media: MediaTable,
+    guard: Guard,
     next_sweep: Option<Instant>,
 }
 
@@ -98,7 +105,9 @@ impl Gateway {
             .flat_map(|z| z.networks.clone())
             .collect();
         let media = MediaTable::new(&pools, config.alg.media_latching, networks);
+        let guard = Guard::new(config.protection.clone());
         Self {
+            guard,
             hider: Hider::new(&config.secret),
             config: Arc::new(config),
             tables: Tables::default(),
@@ -119,6 +128,32 @@ impl Gateway {
 
     pub fn media(&self) -> &MediaTable {
         &self.media
+    }
+
+    /// The next security event for the log.
+    pub fn poll_event(&mut self) -> Option<SecurityEvent> {
+        self.guard.poll_event()
+    }
+
+    /// The blacklist as it stands at `now`.
+    pub fn bans(&self, now: Instant) -> Vec<BanView> {
+        self.guard.bans(now)
+    }
+
+    /// Bans `source` by hand (the operator); `duration` None: the configured ban time.
+    pub fn ban(&mut self, source: IpAddr, duration: Option<Duration>, reason: &str, now: Instant) {
+        self.guard.ban(source, None, None, reason, now, duration);
+        self.arm(now);
+    }
+
+    /// Lifts a ban by hand; false when there was none.
+    pub fn unban(&mut self, source: IpAddr, now: Instant) -> bool {
+        self.guard.unban(source, now, "removed by operator")
+    }
+
+    /// Sources the protection currently tracks (bounded).
+    pub fn tracked_sources(&self) -> usize {
+        self.guard.tracked_sources()
     }
 
     /// The next instruction for the media relay; drain after every call, like
@@ -198,6 +233,10 @@ impl Gateway {
         data: &[u8],
     ) {
         self.counters.received += 1;
+        if !self.guard.admit_source(remote.ip(), now) {
+            self.counters.dropped_banned += 1;
+            return;
+        }
         let config = self.config.clone();
         let Some(zone) = config.zone_of_local(local) else {
             self.counters.dropped_no_rule += 1;
@@ -205,13 +244,28 @@ impl Gateway {
         };
         let at = Arrival { now, local, remote };
         match parse_datagram(data, &config.alg.limits) {
-            Err(rejection) => match build_answer(data, &rejection, &config.agent) {
-                Some(answer) => {
-                    self.counters.answered_malformed += 1;
-                    self.send(local, remote, answer);
+            Err(rejection) => {
+                // Malformed input counts against the sender's new-request limit, so a
+                // stream of garbage gets it banned like any other flood.
+                if !self
+                    .guard
+                    .within_rate(remote.ip(), Class::NewRequest, "malformed", now)
+                {
+                    self.counters.dropped_flood += 1;
+                    self.arm(now);
+                    return;
                 }
-                None => self.counters.dropped_malformed += 1,
-            },
+                let reason = format!("malformed: {}", rejection.defect);
+                self.guard.rejected(remote.ip(), None, &reason, now);
+                match build_answer(data, &rejection, &config.agent) {
+                    Some(answer) => {
+                        self.counters.answered_malformed += 1;
+                        self.send(local, remote, answer);
+                    }
+                    None => self.counters.dropped_malformed += 1,
+                }
+                self.arm(now);
+            }
             Ok(Datagram::Keepalive) => {
                 // Answer a ping with a pong (RFC 5626) to senders the rule set admits.
                 if config.match_rule(zone, remote, local.port()).is_some() {
@@ -220,6 +274,10 @@ impl Gateway {
                 }
             }
             Ok(Datagram::Message(msg)) => {
+                if !self.screen(&config, at, &msg) {
+                    self.arm(now);
+                    return;
+                }
                 let inside = config.zone(zone).is_some_and(|z| z.inside);
                 match (inside, msg.is_request()) {
                     (true, true) => self.request_from_inside(&config, zone, at, &msg),
@@ -230,6 +288,73 @@ impl Gateway {
                 self.arm(now);
             }
         }
+    }
+
+    /// Protection on a parsed message: per-source rate, filters, admission, registration
+    /// failures. False: it goes no further (dropped or answered here).
+    fn screen(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) -> bool {
+        let source = at.remote.ip();
+        let Some(method) = msg.method() else {
+            if !self
+                .guard
+                .within_rate(source, Class::Response, "response", at.now)
+            {
+                self.counters.dropped_flood += 1;
+                return false;
+            }
+            return true;
+        };
+        let kind = method.kind();
+        let name = String::from_utf8_lossy(method.as_bytes()).into_owned();
+        let in_dialog = msg.to().and_then(|t| t.tag()).is_some()
+            || matches!(kind, MethodKind::Ack | MethodKind::Cancel);
+        let class = if in_dialog {
+            Class::DialogRequest
+        } else {
+            Class::NewRequest
+        };
+        if !self.guard.within_rate(source, class, &name, at.now) {
+            self.counters.dropped_flood += 1;
+            return false;
+        }
+        let known = kind != MethodKind::Other;
+        if !self
+            .guard
+            .filter_request(source, &name, known, msg.user_agent(), at.now)
+        {
+            self.counters.dropped_filtered += 1;
+            return false;
+        }
+        if kind == MethodKind::Register {
+            let user = register_user(msg);
+            if !self.guard.may_register(source, &user, at.now) {
+                self.counters.dropped_filtered += 1;
+                return false;
+            }
+        }
+        if !in_dialog && matches!(kind, MethodKind::Invite | MethodKind::Register) {
+            if let Verdict::Overloaded { retry_after } = self.guard.admit_new(source, &name, at.now)
+            {
+                self.counters.overloaded += 1;
+                let tag = self.hider.token(&[msg.call_id(), b"answer"]);
+                let mut payload = Echo::of(msg).response(
+                    503,
+                    "Service Unavailable",
+                    &config.agent,
+                    Some("overloaded"),
+                    &tag,
+                );
+                let end = b"Content-Length: 0\r\n\r\n";
+                if payload.ends_with(end) {
+                    let at_len = payload.len() - end.len();
+                    let header = format!("Retry-After: {retry_after}\r\n");
+                    payload.splice(at_len..at_len, header.into_bytes());
+                }
+                self.send(at.local, at.remote, payload);
+                return false;
+            }
+        }
+        true
     }
 
     /// Answers a request on the gateway's own behalf (never an ACK).
@@ -574,6 +699,11 @@ impl Gateway {
                     created: at.now,
                     final_at: None,
                     register,
+                    register_user: (method == MethodKind::Register).then(|| {
+                        let credentials =
+                            msg.authorization().is_some() || msg.proxy_authorization().is_some();
+                        (register_user(msg), credentials)
+                    }),
                     dialog: tx_dialog.clone(),
                 },
             );
@@ -674,6 +804,26 @@ impl Gateway {
             let tag = msg.to().and_then(|t| t.tag()).unwrap_or_default();
             self.media
                 .answered(&tx.dialog.media_id(), Side::Outside, tag, at.now);
+        }
+        if let (Some((user, credentials)), true) = (&tx.register_user, status >= 200) {
+            let source = tx.phone.ip();
+            let refused = status == 403 || (*credentials && (status == 401 || status == 407));
+            if refused {
+                self.guard.register_failed(source, user, status, at.now);
+            } else if (200..300).contains(&status) {
+                self.guard.register_succeeded(source, user);
+                let aor = tx.register.as_ref().map(|r| r.aor.clone());
+                let moved = self
+                    .tables
+                    .bindings
+                    .values()
+                    .find(|b| Some(&b.aor) == aor.as_ref() && b.phone.ip() != source);
+                if let (Some(b), Some(aor)) = (moved, &aor) {
+                    let previous = b.phone.ip();
+                    let aor = String::from_utf8_lossy(aor).into_owned();
+                    self.guard.binding_moved(source, previous, &aor, at.now);
+                }
+            }
         }
         let dialog_response = (creates_dialog(tx.method) || tx.method == MethodKind::Update)
             && (101..300).contains(&status)
@@ -1196,6 +1346,7 @@ impl Gateway {
         }
 
         self.expire_idle_media(&config, now);
+        self.guard.sweep(now);
 
         let old: Vec<DialogKey> = self
             .tables
@@ -1223,7 +1374,8 @@ impl Gateway {
         let idle = self.tables.client.is_empty()
             && self.tables.server.is_empty()
             && self.tables.dialogs.is_empty()
-            && self.tables.bindings.is_empty();
+            && self.tables.bindings.is_empty()
+            && self.guard.bans(now).is_empty();
         self.next_sweep = (!idle).then_some(now + SWEEP);
     }
 
@@ -1358,6 +1510,17 @@ fn first_contact_uri(msg: &Message<'_>) -> Vec<u8> {
         .first()
         .map(|c| c.uri.raw().to_vec())
         .unwrap_or_default()
+}
+
+/// The user a REGISTER speaks for: the digest username when it carries credentials,
+/// else the user part of its address-of-record.
+fn register_user(msg: &Message<'_>) -> String {
+    let digest = msg
+        .authorization()
+        .or(msg.proxy_authorization())
+        .and_then(|c| c.username);
+    let user = digest.or_else(|| msg.to().and_then(|t| t.uri.as_sip()).and_then(|u| u.user));
+    String::from_utf8_lossy(user.unwrap_or_default()).into_owned()
 }
 
 /// Keeps the gateway in every dialog a phone takes part in: the far end's Contact becomes

@@ -11,6 +11,7 @@ pub mod config;
 mod gateway;
 mod hide;
 pub mod media;
+pub mod protect;
 mod state;
 
 pub use config::{Action, AddressObject, AlgOptions, Config, Rule, Zone, ZoneId};
@@ -19,4 +20,5 @@ pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaTable, Peer, Side, StreamCounters, StreamId,
     StreamView,
 };
+pub use protect::{BanView, EventKind, FilterMode, ProtectionOptions, Rate, SecurityEvent};
 pub use state::{BindingView, DialogView};

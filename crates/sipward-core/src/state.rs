@@ -117,6 +117,9 @@ pub(crate) struct ClientTx {
     pub(crate) created: Instant,
     pub(crate) final_at: Option<Instant>,
     pub(crate) register: Option<RegisterInfo>,
+    /// For a REGISTER: the user it speaks for and whether it carried credentials (a
+    /// refusal of credentials is a failed attempt; the first challenge is not).
+    pub(crate) register_user: Option<(String, bool)>,
     /// The dialog this transaction belongs to or creates.
     pub(crate) dialog: DialogKey,
 }

@@ -10,9 +10,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use ipnet::IpNet;
 use serde::Deserialize;
 use sipward_core::config::Latching;
 use sipward_core::{Action, AddressObject, AlgOptions, Rule, Zone};
+use sipward_core::{FilterMode, ProtectionOptions, Rate};
 use sipward_proto::Limits;
 use toml::Spanned;
 
@@ -34,6 +36,8 @@ pub(crate) struct Config {
     service: HashMap<String, ServiceSection>,
     #[serde(default)]
     rule: Vec<RuleSection>,
+    #[serde(default)]
+    protection: ProtectionSection,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
@@ -50,6 +54,13 @@ struct GatewaySection {
     /// Admin/listen options grow here.
     #[serde(default)]
     secret: Option<String>,
+    /// Where security events go as JSON lines: "-" (standard output, the default), a
+    /// file path, or "off".
+    #[serde(default = "default_events")]
+    events: String,
+    /// Loopback address of the control socket (`sipward blacklist ...`), or "off".
+    #[serde(default = "default_control")]
+    control: String,
 }
 
 impl Default for GatewaySection {
@@ -57,8 +68,48 @@ impl Default for GatewaySection {
         Self {
             name: default_agent(),
             secret: None,
+            events: default_events(),
+            control: default_control(),
         }
     }
+}
+
+fn default_events() -> String {
+    "-".into()
+}
+
+fn default_control() -> String {
+    "127.0.0.1:5081".into()
+}
+
+/// `[protection]`: attack protection; every key optional (defaults in the README).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtectionSection {
+    max_register_failures: Option<u32>,
+    max_failed_users_per_source: Option<usize>,
+    failure_window: Option<u64>,
+    ban_time: Option<u64>,
+    new_requests_per_second: Option<f64>,
+    new_requests_burst: Option<f64>,
+    dialog_requests_per_second: Option<f64>,
+    dialog_requests_burst: Option<f64>,
+    responses_per_second: Option<f64>,
+    responses_burst: Option<f64>,
+    admission_per_second: Option<f64>,
+    admission_burst: Option<f64>,
+    retry_after: Option<u32>,
+    /// Address objects exempt from per-source limits; default: the nat rules'
+    /// destinations (the upstream proxy carries everyone's traffic).
+    exempt: Option<Vec<Spanned<String>>>,
+    scanner_agents: Option<Vec<String>>,
+    scanner_filter: Option<Spanned<String>>,
+    unknown_method_filter: Option<Spanned<String>>,
+    deny: Option<Vec<Spanned<String>>>,
+    allow: Option<Vec<Spanned<String>>>,
+    network_filter: Option<Spanned<String>>,
+    max_tracked_sources: Option<usize>,
+    max_bans: Option<usize>,
 }
 
 fn default_agent() -> String {
@@ -477,12 +528,172 @@ impl Config {
             Some(s) => secret_from(s),
             None => random_secret(),
         };
+        let protection = self.protection(origin, &objects, &rules)?;
         Ok(sipward_core::Config {
             agent: self.gateway.name.clone(),
             zones,
             alg: alg_options,
             rules,
+            protection,
             secret,
+        })
+    }
+
+    /// Where security events go: None (off), Some("-") standard output, or a path.
+    pub(crate) fn events(&self) -> Option<&str> {
+        (self.gateway.events != "off").then_some(self.gateway.events.as_str())
+    }
+
+    /// The control socket's address, unless "off".
+    pub(crate) fn control(&self, origin: &str) -> Result<Option<SocketAddr>> {
+        if self.gateway.control == "off" {
+            return Ok(None);
+        }
+        let addr: SocketAddr = self.gateway.control.parse().map_err(|_| {
+            anyhow!(
+                "{origin}: [gateway] control {:?}: expected IP:port or \"off\"",
+                self.gateway.control
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            bail!(
+                "{origin}: [gateway] control {addr}: the control socket listens on loopback only"
+            );
+        }
+        Ok(Some(addr))
+    }
+
+    fn protection(
+        &self,
+        origin: &str,
+        objects: &HashMap<&str, AddressObject>,
+        rules: &[Rule],
+    ) -> Result<ProtectionOptions> {
+        let p = &self.protection;
+        let d = ProtectionOptions::default();
+        let mode =
+            |v: &Option<Spanned<String>>, key: &str, dflt: FilterMode| -> Result<FilterMode> {
+                match v {
+                    None => Ok(dflt),
+                    Some(v) => match v.get_ref().as_str() {
+                        "off" => Ok(FilterMode::Off),
+                        "log" => Ok(FilterMode::LogOnly),
+                        "enforce" => Ok(FilterMode::Enforce),
+                        other => bail!(
+                        "{}: protection {key} {other:?}: expected \"off\", \"log\" or \"enforce\"",
+                        self.at(origin, v)
+                    ),
+                    },
+                }
+            };
+        let nets = |v: &Option<Vec<Spanned<String>>>, key: &str| -> Result<Vec<IpNet>> {
+            v.iter()
+                .flatten()
+                .map(|n| {
+                    n.get_ref()
+                        .parse::<IpNet>()
+                        .or_else(|_| n.get_ref().parse::<IpAddr>().map(IpNet::from))
+                        .map_err(|_| {
+                            anyhow!(
+                            "{}: protection {key}: {:?} is not a network (a.b.c.d/len) or address",
+                            self.at(origin, n),
+                            n.get_ref()
+                        )
+                        })
+                })
+                .collect()
+        };
+        let as_nets = |o: &AddressObject| -> Vec<IpNet> {
+            match o {
+                AddressObject::Host { ip, .. } => vec![IpNet::from(*ip)],
+                AddressObject::Network(n) => vec![*n],
+                AddressObject::Any => Vec::new(),
+            }
+        };
+        let exempt = match &p.exempt {
+            Some(names) => {
+                let mut out = Vec::new();
+                for n in names {
+                    let o = objects.get(n.get_ref().as_str()).ok_or_else(|| {
+                        anyhow!(
+                            "{}: protection exempt: no address object {:?}",
+                            self.at(origin, n),
+                            n.get_ref()
+                        )
+                    })?;
+                    out.extend(as_nets(o));
+                }
+                out
+            }
+            None => rules
+                .iter()
+                .filter(|r| r.action == Action::Nat)
+                .flat_map(|r| as_nets(&r.destination))
+                .collect(),
+        };
+        let rate = |ps: Option<f64>, burst: Option<f64>, d: Rate, key: &str| -> Result<Rate> {
+            let r = Rate {
+                per_second: ps.unwrap_or(d.per_second),
+                burst: burst.unwrap_or(d.burst),
+            };
+            if !(r.per_second > 0.0 && r.burst >= 1.0) {
+                bail!(
+                    "{origin}: protection {key}: a rate must be above 0 and its burst at least 1"
+                );
+            }
+            Ok(r)
+        };
+        Ok(ProtectionOptions {
+            max_register_failures: p
+                .max_register_failures
+                .unwrap_or(d.max_register_failures)
+                .max(1),
+            max_failed_users_per_source: p
+                .max_failed_users_per_source
+                .unwrap_or(d.max_failed_users_per_source)
+                .max(1),
+            failure_window: p
+                .failure_window
+                .map_or(d.failure_window, Duration::from_secs),
+            ban_time: p.ban_time.map_or(d.ban_time, Duration::from_secs),
+            new_requests: rate(
+                p.new_requests_per_second,
+                p.new_requests_burst,
+                d.new_requests,
+                "new_requests",
+            )?,
+            dialog_requests: rate(
+                p.dialog_requests_per_second,
+                p.dialog_requests_burst,
+                d.dialog_requests,
+                "dialog_requests",
+            )?,
+            responses: rate(
+                p.responses_per_second,
+                p.responses_burst,
+                d.responses,
+                "responses",
+            )?,
+            exempt,
+            admission: rate(
+                p.admission_per_second,
+                p.admission_burst,
+                d.admission,
+                "admission",
+            )?,
+            retry_after: p.retry_after.unwrap_or(d.retry_after),
+            scanner_agents: p.scanner_agents.clone().unwrap_or(d.scanner_agents),
+            scanner_filter: mode(&p.scanner_filter, "scanner_filter", d.scanner_filter)?,
+            unknown_method_filter: mode(
+                &p.unknown_method_filter,
+                "unknown_method_filter",
+                d.unknown_method_filter,
+            )?,
+            deny: nets(&p.deny, "deny")?,
+            allow: nets(&p.allow, "allow")?,
+            network_filter: mode(&p.network_filter, "network_filter", d.network_filter)?,
+            max_tracked_sources: p.max_tracked_sources.unwrap_or(d.max_tracked_sources),
+            max_bans: p.max_bans.unwrap_or(d.max_bans),
         })
     }
 }

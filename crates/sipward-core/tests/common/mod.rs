@@ -71,6 +71,7 @@ pub fn config(alg: AlgOptions) -> Config {
                 service_port: 5060,
             },
         ],
+        protection: sipward_core::ProtectionOptions::default(),
         secret: [7; 16],
     }
 }

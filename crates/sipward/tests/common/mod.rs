@@ -118,6 +118,8 @@ impl Topology {
             r#"
 [gateway]
 name = "sipward-e2e"
+control = "{lan}:5081"
+events = "{events}"
 [[interface]]
 name = "lan"
 address = "{lan}"
@@ -155,7 +157,8 @@ service = "sip"
             lan = self.gw_lan(),
             wan = self.gw_wan(),
             proxy = self.proxy(),
-            n = self.n
+            n = self.n,
+            events = self.dir.join("events.jsonl").display()
         )
     }
 
