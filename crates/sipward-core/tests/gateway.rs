@@ -17,34 +17,6 @@ use std::time::Duration;
 use common::*;
 use sipward_core::AlgOptions;
 
-fn register(cseq: u32, expires: u32) -> String {
-    format!(
-        "REGISTER sip:biloxi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKreg{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@biloxi.example.com>;tag=r1\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: reg-1@10.0.0.20\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@10.0.0.20:5062>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
-    )
-}
-
-/// The registrar's answer to what the gateway forwarded: echoes the Contact it got.
-fn register_ok(forwarded: &str, granted: u32) -> String {
-    let contact = header(forwarded, "Contact").unwrap();
-    let uri = contact.split('>').next().unwrap().trim_start_matches('<');
-    format!(
-        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=reg-srv\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <{uri}>;expires={granted}\r\nContent-Length: 0\r\n\r\n",
-        header(forwarded, "Via").unwrap(),
-        header(forwarded, "From").unwrap(),
-        header(forwarded, "To").unwrap(),
-        header(forwarded, "Call-ID").unwrap(),
-        header(forwarded, "CSeq").unwrap(),
-    )
-}
-
-fn registered(net: &mut Net, expires: u32) -> String {
-    let out = net.phone_sends(&register(1, expires));
-    let fwd = text(&out);
-    let back = net.proxy_sends(&register_ok(&fwd, expires));
-    assert_eq!(back.remote, addr(PHONE));
-    fwd
-}
-
 #[test]
 fn register_is_hidden_capped_and_bound() {
     let mut net = Net::new(AlgOptions::default());

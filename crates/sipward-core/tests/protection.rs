@@ -1,0 +1,310 @@
+//! Attack protection on virtual time: registration failures per user and source, bans
+//! and their expiry, flood limits, admission control, filters, events.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sipward_core::{AlgOptions, EventKind, Gateway, ProtectionOptions, SecurityEvent};
+
+const OTHER_PHONE: &str = "10.0.0.21:5062";
+
+/// A gateway with protection options `p` (and room for many calls per user).
+fn net_with(p: ProtectionOptions) -> Net {
+    let mut cfg = config(AlgOptions {
+        max_sessions_per_id: 1000,
+        ..AlgOptions::default()
+    });
+    cfg.protection = p;
+    Net {
+        gw: Gateway::new(cfg),
+        now: Instant::now(),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    addr(s).ip()
+}
+
+fn events(net: &mut Net) -> Vec<SecurityEvent> {
+    std::iter::from_fn(|| net.gw.poll_event()).collect()
+}
+
+/// A REGISTER for alice from `from` with (wrong) credentials, CSeq `n`.
+fn register_with_credentials(from: &str, n: u32) -> String {
+    let host = from.split(':').next().unwrap();
+    format!(
+        "REGISTER sip:biloxi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKcrack{n}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@biloxi.example.com>;tag=x{n}\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: crack-{n}@{host}\r\nCSeq: {n} REGISTER\r\nContact: <sip:alice@{from}>\r\nAuthorization: Digest username=\"alice\", realm=\"biloxi.example.com\", nonce=\"abc\", uri=\"sip:biloxi.example.com\", response=\"0123456789abcdef0123456789abcdef\"\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// The registrar refuses what the gateway forwarded.
+fn refuse(net: &mut Net, forwarded: &str) -> Vec<sipward_core::Transmit> {
+    let answer = format!(
+        "SIP/2.0 401 Unauthorized\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=srv\r\nCall-ID: {}\r\nCSeq: {}\r\nWWW-Authenticate: Digest realm=\"biloxi.example.com\", nonce=\"n2\"\r\nContent-Length: 0\r\n\r\n",
+        header(forwarded, "Via").unwrap(),
+        header(forwarded, "From").unwrap(),
+        header(forwarded, "To").unwrap(),
+        header(forwarded, "Call-ID").unwrap(),
+        header(forwarded, "CSeq").unwrap(),
+    );
+    net.deliver(WAN, PROXY, &answer)
+}
+
+#[test]
+fn failed_registrations_ban_the_source_but_not_the_user() {
+    let mut net = Net::new(AlgOptions::default());
+    // The first challenge (no credentials) is not a failure.
+    let fwd = text(&net.phone_sends(&register(1, 3600)));
+    refuse(&mut net, &fwd);
+    for n in 1..=5 {
+        let out = net.deliver(LAN, PHONE, &register_with_credentials(PHONE, n));
+        assert_eq!(out.len(), 1, "attempt {n} reaches the registrar");
+        refuse(&mut net, &text(&out[0]));
+    }
+    // The sixth goes nowhere, unanswered: the source is banned.
+    assert!(net
+        .deliver(LAN, PHONE, &register_with_credentials(PHONE, 6))
+        .is_empty());
+    let ev = events(&mut net);
+    let failed = ev
+        .iter()
+        .filter(|e| e.kind == EventKind::RegisterFailed)
+        .count();
+    assert_eq!(failed, 5, "{ev:?}");
+    let ban = ev.iter().find(|e| e.kind == EventKind::Banned).unwrap();
+    assert_eq!(ban.source, ip(PHONE));
+    assert_eq!(ban.user.as_deref(), Some("alice"));
+    assert_eq!(net.gw.bans(net.now).len(), 1);
+
+    // The same user from another address still gets through.
+    let other = net.deliver(LAN, OTHER_PHONE, &register_with_credentials(OTHER_PHONE, 7));
+    assert_eq!(other.len(), 1, "alice from elsewhere is not locked out");
+    assert_eq!(other[0].remote, addr(PROXY));
+}
+
+#[test]
+fn a_ban_expires_on_virtual_time_with_an_event() {
+    let mut net = net_with(ProtectionOptions {
+        ban_time: Duration::from_secs(60),
+        ..ProtectionOptions::default()
+    });
+    net.gw.ban(ip(PHONE), None, "test", net.now);
+    assert!(net
+        .deliver(LAN, PHONE, &invite("b1", "z9hG4bKb1"))
+        .is_empty());
+    net.advance(Duration::from_secs(59));
+    assert!(net
+        .deliver(LAN, PHONE, &invite("b2", "z9hG4bKb2"))
+        .is_empty());
+    net.advance(Duration::from_secs(2));
+    assert!(net.gw.bans(net.now).is_empty());
+    let ev = events(&mut net);
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == EventKind::Unbanned && e.reason == "ban expired"));
+    assert_eq!(net.deliver(LAN, PHONE, &invite("b3", "z9hG4bKb3")).len(), 1);
+    assert_eq!(net.gw.counters().dropped_banned, 2);
+}
+
+#[test]
+fn a_flood_from_one_source_bans_it_and_spares_the_others() {
+    let mut net = net_with(ProtectionOptions {
+        new_requests: sipward_core::Rate {
+            per_second: 10.0,
+            burst: 20.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    let mut forwarded = 0;
+    for i in 0..100 {
+        let out = net.deliver(
+            LAN,
+            PHONE,
+            &invite(&format!("f{i}"), &format!("z9hG4bKf{i}")),
+        );
+        forwarded += out.iter().filter(|t| t.remote == addr(PROXY)).count();
+    }
+    assert_eq!(forwarded, 20, "the burst passes, then the source is banned");
+    assert_eq!(net.gw.bans(net.now)[0].source, ip(PHONE));
+    assert!(net.gw.bans(net.now)[0].reason.starts_with("flood"));
+    // Another phone is unaffected.
+    let other = net.deliver(LAN, OTHER_PHONE, &invite("g1", "z9hG4bKg1"));
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].remote, addr(PROXY));
+}
+
+#[test]
+fn counting_windows_refill_over_time() {
+    let mut net = net_with(ProtectionOptions {
+        new_requests: sipward_core::Rate {
+            per_second: 10.0,
+            burst: 10.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    // Ten a second for a minute is within the limit.
+    for i in 0..600 {
+        let out = net.deliver(LAN, PHONE, &format!("OPTIONS sip:proxy@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKo{i}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@10.0.0.20>;tag=o{i}\r\nTo: <sip:proxy@10.0.0.1>\r\nCall-ID: o{i}@10.0.0.20\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"));
+        assert_eq!(out.len(), 1, "request {i}");
+        net.now += Duration::from_millis(100);
+    }
+    assert!(net.gw.bans(net.now).is_empty());
+}
+
+#[test]
+fn admission_control_answers_503_to_new_calls_and_keeps_dialogs_going() {
+    let mut net = net_with(ProtectionOptions {
+        admission: sipward_core::Rate {
+            per_second: 5.0,
+            burst: 5.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    // An established call.
+    let fwd = text(&net.phone_sends(&invite("e1", "z9hG4bKe1")));
+    net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+    ));
+    for i in 0..4 {
+        net.deliver(
+            LAN,
+            OTHER_PHONE,
+            &invite(&format!("n{i}"), &format!("z9hG4bKn{i}")),
+        );
+    }
+    // Over the limit: new INVITEs get 503 with Retry-After...
+    let refused = net.deliver(LAN, OTHER_PHONE, &invite("n9", "z9hG4bKn9"));
+    let t = text(&refused[0]);
+    assert!(t.starts_with("SIP/2.0 503 Service Unavailable\r\n"), "{t}");
+    assert!(t.contains("Retry-After: 5\r\n"), "{t}");
+    // ...while the established call's BYE still goes through.
+    let bye = net.phone_sends("BYE sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKbyee1\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-e1\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b1\r\nCall-ID: e1@10.0.0.20\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(bye.remote, addr(PROXY));
+    assert!(events(&mut net)
+        .iter()
+        .any(|e| e.kind == EventKind::Overload));
+    // A second later there is room again.
+    net.now += Duration::from_secs(1);
+    let ok = net.deliver(LAN, OTHER_PHONE, &invite("n10", "z9hG4bKn10"));
+    assert_eq!(ok[0].remote, addr(PROXY));
+}
+
+#[test]
+fn scanners_are_dropped_and_banned() {
+    let mut net = Net::new(AlgOptions::default());
+    let scan = "OPTIONS sip:100@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKscan\r\nMax-Forwards: 70\r\nFrom: \"sipvicious\" <sip:100@1.1.1.1>;tag=s1\r\nTo: \"sipvicious\" <sip:100@1.1.1.1>\r\nCall-ID: scan@10.0.0.20\r\nCSeq: 1 OPTIONS\r\nUser-Agent: friendly-scanner\r\nContent-Length: 0\r\n\r\n";
+    assert!(net.deliver(LAN, PHONE, scan).is_empty());
+    let ev = events(&mut net);
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == EventKind::Banned && e.reason.contains("friendly-scanner")));
+    assert!(net
+        .deliver(LAN, PHONE, &invite("s2", "z9hG4bKs2"))
+        .is_empty());
+}
+
+#[test]
+fn log_only_filters_report_and_let_through() {
+    let mut net = net_with(ProtectionOptions {
+        scanner_filter: sipward_core::FilterMode::LogOnly,
+        ..ProtectionOptions::default()
+    });
+    let scan = "OPTIONS sip:100@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKscan\r\nMax-Forwards: 70\r\nFrom: <sip:100@10.0.0.20>;tag=s1\r\nTo: <sip:100@10.0.0.1>\r\nCall-ID: scan@10.0.0.20\r\nCSeq: 1 OPTIONS\r\nUser-Agent: friendly-scanner\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(net.deliver(LAN, PHONE, scan).len(), 1);
+    let ev = events(&mut net);
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == EventKind::Rejected && e.reason.contains("log only")));
+    assert!(net.gw.bans(net.now).is_empty());
+}
+
+#[test]
+fn unknown_methods_are_dropped() {
+    let mut net = Net::new(AlgOptions::default());
+    let odd = "FOO sip:100@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKfoo\r\nMax-Forwards: 70\r\nFrom: <sip:a@10.0.0.20>;tag=f\r\nTo: <sip:100@10.0.0.1>\r\nCall-ID: foo@10.0.0.20\r\nCSeq: 1 FOO\r\nContent-Length: 0\r\n\r\n";
+    assert!(net.deliver(LAN, PHONE, odd).is_empty());
+    assert!(events(&mut net)
+        .iter()
+        .any(|e| e.kind == EventKind::Rejected && e.method.as_deref() == Some("FOO")));
+}
+
+#[test]
+fn denied_networks_are_dropped_before_parsing() {
+    let mut net = net_with(ProtectionOptions {
+        deny: vec!["10.0.0.20/32".parse().unwrap()],
+        ..ProtectionOptions::default()
+    });
+    assert!(net.deliver(LAN, PHONE, "garbage").is_empty());
+    assert_eq!(
+        net.deliver(LAN, OTHER_PHONE, &invite("d1", "z9hG4bKd1"))
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn many_users_failing_from_one_source_ban_it() {
+    let mut net = net_with(ProtectionOptions {
+        max_failed_users_per_source: 3,
+        ..ProtectionOptions::default()
+    });
+    for (n, user) in ["u1", "u2", "u3"].iter().enumerate() {
+        let msg = register_with_credentials(PHONE, n as u32 + 1)
+            .replace("username=\"alice\"", &format!("username=\"{user}\""));
+        let out = net.deliver(LAN, PHONE, &msg);
+        assert_eq!(out.len(), 1);
+        refuse(&mut net, &text(&out[0]));
+    }
+    let bans = net.gw.bans(net.now);
+    assert_eq!(bans.len(), 1);
+    assert!(bans[0].reason.contains("3 users"), "{:?}", bans[0]);
+}
+
+#[test]
+fn a_binding_taken_over_from_another_address_is_reported() {
+    let mut net = Net::new(AlgOptions::default());
+    registered(&mut net, 3600);
+    let other = register(2, 3600)
+        .replace("10.0.0.20:5062", OTHER_PHONE)
+        .replace("reg-1@10.0.0.20", "reg-2@10.0.0.21");
+    let fwd = text(&net.deliver(LAN, OTHER_PHONE, &other)[0]);
+    net.proxy_sends(&register_ok(&fwd, 3600));
+    let ev = events(&mut net);
+    let hijack = ev
+        .iter()
+        .find(|e| e.kind == EventKind::HijackSuspected)
+        .unwrap();
+    assert_eq!(hijack.source, ip(OTHER_PHONE));
+    assert!(hijack.reason.contains("10.0.0.20"), "{hijack:?}");
+}
+
+#[test]
+fn the_source_table_stays_bounded_under_a_spoofed_flood() {
+    let mut net = net_with(ProtectionOptions {
+        max_tracked_sources: 1000,
+        ..ProtectionOptions::default()
+    });
+    for i in 0..5000u32 {
+        let src = format!("10.0.{}.{}:5062", (i / 250) % 250, i % 250 + 1);
+        net.deliver(
+            LAN,
+            &src,
+            &invite(&format!("sp{i}"), &format!("z9hG4bKsp{i}")),
+        );
+    }
+    assert!(net.gw.tracked_sources() <= 1000);
+}
