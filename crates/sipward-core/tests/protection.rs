@@ -308,3 +308,24 @@ fn the_source_table_stays_bounded_under_a_spoofed_flood() {
     }
     assert!(net.gw.tracked_sources() <= 1000);
 }
+
+/// Quoted display names (svcrack's, and many phones') survive the round trip: the
+/// registrar's challenge gets back to the sender with its From and To restored.
+#[test]
+fn responses_with_quoted_display_names_are_restored() {
+    let mut net = net_with(ProtectionOptions {
+        scanner_filter: sipward_core::FilterMode::Off,
+        ..ProtectionOptions::default()
+    });
+    let reg = "REGISTER sip:10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bK-3176434753;rport\r\nMax-Forwards: 70\r\nTo: \"alice\" <sip:alice@10.0.0.1>\r\nFrom: \"alice\" <sip:alice@10.0.0.1>;tag=3206210844\r\nUser-Agent: friendly-scanner\r\nCall-ID: 1317460889\r\nContact: sip:123@1.1.1.1\r\nCSeq: 1 REGISTER\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n";
+    let out = net.deliver(LAN, PHONE, reg);
+    assert_eq!(out.len(), 1);
+    let back = refuse(&mut net, &text(&out[0]));
+    assert_eq!(back.len(), 1, "{:?}", net.gw.counters());
+    assert_eq!(back[0].remote, addr(PHONE));
+    let t = text(&back[0]);
+    assert!(
+        t.contains("From: \"alice\" <sip:alice@10.0.0.1>;tag=3206210844\r\n"),
+        "{t}"
+    );
+}

@@ -217,6 +217,11 @@ fn check(msg: &Message<'_>, range: &Range<usize>) -> Result<(), EditError> {
         if field.name.is_protected() {
             return Err(EditError::Protected(field.name));
         }
+        // Replacing a field's whole value is deliberate (restoring a From or To the
+        // phone wrote), whatever quoted strings it holds.
+        if msg.range_of(field.value).as_ref() == Some(range) {
+            continue;
+        }
         // The range may start before this line and end inside it: clamp to the line.
         let rel = range.start.saturating_sub(line.start)..range.end.saturating_sub(line.start);
         if touches_quoted(field.line, &rel) {

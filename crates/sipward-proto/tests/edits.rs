@@ -147,6 +147,33 @@ fn guards_refuse_unsafe_edits() {
     assert!(edits.rewrite_ok(&msg));
 }
 
+#[test]
+fn a_whole_value_is_replaceable_whatever_quoted_strings_it_holds() {
+    let limits = Limits::default();
+    let msg = parse(REGISTER_SDP.as_bytes(), &limits);
+    let from = msg.header(HeaderName::From).unwrap();
+    assert!(
+        from.value.contains(&b'"'),
+        "the test needs a quoted display name"
+    );
+    let mut edits = Edits::new();
+    edits
+        .replace(&msg, from.value, b"\"Alice\" <sip:alice@example.com>;tag=1")
+        .unwrap();
+    let out = msg.rewrite(&edits).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("\r\nFrom: \"Alice\" <sip:alice@example.com>;tag=1\r\n"),
+        "{text}"
+    );
+    // A protected field's whole value is still refused.
+    let auth = msg.header(HeaderName::ProxyAuthorization).unwrap();
+    assert_eq!(
+        Edits::new().replace(&msg, auth.value, b"x"),
+        Err(EditError::Protected(HeaderName::ProxyAuthorization))
+    );
+}
+
 trait RewriteOk {
     fn rewrite_ok(&self, msg: &Message<'_>) -> bool;
 }

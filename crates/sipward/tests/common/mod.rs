@@ -168,10 +168,17 @@ service = "sip"
 
     /// Starts the gateway with `alg_options` (TOML lines) added to its ALG object.
     pub(crate) fn start_gateway_with(&self, alg_options: &str) -> Guard {
+        self.start_gateway_full(alg_options, "")
+    }
+
+    /// Starts the gateway with `alg_options` in its ALG object and `tail` (whole TOML
+    /// tables, such as `[protection]`) at the end of the file.
+    pub(crate) fn start_gateway_full(&self, alg_options: &str, tail: &str) -> Guard {
         let cfg = self.dir.join("sipward.toml");
         let text = self
             .config()
-            .replace("[alg.sip]\n", &format!("[alg.sip]\n{alg_options}\n"));
+            .replace("[alg.sip]\n", &format!("[alg.sip]\n{alg_options}\n"))
+            + tail;
         std::fs::write(&cfg, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sipward"))
             .args(["run", "--config", cfg.to_str().unwrap()])
