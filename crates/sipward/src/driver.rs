@@ -271,11 +271,26 @@ fn control(gateway: &mut Gateway, line: &str, now: Instant) -> String {
             gateway.ban(ip, seconds.map(Duration::from_secs), &reason, now);
             format!("ok: {ip} blacklisted\n")
         }
+        ["status"] => {
+            let dialogs = gateway.dialogs();
+            let mut out = format!(
+                "dialogs {} bindings {} transactions {} media streams {}\n{:?}\n",
+                dialogs.len(),
+                gateway.bindings().len(),
+                gateway.transactions(),
+                gateway.media().stream_count(),
+                gateway.counters()
+            );
+            for d in dialogs {
+                out.push_str(&format!("{d:?}\n"));
+            }
+            out
+        }
         ["blacklist", "remove", ip] => match ip.parse::<IpAddr>() {
             Ok(ip) if gateway.unban(ip, now) => format!("ok: {ip} removed\n"),
             Ok(ip) => format!("error: {ip} is not blacklisted\n"),
             Err(_) => format!("error: {ip:?} is not an IP address\n"),
         },
-        _ => "error: commands: blacklist list | blacklist add IP [SECONDS] [REASON] | blacklist remove IP\n".into(),
+        _ => "error: commands: status | blacklist list | blacklist add IP [SECONDS] [REASON] | blacklist remove IP\n".into(),
     }
 }

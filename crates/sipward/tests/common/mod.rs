@@ -25,6 +25,16 @@ impl From<Child> for Guard {
 }
 
 impl Guard {
+    /// Waits for the process to end; its exit status.
+    pub(crate) fn wait_exit(mut self) -> std::process::ExitStatus {
+        self.0.wait().unwrap()
+    }
+
+    /// The process id.
+    pub(crate) fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Waits (up to 20 s) for the process to end on its own.
     pub(crate) fn wait_ended(&mut self) {
         let started = Instant::now();
