@@ -12,6 +12,8 @@ command -v rtpengine >/dev/null 2>&1 || need_apt+=(rtpengine-daemon)
 command -v sipvicious_svcrack >/dev/null 2>&1 || command -v svcrack >/dev/null 2>&1 || need_apt+=(sipvicious)
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)
+command -v bc >/dev/null 2>&1 || need_apt+=(bc)
+command -v nc >/dev/null 2>&1 || need_apt+=(netcat-openbsd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"
     sudo_cmd=""

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo bench --bench wire -- "$@"
+cargo bench --bench drop -- "$@"
 mkdir -p ../results
 out="../results/wire-$(date +%F).md"
 python3 - "$out" <<'PY'
@@ -29,6 +30,13 @@ for group, peer, target, what in checks:
         ratio = ours / theirs
         lines.append(f"| {msg} | {ours/1000:.2f} µs | {theirs/1000:.2f} µs | {ratio:.2f} | {'yes' if ratio <= target else 'NO'} |")
     lines.append("")
+def drop_ns(name):
+    with open(os.path.join(root, "drop", name, "new", "estimates.json")) as f:
+        return json.load(f)["mean"]["point_estimate"]
+lines += ["## drop: the core's cost of discarding a flood datagram (no socket read)", "",
+          "| datagram | ns each |", "|---|---|",
+          f"| from a blacklisted source (before parsing) | {drop_ns('banned_source'):.0f} |",
+          f"| from an outside host no rule admits (parsed, then dropped) | {drop_ns('no_rule_after_parse'):.0f} |", ""]
 text = "\n".join(lines)
 print(text)
 with open(sys.argv[1], "w") as f:
