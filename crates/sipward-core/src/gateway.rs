@@ -370,6 +370,15 @@ impl Gateway {
         if msg.method().is_some_and(|m| m.kind() == MethodKind::Ack) {
             return;
         }
+        let method = msg
+            .method()
+            .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned());
+        self.guard.rejected(
+            at.remote.ip(),
+            method.as_deref(),
+            &format!("answered {status}: {warning}"),
+            at.now,
+        );
         let tag = self.hider.token(&[msg.call_id(), b"answer"]);
         let payload = Echo::of(msg).response(status, reason, &config.agent, Some(warning), &tag);
         self.send(at.local, at.remote, payload);
@@ -382,13 +391,25 @@ impl Gateway {
         at: Arrival,
         msg: &Message<'_>,
     ) -> Option<&'c Rule> {
+        let method = msg
+            .method()
+            .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned());
         let Some(rule) = config.match_rule(zone, at.remote, at.local.port()) else {
             self.counters.dropped_no_rule += 1;
+            self.guard.rejected(
+                at.remote.ip(),
+                method.as_deref(),
+                "dropped: no rule admits it",
+                at.now,
+            );
             return None;
         };
         match rule.action {
             Action::Drop => {
                 self.counters.dropped_by_rule += 1;
+                let reason = format!("dropped by rule {}", rule.name);
+                self.guard
+                    .rejected(at.remote.ip(), method.as_deref(), &reason, at.now);
                 None
             }
             Action::Reject => {

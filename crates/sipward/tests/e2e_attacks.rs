@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{Peer, Topology};
@@ -29,17 +29,23 @@ const ATTACKER_RULE: &str = "[[address]]\nname = \"attacker\"\nhost = \"127.0.0.
     [[rule]]\naction = \"nat\"\nfrom = \"lan\"\nsource = \"attacker\"\nto = \"wan\"\n\
     destination = \"proxy\"\nservice = \"sip\"\n";
 
-/// Runs a SIPVicious tool from the attacker's address against the gateway's inside
+/// Starts a SIPVicious tool from the attacker's address against the gateway's inside
 /// address, bounded in time.
-fn sipvicious(t: &Topology, tool: &str, args: &[&str]) -> Output {
+fn spawn_sipvicious(t: &Topology, tool: &str, args: &[&str]) -> Child {
     Command::new("timeout")
         .arg("60")
         .arg(tool)
         .args(args)
         .current_dir(&t.dir)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("sipvicious is installed (scripts/install-deps.sh installs it)")
+}
+
+fn sipvicious(t: &Topology, tool: &str, args: &[&str]) -> Output {
+    spawn_sipvicious(t, tool, args).wait_with_output().unwrap()
 }
 
 /// A 12-word dictionary with the right password 10th.
@@ -53,25 +59,18 @@ fn dictionary(t: &Topology) -> String {
     path.display().to_string()
 }
 
-fn crack(t: &Topology) -> String {
+fn start_crack(t: &Topology) -> Child {
     let dict = dictionary(t);
-    let out = sipvicious(
-        t,
-        "svcrack",
-        &[
-            "-u",
-            "alice",
-            "-d",
-            &dict,
-            "-p",
-            "5060",
-            "-P",
-            "5077",
-            "-t",
-            "0.5",
-            &t.gw_lan(),
-        ],
-    );
+    let lan = t.gw_lan();
+    let args = [
+        "-u", "alice", "-d", &dict, "-p", "5060", "-P", "5077", "-t", "0.5", &lan,
+    ];
+    spawn_sipvicious(t, "svcrack", &args)
+}
+
+/// Waits for svcrack and returns what it printed.
+fn report(attack: Child) -> String {
+    let out = attack.wait_with_output().unwrap();
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -79,11 +78,16 @@ fn crack(t: &Topology) -> String {
     )
 }
 
-/// REGISTERs with credentials that reached Kamailio from the gateway.
+/// svcrack's REGISTERs with credentials that reached Kamailio from the gateway (its
+/// User-Agent tells them from the phone's).
 fn attempts_at_registrar(t: &Topology) -> usize {
     let log = std::fs::read_to_string(t.dir.join("kamailio.log")).unwrap_or_default();
     log.split("sipward-test received from")
-        .filter(|m| m.contains("REGISTER sip:") && m.contains("Authorization: Digest"))
+        .filter(|m| {
+            m.contains("REGISTER sip:")
+                && m.contains("Authorization: Digest")
+                && m.contains("friendly-scanner")
+        })
         .count()
 }
 
@@ -98,10 +102,10 @@ fn svcrack_is_cut_off_after_five_failures_and_the_phone_still_registers() {
             "{ATTACKER_RULE}[protection]\nscanner_filter = \"off\"\nmax_register_failures = 1000\n"
         ),
     );
-    let report = crack(&control);
+    let found = report(start_crack(&control));
     assert!(
-        report.contains("secret"),
-        "control run: svcrack should crack the password through an unprotected gateway:\n{report}"
+        found.contains("secret"),
+        "control run: svcrack should crack the password through an unprotected gateway:\n{found}"
     );
     drop(gw);
 
@@ -113,17 +117,9 @@ fn svcrack_is_cut_off_after_five_failures_and_the_phone_still_registers() {
         "",
         &format!("{ATTACKER_RULE}[protection]\nscanner_filter = \"off\"\n"),
     );
-    let report = crack(&t);
-    assert!(
-        !report.contains("| secret"),
-        "svcrack found the password through the protected gateway:\n{report}"
-    );
-    let attempts = attempts_at_registrar(&t);
-    assert!(
-        (1..=5).contains(&attempts),
-        "{attempts} REGISTERs with credentials reached the registrar (at most 5)"
-    );
-    // The real phone, from its own address, registers as alice meanwhile.
+    let mut attack = start_crack(&t);
+    // The real phone, from its own address, registers as alice during the attack.
+    std::thread::sleep(Duration::from_millis(1000));
     let phone = t.play(
         "phone_register_as.xml",
         Peer::Phone(0),
@@ -141,6 +137,20 @@ fn svcrack_is_cut_off_after_five_failures_and_the_phone_still_registers() {
         ],
     );
     phone.wait_ok("the legitimate phone's registration");
+    assert!(
+        attack.try_wait().unwrap().is_none(),
+        "svcrack had already given up when the phone registered"
+    );
+    let found = report(attack);
+    assert!(
+        !found.contains("| secret"),
+        "svcrack found the password through the protected gateway:\n{found}"
+    );
+    let attempts = attempts_at_registrar(&t);
+    assert!(
+        (1..=5).contains(&attempts),
+        "{attempts} REGISTERs with credentials from the attacker reached the registrar (at most 5)"
+    );
     let events = t.read_when("events.jsonl", |e| e.contains("\"kind\":\"banned\""));
     let ban = events
         .lines()
