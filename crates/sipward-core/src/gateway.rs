@@ -104,7 +104,8 @@ impl Gateway {
             .iter()
             .flat_map(|z| z.networks.clone())
             .collect();
-        let media = MediaTable::new(&pools, config.alg.media_latching, networks);
+        let media = MediaTable::new(&pools, config.alg.media_latching, networks)
+            .with_bypass(config.alg.allow_media_bypass);
         let guard = Guard::new(config.protection.clone());
         Self {
             guard,

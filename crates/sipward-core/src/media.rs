@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sipward_proto::sdp::Direction as SdpDirection;
+use sipward_proto::sdp::{Direction as SdpDirection, Sdp};
 use sipward_proto::{Edits, Message};
 
 /// Names a relayed stream for the relay.
@@ -213,6 +213,9 @@ struct Stream {
     held: [bool; 2],
     /// Since when the stream counts as set up (for the idle timeout).
     since: Instant,
+    /// Both parties are inside and talk directly (media bypass): nothing to relay, and
+    /// no idle timeout.
+    bypassed: bool,
 }
 
 /// The media of one dialog, by `m=` line.
@@ -262,6 +265,11 @@ pub struct MediaTable {
     next_id: StreamId,
     commands: VecDeque<MediaCommand>,
     refused: u64,
+    /// Media bypass for two inside parties (`allow_media_bypass`).
+    bypass: bool,
+    /// Which call and `m=` line each outside relay address belongs to: an SDP naming one
+    /// of them has come back in through the outside (a hairpin call).
+    owners: HashMap<SocketAddr, (Vec<u8>, usize)>,
 }
 
 impl MediaTable {
@@ -283,7 +291,16 @@ impl MediaTable {
             next_id: 1,
             commands: VecDeque::new(),
             refused: 0,
+            bypass: false,
+            owners: HashMap::new(),
         }
+    }
+
+    /// Lets two inside parties whose call went out and came back in (through the
+    /// outside proxy) send media to each other directly.
+    pub fn with_bypass(mut self, bypass: bool) -> Self {
+        self.bypass = bypass;
+        self
     }
 
     /// The next instruction for the relay.
@@ -358,6 +375,12 @@ impl MediaTable {
             hide_addresses(msg, edits, sdp, from, passage);
             return Ok(());
         };
+        if self.bypass && from == Side::Outside {
+            if let Some(plan) = self.bypass_plan(sdp, passage) {
+                self.apply_bypass(msg, edits, sdp, passage, &plan);
+                return Ok(());
+            }
+        }
 
         // Allocate first, so that a refusal leaves no half-made edits.
         let mut fresh: Vec<(usize, Stream)> = Vec::new();
@@ -391,6 +414,8 @@ impl MediaTable {
         let own = self.own_networks.clone();
         let call = self.calls.entry(passage.call.to_vec()).or_default();
         for (index, s) in fresh {
+            self.owners
+                .insert(*Side::Outside.of(&s.local), (passage.call.to_vec(), index));
             if call.streams.len() <= index {
                 call.streams.resize_with(index + 1, || None);
             }
@@ -533,6 +558,10 @@ impl MediaTable {
             let mut any_closed = false;
             for slot in &mut call.streams {
                 let Some(s) = slot else { continue };
+                if s.bypassed {
+                    any_alive = true;
+                    continue;
+                }
                 let last = s
                     .counters
                     .last_activity()
@@ -554,6 +583,92 @@ impl MediaTable {
             self.close(&s);
         }
         ended
+    }
+
+    /// For an SDP from outside that names only relay addresses of other calls whose
+    /// inside party is on the same inside address as this call's: that party, per `m=`
+    /// line. Only when every live stream can go direct to one and the same host.
+    fn bypass_plan(&self, sdp: &Sdp<'_>, passage: SdpPassage<'_>) -> Option<Vec<(usize, Peer)>> {
+        let session_ip = sdp.connection.and_then(|c| c.ip);
+        let inside_ip = *Side::Inside.of(&passage.gateway_ip);
+        let mut plan = Vec::new();
+        for (index, m) in sdp.media.iter().enumerate() {
+            if m.is_declined() {
+                continue;
+            }
+            let ip = m.connection.and_then(|c| c.ip).or(session_ip)?;
+            let (owner, other_index) = self.owners.get(&SocketAddr::new(ip, m.port))?;
+            if owner.as_slice() == passage.call {
+                return None;
+            }
+            let other = self.calls.get(owner)?.streams.get(*other_index)?.as_ref()?;
+            if Side::Inside.of(&other.local).ip() != inside_ip {
+                return None;
+            }
+            let peer = Side::Inside.of(&other.peers).first()?.1;
+            peer.rtp?;
+            plan.push((index, peer));
+        }
+        let first = plan.first()?.1.rtp?.ip();
+        plan.iter()
+            .all(|(_, p)| p.rtp.is_some_and(|a| a.ip() == first))
+            .then_some(plan)
+    }
+
+    /// Points the SDP at the other inside party directly and marks both calls' streams
+    /// as bypassed.
+    fn apply_bypass(
+        &mut self,
+        msg: &Message<'_>,
+        edits: &mut Edits,
+        sdp: &Sdp<'_>,
+        passage: SdpPassage<'_>,
+        plan: &[(usize, Peer)],
+    ) {
+        let session_ip = sdp.connection.and_then(|c| c.ip);
+        for &(index, peer) in plan {
+            let (Some(m), Some(rtp)) = (sdp.media.get(index), peer.rtp) else {
+                continue;
+            };
+            let host = rtp.ip().to_string();
+            let _ = edits.replace(msg, m.port_token, rtp.port().to_string().as_bytes());
+            if let Some(c) = m.connection {
+                let _ = edits.replace(msg, c.address, host.as_bytes());
+            }
+            if let Some(r) = m.rtcp {
+                let rtcp = peer.rtcp.unwrap_or(rtp);
+                let _ = edits.replace(msg, r.port_token, rtcp.port().to_string().as_bytes());
+                if let Some(a) = r.address {
+                    let _ = edits.replace(msg, a, rtcp.ip().to_string().as_bytes());
+                }
+            }
+            // The other call's stream, found by the relay address this SDP named.
+            let ip = m.connection.and_then(|c| c.ip).or(session_ip);
+            if let Some((owner, other_index)) =
+                ip.and_then(|ip| self.owners.get(&SocketAddr::new(ip, m.port)).cloned())
+            {
+                if let Some(Some(s)) = self
+                    .calls
+                    .get_mut(&owner)
+                    .and_then(|c| c.streams.get_mut(other_index))
+                {
+                    s.bypassed = true;
+                }
+            }
+            if let Some(Some(s)) = self
+                .calls
+                .get_mut(passage.call)
+                .and_then(|c| c.streams.get_mut(index))
+            {
+                s.bypassed = true;
+            }
+        }
+        if let (Some(c), Some(rtp)) = (sdp.connection, plan.first().and_then(|p| p.1.rtp)) {
+            let _ = edits.replace(msg, c.address, rtp.ip().to_string().as_bytes());
+        }
+        // The call exists for this side too, so that its answer is relayed (hidden) on
+        // the way out and found again on the way back.
+        self.calls.entry(passage.call.to_vec()).or_default();
     }
 
     /// Forgets (and closes) the media of calls `keep` says no longer exist.
@@ -597,6 +712,7 @@ impl MediaTable {
             peers: [Vec::new(), Vec::new()],
             held: [false, false],
             since: now,
+            bypassed: false,
         })
     }
 
@@ -615,6 +731,7 @@ impl MediaTable {
     }
 
     fn close(&mut self, s: &Stream) {
+        self.owners.remove(Side::Outside.of(&s.local));
         self.commands.push_back(MediaCommand::Close { id: s.id });
         self.free(s);
     }
@@ -650,7 +767,7 @@ fn is_private(ip: IpAddr) -> bool {
 fn hide_addresses(
     msg: &Message<'_>,
     edits: &mut Edits,
-    sdp: &sipward_proto::sdp::Sdp<'_>,
+    sdp: &Sdp<'_>,
     from: Side,
     passage: SdpPassage<'_>,
 ) {
@@ -675,7 +792,7 @@ fn hide_addresses(
 fn hide_origin(
     msg: &Message<'_>,
     edits: &mut Edits,
-    sdp: &sipward_proto::sdp::Sdp<'_>,
+    sdp: &Sdp<'_>,
     to_ip: IpAddr,
     passage: SdpPassage<'_>,
 ) {

@@ -341,3 +341,88 @@ fn fix_length(msg: &str) -> String {
         .collect();
     format!("{}\r\n\r\n{body}", head.join("\r\n"))
 }
+
+/// A call between two inside phones that goes out to the proxy and comes back in: with
+/// `allow_media_bypass`, each phone is given the other's own address, nothing is
+/// relayed and the idle timeout leaves the call alone; without it, both go through the
+/// relay.
+fn hairpin(bypass: bool) -> (String, String, Net) {
+    let mut net = Net::with_media(
+        AlgOptions {
+            allow_media_bypass: bypass,
+            ..AlgOptions::default()
+        },
+        8,
+    );
+    // bob registers from 10.0.0.21.
+    let reg = register(1, 3600)
+        .replace("10.0.0.20:5062", "10.0.0.21:5062")
+        .replace("alice", "bob")
+        .replace("reg-1@10.0.0.20", "reg-b@10.0.0.21");
+    let fwd = text(&net.deliver(LAN, "10.0.0.21:5062", &reg)[0]);
+    net.proxy_sends(&register_ok(&fwd, 3600));
+    let contact = header(&fwd, "Contact").unwrap();
+    let bob_uri = contact
+        .split('>')
+        .next()
+        .unwrap()
+        .trim_start_matches('<')
+        .to_string();
+
+    // alice calls; the proxy sends the call back in to bob with the SDP it got.
+    let out = text(&net.phone_sends(&invite("hp", "z9hG4bKhp")));
+    let offer = out.split("\r\n\r\n").nth(1).unwrap().to_string();
+    let inbound = format!(
+        "INVITE {bob_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKhpin\r\nMax-Forwards: 69\r\nFrom: {}\r\nTo: <sip:bob@biloxi.example.com>\r\nCall-ID: {}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@203.0.113.1:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        header(&out, "From").unwrap(),
+        header(&out, "Call-ID").unwrap(),
+        offer.len()
+    );
+    let to_bob = net.proxy_sends(&inbound);
+    assert_eq!(to_bob.remote, addr("10.0.0.21:5062"));
+    let to_bob = text(&to_bob);
+
+    // bob answers; the proxy relays the answer to alice's INVITE.
+    let answer = sdp("10.0.0.21", 42000, "");
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: <sip:bob@biloxi.example.com>;tag=bb\r\nCall-ID: {}\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.21:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+        header(&to_bob, "Via").unwrap(),
+        header(&to_bob, "From").unwrap(),
+        header(&to_bob, "Call-ID").unwrap(),
+        answer.len()
+    );
+    let ok_out = text(&net.deliver(LAN, "10.0.0.21:5062", &ok)[0]);
+    assert!(
+        !ok_out.contains("10.0.0.21"),
+        "hidden on the way out: {ok_out}"
+    );
+    let back = ok_out.split("\r\n\r\n").nth(1).unwrap();
+    let to_alice = text(&net.proxy_sends(&response_with_sdp(
+        &out,
+        "200 OK",
+        "bb",
+        "Contact: <sip:bob@203.0.113.1:5060>\r\n",
+        back,
+    )));
+    (to_bob, to_alice, net)
+}
+
+#[test]
+fn media_bypass_lets_two_inside_phones_talk_directly() {
+    let (to_bob, to_alice, mut net) = hairpin(true);
+    assert!(to_bob.contains("c=IN IP4 10.0.0.20\r\n"), "{to_bob}");
+    assert!(to_bob.contains("m=audio 40000 "), "{to_bob}");
+    assert!(to_alice.contains("c=IN IP4 10.0.0.21\r\n"), "{to_alice}");
+    assert!(to_alice.contains("m=audio 42000 "), "{to_alice}");
+    assert!(
+        net.advance(Duration::from_secs(600)).is_empty(),
+        "a bypassed call has no relayed media to time out"
+    );
+}
+
+#[test]
+fn without_bypass_a_hairpin_call_is_relayed() {
+    let (to_bob, to_alice, _) = hairpin(false);
+    assert!(to_bob.contains("c=IN IP4 10.0.0.1\r\n"), "{to_bob}");
+    assert!(to_alice.contains("c=IN IP4 10.0.0.1\r\n"), "{to_alice}");
+}
