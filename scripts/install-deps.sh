@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: Debian packages for the real SIP
-# peers the tests run against (SIPp, sipsak, Kamailio, baresip, rtpengine, sipvicious, sox), and cargo-fuzz for the fuzz smoke run.
+# peers the tests run against (SIPp, sipsak, Kamailio, baresip, rtpengine, sipvicious), the
+# tools they observe with (sox, tcpdump, chromium for the dashboard, curl, bc), and cargo-fuzz for the fuzz smoke run.
 set -euo pipefail
 
 need_apt=()
@@ -13,7 +14,8 @@ command -v sipvicious_svcrack >/dev/null 2>&1 || command -v svcrack >/dev/null 2
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)
 command -v bc >/dev/null 2>&1 || need_apt+=(bc)
-command -v nc >/dev/null 2>&1 || need_apt+=(netcat-openbsd)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"
     sudo_cmd=""

@@ -23,7 +23,6 @@ lan=127.60.0.1; wan=127.60.1.1; proxy=127.60.1.10; phone=127.60.0.20; kam=127.60
 cat > "$work/sipward.toml" <<TOML
 [gateway]
 name = "sipward-bench"
-control = "off"
 events = "off"
 [[interface]]
 name = "lan"

@@ -19,8 +19,10 @@ lan=127.80.0.1 wan=127.80.1.1 proxy=127.80.1.10 phone=127.80.0.20
 cat > "$work/sipward.toml" <<TOML
 [gateway]
 name = "sipward-flood"
-control = "$lan:5081"
 events = "$work/events.jsonl"
+[admin]
+listen = "$lan:8080"
+token = "flood-bench-token-0123456789"
 [[interface]]
 name = "lan"
 address = "$lan"
@@ -106,15 +108,16 @@ done
 cpu1=$(awk '{print $14+$15}' /proc/$gw/stat)
 echo "waiting for the legitimate calls to finish..."
 wait $uac || true
-status="$(echo status | nc -q1 "$lan" 5081 | head -2)"
-bans="$(echo blacklist list | nc -q1 "$lan" 5081)"
+api() { curl -s -H "Authorization: Bearer flood-bench-token-0123456789" "http://$lan:8080$1"; }
+counters="$(api /api/v1/counters)"
+bans="$(api /api/v1/blacklist)"
 last="$(tail -1 "$work"/calls*.csv)"
 head="$(head -1 "$work"/calls*.csv)"
 col() { echo "$head" | tr ';' '\n' | grep -n -x "$1" | cut -d: -f1; }
 ok=$(echo "$last" | cut -d';' -f"$(col 'SuccessfulCall(C)')")
 failed=$(echo "$last" | cut -d';' -f"$(col 'FailedCall(C)')")
-received=$(echo "$status" | grep -o 'received: [0-9]*' | grep -o '[0-9]*')
-banned=$(echo "$status" | grep -o 'dropped_banned: [0-9]*' | grep -o '[0-9]*')
+received=$(echo "$counters" | grep -o '"received":[0-9]*' | grep -o '[0-9]*$')
+banned=$(echo "$counters" | grep -o '"dropped_banned":[0-9]*' | grep -o '[0-9]*$')
 hz=$(getconf CLK_TCK)
 rate=$(echo "$sent / $flood_secs" | bc)
 cpu=$(echo "scale=2; ($cpu1 - $cpu0) / $hz / $flood_secs" | bc)

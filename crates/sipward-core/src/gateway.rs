@@ -72,6 +72,85 @@ pub struct Counters {
     pub media_timeouts: u64,
 }
 
+impl Counters {
+    /// Every counter by a stable name (the admin API's and the metrics' keys).
+    pub fn fields(&self) -> [(&'static str, u64); 21] {
+        [
+            ("received", self.received),
+            ("forwarded", self.forwarded),
+            ("answered_malformed", self.answered_malformed),
+            ("dropped_malformed", self.dropped_malformed),
+            ("keepalives", self.keepalives),
+            ("dropped_no_rule", self.dropped_no_rule),
+            ("dropped_by_rule", self.dropped_by_rule),
+            ("rejected_by_rule", self.rejected_by_rule),
+            ("stray_responses", self.stray_responses),
+            ("unknown_target", self.unknown_target),
+            ("session_limit", self.session_limit),
+            ("state_full", self.state_full),
+            ("timeouts", self.timeouts),
+            ("dialogs_expired", self.dialogs_expired),
+            ("bindings_expired", self.bindings_expired),
+            ("edit_failures", self.edit_failures),
+            ("dropped_banned", self.dropped_banned),
+            ("dropped_flood", self.dropped_flood),
+            ("dropped_filtered", self.dropped_filtered),
+            ("overloaded", self.overloaded),
+            ("media_timeouts", self.media_timeouts),
+        ]
+    }
+}
+
+/// Which way a message went.
+#[derive(Clone, Copy)]
+enum Flow {
+    In,
+    Out,
+}
+
+/// Message counts for the operator: requests by method and responses by class (1xx..6xx),
+/// each way, and malformed datagrams by defect. Keys are bounded: known methods, "other".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub requests_in: std::collections::BTreeMap<String, u64>,
+    pub requests_out: std::collections::BTreeMap<String, u64>,
+    /// Index 0 is 1xx ... index 5 is 6xx.
+    pub responses_in: [u64; 6],
+    pub responses_out: [u64; 6],
+    pub malformed: std::collections::BTreeMap<String, u64>,
+}
+
+impl Traffic {
+    fn count(&mut self, flow: Flow, payload: &[u8]) {
+        if let Some(rest) = payload.strip_prefix(b"SIP/2.0 ") {
+            let class = rest.first().map_or(0, |d| d.wrapping_sub(b'1') as usize);
+            let classes = match flow {
+                Flow::In => &mut self.responses_in,
+                Flow::Out => &mut self.responses_out,
+            };
+            if let Some(c) = classes.get_mut(class) {
+                *c += 1;
+            }
+            return;
+        }
+        let token = payload.split(|&b| b == b' ').next().unwrap_or_default();
+        let name = match MethodKind::from_bytes(token) {
+            MethodKind::Other => "OTHER",
+            _ => std::str::from_utf8(token).unwrap_or("OTHER"),
+        };
+        let map = match flow {
+            Flow::In => &mut self.requests_in,
+            Flow::Out => &mut self.requests_out,
+        };
+        match map.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(name.to_string(), 1);
+            }
+        }
+    }
+}
+
 /// The gateway core.
 pub struct Gateway {
     config: Arc<Config>,
@@ -81,6 +160,7 @@ pub struct Gateway {
     counters: Counters,
     media: MediaTable,
     guard: Guard,
+    traffic: Traffic,
     next_sweep: Option<Instant>,
 }
 
@@ -109,6 +189,7 @@ impl Gateway {
         let guard = Guard::new(config.protection.clone());
         Self {
             guard,
+            traffic: Traffic::default(),
             hider: Hider::new(&config.secret),
             config: Arc::new(config),
             tables: Tables::default(),
@@ -129,6 +210,11 @@ impl Gateway {
 
     pub fn media(&self) -> &MediaTable {
         &self.media
+    }
+
+    /// Messages in and out by method and response class, malformed input by defect.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
     }
 
     /// The next security event for the log.
@@ -192,6 +278,9 @@ impl Gateway {
                 phone: d.phone,
                 confirmed: d.confirmed,
                 created: d.created,
+                session: d.session,
+                outbound: d.originated_inside,
+                streams: self.media.streams(&d.key().media_id()),
             })
             .collect()
     }
@@ -212,6 +301,7 @@ impl Gateway {
     }
 
     fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
+        self.traffic.count(Flow::Out, &payload);
         self.out.push_back(Transmit {
             local,
             remote,
@@ -256,6 +346,11 @@ impl Gateway {
                     self.arm(now);
                     return;
                 }
+                *self
+                    .traffic
+                    .malformed
+                    .entry(format!("{:?}", rejection.defect.kind))
+                    .or_default() += 1;
                 let reason = format!("malformed: {}", rejection.defect);
                 self.guard.rejected(remote.ip(), None, &reason, now);
                 match build_answer(data, &rejection, &config.agent) {
@@ -275,6 +370,7 @@ impl Gateway {
                 }
             }
             Ok(Datagram::Message(msg)) => {
+                self.traffic.count(Flow::In, data);
                 if !self.screen(&config, at, &msg) {
                     self.arm(now);
                     return;

@@ -240,6 +240,12 @@ pub struct DialogView {
     pub phone: SocketAddr,
     pub confirmed: bool,
     pub created: Instant,
+    /// A call (INVITE) rather than a subscription.
+    pub session: bool,
+    /// Begun by the inside phone.
+    pub outbound: bool,
+    /// Its media streams, with their counters.
+    pub streams: Vec<crate::media::StreamView>,
 }
 
 /// All tables. Keys: client transactions by (our outside branch, CSeq method); server

@@ -45,7 +45,14 @@ impl<'a> Method<'a> {
     }
 
     pub fn kind(&self) -> MethodKind {
-        match self.0 {
+        MethodKind::from_bytes(self.0)
+    }
+}
+
+impl MethodKind {
+    /// The method a token names (case-sensitive, as RFC 3261 says).
+    pub fn from_bytes(token: &[u8]) -> MethodKind {
+        match token {
             b"INVITE" => MethodKind::Invite,
             b"ACK" => MethodKind::Ack,
             b"BYE" => MethodKind::Bye,

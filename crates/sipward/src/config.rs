@@ -38,6 +38,8 @@ pub(crate) struct Config {
     rule: Vec<RuleSection>,
     #[serde(default)]
     protection: ProtectionSection,
+    #[serde(default)]
+    admin: AdminSection,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
@@ -58,9 +60,34 @@ struct GatewaySection {
     /// file path, or "off".
     #[serde(default = "default_events")]
     events: String,
-    /// Loopback address of the control socket (`sipward blacklist ...`), or "off".
-    #[serde(default = "default_control")]
-    control: String,
+}
+
+/// `[admin]`: the admin API, metrics and dashboard. Enabled when a token is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    #[serde(default = "default_admin_listen_spanned")]
+    listen: Spanned<String>,
+    /// The bearer token every API request must carry.
+    #[serde(default)]
+    token: Option<Spanned<String>>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: Spanned::new(0..0, default_admin_listen()),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_admin_listen_spanned() -> Spanned<String> {
+    Spanned::new(0..0, default_admin_listen())
 }
 
 impl Default for GatewaySection {
@@ -69,17 +96,12 @@ impl Default for GatewaySection {
             name: default_agent(),
             secret: None,
             events: default_events(),
-            control: default_control(),
         }
     }
 }
 
 fn default_events() -> String {
     "-".into()
-}
-
-fn default_control() -> String {
-    "127.0.0.1:5081".into()
 }
 
 /// `[protection]`: attack protection; every key optional (defaults in the README).
@@ -544,23 +566,34 @@ impl Config {
         (self.gateway.events != "off").then_some(self.gateway.events.as_str())
     }
 
-    /// The control socket's address, unless "off".
-    pub(crate) fn control(&self, origin: &str) -> Result<Option<SocketAddr>> {
-        if self.gateway.control == "off" {
+    /// The admin API's address and token, when a token is configured.
+    pub(crate) fn admin(&self, origin: &str) -> Result<Option<(SocketAddr, String)>> {
+        let Some(token) = &self.admin.token else {
             return Ok(None);
-        }
-        let addr: SocketAddr = self.gateway.control.parse().map_err(|_| {
+        };
+        let listen = &self.admin.listen;
+        let addr: SocketAddr = listen.get_ref().parse().map_err(|_| {
             anyhow!(
-                "{origin}: [gateway] control {:?}: expected IP:port or \"off\"",
-                self.gateway.control
+                "{}: [admin] listen {:?}: expected IP:port",
+                self.at(origin, listen),
+                listen.get_ref()
             )
         })?;
-        if !addr.ip().is_loopback() {
+        if token.get_ref().len() < 16 {
             bail!(
-                "{origin}: [gateway] control {addr}: the control socket listens on loopback only"
+                "{}: [admin] token: use at least 16 characters",
+                self.at(origin, token)
             );
         }
-        Ok(Some(addr))
+        Ok(Some((addr, token.get_ref().clone())))
+    }
+
+    /// A short digest of the configuration text, to tell configurations apart.
+    pub(crate) fn digest(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.text.hash(&mut h);
+        format!("{:016x}", h.finish())
     }
 
     fn protection(

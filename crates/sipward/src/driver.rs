@@ -1,43 +1,38 @@
 //! The tokio UDP driver around the pure core: one socket per interface, one task that
 //! owns the [`Gateway`], the clock read here and nowhere else. Media commands the core
 //! emits go to the relay thread ([`RelayHandle`]); security events are written as JSON
-//! lines; the control socket serves blacklist commands.
+//! lines; admin API queries are answered between datagrams.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sipward_core::{Config, Gateway, SecurityEvent};
 use sipward_relay::RelayHandle;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::admin::{self, AdminRequest, Latency, RunInfo};
 
 /// Largest UDP datagram read; anything longer is truncated by the kernel and then
 /// refused by the size limit.
 const RECV_BUFFER: usize = 65_535;
-/// Longest control command line.
-const MAX_COMMAND: usize = 512;
-
 /// What the binary needs besides the core's configuration.
 pub(crate) struct Settings {
     /// "-" for standard output, a path, or None.
     pub(crate) events: Option<String>,
-    pub(crate) control: Option<SocketAddr>,
+    /// Admin API address and bearer token.
+    pub(crate) admin: Option<(SocketAddr, String)>,
+    pub(crate) config_digest: String,
 }
 
 struct Received {
     local: SocketAddr,
     remote: SocketAddr,
     data: Vec<u8>,
-}
-
-struct ControlRequest {
-    line: String,
-    reply: oneshot::Sender<String>,
 }
 
 /// Binds every interface and runs the gateway until ctrl-c.
@@ -85,20 +80,30 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     }
     drop(tx);
 
-    let (control_tx, mut control_rx) = mpsc::channel::<ControlRequest>(16);
-    if let Some(addr) = settings.control {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("control socket: cannot bind {addr}"))?;
-        println!("sipward: control socket on {addr}");
-        tokio::spawn(serve_control(listener, control_tx));
-    } else {
-        drop(control_tx);
-    }
+    let info = RunInfo {
+        started: Instant::now(),
+        started_wall: SystemTime::now(),
+        listeners: config
+            .zones
+            .iter()
+            .map(|z| (z.name.clone(), z.address, z.inside))
+            .collect(),
+        config_digest: settings.config_digest.clone(),
+    };
+    let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
+    let _admin = match settings.admin {
+        Some((listen, token)) => Some(admin::serve(listen, token, admin_tx).await?),
+        None => {
+            drop(admin_tx);
+            None
+        }
+    };
+    let mut latency = Latency::default();
     let mut events = EventLog::open(settings.events.as_deref())?;
 
     let mut gateway = Gateway::new(config);
     let relay = RelayHandle::spawn().context("cannot start the media relay")?;
+    println!("sipward: ready");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
     loop {
@@ -112,11 +117,13 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         tokio::select! {
             received = rx.recv() => {
                 let Some(r) = received else { break };
-                gateway.handle_datagram(Instant::now(), r.local, r.remote, &r.data);
+                let started = Instant::now();
+                gateway.handle_datagram(started, r.local, r.remote, &r.data);
+                latency.record(started.elapsed());
             }
             () = sleep => gateway.handle_timeout(Instant::now()),
-            Some(request) = control_rx.recv() => {
-                let answer = control(&mut gateway, &request.line, Instant::now());
+            Some(request) = admin_rx.recv() => {
+                let answer = admin::answer(&mut gateway, &info, &latency, request.query, Instant::now());
                 let _ = request.reply.send(answer);
             }
             _ = &mut shutdown => {
@@ -195,7 +202,7 @@ impl EventLog {
 }
 
 /// The wall-clock time of a core instant, RFC 3339 in UTC.
-fn wall_clock(at: Instant) -> String {
+pub(crate) fn wall_clock(at: Instant) -> String {
     let age = Instant::now().saturating_duration_since(at);
     let when = SystemTime::now()
         .checked_sub(age)
@@ -203,94 +210,4 @@ fn wall_clock(at: Instant) -> String {
     time::OffsetDateTime::from(when)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-/// Accepts control connections: one command line each, one reply.
-async fn serve_control(listener: TcpListener, requests: mpsc::Sender<ControlRequest>) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = BufReader::new(read).take(MAX_COMMAND as u64);
-            let answer = match reader.read_line(&mut line).await {
-                Ok(_) => {
-                    let (reply, wait) = oneshot::channel();
-                    if requests.send(ControlRequest { line, reply }).await.is_err() {
-                        return;
-                    }
-                    wait.await
-                        .unwrap_or_else(|_| "error: gateway stopped\n".into())
-                }
-                Err(e) => format!("error: {e}\n"),
-            };
-            if let Err(e) = write.write_all(answer.as_bytes()).await {
-                tracing::debug!(%peer, "control reply: {e}");
-            }
-        });
-    }
-}
-
-/// Runs one control command against the gateway.
-fn control(gateway: &mut Gateway, line: &str, now: Instant) -> String {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        ["blacklist", "list"] => {
-            let mut out = String::new();
-            for b in gateway.bans(now) {
-                let line = serde_json::json!({
-                    "source": b.source,
-                    "reason": b.reason,
-                    "user": b.user,
-                    "first_seen": wall_clock(b.first_seen),
-                    "last_seen": wall_clock(b.last_seen),
-                    "expires_in": b.expires.saturating_duration_since(now).as_secs(),
-                    "hits": b.hits,
-                });
-                out.push_str(&line.to_string());
-                out.push('\n');
-            }
-            out
-        }
-        ["blacklist", "add", ip, rest @ ..] => {
-            let Ok(ip) = ip.parse::<IpAddr>() else {
-                return format!("error: {ip:?} is not an IP address\n");
-            };
-            let (seconds, reason) = match rest.split_first() {
-                Some((s, r)) if s.parse::<u64>().is_ok() => (s.parse::<u64>().ok(), r.join(" ")),
-                _ => (None, rest.join(" ")),
-            };
-            let reason = if reason.is_empty() {
-                "added by operator".to_string()
-            } else {
-                reason
-            };
-            gateway.ban(ip, seconds.map(Duration::from_secs), &reason, now);
-            format!("ok: {ip} blacklisted\n")
-        }
-        ["status"] => {
-            let dialogs = gateway.dialogs();
-            let mut out = format!(
-                "dialogs {} bindings {} transactions {} media streams {}\n{:?}\n",
-                dialogs.len(),
-                gateway.bindings().len(),
-                gateway.transactions(),
-                gateway.media().stream_count(),
-                gateway.counters()
-            );
-            for d in dialogs {
-                out.push_str(&format!("{d:?}\n"));
-            }
-            out
-        }
-        ["blacklist", "remove", ip] => match ip.parse::<IpAddr>() {
-            Ok(ip) if gateway.unban(ip, now) => format!("ok: {ip} removed\n"),
-            Ok(ip) => format!("error: {ip} is not blacklisted\n"),
-            Err(_) => format!("error: {ip:?} is not an IP address\n"),
-        },
-        _ => "error: commands: status | blacklist list | blacklist add IP [SECONDS] [REASON] | blacklist remove IP\n".into(),
-    }
 }

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod admin;
+mod cli;
 mod config;
 mod driver;
 mod validate;
@@ -46,30 +48,9 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// List, add or remove blacklisted sources of the running gateway.
-    Blacklist {
-        /// The gateway's control socket.
-        #[arg(long, default_value = "127.0.0.1:5081")]
-        control: std::net::SocketAddr,
-        #[command(subcommand)]
-        action: BlacklistAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum BlacklistAction {
-    /// One JSON line per live entry: source, reason, user, first/last seen, expiry, hits.
-    List,
-    /// Blacklist a source (for the configured ban time unless --seconds is given).
-    Add {
-        source: std::net::IpAddr,
-        #[arg(long)]
-        seconds: Option<u64>,
-        #[arg(long, default_value = "added by operator")]
-        reason: String,
-    },
-    /// Lift a source's ban.
-    Remove { source: std::net::IpAddr },
+    /// Ask the running gateway (admin API): status, calls, registrations, blacklist.
+    #[command(flatten)]
+    Admin(cli::AdminCommand),
 }
 
 fn load(path: Option<&Path>) -> Result<sipward_core::Config> {
@@ -88,38 +69,10 @@ fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, driver::Settin
     let core = file.compile(&origin)?;
     let settings = driver::Settings {
         events: file.events().map(str::to_string),
-        control: file.control(&origin)?,
+        admin: file.admin(&origin)?,
+        config_digest: file.digest(),
     };
     Ok((core, settings))
-}
-
-/// Sends one command to the control socket and prints the reply.
-fn blacklist(control: std::net::SocketAddr, action: BlacklistAction) -> Result<ExitCode> {
-    use std::io::{Read, Write};
-    let line = match action {
-        BlacklistAction::List => "blacklist list".to_string(),
-        BlacklistAction::Add {
-            source,
-            seconds,
-            reason,
-        } => match seconds {
-            Some(s) => format!("blacklist add {source} {s} {reason}"),
-            None => format!("blacklist add {source} {reason}"),
-        },
-        BlacklistAction::Remove { source } => format!("blacklist remove {source}"),
-    };
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&control, std::time::Duration::from_secs(2))
-            .map_err(|e| anyhow::anyhow!("control socket {control}: {e} (is sipward running?)"))?;
-    stream.write_all(format!("{line}\n").as_bytes())?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
-    print!("{reply}");
-    Ok(if reply.starts_with("error") {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 fn main() -> ExitCode {
@@ -136,7 +89,7 @@ fn main() -> ExitCode {
             rt.block_on(driver::run(c, settings))
                 .map(|()| ExitCode::SUCCESS)
         }),
-        Command::Blacklist { control, action } => blacklist(control, action),
+        Command::Admin(command) => cli::run(command),
         Command::Check { config } => load(config.as_deref()).map(|c| {
             print_rules(&c);
             ExitCode::SUCCESS

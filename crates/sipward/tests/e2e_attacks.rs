@@ -162,27 +162,10 @@ fn svcrack_is_cut_off_after_five_failures_and_the_phone_still_registers() {
     );
     assert!(ban.contains("\"user\":\"alice\""), "{ban}");
     // The blacklist, as the operator sees it.
-    let list = Command::new(env!("CARGO_BIN_EXE_sipward"))
-        .args([
-            "blacklist",
-            "--control",
-            &format!("{}:5081", t.gw_lan()),
-            "list",
-        ])
-        .output()
-        .unwrap();
+    let list = t.admin(&["blacklist", "--json", "list"]);
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(list.contains(&attacker(&t)), "{list}");
-    let removed = Command::new(env!("CARGO_BIN_EXE_sipward"))
-        .args([
-            "blacklist",
-            "--control",
-            &format!("{}:5081", t.gw_lan()),
-            "remove",
-            &attacker(&t),
-        ])
-        .output()
-        .unwrap();
+    let removed = t.admin(&["blacklist", "remove", &attacker(&t)]);
     assert!(removed.status.success(), "{removed:?}");
     std::thread::sleep(Duration::from_millis(100));
     let events = std::fs::read_to_string(t.dir.join("events.jsonl")).unwrap();

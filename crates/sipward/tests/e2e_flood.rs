@@ -128,18 +128,10 @@ fn legitimate_calls_complete_through_a_flood_and_the_flooder_is_banned() {
         ok >= 99 && failed <= 1,
         "{ok} calls completed, {failed} failed"
     );
-    let list = Command::new(env!("CARGO_BIN_EXE_sipward"))
-        .args([
-            "blacklist",
-            "--control",
-            &format!("{}:5081", t.gw_lan()),
-            "list",
-        ])
-        .output()
-        .unwrap();
+    let list = t.admin(&["blacklist", "--json", "list"]);
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(
-        list.contains("\"source\":\"127.0.0.1\"") && list.contains("flood"),
+        list.contains("\"source\": \"127.0.0.1\"") && list.contains("flood"),
         "the flooder is not banned for flooding: {list}"
     );
     assert!(

@@ -75,7 +75,7 @@ fn outbound_call_relays_every_packet_both_ways_drops_injection_and_closes_on_bye
         "phone_call_rtp.xml",
         Peer::Phone(0),
         Some(&t.gw_lan_sip()),
-        &["-s", "bob", "-mi", &phone_ip, "-mp", "18000"],
+        &["-s", "bob", "-mi", &phone_ip, "-mp", "18000", "-d", "2500"],
     );
     // Mid-call, a third host on the outside sends into the relay's outside port.
     std::thread::sleep(Duration::from_millis(1200));

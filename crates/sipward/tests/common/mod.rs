@@ -95,6 +95,9 @@ pub(crate) fn logged(file: &str) -> [&str; 3] {
     ["-trace_msg", "-message_file", file]
 }
 
+/// The admin API token of every test gateway.
+pub(crate) const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+
 /// One test's private loopback topology: inside 127.<n>.0.0/24, outside 127.<n>.1.0/24.
 pub(crate) struct Topology {
     pub(crate) n: u8,
@@ -128,8 +131,10 @@ impl Topology {
             r#"
 [gateway]
 name = "sipward-e2e"
-control = "{lan}:5081"
 events = "{events}"
+[admin]
+listen = "{lan}:8080"
+token = "{token}"
 [[interface]]
 name = "lan"
 address = "{lan}"
@@ -168,7 +173,8 @@ service = "sip"
             wan = self.gw_wan(),
             proxy = self.proxy(),
             n = self.n,
-            events = self.dir.join("events.jsonl").display()
+            events = self.dir.join("events.jsonl").display(),
+            token = ADMIN_TOKEN,
         )
     }
 
@@ -198,14 +204,13 @@ service = "sip"
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let mut listening = 0;
-        while listening < 2 {
+        loop {
             let line = lines
                 .next()
-                .expect("gateway exited before listening")
+                .expect("gateway exited before it was ready")
                 .unwrap();
-            if line.contains("listening on") {
-                listening += 1;
+            if line == "sipward: ready" {
+                break;
             }
         }
         std::thread::spawn(move || for _ in lines {});
@@ -464,5 +469,25 @@ impl Topology {
             .status()
             .expect("sox is installed (scripts/install-deps.sh installs it)");
         assert!(status.success());
+    }
+}
+
+impl Topology {
+    /// The gateway's admin API base URL.
+    pub(crate) fn api(&self) -> String {
+        format!("http://{}:8080", self.gw_lan())
+    }
+
+    /// Runs a `sipward` admin command (status, calls, registrations, blacklist ...)
+    /// against this topology's gateway; its standard output.
+    pub(crate) fn admin(&self, args: &[&str]) -> std::process::Output {
+        let api = self.api();
+        let (command, rest) = args.split_first().unwrap();
+        Command::new(env!("CARGO_BIN_EXE_sipward"))
+            .arg(command)
+            .args(["--api", &api, "--token", ADMIN_TOKEN])
+            .args(rest)
+            .output()
+            .unwrap()
     }
 }

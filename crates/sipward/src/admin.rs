@@ -1,0 +1,527 @@
+//! The admin surface: a versioned JSON API under `/api/v1/`, Prometheus metrics at
+//! `/metrics` and the live dashboard at `/dashboard`, served by axum on loopback and
+//! guarded by a bearer token (the dashboard page itself carries no data).
+//!
+//! The gateway lives in the driver's task, unshared: handlers send a [`Query`] over a
+//! channel and the driver answers between datagrams with [`answer`], so every reply is a
+//! consistent snapshot and the core needs no locks.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sipward_core::{BanView, Gateway, StreamView};
+use tokio::sync::{mpsc, oneshot};
+
+/// What a handler asks the driver.
+#[derive(Debug)]
+pub(crate) enum Query {
+    Status,
+    Registrations,
+    Calls,
+    Transactions,
+    Counters,
+    Blacklist,
+    Ban {
+        source: IpAddr,
+        seconds: Option<u64>,
+        reason: String,
+    },
+    Unban(IpAddr),
+    Metrics,
+}
+
+/// The driver's reply.
+pub(crate) enum Answer {
+    Json(Value),
+    Created(Value),
+    NotFound(String),
+    Text(String),
+}
+
+pub(crate) struct AdminRequest {
+    pub(crate) query: Query,
+    pub(crate) reply: oneshot::Sender<Answer>,
+}
+
+/// Facts about this run the API reports.
+pub(crate) struct RunInfo {
+    pub(crate) started: Instant,
+    pub(crate) started_wall: SystemTime,
+    pub(crate) listeners: Vec<(String, SocketAddr, bool)>,
+    pub(crate) config_digest: String,
+}
+
+/// Processing time per datagram, for the metrics histogram.
+pub(crate) struct Latency {
+    /// Upper bounds in seconds.
+    bounds: [f64; 10],
+    counts: [u64; 10],
+    sum: f64,
+    count: u64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            bounds: [
+                5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 5e-3, 25e-3,
+            ],
+            counts: [0; 10],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Latency {
+    pub(crate) fn record(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        self.sum += secs;
+        self.count += 1;
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if secs <= *bound {
+                *count += 1;
+            }
+        }
+    }
+}
+
+fn seconds_until(at: Instant, now: Instant) -> u64 {
+    at.saturating_duration_since(now).as_secs()
+}
+
+fn stream_json(s: &StreamView, now: Instant) -> Value {
+    let peer = |p: Option<sipward_core::Peer>| {
+        p.map(|p| {
+            json!({
+                "rtp": p.rtp.map(|a| a.to_string()),
+                "rtcp": p.rtcp.map(|a| a.to_string()),
+                "latch": p.latch,
+            })
+        })
+    };
+    json!({
+        "id": s.id,
+        "index": s.index,
+        "inside_address": s.local[0].to_string(),
+        "outside_address": s.local[1].to_string(),
+        "inside_party": peer(s.peers[0]),
+        "outside_party": peer(s.peers[1]),
+        "held": s.held,
+        "packets_from_inside": s.counters.packets[0],
+        "packets_from_outside": s.counters.packets[1],
+        "bytes_from_inside": s.counters.bytes[0],
+        "bytes_from_outside": s.counters.bytes[1],
+        "dropped": s.counters.dropped,
+        "idle_seconds": s.counters.last_activity.map(|t| now.saturating_duration_since(t).as_secs()),
+    })
+}
+
+fn ban_json(b: &BanView, now: Instant) -> Value {
+    json!({
+        "source": b.source.to_string(),
+        "reason": b.reason,
+        "user": b.user,
+        "first_seen": crate::driver::wall_clock(b.first_seen),
+        "last_seen": crate::driver::wall_clock(b.last_seen),
+        "expires_in": seconds_until(b.expires, now),
+        "hits": b.hits,
+    })
+}
+
+/// Answers one query from the gateway's state at `now`.
+pub(crate) fn answer(
+    gateway: &mut Gateway,
+    info: &RunInfo,
+    latency: &Latency,
+    query: Query,
+    now: Instant,
+) -> Answer {
+    match query {
+        Query::Status => Answer::Json(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started": time::OffsetDateTime::from(info.started_wall)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "uptime_seconds": now.saturating_duration_since(info.started).as_secs(),
+            "listeners": info.listeners.iter().map(|(name, addr, inside)| json!({
+                "interface": name, "address": addr.to_string(), "inside": inside,
+            })).collect::<Vec<_>>(),
+            "config_digest": info.config_digest,
+            "registrations": gateway.bindings().len(),
+            "calls": gateway.dialogs().iter().filter(|d| d.session).count(),
+            "transactions": gateway.transactions(),
+            "media_streams": gateway.media().stream_count(),
+            "bans": gateway.bans(now).len(),
+        })),
+        Query::Registrations => Answer::Json(Value::Array(
+            gateway
+                .bindings()
+                .iter()
+                .map(|b| {
+                    json!({
+                        "aor": b.aor,
+                        "phone": b.phone.to_string(),
+                        "inside_contact": b.inside_contact,
+                        "outside_contact": b.outside_contact,
+                        "expires_in": seconds_until(b.expires_at, now),
+                    })
+                })
+                .collect(),
+        )),
+        Query::Calls => Answer::Json(Value::Array(
+            gateway
+                .dialogs()
+                .iter()
+                .map(|d| {
+                    json!({
+                        "call_id": d.outside_call_id,
+                        "inside_call_id": d.inside_call_id,
+                        "kind": if d.session { "call" } else { "subscription" },
+                        "direction": if d.outbound { "outbound" } else { "inbound" },
+                        "aor": d.aor,
+                        "phone": d.phone.to_string(),
+                        "state": if d.confirmed { "confirmed" } else { "early" },
+                        "age_seconds": now.saturating_duration_since(d.created).as_secs(),
+                        "streams": d.streams.iter().map(|s| stream_json(s, now)).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        )),
+        Query::Transactions => Answer::Json(json!({ "count": gateway.transactions() })),
+        Query::Counters => {
+            let c = gateway.counters().fields();
+            let t = gateway.traffic();
+            let classes = |a: &[u64; 6]| {
+                json!({"1xx": a[0], "2xx": a[1], "3xx": a[2], "4xx": a[3], "5xx": a[4], "6xx": a[5]})
+            };
+            Answer::Json(json!({
+                "events": c.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "requests_in": t.requests_in,
+                "requests_out": t.requests_out,
+                "responses_in": classes(&t.responses_in),
+                "responses_out": classes(&t.responses_out),
+                "malformed": t.malformed,
+                "media_refused": gateway.media().refused(),
+            }))
+        }
+        Query::Blacklist => Answer::Json(Value::Array(
+            gateway.bans(now).iter().map(|b| ban_json(b, now)).collect(),
+        )),
+        Query::Ban {
+            source,
+            seconds,
+            reason,
+        } => {
+            gateway.ban(source, seconds.map(Duration::from_secs), &reason, now);
+            let entry = gateway.bans(now).into_iter().find(|b| b.source == source);
+            Answer::Created(entry.map_or(Value::Null, |b| ban_json(&b, now)))
+        }
+        Query::Unban(source) => {
+            if gateway.unban(source, now) {
+                Answer::Json(json!({ "removed": source.to_string() }))
+            } else {
+                Answer::NotFound(format!("{source} is not blacklisted"))
+            }
+        }
+        Query::Metrics => Answer::Text(metrics(gateway, latency, now)),
+    }
+}
+
+/// Builds the Prometheus text exposition: each family's HELP and TYPE, then its samples.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// The Prometheus metrics, written from the core's own counters (a registry of atomics
+/// would only copy them).
+fn metrics(gateway: &Gateway, latency: &Latency, now: Instant) -> String {
+    let mut e = Exposition(String::new());
+    let t = gateway.traffic();
+    let n = "sipward_requests_total";
+    e.family(n, "counter", "SIP requests by direction and method.");
+    for (dir, map) in [("in", &t.requests_in), ("out", &t.requests_out)] {
+        for (method, v) in map {
+            e.sample(n, &format!("direction=\"{dir}\",method=\"{method}\""), v);
+        }
+    }
+    let n = "sipward_responses_total";
+    e.family(n, "counter", "SIP responses by direction and class.");
+    for (dir, classes) in [("in", &t.responses_in), ("out", &t.responses_out)] {
+        for (i, v) in classes.iter().enumerate() {
+            e.sample(n, &format!("direction=\"{dir}\",class=\"{}xx\"", i + 1), v);
+        }
+    }
+    let n = "sipward_events_total";
+    e.family(n, "counter", "Gateway events and rejections by reason.");
+    for (reason, v) in gateway.counters().fields() {
+        e.sample(n, &format!("reason=\"{reason}\""), v);
+    }
+    let n = "sipward_malformed_total";
+    e.family(n, "counter", "Malformed datagrams by defect.");
+    for (defect, v) in &t.malformed {
+        e.sample(n, &format!("defect=\"{defect}\""), v);
+    }
+    let dialogs = gateway.dialogs();
+    let calls = dialogs.iter().filter(|d| d.session).count();
+    for (name, help, v) in [
+        (
+            "sipward_registrations",
+            "Registration bindings.",
+            gateway.bindings().len(),
+        ),
+        (
+            "sipward_calls",
+            "Calls (INVITE dialogs), early or confirmed.",
+            calls,
+        ),
+        (
+            "sipward_subscriptions",
+            "Subscription dialogs.",
+            dialogs.len() - calls,
+        ),
+        (
+            "sipward_transactions",
+            "Transactions in progress or lingering.",
+            gateway.transactions(),
+        ),
+        (
+            "sipward_media_streams",
+            "Relayed media streams.",
+            gateway.media().stream_count(),
+        ),
+        (
+            "sipward_bans",
+            "Blacklisted sources.",
+            gateway.bans(now).len(),
+        ),
+    ] {
+        e.family(name, "gauge", help);
+        e.sample(name, "", v);
+    }
+    let (mut packets, mut bytes, mut dropped) = ([0u64; 2], [0u64; 2], 0u64);
+    for s in dialogs.iter().flat_map(|d| &d.streams) {
+        let c = &s.counters;
+        packets = [packets[0] + c.packets[0], packets[1] + c.packets[1]];
+        bytes = [bytes[0] + c.bytes[0], bytes[1] + c.bytes[1]];
+        dropped += s.counters.dropped;
+    }
+    for (name, help, v) in [
+        (
+            "sipward_media_packets",
+            "Packets relayed by the open streams, by the side they came from.",
+            packets,
+        ),
+        (
+            "sipward_media_bytes",
+            "Bytes relayed by the open streams, by the side they came from.",
+            bytes,
+        ),
+    ] {
+        e.family(name, "gauge", help);
+        e.sample(name, "from=\"inside\"", v[0]);
+        e.sample(name, "from=\"outside\"", v[1]);
+    }
+    let n = "sipward_media_dropped";
+    e.family(
+        n,
+        "gauge",
+        "Packets the open streams refused (wrong source, nowhere to go).",
+    );
+    e.sample(n, "", dropped);
+    let pools = gateway.media().pool_usage();
+    let n = "sipward_media_ports_in_use";
+    e.family(n, "gauge", "Port pairs allocated, per gateway address.");
+    for (ip, used, _) in &pools {
+        e.sample(n, &format!("address=\"{ip}\""), used);
+    }
+    let n = "sipward_media_ports_total";
+    e.family(n, "gauge", "Port pairs in the pool, per gateway address.");
+    for (ip, _, size) in &pools {
+        e.sample(n, &format!("address=\"{ip}\""), size);
+    }
+    let n = "sipward_processing_seconds";
+    e.family(n, "histogram", "Time the core took per received datagram.");
+    let bucket = format!("{n}_bucket");
+    for (bound, count) in latency.bounds.iter().zip(latency.counts.iter()) {
+        e.sample(&bucket, &format!("le=\"{bound}\""), count);
+    }
+    e.sample(&bucket, "le=\"+Inf\"", latency.count);
+    e.sample(&format!("{n}_sum"), "", latency.sum);
+    e.sample(&format!("{n}_count"), "", latency.count);
+    e.0
+}
+
+#[derive(Clone)]
+struct AppState {
+    requests: mpsc::Sender<AdminRequest>,
+    token: std::sync::Arc<str>,
+}
+
+/// Serves the admin surface on `listen` until the driver stops.
+pub(crate) async fn serve(
+    listen: SocketAddr,
+    token: String,
+    requests: mpsc::Sender<AdminRequest>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let state = AppState {
+        requests,
+        token: token.into(),
+    };
+    let api = Router::new()
+        .route(
+            "/api/v1/status",
+            get(|s: State<AppState>| ask(s, Query::Status)),
+        )
+        .route(
+            "/api/v1/registrations",
+            get(|s: State<AppState>| ask(s, Query::Registrations)),
+        )
+        .route(
+            "/api/v1/calls",
+            get(|s: State<AppState>| ask(s, Query::Calls)),
+        )
+        .route(
+            "/api/v1/transactions",
+            get(|s: State<AppState>| ask(s, Query::Transactions)),
+        )
+        .route(
+            "/api/v1/counters",
+            get(|s: State<AppState>| ask(s, Query::Counters)),
+        )
+        .route(
+            "/api/v1/blacklist",
+            get(|s: State<AppState>| ask(s, Query::Blacklist)).post(add_ban),
+        )
+        .route("/api/v1/blacklist/{source}", delete(remove_ban))
+        .route("/metrics", get(|s: State<AppState>| ask(s, Query::Metrics)))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route("/dashboard", get(|| async { Html(DASHBOARD) }))
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("admin API: cannot bind {listen}"))?;
+    println!("sipward: admin API on http://{listen}/api/v1/ (dashboard /dashboard)");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, api).await {
+            tracing::error!("admin API stopped: {e}");
+        }
+    }))
+}
+
+/// Bearer-token check; the token is compared in constant time and never logged.
+async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"sipward\"")],
+            Json(json!({"error": "a valid bearer token is required"})),
+        )
+            .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ask(State(state): State<AppState>, query: Query) -> Response {
+    let (reply, wait) = oneshot::channel();
+    if state
+        .requests
+        .send(AdminRequest { query, reply })
+        .await
+        .is_err()
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, "gateway stopped").into_response();
+    }
+    match wait.await {
+        Ok(Answer::Json(v)) => Json(v).into_response(),
+        Ok(Answer::Created(v)) => (StatusCode::CREATED, Json(v)).into_response(),
+        Ok(Answer::NotFound(why)) => {
+            (StatusCode::NOT_FOUND, Json(json!({"error": why}))).into_response()
+        }
+        Ok(Answer::Text(t)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            t,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "gateway stopped").into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanRequest {
+    source: IpAddr,
+    seconds: Option<u64>,
+    reason: Option<String>,
+}
+
+async fn add_ban(state: State<AppState>, body: Json<BanRequest>) -> Response {
+    let Json(b) = body;
+    ask(
+        state,
+        Query::Ban {
+            source: b.source,
+            seconds: b.seconds,
+            reason: b.reason.unwrap_or_else(|| "added by operator".into()),
+        },
+    )
+    .await
+}
+
+async fn remove_ban(state: State<AppState>, Path(source): Path<String>) -> Response {
+    match source.parse::<IpAddr>() {
+        Ok(ip) => ask(state, Query::Unban(ip)).await,
+        Err(_) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!("{source:?} is not an IP address")})),
+        )
+            .into_response(),
+    }
+}
+
+/// The live dashboard: one self-contained page (no external resources).
+const DASHBOARD: &str = include_str!("dashboard.html");
