@@ -200,6 +200,30 @@ impl Gateway {
         }
     }
 
+    /// Applies a new configuration to new traffic (a reload) without dropping
+    /// registrations, dialogs, media or bans. Interfaces and media port ranges must stay
+    /// as they are (sockets are bound to them): otherwise the reload is refused with the
+    /// reason. The hashing secret stays the running one, so hidden names in established
+    /// dialogs keep their meaning.
+    pub fn reconfigure(&mut self, mut config: Config) -> Result<(), String> {
+        let same_zones = config.zones.len() == self.config.zones.len()
+            && config.zones.iter().zip(&self.config.zones).all(|(a, b)| {
+                a.name == b.name && a.address == b.address && a.media_ports == b.media_ports
+            });
+        if !same_zones {
+            return Err(
+                "interfaces, their addresses or media ports changed: restart sipward to apply"
+                    .into(),
+            );
+        }
+        config.secret = self.config.secret;
+        self.guard.set_options(config.protection.clone());
+        self.media
+            .set_options(config.alg.media_latching, config.alg.allow_media_bypass);
+        self.config = Arc::new(config);
+        Ok(())
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -296,6 +296,12 @@ impl MediaTable {
         }
     }
 
+    /// New options (a reload); streams and pools carry over.
+    pub fn set_options(&mut self, latching: Latching, bypass: bool) {
+        self.latching = latching;
+        self.bypass = bypass;
+    }
+
     /// Lets two inside parties whose call went out and came back in (through the
     /// outside proxy) send media to each other directly.
     pub fn with_bypass(mut self, bypass: bool) -> Self {

@@ -262,6 +262,11 @@ impl Guard {
         }
     }
 
+    /// New options (a reload); bans, counts and buckets carry over.
+    pub fn set_options(&mut self, options: ProtectionOptions) {
+        self.options = options;
+    }
+
     pub fn options(&self) -> &ProtectionOptions {
         &self.options
     }

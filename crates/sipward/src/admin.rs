@@ -15,7 +15,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -38,6 +38,8 @@ pub(crate) enum Query {
     },
     Unban(IpAddr),
     Metrics,
+    /// Re-read the configuration file (the driver handles it).
+    Reload,
 }
 
 /// The driver's reply.
@@ -45,6 +47,7 @@ pub(crate) enum Answer {
     Json(Value),
     Created(Value),
     NotFound(String),
+    BadRequest(String),
     Text(String),
 }
 
@@ -235,6 +238,7 @@ pub(crate) fn answer(
             }
         }
         Query::Metrics => Answer::Text(metrics(gateway, latency, now)),
+        Query::Reload => Answer::BadRequest("reload is handled by the driver".into()),
     }
 }
 
@@ -416,6 +420,10 @@ pub(crate) async fn serve(
             get(|s: State<AppState>| ask(s, Query::Blacklist)).post(add_ban),
         )
         .route("/api/v1/blacklist/{source}", delete(remove_ban))
+        .route(
+            "/api/v1/reload",
+            post(|s: State<AppState>| ask(s, Query::Reload)),
+        )
         .route("/metrics", get(|s: State<AppState>| ask(s, Query::Metrics)))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/dashboard", get(|| async { Html(DASHBOARD) }))
@@ -478,6 +486,9 @@ async fn ask(State(state): State<AppState>, query: Query) -> Response {
         Ok(Answer::Created(v)) => (StatusCode::CREATED, Json(v)).into_response(),
         Ok(Answer::NotFound(why)) => {
             (StatusCode::NOT_FOUND, Json(json!({"error": why}))).into_response()
+        }
+        Ok(Answer::BadRequest(why)) => {
+            (StatusCode::BAD_REQUEST, Json(json!({"error": why}))).into_response()
         }
         Ok(Answer::Text(t)) => (
             [(

@@ -27,6 +27,9 @@ pub(crate) struct Settings {
     /// Admin API address and bearer token.
     pub(crate) admin: Option<(SocketAddr, String)>,
     pub(crate) config_digest: String,
+    /// The configuration file, re-read on SIGHUP or `POST /api/v1/reload` (None: the
+    /// embedded default).
+    pub(crate) path: Option<std::path::PathBuf>,
 }
 
 struct Received {
@@ -106,6 +109,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     println!("sipward: ready");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch SIGHUP")?;
+    let mut info = info;
     loop {
         let deadline = gateway.poll_timeout();
         let sleep = async {
@@ -123,8 +129,19 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             }
             () = sleep => gateway.handle_timeout(Instant::now()),
             Some(request) = admin_rx.recv() => {
-                let answer = admin::answer(&mut gateway, &info, &latency, request.query, Instant::now());
+                let answer = match request.query {
+                    admin::Query::Reload => match reload(&mut gateway, settings.path.as_deref(), &mut info) {
+                        Ok(digest) => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest})),
+                        Err(e) => admin::Answer::BadRequest(e),
+                    },
+                    query => admin::answer(&mut gateway, &info, &latency, query, Instant::now()),
+                };
                 let _ = request.reply.send(answer);
+            }
+            Some(()) = hangup.recv() => {
+                if let Err(e) = reload(&mut gateway, settings.path.as_deref(), &mut info) {
+                    eprintln!("sipward: {e}");
+                }
             }
             _ = &mut shutdown => {
                 println!("sipward: shutting down");
@@ -142,6 +159,26 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Re-reads the configuration and applies it to new traffic; on any error the running
+/// configuration stays and the error (file, line, what) is returned.
+fn reload(
+    gateway: &mut Gateway,
+    path: Option<&std::path::Path>,
+    info: &mut RunInfo,
+) -> std::result::Result<String, String> {
+    let (config, settings) = crate::load_all(path)
+        .map_err(|e| format!("reload refused, running configuration kept: {e:#}"))?;
+    gateway
+        .reconfigure(config)
+        .map_err(|e| format!("reload refused, running configuration kept: {e}"))?;
+    info.config_digest = settings.config_digest.clone();
+    println!(
+        "sipward: configuration reloaded ({})",
+        settings.config_digest
+    );
+    Ok(settings.config_digest)
 }
 
 /// Security events as JSON lines, with stable field names.

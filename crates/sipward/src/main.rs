@@ -58,7 +58,7 @@ fn load(path: Option<&Path>) -> Result<sipward_core::Config> {
 }
 
 /// The core's configuration and the binary's own settings (event log, control socket).
-fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, driver::Settings)> {
+pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, driver::Settings)> {
     let (file, origin) = match path {
         Some(p) => (config::Config::load(p)?, p.display().to_string()),
         None => (
@@ -71,6 +71,7 @@ fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, driver::Settin
         events: file.events().map(str::to_string),
         admin: file.admin(&origin)?,
         config_digest: file.digest(),
+        path: path.map(Path::to_path_buf),
     };
     Ok((core, settings))
 }

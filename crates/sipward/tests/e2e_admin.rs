@@ -300,3 +300,81 @@ fn api_metrics_cli_and_dashboard_show_what_sipp_does() {
         .call();
     assert!(matches!(gone, Err(ureq::Error::Status(404, _))));
 }
+
+fn post(t: &Topology, path: &str) -> (u16, Value) {
+    let r = ureq::post(&format!("{}{path}", t.api()))
+        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call();
+    match r {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("{path}: {e}"),
+    }
+}
+
+#[test]
+fn reload_refuses_a_broken_config_and_keeps_calls_through_a_good_one() {
+    let t = Topology::new(72);
+    let gw = t.start_gateway();
+    t.register_alice();
+    t.tone(2);
+    let proxy_ip = t.proxy();
+    let far = t.sipp(&[
+        "-sn",
+        "uas",
+        "-i",
+        &proxy_ip,
+        "-p",
+        "5060",
+        "-m",
+        "1",
+        "-rtp_echo",
+        "-mi",
+        &proxy_ip,
+        "-mp",
+        "16000",
+    ]);
+    std::thread::sleep(Duration::from_millis(200));
+    let phone_ip = t.phone(0);
+    let caller = t.play(
+        "phone_call_rtp.xml",
+        Peer::Phone(0),
+        Some(&t.gw_lan_sip()),
+        &["-s", "bob", "-mi", &phone_ip, "-mp", "18000", "-d", "4000"],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let digest = json(&t, "/api/v1/status")["config_digest"].clone();
+    let cfg = t.dir.join("sipward.toml");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+
+    // A broken file: refused with file, line and what; the running one stays.
+    std::fs::write(&cfg, format!("{good}[[rule]]\naction = \"explode\"\nfrom = \"lan\"\nsource = \"phones\"\nto = \"wan\"\ndestination = \"proxy\"\nservice = \"sip\"\n")).unwrap();
+    let (status, body) = post(&t, "/api/v1/reload");
+    assert_eq!(status, 400, "{body}");
+    let why = body["error"].as_str().unwrap();
+    assert!(
+        why.contains("sipward.toml:") && why.contains("unknown action"),
+        "{why}"
+    );
+    assert_eq!(json(&t, "/api/v1/status")["config_digest"], digest);
+
+    // A good one by SIGHUP: applied, the call and the registration carry on.
+    std::fs::write(
+        &cfg,
+        good.replace("[alg.sip]\n", "[alg.sip]\nmax_sessions_per_id = 7\n"),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &gw.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let status = json(&t, "/api/v1/status");
+    assert_ne!(status["config_digest"], digest, "SIGHUP did not reload");
+    assert_eq!(status["calls"], 1, "the call survived the reload: {status}");
+    assert_eq!(status["registrations"], 1, "{status}");
+    caller.wait_ok("phone (its BYE after the reload)");
+    far.wait_ok("far end");
+    assert_eq!(json(&t, "/api/v1/status")["calls"], 0);
+}
