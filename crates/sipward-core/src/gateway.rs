@@ -21,7 +21,7 @@ use sipward_proto::{
 use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
 use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
-use crate::protect::{BanView, Class, Guard, SecurityEvent, Verdict};
+use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
     has_tag, Binding, BindingView, ClientTx, Dialog, DialogKey, DialogView, Echo, RegisterInfo,
     ServerTx, Tables,
@@ -161,6 +161,8 @@ pub struct Gateway {
     media: MediaTable,
     guard: Guard,
     traffic: Traffic,
+    /// The time of the event being handled (for events raised deep inside).
+    now: Instant,
     next_sweep: Option<Instant>,
 }
 
@@ -190,6 +192,7 @@ impl Gateway {
         Self {
             guard,
             traffic: Traffic::default(),
+            now: Instant::now(),
             hider: Hider::new(&config.secret),
             config: Arc::new(config),
             tables: Tables::default(),
@@ -348,6 +351,7 @@ impl Gateway {
         data: &[u8],
     ) {
         self.counters.received += 1;
+        self.now = now;
         if !self.guard.admit_source(remote.ip(), now) {
             self.counters.dropped_banned += 1;
             return;
@@ -799,7 +803,7 @@ impl Gateway {
 
         // Remember the way back.
         if creates_dialog(method) && initial && !self.tables.dialogs.contains_key(&tx_dialog) {
-            self.tables.insert_dialog(Dialog {
+            self.open_dialog(Dialog {
                 session: method == MethodKind::Invite,
                 inside_call_id: inside_call_id.to_vec(),
                 outside_call_id: outside_call_id.clone(),
@@ -990,15 +994,24 @@ impl Gateway {
         }
         match tx.method {
             m if creates_dialog(m) && (200..300).contains(&status) => {
+                let mut answered = None;
                 if let Some(d) = self.tables.dialogs.get_mut(&tx.dialog) {
+                    if !d.confirmed && d.session {
+                        answered = Some(d.clone());
+                    }
                     d.confirmed = true;
                     d.outside_from = msg.from().map(|f| f.raw.to_vec()).unwrap_or_default();
                     d.outside_to = msg.to().map(|t| t.raw.to_vec()).unwrap_or_default();
                     d.inside_to = with_tag(&tx.inside_to, msg.to().and_then(|t| t.tag()));
                 }
+                if let Some(d) = answered {
+                    self.call_event(&d, EventKind::CallAnswered, &format!("{status}"));
+                }
             }
-            m if creates_dialog(m) && status >= 300 => self.end_unconfirmed(&tx.dialog),
-            MethodKind::Bye if status >= 200 => self.end_dialog(&tx.dialog),
+            m if creates_dialog(m) && status >= 300 => {
+                self.end_unconfirmed(&tx.dialog, &format!("not answered: {status}"))
+            }
+            MethodKind::Bye if status >= 200 => self.end_dialog(&tx.dialog, "hung up"),
             MethodKind::Register if status >= 200 => {
                 if let Some(reg) = &tx.register {
                     match new_binding {
@@ -1222,7 +1235,7 @@ impl Gateway {
         };
 
         if creates_dialog(method) && initial && !self.tables.dialogs.contains_key(&tx_dialog) {
-            self.tables.insert_dialog(Dialog {
+            self.open_dialog(Dialog {
                 session: method == MethodKind::Invite,
                 inside_call_id: msg.call_id().to_vec(),
                 outside_call_id: msg.call_id().to_vec(),
@@ -1383,8 +1396,12 @@ impl Gateway {
         match tx.method {
             m if creates_dialog(m) && (200..300).contains(&status) => {
                 let contact = first_contact_uri(msg);
+                let mut answered = None;
                 if let Some(d) = self.tables.dialogs.get_mut(&tx.dialog) {
                     if !d.originated_inside {
+                        if !d.confirmed && d.session {
+                            answered = Some(d.clone());
+                        }
                         d.confirmed = true;
                         if !contact.is_empty() {
                             d.phone_contact = contact;
@@ -1393,9 +1410,14 @@ impl Gateway {
                         d.outside_to = with_tag(&tx.echo.to, msg.to().and_then(|t| t.tag()));
                     }
                 }
+                if let Some(d) = answered {
+                    self.call_event(&d, EventKind::CallAnswered, &format!("{status}"));
+                }
             }
-            m if creates_dialog(m) && status >= 300 => self.end_unconfirmed(&tx.dialog),
-            MethodKind::Bye if status >= 200 => self.end_dialog(&tx.dialog),
+            m if creates_dialog(m) && status >= 300 => {
+                self.end_unconfirmed(&tx.dialog, &format!("not answered: {status}"))
+            }
+            MethodKind::Bye if status >= 200 => self.end_dialog(&tx.dialog, "hung up"),
             _ => {}
         }
         if status >= 200 && tx.method != MethodKind::Invite {
@@ -1405,22 +1427,54 @@ impl Gateway {
         self.send(tx.wan_local, tx.proxy, payload);
     }
 
-    fn end_unconfirmed(&mut self, key: &DialogKey) {
+    fn end_unconfirmed(&mut self, key: &DialogKey, why: &str) {
         if self.tables.dialogs.get(key).is_some_and(|d| !d.confirmed) {
-            self.end_dialog(key);
+            self.end_dialog(key, why);
         }
     }
 
     fn end_subscription(&mut self, key: &DialogKey) {
         if self.tables.dialogs.get(key).is_some_and(|d| !d.session) {
-            self.end_dialog(key);
+            self.end_dialog(key, "subscription terminated");
         }
     }
 
-    fn end_dialog(&mut self, key: &DialogKey) {
-        if self.tables.remove_dialog(key).is_some() {
+    fn end_dialog(&mut self, key: &DialogKey, why: &str) {
+        if let Some(d) = self.tables.remove_dialog(key) {
             self.media.release(&key.media_id());
+            if d.session {
+                self.call_event(&d, EventKind::CallEnded, why);
+            }
         }
+    }
+
+    fn open_dialog(&mut self, d: Dialog) {
+        if d.session {
+            self.call_event(&d, EventKind::CallStarted, "INVITE");
+        }
+        self.tables.insert_dialog(d);
+    }
+
+    /// A call event for the log: the phone, its user, the call's direction and Call-ID.
+    fn call_event(&mut self, d: &Dialog, kind: EventKind, what: &str) {
+        let direction = if d.originated_inside {
+            "outbound"
+        } else {
+            "inbound"
+        };
+        let reason = format!(
+            "{direction} call {}: {what}",
+            String::from_utf8_lossy(&d.inside_call_id)
+        );
+        let user = String::from_utf8_lossy(&d.aor).into_owned();
+        self.guard.record(
+            self.now,
+            kind,
+            d.phone.ip(),
+            Some(&user),
+            Some("INVITE"),
+            &reason,
+        );
     }
 
     // ---- timers ----
@@ -1429,6 +1483,7 @@ impl Gateway {
     /// after the request-response timeout, BYE both ways for dialogs older than the
     /// signal timeout, removal of expired bindings.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         let config = self.config.clone();
         let alg = &config.alg;
 
@@ -1455,7 +1510,7 @@ impl Gateway {
                 );
                 self.send(tx.lan_local, tx.phone, payload);
                 if creates_dialog(tx.method) {
-                    self.end_unconfirmed(&tx.dialog);
+                    self.end_unconfirmed(&tx.dialog, "timed out");
                 }
             }
         }
@@ -1482,7 +1537,7 @@ impl Gateway {
                 );
                 self.send(tx.wan_local, tx.proxy, payload);
                 if creates_dialog(tx.method) {
-                    self.end_unconfirmed(&tx.dialog);
+                    self.end_unconfirmed(&tx.dialog, "timed out");
                 }
             }
         }
@@ -1506,7 +1561,7 @@ impl Gateway {
                 if d.session {
                     self.bye_both_ways(&config, &d, "signal timeout");
                 }
-                self.end_dialog(&id);
+                self.end_dialog(&id, "signal timeout");
             }
         }
         let before = self.tables.bindings.len();
@@ -1542,7 +1597,7 @@ impl Gateway {
             );
             self.counters.media_timeouts += 1;
             self.bye_both_ways(config, &d, "media timeout");
-            self.end_dialog(&d.key());
+            self.end_dialog(&d.key(), "media timeout");
         }
         // Media whose dialog never came to be (a refused or failed request) is freed.
         let known: std::collections::HashSet<Vec<u8>> = self

@@ -135,6 +135,10 @@ pub enum EventKind {
     RegisterFailed,
     /// Over global admission: a new request answered 503.
     Overload,
+    /// A call began (INVITE through the gateway), was answered, or ended.
+    CallStarted,
+    CallAnswered,
+    CallEnded,
 }
 
 impl EventKind {
@@ -146,6 +150,9 @@ impl EventKind {
             EventKind::HijackSuspected => "hijack_suspected",
             EventKind::RegisterFailed => "register_failed",
             EventKind::Overload => "overload",
+            EventKind::CallStarted => "call_started",
+            EventKind::CallAnswered => "call_answered",
+            EventKind::CallEnded => "call_ended",
         }
     }
 }
@@ -630,6 +637,26 @@ impl Guard {
             return;
         }
         *budget += 1;
+        self.push_event(SecurityEvent {
+            at,
+            kind,
+            source,
+            user: user.map(str::to_string),
+            method: method.map(str::to_string),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Records an event outside the per-source budget (calls are not floods).
+    pub(crate) fn record(
+        &mut self,
+        at: Instant,
+        kind: EventKind,
+        source: IpAddr,
+        user: Option<&str>,
+        method: Option<&str>,
+        reason: &str,
+    ) {
         self.push_event(SecurityEvent {
             at,
             kind,

@@ -457,3 +457,37 @@ fn inbound_dialog_is_anchored_and_the_caller_keeps_its_route_set() {
     );
     assert!(bye.contains("Route: <sip:203.0.113.10;lr>\r\n"), "{bye}");
 }
+
+#[test]
+fn calls_are_logged_as_started_answered_and_ended() {
+    use sipward_core::EventKind;
+    let mut net = Net::new(AlgOptions::default());
+    let fwd = text(&net.phone_sends(&invite("ev", "z9hG4bKev")));
+    net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+    ));
+    let bye = text(&net.phone_sends("BYE sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKbyeev\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-ev\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b1\r\nCall-ID: ev@10.0.0.20\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"));
+    net.proxy_sends(&response_to(&bye, "200 OK", "b1", ""));
+    let events: Vec<_> = std::iter::from_fn(|| net.gw.poll_event()).collect();
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::CallStarted,
+            EventKind::CallAnswered,
+            EventKind::CallEnded
+        ],
+        "{events:?}"
+    );
+    assert!(
+        events[2]
+            .reason
+            .contains("outbound call ev@10.0.0.20: hung up"),
+        "{:?}",
+        events[2]
+    );
+    assert_eq!(events[0].user.as_deref(), Some("alice@10.0.0.20"));
+}

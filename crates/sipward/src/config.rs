@@ -60,6 +60,19 @@ struct GatewaySection {
     /// file path, or "off".
     #[serde(default = "default_events")]
     events: String,
+    /// A syslog collector (RFC 5424 over UDP) that also gets every event.
+    #[serde(default)]
+    syslog: Option<Spanned<String>>,
+    /// A Homer collector (HEP v3 over UDP) that gets a copy of every SIP datagram.
+    #[serde(default)]
+    hep: Option<Spanned<String>>,
+    /// The capture agent id in HEP packets.
+    #[serde(default = "default_hep_id")]
+    hep_id: u32,
+}
+
+fn default_hep_id() -> u32 {
+    2001
 }
 
 /// `[admin]`: the admin API, metrics and dashboard. Enabled when a token is set.
@@ -96,6 +109,9 @@ impl Default for GatewaySection {
             name: default_agent(),
             secret: None,
             events: default_events(),
+            syslog: None,
+            hep: None,
+            hep_id: default_hep_id(),
         }
     }
 }
@@ -586,6 +602,36 @@ impl Config {
             );
         }
         Ok(Some((addr, token.get_ref().clone())))
+    }
+
+    /// The syslog and HEP collectors, when configured.
+    pub(crate) fn collectors(
+        &self,
+        origin: &str,
+    ) -> Result<(Option<SocketAddr>, Option<(SocketAddr, u32)>)> {
+        let addr = |v: &Spanned<String>, key: &str| -> Result<SocketAddr> {
+            v.get_ref().parse().map_err(|_| {
+                anyhow!(
+                    "{}: [gateway] {key} {:?}: expected IP:port",
+                    self.at(origin, v),
+                    v.get_ref()
+                )
+            })
+        };
+        let syslog = self
+            .gateway
+            .syslog
+            .as_ref()
+            .map(|v| addr(v, "syslog"))
+            .transpose()?;
+        let hep = self
+            .gateway
+            .hep
+            .as_ref()
+            .map(|v| addr(v, "hep"))
+            .transpose()?
+            .map(|a| (a, self.gateway.hep_id));
+        Ok((syslog, hep))
     }
 
     /// A short digest of the configuration text, to tell configurations apart.

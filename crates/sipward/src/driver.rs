@@ -16,6 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminRequest, Latency, RunInfo};
+use crate::export::{Hep, Syslog};
 
 /// Largest UDP datagram read; anything longer is truncated by the kernel and then
 /// refused by the size limit.
@@ -30,6 +31,8 @@ pub(crate) struct Settings {
     /// The configuration file, re-read on SIGHUP or `POST /api/v1/reload` (None: the
     /// embedded default).
     pub(crate) path: Option<std::path::PathBuf>,
+    /// Syslog collector, and HEP collector with its agent id.
+    pub(crate) collectors: (Option<SocketAddr>, Option<(SocketAddr, u32)>),
 }
 
 struct Received {
@@ -103,6 +106,13 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     };
     let mut latency = Latency::default();
     let mut events = EventLog::open(settings.events.as_deref())?;
+    if let Some(target) = settings.collectors.0 {
+        events.syslog = Some(Syslog::new(target).context("syslog collector")?);
+    }
+    let mut hep = match settings.collectors.1 {
+        Some((target, id)) => Some(Hep::new(target, id).context("HEP collector")?),
+        None => None,
+    };
 
     let mut gateway = Gateway::new(config);
     let relay = RelayHandle::spawn().context("cannot start the media relay")?;
@@ -123,6 +133,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         tokio::select! {
             received = rx.recv() => {
                 let Some(r) = received else { break };
+                if let Some(h) = hep.as_mut() {
+                    h.send(r.remote, r.local, &r.data);
+                }
                 let started = Instant::now();
                 gateway.handle_datagram(started, r.local, r.remote, &r.data);
                 latency.record(started.elapsed());
@@ -151,6 +164,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
         events.write_all(std::iter::from_fn(|| gateway.poll_event()));
         while let Some(t) = gateway.poll_transmit() {
+            if let Some(h) = hep.as_mut() {
+                h.send(t.local, t.remote, &t.payload);
+            }
             if let Some((_, socket)) = sockets.iter().find(|(a, _)| *a == t.local) {
                 if let Err(e) = socket.send_to(&t.payload, t.remote).await {
                     tracing::warn!(remote = %t.remote, "send failed: {e}");
@@ -184,6 +200,7 @@ fn reload(
 /// Security events as JSON lines, with stable field names.
 struct EventLog {
     sink: Option<Box<dyn Write + Send>>,
+    syslog: Option<Syslog>,
 }
 
 #[derive(Serialize)]
@@ -209,30 +226,33 @@ impl EventLog {
                     .with_context(|| format!("security event log {path}"))?,
             )),
         };
-        Ok(Self { sink })
+        Ok(Self { sink, syslog: None })
     }
 
     fn write_all(&mut self, events: impl Iterator<Item = SecurityEvent>) {
-        let Some(sink) = self.sink.as_mut() else {
-            events.for_each(drop);
-            return;
-        };
         let mut any = false;
         for e in events {
             any = true;
+            let time = wall_clock(e.at);
             let line = EventLine {
-                time: wall_clock(e.at),
+                time: time.clone(),
                 kind: e.kind.as_str(),
                 source: e.source,
                 user: e.user.as_deref(),
                 method: e.method.as_deref(),
                 reason: &e.reason,
             };
-            if let Ok(text) = serde_json::to_string(&line) {
+            let Ok(text) = serde_json::to_string(&line) else {
+                continue;
+            };
+            if let Some(sink) = self.sink.as_mut() {
                 let _ = writeln!(sink, "{text}");
             }
+            if let Some(syslog) = &self.syslog {
+                syslog.send(&e, &time, &text);
+            }
         }
-        if any {
+        if let (true, Some(sink)) = (any, self.sink.as_mut()) {
             let _ = sink.flush();
         }
     }

@@ -10,6 +10,7 @@ mod admin;
 mod cli;
 mod config;
 mod driver;
+mod export;
 mod validate;
 
 #[derive(Parser)]
@@ -72,6 +73,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         admin: file.admin(&origin)?,
         config_digest: file.digest(),
         path: path.map(Path::to_path_buf),
+        collectors: file.collectors(&origin)?,
     };
     Ok((core, settings))
 }

@@ -190,11 +190,16 @@ service = "sip"
     /// Starts the gateway with `alg_options` in its ALG object and `tail` (whole TOML
     /// tables, such as `[protection]`) at the end of the file.
     pub(crate) fn start_gateway_full(&self, alg_options: &str, tail: &str) -> Guard {
-        let cfg = self.dir.join("sipward.toml");
         let text = self
             .config()
             .replace("[alg.sip]\n", &format!("[alg.sip]\n{alg_options}\n"))
             + tail;
+        self.start_gateway_text(&text)
+    }
+
+    /// Starts the gateway on the configuration `text` (written to sipward.toml).
+    pub(crate) fn start_gateway_text(&self, text: &str) -> Guard {
+        let cfg = self.dir.join("sipward.toml");
         std::fs::write(&cfg, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sipward"))
             .args(["run", "--config", cfg.to_str().unwrap()])
