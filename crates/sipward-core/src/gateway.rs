@@ -161,8 +161,9 @@ pub struct Gateway {
     media: MediaTable,
     guard: Guard,
     traffic: Traffic,
-    /// The time of the event being handled (for events raised deep inside).
-    now: Instant,
+    /// The time of the event being handled (for events raised deep inside); None
+    /// before the first.
+    now: Option<Instant>,
     next_sweep: Option<Instant>,
 }
 
@@ -192,7 +193,7 @@ impl Gateway {
         Self {
             guard,
             traffic: Traffic::default(),
-            now: Instant::now(),
+            now: None,
             hider: Hider::new(&config.secret),
             config: Arc::new(config),
             tables: Tables::default(),
@@ -351,7 +352,7 @@ impl Gateway {
         data: &[u8],
     ) {
         self.counters.received += 1;
-        self.now = now;
+        self.now = Some(now);
         if !self.guard.admit_source(remote.ip(), now) {
             self.counters.dropped_banned += 1;
             return;
@@ -1468,7 +1469,7 @@ impl Gateway {
         );
         let user = String::from_utf8_lossy(&d.aor).into_owned();
         self.guard.record(
-            self.now,
+            self.now.unwrap_or(d.created),
             kind,
             d.phone.ip(),
             Some(&user),
@@ -1483,7 +1484,7 @@ impl Gateway {
     /// after the request-response timeout, BYE both ways for dialogs older than the
     /// signal timeout, removal of expired bindings.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
+        self.now = Some(now);
         let config = self.config.clone();
         let alg = &config.alg;
 
