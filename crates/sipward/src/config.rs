@@ -605,10 +605,7 @@ impl Config {
     }
 
     /// The syslog and HEP collectors, when configured.
-    pub(crate) fn collectors(
-        &self,
-        origin: &str,
-    ) -> Result<(Option<SocketAddr>, Option<(SocketAddr, u32)>)> {
+    pub(crate) fn collectors(&self, origin: &str) -> Result<crate::driver::Collectors> {
         let addr = |v: &Spanned<String>, key: &str| -> Result<SocketAddr> {
             v.get_ref().parse().map_err(|_| {
                 anyhow!(
@@ -631,7 +628,7 @@ impl Config {
             .map(|v| addr(v, "hep"))
             .transpose()?
             .map(|a| (a, self.gateway.hep_id));
-        Ok((syslog, hep))
+        Ok(crate::driver::Collectors { syslog, hep })
     }
 
     /// A short digest of the configuration text, to tell configurations apart.

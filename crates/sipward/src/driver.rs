@@ -31,8 +31,15 @@ pub(crate) struct Settings {
     /// The configuration file, re-read on SIGHUP or `POST /api/v1/reload` (None: the
     /// embedded default).
     pub(crate) path: Option<std::path::PathBuf>,
-    /// Syslog collector, and HEP collector with its agent id.
-    pub(crate) collectors: (Option<SocketAddr>, Option<(SocketAddr, u32)>),
+    pub(crate) collectors: Collectors,
+}
+
+/// Where copies of events and messages go.
+pub(crate) struct Collectors {
+    /// Syslog collector (RFC 5424 over UDP).
+    pub(crate) syslog: Option<SocketAddr>,
+    /// HEP v3 collector and the capture agent id.
+    pub(crate) hep: Option<(SocketAddr, u32)>,
 }
 
 struct Received {
@@ -106,10 +113,10 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     };
     let mut latency = Latency::default();
     let mut events = EventLog::open(settings.events.as_deref())?;
-    if let Some(target) = settings.collectors.0 {
+    if let Some(target) = settings.collectors.syslog {
         events.syslog = Some(Syslog::new(target).context("syslog collector")?);
     }
-    let mut hep = match settings.collectors.1 {
+    let mut hep = match settings.collectors.hep {
         Some((target, id)) => Some(Hep::new(target, id).context("HEP collector")?),
         None => None,
     };
