@@ -77,7 +77,7 @@ fn calls_reach_syslog_and_every_sip_datagram_reaches_hep() {
     for kind in ["call_started", "call_answered", "call_ended"] {
         let line = logs
             .iter()
-            .find(|l| l.contains(&format!(" sipward ")) && l.contains(&format!(" {kind} - ")))
+            .find(|l| l.contains(" sipward ") && l.contains(&format!(" {kind} - ")))
             .unwrap_or_else(|| panic!("no {kind} in syslog: {logs:?}"));
         // <PRI>1 TIMESTAMP HOST APP PROCID MSGID - MSG, local0.notice = 133
         assert!(line.starts_with("<133>1 "), "{line}");
