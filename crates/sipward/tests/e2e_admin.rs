@@ -264,6 +264,10 @@ fn api_metrics_cli_and_dashboard_show_what_sipp_does() {
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "empty screenshot"
     );
+    // Kept for a look after the run.
+    let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::copy(&shot, &keep).unwrap();
+    eprintln!("dashboard screenshot: {}", keep.display());
 
     caller.wait_ok("phone");
     far.wait_ok("far end");
