@@ -44,6 +44,7 @@ trait Relay {
 }
 
 struct Sipward {
+    name: &'static str,
     relay: RelayHandle,
     next_id: u64,
     open: Vec<u64>,
@@ -52,7 +53,7 @@ struct Sipward {
 
 impl Relay for Sipward {
     fn name(&self) -> &'static str {
-        "sipward"
+        self.name
     }
     fn open(&mut self, n: usize, sender: SocketAddr, receiver: SocketAddr) -> Vec<SocketAddr> {
         let mut ports = Vec::new();
@@ -451,7 +452,12 @@ fn main() {
     let mut rows = Vec::new();
     let mut direct = HashMap::new();
     let mut sipward = Sipward {
-        relay: RelayHandle::spawn().unwrap(),
+        name: "sipward",
+        // SIPWARD_SPIN_US overrides the relay's busy-poll window (0: always sleep).
+        relay: match std::env::var("SIPWARD_SPIN_US").ok().and_then(|v| v.parse().ok()) {
+            Some(us) => RelayHandle::spawn_with(Duration::from_micros(us)).unwrap(),
+            None => RelayHandle::spawn().unwrap(),
+        },
         next_id: 1,
         open: Vec::new(),
         next_port: 40000,

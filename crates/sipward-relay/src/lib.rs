@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -28,6 +28,8 @@ use slab::Slab;
 /// Receive buffer per batch slot: large enough for a GRO-coalesced train of datagrams.
 const BUFFER: usize = 65_536;
 const WAKER: Token = Token(usize::MAX);
+/// How long the relay keeps polling after forwarding before it sleeps.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// Kernel receive buffer asked for each media socket.
 const RECEIVE_BUFFER: usize = 1 << 20;
 
@@ -44,14 +46,23 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
-    /// Starts the relay thread.
+    /// Starts the relay thread with the default busy-poll window.
     pub fn spawn() -> io::Result<Self> {
+        Self::spawn_with(DEFAULT_SPIN)
+    }
+
+    /// Starts the relay thread. After forwarding, it keeps polling without sleeping for
+    /// `spin` before it blocks: while media flows, the next packet usually comes within
+    /// that window and is taken without a wake-up from the scheduler, which is most of
+    /// a relay's added latency (and costs more CPU than the spin on a virtual machine).
+    /// Zero: always block.
+    pub fn spawn_with(spin: Duration) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (sender, receiver) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("sipward-relay".into())
-            .spawn(move || Relay::new(poll, receiver).run())?;
+            .spawn(move || Relay::new(poll, receiver).run(spin))?;
         Ok(Self {
             sender,
             waker,
@@ -205,16 +216,26 @@ impl Relay {
         }
     }
 
-    fn run(mut self) {
+    fn run(mut self, spin: Duration) {
         let mut events = Events::with_capacity(1024);
+        let mut last_work: Option<Instant> = None;
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            let spinning = last_work.is_some_and(|t| t.elapsed() < spin);
+            let timeout = spinning.then_some(Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 tracing::error!("media relay poll failed: {e}");
                 return;
             }
+            if events.is_empty() {
+                if !spinning {
+                    last_work = None;
+                }
+                continue;
+            }
+            last_work = (!spin.is_zero()).then(Instant::now);
             for event in &events {
                 if event.token() == WAKER {
                     if !self.take_commands() {
