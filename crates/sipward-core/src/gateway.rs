@@ -483,6 +483,60 @@ impl Gateway {
         true
     }
 
+    /// The bounds on what a request would add: transactions, calls per user (answered
+    /// `busy`: 403 going out, 486 coming in), dialogs, registrations. When one is reached
+    /// the request is answered here and false returned.
+    #[allow(clippy::too_many_arguments)]
+    fn within_state_limits(
+        &mut self,
+        config: &Config,
+        at: Arrival,
+        msg: &Message<'_>,
+        method: MethodKind,
+        initial: bool,
+        aor: &[u8],
+        busy: (u16, &str),
+    ) -> bool {
+        let alg = &config.alg;
+        let full =
+            if method != MethodKind::Ack && self.tables.transactions() >= alg.max_transactions {
+                Some("gateway transaction table full")
+            } else if method == MethodKind::Invite
+                && initial
+                && self.tables.sessions_of(aor) >= alg.max_sessions_per_id
+            {
+                self.counters.session_limit += 1;
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    busy.0,
+                    busy.1,
+                    "maximum sessions per user reached",
+                );
+                return false;
+            } else if method == MethodKind::Invite
+                && initial
+                && self.tables.dialogs.len() >= alg.max_dialogs
+            {
+                Some("gateway dialog table full")
+            } else if method == MethodKind::Register
+                && self.tables.bindings.len() >= alg.max_registrations
+            {
+                Some("gateway registration table full")
+            } else {
+                None
+            };
+        match full {
+            Some(why) => {
+                self.counters.state_full += 1;
+                self.answer(config, at, msg, 503, "Service Unavailable", why);
+                false
+            }
+            None => true,
+        }
+    }
+
     /// Answers a request on the gateway's own behalf (never an ACK).
     fn answer(
         &mut self,
@@ -597,56 +651,8 @@ impl Gateway {
             .and_then(|k| self.tables.dialogs.get(k))
             .cloned();
 
-        if method != MethodKind::Ack && self.tables.transactions() >= config.alg.max_transactions {
-            self.counters.state_full += 1;
-            self.answer(
-                config,
-                at,
-                msg,
-                503,
-                "Service Unavailable",
-                "gateway transaction table full",
-            );
-            return;
-        }
-        if method == MethodKind::Invite && initial {
-            if self.tables.sessions_of(&aor) >= config.alg.max_sessions_per_id {
-                self.counters.session_limit += 1;
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    403,
-                    "Forbidden",
-                    "maximum sessions per user reached",
-                );
-                return;
-            }
-            if self.tables.dialogs.len() >= config.alg.max_dialogs {
-                self.counters.state_full += 1;
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    503,
-                    "Service Unavailable",
-                    "gateway dialog table full",
-                );
-                return;
-            }
-        }
-        if method == MethodKind::Register
-            && self.tables.bindings.len() >= config.alg.max_registrations
-        {
-            self.counters.state_full += 1;
-            self.answer(
-                config,
-                at,
-                msg,
-                503,
-                "Service Unavailable",
-                "gateway registration table full",
-            );
+        let busy = (403, "Forbidden");
+        if !self.within_state_limits(config, at, msg, method, initial, &aor, busy) {
             return;
         }
 
@@ -1126,42 +1132,7 @@ impl Gateway {
                 );
                 return;
             };
-        if method == MethodKind::Invite && initial {
-            if self.tables.sessions_of(&aor) >= config.alg.max_sessions_per_id {
-                self.counters.session_limit += 1;
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    486,
-                    "Busy Here",
-                    "maximum sessions per user reached",
-                );
-                return;
-            }
-            if self.tables.dialogs.len() >= config.alg.max_dialogs {
-                self.counters.state_full += 1;
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    503,
-                    "Service Unavailable",
-                    "gateway dialog table full",
-                );
-                return;
-            }
-        }
-        if method != MethodKind::Ack && self.tables.transactions() >= config.alg.max_transactions {
-            self.counters.state_full += 1;
-            self.answer(
-                config,
-                at,
-                msg,
-                503,
-                "Service Unavailable",
-                "gateway transaction table full",
-            );
+        if !self.within_state_limits(config, at, msg, method, initial, &aor, (486, "Busy Here")) {
             return;
         }
 

@@ -16,7 +16,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Peer, Topology, ADMIN_TOKEN};
+use common::{Topology, ADMIN_TOKEN};
 use serde_json::Value;
 
 fn get(t: &Topology, path: &str, token: Option<&str>) -> (u16, String) {
@@ -154,31 +154,7 @@ fn api_metrics_cli_and_dashboard_show_what_sipp_does() {
 
     // A registration and a call with media, kept up while we look.
     t.register_alice();
-    t.tone(2);
-    let proxy_ip = t.proxy();
-    let far = t.sipp(&[
-        "-sn",
-        "uas",
-        "-i",
-        &proxy_ip,
-        "-p",
-        "5060",
-        "-m",
-        "1",
-        "-rtp_echo",
-        "-mi",
-        &proxy_ip,
-        "-mp",
-        "16000",
-    ]);
-    std::thread::sleep(Duration::from_millis(200));
-    let phone_ip = t.phone(0);
-    let caller = t.play(
-        "phone_call_rtp.xml",
-        Peer::Phone(0),
-        Some(&t.gw_lan_sip()),
-        &["-s", "bob", "-mi", &phone_ip, "-mp", "18000", "-d", "8000"],
-    );
+    let (caller, far) = t.media_call(8000, &[]);
     std::thread::sleep(Duration::from_millis(1500));
 
     let regs = json(&t, "/api/v1/registrations");
@@ -321,31 +297,7 @@ fn reload_refuses_a_broken_config_and_keeps_calls_through_a_good_one() {
     let t = Topology::new(72);
     let gw = t.start_gateway();
     t.register_alice();
-    t.tone(2);
-    let proxy_ip = t.proxy();
-    let far = t.sipp(&[
-        "-sn",
-        "uas",
-        "-i",
-        &proxy_ip,
-        "-p",
-        "5060",
-        "-m",
-        "1",
-        "-rtp_echo",
-        "-mi",
-        &proxy_ip,
-        "-mp",
-        "16000",
-    ]);
-    std::thread::sleep(Duration::from_millis(200));
-    let phone_ip = t.phone(0);
-    let caller = t.play(
-        "phone_call_rtp.xml",
-        Peer::Phone(0),
-        Some(&t.gw_lan_sip()),
-        &["-s", "bob", "-mi", &phone_ip, "-mp", "18000", "-d", "4000"],
-    );
+    let (caller, far) = t.media_call(4000, &[]);
     std::thread::sleep(Duration::from_millis(1000));
     let digest = json(&t, "/api/v1/status")["config_digest"].clone();
     let cfg = t.dir.join("sipward.toml");

@@ -57,26 +57,13 @@ fn inject(from_ip: &str, to: &str, n: usize, len: usize) {
 fn outbound_call_relays_every_packet_both_ways_drops_injection_and_closes_on_bye() {
     let t = Topology::new(51);
     let _gw = t.start_gateway();
-    t.tone(2);
     let cap = t.capture();
     let (phone, far) = (
         format!("{}:18000", t.phone(0)),
         format!("{}:16000", t.proxy()),
     );
     let (lan_relay, wan_relay) = (relay(&t.gw_lan()), relay(&t.gw_wan()));
-    let proxy_ip = t.proxy();
-    let mut far_args = vec!["-sn", "uas", "-i", &proxy_ip, "-p", "5060", "-m", "1"];
-    far_args.extend(["-rtp_echo", "-mi", &proxy_ip, "-mp", "16000"]);
-    far_args.extend(logged("proxy_messages.log"));
-    let far_end = t.sipp(&far_args);
-    std::thread::sleep(Duration::from_millis(200));
-    let phone_ip = t.phone(0);
-    let caller = t.play(
-        "phone_call_rtp.xml",
-        Peer::Phone(0),
-        Some(&t.gw_lan_sip()),
-        &["-s", "bob", "-mi", &phone_ip, "-mp", "18000", "-d", "2500"],
-    );
+    let (caller, far_end) = t.media_call(2500, &logged("proxy_messages.log"));
     // Mid-call, a third host on the outside sends into the relay's outside port.
     std::thread::sleep(Duration::from_millis(1200));
     let intruder = format!("127.{}.1.99", t.n);

@@ -496,3 +496,28 @@ impl Topology {
             .unwrap()
     }
 }
+
+impl Topology {
+    /// An outbound call with media through the gateway: a SIPp far end on the proxy
+    /// address echoing RTP (media port 16000, `far_extra` arguments added), and phone 0
+    /// streaming tone.ulaw (written here, 2 s) from port 18000, hanging up `hold_ms`
+    /// after the answer. Returns (caller, far end).
+    pub(crate) fn media_call(&self, hold_ms: u32, far_extra: &[&str]) -> (Guard, Guard) {
+        self.tone(2);
+        let proxy_ip = self.proxy();
+        let mut far_args = vec!["-sn", "uas", "-i", &proxy_ip, "-p", "5060", "-m", "1"];
+        far_args.extend(["-rtp_echo", "-mi", &proxy_ip, "-mp", "16000"]);
+        far_args.extend(far_extra);
+        let far = self.sipp(&far_args);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let phone_ip = self.phone(0);
+        let hold = hold_ms.to_string();
+        let caller = self.play(
+            "phone_call_rtp.xml",
+            Peer::Phone(0),
+            Some(&self.gw_lan_sip()),
+            &["-s", "bob", "-mi", &phone_ip, "-mp", "18000", "-d", &hold],
+        );
+        (caller, far)
+    }
+}
