@@ -537,6 +537,27 @@ impl Gateway {
         }
     }
 
+    /// A response's SDP through the media table. A response cannot be refused: when
+    /// ports run out its media goes on unrelayed, inside addresses still hidden. A 2xx to
+    /// an INVITE makes the answer's author the party from now on (other forks drop).
+    fn response_media(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        edits: &mut Edits,
+        passage: SdpPassage<'_>,
+        method: MethodKind,
+        status: u16,
+    ) {
+        if self.media.rewrite_sdp(now, msg, edits, passage).is_err() {
+            self.media.hide_only(msg, edits, passage);
+        }
+        if method == MethodKind::Invite && (200..300).contains(&status) {
+            self.media
+                .answered(passage.call, passage.from, passage.tag, now);
+        }
+    }
+
     /// Answers a request on the gateway's own behalf (never an ACK).
     fn answer(
         &mut self,
@@ -934,14 +955,7 @@ impl Gateway {
             gateway_ip: [lan_ip, at.local.ip()],
             is_inside: &is_inside,
         };
-        if self
-            .media
-            .rewrite_sdp(at.now, msg, &mut edits, passage)
-            .is_err()
-        {
-            // A response cannot be refused: it goes on with its media unrelayed.
-            self.media.hide_only(msg, &mut edits, passage);
-        }
+        self.response_media(at.now, msg, &mut edits, passage, tx.method, status);
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
@@ -952,11 +966,6 @@ impl Gateway {
             if let Some(t) = self.tables.client.get_mut(&key) {
                 t.final_at.get_or_insert(at.now);
             }
-        }
-        if tx.method == MethodKind::Invite && (200..300).contains(&status) {
-            let tag = msg.to().and_then(|t| t.tag()).unwrap_or_default();
-            self.media
-                .answered(&tx.dialog.media_id(), Side::Outside, tag, at.now);
         }
         if let (Some((user, credentials)), true) = (&tx.register_user, status >= 200) {
             let source = tx.phone.ip();
@@ -1343,13 +1352,7 @@ impl Gateway {
             gateway_ip: [at.local.ip(), tx.wan_local.ip()],
             is_inside: &is_inside,
         };
-        if self
-            .media
-            .rewrite_sdp(at.now, msg, &mut edits, passage)
-            .is_err()
-        {
-            self.media.hide_only(msg, &mut edits, passage);
-        }
+        self.response_media(at.now, msg, &mut edits, passage, tx.method, status);
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
@@ -1359,11 +1362,6 @@ impl Gateway {
             if let Some(t) = self.tables.server.get_mut(&key) {
                 t.final_at.get_or_insert(at.now);
             }
-        }
-        if tx.method == MethodKind::Invite && (200..300).contains(&status) {
-            let tag = msg.to().and_then(|t| t.tag()).unwrap_or_default();
-            self.media
-                .answered(&tx.dialog.media_id(), Side::Inside, tag, at.now);
         }
         match tx.method {
             m if creates_dialog(m) && (200..300).contains(&status) => {
