@@ -426,3 +426,38 @@ fn without_bypass_a_hairpin_call_is_relayed() {
     assert!(to_bob.contains("c=IN IP4 10.0.0.1\r\n"), "{to_bob}");
     assert!(to_alice.contains("c=IN IP4 10.0.0.1\r\n"), "{to_alice}");
 }
+
+/// Offer in a reliable 183, answer in the PRACK (RFC 3262): both cross the relay.
+#[test]
+fn prack_carries_the_answer_to_an_offer_in_a_183() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let no_sdp = "INVITE sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKpr1\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-pr\r\nTo: bob <sip:bob@10.0.0.1:5060>\r\nCall-ID: pr@10.0.0.20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.0.0.20:5062>\r\nSupported: 100rel\r\nContent-Length: 0\r\n\r\n";
+    let fwd = text(&net.phone_sends(no_sdp));
+    assert!(net.media_commands().is_empty());
+    let offer = response_with_sdp(
+        &fwd,
+        "183 Session Progress",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\nRequire: 100rel\r\nRSeq: 1\r\n",
+        &sdp("203.0.113.50", 7000, ""),
+    );
+    let to_phone = text(&net.proxy_sends(&offer));
+    assert!(to_phone.contains("c=IN IP4 10.0.0.1\r\n"), "{to_phone}");
+    assert!(to_phone.contains("m=audio 30000 "), "{to_phone}");
+    let answer = sdp("10.0.0.20", 40000, "");
+    let prack = format!(
+        "PRACK sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKpr2\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-pr\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b1\r\nCall-ID: pr@10.0.0.20\r\nCSeq: 2 PRACK\r\nRAck: 1 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+        answer.len()
+    );
+    let out = text(&net.phone_sends(&prack));
+    assert!(
+        out.starts_with("PRACK sip:bob@203.0.113.50 SIP/2.0\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("c=IN IP4 203.0.113.1\r\n"), "{out}");
+    assert!(out.contains("m=audio 31000 "), "{out}");
+    let s = sets(&net.media_commands());
+    let last = s.last().unwrap();
+    assert_eq!(last.1, vec![peer("10.0.0.20:40000", "10.0.0.20:40001")]);
+    assert_eq!(last.2, vec![peer("203.0.113.50:7000", "203.0.113.50:7001")]);
+}
