@@ -85,7 +85,8 @@ impl Relay for Sipward {
             ports.push(SocketAddr::new("127.90.0.1".parse().unwrap(), port));
         }
         self.relay.apply(cmds);
-        std::thread::sleep(Duration::from_millis(200 + n as u64 / 4));
+        // The relay binds four sockets per stream on its own thread: give it time.
+        std::thread::sleep(Duration::from_millis(200 + n as u64));
         ports
     }
     fn close_all(&mut self) {
@@ -370,6 +371,8 @@ struct Row {
     p50: Option<u64>,
     p99: Option<u64>,
     mem_per_stream: Option<f64>,
+    /// Relay CPU per forwarded packet at the fixed 50,000 packets/s step (µs).
+    cost_at_50k: Option<f64>,
 }
 
 fn measure(relay: &mut dyn Relay, streams: usize, secs: f64, direct: &mut HashMap<u64, (u64, u64)>) -> Row {
@@ -390,6 +393,7 @@ fn measure(relay: &mut dyn Relay, streams: usize, secs: f64, direct: &mut HashMa
     // pacing is no use: rtpengine stops reading a socket with more than 50 packets
     // queued.)
     let mut best: Option<(u64, u64, f64, f64)> = None; // sent, forwarded, secs, cpu
+    let mut cost_at_50k = None;
     for rate in RATES {
         eprintln!("  {} {streams} streams: {rate} packets/s for {secs} s", relay.name());
         let cpu0 = relay.cpu_seconds();
@@ -408,6 +412,9 @@ fn measure(relay: &mut dyn Relay, streams: usize, secs: f64, direct: &mut HashMa
         );
         if loss > 0.01 || !reached {
             break;
+        }
+        if rate == 50_000 && run.received > 0 {
+            cost_at_50k = Some(cpu / run.received as f64 * 1e6);
         }
         best = Some((run.sent, run.received, elapsed, cpu));
     }
@@ -436,6 +443,7 @@ fn measure(relay: &mut dyn Relay, streams: usize, secs: f64, direct: &mut HashMa
 
         p50: (!hist.is_empty()).then(|| hist.value_at_quantile(0.5).saturating_sub(base.0)),
         p99: (!hist.is_empty()).then(|| hist.value_at_quantile(0.99).saturating_sub(base.1)),
+        cost_at_50k,
         mem_per_stream: (streams >= 100)
             .then(|| rss_after.saturating_sub(rss_before) as f64 / streams as f64),
     }
@@ -477,17 +485,18 @@ fn main() {
     }
     let out = std::io::stdout();
     let mut out = out.lock();
-    writeln!(out, "| relay | streams | sent/s | forwarded/s | loss | relay CPU (cores) | forwarded per core-second | added latency p50 / p99 (µs) | memory per stream |").unwrap();
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|").unwrap();
+    writeln!(out, "| relay | streams | sent/s | forwarded/s | loss | relay CPU (cores) | forwarded per core-second | CPU µs per packet at 50k/s | added latency p50 / p99 (µs) | memory per stream |").unwrap();
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|").unwrap();
     for r in &rows {
         let lat = match (r.p50, r.p99) {
             (Some(a), Some(b)) => format!("{a} / {b}"),
             _ => "-".into(),
         };
         let mem = r.mem_per_stream.map_or("-".into(), |m| format!("{:.0} B", m));
+        let cost = r.cost_at_50k.map_or("-".into(), |c| format!("{c:.2}"));
         writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | {:.2}% | {:.2} | {:.0} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.2}% | {:.2} | {:.0} | {} | {} | {} |",
             r.relay,
             r.streams,
             r.sent as f64 / r.secs,
@@ -495,6 +504,7 @@ fn main() {
             100.0 * (1.0 - r.forwarded as f64 / r.sent.max(1) as f64),
             r.cpu / r.secs,
             r.forwarded as f64 / r.cpu.max(1e-9),
+            cost,
             lat,
             mem
         )
@@ -504,9 +514,13 @@ fn main() {
     for pair in rows.chunks(2) {
         if let [s, r] = pair {
             let per_core = |x: &Row| x.forwarded as f64 / x.cpu.max(1e-9);
+            let cost = match (s.cost_at_50k, r.cost_at_50k) {
+                (Some(a), Some(b)) => format!("{:.2}", b / a),
+                _ => "-".into(),
+            };
             writeln!(
                 out,
-                "- {} streams: sipward / rtpengine packets per core-second = {:.2}",
+                "- {} streams: sipward / rtpengine packets per core-second at each one's highest rate = {:.2}; at 50k/s = {cost}",
                 s.streams,
                 per_core(s) / per_core(r)
             )
