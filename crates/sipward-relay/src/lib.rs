@@ -205,6 +205,12 @@ struct Relay {
     by_id: HashMap<StreamId, usize>,
     /// `BATCH_SIZE` receive buffers of `BUFFER` bytes, end to end.
     buffers: Vec<u8>,
+    /// Sockets with UDP GRO on, held for the relay's life. The kernel switches its GRO
+    /// code paths on and off (live-patching code on every CPU, by inter-processor
+    /// interrupts) whenever the number of such sockets goes between zero and one: with
+    /// media sockets opened and closed for every call that cost more than the calls
+    /// themselves. Holding one keeps the count above zero.
+    _gro_keepers: Vec<std::net::UdpSocket>,
 }
 
 impl Relay {
@@ -216,6 +222,11 @@ impl Relay {
             streams: Slab::new(),
             by_id: HashMap::new(),
             buffers: vec![0u8; BATCH_SIZE * BUFFER],
+            _gro_keepers: ["127.0.0.1:0", "[::1]:0"]
+                .iter()
+                .filter_map(|a| std::net::UdpSocket::bind(a).ok())
+                .filter(|s| UdpSocketState::new(UdpSockRef::from(s)).is_ok())
+                .collect(),
         }
     }
 
