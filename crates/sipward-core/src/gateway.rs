@@ -431,7 +431,8 @@ impl Gateway {
             return true;
         };
         let kind = method.kind();
-        let name = String::from_utf8_lossy(method.as_bytes()).into_owned();
+        // Borrowed, not copied: this runs for every request.
+        let name = std::str::from_utf8(method.as_bytes()).unwrap_or("?");
         let in_dialog = msg.to().and_then(|t| t.tag()).is_some()
             || matches!(kind, MethodKind::Ack | MethodKind::Cancel);
         let class = if in_dialog {
@@ -439,14 +440,14 @@ impl Gateway {
         } else {
             Class::NewRequest
         };
-        if !self.guard.within_rate(source, class, &name, at.now) {
+        if !self.guard.within_rate(source, class, name, at.now) {
             self.counters.dropped_flood += 1;
             return false;
         }
         let known = kind != MethodKind::Other;
         if !self
             .guard
-            .filter_request(source, &name, known, msg.user_agent(), at.now)
+            .filter_request(source, name, known, msg.user_agent(), at.now)
         {
             self.counters.dropped_filtered += 1;
             return false;
@@ -459,7 +460,7 @@ impl Gateway {
             }
         }
         if !in_dialog && matches!(kind, MethodKind::Invite | MethodKind::Register) {
-            if let Verdict::Overloaded { retry_after } = self.guard.admit_new(source, &name, at.now)
+            if let Verdict::Overloaded { retry_after } = self.guard.admit_new(source, name, at.now)
             {
                 self.counters.overloaded += 1;
                 let tag = self.hider.token(&[msg.call_id(), b"answer"]);
