@@ -251,6 +251,14 @@ pub struct Guard {
     pub(crate) dropped_banned: u64,
 }
 
+/// Whether `needle` occurs in `haystack`, ASCII letters compared without case.
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// Events one source may raise between sweeps (one second).
 const EVENTS_PER_SOURCE: u32 = 20;
 /// Events queued at most; older ones are dropped first.
@@ -391,12 +399,12 @@ impl Guard {
     ) -> bool {
         if self.options.scanner_filter != FilterMode::Off {
             if let Some(agent) = user_agent {
-                let agent = String::from_utf8_lossy(agent).to_ascii_lowercase();
+                // Every request with a User-Agent comes here: compare in place, no copies.
                 let hit = self
                     .options
                     .scanner_agents
                     .iter()
-                    .find(|s| agent.contains(&s.to_ascii_lowercase()))
+                    .find(|s| contains_ignore_ascii_case(agent, s.as_bytes()))
                     .cloned();
                 if let Some(sig) = hit {
                     let reason = format!("scanner User-Agent ({sig})");
