@@ -538,6 +538,32 @@ impl Gateway {
         }
     }
 
+    /// A request's SDP through the media table; when ports run out the request is
+    /// answered 503 here and false returned.
+    fn request_media(
+        &mut self,
+        config: &Config,
+        at: Arrival,
+        msg: &Message<'_>,
+        edits: &mut Edits,
+        passage: SdpPassage<'_>,
+    ) -> bool {
+        match self.media.rewrite_sdp(at.now, msg, edits, passage) {
+            Ok(()) => true,
+            Err(MediaError::PortsExhausted) => {
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    "no media ports left",
+                );
+                false
+            }
+        }
+    }
+
     /// A response's SDP through the media table. A response cannot be refused: when
     /// ports run out its media goes on unrelayed, inside addresses still hidden. A 2xx to
     /// an INVITE makes the answer's author the party from now on (other forks drop).
@@ -808,17 +834,7 @@ impl Gateway {
             gateway_ip: [at.local.ip(), wan_local.ip()],
             is_inside: &is_inside,
         };
-        if let Err(MediaError::PortsExhausted) =
-            self.media.rewrite_sdp(at.now, msg, &mut edits, passage)
-        {
-            self.answer(
-                config,
-                at,
-                msg,
-                503,
-                "Service Unavailable",
-                "no media ports left",
-            );
+        if !self.request_media(config, at, msg, &mut edits, passage) {
             return;
         }
 
@@ -1198,17 +1214,7 @@ impl Gateway {
             gateway_ip: [lan_local.ip(), at.local.ip()],
             is_inside: &is_inside,
         };
-        if let Err(MediaError::PortsExhausted) =
-            self.media.rewrite_sdp(at.now, msg, &mut edits, passage)
-        {
-            self.answer(
-                config,
-                at,
-                msg,
-                503,
-                "Service Unavailable",
-                "no media ports left",
-            );
+        if !self.request_media(config, at, msg, &mut edits, passage) {
             return;
         }
         let Ok(payload) = msg.rewrite(&edits) else {

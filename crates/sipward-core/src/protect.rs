@@ -570,14 +570,7 @@ impl Guard {
             },
         );
         // A ban's own event is never suppressed by the per-source budget.
-        self.push_event(SecurityEvent {
-            at: now,
-            kind: EventKind::Banned,
-            source,
-            user: user.map(str::to_string),
-            method: method.map(str::to_string),
-            reason: reason.to_string(),
-        });
+        self.record(now, EventKind::Banned, source, user, method, reason);
     }
 
     /// Lifts a ban; false when there was none.
@@ -586,14 +579,14 @@ impl Guard {
             return false;
         };
         self.sources.remove(&source);
-        self.push_event(SecurityEvent {
-            at: now,
-            kind: EventKind::Unbanned,
+        self.record(
+            now,
+            EventKind::Unbanned,
             source,
-            user: b.user,
-            method: None,
-            reason: why.to_string(),
-        });
+            b.user.as_deref(),
+            None,
+            why,
+        );
         true
     }
 
@@ -645,14 +638,7 @@ impl Guard {
             return;
         }
         *budget += 1;
-        self.push_event(SecurityEvent {
-            at,
-            kind,
-            source,
-            user: user.map(str::to_string),
-            method: method.map(str::to_string),
-            reason: reason.to_string(),
-        });
+        self.record(at, kind, source, user, method, reason);
     }
 
     /// Records an event outside the per-source budget (calls are not floods).
