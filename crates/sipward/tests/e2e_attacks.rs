@@ -16,7 +16,7 @@ mod common;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Peer, Topology};
+use common::{Peer, Topology, ALICE_DIGEST};
 
 /// The attacker: an inside host. SIPVicious 0.3.3 sends from the wildcard address
 /// whatever `-b` says, so on loopback it is 127.0.0.1, admitted by an extra nat rule.
@@ -124,17 +124,7 @@ fn svcrack_is_cut_off_after_five_failures_and_the_phone_still_registers() {
         "phone_register_as.xml",
         Peer::Phone(0),
         Some(&t.gw_lan_sip()),
-        &[
-            "-key",
-            "user",
-            "alice",
-            "-au",
-            "alice",
-            "-ap",
-            "secret",
-            "-auth_uri",
-            "sip:sipward.test",
-        ],
+        &[&["-key", "user", "alice"][..], &ALICE_DIGEST[..]].concat(),
     );
     phone.wait_ok("the legitimate phone's registration");
     assert!(

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{logged, Peer, Topology};
+use common::{logged, Peer, Topology, ALICE_DIGEST};
 
 /// Runs one outbound flow: `proxy_xml` on the outside proxy's address, `phone_xml` on
 /// the first inside phone with the gateway's inside address as its outbound proxy.
@@ -74,14 +74,7 @@ fn register_reregister_unregister() {
         "phone_register_cycle.xml",
         Peer::Phone(0),
         Some(&t.gw_lan_sip()),
-        &[
-            "-au",
-            "alice",
-            "-ap",
-            "secret",
-            "-auth_uri",
-            "sip:sipward.test",
-        ],
+        &ALICE_DIGEST,
     );
     phone.wait_ok("phone register cycle");
     registrar.wait_ok("registrar");

@@ -95,6 +95,17 @@ pub(crate) fn logged(file: &str) -> [&str; 3] {
     ["-trace_msg", "-message_file", file]
 }
 
+/// SIPp arguments answering a digest challenge as alice (the registrars' password is
+/// "secret" for everyone).
+pub(crate) const ALICE_DIGEST: [&str; 6] = [
+    "-au",
+    "alice",
+    "-ap",
+    "secret",
+    "-auth_uri",
+    "sip:sipward.test",
+];
+
 /// The admin API token of every test gateway.
 pub(crate) const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 
@@ -450,14 +461,7 @@ impl Topology {
             "phone_register.xml",
             Peer::Phone(0),
             Some(&self.gw_lan_sip()),
-            &[
-                "-au",
-                "alice",
-                "-ap",
-                "secret",
-                "-auth_uri",
-                "sip:sipward.test",
-            ],
+            &ALICE_DIGEST,
         );
         phone.wait_ok("phone registration");
         registrar.wait_ok("registrar");
