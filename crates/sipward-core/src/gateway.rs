@@ -56,6 +56,8 @@ pub struct Counters {
     pub dropped_by_rule: u64,
     pub rejected_by_rule: u64,
     pub stray_responses: u64,
+    /// Retransmitted requests answered from the transaction or absorbed, not relayed.
+    pub absorbed_retransmissions: u64,
     pub unknown_target: u64,
     pub session_limit: u64,
     pub state_full: u64,
@@ -74,7 +76,7 @@ pub struct Counters {
 
 impl Counters {
     /// Every counter by a stable name (the admin API's and the metrics' keys).
-    pub fn fields(&self) -> [(&'static str, u64); 21] {
+    pub fn fields(&self) -> [(&'static str, u64); 22] {
         [
             ("received", self.received),
             ("forwarded", self.forwarded),
@@ -85,6 +87,7 @@ impl Counters {
             ("dropped_by_rule", self.dropped_by_rule),
             ("rejected_by_rule", self.rejected_by_rule),
             ("stray_responses", self.stray_responses),
+            ("absorbed_retransmissions", self.absorbed_retransmissions),
             ("unknown_target", self.unknown_target),
             ("session_limit", self.session_limit),
             ("state_full", self.state_full),
@@ -699,14 +702,25 @@ impl Gateway {
             .and_then(|k| self.tables.dialogs.get(k))
             .cloned();
 
+        let phone_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
+        let remote_text = at.remote.to_string();
+        let branch = self.hider.branch(&[phone_branch, remote_text.as_bytes()]);
+        if method != MethodKind::Ack {
+            let tx_key = (branch.clone(), cseq.method.to_vec());
+            let repeat = self
+                .tables
+                .client
+                .get(&tx_key)
+                .map(|tx| Repeat::of(tx.final_at, &tx.last_response));
+            if self.repeated(repeat, at) {
+                return;
+            }
+        }
+
         let busy = (403, "Forbidden");
         if !self.within_state_limits(config, at, msg, method, initial, &aor, busy) {
             return;
         }
-
-        let phone_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
-        let remote_text = at.remote.to_string();
-        let branch = self.hider.branch(&[phone_branch, remote_text.as_bytes()]);
         let wan_text = wan_local.to_string();
         let next_hop_text = next_hop.to_string();
         let is_inside = |ip: IpAddr| config.is_inside(ip);
@@ -889,6 +903,7 @@ impl Gateway {
                     method,
                     created: at.now,
                     final_at: None,
+                    last_response: None,
                     register,
                     register_user: (method == MethodKind::Register).then(|| {
                         let credentials =
@@ -979,10 +994,11 @@ impl Gateway {
         };
 
         // State.
-        if status >= 200 {
-            if let Some(t) = self.tables.client.get_mut(&key) {
+        if let Some(t) = self.tables.client.get_mut(&key) {
+            if status >= 200 {
                 t.final_at.get_or_insert(at.now);
             }
+            t.last_response = Repeat::keeps(tx.method, status).then(|| payload.clone());
         }
         if let (Some((user, credentials)), true) = (&tx.register_user, status >= 200) {
             let source = tx.phone.ip();
@@ -1105,6 +1121,17 @@ impl Gateway {
         let proxy_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
         let branch = self.hider.branch(&[proxy_branch, remote_text.as_bytes()]);
         let initial = to.tag().is_none();
+        if method != MethodKind::Ack {
+            let tx_key = (branch.clone(), cseq.method.to_vec());
+            let repeat = self
+                .tables
+                .server
+                .get(&tx_key)
+                .map(|tx| Repeat::of(tx.final_at, &tx.last_response));
+            if self.repeated(repeat, at) {
+                return;
+            }
+        }
 
         // Where does it go? A pending INVITE (CANCEL, ACK for a failure), a registration
         // token in the Request-URI, or the dialog the Call-ID names.
@@ -1266,6 +1293,7 @@ impl Gateway {
                     method,
                     created: at.now,
                     final_at: None,
+                    last_response: None,
                     aor,
                     token: tok,
                     dialog: tx_dialog.clone(),
@@ -1365,10 +1393,11 @@ impl Gateway {
             return;
         };
 
-        if status >= 200 {
-            if let Some(t) = self.tables.server.get_mut(&key) {
+        if let Some(t) = self.tables.server.get_mut(&key) {
+            if status >= 200 {
                 t.final_at.get_or_insert(at.now);
             }
+            t.last_response = Repeat::keeps(tx.method, status).then(|| payload.clone());
         }
         match tx.method {
             m if creates_dialog(m) && (200..300).contains(&status) => {
@@ -1402,6 +1431,17 @@ impl Gateway {
         }
         self.counters.forwarded += 1;
         self.send(tx.wan_local, tx.proxy, payload);
+    }
+
+    /// Handles a repeated request (see `Repeat`); true when it is dealt with.
+    fn repeated(&mut self, repeat: Option<Repeat>, at: Arrival) -> bool {
+        match repeat {
+            None | Some(Repeat::Forward) => return false,
+            Some(Repeat::Answer(response)) => self.send(at.local, at.remote, response),
+            Some(Repeat::Absorb) => {}
+        }
+        self.counters.absorbed_retransmissions += 1;
+        true
     }
 
     fn end_unconfirmed(&mut self, key: &DialogKey, why: &str) {
@@ -1631,6 +1671,36 @@ impl Gateway {
 }
 
 /// Requests that create a dialog when sent outside one (RFC 3261, 6665, 3515).
+/// What the gateway does with a request that repeats one it is already relaying (the
+/// sender's retransmission timer fired): a stateful relay absorbs it (RFC 3261 16.6,
+/// RFC 6026) instead of passing every copy on, where the next hop could take it for
+/// a new request once it has answered.
+enum Repeat {
+    /// Nothing came back yet: the next hop may never have had it.
+    Forward,
+    /// Send the last response again.
+    Answer(Vec<u8>),
+    /// A 2xx answered the INVITE: the far end retransmits that 2xx itself until the
+    /// ACK comes, so the copy is dropped (RFC 6026 "Accepted").
+    Absorb,
+}
+
+impl Repeat {
+    fn of(final_at: Option<Instant>, last_response: &Option<Vec<u8>>) -> Repeat {
+        match (last_response, final_at) {
+            (Some(r), _) => Repeat::Answer(r.clone()),
+            (None, Some(_)) => Repeat::Absorb,
+            (None, None) => Repeat::Forward,
+        }
+    }
+
+    /// Whether a response is kept to answer retransmissions with: all but a 2xx to an
+    /// INVITE, which ends the relay's part in the retransmissions.
+    fn keeps(method: MethodKind, status: u16) -> bool {
+        !(method == MethodKind::Invite && (200..300).contains(&status))
+    }
+}
+
 fn creates_dialog(method: MethodKind) -> bool {
     matches!(
         method,

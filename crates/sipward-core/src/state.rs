@@ -116,6 +116,9 @@ pub(crate) struct ClientTx {
     pub(crate) method: MethodKind,
     pub(crate) created: Instant,
     pub(crate) final_at: Option<Instant>,
+    /// The last response relayed to the phone, sent again when the phone retransmits
+    /// the request; `None` once a 2xx answered an INVITE (see `Repeat`).
+    pub(crate) last_response: Option<Vec<u8>>,
     pub(crate) register: Option<RegisterInfo>,
     /// For a REGISTER: the user it speaks for and whether it carried credentials (a
     /// refusal of credentials is a failed attempt; the first challenge is not).
@@ -136,6 +139,8 @@ pub(crate) struct ServerTx {
     pub(crate) method: MethodKind,
     pub(crate) created: Instant,
     pub(crate) final_at: Option<Instant>,
+    /// The last response relayed to the proxy, as for `ClientTx::last_response`.
+    pub(crate) last_response: Option<Vec<u8>>,
     pub(crate) aor: Vec<u8>,
     pub(crate) token: String,
     /// The dialog this transaction belongs to or creates.

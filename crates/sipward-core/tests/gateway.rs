@@ -491,3 +491,59 @@ fn calls_are_logged_as_started_answered_and_ended() {
     );
     assert_eq!(events[0].user.as_deref(), Some("alice@10.0.0.20"));
 }
+
+#[test]
+fn retransmitted_invite_is_answered_by_the_gateway_not_relayed() {
+    let mut net = Net::new(AlgOptions::default());
+    let inv = invite("rt1", "z9hG4bKrt1");
+    let fwd = text(&net.phone_sends(&inv));
+    // No answer yet: the copy goes on, the proxy may not have had the first.
+    let again = net.deliver(LAN, PHONE, &inv);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].remote, addr(PROXY));
+    assert_eq!(
+        text(&again[0]),
+        fwd,
+        "a retransmission is relayed byte-exact"
+    );
+
+    let ringing = text(&net.proxy_sends(&response_to(&fwd, "180 Ringing", "b1", "")));
+    // Ringing came back: the gateway answers the copy with it and the proxy sees nothing.
+    let again = net.deliver(LAN, PHONE, &inv);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].remote, addr(PHONE));
+    assert_eq!(text(&again[0]), ringing);
+
+    net.proxy_sends(&response_to(&fwd, "200 OK", "b1", ""));
+    // Answered: the proxy retransmits its 200 itself, the copy is dropped (RFC 6026).
+    assert!(net.deliver(LAN, PHONE, &inv).is_empty());
+    assert_eq!(net.gw.counters().absorbed_retransmissions, 2);
+}
+
+#[test]
+fn retransmitted_request_from_outside_gets_the_phones_last_answer() {
+    let mut net = Net::new(AlgOptions::default());
+    let fwd = registered(&mut net, 600);
+    let contact = header(&fwd, "Contact").unwrap();
+    let target = contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    let inv = format!(
+        "INVITE {target} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKin1\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.org>;tag=c1\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: in1@example.org\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@203.0.113.10:5060>\r\nContent-Length: 0\r\n\r\n"
+    );
+    let to_phone = net.proxy_sends(&inv);
+    assert_eq!(to_phone.remote, addr(PHONE));
+    let busy = net.phone_sends(&response_to(&text(&to_phone), "486 Busy Here", "p1", ""));
+    assert_eq!(busy.remote, addr(PROXY));
+    let again = net.deliver(WAN, PROXY, &inv);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].remote, addr(PROXY));
+    assert_eq!(
+        text(&again[0]),
+        text(&busy),
+        "the final answer is sent again"
+    );
+}

@@ -52,8 +52,7 @@ struct Received {
 pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     let mut sockets: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
     for zone in &config.zones {
-        let socket = UdpSocket::bind(zone.address)
-            .await
+        let socket = bind_signalling(zone.address)
             .with_context(|| format!("interface {}: cannot bind {}", zone.name, zone.address))?;
         println!(
             "sipward: listening on {} ({}, {})",
@@ -182,6 +181,29 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Socket buffers for the SIP sockets. Signalling arrives in bursts (a proxy relaying a
+/// batch of responses, a phone's retransmissions): with the kernel's default (~200 KiB)
+/// a burst that arrives while the gateway is busy is dropped and costs a retransmission
+/// timer (0.5 s or more) for every message lost. The kernel caps these at
+/// net.core.rmem_max / wmem_max.
+const SIGNALLING_RECEIVE_BUFFER: usize = 8 << 20;
+const SIGNALLING_SEND_BUFFER: usize = 4 << 20;
+
+fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer than asked for still works.
+    let _ = socket.set_recv_buffer_size(SIGNALLING_RECEIVE_BUFFER);
+    let _ = socket.set_send_buffer_size(SIGNALLING_SEND_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Re-reads the configuration and applies it to new traffic; on any error the running
