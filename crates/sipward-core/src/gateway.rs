@@ -280,11 +280,21 @@ impl Gateway {
         self.media.poll_command()
     }
 
+    /// How many calls (INVITE dialogs, early or confirmed) are held.
+    pub fn call_count(&self) -> usize {
+        self.tables.dialogs.values().filter(|d| d.session).count()
+    }
+
+    /// How many registration bindings are held.
+    pub fn registration_count(&self) -> usize {
+        self.tables.bindings().len()
+    }
+
     /// Registration bindings, for inspection.
     pub fn bindings(&self) -> Vec<BindingView> {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         self.tables
-            .bindings
+            .bindings()
             .values()
             .map(|b| BindingView {
                 aor: text(&b.aor),
@@ -525,7 +535,7 @@ impl Gateway {
             {
                 Some("gateway dialog table full")
             } else if method == MethodKind::Register
-                && self.tables.bindings.len() >= alg.max_registrations
+                && self.tables.bindings().len() >= alg.max_registrations
             {
                 Some("gateway registration table full")
             } else {
@@ -1007,16 +1017,12 @@ impl Gateway {
                 self.guard.register_failed(source, user, status, at.now);
             } else if (200..300).contains(&status) {
                 self.guard.register_succeeded(source, user);
-                let aor = tx.register.as_ref().map(|r| r.aor.clone());
-                let moved = self
-                    .tables
-                    .bindings
-                    .values()
-                    .find(|b| Some(&b.aor) == aor.as_ref() && b.phone.ip() != source);
-                if let (Some(b), Some(aor)) = (moved, &aor) {
-                    let previous = b.phone.ip();
-                    let aor = String::from_utf8_lossy(aor).into_owned();
-                    self.guard.binding_moved(source, previous, &aor, at.now);
+                if let Some(reg) = &tx.register {
+                    if let Some(b) = self.tables.binding_elsewhere(&reg.aor, source) {
+                        let previous = b.phone.ip();
+                        let aor = String::from_utf8_lossy(&reg.aor).into_owned();
+                        self.guard.binding_moved(source, previous, &aor, at.now);
+                    }
                 }
             }
         }
@@ -1065,7 +1071,7 @@ impl Gateway {
                 if let Some(reg) = &tx.register {
                     match new_binding {
                         Some(expires) if (200..300).contains(&status) => {
-                            self.tables.bindings.insert(
+                            self.tables.insert_binding(
                                 reg.token.clone(),
                                 Binding {
                                     aor: reg.aor.clone(),
@@ -1079,7 +1085,7 @@ impl Gateway {
                         }
                         _ if status == 401 || status == 407 => {}
                         _ => {
-                            self.tables.bindings.remove(&reg.token);
+                            self.tables.remove_binding(&reg.token);
                         }
                     }
                 }
@@ -1147,7 +1153,7 @@ impl Gateway {
             .map(|t| String::from_utf8_lossy(t).into_owned());
         let binding = token
             .as_ref()
-            .and_then(|t| self.tables.bindings.get(t))
+            .and_then(|t| self.tables.binding(t))
             .cloned();
         let dialog = self
             .tables
@@ -1581,14 +1587,12 @@ impl Gateway {
                 self.end_dialog(&id, "signal timeout");
             }
         }
-        let before = self.tables.bindings.len();
-        self.tables.bindings.retain(|_, b| b.expires_at > now);
-        self.counters.bindings_expired += (before - self.tables.bindings.len()) as u64;
+        self.counters.bindings_expired += self.tables.expire_bindings(now) as u64;
 
         let idle = self.tables.client.is_empty()
             && self.tables.server.is_empty()
             && self.tables.dialogs.is_empty()
-            && self.tables.bindings.is_empty()
+            && self.tables.bindings().is_empty()
             && self.guard.bans(now).is_empty();
         self.next_sweep = (!idle).then_some(now + SWEEP);
     }

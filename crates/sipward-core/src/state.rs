@@ -3,7 +3,7 @@
 //! gateway remembers goes through these tables' methods.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use sipward_proto::{Message, MethodKind};
@@ -263,7 +263,12 @@ pub(crate) struct Tables {
     pub(crate) dialogs: HashMap<DialogKey, Dialog>,
     /// Inside Call-ID to outside Call-ID, for dialogs.
     pub(crate) call_ids: HashMap<Vec<u8>, DialogKey>,
-    pub(crate) bindings: HashMap<String, Binding>,
+    bindings: HashMap<String, Binding>,
+    /// Indexes kept beside the tables so that a request costs the same with 100,000
+    /// registrations or calls as with ten: call dialogs per AoR (the per-user session
+    /// limit) and binding tokens per AoR (a registration moving to another phone).
+    sessions_by_aor: HashMap<Vec<u8>, usize>,
+    tokens_by_aor: HashMap<Vec<u8>, Vec<String>>,
 }
 
 impl Tables {
@@ -271,24 +276,92 @@ impl Tables {
         self.client.len() + self.server.len()
     }
 
-    /// Dialogs plus INVITEs still in progress that count against `aor`.
+    /// Calls (early or confirmed) that count against `aor`.
     pub(crate) fn sessions_of(&self, aor: &[u8]) -> usize {
-        self.dialogs
-            .values()
-            .filter(|d| d.session && d.aor == aor)
-            .count()
+        self.sessions_by_aor.get(aor).copied().unwrap_or(0)
     }
 
     pub(crate) fn insert_dialog(&mut self, d: Dialog) {
         let key = d.key();
         self.call_ids.insert(d.inside_call_id.clone(), key.clone());
-        self.dialogs.insert(key, d);
+        if d.session {
+            *self.sessions_by_aor.entry(d.aor.clone()).or_default() += 1;
+        }
+        if let Some(old) = self.dialogs.insert(key, d) {
+            self.forget_session(&old);
+        }
     }
 
     pub(crate) fn remove_dialog(&mut self, key: &DialogKey) -> Option<Dialog> {
         let d = self.dialogs.remove(key)?;
         self.call_ids.remove(&d.inside_call_id);
+        self.forget_session(&d);
         Some(d)
+    }
+
+    fn forget_session(&mut self, d: &Dialog) {
+        if !d.session {
+            return;
+        }
+        if let Some(n) = self.sessions_by_aor.get_mut(&d.aor) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.sessions_by_aor.remove(&d.aor);
+            }
+        }
+    }
+
+    pub(crate) fn bindings(&self) -> &HashMap<String, Binding> {
+        &self.bindings
+    }
+
+    pub(crate) fn binding(&self, token: &str) -> Option<&Binding> {
+        self.bindings.get(token)
+    }
+
+    pub(crate) fn insert_binding(&mut self, token: String, b: Binding) {
+        if self.bindings.contains_key(&token) {
+            self.remove_binding(&token);
+        }
+        self.tokens_by_aor
+            .entry(b.aor.clone())
+            .or_default()
+            .push(token.clone());
+        self.bindings.insert(token, b);
+    }
+
+    pub(crate) fn remove_binding(&mut self, token: &str) -> Option<Binding> {
+        let b = self.bindings.remove(token)?;
+        if let Some(tokens) = self.tokens_by_aor.get_mut(&b.aor) {
+            tokens.retain(|t| t != token);
+            if tokens.is_empty() {
+                self.tokens_by_aor.remove(&b.aor);
+            }
+        }
+        Some(b)
+    }
+
+    /// Removes the bindings expired at `now`; how many.
+    pub(crate) fn expire_bindings(&mut self, now: Instant) -> usize {
+        let expired: Vec<String> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.expires_at <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in &expired {
+            self.remove_binding(t);
+        }
+        expired.len()
+    }
+
+    /// A binding of `aor` held by a phone at another address than `source`.
+    pub(crate) fn binding_elsewhere(&self, aor: &[u8], source: IpAddr) -> Option<&Binding> {
+        self.tokens_by_aor
+            .get(aor)?
+            .iter()
+            .filter_map(|t| self.bindings.get(t))
+            .find(|b| b.phone.ip() != source)
     }
 
     /// The dialog a request from outside belongs to. Under a hairpin Call-ID the

@@ -161,8 +161,8 @@ pub(crate) fn answer(
                 "interface": name, "address": addr.to_string(), "inside": inside,
             })).collect::<Vec<_>>(),
             "config_digest": info.config_digest,
-            "registrations": gateway.bindings().len(),
-            "calls": gateway.dialogs().iter().filter(|d| d.session).count(),
+            "registrations": gateway.registration_count(),
+            "calls": gateway.call_count(),
             "transactions": gateway.transactions(),
             "media_streams": gateway.media().stream_count(),
             "bans": gateway.bans(now).len(),
@@ -294,7 +294,7 @@ fn metrics(gateway: &Gateway, latency: &Latency, now: Instant) -> String {
         (
             "sipward_registrations",
             "Registration bindings.",
-            gateway.bindings().len(),
+            gateway.registration_count(),
         ),
         (
             "sipward_calls",
