@@ -29,8 +29,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 secs="${STEP_SECONDS:-5}"
-call_rates="${CALL_RATES:-400 800 1200 1600 2400 3200 4800}"
-reg_rates="${REG_RATES:-500 1000 2000 3000 4000 6000 8000}"
+call_rates="${CALL_RATES:-400 800 1200 1600 2400 3200 4800 6400}"
+reg_rates="${REG_RATES:-500 1000 2000 3000 4000 6000 8000 12000 16000}"
 media_streams="${MEDIA_STREAMS:-100 2000}"
 systems="${SYSTEMS:-kamailio sipward}"
 # Smaller values make a quick trial run; the committed results use the defaults.

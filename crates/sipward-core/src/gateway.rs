@@ -1151,10 +1151,7 @@ impl Gateway {
             .and_then(|u| u.as_sip())
             .and_then(|u| u.param(TOKEN_PARAM).flatten())
             .map(|t| String::from_utf8_lossy(t).into_owned());
-        let binding = token
-            .as_ref()
-            .and_then(|t| self.tables.binding(t))
-            .cloned();
+        let binding = token.as_ref().and_then(|t| self.tables.binding(t)).cloned();
         let dialog = self
             .tables
             .outside_dialog(msg.call_id(), token.as_deref())
