@@ -251,7 +251,10 @@ for system in $systems; do
         result[$system.registers]=$(sweep "$system" registers "$reg_rates")
     fi
     # Memory: calls and registrations are placed at half the highest rate the system
-    # passed (capped), so that memory, not overload, is what is measured.
+    # passed (capped), so that memory, not overload, is what is measured, and read 40 s
+    # after the last one, when the transactions that set them up are gone (both systems
+    # keep a finished transaction a while for retransmissions) and what is left is the
+    # state of registrations and calls in progress (calls are held for 120 s).
     if wanted mem_regs; then
         say "$system: memory with $mem_regs registrations"
         rate=$(half_of "$(field "$system.registers" 1)" 4000)
@@ -260,12 +263,12 @@ for system in $systems; do
     if wanted mem_calls; then
         say "$system: memory with $mem_calls concurrent calls (no media)"
         rate=$(half_of "$(field "$system.calls" 1)" 1000)
-        result[$system.mem_calls]=$(memory "$system" calls_nosdp "$mem_calls" "$rate" 120000 5)
+        result[$system.mem_calls]=$(memory "$system" calls_nosdp "$mem_calls" "$rate" 120000 40)
     fi
     if wanted mem_media; then
         say "$system: memory with $mem_media concurrent media calls"
         rate=$(half_of "$(field "$system.calls" 1)" 500)
-        result[$system.mem_media]=$(memory "$system" calls "$mem_media" "$rate" 120000 5)
+        result[$system.mem_media]=$(memory "$system" calls "$mem_media" "$rate" 120000 40)
     fi
     if wanted flood; then
         say "$system: 50,000 INVITE/s flood from one address"

@@ -1007,6 +1007,9 @@ impl Gateway {
         if let Some(t) = self.tables.client.get_mut(&key) {
             if status >= 200 {
                 t.final_at.get_or_insert(at.now);
+                // The request's copy only serves a 408; an INVITE transaction lingers
+                // 32 s more, so its memory is given back now.
+                t.echo = Echo::default();
             }
             t.last_response = Repeat::keeps(tx.method, status).then(|| payload.clone());
         }
