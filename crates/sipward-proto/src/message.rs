@@ -11,7 +11,7 @@ use crate::headers::{
     parse_vias, CSeq, Contacts, Credentials, NameAddr, Via,
 };
 use crate::limits::Limits;
-use crate::scan::{all_token, is_wsp, trim_lws, CommaSplit};
+use crate::scan::{all_token, is_token, is_wsp, trim_lws, CommaSplit};
 use crate::sdp::{self, Sdp};
 use crate::uri::{parse_uri, Uri};
 
@@ -165,9 +165,7 @@ fn parse_message<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Defe
     while buf.get(pos..pos + 2) == Some(b"\r\n") {
         pos += 2;
     }
-    let line_end = memchr::memmem::find(buf.get(pos..).unwrap_or(&[]), b"\r\n")
-        .map(|i| pos + i)
-        .ok_or(at(DefectKind::NotSip, Location::StartLine))?;
+    let line_end = find_crlf(buf, pos).ok_or(at(DefectKind::NotSip, Location::StartLine))?;
     let start_line = buf.get(pos..line_end).unwrap_or(&[]);
     let start = parse_start_line(start_line, limits)?;
 
@@ -252,19 +250,22 @@ fn split_header_fields<'a>(
         };
         let field = rest.get(..field_len).unwrap_or(&[]);
         let line = rest.get(..field_len + 2).unwrap_or(&[]);
-        let colon = memchr::memchr(b':', field)
-            .ok_or(at(DefectKind::MalformedHeaderLine, Location::Message))?;
-        let raw_name = field.get(..colon).unwrap_or(&[]);
-        let name_end = raw_name
+        // name = token, then optional white space and the colon (one pass; ':' is not
+        // a token character, so this is "the text before the first colon is a token").
+        let name_len = field
             .iter()
-            .rposition(|&b| !is_wsp(b))
-            .map_or(0, |p| p + 1);
-        let raw_name = raw_name.get(..name_end).unwrap_or(&[]);
-        if !all_token(raw_name) {
-            return Err(at(DefectKind::MalformedHeaderLine, Location::Message));
-        }
-        let name = HeaderName::from_bytes(raw_name);
-        let value = trim_lws(field.get(colon + 1..).unwrap_or(&[]));
+            .position(|&b| !is_token(b))
+            .unwrap_or(field.len());
+        let raw_name = field.get(..name_len).unwrap_or(&[]);
+        let after_name = field.get(name_len..).unwrap_or(&[]);
+        let colon = after_name.iter().position(|&b| !is_wsp(b));
+        let value = match colon {
+            Some(i) if name_len > 0 && after_name.get(i) == Some(&b':') => {
+                trim_lws(after_name.get(i + 1..).unwrap_or(&[]))
+            }
+            _ => return Err(at(DefectKind::MalformedHeaderLine, Location::Message)),
+        };
+        let name = HeaderName::from_token(raw_name);
         if value.len() > limits.max_param_len
             && CommaSplit::new(value).any(|e| e.len() > limits.max_param_len)
         {
@@ -277,6 +278,18 @@ fn split_header_fields<'a>(
             line,
         });
         pos += field_len + 2;
+    }
+}
+
+/// The offset of the first CRLF at or after `from`. memchr on CR alone is cheaper than a
+/// two-byte substring search, whose searcher would be built for every datagram.
+fn find_crlf(buf: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let i = from + memchr::memchr(b'\r', buf.get(from..)?)?;
+        if buf.get(i + 1) == Some(&b'\n') {
+            return Some(i);
+        }
+        from = i + 1;
     }
 }
 
@@ -446,19 +459,17 @@ impl<'a> Message<'a> {
                 ));
             }
         }
+        let unroutable_ip = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(a) => a.is_broadcast() || a.is_multicast(),
+            std::net::IpAddr::V6(a) => a.is_multicast(),
+        };
         for via in &self.vias {
-            let unroutable = [Some(via.host.as_bytes()), via.received]
-                .into_iter()
-                .flatten()
-                .any(|h| {
-                    crate::uri::parse_host(h)
-                        .ok()
-                        .and_then(|h| h.ip())
-                        .is_some_and(|ip| match ip {
-                            std::net::IpAddr::V4(a) => a.is_broadcast() || a.is_multicast(),
-                            std::net::IpAddr::V6(a) => a.is_multicast(),
-                        })
-                });
+            // The host is already typed; `received` was checked to be an IP address.
+            let received = via
+                .received
+                .and_then(|r| crate::uri::parse_host(r).ok())
+                .and_then(|h| h.ip());
+            let unroutable = via.host.ip().into_iter().chain(received).any(unroutable_ip);
             if unroutable {
                 return Err(Defect::header(DefectKind::UnroutableVia, HeaderName::Via));
             }

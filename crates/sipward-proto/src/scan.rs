@@ -101,10 +101,6 @@ pub(crate) fn is_token(b: u8) -> bool {
     class(b) & TOKEN != 0
 }
 #[inline]
-pub(crate) fn is_word(b: u8) -> bool {
-    class(b) & WORD != 0
-}
-#[inline]
 pub(crate) fn is_alnum(b: u8) -> bool {
     class(b) & ALNUM != 0
 }
@@ -163,7 +159,19 @@ pub(crate) fn is_escaped_run(s: &[u8], class_of: UriClass, allow_empty: bool) ->
 }
 
 pub(crate) fn all_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&b| is_token(b))
+    !s.is_empty() && all_of_class(s, TOKEN)
+}
+
+/// Every byte is a `word` character (true for the empty slice).
+pub(crate) fn all_word(s: &[u8]) -> bool {
+    all_of_class(s, WORD)
+}
+
+/// Every byte has the class bit `bit`. The fold has no early exit, so it compiles to a
+/// load and an AND per byte: valid input, the common case, is checked at full speed.
+#[inline]
+fn all_of_class(s: &[u8], bit: u16) -> bool {
+    s.iter().fold(bit, |acc, &b| acc & class(b)) == bit
 }
 
 /// Trims linear white space (including folds) from both ends.

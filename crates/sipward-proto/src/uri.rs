@@ -48,9 +48,12 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
             .ok_or(DefectKind::InvalidIp)?;
         return Ok(Host::Ipv6(addr, s));
     }
-    if !s.is_empty() && s.iter().all(|&b| is_digit(b) || b == b'.') {
-        let addr = parse_ipv4(s).ok_or(DefectKind::InvalidIp)?;
+    // Try the dotted quad first: one pass, and a host name fails on its first letter.
+    if let Some(addr) = parse_ipv4(s) {
         return Ok(Host::Ipv4(addr, s));
+    }
+    if !s.is_empty() && s.iter().all(|&b| is_digit(b) || b == b'.') {
+        return Err(DefectKind::InvalidIp);
     }
     if is_hostname(s) {
         Ok(Host::Domain(s))
@@ -60,29 +63,36 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
 }
 
 /// Dotted-quad IPv4 address: four decimal octets, no leading zeros (as the standard
-/// library's parser, without its UTF-8 round trip).
+/// library's parser, without its UTF-8 round trip), in one pass.
 pub(crate) fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = s.split(|&b| b == b'.');
-    for octet in &mut octets {
-        let part = parts.next()?;
-        let (first, _) = part.split_first()?;
-        if part.len() > 3 || (part.len() > 1 && *first == b'0') {
-            return None;
-        }
-        let mut v = 0u16;
-        for &b in part {
-            if !is_digit(b) {
+    let mut index = 0usize;
+    let mut value = 0u16;
+    let mut digits = 0usize;
+    for &b in s {
+        if b == b'.' {
+            if digits == 0 {
                 return None;
             }
-            v = v * 10 + u16::from(b - b'0');
+            *octets.get_mut(index)? = u8::try_from(value).ok()?;
+            index += 1;
+            (value, digits) = (0, 0);
+        } else if is_digit(b) {
+            // "0" alone is an octet; "01" or a fourth digit is not.
+            if digits == 3 || (digits == 1 && value == 0) {
+                return None;
+            }
+            value = value * 10 + u16::from(b - b'0');
+            digits += 1;
+        } else {
+            return None;
         }
-        *octet = u8::try_from(v).ok()?;
     }
-    match parts.next() {
-        None => Some(Ipv4Addr::from(octets)),
-        Some(_) => None,
+    if index != 3 || digits == 0 {
+        return None;
     }
+    *octets.get_mut(3)? = u8::try_from(value).ok()?;
+    Some(Ipv4Addr::from(octets))
 }
 
 /// RFC 3261 hostname: dot-separated labels of alphanumerics and inner hyphens, the last
@@ -92,19 +102,31 @@ pub fn is_hostname(s: &[u8]) -> bool {
     if s.is_empty() || s.len() > 255 {
         return false;
     }
-    let mut last_label: &[u8] = &[];
-    for label in s.split(|&b| b == b'.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && label.iter().all(|&b| is_alnum(b) || b == b'-')
-            && label.first() != Some(&b'-')
-            && label.last() != Some(&b'-');
-        if !ok {
+    // One pass: the current label's length and first byte, and the previous byte.
+    let (mut label_len, mut label_first, mut prev) = (0usize, 0u8, 0u8);
+    for &b in s {
+        if b == b'.' {
+            if label_len == 0 || prev == b'-' {
+                return false;
+            }
+            label_len = 0;
+        } else if is_alnum(b) || b == b'-' {
+            if label_len == 0 {
+                if b == b'-' {
+                    return false;
+                }
+                label_first = b;
+            }
+            label_len += 1;
+            if label_len > 63 {
+                return false;
+            }
+        } else {
             return false;
         }
-        last_label = label;
+        prev = b;
     }
-    last_label.first().is_some_and(|b| b.is_ascii_alphabetic())
+    label_len > 0 && prev != b'-' && label_first.is_ascii_alphabetic()
 }
 
 /// Parses a port: 1 to 65535, at most five digits.
@@ -444,6 +466,12 @@ mod tests {
             "1.2.3.4a",
             "1000.1.1.1",
             "10.0.0.0",
+            "1.2.3.04",
+            "0.0.0.00",
+            "255.255.255.256",
+            "1.2.3.4.",
+            ".1.2.3",
+            "1.2.3.4 ",
         ] {
             assert_eq!(
                 parse_ipv4(text.as_bytes()),
@@ -541,5 +569,13 @@ mod tests {
         assert!(is_hostname(b"a-b.example"));
         assert!(!is_hostname(b"a_b.example"));
         assert!(!is_hostname(&[b'a'; 64]));
+        assert!(is_hostname(&[b'a'; 63]));
+        assert!(!is_hostname(b"a.-b.example"));
+        assert!(!is_hostname(b"a-.example"));
+        assert!(!is_hostname(b"a..example"));
+        assert!(!is_hostname(b".example"));
+        assert!(!is_hostname(b"example.9com"));
+        assert!(is_hostname(b"9.example.com"));
+        assert!(!is_hostname(b"example.com.."));
     }
 }
