@@ -15,6 +15,7 @@ const WORD: u16 = 1 << 6;
 const ALNUM: u16 = 1 << 7;
 const DIGIT: u16 = 1 << 8;
 const HEX: u16 = 1 << 9;
+const HOST: u16 = 1 << 10;
 
 static CLASSES: [u16; 256] = build_classes();
 
@@ -32,6 +33,10 @@ const fn build_classes() -> [u16; 256] {
         }
         if digit {
             v |= DIGIT | HEX;
+        }
+        // host names: letters, digits, '-' and the dots between labels
+        if alpha || digit || b == b'-' || b == b'.' {
+            v |= HOST;
         }
         if matches!(b, b'a'..=b'f' | b'A'..=b'F') {
             v |= HEX;
@@ -160,6 +165,11 @@ pub(crate) fn is_escaped_run(s: &[u8], class_of: UriClass, allow_empty: bool) ->
 
 pub(crate) fn all_token(s: &[u8]) -> bool {
     !s.is_empty() && all_of_class(s, TOKEN)
+}
+
+/// Every byte may appear in a host name (true for the empty slice).
+pub(crate) fn all_host_chars(s: &[u8]) -> bool {
+    all_of_class(s, HOST)
 }
 
 /// Every byte is a `word` character (true for the empty slice).

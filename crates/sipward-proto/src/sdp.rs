@@ -9,6 +9,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
+use smallvec::SmallVec;
+
 use crate::limits::Limits;
 use crate::uri::{is_hostname, parse_ipv4};
 
@@ -115,7 +117,9 @@ pub struct Sdp<'a> {
     pub session_name: &'a [u8],
     pub connection: Option<Connection<'a>>,
     pub direction: Option<Direction>,
-    pub media: Vec<Media<'a>>,
+    /// Inline for up to two sections (audio and video); more spill to the heap, up to
+    /// `Limits::max_sdp_media`.
+    pub media: SmallVec<[Media<'a>; 2]>,
 }
 
 impl<'a> Sdp<'a> {
@@ -497,7 +501,7 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
     let mut connection = None;
     let mut session_direction = None;
     let mut timing = false;
-    let mut media: Vec<Media<'a>> = Vec::new();
+    let mut media: SmallVec<[Media<'a>; 2]> = SmallVec::new();
     let mut count = 0usize;
     let mut seen_order = 0u8; // 0: nothing, 1: v, 2: o, 3: s, then anything
     let body_start = body.as_ptr() as usize;

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::defect::DefectKind;
 use crate::limits::Limits;
-use crate::scan::{is_alnum, is_digit, is_escaped_run, is_hex, UriClass};
+use crate::scan::{all_host_chars, is_alnum, is_digit, is_escaped_run, is_hex, UriClass};
 
 /// A host: a domain name or an IP address, with the bytes it was written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,12 +48,15 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
             .ok_or(DefectKind::InvalidIp)?;
         return Ok(Host::Ipv6(addr, s));
     }
-    // Try the dotted quad first: one pass, and a host name fails on its first letter.
-    if let Some(addr) = parse_ipv4(s) {
-        return Ok(Host::Ipv4(addr, s));
-    }
-    if !s.is_empty() && s.iter().all(|&b| is_digit(b) || b == b'.') {
-        return Err(DefectKind::InvalidIp);
+    // Digits and dots only: an IPv4 address or nothing. Only such a host can start
+    // with a digit or a dot and still be an address, so a name skips this.
+    if s.first().is_some_and(|&b| is_digit(b) || b == b'.') {
+        if let Some(addr) = parse_ipv4(s) {
+            return Ok(Host::Ipv4(addr, s));
+        }
+        if s.iter().all(|&b| is_digit(b) || b == b'.') {
+            return Err(DefectKind::InvalidIp);
+        }
     }
     if is_hostname(s) {
         Ok(Host::Domain(s))
@@ -99,34 +102,23 @@ pub(crate) fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
 /// starting with a letter, an optional trailing dot; at most 63 bytes a label, 255 in all.
 pub fn is_hostname(s: &[u8]) -> bool {
     let s = s.strip_suffix(b".").unwrap_or(s);
-    if s.is_empty() || s.len() > 255 {
+    // Characters first, in a loop with no branch per byte; then the label rules, which
+    // only look at the dots.
+    if s.is_empty() || s.len() > 255 || !all_host_chars(s) {
         return false;
     }
-    // One pass: the current label's length and first byte, and the previous byte.
-    let (mut label_len, mut label_first, mut prev) = (0usize, 0u8, 0u8);
-    for &b in s {
-        if b == b'.' {
-            if label_len == 0 || prev == b'-' {
-                return false;
-            }
-            label_len = 0;
-        } else if is_alnum(b) || b == b'-' {
-            if label_len == 0 {
-                if b == b'-' {
-                    return false;
-                }
-                label_first = b;
-            }
-            label_len += 1;
-            if label_len > 63 {
-                return false;
-            }
-        } else {
+    let mut last_label: &[u8] = &[];
+    for label in s.split(|&b| b == b'.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.first() != Some(&b'-')
+            && label.last() != Some(&b'-');
+        if !ok {
             return false;
         }
-        prev = b;
+        last_label = label;
     }
-    label_len > 0 && prev != b'-' && label_first.is_ascii_alphabetic()
+    last_label.first().is_some_and(|b| b.is_ascii_alphabetic())
 }
 
 /// Parses a port: 1 to 65535, at most five digits.
@@ -259,6 +251,14 @@ fn is_scheme(s: &[u8]) -> bool {
 /// Parses a URI. A well-formed URI of a scheme other than sip, sips or tel parses to
 /// [`Uri::Other`]: the caller decides whether that is acceptable where it stands.
 pub fn parse_uri<'a>(s: &'a [u8], limits: &Limits) -> Result<Uri<'a>, DefectKind> {
+    // Nearly every URI is sip: say so without searching for the colon.
+    if let Some(rest) = s
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case(b"sip:"))
+        .and_then(|_| s.get(4..))
+    {
+        return parse_sip(s, rest, false, limits).map(Uri::Sip);
+    }
     let colon = s
         .iter()
         .position(|&b| b == b':')
@@ -295,7 +295,7 @@ fn parse_sip<'a>(
 ) -> Result<SipUri<'a>, DefectKind> {
     // The user part may hold ';', '?' and ':', but never a raw '@'; neither may
     // anything after the host. So the first '@' ends the userinfo.
-    let (userinfo, after) = match rest.iter().position(|&b| b == b'@') {
+    let (userinfo, after) = match memchr::memchr(b'@', rest) {
         Some(i) => (rest.get(..i), rest.get(i + 1..).unwrap_or(&[])),
         None => (None, rest),
     };
@@ -318,10 +318,7 @@ fn parse_sip<'a>(
         }
         None => (None, None),
     };
-    let host_end = after
-        .iter()
-        .position(|&b| b == b';' || b == b'?')
-        .unwrap_or(after.len());
+    let host_end = memchr::memchr2(b';', b'?', after).unwrap_or(after.len());
     let host_port = after.get(..host_end).unwrap_or(&[]);
     if host_port.len() > limits.max_param_len {
         return Err(DefectKind::ParamTooLong);

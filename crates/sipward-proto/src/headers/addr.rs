@@ -1,5 +1,7 @@
 //! Address headers: From, To, Contact, Route, Record-Route, Refer-To.
 
+use smallvec::SmallVec;
+
 use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
@@ -35,11 +37,15 @@ impl<'a> NameAddr<'a> {
     }
 }
 
+/// A Contact list. Nearly every message has at most one contact: it is kept inline, so
+/// parsing it allocates nothing; more (up to `Limits::max_contacts`) spill to the heap.
+pub type AddrList<'a> = SmallVec<[NameAddr<'a>; 1]>;
+
 /// A Contact header's content: `*` or a list of addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Contacts<'a> {
     pub star: bool,
-    pub list: Vec<NameAddr<'a>>,
+    pub list: AddrList<'a>,
 }
 
 /// Where a name-addr stands decides what may follow it and whether `<>` is required.
@@ -164,7 +170,7 @@ fn parse_list<'a>(
     form: Form,
     limits: &Limits,
     max: usize,
-    out: &mut Vec<NameAddr<'a>>,
+    out: &mut impl AddrSink<'a>,
     mut each_param: impl FnMut(usize, &'a [u8], Option<&'a [u8]>),
 ) -> Result<(), DefectKind> {
     let mut c = Cursor::new(value);
@@ -183,6 +189,31 @@ fn parse_list<'a>(
         if !c.eat(b',') {
             return Err(DefectKind::MalformedHeader);
         }
+    }
+}
+
+/// Where `parse_list` puts addresses: a `Vec` (Route, Record-Route: usually none, so no
+/// allocation) or an [`AddrList`] (Contact: usually one, kept inline).
+trait AddrSink<'a> {
+    fn len(&self) -> usize;
+    fn push(&mut self, na: NameAddr<'a>);
+}
+
+impl<'a> AddrSink<'a> for Vec<NameAddr<'a>> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn push(&mut self, na: NameAddr<'a>) {
+        Vec::push(self, na);
+    }
+}
+
+impl<'a> AddrSink<'a> for AddrList<'a> {
+    fn len(&self) -> usize {
+        SmallVec::len(self)
+    }
+    fn push(&mut self, na: NameAddr<'a>) {
+        SmallVec::push(self, na);
     }
 }
 

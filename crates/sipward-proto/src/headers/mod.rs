@@ -7,7 +7,7 @@ mod addr;
 mod auth;
 mod via;
 
-pub use addr::{Contacts, NameAddr};
+pub use addr::{AddrList, Contacts, NameAddr};
 pub use auth::Credentials;
 pub use via::Via;
 

@@ -1,5 +1,7 @@
 //! Via (RFC 3261 section 20.42, rport from RFC 3581).
 
+use smallvec::SmallVec;
+
 use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
@@ -29,7 +31,7 @@ pub struct Via<'a> {
 pub(crate) fn parse_vias<'a>(
     value: &'a [u8],
     limits: &Limits,
-    out: &mut Vec<Via<'a>>,
+    out: &mut SmallVec<[Via<'a>; 2]>,
 ) -> Result<(), DefectKind> {
     let mut c = Cursor::new(value);
     loop {
@@ -148,8 +150,8 @@ impl<'a> ViaParams<'a> {
 mod tests {
     use super::*;
 
-    fn vias(v: &[u8]) -> Result<Vec<Via<'_>>, DefectKind> {
-        let mut out = Vec::new();
+    fn vias(v: &[u8]) -> Result<SmallVec<[Via<'_>; 2]>, DefectKind> {
+        let mut out = SmallVec::new();
         parse_vias(v, &Limits::default(), &mut out).map(|()| out)
     }
 
