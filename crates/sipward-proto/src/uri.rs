@@ -9,7 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::defect::DefectKind;
 use crate::limits::Limits;
-use crate::scan::{all_host_chars, is_alnum, is_digit, is_escaped_run, is_hex, UriClass};
+use crate::scan::{
+    all_host_chars, find_byte, find_byte2, is_alnum, is_digit, is_escaped_run, is_hex, UriClass,
+};
 
 /// A host: a domain name or an IP address, with the bytes it was written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,7 +297,7 @@ fn parse_sip<'a>(
 ) -> Result<SipUri<'a>, DefectKind> {
     // The user part may hold ';', '?' and ':', but never a raw '@'; neither may
     // anything after the host. So the first '@' ends the userinfo.
-    let (userinfo, after) = match memchr::memchr(b'@', rest) {
+    let (userinfo, after) = match find_byte(rest, b'@') {
         Some(i) => (rest.get(..i), rest.get(i + 1..).unwrap_or(&[])),
         None => (None, rest),
     };
@@ -318,7 +320,7 @@ fn parse_sip<'a>(
         }
         None => (None, None),
     };
-    let host_end = memchr::memchr2(b';', b'?', after).unwrap_or(after.len());
+    let host_end = find_byte2(after, b';', b'?').unwrap_or(after.len());
     let host_port = after.get(..host_end).unwrap_or(&[]);
     if host_port.len() > limits.max_param_len {
         return Err(DefectKind::ParamTooLong);
