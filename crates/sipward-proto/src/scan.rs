@@ -231,6 +231,33 @@ pub(crate) fn find_byte2(s: &[u8], a: u8, b: u8) -> Option<usize> {
     tail.iter().position(|&x| x == a || x == b).map(|p| i + p)
 }
 
+/// The first index of `a`, `b` or `c` in `s`.
+#[inline]
+pub(crate) fn find_byte3(s: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
+    let (pa, pb, pc) = (LO * u64::from(a), LO * u64::from(b), LO * u64::from(c));
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
+        let found = zero_bytes(w ^ pa) | zero_bytes(w ^ pb) | zero_bytes(w ^ pc);
+        if found != 0 {
+            return Some(i + found.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    let tail = s.get(i..)?;
+    tail.iter()
+        .position(|&x| x == a || x == b || x == c)
+        .map(|p| i + p)
+}
+
+/// No control byte (below 0x20, or DEL): such a run is qdtext as it stands. Checked
+/// without early exit so the compiler can vectorize it.
+fn is_plain_qdtext(run: &[u8]) -> bool {
+    run.iter().fold(0u8, |bad, &b| {
+        bad | u8::from(b < 0x20) | u8::from(b == 0x7f)
+    }) == 0
+}
+
 /// Trims linear white space (including folds) from both ends.
 pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|&b| !is_lws(b)).unwrap_or(s.len());
@@ -389,6 +416,15 @@ impl<'a> Cursor<'a> {
             return None;
         }
         loop {
+            // Bulk step: up to the next quote or backslash, a run of plain qdtext (no
+            // control byte at all) is skipped at once. Anything else, folds included,
+            // goes through the byte-by-byte rules below.
+            let rest = self.rest();
+            if let Some(n) = find_byte2(rest, b'"', b'\\') {
+                if rest.get(..n).is_some_and(is_plain_qdtext) {
+                    self.pos += n;
+                }
+            }
             match self.peek()? {
                 b'"' => {
                     self.pos += 1;
@@ -473,6 +509,10 @@ mod tests {
                     assert_eq!(
                         find_byte2(s, c, b'@'),
                         s.iter().position(|&b| b == c || b == b'@')
+                    );
+                    assert_eq!(
+                        find_byte3(s, c, b'@', 0),
+                        s.iter().position(|&b| b == c || b == b'@' || b == 0)
                     );
                 }
             }

@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use smallvec::SmallVec;
 
 use crate::limits::Limits;
+use crate::scan::{find_byte, find_byte3};
 use crate::uri::{is_hostname, parse_ipv4};
 
 /// Address type of `o=` and `c=`.
@@ -192,8 +193,8 @@ impl fmt::Display for SdpError {
 }
 
 /// Splits the body into lines like [`lines`], and also says whether a line holds a NUL
-/// or a CR that is not part of its ending (both make the line malformed). One memchr3
-/// per clean line finds its end and proves it clean at once.
+/// or a CR that is not part of its ending (both make the line malformed). One search
+/// for the three bytes per clean line finds its end and proves it clean at once.
 /// Yields `(line, line_with_ending, clean)`.
 fn checked_lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
     let mut rest = body;
@@ -202,14 +203,14 @@ fn checked_lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
             return None;
         }
         let mut clean = true;
-        let end = match memchr::memchr3(b'\n', b'\r', 0, rest) {
+        let end = match find_byte3(rest, b'\n', b'\r', 0) {
             Some(i) if rest.get(i) == Some(&b'\n') => Some(i),
             Some(i) if rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n') => {
                 Some(i + 1)
             }
             Some(i) => {
                 clean = false;
-                memchr::memchr(b'\n', rest.get(i..).unwrap_or_default()).map(|j| i + j)
+                find_byte(rest.get(i..).unwrap_or_default(), b'\n').map(|j| i + j)
             }
             None => None,
         };

@@ -68,36 +68,35 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
 }
 
 /// Dotted-quad IPv4 address: four decimal octets, no leading zeros (as the standard
-/// library's parser, without its UTF-8 round trip), in one pass.
+/// library's parser, without its UTF-8 round trip), octet by octet.
 pub(crate) fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut index = 0usize;
-    let mut value = 0u16;
-    let mut digits = 0usize;
-    for &b in s {
-        if b == b'.' {
-            if digits == 0 {
-                return None;
-            }
-            *octets.get_mut(index)? = u8::try_from(value).ok()?;
-            index += 1;
-            (value, digits) = (0, 0);
-        } else if is_digit(b) {
-            // "0" alone is an octet; "01" or a fourth digit is not.
-            if digits == 3 || (digits == 1 && value == 0) {
-                return None;
-            }
-            value = value * 10 + u16::from(b - b'0');
-            digits += 1;
-        } else {
-            return None;
+    let mut rest = s;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        let (value, len) = parse_octet(rest)?;
+        *octet = value;
+        rest = rest.get(len..)?;
+        if k < 3 {
+            rest = rest.strip_prefix(b".")?;
         }
     }
-    if index != 3 || digits == 0 {
-        return None;
+    rest.is_empty().then(|| Ipv4Addr::from(octets))
+}
+
+/// The decimal octet at the start of `s` and its length: one to three digits, no
+/// leading zero, at most 255, not followed by a fourth digit.
+fn parse_octet(s: &[u8]) -> Option<(u8, usize)> {
+    let digit = |i: usize| s.get(i).filter(|b| is_digit(**b)).map(|b| b - b'0');
+    match (digit(0), digit(1), digit(2)) {
+        (Some(a), None, _) => Some((a, 1)),
+        (Some(0), Some(_), _) => None,
+        (Some(a), Some(b), None) => Some((a * 10 + b, 2)),
+        (Some(a), Some(b), Some(c)) if digit(3).is_none() => {
+            let v = u16::from(a) * 100 + u16::from(b) * 10 + u16::from(c);
+            Some((u8::try_from(v).ok()?, 3))
+        }
+        _ => None,
     }
-    *octets.get_mut(3)? = u8::try_from(value).ok()?;
-    Some(Ipv4Addr::from(octets))
 }
 
 /// RFC 3261 hostname: dot-separated labels of alphanumerics and inner hyphens, the last
@@ -477,6 +476,13 @@ mod tests {
                 text.parse::<Ipv4Addr>().ok(),
                 "{text}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv4_parser_matches_std_on_digits_and_dots(s in "[0-9.]{0,17}") {
+            proptest::prop_assert_eq!(parse_ipv4(s.as_bytes()), s.parse::<Ipv4Addr>().ok());
         }
     }
 
