@@ -235,16 +235,30 @@ impl HeaderName {
 /// '_', which becomes DEL), so for token input this is `eq_ignore_ascii_case`.
 fn token_eq_lower(name: &[u8], lower: &[u8]) -> bool {
     const CASE: u64 = 0x2020_2020_2020_2020;
-    let (mut a, mut b) = (name, lower);
-    while let (Some((x, ra)), Some((y, rb))) =
-        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
-    {
-        if u64::from_le_bytes(*x) | CASE != u64::from_le_bytes(*y) {
+    let word = |s: &[u8], at: usize| {
+        s.get(at..)
+            .and_then(|r| r.first_chunk::<8>())
+            .map(|w| u64::from_le_bytes(*w))
+    };
+    let len = name.len();
+    if len != lower.len() {
+        return false;
+    }
+    if len < 8 {
+        return name.iter().zip(lower).all(|(&x, &y)| x | 0x20 == y);
+    }
+    // Words at 0, 8, ... and a last one ending at `len` (overlapping the one before).
+    let mut at = 0;
+    loop {
+        let at_clamped = at.min(len - 8);
+        if word(name, at_clamped).map(|w| w | CASE) != word(lower, at_clamped) {
             return false;
         }
-        (a, b) = (ra, rb);
+        if at_clamped == len - 8 {
+            return true;
+        }
+        at += 8;
     }
-    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| x | 0x20 == y)
 }
 
 impl fmt::Display for HeaderName {

@@ -17,7 +17,7 @@ pub(crate) use via::parse_vias;
 
 use crate::defect::DefectKind;
 use crate::limits::Limits;
-use crate::scan::{is_token, parse_bounded, trim_lws, Cursor};
+use crate::scan::{parse_bounded, trim_lws, Cursor};
 
 /// Header parameters (`;name[=value]...`) as written, without the first `;`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -176,7 +176,7 @@ pub(crate) fn all_option_tags_valid(value: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .map(trim_lws)
-        .all(|t| !t.is_empty() && t.iter().all(|&b| is_token(b)))
+        .all(crate::scan::all_token)
 }
 
 /// Content-Type: `type "/" subtype *( SEMI m-parameter )`. Returns the media type
@@ -203,8 +203,18 @@ pub(crate) fn parse_content_type<'a>(
 
 /// Compares a media type (possibly with LWS around the slash) with `type/subtype`.
 pub(crate) fn media_type_is(media_type: &[u8], expected: &str) -> bool {
-    // Nearly always written without white space: one compare.
-    if media_type.eq_ignore_ascii_case(expected.as_bytes()) {
+    // Nearly always written without white space: one compare, without early exit (the
+    // compiler vectorizes it).
+    let expected_bytes = expected.as_bytes();
+    if media_type.len() == expected_bytes.len()
+        && media_type
+            .iter()
+            .zip(expected_bytes)
+            .fold(0u8, |d, (a, b)| {
+                d | (a.to_ascii_lowercase() ^ b.to_ascii_lowercase())
+            })
+            == 0
+    {
         return true;
     }
     let mut it = media_type.splitn(2, |&b| b == b'/');
