@@ -147,6 +147,11 @@ pub(crate) fn is_escaped_run(s: &[u8], class_of: UriClass, allow_empty: bool) ->
         UriClass::Param => PARAMCHAR,
         UriClass::HeaderPart => HNV,
     };
+    // Usually there is no escape at all: a branch-free class check settles it ('%' is
+    // in none of these classes, so any escape falls through to the walk below).
+    if all_of_class(s, mask) {
+        return true;
+    }
     let mut i = 0;
     while let Some(&b) = s.get(i) {
         if b == b'%' {

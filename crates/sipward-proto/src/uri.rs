@@ -108,8 +108,10 @@ pub fn is_hostname(s: &[u8]) -> bool {
     if s.is_empty() || s.len() > 255 || !all_host_chars(s) {
         return false;
     }
-    let mut last_label: &[u8] = &[];
-    for label in s.split(|&b| b == b'.') {
+    let mut rest = s;
+    loop {
+        let dot = find_byte(rest, b'.');
+        let label = dot.and_then(|i| rest.get(..i)).unwrap_or(rest);
         let ok = !label.is_empty()
             && label.len() <= 63
             && label.first() != Some(&b'-')
@@ -117,9 +119,11 @@ pub fn is_hostname(s: &[u8]) -> bool {
         if !ok {
             return false;
         }
-        last_label = label;
+        match dot {
+            Some(i) => rest = rest.get(i + 1..).unwrap_or_default(),
+            None => return label.first().is_some_and(|b| b.is_ascii_alphabetic()),
+        }
     }
-    last_label.first().is_some_and(|b| b.is_ascii_alphabetic())
 }
 
 /// Parses a port: 1 to 65535, at most five digits.
@@ -148,7 +152,7 @@ pub(crate) fn parse_host_port(s: &[u8]) -> Result<(Host<'_>, Option<u16>), Defec
             _ => return Err(DefectKind::InvalidHost),
         }
     } else {
-        match s.iter().position(|&b| b == b':') {
+        match find_byte(s, b':') {
             Some(i) => (s.get(..i).unwrap_or(&[]), s.get(i + 1..)),
             None => (s, None),
         }
