@@ -594,7 +594,7 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
                 timing = true;
             }
             b'a' => {
-                let (name, attr_value) = match memchr::memchr(b':', value) {
+                let (name, attr_value) = match find_byte(value, b':') {
                     Some(i) => (value.get(..i).unwrap_or_default(), value.get(i + 1..)),
                     None => (value, None),
                 };
