@@ -3,10 +3,10 @@
 
 use std::ops::Range;
 
-use crate::defect::{Defect, DefectKind, Location};
-use crate::header::HeaderName;
 use smallvec::SmallVec;
 
+use crate::defect::{Defect, DefectKind, Location};
+use crate::header::HeaderName;
 use crate::headers::{
     self, all_option_tags_valid, media_type_is, parse_contacts, parse_content_type,
     parse_credentials, parse_cseq, parse_name_addr_list, parse_number, parse_single_name_addr,
@@ -93,9 +93,9 @@ pub struct HeaderField<'a> {
     pub line: &'a [u8],
 }
 
-/// The header fields of one message. Typical messages have 8 to 20 fields: they stay
-/// inline, so parsing allocates nothing; longer ones (up to `Limits::max_headers`)
-/// spill to the heap.
+/// The header fields of one message: the one allocation of a typical parse, made with
+/// room for 16 fields. (Inline storage was measured slower: it makes the message several
+/// kilobytes larger, and moving that costs more than the allocation.)
 type HeaderFields<'a> = Vec<HeaderField<'a>>;
 
 /// A parsed and validated SIP message borrowing its datagram.

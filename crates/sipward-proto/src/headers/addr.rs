@@ -235,8 +235,9 @@ pub(crate) fn parse_contacts<'a>(
     }
     // The values are checked as the parameters go by, but a syntax error anywhere in
     // the header still wins, and within one contact a bad `expires` wins over a bad
-    // `q` (only the first of each counts, as `Params::get` reads them): keep the first
-    // element's verdict and report it once the whole list has parsed.
+    // `q` (only the first of each counts, as `Params::get` reads them). So each
+    // contact's verdict is settled when the next one starts, the first bad one is kept,
+    // and it is reported only once the whole list has parsed.
     let mut current: Option<(usize, ContactParams)> = None;
     let mut error: Option<DefectKind> = None;
     let mut settle = |checked: Option<(usize, ContactParams)>| {
