@@ -92,52 +92,97 @@ const NAMES: &[(&str, Option<u8>, HeaderName)] = &[
 impl HeaderName {
     /// Looks a raw header name up, long or compact form, any case.
     pub fn from_bytes(name: &[u8]) -> Self {
-        // Lower-case into a stack buffer, then one `match`: the compiler turns it into a
-        // switch on length and a few compares, far cheaper than scanning the table.
-        let mut lower = [0u8; 20];
-        let Some(dst) = lower.get_mut(..name.len()) else {
+        // Every known name is a token, so anything else is an extension header.
+        if crate::scan::all_token(name) {
+            Self::from_token(name)
+        } else {
+            HeaderName::Other
+        }
+    }
+
+    /// [`HeaderName::from_bytes`] for a name already checked to be a non-empty token,
+    /// as the message splitter does.
+    pub(crate) fn from_token(name: &[u8]) -> Self {
+        // Every datagram looks up each of its names, so this is on the hot path. The
+        // (length, first, last) triple, ASCII-lowercased, tells all known long names
+        // apart; one case-insensitive compare then confirms the candidate. No copy,
+        // no table scan. `names_match_long_compact_and_case` checks it against `NAMES`.
+        let (Some(&first), Some(&last)) = (name.first(), name.last()) else {
             return HeaderName::Other;
         };
-        for (d, s) in dst.iter_mut().zip(name) {
-            *d = s.to_ascii_lowercase();
+        let (first, last) = (first.to_ascii_lowercase(), last.to_ascii_lowercase());
+        if name.len() == 1 {
+            return Self::from_compact(first);
         }
-        match &*dst {
-            b"v" | b"via" => HeaderName::Via,
-            b"f" | b"from" => HeaderName::From,
-            b"t" | b"to" => HeaderName::To,
-            b"i" | b"call-id" => HeaderName::CallId,
-            b"cseq" => HeaderName::CSeq,
-            b"max-forwards" => HeaderName::MaxForwards,
-            b"expires" => HeaderName::Expires,
-            b"m" | b"contact" => HeaderName::Contact,
-            b"route" => HeaderName::Route,
-            b"record-route" => HeaderName::RecordRoute,
-            b"l" | b"content-length" => HeaderName::ContentLength,
-            b"c" | b"content-type" => HeaderName::ContentType,
-            b"e" | b"content-encoding" => HeaderName::ContentEncoding,
-            b"authorization" => HeaderName::Authorization,
-            b"proxy-authorization" => HeaderName::ProxyAuthorization,
-            b"www-authenticate" => HeaderName::WwwAuthenticate,
-            b"proxy-authenticate" => HeaderName::ProxyAuthenticate,
-            b"user-agent" => HeaderName::UserAgent,
-            b"server" => HeaderName::Server,
-            b"require" => HeaderName::Require,
-            b"proxy-require" => HeaderName::ProxyRequire,
-            b"k" | b"supported" => HeaderName::Supported,
-            b"allow" => HeaderName::Allow,
-            b"s" | b"subject" => HeaderName::Subject,
-            b"o" | b"event" => HeaderName::Event,
-            b"r" | b"refer-to" => HeaderName::ReferTo,
-            b"b" | b"referred-by" => HeaderName::ReferredBy,
-            b"a" | b"accept-contact" => HeaderName::AcceptContact,
-            b"j" | b"reject-contact" => HeaderName::RejectContact,
-            b"d" | b"request-disposition" => HeaderName::RequestDisposition,
-            b"u" | b"allow-events" => HeaderName::AllowEvents,
-            b"x" | b"session-expires" => HeaderName::SessionExpires,
-            b"y" | b"identity" => HeaderName::Identity,
-            b"n" | b"identity-info" => HeaderName::IdentityInfo,
-            b"rseq" => HeaderName::RSeq,
-            b"rack" => HeaderName::RAck,
+        let (long, header): (&[u8], _) = match (name.len(), first, last) {
+            (2, b't', b'o') => (b"to", HeaderName::To),
+            (3, b'v', b'a') => (b"via", HeaderName::Via),
+            (4, b'f', b'm') => (b"from", HeaderName::From),
+            (4, b'c', b'q') => (b"cseq", HeaderName::CSeq),
+            (4, b'r', b'q') => (b"rseq", HeaderName::RSeq),
+            (4, b'r', b'k') => (b"rack", HeaderName::RAck),
+            (5, b'r', b'e') => (b"route", HeaderName::Route),
+            (5, b'a', b'w') => (b"allow", HeaderName::Allow),
+            (5, b'e', b't') => (b"event", HeaderName::Event),
+            (6, b's', b'r') => (b"server", HeaderName::Server),
+            (7, b'c', b'd') => (b"call-id", HeaderName::CallId),
+            (7, b'c', b't') => (b"contact", HeaderName::Contact),
+            (7, b'e', b's') => (b"expires", HeaderName::Expires),
+            (7, b'r', b'e') => (b"require", HeaderName::Require),
+            (7, b's', b't') => (b"subject", HeaderName::Subject),
+            (8, b'r', b'o') => (b"refer-to", HeaderName::ReferTo),
+            (8, b'i', b'y') => (b"identity", HeaderName::Identity),
+            (9, b's', b'd') => (b"supported", HeaderName::Supported),
+            (10, b'u', b't') => (b"user-agent", HeaderName::UserAgent),
+            (11, b'r', b'y') => (b"referred-by", HeaderName::ReferredBy),
+            (12, b'm', b's') => (b"max-forwards", HeaderName::MaxForwards),
+            (12, b'r', b'e') => (b"record-route", HeaderName::RecordRoute),
+            (12, b'c', b'e') => (b"content-type", HeaderName::ContentType),
+            (12, b'a', b's') => (b"allow-events", HeaderName::AllowEvents),
+            (13, b'a', b'n') => (b"authorization", HeaderName::Authorization),
+            (13, b'p', b'e') => (b"proxy-require", HeaderName::ProxyRequire),
+            (13, b'i', b'o') => (b"identity-info", HeaderName::IdentityInfo),
+            (14, b'c', b'h') => (b"content-length", HeaderName::ContentLength),
+            (14, b'a', b't') => (b"accept-contact", HeaderName::AcceptContact),
+            (14, b'r', b't') => (b"reject-contact", HeaderName::RejectContact),
+            (15, b's', b's') => (b"session-expires", HeaderName::SessionExpires),
+            (16, b'c', b'g') => (b"content-encoding", HeaderName::ContentEncoding),
+            (16, b'w', b'e') => (b"www-authenticate", HeaderName::WwwAuthenticate),
+            (18, b'p', b'e') => (b"proxy-authenticate", HeaderName::ProxyAuthenticate),
+            (19, b'p', b'n') => (b"proxy-authorization", HeaderName::ProxyAuthorization),
+            (19, b'r', b'n') => (b"request-disposition", HeaderName::RequestDisposition),
+            _ => return HeaderName::Other,
+        };
+        if name.len() == long.len() && token_eq_lower(name, long) {
+            header
+        } else {
+            HeaderName::Other
+        }
+    }
+
+    /// The compact forms (RFC 3261 section 7.3.3 and later extensions), lower-case.
+    fn from_compact(c: u8) -> Self {
+        match c {
+            b'v' => HeaderName::Via,
+            b'f' => HeaderName::From,
+            b't' => HeaderName::To,
+            b'i' => HeaderName::CallId,
+            b'm' => HeaderName::Contact,
+            b'l' => HeaderName::ContentLength,
+            b'c' => HeaderName::ContentType,
+            b'e' => HeaderName::ContentEncoding,
+            b'k' => HeaderName::Supported,
+            b's' => HeaderName::Subject,
+            b'o' => HeaderName::Event,
+            b'r' => HeaderName::ReferTo,
+            b'b' => HeaderName::ReferredBy,
+            b'a' => HeaderName::AcceptContact,
+            b'j' => HeaderName::RejectContact,
+            b'd' => HeaderName::RequestDisposition,
+            b'u' => HeaderName::AllowEvents,
+            b'x' => HeaderName::SessionExpires,
+            b'y' => HeaderName::Identity,
+            b'n' => HeaderName::IdentityInfo,
             _ => HeaderName::Other,
         }
     }
@@ -184,6 +229,38 @@ impl HeaderName {
     }
 }
 
+/// Compares a token with a lower-case name of the same length, eight bytes at a time.
+/// Setting bit 0x20 of every byte lower-cases a token's letters and turns no other token
+/// character into a letter or '-' (the only token bytes without that bit are A-Z and
+/// '_', which becomes DEL), so for token input this is `eq_ignore_ascii_case`.
+fn token_eq_lower(name: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let word = |s: &[u8], at: usize| {
+        s.get(at..)
+            .and_then(|r| r.first_chunk::<8>())
+            .map(|w| u64::from_le_bytes(*w))
+    };
+    let len = name.len();
+    if len != lower.len() {
+        return false;
+    }
+    if len < 8 {
+        return name.iter().zip(lower).all(|(&x, &y)| x | 0x20 == y);
+    }
+    // Words at 0, 8, ... and a last one ending at `len` (overlapping the one before).
+    let mut at = 0;
+    loop {
+        let at_clamped = at.min(len - 8);
+        if word(name, at_clamped).map(|w| w | CASE) != word(lower, at_clamped) {
+            return false;
+        }
+        if at_clamped == len - 8 {
+            return true;
+        }
+        at += 8;
+    }
+}
+
 impl fmt::Display for HeaderName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -206,6 +283,12 @@ mod tests {
             HeaderName::from_bytes(b"x-a-very-long-extension-header"),
             HeaderName::Other
         );
+        // Near misses: bytes that OR 0x20 would fold onto a letter or '-'.
+        assert_eq!(HeaderName::from_bytes(b"Call\rID"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"Call_ID"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"Max-Forward_"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"Contacts"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b""), HeaderName::Other);
         // The match and the table of names agree on every long and compact form.
         for (long, compact, name) in NAMES {
             assert_eq!(HeaderName::from_bytes(long.as_bytes()), *name, "{long}");

@@ -15,6 +15,7 @@ const WORD: u16 = 1 << 6;
 const ALNUM: u16 = 1 << 7;
 const DIGIT: u16 = 1 << 8;
 const HEX: u16 = 1 << 9;
+const HOST: u16 = 1 << 10;
 
 static CLASSES: [u16; 256] = build_classes();
 
@@ -32,6 +33,10 @@ const fn build_classes() -> [u16; 256] {
         }
         if digit {
             v |= DIGIT | HEX;
+        }
+        // host names: letters, digits, '-' and the dots between labels
+        if alpha || digit || b == b'-' || b == b'.' {
+            v |= HOST;
         }
         if matches!(b, b'a'..=b'f' | b'A'..=b'F') {
             v |= HEX;
@@ -101,10 +106,6 @@ pub(crate) fn is_token(b: u8) -> bool {
     class(b) & TOKEN != 0
 }
 #[inline]
-pub(crate) fn is_word(b: u8) -> bool {
-    class(b) & WORD != 0
-}
-#[inline]
 pub(crate) fn is_alnum(b: u8) -> bool {
     class(b) & ALNUM != 0
 }
@@ -146,6 +147,11 @@ pub(crate) fn is_escaped_run(s: &[u8], class_of: UriClass, allow_empty: bool) ->
         UriClass::Param => PARAMCHAR,
         UriClass::HeaderPart => HNV,
     };
+    // Usually there is no escape at all: a branch-free class check settles it ('%' is
+    // in none of these classes, so any escape falls through to the walk below).
+    if all_of_class(s, mask) {
+        return true;
+    }
     let mut i = 0;
     while let Some(&b) = s.get(i) {
         if b == b'%' {
@@ -163,11 +169,106 @@ pub(crate) fn is_escaped_run(s: &[u8], class_of: UriClass, allow_empty: bool) ->
 }
 
 pub(crate) fn all_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&b| is_token(b))
+    !s.is_empty() && all_of_class(s, TOKEN)
+}
+
+/// Every byte may appear in a host name (true for the empty slice).
+pub(crate) fn all_host_chars(s: &[u8]) -> bool {
+    all_of_class(s, HOST)
+}
+
+/// Every byte is a `word` character (true for the empty slice).
+pub(crate) fn all_word(s: &[u8]) -> bool {
+    all_of_class(s, WORD)
+}
+
+/// Every byte has the class bit `bit`. The fold has no early exit, so it compiles to a
+/// load and an AND per byte: valid input, the common case, is checked at full speed.
+#[inline]
+fn all_of_class(s: &[u8], bit: u16) -> bool {
+    s.iter().fold(bit, |acc, &b| acc & class(b)) == bit
+}
+
+/// Word-at-a-time byte search for the short runs of a SIP message (a field, a host, an
+/// SDP line: mostly under 64 bytes). memchr's SIMD search wins on long haystacks, but
+/// each call pays a dispatch and setup that cost more than the whole search here; this
+/// is inlined and reads eight bytes per step with the classic zero-byte test.
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Bit 7 of each byte of the result is set where `w` has a zero byte. Borrows can
+/// flag a byte above a real zero, never below, so the lowest flag is exact.
+#[inline]
+fn zero_bytes(w: u64) -> u64 {
+    w.wrapping_sub(LO) & !w & HI
+}
+
+/// The first index of `c` in `s`.
+#[inline]
+pub(crate) fn find_byte(s: &[u8], c: u8) -> Option<usize> {
+    let pattern = LO * u64::from(c);
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        let found = zero_bytes(u64::from_le_bytes(*chunk) ^ pattern);
+        if found != 0 {
+            return Some(i + found.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    let tail = s.get(i..)?;
+    tail.iter().position(|&b| b == c).map(|p| i + p)
+}
+
+/// The first index of `a` or `b` in `s`.
+#[inline]
+pub(crate) fn find_byte2(s: &[u8], a: u8, b: u8) -> Option<usize> {
+    let (pa, pb) = (LO * u64::from(a), LO * u64::from(b));
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
+        let found = zero_bytes(w ^ pa) | zero_bytes(w ^ pb);
+        if found != 0 {
+            return Some(i + found.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    let tail = s.get(i..)?;
+    tail.iter().position(|&x| x == a || x == b).map(|p| i + p)
+}
+
+/// The first index of `a`, `b` or `c` in `s`.
+#[inline]
+pub(crate) fn find_byte3(s: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
+    let (pa, pb, pc) = (LO * u64::from(a), LO * u64::from(b), LO * u64::from(c));
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
+        let found = zero_bytes(w ^ pa) | zero_bytes(w ^ pb) | zero_bytes(w ^ pc);
+        if found != 0 {
+            return Some(i + found.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    let tail = s.get(i..)?;
+    tail.iter()
+        .position(|&x| x == a || x == b || x == c)
+        .map(|p| i + p)
+}
+
+/// No control byte (below 0x20, or DEL): such a run is qdtext as it stands. Checked
+/// without early exit so the compiler can vectorize it.
+fn is_plain_qdtext(run: &[u8]) -> bool {
+    run.iter().fold(0u8, |bad, &b| {
+        bad | u8::from(b < 0x20) | u8::from(b == 0x7f)
+    }) == 0
 }
 
 /// Trims linear white space (including folds) from both ends.
 pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
+    // Usually there is nothing to trim: two byte tests instead of two scans.
+    if s.first().is_none_or(|&b| !is_lws(b)) && s.last().is_none_or(|&b| !is_lws(b)) {
+        return s;
+    }
     let start = s.iter().position(|&b| !is_lws(b)).unwrap_or(s.len());
     let end = s.iter().rposition(|&b| !is_lws(b)).map_or(start, |p| p + 1);
     s.get(start..end).unwrap_or(&[])
@@ -291,6 +392,14 @@ impl<'a> Cursor<'a> {
 
     /// `SWS x SWS` separators such as `;`, `=`, `/`, `,`.
     pub(crate) fn eat_sep(&mut self, b: u8) -> bool {
+        // The usual case, the separator with no white space around it, in two tests.
+        if self.peek() == Some(b) {
+            self.pos += 1;
+            if !self.peek().is_some_and(is_lws) {
+                return true;
+            }
+            self.pos -= 1;
+        }
         let save = self.pos;
         self.skip_lws();
         if self.eat(b) {
@@ -324,6 +433,15 @@ impl<'a> Cursor<'a> {
             return None;
         }
         loop {
+            // Bulk step: up to the next quote or backslash, a run of plain qdtext (no
+            // control byte at all) is skipped at once. Anything else, folds included,
+            // goes through the byte-by-byte rules below.
+            let rest = self.rest();
+            if let Some(n) = find_byte2(rest, b'"', b'\\') {
+                if rest.get(..n).is_some_and(is_plain_qdtext) {
+                    self.pos += n;
+                }
+            }
             match self.peek()? {
                 b'"' => {
                     self.pos += 1;
@@ -392,6 +510,38 @@ mod tests {
         assert_eq!(c.quoted_string(), None);
         let mut c = Cursor::new(b"\"unterminated");
         assert_eq!(c.quoted_string(), None);
+    }
+
+    #[test]
+    fn word_at_a_time_search_agrees_with_position() {
+        let alphabet = [b'a', 0, 1, b'\n', b'\r', 0x80, 0x8a, 0xff, b';', b'@', b':'];
+        let hay: Vec<u8> = (0..70)
+            .map(|i| alphabet[(i * 7 + i / 11) % alphabet.len()])
+            .collect();
+        for start in 0..hay.len() {
+            for end in start..hay.len() {
+                let s = &hay[start..end];
+                for c in [b'a', b'\r', b'\n', b';', b'@', b':', 0, 0x80, 0xff] {
+                    assert_eq!(find_byte(s, c), s.iter().position(|&b| b == c));
+                    assert_eq!(
+                        find_byte2(s, c, b'@'),
+                        s.iter().position(|&b| b == c || b == b'@')
+                    );
+                    assert_eq!(
+                        find_byte3(s, c, b'@', 0),
+                        s.iter().position(|&b| b == c || b == b'@' || b == 0)
+                    );
+                }
+            }
+        }
+        // Bytes just above and below the searched one, and borrows across bytes.
+        let tricky = [0x01u8, 0x00, 0x0a, 0x0b, 0x09, 0x0a, 0x8a, 0x0a, 0x00];
+        for c in [0x00u8, 0x0a, 0x01, 0x8a] {
+            for start in 0..tricky.len() {
+                let s = &tricky[start..];
+                assert_eq!(find_byte(s, c), s.iter().position(|&b| b == c));
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
+use smallvec::SmallVec;
+
 use crate::limits::Limits;
+use crate::scan::{find_byte, find_byte3};
 use crate::uri::{is_hostname, parse_ipv4};
 
 /// Address type of `o=` and `c=`.
@@ -115,7 +118,9 @@ pub struct Sdp<'a> {
     pub session_name: &'a [u8],
     pub connection: Option<Connection<'a>>,
     pub direction: Option<Direction>,
-    pub media: Vec<Media<'a>>,
+    /// Inline for up to two sections (audio and video); more spill to the heap, up to
+    /// `Limits::max_sdp_media`.
+    pub media: SmallVec<[Media<'a>; 2]>,
 }
 
 impl<'a> Sdp<'a> {
@@ -187,6 +192,42 @@ impl fmt::Display for SdpError {
     }
 }
 
+/// Splits the body into lines like [`lines`], and also says whether a line holds a NUL
+/// or a CR that is not part of its ending (both make the line malformed). One search
+/// for the three bytes per clean line finds its end and proves it clean at once.
+/// Yields `(line, line_with_ending, clean)`.
+fn checked_lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut clean = true;
+        let end = match find_byte3(rest, b'\n', b'\r', 0) {
+            Some(i) if rest.get(i) == Some(&b'\n') => Some(i),
+            Some(i) if rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n') => {
+                Some(i + 1)
+            }
+            Some(i) => {
+                clean = false;
+                find_byte(rest.get(i..).unwrap_or_default(), b'\n').map(|j| i + j)
+            }
+            None => None,
+        };
+        let (line, full, next) = match end {
+            Some(i) => {
+                let full = rest.get(..i + 1).unwrap_or(rest);
+                let line = rest.get(..i).unwrap_or(rest);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                (line, full, rest.get(i + 1..).unwrap_or(&[]))
+            }
+            None => (rest, rest, &[][..]),
+        };
+        rest = next;
+        Some((line, full, clean))
+    })
+}
+
 /// Splits the body into lines (CRLF, or bare LF tolerated), each without its ending.
 /// Yields `(line, line_with_ending)`.
 fn lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -209,8 +250,36 @@ fn lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
-fn fields(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b' ').filter(|f| !f.is_empty())
+/// Space-separated fields; a run of spaces is one separator, and leading or trailing
+/// spaces yield no empty field.
+fn fields(v: &[u8]) -> Fields<'_> {
+    Fields(v)
+}
+
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.0.iter().position(|&b| b != b' ')?;
+        let s = self.0.get(start..).unwrap_or_default();
+        let (field, rest) = split_at_byte(s, b' ');
+        self.0 = rest;
+        Some(field)
+    }
+}
+
+/// `(before, from)`: `s` split at the first `sep`, which stays at the start of the
+/// second part; `(s, [])` when there is none.
+fn split_at_byte(s: &[u8], sep: u8) -> (&[u8], &[u8]) {
+    let end = s.iter().position(|&b| b == sep).unwrap_or(s.len());
+    s.split_at_checked(end).unwrap_or((s, &[]))
+}
+
+/// `s` split around the first `sep`, or `None` when there is none.
+fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let i = s.iter().position(|&b| b == sep)?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
 }
 
 fn digits(s: &[u8]) -> bool {
@@ -221,7 +290,15 @@ fn parse_u16(s: &[u8]) -> Option<u16> {
     if !digits(s) || s.len() > 5 {
         return None;
     }
-    std::str::from_utf8(s).ok()?.parse().ok()
+    u16::try_from(decimal(s)).ok()
+}
+
+/// The value of at most nine decimal digits (checked by the caller), without a UTF-8
+/// round trip through `str::parse`.
+fn decimal(s: &[u8]) -> u32 {
+    s.iter().fold(0u32, |v, &b| {
+        v.wrapping_mul(10).wrapping_add(u32::from(b - b'0'))
+    })
 }
 
 fn addr_type(s: &[u8]) -> Option<AddrType> {
@@ -373,23 +450,27 @@ fn parse_rtcp(v: &[u8]) -> Result<Rtcp<'_>, SdpError> {
 }
 
 fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
-    let mut it = v.splitn(2, |&b| b == b' ');
-    let (Some(pt), Some(rest)) = (it.next(), it.next()) else {
-        return Err(SdpError::BadAttribute);
-    };
+    let (pt, rest) = split_once(v, b' ').ok_or(SdpError::BadAttribute)?;
     let payload_type = parse_u16(pt)
         .and_then(|p| u8::try_from(p).ok())
         .filter(|&p| p <= 127);
     let payload_type = payload_type.ok_or(SdpError::BadAttribute)?;
-    let mut parts = rest.trim_ascii().splitn(3, |&b| b == b'/');
-    let encoding = parts.next().unwrap_or_default();
+    // encoding "/" clock-rate [ "/" parameters ]; the parameters may hold more slashes.
+    let rest = rest.trim_ascii();
+    let (encoding, clock_and_params) = match split_once(rest, b'/') {
+        Some((e, tail)) => (e, Some(tail)),
+        None => (rest, None),
+    };
     if encoding.is_empty() || !encoding.iter().all(|&b| b.is_ascii_graphic()) {
         return Err(SdpError::BadAttribute);
     }
-    let clock_rate = match parts.next() {
-        Some(clock) if digits(clock) && clock.len() <= 9 => {
-            std::str::from_utf8(clock).ok().and_then(|c| c.parse().ok())
-        }
+    let (clock, params) = match clock_and_params.map(|t| split_once(t, b'/').ok_or(t)) {
+        Some(Ok((clock, params))) => (Some(clock), Some(params)),
+        Some(Err(clock)) => (Some(clock), None),
+        None => (None, None),
+    };
+    let clock_rate = match clock {
+        Some(clock) if digits(clock) && clock.len() <= 9 => Some(decimal(clock)),
         Some(_) => return Err(SdpError::BadAttribute),
         None => None,
     };
@@ -397,7 +478,7 @@ fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
         payload_type,
         encoding,
         clock_rate,
-        params: parts.next(),
+        params,
     })
 }
 
@@ -421,12 +502,12 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
     let mut connection = None;
     let mut session_direction = None;
     let mut timing = false;
-    let mut media: Vec<Media<'a>> = Vec::new();
+    let mut media: SmallVec<[Media<'a>; 2]> = SmallVec::new();
     let mut count = 0usize;
     let mut seen_order = 0u8; // 0: nothing, 1: v, 2: o, 3: s, then anything
     let body_start = body.as_ptr() as usize;
 
-    for (line, full) in lines(body) {
+    for (line, full, clean) in checked_lines(body) {
         if line.is_empty() {
             continue; // tolerate blank lines (trailing ones above all)
         }
@@ -444,7 +525,7 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
             return Err(SdpError::BadLine);
         }
         let value = line.get(2..).unwrap_or_default();
-        if memchr::memchr3(0, b'\r', b'\n', value).is_some() {
+        if !clean {
             return Err(SdpError::BadLine);
         }
         // v, o, s come first, in that order.
@@ -513,7 +594,7 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
                 timing = true;
             }
             b'a' => {
-                let (name, attr_value) = match memchr::memchr(b':', value) {
+                let (name, attr_value) = match find_byte(value, b':') {
                     Some(i) => (value.get(..i).unwrap_or_default(), value.get(i + 1..)),
                     None => (value, None),
                 };

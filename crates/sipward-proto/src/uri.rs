@@ -9,7 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::defect::DefectKind;
 use crate::limits::Limits;
-use crate::scan::{is_alnum, is_digit, is_escaped_run, is_hex, UriClass};
+use crate::scan::{
+    all_host_chars, find_byte, find_byte2, is_alnum, is_digit, is_escaped_run, is_hex, UriClass,
+};
 
 /// A host: a domain name or an IP address, with the bytes it was written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +50,15 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
             .ok_or(DefectKind::InvalidIp)?;
         return Ok(Host::Ipv6(addr, s));
     }
-    if !s.is_empty() && s.iter().all(|&b| is_digit(b) || b == b'.') {
-        let addr = parse_ipv4(s).ok_or(DefectKind::InvalidIp)?;
-        return Ok(Host::Ipv4(addr, s));
+    // Digits and dots only: an IPv4 address or nothing. Only such a host can start
+    // with a digit or a dot and still be an address, so a name skips this.
+    if s.first().is_some_and(|&b| is_digit(b) || b == b'.') {
+        if let Some(addr) = parse_ipv4(s) {
+            return Ok(Host::Ipv4(addr, s));
+        }
+        if s.iter().all(|&b| is_digit(b) || b == b'.') {
+            return Err(DefectKind::InvalidIp);
+        }
     }
     if is_hostname(s) {
         Ok(Host::Domain(s))
@@ -60,28 +68,34 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
 }
 
 /// Dotted-quad IPv4 address: four decimal octets, no leading zeros (as the standard
-/// library's parser, without its UTF-8 round trip).
+/// library's parser, without its UTF-8 round trip), octet by octet.
 pub(crate) fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = s.split(|&b| b == b'.');
-    for octet in &mut octets {
-        let part = parts.next()?;
-        let (first, _) = part.split_first()?;
-        if part.len() > 3 || (part.len() > 1 && *first == b'0') {
-            return None;
+    let mut rest = s;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        let (value, len) = parse_octet(rest)?;
+        *octet = value;
+        rest = rest.get(len..)?;
+        if k < 3 {
+            rest = rest.strip_prefix(b".")?;
         }
-        let mut v = 0u16;
-        for &b in part {
-            if !is_digit(b) {
-                return None;
-            }
-            v = v * 10 + u16::from(b - b'0');
-        }
-        *octet = u8::try_from(v).ok()?;
     }
-    match parts.next() {
-        None => Some(Ipv4Addr::from(octets)),
-        Some(_) => None,
+    rest.is_empty().then(|| Ipv4Addr::from(octets))
+}
+
+/// The decimal octet at the start of `s` and its length: one to three digits, no
+/// leading zero, at most 255, not followed by a fourth digit.
+fn parse_octet(s: &[u8]) -> Option<(u8, usize)> {
+    let digit = |i: usize| s.get(i).filter(|b| is_digit(**b)).map(|b| b - b'0');
+    match (digit(0), digit(1), digit(2)) {
+        (Some(a), None, _) => Some((a, 1)),
+        (Some(0), Some(_), _) => None,
+        (Some(a), Some(b), None) => Some((a * 10 + b, 2)),
+        (Some(a), Some(b), Some(c)) if digit(3).is_none() => {
+            let v = u16::from(a) * 100 + u16::from(b) * 10 + u16::from(c);
+            Some((u8::try_from(v).ok()?, 3))
+        }
+        _ => None,
     }
 }
 
@@ -89,22 +103,27 @@ pub(crate) fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
 /// starting with a letter, an optional trailing dot; at most 63 bytes a label, 255 in all.
 pub fn is_hostname(s: &[u8]) -> bool {
     let s = s.strip_suffix(b".").unwrap_or(s);
-    if s.is_empty() || s.len() > 255 {
+    // Characters first, in a loop with no branch per byte; then the label rules, which
+    // only look at the dots.
+    if s.is_empty() || s.len() > 255 || !all_host_chars(s) {
         return false;
     }
-    let mut last_label: &[u8] = &[];
-    for label in s.split(|&b| b == b'.') {
+    let mut rest = s;
+    loop {
+        let dot = find_byte(rest, b'.');
+        let label = dot.and_then(|i| rest.get(..i)).unwrap_or(rest);
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.iter().all(|&b| is_alnum(b) || b == b'-')
             && label.first() != Some(&b'-')
             && label.last() != Some(&b'-');
         if !ok {
             return false;
         }
-        last_label = label;
+        match dot {
+            Some(i) => rest = rest.get(i + 1..).unwrap_or_default(),
+            None => return label.first().is_some_and(|b| b.is_ascii_alphabetic()),
+        }
     }
-    last_label.first().is_some_and(|b| b.is_ascii_alphabetic())
 }
 
 /// Parses a port: 1 to 65535, at most five digits.
@@ -133,7 +152,7 @@ pub(crate) fn parse_host_port(s: &[u8]) -> Result<(Host<'_>, Option<u16>), Defec
             _ => return Err(DefectKind::InvalidHost),
         }
     } else {
-        match s.iter().position(|&b| b == b':') {
+        match find_byte(s, b':') {
             Some(i) => (s.get(..i).unwrap_or(&[]), s.get(i + 1..)),
             None => (s, None),
         }
@@ -237,6 +256,14 @@ fn is_scheme(s: &[u8]) -> bool {
 /// Parses a URI. A well-formed URI of a scheme other than sip, sips or tel parses to
 /// [`Uri::Other`]: the caller decides whether that is acceptable where it stands.
 pub fn parse_uri<'a>(s: &'a [u8], limits: &Limits) -> Result<Uri<'a>, DefectKind> {
+    // Nearly every URI is sip: say so without searching for the colon.
+    if let Some(rest) = s
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case(b"sip:"))
+        .and_then(|_| s.get(4..))
+    {
+        return parse_sip(s, rest, false, limits).map(Uri::Sip);
+    }
     let colon = s
         .iter()
         .position(|&b| b == b':')
@@ -273,7 +300,7 @@ fn parse_sip<'a>(
 ) -> Result<SipUri<'a>, DefectKind> {
     // The user part may hold ';', '?' and ':', but never a raw '@'; neither may
     // anything after the host. So the first '@' ends the userinfo.
-    let (userinfo, after) = match rest.iter().position(|&b| b == b'@') {
+    let (userinfo, after) = match find_byte(rest, b'@') {
         Some(i) => (rest.get(..i), rest.get(i + 1..).unwrap_or(&[])),
         None => (None, rest),
     };
@@ -296,10 +323,7 @@ fn parse_sip<'a>(
         }
         None => (None, None),
     };
-    let host_end = after
-        .iter()
-        .position(|&b| b == b';' || b == b'?')
-        .unwrap_or(after.len());
+    let host_end = find_byte2(after, b';', b'?').unwrap_or(after.len());
     let host_port = after.get(..host_end).unwrap_or(&[]);
     if host_port.len() > limits.max_param_len {
         return Err(DefectKind::ParamTooLong);
@@ -444,12 +468,25 @@ mod tests {
             "1.2.3.4a",
             "1000.1.1.1",
             "10.0.0.0",
+            "1.2.3.04",
+            "0.0.0.00",
+            "255.255.255.256",
+            "1.2.3.4.",
+            ".1.2.3",
+            "1.2.3.4 ",
         ] {
             assert_eq!(
                 parse_ipv4(text.as_bytes()),
                 text.parse::<Ipv4Addr>().ok(),
                 "{text}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv4_parser_matches_std_on_digits_and_dots(s in "[0-9.]{0,17}") {
+            proptest::prop_assert_eq!(parse_ipv4(s.as_bytes()), s.parse::<Ipv4Addr>().ok());
         }
     }
 
@@ -541,5 +578,13 @@ mod tests {
         assert!(is_hostname(b"a-b.example"));
         assert!(!is_hostname(b"a_b.example"));
         assert!(!is_hostname(&[b'a'; 64]));
+        assert!(is_hostname(&[b'a'; 63]));
+        assert!(!is_hostname(b"a.-b.example"));
+        assert!(!is_hostname(b"a-.example"));
+        assert!(!is_hostname(b"a..example"));
+        assert!(!is_hostname(b".example"));
+        assert!(!is_hostname(b"example.9com"));
+        assert!(is_hostname(b"9.example.com"));
+        assert!(!is_hostname(b"example.com.."));
     }
 }

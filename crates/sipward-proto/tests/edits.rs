@@ -391,7 +391,9 @@ proptest! {
         let mut raw = render(&tag, &extras, &body).into_bytes();
         let i = pos % raw.len();
         raw[i] = byte;
-        if let Err(r) = parse_datagram(&raw, &Limits::default()) {
+        // Bound to a name so that the parsed message is dropped before `raw`.
+        let parsed = parse_datagram(&raw, &Limits::default());
+        if let Err(r) = parsed {
             if let Some(answer) = sipward_proto::build_answer(&raw, &r, "t") {
                 prop_assert!(answer.starts_with(b"SIP/2.0 "));
             }

@@ -1,6 +1,8 @@
 //! Address headers: From, To, Contact, Route, Record-Route, Refer-To.
 
-use super::{parse_params, Params};
+use smallvec::SmallVec;
+
+use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
 use crate::scan::{is_lws, parse_bounded, Cursor};
@@ -35,11 +37,15 @@ impl<'a> NameAddr<'a> {
     }
 }
 
+/// A Contact list. Nearly every message has at most one contact: it is kept inline, so
+/// parsing it allocates nothing; more (up to `Limits::max_contacts`) spill to the heap.
+pub type AddrList<'a> = SmallVec<[NameAddr<'a>; 1]>;
+
 /// A Contact header's content: `*` or a list of addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Contacts<'a> {
     pub star: bool,
-    pub list: Vec<NameAddr<'a>>,
+    pub list: AddrList<'a>,
 }
 
 /// Where a name-addr stands decides what may follow it and whether `<>` is required.
@@ -53,10 +59,12 @@ enum Form {
     RouteList,
 }
 
+/// Parses one address at the cursor; `each_param` sees every header parameter.
 fn parse_one<'a>(
     c: &mut Cursor<'a>,
     form: Form,
     limits: &Limits,
+    each_param: impl FnMut(&'a [u8], Option<&'a [u8]>),
 ) -> Result<NameAddr<'a>, DefectKind> {
     c.skip_lws();
     let start = c.pos();
@@ -108,7 +116,7 @@ fn parse_one<'a>(
             return Err(DefectKind::MalformedUri);
         }
     }
-    let params = parse_params(c, limits)?;
+    let params = parse_params_with(c, limits, each_param)?;
     let raw = c.slice_from(start);
     Ok(NameAddr {
         raw,
@@ -134,7 +142,7 @@ pub(crate) fn parse_single_name_addr<'a>(
     limits: &Limits,
 ) -> Result<NameAddr<'a>, DefectKind> {
     let mut c = Cursor::new(value);
-    let na = parse_one(&mut c, Form::Single, limits)?;
+    let na = parse_one(&mut c, Form::Single, limits, |_, _| {})?;
     c.skip_lws();
     if !c.at_end() {
         return Err(DefectKind::MalformedHeader);
@@ -149,25 +157,31 @@ pub(crate) fn parse_name_addr_list<'a>(
     max: usize,
     out: &mut Vec<NameAddr<'a>>,
 ) -> Result<(), DefectKind> {
-    parse_list(value, Form::RouteList, limits, max, out).map_err(|e| match e {
+    parse_list(value, Form::RouteList, limits, max, out, |_, _, _| {}).map_err(|e| match e {
         DefectKind::TooManyContacts => DefectKind::TooManyRoutes,
         e => e,
     })
 }
 
+/// Parses a comma-separated list into `out`. `each_param` sees every header parameter
+/// with the index of its element in `out`.
 fn parse_list<'a>(
     value: &'a [u8],
     form: Form,
     limits: &Limits,
     max: usize,
-    out: &mut Vec<NameAddr<'a>>,
+    out: &mut impl AddrSink<'a>,
+    mut each_param: impl FnMut(usize, &'a [u8], Option<&'a [u8]>),
 ) -> Result<(), DefectKind> {
     let mut c = Cursor::new(value);
     loop {
         if out.len() >= max {
             return Err(DefectKind::TooManyContacts);
         }
-        out.push(parse_one(&mut c, form, limits)?);
+        let index = out.len();
+        out.push(parse_one(&mut c, form, limits, |n, v| {
+            each_param(index, n, v)
+        })?);
         c.skip_lws();
         if c.at_end() {
             return Ok(());
@@ -175,6 +189,31 @@ fn parse_list<'a>(
         if !c.eat(b',') {
             return Err(DefectKind::MalformedHeader);
         }
+    }
+}
+
+/// Where `parse_list` puts addresses: a `Vec` (Route, Record-Route: usually none, so no
+/// allocation) or an [`AddrList`] (Contact: usually one, kept inline).
+trait AddrSink<'a> {
+    fn len(&self) -> usize;
+    fn push(&mut self, na: NameAddr<'a>);
+}
+
+impl<'a> AddrSink<'a> for Vec<NameAddr<'a>> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn push(&mut self, na: NameAddr<'a>) {
+        Vec::push(self, na);
+    }
+}
+
+impl<'a> AddrSink<'a> for AddrList<'a> {
+    fn len(&self) -> usize {
+        SmallVec::len(self)
+    }
+    fn push(&mut self, na: NameAddr<'a>) {
+        SmallVec::push(self, na);
     }
 }
 
@@ -194,26 +233,58 @@ pub(crate) fn parse_contacts<'a>(
     if out.star {
         return Err(DefectKind::MalformedHeader);
     }
-    let first_new = out.list.len();
+    // The values are checked as the parameters go by, but a syntax error anywhere in
+    // the header still wins, and within one contact a bad `expires` wins over a bad
+    // `q` (only the first of each counts, as `Params::get` reads them). So each
+    // contact's verdict is settled when the next one starts, the first bad one is kept,
+    // and it is reported only once the whole list has parsed.
+    let mut current: Option<(usize, ContactParams)> = None;
+    let mut error: Option<DefectKind> = None;
+    let mut settle = |checked: Option<(usize, ContactParams)>| {
+        if let (None, Some((_, p))) = (error, checked) {
+            error = p.expires_error.or(p.q_error);
+        }
+    };
     parse_list(
         value,
         Form::List,
         limits,
         limits.max_contacts,
         &mut out.list,
-    )?;
-    for na in out.list.get(first_new..).unwrap_or(&[]) {
-        if let Some(v) = na.params.get("expires") {
-            let v = v.ok_or(DefectKind::BadExpires)?;
-            parse_bounded(v, u64::from(u32::MAX)).ok_or(DefectKind::BadExpires)?;
-        }
-        if let Some(q) = na.params.get("q") {
-            if !q.is_some_and(is_qvalue) {
-                return Err(DefectKind::MalformedHeader);
+        |index, name, value| {
+            if current.as_ref().is_none_or(|(i, _)| *i != index) {
+                settle(current.take());
+                current = Some((index, ContactParams::default()));
             }
+            if let Some((_, p)) = current.as_mut() {
+                p.visit(name, value);
+            }
+        },
+    )?;
+    settle(current.take());
+    error.map_or(Ok(()), Err)
+}
+
+/// The verdict on one contact's `expires` and `q` parameters (the first of each).
+#[derive(Default)]
+struct ContactParams {
+    expires_seen: bool,
+    q_seen: bool,
+    expires_error: Option<DefectKind>,
+    q_error: Option<DefectKind>,
+}
+
+impl ContactParams {
+    fn visit(&mut self, name: &[u8], value: Option<&[u8]>) {
+        if !self.expires_seen && name.eq_ignore_ascii_case(b"expires") {
+            self.expires_seen = true;
+            let ok = value.is_some_and(|v| parse_bounded(v, u64::from(u32::MAX)).is_some());
+            self.expires_error = (!ok).then_some(DefectKind::BadExpires);
+        } else if !self.q_seen && name.eq_ignore_ascii_case(b"q") {
+            self.q_seen = true;
+            self.q_error = (!value.is_some_and(is_qvalue)).then_some(DefectKind::MalformedHeader);
         }
     }
-    Ok(())
 }
 
 /// qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
@@ -294,6 +365,23 @@ mod tests {
         assert!(parse_contacts(b"<sip:a@h.example>;q=1.5", &limits, &mut c).is_err());
         let mut c = Contacts::default();
         assert!(parse_contacts(b"\"Joe\" <sip:joe@example.org>;;;;", &limits, &mut c).is_err());
+        // Which defect wins: a later element's syntax over an earlier bad value, the
+        // first element's bad value over a later one's, expires over q, first of each.
+        let verdict = |v: &[u8]| parse_contacts(v, &limits, &mut Contacts::default());
+        assert_eq!(
+            verdict(b"<sip:a@h.example>;expires=x, <sip:b@h.example>;;"),
+            Err(DefectKind::MalformedHeader)
+        );
+        assert_eq!(
+            verdict(b"<sip:a@h.example>;q=2, <sip:b@h.example>;expires=x"),
+            Err(DefectKind::MalformedHeader)
+        );
+        assert_eq!(
+            verdict(b"<sip:a@h.example>;q=2;expires=x"),
+            Err(DefectKind::BadExpires)
+        );
+        assert_eq!(verdict(b"<sip:a@h.example>;expires=1;expires=x"), Ok(()));
+        assert_eq!(verdict(b"<sip:a@h.example>;q=1;q=5"), Ok(()));
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod addr;
 mod auth;
 mod via;
 
-pub use addr::{Contacts, NameAddr};
+pub use addr::{AddrList, Contacts, NameAddr};
 pub use auth::Credentials;
 pub use via::Via;
 
@@ -17,7 +17,7 @@ pub(crate) use via::parse_vias;
 
 use crate::defect::DefectKind;
 use crate::limits::Limits;
-use crate::scan::{is_token, parse_bounded, trim_lws, Cursor};
+use crate::scan::{parse_bounded, trim_lws, Cursor};
 
 /// Header parameters (`;name[=value]...`) as written, without the first `;`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,6 +92,16 @@ pub(crate) fn parse_params<'a>(
     c: &mut Cursor<'a>,
     limits: &Limits,
 ) -> Result<Params<'a>, DefectKind> {
+    parse_params_with(c, limits, |_, _| {})
+}
+
+/// [`parse_params`], handing each parameter to `each` as it is parsed, so that callers
+/// that check parameter values (Via, Contact) need no second pass over them.
+pub(crate) fn parse_params_with<'a>(
+    c: &mut Cursor<'a>,
+    limits: &Limits,
+    mut each: impl FnMut(&'a [u8], Option<&'a [u8]>),
+) -> Result<Params<'a>, DefectKind> {
     let save = c.pos();
     if !c.eat_sep(b';') {
         c.set_pos(save);
@@ -101,7 +111,7 @@ pub(crate) fn parse_params<'a>(
     let mut count = 0usize;
     loop {
         let before = c.pos();
-        next_param(c)?;
+        let (name, value) = next_param(c)?;
         if c.pos() - before > limits.max_param_len {
             return Err(DefectKind::ParamTooLong);
         }
@@ -109,6 +119,7 @@ pub(crate) fn parse_params<'a>(
         if count > limits.max_params {
             return Err(DefectKind::TooManyParams);
         }
+        each(name, value);
         let end = c.pos();
         if !c.eat_sep(b';') {
             c.set_pos(end);
@@ -151,16 +162,21 @@ pub(crate) fn parse_number(value: &[u8], max: u64) -> Option<u64> {
 
 /// Call-ID: `word [ "@" word ]`.
 pub(crate) fn is_call_id(value: &[u8]) -> bool {
-    let mut parts = value.splitn(2, |&b| b == b'@');
-    let word = |w: &[u8]| !w.is_empty() && w.iter().all(|&b| crate::scan::is_word(b));
-    parts.next().is_some_and(word) && parts.next().is_none_or(word)
+    let word = |w: &[u8]| !w.is_empty() && crate::scan::all_word(w);
+    match memchr::memchr(b'@', value) {
+        Some(at) => {
+            word(value.get(..at).unwrap_or_default())
+                && word(value.get(at + 1..).unwrap_or_default())
+        }
+        None => word(value),
+    }
 }
 
 pub(crate) fn all_option_tags_valid(value: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .map(trim_lws)
-        .all(|t| !t.is_empty() && t.iter().all(|&b| is_token(b)))
+        .all(crate::scan::all_token)
 }
 
 /// Content-Type: `type "/" subtype *( SEMI m-parameter )`. Returns the media type
@@ -187,6 +203,20 @@ pub(crate) fn parse_content_type<'a>(
 
 /// Compares a media type (possibly with LWS around the slash) with `type/subtype`.
 pub(crate) fn media_type_is(media_type: &[u8], expected: &str) -> bool {
+    // Nearly always written without white space: one compare, without early exit (the
+    // compiler vectorizes it).
+    let expected_bytes = expected.as_bytes();
+    if media_type.len() == expected_bytes.len()
+        && media_type
+            .iter()
+            .zip(expected_bytes)
+            .fold(0u8, |d, (a, b)| {
+                d | (a.to_ascii_lowercase() ^ b.to_ascii_lowercase())
+            })
+            == 0
+    {
+        return true;
+    }
     let mut it = media_type.splitn(2, |&b| b == b'/');
     let (Some(t), Some(s)) = (it.next(), it.next()) else {
         return false;

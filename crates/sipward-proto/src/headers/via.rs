@@ -1,6 +1,8 @@
 //! Via (RFC 3261 section 20.42, rport from RFC 3581).
 
-use super::{parse_params, Params};
+use smallvec::SmallVec;
+
+use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
 use crate::scan::{is_token, Cursor};
@@ -29,7 +31,7 @@ pub struct Via<'a> {
 pub(crate) fn parse_vias<'a>(
     value: &'a [u8],
     limits: &Limits,
-    out: &mut Vec<Via<'a>>,
+    out: &mut SmallVec<[Via<'a>; 2]>,
 ) -> Result<(), DefectKind> {
     let mut c = Cursor::new(value);
     loop {
@@ -82,50 +84,74 @@ fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectK
         parse_host_port(host_text)?
     };
     let sent_by = c.slice_from(sent_by_start);
-    let params = parse_params(c, limits)?;
-    let raw = c.slice_from(start);
-
-    let mut via = Via {
-        raw,
+    let mut known = ViaParams::default();
+    let params = parse_params_with(c, limits, |name, value| known.visit(name, value))?;
+    // A syntax error anywhere in the parameters wins over a bad value (as when the
+    // values were checked in a second pass), so the value error is reported only now.
+    known.error.map_or(Ok(()), Err)?;
+    Ok(Via {
+        raw: c.slice_from(start),
         transport,
         sent_by,
         host,
         port,
         params,
-        branch: None,
-        received: None,
-        rport: None,
-        maddr: None,
-    };
-    for (name, value) in params.iter() {
+        branch: known.branch,
+        received: known.received,
+        rport: known.rport,
+        maddr: known.maddr,
+    })
+}
+
+/// The Via parameters sipward reads, collected while the parameters are parsed. The
+/// first bad value is kept in `error`; later parameters are then ignored.
+#[derive(Default)]
+struct ViaParams<'a> {
+    branch: Option<&'a [u8]>,
+    received: Option<&'a [u8]>,
+    rport: Option<Option<u16>>,
+    maddr: Option<&'a [u8]>,
+    error: Option<DefectKind>,
+}
+
+impl<'a> ViaParams<'a> {
+    fn visit(&mut self, name: &'a [u8], value: Option<&'a [u8]>) {
+        if self.error.is_none() {
+            if let Err(e) = self.take(name, value) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn take(&mut self, name: &'a [u8], value: Option<&'a [u8]>) -> Result<(), DefectKind> {
         if name.eq_ignore_ascii_case(b"branch") {
-            via.branch = Some(value.ok_or(DefectKind::MalformedHeader)?);
+            self.branch = Some(value.ok_or(DefectKind::MalformedHeader)?);
         } else if name.eq_ignore_ascii_case(b"received") {
             let v = value.ok_or(DefectKind::MalformedHeader)?;
             if parse_host(v)?.ip().is_none() {
                 return Err(DefectKind::InvalidIp);
             }
-            via.received = Some(v);
+            self.received = Some(v);
         } else if name.eq_ignore_ascii_case(b"rport") {
-            via.rport = Some(value.map(parse_port).transpose()?);
+            self.rport = Some(value.map(parse_port).transpose()?);
         } else if name.eq_ignore_ascii_case(b"maddr") {
             let v = value.ok_or(DefectKind::MalformedHeader)?;
             parse_host(v)?;
-            via.maddr = Some(v);
+            self.maddr = Some(v);
         } else if name.eq_ignore_ascii_case(b"ttl") {
             let v = value.ok_or(DefectKind::MalformedHeader)?;
             crate::scan::parse_bounded(v, 255).ok_or(DefectKind::MalformedHeader)?;
         }
+        Ok(())
     }
-    Ok(via)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn vias(v: &[u8]) -> Result<Vec<Via<'_>>, DefectKind> {
-        let mut out = Vec::new();
+    fn vias(v: &[u8]) -> Result<SmallVec<[Via<'_>; 2]>, DefectKind> {
+        let mut out = SmallVec::new();
         parse_vias(v, &Limits::default(), &mut out).map(|()| out)
     }
 
@@ -171,6 +197,15 @@ mod tests {
         assert_eq!(
             vias(b"SIP/2.0/UDP 10.0.0.1;received=host.example").unwrap_err(),
             DefectKind::InvalidIp
+        );
+        // A syntax error later in the parameters wins over an earlier bad value.
+        assert_eq!(
+            vias(b"SIP/2.0/UDP 10.0.0.1;received=host.example;;").unwrap_err(),
+            DefectKind::MalformedHeader
+        );
+        assert_eq!(
+            vias(b"SIP/2.0/UDP 10.0.0.1;rport=0;received=host.example").unwrap_err(),
+            DefectKind::InvalidPort
         );
         assert!(vias(b"SIP/2.0/UDP").is_err());
         assert!(vias(b"SIP/2.0 host").is_err());
