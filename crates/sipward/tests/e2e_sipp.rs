@@ -82,3 +82,32 @@ fn register_with_digest_then_inbound_call() {
     answerer.wait_ok("phone (answering)");
     t.assert_no_inside_address_in("caller_messages.log");
 }
+
+/// SIPp drops 10 % of the messages it sends and receives at both ends (`-lost 10`), so
+/// requests and responses are retransmitted through the gateway. Every call must still
+/// complete at the caller: the gateway relays a repeat only while nothing came back for
+/// it and otherwise answers it from the transaction, so a retransmitted INVITE never
+/// reaches the far end after it has answered (strict SIPp aborts such a call).
+#[test]
+fn calls_complete_when_messages_are_lost_and_retransmitted() {
+    let t = Topology::new(33);
+    let _gw = t.start_gateway_with("max_sessions_per_id = 100");
+    let _proxy = t.sipp(&["-sn", "uas", "-i", &t.proxy(), "-p", "5060", "-lost", "10"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let phone = t.sipp(&[
+        "-sn",
+        "uac",
+        &format!("{}:5060", t.gw_lan()),
+        "-i",
+        &t.phone(0),
+        "-p",
+        "5070",
+        "-lost",
+        "10",
+        "-m",
+        "40",
+        "-r",
+        "10",
+    ]);
+    phone.wait_ok("phone (uac) with 10 % loss");
+}
