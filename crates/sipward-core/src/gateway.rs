@@ -1698,10 +1698,16 @@ impl Repeat {
         }
     }
 
-    /// Whether a response is kept to answer retransmissions with: all but a 2xx to an
-    /// INVITE, which ends the relay's part in the retransmissions.
+    /// Whether a response is kept to answer retransmissions with: a provisional one, and
+    /// an INVITE's failure (its transaction lingers). Not a 2xx to an INVITE, which ends
+    /// the relay's part in the retransmissions, nor another request's final response,
+    /// whose transaction ends with it (a later repeat reaches the far end, which answers
+    /// it from its own transaction).
     fn keeps(method: MethodKind, status: u16) -> bool {
-        !(method == MethodKind::Invite && (200..300).contains(&status))
+        match method {
+            MethodKind::Invite => !(200..300).contains(&status),
+            _ => status < 200,
+        }
     }
 }
 
