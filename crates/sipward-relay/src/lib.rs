@@ -1,10 +1,11 @@
 //! The media relay: forwards RTP and RTCP between the port pairs the core opens.
 //!
 //! One thread (one "relay core") owns every media socket and waits on them with epoll
-//! (mio). A readable socket is drained in batches: `recvmmsg` (and UDP GRO where the
-//! kernel coalesces) through `quinn-udp`, each batch checked against the leg's party and
-//! sent on from the other leg's socket, as one GSO send where the batch allows. Buffers
-//! are allocated once; nothing is allocated per packet.
+//! (mio). A readable socket is drained in batches (`recvmmsg` through `quinn-udp`), each
+//! datagram checked against the leg's party and sent on from the other leg's socket.
+//! Media sockets are plain UDP sockets (no GRO, packet-info or TOS options: each costs a
+//! system call per socket, and a 50-packet-a-second stream has nothing to coalesce).
+//! Buffers are allocated once; nothing is allocated per packet.
 //!
 //! The core decides (`sipward_core::MediaCommand`); the relay only obeys: `Set` opens a
 //! stream's four sockets or updates its parties, `Close` drops them (the ports close). It
@@ -63,9 +64,10 @@ impl RelayHandle {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (sender, receiver) = mpsc::channel();
+        let relay = Relay::new(poll, receiver)?;
         let thread = thread::Builder::new()
             .name("sipward-relay".into())
-            .spawn(move || Relay::new(poll, receiver).run(spin))?;
+            .spawn(move || relay.run(spin))?;
         Ok(Self {
             sender,
             waker,
@@ -110,7 +112,6 @@ enum Channel {
 
 struct Slot {
     socket: UdpSocket,
-    state: UdpSocketState,
     stream: usize,
     side: Side,
     channel: Channel,
@@ -205,29 +206,31 @@ struct Relay {
     by_id: HashMap<StreamId, usize>,
     /// `BATCH_SIZE` receive buffers of `BUFFER` bytes, end to end.
     buffers: Vec<u8>,
-    /// Sockets with UDP GRO on, held for the relay's life. The kernel switches its GRO
-    /// code paths on and off (live-patching code on every CPU, by inter-processor
-    /// interrupts) whenever the number of such sockets goes between zero and one: with
-    /// media sockets opened and closed for every call that cost more than the calls
-    /// themselves. Holding one keeps the count above zero.
-    _gro_keepers: Vec<std::net::UdpSocket>,
+    /// quinn-udp's batching state, one for every media socket: it holds what the kernel
+    /// can do (GSO, GRO), not anything of one socket, and making it per socket costs two
+    /// probe sockets and six socket options each time (measured: most of the relay's
+    /// CPU under a call storm).
+    state: UdpSocketState,
+    /// The socket `state` was made from, held for the relay's life: it has UDP GRO on,
+    /// and the kernel switches its GRO code paths on and off (live-patching code on
+    /// every CPU) whenever the number of such sockets goes between zero and one.
+    _state_socket: std::net::UdpSocket,
 }
 
 impl Relay {
-    fn new(poll: Poll, receiver: mpsc::Receiver<Message>) -> Self {
-        Self {
+    fn new(poll: Poll, receiver: mpsc::Receiver<Message>) -> io::Result<Self> {
+        let state_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let state = UdpSocketState::new(UdpSockRef::from(&state_socket))?;
+        Ok(Self {
             poll,
             receiver,
             slots: Slab::new(),
             streams: Slab::new(),
             by_id: HashMap::new(),
             buffers: vec![0u8; BATCH_SIZE * BUFFER],
-            _gro_keepers: ["127.0.0.1:0", "[::1]:0"]
-                .iter()
-                .filter_map(|a| std::net::UdpSocket::bind(a).ok())
-                .filter(|s| UdpSocketState::new(UdpSockRef::from(s)).is_ok())
-                .collect(),
-        }
+            state,
+            _state_socket: state_socket,
+        })
     }
 
     fn run(mut self, spin: Duration) {
@@ -328,12 +331,16 @@ impl Relay {
         side: Side,
         channel: Channel,
     ) -> io::Result<usize> {
+        // A plain socket: no GRO, packet-info or TOS options, which a stream of 50
+        // packets a second has no use for and which cost system calls per call.
         let std_socket = std::net::UdpSocket::bind(local)?;
         std_socket.set_nonblocking(true)?;
-        let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
         // Room for a burst while the relay thread is not running (the kernel caps it at
         // net.core.rmem_max); memory is only taken by packets actually queued.
-        if let Err(e) = state.set_recv_buffer_size(UdpSockRef::from(&std_socket), RECEIVE_BUFFER) {
+        if let Err(e) = self
+            .state
+            .set_recv_buffer_size(UdpSockRef::from(&std_socket), RECEIVE_BUFFER)
+        {
             tracing::debug!(%local, "cannot enlarge the receive buffer: {e}");
         }
         let mut socket = UdpSocket::from_std(std_socket);
@@ -344,7 +351,6 @@ impl Relay {
             .register(&mut socket, Token(key), Interest::READABLE)?;
         entry.insert(Slot {
             socket,
-            state,
             stream,
             side,
             channel,
@@ -359,10 +365,9 @@ impl Relay {
         let Some(stream) = self.streams.try_remove(key) else {
             return;
         };
+        // Closing a socket takes it out of epoll: no deregistration call needed.
         for slot in stream.slots.iter().flatten().flatten() {
-            if let Some(mut s) = self.slots.try_remove(*slot) {
-                let _ = self.poll.registry().deregister(&mut s.socket);
-            }
+            self.slots.try_remove(*slot);
         }
     }
 
@@ -376,7 +381,7 @@ impl Relay {
             let mut chunks = self.buffers.chunks_mut(BUFFER);
             let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            let received = slot
+            let received = self
                 .state
                 .recv(UdpSockRef::from(&slot.socket), &mut bufs, &mut meta);
             let count = match received {
@@ -431,7 +436,7 @@ impl Relay {
                 dropped += segments;
                 continue;
             };
-            let sent = if segments == 1 || out.state.max_gso_segments() > 1 {
+            let sent = if segments == 1 || self.state.max_gso_segments() > 1 {
                 let transmit = Transmit {
                     destination: target,
                     ecn: m.ecn,
@@ -439,7 +444,7 @@ impl Relay {
                     segment_size: (segments > 1).then_some(stride),
                     src_ip: None,
                 };
-                out.state
+                self.state
                     .send(UdpSockRef::from(&out.socket), &transmit)
                     .is_ok()
             } else {
@@ -451,7 +456,7 @@ impl Relay {
                         segment_size: None,
                         src_ip: None,
                     };
-                    out.state
+                    self.state
                         .send(UdpSockRef::from(&out.socket), &transmit)
                         .is_ok()
                 })
