@@ -259,6 +259,11 @@ impl EventLog {
     }
 
     fn write_all(&mut self, events: impl Iterator<Item = SecurityEvent>) {
+        if self.sink.is_none() && self.syslog.is_none() {
+            // Nowhere to write (events = "off"): the queue is emptied, nothing formatted.
+            events.for_each(drop);
+            return;
+        }
         let mut any = false;
         for e in events {
             any = true;
