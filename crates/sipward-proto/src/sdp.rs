@@ -214,15 +214,7 @@ fn checked_lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
             }
             None => None,
         };
-        let (line, full, next) = match end {
-            Some(i) => {
-                let full = rest.get(..i + 1).unwrap_or(rest);
-                let line = rest.get(..i).unwrap_or(rest);
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                (line, full, rest.get(i + 1..).unwrap_or(&[]))
-            }
-            None => (rest, rest, &[][..]),
-        };
+        let (line, full, next) = split_line(rest, end);
         rest = next;
         Some((line, full, clean))
     })
@@ -236,18 +228,24 @@ fn lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         if rest.is_empty() {
             return None;
         }
-        let (line, full, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => {
-                let full = rest.get(..i + 1).unwrap_or(rest);
-                let line = rest.get(..i).unwrap_or(rest);
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                (line, full, rest.get(i + 1..).unwrap_or(&[]))
-            }
-            None => (rest, rest, &[][..]),
-        };
+        let (line, full, next) = split_line(rest, memchr::memchr(b'\n', rest));
         rest = next;
         Some((line, full))
     })
+}
+
+/// Cuts the first line off `rest`, given where its LF is (none: the rest is the last
+/// line): `(line without CR LF, line with its ending, what follows)`.
+fn split_line(rest: &[u8], lf: Option<usize>) -> (&[u8], &[u8], &[u8]) {
+    match lf {
+        Some(i) => {
+            let full = rest.get(..i + 1).unwrap_or(rest);
+            let line = rest.get(..i).unwrap_or(rest);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            (line, full, rest.get(i + 1..).unwrap_or(&[]))
+        }
+        None => (rest, rest, &[]),
+    }
 }
 
 /// Space-separated fields; a run of spaces is one separator, and leading or trailing
