@@ -715,8 +715,9 @@ impl Gateway {
         let phone_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
         let remote_text = at.remote.to_string();
         let branch = self.hider.branch(&[phone_branch, remote_text.as_bytes()]);
+        // The transaction's key, built once: looked up for a repeat, stored below.
+        let tx_key = (branch.clone(), cseq.method.to_vec());
         if method != MethodKind::Ack {
-            let tx_key = (branch.clone(), cseq.method.to_vec());
             let repeat = self
                 .tables
                 .client
@@ -899,9 +900,8 @@ impl Gateway {
             d.cseq_inside = d.cseq_inside.max(cseq.seq);
         }
         if method != MethodKind::Ack {
-            let key = (branch, cseq.method.to_vec());
             self.tables.client.insert(
-                key,
+                tx_key,
                 ClientTx {
                     phone: at.remote,
                     lan_local: at.local,
@@ -1130,8 +1130,9 @@ impl Gateway {
         let proxy_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
         let branch = self.hider.branch(&[proxy_branch, remote_text.as_bytes()]);
         let initial = to.tag().is_none();
+        // The transaction's key, built once: looked up for a repeat, stored below.
+        let tx_key = (branch.clone(), cseq.method.to_vec());
         if method != MethodKind::Ack {
-            let tx_key = (branch.clone(), cseq.method.to_vec());
             let repeat = self
                 .tables
                 .server
@@ -1288,7 +1289,7 @@ impl Gateway {
         }
         if method != MethodKind::Ack {
             self.tables.server.insert(
-                (branch, cseq.method.to_vec()),
+                tx_key,
                 ServerTx {
                     proxy: at.remote,
                     wan_local: at.local,
