@@ -1,26 +1,36 @@
 //! Media relay benchmark: the same RTP load through sipward's relay and through
 //! rtpengine (userspace forwarding, one worker thread), one after the other.
 //!
+//! The generator is one thread pinned to CPU 0; each relay (all its threads) is pinned
+//! to CPU 1, so on a two-core machine neither shares a core with the generator.
 //! For each stream count the generator opens the streams (sipward: relay commands, as
 //! the core would send them; rtpengine: ng-protocol offer/answer), then
-//! 1. sends 172-byte RTP packets round-robin over the streams from one socket, paced in
-//!    100 µs bursts, at rising rates, all streams delivering to one receiver socket; the
-//!    highest rate forwarded with under 1% loss, and the relay's CPU time at that rate,
-//!    give its packets per core-second;
-//! 2. sends at half that rate on fresh streams and measures the latency each packet
-//!    took (send time in the payload), minus that of the same load sent directly;
+//! 1. capacity: sends 172-byte RTP packets round-robin over the streams from one socket
+//!    at rising rates, in evenly spaced batches of 16 (`sendmmsg`), all streams
+//!    delivering to one receiver socket; the highest rate forwarded with under 1% loss,
+//!    and the relay's CPU time at that rate, give its packets per core-second;
+//! 2. latency: on fresh streams, sends at half that rate one packet at a time, evenly
+//!    spaced (independent 20 ms streams with spread phases), and times each packet from
+//!    just before its send to the kernel's arrival timestamp on the receiver socket
+//!    (SO_TIMESTAMPNS); the same load sent straight to the receiver is the baseline
+//!    subtracted;
 //! 3. reports the relay's resident memory growth per stream.
-//!
-//! The generator is one thread, so that on a two-core machine the relay has the other.
 //!
 //! Usage: sipward-bench-media [seconds] [stream counts...]; prints a Markdown table.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::socket::{
+    recvmmsg, recvmsg, sendmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders,
+    SockaddrIn,
+};
 
 use hdrhistogram::Histogram;
 use sipward_core::{LegSpec, MediaCommand, Peer, StreamCounters};
@@ -28,7 +38,9 @@ use sipward_relay::RelayHandle;
 
 const PAYLOAD: usize = 172; // a 20 ms G.711 packet with its RTP header
 /// Offered loads, packets per second, tried in turn.
-const RATES: [u64; 9] = [10_000, 25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 200_000, 250_000];
+const RATES: [u64; 11] = [
+    10_000, 25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 200_000, 250_000, 300_000, 400_000,
+];
 const SENDER: &str = "127.90.0.10:0";
 const RECEIVER: &str = "127.90.1.10:0";
 
@@ -90,7 +102,11 @@ impl Relay for Sipward {
         ports
     }
     fn close_all(&mut self) {
-        let cmds: Vec<_> = self.open.drain(..).map(|id| MediaCommand::Close { id }).collect();
+        let cmds: Vec<_> = self
+            .open
+            .drain(..)
+            .map(|id| MediaCommand::Close { id })
+            .collect();
         self.relay.apply(cmds);
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -131,7 +147,9 @@ impl Rtpengine {
             .spawn()
             .expect("rtpengine is installed (scripts/install-deps.sh installs rtpengine-daemon)");
         let control = UdpSocket::bind("127.90.0.2:0").unwrap();
-        control.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        control
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut r = Rtpengine {
             child,
             control,
@@ -140,7 +158,10 @@ impl Rtpengine {
         };
         let started = Instant::now();
         while r.ng(&[("command", "ping")]).is_none() {
-            assert!(started.elapsed() < Duration::from_secs(10), "rtpengine did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "rtpengine did not start"
+            );
         }
         r
     }
@@ -155,7 +176,9 @@ impl Rtpengine {
             msg.push_str(&format!("{}:{}{}:{}", k.len(), k, v.len(), v));
         }
         msg.push('e');
-        self.control.send_to(msg.as_bytes(), "127.90.0.2:22222").ok()?;
+        self.control
+            .send_to(msg.as_bytes(), "127.90.0.2:22222")
+            .ok()?;
         let mut buf = vec![0u8; 65536];
         let n = self.control.recv(&mut buf).ok()?;
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
@@ -187,7 +210,12 @@ impl Relay for Rtpengine {
             // reply (what the answerer gets) names the port the sender sends to.
             let offer = sdp_for(receiver);
             let reply = self
-                .ng(&[("command", "offer"), ("call-id", &call), ("from-tag", "r"), ("sdp", &offer)])
+                .ng(&[
+                    ("command", "offer"),
+                    ("call-id", &call),
+                    ("from-tag", "r"),
+                    ("sdp", &offer),
+                ])
                 .expect("rtpengine offer");
             let answer = sdp_for(sender);
             self.ng(&[
@@ -198,7 +226,10 @@ impl Relay for Rtpengine {
                 ("sdp", &answer),
             ])
             .expect("rtpengine answer");
-            ports.push(SocketAddr::new("127.90.0.2".parse().unwrap(), media_port(&reply)));
+            ports.push(SocketAddr::new(
+                "127.90.0.2".parse().unwrap(),
+                media_port(&reply),
+            ));
             self.calls.push(call);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -227,7 +258,10 @@ impl Drop for Rtpengine {
 
 fn ticks_per_second() -> f64 {
     let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100.0)
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
 }
 
 fn cpu_of_stat(stat: &str) -> f64 {
@@ -247,10 +281,36 @@ fn thread_cpu_seconds(name: &str) -> Option<f64> {
         let dir = task.ok()?.path();
         let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
         if comm.trim() == name {
-            return Some(cpu_of_stat(&std::fs::read_to_string(dir.join("stat")).ok()?));
+            return Some(cpu_of_stat(
+                &std::fs::read_to_string(dir.join("stat")).ok()?,
+            ));
         }
     }
     None
+}
+
+fn thread_id(name: &str) -> Option<u32> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() == name {
+            return dir.file_name()?.to_str()?.parse().ok();
+        }
+    }
+    None
+}
+
+fn pin(id: u32, cpus: &str, all_threads: bool) {
+    let mut cmd = Command::new("taskset");
+    if all_threads {
+        cmd.arg("-a");
+    }
+    let status = cmd
+        .args(["-p", "-c", cpus, &id.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset (util-linux)");
+    assert!(status.success(), "taskset failed");
 }
 
 fn rss_of(pid: &str) -> u64 {
@@ -268,97 +328,225 @@ fn rss_of(pid: &str) -> u64 {
 struct Load {
     sent: u64,
     received: u64,
+    /// How long the sending took (the rate actually offered is `sent / send_secs`).
+    send_secs: f64,
     latency: Histogram<u64>,
 }
 
-/// Sends round-robin to `targets` for `secs` and counts what comes back to `receiver`,
-/// in one thread so that the other core is the relay's. `rate` None: as fast as the
-/// thread goes (bursts of 32, then the receive queue is drained); Some: bursts every
-/// 100 µs adding up to `rate` packets/s.
+/// How the generator offers its packets.
+#[derive(Clone, Copy, PartialEq)]
+enum Pacing {
+    /// One packet at a time, evenly spaced, each timed: for latency.
+    Even,
+    /// `THROUGHPUT_BATCH` packets per `sendmmsg` (to as many streams), batches evenly
+    /// spaced: for capacity, so that the one generator thread can offer more than a
+    /// relay core forwards. Arrivals are drained with `recvmmsg` and only counted.
+    Batched,
+}
+
+const THROUGHPUT_BATCH: usize = 16;
+
+/// Sends round-robin to `targets` at `rate` packets/s for `secs`, each packet at its own
+/// time (evenly spaced, as independent 20 ms RTP streams with spread phases are), and
+/// counts what comes back to `receiver`. One thread, pinned to its own CPU, that never
+/// sleeps: waiting is spent draining the receiver. A packet's latency is from just before
+/// its `send_to` to the kernel's arrival timestamp on the receiver socket
+/// (SO_TIMESTAMPNS), so when the generator gets round to reading it does not count.
 fn load(
     sender: &UdpSocket,
     receiver: &UdpSocket,
     targets: &[SocketAddr],
     secs: f64,
-    rate: Option<f64>,
-    epoch: Instant,
+    rate: f64,
+    pacing: Pacing,
 ) -> Load {
     receiver.set_nonblocking(true).unwrap();
+    setsockopt(receiver, sockopt::ReceiveTimestampns, &true).unwrap();
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     // An RTP header (version 2, PCMU, sequence, timestamp, SSRC), then the send time.
     let mut buf = [0u8; PAYLOAD];
     buf[0] = 0x80;
     buf[8..12].copy_from_slice(&0x5157_4152u32.to_be_bytes());
     let mut rbuf = [0u8; 2048];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
     let (mut sent, mut received) = (0u64, 0u64);
-    let mut i = 0usize;
-    let started = Instant::now();
-    let end = started + Duration::from_secs_f64(secs);
-    let tick = Duration::from_micros(100);
-    let mut next = started;
-    let drain = |received: &mut u64, latency: &mut Histogram<u64>| {
-        let mut rbuf = [0u8; 2048];
-        while let Ok((n, _)) = receiver.recv_from(&mut rbuf) {
-            if n >= 20 {
-                *received += 1;
-                let at = u64::from_le_bytes(rbuf[12..20].try_into().unwrap());
-                let now = epoch.elapsed().as_nanos() as u64;
-                let _ = latency.record((now.saturating_sub(at) / 1000).max(1));
-            }
+    let mut drain = |received: &mut u64, latency: &mut Histogram<u64>| loop {
+        let mut iov = [IoSliceMut::new(&mut rbuf)];
+        let Ok(msg) = recvmsg::<SockaddrIn>(
+            receiver.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_DONTWAIT,
+        ) else {
+            return;
+        };
+        let arrived = msg.cmsgs().ok().and_then(|mut c| {
+            c.find_map(|m| match m {
+                ControlMessageOwned::ScmTimestampns(t) => {
+                    Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+                }
+                _ => None,
+            })
+        });
+        let n = msg.bytes;
+        if n >= 20 {
+            *received += 1;
+            let at = u64::from_le_bytes(rbuf[12..20].try_into().unwrap());
+            let arrived = arrived.expect("SO_TIMESTAMPNS gives every datagram a time");
+            let _ = latency.record((arrived.saturating_sub(at) / 1000).max(1));
         }
     };
-    while Instant::now() < end {
-        let burst = match rate {
-            None => 32,
-            Some(r) => {
-                let due = ((Instant::now() - started).as_secs_f64() * r) as u64;
-                due.saturating_sub(sent)
-            }
+    let started = Instant::now();
+    let total = (secs * rate) as u64;
+    if pacing == Pacing::Batched {
+        let (sent, received) = blast(sender, receiver, targets, total, rate);
+        let send_secs = started.elapsed().as_secs_f64();
+        let received = received + settle_count(receiver);
+        return Load {
+            sent,
+            received,
+            send_secs,
+            latency,
         };
-        for _ in 0..burst {
-            buf[2..4].copy_from_slice(&(sent as u16).to_be_bytes());
-            buf[4..8].copy_from_slice(&((sent as u32).wrapping_mul(160)).to_be_bytes());
-            buf[12..20].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_le_bytes());
-            if sender.send_to(&buf, targets[i]).is_ok() {
-                sent += 1;
-            }
-            i = (i + 1) % targets.len();
-        }
-        drain(&mut received, &mut latency);
-        if rate.is_some() {
-            // Wait for the next burst in a blocking receive, so that each packet is
-            // timed when it arrives, not when the generator next looks.
-            next += tick;
-            receiver.set_nonblocking(false).unwrap();
-            loop {
-                let now = Instant::now();
-                if next <= now {
-                    break;
-                }
-                receiver.set_read_timeout(Some(next - now)).unwrap();
-                if let Ok((n, _)) = receiver.recv_from(&mut rbuf) {
-                    if n >= 20 {
-                        received += 1;
-                        let at = u64::from_le_bytes(rbuf[12..20].try_into().unwrap());
-                        let now = epoch.elapsed().as_nanos() as u64;
-                        let _ = latency.record((now.saturating_sub(at) / 1000).max(1));
-                    }
-                }
-            }
-            receiver.set_nonblocking(true).unwrap();
-        }
     }
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut i = 0usize;
+    while sent < total {
+        let due = started + interval.mul_f64(sent as f64);
+        while Instant::now() < due {
+            drain(&mut received, &mut latency);
+        }
+        buf[2..4].copy_from_slice(&(sent as u16).to_be_bytes());
+        buf[4..8].copy_from_slice(&((sent as u32).wrapping_mul(160)).to_be_bytes());
+        buf[12..20].copy_from_slice(&wall_clock_ns().to_le_bytes());
+        // A full socket buffer counts as a packet sent and lost.
+        let _ = sender.send_to(&buf, targets[i]);
+        sent += 1;
+        i = (i + 1) % targets.len();
+    }
+    let send_secs = started.elapsed().as_secs_f64();
     // Stragglers.
     let settle = Instant::now() + Duration::from_millis(300);
     while Instant::now() < settle {
         drain(&mut received, &mut latency);
-        std::thread::sleep(Duration::from_millis(5));
     }
     Load {
         sent,
         received,
+        send_secs,
         latency,
     }
+}
+
+/// The batched sender: `total` packets in `sendmmsg` batches at `rate`; what arrived
+/// meanwhile is counted. Returns (sent, received).
+fn blast(
+    sender: &UdpSocket,
+    receiver: &UdpSocket,
+    targets: &[SocketAddr],
+    total: u64,
+    rate: f64,
+) -> (u64, u64) {
+    let mut packet = [0u8; PAYLOAD];
+    packet[0] = 0x80;
+    packet[8..12].copy_from_slice(&0x5157_4152u32.to_be_bytes());
+    let addrs: Vec<SockaddrIn> = targets
+        .iter()
+        .map(|t| match t {
+            SocketAddr::V4(v4) => SockaddrIn::from(*v4),
+            SocketAddr::V6(_) => panic!("the benchmark runs on IPv4 loopback"),
+        })
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(THROUGHPUT_BATCH, None);
+    let mut counter = Counter::new();
+    let interval = Duration::from_secs_f64(THROUGHPUT_BATCH as f64 / rate);
+    let started = Instant::now();
+    let (mut sent, mut received, mut next_target, mut batch_no) = (0u64, 0u64, 0usize, 0u32);
+    while sent < total {
+        let due = started + interval * batch_no;
+        while Instant::now() < due {
+            received += counter.drain(receiver);
+        }
+        batch_no += 1;
+        let n = (total - sent).min(THROUGHPUT_BATCH as u64) as usize;
+        let slices: Vec<[IoSlice<'_>; 1]> = (0..n).map(|_| [IoSlice::new(&packet)]).collect();
+        let batch_addrs: Vec<Option<SockaddrIn>> = (0..n)
+            .map(|k| Some(addrs[(next_target + k) % addrs.len()]))
+            .collect();
+        next_target = (next_target + n) % addrs.len();
+        // Whatever the kernel did not take counts as sent and lost.
+        let _ = sendmmsg(
+            sender.as_raw_fd(),
+            &mut headers,
+            &slices,
+            &batch_addrs,
+            [],
+            MsgFlags::empty(),
+        );
+        sent += n as u64;
+    }
+    (sent, received)
+}
+
+/// Counts arrivals with `recvmmsg`, THROUGHPUT_BATCH at a time.
+struct Counter {
+    headers: MultiHeaders<SockaddrIn>,
+    buffers: Vec<[u8; 256]>,
+}
+
+impl Counter {
+    fn new() -> Self {
+        Counter {
+            headers: MultiHeaders::preallocate(THROUGHPUT_BATCH, None),
+            buffers: vec![[0u8; 256]; THROUGHPUT_BATCH],
+        }
+    }
+
+    /// Reads until the socket is empty; how many datagrams came.
+    fn drain(&mut self, receiver: &UdpSocket) -> u64 {
+        let mut total = 0;
+        loop {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
+                .buffers
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(b)])
+                .collect();
+            match recvmmsg(
+                receiver.as_raw_fd(),
+                &mut self.headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            ) {
+                Ok(results) => {
+                    let n = results.count() as u64;
+                    total += n;
+                    if n < THROUGHPUT_BATCH as u64 {
+                        return total;
+                    }
+                }
+                Err(_) => return total,
+            }
+        }
+    }
+}
+
+/// What is still arriving in the 300 ms after the last send.
+fn settle_count(receiver: &UdpSocket) -> u64 {
+    let mut counter = Counter::new();
+    let settle = Instant::now() + Duration::from_millis(300);
+    let mut n = 0;
+    while Instant::now() < settle {
+        n += counter.drain(receiver);
+    }
+    n
+}
+
+/// CLOCK_REALTIME in nanoseconds: the clock of the kernel's receive timestamps.
+fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 struct Row {
@@ -375,7 +563,12 @@ struct Row {
     cost_at_50k: Option<f64>,
 }
 
-fn measure(relay: &mut dyn Relay, streams: usize, secs: f64, direct: &mut HashMap<u64, (u64, u64)>) -> Row {
+fn measure(
+    relay: &mut dyn Relay,
+    streams: usize,
+    secs: f64,
+    direct: &mut HashMap<u64, (u64, u64)>,
+) -> Row {
     let sender = UdpSocket::bind(SENDER).unwrap();
     let receiver = UdpSocket::bind(RECEIVER).unwrap();
     // The generator drains between bursts: give it room (net.core.rmem_max allows).
@@ -386,7 +579,6 @@ fn measure(relay: &mut dyn Relay, streams: usize, secs: f64, direct: &mut HashMa
     let rss_before = relay.rss_bytes();
     let targets = relay.open(streams, s_addr, r_addr);
     let rss_after = relay.rss_bytes();
-    let epoch = Instant::now();
 
     // 1. Throughput: paced load at rising rates; the highest rate forwarded with under
     // 1% loss is the relay's, with the relay's CPU time at that rate. (A blast with no
@@ -395,11 +587,20 @@ fn measure(relay: &mut dyn Relay, streams: usize, secs: f64, direct: &mut HashMa
     let mut best: Option<(u64, u64, f64, f64)> = None; // sent, forwarded, secs, cpu
     let mut cost_at_50k = None;
     for rate in RATES {
-        eprintln!("  {} {streams} streams: {rate} packets/s for {secs} s", relay.name());
+        eprintln!(
+            "  {} {streams} streams: {rate} packets/s for {secs} s",
+            relay.name()
+        );
         let cpu0 = relay.cpu_seconds();
-        let t0 = Instant::now();
-        let run = load(&sender, &receiver, &targets, secs, Some(rate as f64), epoch);
-        let elapsed = t0.elapsed().as_secs_f64();
+        let run = load(
+            &sender,
+            &receiver,
+            &targets,
+            secs,
+            rate as f64,
+            Pacing::Batched,
+        );
+        let elapsed = run.send_secs;
         let cpu = relay.cpu_seconds() - cpu0;
         let loss = 1.0 - run.received as f64 / run.sent.max(1) as f64;
         let reached = run.sent as f64 >= 0.95 * rate as f64 * secs;
@@ -424,14 +625,44 @@ fn measure(relay: &mut dyn Relay, streams: usize, secs: f64, direct: &mut HashMa
     // fresh streams (the overload that ended the sweep may have left a relay stuck).
     relay.close_all();
     let targets = relay.open(streams, s_addr, r_addr);
-    let rate = (forwarded as f64 / elapsed / 2.0).max(1000.0);
-    eprintln!("  {} {streams} streams: latency at {rate:.0} packets/s", relay.name());
-    let hist = load(&sender, &receiver, &targets, secs.min(2.0), Some(rate), epoch).latency;
+    let rate = std::env::var("LAT_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or((forwarded as f64 / elapsed / 2.0).max(1000.0));
+    eprintln!(
+        "  {} {streams} streams: latency at {rate:.0} packets/s",
+        relay.name()
+    );
+    let hist = load(
+        &sender,
+        &receiver,
+        &targets,
+        secs.min(2.0),
+        rate,
+        Pacing::Even,
+    )
+    .latency;
     let key = rate as u64 / 1000;
     let base = *direct.entry(key).or_insert_with(|| {
-        let h = load(&sender, &receiver, &[r_addr], secs.min(2.0), Some(rate), epoch).latency;
+        let h = load(
+            &sender,
+            &receiver,
+            &[r_addr],
+            secs.min(2.0),
+            rate,
+            Pacing::Even,
+        )
+        .latency;
         (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
     });
+    eprintln!(
+        "  raw p50/p90/p99 {} / {} / {}, direct p50/p99 {} / {}",
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.9),
+        hist.value_at_quantile(0.99),
+        base.0,
+        base.1
+    );
     relay.close_all();
     Row {
         relay: relay.name(),
@@ -462,7 +693,10 @@ fn main() {
     let mut sipward = Sipward {
         name: "sipward",
         // SIPWARD_SPIN_US overrides the relay's busy-poll window (0: always sleep).
-        relay: match std::env::var("SIPWARD_SPIN_US").ok().and_then(|v| v.parse().ok()) {
+        relay: match std::env::var("SIPWARD_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             Some(us) => RelayHandle::spawn_with(Duration::from_micros(us)).unwrap(),
             None => RelayHandle::spawn().unwrap(),
         },
@@ -471,6 +705,14 @@ fn main() {
         next_port: 40000,
     };
     let mut rtpengine = Rtpengine::start();
+    if std::env::var("PIN").map_or(true, |v| v != "0") {
+        // Generator on CPU 0, each relay (every thread of it) on CPU 1: the generator
+        // never sleeps, and neither relay shares its core with it (PIN=0: no pinning).
+        let relay_tid = thread_id("sipward-relay").expect("the relay thread");
+        pin(std::process::id(), "0", false);
+        pin(relay_tid, "1", false);
+        pin(rtpengine.child.id(), "1", true);
+    }
     for &n in &counts {
         for relay in [&mut sipward as &mut dyn Relay, &mut rtpengine] {
             let row = measure(relay, n, secs, &mut direct);
@@ -492,7 +734,9 @@ fn main() {
             (Some(a), Some(b)) => format!("{a} / {b}"),
             _ => "-".into(),
         };
-        let mem = r.mem_per_stream.map_or("-".into(), |m| format!("{:.0} B", m));
+        let mem = r
+            .mem_per_stream
+            .map_or("-".into(), |m| format!("{:.0} B", m));
         let cost = r.cost_at_50k.map_or("-".into(), |c| format!("{c:.2}"));
         writeln!(
             out,
