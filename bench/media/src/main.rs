@@ -571,9 +571,10 @@ fn measure(
 ) -> Row {
     let sender = UdpSocket::bind(SENDER).unwrap();
     let receiver = UdpSocket::bind(RECEIVER).unwrap();
-    // The generator drains between bursts: give it room (net.core.rmem_max allows).
+    // Room for what arrives while the generator is descheduled (the kernel caps it at
+    // net.core.rmem_max).
     socket2::SockRef::from(&receiver)
-        .set_recv_buffer_size(4 << 20)
+        .set_recv_buffer_size(8 << 20)
         .unwrap();
     let (s_addr, r_addr) = (sender.local_addr().unwrap(), receiver.local_addr().unwrap());
     let rss_before = relay.rss_bytes();
@@ -714,7 +715,12 @@ fn main() {
         pin(rtpengine.child.id(), "1", true);
     }
     for &n in &counts {
+        // RELAYS=sipward (or rtpengine) measures one alone, for experiments.
+        let only = std::env::var("RELAYS").unwrap_or_default();
         for relay in [&mut sipward as &mut dyn Relay, &mut rtpengine] {
+            if !only.is_empty() && !only.split(',').any(|r| r == relay.name()) {
+                continue;
+            }
             let row = measure(relay, n, secs, &mut direct);
             eprintln!(
                 "  {} {n} streams: {:.0} forwarded/s, {:.0} per core-second",

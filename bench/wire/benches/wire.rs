@@ -3,7 +3,9 @@
 //! Two comparisons, as issue 2 asks:
 //! - `parse_validate/*`: sipward's parse + full validation (every typed header, every
 //!   limit, the SDP body) against rsipstack's parse followed by reading the typed headers
-//!   a gateway needs (Via, From, To, CSeq, Contact, and Authorization for REGISTER).
+//!   a gateway needs (Via, From, To, CSeq, Contact, Authorization for REGISTER, Allow as
+//!   methods, and the numbers in Max-Forwards, Content-Length and Expires, which
+//!   rsipstack keeps as text). rsipstack has no SDP model; its side parses no body.
 //! - `rewrite/*`: sipward's parse + rewrite of the top Via sent-by, the Contact host and
 //!   the SDP addresses and port + serialize, against rsip's parse + the same replacements
 //!   through its typed headers + serialize (rsip has no SDP model: its body edit is a
@@ -47,6 +49,7 @@ fn rsipstack_parse_typed(bytes: &[u8]) -> usize {
             n += req.to_header().unwrap().typed().unwrap().params.len();
             n += req.cseq_header().unwrap().typed().unwrap().seq as usize;
             n += req.typed_contact_headers().unwrap().len();
+            n += numbers_and_allow(&req.headers);
             if let Some(auth) = req.headers.iter().find_map(|h| match h {
                 rsipstack::sip::Header::Authorization(a) => Some(a),
                 _ => None,
@@ -63,6 +66,30 @@ fn rsipstack_parse_typed(bytes: &[u8]) -> usize {
             n += resp.to_header().unwrap().typed().unwrap().params.len();
             n += resp.cseq_header().unwrap().typed().unwrap().seq as usize;
             n += resp.typed_contact_headers().unwrap().len();
+            n += numbers_and_allow(&resp.headers);
+        }
+    }
+    n
+}
+
+/// What else sipward's parse yields and a gateway on rsipstack reads: the numeric
+/// headers (rsipstack keeps them as text: parsed here as the validator needs them) and
+/// Allow as methods.
+fn numbers_and_allow(headers: &rsipstack::sip::Headers) -> usize {
+    use rsipstack::sip::Header;
+    let mut n = 0;
+    for h in headers.iter() {
+        match h {
+            Header::MaxForwards(v) => n += v.value().trim().parse::<u8>().unwrap() as usize,
+            Header::ContentLength(v) => n += v.value().trim().parse::<u32>().unwrap() as usize,
+            Header::Expires(v) => n += v.value().trim().parse::<u32>().unwrap() as usize,
+            Header::Allow(v) => {
+                n += rsipstack::sip::typed::Allow::parse(v.value())
+                    .unwrap()
+                    .methods
+                    .len()
+            }
+            _ => {}
         }
     }
     n
