@@ -245,7 +245,29 @@ fn token_eq_lower(name: &[u8], lower: &[u8]) -> bool {
         return false;
     }
     if len < 8 {
-        return name.iter().zip(lower).all(|(&x, &y)| x | 0x20 == y);
+        // Two overlapping loads cover the name: the first and the last four (or two)
+        // bytes, instead of a loop over the bytes.
+        let w4 = |s: &[u8], at: usize| {
+            s.get(at..)
+                .and_then(|r| r.first_chunk::<4>())
+                .map(|w| u32::from_le_bytes(*w))
+        };
+        let w2 = |s: &[u8], at: usize| {
+            s.get(at..)
+                .and_then(|r| r.first_chunk::<2>())
+                .map(|w| u16::from_le_bytes(*w))
+        };
+        return match len {
+            4.. => {
+                w4(name, 0).map(|w| w | 0x2020_2020) == w4(lower, 0)
+                    && w4(name, len - 4).map(|w| w | 0x2020_2020) == w4(lower, len - 4)
+            }
+            2.. => {
+                w2(name, 0).map(|w| w | 0x2020) == w2(lower, 0)
+                    && w2(name, len - 2).map(|w| w | 0x2020) == w2(lower, len - 2)
+            }
+            _ => name.iter().zip(lower).all(|(&x, &y)| x | 0x20 == y),
+        };
     }
     // Words at 0, 8, ... and a last one ending at `len` (overlapping the one before).
     let mut at = 0;

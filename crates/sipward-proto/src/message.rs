@@ -13,7 +13,7 @@ use crate::headers::{
     parse_vias, CSeq, Contacts, Credentials, NameAddr, Via,
 };
 use crate::limits::Limits;
-use crate::scan::{all_token, is_token, is_wsp, trim_lws, CommaSplit};
+use crate::scan::{all_token, find_cr_lf, is_token, is_wsp, trim_lws, CommaSplit};
 use crate::sdp::{self, Sdp};
 use crate::uri::{parse_uri, Uri};
 
@@ -249,10 +249,31 @@ fn split_header_fields<'a>(
         if fields.len() >= limits.max_headers {
             return Err(at(DefectKind::TooManyHeaders, Location::Message));
         }
-        // Find the end of the field: a CRLF not followed by SP or HT.
-        let mut scan = 0;
+        // name = token, then optional white space and the colon, then the value's
+        // leading blanks: one walk over the bytes before the value. ':' is not a token
+        // character, so this is "the text before the first colon is a token". A bad
+        // name is reported only after the end of the field is found, as the end search
+        // has its own verdicts that come first.
+        let name_len = rest
+            .iter()
+            .position(|&b| !is_token(b))
+            .unwrap_or(rest.len());
+        let mut vstart = name_len;
+        while rest.get(vstart).copied().is_some_and(is_wsp) {
+            vstart += 1;
+        }
+        let name_ok = name_len > 0 && rest.get(vstart) == Some(&b':');
+        if name_ok {
+            vstart += 1;
+            while rest.get(vstart).copied().is_some_and(is_wsp) {
+                vstart += 1;
+            }
+        }
+        // Find the end of the field: a CRLF not followed by SP or HT. Name, colon and
+        // blanks hold no CR or LF, so a good name lets the search start at the value.
+        let mut scan = if name_ok { vstart } else { 0 };
         let field_len = loop {
-            let Some(i) = memchr::memchr2(b'\r', b'\n', rest.get(scan..).unwrap_or(&[])) else {
+            let Some(i) = find_cr_lf(rest.get(scan..).unwrap_or(&[])) else {
                 return Err(at(DefectKind::MissingBlankLine, Location::Message));
             };
             let i = scan + i;
@@ -264,23 +285,14 @@ fn split_header_fields<'a>(
                 _ => break i,
             }
         };
-        let field = rest.get(..field_len).unwrap_or(&[]);
+        if !name_ok {
+            return Err(at(DefectKind::MalformedHeaderLine, Location::Message));
+        }
         let line = rest.get(..field_len + 2).unwrap_or(&[]);
-        // name = token, then optional white space and the colon (one pass; ':' is not
-        // a token character, so this is "the text before the first colon is a token").
-        let name_len = field
-            .iter()
-            .position(|&b| !is_token(b))
-            .unwrap_or(field.len());
-        let raw_name = field.get(..name_len).unwrap_or(&[]);
-        let after_name = field.get(name_len..).unwrap_or(&[]);
-        let colon = after_name.iter().position(|&b| !is_wsp(b));
-        let value = match colon {
-            Some(i) if name_len > 0 && after_name.get(i) == Some(&b':') => {
-                trim_lws(after_name.get(i + 1..).unwrap_or(&[]))
-            }
-            _ => return Err(at(DefectKind::MalformedHeaderLine, Location::Message)),
-        };
+        let raw_name = rest.get(..name_len).unwrap_or(&[]);
+        // Leading blanks are skipped; a fold right after the colon, or trailing white
+        // space, is left to the general trim.
+        let value = trim_lws(rest.get(vstart..field_len).unwrap_or(&[]));
         let name = HeaderName::from_token(raw_name);
         if value.len() > limits.max_param_len
             && CommaSplit::new(value).any(|e| e.len() > limits.max_param_len)
@@ -361,6 +373,9 @@ fn parse_start_line<'a>(line: &'a [u8], limits: &Limits) -> Result<StartLine<'a>
 }
 
 fn check_version(v: &[u8]) -> Result<(), Defect> {
+    if v == b"SIP/2.0" {
+        return Ok(());
+    }
     let Some(rest) = v
         .get(..4)
         .filter(|p| p.eq_ignore_ascii_case(b"SIP/"))

@@ -236,22 +236,53 @@ pub(crate) fn find_byte2(s: &[u8], a: u8, b: u8) -> Option<usize> {
     tail.iter().position(|&x| x == a || x == b).map(|p| i + p)
 }
 
-/// The first index of `a`, `b` or `c` in `s`.
+/// The first index of a CR, LF or NUL in `s`. One SWAR test per eight bytes flags every
+/// byte below 0x0e (the lowest flag is exact); those three are nearly the only such bytes
+/// in SIP and SDP text, so a false hit (HT, say) just resumes the search after it.
 #[inline]
-pub(crate) fn find_byte3(s: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
-    let (pa, pb, pc) = (LO * u64::from(a), LO * u64::from(b), LO * u64::from(c));
+pub(crate) fn find_cr_lf_nul(s: &[u8]) -> Option<usize> {
+    const BELOW: u64 = LO * 0x0e;
     let mut i = 0;
     while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
         let w = u64::from_le_bytes(*chunk);
-        let found = zero_bytes(w ^ pa) | zero_bytes(w ^ pb) | zero_bytes(w ^ pc);
-        if found != 0 {
-            return Some(i + found.trailing_zeros() as usize / 8);
+        let low = w.wrapping_sub(BELOW) & !w & HI;
+        if low == 0 {
+            i += 8;
+            continue;
         }
-        i += 8;
+        let at = i + low.trailing_zeros() as usize / 8;
+        if matches!(s.get(at), Some(b'\r' | b'\n' | 0)) {
+            return Some(at);
+        }
+        i = at + 1;
     }
     let tail = s.get(i..)?;
     tail.iter()
-        .position(|&x| x == a || x == b || x == c)
+        .position(|&b| matches!(b, b'\r' | b'\n' | 0))
+        .map(|p| i + p)
+}
+
+/// The first index of a CR or LF in `s` ([`find_cr_lf_nul`] without NUL).
+#[inline]
+pub(crate) fn find_cr_lf(s: &[u8]) -> Option<usize> {
+    const BELOW: u64 = LO * 0x0e;
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
+        let low = w.wrapping_sub(BELOW) & !w & HI;
+        if low == 0 {
+            i += 8;
+            continue;
+        }
+        let at = i + low.trailing_zeros() as usize / 8;
+        if matches!(s.get(at), Some(b'\r' | b'\n')) {
+            return Some(at);
+        }
+        i = at + 1;
+    }
+    let tail = s.get(i..)?;
+    tail.iter()
+        .position(|&b| matches!(b, b'\r' | b'\n'))
         .map(|p| i + p)
 }
 
@@ -292,6 +323,18 @@ pub(crate) fn parse_decimal(s: &[u8], max_digits: usize) -> Option<u64> {
 
 /// Parses a decimal number that may carry leading zeros ("0068"), bounded by `max`.
 pub(crate) fn parse_bounded(s: &[u8], max: u64) -> Option<u64> {
+    // Up to 19 digits cannot overflow a u64: one walk, leading zeros and all.
+    if !s.is_empty() && s.len() <= 19 {
+        let mut v = 0u64;
+        for &b in s {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            v = v * 10 + u64::from(d);
+        }
+        return (v <= max).then_some(v);
+    }
     if s.is_empty() || !s.iter().all(|&b| is_digit(b)) {
         return None;
     }
@@ -527,10 +570,6 @@ mod tests {
                         find_byte2(s, c, b'@'),
                         s.iter().position(|&b| b == c || b == b'@')
                     );
-                    assert_eq!(
-                        find_byte3(s, c, b'@', 0),
-                        s.iter().position(|&b| b == c || b == b'@' || b == 0)
-                    );
                 }
             }
         }
@@ -540,6 +579,29 @@ mod tests {
             for start in 0..tricky.len() {
                 let s = &tricky[start..];
                 assert_eq!(find_byte(s, c), s.iter().position(|&b| b == c));
+            }
+        }
+    }
+
+    #[test]
+    fn control_byte_search_agrees_with_position() {
+        let alphabet = [
+            b'a', 0, 1, b'\n', b'\r', b'\t', 0x0d, 0x0e, 0x8d, 0xff, b' ',
+        ];
+        let hay: Vec<u8> = (0..70)
+            .map(|i| alphabet[(i * 5 + i / 7) % alphabet.len()])
+            .collect();
+        for start in 0..hay.len() {
+            for end in start..hay.len() {
+                let s = &hay[start..end];
+                assert_eq!(
+                    find_cr_lf_nul(s),
+                    s.iter().position(|&b| b == b'\r' || b == b'\n' || b == 0)
+                );
+                assert_eq!(
+                    find_cr_lf(s),
+                    s.iter().position(|&b| b == b'\r' || b == b'\n')
+                );
             }
         }
     }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use smallvec::SmallVec;
 
 use crate::limits::Limits;
-use crate::scan::{find_byte, find_byte3};
+use crate::scan::{find_byte, find_cr_lf_nul};
 use crate::uri::{is_hostname, parse_ipv4};
 
 /// Address type of `o=` and `c=`.
@@ -203,7 +203,7 @@ fn checked_lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
             return None;
         }
         let mut clean = true;
-        let end = match find_byte3(rest, b'\n', b'\r', 0) {
+        let end = match find_cr_lf_nul(rest) {
             Some(i) if rest.get(i) == Some(&b'\n') => Some(i),
             Some(i) if rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n') => {
                 Some(i + 1)
@@ -448,29 +448,46 @@ fn parse_rtcp(v: &[u8]) -> Result<Rtcp<'_>, SdpError> {
 }
 
 fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
-    let (pt, rest) = split_once(v, b' ').ok_or(SdpError::BadAttribute)?;
-    let payload_type = parse_u16(pt)
-        .and_then(|p| u8::try_from(p).ok())
-        .filter(|&p| p <= 127);
-    let payload_type = payload_type.ok_or(SdpError::BadAttribute)?;
-    // encoding "/" clock-rate [ "/" parameters ]; the parameters may hold more slashes.
-    let rest = rest.trim_ascii();
-    let (encoding, clock_and_params) = match split_once(rest, b'/') {
-        Some((e, tail)) => (e, Some(tail)),
-        None => (rest, None),
-    };
-    if encoding.is_empty() || !encoding.iter().all(|&b| b.is_ascii_graphic()) {
-        return Err(SdpError::BadAttribute);
+    let bad = SdpError::BadAttribute;
+    let (pt, rest) = split_once(v, b' ').ok_or(bad)?;
+    // At most five digits (leading zeros allowed), at most 127.
+    if pt.is_empty() || pt.len() > 5 || !digits(pt) {
+        return Err(bad);
     }
-    let (clock, params) = match clock_and_params.map(|t| split_once(t, b'/').ok_or(t)) {
-        Some(Ok((clock, params))) => (Some(clock), Some(params)),
-        Some(Err(clock)) => (Some(clock), None),
+    let payload_type = u8::try_from(decimal(pt))
+        .ok()
+        .filter(|&p| p <= 127)
+        .ok_or(bad)?;
+    // encoding "/" clock-rate [ "/" parameters ]; the parameters may hold more slashes.
+    // One walk over the encoding (visible ASCII up to the first slash), one over the
+    // clock rate.
+    let rest = rest.trim_ascii();
+    let enc_len = rest
+        .iter()
+        .position(|&b| b == b'/' || !b.is_ascii_graphic())
+        .unwrap_or(rest.len());
+    let (encoding, tail) = rest.split_at_checked(enc_len).ok_or(bad)?;
+    if encoding.is_empty() {
+        return Err(bad);
+    }
+    let (clock_rate, params) = match tail.split_first() {
         None => (None, None),
-    };
-    let clock_rate = match clock {
-        Some(clock) if digits(clock) && clock.len() <= 9 => Some(decimal(clock)),
-        Some(_) => return Err(SdpError::BadAttribute),
-        None => None,
+        Some((b'/', clock_and_params)) => {
+            let clock_len = clock_and_params
+                .iter()
+                .position(|&b| !b.is_ascii_digit())
+                .unwrap_or(clock_and_params.len());
+            let (clock, after) = clock_and_params.split_at_checked(clock_len).ok_or(bad)?;
+            if clock.is_empty() || clock.len() > 9 {
+                return Err(bad);
+            }
+            match after.split_first() {
+                None => (Some(decimal(clock)), None),
+                Some((b'/', params)) => (Some(decimal(clock)), Some(params)),
+                Some(_) => return Err(bad),
+            }
+        }
+        Some(_) => return Err(bad),
     };
     Ok(RtpMap {
         payload_type,

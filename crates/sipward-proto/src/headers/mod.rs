@@ -206,6 +206,10 @@ pub(crate) fn media_type_is(media_type: &[u8], expected: &str) -> bool {
     // Nearly always written without white space: one compare, without early exit (the
     // compiler vectorizes it).
     let expected_bytes = expected.as_bytes();
+    // Usually even the case matches: a plain compare settles it.
+    if media_type == expected_bytes {
+        return true;
+    }
     if media_type.len() == expected_bytes.len()
         && media_type
             .iter()
