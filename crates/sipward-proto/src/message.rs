@@ -531,9 +531,10 @@ impl<'a> Message<'a> {
                 if body.len() > limits.max_sdp_len {
                     return Err(at(DefectKind::SdpTooLarge, Location::Body));
                 }
-                let sdp = sdp::parse(body, limits)
+                // Built in place: the message is discarded if this fails.
+                let sdp = self.sdp.insert(Sdp::empty(body));
+                sdp::parse_into(body, limits, sdp)
                     .map_err(|e| at(DefectKind::BadSdp(e), Location::Body))?;
-                self.sdp = Some(sdp);
             }
         }
 

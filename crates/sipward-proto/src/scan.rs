@@ -177,6 +177,12 @@ pub(crate) fn all_host_chars(s: &[u8]) -> bool {
     all_of_class(s, HOST)
 }
 
+/// Non-empty and every byte an unescaped user character (RFC 3261 `unreserved` or
+/// `user-unreserved`).
+pub(crate) fn all_user_chars(s: &[u8]) -> bool {
+    !s.is_empty() && all_of_class(s, USER)
+}
+
 /// Every byte is a `word` character (true for the empty slice).
 pub(crate) fn all_word(s: &[u8]) -> bool {
     all_of_class(s, WORD)

@@ -509,6 +509,40 @@ fn direction(attr: &[u8]) -> Option<Direction> {
 
 /// Parses and checks an SDP body against `limits`.
 pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
+    let mut sdp = Sdp::empty(body);
+    parse_into(body, limits, &mut sdp)?;
+    Ok(sdp)
+}
+
+impl<'a> Sdp<'a> {
+    /// A placeholder that [`parse_into`] fills.
+    pub(crate) fn empty(body: &'a [u8]) -> Self {
+        Sdp {
+            body,
+            origin: Origin {
+                username: &[],
+                session_id: &[],
+                session_version: &[],
+                net_type: &[],
+                addr_type: AddrType::Ip4,
+                address: &[],
+            },
+            session_name: &[],
+            connection: None,
+            direction: None,
+            media: SmallVec::new(),
+        }
+    }
+}
+
+/// [`parse`] into `out` (made by [`Sdp::empty`] for this body), so that the message can
+/// hold the SDP where it is built instead of copying some 600 bytes into place. On an
+/// error `out` is left part filled.
+pub(crate) fn parse_into<'a>(
+    body: &'a [u8],
+    limits: &Limits,
+    out: &mut Sdp<'a>,
+) -> Result<(), SdpError> {
     if body.len() > limits.max_sdp_len {
         return Err(SdpError::TooLarge);
     }
@@ -517,7 +551,7 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
     let mut connection = None;
     let mut session_direction = None;
     let mut timing = false;
-    let mut media: SmallVec<[Media<'a>; 2]> = SmallVec::new();
+    let media = &mut out.media;
     let mut count = 0usize;
     let mut seen_order = 0u8; // 0: nothing, 1: v, 2: o, 3: s, then anything
     let body_start = body.as_ptr() as usize;
@@ -652,14 +686,11 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
     {
         return Err(SdpError::MissingConnection);
     }
-    Ok(Sdp {
-        body,
-        origin,
-        session_name: session_name.unwrap_or_default(),
-        connection,
-        direction: session_direction,
-        media,
-    })
+    out.origin = origin;
+    out.session_name = session_name.unwrap_or_default();
+    out.connection = connection;
+    out.direction = session_direction;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
 use crate::scan::{
-    all_host_chars, find_byte, find_byte2, is_alnum, is_digit, is_escaped_run, is_hex, UriClass,
+    all_host_chars, all_user_chars, find_byte, find_byte2, is_alnum, is_digit, is_escaped_run,
+    is_hex, UriClass,
 };
 
 /// A host: a domain name or an IP address, with the bytes it was written as.
@@ -309,6 +310,8 @@ fn parse_sip<'a>(
         None => (None, rest),
     };
     let (user, password) = match userinfo {
+        // Usually plain user characters: no password (':' is not one) and no escape.
+        Some(ui) if ui.len() <= limits.max_param_len && all_user_chars(ui) => (Some(ui), None),
         Some(ui) => {
             let (user, password) = match ui.iter().position(|&b| b == b':') {
                 Some(i) => (ui.get(..i).unwrap_or(&[]), ui.get(i + 1..)),

@@ -17,7 +17,7 @@ pub(crate) use via::parse_vias;
 
 use crate::defect::DefectKind;
 use crate::limits::Limits;
-use crate::scan::{parse_bounded, trim_lws, Cursor};
+use crate::scan::{is_lws, is_token, parse_bounded, trim_lws, Cursor};
 
 /// Header parameters (`;name[=value]...`) as written, without the first `;`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -172,11 +172,28 @@ pub(crate) fn is_call_id(value: &[u8]) -> bool {
     }
 }
 
+/// Every comma-separated element, trimmed of white space, is a non-empty token. One walk:
+/// each element is blanks, a token, blanks.
 pub(crate) fn all_option_tags_valid(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .map(trim_lws)
-        .all(crate::scan::all_token)
+    // 0: before the element's token, 1: in it, 2: after it.
+    let mut state = 0u8;
+    for &b in value {
+        if is_token(b) {
+            if state == 2 {
+                return false;
+            }
+            state = 1;
+        } else if is_lws(b) {
+            if state == 1 {
+                state = 2;
+            }
+        } else if b == b',' && state != 0 {
+            state = 0;
+        } else {
+            return false;
+        }
+    }
+    state != 0
 }
 
 /// Content-Type: `type "/" subtype *( SEMI m-parameter )`. Returns the media type
