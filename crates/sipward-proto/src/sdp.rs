@@ -274,12 +274,6 @@ fn split_at_byte(s: &[u8], sep: u8) -> (&[u8], &[u8]) {
     s.split_at_checked(end).unwrap_or((s, &[]))
 }
 
-/// `s` split around the first `sep`, or `None` when there is none.
-fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
-    let i = s.iter().position(|&b| b == sep)?;
-    Some((s.get(..i)?, s.get(i + 1..)?))
-}
-
 fn digits(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(u8::is_ascii_digit)
 }
@@ -449,41 +443,55 @@ fn parse_rtcp(v: &[u8]) -> Result<Rtcp<'_>, SdpError> {
 
 fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
     let bad = SdpError::BadAttribute;
-    let (pt, rest) = split_once(v, b' ').ok_or(bad)?;
-    // At most five digits (leading zeros allowed), at most 127.
-    if pt.is_empty() || pt.len() > 5 || !digits(pt) {
+    // payload type: one to five digits (leading zeros allowed), at most 127, then a
+    // space. Index walks: this runs for every a=rtpmap of every offer and answer.
+    let mut i = 0;
+    let mut pt = 0u32;
+    while let Some(&b) = v.get(i) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        pt = pt.wrapping_mul(10).wrapping_add(u32::from(d));
+        i += 1;
+    }
+    if i == 0 || i > 5 || v.get(i) != Some(&b' ') {
         return Err(bad);
     }
-    let payload_type = u8::try_from(decimal(pt))
-        .ok()
-        .filter(|&p| p <= 127)
-        .ok_or(bad)?;
+    let payload_type = u8::try_from(pt).ok().filter(|&p| p <= 127).ok_or(bad)?;
     // encoding "/" clock-rate [ "/" parameters ]; the parameters may hold more slashes.
-    // One walk over the encoding (visible ASCII up to the first slash), one over the
-    // clock rate.
-    let rest = rest.trim_ascii();
-    let enc_len = rest
-        .iter()
-        .position(|&b| b == b'/' || !b.is_ascii_graphic())
-        .unwrap_or(rest.len());
-    let (encoding, tail) = rest.split_at_checked(enc_len).ok_or(bad)?;
+    let rest = v.get(i + 1..).unwrap_or_default().trim_ascii();
+    let mut e = 0;
+    while let Some(&b) = rest.get(e) {
+        if b == b'/' || !b.is_ascii_graphic() {
+            break;
+        }
+        e += 1;
+    }
+    let encoding = rest.get(..e).unwrap_or_default();
     if encoding.is_empty() {
         return Err(bad);
     }
-    let (clock_rate, params) = match tail.split_first() {
+    let (clock_rate, params) = match rest.get(e) {
         None => (None, None),
-        Some((b'/', clock_and_params)) => {
-            let clock_len = clock_and_params
-                .iter()
-                .position(|&b| !b.is_ascii_digit())
-                .unwrap_or(clock_and_params.len());
-            let (clock, after) = clock_and_params.split_at_checked(clock_len).ok_or(bad)?;
-            if clock.is_empty() || clock.len() > 9 {
+        Some(b'/') => {
+            let mut k = e + 1;
+            let mut clock = 0u32;
+            while let Some(&b) = rest.get(k) {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                clock = clock.wrapping_mul(10).wrapping_add(u32::from(d));
+                k += 1;
+            }
+            let digits = k - (e + 1);
+            if digits == 0 || digits > 9 {
                 return Err(bad);
             }
-            match after.split_first() {
-                None => (Some(decimal(clock)), None),
-                Some((b'/', params)) => (Some(decimal(clock)), Some(params)),
+            match rest.get(k) {
+                None => (Some(clock), None),
+                Some(b'/') => (Some(clock), rest.get(k + 1..)),
                 Some(_) => return Err(bad),
             }
         }

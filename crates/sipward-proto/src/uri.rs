@@ -267,7 +267,7 @@ pub fn parse_uri<'a>(s: &'a [u8], limits: &Limits) -> Result<Uri<'a>, DefectKind
         .filter(|p| p.eq_ignore_ascii_case(b"sip:"))
         .and_then(|_| s.get(4..))
     {
-        return parse_sip(s, rest, false, limits).map(Uri::Sip);
+        return parse_sip(s, rest, false, limits);
     }
     let colon = s
         .iter()
@@ -279,7 +279,7 @@ pub fn parse_uri<'a>(s: &'a [u8], limits: &Limits) -> Result<Uri<'a>, DefectKind
         return Err(DefectKind::MalformedUri);
     }
     if scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips") {
-        parse_sip(s, rest, scheme.len() == 4, limits).map(Uri::Sip)
+        parse_sip(s, rest, scheme.len() == 4, limits)
     } else if scheme.eq_ignore_ascii_case(b"tel") {
         parse_tel(s, rest, limits).map(Uri::Tel)
     } else {
@@ -302,7 +302,7 @@ fn parse_sip<'a>(
     rest: &'a [u8],
     secure: bool,
     limits: &Limits,
-) -> Result<SipUri<'a>, DefectKind> {
+) -> Result<Uri<'a>, DefectKind> {
     // The user part may hold ';', '?' and ':', but never a raw '@'; neither may
     // anything after the host. So the first '@' ends the userinfo.
     let (userinfo, after) = match find_byte(rest, b'@') {
@@ -346,7 +346,8 @@ fn parse_sip<'a>(
     if let Some(h) = headers {
         check_uri_headers(h, limits)?;
     }
-    Ok(SipUri {
+    // Built as the `Uri` itself: wrapping a finished `SipUri` would copy it.
+    Ok(Uri::Sip(SipUri {
         raw,
         secure,
         user,
@@ -356,7 +357,7 @@ fn parse_sip<'a>(
         host_port,
         params,
         headers,
-    })
+    }))
 }
 
 fn check_uri_params(params: &[u8], limits: &Limits) -> Result<(), DefectKind> {
