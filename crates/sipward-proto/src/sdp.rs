@@ -192,34 +192,6 @@ impl fmt::Display for SdpError {
     }
 }
 
-/// Splits the body into lines like [`lines`], and also says whether a line holds a NUL
-/// or a CR that is not part of its ending (both make the line malformed). One search
-/// for the three bytes per clean line finds its end and proves it clean at once.
-/// Yields `(line, line_with_ending, clean)`.
-fn checked_lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
-    let mut rest = body;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut clean = true;
-        let end = match find_cr_lf_nul(rest) {
-            Some(i) if rest.get(i) == Some(&b'\n') => Some(i),
-            Some(i) if rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n') => {
-                Some(i + 1)
-            }
-            Some(i) => {
-                clean = false;
-                find_byte(rest.get(i..).unwrap_or_default(), b'\n').map(|j| i + j)
-            }
-            None => None,
-        };
-        let (line, full, next) = split_line(rest, end);
-        rest = next;
-        Some((line, full, clean))
-    })
-}
-
 /// Splits the body into lines (CRLF, or bare LF tolerated), each without its ending.
 /// Yields `(line, line_with_ending)`.
 fn lines(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -564,7 +536,29 @@ pub(crate) fn parse_into<'a>(
     let mut seen_order = 0u8; // 0: nothing, 1: v, 2: o, 3: s, then anything
     let body_start = body.as_ptr() as usize;
 
-    for (line, full, clean) in checked_lines(body) {
+    let mut pos = 0;
+    while let Some(rest) = body.get(pos..).filter(|r| !r.is_empty()) {
+        // The line (CRLF, or bare LF tolerated) and whether it is clean: a NUL, or a
+        // CR that is not part of its ending, makes it malformed. One search for the
+        // three bytes finds the end of a clean line and proves it clean at once.
+        let (line_len, full_len, clean) = match find_cr_lf_nul(rest) {
+            Some(i) => match (rest.get(i), rest.get(i + 1)) {
+                (Some(b'\n'), _) => (i, i + 1, true),
+                (Some(b'\r'), Some(b'\n')) => (i, i + 2, true),
+                _ => match find_byte(rest.get(i..).unwrap_or_default(), b'\n') {
+                    Some(j) => {
+                        let lf = i + j;
+                        let cr = lf > 0 && rest.get(lf - 1) == Some(&b'\r');
+                        (lf - usize::from(cr), lf + 1, false)
+                    }
+                    None => (rest.len(), rest.len(), false),
+                },
+            },
+            None => (rest.len(), rest.len(), true),
+        };
+        let line = rest.get(..line_len).unwrap_or_default();
+        let full = rest.get(..full_len).unwrap_or_default();
+        pos += full_len;
         if line.is_empty() {
             continue; // tolerate blank lines (trailing ones above all)
         }
