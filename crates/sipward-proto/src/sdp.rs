@@ -239,6 +239,30 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+/// Exactly `N` space-separated fields (as [`fields`] splits them), or `None` for fewer
+/// or more. One walk over the value, with no iterator state between fields.
+#[inline]
+fn exact_fields<const N: usize>(v: &[u8]) -> Option<[&[u8]; N]> {
+    let mut out: [&[u8]; N] = [&[]; N];
+    let mut n = 0;
+    let mut i = 0;
+    loop {
+        while v.get(i) == Some(&b' ') {
+            i += 1;
+        }
+        if i >= v.len() {
+            break;
+        }
+        let start = i;
+        while v.get(i).is_some_and(|&b| b != b' ') {
+            i += 1;
+        }
+        *out.get_mut(n)? = v.get(start..i).unwrap_or_default();
+        n += 1;
+    }
+    (n == N).then_some(out)
+}
+
 /// `(before, from)`: `s` split at the first `sep`, which stays at the start of the
 /// second part; `(s, [])` when there is none.
 fn split_at_byte(s: &[u8], sep: u8) -> (&[u8], &[u8]) {
@@ -296,8 +320,7 @@ fn check_address(t: AddrType, a: &[u8]) -> Result<Option<IpAddr>, ()> {
 }
 
 fn parse_connection<'a>(line: &'a [u8], v: &'a [u8]) -> Result<Connection<'a>, SdpError> {
-    let mut f = fields(v);
-    let (Some(b"IN"), Some(t), Some(addr), None) = (f.next(), f.next(), f.next(), f.next()) else {
+    let Some([b"IN", t, addr]) = exact_fields::<3>(v) else {
         return Err(SdpError::BadConnection);
     };
     let t = addr_type(t).ok_or(SdpError::BadConnection)?;
@@ -319,24 +342,7 @@ fn parse_connection<'a>(line: &'a [u8], v: &'a [u8]) -> Result<Connection<'a>, S
 }
 
 fn parse_origin(v: &[u8]) -> Result<Origin<'_>, SdpError> {
-    let mut f = fields(v);
-    let (
-        Some(username),
-        Some(session_id),
-        Some(session_version),
-        Some(net_type),
-        Some(t),
-        Some(address),
-        None,
-    ) = (
-        f.next(),
-        f.next(),
-        f.next(),
-        f.next(),
-        f.next(),
-        f.next(),
-        f.next(),
-    )
+    let Some([username, session_id, session_version, net_type, t, address]) = exact_fields::<6>(v)
     else {
         return Err(SdpError::BadOrigin);
     };
@@ -635,8 +641,7 @@ pub(crate) fn parse_into<'a>(
                 if !media.is_empty() {
                     return Err(SdpError::OutOfOrder);
                 }
-                let mut f = fields(value);
-                let (Some(a), Some(b), None) = (f.next(), f.next(), f.next()) else {
+                let Some([a, b]) = exact_fields::<2>(value) else {
                     return Err(SdpError::BadTiming);
                 };
                 if !digits(a) || !digits(b) {
