@@ -213,83 +213,92 @@ fn zero_bytes(w: u64) -> u64 {
 #[inline]
 pub(crate) fn find_byte(s: &[u8], c: u8) -> Option<usize> {
     let pattern = LO * u64::from(c);
+    let mut chunks = s.chunks_exact(8);
     let mut i = 0;
-    while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
-        let found = zero_bytes(u64::from_le_bytes(*chunk) ^ pattern);
+    // chunks_exact: no bounds arithmetic per step.
+    for chunk in &mut chunks {
+        let found = zero_bytes(word(chunk) ^ pattern);
         if found != 0 {
             return Some(i + found.trailing_zeros() as usize / 8);
         }
         i += 8;
     }
-    let tail = s.get(i..)?;
-    tail.iter().position(|&b| b == c).map(|p| i + p)
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == c)
+        .map(|p| i + p)
+}
+
+/// An eight-byte chunk as a little-endian word.
+#[inline]
+fn word(chunk: &[u8]) -> u64 {
+    chunk
+        .first_chunk::<8>()
+        .map_or(0, |w| u64::from_le_bytes(*w))
 }
 
 /// The first index of `a` or `b` in `s`.
 #[inline]
 pub(crate) fn find_byte2(s: &[u8], a: u8, b: u8) -> Option<usize> {
     let (pa, pb) = (LO * u64::from(a), LO * u64::from(b));
+    let mut chunks = s.chunks_exact(8);
     let mut i = 0;
-    while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
-        let w = u64::from_le_bytes(*chunk);
+    for chunk in &mut chunks {
+        let w = word(chunk);
         let found = zero_bytes(w ^ pa) | zero_bytes(w ^ pb);
         if found != 0 {
             return Some(i + found.trailing_zeros() as usize / 8);
         }
         i += 8;
     }
-    let tail = s.get(i..)?;
-    tail.iter().position(|&x| x == a || x == b).map(|p| i + p)
+    chunks
+        .remainder()
+        .iter()
+        .position(|&x| x == a || x == b)
+        .map(|p| i + p)
 }
 
-/// The first index of a CR, LF or NUL in `s`. One SWAR test per eight bytes flags every
-/// byte below 0x0e (the lowest flag is exact); those three are nearly the only such bytes
-/// in SIP and SDP text, so a false hit (HT, say) just resumes the search after it.
+/// The first index of a byte below 0x0e for which `target` holds. One SWAR test per
+/// eight bytes flags every byte below 0x0e (the lowest flag is exact); the targets (CR,
+/// LF, NUL) are nearly the only such bytes in SIP and SDP text, so a word with a false
+/// hit (HT, say) just has its rest walked byte by byte.
+#[inline]
+fn find_low_control(s: &[u8], target: impl Fn(u8) -> bool) -> Option<usize> {
+    const BELOW: u64 = LO * 0x0e;
+    let mut chunks = s.chunks_exact(8);
+    let mut i = 0;
+    for chunk in &mut chunks {
+        let w = word(chunk);
+        let low = w.wrapping_sub(BELOW) & !w & HI;
+        if low != 0 {
+            let first = low.trailing_zeros() as usize / 8;
+            let hit = chunk
+                .get(first..)
+                .and_then(|r| r.iter().position(|&b| target(b)));
+            if let Some(p) = hit {
+                return Some(i + first + p);
+            }
+        }
+        i += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| target(b))
+        .map(|p| i + p)
+}
+
+/// The first index of a CR, LF or NUL in `s`.
 #[inline]
 pub(crate) fn find_cr_lf_nul(s: &[u8]) -> Option<usize> {
-    const BELOW: u64 = LO * 0x0e;
-    let mut i = 0;
-    while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
-        let w = u64::from_le_bytes(*chunk);
-        let low = w.wrapping_sub(BELOW) & !w & HI;
-        if low == 0 {
-            i += 8;
-            continue;
-        }
-        let at = i + low.trailing_zeros() as usize / 8;
-        if matches!(s.get(at), Some(b'\r' | b'\n' | 0)) {
-            return Some(at);
-        }
-        i = at + 1;
-    }
-    let tail = s.get(i..)?;
-    tail.iter()
-        .position(|&b| matches!(b, b'\r' | b'\n' | 0))
-        .map(|p| i + p)
+    find_low_control(s, |b| matches!(b, b'\r' | b'\n' | 0))
 }
 
-/// The first index of a CR or LF in `s` ([`find_cr_lf_nul`] without NUL).
+/// The first index of a CR or LF in `s`.
 #[inline]
 pub(crate) fn find_cr_lf(s: &[u8]) -> Option<usize> {
-    const BELOW: u64 = LO * 0x0e;
-    let mut i = 0;
-    while let Some(chunk) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
-        let w = u64::from_le_bytes(*chunk);
-        let low = w.wrapping_sub(BELOW) & !w & HI;
-        if low == 0 {
-            i += 8;
-            continue;
-        }
-        let at = i + low.trailing_zeros() as usize / 8;
-        if matches!(s.get(at), Some(b'\r' | b'\n')) {
-            return Some(at);
-        }
-        i = at + 1;
-    }
-    let tail = s.get(i..)?;
-    tail.iter()
-        .position(|&b| matches!(b, b'\r' | b'\n'))
-        .map(|p| i + p)
+    find_low_control(s, |b| matches!(b, b'\r' | b'\n'))
 }
 
 /// No control byte (below 0x20, or DEL): such a run is qdtext as it stands. Checked
@@ -460,12 +469,13 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
-        let start = self.pos;
-        while self.peek().is_some_and(&f) {
-            self.pos += 1;
-        }
-        self.buf.get(start..self.pos).unwrap_or(&[])
+        // A slice walk with a local count: no bounds check or store of `pos` per byte.
+        let rest = self.rest();
+        let n = rest.iter().position(|&b| !f(b)).unwrap_or(rest.len());
+        self.pos += n;
+        rest.get(..n).unwrap_or(&[])
     }
 
     /// A non-empty token.
