@@ -363,20 +363,34 @@ fn parse_origin(v: &[u8]) -> Result<Origin<'_>, SdpError> {
 
 /// An `m=` line, as a media section of one line.
 fn parse_media_line<'a>(v: &'a [u8], full: &'a [u8]) -> Result<Media<'a>, SdpError> {
-    let mut it = v.splitn(4, |&b| b == b' ');
-    let (Some(kind), Some(port_part), Some(proto), Some(formats)) =
-        (it.next(), it.next(), it.next(), it.next())
-    else {
+    // `kind port proto formats`, split at single spaces (formats keeps the rest), by
+    // word searches rather than a splitting iterator.
+    let split = |s: &'a [u8]| {
+        let i = find_byte(s, b' ')?;
+        Some((s.get(..i)?, s.get(i + 1..)?))
+    };
+    let Some((kind, rest)) = split(v) else {
+        return Err(SdpError::BadMedia);
+    };
+    let Some((port_part, rest)) = split(rest) else {
+        return Err(SdpError::BadMedia);
+    };
+    let Some((proto, formats)) = split(rest) else {
         return Err(SdpError::BadMedia);
     };
     let token_ok = |s: &[u8]| !s.is_empty() && s.iter().all(|&b| b.is_ascii_graphic());
-    if !token_ok(kind) || !token_ok(proto) || formats.trim_ascii().is_empty() {
+    if !token_ok(kind) || !token_ok(proto) || formats.iter().all(u8::is_ascii_whitespace) {
         return Err(SdpError::BadMedia);
     }
-    let mut pp = port_part.splitn(2, |&b| b == b'/');
-    let port_token = pp.next().unwrap_or_default();
+    let (port_token, count) = match find_byte(port_part, b'/') {
+        Some(i) => (
+            port_part.get(..i).unwrap_or_default(),
+            port_part.get(i + 1..),
+        ),
+        None => (port_part, None),
+    };
     let port = parse_u16(port_token).ok_or(SdpError::BadPort)?;
-    let count = match pp.next() {
+    let count = match count {
         Some(c) => Some(parse_u16(c).filter(|&c| c > 0).ok_or(SdpError::BadPort)?),
         None => None,
     };
