@@ -289,6 +289,33 @@ fn find_low_control(s: &[u8], target: impl Fn(u8) -> bool) -> Option<usize> {
         .map(|p| i + p)
 }
 
+/// The first index in `s` of a byte below 0x21 (white space and controls), or of `a`,
+/// `b` or `c`. Eight bytes at a time; the lowest flag of each test is exact, and the
+/// search takes the lowest of all flags.
+#[inline]
+pub(crate) fn find_space_or3(s: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
+    const BELOW: u64 = LO * 0x21;
+    let (pa, pb, pc) = (LO * u64::from(a), LO * u64::from(b), LO * u64::from(c));
+    let mut chunks = s.chunks_exact(8);
+    let mut i = 0;
+    for chunk in &mut chunks {
+        let w = word(chunk);
+        let found = (w.wrapping_sub(BELOW) & !w & HI)
+            | zero_bytes(w ^ pa)
+            | zero_bytes(w ^ pb)
+            | zero_bytes(w ^ pc);
+        if found != 0 {
+            return Some(i + found.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&x| x < 0x21 || x == a || x == b || x == c)
+        .map(|p| i + p)
+}
+
 /// The first index of a CR, LF or NUL in `s`.
 #[inline]
 pub(crate) fn find_cr_lf_nul(s: &[u8]) -> Option<usize> {
@@ -617,6 +644,26 @@ mod tests {
                 assert_eq!(
                     find_cr_lf(s),
                     s.iter().position(|&b| b == b'\r' || b == b'\n')
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn space_or3_search_agrees_with_position() {
+        let alphabet = [
+            b'a', b' ', b'\t', b'>', b'<', b'"', 0x21, 0x20, 0xa0, 0xbe, 0, 0x7f,
+        ];
+        let hay: Vec<u8> = (0..70)
+            .map(|i| alphabet[(i * 5 + i / 9) % alphabet.len()])
+            .collect();
+        for start in 0..hay.len() {
+            for end in start..hay.len() {
+                let s = &hay[start..end];
+                assert_eq!(
+                    find_space_or3(s, b'>', b'<', b'"'),
+                    s.iter()
+                        .position(|&b| b < 0x21 || b == b'>' || b == b'<' || b == b'"')
                 );
             }
         }

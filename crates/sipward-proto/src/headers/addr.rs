@@ -5,7 +5,7 @@ use smallvec::SmallVec;
 use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
-use crate::scan::{is_lws, parse_bounded, Cursor};
+use crate::scan::{find_space_or3, is_lws, parse_bounded, Cursor};
 use crate::uri::{parse_uri, Uri};
 
 /// `[display-name] <uri>` or a bare addr-spec, with header parameters.
@@ -129,6 +129,16 @@ fn parse_one<'a>(
 
 /// The URI between `<` (already consumed) and `>`; no white space allowed inside.
 fn bracket_body<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8], DefectKind> {
+    // Usually the first byte that is white space, a control, or one of > < " is the
+    // closing '>': found eight bytes at a time. Otherwise (a control byte inside, which
+    // the URI parser judges) the byte walk below decides where the URI stops.
+    if let Some(n) = find_space_or3(c.rest(), b'>', b'<', b'"') {
+        if c.rest().get(n) == Some(&b'>') {
+            let uri = c.rest().get(..n).unwrap_or_default();
+            c.set_pos(c.pos() + n + 1);
+            return Ok(uri);
+        }
+    }
     let uri = c.take_while(|b| b != b'>' && !is_lws(b) && b != b'<' && b != b'"');
     if !c.eat(b'>') {
         return Err(DefectKind::MalformedUri);
