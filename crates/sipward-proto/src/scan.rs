@@ -137,6 +137,7 @@ pub(crate) enum UriClass {
 
 /// True when `s` is non-empty (if `allow_empty` is false) and made only of the class's
 /// characters and well-formed `%HH` escapes.
+#[inline]
 pub(crate) fn is_escaped_run(s: &[u8], class_of: UriClass, allow_empty: bool) -> bool {
     if s.is_empty() {
         return allow_empty;
@@ -337,6 +338,7 @@ fn is_plain_qdtext(run: &[u8]) -> bool {
 }
 
 /// Trims linear white space (including folds) from both ends.
+#[inline]
 pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
     // Usually there is nothing to trim: two byte tests instead of two scans.
     if s.first().is_none_or(|&b| !is_lws(b)) && s.last().is_none_or(|&b| !is_lws(b)) {
@@ -364,6 +366,7 @@ pub(crate) fn parse_decimal(s: &[u8], max_digits: usize) -> Option<u64> {
 }
 
 /// Parses a decimal number that may carry leading zeros ("0068"), bounded by `max`.
+#[inline]
 pub(crate) fn parse_bounded(s: &[u8], max: u64) -> Option<u64> {
     // Up to 19 digits cannot overflow a u64: one walk, leading zeros and all.
     if !s.is_empty() && s.len() <= 19 {

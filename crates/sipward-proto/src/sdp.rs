@@ -274,6 +274,7 @@ fn digits(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(u8::is_ascii_digit)
 }
 
+#[inline]
 fn parse_u16(s: &[u8]) -> Option<u16> {
     if !digits(s) || s.len() > 5 {
         return None;
@@ -298,6 +299,7 @@ fn addr_type(s: &[u8]) -> Option<AddrType> {
 }
 
 /// Checks an address token for its type; returns the IP if it is one.
+#[inline]
 fn check_address(t: AddrType, a: &[u8]) -> Result<Option<IpAddr>, ()> {
     match t {
         AddrType::Ip4 => {
@@ -433,6 +435,7 @@ fn parse_rtcp(v: &[u8]) -> Result<Rtcp<'_>, SdpError> {
     }
 }
 
+#[inline]
 fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
     let bad = SdpError::BadAttribute;
     // payload type: one to five digits (leading zeros allowed), at most 127, then a

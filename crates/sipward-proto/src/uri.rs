@@ -42,6 +42,7 @@ impl<'a> Host<'a> {
 }
 
 /// Parses a host: an IPv6 reference, an IPv4 address or a host name.
+#[inline]
 pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
     if let Some(inner) = s.strip_prefix(b"[") {
         let inner = inner.strip_suffix(b"]").ok_or(DefectKind::InvalidIp)?;
@@ -70,6 +71,7 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
 
 /// Dotted-quad IPv4 address: four decimal octets, no leading zeros (as the standard
 /// library's parser, without its UTF-8 round trip), octet by octet.
+#[inline]
 pub(crate) fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
     let mut rest = s;
@@ -106,6 +108,7 @@ fn parse_octet(s: &[u8]) -> Option<(u8, usize)> {
 
 /// RFC 3261 hostname: dot-separated labels of alphanumerics and inner hyphens, the last
 /// starting with a letter, an optional trailing dot; at most 63 bytes a label, 255 in all.
+#[inline]
 pub fn is_hostname(s: &[u8]) -> bool {
     let s = s.strip_suffix(b".").unwrap_or(s);
     // Characters first, in a loop with no branch per byte; then the label rules, which
@@ -132,6 +135,7 @@ pub fn is_hostname(s: &[u8]) -> bool {
 }
 
 /// Parses a port: 1 to 65535, at most five digits.
+#[inline]
 pub fn parse_port(s: &[u8]) -> Result<u16, DefectKind> {
     if s.is_empty() || s.len() > 5 || !s.iter().all(|&b| is_digit(b)) {
         return Err(DefectKind::InvalidPort);
@@ -144,6 +148,7 @@ pub fn parse_port(s: &[u8]) -> Result<u16, DefectKind> {
 }
 
 /// Splits `host[:port]`, where host may be an IPv6 reference.
+#[inline]
 pub(crate) fn parse_host_port(s: &[u8]) -> Result<(Host<'_>, Option<u16>), DefectKind> {
     let (host, port) = if s.first() == Some(&b'[') {
         let close = s
@@ -363,6 +368,7 @@ fn parse_sip<'a>(
     }))
 }
 
+#[inline]
 fn check_uri_params(params: &[u8], limits: &Limits) -> Result<(), DefectKind> {
     if params.is_empty() {
         return Ok(());

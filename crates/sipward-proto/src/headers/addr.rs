@@ -128,6 +128,7 @@ fn parse_one<'a>(
 }
 
 /// The URI between `<` (already consumed) and `>`; no white space allowed inside.
+#[inline]
 fn bracket_body<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8], DefectKind> {
     // Usually the first byte that is white space, a control, or one of > < " is the
     // closing '>': found eight bytes at a time. Otherwise (a control byte inside, which
@@ -285,6 +286,7 @@ struct ContactParams {
 }
 
 impl ContactParams {
+    #[inline]
     fn visit(&mut self, name: &[u8], value: Option<&[u8]>) {
         if !self.expires_seen && name.eq_ignore_ascii_case(b"expires") {
             self.expires_seen = true;

@@ -66,6 +66,7 @@ impl<'a> Iterator for ParamIter<'a> {
 }
 
 /// One `name [= value]` with value a token, an IPv6 reference or a quoted string.
+#[inline]
 fn next_param<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Option<&'a [u8]>), DefectKind> {
     let name = c.token().ok_or(DefectKind::MalformedHeader)?;
     if !c.eat_sep(b'=') {
@@ -156,11 +157,13 @@ pub(crate) fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, DefectKind> {
 }
 
 /// A scalar header that is just a number (Max-Forwards, Expires, Content-Length).
+#[inline]
 pub(crate) fn parse_number(value: &[u8], max: u64) -> Option<u64> {
     parse_bounded(trim_lws(value), max)
 }
 
 /// Call-ID: `word [ "@" word ]`.
+#[inline]
 pub(crate) fn is_call_id(value: &[u8]) -> bool {
     let word = |w: &[u8]| !w.is_empty() && crate::scan::all_word(w);
     match memchr::memchr(b'@', value) {
@@ -219,6 +222,7 @@ pub(crate) fn parse_content_type<'a>(
 }
 
 /// Compares a media type (possibly with LWS around the slash) with `type/subtype`.
+#[inline]
 pub(crate) fn media_type_is(media_type: &[u8], expected: &str) -> bool {
     // Nearly always written without white space: one compare, without early exit (the
     // compiler vectorizes it).

@@ -115,6 +115,7 @@ struct ViaParams<'a> {
 }
 
 impl<'a> ViaParams<'a> {
+    #[inline]
     fn visit(&mut self, name: &'a [u8], value: Option<&'a [u8]>) {
         if self.error.is_none() {
             if let Err(e) = self.take(name, value) {
