@@ -549,10 +549,8 @@ pub(crate) fn parse_into<'a>(
     if body.len() > limits.max_sdp_len {
         return Err(SdpError::TooLarge);
     }
-    let mut origin = None;
-    let mut session_name = None;
-    let mut connection = None;
-    let mut session_direction = None;
+    // Origin, session name, connection and direction go straight into `out`: fewer
+    // values live across the loop, and none is copied into place at the end.
     let mut timing = false;
     let media = &mut out.media;
     let mut count = 0usize;
@@ -613,7 +611,7 @@ pub(crate) fn parse_into<'a>(
             }
             (0, _) => return Err(SdpError::MissingVersion),
             (1, b'o') => {
-                origin = Some(parse_origin(value)?);
+                out.origin = parse_origin(value)?;
                 seen_order = 2;
                 continue;
             }
@@ -622,7 +620,7 @@ pub(crate) fn parse_into<'a>(
                 if value.is_empty() {
                     return Err(SdpError::MissingSessionName);
                 }
-                session_name = Some(value);
+                out.session_name = value;
                 seen_order = 3;
                 continue;
             }
@@ -650,7 +648,7 @@ pub(crate) fn parse_into<'a>(
                 let c = parse_connection(line, value)?;
                 match media.last_mut() {
                     Some(m) if m.connection.is_none() => m.connection = Some(c),
-                    None if connection.is_none() => connection = Some(c),
+                    None if out.connection.is_none() => out.connection = Some(c),
                     _ => return Err(SdpError::BadConnection),
                 }
             }
@@ -674,7 +672,7 @@ pub(crate) fn parse_into<'a>(
                 if let Some(d) = direction(name) {
                     match media.last_mut() {
                         Some(m) => m.direction = Some(d),
-                        None => session_direction = Some(d),
+                        None => out.direction = Some(d),
                     }
                 } else if name == b"rtcp" {
                     let r = parse_rtcp(attr_value.ok_or(SdpError::BadAttribute)?)?;
@@ -694,26 +692,22 @@ pub(crate) fn parse_into<'a>(
             _ => return Err(SdpError::BadLine),
         }
     }
-    let origin = match seen_order {
+    match seen_order {
         0 => return Err(SdpError::MissingVersion),
         1 => return Err(SdpError::MissingOrigin),
         2 => return Err(SdpError::MissingSessionName),
-        _ => origin.ok_or(SdpError::MissingOrigin)?,
-    };
+        _ => {}
+    }
     if !timing {
         return Err(SdpError::MissingTiming);
     }
-    if connection.is_none()
+    if out.connection.is_none()
         && media
             .iter()
             .any(|m| m.connection.is_none() && !m.is_declined())
     {
         return Err(SdpError::MissingConnection);
     }
-    out.origin = origin;
-    out.session_name = session_name.unwrap_or_default();
-    out.connection = connection;
-    out.direction = session_direction;
     Ok(())
 }
 
