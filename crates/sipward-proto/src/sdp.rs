@@ -435,7 +435,9 @@ fn parse_rtcp(v: &[u8]) -> Result<Rtcp<'_>, SdpError> {
     }
 }
 
-#[inline]
+// Always inlined into the body parser, which only wants the verdict: the fields it
+// would build are then never materialized.
+#[inline(always)]
 fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
     let bad = SdpError::BadAttribute;
     // payload type: one to five digits (leading zeros allowed), at most 127, then a
