@@ -557,7 +557,9 @@ pub(crate) fn parse_into<'a>(
     let media = &mut out.media;
     let mut count = 0usize;
     let mut seen_order = 0u8; // 0: nothing, 1: v, 2: o, 3: s, then anything
-    let body_start = body.as_ptr() as usize;
+                              // Offsets of the last media section: its m= line through the last line extended
+                              // over. Stored into the section itself when the next m= line or the body ends.
+    let mut section = 0..0;
 
     let mut pos = 0;
     while let Some(rest) = body.get(pos..).filter(|r| !r.is_empty()) {
@@ -630,12 +632,9 @@ pub(crate) fn parse_into<'a>(
             (_, b'v' | b'o' | b's') => return Err(SdpError::OutOfOrder),
             _ => {}
         }
-        // Extend the current media section over this line.
-        if let Some(m) = media.last_mut() {
-            let start = m.section.as_ptr() as usize - body_start;
-            let end = full.as_ptr() as usize - body_start + full.len();
-            m.section = body.get(start..end).unwrap_or(m.section);
-        }
+        // Extend the current media section over this line (a following m= line
+        // included, as it always was).
+        section.end = pos;
         match kind {
             b'm' => {
                 if !timing {
@@ -644,7 +643,11 @@ pub(crate) fn parse_into<'a>(
                 if media.len() >= limits.max_sdp_media {
                     return Err(SdpError::TooManyMedia);
                 }
+                if let Some(m) = media.last_mut() {
+                    m.section = body.get(section.clone()).unwrap_or(m.section);
+                }
                 media.push(parse_media_line(value, full)?);
+                section = pos - full.len()..pos;
             }
             b'c' => {
                 let c = parse_connection(line, value)?;
@@ -693,6 +696,9 @@ pub(crate) fn parse_into<'a>(
             }
             _ => return Err(SdpError::BadLine),
         }
+    }
+    if let Some(m) = media.last_mut() {
+        m.section = body.get(section).unwrap_or(m.section);
     }
     match seen_order {
         0 => return Err(SdpError::MissingVersion),
