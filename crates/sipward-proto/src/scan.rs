@@ -329,12 +329,31 @@ pub(crate) fn find_cr_lf(s: &[u8]) -> Option<usize> {
     find_low_control(s, |b| matches!(b, b'\r' | b'\n'))
 }
 
-/// No control byte (below 0x20, or DEL): such a run is qdtext as it stands. Checked
-/// without early exit so the compiler can vectorize it.
-fn is_plain_qdtext(run: &[u8]) -> bool {
-    run.iter().fold(0u8, |bad, &b| {
-        bad | u8::from(b < 0x20) | u8::from(b == 0x7f)
-    }) == 0
+/// The first index in `s` of a byte that ends a run of plain qdtext: a quote, a
+/// backslash, a control (below 0x20) or DEL. Eight bytes at a time; each test's lowest
+/// flag is exact, so the lowest of all is.
+#[inline]
+fn find_qdtext_stop(s: &[u8]) -> Option<usize> {
+    const BELOW: u64 = LO * 0x20;
+    let (quote, backslash, del) = (LO * u64::from(b'"'), LO * u64::from(b'\\'), LO * 0x7f);
+    let mut chunks = s.chunks_exact(8);
+    let mut i = 0;
+    for chunk in &mut chunks {
+        let w = word(chunk);
+        let found = (w.wrapping_sub(BELOW) & !w & HI)
+            | zero_bytes(w ^ quote)
+            | zero_bytes(w ^ backslash)
+            | zero_bytes(w ^ del);
+        if found != 0 {
+            return Some(i + found.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b < 0x20 || matches!(b, b'"' | b'\\' | 0x7f))
+        .map(|p| i + p)
 }
 
 /// Trims linear white space (including folds) from both ends.
@@ -522,15 +541,11 @@ impl<'a> Cursor<'a> {
             return None;
         }
         loop {
-            // Bulk step: up to the next quote or backslash, a run of plain qdtext (no
-            // control byte at all) is skipped at once. Anything else, folds included,
-            // goes through the byte-by-byte rules below.
-            let rest = self.rest();
-            if let Some(n) = find_byte2(rest, b'"', b'\\') {
-                if rest.get(..n).is_some_and(is_plain_qdtext) {
-                    self.pos += n;
-                }
-            }
+            // Bulk step: the run of plain qdtext up to the next quote, backslash or
+            // control is skipped in one search; that byte then goes through the rules
+            // below (a fold's CR, LF or HT is allowed there). Without one, the string
+            // is unterminated.
+            self.pos += find_qdtext_stop(self.rest())?;
             match self.peek()? {
                 b'"' => {
                     self.pos += 1;
@@ -667,6 +682,26 @@ mod tests {
                     find_space_or3(s, b'>', b'<', b'"'),
                     s.iter()
                         .position(|&b| b < 0x21 || b == b'>' || b == b'<' || b == b'"')
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn qdtext_stop_search_agrees_with_position() {
+        let alphabet = [
+            b'a', b'"', b'\\', 0x7f, 0x1f, 0x20, b'\t', 0x80, 0xff, 0x9f, 0x5c,
+        ];
+        let hay: Vec<u8> = (0..70)
+            .map(|i| alphabet[(i * 5 + i / 9) % alphabet.len()])
+            .collect();
+        for start in 0..hay.len() {
+            for end in start..hay.len() {
+                let s = &hay[start..end];
+                assert_eq!(
+                    find_qdtext_stop(s),
+                    s.iter()
+                        .position(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
                 );
             }
         }
