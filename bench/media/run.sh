@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Media relay benchmark: sipward's relay vs rtpengine (userspace, one thread), same
 # load, same run. Usage: bench/media/run.sh [seconds per step] [stream counts...]
+# PIN=0 / RT=0 turn off the CPU pinning / real-time scheduling of both relays.
 # Writes bench/results/media-DATE.md; progress goes to the terminal.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -20,7 +21,8 @@ table="$("$here/target/release/sipward-bench-media" "$secs" "${counts[@]}")"
     echo
     echo "Machine: $(uname -m), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)."
     echo "rtpengine $(rtpengine --version 2>&1 | head -1 | awk '{print $NF}') userspace (--table=-1), one worker thread; sipward's relay thread."
-    echo "One generator thread pinned to CPU 0, each relay pinned to CPU 1; ${secs} s per step; 172-byte RTP packets."
+    echo "One generator thread pinned to CPU 0, each relay pinned to CPU 1 under SCHED_FIFO 10 (sipward: [relay] cpu and"
+    echo "realtime_priority; rtpengine: taskset -a, --scheduling=fifo --priority=10); ${secs} s per step; 172-byte RTP packets."
     echo "Throughput: evenly spaced batches of 16 packets (sendmmsg) at rising rates; the highest rate forwarded with under 1% loss;"
     echo "per core-second = forwarded / relay CPU seconds."
     echo "Latency: at half that rate, packets sent one at a time evenly spaced, timed from send to the kernel's arrival"

@@ -34,7 +34,7 @@ use nix::sys::socket::{
 
 use hdrhistogram::Histogram;
 use sipward_core::{LegSpec, MediaCommand, Peer, StreamCounters};
-use sipward_relay::RelayHandle;
+use sipward_relay::{RelayHandle, RelayOptions};
 
 const PAYLOAD: usize = 172; // a 20 ms G.711 packet with its RTP header
 /// Offered loads, packets per second, tried in turn.
@@ -126,8 +126,17 @@ struct Rtpengine {
 }
 
 impl Rtpengine {
-    fn start() -> Rtpengine {
+    fn start(realtime: bool) -> Rtpengine {
+        let scheduling: &[String] = &if realtime {
+            vec![
+                "--scheduling=fifo".to_string(),
+                format!("--priority={REALTIME_PRIORITY}"),
+            ]
+        } else {
+            vec![]
+        };
         let child = Command::new("rtpengine")
+            .args(scheduling)
             .args([
                 "--interface=127.90.0.2",
                 "--listen-ng=127.90.0.2:22222",
@@ -289,17 +298,6 @@ fn thread_cpu_seconds(name: &str) -> Option<f64> {
     None
 }
 
-fn thread_id(name: &str) -> Option<u32> {
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim() == name {
-            return dir.file_name()?.to_str()?.parse().ok();
-        }
-    }
-    None
-}
-
 fn pin(id: u32, cpus: &str, all_threads: bool) {
     let mut cmd = Command::new("taskset");
     if all_threads {
@@ -345,6 +343,11 @@ enum Pacing {
 }
 
 const THROUGHPUT_BATCH: usize = 16;
+/// SCHED_FIFO priority of both relays (RT=0: normal scheduling): sipward's
+/// `[relay] realtime_priority`, rtpengine's `--scheduling=fifo --priority`.
+const REALTIME_PRIORITY: u8 = 10;
+/// The start of a latency run that is not timed.
+const WARM_UP: Duration = Duration::from_millis(250);
 
 /// Sends round-robin to `targets` at `rate` packets/s for `secs`, each packet at its own
 /// time (evenly spaced, as independent 20 ms RTP streams with spread phases are), and
@@ -370,6 +373,9 @@ fn load(
     let mut rbuf = [0u8; 2048];
     let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
     let (mut sent, mut received) = (0u64, 0u64);
+    // Packets sent in the first WARM_UP are forwarded and counted but not timed: the
+    // first packets on fresh ports take the kernel's and the relay's cold paths.
+    let timed_from = wall_clock_ns() + WARM_UP.as_nanos() as u64;
     let mut drain = |received: &mut u64, latency: &mut Histogram<u64>| loop {
         let mut iov = [IoSliceMut::new(&mut rbuf)];
         let Ok(msg) = recvmsg::<SockaddrIn>(
@@ -393,7 +399,13 @@ fn load(
             *received += 1;
             let at = u64::from_le_bytes(rbuf[12..20].try_into().unwrap());
             let arrived = arrived.expect("SO_TIMESTAMPNS gives every datagram a time");
-            let _ = latency.record((arrived.saturating_sub(at) / 1000).max(1));
+            let us = (arrived.saturating_sub(at) / 1000).max(1);
+            if at >= timed_from {
+                let _ = latency.record(us);
+            }
+            if us > 300 && std::env::var("TAILS").is_ok() {
+                eprintln!("tail {us} us, sent at {}", at % 100_000_000_000 / 1000);
+            }
         }
     };
     let started = Instant::now();
@@ -532,6 +544,19 @@ impl Counter {
 }
 
 /// What is still arriving in the 300 ms after the last send.
+/// Waits until the relay has used no CPU for 100 ms (at most 20 s): what an overloaded
+/// step left queued must not be forwarded during the next measurement.
+fn wait_idle(relay: &dyn Relay) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = relay.cpu_seconds();
+        std::thread::sleep(Duration::from_millis(100));
+        if relay.cpu_seconds() - before < 0.002 || Instant::now() > until {
+            return;
+        }
+    }
+}
+
 fn settle_count(receiver: &UdpSocket) -> u64 {
     let mut counter = Counter::new();
     let settle = Instant::now() + Duration::from_millis(300);
@@ -624,8 +649,11 @@ fn measure(
 
     // 2. Latency at half the forwarded rate, against the same path without a relay, on
     // fresh streams (the overload that ended the sweep may have left a relay stuck).
+    wait_idle(relay);
     relay.close_all();
     let targets = relay.open(streams, s_addr, r_addr);
+    wait_idle(relay);
+    Counter::new().drain(&receiver);
     let rate = std::env::var("LAT_RATE")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -691,27 +719,32 @@ fn main() {
     };
     let mut rows = Vec::new();
     let mut direct = HashMap::new();
+    // PIN=0: no CPU pinning; RT=0: normal scheduling for both relays.
+    let pinned = std::env::var("PIN").map_or(true, |v| v != "0");
+    let realtime = std::env::var("RT").map_or(true, |v| v != "0");
     let mut sipward = Sipward {
         name: "sipward",
-        // SIPWARD_SPIN_US overrides the relay's busy-poll window (0: always sleep).
-        relay: match std::env::var("SIPWARD_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            Some(us) => RelayHandle::spawn_with(Duration::from_micros(us)).unwrap(),
-            None => RelayHandle::spawn().unwrap(),
-        },
+        // SIPWARD_SPIN_US sets the relay's busy-poll window (default 0: always sleep).
+        relay: RelayHandle::spawn_with_options(RelayOptions {
+            spin: Duration::from_micros(
+                std::env::var("SIPWARD_SPIN_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
+            cpu: pinned.then_some(1),
+            realtime_priority: realtime.then_some(REALTIME_PRIORITY),
+        })
+        .expect("placing sipward's relay (real-time priority needs CAP_SYS_NICE)"),
         next_id: 1,
         open: Vec::new(),
         next_port: 40000,
     };
-    let mut rtpengine = Rtpengine::start();
-    if std::env::var("PIN").map_or(true, |v| v != "0") {
-        // Generator on CPU 0, each relay (every thread of it) on CPU 1: the generator
-        // never sleeps, and neither relay shares its core with it (PIN=0: no pinning).
-        let relay_tid = thread_id("sipward-relay").expect("the relay thread");
+    let mut rtpengine = Rtpengine::start(realtime);
+    if pinned {
+        // The generator on CPU 0; rtpengine, every thread of it, on CPU 1 (sipward's
+        // relay placed itself there through its own options).
         pin(std::process::id(), "0", false);
-        pin(relay_tid, "1", false);
         pin(rtpengine.child.id(), "1", true);
     }
     for &n in &counts {

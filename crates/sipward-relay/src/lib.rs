@@ -42,6 +42,52 @@ enum Message {
     Quit,
 }
 
+/// Where the relay thread runs and how it is scheduled (`[relay]` in the configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// After forwarding, keep polling without sleeping this long before blocking: while
+    /// media flows the next packet usually comes within the window and is taken without
+    /// a scheduler wake-up, at the price of a busy core. Zero: always block.
+    pub spin: Duration,
+    /// Pin the thread to this CPU (a core kept for media, away from the signalling).
+    pub cpu: Option<usize>,
+    /// Run the thread under SCHED_FIFO at this priority (1-99), so that kernel threads
+    /// and other programs' work on its CPU wait for it rather than the media (needs
+    /// CAP_SYS_NICE). What rtpengine's `--scheduling=fifo --priority=N` does.
+    pub realtime_priority: Option<u8>,
+}
+
+fn place_current_thread(options: &RelayOptions) -> io::Result<()> {
+    if let Some(cpu) = options.cpu {
+        // The affinity mask has room for 1024 CPUs; a larger number is refused here
+        // rather than handed to it.
+        if cpu >= 1024 || !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            return Err(io::Error::other(format!(
+                "cannot pin the media relay to CPU {cpu} (is it online?)"
+            )));
+        }
+    }
+    if let Some(priority) = options.realtime_priority {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
+            ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        };
+        let value = ThreadPriorityValue::try_from(priority)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Crossplatform(value),
+            ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+        )
+        .map_err(|e| {
+            io::Error::other(format!(
+                "cannot run the media relay at real-time priority {priority} ({e:?}; needs CAP_SYS_NICE)"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// The handle the driver keeps: commands go in, the thread does the rest.
 pub struct RelayHandle {
     sender: mpsc::Sender<Message>,
@@ -55,19 +101,41 @@ impl RelayHandle {
         Self::spawn_with(DEFAULT_SPIN)
     }
 
-    /// Starts the relay thread. After forwarding, it keeps polling without sleeping for
-    /// `spin` before it blocks: while media flows, the next packet usually comes within
-    /// that window and is taken without a wake-up from the scheduler, which is most of
-    /// a relay's added latency (and costs more CPU than the spin on a virtual machine).
-    /// Zero: always block.
+    /// Starts the relay thread with a busy-poll window of `spin` and no placement.
     pub fn spawn_with(spin: Duration) -> io::Result<Self> {
+        Self::spawn_with_options(RelayOptions {
+            spin,
+            ..RelayOptions::default()
+        })
+    }
+
+    /// Starts the relay thread placed and scheduled as `options` say. Fails when the
+    /// placement cannot be had (a CPU that does not exist, real-time scheduling without
+    /// the privilege for it): an operator who asked for it should know at start.
+    pub fn spawn_with_options(options: RelayOptions) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (sender, receiver) = mpsc::channel();
         let relay = Relay::new(poll, receiver)?;
+        let (placed_tx, placed_rx) = mpsc::sync_channel(1);
         let thread = thread::Builder::new()
             .name("sipward-relay".into())
-            .spawn(move || relay.run(spin))?;
+            .spawn(move || {
+                let placed = place_current_thread(&options);
+                let ok = placed.is_ok();
+                let _ = placed_tx.send(placed);
+                if ok {
+                    relay.run(options.spin);
+                }
+            })?;
+        match placed_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => return Err(io::Error::other("the media relay thread died at start")),
+        }
         Ok(Self {
             sender,
             waker,

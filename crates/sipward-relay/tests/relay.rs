@@ -185,3 +185,85 @@ fn latching_party_is_answered_where_it_sends_from() {
         assert_eq!(&buf[..n], &[5]);
     }
 }
+
+/// The scheduling policy and allowed CPUs of each thread named `sipward-relay`.
+fn relay_threads() -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        // Other tests' threads come and go: one that is gone is skipped.
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue;
+        };
+        if comm.trim() != "sipward-relay" {
+            continue;
+        }
+        // Fields after the ")" of the name: policy is the 41st field overall.
+        let after: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let policy: u32 = after[38].parse().unwrap();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        found.push((policy, cpus));
+    }
+    found
+}
+
+#[test]
+fn a_placed_relay_runs_pinned_at_realtime_priority_and_still_forwards() {
+    use sipward_relay::RelayOptions;
+    let cpu = std::thread::available_parallelism().unwrap().get() - 1;
+    let relay = RelayHandle::spawn_with_options(RelayOptions {
+        spin: Duration::from_micros(20),
+        cpu: Some(cpu),
+        realtime_priority: Some(5),
+    })
+    .expect("placing the relay (the tests run with CAP_SYS_NICE)");
+    const SCHED_FIFO: u32 = 1;
+    assert!(
+        relay_threads().contains(&(SCHED_FIFO, cpu.to_string())),
+        "no relay thread under SCHED_FIFO on CPU {cpu}: {:?}",
+        relay_threads()
+    );
+    let (phone_rtp, phone_rtcp) = (bind("127.77.4.20:0"), bind("127.77.4.20:0"));
+    let (far_rtp, far_rtcp) = (bind("127.77.5.50:0"), bind("127.77.5.50:0"));
+    let counters = Arc::new(StreamCounters::new(Instant::now()));
+    relay.apply([MediaCommand::Set {
+        id: 1,
+        legs: [
+            LegSpec {
+                local_rtp: sock("127.77.4.1:40000"),
+                peers: vec![strict(&phone_rtp, &phone_rtcp)],
+            },
+            LegSpec {
+                local_rtp: sock("127.77.5.1:40000"),
+                peers: vec![strict(&far_rtp, &far_rtcp)],
+            },
+        ],
+        counters: counters.clone(),
+    }]);
+    std::thread::sleep(Duration::from_millis(100));
+    phone_rtp.send_to(b"placed", "127.77.4.1:40000").unwrap();
+    let (got, from) = receive(&far_rtp).expect("forwarded by the placed relay");
+    assert_eq!(got, b"placed");
+    assert_eq!(from, sock("127.77.5.1:40000"));
+}
+
+#[test]
+fn a_placement_that_cannot_be_had_fails_at_start() {
+    use sipward_relay::RelayOptions;
+    let err = RelayHandle::spawn_with_options(RelayOptions {
+        cpu: Some(4095),
+        ..RelayOptions::default()
+    })
+    .err()
+    .expect("no CPU 4095 here");
+    assert!(err.to_string().contains("CPU 4095"), "{err}");
+}

@@ -40,6 +40,8 @@ pub(crate) struct Config {
     protection: ProtectionSection,
     #[serde(default)]
     admin: AdminSection,
+    #[serde(default)]
+    relay: RelaySection,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
@@ -73,6 +75,22 @@ struct GatewaySection {
 
 fn default_hep_id() -> u32 {
     2001
+}
+
+/// `[relay]`: where the media relay thread runs and how it waits. Every key optional:
+/// by default it runs on any CPU, normally scheduled, and sleeps whenever idle.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelaySection {
+    /// Pin the relay thread to this CPU.
+    #[serde(default)]
+    cpu: Option<Spanned<usize>>,
+    /// SCHED_FIFO priority (1-99) for the relay thread.
+    #[serde(default)]
+    realtime_priority: Option<Spanned<u32>>,
+    /// Microseconds the relay keeps polling after forwarding before it sleeps.
+    #[serde(default)]
+    busy_poll_us: Option<Spanned<u64>>,
 }
 
 /// `[admin]`: the admin API, metrics and dashboard. Enabled when a token is set.
@@ -604,6 +622,44 @@ impl Config {
         Ok(Some((addr, token.get_ref().clone())))
     }
 
+    /// The media relay thread's placement (`[relay]`).
+    pub(crate) fn relay(&self, origin: &str) -> Result<sipward_relay::RelayOptions> {
+        let mut options = sipward_relay::RelayOptions::default();
+        if let Some(cpu) = &self.relay.cpu {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if *cpu.get_ref() >= cpus {
+                bail!(
+                    "{}: [relay] cpu {}: this machine has CPUs 0 to {}",
+                    self.at(origin, cpu),
+                    cpu.get_ref(),
+                    cpus - 1
+                );
+            }
+            options.cpu = Some(*cpu.get_ref());
+        }
+        if let Some(priority) = &self.relay.realtime_priority {
+            match u8::try_from(*priority.get_ref()) {
+                Ok(p @ 1..=99) => options.realtime_priority = Some(p),
+                _ => bail!(
+                    "{}: [relay] realtime_priority {}: expected 1 to 99 (SCHED_FIFO)",
+                    self.at(origin, priority),
+                    priority.get_ref()
+                ),
+            }
+        }
+        if let Some(us) = &self.relay.busy_poll_us {
+            if *us.get_ref() > 1_000_000 {
+                bail!(
+                    "{}: [relay] busy_poll_us {}: at most 1000000 (one second)",
+                    self.at(origin, us),
+                    us.get_ref()
+                );
+            }
+            options.spin = Duration::from_micros(*us.get_ref());
+        }
+        Ok(options)
+    }
+
     /// The syslog and HEP collectors, when configured.
     pub(crate) fn collectors(&self, origin: &str) -> Result<crate::driver::Collectors> {
         let addr = |v: &Spanned<String>, key: &str| -> Result<SocketAddr> {
@@ -842,6 +898,40 @@ mod tests {
         assert_eq!(c.limits.to_limits(), Limits::default());
         let c = Config::parse("[limits]\nmax_param_len = 10\n", "t").unwrap();
         assert_eq!(c.validate_limits().max_param_len, 10);
+    }
+
+    #[test]
+    fn relay_placement_is_read_and_checked_with_its_line() {
+        let file = Config::parse(
+            "[relay]\ncpu = 0\nrealtime_priority = 10\nbusy_poll_us = 20\n",
+            "r.toml",
+        )
+        .unwrap();
+        let options = file.relay("r.toml").unwrap();
+        assert_eq!(options.cpu, Some(0));
+        assert_eq!(options.realtime_priority, Some(10));
+        assert_eq!(options.spin, Duration::from_micros(20));
+        assert_eq!(
+            Config::parse("", "r.toml")
+                .unwrap()
+                .relay("r.toml")
+                .unwrap(),
+            sipward_relay::RelayOptions::default()
+        );
+        for (text, line, word) in [
+            ("[relay]\n\nrealtime_priority = 0\n", 3, "1 to 99"),
+            ("[relay]\nrealtime_priority = 100\n", 2, "1 to 99"),
+            ("[relay]\ncpu = 4096\n", 2, "this machine has CPUs"),
+            ("[relay]\nbusy_poll_us = 2000000\n", 2, "at most"),
+        ] {
+            let e = Config::parse(text, "r.toml")
+                .unwrap()
+                .relay("r.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("r.toml:{line}: ")), "{e}");
+            assert!(e.contains(word), "{e}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub(crate) struct Settings {
     /// embedded default).
     pub(crate) path: Option<std::path::PathBuf>,
     pub(crate) collectors: Collectors,
+    /// Where the media relay thread runs.
+    pub(crate) relay: sipward_relay::RelayOptions,
 }
 
 /// Where copies of events and messages go.
@@ -121,7 +123,8 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     };
 
     let mut gateway = Gateway::new(config);
-    let relay = RelayHandle::spawn().context("cannot start the media relay")?;
+    let relay = RelayHandle::spawn_with_options(settings.relay.clone())
+        .context("cannot start the media relay")?;
     println!("sipward: ready");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
