@@ -291,17 +291,24 @@ fn find_low_control(s: &[u8], target: impl Fn(u8) -> bool) -> Option<usize> {
 }
 
 /// The first index in `s` of a byte below 0x21 (white space and controls), or of `a`,
-/// `b` or `c`. Eight bytes at a time; the lowest flag of each test is exact, and the
-/// search takes the lowest of all flags.
+/// `b` or `c`.
 #[inline]
 pub(crate) fn find_space_or3(s: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
-    const BELOW: u64 = LO * 0x21;
+    find_below_or3(s, 0x21, a, b, c)
+}
+
+/// The first index in `s` of a byte below `below` (at most 0x80), or of `a`, `b` or `c`.
+/// Eight bytes at a time; the lowest flag of each test is exact, and the search takes the
+/// lowest of all flags. Inlined with constant arguments, the patterns fold away.
+#[inline(always)]
+fn find_below_or3(s: &[u8], below: u8, a: u8, b: u8, c: u8) -> Option<usize> {
+    let floor = LO * u64::from(below);
     let (pa, pb, pc) = (LO * u64::from(a), LO * u64::from(b), LO * u64::from(c));
     let mut chunks = s.chunks_exact(8);
     let mut i = 0;
     for chunk in &mut chunks {
         let w = word(chunk);
-        let found = (w.wrapping_sub(BELOW) & !w & HI)
+        let found = (w.wrapping_sub(floor) & !w & HI)
             | zero_bytes(w ^ pa)
             | zero_bytes(w ^ pb)
             | zero_bytes(w ^ pc);
@@ -313,7 +320,7 @@ pub(crate) fn find_space_or3(s: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
     chunks
         .remainder()
         .iter()
-        .position(|&x| x < 0x21 || x == a || x == b || x == c)
+        .position(|&x| x < below || x == a || x == b || x == c)
         .map(|p| i + p)
 }
 
@@ -330,30 +337,10 @@ pub(crate) fn find_cr_lf(s: &[u8]) -> Option<usize> {
 }
 
 /// The first index in `s` of a byte that ends a run of plain qdtext: a quote, a
-/// backslash, a control (below 0x20) or DEL. Eight bytes at a time; each test's lowest
-/// flag is exact, so the lowest of all is.
+/// backslash, a control (below 0x20) or DEL.
 #[inline]
 fn find_qdtext_stop(s: &[u8]) -> Option<usize> {
-    const BELOW: u64 = LO * 0x20;
-    let (quote, backslash, del) = (LO * u64::from(b'"'), LO * u64::from(b'\\'), LO * 0x7f);
-    let mut chunks = s.chunks_exact(8);
-    let mut i = 0;
-    for chunk in &mut chunks {
-        let w = word(chunk);
-        let found = (w.wrapping_sub(BELOW) & !w & HI)
-            | zero_bytes(w ^ quote)
-            | zero_bytes(w ^ backslash)
-            | zero_bytes(w ^ del);
-        if found != 0 {
-            return Some(i + found.trailing_zeros() as usize / 8);
-        }
-        i += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b < 0x20 || matches!(b, b'"' | b'\\' | 0x7f))
-        .map(|p| i + p)
+    find_below_or3(s, 0x20, b'"', b'\\', 0x7f)
 }
 
 /// Trims linear white space (including folds) from both ends.
