@@ -612,7 +612,9 @@ fn measure(
     // queued.)
     let mut best: Option<(u64, u64, f64, f64)> = None; // sent, forwarded, secs, cpu
     let mut cost_at_50k = None;
-    for rate in RATES {
+    // SWEEP=0 skips the capacity sweep (with LAT_RATE, one fixed load: for profiling).
+    let sweep = std::env::var("SWEEP").map_or(true, |v| v != "0");
+    for rate in RATES.into_iter().filter(|_| sweep) {
         eprintln!(
             "  {} {streams} streams: {rate} packets/s for {secs} s",
             relay.name()
@@ -662,15 +664,17 @@ fn measure(
         "  {} {streams} streams: latency at {rate:.0} packets/s",
         relay.name()
     );
-    let hist = load(
+    let cpu_before = relay.cpu_seconds();
+    let timed = load(
         &sender,
         &receiver,
         &targets,
         secs.min(2.0),
         rate,
         Pacing::Even,
-    )
-    .latency;
+    );
+    let even_cost = (relay.cpu_seconds() - cpu_before) / timed.received.max(1) as f64 * 1e6;
+    let hist = timed.latency;
     let key = rate as u64 / 1000;
     let base = *direct.entry(key).or_insert_with(|| {
         let h = load(
@@ -685,7 +689,7 @@ fn measure(
         (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
     });
     eprintln!(
-        "  raw p50/p90/p99 {} / {} / {}, direct p50/p99 {} / {}",
+        "  raw p50/p90/p99 {} / {} / {}, direct p50/p99 {} / {}; relay CPU {even_cost:.2} us per packet",
         hist.value_at_quantile(0.5),
         hist.value_at_quantile(0.9),
         hist.value_at_quantile(0.99),
