@@ -12,8 +12,9 @@
 //! 2. latency: on fresh streams, sends at half that rate one packet at a time, evenly
 //!    spaced (independent 20 ms streams with spread phases), and times each packet from
 //!    just before its send to the kernel's arrival timestamp on the receiver socket
-//!    (SO_TIMESTAMPNS); the same load sent straight to the receiver is the baseline
-//!    subtracted;
+//!    (SO_TIMESTAMPNS), after an untimed warm-up; a send the generator missed by more
+//!    than 50 µs is skipped rather than burst; the same load sent straight to the
+//!    receiver is the baseline subtracted;
 //! 3. reports the relay's resident memory growth per stream.
 //!
 //! Usage: sipward-bench-media [seconds] [stream counts...]; prints a Markdown table.
