@@ -36,16 +36,33 @@ fn strict(rtp: &UdpSocket, rtcp: &UdpSocket) -> Peer {
 }
 
 fn set(relay: &RelayHandle, id: u64, inside: Vec<Peer>, outside: Vec<Peer>) -> Arc<StreamCounters> {
+    set_at(
+        relay,
+        id,
+        ["127.77.0.1:40000", "127.77.1.1:40000"],
+        inside,
+        outside,
+    )
+}
+
+/// `set` with the relay's own RTP ports on each side given.
+fn set_at(
+    relay: &RelayHandle,
+    id: u64,
+    local: [&str; 2],
+    inside: Vec<Peer>,
+    outside: Vec<Peer>,
+) -> Arc<StreamCounters> {
     let counters = Arc::new(StreamCounters::new(Instant::now()));
     relay.apply([MediaCommand::Set {
         id,
         legs: [
             LegSpec {
-                local_rtp: sock("127.77.0.1:40000"),
+                local_rtp: sock(local[0]),
                 peers: inside,
             },
             LegSpec {
-                local_rtp: sock("127.77.1.1:40000"),
+                local_rtp: sock(local[1]),
                 peers: outside,
             },
         ],
@@ -234,22 +251,13 @@ fn a_placed_relay_runs_pinned_at_realtime_priority_and_still_forwards() {
     );
     let (phone_rtp, phone_rtcp) = (bind("127.77.4.20:0"), bind("127.77.4.20:0"));
     let (far_rtp, far_rtcp) = (bind("127.77.5.50:0"), bind("127.77.5.50:0"));
-    let counters = Arc::new(StreamCounters::new(Instant::now()));
-    relay.apply([MediaCommand::Set {
-        id: 1,
-        legs: [
-            LegSpec {
-                local_rtp: sock("127.77.4.1:40000"),
-                peers: vec![strict(&phone_rtp, &phone_rtcp)],
-            },
-            LegSpec {
-                local_rtp: sock("127.77.5.1:40000"),
-                peers: vec![strict(&far_rtp, &far_rtcp)],
-            },
-        ],
-        counters: counters.clone(),
-    }]);
-    std::thread::sleep(Duration::from_millis(100));
+    set_at(
+        &relay,
+        1,
+        ["127.77.4.1:40000", "127.77.5.1:40000"],
+        vec![strict(&phone_rtp, &phone_rtcp)],
+        vec![strict(&far_rtp, &far_rtcp)],
+    );
     phone_rtp.send_to(b"placed", "127.77.4.1:40000").unwrap();
     let (got, from) = receive(&far_rtp).expect("forwarded by the placed relay");
     assert_eq!(got, b"placed");
