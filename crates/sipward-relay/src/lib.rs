@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
+use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 use sipward_core::{LegSpec, MediaCommand, Peer, Side, StreamCounters, StreamId};
 use slab::Slab;
 
@@ -185,6 +185,76 @@ struct Slot {
     channel: Channel,
 }
 
+/// What a read's forwarding came to, for the stream's counters.
+#[derive(Default)]
+struct Tally {
+    packets: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+/// The most a train carries: UDP's 65,507-byte payload limit, with room to spare.
+const MAX_TRAIN_BYTES: usize = 60_000;
+
+/// Datagrams to one party sent in one GSO `sendmsg`: all of `segment` bytes except the
+/// last, which may be shorter (and then ends the train), all with the same ECN marks.
+#[derive(Default)]
+struct Train {
+    segment: usize,
+    count: usize,
+    ecn: Option<EcnCodepoint>,
+    closed: bool,
+}
+
+impl Train {
+    fn fits(&self, len: usize, ecn: Option<EcnCodepoint>, max: usize, bytes: usize) -> bool {
+        self.count == 0
+            || (!self.closed
+                && ecn == self.ecn
+                && len <= self.segment
+                && self.count < max
+                && bytes + len <= MAX_TRAIN_BYTES)
+    }
+
+    fn add(&mut self, len: usize, ecn: Option<EcnCodepoint>) {
+        if self.count == 0 {
+            self.segment = len;
+            self.ecn = ecn;
+        }
+        self.closed = len < self.segment;
+        self.count += 1;
+    }
+
+    /// Sends the train in `data` (and empties both).
+    fn send(
+        &mut self,
+        state: &UdpSocketState,
+        socket: &UdpSocket,
+        target: SocketAddr,
+        data: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) {
+        if self.count == 0 {
+            return;
+        }
+        let transmit = Transmit {
+            destination: target,
+            ecn: self.ecn,
+            contents: data,
+            segment_size: (self.count > 1).then_some(self.segment),
+            src_ip: None,
+        };
+        if state.send(UdpSockRef::from(socket), &transmit).is_ok() {
+            tally.packets += self.count as u64;
+            tally.bytes += data.len() as u64;
+        } else {
+            tally.dropped += self.count as u64;
+        }
+        *self = Train::default();
+        data.clear();
+    }
+}
+
 /// A leg's parties as the relay tracks them, latched addresses included.
 #[derive(Default)]
 struct Leg {
@@ -274,6 +344,8 @@ struct Relay {
     by_id: HashMap<StreamId, usize>,
     /// `BATCH_SIZE` receive buffers of `BUFFER` bytes, end to end.
     buffers: Vec<u8>,
+    /// The datagrams of the train being put together, end to end.
+    train: Vec<u8>,
     /// quinn-udp's batching state, one for every media socket: it holds what the kernel
     /// can do (GSO, GRO), not anything of one socket, and making it per socket costs two
     /// probe sockets and six socket options each time (measured: most of the relay's
@@ -296,6 +368,7 @@ impl Relay {
             streams: Slab::new(),
             by_id: HashMap::new(),
             buffers: vec![0u8; BATCH_SIZE * BUFFER],
+            train: Vec::with_capacity(MAX_TRAIN_BYTES),
             state,
             _state_socket: state_socket,
         })
@@ -473,6 +546,10 @@ impl Relay {
         }
     }
 
+    /// Sends what one read brought in: each datagram the leg accepts goes to the other
+    /// leg's party. Consecutive datagrams of one size (the last may be shorter) leave in
+    /// one `sendmsg` with UDP GSO, a "train": a burst on one socket (a video key frame,
+    /// audio queued behind a stall) costs one system call instead of one per packet.
     fn forward(&mut self, key: usize, meta: &[RecvMeta], count: usize) {
         let Some(slot) = self.slots.get(key) else {
             return;
@@ -482,65 +559,54 @@ impl Relay {
             return;
         };
         let now = Instant::now();
-        let mut packets = 0u64;
-        let mut bytes = 0u64;
-        let mut dropped = 0u64;
         let out_slot = channel_of(side.other().of(&stream.slots), channel);
+        let out = out_slot.and_then(|k| self.slots.get(k));
         let (from_leg, to_leg) = legs_mut(&mut stream.legs, side);
+        let target = to_leg.destination(channel);
+        let max_segments = self.state.max_gso_segments().max(1);
+        let mut tally = Tally::default();
+        let mut train = Train::default();
+        self.train.clear();
         for (m, buf) in meta.iter().zip(self.buffers.chunks(BUFFER)).take(count) {
-            let stride = m.stride.max(1);
-            let segments = m.len.div_ceil(stride) as u64;
             let accepted = from_leg.accepts(channel, m.addr);
-            let target = to_leg.destination(channel);
-            let (Some(target), Some(out), true) = (target, out_slot, accepted) else {
-                dropped += segments;
-                continue;
-            };
-            let Some(out) = self.slots.get(out) else {
-                dropped += segments;
-                continue;
-            };
             let Some(contents) = buf.get(..m.len) else {
-                dropped += segments;
+                tally.dropped += 1;
                 continue;
             };
-            let sent = if segments == 1 || self.state.max_gso_segments() > 1 {
-                let transmit = Transmit {
-                    destination: target,
-                    ecn: m.ecn,
-                    contents,
-                    segment_size: (segments > 1).then_some(stride),
-                    src_ip: None,
+            for datagram in contents.chunks(m.stride.max(1)) {
+                let (Some(target), Some(out), true) = (target, out, accepted) else {
+                    tally.dropped += 1;
+                    continue;
                 };
-                self.state
-                    .send(UdpSockRef::from(&out.socket), &transmit)
-                    .is_ok()
-            } else {
-                contents.chunks(stride).all(|datagram| {
-                    let transmit = Transmit {
-                        destination: target,
-                        ecn: m.ecn,
-                        contents: datagram,
-                        segment_size: None,
-                        src_ip: None,
-                    };
-                    self.state
-                        .send(UdpSockRef::from(&out.socket), &transmit)
-                        .is_ok()
-                })
-            };
-            if sent {
-                packets += segments;
-                bytes += m.len as u64;
-            } else {
-                dropped += segments;
+                if !train.fits(datagram.len(), m.ecn, max_segments, self.train.len()) {
+                    train.send(
+                        &self.state,
+                        &out.socket,
+                        target,
+                        &mut self.train,
+                        &mut tally,
+                    );
+                }
+                train.add(datagram.len(), m.ecn);
+                self.train.extend_from_slice(datagram);
             }
         }
-        if packets > 0 {
-            stream.counters.record(side, packets, bytes, now);
+        if let (Some(target), Some(out)) = (target, out) {
+            train.send(
+                &self.state,
+                &out.socket,
+                target,
+                &mut self.train,
+                &mut tally,
+            );
         }
-        if dropped > 0 {
-            stream.counters.record_drop(dropped);
+        if tally.packets > 0 {
+            stream
+                .counters
+                .record(side, tally.packets, tally.bytes, now);
+        }
+        if tally.dropped > 0 {
+            stream.counters.record_drop(tally.dropped);
         }
     }
 }

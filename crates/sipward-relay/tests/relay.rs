@@ -275,3 +275,45 @@ fn a_placement_that_cannot_be_had_fails_at_start() {
     .expect("no CPU 4095 here");
     assert!(err.to_string().contains("CPU 4095"), "{err}");
 }
+
+#[test]
+fn a_burst_on_one_socket_arrives_whole_and_in_order() {
+    let relay = RelayHandle::spawn().unwrap();
+    let (phone_rtp, phone_rtcp) = (bind("127.77.6.20:0"), bind("127.77.6.20:0"));
+    let (far_rtp, far_rtcp) = (bind("127.77.7.50:0"), bind("127.77.7.50:0"));
+    let counters = set_at(
+        &relay,
+        1,
+        ["127.77.6.1:40000", "127.77.7.1:40000"],
+        vec![strict(&phone_rtp, &phone_rtcp)],
+        vec![strict(&far_rtp, &far_rtcp)],
+    );
+    // Equal sizes (one train), a shorter one (ends it), then larger and smaller ones
+    // (new trains), all queued before the relay reads: the relay must keep every
+    // datagram's bounds and order.
+    let sizes: Vec<usize> = (0..70)
+        .map(|_| 172)
+        .chain([100, 1200, 1200, 1200, 40, 172, 1400])
+        .collect();
+    let burst: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|k| (i * 7 + k) as u8).collect())
+        .collect();
+    for datagram in &burst {
+        phone_rtp.send_to(datagram, "127.77.6.1:40000").unwrap();
+    }
+    for (i, sent) in burst.iter().enumerate() {
+        let (got, from) = receive(&far_rtp).unwrap_or_else(|| panic!("datagram {i} lost"));
+        assert_eq!(from, sock("127.77.7.1:40000"));
+        assert_eq!(&got, sent, "datagram {i} (of {} bytes) changed", sent.len());
+    }
+    assert!(receive(&far_rtp).is_none(), "more came out than went in");
+    let snapshot = counters.snapshot();
+    assert_eq!(snapshot.packets[0], burst.len() as u64);
+    assert_eq!(
+        snapshot.bytes[0],
+        sizes.iter().sum::<usize>() as u64,
+        "bytes counted"
+    );
+}
