@@ -247,8 +247,24 @@ impl Train {
         if state.send(UdpSockRef::from(socket), &transmit).is_ok() {
             tally.packets += self.count as u64;
             tally.bytes += data.len() as u64;
+        } else if self.count > 1 {
+            // The kernel may refuse a train another packet would pass (a segment larger
+            // than the path MTU allows for GSO): send its datagrams one by one.
+            for datagram in data.chunks(self.segment.max(1)) {
+                let single = Transmit {
+                    contents: datagram,
+                    segment_size: None,
+                    ..transmit
+                };
+                if state.send(UdpSockRef::from(socket), &single).is_ok() {
+                    tally.packets += 1;
+                    tally.bytes += datagram.len() as u64;
+                } else {
+                    tally.dropped += 1;
+                }
+            }
         } else {
-            tally.dropped += self.count as u64;
+            tally.dropped += 1;
         }
         *self = Train::default();
         data.clear();
