@@ -23,8 +23,8 @@ use crate::hide::{Hider, BRANCH_PREFIX};
 use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
-    has_tag, Binding, BindingView, ClientTx, Dialog, DialogKey, DialogView, Echo, RegisterInfo,
-    ServerTx, Tables,
+    has_tag, Binding, BindingView, ClientTx, Completed, Dialog, DialogKey, DialogView, Echo,
+    RegisterInfo, ServerTx, Tables,
 };
 
 /// How long a transaction is kept after its final response, to route retransmissions
@@ -722,7 +722,8 @@ impl Gateway {
                 .tables
                 .client
                 .get(&tx_key)
-                .map(|tx| Repeat::of(tx.final_at, &tx.last_response));
+                .map(|tx| Repeat::of(tx.final_at, &tx.last_response))
+                .or_else(|| Repeat::completed(&self.tables.completed_client, &tx_key));
             if self.repeated(repeat, at) {
                 return;
             }
@@ -1097,6 +1098,9 @@ impl Gateway {
         }
         if status >= 200 && tx.method != MethodKind::Invite {
             self.tables.client.remove(&key);
+            self.tables
+                .completed_client
+                .insert(key, payload.clone(), at.now);
         }
         self.counters.forwarded += 1;
         self.send(tx.lan_local, tx.phone, payload);
@@ -1137,7 +1141,8 @@ impl Gateway {
                 .tables
                 .server
                 .get(&tx_key)
-                .map(|tx| Repeat::of(tx.final_at, &tx.last_response));
+                .map(|tx| Repeat::of(tx.final_at, &tx.last_response))
+                .or_else(|| Repeat::completed(&self.tables.completed_server, &tx_key));
             if self.repeated(repeat, at) {
                 return;
             }
@@ -1435,6 +1440,9 @@ impl Gateway {
         }
         if status >= 200 && tx.method != MethodKind::Invite {
             self.tables.server.remove(&key);
+            self.tables
+                .completed_server
+                .insert(key, payload.clone(), at.now);
         }
         self.counters.forwarded += 1;
         self.send(tx.wan_local, tx.proxy, payload);
@@ -1511,6 +1519,8 @@ impl Gateway {
         let config = self.config.clone();
         let alg = &config.alg;
 
+        self.tables.completed_client.expire(now, LINGER);
+        self.tables.completed_server.expire(now, LINGER);
         let expired: Vec<_> = self
             .tables
             .client
@@ -1699,11 +1709,15 @@ impl Repeat {
         }
     }
 
+    /// A repeat of an ended non-INVITE transaction: answered with its final response.
+    fn completed(kept: &Completed, key: &(String, Vec<u8>)) -> Option<Repeat> {
+        kept.get(key).map(|r| Repeat::Answer(r.clone()))
+    }
+
     /// Whether a response is kept to answer retransmissions with: a provisional one, and
     /// an INVITE's failure (its transaction lingers). Not a 2xx to an INVITE, which ends
     /// the relay's part in the retransmissions, nor another request's final response,
-    /// whose transaction ends with it (a later repeat reaches the far end, which answers
-    /// it from its own transaction).
+    /// whose transaction ends with it (the response goes to `Completed` instead).
     fn keeps(method: MethodKind, status: u16) -> bool {
         match method {
             MethodKind::Invite => !(200..300).contains(&status),

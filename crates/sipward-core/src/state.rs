@@ -2,9 +2,9 @@
 //! bounded table. This module is the seam for shared state (cluster mode): everything the
 //! gateway remembers goes through these tables' methods.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sipward_proto::{Message, MethodKind};
 
@@ -269,6 +269,46 @@ pub(crate) struct Tables {
     /// limit) and binding tokens per AoR (a registration moving to another phone).
     sessions_by_aor: HashMap<Vec<u8>, usize>,
     tokens_by_aor: HashMap<Vec<u8>, Vec<String>>,
+    /// Final responses to non-INVITE requests from inside and from outside, by the
+    /// transaction's key (see `Completed`).
+    pub(crate) completed_client: Completed,
+    pub(crate) completed_server: Completed,
+}
+
+/// The final responses of ended non-INVITE transactions, kept for a while so that a
+/// retransmitted request whose answer was lost on the way back is answered by the
+/// gateway, as a stateful proxy's completed server transaction does (RFC 3261 17.2.2,
+/// Timer J). Kept apart from the live transaction tables: a late response retransmission
+/// must not run a transaction's side effects (bindings, failed-login counts) twice.
+/// Entries expire in arrival order, so expiry walks only what is due.
+#[derive(Debug, Default)]
+pub(crate) struct Completed {
+    responses: HashMap<(String, Vec<u8>), Vec<u8>>,
+    order: VecDeque<(Instant, (String, Vec<u8>))>,
+}
+
+impl Completed {
+    pub(crate) fn insert(&mut self, key: (String, Vec<u8>), response: Vec<u8>, now: Instant) {
+        if self.responses.insert(key.clone(), response).is_none() {
+            self.order.push_back((now, key));
+        }
+    }
+
+    pub(crate) fn get(&self, key: &(String, Vec<u8>)) -> Option<&Vec<u8>> {
+        self.responses.get(key)
+    }
+
+    /// Forgets what was kept `linger` or longer ago.
+    pub(crate) fn expire(&mut self, now: Instant, linger: Duration) {
+        while let Some((at, _)) = self.order.front() {
+            if now.saturating_duration_since(*at) < linger {
+                return;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.responses.remove(&key);
+            }
+        }
+    }
 }
 
 impl Tables {

@@ -521,6 +521,32 @@ fn retransmitted_invite_is_answered_by_the_gateway_not_relayed() {
 }
 
 #[test]
+fn a_bye_whose_answer_was_lost_is_answered_again_by_the_gateway() {
+    let mut net = Net::new(AlgOptions::default());
+    let inv = invite("lost1", "z9hG4bKlost1");
+    let fwd = text(&net.phone_sends(&inv));
+    net.proxy_sends(&response_to(&fwd, "200 OK", "b1", ""));
+    let bye = "BYE sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKbye1\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-lost1\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b1\r\nCall-ID: lost1@10.0.0.20\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    let bye_out = text(&net.phone_sends(bye));
+    let ok = text(&net.proxy_sends(&response_to(&bye_out, "200 OK", "b1", "")));
+    // The 200 was lost on its way to the phone, which sends the BYE again: the call is
+    // gone at both ends, so only the gateway can answer it.
+    let again = net.deliver(LAN, PHONE, bye);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].remote, addr(PHONE), "answered, not relayed");
+    assert_eq!(text(&again[0]), ok, "the same final answer");
+    assert_eq!(net.gw.counters().absorbed_retransmissions, 1);
+    // Kept 64*T1 (RFC 3261 Timer J), then forgotten.
+    net.advance(Duration::from_secs(33));
+    let late = net.deliver(LAN, PHONE, bye);
+    assert!(
+        late.iter()
+            .all(|t| t.remote != addr(PHONE) || !text(t).contains("200 OK")),
+        "answered from a response kept past its time: {late:?}"
+    );
+}
+
+#[test]
 fn retransmitted_request_from_outside_gets_the_phones_last_answer() {
     let mut net = Net::new(AlgOptions::default());
     let fwd = registered(&mut net, 600);
