@@ -281,6 +281,9 @@ pub(crate) struct Tables {
 /// Timer J). Kept apart from the live transaction tables: a late response retransmission
 /// must not run a transaction's side effects (bindings, failed-login counts) twice.
 /// Entries expire in arrival order, so expiry walks only what is due.
+/// The most final responses one `Completed` table keeps (about 50 MB of typical responses).
+const MAX_COMPLETED: usize = 100_000;
+
 #[derive(Debug, Default)]
 pub(crate) struct Completed {
     responses: HashMap<(String, Vec<u8>), Vec<u8>>,
@@ -291,6 +294,13 @@ impl Completed {
     pub(crate) fn insert(&mut self, key: (String, Vec<u8>), response: Vec<u8>, now: Instant) {
         if self.responses.insert(key.clone(), response).is_none() {
             self.order.push_back((now, key));
+        }
+        // Bounded whatever the request rate: past the cap the oldest go first (a repeat
+        // of theirs then reaches the far end, as without this table).
+        while self.order.len() > MAX_COMPLETED {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.responses.remove(&old);
+            }
         }
     }
 
@@ -420,5 +430,35 @@ impl Tables {
             (Some(other), Some(t)) if other.token == t => Some(other),
             _ => Some(first),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // A test needs a starting instant; the core itself never reads the clock.
+    #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+    use super::*;
+
+    fn key(n: usize) -> (String, Vec<u8>) {
+        (format!("z9hG4bK{n}"), b"BYE".to_vec())
+    }
+
+    #[test]
+    fn completed_responses_expire_in_order_and_stay_bounded() {
+        let t0 = Instant::now();
+        let mut kept = Completed::default();
+        kept.insert(key(0), b"200 zero".to_vec(), t0);
+        kept.insert(key(1), b"200 one".to_vec(), t0 + Duration::from_secs(10));
+        kept.expire(t0 + Duration::from_secs(32), Duration::from_secs(32));
+        assert!(kept.get(&key(0)).is_none(), "kept past its time");
+        assert_eq!(kept.get(&key(1)).unwrap(), b"200 one");
+
+        for n in 2..MAX_COMPLETED + 2 {
+            kept.insert(key(n), Vec::new(), t0 + Duration::from_secs(11));
+        }
+        assert_eq!(kept.responses.len(), MAX_COMPLETED);
+        assert_eq!(kept.order.len(), MAX_COMPLETED);
+        assert!(kept.get(&key(1)).is_none(), "the oldest goes first");
+        assert!(kept.get(&key(MAX_COMPLETED + 1)).is_some());
     }
 }
