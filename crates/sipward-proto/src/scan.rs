@@ -210,15 +210,20 @@ fn zero_bytes(w: u64) -> u64 {
     w.wrapping_sub(LO) & !w & HI
 }
 
-/// The first index of `c` in `s`.
-#[inline]
-pub(crate) fn find_byte(s: &[u8], c: u8) -> Option<usize> {
-    let pattern = LO * u64::from(c);
+/// The skeleton of the exact searches: `flags` marks (bit 7 of each byte) the bytes of
+/// a word that match, its lowest mark exact; `matches` is the same test on one byte, for
+/// the tail shorter than a word.
+#[inline(always)]
+fn find_by_word(
+    s: &[u8],
+    flags: impl Fn(u64) -> u64,
+    matches: impl Fn(u8) -> bool,
+) -> Option<usize> {
     let mut chunks = s.chunks_exact(8);
     let mut i = 0;
     // chunks_exact: no bounds arithmetic per step.
     for chunk in &mut chunks {
-        let found = zero_bytes(word(chunk) ^ pattern);
+        let found = flags(word(chunk));
         if found != 0 {
             return Some(i + found.trailing_zeros() as usize / 8);
         }
@@ -227,8 +232,15 @@ pub(crate) fn find_byte(s: &[u8], c: u8) -> Option<usize> {
     chunks
         .remainder()
         .iter()
-        .position(|&b| b == c)
+        .position(|&b| matches(b))
         .map(|p| i + p)
+}
+
+/// The first index of `c` in `s`.
+#[inline]
+pub(crate) fn find_byte(s: &[u8], c: u8) -> Option<usize> {
+    let pattern = LO * u64::from(c);
+    find_by_word(s, |w| zero_bytes(w ^ pattern), |b| b == c)
 }
 
 /// An eight-byte chunk as a little-endian word.
@@ -243,21 +255,11 @@ fn word(chunk: &[u8]) -> u64 {
 #[inline]
 pub(crate) fn find_byte2(s: &[u8], a: u8, b: u8) -> Option<usize> {
     let (pa, pb) = (LO * u64::from(a), LO * u64::from(b));
-    let mut chunks = s.chunks_exact(8);
-    let mut i = 0;
-    for chunk in &mut chunks {
-        let w = word(chunk);
-        let found = zero_bytes(w ^ pa) | zero_bytes(w ^ pb);
-        if found != 0 {
-            return Some(i + found.trailing_zeros() as usize / 8);
-        }
-        i += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&x| x == a || x == b)
-        .map(|p| i + p)
+    find_by_word(
+        s,
+        |w| zero_bytes(w ^ pa) | zero_bytes(w ^ pb),
+        |x| x == a || x == b,
+    )
 }
 
 /// The first index of a byte below 0x0e for which `target` holds. One SWAR test per
@@ -298,30 +300,22 @@ pub(crate) fn find_space_or3(s: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
 }
 
 /// The first index in `s` of a byte below `below` (at most 0x80), or of `a`, `b` or `c`.
-/// Eight bytes at a time; the lowest flag of each test is exact, and the search takes the
-/// lowest of all flags. Inlined with constant arguments, the patterns fold away.
+/// The lowest flag of each test is exact, so the lowest of all is. Inlined with constant
+/// arguments, the patterns fold away.
 #[inline(always)]
 fn find_below_or3(s: &[u8], below: u8, a: u8, b: u8, c: u8) -> Option<usize> {
     let floor = LO * u64::from(below);
     let (pa, pb, pc) = (LO * u64::from(a), LO * u64::from(b), LO * u64::from(c));
-    let mut chunks = s.chunks_exact(8);
-    let mut i = 0;
-    for chunk in &mut chunks {
-        let w = word(chunk);
-        let found = (w.wrapping_sub(floor) & !w & HI)
-            | zero_bytes(w ^ pa)
-            | zero_bytes(w ^ pb)
-            | zero_bytes(w ^ pc);
-        if found != 0 {
-            return Some(i + found.trailing_zeros() as usize / 8);
-        }
-        i += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&x| x < below || x == a || x == b || x == c)
-        .map(|p| i + p)
+    find_by_word(
+        s,
+        |w| {
+            (w.wrapping_sub(floor) & !w & HI)
+                | zero_bytes(w ^ pa)
+                | zero_bytes(w ^ pb)
+                | zero_bytes(w ^ pc)
+        },
+        |x| x < below || x == a || x == b || x == c,
+    )
 }
 
 /// The first index of a CR, LF or NUL in `s`.
