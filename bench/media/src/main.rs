@@ -35,7 +35,7 @@ use nix::sys::socket::{
 
 use hdrhistogram::Histogram;
 use sipward_core::{LegSpec, MediaCommand, Peer, StreamCounters};
-use sipward_relay::{RelayHandle, RelayOptions};
+use sipward_relay::{Engine, RelayHandle, RelayOptions};
 
 const PAYLOAD: usize = 172; // a 20 ms G.711 packet with its RTP header
 /// Offered loads, packets per second, tried in turn.
@@ -755,12 +755,22 @@ fn main() {
             ),
             cpu: pinned.then_some(1),
             realtime_priority: realtime.then_some(REALTIME_PRIORITY),
+            // SIPWARD_ENGINE=epoll (or io_uring) for A/B runs; default: auto.
+            engine: match std::env::var("SIPWARD_ENGINE").as_deref() {
+                Ok("epoll") => Engine::Epoll,
+                Ok("io_uring") => Engine::IoUring,
+                _ => Engine::Auto,
+            },
         })
         .expect("placing sipward's relay (real-time priority needs CAP_SYS_NICE)"),
         next_id: 1,
         open: Vec::new(),
         next_port: 40000,
     };
+    println!(
+        "sipward's relay engine: {:?}\n",
+        sipward.relay.engine()
+    );
     let mut rtpengine = Rtpengine::start(realtime);
     if pinned {
         // The generator on CPU 0; rtpengine, every thread of it, on CPU 1 (sipward's

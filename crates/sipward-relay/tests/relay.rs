@@ -14,7 +14,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sipward_core::{LegSpec, MediaCommand, Peer, Side, StreamCounters};
-use sipward_relay::RelayHandle;
+use sipward_relay::{Engine, RelayHandle, RelayOptions};
+
+/// Every test that forwards runs once per engine.
+const ENGINES: [Engine; 2] = [Engine::IoUring, Engine::Epoll];
+
+fn spawn(engine: Engine) -> RelayHandle {
+    let relay = RelayHandle::spawn_with_options(RelayOptions {
+        engine,
+        ..RelayOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("starting the relay with {engine:?}: {e}"));
+    assert_eq!(relay.engine(), engine);
+    relay
+}
 
 fn bind(addr: &str) -> UdpSocket {
     let s = UdpSocket::bind(addr).unwrap();
@@ -82,7 +95,13 @@ fn receive(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
 
 #[test]
 fn relays_rtp_and_rtcp_both_ways_and_refuses_strangers() {
-    let relay = RelayHandle::spawn().unwrap();
+    for engine in ENGINES {
+        relays_rtp_and_rtcp_both_ways_and_refuses_strangers_with(engine);
+    }
+}
+
+fn relays_rtp_and_rtcp_both_ways_and_refuses_strangers_with(engine: Engine) {
+    let relay = spawn(engine);
     let (phone_rtp, phone_rtcp) = (bind("127.77.0.20:0"), bind("127.77.0.20:0"));
     let (far_rtp, far_rtcp) = (bind("127.77.1.50:0"), bind("127.77.1.50:0"));
     let counters = set(
@@ -146,11 +165,31 @@ fn relays_rtp_and_rtcp_both_ways_and_refuses_strangers() {
         far_rtp.recv(&mut buf).unwrap_err().kind(),
         std::io::ErrorKind::ConnectionRefused
     );
+
+    // A relay stopped with a stream open lets go of its ports.
+    set(
+        &relay,
+        2,
+        vec![strict(&phone_rtp, &phone_rtcp)],
+        vec![strict(&far_rtp, &far_rtcp)],
+    );
+    assert!(
+        UdpSocket::bind("127.77.0.1:40000").is_err(),
+        "the stream's port is open"
+    );
+    drop(relay);
+    UdpSocket::bind("127.77.0.1:40000").expect("the port is free once the relay is gone");
 }
 
 #[test]
 fn latching_party_is_answered_where_it_sends_from() {
-    let relay = RelayHandle::spawn().unwrap();
+    for engine in ENGINES {
+        latching_party_is_answered_where_it_sends_from_with(engine);
+    }
+}
+
+fn latching_party_is_answered_where_it_sends_from_with(engine: Engine) {
+    let relay = spawn(engine);
     let (phone_rtp, phone_rtcp) = (bind("127.78.0.20:0"), bind("127.78.0.20:0"));
     let behind_nat = bind("127.78.1.60:0");
     let rtcp_of_nat = {
@@ -235,12 +274,18 @@ fn relay_threads() -> Vec<(u32, String)> {
 
 #[test]
 fn a_placed_relay_runs_pinned_at_realtime_priority_and_still_forwards() {
-    use sipward_relay::RelayOptions;
+    for engine in ENGINES {
+        a_placed_relay_runs_pinned_at_realtime_priority_and_still_forwards_with(engine);
+    }
+}
+
+fn a_placed_relay_runs_pinned_at_realtime_priority_and_still_forwards_with(engine: Engine) {
     let cpu = std::thread::available_parallelism().unwrap().get() - 1;
     let relay = RelayHandle::spawn_with_options(RelayOptions {
         spin: Duration::from_micros(20),
         cpu: Some(cpu),
         realtime_priority: Some(5),
+        engine,
     })
     .expect("placing the relay (the tests run with CAP_SYS_NICE)");
     const SCHED_FIFO: u32 = 1;
@@ -266,7 +311,6 @@ fn a_placed_relay_runs_pinned_at_realtime_priority_and_still_forwards() {
 
 #[test]
 fn a_placement_that_cannot_be_had_fails_at_start() {
-    use sipward_relay::RelayOptions;
     let err = RelayHandle::spawn_with_options(RelayOptions {
         cpu: Some(4095),
         ..RelayOptions::default()
@@ -278,7 +322,13 @@ fn a_placement_that_cannot_be_had_fails_at_start() {
 
 #[test]
 fn a_burst_on_one_socket_arrives_whole_and_in_order() {
-    let relay = RelayHandle::spawn().unwrap();
+    for engine in ENGINES {
+        a_burst_on_one_socket_arrives_whole_and_in_order_with(engine);
+    }
+}
+
+fn a_burst_on_one_socket_arrives_whole_and_in_order_with(engine: Engine) {
+    let relay = spawn(engine);
     let (phone_rtp, phone_rtcp) = (bind("127.77.6.20:0"), bind("127.77.6.20:0"));
     let (far_rtp, far_rtcp) = (bind("127.77.7.50:0"), bind("127.77.7.50:0"));
     let counters = set_at(
@@ -316,4 +366,68 @@ fn a_burst_on_one_socket_arrives_whole_and_in_order() {
         sizes.iter().sum::<usize>() as u64,
         "bytes counted"
     );
+}
+
+#[test]
+fn many_streams_each_with_a_packet_all_arrive() {
+    for engine in ENGINES {
+        many_streams_each_with_a_packet_all_arrive_with(engine);
+    }
+}
+
+fn many_streams_each_with_a_packet_all_arrive_with(engine: Engine) {
+    const STREAMS: u16 = 200;
+    let relay = spawn(engine);
+    let phone = bind("127.77.8.20:0");
+    let far = bind("127.77.9.50:0");
+    let all: Vec<Arc<StreamCounters>> = (0..STREAMS)
+        .map(|i| {
+            let counters = Arc::new(StreamCounters::new(Instant::now()));
+            let port = 42000 + 2 * i;
+            relay.apply([MediaCommand::Set {
+                id: u64::from(i),
+                legs: [
+                    LegSpec {
+                        local_rtp: SocketAddr::new([127, 77, 8, 1].into(), port),
+                        peers: vec![strict(&phone, &phone)],
+                    },
+                    LegSpec {
+                        local_rtp: SocketAddr::new([127, 77, 9, 1].into(), port),
+                        peers: vec![strict(&far, &far)],
+                    },
+                ],
+                counters: counters.clone(),
+            }]);
+            counters
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // One datagram per stream, all queued at once, three times over (the far end's
+    // receive buffer holds one round).
+    for round in 0..3u8 {
+        for i in 0..STREAMS {
+            let to = SocketAddr::new([127, 77, 8, 1].into(), 42000 + 2 * i);
+            phone
+                .send_to(&[round, (i >> 8) as u8, i as u8], to)
+                .unwrap();
+        }
+        let mut seen = vec![false; usize::from(STREAMS)];
+        for _ in 0..STREAMS {
+            let (data, from) = receive(&far).expect("every datagram forwarded");
+            let i = usize::from(data[1]) << 8 | usize::from(data[2]);
+            assert_eq!(data[0], round);
+            assert_eq!(
+                from.port(),
+                42000 + 2 * i as u16,
+                "sent from the stream's own port"
+            );
+            assert!(!std::mem::replace(&mut seen[i], true), "stream {i} twice");
+        }
+    }
+    // Counted just after sending.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(all.iter().all(|c| c.snapshot().packets[0] == 3));
+    for i in 0..STREAMS {
+        relay.apply([MediaCommand::Close { id: u64::from(i) }]);
+    }
 }

@@ -91,6 +91,9 @@ struct RelaySection {
     /// Microseconds the relay keeps polling after forwarding before it sleeps.
     #[serde(default)]
     busy_poll_us: Option<Spanned<u64>>,
+    /// How the relay waits on its sockets: "auto", "io_uring" or "epoll".
+    #[serde(default)]
+    engine: Option<Spanned<String>>,
 }
 
 /// `[admin]`: the admin API, metrics and dashboard. Enabled when a token is set.
@@ -657,6 +660,17 @@ impl Config {
             }
             options.spin = Duration::from_micros(*us.get_ref());
         }
+        if let Some(engine) = &self.relay.engine {
+            options.engine = match engine.get_ref().as_str() {
+                "auto" => sipward_relay::Engine::Auto,
+                "io_uring" => sipward_relay::Engine::IoUring,
+                "epoll" => sipward_relay::Engine::Epoll,
+                other => bail!(
+                    "{}: [relay] engine {other:?}: expected \"auto\", \"io_uring\" or \"epoll\"",
+                    self.at(origin, engine)
+                ),
+            };
+        }
         Ok(options)
     }
 
@@ -903,7 +917,7 @@ mod tests {
     #[test]
     fn relay_placement_is_read_and_checked_with_its_line() {
         let file = Config::parse(
-            "[relay]\ncpu = 0\nrealtime_priority = 10\nbusy_poll_us = 20\n",
+            "[relay]\ncpu = 0\nrealtime_priority = 10\nbusy_poll_us = 20\nengine = \"epoll\"\n",
             "r.toml",
         )
         .unwrap();
@@ -911,6 +925,7 @@ mod tests {
         assert_eq!(options.cpu, Some(0));
         assert_eq!(options.realtime_priority, Some(10));
         assert_eq!(options.spin, Duration::from_micros(20));
+        assert_eq!(options.engine, sipward_relay::Engine::Epoll);
         assert_eq!(
             Config::parse("", "r.toml")
                 .unwrap()
@@ -923,6 +938,11 @@ mod tests {
             ("[relay]\nrealtime_priority = 100\n", 2, "1 to 99"),
             ("[relay]\ncpu = 4096\n", 2, "this machine has CPUs"),
             ("[relay]\nbusy_poll_us = 2000000\n", 2, "at most"),
+            (
+                "[relay]\ncpu = 0\nengine = \"uring\"\n",
+                3,
+                "expected \"auto\"",
+            ),
         ] {
             let e = Config::parse(text, "r.toml")
                 .unwrap()

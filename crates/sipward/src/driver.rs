@@ -125,6 +125,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     let mut gateway = Gateway::new(config);
     let relay = RelayHandle::spawn_with_options(settings.relay.clone())
         .context("cannot start the media relay")?;
+    tracing::info!(engine = ?relay.engine(), "media relay started");
     println!("sipward: ready");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);

@@ -1,0 +1,411 @@
+//! What the relay knows, whichever way its sockets are waited on: the media sockets
+//! ("slots"), the streams they belong to, each leg's parties, and the forwarding of what
+//! a socket received to the other leg's party.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
+use sipward_core::{LegSpec, Peer, Side, StreamCounters, StreamId};
+use slab::Slab;
+
+/// Kernel receive buffer asked for each media socket.
+const RECEIVE_BUFFER: usize = 1 << 20;
+/// The most a train carries: UDP's 65,507-byte payload limit, with room to spare.
+const MAX_TRAIN_BYTES: usize = 60_000;
+
+/// Which of a leg's two ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    Rtp = 0,
+    Rtcp = 1,
+}
+
+/// One media socket and whose it is.
+pub(crate) struct Slot {
+    pub(crate) socket: std::net::UdpSocket,
+    stream: usize,
+    side: Side,
+    channel: Channel,
+    /// Tells this socket's completions from those of an earlier socket with the same
+    /// key (io_uring).
+    pub(crate) tag: u32,
+    /// The stream is gone; the socket waits for its engine to let go of it (io_uring
+    /// holds a pending receive on it until the cancellation completes).
+    pub(crate) closing: bool,
+}
+
+/// What a read's forwarding came to, for the stream's counters.
+#[derive(Default)]
+struct Tally {
+    packets: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+/// Datagrams to one party sent in one GSO `sendmsg`: all of `segment` bytes except the
+/// last, which may be shorter (and then ends the train).
+#[derive(Default)]
+struct Train {
+    segment: usize,
+    count: usize,
+    closed: bool,
+}
+
+impl Train {
+    fn fits(&self, len: usize, max: usize, bytes: usize) -> bool {
+        self.count == 0
+            || (!self.closed
+                && len <= self.segment
+                && self.count < max
+                && bytes + len <= MAX_TRAIN_BYTES)
+    }
+
+    fn add(&mut self, len: usize) {
+        if self.count == 0 {
+            self.segment = len;
+        }
+        self.closed = len < self.segment;
+        self.count += 1;
+    }
+
+    /// Sends the train in `data` (and empties both).
+    fn send(
+        &mut self,
+        state: &UdpSocketState,
+        socket: &std::net::UdpSocket,
+        target: SocketAddr,
+        data: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) {
+        if self.count == 0 {
+            return;
+        }
+        let transmit = Transmit {
+            destination: target,
+            ecn: None,
+            contents: data,
+            segment_size: (self.count > 1).then_some(self.segment),
+            src_ip: None,
+        };
+        if state.send(UdpSockRef::from(socket), &transmit).is_ok() {
+            tally.packets += self.count as u64;
+            tally.bytes += data.len() as u64;
+        } else if self.count > 1 {
+            // The kernel may refuse a train another packet would pass (a segment larger
+            // than the path MTU allows for GSO): send its datagrams one by one.
+            for datagram in data.chunks(self.segment.max(1)) {
+                let single = Transmit {
+                    contents: datagram,
+                    segment_size: None,
+                    ..transmit
+                };
+                if state.send(UdpSockRef::from(socket), &single).is_ok() {
+                    tally.packets += 1;
+                    tally.bytes += datagram.len() as u64;
+                } else {
+                    tally.dropped += 1;
+                }
+            }
+        } else {
+            tally.dropped += 1;
+        }
+        *self = Train::default();
+        data.clear();
+    }
+}
+
+/// A leg's parties as the relay tracks them, latched addresses included.
+#[derive(Default)]
+struct Leg {
+    peers: Vec<Peer>,
+    /// The source a latching party was first seen sending from, per channel.
+    latched: [Option<SocketAddr>; 2],
+}
+
+impl Leg {
+    fn accepts(&mut self, channel: Channel, source: SocketAddr) -> bool {
+        if channel_of(&self.latched, channel) == Some(source) {
+            return true;
+        }
+        let named = self
+            .peers
+            .iter()
+            .any(|p| address(p, channel) == Some(source));
+        if named {
+            return true;
+        }
+        let latching = self.peers.first().is_some_and(|p| p.latch);
+        if latching {
+            let slot = match channel {
+                Channel::Rtp => &mut self.latched[0],
+                Channel::Rtcp => &mut self.latched[1],
+            };
+            if slot.is_none() {
+                *slot = Some(source);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Where packets for this leg's party go on `channel`.
+    fn destination(&self, channel: Channel) -> Option<SocketAddr> {
+        let peer = self.peers.first()?;
+        if !peer.latch {
+            return address(peer, channel);
+        }
+        match channel {
+            Channel::Rtp => self.latched[0],
+            // Until the party's own RTCP is seen, its RTCP is taken to come from the
+            // port after its RTP (RFC 3550), where it also listens.
+            Channel::Rtcp => self.latched[1].or_else(|| {
+                self.latched[0].map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+            }),
+        }
+    }
+}
+
+/// A stream's two legs: the one a packet came in on, and the other.
+fn legs_mut(legs: &mut [Leg; 2], from: Side) -> (&mut Leg, &Leg) {
+    let [inside, outside] = legs;
+    match from {
+        Side::Inside => (inside, outside),
+        Side::Outside => (outside, inside),
+    }
+}
+
+fn channel_of<T: Copy>(pair: &[T; 2], channel: Channel) -> T {
+    match channel {
+        Channel::Rtp => pair[0],
+        Channel::Rtcp => pair[1],
+    }
+}
+
+fn address(p: &Peer, channel: Channel) -> Option<SocketAddr> {
+    match channel {
+        Channel::Rtp => p.rtp,
+        Channel::Rtcp => p.rtcp,
+    }
+}
+
+struct Stream {
+    /// Socket slots, `[side][channel]`.
+    slots: [[Option<usize>; 2]; 2],
+    legs: [Leg; 2],
+    counters: Arc<StreamCounters>,
+}
+
+/// A stream's socket slots, as `Table::set` opened or `Table::close` let go of them.
+pub(crate) type StreamSlots = [Option<usize>; 4];
+
+pub(crate) struct Table {
+    pub(crate) slots: Slab<Slot>,
+    streams: Slab<Stream>,
+    by_id: HashMap<StreamId, usize>,
+    /// The datagrams of the train being put together, end to end.
+    train: Vec<u8>,
+    /// The tag the next socket gets.
+    next_tag: u32,
+    /// quinn-udp's batching state, one for every media socket: it holds what the kernel
+    /// can do (GSO, GRO), not anything of one socket, and making it per socket costs two
+    /// probe sockets and six socket options each time (measured: most of the relay's
+    /// CPU under a call storm).
+    pub(crate) state: UdpSocketState,
+    /// The socket `state` was made from, held for the relay's life: it has UDP GRO on,
+    /// and the kernel switches its GRO code paths on and off (live-patching code on
+    /// every CPU) whenever the number of such sockets goes between zero and one.
+    _state_socket: std::net::UdpSocket,
+}
+
+impl Table {
+    pub(crate) fn new() -> io::Result<Self> {
+        let state_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let state = UdpSocketState::new(UdpSockRef::from(&state_socket))?;
+        Ok(Self {
+            slots: Slab::new(),
+            streams: Slab::new(),
+            by_id: HashMap::new(),
+            train: Vec::with_capacity(MAX_TRAIN_BYTES),
+            next_tag: 0,
+            state,
+            _state_socket: state_socket,
+        })
+    }
+
+    /// Opens a new stream's sockets, or updates a known stream's parties. Returns the
+    /// slots opened, for the engine to start receiving on.
+    pub(crate) fn set(
+        &mut self,
+        id: StreamId,
+        legs: [LegSpec; 2],
+        counters: Arc<StreamCounters>,
+    ) -> StreamSlots {
+        if let Some(&key) = self.by_id.get(&id) {
+            if let Some(stream) = self.streams.get_mut(key) {
+                for (leg, spec) in stream.legs.iter_mut().zip(legs) {
+                    if leg.peers != spec.peers {
+                        // A new party (re-INVITE to another address, a fork answering):
+                        // a latching one is latched afresh.
+                        leg.peers = spec.peers;
+                        leg.latched = [None, None];
+                    }
+                }
+            }
+            return [None; 4];
+        }
+        let key = self.streams.insert(Stream {
+            slots: [[None; 2]; 2],
+            legs: Default::default(),
+            counters,
+        });
+        self.by_id.insert(id, key);
+        let mut slots = [[None; 2]; 2];
+        for (side, spec) in [Side::Inside, Side::Outside].into_iter().zip(&legs) {
+            for channel in [Channel::Rtp, Channel::Rtcp] {
+                let port = spec.local_rtp.port().saturating_add(channel as u16);
+                let local = SocketAddr::new(spec.local_rtp.ip(), port);
+                match self.open(local, key, side, channel) {
+                    Ok(slot) => {
+                        let side_slots = side.of_mut(&mut slots);
+                        match channel {
+                            Channel::Rtp => side_slots[0] = Some(slot),
+                            Channel::Rtcp => side_slots[1] = Some(slot),
+                        }
+                    }
+                    Err(e) => tracing::error!(%local, stream = id, "cannot open media port: {e}"),
+                }
+            }
+        }
+        if let Some(stream) = self.streams.get_mut(key) {
+            stream.slots = slots;
+            for (leg, spec) in stream.legs.iter_mut().zip(legs) {
+                leg.peers = spec.peers;
+            }
+        }
+        let [[a, b], [c, d]] = slots;
+        [a, b, c, d]
+    }
+
+    fn open(
+        &mut self,
+        local: SocketAddr,
+        stream: usize,
+        side: Side,
+        channel: Channel,
+    ) -> io::Result<usize> {
+        // A plain socket: no GRO, packet-info or TOS options, which a stream of 50
+        // packets a second has no use for and which cost system calls per call.
+        let socket = std::net::UdpSocket::bind(local)?;
+        socket.set_nonblocking(true)?;
+        // Room for a burst while the relay thread is not running (the kernel caps it at
+        // net.core.rmem_max); memory is only taken by packets actually queued.
+        if let Err(e) = self
+            .state
+            .set_recv_buffer_size(UdpSockRef::from(&socket), RECEIVE_BUFFER)
+        {
+            tracing::debug!(%local, "cannot enlarge the receive buffer: {e}");
+        }
+        self.next_tag = self.next_tag.wrapping_add(1);
+        Ok(self.slots.insert(Slot {
+            socket,
+            stream,
+            side,
+            channel,
+            tag: self.next_tag,
+            closing: false,
+        }))
+    }
+
+    /// Forgets a stream; its slots are marked closing and returned, for the engine to
+    /// release (`Slab::remove`) once it no longer uses them.
+    pub(crate) fn close(&mut self, id: StreamId) -> StreamSlots {
+        let Some(key) = self.by_id.remove(&id) else {
+            return [None; 4];
+        };
+        let Some(stream) = self.streams.try_remove(key) else {
+            return [None; 4];
+        };
+        let [[a, b], [c, d]] = stream.slots;
+        let keys = [a, b, c, d];
+        for key in keys.iter().flatten() {
+            if let Some(slot) = self.slots.get_mut(*key) {
+                slot.closing = true;
+            }
+        }
+        keys
+    }
+
+    /// Sends what one read on slot `key` brought in: each datagram (its source and
+    /// bytes; `None` for one that could not be read whole) the leg accepts goes to the
+    /// other leg's party. Consecutive datagrams of one size (the last may be shorter)
+    /// leave in one `sendmsg` with UDP GSO, a "train": a burst on one socket (a video
+    /// key frame, audio queued behind a stall) costs one system call instead of one per
+    /// packet.
+    pub(crate) fn forward<'a>(
+        &mut self,
+        key: usize,
+        datagrams: impl Iterator<Item = Option<(SocketAddr, &'a [u8])>>,
+    ) {
+        let Some(slot) = self.slots.get(key).filter(|s| !s.closing) else {
+            return;
+        };
+        let (side, channel, stream_key) = (slot.side, slot.channel, slot.stream);
+        let Some(stream) = self.streams.get_mut(stream_key) else {
+            return;
+        };
+        let now = Instant::now();
+        let out_slot = channel_of(side.other().of(&stream.slots), channel);
+        let out = out_slot.and_then(|k| self.slots.get(k));
+        let (from_leg, to_leg) = legs_mut(&mut stream.legs, side);
+        let target = to_leg.destination(channel);
+        let max_segments = self.state.max_gso_segments().max(1);
+        let mut tally = Tally::default();
+        let mut train = Train::default();
+        self.train.clear();
+        for datagram in datagrams {
+            let Some((source, bytes)) = datagram else {
+                tally.dropped += 1;
+                continue;
+            };
+            // Accepting comes first: it latches a party even while the other leg has
+            // nowhere to send yet (both latching, the first packets of a call).
+            let accepted = from_leg.accepts(channel, source);
+            let (Some(target), Some(out), true) = (target, out, accepted) else {
+                tally.dropped += 1;
+                continue;
+            };
+            if !train.fits(bytes.len(), max_segments, self.train.len()) {
+                train.send(
+                    &self.state,
+                    &out.socket,
+                    target,
+                    &mut self.train,
+                    &mut tally,
+                );
+            }
+            train.add(bytes.len());
+            self.train.extend_from_slice(bytes);
+        }
+        if let (Some(target), Some(out)) = (target, out) {
+            train.send(
+                &self.state,
+                &out.socket,
+                target,
+                &mut self.train,
+                &mut tally,
+            );
+        }
+        if tally.packets > 0 {
+            stream
+                .counters
+                .record(side, tally.packets, tally.bytes, now);
+        }
+        if tally.dropped > 0 {
+            stream.counters.record_drop(tally.dropped);
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! The io_uring engine (Linux 6.1 or later): every media socket has one multishot
+//! `recvmsg` armed on it, which the kernel completes once per datagram into a buffer of
+//! its choosing from a ring of buffers the relay provides. One `io_uring_enter` then
+//! hands the relay every datagram that arrived on any socket since the last, where the
+//! epoll engine needs a wait plus one `recvmmsg` per readable socket: with many streams,
+//! each of which has one packet at a time, that is one system call per packet less.
+//!
+//! This is the one module of sipward with `unsafe` code: the kernel writes into memory
+//! the relay hands it by address (the buffer ring and its buffers, the `msghdr` template
+//! every receive reads), so that memory is allocated here, outside Rust's ownership, and
+//! lives until the kernel has let go of every receive (see `Drop`). Each `unsafe` block
+//! says what it relies on.
+
+use std::alloc::{self, Layout};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+use crate::table::{StreamSlots, Table};
+use crate::{Applied, Inbox};
+
+/// Buffers in the ring (a power of two, at most 32,768): room for this many datagrams
+/// received and not yet forwarded, across all sockets.
+const BUFFERS: u16 = 2048;
+/// One buffer: the kernel's header, the source address, and a datagram of up to
+/// 4,048 bytes (a larger one is counted as dropped).
+const BUFFER_SIZE: usize = 4096;
+const BUFFER_GROUP: u16 = 0;
+/// Submission queue entries; the completion queue has room for a ring's worth of
+/// datagrams and more.
+const SUBMISSIONS: u32 = 1024;
+const COMPLETIONS: u32 = 8 * BUFFERS as u32;
+
+/// `user_data` of a completion: the slot key in the low 32 bits, the slot's tag above
+/// it (a slot key is reused; the tag tells a late completion of the socket that had
+/// the key before from one of the current socket), and two marks.
+const KEY_BITS: u32 = 32;
+const TAG_MASK: u64 = (1 << 30) - 1;
+const WAKE: u64 = 1 << 62;
+const CANCEL: u64 = 1 << 63;
+
+fn user_data(key: usize, tag: u32) -> u64 {
+    (key as u64 & u64::from(u32::MAX)) | ((u64::from(tag) & TAG_MASK) << KEY_BITS)
+}
+
+fn key_and_tag(data: u64) -> (usize, u32) {
+    let key = (data & u64::from(u32::MAX)) as usize;
+    let tag = ((data >> KEY_BITS) & TAG_MASK) as u32;
+    (key, tag)
+}
+
+/// The buffers the kernel receives into, and the ring through which the relay gives
+/// them (back) to it.
+struct ProvidedBuffers {
+    ring: *mut BufRingEntry,
+    ring_layout: Layout,
+    memory: *mut u8,
+    memory_layout: Layout,
+    /// Entries written so far (wrapping); the kernel sees them once published.
+    tail: u16,
+}
+
+impl ProvidedBuffers {
+    fn new() -> io::Result<Self> {
+        let entries = usize::from(BUFFERS);
+        let ring_layout = Layout::from_size_align(entries * size_of::<BufRingEntry>(), 4096)
+            .map_err(io::Error::other)?;
+        let memory_layout =
+            Layout::from_size_align(entries * BUFFER_SIZE, 64).map_err(io::Error::other)?;
+        // SAFETY: both layouts have a non-zero size.
+        let ring = unsafe { alloc::alloc_zeroed(ring_layout) }.cast::<BufRingEntry>();
+        // SAFETY: as above.
+        let memory = unsafe { alloc::alloc_zeroed(memory_layout) };
+        if ring.is_null() || memory.is_null() {
+            // SAFETY: each pointer freed is one just allocated with that layout.
+            unsafe {
+                if !ring.is_null() {
+                    alloc::dealloc(ring.cast(), ring_layout);
+                }
+                if !memory.is_null() {
+                    alloc::dealloc(memory, memory_layout);
+                }
+            }
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let mut buffers = Self {
+            ring,
+            ring_layout,
+            memory,
+            memory_layout,
+            tail: 0,
+        };
+        for id in 0..BUFFERS {
+            buffers.give(id);
+        }
+        buffers.publish();
+        Ok(buffers)
+    }
+
+    /// Writes buffer `id` into the next ring entry (not yet visible to the kernel).
+    fn give(&mut self, id: u16) {
+        let index = usize::from(self.tail & (BUFFERS - 1));
+        // SAFETY: `index` is below BUFFERS, the number of entries allocated, and `id`
+        // below BUFFERS, the number of buffers; the entry is past the published tail,
+        // so the kernel does not read it now.
+        unsafe {
+            let entry = &mut *self.ring.add(index);
+            entry.set_addr(self.memory.add(usize::from(id) * BUFFER_SIZE) as u64);
+            entry.set_len(BUFFER_SIZE as u32);
+            entry.set_bid(id);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the entries written so far visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail field lies in the first entry, which is allocated, aligned
+        // for a u16, and shared with the kernel only through atomic accesses.
+        unsafe {
+            let tail = BufRingEntry::tail(self.ring).cast::<AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    /// The first `len` bytes of buffer `id`, which the kernel has completed a receive
+    /// into and which has not been given back since.
+    fn filled(&self, id: u16, len: usize) -> Option<&[u8]> {
+        if id >= BUFFERS {
+            return None;
+        }
+        // SAFETY: the buffer lies inside the allocation; the kernel does not write into
+        // a buffer between completing a receive into it and the relay giving it back
+        // (`give`), which needs `&mut self` and so cannot happen while this borrow lives.
+        Some(unsafe {
+            std::slice::from_raw_parts(
+                self.memory.add(usize::from(id) * BUFFER_SIZE),
+                len.min(BUFFER_SIZE),
+            )
+        })
+    }
+}
+
+impl Drop for ProvidedBuffers {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts; `Uring` drops this only after
+        // the ring is closed with no receive pending (or leaks it, see `Uring::drop`).
+        unsafe {
+            alloc::dealloc(self.ring.cast(), self.ring_layout);
+            alloc::dealloc(self.memory, self.memory_layout);
+        }
+    }
+}
+
+/// What one completion said, copied out of the completion queue.
+#[derive(Clone, Copy)]
+struct Completion {
+    user_data: u64,
+    result: i32,
+    flags: u32,
+}
+
+pub(crate) struct Uring {
+    // Field order matters: the ring is closed before the memory it used is freed.
+    ring: IoUring,
+    buffers: Option<ProvidedBuffers>,
+    /// The `msghdr` every receive is made with: it only says how much room the source
+    /// address gets (and that there is none for control messages).
+    template: Box<libc::msghdr>,
+    /// Receives armed and not yet ended.
+    armed: usize,
+    completions: Vec<Completion>,
+    /// Sockets whose receive ended and is to be armed again.
+    rearm: Vec<usize>,
+}
+
+impl Uring {
+    /// Sets up the ring; fails on a kernel (or seccomp profile) without what it needs.
+    pub(crate) fn new() -> io::Result<Self> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(COMPLETIONS)
+            .build(SUBMISSIONS)?;
+        let buffers = ProvidedBuffers::new()?;
+        // SAFETY: the buffer ring stays allocated until after the ring is closed
+        // (field order of `Uring`, and `Drop`).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buffers.ring as u64,
+                BUFFERS,
+                BUFFER_GROUP,
+                0,
+            )?;
+        }
+        // SAFETY: msghdr is plain data (integers and pointers), for which all zero bytes
+        // is a valid value: no name, no iovec, no control buffer.
+        let mut template: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        template.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
+        Ok(Self {
+            ring,
+            buffers: Some(buffers),
+            template,
+            armed: 0,
+            completions: Vec::with_capacity(COMPLETIONS as usize),
+            rearm: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: what the entries point at (the msghdr template, the buffer ring)
+            // lives as long as the ring; file descriptors are the relay's own, kept
+            // open until their receive has ended.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            // The submission queue is full: hand it to the kernel and go on.
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm(&mut self, table: &mut Table, key: usize) {
+        let Some(slot) = table.slots.get(key).filter(|s| !s.closing) else {
+            return;
+        };
+        let entry =
+            opcode::RecvMsgMulti::new(Fd(slot.socket.as_raw_fd()), &*self.template, BUFFER_GROUP)
+                .build()
+                .user_data(user_data(key, slot.tag));
+        match self.push(&entry) {
+            Ok(()) => self.armed += 1,
+            Err(e) => {
+                tracing::error!("cannot receive on a media socket: {e}");
+                table.slots.try_remove(key);
+            }
+        }
+    }
+
+    fn cancel(&mut self, table: &Table, closed: StreamSlots) {
+        for key in closed.into_iter().flatten() {
+            if let Some(slot) = table.slots.get(key) {
+                let data = user_data(key, slot.tag);
+                let entry = opcode::AsyncCancel::new(data)
+                    .build()
+                    .user_data(CANCEL | data);
+                if let Err(e) = self.push(&entry) {
+                    tracing::error!("cannot stop receiving on a media socket: {e}");
+                }
+            }
+        }
+    }
+
+    fn arm_inbox(&mut self, inbox: &Inbox) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(Fd(inbox.fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WAKE);
+        self.push(&entry)
+    }
+
+    pub(crate) fn run(mut self, mut table: Table, inbox: Inbox) {
+        if let Err(e) = self.arm_inbox(&inbox) {
+            tracing::error!("media relay cannot wait for commands: {e}");
+            return;
+        }
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The completion queue overflowed: reaping it is the cure.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    tracing::error!("media relay wait failed: {e}");
+                    self.shut(&table);
+                    return;
+                }
+            }
+            if !self.reap(&mut table, &inbox) {
+                self.shut(&table);
+                return;
+            }
+        }
+    }
+
+    /// Handles every completion queued; false when told to quit.
+    fn reap(&mut self, table: &mut Table, inbox: &Inbox) -> bool {
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.clear();
+        completions.extend(self.ring.completion().map(|c| Completion {
+            user_data: c.user_data(),
+            result: c.result(),
+            flags: c.flags(),
+        }));
+        let mut going_on = true;
+        let mut rest = completions.as_slice();
+        while let Some(first) = rest.first() {
+            let data = first.user_data;
+            // A socket's datagrams come in a run; forwarded together, a burst can leave
+            // as one GSO train.
+            let run = rest.iter().take_while(|c| c.user_data == data).count();
+            let (this, next) = rest.split_at(run);
+            rest = next;
+            if data == WAKE {
+                going_on &= self.take_commands(table, inbox, this);
+            } else if data & CANCEL != 0 {
+                // A cancellation that found nothing: the receive had already ended.
+                for c in this {
+                    if c.result == -libc::ENOENT {
+                        self.release_if_closing(table, data & !CANCEL);
+                    }
+                }
+            } else {
+                self.received(table, data, this);
+            }
+        }
+        self.completions = completions;
+        for key in std::mem::take(&mut self.rearm) {
+            self.arm(table, key);
+        }
+        going_on
+    }
+
+    fn take_commands(&mut self, table: &mut Table, inbox: &Inbox, run: &[Completion]) -> bool {
+        if run.iter().any(|c| !cqueue::more(c.flags)) {
+            if let Err(e) = self.arm_inbox(inbox) {
+                tracing::error!("media relay cannot wait for commands: {e}");
+                return false;
+            }
+        }
+        inbox.clear_wake();
+        loop {
+            match inbox.apply_next(table) {
+                Applied::Opened(opened) => {
+                    for key in opened.into_iter().flatten() {
+                        self.arm(table, key);
+                    }
+                }
+                Applied::Closed(closed) => self.cancel(table, closed),
+                Applied::Empty => return true,
+                Applied::Quit => return false,
+            }
+        }
+    }
+
+    /// Forwards a run of one socket's completions and gives their buffers back.
+    fn received(&mut self, table: &mut Table, data: u64, run: &[Completion]) {
+        let (key, tag) = key_and_tag(data);
+        let current = table.slots.get(key).is_some_and(|s| s.tag == tag);
+        if let Some(buffers) = &self.buffers {
+            let name_room = self.template.msg_namelen as usize;
+            let datagrams = run.iter().filter_map(|c| {
+                let id = cqueue::buffer_select(c.flags)?;
+                let len = usize::try_from(c.result).ok()?;
+                let datagram = received_datagram(buffers.filled(id, len)?, name_room);
+                // An empty datagram carries nothing to forward (as with epoll).
+                match datagram {
+                    Some((_, [])) => None,
+                    d => Some(d),
+                }
+            });
+            if current {
+                table.forward(key, datagrams);
+            }
+        }
+        if let Some(buffers) = &mut self.buffers {
+            for id in run.iter().filter_map(|c| cqueue::buffer_select(c.flags)) {
+                buffers.give(id);
+            }
+            buffers.publish();
+        }
+        for c in run.iter().filter(|c| !cqueue::more(c.flags)) {
+            self.armed = self.armed.saturating_sub(1);
+            if current {
+                if c.result < 0 && c.result != -libc::ECANCELED && c.result != -libc::ENOBUFS {
+                    tracing::debug!(
+                        "media receive ended: {}",
+                        io::Error::from_raw_os_error(-c.result)
+                    );
+                }
+                if !self.release_if_closing(table, data) {
+                    self.rearm.push(key);
+                }
+            }
+        }
+    }
+
+    /// Lets go of a closing slot (its socket closes, the port is free); true if it was
+    /// closing.
+    fn release_if_closing(&mut self, table: &mut Table, data: u64) -> bool {
+        let (key, tag) = key_and_tag(data);
+        let closing = table
+            .slots
+            .get(key)
+            .is_some_and(|s| s.tag == tag && s.closing);
+        if closing {
+            table.slots.try_remove(key);
+        }
+        closing
+    }
+
+    /// Ends every receive and waits (a bounded time) for the kernel to confirm, so that
+    /// the buffers can be freed.
+    fn shut(&mut self, table: &Table) {
+        let keys: Vec<usize> = table.slots.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(slot) = table.slots.get(key) {
+                let data = user_data(key, slot.tag);
+                let entry = opcode::AsyncCancel::new(data)
+                    .build()
+                    .user_data(CANCEL | data);
+                if self.push(&entry).is_err() {
+                    break;
+                }
+            }
+        }
+        let wait = Timespec::new().nsec(10_000_000);
+        let args = SubmitArgs::new().timespec(&wait);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.armed > 0 && Instant::now() < deadline {
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            for c in self.ring.completion() {
+                let receive = c.user_data() & (CANCEL | WAKE) == 0;
+                if receive && !cqueue::more(c.flags()) {
+                    self.armed = self.armed.saturating_sub(1);
+                }
+            }
+        }
+        if self.armed > 0 {
+            // The kernel may still write into the buffers: better to leak them.
+            tracing::error!(
+                pending = self.armed,
+                "media receives did not end; their buffers are not freed"
+            );
+            std::mem::forget(self.buffers.take());
+        }
+    }
+}
+
+/// The source and payload of a datagram in a buffer a multishot `recvmsg` completed:
+/// the kernel's `io_uring_recvmsg_out` header (name, control and payload lengths, and
+/// flags, four u32), `name_room` bytes for the source address, then the payload. None
+/// for a datagram that did not fit whole (or a source address not understood).
+fn received_datagram(buffer: &[u8], name_room: usize) -> Option<(SocketAddr, &[u8])> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(buffer.get(at..at + 4)?.try_into().ok()?))
+    };
+    let (name_len, payload_len, flags) = (word(0)? as usize, word(8)? as usize, word(12)?);
+    if name_len > name_room || flags & libc::MSG_TRUNC as u32 != 0 {
+        return None;
+    }
+    let name = buffer.get(HEADER..HEADER + name_len)?;
+    let payload_at = HEADER + name_room;
+    let payload = buffer.get(payload_at..payload_at.checked_add(payload_len)?)?;
+    Some((socket_address(name)?, payload))
+}
+
+/// Size of the kernel's `io_uring_recvmsg_out`.
+const HEADER: usize = 16;
+
+/// The source address of a datagram from the kernel's `sockaddr` bytes.
+fn socket_address(name: &[u8]) -> Option<SocketAddr> {
+    let family = i32::from(u16::from_ne_bytes([*name.first()?, *name.get(1)?]));
+    let port = u16::from_be_bytes([*name.get(2)?, *name.get(3)?]);
+    match family {
+        libc::AF_INET => {
+            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)))
+        }
+        libc::AF_INET6 => {
+            let flow: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            let scope: [u8; 4] = name.get(24..28)?.try_into().ok()?;
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                u32::from_be_bytes(flow),
+                u32::from_ne_bytes(scope),
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_keeps_key_and_tag_apart_from_the_marks() {
+        for (key, tag) in [(0, 0), (7, 1), (u32::MAX as usize, (1 << 30) - 1)] {
+            let data = user_data(key, tag);
+            assert_eq!(data & (WAKE | CANCEL), 0);
+            assert_eq!(key_and_tag(data), (key, tag));
+            assert_eq!(key_and_tag(CANCEL | data), (key, tag));
+        }
+    }
+
+    #[test]
+    fn source_addresses_are_read_from_sockaddr_bytes() {
+        let mut v4 = [0u8; 28];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&4000u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 9]);
+        assert_eq!(socket_address(&v4), "127.0.0.9:4000".parse().ok());
+        let mut v6 = [0u8; 28];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&5004u16.to_be_bytes());
+        v6[23] = 1;
+        assert_eq!(socket_address(&v6), "[::1]:5004".parse().ok());
+        assert_eq!(socket_address(&v6[..20]), None);
+        assert_eq!(socket_address(&[0u8; 28]), None);
+    }
+
+    fn completed(name: &[u8], payload: &[u8], flags: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        for word in [name.len() as u32, 0, payload.len() as u32, flags] {
+            b.extend_from_slice(&word.to_ne_bytes());
+        }
+        b.extend_from_slice(name);
+        b.resize(HEADER + 28, 0);
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn a_completed_buffer_gives_source_and_payload_or_nothing() {
+        let mut name = vec![0u8; 16];
+        name[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        name[2..4].copy_from_slice(&7078u16.to_be_bytes());
+        name[4..8].copy_from_slice(&[127, 1, 2, 3]);
+        let b = completed(&name, b"rtp!", 0);
+        assert_eq!(
+            received_datagram(&b, 28),
+            Some(("127.1.2.3:7078".parse().unwrap(), &b"rtp!"[..]))
+        );
+        // Cut short by the buffer, marked truncated, or a name longer than its room.
+        assert_eq!(received_datagram(&b[..b.len() - 1], 28), None);
+        let truncated = completed(&name, b"rtp!", libc::MSG_TRUNC as u32);
+        assert_eq!(received_datagram(&truncated, 28), None);
+        assert_eq!(received_datagram(&b, 8), None);
+        assert_eq!(received_datagram(&b[..10], 28), None);
+    }
+}
