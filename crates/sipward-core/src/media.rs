@@ -148,6 +148,14 @@ impl StreamCounters {
         self.last.fetch_max(since + 1, Ordering::Relaxed);
     }
 
+    /// Takes back packets `record` counted that then could not be sent (a relay that
+    /// counts a send when it queues it, io_uring's), and counts them as dropped.
+    pub fn unsent(&self, from: Side, packets: u64, bytes: u64) {
+        from.of(&self.packets).fetch_sub(packets, Ordering::Relaxed);
+        from.of(&self.bytes).fetch_sub(bytes, Ordering::Relaxed);
+        self.record_drop(packets);
+    }
+
     pub fn record_drop(&self, packets: u64) {
         self.dropped.fetch_add(packets, Ordering::Relaxed);
     }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -72,7 +73,9 @@ impl Train {
         self.count += 1;
     }
 
-    /// Sends the train in `data` (and empties both).
+    /// Sends the train in `data` (and empties both). `try_send`, not `send`: quinn-udp's
+    /// `send` reports most failures as success (QUIC retransmits anyway), and a relay
+    /// has to count them as drops.
     fn send(
         &mut self,
         state: &UdpSocketState,
@@ -91,7 +94,7 @@ impl Train {
             segment_size: (self.count > 1).then_some(self.segment),
             src_ip: None,
         };
-        if state.send(UdpSockRef::from(socket), &transmit).is_ok() {
+        if state.try_send(UdpSockRef::from(socket), &transmit).is_ok() {
             tally.packets += self.count as u64;
             tally.bytes += data.len() as u64;
         } else if self.count > 1 {
@@ -103,7 +106,7 @@ impl Train {
                     segment_size: None,
                     ..transmit
                 };
-                if state.send(UdpSockRef::from(socket), &single).is_ok() {
+                if state.try_send(UdpSockRef::from(socket), &single).is_ok() {
                     tally.packets += 1;
                     tally.bytes += datagram.len() as u64;
                 } else {
@@ -337,6 +340,49 @@ impl Table {
             }
         }
         keys
+    }
+
+    /// Where one datagram of `len` bytes received on slot `key` from `source` goes:
+    /// the socket to send it from and the party, counted as forwarded; `None` (counted
+    /// as a drop) when the leg does not accept it or has nowhere to send it. For an
+    /// engine that sends by itself (io_uring), which takes the count back with
+    /// `unsent` if the send fails.
+    pub(crate) fn route_one(
+        &mut self,
+        key: usize,
+        source: SocketAddr,
+        len: usize,
+    ) -> Option<(RawFd, SocketAddr)> {
+        let slot = self.slots.get(key).filter(|s| !s.closing)?;
+        let (side, channel) = (slot.side, slot.channel);
+        let stream = self.streams.get_mut(slot.stream)?;
+        let out_slot = channel_of(side.other().of(&stream.slots), channel);
+        let out = out_slot.and_then(|k| self.slots.get(k));
+        let (from_leg, to_leg) = legs_mut(&mut stream.legs, side);
+        // Accepting first: it latches a party even while the other leg has nowhere to
+        // send yet.
+        let accepted = from_leg.accepts(channel, source);
+        match (to_leg.destination(channel), out, accepted) {
+            (Some(target), Some(out), true) => {
+                stream.counters.record(side, 1, len as u64, Instant::now());
+                Some((out.socket.as_raw_fd(), target))
+            }
+            _ => {
+                stream.counters.record_drop(1);
+                None
+            }
+        }
+    }
+
+    /// A datagram of `len` bytes `route_one` routed from slot `key` (if it is still the
+    /// socket with `tag`) could not be sent: counted as dropped, not forwarded.
+    pub(crate) fn unsent(&mut self, key: usize, tag: u32, len: usize) {
+        let Some(slot) = self.slots.get(key).filter(|s| s.tag == tag) else {
+            return;
+        };
+        if let Some(stream) = self.streams.get(slot.stream) {
+            stream.counters.unsent(slot.side, 1, len as u64);
+        }
     }
 
     /// Sends what one read on slot `key` brought in: each datagram (its source and

@@ -40,7 +40,14 @@ const COMPLETIONS: u32 = 8 * BUFFERS as u32;
 /// it (a slot key is reused; the tag tells a late completion of the socket that had
 /// the key before from one of the current socket), and two marks.
 const KEY_BITS: u32 = 32;
-const TAG_MASK: u64 = (1 << 30) - 1;
+const TAG_MASK: u64 = (1 << 28) - 1;
+/// The relay's tick.
+const TICK: u64 = 1 << 60;
+/// How often the relay wakes when nothing else wakes it: a send's completion (a
+/// failure to count) is otherwise only taken with the next datagram or command.
+const TICK_EVERY: Timespec = Timespec::new().nsec(50_000_000);
+/// A send from buffer `user_data & 0xffff`.
+const SEND: u64 = 1 << 61;
 const WAKE: u64 = 1 << 62;
 const CANCEL: u64 = 1 << 63;
 
@@ -145,6 +152,28 @@ impl ProvidedBuffers {
     }
 }
 
+impl ProvidedBuffers {
+    /// Where buffer `id` starts, for a send the kernel reads from it. The buffer must be
+    /// one the kernel has completed a receive into and not been given back.
+    fn start(&self, id: u16) -> Option<*mut u8> {
+        // SAFETY: `id` is below BUFFERS, so the offset stays inside the allocation.
+        (id < BUFFERS).then(|| unsafe { self.memory.add(usize::from(id) * BUFFER_SIZE) })
+    }
+
+    /// Writes `bytes` at the start of buffer `id` (over the receive's header, which has
+    /// been read), for the send that follows.
+    fn write_head(&mut self, id: u16, bytes: &[u8]) -> Option<*mut u8> {
+        let start = self.start(id)?;
+        if bytes.len() > HEADER + NAME_ROOM {
+            return None;
+        }
+        // SAFETY: the range lies inside buffer `id`, which the kernel does not touch
+        // between the completion of its receive and its return to the ring.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), start, bytes.len()) };
+        Some(start)
+    }
+}
+
 impl Drop for ProvidedBuffers {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with these layouts; `Uring` drops this only after
@@ -154,6 +183,17 @@ impl Drop for ProvidedBuffers {
             alloc::dealloc(self.memory, self.memory_layout);
         }
     }
+}
+
+/// What became of a datagram `send_one` was given.
+#[derive(Clone, Copy)]
+enum OneSend {
+    /// A send reads from this buffer until it completes.
+    Queued(u16),
+    /// Dropped (and counted) or not sendable; the buffer can go back.
+    Handled,
+    /// Left to `Table::forward` (a datagram that did not arrive whole, say).
+    NotTried,
 }
 
 /// What one completion said, copied out of the completion queue.
@@ -171,8 +211,17 @@ pub(crate) struct Uring {
     /// The `msghdr` every receive is made with: it only says how much room the source
     /// address gets (and that there is none for control messages).
     template: Box<libc::msghdr>,
+    /// The tick's period, read by the kernel when a tick is armed.
+    tick: Box<Timespec>,
     /// Receives armed and not yet ended.
     armed: usize,
+    /// Sends queued and not yet completed (each holds a buffer).
+    sending: usize,
+    /// Sends queued since the relay last waited.
+    queued_sends: usize,
+    /// Per buffer, the receiving socket (`user_data`) and length of the send reading
+    /// from it.
+    send_owner: Vec<(u64, usize)>,
     completions: Vec<Completion>,
     /// Sockets whose receive ended and is to be armed again.
     rearm: Vec<usize>,
@@ -200,12 +249,16 @@ impl Uring {
         // SAFETY: msghdr is plain data (integers and pointers), for which all zero bytes
         // is a valid value: no name, no iovec, no control buffer.
         let mut template: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-        template.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
+        template.msg_namelen = NAME_ROOM as u32;
         Ok(Self {
             ring,
             buffers: Some(buffers),
             template,
+            tick: Box::new(TICK_EVERY),
             armed: 0,
+            sending: 0,
+            queued_sends: 0,
+            send_owner: vec![(0, 0); usize::from(BUFFERS)],
             completions: Vec::with_capacity(COMPLETIONS as usize),
             rearm: Vec::new(),
         })
@@ -214,8 +267,9 @@ impl Uring {
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: what the entries point at (the msghdr template, the buffer ring)
-            // lives as long as the ring; file descriptors are the relay's own, kept
-            // open until their receive has ended.
+            // lives as long as the ring; a send's payload and address are in a buffer
+            // held (not given back to the ring) until the send completes; file
+            // descriptors are the relay's own, kept open until their receive has ended.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
@@ -255,6 +309,11 @@ impl Uring {
         }
     }
 
+    fn arm_tick(&mut self) -> io::Result<()> {
+        let entry = opcode::Timeout::new(&*self.tick).build().user_data(TICK);
+        self.push(&entry)
+    }
+
     fn arm_inbox(&mut self, inbox: &Inbox) -> io::Result<()> {
         let entry = opcode::PollAdd::new(Fd(inbox.fd()), libc::POLLIN as u32)
             .multi(true)
@@ -264,12 +323,18 @@ impl Uring {
     }
 
     pub(crate) fn run(mut self, mut table: Table, inbox: Inbox) {
-        if let Err(e) = self.arm_inbox(&inbox) {
+        if let Err(e) = self.arm_inbox(&inbox).and_then(|()| self.arm_tick()) {
             tracing::error!("media relay cannot wait for commands: {e}");
             return;
         }
         loop {
-            match self.ring.submit_and_wait(1) {
+            // Sends queued since the last wait complete as the queue is submitted (UDP
+            // does not block, and MSG_DONTWAIT keeps the kernel from parking one that
+            // would): waiting for their completions plus one more wakes the relay for
+            // the next datagram or command, not for its own sends.
+            let want = 1 + std::mem::take(&mut self.queued_sends);
+            let waited = self.ring.submit_and_wait(want);
+            match waited {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 // The completion queue overflowed: reaping it is the cure.
@@ -307,6 +372,14 @@ impl Uring {
             rest = next;
             if data == WAKE {
                 going_on &= self.take_commands(table, inbox, this);
+            } else if data == TICK {
+                if let Err(e) = self.arm_tick() {
+                    tracing::error!("media relay cannot set its tick: {e}");
+                }
+            } else if data & SEND != 0 {
+                for c in this {
+                    self.sent(table, c);
+                }
             } else if data & CANCEL != 0 {
                 // A cancellation that found nothing: the receive had already ended.
                 for c in this {
@@ -347,29 +420,40 @@ impl Uring {
         }
     }
 
-    /// Forwards a run of one socket's completions and gives their buffers back.
+    /// Forwards a run of one socket's completions and gives their buffers back (but for
+    /// one a send is still reading).
     fn received(&mut self, table: &mut Table, data: u64, run: &[Completion]) {
         let (key, tag) = key_and_tag(data);
         let current = table.slots.get(key).is_some_and(|s| s.tag == tag);
-        if let Some(buffers) = &self.buffers {
-            let name_room = self.template.msg_namelen as usize;
+        // One datagram (the common case with many streams: a socket holds one packet at
+        // a time) is sent through the ring, from the buffer it arrived in; a run of
+        // several goes through `Table::forward`, where it can leave as one GSO train.
+        let outcome = match (run, current) {
+            ([one], true) => self.send_one(table, key, tag, one),
+            _ => OneSend::NotTried,
+        };
+        if let (Some(buffers), OneSend::NotTried, true) = (&self.buffers, outcome, current) {
             let datagrams = run.iter().filter_map(|c| {
                 let id = cqueue::buffer_select(c.flags)?;
                 let len = usize::try_from(c.result).ok()?;
-                let datagram = received_datagram(buffers.filled(id, len)?, name_room);
+                let datagram = received_datagram(buffers.filled(id, len)?, NAME_ROOM);
                 // An empty datagram carries nothing to forward (as with epoll).
                 match datagram {
                     Some((_, [])) => None,
                     d => Some(d),
                 }
             });
-            if current {
-                table.forward(key, datagrams);
-            }
+            table.forward(key, datagrams);
         }
+        let held = match outcome {
+            OneSend::Queued(id) => Some(id),
+            _ => None,
+        };
         if let Some(buffers) = &mut self.buffers {
             for id in run.iter().filter_map(|c| cqueue::buffer_select(c.flags)) {
-                buffers.give(id);
+                if Some(id) != held {
+                    buffers.give(id);
+                }
             }
             buffers.publish();
         }
@@ -386,6 +470,91 @@ impl Uring {
                     self.rearm.push(key);
                 }
             }
+        }
+    }
+
+    /// Sends the one datagram of `completion` from its buffer, if the leg accepts it.
+    fn send_one(
+        &mut self,
+        table: &mut Table,
+        key: usize,
+        tag: u32,
+        completion: &Completion,
+    ) -> OneSend {
+        let Some(buffers) = self.buffers.as_mut() else {
+            return OneSend::NotTried;
+        };
+        let Some(id) = cqueue::buffer_select(completion.flags) else {
+            return OneSend::NotTried;
+        };
+        let Ok(len) = usize::try_from(completion.result) else {
+            return OneSend::NotTried;
+        };
+        let Some((source, payload_len)) = buffers
+            .filled(id, len)
+            .and_then(|b| received_datagram(b, NAME_ROOM))
+            .map(|(source, payload)| (source, payload.len()))
+            .filter(|&(_, n)| n > 0)
+        else {
+            return OneSend::NotTried;
+        };
+        let Some((fd, target)) = table.route_one(key, source, payload_len) else {
+            return OneSend::Handled;
+        };
+        let (address, address_len) = sockaddr_bytes(target);
+        // The receive's header and source address have been read: the destination
+        // goes where they were, in front of the payload, for the kernel to read.
+        let Some(start) = address
+            .get(..address_len)
+            .and_then(|a| buffers.write_head(id, a))
+        else {
+            return OneSend::Handled;
+        };
+        // SAFETY: the payload starts HEADER + NAME_ROOM bytes into the buffer and was
+        // found inside it by `received_datagram`.
+        let payload = unsafe { start.add(HEADER + NAME_ROOM) };
+        let entry = opcode::Send::new(Fd(fd), payload, payload_len as u32)
+            .dest_addr(start.cast::<libc::sockaddr>())
+            .dest_addr_len(address_len as libc::socklen_t)
+            // Fail at once rather than wait for room (as the epoll engine's sends do):
+            // a parked send would hold up the relay's wait and its buffer.
+            .flags(libc::MSG_DONTWAIT)
+            .build()
+            .user_data(SEND | u64::from(id));
+        match self.push(&entry) {
+            Ok(()) => {
+                self.sending += 1;
+                self.queued_sends += 1;
+                if let Some(owner) = self.send_owner.get_mut(usize::from(id)) {
+                    *owner = (user_data(key, tag), payload_len);
+                }
+                OneSend::Queued(id)
+            }
+            Err(e) => {
+                tracing::debug!("media send not queued: {e}");
+                OneSend::Handled
+            }
+        }
+    }
+
+    /// A send through the ring completed: its buffer goes back (and if it failed, its
+    /// stream counts it as dropped).
+    fn sent(&mut self, table: &mut Table, completion: &Completion) {
+        self.sending = self.sending.saturating_sub(1);
+        let id = (completion.user_data & 0xffff) as u16;
+        if completion.result < 0 {
+            tracing::debug!(
+                "media send failed: {}",
+                io::Error::from_raw_os_error(-completion.result)
+            );
+            if let Some(&(owner, len)) = self.send_owner.get(usize::from(id)) {
+                let (key, tag) = key_and_tag(owner);
+                table.unsent(key, tag, len);
+            }
+        }
+        if let Some(buffers) = &mut self.buffers {
+            buffers.give(id);
+            buffers.publish();
         }
     }
 
@@ -421,19 +590,21 @@ impl Uring {
         let wait = Timespec::new().nsec(10_000_000);
         let args = SubmitArgs::new().timespec(&wait);
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.armed > 0 && Instant::now() < deadline {
+        while self.armed + self.sending > 0 && Instant::now() < deadline {
             let _ = self.ring.submitter().submit_with_args(1, &args);
             for c in self.ring.completion() {
-                let receive = c.user_data() & (CANCEL | WAKE) == 0;
-                if receive && !cqueue::more(c.flags()) {
+                let data = c.user_data();
+                if data & SEND != 0 {
+                    self.sending = self.sending.saturating_sub(1);
+                } else if data & (CANCEL | WAKE | TICK) == 0 && !cqueue::more(c.flags()) {
                     self.armed = self.armed.saturating_sub(1);
                 }
             }
         }
-        if self.armed > 0 {
+        if self.armed + self.sending > 0 {
             // The kernel may still write into the buffers: better to leak them.
             tracing::error!(
-                pending = self.armed,
+                pending = self.armed + self.sending,
                 "media receives did not end; their buffers are not freed"
             );
             std::mem::forget(self.buffers.take());
@@ -461,6 +632,34 @@ fn received_datagram(buffer: &[u8], name_room: usize) -> Option<(SocketAddr, &[u
 
 /// Size of the kernel's `io_uring_recvmsg_out`.
 const HEADER: usize = 16;
+/// Room for a source address in a receive buffer, after the header.
+const NAME_ROOM: usize = size_of::<libc::sockaddr_in6>();
+
+/// `address` as the kernel's `sockaddr_in` or `sockaddr_in6` bytes, and their length.
+fn sockaddr_bytes(address: SocketAddr) -> ([u8; NAME_ROOM], usize) {
+    let mut bytes = [0u8; NAME_ROOM];
+    let mut put = |at: usize, data: &[u8]| {
+        if let Some(to) = bytes.get_mut(at..at + data.len()) {
+            to.copy_from_slice(data);
+        }
+    };
+    match address {
+        SocketAddr::V4(a) => {
+            put(0, &(libc::AF_INET as u16).to_ne_bytes());
+            put(2, &a.port().to_be_bytes());
+            put(4, &a.ip().octets());
+            (bytes, size_of::<libc::sockaddr_in>())
+        }
+        SocketAddr::V6(a) => {
+            put(0, &(libc::AF_INET6 as u16).to_ne_bytes());
+            put(2, &a.port().to_be_bytes());
+            put(4, &a.flowinfo().to_be_bytes());
+            put(8, &a.ip().octets());
+            put(24, &a.scope_id().to_ne_bytes());
+            (bytes, NAME_ROOM)
+        }
+    }
+}
 
 /// The source address of a datagram from the kernel's `sockaddr` bytes.
 fn socket_address(name: &[u8]) -> Option<SocketAddr> {
@@ -492,9 +691,9 @@ mod tests {
 
     #[test]
     fn user_data_keeps_key_and_tag_apart_from_the_marks() {
-        for (key, tag) in [(0, 0), (7, 1), (u32::MAX as usize, (1 << 30) - 1)] {
+        for (key, tag) in [(0, 0), (7, 1), (u32::MAX as usize, (1 << 28) - 1)] {
             let data = user_data(key, tag);
-            assert_eq!(data & (WAKE | CANCEL), 0);
+            assert_eq!(data & (TICK | SEND | WAKE | CANCEL), 0);
             assert_eq!(key_and_tag(data), (key, tag));
             assert_eq!(key_and_tag(CANCEL | data), (key, tag));
         }
@@ -514,6 +713,11 @@ mod tests {
         assert_eq!(socket_address(&v6), "[::1]:5004".parse().ok());
         assert_eq!(socket_address(&v6[..20]), None);
         assert_eq!(socket_address(&[0u8; 28]), None);
+        for a in ["127.0.0.9:4000", "[::1]:5004", "[fe80::1%3]:9"] {
+            let a: SocketAddr = a.parse().unwrap();
+            let (bytes, len) = sockaddr_bytes(a);
+            assert_eq!(socket_address(&bytes[..len]), Some(a), "round trip of {a}");
+        }
     }
 
     fn completed(name: &[u8], payload: &[u8], flags: u32) -> Vec<u8> {

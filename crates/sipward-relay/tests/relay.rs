@@ -425,9 +425,45 @@ fn many_streams_each_with_a_packet_all_arrive_with(engine: Engine) {
         }
     }
     // Counted just after sending.
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(100));
     assert!(all.iter().all(|c| c.snapshot().packets[0] == 3));
     for i in 0..STREAMS {
         relay.apply([MediaCommand::Close { id: u64::from(i) }]);
     }
+}
+
+#[test]
+fn a_send_the_kernel_refuses_is_counted_as_dropped_not_forwarded() {
+    for engine in ENGINES {
+        a_send_the_kernel_refuses_is_counted_as_dropped_not_forwarded_with(engine);
+    }
+}
+
+fn a_send_the_kernel_refuses_is_counted_as_dropped_not_forwarded_with(engine: Engine) {
+    let relay = spawn(engine);
+    let (phone_rtp, phone_rtcp) = (bind("127.77.10.20:0"), bind("127.77.10.20:0"));
+    // An IPv6 party behind an IPv4 port: every send to it fails.
+    let unreachable = Peer {
+        rtp: Some(sock("[::1]:7000")),
+        rtcp: Some(sock("[::1]:7001")),
+        latch: false,
+    };
+    let counters = set_at(
+        &relay,
+        1,
+        ["127.77.10.1:40000", "127.77.11.1:40000"],
+        vec![strict(&phone_rtp, &phone_rtcp)],
+        vec![unreachable],
+    );
+    for _ in 0..3 {
+        phone_rtp.send_to(b"lost", "127.77.10.1:40000").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let c = counters.snapshot();
+    assert_eq!(
+        (c.packets[0], c.bytes[0], c.dropped),
+        (0, 0, 3),
+        "{engine:?}"
+    );
 }
