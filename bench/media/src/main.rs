@@ -631,7 +631,9 @@ fn measure(
     let mut cost_at_50k = None;
     // SWEEP=0 skips the capacity sweep (with LAT_RATE, one fixed load: for profiling).
     let sweep = std::env::var("SWEEP").map_or(true, |v| v != "0");
-    for rate in RATES.into_iter().filter(|_| sweep) {
+    // One step: Some((sent, received, seconds, relay CPU)) when the rate was offered in
+    // full and forwarded with under 1% loss.
+    let step = |rate: u64| {
         eprintln!(
             "  {} {streams} streams: {rate} packets/s for {secs} s",
             relay.name()
@@ -656,13 +658,34 @@ fn measure(
             100.0 * loss,
             cpu / elapsed
         );
-        if loss > 0.01 || !reached {
+        (loss <= 0.01 && reached).then_some((run.sent, run.received, elapsed, cpu))
+    };
+    let mut failed_at = None;
+    for rate in RATES.into_iter().filter(|_| sweep) {
+        let Some(result) = step(rate) else {
+            failed_at = Some(rate);
             break;
+        };
+        if rate == 50_000 && result.1 > 0 {
+            cost_at_50k = Some(result.3 / result.1 as f64 * 1e6);
         }
-        if rate == 50_000 && run.received > 0 {
-            cost_at_50k = Some(cpu / run.received as f64 * 1e6);
+        best = Some(result);
+    }
+    // Two halvings between the last rate passed and the first failed: the steps are
+    // 25k apart up there, which alone would make the ratio of two relays coarse.
+    if let (Some(mut high), Some(mut good)) = (failed_at, best) {
+        let mut low = good.0 as f64 / good.2;
+        for _ in 0..2 {
+            let mid = ((low + high as f64) / 2.0) as u64;
+            match step(mid) {
+                Some(result) => {
+                    low = mid as f64;
+                    good = result;
+                }
+                None => high = mid,
+            }
         }
-        best = Some((run.sent, run.received, elapsed, cpu));
+        best = Some(good);
     }
     let (sent, forwarded, elapsed, cpu) = best.unwrap_or((0, 0, 1.0, 0.0));
 
