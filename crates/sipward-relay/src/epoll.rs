@@ -79,10 +79,10 @@ impl Epoll {
 
     fn register(&self, table: &mut Table, opened: StreamSlots) {
         for key in opened.into_iter().flatten() {
-            let Some(slot) = table.slots.get(key) else {
+            let Some(socket) = table.slots.get(key).and_then(|s| s.socket.as_ref()) else {
                 continue;
             };
-            let fd = slot.socket.as_raw_fd();
+            let fd = socket.as_raw_fd();
             if let Err(e) =
                 self.poll
                     .registry()
@@ -98,7 +98,7 @@ impl Epoll {
     fn drain(&mut self, table: &mut Table, key: usize) {
         let mut meta = [RecvMeta::default(); BATCH_SIZE];
         loop {
-            let Some(slot) = table.slots.get(key) else {
+            let Some(socket) = table.slots.get(key).and_then(|s| s.socket.as_ref()) else {
                 return;
             };
             let mut chunks = self.buffers.chunks_mut(BUFFER);
@@ -106,7 +106,7 @@ impl Epoll {
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
             let received = table
                 .state
-                .recv(UdpSockRef::from(&slot.socket), &mut bufs, &mut meta);
+                .recv(UdpSockRef::from(socket), &mut bufs, &mut meta);
             let count = match received {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -27,7 +27,9 @@ pub(crate) enum Channel {
 
 /// One media socket and whose it is.
 pub(crate) struct Slot {
-    pub(crate) socket: std::net::UdpSocket,
+    /// The socket; taken (closed) when its stream closes, even while the engine still
+    /// waits for the kernel to confirm it has let go of it.
+    pub(crate) socket: Option<std::net::UdpSocket>,
     stream: usize,
     side: Side,
     channel: Channel,
@@ -314,7 +316,7 @@ impl Table {
         }
         self.next_tag = self.next_tag.wrapping_add(1);
         Ok(self.slots.insert(Slot {
-            socket,
+            socket: Some(socket),
             stream,
             side,
             channel,
@@ -357,7 +359,9 @@ impl Table {
         let (side, channel) = (slot.side, slot.channel);
         let stream = self.streams.get_mut(slot.stream)?;
         let out_slot = channel_of(side.other().of(&stream.slots), channel);
-        let out = out_slot.and_then(|k| self.slots.get(k));
+        let out = out_slot
+            .and_then(|k| self.slots.get(k))
+            .and_then(|s| s.socket.as_ref());
         let (from_leg, to_leg) = legs_mut(&mut stream.legs, side);
         // Accepting first: it latches a party even while the other leg has nowhere to
         // send yet.
@@ -365,7 +369,7 @@ impl Table {
         match (to_leg.destination(channel), out, accepted) {
             (Some(target), Some(out), true) => {
                 stream.counters.record(side, 1, len as u64, Instant::now());
-                Some((out.socket.as_raw_fd(), target))
+                Some((out.as_raw_fd(), target))
             }
             _ => {
                 stream.counters.record_drop(1);
@@ -405,7 +409,9 @@ impl Table {
         };
         let now = Instant::now();
         let out_slot = channel_of(side.other().of(&stream.slots), channel);
-        let out = out_slot.and_then(|k| self.slots.get(k));
+        let out = out_slot
+            .and_then(|k| self.slots.get(k))
+            .and_then(|s| s.socket.as_ref());
         let (from_leg, to_leg) = legs_mut(&mut stream.legs, side);
         let target = to_leg.destination(channel);
         let max_segments = self.state.max_gso_segments().max(1);
@@ -425,25 +431,13 @@ impl Table {
                 continue;
             };
             if !train.fits(bytes.len(), max_segments, self.train.len()) {
-                train.send(
-                    &self.state,
-                    &out.socket,
-                    target,
-                    &mut self.train,
-                    &mut tally,
-                );
+                train.send(&self.state, out, target, &mut self.train, &mut tally);
             }
             train.add(bytes.len());
             self.train.extend_from_slice(bytes);
         }
         if let (Some(target), Some(out)) = (target, out) {
-            train.send(
-                &self.state,
-                &out.socket,
-                target,
-                &mut self.train,
-                &mut tally,
-            );
+            train.send(&self.state, out, target, &mut self.train, &mut tally);
         }
         if tally.packets > 0 {
             stream

@@ -279,13 +279,18 @@ impl Uring {
     }
 
     fn arm(&mut self, table: &mut Table, key: usize) {
-        let Some(slot) = table.slots.get(key).filter(|s| !s.closing) else {
+        let Some((socket, tag)) = table
+            .slots
+            .get(key)
+            .filter(|s| !s.closing)
+            .and_then(|s| Some((s.socket.as_ref()?, s.tag)))
+        else {
             return;
         };
         let entry =
-            opcode::RecvMsgMulti::new(Fd(slot.socket.as_raw_fd()), &*self.template, BUFFER_GROUP)
+            opcode::RecvMsgMulti::new(Fd(socket.as_raw_fd()), &*self.template, BUFFER_GROUP)
                 .build()
-                .user_data(user_data(key, slot.tag));
+                .user_data(user_data(key, tag));
         match self.push(&entry) {
             Ok(()) => self.armed += 1,
             Err(e) => {
@@ -295,16 +300,33 @@ impl Uring {
         }
     }
 
-    fn cancel(&mut self, table: &Table, closed: StreamSlots) {
+    /// Stops receiving on a closed stream's sockets and closes them, and waits for the
+    /// kernel to let go of them: then their ports are free before the next command,
+    /// which may be a new stream on the same ports (a pool running short).
+    fn cancel(&mut self, table: &mut Table, closed: StreamSlots) {
+        let mut any = false;
         for key in closed.into_iter().flatten() {
-            if let Some(slot) = table.slots.get(key) {
-                let data = user_data(key, slot.tag);
-                let entry = opcode::AsyncCancel::new(data)
-                    .build()
-                    .user_data(CANCEL | data);
-                if let Err(e) = self.push(&entry) {
-                    tracing::error!("cannot stop receiving on a media socket: {e}");
-                }
+            let Some(slot) = table.slots.get_mut(key) else {
+                continue;
+            };
+            // The pending receive holds its own reference to the socket until it ends.
+            drop(slot.socket.take());
+            let data = user_data(key, slot.tag);
+            let entry = opcode::AsyncCancel::new(data)
+                .build()
+                .user_data(CANCEL | data);
+            match self.push(&entry) {
+                Ok(()) => any = true,
+                Err(e) => tracing::error!("cannot stop receiving on a media socket: {e}"),
+            }
+        }
+        // The cancellations complete as they are submitted (each posts a completion, so
+        // the wait returns at once); ending the receives is deferred work the wait runs
+        // first, which drops the last references to the sockets. Their completions are
+        // reaped with the next batch.
+        if any {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                tracing::debug!("media relay: waiting for cancellations: {e}");
             }
         }
     }

@@ -467,3 +467,111 @@ fn a_send_the_kernel_refuses_is_counted_as_dropped_not_forwarded_with(engine: En
         "{engine:?}"
     );
 }
+
+#[test]
+fn streams_opened_and_closed_in_quick_succession_leave_every_port_free() {
+    for engine in ENGINES {
+        streams_opened_and_closed_in_quick_succession_leave_every_port_free_with(engine);
+    }
+}
+
+fn streams_opened_and_closed_in_quick_succession_leave_every_port_free_with(engine: Engine) {
+    const STREAMS: u16 = 50;
+    let relay = spawn(engine);
+    let phone = bind("127.77.12.20:0");
+    let far = bind("127.77.13.50:0");
+    let local = |side: u8, i: u16| SocketAddr::new([127, 77, 12 + side, 1].into(), 44000 + 2 * i);
+    for cycle in 0..20u64 {
+        // Each cycle reuses the ports the last one closed, as the core's pool would
+        // when it runs short, while datagrams for them may still be in flight.
+        relay.apply((0..STREAMS).map(|i| MediaCommand::Set {
+            id: cycle * 1000 + u64::from(i),
+            legs: [
+                LegSpec {
+                    local_rtp: local(0, i),
+                    peers: vec![strict(&phone, &phone)],
+                },
+                LegSpec {
+                    local_rtp: local(1, i),
+                    peers: vec![strict(&far, &far)],
+                },
+            ],
+            counters: Arc::new(StreamCounters::new(Instant::now())),
+        }));
+        std::thread::sleep(Duration::from_millis(20));
+        for i in 0..STREAMS {
+            let _ = phone.send_to(&[cycle as u8], local(0, i));
+        }
+        relay.apply((0..STREAMS).map(|i| MediaCommand::Close {
+            id: cycle * 1000 + u64::from(i),
+        }));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still serving: a last stream on the same ports forwards.
+    set_at(
+        &relay,
+        99_999,
+        ["127.77.12.1:44000", "127.77.13.1:44000"],
+        vec![strict(&phone, &phone)],
+        vec![strict(&far, &far)],
+    );
+    while receive(&far).is_some() {}
+    phone.send_to(b"last", "127.77.12.1:44000").unwrap();
+    assert_eq!(
+        receive(&far).map(|(d, _)| d),
+        Some(b"last".to_vec()),
+        "{engine:?}"
+    );
+    relay.apply([MediaCommand::Close { id: 99_999 }]);
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..STREAMS {
+        for side in 0..2 {
+            let mut port = local(side, i);
+            for _ in 0..2 {
+                UdpSocket::bind(port)
+                    .unwrap_or_else(|e| panic!("{engine:?}: port {port} still held: {e}"));
+                port.set_port(port.port() + 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_port_closed_and_reopened_in_one_batch_of_commands_forwards() {
+    for engine in ENGINES {
+        a_port_closed_and_reopened_in_one_batch_of_commands_forwards_with(engine);
+    }
+}
+
+fn a_port_closed_and_reopened_in_one_batch_of_commands_forwards_with(engine: Engine) {
+    let relay = spawn(engine);
+    let (phone_rtp, phone_rtcp) = (bind("127.77.14.20:0"), bind("127.77.14.20:0"));
+    let (far_rtp, far_rtcp) = (bind("127.77.15.50:0"), bind("127.77.15.50:0"));
+    let set = |id| MediaCommand::Set {
+        id,
+        legs: [
+            LegSpec {
+                local_rtp: sock("127.77.14.1:40000"),
+                peers: vec![strict(&phone_rtp, &phone_rtcp)],
+            },
+            LegSpec {
+                local_rtp: sock("127.77.15.1:40000"),
+                peers: vec![strict(&far_rtp, &far_rtcp)],
+            },
+        ],
+        counters: Arc::new(StreamCounters::new(Instant::now())),
+    };
+    relay.apply([set(1)]);
+    std::thread::sleep(Duration::from_millis(100));
+    // A call ends and the next one gets its ports at once (a pool running short).
+    relay.apply([MediaCommand::Close { id: 1 }, set(2)]);
+    std::thread::sleep(Duration::from_millis(100));
+    phone_rtp
+        .send_to(b"next call", "127.77.14.1:40000")
+        .unwrap();
+    assert_eq!(
+        receive(&far_rtp).map(|(d, _)| d),
+        Some(b"next call".to_vec()),
+        "{engine:?}: the new stream did not get its ports"
+    );
+}
