@@ -818,10 +818,7 @@ fn main() {
         open: Vec::new(),
         next_port: 40000,
     };
-    println!(
-        "sipward's relay engine: {:?}\n",
-        sipward.relay.engine()
-    );
+    println!("sipward's relay engine: {:?}\n", sipward.relay.engine());
     let mut rtpengine = Rtpengine::start(realtime);
     if pinned {
         // The generator on CPU 0; rtpengine, every thread of it, on CPU 1 (sipward's
