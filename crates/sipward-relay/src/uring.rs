@@ -225,6 +225,8 @@ pub(crate) struct Uring {
     completions: Vec<Completion>,
     /// Sockets whose receive ended and is to be armed again.
     rearm: Vec<usize>,
+    /// Receives (`user_data`) whose cancellation is to be asked again.
+    recancel: Vec<u64>,
 }
 
 impl Uring {
@@ -261,6 +263,7 @@ impl Uring {
             send_owner: vec![(0, 0); usize::from(BUFFERS)],
             completions: Vec::with_capacity(COMPLETIONS as usize),
             rearm: Vec::new(),
+            recancel: Vec::new(),
         })
     }
 
@@ -268,8 +271,9 @@ impl Uring {
         loop {
             // SAFETY: what the entries point at (the msghdr template, the buffer ring)
             // lives as long as the ring; a send's payload and address are in a buffer
-            // held (not given back to the ring) until the send completes; file
-            // descriptors are the relay's own, kept open until their receive has ended.
+            // held (not given back to the ring) until the send completes. File
+            // descriptors are the relay's own and open until the entries naming them
+            // are submitted (`cancel` submits before it closes any).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
@@ -304,6 +308,11 @@ impl Uring {
     /// kernel to let go of them: then their ports are free before the next command,
     /// which may be a new stream on the same ports (a pool running short).
     fn cancel(&mut self, table: &mut Table, closed: StreamSlots) {
+        // Sends queued name their sockets by descriptor: they go to the kernel (which
+        // then holds the sockets) before any descriptor is closed and perhaps reused.
+        if let Err(e) = self.ring.submit() {
+            tracing::debug!("media relay: submitting before closing: {e}");
+        }
         let mut any = false;
         for key in closed.into_iter().flatten() {
             let Some(slot) = table.slots.get_mut(key) else {
@@ -403,10 +412,15 @@ impl Uring {
                     self.sent(table, c);
                 }
             } else if data & CANCEL != 0 {
-                // A cancellation that found nothing: the receive had already ended.
                 for c in this {
-                    if c.result == -libc::ENOENT {
-                        self.release_if_closing(table, data & !CANCEL);
+                    match -c.result {
+                        // It found nothing: the receive had already ended.
+                        libc::ENOENT => {
+                            self.release_if_closing(table, data & !CANCEL);
+                        }
+                        // The receive was running: ask again.
+                        libc::EALREADY => self.recancel.push(data & !CANCEL),
+                        _ => {}
                     }
                 }
             } else {
@@ -416,6 +430,14 @@ impl Uring {
         self.completions = completions;
         for key in std::mem::take(&mut self.rearm) {
             self.arm(table, key);
+        }
+        for data in std::mem::take(&mut self.recancel) {
+            let entry = opcode::AsyncCancel::new(data)
+                .build()
+                .user_data(CANCEL | data);
+            if let Err(e) = self.push(&entry) {
+                tracing::error!("cannot stop receiving on a media socket: {e}");
+            }
         }
         going_on
     }
