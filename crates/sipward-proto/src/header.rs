@@ -233,7 +233,7 @@ impl HeaderName {
 /// Setting bit 0x20 of every byte lower-cases a token's letters and turns no other token
 /// character into a letter or '-' (the only token bytes without that bit are A-Z and
 /// '_', which becomes DEL), so for token input this is `eq_ignore_ascii_case`.
-fn token_eq_lower(name: &[u8], lower: &[u8]) -> bool {
+pub(crate) fn token_eq_lower(name: &[u8], lower: &[u8]) -> bool {
     const CASE: u64 = 0x2020_2020_2020_2020;
     let word = |s: &[u8], at: usize| {
         s.get(at..)

@@ -441,54 +441,38 @@ fn parse_rtcp(v: &[u8]) -> Result<Rtcp<'_>, SdpError> {
 fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
     let bad = SdpError::BadAttribute;
     // payload type: one to five digits (leading zeros allowed), at most 127, then a
-    // space. Index walks: this runs for every a=rtpmap of every offer and answer.
-    let mut i = 0;
-    let mut pt = 0u32;
-    while let Some(&b) = v.get(i) {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            break;
-        }
-        pt = pt.wrapping_mul(10).wrapping_add(u32::from(d));
-        i += 1;
-    }
-    if i == 0 || i > 5 || v.get(i) != Some(&b' ') {
+    // space.
+    let (pt, after_pt) = leading_digits(v);
+    if pt.is_empty() || pt.len() > 5 {
         return Err(bad);
     }
-    let payload_type = u8::try_from(pt).ok().filter(|&p| p <= 127).ok_or(bad)?;
+    let Some((b' ', rest)) = after_pt.split_first() else {
+        return Err(bad);
+    };
+    let payload_type = u8::try_from(decimal(pt))
+        .ok()
+        .filter(|&p| p <= 127)
+        .ok_or(bad)?;
     // encoding "/" clock-rate [ "/" parameters ]; the parameters may hold more slashes.
-    let rest = v.get(i + 1..).unwrap_or_default().trim_ascii();
-    let mut e = 0;
-    while let Some(&b) = rest.get(e) {
-        if b == b'/' || !b.is_ascii_graphic() {
-            break;
-        }
-        e += 1;
-    }
-    let encoding = rest.get(..e).unwrap_or_default();
+    let rest = trim_ascii_whitespace(rest);
+    let e = rest
+        .iter()
+        .position(|&b| b == b'/' || !b.is_ascii_graphic())
+        .unwrap_or(rest.len());
+    let (encoding, after_encoding) = rest.split_at_checked(e).unwrap_or((rest, &[]));
     if encoding.is_empty() {
         return Err(bad);
     }
-    let (clock_rate, params) = match rest.get(e) {
+    let (clock_rate, params) = match after_encoding.split_first() {
         None => (None, None),
-        Some(b'/') => {
-            let mut k = e + 1;
-            let mut clock = 0u32;
-            while let Some(&b) = rest.get(k) {
-                let d = b.wrapping_sub(b'0');
-                if d > 9 {
-                    break;
-                }
-                clock = clock.wrapping_mul(10).wrapping_add(u32::from(d));
-                k += 1;
-            }
-            let digits = k - (e + 1);
-            if digits == 0 || digits > 9 {
+        Some((b'/', clock)) => {
+            let (clock, after_clock) = leading_digits(clock);
+            if clock.is_empty() || clock.len() > 9 {
                 return Err(bad);
             }
-            match rest.get(k) {
-                None => (Some(clock), None),
-                Some(b'/') => (Some(clock), rest.get(k + 1..)),
+            match after_clock.split_first() {
+                None => (Some(decimal(clock)), None),
+                Some((b'/', params)) => (Some(decimal(clock)), Some(params)),
                 Some(_) => return Err(bad),
             }
         }
@@ -500,6 +484,27 @@ fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
         clock_rate,
         params,
     })
+}
+
+/// `s` split after its leading run of ASCII digits (which may be empty).
+#[inline]
+fn leading_digits(s: &[u8]) -> (&[u8], &[u8]) {
+    let n = s
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(s.len());
+    s.split_at_checked(n).unwrap_or((s, &[]))
+}
+
+/// `trim_ascii`, with the usual case (nothing to trim) settled by two byte tests.
+#[inline]
+fn trim_ascii_whitespace(s: &[u8]) -> &[u8] {
+    let untrimmed = |b: Option<&u8>| b.is_none_or(|b| !b.is_ascii_whitespace());
+    if untrimmed(s.first()) && untrimmed(s.last()) {
+        s
+    } else {
+        s.trim_ascii()
+    }
 }
 
 fn direction(attr: &[u8]) -> Option<Direction> {

@@ -4,6 +4,7 @@ use smallvec::SmallVec;
 
 use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
+use crate::header::token_eq_lower;
 use crate::limits::Limits;
 use crate::scan::{is_token, Cursor};
 use crate::uri::{parse_host, parse_host_port, parse_port, Host};
@@ -125,23 +126,32 @@ impl<'a> ViaParams<'a> {
     }
 
     fn take(&mut self, name: &'a [u8], value: Option<&'a [u8]>) -> Result<(), DefectKind> {
-        if name.eq_ignore_ascii_case(b"branch") {
-            self.branch = Some(value.ok_or(DefectKind::MalformedHeader)?);
-        } else if name.eq_ignore_ascii_case(b"received") {
-            let v = value.ok_or(DefectKind::MalformedHeader)?;
-            if parse_host(v)?.ip().is_none() {
-                return Err(DefectKind::InvalidIp);
+        // The name is a token: its length picks the one candidate, and a single
+        // case-insensitive compare confirms it.
+        match name.len() {
+            6 if token_eq_lower(name, b"branch") => {
+                self.branch = Some(value.ok_or(DefectKind::MalformedHeader)?);
             }
-            self.received = Some(v);
-        } else if name.eq_ignore_ascii_case(b"rport") {
-            self.rport = Some(value.map(parse_port).transpose()?);
-        } else if name.eq_ignore_ascii_case(b"maddr") {
-            let v = value.ok_or(DefectKind::MalformedHeader)?;
-            parse_host(v)?;
-            self.maddr = Some(v);
-        } else if name.eq_ignore_ascii_case(b"ttl") {
-            let v = value.ok_or(DefectKind::MalformedHeader)?;
-            crate::scan::parse_bounded(v, 255).ok_or(DefectKind::MalformedHeader)?;
+            8 if token_eq_lower(name, b"received") => {
+                let v = value.ok_or(DefectKind::MalformedHeader)?;
+                if parse_host(v)?.ip().is_none() {
+                    return Err(DefectKind::InvalidIp);
+                }
+                self.received = Some(v);
+            }
+            5 if token_eq_lower(name, b"rport") => {
+                self.rport = Some(value.map(parse_port).transpose()?);
+            }
+            5 if token_eq_lower(name, b"maddr") => {
+                let v = value.ok_or(DefectKind::MalformedHeader)?;
+                parse_host(v)?;
+                self.maddr = Some(v);
+            }
+            3 if token_eq_lower(name, b"ttl") => {
+                let v = value.ok_or(DefectKind::MalformedHeader)?;
+                crate::scan::parse_bounded(v, 255).ok_or(DefectKind::MalformedHeader)?;
+            }
+            _ => {}
         }
         Ok(())
     }
