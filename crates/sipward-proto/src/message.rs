@@ -402,8 +402,8 @@ impl<'a> Message<'a> {
         let v = f.value;
         match f.name {
             HeaderName::Via => parse_vias(v, limits, &mut self.vias)?,
-            HeaderName::From => self.from = Some(parse_single_name_addr(v, limits)?),
-            HeaderName::To => self.to = Some(parse_single_name_addr(v, limits)?),
+            HeaderName::From => parse_single_name_addr(v, limits, &mut self.from)?,
+            HeaderName::To => parse_single_name_addr(v, limits, &mut self.to)?,
             HeaderName::CallId => {
                 if !headers::is_call_id(v) {
                     return Err(DefectKind::MalformedHeader);
@@ -453,7 +453,7 @@ impl<'a> Message<'a> {
                 self.proxy_authenticate.get_or_insert(c);
             }
             HeaderName::ReferTo | HeaderName::ReferredBy => {
-                parse_single_name_addr(v, limits)?;
+                parse_single_name_addr(v, limits, &mut None)?;
             }
             HeaderName::Require | HeaderName::ProxyRequire | HeaderName::Supported
                 if !v.is_empty() && !all_option_tags_valid(v) =>
