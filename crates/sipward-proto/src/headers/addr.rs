@@ -4,7 +4,7 @@ use smallvec::SmallVec;
 
 use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
-use crate::header::token_eq_lower;
+use crate::header::eq_lower_name;
 use crate::limits::Limits;
 use crate::scan::{find_space_or3, is_lws, parse_bounded, Cursor};
 use crate::uri::{parse_uri_into, Uri};
@@ -309,12 +309,11 @@ struct ContactParams {
 impl ContactParams {
     #[inline]
     fn visit(&mut self, name: &[u8], value: Option<&[u8]>) {
-        // The name is a token, so `token_eq_lower` is a case-insensitive compare.
-        if !self.expires_seen && name.len() == 7 && token_eq_lower(name, b"expires") {
+        if !self.expires_seen && name.len() == 7 && eq_lower_name(name, b"expires") {
             self.expires_seen = true;
             let ok = value.is_some_and(|v| parse_bounded(v, u64::from(u32::MAX)).is_some());
             self.expires_error = (!ok).then_some(DefectKind::BadExpires);
-        } else if !self.q_seen && name.len() == 1 && token_eq_lower(name, b"q") {
+        } else if !self.q_seen && name.len() == 1 && eq_lower_name(name, b"q") {
             self.q_seen = true;
             self.q_error = (!value.is_some_and(is_qvalue)).then_some(DefectKind::MalformedHeader);
         }

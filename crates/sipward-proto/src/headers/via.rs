@@ -4,7 +4,7 @@ use smallvec::SmallVec;
 
 use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
-use crate::header::token_eq_lower;
+use crate::header::eq_lower_name;
 use crate::limits::Limits;
 use crate::scan::{is_token, Cursor};
 use crate::uri::{parse_host, parse_host_port, parse_port, Host};
@@ -129,25 +129,25 @@ impl<'a> ViaParams<'a> {
         // The name is a token: its length picks the one candidate, and a single
         // case-insensitive compare confirms it.
         match name.len() {
-            6 if token_eq_lower(name, b"branch") => {
+            6 if eq_lower_name(name, b"branch") => {
                 self.branch = Some(value.ok_or(DefectKind::MalformedHeader)?);
             }
-            8 if token_eq_lower(name, b"received") => {
+            8 if eq_lower_name(name, b"received") => {
                 let v = value.ok_or(DefectKind::MalformedHeader)?;
                 if parse_host(v)?.ip().is_none() {
                     return Err(DefectKind::InvalidIp);
                 }
                 self.received = Some(v);
             }
-            5 if token_eq_lower(name, b"rport") => {
+            5 if eq_lower_name(name, b"rport") => {
                 self.rport = Some(value.map(parse_port).transpose()?);
             }
-            5 if token_eq_lower(name, b"maddr") => {
+            5 if eq_lower_name(name, b"maddr") => {
                 let v = value.ok_or(DefectKind::MalformedHeader)?;
                 parse_host(v)?;
                 self.maddr = Some(v);
             }
-            3 if token_eq_lower(name, b"ttl") => {
+            3 if eq_lower_name(name, b"ttl") => {
                 let v = value.ok_or(DefectKind::MalformedHeader)?;
                 crate::scan::parse_bounded(v, 255).ok_or(DefectKind::MalformedHeader)?;
             }
