@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use smallvec::SmallVec;
 
 use crate::limits::Limits;
-use crate::scan::{find_byte, find_cr_lf_nul};
+use crate::scan::{digit_run, find_byte, find_cr_lf_nul, find_non_graphic_or, space_bytes};
 use crate::uri::{is_hostname, parse_ipv4};
 
 /// Address type of `o=` and `c=`.
@@ -240,26 +240,37 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// Exactly `N` space-separated fields (as [`fields`] splits them), or `None` for fewer
-/// or more. One walk over the value, with no iterator state between fields.
+/// or more. The spaces are found eight bytes at a time (all of a word's at once); a field
+/// is what lies between two of them, when not empty.
 #[inline]
 fn exact_fields<const N: usize>(v: &[u8]) -> Option<[&[u8]; N]> {
     let mut out: [&[u8]; N] = [&[]; N];
     let mut n = 0;
-    let mut i = 0;
-    loop {
-        while v.get(i) == Some(&b' ') {
-            i += 1;
+    let mut start = 0;
+    let mut field_ends_at = |end: usize| -> Option<()> {
+        if end > start {
+            *out.get_mut(n)? = v.get(start..end).unwrap_or_default();
+            n += 1;
         }
-        if i >= v.len() {
-            break;
+        start = end + 1;
+        Some(())
+    };
+    let mut chunks = v.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut spaces = space_bytes(chunk);
+        while spaces != 0 {
+            field_ends_at(base + spaces.trailing_zeros() as usize / 8)?;
+            spaces &= spaces - 1;
         }
-        let start = i;
-        while v.get(i).is_some_and(|&b| b != b' ') {
-            i += 1;
-        }
-        *out.get_mut(n)? = v.get(start..i).unwrap_or_default();
-        n += 1;
+        base += 8;
     }
+    for (i, &b) in chunks.remainder().iter().enumerate() {
+        if b == b' ' {
+            field_ends_at(base + i)?;
+        }
+    }
+    field_ends_at(v.len())?;
     (n == N).then_some(out)
 }
 
@@ -271,7 +282,7 @@ fn split_at_byte(s: &[u8], sep: u8) -> (&[u8], &[u8]) {
 }
 
 fn digits(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(u8::is_ascii_digit)
+    !s.is_empty() && digit_run(s) == s.len()
 }
 
 #[inline]
@@ -380,7 +391,9 @@ fn parse_media_line<'a>(v: &'a [u8], full: &'a [u8]) -> Result<Media<'a>, SdpErr
     let Some((proto, formats)) = split(rest) else {
         return Err(SdpError::BadMedia);
     };
-    let token_ok = |s: &[u8]| !s.is_empty() && s.iter().all(|&b| b.is_ascii_graphic());
+    // Non-empty and all ASCII graphic (the space is not graphic: it stands in for no
+    // extra byte).
+    let token_ok = |s: &[u8]| !s.is_empty() && find_non_graphic_or(s, b' ').is_none();
     if !token_ok(kind) || !token_ok(proto) || formats.iter().all(u8::is_ascii_whitespace) {
         return Err(SdpError::BadMedia);
     }
@@ -455,10 +468,7 @@ fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
         .ok_or(bad)?;
     // encoding "/" clock-rate [ "/" parameters ]; the parameters may hold more slashes.
     let rest = trim_ascii_whitespace(rest);
-    let e = rest
-        .iter()
-        .position(|&b| b == b'/' || !b.is_ascii_graphic())
-        .unwrap_or(rest.len());
+    let e = find_non_graphic_or(rest, b'/').unwrap_or(rest.len());
     let (encoding, after_encoding) = rest.split_at_checked(e).unwrap_or((rest, &[]));
     if encoding.is_empty() {
         return Err(bad);
@@ -489,10 +499,7 @@ fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
 /// `s` split after its leading run of ASCII digits (which may be empty).
 #[inline]
 fn leading_digits(s: &[u8]) -> (&[u8], &[u8]) {
-    let n = s
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(s.len());
+    let n = digit_run(s);
     s.split_at_checked(n).unwrap_or((s, &[]))
 }
 
