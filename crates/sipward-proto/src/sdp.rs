@@ -287,10 +287,19 @@ fn digits(s: &[u8]) -> bool {
 
 #[inline]
 fn parse_u16(s: &[u8]) -> Option<u16> {
-    if !digits(s) || s.len() > 5 {
+    if s.is_empty() || s.len() > 5 {
         return None;
     }
-    u16::try_from(decimal(s)).ok()
+    // Checked and summed in one walk (five digits fit a u32).
+    let mut v = 0u32;
+    for &b in s {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + u32::from(d);
+    }
+    u16::try_from(v).ok()
 }
 
 /// The value of at most nine decimal digits (checked by the caller), without a UTF-8
@@ -499,7 +508,11 @@ fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
 /// `s` split after its leading run of ASCII digits (which may be empty).
 #[inline]
 fn leading_digits(s: &[u8]) -> (&[u8], &[u8]) {
-    let n = digit_run(s);
+    // A byte walk: these runs (payload types, clock rates) are shorter than a word.
+    let n = s
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(s.len());
     s.split_at_checked(n).unwrap_or((s, &[]))
 }
 

@@ -137,10 +137,18 @@ pub fn is_hostname(s: &[u8]) -> bool {
 /// Parses a port: 1 to 65535, at most five digits.
 #[inline]
 pub fn parse_port(s: &[u8]) -> Result<u16, DefectKind> {
-    if s.is_empty() || s.len() > 5 || !s.iter().all(|&b| is_digit(b)) {
+    if s.is_empty() || s.len() > 5 {
         return Err(DefectKind::InvalidPort);
     }
-    let v = s.iter().fold(0u32, |v, &b| v * 10 + u32::from(b - b'0'));
+    // Checked and summed in one walk.
+    let mut v = 0u32;
+    for &b in s {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(DefectKind::InvalidPort);
+        }
+        v = v * 10 + u32::from(d);
+    }
     match u16::try_from(v) {
         Ok(p) if p != 0 => Ok(p),
         _ => Err(DefectKind::InvalidPort),
