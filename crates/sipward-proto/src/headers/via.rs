@@ -53,13 +53,20 @@ pub(crate) fn parse_vias<'a>(
 
 fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectKind> {
     let start = c.pos();
-    c.token().ok_or(DefectKind::MalformedHeader)?; // protocol name
-    if !c.eat_sep(b'/') {
-        return Err(DefectKind::MalformedHeader);
-    }
-    c.token().ok_or(DefectKind::MalformedHeader)?; // version
-    if !c.eat_sep(b'/') {
-        return Err(DefectKind::MalformedHeader);
+    if c.rest().starts_with(b"SIP/2.0/") {
+        // As nearly always written: one compare instead of two tokens and separators
+        // (which end at the same place, white space after the last '/' included).
+        c.set_pos(start + 8);
+        c.skip_lws();
+    } else {
+        c.token().ok_or(DefectKind::MalformedHeader)?; // protocol name
+        if !c.eat_sep(b'/') {
+            return Err(DefectKind::MalformedHeader);
+        }
+        c.token().ok_or(DefectKind::MalformedHeader)?; // version
+        if !c.eat_sep(b'/') {
+            return Err(DefectKind::MalformedHeader);
+        }
     }
     let transport = c.token().ok_or(DefectKind::MalformedHeader)?;
     if !c.skip_lws() {
@@ -185,6 +192,24 @@ mod tests {
         assert_eq!(v[0].sent_by, b"spindle.example.com");
         assert_eq!(v[0].branch, Some(&b"z9hG4bK9ikj8"[..]));
         assert_eq!(v[1].branch, Some(&b"z9hG4bK30239"[..]));
+    }
+
+    #[test]
+    fn usual_prefix_and_its_variants_agree() {
+        for v in [
+            &b"SIP/2.0/UDP 10.0.0.1"[..],
+            b"SIP/2.0/\r\n UDP 10.0.0.1",
+            b"SIP / 2.0 / UDP 10.0.0.1",
+            b"sip/2.0/UDP 10.0.0.1",
+        ] {
+            let via = vias(v).unwrap();
+            assert_eq!(
+                (via[0].transport, via[0].sent_by),
+                (&b"UDP"[..], &b"10.0.0.1"[..])
+            );
+        }
+        assert!(vias(b"SIP/2.0/").is_err());
+        assert!(vias(b"SIP/2.0/ ").is_err());
     }
 
     #[test]
