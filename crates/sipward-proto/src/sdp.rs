@@ -346,14 +346,21 @@ fn parse_connection<'a>(line: &'a [u8], v: &'a [u8]) -> Result<Connection<'a>, S
         return Err(SdpError::BadConnection);
     };
     let t = addr_type(t).ok_or(SdpError::BadConnection)?;
-    let mut parts = addr.split(|&b| b == b'/');
-    let address = parts.next().unwrap_or_default();
-    // Optional /ttl (IP4 multicast) and /count: numbers only, at most two.
-    for (i, p) in parts.enumerate() {
-        if i >= 2 || !digits(p) || p.len() > 5 {
-            return Err(SdpError::BadConnection);
+    // Optional /ttl (IP4 multicast) and /count: numbers only, at most two. Usually
+    // there is neither, which one search says.
+    let address = match find_byte(addr, b'/') {
+        None => addr,
+        Some(_) => {
+            let mut parts = addr.split(|&b| b == b'/');
+            let address = parts.next().unwrap_or_default();
+            for (i, p) in parts.enumerate() {
+                if i >= 2 || !digits(p) || p.len() > 5 {
+                    return Err(SdpError::BadConnection);
+                }
+            }
+            address
         }
-    }
+    };
     let ip = check_address(t, address).map_err(|()| SdpError::BadConnection)?;
     Ok(Connection {
         addr_type: t,
@@ -686,11 +693,14 @@ pub(crate) fn parse_into<'a>(
                 if !media.is_empty() {
                     return Err(SdpError::OutOfOrder);
                 }
-                let Some([a, b]) = exact_fields::<2>(value) else {
-                    return Err(SdpError::BadTiming);
-                };
-                if !digits(a) || !digits(b) {
-                    return Err(SdpError::BadTiming);
+                // Nearly always "t=0 0" (unbounded): that is two numbers.
+                if value != b"0 0" {
+                    let Some([a, b]) = exact_fields::<2>(value) else {
+                        return Err(SdpError::BadTiming);
+                    };
+                    if !digits(a) || !digits(b) {
+                        return Err(SdpError::BadTiming);
+                    }
                 }
                 timing = true;
             }
