@@ -114,49 +114,53 @@ impl HeaderName {
         if name.len() == 1 {
             return Self::from_compact(first);
         }
-        let (long, header): (&[u8], _) = match (name.len(), first, last) {
-            (2, b't', b'o') => (b"to", HeaderName::To),
-            (3, b'v', b'a') => (b"via", HeaderName::Via),
-            (4, b'f', b'm') => (b"from", HeaderName::From),
-            (4, b'c', b'q') => (b"cseq", HeaderName::CSeq),
-            (4, b'r', b'q') => (b"rseq", HeaderName::RSeq),
-            (4, b'r', b'k') => (b"rack", HeaderName::RAck),
-            (5, b'r', b'e') => (b"route", HeaderName::Route),
-            (5, b'a', b'w') => (b"allow", HeaderName::Allow),
-            (5, b'e', b't') => (b"event", HeaderName::Event),
-            (6, b's', b'r') => (b"server", HeaderName::Server),
-            (7, b'c', b'd') => (b"call-id", HeaderName::CallId),
-            (7, b'c', b't') => (b"contact", HeaderName::Contact),
-            (7, b'e', b's') => (b"expires", HeaderName::Expires),
-            (7, b'r', b'e') => (b"require", HeaderName::Require),
-            (7, b's', b't') => (b"subject", HeaderName::Subject),
-            (8, b'r', b'o') => (b"refer-to", HeaderName::ReferTo),
-            (8, b'i', b'y') => (b"identity", HeaderName::Identity),
-            (9, b's', b'd') => (b"supported", HeaderName::Supported),
-            (10, b'u', b't') => (b"user-agent", HeaderName::UserAgent),
-            (11, b'r', b'y') => (b"referred-by", HeaderName::ReferredBy),
-            (12, b'm', b's') => (b"max-forwards", HeaderName::MaxForwards),
-            (12, b'r', b'e') => (b"record-route", HeaderName::RecordRoute),
-            (12, b'c', b'e') => (b"content-type", HeaderName::ContentType),
-            (12, b'a', b's') => (b"allow-events", HeaderName::AllowEvents),
-            (13, b'a', b'n') => (b"authorization", HeaderName::Authorization),
-            (13, b'p', b'e') => (b"proxy-require", HeaderName::ProxyRequire),
-            (13, b'i', b'o') => (b"identity-info", HeaderName::IdentityInfo),
-            (14, b'c', b'h') => (b"content-length", HeaderName::ContentLength),
-            (14, b'a', b't') => (b"accept-contact", HeaderName::AcceptContact),
-            (14, b'r', b't') => (b"reject-contact", HeaderName::RejectContact),
-            (15, b's', b's') => (b"session-expires", HeaderName::SessionExpires),
-            (16, b'c', b'g') => (b"content-encoding", HeaderName::ContentEncoding),
-            (16, b'w', b'e') => (b"www-authenticate", HeaderName::WwwAuthenticate),
-            (18, b'p', b'e') => (b"proxy-authenticate", HeaderName::ProxyAuthenticate),
-            (19, b'p', b'n') => (b"proxy-authorization", HeaderName::ProxyAuthorization),
-            (19, b'r', b'n') => (b"request-disposition", HeaderName::RequestDisposition),
-            _ => return HeaderName::Other,
+        // Each arm compares with its own literal: inlined, the compare is then a load,
+        // an OR and a compare per word with constants.
+        let confirm = |long: &[u8], header| {
+            if eq_lower_name(name, long) {
+                header
+            } else {
+                HeaderName::Other
+            }
         };
-        if name.len() == long.len() && eq_lower_name(name, long) {
-            header
-        } else {
-            HeaderName::Other
+        match (name.len(), first, last) {
+            (2, b't', b'o') => confirm(b"to", HeaderName::To),
+            (3, b'v', b'a') => confirm(b"via", HeaderName::Via),
+            (4, b'f', b'm') => confirm(b"from", HeaderName::From),
+            (4, b'c', b'q') => confirm(b"cseq", HeaderName::CSeq),
+            (4, b'r', b'q') => confirm(b"rseq", HeaderName::RSeq),
+            (4, b'r', b'k') => confirm(b"rack", HeaderName::RAck),
+            (5, b'r', b'e') => confirm(b"route", HeaderName::Route),
+            (5, b'a', b'w') => confirm(b"allow", HeaderName::Allow),
+            (5, b'e', b't') => confirm(b"event", HeaderName::Event),
+            (6, b's', b'r') => confirm(b"server", HeaderName::Server),
+            (7, b'c', b'd') => confirm(b"call-id", HeaderName::CallId),
+            (7, b'c', b't') => confirm(b"contact", HeaderName::Contact),
+            (7, b'e', b's') => confirm(b"expires", HeaderName::Expires),
+            (7, b'r', b'e') => confirm(b"require", HeaderName::Require),
+            (7, b's', b't') => confirm(b"subject", HeaderName::Subject),
+            (8, b'r', b'o') => confirm(b"refer-to", HeaderName::ReferTo),
+            (8, b'i', b'y') => confirm(b"identity", HeaderName::Identity),
+            (9, b's', b'd') => confirm(b"supported", HeaderName::Supported),
+            (10, b'u', b't') => confirm(b"user-agent", HeaderName::UserAgent),
+            (11, b'r', b'y') => confirm(b"referred-by", HeaderName::ReferredBy),
+            (12, b'm', b's') => confirm(b"max-forwards", HeaderName::MaxForwards),
+            (12, b'r', b'e') => confirm(b"record-route", HeaderName::RecordRoute),
+            (12, b'c', b'e') => confirm(b"content-type", HeaderName::ContentType),
+            (12, b'a', b's') => confirm(b"allow-events", HeaderName::AllowEvents),
+            (13, b'a', b'n') => confirm(b"authorization", HeaderName::Authorization),
+            (13, b'p', b'e') => confirm(b"proxy-require", HeaderName::ProxyRequire),
+            (13, b'i', b'o') => confirm(b"identity-info", HeaderName::IdentityInfo),
+            (14, b'c', b'h') => confirm(b"content-length", HeaderName::ContentLength),
+            (14, b'a', b't') => confirm(b"accept-contact", HeaderName::AcceptContact),
+            (14, b'r', b't') => confirm(b"reject-contact", HeaderName::RejectContact),
+            (15, b's', b's') => confirm(b"session-expires", HeaderName::SessionExpires),
+            (16, b'c', b'g') => confirm(b"content-encoding", HeaderName::ContentEncoding),
+            (16, b'w', b'e') => confirm(b"www-authenticate", HeaderName::WwwAuthenticate),
+            (18, b'p', b'e') => confirm(b"proxy-authenticate", HeaderName::ProxyAuthenticate),
+            (19, b'p', b'n') => confirm(b"proxy-authorization", HeaderName::ProxyAuthorization),
+            (19, b'r', b'n') => confirm(b"request-disposition", HeaderName::RequestDisposition),
+            _ => HeaderName::Other,
         }
     }
 
@@ -233,6 +237,7 @@ impl HeaderName {
 /// letters and '-' (a header or parameter name), eight bytes at a time. Bit 0x20 is set
 /// in `name` only where `lower` has a letter (bit 0x40 marks those), so each byte must
 /// be that letter in either case, or exactly the '-': exact for any input bytes.
+#[inline(always)]
 pub(crate) fn eq_lower_name(name: &[u8], lower: &[u8]) -> bool {
     let len = name.len();
     if len != lower.len() {
