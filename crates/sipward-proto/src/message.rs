@@ -521,9 +521,12 @@ impl<'a> Message<'a> {
             std::net::IpAddr::V6(a) => a.is_multicast(),
         };
         for via in &self.vias {
-            // The host is already typed; `received` was checked to be an IP address.
+            // The host is already typed; `received` was checked to be an IP address,
+            // so only one written with a leading '2' (first octet 2, 2x or 2xx) or an
+            // IPv6 reference can be multicast or broadcast: just those are parsed again.
             let received = via
                 .received
+                .filter(|r| matches!(r.first(), Some(b'2' | b'[')))
                 .and_then(|r| crate::uri::parse_host(r).ok())
                 .and_then(|h| h.ip());
             let unroutable = via.host.ip().into_iter().chain(received).any(unroutable_ip);
@@ -839,6 +842,35 @@ a=rtpmap:0 PCMU/8000\r\n";
         let r = parse(b"OPTIONS sip:a@b.example SIP/2.0\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err();
         // No Via: nowhere to answer.
         assert_eq!(r.status, None);
+    }
+
+    #[test]
+    fn multicast_or_broadcast_received_is_unroutable() {
+        let with_received = |r: &str| {
+            let text = String::from_utf8_lossy(INVITE)
+                .replace(";rport\r\n", &format!(";rport;received={r}\r\n"));
+            parse(text.as_bytes())
+                .map(|_| ())
+                .map_err(|r| r.defect.kind)
+        };
+        for r in [
+            "224.0.0.1",
+            "239.255.255.255",
+            "255.255.255.255",
+            "[ff02::1]",
+        ] {
+            assert_eq!(with_received(r), Err(DefectKind::UnroutableVia), "{r}");
+        }
+        for r in [
+            "10.0.0.1",
+            "199.1.1.1",
+            "223.255.255.255",
+            "240.0.0.1",
+            "2.2.2.2",
+            "[2001:db8::1]",
+        ] {
+            assert_eq!(with_received(r), Ok(()), "{r}");
+        }
     }
 
     #[test]
