@@ -342,10 +342,20 @@ fn check_address(t: AddrType, a: &[u8]) -> Result<Option<IpAddr>, ()> {
 }
 
 fn parse_connection<'a>(line: &'a [u8], v: &'a [u8]) -> Result<Connection<'a>, SdpError> {
-    let Some([b"IN", t, addr]) = exact_fields::<3>(v) else {
-        return Err(SdpError::BadConnection);
+    // Nearly always "IN IP4 <address>" with single spaces: then the address is the
+    // rest, if it is one field (non-empty, no space), as the general split finds.
+    let usual = v
+        .strip_prefix(b"IN IP4 ")
+        .filter(|addr| !addr.is_empty() && find_byte(addr, b' ').is_none());
+    let (t, addr) = match usual {
+        Some(addr) => (AddrType::Ip4, addr),
+        None => {
+            let Some([b"IN", t, addr]) = exact_fields::<3>(v) else {
+                return Err(SdpError::BadConnection);
+            };
+            (addr_type(t).ok_or(SdpError::BadConnection)?, addr)
+        }
     };
-    let t = addr_type(t).ok_or(SdpError::BadConnection)?;
     // Optional /ttl (IP4 multicast) and /count: numbers only, at most two. Usually
     // there is neither, which one search says.
     let address = match find_byte(addr, b'/') {
