@@ -240,7 +240,11 @@ fn split_header_fields<'a>(
     limits: &Limits,
     fields: &mut HeaderFields<'a>,
 ) -> Result<usize, Defect> {
-    fields.reserve(16);
+    if fields.capacity() == 0 {
+        // The one allocation of a typical parse: room for 16 fields, made directly
+        // (`reserve` goes through the general growth path).
+        *fields = HeaderFields::with_capacity(16);
+    }
     loop {
         let rest = buf.get(pos..).unwrap_or(&[]);
         if rest.is_empty() {
