@@ -157,7 +157,7 @@ pub(crate) fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, DefectKind> {
 }
 
 /// A scalar header that is just a number (Max-Forwards, Expires, Content-Length).
-#[inline]
+#[inline(always)]
 pub(crate) fn parse_number(value: &[u8], max: u64) -> Option<u64> {
     parse_bounded(trim_lws(value), max)
 }
