@@ -81,7 +81,8 @@ fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectK
         }
         c.slice_from(sent_by_start)
     } else {
-        c.take_while(|b| is_token(b) && b != b':')
+        // ':' is not a token character: the token ends at the port's colon.
+        c.take_while(is_token)
     };
     let host_end = c.pos();
     let (host, port) = if c.eat_sep(b':') {
