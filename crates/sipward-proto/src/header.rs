@@ -100,8 +100,8 @@ impl HeaderName {
         }
     }
 
-    /// [`HeaderName::from_bytes`] for a name already checked to be a non-empty token,
-    /// as the message splitter does.
+    /// [`HeaderName::from_bytes`] without its token check: exact for any bytes (the
+    /// compare is), and what the message splitter uses.
     pub(crate) fn from_token(name: &[u8]) -> Self {
         // Every datagram looks up each of its names, so this is on the hot path. The
         // (length, first, last) triple, ASCII-lowercased, tells all known long names
@@ -114,49 +114,53 @@ impl HeaderName {
         if name.len() == 1 {
             return Self::from_compact(first);
         }
-        let (long, header): (&[u8], _) = match (name.len(), first, last) {
-            (2, b't', b'o') => (b"to", HeaderName::To),
-            (3, b'v', b'a') => (b"via", HeaderName::Via),
-            (4, b'f', b'm') => (b"from", HeaderName::From),
-            (4, b'c', b'q') => (b"cseq", HeaderName::CSeq),
-            (4, b'r', b'q') => (b"rseq", HeaderName::RSeq),
-            (4, b'r', b'k') => (b"rack", HeaderName::RAck),
-            (5, b'r', b'e') => (b"route", HeaderName::Route),
-            (5, b'a', b'w') => (b"allow", HeaderName::Allow),
-            (5, b'e', b't') => (b"event", HeaderName::Event),
-            (6, b's', b'r') => (b"server", HeaderName::Server),
-            (7, b'c', b'd') => (b"call-id", HeaderName::CallId),
-            (7, b'c', b't') => (b"contact", HeaderName::Contact),
-            (7, b'e', b's') => (b"expires", HeaderName::Expires),
-            (7, b'r', b'e') => (b"require", HeaderName::Require),
-            (7, b's', b't') => (b"subject", HeaderName::Subject),
-            (8, b'r', b'o') => (b"refer-to", HeaderName::ReferTo),
-            (8, b'i', b'y') => (b"identity", HeaderName::Identity),
-            (9, b's', b'd') => (b"supported", HeaderName::Supported),
-            (10, b'u', b't') => (b"user-agent", HeaderName::UserAgent),
-            (11, b'r', b'y') => (b"referred-by", HeaderName::ReferredBy),
-            (12, b'm', b's') => (b"max-forwards", HeaderName::MaxForwards),
-            (12, b'r', b'e') => (b"record-route", HeaderName::RecordRoute),
-            (12, b'c', b'e') => (b"content-type", HeaderName::ContentType),
-            (12, b'a', b's') => (b"allow-events", HeaderName::AllowEvents),
-            (13, b'a', b'n') => (b"authorization", HeaderName::Authorization),
-            (13, b'p', b'e') => (b"proxy-require", HeaderName::ProxyRequire),
-            (13, b'i', b'o') => (b"identity-info", HeaderName::IdentityInfo),
-            (14, b'c', b'h') => (b"content-length", HeaderName::ContentLength),
-            (14, b'a', b't') => (b"accept-contact", HeaderName::AcceptContact),
-            (14, b'r', b't') => (b"reject-contact", HeaderName::RejectContact),
-            (15, b's', b's') => (b"session-expires", HeaderName::SessionExpires),
-            (16, b'c', b'g') => (b"content-encoding", HeaderName::ContentEncoding),
-            (16, b'w', b'e') => (b"www-authenticate", HeaderName::WwwAuthenticate),
-            (18, b'p', b'e') => (b"proxy-authenticate", HeaderName::ProxyAuthenticate),
-            (19, b'p', b'n') => (b"proxy-authorization", HeaderName::ProxyAuthorization),
-            (19, b'r', b'n') => (b"request-disposition", HeaderName::RequestDisposition),
-            _ => return HeaderName::Other,
+        // Each arm compares with its own literal: inlined, the compare is then a load,
+        // an OR and a compare per word with constants.
+        let confirm = |long: &[u8], header| {
+            if eq_lower_name(name, long) {
+                header
+            } else {
+                HeaderName::Other
+            }
         };
-        if name.len() == long.len() && token_eq_lower(name, long) {
-            header
-        } else {
-            HeaderName::Other
+        match (name.len(), first, last) {
+            (2, b't', b'o') => confirm(b"to", HeaderName::To),
+            (3, b'v', b'a') => confirm(b"via", HeaderName::Via),
+            (4, b'f', b'm') => confirm(b"from", HeaderName::From),
+            (4, b'c', b'q') => confirm(b"cseq", HeaderName::CSeq),
+            (4, b'r', b'q') => confirm(b"rseq", HeaderName::RSeq),
+            (4, b'r', b'k') => confirm(b"rack", HeaderName::RAck),
+            (5, b'r', b'e') => confirm(b"route", HeaderName::Route),
+            (5, b'a', b'w') => confirm(b"allow", HeaderName::Allow),
+            (5, b'e', b't') => confirm(b"event", HeaderName::Event),
+            (6, b's', b'r') => confirm(b"server", HeaderName::Server),
+            (7, b'c', b'd') => confirm(b"call-id", HeaderName::CallId),
+            (7, b'c', b't') => confirm(b"contact", HeaderName::Contact),
+            (7, b'e', b's') => confirm(b"expires", HeaderName::Expires),
+            (7, b'r', b'e') => confirm(b"require", HeaderName::Require),
+            (7, b's', b't') => confirm(b"subject", HeaderName::Subject),
+            (8, b'r', b'o') => confirm(b"refer-to", HeaderName::ReferTo),
+            (8, b'i', b'y') => confirm(b"identity", HeaderName::Identity),
+            (9, b's', b'd') => confirm(b"supported", HeaderName::Supported),
+            (10, b'u', b't') => confirm(b"user-agent", HeaderName::UserAgent),
+            (11, b'r', b'y') => confirm(b"referred-by", HeaderName::ReferredBy),
+            (12, b'm', b's') => confirm(b"max-forwards", HeaderName::MaxForwards),
+            (12, b'r', b'e') => confirm(b"record-route", HeaderName::RecordRoute),
+            (12, b'c', b'e') => confirm(b"content-type", HeaderName::ContentType),
+            (12, b'a', b's') => confirm(b"allow-events", HeaderName::AllowEvents),
+            (13, b'a', b'n') => confirm(b"authorization", HeaderName::Authorization),
+            (13, b'p', b'e') => confirm(b"proxy-require", HeaderName::ProxyRequire),
+            (13, b'i', b'o') => confirm(b"identity-info", HeaderName::IdentityInfo),
+            (14, b'c', b'h') => confirm(b"content-length", HeaderName::ContentLength),
+            (14, b'a', b't') => confirm(b"accept-contact", HeaderName::AcceptContact),
+            (14, b'r', b't') => confirm(b"reject-contact", HeaderName::RejectContact),
+            (15, b's', b's') => confirm(b"session-expires", HeaderName::SessionExpires),
+            (16, b'c', b'g') => confirm(b"content-encoding", HeaderName::ContentEncoding),
+            (16, b'w', b'e') => confirm(b"www-authenticate", HeaderName::WwwAuthenticate),
+            (18, b'p', b'e') => confirm(b"proxy-authenticate", HeaderName::ProxyAuthenticate),
+            (19, b'p', b'n') => confirm(b"proxy-authorization", HeaderName::ProxyAuthorization),
+            (19, b'r', b'n') => confirm(b"request-disposition", HeaderName::RequestDisposition),
+            _ => HeaderName::Other,
         }
     }
 
@@ -229,52 +233,56 @@ impl HeaderName {
     }
 }
 
-/// Compares a token with a lower-case name of the same length, eight bytes at a time.
-/// Setting bit 0x20 of every byte lower-cases a token's letters and turns no other token
-/// character into a letter or '-' (the only token bytes without that bit are A-Z and
-/// '_', which becomes DEL), so for token input this is `eq_ignore_ascii_case`.
-fn token_eq_lower(name: &[u8], lower: &[u8]) -> bool {
-    const CASE: u64 = 0x2020_2020_2020_2020;
+/// Compares `name` without regard to ASCII case with `lower`, a lower-case name made of
+/// letters and '-' (a header or parameter name), eight bytes at a time. Bit 0x20 is set
+/// in `name` only where `lower` has a letter (bit 0x40 marks those), so each byte must
+/// be that letter in either case, or exactly the '-': exact for any input bytes.
+#[inline(always)]
+pub(crate) fn eq_lower_name(name: &[u8], lower: &[u8]) -> bool {
+    let len = name.len();
+    if len != lower.len() {
+        return false;
+    }
+    // The case bit of the letters of `lower`, in each of a word's bytes.
+    let fold = |l: u64| (l & 0x4040_4040_4040_4040) >> 1;
     let word = |s: &[u8], at: usize| {
         s.get(at..)
             .and_then(|r| r.first_chunk::<8>())
             .map(|w| u64::from_le_bytes(*w))
     };
-    let len = name.len();
-    if len != lower.len() {
-        return false;
-    }
     if len < 8 {
         // Two overlapping loads cover the name: the first and the last four (or two)
         // bytes, instead of a loop over the bytes.
         let w4 = |s: &[u8], at: usize| {
             s.get(at..)
                 .and_then(|r| r.first_chunk::<4>())
-                .map(|w| u32::from_le_bytes(*w))
+                .map(|w| u64::from(u32::from_le_bytes(*w)))
         };
         let w2 = |s: &[u8], at: usize| {
             s.get(at..)
                 .and_then(|r| r.first_chunk::<2>())
-                .map(|w| u16::from_le_bytes(*w))
+                .map(|w| u64::from(u16::from_le_bytes(*w)))
+        };
+        let same = |n: Option<u64>, l: Option<u64>| match (n, l) {
+            (Some(n), Some(l)) => n | fold(l) == l,
+            _ => false,
         };
         return match len {
-            4.. => {
-                w4(name, 0).map(|w| w | 0x2020_2020) == w4(lower, 0)
-                    && w4(name, len - 4).map(|w| w | 0x2020_2020) == w4(lower, len - 4)
-            }
-            2.. => {
-                w2(name, 0).map(|w| w | 0x2020) == w2(lower, 0)
-                    && w2(name, len - 2).map(|w| w | 0x2020) == w2(lower, len - 2)
-            }
-            _ => name.iter().zip(lower).all(|(&x, &y)| x | 0x20 == y),
+            4.. => same(w4(name, 0), w4(lower, 0)) && same(w4(name, len - 4), w4(lower, len - 4)),
+            2.. => same(w2(name, 0), w2(lower, 0)) && same(w2(name, len - 2), w2(lower, len - 2)),
+            _ => name
+                .iter()
+                .zip(lower)
+                .all(|(&x, &y)| u64::from(x) | fold(u64::from(y)) == u64::from(y)),
         };
     }
     // Words at 0, 8, ... and a last one ending at `len` (overlapping the one before).
     let mut at = 0;
     loop {
         let at_clamped = at.min(len - 8);
-        if word(name, at_clamped).map(|w| w | CASE) != word(lower, at_clamped) {
-            return false;
+        match (word(name, at_clamped), word(lower, at_clamped)) {
+            (Some(n), Some(l)) if n | fold(l) == l => {}
+            _ => return false,
         }
         if at_clamped == len - 8 {
             return true;
@@ -311,6 +319,17 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"Max-Forward_"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(b"Contacts"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(b""), HeaderName::Other);
+        // The splitter looks names up before knowing they are tokens: the compare must
+        // be exact for any bytes (CR | 0x20 is '-', '_' | 0x20 is DEL).
+        assert_eq!(HeaderName::from_token(b"Call\rID"), HeaderName::Other);
+        assert_eq!(HeaderName::from_token(b"Call\x0dID"), HeaderName::Other);
+        assert_eq!(
+            HeaderName::from_token(b"Max\x0dForwards"),
+            HeaderName::Other
+        );
+        assert_eq!(HeaderName::from_token(b"v\x01a"), HeaderName::Other);
+        assert_eq!(HeaderName::from_token(b"CALL-id"), HeaderName::CallId);
+        assert_eq!(HeaderName::from_token(b"\x16"), HeaderName::Other);
         // The match and the table of names agree on every long and compact form.
         for (long, compact, name) in NAMES {
             assert_eq!(HeaderName::from_bytes(long.as_bytes()), *name, "{long}");
@@ -320,6 +339,19 @@ mod tests {
             );
             if let Some(c) = compact {
                 assert_eq!(HeaderName::from_bytes(&[*c]), *name, "{long}");
+            }
+            // Every byte of every name flipped to each other value is not that name.
+            let lower = long.to_ascii_lowercase().into_bytes();
+            for i in 0..lower.len() {
+                for b in 0..=255u8 {
+                    let mut v = lower.clone();
+                    v[i] = b;
+                    let expected = NAMES
+                        .iter()
+                        .find(|(l, _, _)| l.as_bytes().eq_ignore_ascii_case(&v))
+                        .map_or(HeaderName::Other, |(_, _, h)| *h);
+                    assert_eq!(HeaderName::from_token(&v), expected, "{v:?}");
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ use crate::headers::{
     parse_vias, CSeq, Contacts, Credentials, NameAddr, Via,
 };
 use crate::limits::Limits;
-use crate::scan::{all_token, find_cr_lf, is_token, is_wsp, trim_lws, CommaSplit};
+use crate::scan::{all_token, find_byte, find_cr_lf, is_token, is_wsp, trim_lws, CommaSplit};
 use crate::sdp::{self, Sdp};
 use crate::uri::{parse_uri, Uri};
 
@@ -231,13 +231,20 @@ impl<'a> Message<'a> {
 }
 
 /// Splits the header section into `fields`. Returns the offset of the empty line.
+// Kept out of line: inlined into the message parser it made the code around it worse
+// (register pressure across the header loop; measured).
+#[inline(never)]
 fn split_header_fields<'a>(
     buf: &'a [u8],
     mut pos: usize,
     limits: &Limits,
     fields: &mut HeaderFields<'a>,
 ) -> Result<usize, Defect> {
-    fields.reserve(16);
+    if fields.capacity() == 0 {
+        // The one allocation of a typical parse: room for 16 fields, made directly
+        // (`reserve` goes through the general growth path).
+        *fields = HeaderFields::with_capacity(16);
+    }
     loop {
         let rest = buf.get(pos..).unwrap_or(&[]);
         if rest.is_empty() {
@@ -250,21 +257,33 @@ fn split_header_fields<'a>(
             return Err(at(DefectKind::TooManyHeaders, Location::Message));
         }
         // name = token, then optional white space and the colon, then the value's
-        // leading blanks: one walk over the bytes before the value. ':' is not a token
-        // character, so this is "the text before the first colon is a token". A bad
-        // name is reported only after the end of the field is found, as the end search
-        // has its own verdicts that come first.
-        let name_len = rest
-            .iter()
-            .position(|&b| !is_token(b))
-            .unwrap_or(rest.len());
-        let mut vstart = name_len;
-        while rest.get(vstart).copied().is_some_and(is_wsp) {
-            vstart += 1;
-        }
-        let name_ok = name_len > 0 && rest.get(vstart) == Some(&b':');
+        // leading blanks. ':' is not a token character, so this is "the text before the
+        // first colon is a token". A bad name is reported only after the end of the
+        // field is found, as the end search has its own verdicts that come first.
+        //
+        // Nearly always a known name is written right before its colon: the colon is
+        // found by a word search and the name recognized by one compare, which also
+        // proves it a token. Anything else takes the byte walk.
+        let known = find_byte(rest, b':').and_then(|colon| {
+            let name = HeaderName::from_token(rest.get(..colon)?);
+            (name != HeaderName::Other).then_some((colon, name))
+        });
+        let (name_len, mut vstart, name_ok) = match known {
+            Some((colon, _)) => (colon, colon + 1, true),
+            None => {
+                let name_len = rest
+                    .iter()
+                    .position(|&b| !is_token(b))
+                    .unwrap_or(rest.len());
+                let mut vstart = name_len;
+                while rest.get(vstart).copied().is_some_and(is_wsp) {
+                    vstart += 1;
+                }
+                let name_ok = name_len > 0 && rest.get(vstart) == Some(&b':');
+                (name_len, vstart + usize::from(name_ok), name_ok)
+            }
+        };
         if name_ok {
-            vstart += 1;
             while rest.get(vstart).copied().is_some_and(is_wsp) {
                 vstart += 1;
             }
@@ -293,7 +312,10 @@ fn split_header_fields<'a>(
         // Leading blanks are skipped; a fold right after the colon, or trailing white
         // space, is left to the general trim.
         let value = trim_lws(rest.get(vstart..field_len).unwrap_or(&[]));
-        let name = HeaderName::from_token(raw_name);
+        let name = match known {
+            Some((_, name)) => name,
+            None => HeaderName::from_token(raw_name),
+        };
         if value.len() > limits.max_param_len
             && CommaSplit::new(value).any(|e| e.len() > limits.max_param_len)
         {
@@ -346,13 +368,21 @@ fn parse_start_line<'a>(line: &'a [u8], limits: &Limits) -> Result<StartLine<'a>
         }
         return Ok(StartLine::Response { code, reason });
     }
-    // Request-Line = Method SP Request-URI SP SIP-Version, single spaces exactly.
-    let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(uri), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    // Request-Line = Method SP Request-URI SP SIP-Version, single spaces exactly: two
+    // spaces in the line, found by word searches.
+    let split_at_space = |s: &'a [u8]| {
+        let i = find_byte(s, b' ')?;
+        Some((s.get(..i)?, s.get(i + 1..)?))
+    };
+    let Some((method, rest)) = split_at_space(line) else {
         return Err(bad());
     };
+    let Some((uri, version)) = split_at_space(rest) else {
+        return Err(bad());
+    };
+    if find_byte(version, b' ').is_some() {
+        return Err(bad());
+    }
     if !all_token(method) || uri.is_empty() {
         return Err(bad());
     }
@@ -402,8 +432,8 @@ impl<'a> Message<'a> {
         let v = f.value;
         match f.name {
             HeaderName::Via => parse_vias(v, limits, &mut self.vias)?,
-            HeaderName::From => self.from = Some(parse_single_name_addr(v, limits)?),
-            HeaderName::To => self.to = Some(parse_single_name_addr(v, limits)?),
+            HeaderName::From => parse_single_name_addr(v, limits, &mut self.from)?,
+            HeaderName::To => parse_single_name_addr(v, limits, &mut self.to)?,
             HeaderName::CallId => {
                 if !headers::is_call_id(v) {
                     return Err(DefectKind::MalformedHeader);
@@ -453,7 +483,7 @@ impl<'a> Message<'a> {
                 self.proxy_authenticate.get_or_insert(c);
             }
             HeaderName::ReferTo | HeaderName::ReferredBy => {
-                parse_single_name_addr(v, limits)?;
+                parse_single_name_addr(v, limits, &mut None)?;
             }
             HeaderName::Require | HeaderName::ProxyRequire | HeaderName::Supported
                 if !v.is_empty() && !all_option_tags_valid(v) =>
@@ -495,9 +525,12 @@ impl<'a> Message<'a> {
             std::net::IpAddr::V6(a) => a.is_multicast(),
         };
         for via in &self.vias {
-            // The host is already typed; `received` was checked to be an IP address.
+            // The host is already typed; `received` was checked to be an IP address,
+            // so only one written with a leading '2' (first octet 2, 2x or 2xx) or an
+            // IPv6 reference can be multicast or broadcast: just those are parsed again.
             let received = via
                 .received
+                .filter(|r| matches!(r.first(), Some(b'2' | b'[')))
                 .and_then(|r| crate::uri::parse_host(r).ok())
                 .and_then(|h| h.ip());
             let unroutable = via.host.ip().into_iter().chain(received).any(unroutable_ip);
@@ -813,6 +846,35 @@ a=rtpmap:0 PCMU/8000\r\n";
         let r = parse(b"OPTIONS sip:a@b.example SIP/2.0\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err();
         // No Via: nowhere to answer.
         assert_eq!(r.status, None);
+    }
+
+    #[test]
+    fn multicast_or_broadcast_received_is_unroutable() {
+        let with_received = |r: &str| {
+            let text = String::from_utf8_lossy(INVITE)
+                .replace(";rport\r\n", &format!(";rport;received={r}\r\n"));
+            parse(text.as_bytes())
+                .map(|_| ())
+                .map_err(|r| r.defect.kind)
+        };
+        for r in [
+            "224.0.0.1",
+            "239.255.255.255",
+            "255.255.255.255",
+            "[ff02::1]",
+        ] {
+            assert_eq!(with_received(r), Err(DefectKind::UnroutableVia), "{r}");
+        }
+        for r in [
+            "10.0.0.1",
+            "199.1.1.1",
+            "223.255.255.255",
+            "240.0.0.1",
+            "2.2.2.2",
+            "[2001:db8::1]",
+        ] {
+            assert_eq!(with_received(r), Ok(()), "{r}");
+        }
     }
 
     #[test]

@@ -243,6 +243,49 @@ pub(crate) fn find_byte(s: &[u8], c: u8) -> Option<usize> {
     find_by_word(s, |w| zero_bytes(w ^ pattern), |b| b == c)
 }
 
+/// Bit 7 of each byte of the result is set exactly where `w` has a zero byte: unlike
+/// [`zero_bytes`] no borrow crosses bytes, so every mark in a word is a match.
+#[inline]
+fn zero_bytes_exact(w: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    !(((w & LOW7).wrapping_add(LOW7)) | w | LOW7)
+}
+
+/// Bit 7 of each byte of the result is set where `w` has a byte that is not an ASCII
+/// digit, exactly: after the XOR a digit is 0..=9, and adding 0x76 to the low seven bits
+/// sets bit 7 for anything above (no carry leaves a byte).
+#[inline]
+fn non_digit_bytes(w: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let a = w ^ (LO * u64::from(b'0'));
+    (((a & LOW7) + LO * 0x76) | a) & HI
+}
+
+/// The length of the run of ASCII digits at the start of `s`.
+#[inline]
+pub(crate) fn digit_run(s: &[u8]) -> usize {
+    find_by_word(s, non_digit_bytes, |b| !b.is_ascii_digit()).unwrap_or(s.len())
+}
+
+/// The first index in `s` of a byte that is not ASCII graphic (a control, space, DEL or
+/// above) or is `c`. The lowest mark of each test is exact, so the lowest of all is.
+#[inline]
+pub(crate) fn find_non_graphic_or(s: &[u8], c: u8) -> Option<usize> {
+    let (space, del, pc) = (LO * 0x21, LO * 0x7f, LO * u64::from(c));
+    find_by_word(
+        s,
+        |w| (w.wrapping_sub(space) & !w & HI) | (w & HI) | zero_bytes(w ^ del) | zero_bytes(w ^ pc),
+        |b| !b.is_ascii_graphic() || b == c,
+    )
+}
+
+/// Bit 7 of each byte of the result is set exactly where the eight-byte `chunk` has a
+/// space.
+#[inline]
+pub(crate) fn space_bytes(chunk: &[u8]) -> u64 {
+    zero_bytes_exact(word(chunk) ^ (LO * u64::from(b' ')))
+}
+
 /// An eight-byte chunk as a little-endian word.
 #[inline]
 fn word(chunk: &[u8]) -> u64 {
@@ -622,6 +665,54 @@ mod tests {
                 let s = &tricky[start..];
                 assert_eq!(find_byte(s, c), s.iter().position(|&b| b == c));
             }
+        }
+    }
+
+    #[test]
+    fn digit_and_graphic_searches_agree_with_position() {
+        let alphabet = [
+            b'0', b'9', b'5', b'/', b':', 0x2f, 0x3a, b' ', 0x7f, 0x80, 0xb0, 0xff, 0, b'a', 0x21,
+            0x7e,
+        ];
+        let hay: Vec<u8> = (0..70)
+            .map(|i| alphabet[(i * 5 + i / 3) % alphabet.len()])
+            .collect();
+        for start in 0..hay.len() {
+            for end in start..hay.len() {
+                let s = &hay[start..end];
+                assert_eq!(
+                    digit_run(s),
+                    s.iter()
+                        .position(|b| !b.is_ascii_digit())
+                        .unwrap_or(s.len())
+                );
+                assert_eq!(
+                    find_non_graphic_or(s, b'/'),
+                    s.iter().position(|&b| b == b'/' || !b.is_ascii_graphic())
+                );
+            }
+        }
+        for b in 0..=255u8 {
+            let w = u64::from_le_bytes([b'1', b, b'2', b, b, b'0', b, b'9']);
+            let marks = non_digit_bytes(w);
+            for (i, &x) in w.to_le_bytes().iter().enumerate() {
+                assert_eq!(marks >> (8 * i + 7) & 1 == 1, !x.is_ascii_digit(), "{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn space_bytes_marks_exactly_the_spaces() {
+        for chunk in [
+            *b"a b  !! ",
+            *b"!       ",
+            *b" !!!!!!!",
+            [0x20, 0x21, 0, 0x20, 0xa0, 0xff, 0x1f, 0x20],
+        ] {
+            let expected = (0..8)
+                .filter(|&i| chunk[i] == b' ')
+                .fold(0u64, |m, i| m | 0x80 << (8 * i));
+            assert_eq!(space_bytes(&chunk), expected, "{chunk:?}");
         }
     }
 

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use smallvec::SmallVec;
 
 use crate::limits::Limits;
-use crate::scan::{find_byte, find_cr_lf_nul};
+use crate::scan::{digit_run, find_byte, find_cr_lf_nul, find_non_graphic_or, space_bytes};
 use crate::uri::{is_hostname, parse_ipv4};
 
 /// Address type of `o=` and `c=`.
@@ -240,26 +240,37 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// Exactly `N` space-separated fields (as [`fields`] splits them), or `None` for fewer
-/// or more. One walk over the value, with no iterator state between fields.
+/// or more. The spaces are found eight bytes at a time (all of a word's at once); a field
+/// is what lies between two of them, when not empty.
 #[inline]
 fn exact_fields<const N: usize>(v: &[u8]) -> Option<[&[u8]; N]> {
     let mut out: [&[u8]; N] = [&[]; N];
     let mut n = 0;
-    let mut i = 0;
-    loop {
-        while v.get(i) == Some(&b' ') {
-            i += 1;
+    let mut start = 0;
+    let mut field_ends_at = |end: usize| -> Option<()> {
+        if end > start {
+            *out.get_mut(n)? = v.get(start..end).unwrap_or_default();
+            n += 1;
         }
-        if i >= v.len() {
-            break;
+        start = end + 1;
+        Some(())
+    };
+    let mut chunks = v.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut spaces = space_bytes(chunk);
+        while spaces != 0 {
+            field_ends_at(base + spaces.trailing_zeros() as usize / 8)?;
+            spaces &= spaces - 1;
         }
-        let start = i;
-        while v.get(i).is_some_and(|&b| b != b' ') {
-            i += 1;
-        }
-        *out.get_mut(n)? = v.get(start..i).unwrap_or_default();
-        n += 1;
+        base += 8;
     }
+    for (i, &b) in chunks.remainder().iter().enumerate() {
+        if b == b' ' {
+            field_ends_at(base + i)?;
+        }
+    }
+    field_ends_at(v.len())?;
     (n == N).then_some(out)
 }
 
@@ -271,15 +282,24 @@ fn split_at_byte(s: &[u8], sep: u8) -> (&[u8], &[u8]) {
 }
 
 fn digits(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(u8::is_ascii_digit)
+    !s.is_empty() && digit_run(s) == s.len()
 }
 
 #[inline]
 fn parse_u16(s: &[u8]) -> Option<u16> {
-    if !digits(s) || s.len() > 5 {
+    if s.is_empty() || s.len() > 5 {
         return None;
     }
-    u16::try_from(decimal(s)).ok()
+    // Checked and summed in one walk (five digits fit a u32).
+    let mut v = 0u32;
+    for &b in s {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + u32::from(d);
+    }
+    u16::try_from(v).ok()
 }
 
 /// The value of at most nine decimal digits (checked by the caller), without a UTF-8
@@ -322,18 +342,35 @@ fn check_address(t: AddrType, a: &[u8]) -> Result<Option<IpAddr>, ()> {
 }
 
 fn parse_connection<'a>(line: &'a [u8], v: &'a [u8]) -> Result<Connection<'a>, SdpError> {
-    let Some([b"IN", t, addr]) = exact_fields::<3>(v) else {
-        return Err(SdpError::BadConnection);
-    };
-    let t = addr_type(t).ok_or(SdpError::BadConnection)?;
-    let mut parts = addr.split(|&b| b == b'/');
-    let address = parts.next().unwrap_or_default();
-    // Optional /ttl (IP4 multicast) and /count: numbers only, at most two.
-    for (i, p) in parts.enumerate() {
-        if i >= 2 || !digits(p) || p.len() > 5 {
-            return Err(SdpError::BadConnection);
+    // Nearly always "IN IP4 <address>" with single spaces: then the address is the
+    // rest, if it is one field (non-empty, no space), as the general split finds.
+    let usual = v
+        .strip_prefix(b"IN IP4 ")
+        .filter(|addr| !addr.is_empty() && find_byte(addr, b' ').is_none());
+    let (t, addr) = match usual {
+        Some(addr) => (AddrType::Ip4, addr),
+        None => {
+            let Some([b"IN", t, addr]) = exact_fields::<3>(v) else {
+                return Err(SdpError::BadConnection);
+            };
+            (addr_type(t).ok_or(SdpError::BadConnection)?, addr)
         }
-    }
+    };
+    // Optional /ttl (IP4 multicast) and /count: numbers only, at most two. Usually
+    // there is neither, which one search says.
+    let address = match find_byte(addr, b'/') {
+        None => addr,
+        Some(_) => {
+            let mut parts = addr.split(|&b| b == b'/');
+            let address = parts.next().unwrap_or_default();
+            for (i, p) in parts.enumerate() {
+                if i >= 2 || !digits(p) || p.len() > 5 {
+                    return Err(SdpError::BadConnection);
+                }
+            }
+            address
+        }
+    };
     let ip = check_address(t, address).map_err(|()| SdpError::BadConnection)?;
     Ok(Connection {
         addr_type: t,
@@ -380,7 +417,9 @@ fn parse_media_line<'a>(v: &'a [u8], full: &'a [u8]) -> Result<Media<'a>, SdpErr
     let Some((proto, formats)) = split(rest) else {
         return Err(SdpError::BadMedia);
     };
-    let token_ok = |s: &[u8]| !s.is_empty() && s.iter().all(|&b| b.is_ascii_graphic());
+    // Non-empty and all ASCII graphic (the space is not graphic: it stands in for no
+    // extra byte).
+    let token_ok = |s: &[u8]| !s.is_empty() && find_non_graphic_or(s, b' ').is_none();
     if !token_ok(kind) || !token_ok(proto) || formats.iter().all(u8::is_ascii_whitespace) {
         return Err(SdpError::BadMedia);
     }
@@ -441,54 +480,35 @@ fn parse_rtcp(v: &[u8]) -> Result<Rtcp<'_>, SdpError> {
 fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
     let bad = SdpError::BadAttribute;
     // payload type: one to five digits (leading zeros allowed), at most 127, then a
-    // space. Index walks: this runs for every a=rtpmap of every offer and answer.
-    let mut i = 0;
-    let mut pt = 0u32;
-    while let Some(&b) = v.get(i) {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            break;
-        }
-        pt = pt.wrapping_mul(10).wrapping_add(u32::from(d));
-        i += 1;
-    }
-    if i == 0 || i > 5 || v.get(i) != Some(&b' ') {
+    // space.
+    let (pt, after_pt) = leading_digits(v);
+    if pt.is_empty() || pt.len() > 5 {
         return Err(bad);
     }
-    let payload_type = u8::try_from(pt).ok().filter(|&p| p <= 127).ok_or(bad)?;
+    let Some((b' ', rest)) = after_pt.split_first() else {
+        return Err(bad);
+    };
+    let payload_type = u8::try_from(decimal(pt))
+        .ok()
+        .filter(|&p| p <= 127)
+        .ok_or(bad)?;
     // encoding "/" clock-rate [ "/" parameters ]; the parameters may hold more slashes.
-    let rest = v.get(i + 1..).unwrap_or_default().trim_ascii();
-    let mut e = 0;
-    while let Some(&b) = rest.get(e) {
-        if b == b'/' || !b.is_ascii_graphic() {
-            break;
-        }
-        e += 1;
-    }
-    let encoding = rest.get(..e).unwrap_or_default();
+    let rest = trim_ascii_whitespace(rest);
+    let e = find_non_graphic_or(rest, b'/').unwrap_or(rest.len());
+    let (encoding, after_encoding) = rest.split_at_checked(e).unwrap_or((rest, &[]));
     if encoding.is_empty() {
         return Err(bad);
     }
-    let (clock_rate, params) = match rest.get(e) {
+    let (clock_rate, params) = match after_encoding.split_first() {
         None => (None, None),
-        Some(b'/') => {
-            let mut k = e + 1;
-            let mut clock = 0u32;
-            while let Some(&b) = rest.get(k) {
-                let d = b.wrapping_sub(b'0');
-                if d > 9 {
-                    break;
-                }
-                clock = clock.wrapping_mul(10).wrapping_add(u32::from(d));
-                k += 1;
-            }
-            let digits = k - (e + 1);
-            if digits == 0 || digits > 9 {
+        Some((b'/', clock)) => {
+            let (clock, after_clock) = leading_digits(clock);
+            if clock.is_empty() || clock.len() > 9 {
                 return Err(bad);
             }
-            match rest.get(k) {
-                None => (Some(clock), None),
-                Some(b'/') => (Some(clock), rest.get(k + 1..)),
+            match after_clock.split_first() {
+                None => (Some(decimal(clock)), None),
+                Some((b'/', params)) => (Some(decimal(clock)), Some(params)),
                 Some(_) => return Err(bad),
             }
         }
@@ -500,6 +520,28 @@ fn parse_rtpmap(v: &[u8]) -> Result<RtpMap<'_>, SdpError> {
         clock_rate,
         params,
     })
+}
+
+/// `s` split after its leading run of ASCII digits (which may be empty).
+#[inline]
+fn leading_digits(s: &[u8]) -> (&[u8], &[u8]) {
+    // A byte walk: these runs (payload types, clock rates) are shorter than a word.
+    let n = s
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(s.len());
+    s.split_at_checked(n).unwrap_or((s, &[]))
+}
+
+/// `trim_ascii`, with the usual case (nothing to trim) settled by two byte tests.
+#[inline]
+fn trim_ascii_whitespace(s: &[u8]) -> &[u8] {
+    let untrimmed = |b: Option<&u8>| b.is_none_or(|b| !b.is_ascii_whitespace());
+    if untrimmed(s.first()) && untrimmed(s.last()) {
+        s
+    } else {
+        s.trim_ascii()
+    }
 }
 
 fn direction(attr: &[u8]) -> Option<Direction> {
@@ -661,11 +703,14 @@ pub(crate) fn parse_into<'a>(
                 if !media.is_empty() {
                     return Err(SdpError::OutOfOrder);
                 }
-                let Some([a, b]) = exact_fields::<2>(value) else {
-                    return Err(SdpError::BadTiming);
-                };
-                if !digits(a) || !digits(b) {
-                    return Err(SdpError::BadTiming);
+                // Nearly always "t=0 0" (unbounded): that is two numbers.
+                if value != b"0 0" {
+                    let Some([a, b]) = exact_fields::<2>(value) else {
+                        return Err(SdpError::BadTiming);
+                    };
+                    if !digits(a) || !digits(b) {
+                        return Err(SdpError::BadTiming);
+                    }
                 }
                 timing = true;
             }

@@ -137,10 +137,18 @@ pub fn is_hostname(s: &[u8]) -> bool {
 /// Parses a port: 1 to 65535, at most five digits.
 #[inline]
 pub fn parse_port(s: &[u8]) -> Result<u16, DefectKind> {
-    if s.is_empty() || s.len() > 5 || !s.iter().all(|&b| is_digit(b)) {
+    if s.is_empty() || s.len() > 5 {
         return Err(DefectKind::InvalidPort);
     }
-    let v = s.iter().fold(0u32, |v, &b| v * 10 + u32::from(b - b'0'));
+    // Checked and summed in one walk.
+    let mut v = 0u32;
+    for &b in s {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(DefectKind::InvalidPort);
+        }
+        v = v * 10 + u32::from(d);
+    }
     match u16::try_from(v) {
         Ok(p) if p != 0 => Ok(p),
         _ => Err(DefectKind::InvalidPort),
@@ -266,6 +274,22 @@ fn is_scheme(s: &[u8]) -> bool {
 /// Parses a URI. A well-formed URI of a scheme other than sip, sips or tel parses to
 /// [`Uri::Other`]: the caller decides whether that is acceptable where it stands.
 pub fn parse_uri<'a>(s: &'a [u8], limits: &Limits) -> Result<Uri<'a>, DefectKind> {
+    let mut uri = Uri::Other {
+        scheme: &[],
+        raw: s,
+    };
+    parse_uri_into(s, limits, &mut uri)?;
+    Ok(uri)
+}
+
+/// [`parse_uri`] into `out`, so that an address header builds its URI where it is kept
+/// (a URI is some 150 bytes; returning it through each layer copies it each time). On
+/// an error `out` is left as it was or part written.
+pub(crate) fn parse_uri_into<'a>(
+    s: &'a [u8],
+    limits: &Limits,
+    out: &mut Uri<'a>,
+) -> Result<(), DefectKind> {
     // Nearly every URI is sip: say so without searching for the colon.
     // One load: the letters compared without case (OR 0x20 maps only their upper case
     // onto them), the colon exactly.
@@ -275,7 +299,7 @@ pub fn parse_uri<'a>(s: &'a [u8], limits: &Limits) -> Result<Uri<'a>, DefectKind
         .filter(|p| u32::from_le_bytes(**p) | 0x0020_2020 == sip)
         .and_then(|_| s.get(4..))
     {
-        return parse_sip(s, rest, false, limits);
+        return parse_sip(s, rest, false, limits, out);
     }
     let colon = s
         .iter()
@@ -287,9 +311,10 @@ pub fn parse_uri<'a>(s: &'a [u8], limits: &Limits) -> Result<Uri<'a>, DefectKind
         return Err(DefectKind::MalformedUri);
     }
     if scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips") {
-        parse_sip(s, rest, scheme.len() == 4, limits)
+        parse_sip(s, rest, scheme.len() == 4, limits, out)
     } else if scheme.eq_ignore_ascii_case(b"tel") {
-        parse_tel(s, rest, limits).map(Uri::Tel)
+        *out = Uri::Tel(parse_tel(s, rest, limits)?);
+        Ok(())
     } else {
         // Opaque absolute URI: visible ASCII without the delimiters that would end it.
         let ok = !rest.is_empty()
@@ -298,7 +323,8 @@ pub fn parse_uri<'a>(s: &'a [u8], limits: &Limits) -> Result<Uri<'a>, DefectKind
                 .all(|&b| b > 0x20 && b < 0x7f && !matches!(b, b'<' | b'>' | b'"'))
             && s.len() <= limits.max_param_len;
         if ok {
-            Ok(Uri::Other { scheme, raw: s })
+            *out = Uri::Other { scheme, raw: s };
+            Ok(())
         } else {
             Err(DefectKind::MalformedUri)
         }
@@ -310,7 +336,8 @@ fn parse_sip<'a>(
     rest: &'a [u8],
     secure: bool,
     limits: &Limits,
-) -> Result<Uri<'a>, DefectKind> {
+    out: &mut Uri<'a>,
+) -> Result<(), DefectKind> {
     // The user part may hold ';', '?' and ':', but never a raw '@'; neither may
     // anything after the host. So the first '@' ends the userinfo.
     let (userinfo, after) = match find_byte(rest, b'@') {
@@ -354,8 +381,8 @@ fn parse_sip<'a>(
     if let Some(h) = headers {
         check_uri_headers(h, limits)?;
     }
-    // Built as the `Uri` itself: wrapping a finished `SipUri` would copy it.
-    Ok(Uri::Sip(SipUri {
+    // Written straight into place: wrapping a finished `SipUri` would copy it.
+    *out = Uri::Sip(SipUri {
         raw,
         secure,
         user,
@@ -365,7 +392,8 @@ fn parse_sip<'a>(
         host_port,
         params,
         headers,
-    }))
+    });
+    Ok(())
 }
 
 #[inline]

@@ -4,9 +4,10 @@ use smallvec::SmallVec;
 
 use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
+use crate::header::eq_lower_name;
 use crate::limits::Limits;
 use crate::scan::{find_space_or3, is_lws, parse_bounded, Cursor};
-use crate::uri::{parse_uri, Uri};
+use crate::uri::{parse_uri_into, Uri};
 
 /// `[display-name] <uri>` or a bare addr-spec, with header parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +60,32 @@ enum Form {
     RouteList,
 }
 
-/// Parses one address at the cursor; `each_param` sees every header parameter.
+impl<'a> NameAddr<'a> {
+    /// What an address is filled into: a name-addr is some 200 bytes, so it is built in
+    /// the place it is kept rather than returned and moved there.
+    fn unparsed() -> Self {
+        NameAddr {
+            raw: &[],
+            display: None,
+            uri: Uri::Other {
+                scheme: &[],
+                raw: &[],
+            },
+            bracketed: false,
+            params: Params::default(),
+        }
+    }
+}
+
+/// Parses one address at the cursor into `out`; `each_param` sees every header
+/// parameter. On an error `out` is left part written.
 fn parse_one<'a>(
     c: &mut Cursor<'a>,
     form: Form,
     limits: &Limits,
     each_param: impl FnMut(&'a [u8], Option<&'a [u8]>),
-) -> Result<NameAddr<'a>, DefectKind> {
+    out: &mut NameAddr<'a>,
+) -> Result<(), DefectKind> {
     c.skip_lws();
     let start = c.pos();
     let mut display = None;
@@ -109,22 +129,18 @@ fn parse_one<'a>(
     if uri_text.len() > limits.max_param_len {
         return Err(DefectKind::ParamTooLong);
     }
-    let uri = parse_uri(uri_text, limits)?;
+    parse_uri_into(uri_text, limits, &mut out.uri)?;
     if !bracketed {
         // RFC 3261 section 20: a URI with '?' (or ',' or ';') must be bracketed.
-        if uri.raw().contains(&b'?') {
+        if out.uri.raw().contains(&b'?') {
             return Err(DefectKind::MalformedUri);
         }
     }
-    let params = parse_params_with(c, limits, each_param)?;
-    let raw = c.slice_from(start);
-    Ok(NameAddr {
-        raw,
-        display,
-        uri,
-        bracketed,
-        params,
-    })
+    out.params = parse_params_with(c, limits, each_param)?;
+    out.raw = c.slice_from(start);
+    out.display = display;
+    out.bracketed = bracketed;
+    Ok(())
 }
 
 /// The URI between `<` (already consumed) and `>`; no white space allowed inside.
@@ -147,18 +163,21 @@ fn bracket_body<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8], DefectKind> {
     Ok(uri)
 }
 
-/// From, To, Refer-To: exactly one address.
+/// From, To, Refer-To: exactly one address, put in `out`. On an error `out` may hold a
+/// part-written address.
 pub(crate) fn parse_single_name_addr<'a>(
     value: &'a [u8],
     limits: &Limits,
-) -> Result<NameAddr<'a>, DefectKind> {
+    out: &mut Option<NameAddr<'a>>,
+) -> Result<(), DefectKind> {
     let mut c = Cursor::new(value);
-    let na = parse_one(&mut c, Form::Single, limits, |_, _| {})?;
+    let na = out.insert(NameAddr::unparsed());
+    parse_one(&mut c, Form::Single, limits, |_, _| {}, na)?;
     c.skip_lws();
     if !c.at_end() {
         return Err(DefectKind::MalformedHeader);
     }
-    Ok(na)
+    Ok(())
 }
 
 /// Route, Record-Route: a list of bracketed addresses, appended to `out`.
@@ -190,9 +209,8 @@ fn parse_list<'a>(
             return Err(DefectKind::TooManyContacts);
         }
         let index = out.len();
-        out.push(parse_one(&mut c, form, limits, |n, v| {
-            each_param(index, n, v)
-        })?);
+        let na = out.push_unparsed().ok_or(DefectKind::MalformedHeader)?;
+        parse_one(&mut c, form, limits, |n, v| each_param(index, n, v), na)?;
         c.skip_lws();
         if c.at_end() {
             return Ok(());
@@ -207,15 +225,17 @@ fn parse_list<'a>(
 /// allocation) or an [`AddrList`] (Contact: usually one, kept inline).
 trait AddrSink<'a> {
     fn len(&self) -> usize;
-    fn push(&mut self, na: NameAddr<'a>);
+    /// Appends an address to be filled in, and returns it (always `Some`).
+    fn push_unparsed(&mut self) -> Option<&mut NameAddr<'a>>;
 }
 
 impl<'a> AddrSink<'a> for Vec<NameAddr<'a>> {
     fn len(&self) -> usize {
         Vec::len(self)
     }
-    fn push(&mut self, na: NameAddr<'a>) {
-        Vec::push(self, na);
+    fn push_unparsed(&mut self) -> Option<&mut NameAddr<'a>> {
+        Vec::push(self, NameAddr::unparsed());
+        self.last_mut()
     }
 }
 
@@ -223,8 +243,9 @@ impl<'a> AddrSink<'a> for AddrList<'a> {
     fn len(&self) -> usize {
         SmallVec::len(self)
     }
-    fn push(&mut self, na: NameAddr<'a>) {
-        SmallVec::push(self, na);
+    fn push_unparsed(&mut self) -> Option<&mut NameAddr<'a>> {
+        SmallVec::push(self, NameAddr::unparsed());
+        self.last_mut()
     }
 }
 
@@ -288,11 +309,11 @@ struct ContactParams {
 impl ContactParams {
     #[inline]
     fn visit(&mut self, name: &[u8], value: Option<&[u8]>) {
-        if !self.expires_seen && name.eq_ignore_ascii_case(b"expires") {
+        if !self.expires_seen && name.len() == 7 && eq_lower_name(name, b"expires") {
             self.expires_seen = true;
             let ok = value.is_some_and(|v| parse_bounded(v, u64::from(u32::MAX)).is_some());
             self.expires_error = (!ok).then_some(DefectKind::BadExpires);
-        } else if !self.q_seen && name.eq_ignore_ascii_case(b"q") {
+        } else if !self.q_seen && name.len() == 1 && eq_lower_name(name, b"q") {
             self.q_seen = true;
             self.q_error = (!value.is_some_and(is_qvalue)).then_some(DefectKind::MalformedHeader);
         }
@@ -314,7 +335,9 @@ mod tests {
     use super::*;
 
     fn single(v: &[u8]) -> Result<NameAddr<'_>, DefectKind> {
-        parse_single_name_addr(v, &Limits::default())
+        let mut out = None;
+        parse_single_name_addr(v, &Limits::default(), &mut out)?;
+        out.ok_or(DefectKind::MalformedHeader)
     }
 
     #[test]

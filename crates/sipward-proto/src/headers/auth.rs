@@ -6,6 +6,7 @@
 
 use super::unquote;
 use crate::defect::DefectKind;
+use crate::header::eq_lower_name;
 use crate::scan::{is_token, Cursor};
 
 /// Scheme and the parameters sipward cares about, for credentials and challenges alike.
@@ -72,12 +73,12 @@ pub(crate) fn parse_credentials(value: &[u8]) -> Result<Credentials<'_>, DefectK
         if v.is_empty() {
             return Err(DefectKind::MalformedHeader);
         }
-        if name.eq_ignore_ascii_case(b"username") {
+        if name.len() == 8 && eq_lower_name(name, b"username") {
             if creds.username.is_some() {
                 return Err(DefectKind::MalformedHeader);
             }
             creds.username = Some(unquote(v));
-        } else if name.eq_ignore_ascii_case(b"realm") {
+        } else if name.len() == 5 && eq_lower_name(name, b"realm") {
             if creds.realm.is_some() {
                 return Err(DefectKind::MalformedHeader);
             }

@@ -157,7 +157,7 @@ pub(crate) fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, DefectKind> {
 }
 
 /// A scalar header that is just a number (Max-Forwards, Expires, Content-Length).
-#[inline]
+#[inline(always)]
 pub(crate) fn parse_number(value: &[u8], max: u64) -> Option<u64> {
     parse_bounded(trim_lws(value), max)
 }
@@ -205,6 +205,11 @@ pub(crate) fn parse_content_type<'a>(
     value: &'a [u8],
     limits: &Limits,
 ) -> Result<&'a [u8], DefectKind> {
+    // Nearly every body sipward sees is SDP, labelled just so: that value is its own
+    // media type, as the walk below would find.
+    if value == b"application/sdp" {
+        return Ok(value);
+    }
     let mut c = Cursor::new(value);
     let start = c.pos();
     c.token().ok_or(DefectKind::MalformedHeader)?;
@@ -315,5 +320,13 @@ mod tests {
         let t = parse_content_type(b"application/sdp;charset=utf-8", &limits).unwrap();
         assert!(media_type_is(t, "Application/SDP"));
         assert!(parse_content_type(b"application", &limits).is_err());
+        assert_eq!(
+            parse_content_type(b"application/sdp", &limits),
+            Ok(&b"application/sdp"[..])
+        );
+        assert_eq!(
+            parse_content_type(b"application/sdp ;x=1", &limits),
+            Ok(&b"application/sdp"[..])
+        );
     }
 }

@@ -4,6 +4,7 @@ use smallvec::SmallVec;
 
 use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
+use crate::header::eq_lower_name;
 use crate::limits::Limits;
 use crate::scan::{is_token, Cursor};
 use crate::uri::{parse_host, parse_host_port, parse_port, Host};
@@ -52,13 +53,20 @@ pub(crate) fn parse_vias<'a>(
 
 fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectKind> {
     let start = c.pos();
-    c.token().ok_or(DefectKind::MalformedHeader)?; // protocol name
-    if !c.eat_sep(b'/') {
-        return Err(DefectKind::MalformedHeader);
-    }
-    c.token().ok_or(DefectKind::MalformedHeader)?; // version
-    if !c.eat_sep(b'/') {
-        return Err(DefectKind::MalformedHeader);
+    if c.rest().starts_with(b"SIP/2.0/") {
+        // As nearly always written: one compare instead of two tokens and separators
+        // (which end at the same place, white space after the last '/' included).
+        c.set_pos(start + 8);
+        c.skip_lws();
+    } else {
+        c.token().ok_or(DefectKind::MalformedHeader)?; // protocol name
+        if !c.eat_sep(b'/') {
+            return Err(DefectKind::MalformedHeader);
+        }
+        c.token().ok_or(DefectKind::MalformedHeader)?; // version
+        if !c.eat_sep(b'/') {
+            return Err(DefectKind::MalformedHeader);
+        }
     }
     let transport = c.token().ok_or(DefectKind::MalformedHeader)?;
     if !c.skip_lws() {
@@ -73,7 +81,8 @@ fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectK
         }
         c.slice_from(sent_by_start)
     } else {
-        c.take_while(|b| is_token(b) && b != b':')
+        // ':' is not a token character: the token ends at the port's colon.
+        c.take_while(is_token)
     };
     let host_end = c.pos();
     let (host, port) = if c.eat_sep(b':') {
@@ -125,23 +134,32 @@ impl<'a> ViaParams<'a> {
     }
 
     fn take(&mut self, name: &'a [u8], value: Option<&'a [u8]>) -> Result<(), DefectKind> {
-        if name.eq_ignore_ascii_case(b"branch") {
-            self.branch = Some(value.ok_or(DefectKind::MalformedHeader)?);
-        } else if name.eq_ignore_ascii_case(b"received") {
-            let v = value.ok_or(DefectKind::MalformedHeader)?;
-            if parse_host(v)?.ip().is_none() {
-                return Err(DefectKind::InvalidIp);
+        // The name is a token: its length picks the one candidate, and a single
+        // case-insensitive compare confirms it.
+        match name.len() {
+            6 if eq_lower_name(name, b"branch") => {
+                self.branch = Some(value.ok_or(DefectKind::MalformedHeader)?);
             }
-            self.received = Some(v);
-        } else if name.eq_ignore_ascii_case(b"rport") {
-            self.rport = Some(value.map(parse_port).transpose()?);
-        } else if name.eq_ignore_ascii_case(b"maddr") {
-            let v = value.ok_or(DefectKind::MalformedHeader)?;
-            parse_host(v)?;
-            self.maddr = Some(v);
-        } else if name.eq_ignore_ascii_case(b"ttl") {
-            let v = value.ok_or(DefectKind::MalformedHeader)?;
-            crate::scan::parse_bounded(v, 255).ok_or(DefectKind::MalformedHeader)?;
+            8 if eq_lower_name(name, b"received") => {
+                let v = value.ok_or(DefectKind::MalformedHeader)?;
+                if parse_host(v)?.ip().is_none() {
+                    return Err(DefectKind::InvalidIp);
+                }
+                self.received = Some(v);
+            }
+            5 if eq_lower_name(name, b"rport") => {
+                self.rport = Some(value.map(parse_port).transpose()?);
+            }
+            5 if eq_lower_name(name, b"maddr") => {
+                let v = value.ok_or(DefectKind::MalformedHeader)?;
+                parse_host(v)?;
+                self.maddr = Some(v);
+            }
+            3 if eq_lower_name(name, b"ttl") => {
+                let v = value.ok_or(DefectKind::MalformedHeader)?;
+                crate::scan::parse_bounded(v, 255).ok_or(DefectKind::MalformedHeader)?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -175,6 +193,24 @@ mod tests {
         assert_eq!(v[0].sent_by, b"spindle.example.com");
         assert_eq!(v[0].branch, Some(&b"z9hG4bK9ikj8"[..]));
         assert_eq!(v[1].branch, Some(&b"z9hG4bK30239"[..]));
+    }
+
+    #[test]
+    fn usual_prefix_and_its_variants_agree() {
+        for v in [
+            &b"SIP/2.0/UDP 10.0.0.1"[..],
+            b"SIP/2.0/\r\n UDP 10.0.0.1",
+            b"SIP / 2.0 / UDP 10.0.0.1",
+            b"sip/2.0/UDP 10.0.0.1",
+        ] {
+            let via = vias(v).unwrap();
+            assert_eq!(
+                (via[0].transport, via[0].sent_by),
+                (&b"UDP"[..], &b"10.0.0.1"[..])
+            );
+        }
+        assert!(vias(b"SIP/2.0/").is_err());
+        assert!(vias(b"SIP/2.0/ ").is_err());
     }
 
     #[test]
