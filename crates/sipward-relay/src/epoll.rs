@@ -88,8 +88,8 @@ impl Epoll {
                     .registry()
                     .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
             {
+                // The slot stays (its stream names it); it only does not receive.
                 tracing::error!("cannot wait on a media socket: {e}");
-                table.slots.try_remove(key);
             }
         }
     }

@@ -13,6 +13,8 @@ use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 use sipward_core::{LegSpec, Peer, Side, StreamCounters, StreamId};
 use slab::Slab;
 
+/// Tags go round below this (io_uring's `user_data` has room for 28 bits of them).
+pub(crate) const TAG_LIMIT: u32 = 1 << 28;
 /// Kernel receive buffer asked for each media socket.
 const RECEIVE_BUFFER: usize = 1 << 20;
 /// The most a train carries: UDP's 65,507-byte payload limit, with room to spare.
@@ -228,6 +230,11 @@ pub(crate) struct Table {
 
 impl Table {
     pub(crate) fn new() -> io::Result<Self> {
+        Self::with_first_tag(0)
+    }
+
+    /// A table whose first socket gets tag `first + 1` (tests start near the limit).
+    pub(crate) fn with_first_tag(first: u32) -> io::Result<Self> {
         let state_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
         let state = UdpSocketState::new(UdpSockRef::from(&state_socket))?;
         Ok(Self {
@@ -235,7 +242,7 @@ impl Table {
             streams: Slab::new(),
             by_id: HashMap::new(),
             train: Vec::with_capacity(MAX_TRAIN_BYTES),
-            next_tag: 0,
+            next_tag: first % TAG_LIMIT,
             state,
             _state_socket: state_socket,
         })
@@ -314,7 +321,7 @@ impl Table {
         {
             tracing::debug!(%local, "cannot enlarge the receive buffer: {e}");
         }
-        self.next_tag = self.next_tag.wrapping_add(1);
+        self.next_tag = (self.next_tag + 1) % TAG_LIMIT;
         Ok(self.slots.insert(Slot {
             socket: Some(socket),
             stream,
@@ -381,7 +388,8 @@ impl Table {
     /// A datagram of `len` bytes `route_one` routed from slot `key` (if it is still the
     /// socket with `tag`) could not be sent: counted as dropped, not forwarded.
     pub(crate) fn unsent(&mut self, key: usize, tag: u32, len: usize) {
-        let Some(slot) = self.slots.get(key).filter(|s| s.tag == tag) else {
+        // A closing slot's stream is gone, and its key may be another stream's now.
+        let Some(slot) = self.slots.get(key).filter(|s| s.tag == tag && !s.closing) else {
             return;
         };
         if let Some(stream) = self.streams.get(slot.stream) {

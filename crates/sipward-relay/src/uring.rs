@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
-use crate::table::{StreamSlots, Table};
+use crate::table::{StreamSlots, Table, TAG_LIMIT};
 use crate::{Applied, Inbox};
 
 /// Buffers in the ring (a power of two, at most 32,768): room for this many datagrams
 /// received and not yet forwarded, across all sockets.
 const BUFFERS: u16 = 2048;
 /// One buffer: the kernel's header, the source address, and a datagram of up to
-/// 4,048 bytes (a larger one is counted as dropped).
+/// 4,052 bytes (a larger one is counted as dropped; the epoll engine takes up to 64 KiB).
 const BUFFER_SIZE: usize = 4096;
 const BUFFER_GROUP: u16 = 0;
 /// Submission queue entries; the completion queue has room for a ring's worth of
@@ -40,7 +40,7 @@ const COMPLETIONS: u32 = 8 * BUFFERS as u32;
 /// it (a slot key is reused; the tag tells a late completion of the socket that had
 /// the key before from one of the current socket), and two marks.
 const KEY_BITS: u32 = 32;
-const TAG_MASK: u64 = (1 << 28) - 1;
+const TAG_MASK: u64 = TAG_LIMIT as u64 - 1;
 /// The relay's tick.
 const TICK: u64 = 1 << 60;
 /// How often the relay wakes when nothing else wakes it: a send's completion (a
@@ -176,8 +176,9 @@ impl ProvidedBuffers {
 
 impl Drop for ProvidedBuffers {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with these layouts; `Uring` drops this only after
-        // the ring is closed with no receive pending (or leaks it, see `Uring::drop`).
+        // SAFETY: allocated in `new` with these layouts; `Uring` drops this after the
+        // ring is closed (field order), and `Uring::shut` first waits for every receive
+        // and send to end, or leaks the buffers if the kernel does not confirm.
         unsafe {
             alloc::dealloc(self.ring.cast(), self.ring_layout);
             alloc::dealloc(self.memory, self.memory_layout);
@@ -227,6 +228,10 @@ pub(crate) struct Uring {
     rearm: Vec<usize>,
     /// Receives (`user_data`) whose cancellation is to be asked again.
     recancel: Vec<u64>,
+    /// Sockets to arm after the next wait (arming failed).
+    rearm_later: Vec<usize>,
+    /// The tick could not be set again; tried after the next wait.
+    tick_lost: bool,
 }
 
 impl Uring {
@@ -264,6 +269,8 @@ impl Uring {
             completions: Vec::with_capacity(COMPLETIONS as usize),
             rearm: Vec::new(),
             recancel: Vec::new(),
+            rearm_later: Vec::new(),
+            tick_lost: false,
         })
     }
 
@@ -298,8 +305,9 @@ impl Uring {
         match self.push(&entry) {
             Ok(()) => self.armed += 1,
             Err(e) => {
-                tracing::error!("cannot receive on a media socket: {e}");
-                table.slots.try_remove(key);
+                // Tried again after the next wait (the slot stays: its stream names it).
+                tracing::warn!("cannot receive on a media socket yet: {e}");
+                self.rearm_later.push(key);
             }
         }
     }
@@ -326,7 +334,10 @@ impl Uring {
                 .user_data(CANCEL | data);
             match self.push(&entry) {
                 Ok(()) => any = true,
-                Err(e) => tracing::error!("cannot stop receiving on a media socket: {e}"),
+                Err(e) => {
+                    tracing::warn!("cannot stop receiving on a media socket yet: {e}");
+                    self.recancel.push(data);
+                }
             }
         }
         // The cancellations complete as they are submitted (each posts a completion, so
@@ -334,9 +345,25 @@ impl Uring {
         // first, which drops the last references to the sockets. Their completions are
         // reaped with the next batch.
         if any {
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                tracing::debug!("media relay: waiting for cancellations: {e}");
+            // A wait for more completions than can come, with a zero timeout: the kernel
+            // runs all deferred work before it gives up (a wait for one would stop
+            // after a few dozen items, and under load the cancellations' are behind
+            // the wake-ups of every busy socket).
+            let now = Timespec::new();
+            let args = SubmitArgs::new().timespec(&now);
+            match self.ring.submitter().submit_with_args(1 << 16, &args) {
+                Err(e) if e.raw_os_error() != Some(libc::ETIME) => {
+                    tracing::debug!("media relay: waiting for cancellations: {e}");
+                }
+                _ => {}
             }
+        }
+    }
+
+    fn arm_tick_or_later(&mut self) {
+        if let Err(e) = self.arm_tick() {
+            tracing::warn!("media relay cannot set its tick yet: {e}");
+            self.tick_lost = true;
         }
     }
 
@@ -365,12 +392,17 @@ impl Uring {
             // the next datagram or command, not for its own sends.
             let want = 1 + std::mem::take(&mut self.queued_sends);
             let waited = self.ring.submit_and_wait(want);
-            match waited {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // The completion queue overflowed: reaping it is the cure.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) => {
+            match waited.map_err(|e| e.raw_os_error()) {
+                Ok(_) | Err(Some(libc::EINTR)) => {}
+                // The kernel is short of memory for requests, or completions were lost
+                // (EBADR): the relay goes on, after a breath so as not to spin.
+                Err(Some(code @ (libc::EAGAIN | libc::ENOMEM | libc::EBUSY | libc::EBADR))) => {
+                    tracing::warn!("media relay: {}", io::Error::from_raw_os_error(code));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(code) => {
+                    let e =
+                        code.map_or_else(|| io::Error::other("?"), io::Error::from_raw_os_error);
                     tracing::error!("media relay wait failed: {e}");
                     self.shut(&table);
                     return;
@@ -404,9 +436,7 @@ impl Uring {
             if data == WAKE {
                 going_on &= self.take_commands(table, inbox, this);
             } else if data == TICK {
-                if let Err(e) = self.arm_tick() {
-                    tracing::error!("media relay cannot set its tick: {e}");
-                }
+                self.arm_tick_or_later();
             } else if data & SEND != 0 {
                 for c in this {
                     self.sent(table, c);
@@ -436,8 +466,14 @@ impl Uring {
                 .build()
                 .user_data(CANCEL | data);
             if let Err(e) = self.push(&entry) {
-                tracing::error!("cannot stop receiving on a media socket: {e}");
+                tracing::warn!("cannot stop receiving on a media socket yet: {e}");
+                self.recancel.push(data);
             }
+        }
+        self.rearm.append(&mut self.rearm_later);
+        if self.tick_lost {
+            self.tick_lost = false;
+            self.arm_tick_or_later();
         }
         going_on
     }
@@ -476,6 +512,13 @@ impl Uring {
             ([one], true) => self.send_one(table, key, tag, one),
             _ => OneSend::NotTried,
         };
+        if let (OneSend::NotTried, true, 1..) = (outcome, current, self.queued_sends) {
+            // A lone datagram of this socket may be queued to go through the ring: it
+            // leaves first, so that the socket's datagrams keep their order.
+            if let Err(e) = self.ring.submit() {
+                tracing::debug!("media relay: submitting before forwarding: {e}");
+            }
+        }
         if let (Some(buffers), OneSend::NotTried, true) = (&self.buffers, outcome, current) {
             let datagrams = run.iter().filter_map(|c| {
                 let id = cqueue::buffer_select(c.flags)?;
@@ -576,6 +619,7 @@ impl Uring {
             }
             Err(e) => {
                 tracing::debug!("media send not queued: {e}");
+                table.unsent(key, tag, payload_len);
                 OneSend::Handled
             }
         }
@@ -741,6 +785,32 @@ mod tests {
             assert_eq!(key_and_tag(data), (key, tag));
             assert_eq!(key_and_tag(CANCEL | data), (key, tag));
         }
+    }
+
+    #[test]
+    fn tags_go_round_within_what_user_data_keeps() {
+        use sipward_core::{LegSpec, StreamCounters};
+        use std::sync::Arc;
+        let mut table = Table::with_first_tag(TAG_LIMIT - 3).unwrap();
+        let mut seen = Vec::new();
+        for id in 0..3u16 {
+            let leg = |side: u8| LegSpec {
+                local_rtp: SocketAddr::new([127, 77, 20 + side, 1].into(), 46000 + 2 * id),
+                peers: Vec::new(),
+            };
+            let opened = table.set(
+                u64::from(id),
+                [leg(0), leg(1)],
+                Arc::new(StreamCounters::new(Instant::now())),
+            );
+            for key in opened.into_iter().flatten() {
+                let tag = table.slots.get(key).unwrap().tag;
+                assert_eq!(key_and_tag(user_data(key, tag)), (key, tag), "tag {tag}");
+                seen.push(tag);
+            }
+        }
+        assert_eq!(seen.len(), 12);
+        assert!(seen.contains(&0), "the tags went round: {seen:?}");
     }
 
     #[test]

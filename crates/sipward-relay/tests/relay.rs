@@ -575,3 +575,88 @@ fn a_port_closed_and_reopened_in_one_batch_of_commands_forwards_with(engine: Eng
         "{engine:?}: the new stream did not get its ports"
     );
 }
+
+#[test]
+fn ports_closed_and_reopened_under_load_are_free_for_the_new_stream() {
+    for engine in ENGINES {
+        ports_closed_and_reopened_under_load_are_free_for_the_new_stream_with(engine);
+    }
+}
+
+fn ports_closed_and_reopened_under_load_are_free_for_the_new_stream_with(engine: Engine) {
+    const BUSY: u16 = 300;
+    let relay = spawn(engine);
+    let phone = bind("127.77.16.20:0");
+    let far = bind("127.77.17.50:0");
+    let stream = |id: u64, port: u16| MediaCommand::Set {
+        id,
+        legs: [
+            LegSpec {
+                local_rtp: SocketAddr::new([127, 77, 16, 1].into(), port),
+                peers: vec![strict(&phone, &phone)],
+            },
+            LegSpec {
+                local_rtp: SocketAddr::new([127, 77, 17, 1].into(), port),
+                peers: vec![strict(&far, &far)],
+            },
+        ],
+        counters: Arc::new(StreamCounters::new(Instant::now())),
+    };
+    relay.apply((0..BUSY).map(|i| stream(u64::from(i), 46000 + 2 * i)));
+    std::thread::sleep(Duration::from_millis(200));
+    // Traffic on every busy stream while one more stream is closed and reopened on the
+    // same ports, in one batch of commands, again and again.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let blaster = {
+        let stop = stop.clone();
+        let phone = phone.try_clone().unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for i in 0..BUSY {
+                    let to = SocketAddr::new([127, 77, 16, 1].into(), 46000 + 2 * i);
+                    let _ = phone.send_to(b"busy", to);
+                }
+            }
+        })
+    };
+    let probe_phone = bind("127.77.18.20:0");
+    let probe_far = bind("127.77.19.50:0");
+    let probe = |id: u64| MediaCommand::Set {
+        id,
+        legs: [
+            LegSpec {
+                local_rtp: sock("127.77.18.1:45000"),
+                peers: vec![strict(&probe_phone, &probe_phone)],
+            },
+            LegSpec {
+                local_rtp: sock("127.77.19.1:45000"),
+                peers: vec![strict(&probe_far, &probe_far)],
+            },
+        ],
+        counters: Arc::new(StreamCounters::new(Instant::now())),
+    };
+    relay.apply([probe(10_000)]);
+    let mut failures = 0;
+    for round in 1..=20u64 {
+        relay.apply([
+            MediaCommand::Close {
+                id: 10_000 + round - 1,
+            },
+            probe(10_000 + round),
+        ]);
+        std::thread::sleep(Duration::from_millis(30));
+        probe_phone
+            .send_to(&round.to_be_bytes(), "127.77.18.1:45000")
+            .unwrap();
+        match receive(&probe_far) {
+            Some((data, _)) if data == round.to_be_bytes() => {}
+            _ => failures += 1,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    blaster.join().unwrap();
+    assert_eq!(
+        failures, 0,
+        "{engine:?}: reopened streams that did not forward"
+    );
+}
