@@ -230,6 +230,8 @@ pub(crate) struct Uring {
     recancel: Vec<u64>,
     /// Sockets to arm after the next wait (arming failed).
     rearm_later: Vec<usize>,
+    /// Sockets to arm at the next tick (their receive ended in an error).
+    rearm_on_tick: Vec<usize>,
     /// The tick could not be set again; tried after the next wait.
     tick_lost: bool,
 }
@@ -270,6 +272,7 @@ impl Uring {
             rearm: Vec::new(),
             recancel: Vec::new(),
             rearm_later: Vec::new(),
+            rearm_on_tick: Vec::new(),
             tick_lost: false,
         })
     }
@@ -437,6 +440,7 @@ impl Uring {
                 going_on &= self.take_commands(table, inbox, this);
             } else if data == TICK {
                 self.arm_tick_or_later();
+                self.rearm.append(&mut self.rearm_on_tick);
             } else if data & SEND != 0 {
                 for c in this {
                     self.sent(table, c);
@@ -546,14 +550,25 @@ impl Uring {
         }
         for c in run.iter().filter(|c| !cqueue::more(c.flags)) {
             self.armed = self.armed.saturating_sub(1);
-            if current {
-                if c.result < 0 && c.result != -libc::ECANCELED && c.result != -libc::ENOBUFS {
+            if current && !self.release_if_closing(table, data) {
+                // Out of buffers (given back by now), cancelled while running, or an
+                // ICMP error from an earlier send (reported once): armed again at once.
+                let passing = [
+                    libc::ENOBUFS,
+                    libc::ECANCELED,
+                    libc::ECONNREFUSED,
+                    libc::EHOSTUNREACH,
+                    libc::ENETUNREACH,
+                ];
+                if c.result < 0 && !passing.contains(&-c.result) {
+                    // An error that might come back at once: armed again on the next
+                    // tick, not in a loop.
                     tracing::debug!(
                         "media receive ended: {}",
                         io::Error::from_raw_os_error(-c.result)
                     );
-                }
-                if !self.release_if_closing(table, data) {
+                    self.rearm_on_tick.push(key);
+                } else {
                     self.rearm.push(key);
                 }
             }
