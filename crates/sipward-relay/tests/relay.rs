@@ -58,6 +58,44 @@ fn set(relay: &RelayHandle, id: u64, inside: Vec<Peer>, outside: Vec<Peer>) -> A
     )
 }
 
+/// A `Set` of stream `id` with the relay's RTP ports `local` (inside, outside) and the
+/// parties on each side, and the counters it shares.
+fn command(
+    id: u64,
+    local: [SocketAddr; 2],
+    inside: Vec<Peer>,
+    outside: Vec<Peer>,
+) -> (MediaCommand, Arc<StreamCounters>) {
+    let counters = Arc::new(StreamCounters::new(Instant::now()));
+    let [inside_rtp, outside_rtp] = local;
+    let set = MediaCommand::Set {
+        id,
+        legs: [
+            LegSpec {
+                local_rtp: inside_rtp,
+                peers: inside,
+            },
+            LegSpec {
+                local_rtp: outside_rtp,
+                peers: outside,
+            },
+        ],
+        counters: counters.clone(),
+    };
+    (set, counters)
+}
+
+/// The same, between one socket on each side (RTP and RTCP from it alike).
+fn between(id: u64, local: [SocketAddr; 2], phone: &UdpSocket, far: &UdpSocket) -> MediaCommand {
+    command(
+        id,
+        local,
+        vec![strict(phone, phone)],
+        vec![strict(far, far)],
+    )
+    .0
+}
+
 /// `set` with the relay's own RTP ports on each side given.
 fn set_at(
     relay: &RelayHandle,
@@ -66,21 +104,8 @@ fn set_at(
     inside: Vec<Peer>,
     outside: Vec<Peer>,
 ) -> Arc<StreamCounters> {
-    let counters = Arc::new(StreamCounters::new(Instant::now()));
-    relay.apply([MediaCommand::Set {
-        id,
-        legs: [
-            LegSpec {
-                local_rtp: sock(local[0]),
-                peers: inside,
-            },
-            LegSpec {
-                local_rtp: sock(local[1]),
-                peers: outside,
-            },
-        ],
-        counters: counters.clone(),
-    }]);
+    let (set, counters) = command(id, [sock(local[0]), sock(local[1])], inside, outside);
+    relay.apply([set]);
     // The relay binds on its own thread.
     std::thread::sleep(Duration::from_millis(100));
     counters
@@ -197,27 +222,18 @@ fn latching_party_is_answered_where_it_sends_from_with(engine: Engine) {
         // Bind the next port where the party's RTCP is assumed to listen, if free.
         UdpSocket::bind(("127.78.1.60", port.wrapping_add(1))).ok()
     };
-    let counters = Arc::new(StreamCounters::new(Instant::now()));
-    relay.apply([MediaCommand::Set {
-        id: 7,
-        legs: [
-            LegSpec {
-                local_rtp: sock("127.78.0.1:40010"),
-                peers: vec![strict(&phone_rtp, &phone_rtcp)],
-            },
-            LegSpec {
-                local_rtp: sock("127.78.1.1:40010"),
-                // Its SDP named a private address it cannot be reached at.
-                peers: vec![Peer {
-                    rtp: Some(sock("192.168.1.5:7000")),
-                    rtcp: Some(sock("192.168.1.5:7001")),
-                    latch: true,
-                }],
-            },
-        ],
-        counters: counters.clone(),
-    }]);
-    std::thread::sleep(Duration::from_millis(100));
+    let counters = set_at(
+        &relay,
+        7,
+        ["127.78.0.1:40010", "127.78.1.1:40010"],
+        vec![strict(&phone_rtp, &phone_rtcp)],
+        // Its SDP named a private address it cannot be reached at.
+        vec![Peer {
+            rtp: Some(sock("192.168.1.5:7000")),
+            rtcp: Some(sock("192.168.1.5:7001")),
+            latch: true,
+        }],
+    );
     // Nothing goes to the unreachable SDP address before the party is seen.
     phone_rtp.send_to(&[1], "127.78.0.1:40010").unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -382,22 +398,18 @@ fn many_streams_each_with_a_packet_all_arrive_with(engine: Engine) {
     let far = bind("127.77.9.50:0");
     let all: Vec<Arc<StreamCounters>> = (0..STREAMS)
         .map(|i| {
-            let counters = Arc::new(StreamCounters::new(Instant::now()));
             let port = 42000 + 2 * i;
-            relay.apply([MediaCommand::Set {
-                id: u64::from(i),
-                legs: [
-                    LegSpec {
-                        local_rtp: SocketAddr::new([127, 77, 8, 1].into(), port),
-                        peers: vec![strict(&phone, &phone)],
-                    },
-                    LegSpec {
-                        local_rtp: SocketAddr::new([127, 77, 9, 1].into(), port),
-                        peers: vec![strict(&far, &far)],
-                    },
-                ],
-                counters: counters.clone(),
-            }]);
+            let local = [
+                SocketAddr::new([127, 77, 8, 1].into(), port),
+                SocketAddr::new([127, 77, 9, 1].into(), port),
+            ];
+            let (set, counters) = command(
+                u64::from(i),
+                local,
+                vec![strict(&phone, &phone)],
+                vec![strict(&far, &far)],
+            );
+            relay.apply([set]);
             counters
         })
         .collect();
@@ -484,19 +496,13 @@ fn streams_opened_and_closed_in_quick_succession_leave_every_port_free_with(engi
     for cycle in 0..20u64 {
         // Each cycle reuses the ports the last one closed, as the core's pool would
         // when it runs short, while datagrams for them may still be in flight.
-        relay.apply((0..STREAMS).map(|i| MediaCommand::Set {
-            id: cycle * 1000 + u64::from(i),
-            legs: [
-                LegSpec {
-                    local_rtp: local(0, i),
-                    peers: vec![strict(&phone, &phone)],
-                },
-                LegSpec {
-                    local_rtp: local(1, i),
-                    peers: vec![strict(&far, &far)],
-                },
-            ],
-            counters: Arc::new(StreamCounters::new(Instant::now())),
+        relay.apply((0..STREAMS).map(|i| {
+            between(
+                cycle * 1000 + u64::from(i),
+                [local(0, i), local(1, i)],
+                &phone,
+                &far,
+            )
         }));
         std::thread::sleep(Duration::from_millis(20));
         for i in 0..STREAMS {
@@ -547,19 +553,10 @@ fn a_port_closed_and_reopened_in_one_batch_of_commands_forwards_with(engine: Eng
     let relay = spawn(engine);
     let (phone_rtp, phone_rtcp) = (bind("127.77.14.20:0"), bind("127.77.14.20:0"));
     let (far_rtp, far_rtcp) = (bind("127.77.15.50:0"), bind("127.77.15.50:0"));
-    let set = |id| MediaCommand::Set {
-        id,
-        legs: [
-            LegSpec {
-                local_rtp: sock("127.77.14.1:40000"),
-                peers: vec![strict(&phone_rtp, &phone_rtcp)],
-            },
-            LegSpec {
-                local_rtp: sock("127.77.15.1:40000"),
-                peers: vec![strict(&far_rtp, &far_rtcp)],
-            },
-        ],
-        counters: Arc::new(StreamCounters::new(Instant::now())),
+    let set = |id| {
+        let local = [sock("127.77.14.1:40000"), sock("127.77.15.1:40000")];
+        let parties = (strict(&phone_rtp, &phone_rtcp), strict(&far_rtp, &far_rtcp));
+        command(id, local, vec![parties.0], vec![parties.1]).0
     };
     relay.apply([set(1)]);
     std::thread::sleep(Duration::from_millis(100));
@@ -588,19 +585,12 @@ fn ports_closed_and_reopened_under_load_are_free_for_the_new_stream_with(engine:
     let relay = spawn(engine);
     let phone = bind("127.77.16.20:0");
     let far = bind("127.77.17.50:0");
-    let stream = |id: u64, port: u16| MediaCommand::Set {
-        id,
-        legs: [
-            LegSpec {
-                local_rtp: SocketAddr::new([127, 77, 16, 1].into(), port),
-                peers: vec![strict(&phone, &phone)],
-            },
-            LegSpec {
-                local_rtp: SocketAddr::new([127, 77, 17, 1].into(), port),
-                peers: vec![strict(&far, &far)],
-            },
-        ],
-        counters: Arc::new(StreamCounters::new(Instant::now())),
+    let stream = |id: u64, port: u16| {
+        let local = [
+            SocketAddr::new([127, 77, 16, 1].into(), port),
+            SocketAddr::new([127, 77, 17, 1].into(), port),
+        ];
+        between(id, local, &phone, &far)
     };
     relay.apply((0..BUSY).map(|i| stream(u64::from(i), 46000 + 2 * i)));
     std::thread::sleep(Duration::from_millis(200));
@@ -621,19 +611,9 @@ fn ports_closed_and_reopened_under_load_are_free_for_the_new_stream_with(engine:
     };
     let probe_phone = bind("127.77.18.20:0");
     let probe_far = bind("127.77.19.50:0");
-    let probe = |id: u64| MediaCommand::Set {
-        id,
-        legs: [
-            LegSpec {
-                local_rtp: sock("127.77.18.1:45000"),
-                peers: vec![strict(&probe_phone, &probe_phone)],
-            },
-            LegSpec {
-                local_rtp: sock("127.77.19.1:45000"),
-                peers: vec![strict(&probe_far, &probe_far)],
-            },
-        ],
-        counters: Arc::new(StreamCounters::new(Instant::now())),
+    let probe = |id: u64| {
+        let local = [sock("127.77.18.1:45000"), sock("127.77.19.1:45000")];
+        between(id, local, &probe_phone, &probe_far)
     };
     relay.apply([probe(10_000)]);
     let mut failures = 0;
