@@ -12,7 +12,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use smallvec::SmallVec;
 
 use crate::limits::Limits;
-use crate::scan::{digit_run, find_byte, find_cr_lf_nul, find_non_graphic_or, space_bytes};
+use crate::scan::{
+    digit_run, find_byte, find_cr_lf_nul, find_non_graphic_or, parse_bounded, space_bytes,
+};
 use crate::uri::{is_hostname, parse_ipv4};
 
 /// Address type of `o=` and `c=`.
@@ -287,19 +289,11 @@ fn digits(s: &[u8]) -> bool {
 
 #[inline]
 fn parse_u16(s: &[u8]) -> Option<u16> {
-    if s.is_empty() || s.len() > 5 {
+    // At most five digits: a port, not a number padded with zeros.
+    if s.len() > 5 {
         return None;
     }
-    // Checked and summed in one walk (five digits fit a u32).
-    let mut v = 0u32;
-    for &b in s {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        v = v * 10 + u32::from(d);
-    }
-    u16::try_from(v).ok()
+    parse_bounded(s, u64::from(u16::MAX)).and_then(|v| u16::try_from(v).ok())
 }
 
 /// The value of at most nine decimal digits (checked by the caller), without a UTF-8
