@@ -321,6 +321,7 @@ impl Uring {
     fn cancel(&mut self, table: &mut Table, closed: StreamSlots) {
         // Sends queued name their sockets by descriptor: they go to the kernel (which
         // then holds the sockets) before any descriptor is closed and perhaps reused.
+        self.publish_buffers();
         if let Err(e) = self.ring.submit() {
             tracing::debug!("media relay: submitting before closing: {e}");
         }
@@ -360,6 +361,14 @@ impl Uring {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Makes the buffers given back so far visible to the kernel: once per batch of
+    /// completions, not per buffer.
+    fn publish_buffers(&self) {
+        if let Some(buffers) = &self.buffers {
+            buffers.publish();
         }
     }
 
@@ -462,6 +471,7 @@ impl Uring {
             }
         }
         self.completions = completions;
+        self.publish_buffers();
         for key in std::mem::take(&mut self.rearm) {
             self.arm(table, key);
         }
@@ -516,7 +526,8 @@ impl Uring {
             ([one], true) => self.send_one(table, key, tag, one),
             _ => OneSend::NotTried,
         };
-        if let (OneSend::NotTried, true, 1..) = (outcome, current, self.queued_sends) {
+        let unsubmitted = !self.ring.submission().is_empty();
+        if let (OneSend::NotTried, true, true) = (outcome, current, unsubmitted) {
             // A lone datagram of this socket may be queued to go through the ring: it
             // leaves first, so that the socket's datagrams keep their order.
             if let Err(e) = self.ring.submit() {
@@ -546,7 +557,6 @@ impl Uring {
                     buffers.give(id);
                 }
             }
-            buffers.publish();
         }
         for c in run.iter().filter(|c| !cqueue::more(c.flags)) {
             self.armed = self.armed.saturating_sub(1);
@@ -657,7 +667,6 @@ impl Uring {
         }
         if let Some(buffers) = &mut self.buffers {
             buffers.give(id);
-            buffers.publish();
         }
     }
 
