@@ -2,7 +2,7 @@
 # Media relay benchmark: sipward's relay vs rtpengine (userspace, one thread), same
 # load, same run. Usage: bench/media/run.sh [seconds per step] [stream counts...]
 # PIN=0 / RT=0 turn off the CPU pinning / real-time scheduling of both relays.
-# Writes bench/results/media-DATE.md; progress goes to the terminal.
+# Appends to bench/results/media-DATE.md; progress goes to the terminal.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -20,17 +20,23 @@ table="$("$here/target/release/sipward-bench-media" "$secs" "${counts[@]}")"
     echo "# Media relay benchmark $(date -u +%FT%TZ)"
     echo
     echo "Machine: $(uname -m), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)."
-    echo "rtpengine $(rtpengine --version 2>&1 | head -1 | awk '{print $NF}') userspace (--table=-1), one worker thread; sipward's relay thread."
+    echo "rtpengine $(rtpengine --version 2>&1 | head -1 | awk '{print $NF}') userspace (--table=-1), one worker thread; sipward's relay thread,"
+    echo "as configured by default (sipward) and with [relay] busy_poll_us = 100 (sipward-poll: after work it polls for"
+    echo "100 µs before sleeping, for at most 70 % of each 10 ms)."
     echo "One generator thread pinned to CPU 0, each relay pinned to CPU 1 under SCHED_FIFO 10 (sipward: [relay] cpu and"
     echo "realtime_priority; rtpengine: taskset -a, --scheduling=fifo --priority=10); ${secs} s per step; 172-byte RTP packets."
-    echo "Throughput: evenly spaced batches of 16 packets (sendmmsg) at rising rates, then two halvings between the last rate passed"
-    echo "and the first failed; the highest rate forwarded with under 1% loss (forwarded: what reached the receiving socket,"
-    echo "including what it dropped because the generator, busy sending, read too late);"
-    echo "per core-second = forwarded / relay CPU seconds."
-    echo "Latency: at half that rate, packets sent one at a time evenly spaced, timed from send to the kernel's arrival"
-    echo "timestamp at the receiver (SO_TIMESTAMPNS), minus the same load sent directly; a send the generator misses by"
-    echo "over 50 µs is skipped, not burst; 250 ms warm-up untimed. Memory: relay RSS growth / streams."
+    echo "Throughput, two sweeps at rising rates, each followed by two halvings between the last rate passed and the first"
+    echo "failed: (1) batched: evenly spaced batches of 16 packets (sendmmsg, to 16 streams); (2) evenly spaced: one packet"
+    echo "at a time (a send the generator misses by over 50 µs is skipped, not burst). The highest rate forwarded with"
+    echo "under 1% loss while the generator offered at least 90% of it (forwarded: what reached the receiving socket,"
+    echo "including what it dropped because the generator, busy sending, read too late); per core-second = forwarded /"
+    echo "relay CPU seconds. A batch wakes a relay once for 16 packets, so the batched rates are the higher. A failed step"
+    echo "is run again once before it ends the sweep (a stall of the host can fail one step alone)."
+    echo "Latency: at half the highest evenly spaced rate (the same kind of load, so half the rate is half the load),"
+    echo "timed from send to the kernel's arrival timestamp at the receiver (SO_TIMESTAMPNS), minus the same load sent"
+    echo "directly; 250 ms warm-up untimed, 2 s timed. CPU 1 stolen: the steal time of the relays' CPU during that run"
+    echo "(/proc/stat, 10 ms ticks): the host ran something else there, and packets waited. Memory: relay RSS growth / streams."
     echo
     echo "$table"
-} | tee "$out"
+} | tee -a "$out"
 echo "wrote $out"

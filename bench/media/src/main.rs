@@ -60,6 +60,10 @@ trait Relay {
 struct Sipward {
     name: &'static str,
     relay: RelayHandle,
+    /// The relay thread's id (its CPU time is read from /proc/self/task/TID).
+    tid: String,
+    /// The relay's two addresses (inside, outside).
+    addresses: [&'static str; 2],
     next_id: u64,
     open: Vec<u64>,
     next_port: u16,
@@ -84,11 +88,11 @@ impl Relay for Sipward {
                 id: self.next_id,
                 legs: [
                     LegSpec {
-                        local_rtp: SocketAddr::new("127.90.0.1".parse().unwrap(), port),
+                        local_rtp: SocketAddr::new(self.addresses[0].parse().unwrap(), port),
                         peers: vec![peer(sender)],
                     },
                     LegSpec {
-                        local_rtp: SocketAddr::new("127.90.1.1".parse().unwrap(), port),
+                        local_rtp: SocketAddr::new(self.addresses[1].parse().unwrap(), port),
                         peers: vec![peer(receiver)],
                     },
                 ],
@@ -96,7 +100,7 @@ impl Relay for Sipward {
             });
             self.open.push(self.next_id);
             self.next_id += 1;
-            ports.push(SocketAddr::new("127.90.0.1".parse().unwrap(), port));
+            ports.push(SocketAddr::new(self.addresses[0].parse().unwrap(), port));
         }
         self.relay.apply(cmds);
         // The relay binds four sockets per stream on its own thread: give it time.
@@ -113,7 +117,8 @@ impl Relay for Sipward {
         std::thread::sleep(Duration::from_millis(200));
     }
     fn cpu_seconds(&self) -> f64 {
-        thread_cpu_seconds("sipward-relay").unwrap_or(0.0)
+        std::fs::read_to_string(format!("/proc/self/task/{}/stat", self.tid))
+            .map_or(0.0, |stat| cpu_of_stat(&stat))
     }
     fn rss_bytes(&self) -> u64 {
         rss_of("self")
@@ -297,17 +302,27 @@ fn process_cpu_seconds(pid: u32) -> f64 {
     cpu_of_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap())
 }
 
-fn thread_cpu_seconds(name: &str) -> Option<f64> {
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim() == name {
-            return Some(cpu_of_stat(
-                &std::fs::read_to_string(dir.join("stat")).ok()?,
-            ));
-        }
-    }
-    None
+/// The ids of this process's threads named `name`.
+fn thread_ids(name: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            (comm.trim() == name).then(|| dir.file_name()?.to_str().map(str::to_owned))?
+        })
+        .collect()
+}
+
+/// The time the hypervisor ran something else on `cpu` so far (steal, /proc/stat), ms.
+fn stolen_ms(cpu: usize) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&format!("cpu{cpu} ")))
+        .unwrap();
+    let steal: u64 = line.split_whitespace().nth(8).unwrap().parse().unwrap();
+    steal * 1000 / ticks_per_second() as u64
 }
 
 fn pin(id: u32, cpus: &str, all_threads: bool) {
@@ -347,7 +362,7 @@ struct Load {
 }
 
 /// How the generator offers its packets.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Pacing {
     /// One packet at a time, evenly spaced, each timed: for latency.
     Even,
@@ -443,6 +458,7 @@ fn load(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut i = 0usize;
     let (mut slot, mut skipped) = (0u64, 0u64);
+    let dropped_before = socket_drops(receiver);
     while slot < total {
         let due = started + interval.mul_f64(slot as f64);
         while Instant::now() < due {
@@ -477,7 +493,7 @@ fn load(
     Load {
         sent,
         received,
-        receiver_dropped: 0,
+        receiver_dropped: socket_drops(receiver) - dropped_before,
         send_secs,
         latency,
     }
@@ -628,7 +644,6 @@ fn wall_clock_ns() -> u64 {
 struct Row {
     relay: &'static str,
     streams: usize,
-    sent: u64,
     forwarded: u64,
     secs: f64,
     cpu: f64,
@@ -637,6 +652,111 @@ struct Row {
     mem_per_stream: Option<f64>,
     /// Relay CPU per forwarded packet at the fixed 50,000 packets/s step (µs).
     cost_at_50k: Option<f64>,
+    /// The evenly spaced sweep's highest rate: (forwarded per second, relay cores).
+    even: Option<(f64, f64)>,
+    /// The rate latency was measured at.
+    latency_rate: f64,
+    /// Time the host took CPU 1 (the relays') away during the latency run (ms).
+    stolen: u64,
+}
+
+/// A capacity sweep's outcome.
+struct Capacity {
+    /// The highest step passed: (sent, forwarded, seconds, relay CPU seconds).
+    best: Option<(u64, u64, f64, f64)>,
+    /// Relay CPU per forwarded packet at the 50,000 packets/s step (µs).
+    cost_at_50k: Option<f64>,
+}
+
+/// Offers `pacing` load at rising rates until a step fails, then two halvings between
+/// the last rate passed and the first failed (the steps are 25k apart up there, which
+/// alone would make the ratio of two relays coarse). A step passes when under 1 % of
+/// what was offered was lost and the generator offered at least 90 % of the rate (on
+/// this VM its CPU stalls for over 50 µs tens of times a second, and an evenly spaced
+/// send that late is skipped: a few percent are skipped at any rate).
+fn capacity(
+    relay: &dyn Relay,
+    streams: usize,
+    sender: &UdpSocket,
+    receiver: &UdpSocket,
+    targets: &[SocketAddr],
+    secs: f64,
+    pacing: Pacing,
+) -> Capacity {
+    let step = |rate: u64| {
+        eprintln!(
+            "  {} {streams} streams, {pacing:?}: {rate} packets/s for {secs} s",
+            relay.name()
+        );
+        let cpu0 = relay.cpu_seconds();
+        let run = load(sender, receiver, targets, secs, rate as f64, pacing);
+        let elapsed = run.send_secs;
+        let cpu = relay.cpu_seconds() - cpu0;
+        // What reached the receiving socket was forwarded, read in time or not: the
+        // generator shares the machine and, near the relay's limit, is near its own.
+        let forwarded = run.received + run.receiver_dropped;
+        let loss = 1.0 - forwarded as f64 / run.sent.max(1) as f64;
+        // The rate actually offered: a generator that fell behind (batched: it took
+        // longer to send them; evenly spaced: it skipped the sends it was late for) did
+        // not test this rate.
+        let offered = run.sent as f64 / elapsed.max(secs);
+        eprintln!(
+            "    offered {offered:.0}/s, forwarded {:.0}/s ({} of them not read in time), loss {:.2}%, relay {:.2} cores",
+            forwarded as f64 / elapsed,
+            run.receiver_dropped,
+            100.0 * loss,
+            cpu / elapsed
+        );
+        (loss <= 0.01 && offered >= 0.9 * rate as f64)
+            .then_some((run.sent, forwarded, elapsed, cpu))
+    };
+    let mut best = None;
+    let mut cost_at_50k = None;
+    let mut failed_at = None;
+    // A step that fails is run once more before the sweep ends there: on this VM a
+    // stall of the host (several ms, a few times a minute) can fail one step by itself.
+    let step = |rate: u64| step(rate).or_else(|| step(rate));
+    for rate in RATES {
+        let Some(result) = step(rate) else {
+            failed_at = Some(rate);
+            break;
+        };
+        if rate == 50_000 && result.1 > 0 {
+            cost_at_50k = Some(result.3 / result.1 as f64 * 1e6);
+        }
+        best = Some(result);
+    }
+    if let (Some(mut high), Some(mut good)) = (failed_at, best) {
+        let mut low = good.0 as f64 / good.2.max(secs);
+        for _ in 0..2 {
+            let mid = ((low + high as f64) / 2.0) as u64;
+            match step(mid) {
+                Some(result) => {
+                    low = mid as f64;
+                    good = result;
+                }
+                None => high = mid,
+            }
+        }
+        best = Some(good);
+    }
+    Capacity { best, cost_at_50k }
+}
+
+/// Closes every stream and opens `streams` new ones once the relay is idle.
+fn fresh_streams(
+    relay: &mut dyn Relay,
+    streams: usize,
+    sender: SocketAddr,
+    receiver_addr: SocketAddr,
+    receiver: &UdpSocket,
+) -> Vec<SocketAddr> {
+    wait_idle(relay);
+    relay.close_all();
+    let targets = relay.open(streams, sender, receiver_addr);
+    wait_idle(relay);
+    Counter::new().drain(receiver);
+    targets
 }
 
 fn measure(
@@ -657,92 +777,61 @@ fn measure(
     let targets = relay.open(streams, s_addr, r_addr);
     let rss_after = relay.rss_bytes();
 
-    // 1. Throughput: paced load at rising rates; the highest rate forwarded with under
-    // 1% loss is the relay's, with the relay's CPU time at that rate. (A blast with no
-    // pacing is no use: rtpengine stops reading a socket with more than 50 packets
-    // queued.)
-    let mut best: Option<(u64, u64, f64, f64)> = None; // sent, forwarded, secs, cpu
-    let mut cost_at_50k = None;
-    // SWEEP=0 skips the capacity sweep (with LAT_RATE, one fixed load: for profiling).
+    // 1. Throughput, twice: the highest rate forwarded with under 1% loss, with the
+    // relay's CPU time at that rate, first for batches of 16 packets (sendmmsg) and then
+    // for packets sent one at a time evenly spaced. The two differ: a batch wakes the
+    // relay once for 16 packets. (A blast with no pacing is no use: rtpengine stops
+    // reading a socket with more than 50 packets queued.)
+    // SWEEP=0 skips both sweeps (with LAT_RATE, one fixed load: for profiling).
     let sweep = std::env::var("SWEEP").map_or(true, |v| v != "0");
-    // One step: Some((sent, received, seconds, relay CPU)) when the rate was offered in
-    // full and forwarded with under 1% loss.
-    let step = |rate: u64| {
-        eprintln!(
-            "  {} {streams} streams: {rate} packets/s for {secs} s",
-            relay.name()
-        );
-        let cpu0 = relay.cpu_seconds();
-        let run = load(
+    let batched = sweep.then(|| {
+        capacity(
+            relay,
+            streams,
             &sender,
             &receiver,
             &targets,
             secs,
-            rate as f64,
             Pacing::Batched,
-        );
-        let elapsed = run.send_secs;
-        let cpu = relay.cpu_seconds() - cpu0;
-        // What reached the receiving socket was forwarded, read in time or not: the
-        // generator shares the machine and, near the relay's limit, is near its own.
-        let forwarded = run.received + run.receiver_dropped;
-        let loss = 1.0 - forwarded as f64 / run.sent.max(1) as f64;
-        let reached = run.sent as f64 >= 0.95 * rate as f64 * secs;
-        eprintln!(
-            "    sent {:.0}/s, forwarded {:.0}/s ({} of them not read in time), loss {:.2}%, relay {:.2} cores",
-            run.sent as f64 / elapsed,
-            forwarded as f64 / elapsed,
-            run.receiver_dropped,
-            100.0 * loss,
-            cpu / elapsed
-        );
-        (loss <= 0.01 && reached).then_some((run.sent, forwarded, elapsed, cpu))
-    };
-    let mut failed_at = None;
-    for rate in RATES.into_iter().filter(|_| sweep) {
-        let Some(result) = step(rate) else {
-            failed_at = Some(rate);
-            break;
-        };
-        if rate == 50_000 && result.1 > 0 {
-            cost_at_50k = Some(result.3 / result.1 as f64 * 1e6);
-        }
-        best = Some(result);
-    }
-    // Two halvings between the last rate passed and the first failed: the steps are
-    // 25k apart up there, which alone would make the ratio of two relays coarse.
-    if let (Some(mut high), Some(mut good)) = (failed_at, best) {
-        let mut low = good.0 as f64 / good.2;
-        for _ in 0..2 {
-            let mid = ((low + high as f64) / 2.0) as u64;
-            match step(mid) {
-                Some(result) => {
-                    low = mid as f64;
-                    good = result;
-                }
-                None => high = mid,
-            }
-        }
-        best = Some(good);
-    }
-    let (sent, forwarded, elapsed, cpu) = best.unwrap_or((0, 0, 1.0, 0.0));
+        )
+    });
+    // The evenly spaced sweep on fresh streams: the overload that ended the first may
+    // have left a relay stuck.
+    let targets = fresh_streams(relay, streams, s_addr, r_addr, &receiver);
+    let even = sweep.then(|| {
+        capacity(
+            relay,
+            streams,
+            &sender,
+            &receiver,
+            &targets,
+            secs,
+            Pacing::Even,
+        )
+    });
+    let (_, forwarded, elapsed, cpu) = batched
+        .as_ref()
+        .and_then(|c| c.best)
+        .unwrap_or((0, 0, 1.0, 0.0));
+    let cost_at_50k = batched.as_ref().and_then(|c| c.cost_at_50k);
+    let even_best = even.as_ref().and_then(|c| c.best);
 
-    // 2. Latency at half the forwarded rate, against the same path without a relay, on
-    // fresh streams (the overload that ended the sweep may have left a relay stuck).
-    wait_idle(relay);
-    relay.close_all();
-    let targets = relay.open(streams, s_addr, r_addr);
-    wait_idle(relay);
-    Counter::new().drain(&receiver);
+    // 2. Latency at half the highest evenly spaced rate (the same kind of load, so that
+    // half the rate is half the load), against the same path without a relay.
+    let targets = fresh_streams(relay, streams, s_addr, r_addr, &receiver);
+    let half_even = even_best.map(|(_, fwd, secs, _)| fwd as f64 / secs / 2.0);
     let rate = std::env::var("LAT_RATE")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or((forwarded as f64 / elapsed / 2.0).max(1000.0));
+        .or(half_even)
+        .unwrap_or(1000.0)
+        .max(1000.0);
     eprintln!(
         "  {} {streams} streams: latency at {rate:.0} packets/s",
         relay.name()
     );
     let cpu_before = relay.cpu_seconds();
+    let stolen_before = stolen_ms(1);
     let timed = load(
         &sender,
         &receiver,
@@ -751,7 +840,13 @@ fn measure(
         rate,
         Pacing::Even,
     );
-    let even_cost = (relay.cpu_seconds() - cpu_before) / timed.received.max(1) as f64 * 1e6;
+    let stolen = stolen_ms(1) - stolen_before;
+    let even_cpu = relay.cpu_seconds() - cpu_before;
+    let even_cost = even_cpu / timed.received.max(1) as f64 * 1e6;
+    eprintln!(
+        "  relay CPU {even_cpu:.3} s for {} sent, {} received",
+        timed.sent, timed.received
+    );
     let hist = timed.latency;
     let key = rate as u64 / 1000;
     let base = *direct.entry(key).or_insert_with(|| {
@@ -778,7 +873,6 @@ fn measure(
     Row {
         relay: relay.name(),
         streams,
-        sent,
         forwarded,
         secs: elapsed,
         cpu,
@@ -786,6 +880,9 @@ fn measure(
         p50: (!hist.is_empty()).then(|| hist.value_at_quantile(0.5).saturating_sub(base.0)),
         p99: (!hist.is_empty()).then(|| hist.value_at_quantile(0.99).saturating_sub(base.1)),
         cost_at_50k,
+        even: even_best.map(|(_, fwd, secs, cpu)| (fwd as f64 / secs, cpu / secs)),
+        latency_rate: rate,
+        stolen,
         mem_per_stream: (streams >= 100)
             .then(|| rss_after.saturating_sub(rss_before) as f64 / streams as f64),
     }
@@ -804,31 +901,47 @@ fn main() {
     // PIN=0: no CPU pinning; RT=0: normal scheduling for both relays.
     let pinned = std::env::var("PIN").map_or(true, |v| v != "0");
     let realtime = std::env::var("RT").map_or(true, |v| v != "0");
-    let mut sipward = Sipward {
-        name: "sipward",
-        // SIPWARD_SPIN_US sets the relay's busy-poll window (default 0: always sleep).
-        relay: RelayHandle::spawn_with_options(RelayOptions {
-            spin: Duration::from_micros(
-                std::env::var("SIPWARD_SPIN_US")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            ),
+    // SIPWARD_ENGINE=epoll (or io_uring) for A/B runs; default: auto.
+    let engine = match std::env::var("SIPWARD_ENGINE").as_deref() {
+        Ok("epoll") => Engine::Epoll,
+        Ok("io_uring") => Engine::IoUring,
+        _ => Engine::Auto,
+    };
+    let start_sipward = |name, spin_us, addresses| {
+        let before = thread_ids("sipward-relay");
+        let relay = RelayHandle::spawn_with_options(RelayOptions {
+            spin: Duration::from_micros(spin_us),
             cpu: pinned.then_some(1),
             realtime_priority: realtime.then_some(REALTIME_PRIORITY),
-            // SIPWARD_ENGINE=epoll (or io_uring) for A/B runs; default: auto.
-            engine: match std::env::var("SIPWARD_ENGINE").as_deref() {
-                Ok("epoll") => Engine::Epoll,
-                Ok("io_uring") => Engine::IoUring,
-                _ => Engine::Auto,
-            },
+            engine,
         })
-        .expect("placing sipward's relay (real-time priority needs CAP_SYS_NICE)"),
-        next_id: 1,
-        open: Vec::new(),
-        next_port: 40000,
+        .expect("placing sipward's relay (real-time priority needs CAP_SYS_NICE)");
+        let tid = thread_ids("sipward-relay")
+            .into_iter()
+            .find(|t| !before.contains(t))
+            .expect("the new relay thread");
+        Sipward {
+            name,
+            relay,
+            tid,
+            addresses,
+            next_id: 1,
+            open: Vec::new(),
+            next_port: 40000,
+        }
     };
-    println!("sipward's relay engine: {:?}\n", sipward.relay.engine());
+    // sipward as configured by default (the relay sleeps when it has nothing to do), and
+    // with `[relay] busy_poll_us` (SIPWARD_POLL_US, default 100).
+    let poll_us = std::env::var("SIPWARD_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut sipward = start_sipward("sipward", 0, ["127.90.0.1", "127.90.1.1"]);
+    let mut polling = start_sipward("sipward-poll", poll_us, ["127.90.3.1", "127.90.4.1"]);
+    println!(
+        "sipward's relay engine: {:?}; sipward-poll: the same with busy_poll_us = {poll_us}\n",
+        sipward.relay.engine()
+    );
     let mut rtpengine = Rtpengine::start(realtime);
     if pinned {
         // The generator on CPU 0; rtpengine, every thread of it, on CPU 1 (sipward's
@@ -839,16 +952,16 @@ fn main() {
     for &n in &counts {
         // RELAYS=sipward (or rtpengine) measures one alone, for experiments.
         let only = std::env::var("RELAYS").unwrap_or_default();
-        for measuring_sipward in [true, false] {
+        for which in 0..3 {
             // rtpengine's own threads (timers, housekeeping) wake on CPU 1 at the same
             // real-time priority even with no calls: it is stopped while sipward is
-            // measured (perf: 4.5 % of CPU 1 otherwise). sipward's idle relay only
-            // wakes for its 50 ms tick.
-            rtpengine.pause(measuring_sipward);
-            let relay: &mut dyn Relay = if measuring_sipward {
-                &mut sipward
-            } else {
-                &mut rtpengine
+            // measured (perf: 4.5 % of CPU 1 otherwise). sipward's idle relays only
+            // wake for their 50 ms tick.
+            rtpengine.pause(which < 2);
+            let relay: &mut dyn Relay = match which {
+                0 => &mut sipward,
+                1 => &mut polling,
+                _ => &mut rtpengine,
             };
             if !only.is_empty() && !only.split(',').any(|r| r == relay.name()) {
                 continue;
@@ -865,8 +978,8 @@ fn main() {
     }
     let out = std::io::stdout();
     let mut out = out.lock();
-    writeln!(out, "| relay | streams | sent/s | forwarded/s | loss | relay CPU (cores) | forwarded per core-second | CPU µs per packet at 50k/s | added latency p50 / p99 (µs) | memory per stream |").unwrap();
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|").unwrap();
+    writeln!(out, "| relay | streams | batched: forwarded/s | relay cores | per core-second | CPU µs per packet at 50k/s | evenly spaced: forwarded/s | relay cores | per core-second | latency measured at (packets/s) | added latency p50 / p99 (µs) | CPU 1 stolen by the host meanwhile | memory per stream |").unwrap();
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|").unwrap();
     for r in &rows {
         let lat = match (r.p50, r.p99) {
             (Some(a), Some(b)) => format!("{a} / {b}"),
@@ -876,35 +989,47 @@ fn main() {
             .mem_per_stream
             .map_or("-".into(), |m| format!("{:.0} B", m));
         let cost = r.cost_at_50k.map_or("-".into(), |c| format!("{c:.2}"));
+        let even = r.even.map_or("- | - | -".into(), |(rate, cores)| {
+            format!("{rate:.0} | {cores:.2} | {:.0}", rate / cores.max(1e-9))
+        });
         writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | {:.2}% | {:.2} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.0} | {} | {} | {:.0} | {} | {} ms | {} |",
             r.relay,
             r.streams,
-            r.sent as f64 / r.secs,
             r.forwarded as f64 / r.secs,
-            100.0 * (1.0 - r.forwarded as f64 / r.sent.max(1) as f64),
             r.cpu / r.secs,
             r.forwarded as f64 / r.cpu.max(1e-9),
             cost,
+            even,
+            r.latency_rate,
             lat,
+            r.stolen,
             mem
         )
         .unwrap();
     }
     writeln!(out).unwrap();
-    for pair in rows.chunks(2) {
-        if let [s, r] = pair {
-            let per_core = |x: &Row| x.forwarded as f64 / x.cpu.max(1e-9);
-            let cost = match (s.cost_at_50k, r.cost_at_50k) {
+    for rtp in rows.iter().filter(|r| r.relay == "rtpengine") {
+        let per_core = |x: &Row| x.forwarded as f64 / x.cpu.max(1e-9);
+        for s in rows
+            .iter()
+            .filter(|r| r.streams == rtp.streams && r.relay != "rtpengine")
+        {
+            let cost = match (s.cost_at_50k, rtp.cost_at_50k) {
                 (Some(a), Some(b)) => format!("{:.2}", b / a),
+                _ => "-".into(),
+            };
+            let even = match (s.even, rtp.even) {
+                (Some((a, ac)), Some((b, bc))) => format!("{:.2}", (a / ac) / (b / bc)),
                 _ => "-".into(),
             };
             writeln!(
                 out,
-                "- {} streams: sipward / rtpengine packets per core-second at each one's highest rate = {:.2}; at 50k/s = {cost}",
+                "- {} streams: {} / rtpengine packets per core-second at each one's highest rate: batched {:.2}, evenly spaced {even}; at 50k/s batched {cost}",
                 s.streams,
-                per_core(s) / per_core(r)
+                s.relay,
+                per_core(s) / per_core(rtp)
             )
             .unwrap();
         }

@@ -10,6 +10,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use quinn_udp::{RecvMeta, UdpSockRef, BATCH_SIZE};
 
+use crate::busy_poll::BusyPoll;
 use crate::table::{StreamSlots, Table};
 use crate::{Applied, Inbox};
 
@@ -36,11 +37,16 @@ impl Epoll {
 
     pub(crate) fn run(mut self, mut table: Table, inbox: Inbox, spin: Duration) {
         let mut events = Events::with_capacity(1024);
-        let mut last_work: Option<Instant> = None;
+        let mut busy_poll = BusyPoll::new(spin, Instant::now());
         loop {
-            let spinning = last_work.is_some_and(|t| t.elapsed() < spin);
-            let timeout = spinning.then_some(Duration::ZERO);
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let before = (!spin.is_zero()).then(Instant::now);
+            let polling = before.is_some_and(|now| busy_poll.should_poll(now));
+            let timeout = polling.then_some(Duration::ZERO);
+            let polled = self.poll.poll(&mut events, timeout);
+            if let Some(before) = before.filter(|_| !polling) {
+                busy_poll.waited(before, Instant::now());
+            }
+            if let Err(e) = polled {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -48,12 +54,11 @@ impl Epoll {
                 return;
             }
             if events.is_empty() {
-                if !spinning {
-                    last_work = None;
-                }
                 continue;
             }
-            last_work = (!spin.is_zero()).then(Instant::now);
+            if !spin.is_zero() {
+                busy_poll.worked(Instant::now());
+            }
             for event in &events {
                 if event.token() == WAKER {
                     inbox.clear_wake();

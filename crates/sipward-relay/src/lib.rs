@@ -15,6 +15,7 @@
 //! writes what it saw into the stream's shared `StreamCounters`, which the core reads
 //! for the data-channel timeout.
 
+mod busy_poll;
 mod epoll;
 mod table;
 #[allow(unsafe_code)]
@@ -30,10 +31,9 @@ use std::time::Duration;
 use sipward_core::MediaCommand;
 
 use crate::table::{StreamSlots, Table};
-/// How long the relay keeps polling after forwarding before it sleeps. Zero by default:
-/// measured on two cores shared with the load generator, spinning took the CPU the
-/// other side needed (bench/media: 130k instead of 174k packets/s with 2000 streams)
-/// without bringing the 99th percentile down.
+/// How long the relay keeps polling after work before it sleeps. Zero by default: a
+/// polling relay takes most of a core while media flows, for a tail that is shorter in
+/// most runs of bench/media but not all (bench/results/media-2026-11-27.md).
 pub const DEFAULT_SPIN: Duration = Duration::ZERO;
 
 enum Message {
@@ -46,7 +46,9 @@ enum Message {
 pub struct RelayOptions {
     /// After forwarding, keep polling without sleeping this long before blocking: while
     /// media flows the next packet usually comes within the window and is taken without
-    /// a scheduler wake-up, at the price of a busy core. Zero: always block.
+    /// a scheduler wake-up, at the price of a busy core. Polling stops for the rest of a
+    /// 10 ms window once the thread was awake for 70 % of it, so that a real-time relay
+    /// stays clear of the kernel's real-time throttling. Zero: always block.
     pub spin: Duration,
     /// Pin the thread to this CPU (a core kept for media, away from the signalling).
     pub cpu: Option<usize>,
@@ -103,7 +105,7 @@ impl Running {
 
     fn run(self, table: Table, inbox: Inbox, spin: Duration) {
         match self {
-            Self::Uring(u) => (*u).run(table, inbox),
+            Self::Uring(u) => (*u).run(table, inbox, spin),
             Self::Epoll(e) => e.run(table, inbox, spin),
         }
     }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
+use crate::busy_poll::BusyPoll;
 use crate::table::{StreamSlots, Table, TAG_LIMIT};
 use crate::{Applied, Inbox};
 
@@ -392,20 +393,34 @@ impl Uring {
         self.push(&entry)
     }
 
-    pub(crate) fn run(mut self, mut table: Table, inbox: Inbox) {
+    pub(crate) fn run(mut self, mut table: Table, inbox: Inbox, spin: Duration) {
         if let Err(e) = self.arm_inbox(&inbox).and_then(|()| self.arm_tick()) {
             tracing::error!("media relay cannot wait for commands: {e}");
             return;
         }
+        let no_wait = Timespec::new();
+        let mut busy_poll = BusyPoll::new(spin, Instant::now());
         loop {
             // Sends queued since the last wait complete as the queue is submitted (UDP
             // does not block, and MSG_DONTWAIT keeps the kernel from parking one that
             // would): waiting for their completions plus one more wakes the relay for
             // the next datagram or command, not for its own sends.
             let want = 1 + std::mem::take(&mut self.queued_sends);
-            let waited = self.ring.submit_and_wait(want);
+            // Within the busy-poll window the kernel is asked to run its deferred work
+            // and return at once (ETIME when nothing came): no sleep, no wake-up.
+            let before = (!spin.is_zero()).then(Instant::now);
+            let polling = before.is_some_and(|now| busy_poll.should_poll(now));
+            let waited = if polling {
+                let args = SubmitArgs::new().timespec(&no_wait);
+                self.ring.submitter().submit_with_args(want, &args)
+            } else {
+                self.ring.submit_and_wait(want)
+            };
+            if let Some(before) = before.filter(|_| !polling) {
+                busy_poll.waited(before, Instant::now());
+            }
             match waited.map_err(|e| e.raw_os_error()) {
-                Ok(_) | Err(Some(libc::EINTR)) => {}
+                Ok(_) | Err(Some(libc::EINTR | libc::ETIME)) => {}
                 // The kernel is short of memory for requests, or completions were lost
                 // (EBADR): the relay goes on, after a breath so as not to spin.
                 Err(Some(code @ (libc::EAGAIN | libc::ENOMEM | libc::EBUSY | libc::EBADR))) => {
@@ -419,6 +434,9 @@ impl Uring {
                     self.shut(&table);
                     return;
                 }
+            }
+            if !spin.is_zero() && !self.ring.completion().is_empty() {
+                busy_poll.worked(Instant::now());
             }
             if !self.reap(&mut table, &inbox) {
                 self.shut(&table);
