@@ -816,8 +816,9 @@ fn measure(
     let cost_at_50k = batched.as_ref().and_then(|c| c.cost_at_50k);
     let even_best = even.as_ref().and_then(|c| c.best);
 
-    // 2. Latency at half the highest evenly spaced rate (the same kind of load, so that
-    // half the rate is half the load), against the same path without a relay.
+    // 2. Latency at half the highest evenly spaced rate (the same kind of load: half the
+    // batched rate would load the relay far more than half), against the same path
+    // without a relay.
     let targets = fresh_streams(relay, streams, s_addr, r_addr, &receiver);
     let half_even = even_best.map(|(_, fwd, secs, _)| fwd as f64 / secs / 2.0);
     let rate = std::env::var("LAT_RATE")
