@@ -372,15 +372,21 @@ fn parse_sip<'a>(
     }
     let (host, port) = parse_host_port(host_port)?;
     let tail = after.get(host_end..).unwrap_or(&[]);
-    let (params, headers) = match find_byte(tail, b'?') {
-        Some(i) => (tail.get(..i).unwrap_or(&[]), tail.get(i + 1..)),
-        None => (tail, None),
+    // Usually the URI ends at its host or port: then there is nothing more to check.
+    let (params, headers) = if tail.is_empty() {
+        (tail, None)
+    } else {
+        let (params, headers) = match find_byte(tail, b'?') {
+            Some(i) => (tail.get(..i).unwrap_or(&[]), tail.get(i + 1..)),
+            None => (tail, None),
+        };
+        let params = params.strip_prefix(b";").unwrap_or(params);
+        check_uri_params(params, limits)?;
+        if let Some(h) = headers {
+            check_uri_headers(h, limits)?;
+        }
+        (params, headers)
     };
-    let params = params.strip_prefix(b";").unwrap_or(params);
-    check_uri_params(params, limits)?;
-    if let Some(h) = headers {
-        check_uri_headers(h, limits)?;
-    }
     // Written straight into place: wrapping a finished `SipUri` would copy it.
     *out = Uri::Sip(SipUri {
         raw,
