@@ -15,7 +15,7 @@ use crate::headers::{
 use crate::limits::Limits;
 use crate::scan::{all_token, find_byte, find_cr_lf, is_token, is_wsp, trim_lws, CommaSplit};
 use crate::sdp::{self, Sdp};
-use crate::uri::{parse_uri, Uri};
+use crate::uri::{parse_uri_into, Uri};
 
 /// A request method. Methods are case-sensitive (RFC 3261 section 7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +211,7 @@ impl<'a> Message<'a> {
         }
         let line_end = find_crlf(buf, pos).ok_or(at(DefectKind::NotSip, Location::StartLine))?;
         self.start_line = buf.get(pos..line_end).unwrap_or(&[]);
-        self.start = parse_start_line(self.start_line, limits)?;
+        parse_start_line(self.start_line, limits, &mut self.start)?;
         self.header_end = split_header_fields(buf, line_end + 2, limits, &mut self.headers)?;
         let mut seen: u64 = 0;
         for i in 0..self.headers.len() {
@@ -343,7 +343,13 @@ fn find_crlf(buf: &[u8], mut from: usize) -> Option<usize> {
     }
 }
 
-fn parse_start_line<'a>(line: &'a [u8], limits: &Limits) -> Result<StartLine<'a>, Defect> {
+/// Parses the start line into `out`; a request's URI is built in place (it is some 150
+/// bytes). On an error `out` is left part written.
+fn parse_start_line<'a>(
+    line: &'a [u8],
+    limits: &Limits,
+    out: &mut StartLine<'a>,
+) -> Result<(), Defect> {
     let bad = || at(DefectKind::MalformedStartLine, Location::StartLine);
     if line.len() >= 4
         && line
@@ -366,7 +372,8 @@ fn parse_start_line<'a>(line: &'a [u8], limits: &Limits) -> Result<StartLine<'a>
         if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
             return Err(bad());
         }
-        return Ok(StartLine::Response { code, reason });
+        *out = StartLine::Response { code, reason };
+        return Ok(());
     }
     // Request-Line = Method SP Request-URI SP SIP-Version, single spaces exactly: two
     // spaces in the line, found by word searches.
@@ -387,19 +394,25 @@ fn parse_start_line<'a>(line: &'a [u8], limits: &Limits) -> Result<StartLine<'a>
         return Err(bad());
     }
     check_version(version)?;
-    let uri = parse_uri(uri, limits).map_err(|k| at(k, Location::StartLine))?;
-    match uri {
-        Uri::Other { .. } => return Err(at(DefectKind::UnsupportedUriScheme, Location::StartLine)),
+    *out = StartLine::Request {
+        method: Method(method),
+        uri: Uri::Other {
+            scheme: &[],
+            raw: uri,
+        },
+    };
+    let StartLine::Request { uri: parsed, .. } = out else {
+        return Err(bad());
+    };
+    parse_uri_into(uri, limits, parsed).map_err(|k| at(k, Location::StartLine))?;
+    match parsed {
+        Uri::Other { .. } => Err(at(DefectKind::UnsupportedUriScheme, Location::StartLine)),
         // A proxy must not forward escaped headers of a Request-URI (RFC 4475 3.1.2.11).
         Uri::Sip(u) if u.headers.is_some() => {
-            return Err(at(DefectKind::MalformedUri, Location::StartLine))
+            Err(at(DefectKind::MalformedUri, Location::StartLine))
         }
-        _ => {}
+        _ => Ok(()),
     }
-    Ok(StartLine::Request {
-        method: Method(method),
-        uri,
-    })
 }
 
 fn check_version(v: &[u8]) -> Result<(), Defect> {

@@ -44,13 +44,8 @@ impl<'a> Host<'a> {
 /// Parses a host: an IPv6 reference, an IPv4 address or a host name.
 #[inline]
 pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
-    if let Some(inner) = s.strip_prefix(b"[") {
-        let inner = inner.strip_suffix(b"]").ok_or(DefectKind::InvalidIp)?;
-        let addr = std::str::from_utf8(inner)
-            .ok()
-            .and_then(|t| t.parse::<Ipv6Addr>().ok())
-            .ok_or(DefectKind::InvalidIp)?;
-        return Ok(Host::Ipv6(addr, s));
+    if s.first() == Some(&b'[') {
+        return parse_ipv6_reference(s);
     }
     // Digits and dots only: an IPv4 address or nothing. Only such a host can start
     // with a digit or a dot and still be an address, so a name skips this.
@@ -67,6 +62,20 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
     } else {
         Err(DefectKind::InvalidHost)
     }
+}
+
+/// `[IPv6address]`. Out of line: rare, and its text parse would weigh on every host.
+#[inline(never)]
+fn parse_ipv6_reference(s: &[u8]) -> Result<Host<'_>, DefectKind> {
+    let inner = s
+        .strip_prefix(b"[")
+        .and_then(|inner| inner.strip_suffix(b"]"))
+        .ok_or(DefectKind::InvalidIp)?;
+    let addr = std::str::from_utf8(inner)
+        .ok()
+        .and_then(|t| t.parse::<Ipv6Addr>().ok())
+        .ok_or(DefectKind::InvalidIp)?;
+    Ok(Host::Ipv6(addr, s))
 }
 
 /// Dotted-quad IPv4 address: four decimal octets, no leading zeros (as the standard
