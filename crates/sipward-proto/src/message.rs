@@ -214,6 +214,9 @@ impl<'a> Message<'a> {
         parse_start_line(self.start_line, limits, &mut self.start)?;
         self.header_end = split_header_fields(buf, line_end + 2, limits, &mut self.headers)?;
         let mut seen: u64 = 0;
+        // Whether a Proxy-Require field has a value: noted on this walk over the fields
+        // so that the checks after it need no walk of their own.
+        let mut proxy_require = false;
         for i in 0..self.headers.len() {
             let Some(&field) = self.headers.get(i) else {
                 break;
@@ -223,10 +226,10 @@ impl<'a> Message<'a> {
                 return Err(Defect::header(DefectKind::DuplicateHeader, field.name));
             }
             seen |= bit;
-            self.apply_field(field, limits)
+            self.apply_field(field, limits, &mut proxy_require)
                 .map_err(|kind| Defect::header(kind, field.name))?;
         }
-        self.check_semantics(limits)
+        self.check_semantics(limits, proxy_require)
     }
 }
 
@@ -441,7 +444,14 @@ fn check_version(v: &[u8]) -> Result<(), Defect> {
 }
 
 impl<'a> Message<'a> {
-    fn apply_field(&mut self, f: HeaderField<'a>, limits: &Limits) -> Result<(), DefectKind> {
+    /// Parses one field's value into place; a Proxy-Require with a value sets
+    /// `proxy_require`.
+    fn apply_field(
+        &mut self,
+        f: HeaderField<'a>,
+        limits: &Limits,
+        proxy_require: &mut bool,
+    ) -> Result<(), DefectKind> {
         let v = f.value;
         match f.name {
             HeaderName::Via => parse_vias(v, limits, &mut self.vias)?,
@@ -503,12 +513,15 @@ impl<'a> Message<'a> {
             {
                 return Err(DefectKind::MalformedHeader);
             }
+            HeaderName::ProxyRequire => *proxy_require |= !v.is_empty(),
             _ => {}
         }
         Ok(())
     }
 
-    fn check_semantics(&mut self, limits: &Limits) -> Result<(), Defect> {
+    /// The checks that need the whole message; `proxy_require` says whether a
+    /// Proxy-Require field has a value.
+    fn check_semantics(&mut self, limits: &Limits, proxy_require: bool) -> Result<(), Defect> {
         let missing = |h| Defect::header(DefectKind::MissingHeader, h);
         if self.vias.is_empty() {
             return Err(missing(HeaderName::Via));
@@ -591,11 +604,7 @@ impl<'a> Message<'a> {
                     HeaderName::MaxForwards,
                 ));
             }
-            if self
-                .headers
-                .iter()
-                .any(|h| h.name == HeaderName::ProxyRequire && !h.value.is_empty())
-            {
+            if proxy_require {
                 return Err(Defect::header(
                     DefectKind::UnsupportedProxyRequire,
                     HeaderName::ProxyRequire,

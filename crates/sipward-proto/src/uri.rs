@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
 use crate::scan::{
-    all_host_chars, all_user_chars, find_byte, find_byte2, is_alnum, is_digit, is_escaped_run,
-    is_hex, UriClass,
+    all_host_chars, all_user_chars, find_byte, find_byte2, find_byte3, is_alnum, is_digit,
+    is_escaped_run, is_hex, UriClass,
 };
 
 /// A host: a domain name or an IP address, with the bytes it was written as.
@@ -374,12 +374,31 @@ fn parse_sip<'a>(
         }
         None => (None, None),
     };
-    let host_end = find_byte2(after, b';', b'?').unwrap_or(after.len());
+    // The host ends at the first ';' or '?'. One search finds the first of those and
+    // ':', which (outside an IPv6 reference) starts the port.
+    let (host_end, colon) = match find_byte3(after, b';', b'?', b':') {
+        Some(i) if after.get(i) == Some(&b':') => {
+            let port_on = after.get(i + 1..).unwrap_or_default();
+            let end = find_byte2(port_on, b';', b'?').unwrap_or(port_on.len());
+            (i + 1 + end, Some(i))
+        }
+        Some(i) => (i, None),
+        None => (after.len(), None),
+    };
     let host_port = after.get(..host_end).unwrap_or(&[]);
     if host_port.len() > limits.max_param_len {
         return Err(DefectKind::ParamTooLong);
     }
-    let (host, port) = parse_host_port(host_port)?;
+    let (host, port) = match colon {
+        // The colon of an IPv6 reference is not the port's: the general split decides.
+        _ if host_port.first() == Some(&b'[') => parse_host_port(host_port)?,
+        Some(i) => {
+            let host = parse_host(host_port.get(..i).unwrap_or_default())?;
+            let port = parse_port(host_port.get(i + 1..).unwrap_or_default())?;
+            (host, Some(port))
+        }
+        None => (parse_host(host_port)?, None),
+    };
     let tail = after.get(host_end..).unwrap_or(&[]);
     // Usually the URI ends at its host or port: then there is nothing more to check.
     let (params, headers) = if tail.is_empty() {
