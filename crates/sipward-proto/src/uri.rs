@@ -168,16 +168,7 @@ pub fn parse_port(s: &[u8]) -> Result<u16, DefectKind> {
 #[inline]
 pub(crate) fn parse_host_port(s: &[u8]) -> Result<(Host<'_>, Option<u16>), DefectKind> {
     let (host, port) = if s.first() == Some(&b'[') {
-        let close = s
-            .iter()
-            .position(|&b| b == b']')
-            .ok_or(DefectKind::InvalidIp)?;
-        let (h, rest) = s.split_at(close + 1);
-        match rest {
-            [] => (h, None),
-            [b':', p @ ..] => (h, Some(p)),
-            _ => return Err(DefectKind::InvalidHost),
-        }
+        split_ipv6_reference(s)?
     } else {
         match find_byte(s, b':') {
             Some(i) => (s.get(..i).unwrap_or(&[]), s.get(i + 1..)),
@@ -187,6 +178,20 @@ pub(crate) fn parse_host_port(s: &[u8]) -> Result<(Host<'_>, Option<u16>), Defec
     let host = parse_host(host)?;
     let port = port.map(parse_port).transpose()?;
     Ok((host, port))
+}
+
+/// `[IPv6address]` and what follows its colon, if anything does.
+fn split_ipv6_reference(s: &[u8]) -> Result<(&[u8], Option<&[u8]>), DefectKind> {
+    let close = s
+        .iter()
+        .position(|&b| b == b']')
+        .ok_or(DefectKind::InvalidIp)?;
+    let (h, rest) = s.split_at(close + 1);
+    match rest {
+        [] => Ok((h, None)),
+        [b':', p @ ..] => Ok((h, Some(p))),
+        _ => Err(DefectKind::InvalidHost),
+    }
 }
 
 /// A `sip:` or `sips:` URI.
@@ -390,15 +395,16 @@ fn parse_sip<'a>(
         return Err(DefectKind::ParamTooLong);
     }
     let (host, port) = match colon {
-        // The colon of an IPv6 reference is not the port's: the general split decides.
-        _ if host_port.first() == Some(&b'[') => parse_host_port(host_port)?,
-        Some(i) => {
-            let host = parse_host(host_port.get(..i).unwrap_or_default())?;
-            let port = parse_port(host_port.get(i + 1..).unwrap_or_default())?;
-            (host, Some(port))
-        }
-        None => (parse_host(host_port)?, None),
+        // The colon of an IPv6 reference is not the port's.
+        _ if host_port.first() == Some(&b'[') => split_ipv6_reference(host_port)?,
+        Some(i) => (
+            host_port.get(..i).unwrap_or_default(),
+            host_port.get(i + 1..),
+        ),
+        None => (host_port, None),
     };
+    let host = parse_host(host)?;
+    let port = port.map(parse_port).transpose()?;
     let tail = after.get(host_end..).unwrap_or(&[]);
     // Usually the URI ends at its host or port: then there is nothing more to check.
     let (params, headers) = if tail.is_empty() {
