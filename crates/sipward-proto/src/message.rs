@@ -15,7 +15,7 @@ use crate::headers::{
 use crate::limits::Limits;
 use crate::scan::{all_token, find_byte, find_cr_lf, is_token, is_wsp, trim_lws, CommaSplit};
 use crate::sdp::{self, Sdp};
-use crate::uri::{parse_uri, Uri};
+use crate::uri::{parse_uri_into, Uri};
 
 /// A request method. Methods are case-sensitive (RFC 3261 section 7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,9 +211,12 @@ impl<'a> Message<'a> {
         }
         let line_end = find_crlf(buf, pos).ok_or(at(DefectKind::NotSip, Location::StartLine))?;
         self.start_line = buf.get(pos..line_end).unwrap_or(&[]);
-        self.start = parse_start_line(self.start_line, limits)?;
+        parse_start_line(self.start_line, limits, &mut self.start)?;
         self.header_end = split_header_fields(buf, line_end + 2, limits, &mut self.headers)?;
         let mut seen: u64 = 0;
+        // Whether a Proxy-Require field has a value: noted on this walk over the fields
+        // so that the checks after it need no walk of their own.
+        let mut proxy_require = false;
         for i in 0..self.headers.len() {
             let Some(&field) = self.headers.get(i) else {
                 break;
@@ -223,10 +226,10 @@ impl<'a> Message<'a> {
                 return Err(Defect::header(DefectKind::DuplicateHeader, field.name));
             }
             seen |= bit;
-            self.apply_field(field, limits)
+            self.apply_field(field, limits, &mut proxy_require)
                 .map_err(|kind| Defect::header(kind, field.name))?;
         }
-        self.check_semantics(limits)
+        self.check_semantics(limits, proxy_require)
     }
 }
 
@@ -343,7 +346,13 @@ fn find_crlf(buf: &[u8], mut from: usize) -> Option<usize> {
     }
 }
 
-fn parse_start_line<'a>(line: &'a [u8], limits: &Limits) -> Result<StartLine<'a>, Defect> {
+/// Parses the start line into `out`; a request's URI is built in place (it is some 150
+/// bytes). On an error `out` is left part written.
+fn parse_start_line<'a>(
+    line: &'a [u8],
+    limits: &Limits,
+    out: &mut StartLine<'a>,
+) -> Result<(), Defect> {
     let bad = || at(DefectKind::MalformedStartLine, Location::StartLine);
     if line.len() >= 4
         && line
@@ -366,7 +375,8 @@ fn parse_start_line<'a>(line: &'a [u8], limits: &Limits) -> Result<StartLine<'a>
         if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
             return Err(bad());
         }
-        return Ok(StartLine::Response { code, reason });
+        *out = StartLine::Response { code, reason };
+        return Ok(());
     }
     // Request-Line = Method SP Request-URI SP SIP-Version, single spaces exactly: two
     // spaces in the line, found by word searches.
@@ -387,19 +397,25 @@ fn parse_start_line<'a>(line: &'a [u8], limits: &Limits) -> Result<StartLine<'a>
         return Err(bad());
     }
     check_version(version)?;
-    let uri = parse_uri(uri, limits).map_err(|k| at(k, Location::StartLine))?;
-    match uri {
-        Uri::Other { .. } => return Err(at(DefectKind::UnsupportedUriScheme, Location::StartLine)),
+    *out = StartLine::Request {
+        method: Method(method),
+        uri: Uri::Other {
+            scheme: &[],
+            raw: uri,
+        },
+    };
+    let StartLine::Request { uri: parsed, .. } = out else {
+        return Err(bad());
+    };
+    parse_uri_into(uri, limits, parsed).map_err(|k| at(k, Location::StartLine))?;
+    match parsed {
+        Uri::Other { .. } => Err(at(DefectKind::UnsupportedUriScheme, Location::StartLine)),
         // A proxy must not forward escaped headers of a Request-URI (RFC 4475 3.1.2.11).
         Uri::Sip(u) if u.headers.is_some() => {
-            return Err(at(DefectKind::MalformedUri, Location::StartLine))
+            Err(at(DefectKind::MalformedUri, Location::StartLine))
         }
-        _ => {}
+        _ => Ok(()),
     }
-    Ok(StartLine::Request {
-        method: Method(method),
-        uri,
-    })
 }
 
 fn check_version(v: &[u8]) -> Result<(), Defect> {
@@ -428,7 +444,14 @@ fn check_version(v: &[u8]) -> Result<(), Defect> {
 }
 
 impl<'a> Message<'a> {
-    fn apply_field(&mut self, f: HeaderField<'a>, limits: &Limits) -> Result<(), DefectKind> {
+    /// Parses one field's value into place; a Proxy-Require with a value sets
+    /// `proxy_require`.
+    fn apply_field(
+        &mut self,
+        f: HeaderField<'a>,
+        limits: &Limits,
+        proxy_require: &mut bool,
+    ) -> Result<(), DefectKind> {
         let v = f.value;
         match f.name {
             HeaderName::Via => parse_vias(v, limits, &mut self.vias)?,
@@ -490,12 +513,15 @@ impl<'a> Message<'a> {
             {
                 return Err(DefectKind::MalformedHeader);
             }
+            HeaderName::ProxyRequire => *proxy_require |= !v.is_empty(),
             _ => {}
         }
         Ok(())
     }
 
-    fn check_semantics(&mut self, limits: &Limits) -> Result<(), Defect> {
+    /// The checks that need the whole message; `proxy_require` says whether a
+    /// Proxy-Require field has a value.
+    fn check_semantics(&mut self, limits: &Limits, proxy_require: bool) -> Result<(), Defect> {
         let missing = |h| Defect::header(DefectKind::MissingHeader, h);
         if self.vias.is_empty() {
             return Err(missing(HeaderName::Via));
@@ -578,11 +604,7 @@ impl<'a> Message<'a> {
                     HeaderName::MaxForwards,
                 ));
             }
-            if self
-                .headers
-                .iter()
-                .any(|h| h.name == HeaderName::ProxyRequire && !h.value.is_empty())
-            {
+            if proxy_require {
                 return Err(Defect::header(
                     DefectKind::UnsupportedProxyRequire,
                     HeaderName::ProxyRequire,

@@ -305,6 +305,17 @@ pub(crate) fn find_byte2(s: &[u8], a: u8, b: u8) -> Option<usize> {
     )
 }
 
+/// The first index of `a`, `b` or `c` in `s`.
+#[inline]
+pub(crate) fn find_byte3(s: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
+    let (pa, pb, pc) = (LO * u64::from(a), LO * u64::from(b), LO * u64::from(c));
+    find_by_word(
+        s,
+        |w| zero_bytes(w ^ pa) | zero_bytes(w ^ pb) | zero_bytes(w ^ pc),
+        |x| x == a || x == b || x == c,
+    )
+}
+
 /// The first index of a byte below 0x0e for which `target` holds. One SWAR test per
 /// eight bytes flags every byte below 0x0e (the lowest flag is exact); the targets (CR,
 /// LF, NUL) are nearly the only such bytes in SIP and SDP text, so a word with a false
@@ -654,6 +665,10 @@ mod tests {
                     assert_eq!(
                         find_byte2(s, c, b'@'),
                         s.iter().position(|&b| b == c || b == b'@')
+                    );
+                    assert_eq!(
+                        find_byte3(s, c, b'@', b';'),
+                        s.iter().position(|&b| b == c || b == b'@' || b == b';')
                     );
                 }
             }

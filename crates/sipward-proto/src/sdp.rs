@@ -336,6 +336,19 @@ fn check_address(t: AddrType, a: &[u8]) -> Result<Option<IpAddr>, ()> {
 }
 
 fn parse_connection<'a>(line: &'a [u8], v: &'a [u8]) -> Result<Connection<'a>, SdpError> {
+    // The usual line, "IN IP4 a.b.c.d": an address made of digits and dots only has
+    // no space, slash or anything else the general path below looks for.
+    if let Some(ip) = v.strip_prefix(b"IN IP4 ").and_then(|addr| {
+        let ip = parse_ipv4(addr)?;
+        Some((addr, ip))
+    }) {
+        return Ok(Connection {
+            addr_type: AddrType::Ip4,
+            address: ip.0,
+            ip: Some(IpAddr::V4(ip.1)),
+            line,
+        });
+    }
     // Nearly always "IN IP4 <address>" with single spaces: then the address is the
     // rest, if it is one field (non-empty, no space), as the general split finds.
     let usual = v
@@ -394,8 +407,10 @@ fn parse_origin(v: &[u8]) -> Result<Origin<'_>, SdpError> {
     })
 }
 
-/// An `m=` line, as a media section of one line.
-fn parse_media_line<'a>(v: &'a [u8], full: &'a [u8]) -> Result<Media<'a>, SdpError> {
+/// An `m=` line, as a media section of one line, written into `out` (a media section
+/// is some 200 bytes: built where it is kept instead of moved there). On an error `out`
+/// is left part written.
+fn parse_media_line<'a>(v: &'a [u8], full: &'a [u8], out: &mut Media<'a>) -> Result<(), SdpError> {
     // `kind port proto formats`, split at single spaces (formats keeps the rest), by
     // word searches rather than a splitting iterator.
     let split = |s: &'a [u8]| {
@@ -429,7 +444,7 @@ fn parse_media_line<'a>(v: &'a [u8], full: &'a [u8]) -> Result<Media<'a>, SdpErr
         Some(c) => Some(parse_u16(c).filter(|&c| c > 0).ok_or(SdpError::BadPort)?),
         None => None,
     };
-    Ok(Media {
+    *out = Media {
         kind,
         port,
         port_token,
@@ -440,7 +455,8 @@ fn parse_media_line<'a>(v: &'a [u8], full: &'a [u8]) -> Result<Media<'a>, SdpErr
         rtcp: None,
         direction: None,
         section: full,
-    })
+    };
+    Ok(())
 }
 
 fn parse_rtcp(v: &[u8]) -> Result<Rtcp<'_>, SdpError> {
@@ -538,14 +554,37 @@ fn trim_ascii_whitespace(s: &[u8]) -> &[u8] {
     }
 }
 
-fn direction(attr: &[u8]) -> Option<Direction> {
-    match attr {
-        b"sendrecv" => Some(Direction::SendRecv),
-        b"sendonly" => Some(Direction::SendOnly),
-        b"recvonly" => Some(Direction::RecvOnly),
-        b"inactive" => Some(Direction::Inactive),
+/// The attributes the body parser reads; the value is what follows the name's colon.
+enum Attribute<'a> {
+    Direction(Direction),
+    Rtcp(Option<&'a [u8]>),
+    RtpMap(Option<&'a [u8]>),
+    Other,
+}
+
+/// Which attribute an `a=` line's value (`name[:value]`) is. The known names hold no
+/// colon, so a name is one of them exactly when the value is that name alone or that
+/// name and a colon: compared at the start, without searching for the colon first.
+#[inline]
+fn known_attribute(value: &[u8]) -> Attribute<'_> {
+    // (name, what follows it): the name is exact when nothing or a colon follows.
+    let after = |name: &[u8]| match value.strip_prefix(name)? {
+        [] => Some(None),
+        [b':', attr_value @ ..] => Some(Some(attr_value)),
         _ => None,
-    }
+    };
+    let direction = |name: &[u8], d| after(name).map(|_| Attribute::Direction(d));
+    let found = match value.first() {
+        Some(b'r') => after(b"rtpmap")
+            .map(Attribute::RtpMap)
+            .or_else(|| after(b"rtcp").map(Attribute::Rtcp))
+            .or_else(|| direction(b"recvonly", Direction::RecvOnly)),
+        Some(b's') => direction(b"sendrecv", Direction::SendRecv)
+            .or_else(|| direction(b"sendonly", Direction::SendOnly)),
+        Some(b'i') => direction(b"inactive", Direction::Inactive),
+        _ => None,
+    };
+    found.unwrap_or(Attribute::Other)
 }
 
 /// Parses and checks an SDP body against `limits`.
@@ -682,7 +721,21 @@ pub(crate) fn parse_into<'a>(
                 if let Some(m) = media.last_mut() {
                     m.section = body.get(section.clone()).unwrap_or(m.section);
                 }
-                media.push(parse_media_line(value, full)?);
+                media.push(Media {
+                    kind: &[],
+                    port: 0,
+                    port_token: &[],
+                    port_count: None,
+                    proto: &[],
+                    formats: &[],
+                    connection: None,
+                    rtcp: None,
+                    direction: None,
+                    section: full,
+                });
+                if let Some(m) = media.last_mut() {
+                    parse_media_line(value, full, m)?;
+                }
                 section = pos - full.len()..pos;
             }
             b'c' => {
@@ -708,25 +761,22 @@ pub(crate) fn parse_into<'a>(
                 }
                 timing = true;
             }
-            b'a' => {
-                let (name, attr_value) = match find_byte(value, b':') {
-                    Some(i) => (value.get(..i).unwrap_or_default(), value.get(i + 1..)),
-                    None => (value, None),
-                };
-                if let Some(d) = direction(name) {
-                    match media.last_mut() {
-                        Some(m) => m.direction = Some(d),
-                        None => out.direction = Some(d),
-                    }
-                } else if name == b"rtcp" {
+            b'a' => match known_attribute(value) {
+                Attribute::Direction(d) => match media.last_mut() {
+                    Some(m) => m.direction = Some(d),
+                    None => out.direction = Some(d),
+                },
+                Attribute::Rtcp(attr_value) => {
                     let r = parse_rtcp(attr_value.ok_or(SdpError::BadAttribute)?)?;
                     if let Some(m) = media.last_mut() {
                         m.rtcp = Some(r);
                     }
-                } else if name == b"rtpmap" {
+                }
+                Attribute::RtpMap(attr_value) => {
                     parse_rtpmap(attr_value.ok_or(SdpError::BadAttribute)?)?;
                 }
-            }
+                Attribute::Other => {}
+            },
             b'i' | b'b' | b'k' => {}
             b'u' | b'e' | b'p' | b'r' | b'z' => {
                 if !media.is_empty() {
@@ -899,6 +949,46 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(parse(OFFER, &limits).unwrap_err(), SdpError::TooManyLines);
+    }
+
+    #[test]
+    fn attribute_names_are_exact() {
+        // What the name before the first colon says, as a search for the colon finds it.
+        let reference = |value: &[u8]| {
+            let (name, attr_value) = match value.iter().position(|&b| b == b':') {
+                Some(i) => (&value[..i], Some(&value[i + 1..])),
+                None => (value, None),
+            };
+            match name {
+                b"sendrecv" => format!("dir {:?}", Direction::SendRecv),
+                b"sendonly" => format!("dir {:?}", Direction::SendOnly),
+                b"recvonly" => format!("dir {:?}", Direction::RecvOnly),
+                b"inactive" => format!("dir {:?}", Direction::Inactive),
+                b"rtcp" => format!("rtcp {attr_value:?}"),
+                b"rtpmap" => format!("rtpmap {attr_value:?}"),
+                _ => "other".to_string(),
+            }
+        };
+        let fast = |value: &[u8]| match known_attribute(value) {
+            Attribute::Direction(d) => format!("dir {d:?}"),
+            Attribute::Rtcp(v) => format!("rtcp {v:?}"),
+            Attribute::RtpMap(v) => format!("rtpmap {v:?}"),
+            Attribute::Other => "other".to_string(),
+        };
+        for name in [
+            "sendrecv", "sendonly", "recvonly", "inactive", "rtcp", "rtpmap",
+        ] {
+            for tail in ["", ":", ":x", "x", "x:y", " ", "::", ":0 PCMU/8000"] {
+                for cut in 0..=name.len() {
+                    let value = format!("{}{tail}", &name[..cut]);
+                    assert_eq!(
+                        fast(value.as_bytes()),
+                        reference(value.as_bytes()),
+                        "{value}"
+                    );
+                }
+            }
+        }
     }
 
     proptest::proptest! {

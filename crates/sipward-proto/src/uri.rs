@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
 use crate::scan::{
-    all_host_chars, all_user_chars, find_byte, find_byte2, is_alnum, is_digit, is_escaped_run,
-    is_hex, UriClass,
+    all_host_chars, all_user_chars, find_byte, find_byte2, find_byte3, is_alnum, is_digit,
+    is_escaped_run, is_hex, UriClass,
 };
 
 /// A host: a domain name or an IP address, with the bytes it was written as.
@@ -44,13 +44,8 @@ impl<'a> Host<'a> {
 /// Parses a host: an IPv6 reference, an IPv4 address or a host name.
 #[inline]
 pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
-    if let Some(inner) = s.strip_prefix(b"[") {
-        let inner = inner.strip_suffix(b"]").ok_or(DefectKind::InvalidIp)?;
-        let addr = std::str::from_utf8(inner)
-            .ok()
-            .and_then(|t| t.parse::<Ipv6Addr>().ok())
-            .ok_or(DefectKind::InvalidIp)?;
-        return Ok(Host::Ipv6(addr, s));
+    if s.first() == Some(&b'[') {
+        return parse_ipv6_reference(s);
     }
     // Digits and dots only: an IPv4 address or nothing. Only such a host can start
     // with a digit or a dot and still be an address, so a name skips this.
@@ -67,6 +62,20 @@ pub fn parse_host(s: &[u8]) -> Result<Host<'_>, DefectKind> {
     } else {
         Err(DefectKind::InvalidHost)
     }
+}
+
+/// `[IPv6address]`. Out of line: rare, and its text parse would weigh on every host.
+#[inline(never)]
+fn parse_ipv6_reference(s: &[u8]) -> Result<Host<'_>, DefectKind> {
+    let inner = s
+        .strip_prefix(b"[")
+        .and_then(|inner| inner.strip_suffix(b"]"))
+        .ok_or(DefectKind::InvalidIp)?;
+    let addr = std::str::from_utf8(inner)
+        .ok()
+        .and_then(|t| t.parse::<Ipv6Addr>().ok())
+        .ok_or(DefectKind::InvalidIp)?;
+    Ok(Host::Ipv6(addr, s))
 }
 
 /// Dotted-quad IPv4 address: four decimal octets, no leading zeros (as the standard
@@ -159,16 +168,7 @@ pub fn parse_port(s: &[u8]) -> Result<u16, DefectKind> {
 #[inline]
 pub(crate) fn parse_host_port(s: &[u8]) -> Result<(Host<'_>, Option<u16>), DefectKind> {
     let (host, port) = if s.first() == Some(&b'[') {
-        let close = s
-            .iter()
-            .position(|&b| b == b']')
-            .ok_or(DefectKind::InvalidIp)?;
-        let (h, rest) = s.split_at(close + 1);
-        match rest {
-            [] => (h, None),
-            [b':', p @ ..] => (h, Some(p)),
-            _ => return Err(DefectKind::InvalidHost),
-        }
+        split_ipv6_reference(s)?
     } else {
         match find_byte(s, b':') {
             Some(i) => (s.get(..i).unwrap_or(&[]), s.get(i + 1..)),
@@ -178,6 +178,20 @@ pub(crate) fn parse_host_port(s: &[u8]) -> Result<(Host<'_>, Option<u16>), Defec
     let host = parse_host(host)?;
     let port = port.map(parse_port).transpose()?;
     Ok((host, port))
+}
+
+/// `[IPv6address]` and what follows its colon, if anything does.
+fn split_ipv6_reference(s: &[u8]) -> Result<(&[u8], Option<&[u8]>), DefectKind> {
+    let close = s
+        .iter()
+        .position(|&b| b == b']')
+        .ok_or(DefectKind::InvalidIp)?;
+    let (h, rest) = s.split_at(close + 1);
+    match rest {
+        [] => Ok((h, None)),
+        [b':', p @ ..] => Ok((h, Some(p))),
+        _ => Err(DefectKind::InvalidHost),
+    }
 }
 
 /// A `sip:` or `sips:` URI.
@@ -365,22 +379,48 @@ fn parse_sip<'a>(
         }
         None => (None, None),
     };
-    let host_end = find_byte2(after, b';', b'?').unwrap_or(after.len());
+    // The host ends at the first ';' or '?'. One search finds the first of those and
+    // ':', which (outside an IPv6 reference) starts the port.
+    let (host_end, colon) = match find_byte3(after, b';', b'?', b':') {
+        Some(i) if after.get(i) == Some(&b':') => {
+            let port_on = after.get(i + 1..).unwrap_or_default();
+            let end = find_byte2(port_on, b';', b'?').unwrap_or(port_on.len());
+            (i + 1 + end, Some(i))
+        }
+        Some(i) => (i, None),
+        None => (after.len(), None),
+    };
     let host_port = after.get(..host_end).unwrap_or(&[]);
     if host_port.len() > limits.max_param_len {
         return Err(DefectKind::ParamTooLong);
     }
-    let (host, port) = parse_host_port(host_port)?;
-    let tail = after.get(host_end..).unwrap_or(&[]);
-    let (params, headers) = match find_byte(tail, b'?') {
-        Some(i) => (tail.get(..i).unwrap_or(&[]), tail.get(i + 1..)),
-        None => (tail, None),
+    let (host, port) = match colon {
+        // The colon of an IPv6 reference is not the port's.
+        _ if host_port.first() == Some(&b'[') => split_ipv6_reference(host_port)?,
+        Some(i) => (
+            host_port.get(..i).unwrap_or_default(),
+            host_port.get(i + 1..),
+        ),
+        None => (host_port, None),
     };
-    let params = params.strip_prefix(b";").unwrap_or(params);
-    check_uri_params(params, limits)?;
-    if let Some(h) = headers {
-        check_uri_headers(h, limits)?;
-    }
+    let host = parse_host(host)?;
+    let port = port.map(parse_port).transpose()?;
+    let tail = after.get(host_end..).unwrap_or(&[]);
+    // Usually the URI ends at its host or port: then there is nothing more to check.
+    let (params, headers) = if tail.is_empty() {
+        (tail, None)
+    } else {
+        let (params, headers) = match find_byte(tail, b'?') {
+            Some(i) => (tail.get(..i).unwrap_or(&[]), tail.get(i + 1..)),
+            None => (tail, None),
+        };
+        let params = params.strip_prefix(b";").unwrap_or(params);
+        check_uri_params(params, limits)?;
+        if let Some(h) = headers {
+            check_uri_headers(h, limits)?;
+        }
+        (params, headers)
+    };
     // Written straight into place: wrapping a finished `SipUri` would copy it.
     *out = Uri::Sip(SipUri {
         raw,

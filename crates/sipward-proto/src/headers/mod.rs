@@ -98,7 +98,21 @@ pub(crate) fn parse_params<'a>(
 
 /// [`parse_params`], handing each parameter to `each` as it is parsed, so that callers
 /// that check parameter values (Via, Contact) need no second pass over them.
+#[inline]
 pub(crate) fn parse_params_with<'a>(
+    c: &mut Cursor<'a>,
+    limits: &Limits,
+    each: impl FnMut(&'a [u8], Option<&'a [u8]>),
+) -> Result<Params<'a>, DefectKind> {
+    // Often nothing follows (a Contact without parameters, the end of a list element):
+    // no ';', not even after white space, settled here without the call.
+    if c.peek().is_none_or(|b| b != b';' && !is_lws(b)) {
+        return Ok(Params::default());
+    }
+    parse_some_params(c, limits, each)
+}
+
+fn parse_some_params<'a>(
     c: &mut Cursor<'a>,
     limits: &Limits,
     mut each: impl FnMut(&'a [u8], Option<&'a [u8]>),

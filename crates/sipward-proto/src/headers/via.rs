@@ -133,6 +133,7 @@ impl<'a> ViaParams<'a> {
         }
     }
 
+    #[inline]
     fn take(&mut self, name: &'a [u8], value: Option<&'a [u8]>) -> Result<(), DefectKind> {
         // The name is a token: its length picks the one candidate, and a single
         // case-insensitive compare confirms it.
