@@ -707,9 +707,10 @@ pub(crate) fn parse_into<'a>(
             (_, b'v' | b'o' | b's') => return Err(SdpError::OutOfOrder),
             _ => {}
         }
-        // Extend the current media section over this line (a following m= line
-        // included, as it always was).
-        section.end = pos;
+        // Extend the current media section over this line; an m= line starts the next.
+        if kind != b'm' {
+            section.end = pos;
+        }
         match kind {
             b'm' => {
                 if !timing {
@@ -845,6 +846,9 @@ mod tests {
         assert_eq!(v.connection.unwrap().address, b"10.0.0.7");
         assert_eq!(v.effective_direction(s.direction), Direction::SendOnly);
         assert!(v.section.starts_with(b"m=video") && v.section.ends_with(b"a=sendonly\r\n"));
+        // The audio section ends with its own last line, before the video m= line.
+        assert!(a.section.starts_with(b"m=audio") && a.section.ends_with(b"\r\n"));
+        assert!(!a.section.windows(3).any(|w| w == b"\nm="));
         let addrs: Vec<&[u8]> = s.addresses().collect();
         assert_eq!(
             addrs,
