@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 cargo bench --bench wire -- "$@"
 cargo bench --bench drop -- "$@"
+# The same ratios measured interleaved (robust to the machine's drift); see benches/ratio.rs.
+cargo bench --bench ratio > target/ratio.md
 mkdir -p ../results
 out="../results/wire-$(date +%F).md"
 python3 - "$out" <<'PY'
@@ -37,8 +39,17 @@ lines += ["## drop: the core's cost of discarding a flood datagram (no socket re
           "| datagram | ns each |", "|---|---|",
           f"| from a blacklisted source (before parsing) | {drop_ns('banned_source'):.0f} |",
           f"| from an outside host no rule admits (parsed, then dropped) | {drop_ns('no_rule_after_parse'):.0f} |", ""]
+with open("target/ratio.md") as f:
+    lines += ["## The same ratios, interleaved (benches/ratio.rs: each round times sipward, the peer, the peer,",
+              "sipward in short batches; median of the rounds' ratios, with quartiles)", "", f.read().strip(), ""]
 text = "\n".join(lines)
 print(text)
+# A run earlier the same day is kept below the new one.
+earlier = ""
+if os.path.exists(sys.argv[1]):
+    with open(sys.argv[1]) as f:
+        earlier = f.read().replace("\n# Wire layer benchmark", "\n## Earlier run: Wire layer benchmark")
+        earlier = earlier.replace("# Wire layer benchmark", "## Earlier run: Wire layer benchmark", 1)
 with open(sys.argv[1], "w") as f:
-    f.write(text + "\n")
+    f.write(text + "\n" + ("\n" + earlier if earlier else ""))
 PY
