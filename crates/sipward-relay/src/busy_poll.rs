@@ -38,6 +38,28 @@ impl BusyPoll {
         }
     }
 
+    /// Runs one wait, told whether to return at once (`true`) or may sleep, and counts
+    /// the time a sleeping wait took as asleep.
+    pub(crate) fn wait<R>(&mut self, wait: impl FnOnce(bool) -> R) -> R {
+        if self.spin.is_zero() {
+            return wait(false);
+        }
+        let before = Instant::now();
+        let polling = self.should_poll(before);
+        let result = wait(polling);
+        if !polling {
+            self.waited(before, Instant::now());
+        }
+        result
+    }
+
+    /// After a wait: it brought work (`found`), so polling goes on for `spin` from now.
+    pub(crate) fn found_work(&mut self, found: bool) {
+        if found && !self.spin.is_zero() {
+            self.worked(Instant::now());
+        }
+    }
+
     /// Whether the next wait should return at once rather than sleep.
     pub(crate) fn should_poll(&mut self, now: Instant) -> bool {
         if self.spin.is_zero() {

@@ -39,13 +39,10 @@ impl Epoll {
         let mut events = Events::with_capacity(1024);
         let mut busy_poll = BusyPoll::new(spin, Instant::now());
         loop {
-            let before = (!spin.is_zero()).then(Instant::now);
-            let polling = before.is_some_and(|now| busy_poll.should_poll(now));
-            let timeout = polling.then_some(Duration::ZERO);
-            let polled = self.poll.poll(&mut events, timeout);
-            if let Some(before) = before.filter(|_| !polling) {
-                busy_poll.waited(before, Instant::now());
-            }
+            let polled = busy_poll.wait(|polling| {
+                let timeout = polling.then_some(Duration::ZERO);
+                self.poll.poll(&mut events, timeout)
+            });
             if let Err(e) = polled {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -53,11 +50,9 @@ impl Epoll {
                 tracing::error!("media relay poll failed: {e}");
                 return;
             }
+            busy_poll.found_work(!events.is_empty());
             if events.is_empty() {
                 continue;
-            }
-            if !spin.is_zero() {
-                busy_poll.worked(Instant::now());
             }
             for event in &events {
                 if event.token() == WAKER {

@@ -408,17 +408,14 @@ impl Uring {
             let want = 1 + std::mem::take(&mut self.queued_sends);
             // Within the busy-poll window the kernel is asked to run its deferred work
             // and return at once (ETIME when nothing came): no sleep, no wake-up.
-            let before = (!spin.is_zero()).then(Instant::now);
-            let polling = before.is_some_and(|now| busy_poll.should_poll(now));
-            let waited = if polling {
-                let args = SubmitArgs::new().timespec(&no_wait);
-                self.ring.submitter().submit_with_args(want, &args)
-            } else {
-                self.ring.submit_and_wait(want)
-            };
-            if let Some(before) = before.filter(|_| !polling) {
-                busy_poll.waited(before, Instant::now());
-            }
+            let waited = busy_poll.wait(|polling| {
+                if polling {
+                    let args = SubmitArgs::new().timespec(&no_wait);
+                    self.ring.submitter().submit_with_args(want, &args)
+                } else {
+                    self.ring.submit_and_wait(want)
+                }
+            });
             match waited.map_err(|e| e.raw_os_error()) {
                 Ok(_) | Err(Some(libc::EINTR | libc::ETIME)) => {}
                 // The kernel is short of memory for requests, or completions were lost
@@ -435,9 +432,7 @@ impl Uring {
                     return;
                 }
             }
-            if !spin.is_zero() && !self.ring.completion().is_empty() {
-                busy_poll.worked(Instant::now());
-            }
+            busy_poll.found_work(!self.ring.completion().is_empty());
             if !self.reap(&mut table, &inbox) {
                 self.shut(&table);
                 return;
