@@ -784,30 +784,14 @@ fn measure(
     // reading a socket with more than 50 packets queued.)
     // SWEEP=0 skips both sweeps (with LAT_RATE, one fixed load: for profiling).
     let sweep = std::env::var("SWEEP").map_or(true, |v| v != "0");
-    let batched = sweep.then(|| {
-        capacity(
-            relay,
-            streams,
-            &sender,
-            &receiver,
-            &targets,
-            secs,
-            Pacing::Batched,
-        )
-    });
-    // The evenly spaced sweep on fresh streams: the overload that ended the first may
-    // have left a relay stuck.
-    let targets = fresh_streams(relay, streams, s_addr, r_addr, &receiver);
-    let even = sweep.then(|| {
-        capacity(
-            relay,
-            streams,
-            &sender,
-            &receiver,
-            &targets,
-            secs,
-            Pacing::Even,
-        )
+    // The evenly spaced sweep runs on fresh streams: the overload that ended the first
+    // may have left a relay stuck.
+    let mut targets = targets;
+    let [batched, even] = [Pacing::Batched, Pacing::Even].map(|pacing| {
+        if pacing == Pacing::Even {
+            targets = fresh_streams(relay, streams, s_addr, r_addr, &receiver);
+        }
+        sweep.then(|| capacity(relay, streams, &sender, &receiver, &targets, secs, pacing))
     });
     let (_, forwarded, elapsed, cpu) = batched
         .as_ref()
