@@ -7,7 +7,7 @@
 //! replace them in place.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use smallvec::SmallVec;
 
@@ -587,6 +587,139 @@ fn known_attribute(value: &[u8]) -> Attribute<'_> {
     found.unwrap_or(Attribute::Other)
 }
 
+/// The length of the line ending at `s[i..]`: 0 at the end of the body, 1 for LF, 2 for
+/// CR LF; `None` when something else follows (the line goes on, or has a stray CR).
+#[inline(always)]
+fn ending_at(s: &[u8], i: usize) -> Option<usize> {
+    match s.get(i) {
+        None => Some(0),
+        Some(b'\n') => Some(1),
+        Some(b'\r') if s.get(i + 1) == Some(&b'\n') => Some(2),
+        _ => None,
+    }
+}
+
+/// Where the line that `v` starts ends: `(length without the ending, ending length)`,
+/// when the line is clean (no NUL, no CR but in its ending).
+#[inline(always)]
+fn clean_line_end(v: &[u8]) -> Option<(usize, usize)> {
+    match find_cr_lf_nul(v) {
+        None => Some((v.len(), 0)),
+        Some(i) => Some((i, ending_at(v, i)?)),
+    }
+}
+
+/// The length of the run of ASCII graphic bytes (no space, control, DEL or above) at the
+/// start of `s`.
+#[inline(always)]
+fn graphic_run(s: &[u8]) -> usize {
+    s.iter()
+        .position(|&b| !(0x21..=0x7e).contains(&b))
+        .unwrap_or(s.len())
+}
+
+/// The length of the run of printable ASCII bytes (graphic or space) at the start of `s`.
+#[inline(always)]
+fn printable_run(s: &[u8]) -> usize {
+    s.iter()
+        .position(|&b| !(0x20..=0x7e).contains(&b))
+        .unwrap_or(s.len())
+}
+
+/// The decimal number of one to `max_digits` (at most nine) digits at the start of `s`,
+/// not followed by another digit: `(value, length)`.
+#[inline(always)]
+fn number_at(s: &[u8], max_digits: usize) -> Option<(u32, usize)> {
+    let mut value = 0u32;
+    let mut n = 0;
+    for &b in s {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        if n == max_digits {
+            return None;
+        }
+        value = value * 10 + u32::from(d);
+        n += 1;
+    }
+    (n > 0).then_some((value, n))
+}
+
+/// The decimal octet at `s[i..]`, as `parse_ipv4` reads one: one to three digits, no
+/// leading zero, at most 255, not followed by another digit. `(value, length)`.
+#[inline(always)]
+fn octet_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
+    let digit = |k: usize| s.get(i + k).map_or(10, |b| b.wrapping_sub(b'0'));
+    let a = digit(0);
+    if a > 9 {
+        return None;
+    }
+    let b = digit(1);
+    if b > 9 {
+        return Some((a, 1));
+    }
+    if a == 0 {
+        return None;
+    }
+    let c = digit(2);
+    if c > 9 {
+        return Some((a * 10 + b, 2));
+    }
+    if digit(3) <= 9 {
+        return None;
+    }
+    let v = u32::from(a) * 100 + u32::from(b) * 10 + u32::from(c);
+    Some((u8::try_from(v).ok()?, 3))
+}
+
+/// The dotted-quad address at the start of `s` and its length. Where `parse_ipv4` takes
+/// the exact address, this reads up to the first byte that cannot continue it, so the
+/// caller finds the line's end right after; with that end checked, the two agree.
+#[inline(always)]
+fn ipv4_prefix(s: &[u8]) -> Option<(Ipv4Addr, usize)> {
+    let (a, n) = octet_at(s, 0)?;
+    let mut i = n;
+    let mut octets = [a, 0, 0, 0];
+    for o in octets.iter_mut().skip(1) {
+        if s.get(i) != Some(&b'.') {
+            return None;
+        }
+        let (v, n) = octet_at(s, i + 1)?;
+        *o = v;
+        i += 1 + n;
+    }
+    Some((Ipv4Addr::from(octets), i))
+}
+
+/// The usual `a=rtpmap` value, `<pt> <encoding>/<clock rate>[/<params>]` with single
+/// spaces and printable bytes, at the start of `p` (after `rtpmap:`): where it stops, for
+/// the caller to find the line's end there. `None` for anything else, which
+/// [`parse_rtpmap`] then judges.
+#[inline(always)]
+fn rtpmap_fast(p: &[u8]) -> Option<usize> {
+    let (pt, n) = number_at(p, 5)?;
+    if pt > 127 || p.get(n) != Some(&b' ') {
+        return None;
+    }
+    let rest = p.get(n + 1..)?;
+    let e = rest
+        .iter()
+        .position(|&b| !(0x21..=0x7e).contains(&b) || b == b'/')
+        .unwrap_or(rest.len());
+    if e == 0 || rest.get(e) != Some(&b'/') {
+        return None;
+    }
+    let clock = rest.get(e + 1..)?;
+    let (_, c) = number_at(clock, 9)?;
+    let mut end = n + 1 + e + 1 + c;
+    if clock.get(c) == Some(&b'/') {
+        let params = clock.get(c + 1..)?;
+        end += 1 + printable_run(params);
+    }
+    Some(end)
+}
+
 /// Parses and checks an SDP body against `limits`.
 pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
     let mut sdp = Sdp::empty(body);
@@ -615,6 +748,21 @@ impl<'a> Sdp<'a> {
     }
 }
 
+/// Where the body parse stands between lines.
+struct Progress {
+    /// Offset of the next line.
+    pos: usize,
+    /// Lines so far, blank ones not counted.
+    count: usize,
+    /// 0: nothing, 1: v, 2: o, 3: s, then anything (v, o, s come first, in that order).
+    seen_order: u8,
+    /// A t= line was seen.
+    timing: bool,
+    /// Offsets of the last media section: its m= line through the last line extended
+    /// over. Stored into the section itself when the next m= line or the body ends.
+    section: std::ops::Range<usize>,
+}
+
 /// [`parse`] into `out` (made by [`Sdp::empty`] for this body), so that the message can
 /// hold the SDP where it is built instead of copying some 600 bytes into place. On an
 /// error `out` is left part filled.
@@ -626,177 +774,36 @@ pub(crate) fn parse_into<'a>(
     if body.len() > limits.max_sdp_len {
         return Err(SdpError::TooLarge);
     }
-    // Origin, session name, connection and direction go straight into `out`: fewer
-    // values live across the loop, and none is copied into place at the end.
-    let mut timing = false;
-    let media = &mut out.media;
-    let mut count = 0usize;
-    let mut seen_order = 0u8; // 0: nothing, 1: v, 2: o, 3: s, then anything
-                              // Offsets of the last media section: its m= line through the last line extended
-                              // over. Stored into the section itself when the next m= line or the body ends.
-    let mut section = 0..0;
+    let mut st = Progress {
+        pos: 0,
+        count: 0,
+        seen_order: 0,
+        timing: false,
+        section: 0..0,
+    };
+    loop {
+        fast_lines(body, limits, out, &mut st);
+        if st.pos >= body.len() {
+            break;
+        }
+        general_line(body, limits, out, &mut st)?;
+    }
+    finish(body, out, st)
+}
 
-    let mut pos = 0;
-    while let Some(rest) = body.get(pos..).filter(|r| !r.is_empty()) {
-        // The line (CRLF, or bare LF tolerated) and whether it is clean: a NUL, or a
-        // CR that is not part of its ending, makes it malformed. One search for the
-        // three bytes finds the end of a clean line and proves it clean at once.
-        let (line_len, full_len, clean) = match find_cr_lf_nul(rest) {
-            Some(i) => match (rest.get(i), rest.get(i + 1)) {
-                (Some(b'\n'), _) => (i, i + 1, true),
-                (Some(b'\r'), Some(b'\n')) => (i, i + 2, true),
-                _ => match find_byte(rest.get(i..).unwrap_or_default(), b'\n') {
-                    Some(j) => {
-                        let lf = i + j;
-                        let cr = lf > 0 && rest.get(lf - 1) == Some(&b'\r');
-                        (lf - usize::from(cr), lf + 1, false)
-                    }
-                    None => (rest.len(), rest.len(), false),
-                },
-            },
-            None => (rest.len(), rest.len(), true),
-        };
-        let line = rest.get(..line_len).unwrap_or_default();
-        let full = rest.get(..full_len).unwrap_or_default();
-        pos += full_len;
-        if line.is_empty() {
-            continue; // tolerate blank lines (trailing ones above all)
-        }
-        count += 1;
-        if count > limits.max_sdp_lines {
-            return Err(SdpError::TooManyLines);
-        }
-        if line.len() > limits.max_param_len {
-            return Err(SdpError::ValueTooLong);
-        }
-        let (Some(&kind), Some(b'=')) = (line.first(), line.get(1).copied()) else {
-            return Err(SdpError::BadLine);
-        };
-        if !kind.is_ascii_lowercase() {
-            return Err(SdpError::BadLine);
-        }
-        let value = line.get(2..).unwrap_or_default();
-        if !clean {
-            return Err(SdpError::BadLine);
-        }
-        // v, o, s come first, in that order.
-        match (seen_order, kind) {
-            (0, b'v') => {
-                if value != b"0" {
-                    return Err(SdpError::BadVersion);
-                }
-                seen_order = 1;
-                continue;
-            }
-            (0, _) => return Err(SdpError::MissingVersion),
-            (1, b'o') => {
-                out.origin = parse_origin(value)?;
-                seen_order = 2;
-                continue;
-            }
-            (1, _) => return Err(SdpError::MissingOrigin),
-            (2, b's') => {
-                if value.is_empty() {
-                    return Err(SdpError::MissingSessionName);
-                }
-                out.session_name = value;
-                seen_order = 3;
-                continue;
-            }
-            (2, _) => return Err(SdpError::MissingSessionName),
-            (_, b'v' | b'o' | b's') => return Err(SdpError::OutOfOrder),
-            _ => {}
-        }
-        // Extend the current media section over this line; an m= line starts the next.
-        if kind != b'm' {
-            section.end = pos;
-        }
-        match kind {
-            b'm' => {
-                if !timing {
-                    return Err(SdpError::MissingTiming);
-                }
-                if media.len() >= limits.max_sdp_media {
-                    return Err(SdpError::TooManyMedia);
-                }
-                if let Some(m) = media.last_mut() {
-                    m.section = body.get(section.clone()).unwrap_or(m.section);
-                }
-                media.push(Media {
-                    kind: &[],
-                    port: 0,
-                    port_token: &[],
-                    port_count: None,
-                    proto: &[],
-                    formats: &[],
-                    connection: None,
-                    rtcp: None,
-                    direction: None,
-                    section: full,
-                });
-                if let Some(m) = media.last_mut() {
-                    parse_media_line(value, full, m)?;
-                }
-                section = pos - full.len()..pos;
-            }
-            b'c' => {
-                let c = parse_connection(line, value)?;
-                match media.last_mut() {
-                    Some(m) if m.connection.is_none() => m.connection = Some(c),
-                    None if out.connection.is_none() => out.connection = Some(c),
-                    _ => return Err(SdpError::BadConnection),
-                }
-            }
-            b't' => {
-                if !media.is_empty() {
-                    return Err(SdpError::OutOfOrder);
-                }
-                // Nearly always "t=0 0" (unbounded): that is two numbers.
-                if value != b"0 0" {
-                    let Some([a, b]) = exact_fields::<2>(value) else {
-                        return Err(SdpError::BadTiming);
-                    };
-                    if !digits(a) || !digits(b) {
-                        return Err(SdpError::BadTiming);
-                    }
-                }
-                timing = true;
-            }
-            b'a' => match known_attribute(value) {
-                Attribute::Direction(d) => match media.last_mut() {
-                    Some(m) => m.direction = Some(d),
-                    None => out.direction = Some(d),
-                },
-                Attribute::Rtcp(attr_value) => {
-                    let r = parse_rtcp(attr_value.ok_or(SdpError::BadAttribute)?)?;
-                    if let Some(m) = media.last_mut() {
-                        m.rtcp = Some(r);
-                    }
-                }
-                Attribute::RtpMap(attr_value) => {
-                    parse_rtpmap(attr_value.ok_or(SdpError::BadAttribute)?)?;
-                }
-                Attribute::Other => {}
-            },
-            b'i' | b'b' | b'k' => {}
-            b'u' | b'e' | b'p' | b'r' | b'z' => {
-                if !media.is_empty() {
-                    return Err(SdpError::OutOfOrder);
-                }
-            }
-            _ => return Err(SdpError::BadLine),
-        }
-    }
+/// The checks on the whole body, once every line has passed.
+fn finish<'a>(body: &'a [u8], out: &mut Sdp<'a>, st: Progress) -> Result<(), SdpError> {
+    let media = &mut out.media;
     if let Some(m) = media.last_mut() {
-        m.section = body.get(section).unwrap_or(m.section);
+        m.section = body.get(st.section).unwrap_or(m.section);
     }
-    match seen_order {
+    match st.seen_order {
         0 => return Err(SdpError::MissingVersion),
         1 => return Err(SdpError::MissingOrigin),
         2 => return Err(SdpError::MissingSessionName),
         _ => {}
     }
-    if !timing {
+    if !st.timing {
         return Err(SdpError::MissingTiming);
     }
     if out.connection.is_none()
@@ -805,6 +812,411 @@ pub(crate) fn parse_into<'a>(
             .any(|m| m.connection.is_none() && !m.is_declined())
     {
         return Err(SdpError::MissingConnection);
+    }
+    Ok(())
+}
+
+/// The fast path: the usual lines in their usual exact forms, each read in one walk
+/// that also finds its end and proves it clean, from `st.pos` on until a line is not one
+/// of them. Nothing is changed until a line is known good; the line it stops at, errors
+/// included, goes to [`general_line`], which reads it again from its start and judges it.
+fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut Progress) {
+    let media = &mut out.media;
+    let mut pos = st.pos;
+    let mut count = st.count;
+    let mut seen_order = st.seen_order;
+    let mut timing = st.timing;
+    let mut section_end = st.section.end;
+    'lines: while let Some(rest) = body.get(pos..) {
+        let [kind, b'=', v @ ..] = rest else {
+            break 'lines;
+        };
+        if count >= limits.max_sdp_lines {
+            break 'lines;
+        }
+        // The value's length (the line's less its type and `=`) and its ending's.
+        let (n, e) = match *kind {
+            b'a' if seen_order == 3 => {
+                if let Some(p) = v.strip_prefix(b"rtpmap:") {
+                    let Some(i) = rtpmap_fast(p) else {
+                        break 'lines;
+                    };
+                    let n = 7 + i;
+                    let Some(e) = ending_at(v, n) else {
+                        break 'lines;
+                    };
+                    if n + 2 > limits.max_param_len {
+                        break 'lines;
+                    }
+                    (n, e)
+                } else {
+                    let Some((n, e)) = clean_line_end(v) else {
+                        break 'lines;
+                    };
+                    if n + 2 > limits.max_param_len {
+                        break 'lines;
+                    }
+                    match known_attribute(v.get(..n).unwrap_or_default()) {
+                        Attribute::Other => {}
+                        Attribute::Direction(d) => match media.last_mut() {
+                            Some(m) => m.direction = Some(d),
+                            None => out.direction = Some(d),
+                        },
+                        _ => break 'lines,
+                    }
+                    (n, e)
+                }
+            }
+            b'c' if seen_order == 3 => {
+                let Some(addr) = v.strip_prefix(b"IN IP4 ") else {
+                    break 'lines;
+                };
+                let Some((ip, len)) = ipv4_prefix(addr) else {
+                    break 'lines;
+                };
+                let n = 7 + len;
+                let Some(e) = ending_at(v, n) else {
+                    break 'lines;
+                };
+                if n + 2 > limits.max_param_len {
+                    break 'lines;
+                }
+                let c = Connection {
+                    addr_type: AddrType::Ip4,
+                    address: addr.get(..len).unwrap_or_default(),
+                    ip: Some(IpAddr::V4(ip)),
+                    line: rest.get(..n + 2).unwrap_or_default(),
+                };
+                match media.last_mut() {
+                    Some(m) if m.connection.is_none() => m.connection = Some(c),
+                    None if out.connection.is_none() => out.connection = Some(c),
+                    _ => break 'lines,
+                }
+                (n, e)
+            }
+            b'm' if seen_order == 3 && timing && media.len() < limits.max_sdp_media => {
+                // kind, port (no count), proto, formats; single spaces.
+                let k = graphic_run(v);
+                if k == 0 || v.get(k) != Some(&b' ') {
+                    break 'lines;
+                }
+                let Some(after_kind) = v.get(k + 1..) else {
+                    break 'lines;
+                };
+                let Some((port, p)) = number_at(after_kind, 5) else {
+                    break 'lines;
+                };
+                let Ok(port) = u16::try_from(port) else {
+                    break 'lines;
+                };
+                if after_kind.get(p) != Some(&b' ') {
+                    break 'lines;
+                }
+                let Some(after_port) = after_kind.get(p + 1..) else {
+                    break 'lines;
+                };
+                let r = graphic_run(after_port);
+                if r == 0 || after_port.get(r) != Some(&b' ') {
+                    break 'lines;
+                }
+                let Some(formats) = after_port.get(r + 1..) else {
+                    break 'lines;
+                };
+                // Not blank: it starts with a graphic byte.
+                if !formats.first().is_some_and(|b| (0x21..=0x7e).contains(b)) {
+                    break 'lines;
+                }
+                let f = printable_run(formats);
+                let n = k + 1 + p + 1 + r + 1 + f;
+                let Some(e) = ending_at(v, n) else {
+                    break 'lines;
+                };
+                if n + 2 > limits.max_param_len {
+                    break 'lines;
+                }
+                if let Some(m) = media.last_mut() {
+                    m.section = body.get(st.section.start..section_end).unwrap_or(m.section);
+                }
+                let next = pos + 2 + n + e;
+                media.push(Media {
+                    kind: v.get(..k).unwrap_or_default(),
+                    port,
+                    port_token: after_kind.get(..p).unwrap_or_default(),
+                    port_count: None,
+                    proto: after_port.get(..r).unwrap_or_default(),
+                    formats: formats.get(..f).unwrap_or_default(),
+                    connection: None,
+                    rtcp: None,
+                    direction: None,
+                    section: rest.get(..n + 2 + e).unwrap_or_default(),
+                });
+                st.section.start = pos;
+                section_end = next;
+                count += 1;
+                pos = next;
+                continue 'lines;
+            }
+            b't' if seen_order == 3 && media.is_empty() => {
+                if v.get(..3) != Some(b"0 0") {
+                    break 'lines;
+                }
+                let Some(e) = ending_at(v, 3) else {
+                    break 'lines;
+                };
+                if 5 > limits.max_param_len {
+                    break 'lines;
+                }
+                timing = true;
+                (3, e)
+            }
+            b'v' if seen_order == 0 => {
+                if v.first() != Some(&b'0') {
+                    break 'lines;
+                }
+                let Some(e) = ending_at(v, 1) else {
+                    break 'lines;
+                };
+                if 3 > limits.max_param_len {
+                    break 'lines;
+                }
+                seen_order = 1;
+                (1, e)
+            }
+            b'o' if seen_order == 1 => {
+                // <username> <digits> <digits> IN IP4 <dotted quad>, single spaces.
+                let u = graphic_run(v);
+                if u == 0 || v.get(u) != Some(&b' ') {
+                    break 'lines;
+                }
+                let Some(ids) = v.get(u + 1..) else {
+                    break 'lines;
+                };
+                let i = digit_run(ids);
+                if i == 0 || ids.get(i) != Some(&b' ') {
+                    break 'lines;
+                }
+                let Some(version) = ids.get(i + 1..) else {
+                    break 'lines;
+                };
+                let j = digit_run(version);
+                if j == 0 || version.get(j..j + 8) != Some(b" IN IP4 ") {
+                    break 'lines;
+                }
+                let Some(addr) = version.get(j + 8..) else {
+                    break 'lines;
+                };
+                let Some((_, len)) = ipv4_prefix(addr) else {
+                    break 'lines;
+                };
+                let n = u + 1 + i + 1 + j + 8 + len;
+                let Some(e) = ending_at(v, n) else {
+                    break 'lines;
+                };
+                if n + 2 > limits.max_param_len {
+                    break 'lines;
+                }
+                out.origin = Origin {
+                    username: v.get(..u).unwrap_or_default(),
+                    session_id: ids.get(..i).unwrap_or_default(),
+                    session_version: version.get(..j).unwrap_or_default(),
+                    net_type: version.get(j + 1..j + 3).unwrap_or_default(),
+                    addr_type: AddrType::Ip4,
+                    address: addr.get(..len).unwrap_or_default(),
+                };
+                seen_order = 2;
+                (n, e)
+            }
+            b's' if seen_order == 2 => {
+                let Some((n, e)) = clean_line_end(v) else {
+                    break 'lines;
+                };
+                if n == 0 || n + 2 > limits.max_param_len {
+                    break 'lines;
+                }
+                out.session_name = v.get(..n).unwrap_or_default();
+                seen_order = 3;
+                (n, e)
+            }
+            b'i' | b'b' | b'k' if seen_order == 3 => {
+                let Some((n, e)) = clean_line_end(v) else {
+                    break 'lines;
+                };
+                if n + 2 > limits.max_param_len {
+                    break 'lines;
+                }
+                (n, e)
+            }
+            _ => break 'lines,
+        };
+        count += 1;
+        pos += 2 + n + e;
+        section_end = pos;
+    }
+    st.pos = pos;
+    st.count = count;
+    st.seen_order = seen_order;
+    st.timing = timing;
+    st.section.end = section_end;
+}
+
+/// The general path: one line, whatever it holds, judged in full. The fast path leaves
+/// it every line it does not take, errors included.
+fn general_line<'a>(
+    body: &'a [u8],
+    limits: &Limits,
+    out: &mut Sdp<'a>,
+    st: &mut Progress,
+) -> Result<(), SdpError> {
+    let media = &mut out.media;
+    let rest = body.get(st.pos..).unwrap_or_default();
+    // The line (CRLF, or bare LF tolerated) and whether it is clean: a NUL, or a
+    // CR that is not part of its ending, makes it malformed. One search for the
+    // three bytes finds the end of a clean line and proves it clean at once.
+    let (line_len, full_len, clean) = match find_cr_lf_nul(rest) {
+        Some(i) => match (rest.get(i), rest.get(i + 1)) {
+            (Some(b'\n'), _) => (i, i + 1, true),
+            (Some(b'\r'), Some(b'\n')) => (i, i + 2, true),
+            _ => match find_byte(rest.get(i..).unwrap_or_default(), b'\n') {
+                Some(j) => {
+                    let lf = i + j;
+                    let cr = lf > 0 && rest.get(lf - 1) == Some(&b'\r');
+                    (lf - usize::from(cr), lf + 1, false)
+                }
+                None => (rest.len(), rest.len(), false),
+            },
+        },
+        None => (rest.len(), rest.len(), true),
+    };
+    let line = rest.get(..line_len).unwrap_or_default();
+    let full = rest.get(..full_len).unwrap_or_default();
+    st.pos += full_len;
+    let pos = st.pos;
+    if line.is_empty() {
+        return Ok(()); // tolerate blank lines (trailing ones above all)
+    }
+    st.count += 1;
+    if st.count > limits.max_sdp_lines {
+        return Err(SdpError::TooManyLines);
+    }
+    if line.len() > limits.max_param_len {
+        return Err(SdpError::ValueTooLong);
+    }
+    let (Some(&kind), Some(b'=')) = (line.first(), line.get(1).copied()) else {
+        return Err(SdpError::BadLine);
+    };
+    if !kind.is_ascii_lowercase() {
+        return Err(SdpError::BadLine);
+    }
+    let value = line.get(2..).unwrap_or_default();
+    if !clean {
+        return Err(SdpError::BadLine);
+    }
+    // v, o, s come first, in that order.
+    match (st.seen_order, kind) {
+        (0, b'v') => {
+            if value != b"0" {
+                return Err(SdpError::BadVersion);
+            }
+            st.seen_order = 1;
+            return Ok(());
+        }
+        (0, _) => return Err(SdpError::MissingVersion),
+        (1, b'o') => {
+            out.origin = parse_origin(value)?;
+            st.seen_order = 2;
+            return Ok(());
+        }
+        (1, _) => return Err(SdpError::MissingOrigin),
+        (2, b's') => {
+            if value.is_empty() {
+                return Err(SdpError::MissingSessionName);
+            }
+            out.session_name = value;
+            st.seen_order = 3;
+            return Ok(());
+        }
+        (2, _) => return Err(SdpError::MissingSessionName),
+        (_, b'v' | b'o' | b's') => return Err(SdpError::OutOfOrder),
+        _ => {}
+    }
+    // Extend the current media section over this line; an m= line starts the next.
+    if kind != b'm' {
+        st.section.end = pos;
+    }
+    match kind {
+        b'm' => {
+            if !st.timing {
+                return Err(SdpError::MissingTiming);
+            }
+            if media.len() >= limits.max_sdp_media {
+                return Err(SdpError::TooManyMedia);
+            }
+            if let Some(m) = media.last_mut() {
+                m.section = body.get(st.section.clone()).unwrap_or(m.section);
+            }
+            media.push(Media {
+                kind: &[],
+                port: 0,
+                port_token: &[],
+                port_count: None,
+                proto: &[],
+                formats: &[],
+                connection: None,
+                rtcp: None,
+                direction: None,
+                section: full,
+            });
+            if let Some(m) = media.last_mut() {
+                parse_media_line(value, full, m)?;
+            }
+            st.section = pos - full.len()..pos;
+        }
+        b'c' => {
+            let c = parse_connection(line, value)?;
+            match media.last_mut() {
+                Some(m) if m.connection.is_none() => m.connection = Some(c),
+                None if out.connection.is_none() => out.connection = Some(c),
+                _ => return Err(SdpError::BadConnection),
+            }
+        }
+        b't' => {
+            if !media.is_empty() {
+                return Err(SdpError::OutOfOrder);
+            }
+            // Nearly always "t=0 0" (unbounded): that is two numbers.
+            if value != b"0 0" {
+                let Some([a, b]) = exact_fields::<2>(value) else {
+                    return Err(SdpError::BadTiming);
+                };
+                if !digits(a) || !digits(b) {
+                    return Err(SdpError::BadTiming);
+                }
+            }
+            st.timing = true;
+        }
+        b'a' => match known_attribute(value) {
+            Attribute::Direction(d) => match media.last_mut() {
+                Some(m) => m.direction = Some(d),
+                None => out.direction = Some(d),
+            },
+            Attribute::Rtcp(attr_value) => {
+                let r = parse_rtcp(attr_value.ok_or(SdpError::BadAttribute)?)?;
+                if let Some(m) = media.last_mut() {
+                    m.rtcp = Some(r);
+                }
+            }
+            Attribute::RtpMap(attr_value) => {
+                parse_rtpmap(attr_value.ok_or(SdpError::BadAttribute)?)?;
+            }
+            Attribute::Other => {}
+        },
+        b'i' | b'b' | b'k' => {}
+        b'u' | b'e' | b'p' | b'r' | b'z' => {
+            if !media.is_empty() {
+                return Err(SdpError::OutOfOrder);
+            }
+        }
+        _ => return Err(SdpError::BadLine),
     }
     Ok(())
 }
@@ -990,6 +1402,180 @@ mod tests {
                         reference(value.as_bytes()),
                         "{value}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The body parsed by the general path alone, as before the fast path existed.
+    fn parse_general<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
+        let mut out = Sdp::empty(body);
+        if body.len() > limits.max_sdp_len {
+            return Err(SdpError::TooLarge);
+        }
+        let mut st = Progress {
+            pos: 0,
+            count: 0,
+            seen_order: 0,
+            timing: false,
+            section: 0..0,
+        };
+        while st.pos < body.len() {
+            general_line(body, limits, &mut out, &mut st)?;
+        }
+        finish(body, &mut out, st)?;
+        Ok(out)
+    }
+
+    /// Every slice of a parse result as an offset into the body, with the Debug text.
+    fn signature(body: &[u8], r: &Result<Sdp<'_>, SdpError>) -> String {
+        let at = |s: &[u8]| {
+            format!(
+                "|{}+{}",
+                s.as_ptr() as usize - body.as_ptr() as usize,
+                s.len()
+            )
+        };
+        let mut sig = format!("{r:?}");
+        if let Ok(s) = r {
+            let o = &s.origin;
+            for x in [
+                o.username,
+                o.session_id,
+                o.session_version,
+                o.net_type,
+                o.address,
+            ] {
+                sig += &at(x);
+            }
+            sig += &at(s.session_name);
+            for c in s
+                .connection
+                .iter()
+                .chain(s.media.iter().filter_map(|m| m.connection.as_ref()))
+            {
+                sig += &at(c.line);
+                sig += &at(c.address);
+            }
+            for m in &s.media {
+                for x in [m.kind, m.port_token, m.proto, m.formats, m.section] {
+                    sig += &at(x);
+                }
+            }
+        }
+        sig
+    }
+
+    #[test]
+    fn fast_path_agrees_with_general_path() {
+        // Each line of the usual kinds, and near misses the fast path must leave to the
+        // general one, in every position after the session header and with each ending.
+        let lines: &[&[u8]] = &[
+            b"c=IN IP4 192.168.1.20",
+            b"c=IN IP4 0.0.0.0",
+            b"c=IN IP4 255.255.255.255",
+            b"c=IN IP4 256.1.1.1",
+            b"c=IN IP4 01.2.3.4",
+            b"c=IN IP4 1.2.3",
+            b"c=IN IP4 1.2.3.4.",
+            b"c=IN IP4 1.2.3.4 ",
+            b"c=IN IP4 1.2.3.4/5",
+            b"c=IN IP4 host.example",
+            b"c=IN  IP4 1.2.3.4",
+            b"c=IN IP4 1.2.3.1000",
+            b"c=IN IP6 ::1",
+            b"m=audio 3456 RTP/AVP 0 8 101",
+            b"m=audio 0 RTP/AVP 0",
+            b"m=audio 65535 RTP/AVP 0",
+            b"m=audio 65536 RTP/AVP 0",
+            b"m=audio 000000 RTP/AVP 0",
+            b"m=audio 00001 RTP/AVP 0",
+            b"m=audio 5004/2 RTP/AVP 0",
+            b"m=audio 5004 RTP/AVP ",
+            b"m=audio 5004 RTP/AVP  0",
+            b"m=audio  5004 RTP/AVP 0",
+            b"m=audio 5004 RTP/AVP 0\t8",
+            b"m=audio 5004 RTP/AVP",
+            b"a=rtpmap:0 PCMU/8000",
+            b"a=rtpmap:127 X/1",
+            b"a=rtpmap:128 X/1",
+            b"a=rtpmap:00127 X/1",
+            b"a=rtpmap:000127 X/1",
+            b"a=rtpmap:96 opus/48000/2",
+            b"a=rtpmap:96 opus/48000/",
+            b"a=rtpmap:31 LPC",
+            b"a=rtpmap:0  PCMU/8000",
+            b"a=rtpmap:0 PCMU/8000 ",
+            b"a=rtpmap:0 PCMU/1234567890",
+            b"a=rtpmap:0 PCMU/123456789",
+            b"a=rtpmap:0 /8000",
+            b"a=rtpmap:0 PCMU/",
+            b"a=rtpmap:0 PCMU/8000x",
+            b"a=rtpmap:x",
+            b"a=sendrecv",
+            b"a=sendonly",
+            b"a=recvonly",
+            b"a=inactive",
+            b"a=sendrecv:x",
+            b"a=sendrecvx",
+            b"a=rtcp:9",
+            b"a=rtcp:x",
+            b"a=fmtp:101 0-15",
+            b"a=",
+            b"t=0 0",
+            b"t=0  0",
+            b"t=1 2",
+            b"b=AS:64",
+            b"i=",
+            b"k=x",
+            b"z=0",
+            b"x=1",
+            b"s=again",
+            b"a=ptime:20\x00",
+            b"a=x\ry",
+        ];
+        let endings: &[&[u8]] = &[b"\r\n", b"\n", b"", b"\r", b"\r\r\n", b"\r\n\r\n"];
+        let heads: &[&[u8]] = &[
+            b"v=0\r\no=bob 2808844564 2808844564 IN IP4 192.168.1.20\r\ns=call\r\nt=0 0\r\n",
+            b"v=0\r\no=- 1 2 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5 RTP/AVP 0\r\n",
+            b"v=0\no=- 01 2 IN IP4 1.2.3.4\ns= \nt=0 0\nm=audio 5 RTP/AVP 0\nc=IN IP4 1.1.1.1\n",
+            b"v=0\r\no=a  1 2 IN IP4 1.2.3.4\r\ns=x\r\n",
+            b"v=0\r\no=a 1 2 IN IP4 1.2.3.04\r\ns=x\r\n",
+            b"v=0\r\no=a 1 2 IN IP6 ::1\r\ns=x\r\n",
+            b"v=0\r\n\r\no=a 1 2 IN IP4 host\r\ns=x\r\n",
+        ];
+        let limits = [
+            Limits::default(),
+            Limits {
+                max_param_len: 22,
+                max_sdp_lines: 7,
+                max_sdp_media: 1,
+                ..Limits::default()
+            },
+        ];
+        for head in heads {
+            for (i, a) in lines.iter().enumerate() {
+                for b in [
+                    lines[(i * 7 + 3) % lines.len()],
+                    b"a=sendonly",
+                    b"m=video 0 RTP/AVP 31",
+                ] {
+                    for end in endings {
+                        let mut body = head.to_vec();
+                        body.extend_from_slice(a);
+                        body.extend_from_slice(end);
+                        body.extend_from_slice(b);
+                        for limits in &limits {
+                            let fast = parse(&body, limits);
+                            let general = parse_general(&body, limits);
+                            assert_eq!(
+                                signature(&body, &fast),
+                                signature(&body, &general),
+                                "{}",
+                                String::from_utf8_lossy(&body)
+                            );
+                        }
+                    }
                 }
             }
         }
