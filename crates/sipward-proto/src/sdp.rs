@@ -613,17 +613,8 @@ fn clean_line_end(v: &[u8]) -> Option<(usize, usize)> {
 /// start of `s`.
 #[inline(always)]
 fn graphic_run(s: &[u8]) -> usize {
-    s.iter()
-        .position(|&b| !(0x21..=0x7e).contains(&b))
-        .unwrap_or(s.len())
-}
-
-/// The length of the run of printable ASCII bytes (graphic or space) at the start of `s`.
-#[inline(always)]
-fn printable_run(s: &[u8]) -> usize {
-    s.iter()
-        .position(|&b| !(0x20..=0x7e).contains(&b))
-        .unwrap_or(s.len())
+    // A word at a time (a space is not graphic: it stands in for no extra byte).
+    find_non_graphic_or(s, b' ').unwrap_or(s.len())
 }
 
 /// The decimal number of one to `max_digits` (at most nine) digits at the start of `s`,
@@ -646,11 +637,13 @@ fn number_at(s: &[u8], max_digits: usize) -> Option<(u32, usize)> {
     (n > 0).then_some((value, n))
 }
 
-/// The decimal octet at `s[i..]`, as `parse_ipv4` reads one: one to three digits, no
+/// The decimal octet at `w[i..]`, as `parse_ipv4` reads one: one to three digits, no
 /// leading zero, at most 255, not followed by another digit. `(value, length)`.
 #[inline(always)]
-fn octet_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
-    let digit = |k: usize| s.get(i + k).map_or(10, |b| b.wrapping_sub(b'0'));
+fn octet_at(w: &[u8; 16], i: usize) -> Option<(u8, usize)> {
+    // The mask keeps every read in the window without a bounds check; the caller never
+    // reads past byte 15 (see `ipv4_prefix`), so it changes no index.
+    let digit = |k: usize| w.get((i + k) & 15).map_or(10, |b| b.wrapping_sub(b'0'));
     let a = digit(0);
     if a > 9 {
         return None;
@@ -678,46 +671,60 @@ fn octet_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
 /// caller finds the line's end right after; with that end checked, the two agree.
 #[inline(always)]
 fn ipv4_prefix(s: &[u8]) -> Option<(Ipv4Addr, usize)> {
-    let (a, n) = octet_at(s, 0)?;
+    // Octet k starts at most at byte 4k and is read through at most its fourth byte, so
+    // no read goes past byte 15: a 16-byte window holds all of them. Near the body's end
+    // it is padded with zeros, which end an address as the end of `s` does.
+    let padded;
+    let w: &[u8; 16] = match s.first_chunk::<16>() {
+        Some(w) => w,
+        None => {
+            let mut p = [0u8; 16];
+            if let Some(dst) = p.get_mut(..s.len()) {
+                dst.copy_from_slice(s);
+            }
+            padded = p;
+            &padded
+        }
+    };
+    let (a, n) = octet_at(w, 0)?;
     let mut i = n;
     let mut octets = [a, 0, 0, 0];
     for o in octets.iter_mut().skip(1) {
-        if s.get(i) != Some(&b'.') {
+        if w.get(i & 15) != Some(&b'.') {
             return None;
         }
-        let (v, n) = octet_at(s, i + 1)?;
+        let (v, n) = octet_at(w, i + 1)?;
         *o = v;
         i += 1 + n;
     }
     Some((Ipv4Addr::from(octets), i))
 }
 
-/// The usual `a=rtpmap` value, `<pt> <encoding>/<clock rate>[/<params>]` with single
-/// spaces and printable bytes, at the start of `p` (after `rtpmap:`): where it stops, for
-/// the caller to find the line's end there. `None` for anything else, which
-/// [`parse_rtpmap`] then judges.
+/// The usual `a=rtpmap` value, `<pt> <encoding>/<clock rate>[/<params>]` with a single
+/// space, at the start of `p` (after `rtpmap:`), as [`clean_line_end`] measures the line.
+/// `None` for anything else, which [`parse_rtpmap`] then judges.
 #[inline(always)]
-fn rtpmap_fast(p: &[u8]) -> Option<usize> {
+fn rtpmap_fast(p: &[u8]) -> Option<(usize, usize)> {
     let (pt, n) = number_at(p, 5)?;
     if pt > 127 || p.get(n) != Some(&b' ') {
         return None;
     }
     let rest = p.get(n + 1..)?;
-    let e = rest
-        .iter()
-        .position(|&b| !(0x21..=0x7e).contains(&b) || b == b'/')
-        .unwrap_or(rest.len());
+    let e = find_non_graphic_or(rest, b'/').unwrap_or(rest.len());
     if e == 0 || rest.get(e) != Some(&b'/') {
         return None;
     }
     let clock = rest.get(e + 1..)?;
     let (_, c) = number_at(clock, 9)?;
-    let mut end = n + 1 + e + 1 + c;
-    if clock.get(c) == Some(&b'/') {
-        let params = clock.get(c + 1..)?;
-        end += 1 + printable_run(params);
+    let end = n + 1 + e + 1 + c;
+    match clock.get(c) {
+        // The parameters are anything to the end of the line.
+        Some(b'/') => {
+            let (len, ending) = clean_line_end(clock.get(c + 1..)?)?;
+            Some((end + 1 + len, ending))
+        }
+        _ => Some((end, ending_at(clock, c)?)),
     }
-    Some(end)
 }
 
 /// Parses and checks an SDP body against `limits`.
@@ -838,13 +845,10 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
         let (n, e) = match *kind {
             b'a' if seen_order == 3 => {
                 if let Some(p) = v.strip_prefix(b"rtpmap:") {
-                    let Some(i) = rtpmap_fast(p) else {
+                    let Some((i, e)) = rtpmap_fast(p) else {
                         break 'lines;
                     };
                     let n = 7 + i;
-                    let Some(e) = ending_at(v, n) else {
-                        break 'lines;
-                    };
                     if n + 2 > limits.max_param_len {
                         break 'lines;
                     }
@@ -856,13 +860,26 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                     if n + 2 > limits.max_param_len {
                         break 'lines;
                     }
-                    match known_attribute(v.get(..n).unwrap_or_default()) {
-                        Attribute::Other => {}
-                        Attribute::Direction(d) => match media.last_mut() {
+                    let value = v.get(..n).unwrap_or_default();
+                    // Only names that start with r, s or i are known (a direction, rtcp or
+                    // rtpmap); a direction alone is compared whole, as one word.
+                    let direction = match value {
+                        b"sendrecv" => Some(Direction::SendRecv),
+                        b"sendonly" => Some(Direction::SendOnly),
+                        b"recvonly" => Some(Direction::RecvOnly),
+                        b"inactive" => Some(Direction::Inactive),
+                        [b'r' | b's' | b'i', ..] => match known_attribute(value) {
+                            Attribute::Other => None,
+                            Attribute::Direction(d) => Some(d),
+                            _ => break 'lines,
+                        },
+                        _ => None,
+                    };
+                    if let Some(d) = direction {
+                        match media.last_mut() {
                             Some(m) => m.direction = Some(d),
                             None => out.direction = Some(d),
-                        },
-                        _ => break 'lines,
+                        }
                     }
                     (n, e)
                 }
@@ -922,15 +939,14 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                 let Some(formats) = after_port.get(r + 1..) else {
                     break 'lines;
                 };
-                // Not blank: it starts with a graphic byte.
+                // Anything to the end of the line, not blank: it starts with a graphic byte.
                 if !formats.first().is_some_and(|b| (0x21..=0x7e).contains(b)) {
                     break 'lines;
                 }
-                let f = printable_run(formats);
-                let n = k + 1 + p + 1 + r + 1 + f;
-                let Some(e) = ending_at(v, n) else {
+                let Some((f, e)) = clean_line_end(formats) else {
                     break 'lines;
                 };
+                let n = k + 1 + p + 1 + r + 1 + f;
                 if n + 2 > limits.max_param_len {
                     break 'lines;
                 }
@@ -1559,6 +1575,7 @@ mod tests {
                     lines[(i * 7 + 3) % lines.len()],
                     b"a=sendonly",
                     b"m=video 0 RTP/AVP 31",
+                    b"",
                 ] {
                     for end in endings {
                         let mut body = head.to_vec();
