@@ -603,10 +603,40 @@ fn ending_at(s: &[u8], i: usize) -> Option<usize> {
 /// when the line is clean (no NUL, no CR but in its ending).
 #[inline(always)]
 fn clean_line_end(v: &[u8]) -> Option<(usize, usize)> {
-    match find_cr_lf_nul(v) {
-        None => Some((v.len(), 0)),
-        Some(i) => Some((i, ending_at(v, i)?)),
+    // A word at a time, flagging every byte below 0x0e (the lowest flag is exact): in
+    // SDP text that is nearly always the line's CR or LF, settled at once; anything
+    // else (a tab, say) goes to the full search.
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = v.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
+        let low = w.wrapping_sub(LO * 0x0e) & !w & HI;
+        if low != 0 {
+            let j = i + (low.trailing_zeros() / 8) as usize;
+            return match v.get(j..j + 2) {
+                Some([b'\n', _]) => Some((j, 1)),
+                Some(b"\r\n") => Some((j, 2)),
+                _ => clean_line_end_from(v, j),
+            };
+        }
+        i += 8;
     }
+    clean_line_end_from(v, i)
+}
+
+/// [`clean_line_end`] a byte at a time from `i` on (no CR, LF or NUL before it): for
+/// the body's last bytes, fewer than a word, and for lines with other controls.
+#[inline(never)]
+fn clean_line_end_from(v: &[u8], i: usize) -> Option<(usize, usize)> {
+    let mut j = i;
+    while let Some(&b) = v.get(j) {
+        if matches!(b, b'\r' | b'\n' | 0) {
+            return Some((j, ending_at(v, j)?));
+        }
+        j += 1;
+    }
+    Some((v.len(), 0))
 }
 
 /// The length of the run of ASCII graphic bytes (no space, control, DEL or above) at the
@@ -768,6 +798,9 @@ struct Progress {
     /// Offsets of the last media section: its m= line through the last line extended
     /// over. Stored into the section itself when the next m= line or the body ends.
     section: std::ops::Range<usize>,
+    /// The origin's address, when the fast path read it as a dotted quad: a c= line
+    /// nearly always repeats it.
+    origin_ip: Option<Ipv4Addr>,
 }
 
 /// [`parse`] into `out` (made by [`Sdp::empty`] for this body), so that the message can
@@ -787,6 +820,7 @@ pub(crate) fn parse_into<'a>(
         seen_order: 0,
         timing: false,
         section: 0..0,
+        origin_ip: None,
     };
     loop {
         fast_lines(body, limits, out, &mut st);
@@ -888,7 +922,17 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                 let Some(addr) = v.strip_prefix(b"IN IP4 ") else {
                     break 'lines;
                 };
-                let Some((ip, len)) = ipv4_prefix(addr) else {
+                // The origin's address again needs no second read: followed by a byte that
+                // is not a digit, it is the whole dotted quad here, as ipv4_prefix would
+                // find (it reads at most one byte past an address).
+                let origin = out.origin.address;
+                let same = match (st.origin_ip, addr.get(origin.len())) {
+                    (Some(ip), next) if !next.is_some_and(u8::is_ascii_digit) => {
+                        (addr.get(..origin.len()) == Some(origin)).then_some((ip, origin.len()))
+                    }
+                    _ => None,
+                };
+                let Some((ip, len)) = same.or_else(|| ipv4_prefix(addr)) else {
                     break 'lines;
                 };
                 let n = 7 + len;
@@ -1021,7 +1065,7 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                 let Some(addr) = version.get(j + 8..) else {
                     break 'lines;
                 };
-                let Some((_, len)) = ipv4_prefix(addr) else {
+                let Some((ip, len)) = ipv4_prefix(addr) else {
                     break 'lines;
                 };
                 let n = u + 1 + i + 1 + j + 8 + len;
@@ -1039,6 +1083,7 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                     addr_type: AddrType::Ip4,
                     address: addr.get(..len).unwrap_or_default(),
                 };
+                st.origin_ip = Some(ip);
                 seen_order = 2;
                 (n, e)
             }
@@ -1435,6 +1480,7 @@ mod tests {
             seen_order: 0,
             timing: false,
             section: 0..0,
+            origin_ip: None,
         };
         while st.pos < body.len() {
             general_line(body, limits, &mut out, &mut st)?;
@@ -1500,6 +1546,11 @@ mod tests {
             b"c=IN  IP4 1.2.3.4",
             b"c=IN IP4 1.2.3.1000",
             b"c=IN IP6 ::1",
+            b"c=IN IP4 1.2.3.45",
+            b"c=IN IP4 1.2.3.4.5",
+            b"c=IN IP4 192.168.1.200",
+            b"c=IN IP4 192.168.1.2",
+            b"c=IN IP4 192.168.1.20x",
             b"m=audio 3456 RTP/AVP 0 8 101",
             b"m=audio 0 RTP/AVP 0",
             b"m=audio 65535 RTP/AVP 0",
