@@ -647,10 +647,42 @@ fn graphic_run(s: &[u8]) -> usize {
     find_non_graphic_or(s, b' ').unwrap_or(s.len())
 }
 
-/// The decimal number of one to `max_digits` (at most nine) digits at the start of `s`,
+/// The first eight bytes of `s` as a little-endian word, and how many of them, from the
+/// first, are ASCII digits (8: all).
+#[inline(always)]
+fn digit_word(s: &[u8]) -> Option<(u64, usize)> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let w = u64::from_le_bytes(*s.first_chunk::<8>()?);
+    // After the XOR a digit is 0..=9; adding 0x76 to the low seven bits sets bit 7 for
+    // anything above, with no carry out of the byte, so every flag is exact.
+    let a = w ^ (LO * u64::from(b'0'));
+    let non_digit = (((a & LOW7) + LO * 0x76) | a) & (LO << 7);
+    Some((w, (non_digit.trailing_zeros() / 8) as usize))
+}
+
+/// The decimal number of one to `max_digits` (at most seven) digits at the start of `s`,
 /// not followed by another digit: `(value, length)`.
 #[inline(always)]
 fn number_at(s: &[u8], max_digits: usize) -> Option<(u32, usize)> {
+    let Some((w, n)) = digit_word(s) else {
+        return number_at_bytewise(s, max_digits);
+    };
+    if n == 0 || n > max_digits {
+        return None;
+    }
+    // The digits moved to the top of the word, zeros (as digits) below, then summed in
+    // pairs, fours and eights by three multiplications.
+    let v = (w << (8 * (8 - n))) & 0x0f0f_0f0f_0f0f_0f0f;
+    let v = (v.wrapping_mul(10 << 8 | 1) >> 8) & 0x00ff_00ff_00ff_00ff;
+    let v = (v.wrapping_mul(100 << 16 | 1) >> 16) & 0x0000_ffff_0000_ffff;
+    let v = v.wrapping_mul(10000 << 32 | 1) >> 32;
+    Some((v as u32, n))
+}
+
+/// [`number_at`] a byte at a time, for the body's last few bytes.
+#[inline(never)]
+fn number_at_bytewise(s: &[u8], max_digits: usize) -> Option<(u32, usize)> {
     let mut value = 0u32;
     let mut n = 0;
     for &b in s {
@@ -745,7 +777,14 @@ fn rtpmap_fast(p: &[u8]) -> Option<(usize, usize)> {
         return None;
     }
     let clock = rest.get(e + 1..)?;
-    let (_, c) = number_at(clock, 9)?;
+    // One to nine digits; their value is not needed here.
+    let c = match digit_word(clock) {
+        Some((_, c)) if c < 8 => c,
+        _ => digit_run(clock),
+    };
+    if c == 0 || c > 9 {
+        return None;
+    }
     let end = n + 1 + e + 1 + c;
     match clock.get(c) {
         // The parameters are anything to the end of the line.
@@ -1526,6 +1565,36 @@ mod tests {
             }
         }
         sig
+    }
+
+    #[test]
+    fn word_number_agrees_with_bytewise() {
+        for digits in [
+            "",
+            "0",
+            "7",
+            "42",
+            "127",
+            "128",
+            "0127",
+            "65535",
+            "65536",
+            "000000",
+            "1234567",
+            "12345678",
+            "123456789",
+        ] {
+            for tail in ["", " ", "/", "\r\n", " 0 8 101\r\n", "x", "0"] {
+                let s = format!("{digits}{tail}");
+                for max in 1..=7 {
+                    assert_eq!(
+                        number_at(s.as_bytes(), max),
+                        number_at_bytewise(s.as_bytes(), max),
+                        "{s:?} {max}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
