@@ -615,28 +615,43 @@ fn clean_line_end(v: &[u8]) -> Option<(usize, usize)> {
         if low != 0 {
             let j = i + (low.trailing_zeros() / 8) as usize;
             return match v.get(j..j + 2) {
-                Some([b'\n', _]) => Some((j, 1)),
-                Some(b"\r\n") => Some((j, 2)),
+                Some([b'\n', _]) => LineEnd(j, 1),
+                Some(b"\r\n") => LineEnd(j, 2),
                 _ => clean_line_end_from(v, j),
-            };
+            }
+            .into_option();
         }
         i += 8;
     }
-    clean_line_end_from(v, i)
+    clean_line_end_from(v, i).into_option()
+}
+
+/// A line's end as [`clean_line_end`] gives it, in two words so that a function
+/// returns it in registers: `(length, ending length)`, `None` when unclean.
+#[derive(Clone, Copy)]
+struct LineEnd(usize, usize);
+
+impl LineEnd {
+    const UNCLEAN: usize = usize::MAX;
+
+    #[inline(always)]
+    fn into_option(self) -> Option<(usize, usize)> {
+        (self.1 != Self::UNCLEAN).then_some((self.0, self.1))
+    }
 }
 
 /// [`clean_line_end`] a byte at a time from `i` on (no CR, LF or NUL before it): for
 /// the body's last bytes, fewer than a word, and for lines with other controls.
 #[inline(never)]
-fn clean_line_end_from(v: &[u8], i: usize) -> Option<(usize, usize)> {
+fn clean_line_end_from(v: &[u8], i: usize) -> LineEnd {
     let mut j = i;
     while let Some(&b) = v.get(j) {
         if matches!(b, b'\r' | b'\n' | 0) {
-            return Some((j, ending_at(v, j)?));
+            return LineEnd(j, ending_at(v, j).unwrap_or(LineEnd::UNCLEAN));
         }
         j += 1;
     }
-    Some((v.len(), 0))
+    LineEnd(v.len(), 0)
 }
 
 /// The length of the run of ASCII graphic bytes (no space, control, DEL or above) at the
