@@ -729,14 +729,12 @@ fn octet_at(w: &[u8; 16], i: usize) -> Option<(u8, usize)> {
     if b > 9 {
         return Some((a, 1));
     }
-    if a == 0 {
-        return None;
-    }
+    // Two or three digits: no leading zero.
     let c = digit(2);
     if c > 9 {
-        return Some((a * 10 + b, 2));
+        return (a != 0).then_some((a * 10 + b, 2));
     }
-    if digit(3) <= 9 {
+    if a == 0 || digit(3) <= 9 {
         return None;
     }
     let v = u32::from(a) * 100 + u32::from(b) * 10 + u32::from(c);
@@ -911,15 +909,113 @@ fn finish<'a>(body: &'a [u8], out: &mut Sdp<'a>, st: Progress) -> Result<(), Sdp
     Ok(())
 }
 
+/// The fast path's session header, v=, o= and s= (once each, in that order), as
+/// [`fast_lines`] takes the other lines; out of its loop, which they would only weigh on.
+#[inline(always)]
+fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut Progress) {
+    while let Some(rest) = body.get(st.pos..) {
+        let [kind, b'=', v @ ..] = rest else {
+            return;
+        };
+        if st.count >= limits.max_sdp_lines {
+            return;
+        }
+        let (n, e) = match (st.seen_order, *kind) {
+            (0, b'v') => {
+                if v.first() != Some(&b'0') {
+                    return;
+                }
+                let Some(e) = ending_at(v, 1) else {
+                    return;
+                };
+                if 3 > limits.max_param_len {
+                    return;
+                }
+                st.seen_order = 1;
+                (1, e)
+            }
+            (1, b'o') => {
+                // <username> <digits> <digits> IN IP4 <dotted quad>, single spaces.
+                let u = graphic_run(v);
+                if u == 0 || v.get(u) != Some(&b' ') {
+                    return;
+                }
+                let Some(ids) = v.get(u + 1..) else {
+                    return;
+                };
+                let i = digit_run(ids);
+                if i == 0 || ids.get(i) != Some(&b' ') {
+                    return;
+                }
+                let Some(version) = ids.get(i + 1..) else {
+                    return;
+                };
+                let j = digit_run(version);
+                if j == 0 || version.get(j..j + 8) != Some(b" IN IP4 ") {
+                    return;
+                }
+                let Some(addr) = version.get(j + 8..) else {
+                    return;
+                };
+                let Some((ip, len)) = ipv4_prefix(addr) else {
+                    return;
+                };
+                let n = u + 1 + i + 1 + j + 8 + len;
+                let Some(e) = ending_at(v, n) else {
+                    return;
+                };
+                if n + 2 > limits.max_param_len {
+                    return;
+                }
+                out.origin = Origin {
+                    username: v.get(..u).unwrap_or_default(),
+                    session_id: ids.get(..i).unwrap_or_default(),
+                    session_version: version.get(..j).unwrap_or_default(),
+                    net_type: version.get(j + 1..j + 3).unwrap_or_default(),
+                    addr_type: AddrType::Ip4,
+                    address: addr.get(..len).unwrap_or_default(),
+                };
+                st.origin_ip = Some(ip);
+                st.seen_order = 2;
+                (n, e)
+            }
+            (2, b's') => {
+                let Some((n, e)) = clean_line_end(v) else {
+                    return;
+                };
+                if n == 0 || n + 2 > limits.max_param_len {
+                    return;
+                }
+                out.session_name = v.get(..n).unwrap_or_default();
+                st.seen_order = 3;
+                (n, e)
+            }
+            _ => return,
+        };
+        st.count += 1;
+        st.pos += 2 + n + e;
+        st.section.end = st.pos;
+        if st.seen_order == 3 {
+            return;
+        }
+    }
+}
+
 /// The fast path: the usual lines in their usual exact forms, each read in one walk
 /// that also finds its end and proves it clean, from `st.pos` on until a line is not one
 /// of them. Nothing is changed until a line is known good; the line it stops at, errors
 /// included, goes to [`general_line`], which reads it again from its start and judges it.
 fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut Progress) {
+    if st.seen_order < 3 {
+        fast_header(body, limits, out, st);
+        if st.seen_order < 3 {
+            return;
+        }
+    }
+    // Past the header every line may be any type but v, o and s.
     let media = &mut out.media;
     let mut pos = st.pos;
     let mut count = st.count;
-    let mut seen_order = st.seen_order;
     let mut timing = st.timing;
     let mut section_end = st.section.end;
     'lines: while let Some(rest) = body.get(pos..) {
@@ -931,7 +1027,7 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
         }
         // The value's length (the line's less its type and `=`) and its ending's.
         let (n, e) = match *kind {
-            b'a' if seen_order == 3 => {
+            b'a' => {
                 if let Some(p) = v.strip_prefix(b"rtpmap:") {
                     let Some((i, e)) = rtpmap_fast(p) else {
                         break 'lines;
@@ -972,7 +1068,7 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                     (n, e)
                 }
             }
-            b'c' if seen_order == 3 => {
+            b'c' => {
                 let Some(addr) = v.strip_prefix(b"IN IP4 ") else {
                     break 'lines;
                 };
@@ -1009,7 +1105,7 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                 }
                 (n, e)
             }
-            b'm' if seen_order == 3 && timing && media.len() < limits.max_sdp_media => {
+            b'm' if timing && media.len() < limits.max_sdp_media => {
                 // kind, port (no count), proto, formats; single spaces.
                 let k = graphic_run(v);
                 if k == 0 || v.get(k) != Some(&b' ') {
@@ -1070,7 +1166,7 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                 pos = next;
                 continue 'lines;
             }
-            b't' if seen_order == 3 && media.is_empty() => {
+            b't' if media.is_empty() => {
                 if v.get(..3) != Some(b"0 0") {
                     break 'lines;
                 }
@@ -1083,76 +1179,7 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                 timing = true;
                 (3, e)
             }
-            b'v' if seen_order == 0 => {
-                if v.first() != Some(&b'0') {
-                    break 'lines;
-                }
-                let Some(e) = ending_at(v, 1) else {
-                    break 'lines;
-                };
-                if 3 > limits.max_param_len {
-                    break 'lines;
-                }
-                seen_order = 1;
-                (1, e)
-            }
-            b'o' if seen_order == 1 => {
-                // <username> <digits> <digits> IN IP4 <dotted quad>, single spaces.
-                let u = graphic_run(v);
-                if u == 0 || v.get(u) != Some(&b' ') {
-                    break 'lines;
-                }
-                let Some(ids) = v.get(u + 1..) else {
-                    break 'lines;
-                };
-                let i = digit_run(ids);
-                if i == 0 || ids.get(i) != Some(&b' ') {
-                    break 'lines;
-                }
-                let Some(version) = ids.get(i + 1..) else {
-                    break 'lines;
-                };
-                let j = digit_run(version);
-                if j == 0 || version.get(j..j + 8) != Some(b" IN IP4 ") {
-                    break 'lines;
-                }
-                let Some(addr) = version.get(j + 8..) else {
-                    break 'lines;
-                };
-                let Some((ip, len)) = ipv4_prefix(addr) else {
-                    break 'lines;
-                };
-                let n = u + 1 + i + 1 + j + 8 + len;
-                let Some(e) = ending_at(v, n) else {
-                    break 'lines;
-                };
-                if n + 2 > limits.max_param_len {
-                    break 'lines;
-                }
-                out.origin = Origin {
-                    username: v.get(..u).unwrap_or_default(),
-                    session_id: ids.get(..i).unwrap_or_default(),
-                    session_version: version.get(..j).unwrap_or_default(),
-                    net_type: version.get(j + 1..j + 3).unwrap_or_default(),
-                    addr_type: AddrType::Ip4,
-                    address: addr.get(..len).unwrap_or_default(),
-                };
-                st.origin_ip = Some(ip);
-                seen_order = 2;
-                (n, e)
-            }
-            b's' if seen_order == 2 => {
-                let Some((n, e)) = clean_line_end(v) else {
-                    break 'lines;
-                };
-                if n == 0 || n + 2 > limits.max_param_len {
-                    break 'lines;
-                }
-                out.session_name = v.get(..n).unwrap_or_default();
-                seen_order = 3;
-                (n, e)
-            }
-            b'i' | b'b' | b'k' if seen_order == 3 => {
+            b'i' | b'b' | b'k' => {
                 let Some((n, e)) = clean_line_end(v) else {
                     break 'lines;
                 };
@@ -1169,7 +1196,6 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
     }
     st.pos = pos;
     st.count = count;
-    st.seen_order = seen_order;
     st.timing = timing;
     st.section.end = section_end;
 }
@@ -1580,6 +1606,38 @@ mod tests {
             }
         }
         sig
+    }
+
+    #[test]
+    fn ipv4_prefix_agrees_with_parse_ipv4() {
+        let octets = [
+            "0", "00", "000", "1", "01", "001", "9", "10", "99", "100", "199", "200", "249", "250",
+            "255", "256", "299", "999", "1000", "", "a", "-1",
+        ];
+        let mut addrs = vec![
+            "1.2.3".to_string(),
+            "1.2.3.4.5".to_string(),
+            "1..2.3".to_string(),
+            "255.255.255.255".to_string(),
+            "192.168.1.20".to_string(),
+        ];
+        for o in octets {
+            for k in 0..4 {
+                let mut parts = ["1", "22", "133", "4"];
+                parts[k] = o;
+                addrs.push(parts.join("."));
+            }
+        }
+        for addr in &addrs {
+            for tail in ["\r\n", "\n", "", " x", "\r\ns=call\r\nc=IN IP4 1.2.3.4\r\n"] {
+                let s = format!("{addr}{tail}");
+                // As the fast path uses it: an address of exactly these bytes.
+                let fast = ipv4_prefix(s.as_bytes())
+                    .filter(|&(_, len)| len == addr.len())
+                    .map(|(ip, _)| ip);
+                assert_eq!(fast, parse_ipv4(addr.as_bytes()), "{s:?}");
+            }
+        }
     }
 
     #[test]
