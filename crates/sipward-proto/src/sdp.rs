@@ -780,7 +780,20 @@ fn ipv4_prefix(s: &[u8]) -> Option<(Ipv4Addr, usize)> {
 /// `None` for anything else, which [`parse_rtpmap`] then judges.
 #[inline(always)]
 fn rtpmap_fast(p: &[u8]) -> Option<(usize, usize)> {
-    let (pt, n) = number_at(p, 5)?;
+    // One to three digits, the usual payload type, summed directly; longer ones (leading
+    // zeros) go to number_at.
+    let (pt, n) = match digit_word(p) {
+        Some((w, n @ 1..=3)) => {
+            let d = |k: u32| ((w >> (8 * k)) & 0xf) as u32;
+            let pt = match n {
+                1 => d(0),
+                2 => d(0) * 10 + d(1),
+                _ => d(0) * 100 + d(1) * 10 + d(2),
+            };
+            (pt, n)
+        }
+        _ => number_at(p, 5)?,
+    };
     if pt > 127 || p.get(n) != Some(&b' ') {
         return None;
     }
