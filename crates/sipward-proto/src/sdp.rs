@@ -605,7 +605,7 @@ fn ending_at(s: &[u8], i: usize) -> Option<usize> {
 fn clean_line_end(v: &[u8]) -> Option<(usize, usize)> {
     // A word at a time, flagging every byte below 0x0e (the lowest flag is exact): in
     // SDP text that is nearly always the line's CR or LF, settled at once; anything
-    // else (a tab, say) goes to the full search.
+    // else (a tab, say), and the last few bytes of the body, go to a byte loop.
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
