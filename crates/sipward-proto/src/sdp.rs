@@ -948,32 +948,34 @@ fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut 
                 (1, e)
             }
             (1, b'o') => {
-                // <username> <digits> <digits> IN IP4 <dotted quad>, single spaces.
-                let u = graphic_run(v);
-                if u == 0 || v.get(u) != Some(&b' ') {
-                    return;
-                }
-                let Some(ids) = v.get(u + 1..) else {
+                // <username> <digits> <digits> IN IP4 <dotted quad>, single spaces. Each
+                // field is split off with what follows it, so none is sliced again.
+                let Some((username, after)) = v.split_at_checked(graphic_run(v)) else {
                     return;
                 };
-                let i = digit_run(ids);
-                if i == 0 || ids.get(i) != Some(&b' ') {
-                    return;
-                }
-                let Some(version) = ids.get(i + 1..) else {
+                let (false, Some((b' ', ids))) = (username.is_empty(), after.split_first()) else {
                     return;
                 };
-                let j = digit_run(version);
-                if j == 0 || version.get(j..j + 8) != Some(b" IN IP4 ") {
+                let Some((session_id, after)) = ids.split_at_checked(digit_run(ids)) else {
                     return;
-                }
-                let Some(addr) = version.get(j + 8..) else {
+                };
+                let (false, Some((b' ', version))) = (session_id.is_empty(), after.split_first())
+                else {
+                    return;
+                };
+                let Some((session_version, after)) = version.split_at_checked(digit_run(version))
+                else {
+                    return;
+                };
+                let (false, Some((b" IN IP4 ", addr))) =
+                    (session_version.is_empty(), after.split_first_chunk::<8>())
+                else {
                     return;
                 };
                 let Some((ip, len)) = ipv4_prefix(addr) else {
                     return;
                 };
-                let n = u + 1 + i + 1 + j + 8 + len;
+                let n = v.len() - addr.len() + len;
                 let Some(e) = ending_at(v, n) else {
                     return;
                 };
@@ -981,10 +983,10 @@ fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut 
                     return;
                 }
                 out.origin = Origin {
-                    username: v.get(..u).unwrap_or_default(),
-                    session_id: ids.get(..i).unwrap_or_default(),
-                    session_version: version.get(..j).unwrap_or_default(),
-                    net_type: version.get(j + 1..j + 3).unwrap_or_default(),
+                    username,
+                    session_id,
+                    session_version,
+                    net_type: after.get(1..3).unwrap_or_default(),
                     addr_type: AddrType::Ip4,
                     address: addr.get(..len).unwrap_or_default(),
                 };
@@ -1767,6 +1769,12 @@ mod tests {
             b"v=0\r\no=a 1 2 IN IP4 1.2.3.04\r\ns=x\r\n",
             b"v=0\r\no=a 1 2 IN IP6 ::1\r\ns=x\r\n",
             b"v=0\r\n\r\no=a 1 2 IN IP4 host\r\ns=x\r\n",
+            b"v=0\r\no=a\tb 1 2 IN IP4 1.2.3.4\r\ns=x\r\n",
+            b"v=0\r\no=a 1 2x IN IP4 1.2.3.4\r\ns=x\r\n",
+            b"v=0\r\no=a 1 2 IN IP4 1.2.3.4 \r\ns=x\r\n",
+            b"v=0\r\no=a 1 2 IN IP41.2.3.4\r\ns=x\r\n",
+            b"v=0\r\no=a 1  IN IP4 1.2.3.4\r\ns=x\r\n",
+            b"v=0\r\no= 1 2 IN IP4 1.2.3.4\r\ns=x\r\n",
         ];
         let limits = [
             Limits::default(),
