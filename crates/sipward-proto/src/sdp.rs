@@ -1059,16 +1059,15 @@ fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut P
                     if n + 2 > limits.max_param_len {
                         break 'lines;
                     }
-                    let value = v.get(..n).unwrap_or_default();
                     // Only names that start with r, s or i are known (a direction, rtcp or
                     // rtpmap); a direction alone is compared whole, as one word.
-                    let direction = match value.first() {
-                        Some(b'r' | b's' | b'i') => match value {
+                    let direction = match v.first() {
+                        Some(b'r' | b's' | b'i') => match v.get(..n).unwrap_or_default() {
                             b"sendrecv" => Some(Direction::SendRecv),
                             b"sendonly" => Some(Direction::SendOnly),
                             b"recvonly" => Some(Direction::RecvOnly),
                             b"inactive" => Some(Direction::Inactive),
-                            _ => match known_attribute(value) {
+                            value => match known_attribute(value) {
                                 Attribute::Other => None,
                                 Attribute::Direction(d) => Some(d),
                                 _ => break 'lines,
