@@ -868,6 +868,20 @@ struct Progress {
     origin_ip: Option<Ipv4Addr>,
 }
 
+impl Progress {
+    /// Before the body's first line.
+    fn start() -> Self {
+        Self {
+            pos: 0,
+            count: 0,
+            seen_order: 0,
+            timing: false,
+            section: 0..0,
+            origin_ip: None,
+        }
+    }
+}
+
 /// [`parse`] into `out` (made by [`Sdp::empty`] for this body), so that the message can
 /// hold the SDP where it is built instead of copying some 600 bytes into place. On an
 /// error `out` is left part filled.
@@ -879,14 +893,7 @@ pub(crate) fn parse_into<'a>(
     if body.len() > limits.max_sdp_len {
         return Err(SdpError::TooLarge);
     }
-    let mut st = Progress {
-        pos: 0,
-        count: 0,
-        seen_order: 0,
-        timing: false,
-        section: 0..0,
-        origin_ip: None,
-    };
+    let mut st = Progress::start();
     loop {
         fast_lines(body, limits, out, &mut st);
         if st.pos >= body.len() {
@@ -1570,14 +1577,7 @@ mod tests {
         if body.len() > limits.max_sdp_len {
             return Err(SdpError::TooLarge);
         }
-        let mut st = Progress {
-            pos: 0,
-            count: 0,
-            seen_order: 0,
-            timing: false,
-            section: 0..0,
-            origin_ip: None,
-        };
+        let mut st = Progress::start();
         while st.pos < body.len() {
             general_line(body, limits, &mut out, &mut st)?;
         }
