@@ -1813,6 +1813,293 @@ mod tests {
         }
     }
 
+    /// Where every slice of a parse result lies in the body: a cheaper [`signature`].
+    fn ranges(body: &[u8], r: &Result<Sdp<'_>, SdpError>) -> Vec<(usize, usize)> {
+        let at = |s: &[u8]| (s.as_ptr() as usize - body.as_ptr() as usize, s.len());
+        let mut out = Vec::new();
+        if let Ok(s) = r {
+            let o = &s.origin;
+            out.extend(
+                [
+                    o.username,
+                    o.session_id,
+                    o.session_version,
+                    o.net_type,
+                    o.address,
+                ]
+                .map(at),
+            );
+            out.push(at(s.session_name));
+            for c in s
+                .connection
+                .iter()
+                .chain(s.media.iter().filter_map(|m| m.connection.as_ref()))
+            {
+                out.extend([at(c.line), at(c.address)]);
+            }
+            for m in &s.media {
+                out.extend([m.kind, m.port_token, m.proto, m.formats, m.section].map(at));
+                if let Some(r) = &m.rtcp {
+                    out.push(at(r.port_token));
+                    out.extend(r.address.map(at));
+                }
+            }
+        }
+        out
+    }
+
+    /// `parse` and `parse_general` give the same result, ranges included.
+    fn assert_same(body: &[u8], limits: &Limits) {
+        let fast = parse(body, limits);
+        let general = parse_general(body, limits);
+        if fast == general && ranges(body, &fast) == ranges(body, &general) {
+            return;
+        }
+        assert_eq!(
+            signature(body, &fast),
+            signature(body, &general),
+            "{:?} {limits:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    /// Limits around a body: each SDP limit at, just below and just above what the body
+    /// needs, one at a time.
+    fn limits_around(body: &[u8]) -> Vec<Limits> {
+        let longest = body
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l).len())
+            .max()
+            .unwrap_or(0);
+        let lines = body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty() && *l != b"\r")
+            .count();
+        let media = body.windows(3).filter(|w| w == b"\nm=").count();
+        let mut out = vec![Limits::default()];
+        for d in 0..3 {
+            let near = |x: usize| (x + 1).saturating_sub(d);
+            out.push(Limits {
+                max_param_len: near(longest),
+                ..Limits::default()
+            });
+            out.push(Limits {
+                max_sdp_lines: near(lines),
+                ..Limits::default()
+            });
+            out.push(Limits {
+                max_sdp_media: near(media),
+                ..Limits::default()
+            });
+            out.push(Limits {
+                max_sdp_len: near(body.len()),
+                ..Limits::default()
+            });
+        }
+        out.push(Limits {
+            max_param_len: 0,
+            max_sdp_lines: 0,
+            max_sdp_media: 0,
+            max_sdp_len: 0,
+            ..Limits::default()
+        });
+        out
+    }
+
+    /// Bodies of usual lines, in CRLF and in bare LF, for the sweeps below.
+    fn usual_bodies() -> Vec<Vec<u8>> {
+        let mut out = vec![OFFER.to_vec()];
+        out.push(
+            b"v=0\r\no=- 0 0 IN IP4 10.1.2.3\r\ns=-\r\nc=IN IP4 10.1.2.3\r\nt=0 0\r\na=sendrecv\r\nm=audio 0 RTP/AVP 0\r\nm=audio 00009 RTP/AVP 96\r\nc=IN IP4 10.1.2.34\r\na=rtpmap:096 opus/48000/2\r\ni=x\r\nb=AS:64\r\nk=clear:x\r\na=inactive\r\n"
+                .to_vec(),
+        );
+        out.push(
+            b"v=0\r\no=user 1 1 IN IP4 255.255.255.255\r\ns=session\r\nc=IN IP4 255.255.255.255\r\nt=0 0\r\nm=video 65535 RTP/AVP 127\r\na=rtpmap:127 H264/90000\r\na=recvonly\r\n"
+                .to_vec(),
+        );
+        let lf: Vec<Vec<u8>> = out
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .copied()
+                    .filter(|&c| c != b'\r')
+                    .collect::<Vec<u8>>()
+            })
+            .collect();
+        out.extend(lf);
+        out
+    }
+
+    #[test]
+    fn every_prefix_agrees() {
+        // The body cut anywhere: no final newline, a CR without its LF, half a number
+        // or address at the end.
+        for body in usual_bodies() {
+            for cut in 0..=body.len() {
+                let b = &body[..cut];
+                for limits in limits_around(b) {
+                    assert_same(b, &limits);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_limit_agrees() {
+        for body in usual_bodies() {
+            for param in 0..=45 {
+                for lines in 0..=16 {
+                    for media in 0..=3 {
+                        let limits = Limits {
+                            max_param_len: param,
+                            max_sdp_lines: lines,
+                            max_sdp_media: media,
+                            ..Limits::default()
+                        };
+                        assert_same(&body, &limits);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_single_byte_edit_agrees() {
+        // Each byte replaced by every byte value, deleted, or preceded by an odd byte,
+        // under the default limits and ones the body just meets.
+        let odd: &[u8] = b"\0\t\r\n \x0b\x0c\x0e\x7f\x80\xb0\xb9\xff0129./:=-aAsrim";
+        let all: Vec<u8> = (0..=255).collect();
+        for (k, body) in usual_bodies().into_iter().enumerate() {
+            let tight = limits_around(&body);
+            let tight = [Limits::default(), tight[1].clone(), tight[2].clone()];
+            // Every byte value in the first two bodies; the odd ones in the others.
+            let replacements = if k < 2 { &all[..] } else { odd };
+            for pos in 0..body.len() {
+                for &byte in replacements {
+                    let mut b = body.clone();
+                    b[pos] = byte;
+                    assert_same(&b, &Limits::default());
+                }
+                let mut b = body.clone();
+                b.remove(pos);
+                for limits in &tight {
+                    assert_same(&b, limits);
+                }
+                for &byte in odd {
+                    let mut b = body.clone();
+                    b.insert(pos, byte);
+                    for limits in &tight {
+                        assert_same(&b, limits);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lines for the randomized comparison: the usual ones and near misses.
+    const POOL: &[&[u8]] = &[
+        b"v=0",
+        b"o=- 1 2 IN IP4 10.0.0.5",
+        b"o=alice 2890844526 2890844526 IN IP4 192.168.100.200",
+        b"s=-",
+        b"s=",
+        b"c=IN IP4 10.0.0.5",
+        b"c=IN IP4 10.0.0.50",
+        b"c=IN IP4 10.0.0.5/127",
+        b"c=IN IP4 192.168.100.200",
+        b"c=IN IP6 ::1",
+        b"c=IN IP4 host.example",
+        b"t=0 0",
+        b"t=1 2",
+        b"m=audio 49170 RTP/AVP 0 8 101",
+        b"m=video 0 RTP/AVP 31",
+        b"m=audio 5004/2 RTP/AVP 0",
+        b"m=audio 99999 RTP/AVP 0",
+        b"a=rtpmap:0 PCMU/8000",
+        b"a=rtpmap:101 telephone-event/8000",
+        b"a=rtpmap:96 opus/48000/2",
+        b"a=rtpmap:31 LPC",
+        b"a=rtcp:49171 IN IP4 10.0.0.6",
+        b"a=sendrecv",
+        b"a=sendonly",
+        b"a=recvonly",
+        b"a=inactive",
+        b"a=fmtp:101 0-15",
+        b"a=ptime:20",
+        b"b=AS:64",
+        b"i=info",
+        b"k=prompt",
+        b"z=0 0",
+        b"",
+    ];
+
+    /// Bytes an edit puts in.
+    const EDIT_BYTES: &[u8] = b"\0\t\r\n \x0b\x0c\x7f\x80\xff0123456789./:=-aIrsm";
+
+    fn body_from(lines: &[(usize, usize)], edits: &[(usize, usize, usize)]) -> Vec<u8> {
+        let endings: [&[u8]; 6] = [b"\r\n", b"\n", b"\r\n", b"\r", b"", b"\r\n\r\n"];
+        let mut body = Vec::new();
+        for (i, (line, end)) in lines.iter().enumerate() {
+            // The session header first, most of the time.
+            let line = match i {
+                0..=2 if line % 8 != 0 => [0, 1 + line % 2, 3][i],
+                _ => line % POOL.len(),
+            };
+            body.extend_from_slice(POOL[line]);
+            body.extend_from_slice(endings[end % endings.len()]);
+        }
+        for &(pos, op, byte) in edits {
+            let byte = EDIT_BYTES[byte % EDIT_BYTES.len()];
+            if body.is_empty() {
+                body.push(byte);
+                continue;
+            }
+            let pos = pos % body.len();
+            match op % 3 {
+                0 => body[pos] = byte,
+                1 => body.insert(pos, byte),
+                _ => {
+                    body.remove(pos);
+                }
+            }
+        }
+        body
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        #[test]
+        fn random_bodies_agree(
+            lines in proptest::collection::vec((0usize..1000, 0usize..1000), 0..14),
+            edits in proptest::collection::vec((0usize..10_000, 0usize..3, 0usize..1000), 0..4),
+            param in 0usize..48,
+            lines_limit in 0usize..16,
+            media in 0usize..4,
+            len_slack in 0usize..4,
+            which in 0usize..8,
+        ) {
+            let body = body_from(&lines, &edits);
+            let tight = Limits {
+                max_param_len: param,
+                max_sdp_lines: lines_limit,
+                max_sdp_media: media,
+                max_sdp_len: (body.len() + 1).saturating_sub(len_slack),
+                ..Limits::default()
+            };
+            // One limit tight at a time, or all, or none.
+            let d = Limits::default();
+            let limits = match which {
+                0 => Limits { max_param_len: param, ..d },
+                1 => Limits { max_sdp_lines: lines_limit, ..d },
+                2 => Limits { max_sdp_media: media, ..d },
+                3 => Limits { max_sdp_len: tight.max_sdp_len, ..d },
+                4 | 5 => tight,
+                _ => d,
+            };
+            assert_same(&body, &limits);
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
