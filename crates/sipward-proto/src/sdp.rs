@@ -1967,7 +1967,7 @@ mod tests {
     fn every_single_byte_edit_agrees() {
         // Each byte replaced by every byte value, deleted, or preceded by an odd byte,
         // under the default limits and ones the body just meets.
-        let odd: &[u8] = b"\0\t\r\n \x0b\x0c\x0e\x7f\x80\xb0\xb9\xff0129./:=-aAsrim";
+        let odd: &[u8] = b"\0\t\r\n \x0b\x0c\x0e\x7f\x80\xb0\xb9\xff0123456789./:=-aAsrim";
         let all: Vec<u8> = (0..=255).collect();
         for (k, body) in usual_bodies().into_iter().enumerate() {
             let tight = limits_around(&body);
@@ -1996,6 +1996,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_line_moved_or_repeated_agrees() {
+        // Line order (v, o, s first; t before any m; c once per level) and duplicates:
+        // each line moved to, or copied to, every other place.
+        for body in usual_bodies() {
+            let lines: Vec<&[u8]> = body.split_inclusive(|&b| b == b'\n').collect();
+            for from in 0..lines.len() {
+                for to in 0..=lines.len() {
+                    for copy in [false, true] {
+                        let mut l = lines.clone();
+                        let line = l[from];
+                        if !copy {
+                            l.remove(from);
+                        }
+                        l.insert(to.min(l.len()), line);
+                        let b = l.concat();
+                        for limits in limits_around(&b) {
+                            assert_same(&b, &limits);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Lines for the randomized comparison: the usual ones and near misses.
     const POOL: &[&[u8]] = &[
         b"v=0",
@@ -2006,6 +2031,10 @@ mod tests {
         b"c=IN IP4 10.0.0.5",
         b"c=IN IP4 10.0.0.50",
         b"c=IN IP4 10.0.0.5/127",
+        b"c=IN IP4 10.0.0.255",
+        b"c=IN IP4 10.0.0.256",
+        b"m=audio 65535 RTP/AVP 0",
+        b"m=audio 65536 RTP/AVP 0",
         b"c=IN IP4 192.168.100.200",
         b"c=IN IP6 ::1",
         b"c=IN IP4 host.example",
@@ -2019,6 +2048,10 @@ mod tests {
         b"a=rtpmap:101 telephone-event/8000",
         b"a=rtpmap:96 opus/48000/2",
         b"a=rtpmap:31 LPC",
+        b"a=rtpmap:127 X/1",
+        b"a=rtpmap:128 X/1",
+        b"a=rtpmap:00127 X/123456789/",
+        b"a=rtpmap:0 PCMU/1234567890",
         b"a=rtcp:49171 IN IP4 10.0.0.6",
         b"a=sendrecv",
         b"a=sendonly",
