@@ -680,7 +680,9 @@ fn digit_word(s: &[u8]) -> Option<(u64, usize)> {
 /// not followed by another digit: `(value, length)`.
 #[inline(always)]
 fn number_at(s: &[u8], max_digits: usize) -> Option<(u32, usize)> {
-    let Some((w, n)) = digit_word(s) else {
+    // The word holds eight bytes: a longer number could not be told from one cut at
+    // eight digits (every caller passes a constant, so this test folds away).
+    let Some((w, n)) = digit_word(s).filter(|_| max_digits < 8) else {
         return number_at_bytewise(s, max_digits);
     };
     if n == 0 || n > max_digits {
@@ -708,7 +710,7 @@ fn number_at_bytewise(s: &[u8], max_digits: usize) -> Option<(u32, usize)> {
         if n == max_digits {
             return None;
         }
-        value = value * 10 + u32::from(d);
+        value = value.checked_mul(10)?.checked_add(u32::from(d))?;
         n += 1;
     }
     (n > 0).then_some((value, n))
@@ -1672,10 +1674,13 @@ mod tests {
             "1234567",
             "12345678",
             "123456789",
+            "4294967295",
+            "4294967296",
+            "99999999999",
         ] {
             for tail in ["", " ", "/", "\r\n", " 0 8 101\r\n", "x", "0"] {
                 let s = format!("{digits}{tail}");
-                for max in 1..=7 {
+                for max in 1..=12 {
                     assert_eq!(
                         number_at(s.as_bytes(), max),
                         number_at_bytewise(s.as_bytes(), max),
