@@ -13,7 +13,9 @@ use crate::headers::{
     parse_vias, CSeq, Contacts, Credentials, NameAddr, Via,
 };
 use crate::limits::Limits;
-use crate::scan::{all_token, find_byte, find_cr_lf, is_token, is_wsp, trim_lws, CommaSplit};
+use crate::scan::{
+    all_token, find_byte, find_byte_sse2, is_token, is_wsp, trim_lws, CommaSplit, CrLfSearch,
+};
 use crate::sdp::{self, Sdp};
 use crate::uri::{parse_uri_into, Uri};
 
@@ -311,6 +313,7 @@ fn split_header_fields<'a>(
         // (`reserve` goes through the general growth path).
         *fields = HeaderFields::with_capacity(16);
     }
+    let crlf = CrLfSearch::new();
     loop {
         let rest = buf.get(pos..).unwrap_or(&[]);
         if rest.is_empty() {
@@ -328,9 +331,10 @@ fn split_header_fields<'a>(
         // field is found, as the end search has its own verdicts that come first.
         //
         // Nearly always a known name is written right before its colon: the colon is
-        // found by a word search and the name recognized by one compare, which also
-        // proves it a token. Anything else takes the byte walk.
-        let known = find_byte(rest, b':').and_then(|colon| {
+        // found by a vector search (in the first sixteen bytes, as a rule) and the name
+        // recognized by one compare, which also proves it a token. Anything else takes
+        // the byte walk.
+        let known = find_byte_sse2(rest, b':').and_then(|colon| {
             let name = HeaderName::from_token(rest.get(..colon)?);
             (name != HeaderName::Other).then_some((colon, name))
         });
@@ -358,7 +362,7 @@ fn split_header_fields<'a>(
         // blanks hold no CR or LF, so a good name lets the search start at the value.
         let mut scan = if name_ok { vstart } else { 0 };
         let field_len = loop {
-            let Some(i) = find_cr_lf(rest.get(scan..).unwrap_or(&[])) else {
+            let Some(i) = crlf.find(rest.get(scan..).unwrap_or(&[])) else {
                 return Err(at(DefectKind::MissingBlankLine, Location::Message));
             };
             let i = scan + i;
@@ -442,9 +446,9 @@ fn parse_start_line<'a>(
         return Ok(());
     }
     // Request-Line = Method SP Request-URI SP SIP-Version, single spaces exactly: two
-    // spaces in the line, found by word searches.
+    // spaces in the line, found by vector searches.
     let split_at_space = |s: &'a [u8]| {
-        let i = find_byte(s, b' ')?;
+        let i = find_byte_sse2(s, b' ')?;
         Some((s.get(..i)?, s.get(i + 1..)?))
     };
     let Some((method, rest)) = split_at_space(line) else {

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
 use crate::scan::{
-    all_host_chars, all_user_chars, find_byte, find_byte2, find_byte3, is_alnum, is_digit,
-    is_escaped_run, is_hex, UriClass,
+    all_host_chars, all_user_chars, find_byte, find_byte2, find_byte3_sse2, find_byte_sse2,
+    is_alnum, is_digit, is_escaped_run, is_hex, UriClass,
 };
 
 /// A host: a domain name or an IP address, with the bytes it was written as.
@@ -354,7 +354,7 @@ fn parse_sip<'a>(
 ) -> Result<(), DefectKind> {
     // The user part may hold ';', '?' and ':', but never a raw '@'; neither may
     // anything after the host. So the first '@' ends the userinfo.
-    let (userinfo, after) = match find_byte(rest, b'@') {
+    let (userinfo, after) = match find_byte_sse2(rest, b'@') {
         Some(i) => (rest.get(..i), rest.get(i + 1..).unwrap_or(&[])),
         None => (None, rest),
     };
@@ -381,7 +381,7 @@ fn parse_sip<'a>(
     };
     // The host ends at the first ';' or '?'. One search finds the first of those and
     // ':', which (outside an IPv6 reference) starts the port.
-    let (host_end, colon) = match find_byte3(after, b';', b'?', b':') {
+    let (host_end, colon) = match find_byte3_sse2(after, b';', b'?', b':') {
         Some(i) if after.get(i) == Some(&b':') => {
             let port_on = after.get(i + 1..).unwrap_or_default();
             let end = find_byte2(port_on, b';', b'?').unwrap_or(port_on.len());

@@ -180,7 +180,7 @@ pub(crate) fn parse_number(value: &[u8], max: u64) -> Option<u64> {
 #[inline]
 pub(crate) fn is_call_id(value: &[u8]) -> bool {
     let word = |w: &[u8]| !w.is_empty() && crate::scan::all_word(w);
-    match crate::scan::find_byte(value, b'@') {
+    match crate::scan::find_byte_sse2(value, b'@') {
         Some(at) => {
             word(value.get(..at).unwrap_or_default())
                 && word(value.get(at + 1..).unwrap_or_default())
