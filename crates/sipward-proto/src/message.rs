@@ -626,7 +626,8 @@ impl<'a> Message<'a> {
                 .filter(|r| matches!(r.first(), Some(b'2' | b'[')))
                 .and_then(|r| crate::uri::parse_host(r).ok())
                 .and_then(|h| h.ip());
-            let unroutable = via.host.ip().into_iter().chain(received).any(unroutable_ip);
+            let unroutable =
+                via.host.ip().is_some_and(unroutable_ip) || received.is_some_and(unroutable_ip);
             if unroutable {
                 return Err(Defect::header(DefectKind::UnroutableVia, HeaderName::Via));
             }
