@@ -421,6 +421,25 @@ fn parse_start_line<'a>(
     out: &mut StartLine<'a>,
 ) -> Result<(), Defect> {
     let bad = || at(DefectKind::MalformedStartLine, Location::StartLine);
+    // As nearly every status line is written: "SIP/2.0 ", three digits and a space,
+    // which is what the split below finds there (one compare instead of its walks).
+    if let Some((head, rest)) = line.split_first_chunk::<8>() {
+        if let (b"SIP/2.0 ", [d0, d1, d2, b' ', reason @ ..]) = (head, rest) {
+            let digit = |d: u8| u16::from(d.wrapping_sub(b'0'));
+            let (a, b, c) = (digit(*d0), digit(*d1), digit(*d2));
+            if a <= 9 && b <= 9 && c <= 9 {
+                let code = a * 100 + b * 10 + c;
+                if !(100..=699).contains(&code) {
+                    return Err(at(DefectKind::BadStatusCode, Location::StartLine));
+                }
+                if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
+                    return Err(bad());
+                }
+                *out = StartLine::Response { code, reason };
+                return Ok(());
+            }
+        }
+    }
     if line.len() >= 4
         && line
             .get(..4)
