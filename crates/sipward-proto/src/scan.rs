@@ -114,6 +114,10 @@ pub(crate) fn is_digit(b: u8) -> bool {
     class(b) & DIGIT != 0
 }
 #[inline]
+pub(crate) fn is_param_char(b: u8) -> bool {
+    class(b) & PARAMCHAR != 0
+}
+#[inline]
 pub(crate) fn is_hex(b: u8) -> bool {
     class(b) & HEX != 0
 }
