@@ -148,7 +148,8 @@ pub struct Rejection {
     pub status: Option<u16>,
 }
 
-/// Parses and validates one datagram. This is the only way to get a [`Message`].
+/// Parses and validates one datagram. This and [`parse_datagram_into`] are the only ways
+/// to get a [`Message`].
 pub fn parse_datagram<'a>(buf: &'a [u8], limits: &Limits) -> Result<Datagram<'a>, Rejection> {
     if !buf.is_empty() && buf.iter().all(|&b| matches!(b, b'\r' | b'\n' | b' ')) {
         return Ok(Datagram::Keepalive);
