@@ -170,6 +170,50 @@ impl HeaderName {
         }
     }
 
+    /// The common names written as usual, recognized at the start of a header field
+    /// without searching for its colon: the name and the offset of the colon right
+    /// after it, or `None` (then the colon search and [`HeaderName::from_token`]
+    /// decide). A name is taken only when a case-insensitive compare confirms all of
+    /// it and a ':' follows, so it is what `from_token` finds before the first colon.
+    #[inline]
+    pub(crate) fn before_colon(line: &[u8]) -> Option<(Self, usize)> {
+        let head = line.first_chunk::<4>()?;
+        let try_name = |long: &[u8], header| {
+            let n = long.len();
+            (line.get(n) == Some(&b':')
+                && line.get(..n).is_some_and(|name| eq_lower_name(name, long)))
+            .then_some((header, n))
+        };
+        // The first four bytes with bit 0x20 set (lower case for letters; ':' and '-'
+        // have it already, and so do a few controls then) pick the candidates; the
+        // compare of each is exact.
+        match u32::from_le_bytes(*head) | 0x2020_2020 {
+            k if k == u32::from_le_bytes(*b"via:") => try_name(b"via", HeaderName::Via),
+            k if k == u32::from_le_bytes(*b"from") => try_name(b"from", HeaderName::From),
+            k if k == u32::from_le_bytes(*b"call") => try_name(b"call-id", HeaderName::CallId),
+            k if k == u32::from_le_bytes(*b"cseq") => try_name(b"cseq", HeaderName::CSeq),
+            k if k == u32::from_le_bytes(*b"cont") => try_name(b"contact", HeaderName::Contact)
+                .or_else(|| try_name(b"content-length", HeaderName::ContentLength))
+                .or_else(|| try_name(b"content-type", HeaderName::ContentType)),
+            k if k == u32::from_le_bytes(*b"max-") => {
+                try_name(b"max-forwards", HeaderName::MaxForwards)
+            }
+            k if k == u32::from_le_bytes(*b"allo") => try_name(b"allow", HeaderName::Allow),
+            k if k == u32::from_le_bytes(*b"supp") => try_name(b"supported", HeaderName::Supported),
+            k if k == u32::from_le_bytes(*b"user") => {
+                try_name(b"user-agent", HeaderName::UserAgent)
+            }
+            k if k == u32::from_le_bytes(*b"expi") => try_name(b"expires", HeaderName::Expires),
+            k if k == u32::from_le_bytes(*b"auth") => {
+                try_name(b"authorization", HeaderName::Authorization)
+            }
+            k if k & 0x00ff_ffff == u32::from_le_bytes(*b"to:\0") => {
+                try_name(b"to", HeaderName::To)
+            }
+            _ => None,
+        }
+    }
+
     /// The compact forms (RFC 3261 section 7.3.3 and later extensions), lower-case.
     fn from_compact(c: u8) -> Self {
         match c {
@@ -322,6 +366,34 @@ impl fmt::Display for HeaderName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_before_colon_as_from_token_finds_them() {
+        // What the splitter would find: the first colon, the name before it.
+        let general = |line: &[u8]| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = HeaderName::from_token(&line[..colon]);
+            (name != HeaderName::Other).then_some((name, colon))
+        };
+        for (long, _, _) in NAMES {
+            let lower = long.to_ascii_lowercase().into_bytes();
+            for tail in [&b":x"[..], b" :x", b"x:", b"\x1ax"] {
+                for i in 0..lower.len() + 1 {
+                    for b in 0..=255u8 {
+                        let mut v = lower.clone();
+                        match v.get_mut(i) {
+                            Some(x) => *x = b,
+                            None => v.push(b),
+                        }
+                        v.extend_from_slice(tail);
+                        if let Some(found) = HeaderName::before_colon(&v) {
+                            assert_eq!(Some(found), general(&v), "{v:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn long_names_hash_apart() {

@@ -331,14 +331,18 @@ fn split_header_fields<'a>(
         // first colon is a token". A bad name is reported only after the end of the
         // field is found, as the end search has its own verdicts that come first.
         //
-        // Nearly always a known name is written right before its colon: the colon is
-        // found by a vector search (in the first sixteen bytes, as a rule) and the name
-        // recognized by one compare, which also proves it a token. Anything else takes
-        // the byte walk.
-        let known = find_byte_sse2(rest, b':').and_then(|colon| {
-            let name = HeaderName::from_token(rest.get(..colon)?);
-            (name != HeaderName::Other).then_some((colon, name))
-        });
+        // Nearly always a known name is written right before its colon: the common
+        // names are recognized from the field's first bytes, confirmed by one compare
+        // and the colon after them; any other known name by a vector search for the
+        // colon and one compare, which also proves it a token. Anything else takes the
+        // byte walk.
+        let known = match HeaderName::before_colon(rest) {
+            Some((name, colon)) => Some((colon, name)),
+            None => find_byte_sse2(rest, b':').and_then(|colon| {
+                let name = HeaderName::from_token(rest.get(..colon)?);
+                (name != HeaderName::Other).then_some((colon, name))
+            }),
+        };
         let (name_len, mut vstart, name_ok) = match known {
             Some((colon, _)) => (colon, colon + 1, true),
             None => {
