@@ -103,16 +103,14 @@ impl HeaderName {
     /// [`HeaderName::from_bytes`] without its token check: exact for any bytes (the
     /// compare is), and what the message splitter uses.
     pub(crate) fn from_token(name: &[u8]) -> Self {
-        // Every datagram looks up each of its names, so this is on the hot path. The
-        // (length, first, last) triple, ASCII-lowercased, tells all known long names
-        // apart; one case-insensitive compare then confirms the candidate. No copy,
-        // no table scan. `names_match_long_compact_and_case` checks it against `NAMES`.
-        let (Some(&first), Some(&last)) = (name.first(), name.last()) else {
-            return HeaderName::Other;
-        };
-        let (first, last) = (first.to_ascii_lowercase(), last.to_ascii_lowercase());
-        if name.len() == 1 {
-            return Self::from_compact(first);
+        // Every datagram looks up each of its names, so this is on the hot path. A
+        // hash of the first two and last two bytes (case folded) and the length tells
+        // all known long names apart (`long_names_hash_apart`; and two arms with one
+        // value would be unreachable patterns), and one jump picks the candidate; one
+        // case-insensitive compare then confirms it. No copy, no table scan.
+        // `names_match_long_compact_and_case` checks it against `NAMES`.
+        if let [first] = *name {
+            return Self::from_compact(first.to_ascii_lowercase());
         }
         // Each arm compares with its own literal: inlined, the compare is then a load,
         // an OR and a compare per word with constants.
@@ -123,44 +121,96 @@ impl HeaderName {
                 HeaderName::Other
             }
         };
-        match (name.len(), first, last) {
-            (2, b't', b'o') => confirm(b"to", HeaderName::To),
-            (3, b'v', b'a') => confirm(b"via", HeaderName::Via),
-            (4, b'f', b'm') => confirm(b"from", HeaderName::From),
-            (4, b'c', b'q') => confirm(b"cseq", HeaderName::CSeq),
-            (4, b'r', b'q') => confirm(b"rseq", HeaderName::RSeq),
-            (4, b'r', b'k') => confirm(b"rack", HeaderName::RAck),
-            (5, b'r', b'e') => confirm(b"route", HeaderName::Route),
-            (5, b'a', b'w') => confirm(b"allow", HeaderName::Allow),
-            (5, b'e', b't') => confirm(b"event", HeaderName::Event),
-            (6, b's', b'r') => confirm(b"server", HeaderName::Server),
-            (7, b'c', b'd') => confirm(b"call-id", HeaderName::CallId),
-            (7, b'c', b't') => confirm(b"contact", HeaderName::Contact),
-            (7, b'e', b's') => confirm(b"expires", HeaderName::Expires),
-            (7, b'r', b'e') => confirm(b"require", HeaderName::Require),
-            (7, b's', b't') => confirm(b"subject", HeaderName::Subject),
-            (8, b'r', b'o') => confirm(b"refer-to", HeaderName::ReferTo),
-            (8, b'i', b'y') => confirm(b"identity", HeaderName::Identity),
-            (9, b's', b'd') => confirm(b"supported", HeaderName::Supported),
-            (10, b'u', b't') => confirm(b"user-agent", HeaderName::UserAgent),
-            (11, b'r', b'y') => confirm(b"referred-by", HeaderName::ReferredBy),
-            (12, b'm', b's') => confirm(b"max-forwards", HeaderName::MaxForwards),
-            (12, b'r', b'e') => confirm(b"record-route", HeaderName::RecordRoute),
-            (12, b'c', b'e') => confirm(b"content-type", HeaderName::ContentType),
-            (12, b'a', b's') => confirm(b"allow-events", HeaderName::AllowEvents),
-            (13, b'a', b'n') => confirm(b"authorization", HeaderName::Authorization),
-            (13, b'p', b'e') => confirm(b"proxy-require", HeaderName::ProxyRequire),
-            (13, b'i', b'o') => confirm(b"identity-info", HeaderName::IdentityInfo),
-            (14, b'c', b'h') => confirm(b"content-length", HeaderName::ContentLength),
-            (14, b'a', b't') => confirm(b"accept-contact", HeaderName::AcceptContact),
-            (14, b'r', b't') => confirm(b"reject-contact", HeaderName::RejectContact),
-            (15, b's', b's') => confirm(b"session-expires", HeaderName::SessionExpires),
-            (16, b'c', b'g') => confirm(b"content-encoding", HeaderName::ContentEncoding),
-            (16, b'w', b'e') => confirm(b"www-authenticate", HeaderName::WwwAuthenticate),
-            (18, b'p', b'e') => confirm(b"proxy-authenticate", HeaderName::ProxyAuthenticate),
-            (19, b'p', b'n') => confirm(b"proxy-authorization", HeaderName::ProxyAuthorization),
-            (19, b'r', b'n') => confirm(b"request-disposition", HeaderName::RequestDisposition),
-            _ => HeaderName::Other,
+        macro_rules! by_hash {
+            ($($konst:ident: $long:literal => $header:ident,)*) => {{
+                $(const $konst: u32 = name_hash($long);)*
+                match name_hash(name) {
+                    $($konst => confirm($long, HeaderName::$header),)*
+                    _ => HeaderName::Other,
+                }
+            }};
+        }
+        by_hash! {
+            TO: b"to" => To,
+            VIA: b"via" => Via,
+            FROM: b"from" => From,
+            CSEQ: b"cseq" => CSeq,
+            RSEQ: b"rseq" => RSeq,
+            RACK: b"rack" => RAck,
+            ROUTE: b"route" => Route,
+            ALLOW: b"allow" => Allow,
+            EVENT: b"event" => Event,
+            SERVER: b"server" => Server,
+            CALL_ID: b"call-id" => CallId,
+            CONTACT: b"contact" => Contact,
+            EXPIRES: b"expires" => Expires,
+            REQUIRE: b"require" => Require,
+            SUBJECT: b"subject" => Subject,
+            REFER_TO: b"refer-to" => ReferTo,
+            IDENTITY: b"identity" => Identity,
+            SUPPORTED: b"supported" => Supported,
+            USER_AGENT: b"user-agent" => UserAgent,
+            REFERRED_BY: b"referred-by" => ReferredBy,
+            MAX_FORWARDS: b"max-forwards" => MaxForwards,
+            RECORD_ROUTE: b"record-route" => RecordRoute,
+            CONTENT_TYPE: b"content-type" => ContentType,
+            ALLOW_EVENTS: b"allow-events" => AllowEvents,
+            AUTHORIZATION: b"authorization" => Authorization,
+            PROXY_REQUIRE: b"proxy-require" => ProxyRequire,
+            IDENTITY_INFO: b"identity-info" => IdentityInfo,
+            CONTENT_LENGTH: b"content-length" => ContentLength,
+            ACCEPT_CONTACT: b"accept-contact" => AcceptContact,
+            REJECT_CONTACT: b"reject-contact" => RejectContact,
+            SESSION_EXPIRES: b"session-expires" => SessionExpires,
+            CONTENT_ENCODING: b"content-encoding" => ContentEncoding,
+            WWW_AUTHENTICATE: b"www-authenticate" => WwwAuthenticate,
+            PROXY_AUTHENTICATE: b"proxy-authenticate" => ProxyAuthenticate,
+            PROXY_AUTHORIZATION: b"proxy-authorization" => ProxyAuthorization,
+            REQUEST_DISPOSITION: b"request-disposition" => RequestDisposition,
+        }
+    }
+
+    /// The common names written as usual, recognized at the start of a header field
+    /// without searching for its colon: the name and the offset of the colon right
+    /// after it, or `None` (then the colon search and [`HeaderName::from_token`]
+    /// decide). A name is taken only when a case-insensitive compare confirms all of
+    /// it and a ':' follows, so it is what `from_token` finds before the first colon.
+    #[inline]
+    pub(crate) fn before_colon(line: &[u8]) -> Option<(Self, usize)> {
+        let head = line.first_chunk::<4>()?;
+        let try_name = |long: &[u8], header| {
+            let n = long.len();
+            (line.get(n) == Some(&b':')
+                && line.get(..n).is_some_and(|name| eq_lower_name(name, long)))
+            .then_some((header, n))
+        };
+        // The first four bytes with bit 0x20 set (lower case for letters; ':' and '-'
+        // have it already, and so do a few controls then) pick the candidates; the
+        // compare of each is exact.
+        match u32::from_le_bytes(*head) | 0x2020_2020 {
+            k if k == u32::from_le_bytes(*b"via:") => try_name(b"via", HeaderName::Via),
+            k if k == u32::from_le_bytes(*b"from") => try_name(b"from", HeaderName::From),
+            k if k == u32::from_le_bytes(*b"call") => try_name(b"call-id", HeaderName::CallId),
+            k if k == u32::from_le_bytes(*b"cseq") => try_name(b"cseq", HeaderName::CSeq),
+            k if k == u32::from_le_bytes(*b"cont") => try_name(b"contact", HeaderName::Contact)
+                .or_else(|| try_name(b"content-length", HeaderName::ContentLength))
+                .or_else(|| try_name(b"content-type", HeaderName::ContentType)),
+            k if k == u32::from_le_bytes(*b"max-") => {
+                try_name(b"max-forwards", HeaderName::MaxForwards)
+            }
+            k if k == u32::from_le_bytes(*b"allo") => try_name(b"allow", HeaderName::Allow),
+            k if k == u32::from_le_bytes(*b"supp") => try_name(b"supported", HeaderName::Supported),
+            k if k == u32::from_le_bytes(*b"user") => {
+                try_name(b"user-agent", HeaderName::UserAgent)
+            }
+            k if k == u32::from_le_bytes(*b"expi") => try_name(b"expires", HeaderName::Expires),
+            k if k == u32::from_le_bytes(*b"auth") => {
+                try_name(b"authorization", HeaderName::Authorization)
+            }
+            k if k & 0x00ff_ffff == u32::from_le_bytes(*b"to:\0") => {
+                try_name(b"to", HeaderName::To)
+            }
+            _ => None,
         }
     }
 
@@ -233,6 +283,22 @@ impl HeaderName {
     }
 }
 
+/// The hash [`HeaderName::from_token`] looks long names up by: the first two and the
+/// last two bytes (two loads, overlapping in a name of two or three bytes) with bit
+/// 0x20 set (the case of a letter), plus the length, times an odd constant found to
+/// spread the known names over 64 values without a collision; the top six bits. A
+/// name shorter than two bytes hashes to 64, no known name's value.
+const fn name_hash(name: &[u8]) -> u32 {
+    let (Some(first), Some(last)) = (name.first_chunk::<2>(), name.last_chunk::<2>()) else {
+        return 64;
+    };
+    let key = (u16::from_le_bytes(*first) as u32 | (u16::from_le_bytes(*last) as u32) << 16)
+        | 0x2020_2020;
+    key.wrapping_add(name.len() as u32)
+        .wrapping_mul(0xe62f_1a3d)
+        >> 26
+}
+
 /// Compares `name` without regard to ASCII case with `lower`, a lower-case name made of
 /// letters and '-' (a header or parameter name), eight bytes at a time. Bit 0x20 is set
 /// in `name` only where `lower` has a letter (bit 0x40 marks those), so each byte must
@@ -300,6 +366,44 @@ impl fmt::Display for HeaderName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_before_colon_as_from_token_finds_them() {
+        // What the splitter would find: the first colon, the name before it.
+        let general = |line: &[u8]| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = HeaderName::from_token(&line[..colon]);
+            (name != HeaderName::Other).then_some((name, colon))
+        };
+        for (long, _, _) in NAMES {
+            let lower = long.to_ascii_lowercase().into_bytes();
+            for tail in [&b":x"[..], b" :x", b"x:", b"\x1ax"] {
+                for i in 0..lower.len() + 1 {
+                    for b in 0..=255u8 {
+                        let mut v = lower.clone();
+                        match v.get_mut(i) {
+                            Some(x) => *x = b,
+                            None => v.push(b),
+                        }
+                        v.extend_from_slice(tail);
+                        if let Some(found) = HeaderName::before_colon(&v) {
+                            assert_eq!(Some(found), general(&v), "{v:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_names_hash_apart() {
+        let mut seen = [false; 64];
+        for (long, _, _) in NAMES {
+            let h = name_hash(long.to_ascii_lowercase().as_bytes()) as usize;
+            assert!(h < 64 && !seen[h], "{long}");
+            seen[h] = true;
+        }
+    }
 
     #[test]
     fn names_match_long_compact_and_case() {

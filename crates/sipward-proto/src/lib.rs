@@ -30,6 +30,7 @@ pub use header::HeaderName;
 pub use headers::{CSeq, Contacts, Credentials, NameAddr, Params, Via};
 pub use limits::Limits;
 pub use message::{
-    parse_datagram, Datagram, HeaderField, Message, Method, MethodKind, Rejection, StartLine,
+    parse_datagram, parse_datagram_into, Datagram, HeaderField, Message, Method, MethodKind,
+    Rejection, StartLine,
 };
 pub use uri::{Host, SipUri, TelUri, Uri};

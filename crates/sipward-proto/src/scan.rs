@@ -114,6 +114,10 @@ pub(crate) fn is_digit(b: u8) -> bool {
     class(b) & DIGIT != 0
 }
 #[inline]
+pub(crate) fn is_param_char(b: u8) -> bool {
+    class(b) & PARAMCHAR != 0
+}
+#[inline]
 pub(crate) fn is_hex(b: u8) -> bool {
     class(b) & HEX != 0
 }
@@ -382,6 +386,58 @@ pub(crate) fn find_cr_lf_nul(s: &[u8]) -> Option<usize> {
 #[inline]
 pub(crate) fn find_cr_lf(s: &[u8]) -> Option<usize> {
     find_low_control(s, |b| matches!(b, b'\r' | b'\n'))
+}
+
+/// The first index of `c` in `s`, by memchr's SSE2 search called directly on x86_64
+/// (no dispatch; sixteen bytes a step), by [`find_byte`] elsewhere. For haystacks of
+/// sixteen bytes and more (below that memchr walks bytes): a header's rest, a URI.
+#[inline]
+pub(crate) fn find_byte_sse2(s: &[u8], c: u8) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(sse2) = memchr::arch::x86_64::sse2::memchr::One::new(c) {
+        return sse2.find(s);
+    }
+    find_byte(s, c)
+}
+
+/// The first index of `a`, `b` or `c` in `s`, as [`find_byte_sse2`] searches.
+#[inline]
+pub(crate) fn find_byte3_sse2(s: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(sse2) = memchr::arch::x86_64::sse2::memchr::Three::new(a, b, c) {
+        return sse2.find(s);
+    }
+    find_byte3(s, a, b, c)
+}
+
+/// A search for the first CR or LF of a long haystack (the rest of a message). On
+/// x86_64 it is memchr's SSE2 search, called directly: its setup is paid once per
+/// message, and it reads sixteen bytes a step where [`find_cr_lf`] reads eight.
+/// Elsewhere it is [`find_cr_lf`].
+#[derive(Clone, Copy)]
+pub(crate) struct CrLfSearch {
+    #[cfg(target_arch = "x86_64")]
+    sse2: Option<memchr::arch::x86_64::sse2::memchr::Two>,
+}
+
+impl CrLfSearch {
+    #[inline]
+    pub(crate) fn new() -> Self {
+        CrLfSearch {
+            #[cfg(target_arch = "x86_64")]
+            sse2: memchr::arch::x86_64::sse2::memchr::Two::new(b'\r', b'\n'),
+        }
+    }
+
+    /// The first index of a CR or LF in `s`.
+    #[inline]
+    pub(crate) fn find(&self, s: &[u8]) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(sse2) = &self.sse2 {
+            return sse2.find(s);
+        }
+        find_cr_lf(s)
+    }
 }
 
 /// The first index in `s` of a byte that ends a run of plain qdtext: a quote, a
@@ -679,6 +735,33 @@ mod tests {
             for start in 0..tricky.len() {
                 let s = &tricky[start..];
                 assert_eq!(find_byte(s, c), s.iter().position(|&b| b == c));
+            }
+        }
+    }
+
+    #[test]
+    fn sse2_searches_agree_with_position() {
+        let alphabet = [
+            b'a', b':', b'@', b'\r', b'\n', b';', b'?', 0, 0x80, 0xff, b' ',
+        ];
+        let hay: Vec<u8> = (0..90)
+            .map(|i| alphabet[(i * 7 + i / 13) % alphabet.len()])
+            .collect();
+        let crlf = CrLfSearch::new();
+        for start in 0..hay.len() {
+            for end in start..hay.len() {
+                let s = &hay[start..end];
+                for c in [b':', b'@', b' ', b'\r', 0, 0xff] {
+                    assert_eq!(find_byte_sse2(s, c), s.iter().position(|&b| b == c));
+                }
+                assert_eq!(
+                    find_byte3_sse2(s, b';', b'?', b':'),
+                    s.iter().position(|&b| matches!(b, b';' | b'?' | b':'))
+                );
+                assert_eq!(
+                    crlf.find(s),
+                    s.iter().position(|&b| b == b'\r' || b == b'\n')
+                );
             }
         }
     }

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::defect::DefectKind;
 use crate::limits::Limits;
 use crate::scan::{
-    all_host_chars, all_user_chars, find_byte, find_byte2, find_byte3, is_alnum, is_digit,
-    is_escaped_run, is_hex, UriClass,
+    all_host_chars, all_user_chars, find_byte, find_byte2, find_byte3_sse2, find_byte_sse2,
+    is_alnum, is_digit, is_escaped_run, is_hex, is_param_char, UriClass,
 };
 
 /// A host: a domain name or an IP address, with the bytes it was written as.
@@ -354,7 +354,7 @@ fn parse_sip<'a>(
 ) -> Result<(), DefectKind> {
     // The user part may hold ';', '?' and ':', but never a raw '@'; neither may
     // anything after the host. So the first '@' ends the userinfo.
-    let (userinfo, after) = match find_byte(rest, b'@') {
+    let (userinfo, after) = match find_byte_sse2(rest, b'@') {
         Some(i) => (rest.get(..i), rest.get(i + 1..).unwrap_or(&[])),
         None => (None, rest),
     };
@@ -381,7 +381,7 @@ fn parse_sip<'a>(
     };
     // The host ends at the first ';' or '?'. One search finds the first of those and
     // ':', which (outside an IPv6 reference) starts the port.
-    let (host_end, colon) = match find_byte3(after, b';', b'?', b':') {
+    let (host_end, colon) = match find_byte3_sse2(after, b';', b'?', b':') {
         Some(i) if after.get(i) == Some(&b':') => {
             let port_on = after.get(i + 1..).unwrap_or_default();
             let end = find_byte2(port_on, b';', b'?').unwrap_or(port_on.len());
@@ -436,11 +436,20 @@ fn parse_sip<'a>(
     Ok(())
 }
 
-#[inline]
+// Out of line: most URIs have no parameters, and the parser around the call is leaner
+// without its code (measured).
+#[inline(never)]
 fn check_uri_params(params: &[u8], limits: &Limits) -> Result<(), DefectKind> {
-    if params.is_empty() {
+    if params.is_empty() || plain_uri_params(params, limits) {
         return Ok(());
     }
+    check_uri_params_walk(params, limits)
+}
+
+/// [`check_uri_params`] for any parameters: escapes, and the verdict on bad ones.
+// Out of line: the exception, kept from weighing on the URI parser around it.
+#[inline(never)]
+fn check_uri_params_walk(params: &[u8], limits: &Limits) -> Result<(), DefectKind> {
     // Each ';'-separated parameter in turn (an empty one included), found by word-at-a-
     // time searches: slice iterators cost more than the search itself on these few bytes.
     let mut count = 0usize;
@@ -471,6 +480,42 @@ fn check_uri_params(params: &[u8], limits: &Limits) -> Result<(), DefectKind> {
             Some(i) => rest = rest.get(i + 1..).unwrap_or_default(),
             None => return Ok(()),
         }
+    }
+}
+
+/// Whether `params` is good as [`check_uri_params`] judges it, in one walk, for the
+/// usual parameters: `name` or `name=value` of plain parameter characters (no escape).
+/// `false` for anything else, which the general check then judges (an escape, an
+/// empty name or value, a limit crossed, a bad byte).
+#[inline]
+fn plain_uri_params(params: &[u8], limits: &Limits) -> bool {
+    let mut count = 0usize;
+    let mut start = 0;
+    // Where the current parameter's '=' is, if it has one.
+    let mut eq = None;
+    let mut i = 0;
+    loop {
+        match params.get(i).copied() {
+            Some(b) if is_param_char(b) => {}
+            Some(b'=') if eq.is_none() && i > start => eq = Some(i),
+            end @ (Some(b';') | None) => {
+                count += 1;
+                if i == start
+                    || eq == Some(i - 1)
+                    || count > limits.max_params
+                    || i - start > limits.max_param_len
+                {
+                    return false;
+                }
+                if end.is_none() {
+                    return true;
+                }
+                start = i + 1;
+                eq = None;
+            }
+            _ => return false,
+        }
+        i += 1;
     }
 }
 
@@ -626,6 +671,35 @@ mod tests {
         assert_eq!(err("<sip:alice@example.com>"), DefectKind::MalformedUri);
         assert_eq!(err("sip:"), DefectKind::InvalidHost);
         assert_eq!(err("tel:"), DefectKind::MalformedUri);
+    }
+
+    #[test]
+    fn plain_uri_params_agree_with_the_walk() {
+        let alphabet = [b'a', b'=', b';', b'%', b'2', b'[', b' '];
+        let tight = Limits {
+            max_param_len: 3,
+            max_params: 2,
+            ..Limits::default()
+        };
+        for limits in [Limits::default(), tight] {
+            let mut v: Vec<u8> = Vec::new();
+            // Every string of up to six bytes over the alphabet.
+            for n in 0..=6u32 {
+                for k in 0..alphabet.len().pow(n) {
+                    v.clear();
+                    let mut k = k;
+                    for _ in 0..n {
+                        v.push(alphabet[k % alphabet.len()]);
+                        k /= alphabet.len();
+                    }
+                    if plain_uri_params(&v, &limits) {
+                        assert_eq!(check_uri_params_walk(&v, &limits), Ok(()), "{v:?}");
+                    } else if !v.is_empty() && !v.contains(&b'%') {
+                        assert!(check_uri_params_walk(&v, &limits).is_err(), "{v:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

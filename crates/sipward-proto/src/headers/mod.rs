@@ -102,14 +102,54 @@ pub(crate) fn parse_params<'a>(
 pub(crate) fn parse_params_with<'a>(
     c: &mut Cursor<'a>,
     limits: &Limits,
-    each: impl FnMut(&'a [u8], Option<&'a [u8]>),
+    mut each: impl FnMut(&'a [u8], Option<&'a [u8]>),
 ) -> Result<Params<'a>, DefectKind> {
     // Often nothing follows (a Contact without parameters, the end of a list element):
     // no ';', not even after white space, settled here without the call.
     if c.peek().is_none_or(|b| b != b';' && !is_lws(b)) {
         return Ok(Params::default());
     }
+    if let Some(params) = lone_tag(c, limits, &mut each) {
+        return Ok(params);
+    }
     parse_some_params(c, limits, each)
+}
+
+/// The usual end of a From or To value, `;tag=` and a token up to the end of the value,
+/// taken as [`parse_some_params`] would take it (same parameters, same checks) without
+/// its general walk. `None` for anything else, which that walk then judges.
+#[inline]
+fn lone_tag<'a>(
+    c: &mut Cursor<'a>,
+    limits: &Limits,
+    each: &mut impl FnMut(&'a [u8], Option<&'a [u8]>),
+) -> Option<Params<'a>> {
+    let rest = c.rest();
+    let (head, tail) = rest.split_first_chunk::<5>()?;
+    // ';' and '=' exactly, the letters in either case (OR 0x20 maps only their upper
+    // case onto them).
+    if u32::from_le_bytes([head[1], head[2], head[3], head[4]]) | 0x0020_2020
+        != u32::from_le_bytes(*b"tag=")
+        || head[0] != b';'
+    {
+        return None;
+    }
+    let value_len = tail
+        .iter()
+        .position(|&b| !is_token(b))
+        .unwrap_or(tail.len());
+    // The token must be the rest of the value, and the one parameter within limits.
+    if value_len == 0
+        || value_len != tail.len()
+        || 4 + value_len > limits.max_param_len
+        || limits.max_params == 0
+    {
+        return None;
+    }
+    let (raw, name) = (rest.get(1..)?, rest.get(1..4)?);
+    each(name, Some(tail));
+    c.set_pos(c.pos() + rest.len());
+    Some(Params { raw })
 }
 
 fn parse_some_params<'a>(
@@ -180,7 +220,7 @@ pub(crate) fn parse_number(value: &[u8], max: u64) -> Option<u64> {
 #[inline]
 pub(crate) fn is_call_id(value: &[u8]) -> bool {
     let word = |w: &[u8]| !w.is_empty() && crate::scan::all_word(w);
-    match crate::scan::find_byte(value, b'@') {
+    match crate::scan::find_byte_sse2(value, b'@') {
         Some(at) => {
             word(value.get(..at).unwrap_or_default())
                 && word(value.get(at + 1..).unwrap_or_default())
@@ -293,6 +333,45 @@ mod tests {
         assert_eq!(p.get("x"), Some(Some(&b"\"a;b\""[..])));
         assert_eq!(p.get("lr"), Some(None));
         assert_eq!(p.iter().count(), 3);
+    }
+
+    #[test]
+    fn lone_tag_as_the_general_walk_takes_it() {
+        let walk = |v: &'static [u8], limits: &Limits| {
+            let mut c = Cursor::new(v);
+            let mut seen = Vec::new();
+            let r = parse_some_params(&mut c, limits, |n, v| seen.push((n, v)));
+            (r, c.pos(), seen)
+        };
+        let fast = |v: &'static [u8], limits: &Limits| {
+            let mut c = Cursor::new(v);
+            let mut seen = Vec::new();
+            let r = parse_params_with(&mut c, limits, |n, v| seen.push((n, v)));
+            (r, c.pos(), seen)
+        };
+        let tight = Limits {
+            max_param_len: 6,
+            max_params: 0,
+            ..Limits::default()
+        };
+        for limits in [Limits::default(), tight] {
+            for v in [
+                &b";tag=9fxced76sl"[..],
+                b";TaG=x",
+                b";tag=",
+                b";tag=a b",
+                b";tag=ab;x=1",
+                b";tag=ab ",
+                b";tag=\"q\"",
+                b";tags=1",
+                b";tag =1",
+                b"; tag=1",
+                b";tag=a,<sip:b>",
+                b";tag=123456789",
+            ] {
+                assert_eq!(fast(v, &limits), walk(v, &limits), "{v:?}");
+            }
+        }
     }
 
     #[test]
