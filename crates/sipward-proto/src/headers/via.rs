@@ -53,25 +53,38 @@ pub(crate) fn parse_vias<'a>(
 
 fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectKind> {
     let start = c.pos();
-    if c.rest().starts_with(b"SIP/2.0/") {
-        // As nearly always written: one compare instead of two tokens and separators
-        // (which end at the same place, white space after the last '/' included).
-        c.set_pos(start + 8);
+    let rest = c.rest();
+    let transport = if let (Some(b"SIP/2.0/"), Some(t @ (b"UDP " | b"TCP " | b"TLS "))) =
+        (rest.get(..8), rest.get(8..12))
+    {
+        // As nearly always written: two compares instead of three tokens and their
+        // separators (which end at the same places; the space after the transport is
+        // the white space that must follow it).
+        c.set_pos(start + 12);
         c.skip_lws();
+        t.get(..3).unwrap_or_default()
     } else {
-        c.token().ok_or(DefectKind::MalformedHeader)?; // protocol name
-        if !c.eat_sep(b'/') {
+        if rest.starts_with(b"SIP/2.0/") {
+            // One compare instead of two tokens and separators (which end at the same
+            // place, white space after the last '/' included).
+            c.set_pos(start + 8);
+            c.skip_lws();
+        } else {
+            c.token().ok_or(DefectKind::MalformedHeader)?; // protocol name
+            if !c.eat_sep(b'/') {
+                return Err(DefectKind::MalformedHeader);
+            }
+            c.token().ok_or(DefectKind::MalformedHeader)?; // version
+            if !c.eat_sep(b'/') {
+                return Err(DefectKind::MalformedHeader);
+            }
+        }
+        let transport = c.token().ok_or(DefectKind::MalformedHeader)?;
+        if !c.skip_lws() {
             return Err(DefectKind::MalformedHeader);
         }
-        c.token().ok_or(DefectKind::MalformedHeader)?; // version
-        if !c.eat_sep(b'/') {
-            return Err(DefectKind::MalformedHeader);
-        }
-    }
-    let transport = c.token().ok_or(DefectKind::MalformedHeader)?;
-    if !c.skip_lws() {
-        return Err(DefectKind::MalformedHeader);
-    }
+        transport
+    };
     let sent_by_start = c.pos();
     // host, then optional SWS ":" SWS port
     let host_text = if c.peek() == Some(b'[') {
