@@ -106,11 +106,17 @@ fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectK
         parse_host_port(host_text)?
     };
     let sent_by = c.slice_from(sent_by_start);
-    let mut known = ViaParams::default();
-    let params = parse_params_with(c, limits, |name, value| known.visit(name, value))?;
-    // A syntax error anywhere in the parameters wins over a bad value (as when the
-    // values were checked in a second pass), so the value error is reported only now.
-    known.error.map_or(Ok(()), Err)?;
+    let (params, known) = if let Some((params, known, len)) = plain_params(c.rest(), limits) {
+        c.set_pos(c.pos() + len);
+        (params, known)
+    } else {
+        let mut known = ViaParams::default();
+        let params = parse_params_with(c, limits, |name, value| known.visit(name, value))?;
+        // A syntax error anywhere in the parameters wins over a bad value (as when the
+        // values were checked in a second pass), so the value error is reported only now.
+        known.error.map_or(Ok(()), Err)?;
+        (params, known)
+    };
     Ok(Via {
         raw: c.slice_from(start),
         transport,
@@ -125,9 +131,60 @@ fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectK
     })
 }
 
+/// The parameters as nearly always written: `;name[=value]` with token names and values
+/// and no white space, up to the element's end (the end of the value or a comma). Gives
+/// the parameters, their known values and their length, as the general walk would;
+/// `None` for anything else (white space, a quoted or IPv6 value, a limit reached, a bad
+/// value), which that walk then judges from the same place.
+#[inline]
+fn plain_params<'a>(rest: &'a [u8], limits: &Limits) -> Option<(Params<'a>, ViaParams<'a>, usize)> {
+    let token_len = |from: usize| {
+        rest.get(from..).map_or(0, |t| {
+            t.iter().position(|&b| !is_token(b)).unwrap_or(t.len())
+        })
+    };
+    let mut known = ViaParams::default();
+    let mut i = 0usize;
+    let mut count = 0usize;
+    while let Some(&b) = rest.get(i) {
+        if b == b',' {
+            break;
+        }
+        if b != b';' {
+            return None;
+        }
+        let name_start = i + 1;
+        let name_len = token_len(name_start);
+        if name_len == 0 {
+            return None;
+        }
+        let name = rest.get(name_start..name_start + name_len)?;
+        i = name_start + name_len;
+        let value = if rest.get(i) == Some(&b'=') {
+            let value_len = token_len(i + 1);
+            if value_len == 0 {
+                return None;
+            }
+            let v = rest.get(i + 1..i + 1 + value_len)?;
+            i += 1 + value_len;
+            Some(v)
+        } else {
+            None
+        };
+        count += 1;
+        if i - name_start > limits.max_param_len || count > limits.max_params {
+            return None;
+        }
+        known.take(name, value).ok()?;
+    }
+    // No parameter at all (the element ends here): the general code's short way.
+    let raw = rest.get(1..i)?;
+    Some((Params { raw }, known, i))
+}
+
 /// The Via parameters sipward reads, collected while the parameters are parsed. The
 /// first bad value is kept in `error`; later parameters are then ignored.
-#[derive(Default)]
+#[derive(Default, Debug, PartialEq)]
 struct ViaParams<'a> {
     branch: Option<&'a [u8]>,
     received: Option<&'a [u8]>,
@@ -236,6 +293,61 @@ mod tests {
         assert_eq!(v[0].received, Some(&b"192.0.2.1"[..]));
         let v = vias(b"SIP/2.0/UDP 10.0.0.1:5060;rport=5062").unwrap();
         assert_eq!(v[0].rport, Some(Some(5062)));
+    }
+
+    /// Wherever the plain walk answers, it answers as the general walk does: same
+    /// parameters, values and end. Checked on usual and odd parameter lists, every
+    /// prefix of them and every single-byte replacement by a telling byte.
+    #[test]
+    fn plain_params_as_the_general_walk() {
+        type Walked<'a> = Option<(Params<'a>, ViaParams<'a>, usize)>;
+        fn general<'a>(v: &'a [u8], limits: &Limits) -> Walked<'a> {
+            let mut c = Cursor::new(v);
+            let mut known = ViaParams::default();
+            let r = parse_params_with(&mut c, limits, |n, v| known.visit(n, v));
+            let pos = c.pos();
+            r.ok()
+                .filter(|_| known.error.is_none())
+                .map(|p| (p, known, pos))
+        }
+        let tight = Limits {
+            max_param_len: 12,
+            max_params: 2,
+            ..Limits::default()
+        };
+        let mut answered = 0;
+        for base in [
+            &b";branch=z9hG4bK74bf9a1c;rport=5060;received=198.51.100.7"[..],
+            b";branch=z9hG4bKnashds7;rport",
+            b";rport;branch=z9hG4bKx,SIP/2.0/UDP h",
+            b";BRANCH=a;Received=10.0.0.1;maddr=224.0.0.1;ttl=1;lr",
+            b";received=host.example;x",
+            b";rport=0;ttl=256;maddr=-a",
+            b";a=\"q\";b=[::1]; c = d ;e",
+            b";tag=x",
+            b";;,",
+        ] {
+            for limits in [Limits::default(), tight.clone()] {
+                for end in 0..=base.len() {
+                    let mut v = base.get(..end).unwrap().to_vec();
+                    for at in 0..v.len() {
+                        for b in [b';', b'=', b',', b' ', b'"', b'[', b'x', b'1', b'.', 0] {
+                            let keep = v[at];
+                            v[at] = b;
+                            if let Some((p, k, len)) = plain_params(&v, &limits) {
+                                answered += 1;
+                                assert_eq!(Some((p, k, len)), general(&v, &limits), "{v:?}");
+                            }
+                            v[at] = keep;
+                        }
+                    }
+                    if let Some((p, k, len)) = plain_params(&v, &limits) {
+                        assert_eq!(Some((p, k, len)), general(&v, &limits), "{v:?}");
+                    }
+                }
+            }
+        }
+        assert!(answered > 1000);
     }
 
     #[test]
