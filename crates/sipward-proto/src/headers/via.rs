@@ -154,7 +154,19 @@ fn plain_params<'a>(rest: &'a [u8], limits: &Limits) -> Option<(Params<'a>, ViaP
             return None;
         }
         let name_start = i + 1;
-        let name_len = token_len(name_start);
+        // The usual names, written in lower case, are known by one compare (the byte
+        // after each is no token byte, so the token ends there too); the value is then
+        // stored without the name's second look-up.
+        let tail = rest.get(i..).unwrap_or_default();
+        let (name_len, usual) = if tail.starts_with(b";branch=") {
+            (6, Usual::Branch)
+        } else if tail.starts_with(b";received=") {
+            (8, Usual::Received)
+        } else if tail.starts_with(b";rport") && !tail.get(6).is_some_and(|&b| is_token(b)) {
+            (5, Usual::Rport)
+        } else {
+            (token_len(name_start), Usual::No)
+        };
         if name_len == 0 {
             return None;
         }
@@ -175,11 +187,29 @@ fn plain_params<'a>(rest: &'a [u8], limits: &Limits) -> Option<(Params<'a>, ViaP
         if i - name_start > limits.max_param_len || count > limits.max_params {
             return None;
         }
-        known.take(name, value).ok()?;
+        match usual {
+            Usual::Branch => known.branch = value,
+            Usual::Received => {
+                let v = value?;
+                parse_host(v).ok()?.ip()?;
+                known.received = Some(v);
+            }
+            Usual::Rport => known.rport = Some(value.map(parse_port).transpose().ok()?),
+            Usual::No => known.take(name, value).ok()?,
+        }
     }
     // No parameter at all (the element ends here): the general code's short way.
     let raw = rest.get(1..i)?;
     Some((Params { raw }, known, i))
+}
+
+/// Which of the usual Via parameters the plain walk recognized by its literal name.
+#[derive(Clone, Copy)]
+enum Usual {
+    Branch,
+    Received,
+    Rport,
+    No,
 }
 
 /// The Via parameters sipward reads, collected while the parameters are parsed. The
@@ -325,6 +355,8 @@ mod tests {
             b";rport=0;ttl=256;maddr=-a",
             b";a=\"q\";b=[::1]; c = d ;e",
             b";tag=x",
+            b";rportx;branchy=1;receivedz=2;Branch=q;rport-=1;RPORT",
+            b";received=1.2.3.4x;rport=65536;branch=;received=;rport=",
             b";;,",
         ] {
             for limits in [Limits::default(), tight.clone()] {
