@@ -7,7 +7,7 @@ use crate::defect::DefectKind;
 use crate::header::eq_lower_name;
 use crate::limits::Limits;
 use crate::scan::{is_token, Cursor};
-use crate::uri::{parse_host, parse_host_port, parse_port, Host};
+use crate::uri::{parse_host, parse_host_port, parse_ipv4_prefix, parse_port, Host};
 
 /// One Via entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,19 @@ fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectK
     };
     let sent_by_start = c.pos();
     // host, then optional SWS ":" SWS port
-    let host_text = if c.peek() == Some(b'[') {
+    let rest = c.rest();
+    let ipv4 = rest
+        .first()
+        .is_some_and(u8::is_ascii_digit)
+        .then(|| parse_ipv4_prefix(rest))
+        .flatten()
+        .filter(|&(_, len)| !rest.get(len).is_some_and(|&b| is_token(b)));
+    let host_text = if let Some((_, len)) = ipv4 {
+        // An IPv4 address ending where the token would end (the usual sent-by): the
+        // token walk and the host's second parse are spared.
+        c.set_pos(sent_by_start + len);
+        rest.get(..len).unwrap_or_default()
+    } else if c.peek() == Some(b'[') {
         c.take_while(|b| b != b']' && b != b';' && b != b',' && !crate::scan::is_lws(b));
         if !c.eat(b']') {
             return Err(DefectKind::InvalidIp);
@@ -100,7 +112,11 @@ fn parse_one<'a>(c: &mut Cursor<'a>, limits: &Limits) -> Result<Via<'a>, DefectK
     let host_end = c.pos();
     let (host, port) = if c.eat_sep(b':') {
         let digits = c.take_while(|b| b.is_ascii_digit());
-        (parse_host(host_text)?, Some(parse_port(digits)?))
+        let host = match ipv4 {
+            Some((addr, _)) => Host::Ipv4(addr, host_text),
+            None => parse_host(host_text)?,
+        };
+        (host, Some(parse_port(digits)?))
     } else {
         c.set_pos(host_end);
         parse_host_port(host_text)?
@@ -380,6 +396,50 @@ mod tests {
             }
         }
         assert!(answered > 1000);
+    }
+
+    /// The sent-by read as an IPv4 address up front is the host the token walk and
+    /// `parse_host` make of it, and anything else still goes their way.
+    #[test]
+    fn ipv4_sent_by_as_the_token_walk() {
+        for sent_by in [
+            &b"192.168.1.20:5060"[..],
+            b"1.2.3.4",
+            b"1.2.3.4;rport",
+            b"1.2.3.4 ; rport",
+            b"1.2.3.4 : 5060",
+            b"1.2.3.4x:5060",
+            b"1.2.3.4.5:5060",
+            b"1.2.3.4-a.example",
+            b"01.2.3.4:5060",
+            b"1.2.3.256:5060",
+            b"1.2.3.2555",
+            b"1.2.3:5060",
+            b"255.255.255.255:65535",
+            b"1.2.3.4:0",
+            b"1.2.3.4,SIP/2.0/UDP h",
+            b"1host.example:5060",
+        ] {
+            let mut v = b"SIP/2.0/UDP ".to_vec();
+            v.extend_from_slice(sent_by);
+            let token = sent_by
+                .iter()
+                .position(|&b| !is_token(b))
+                .map_or(sent_by, |n| &sent_by[..n]);
+            let got = vias(&v).map(|via| via[0].host.ip());
+            match parse_host(token) {
+                Ok(host) => {
+                    if let Ok(ip) = got {
+                        assert_eq!(ip, host.ip(), "{sent_by:?}");
+                    }
+                }
+                Err(e) => assert_eq!(got, Err(e), "{sent_by:?}"),
+            }
+        }
+        let v = vias(b"SIP/2.0/UDP 10.0.0.1 : 5062 ;branch=z9hG4bKx").unwrap();
+        assert_eq!(v[0].sent_by, b"10.0.0.1 : 5062");
+        assert_eq!(v[0].port, Some(5062));
+        assert!(matches!(v[0].host, Host::Ipv4(_, b"10.0.0.1")));
     }
 
     #[test]
