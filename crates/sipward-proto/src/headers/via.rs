@@ -7,7 +7,7 @@ use crate::defect::DefectKind;
 use crate::header::eq_lower_name;
 use crate::limits::Limits;
 use crate::scan::{is_token, Cursor};
-use crate::uri::{parse_host, parse_host_port, parse_ipv4_prefix, parse_port, Host};
+use crate::uri::{parse_host, parse_host_port, parse_ipv4, parse_ipv4_prefix, parse_port, Host};
 
 /// One Via entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +207,10 @@ fn plain_params<'a>(rest: &'a [u8], limits: &Limits) -> Option<(Params<'a>, ViaP
             Usual::Branch => known.branch = value,
             Usual::Received => {
                 let v = value?;
-                parse_host(v).ok()?.ip()?;
+                // Usually an IPv4 address: read here, without the general host parse.
+                if parse_ipv4(v).is_none() {
+                    parse_host(v).ok()?.ip()?;
+                }
                 known.received = Some(v);
             }
             Usual::Rport => known.rport = Some(value.map(parse_port).transpose().ok()?),
