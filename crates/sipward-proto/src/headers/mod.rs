@@ -193,6 +193,34 @@ pub struct CSeq<'a> {
 }
 
 pub(crate) fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, DefectKind> {
+    // The usual `N METHOD`: the digits summed in the walk that finds their end (a sum
+    // past u32::MAX stays past it, saturated), then one space and a token to the end.
+    let mut seq = 0u64;
+    let mut n = 0;
+    for &b in value {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        seq = seq.saturating_mul(10).saturating_add(u64::from(d));
+        n += 1;
+    }
+    if let (Some(b' '), Some(method), Ok(seq)) = (
+        value.get(n).copied(),
+        value.get(n + 1..),
+        u32::try_from(seq),
+    ) {
+        if n > 0 && crate::scan::all_token(method) {
+            return Ok(CSeq { seq, method });
+        }
+    }
+    parse_cseq_walk(value)
+}
+
+/// [`parse_cseq`] for any form: white space around and between, and the verdict on
+/// bad values.
+#[inline(never)]
+fn parse_cseq_walk(value: &[u8]) -> Result<CSeq<'_>, DefectKind> {
     let mut c = Cursor::new(value);
     let digits = c.take_while(|b| b.is_ascii_digit());
     let seq = parse_bounded(digits, u64::from(u32::MAX)).ok_or(DefectKind::BadCSeq)?;
@@ -322,6 +350,56 @@ pub fn unquote(v: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cseq_shortcut_agrees_with_the_walk() {
+        let mut cases: Vec<Vec<u8>> = [
+            &b"314159 INVITE"[..],
+            b"1 ACK",
+            b"0 BYE",
+            b"4294967295 REGISTER",
+            b"4294967296 REGISTER",
+            b"00000000000000000000004294967295 X",
+            b"00000000000000000000004294967296 X",
+            b"99999999999999999999999 X",
+            b"1  INVITE",
+            b"1\tINVITE",
+            b" 1 INVITE",
+            b"1 INVITE ",
+            b"1 INV ITE",
+            b"1 INVITE\r\n",
+            b"1 INV@TE",
+            b"1 ",
+            b"1",
+            b"INVITE",
+            b"",
+            b"-1 INVITE",
+            b"1 in!v%i~te",
+        ]
+        .iter()
+        .map(|v| v.to_vec())
+        .collect();
+        for base in [&b"314159 INVITE"[..], b"4294967295 OPTIONS"] {
+            for n in 0..=base.len() {
+                cases.push(base[..n].to_vec());
+            }
+            for i in 0..base.len() {
+                for b in 0..=255u8 {
+                    let mut v = base.to_vec();
+                    v[i] = b;
+                    cases.push(v);
+                }
+            }
+        }
+        for v in &cases {
+            assert_eq!(
+                parse_cseq(v),
+                parse_cseq_walk(v),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
 
     #[test]
     fn params_with_folds_and_quotes() {
