@@ -6,8 +6,10 @@ use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
 use crate::header::eq_lower_name;
 use crate::limits::Limits;
-use crate::scan::{find_space_or3, is_lws, parse_bounded, Cursor};
-use crate::uri::{parse_uri_into, Uri};
+use crate::scan::{
+    all_user_chars, find_byte_sse2, find_space_or3, is_digit, is_lws, parse_bounded, Cursor,
+};
+use crate::uri::{parse_host, parse_port, parse_uri_into, SipUri, Uri};
 
 /// `[display-name] <uri>` or a bare addr-spec, with header parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +99,11 @@ fn parse_one<'a>(
         if !c.eat(b'<') {
             return Err(DefectKind::MalformedHeader);
         }
-        uri_text = bracket_body(c)?;
+        uri_text = if plain_sip_in_brackets(c, limits, &mut out.uri) {
+            None
+        } else {
+            Some(bracket_body(c)?)
+        };
         bracketed = true;
     } else {
         // Tokens separated by LWS, then '<' makes it a name-addr; anything else means
@@ -115,25 +121,31 @@ fn parse_one<'a>(
                 display = Some(c.slice(start, last_end));
             }
             c.bump();
-            uri_text = bracket_body(c)?;
+            uri_text = if plain_sip_in_brackets(c, limits, &mut out.uri) {
+                None
+            } else {
+                Some(bracket_body(c)?)
+            };
             bracketed = true;
         } else {
             if form == Form::RouteList {
                 return Err(DefectKind::MalformedHeader);
             }
             c.set_pos(start);
-            uri_text = c.take_while(|b| !is_lws(b) && b != b';' && b != b',');
+            uri_text = Some(c.take_while(|b| !is_lws(b) && b != b';' && b != b','));
             bracketed = false;
         }
     }
-    if uri_text.len() > limits.max_param_len {
-        return Err(DefectKind::ParamTooLong);
-    }
-    parse_uri_into(uri_text, limits, &mut out.uri)?;
-    if !bracketed {
-        // RFC 3261 section 20: a URI with '?' (or ',' or ';') must be bracketed.
-        if out.uri.raw().contains(&b'?') {
-            return Err(DefectKind::MalformedUri);
+    if let Some(uri_text) = uri_text {
+        if uri_text.len() > limits.max_param_len {
+            return Err(DefectKind::ParamTooLong);
+        }
+        parse_uri_into(uri_text, limits, &mut out.uri)?;
+        if !bracketed {
+            // RFC 3261 section 20: a URI with '?' (or ',' or ';') must be bracketed.
+            if out.uri.raw().contains(&b'?') {
+                return Err(DefectKind::MalformedUri);
+            }
         }
     }
     out.params = parse_params_with(c, limits, each_param)?;
@@ -141,6 +153,73 @@ fn parse_one<'a>(
     out.display = display;
     out.bracketed = bracketed;
     Ok(())
+}
+
+/// The usual bracketed URI, `sip:user@host>` or `sip:user@host:port>` (cursor after
+/// the `<`): a user of plain user characters, a host name or IPv4 address, a port.
+/// Read in one walk and written into `out`, the cursor then past the `>`; false, with
+/// nothing changed, for anything else, which the general parse then judges.
+#[inline]
+fn plain_sip_in_brackets<'a>(c: &mut Cursor<'a>, limits: &Limits, out: &mut Uri<'a>) -> bool {
+    let s = c.rest();
+    let sip = u32::from_le_bytes(*b"sip:");
+    let Some(body) = s
+        .first_chunk::<4>()
+        .filter(|p| u32::from_le_bytes(**p) | 0x0020_2020 == sip)
+        .and_then(|_| s.get(4..))
+    else {
+        return false;
+    };
+    // One search each for the '@' and for the host's end; the user's characters checked
+    // here, the host's by the host parse.
+    let Some(at) = find_byte_sse2(body, b'@') else {
+        return false;
+    };
+    let user = body.get(..at).unwrap_or_default();
+    if at > limits.max_param_len || !all_user_chars(user) {
+        return false;
+    }
+    let after = body.get(at + 1..).unwrap_or_default();
+    let Some(host_len) = find_space_or3(after, b'>', b':', b';') else {
+        return false;
+    };
+    let (port, end) = match after.get(host_len) {
+        Some(b'>') => (None, host_len),
+        Some(b':') => {
+            let digits = after.get(host_len + 1..).unwrap_or_default();
+            let n = digits.iter().position(|&b| !is_digit(b));
+            let Some(n) = n.filter(|&n| digits.get(n) == Some(&b'>')) else {
+                return false;
+            };
+            match parse_port(digits.get(..n).unwrap_or_default()) {
+                Ok(p) => (Some(p), host_len + 1 + n),
+                Err(_) => return false,
+            }
+        }
+        _ => return false,
+    };
+    let uri_len = 4 + at + 1 + end;
+    // The general parse's length limits: the URI, its user, its host and port.
+    if uri_len > limits.max_param_len || end > limits.max_param_len {
+        return false;
+    }
+    let Ok(host) = parse_host(after.get(..host_len).unwrap_or_default()) else {
+        return false;
+    };
+    *out = Uri::Sip(SipUri {
+        raw: s.get(..uri_len).unwrap_or_default(),
+        secure: false,
+        user: Some(user),
+        password: None,
+        host,
+        port,
+        host_port: after.get(..end).unwrap_or_default(),
+        // Empty, but where the general parse puts it: just after the host and port.
+        params: after.get(end..end).unwrap_or_default(),
+        headers: None,
+    });
+    c.set_pos(c.pos() + uri_len + 1);
+    true
 }
 
 /// The URI between `<` (already consumed) and `>`; no white space allowed inside.
@@ -333,6 +412,92 @@ fn is_qvalue(q: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_sip_shortcut_agrees_with_the_general_parse() {
+        let bases: [&[u8]; 8] = [
+            b"sip:alice@atlanta.example.com>;tag=1928301774",
+            b"sip:bob@biloxi.example.com>",
+            b"sip:bob@192.168.1.20:5062>",
+            b"SIP:alice@192.168.1.20:5060;transport=udp>",
+            b"sip:a-b.c_d!~*'()&=+$,;?/@host.example.:65535>",
+            b"sip:%41lice:pw@[2001:db8::1]:5060>",
+            b"sip:carol@chicago.example.com?subject=x>",
+            b"sip:x@h:1>, <sip:y@g>",
+        ];
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for base in bases {
+            for n in 0..=base.len() {
+                cases.push(base[..n].to_vec());
+            }
+            for i in 0..base.len() {
+                for b in 0..=255u8 {
+                    let mut v = base.to_vec();
+                    v[i] = b;
+                    cases.push(v);
+                }
+            }
+        }
+        let tight = Limits {
+            max_param_len: 12,
+            ..Limits::default()
+        };
+        for limits in [Limits::default(), tight] {
+            for v in &cases {
+                let mut fast = Cursor::new(v);
+                let mut fast_uri = Uri::Other {
+                    scheme: b"x",
+                    raw: b"x",
+                };
+                if !plain_sip_in_brackets(&mut fast, &limits, &mut fast_uri) {
+                    // Nothing changed: the general parse then takes the value as it was.
+                    assert_eq!(fast.pos(), 0);
+                    assert_eq!(
+                        fast_uri,
+                        Uri::Other {
+                            scheme: b"x",
+                            raw: b"x"
+                        }
+                    );
+                    continue;
+                }
+                let mut slow = Cursor::new(v);
+                let text = bracket_body(&mut slow).unwrap();
+                assert!(text.len() <= limits.max_param_len);
+                let mut slow_uri = Uri::Other {
+                    scheme: b"",
+                    raw: b"",
+                };
+                parse_uri_into(text, &limits, &mut slow_uri).unwrap();
+                assert_eq!(fast_uri, slow_uri, "{:?}", String::from_utf8_lossy(v));
+                // The same slices, not only the same bytes: callers take their offsets.
+                let (Uri::Sip(f), Uri::Sip(s)) = (&fast_uri, &slow_uri) else {
+                    panic!("not sip");
+                };
+                let spans = |u: &SipUri<'_>| {
+                    [
+                        Some(u.raw),
+                        u.user,
+                        Some(u.host.as_bytes()),
+                        Some(u.host_port),
+                        Some(u.params),
+                    ]
+                    .map(|x| x.map(|x| (x.as_ptr(), x.len())))
+                };
+                assert_eq!(spans(f), spans(s));
+                assert_eq!(fast.pos(), slow.pos());
+            }
+        }
+        // The usual forms do take the shortcut.
+        for v in &bases[..3] {
+            let mut c = Cursor::new(v);
+            let mut uri = Uri::Other {
+                scheme: b"",
+                raw: b"",
+            };
+            assert!(plain_sip_in_brackets(&mut c, &Limits::default(), &mut uri));
+        }
+    }
 
     fn single(v: &[u8]) -> Result<NameAddr<'_>, DefectKind> {
         let mut out = None;
