@@ -99,11 +99,7 @@ fn parse_one<'a>(
         if !c.eat(b'<') {
             return Err(DefectKind::MalformedHeader);
         }
-        uri_text = if plain_sip_in_brackets(c, limits, &mut out.uri) {
-            None
-        } else {
-            Some(bracket_body(c)?)
-        };
+        uri_text = None;
         bracketed = true;
     } else {
         // Tokens separated by LWS, then '<' makes it a name-addr; anything else means
@@ -121,11 +117,7 @@ fn parse_one<'a>(
                 display = Some(c.slice(start, last_end));
             }
             c.bump();
-            uri_text = if plain_sip_in_brackets(c, limits, &mut out.uri) {
-                None
-            } else {
-                Some(bracket_body(c)?)
-            };
+            uri_text = None;
             bracketed = true;
         } else {
             if form == Form::RouteList {
@@ -136,6 +128,11 @@ fn parse_one<'a>(
             bracketed = false;
         }
     }
+    // One place for the bracketed URI, shortcut or not, whichever way the '<' was reached.
+    let uri_text = match uri_text {
+        None if !plain_sip_in_brackets(c, limits, &mut out.uri) => Some(bracket_body(c)?),
+        t => t,
+    };
     if let Some(uri_text) = uri_text {
         if uri_text.len() > limits.max_param_len {
             return Err(DefectKind::ParamTooLong);
