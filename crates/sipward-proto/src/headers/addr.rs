@@ -6,10 +6,8 @@ use super::{parse_params_with, Params};
 use crate::defect::DefectKind;
 use crate::header::eq_lower_name;
 use crate::limits::Limits;
-use crate::scan::{
-    all_user_chars, find_byte_sse2, find_space_or3, is_digit, is_lws, parse_bounded, Cursor,
-};
-use crate::uri::{parse_host, parse_port, parse_uri_into, SipUri, Uri};
+use crate::scan::{all_user_chars, find_byte_sse2, find_space_or3, is_lws, parse_bounded, Cursor};
+use crate::uri::{parse_host, parse_uri_into, SipUri, Uri};
 
 /// `[display-name] <uri>` or a bare addr-spec, with header parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,13 +182,24 @@ fn plain_sip_in_brackets<'a>(c: &mut Cursor<'a>, limits: &Limits, out: &mut Uri<
         Some(b'>') => (None, host_len),
         Some(b':') => {
             let digits = after.get(host_len + 1..).unwrap_or_default();
-            let n = digits.iter().position(|&b| !is_digit(b));
-            let Some(n) = n.filter(|&n| digits.get(n) == Some(&b'>')) else {
-                return false;
-            };
-            match parse_port(digits.get(..n).unwrap_or_default()) {
-                Ok(p) => (Some(p), host_len + 1 + n),
-                Err(_) => return false,
+            // Checked and summed in the walk that finds their end, as the port parse
+            // judges them: one to five digits, 1 to 65535.
+            let mut v = 0u32;
+            let mut n = 0;
+            for &b in digits {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                v = v * 10 + u32::from(d);
+                n += 1;
+                if n > 5 {
+                    return false;
+                }
+            }
+            match u16::try_from(v) {
+                Ok(p) if p != 0 && digits.get(n) == Some(&b'>') => (Some(p), host_len + 1 + n),
+                _ => return false,
             }
         }
         _ => return false,
