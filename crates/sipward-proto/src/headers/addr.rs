@@ -433,16 +433,7 @@ mod tests {
         ];
         let mut cases: Vec<Vec<u8>> = Vec::new();
         for base in bases {
-            for n in 0..=base.len() {
-                cases.push(base[..n].to_vec());
-            }
-            for i in 0..base.len() {
-                for b in 0..=255u8 {
-                    let mut v = base.to_vec();
-                    v[i] = b;
-                    cases.push(v);
-                }
-            }
+            cases.extend(crate::headers::prefixes_and_byte_edits(base));
         }
         let tight = Limits {
             max_param_len: 12,

@@ -347,6 +347,20 @@ pub fn unquote(v: &[u8]) -> &[u8] {
         .unwrap_or(v)
 }
 
+/// Test inputs around `base`: every prefix of it, and every single-byte replacement.
+#[cfg(test)]
+pub(crate) fn prefixes_and_byte_edits(base: &[u8]) -> Vec<Vec<u8>> {
+    let mut cases: Vec<Vec<u8>> = (0..=base.len()).map(|n| base[..n].to_vec()).collect();
+    for i in 0..base.len() {
+        for b in 0..=255u8 {
+            let mut v = base.to_vec();
+            v[i] = b;
+            cases.push(v);
+        }
+    }
+    cases
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,16 +394,7 @@ mod tests {
         .map(|v| v.to_vec())
         .collect();
         for base in [&b"314159 INVITE"[..], b"4294967295 OPTIONS"] {
-            for n in 0..=base.len() {
-                cases.push(base[..n].to_vec());
-            }
-            for i in 0..base.len() {
-                for b in 0..=255u8 {
-                    let mut v = base.to_vec();
-                    v[i] = b;
-                    cases.push(v);
-                }
-            }
+            cases.extend(prefixes_and_byte_edits(base));
         }
         for v in &cases {
             assert_eq!(
