@@ -1,5 +1,7 @@
 //! Media relay benchmark: the same RTP load through sipward's relay and through
-//! rtpengine (userspace forwarding, one worker thread), one after the other.
+//! rtpengine (userspace forwarding, one worker thread), one after the other, and through
+//! the floor (`floor.rs`), the least a userspace relay can do, to show what part of
+//! every relay's cost is this machine's.
 //!
 //! The generator is one thread pinned to CPU 0; each relay (all its threads) is pinned
 //! to CPU 1, so on a two-core machine neither shares a core with the generator.
@@ -32,6 +34,8 @@ use nix::sys::socket::{
     recvmmsg, recvmsg, sendmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders,
     SockaddrIn,
 };
+
+mod floor;
 
 use hdrhistogram::Histogram;
 use sipward_core::{LegSpec, MediaCommand, Peer, StreamCounters};
@@ -927,6 +931,7 @@ fn main() {
         "sipward's relay engine: {:?}; sipward-poll: the same with busy_poll_us = {poll_us}\n",
         sipward.relay.engine()
     );
+    let mut floor = floor::Floor::new(pinned, realtime);
     let mut rtpengine = Rtpengine::start(realtime);
     if pinned {
         // The generator on CPU 0; rtpengine, every thread of it, on CPU 1 (sipward's
@@ -937,15 +942,16 @@ fn main() {
     for &n in &counts {
         // RELAYS=sipward (or rtpengine) measures one alone, for experiments.
         let only = std::env::var("RELAYS").unwrap_or_default();
-        for which in 0..3 {
+        for which in 0..4 {
             // rtpengine's own threads (timers, housekeeping) wake on CPU 1 at the same
             // real-time priority even with no calls: it is stopped while sipward is
             // measured (perf: 4.5 % of CPU 1 otherwise). sipward's idle relays only
             // wake for their 50 ms tick.
-            rtpengine.pause(which < 2);
+            rtpengine.pause(which < 3);
             let relay: &mut dyn Relay = match which {
                 0 => &mut sipward,
                 1 => &mut polling,
+                2 => &mut floor,
                 _ => &mut rtpengine,
             };
             if !only.is_empty() && !only.split(',').any(|r| r == relay.name()) {
