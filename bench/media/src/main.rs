@@ -745,14 +745,16 @@ fn capacity(
     let mut failed_at = None;
     // A step that fails is run once more before the sweep ends there: on this VM a
     // stall of the host (several ms, a few times a minute) can fail one step by itself.
-    // A step passed on loss but not kept up with is run again too, while the kept-up
-    // count is still going.
-    // The kept-up count ends at the first step (run twice) the relay fell behind in;
-    // the loss sweep goes on.
+    // While the kept-up count is still going, a step not kept up with (or failed) is
+    // tried up to three times.
+    // The kept-up count ends at the first step (tried three times) the relay fell behind
+    // in; the loss sweep goes on.
     let mut keeping_up = true;
     let mut step = |rate: u64| {
         let mut outcome = step(rate);
-        if outcome.is_none_or(|(_, kept_up)| keeping_up && !kept_up) {
+        let mut tries = 1;
+        while outcome.is_none_or(|(_, kept_up)| keeping_up && !kept_up) && tries < 3 {
+            tries += 1;
             outcome = match (outcome, step(rate)) {
                 (Some(first), None) => Some(first),
                 (_, again) => again,
@@ -863,7 +865,12 @@ fn measure(
     // batched rate would load the relay far more than half), against the same path
     // without a relay.
     let targets = fresh_streams(relay, streams, s_addr, r_addr, &receiver);
-    let half_even = even_best.map(|(_, fwd, secs, _)| fwd as f64 / secs / 2.0);
+    // Half the highest evenly spaced rate the relay kept up with: above that it queues,
+    // and the latency run would time its queue.
+    let half_even = even
+        .as_ref()
+        .and_then(|c| c.best_kept_up.or(c.best))
+        .map(|(_, fwd, secs, _)| fwd as f64 / secs / 2.0);
     let rate = std::env::var("LAT_RATE")
         .ok()
         .and_then(|r| r.parse().ok())
