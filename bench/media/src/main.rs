@@ -318,16 +318,17 @@ fn thread_ids(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The time the hypervisor ran something else on `cpu` so far (steal, /proc/stat), ms.
 /// A step the relay kept up with: when the load stopped it held (forwarded afterwards)
-/// at most this much of the offered traffic, besides the last batch. A relay that falls behind can still pass
-/// on loss alone, its backlog absorbed by socket buffers (one per stream) and forwarded
-/// within the 300 ms the generator waits; for media that is not forwarding but delay.
+/// at most this much of the offered traffic, besides the last batch. A relay that falls
+/// behind can still pass on loss alone, its backlog absorbed by socket buffers (one per
+/// stream) and forwarded within the 300 ms the generator waits; for media that is not
+/// forwarding but delay.
 const KEPT_UP_MS: f64 = 2.0;
 
 /// Steal time on the relays' CPU that sends a latency run to be done again.
 const STOLEN_RERUN_MS: u64 = 20;
 
+/// The time the hypervisor ran something else on `cpu` so far (steal, /proc/stat), ms.
 fn stolen_ms(cpu: usize) -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
     let line = stat
@@ -743,12 +744,11 @@ fn capacity(
     let mut best_kept_up = None;
     let mut cost_at_50k = None;
     let mut failed_at = None;
-    // A step that fails is run once more before the sweep ends there: on this VM a
-    // stall of the host (several ms, a few times a minute) can fail one step by itself.
-    // While the kept-up count is still going, a step not kept up with (or failed) is
-    // tried up to three times.
-    // The kept-up count ends at the first step (tried three times) the relay fell behind
-    // in; the loss sweep goes on.
+    // On this VM a stall of the host (several ms, a few times a minute) can fail one
+    // step by itself: a step that fails is run once more before the sweep ends there, and
+    // while the kept-up count is going, a step not kept up with is tried up to three
+    // times. The kept-up count ends at the first step the relay fell behind in three
+    // times; the loss sweep goes on.
     let mut keeping_up = true;
     let mut step = |rate: u64| {
         let mut outcome = step(rate);
@@ -861,12 +861,11 @@ fn measure(
     };
     let kept_up = [rate_and_cores(&batched), rate_and_cores(&even)];
 
-    // 2. Latency at half the highest evenly spaced rate (the same kind of load: half the
-    // batched rate would load the relay far more than half), against the same path
-    // without a relay.
+    // 2. Latency at half the highest evenly spaced rate the relay kept up with (the same
+    // kind of load: half the batched rate would load the relay far more than half; above
+    // the kept-up rate it queues, and the run would time its queue), against the same
+    // path without a relay.
     let targets = fresh_streams(relay, streams, s_addr, r_addr, &receiver);
-    // Half the highest evenly spaced rate the relay kept up with: above that it queues,
-    // and the latency run would time its queue.
     let half_even = even
         .as_ref()
         .and_then(|c| c.best_kept_up.or(c.best))
@@ -949,6 +948,21 @@ fn measure(
         discarded,
         mem_per_stream: (streams >= 100)
             .then(|| rss_after.saturating_sub(rss_before) as f64 / streams as f64),
+    }
+}
+
+/// Table cells for a (packets/s, relay cores) pair: the rate, the cores and their ratio.
+fn rate_cores_cells(rate_and_cores: Option<(f64, f64)>) -> String {
+    rate_and_cores.map_or("- | - | -".into(), |(rate, cores)| {
+        format!("{rate:.0} | {cores:.2} | {:.0}", rate / cores.max(1e-9))
+    })
+}
+
+/// Packets per core-second of `a` over those of `b`, each a (packets/s, cores) pair.
+fn per_core_ratio(a: Option<(f64, f64)>, b: Option<(f64, f64)>) -> String {
+    match (a, b) {
+        (Some((a, ac)), Some((b, bc))) => format!("{:.2}", (a / ac) / (b / bc)),
+        _ => "-".into(),
     }
 }
 
@@ -1063,9 +1077,7 @@ fn main() {
             .mem_per_stream
             .map_or("-".into(), |m| format!("{:.0} B", m));
         let cost = r.cost_at_50k.map_or("-".into(), |c| format!("{c:.2}"));
-        let even = r.even.map_or("- | - | -".into(), |(rate, cores)| {
-            format!("{rate:.0} | {cores:.2} | {:.0}", rate / cores.max(1e-9))
-        });
+        let even = rate_cores_cells(r.even);
         writeln!(
             out,
             "| {} | {} | {:.0} | {:.2} | {:.0} | {} | {} | {:.0} | {} | {} | {} |",
@@ -1091,19 +1103,14 @@ fn main() {
     .unwrap();
     writeln!(out, "| relay | streams | batched, kept up: forwarded/s | relay cores | per core-second | evenly spaced, kept up: forwarded/s | relay cores | per core-second |").unwrap();
     writeln!(out, "|---|---|---|---|---|---|---|---|").unwrap();
-    let cell = |c: Option<(f64, f64)>| {
-        c.map_or("- | - | -".into(), |(rate, cores)| {
-            format!("{rate:.0} | {cores:.2} | {:.0}", rate / cores.max(1e-9))
-        })
-    };
     for r in &rows {
         writeln!(
             out,
             "| {} | {} | {} | {} |",
             r.relay,
             r.streams,
-            cell(r.kept_up[0]),
-            cell(r.kept_up[1])
+            rate_cores_cells(r.kept_up[0]),
+            rate_cores_cells(r.kept_up[1])
         )
         .unwrap();
     }
@@ -1118,14 +1125,8 @@ fn main() {
                 (Some(a), Some(b)) => format!("{:.2}", b / a),
                 _ => "-".into(),
             };
-            let even = match (s.even, rtp.even) {
-                (Some((a, ac)), Some((b, bc))) => format!("{:.2}", (a / ac) / (b / bc)),
-                _ => "-".into(),
-            };
-            let kept = |i: usize| match (s.kept_up[i], rtp.kept_up[i]) {
-                (Some((a, ac)), Some((b, bc))) => format!("{:.2}", (a / ac) / (b / bc)),
-                _ => "-".into(),
-            };
+            let even = per_core_ratio(s.even, rtp.even);
+            let kept = |i: usize| per_core_ratio(s.kept_up[i], rtp.kept_up[i]);
             writeln!(
                 out,
                 "- {} streams: {} / rtpengine packets per core-second at each one's highest rate: batched {:.2}, evenly spaced {even}; kept up: batched {}, evenly spaced {}; at 50k/s batched {cost}",
