@@ -700,20 +700,8 @@ fn number_at(s: &[u8], max_digits: usize) -> Option<(u32, usize)> {
 /// [`number_at`] a byte at a time, for the body's last few bytes.
 #[inline(never)]
 fn number_at_bytewise(s: &[u8], max_digits: usize) -> Option<(u32, usize)> {
-    let mut value = 0u32;
-    let mut n = 0;
-    for &b in s {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            break;
-        }
-        if n == max_digits {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_add(u32::from(d))?;
-        n += 1;
-    }
-    (n > 0).then_some((value, n))
+    let (value, n) = crate::scan::leading_number(s, max_digits)?;
+    Some((u32::try_from(value).ok()?, n))
 }
 
 /// The decimal octet at `w[i..]`, as `parse_ipv4` reads one: one to three digits, no

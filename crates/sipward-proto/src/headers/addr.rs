@@ -182,21 +182,10 @@ fn plain_sip_in_brackets<'a>(c: &mut Cursor<'a>, limits: &Limits, out: &mut Uri<
         Some(b'>') => (None, host_len),
         Some(b':') => {
             let digits = after.get(host_len + 1..).unwrap_or_default();
-            // Checked and summed in the walk that finds their end, as the port parse
-            // judges them: one to five digits, 1 to 65535.
-            let mut v = 0u32;
-            let mut n = 0;
-            for &b in digits {
-                let d = b.wrapping_sub(b'0');
-                if d > 9 {
-                    break;
-                }
-                v = v * 10 + u32::from(d);
-                n += 1;
-                if n > 5 {
-                    return false;
-                }
-            }
+            // As the port parse judges them: one to five digits, 1 to 65535.
+            let Some((v, n)) = crate::scan::leading_number(digits, 5) else {
+                return false;
+            };
             match u16::try_from(v) {
                 Ok(p) if p != 0 && digits.get(n) == Some(&b'>') => (Some(p), host_len + 1 + n),
                 _ => return false,

@@ -193,25 +193,17 @@ pub struct CSeq<'a> {
 }
 
 pub(crate) fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, DefectKind> {
-    // The usual `N METHOD`: the digits summed in the walk that finds their end (a sum
-    // past u32::MAX stays past it, saturated), then one space and a token to the end.
-    let mut seq = 0u64;
-    let mut n = 0;
-    for &b in value {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            break;
-        }
-        seq = seq.saturating_mul(10).saturating_add(u64::from(d));
-        n += 1;
-    }
-    if let (Some(b' '), Some(method), Ok(seq)) = (
-        value.get(n).copied(),
-        value.get(n + 1..),
-        u32::try_from(seq),
-    ) {
-        if n > 0 && crate::scan::all_token(method) {
-            return Ok(CSeq { seq, method });
+    // The usual `N METHOD`: the number, one space and a token to the end. Anything else
+    // (more digits than a u32 needs included) goes to the general walk for its verdict.
+    if let Some((seq, n)) = crate::scan::leading_number(value, 19) {
+        if let (Some(b' '), Some(method), Ok(seq)) = (
+            value.get(n).copied(),
+            value.get(n + 1..),
+            u32::try_from(seq),
+        ) {
+            if crate::scan::all_token(method) {
+                return Ok(CSeq { seq, method });
+            }
         }
     }
     parse_cseq_walk(value)
