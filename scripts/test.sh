@@ -7,6 +7,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Everything the suite starts inherits this marker, so that what outlives it can be found
+# (scripts/leftovers.sh): a run fails if a test left a process behind, and on every way
+# out the leftovers are killed, so that the next run starts clean.
+export SIPWARD_TEST_RUN="$$-$(date +%s%N)"
+trap 'env -u SIPWARD_TEST_RUN ./scripts/leftovers.sh --kill "$SIPWARD_TEST_RUN" $$ >/dev/null || true' EXIT
+
 step "installing test dependencies"
 ./scripts/install-deps.sh
 
@@ -22,5 +28,10 @@ grep -q "test result: ok" target/test-output.log
 
 step "fuzz smoke run (${FUZZ_SECONDS:-20} s per target)"
 ./fuzz/smoke.sh "${FUZZ_SECONDS:-20}"
+
+step "no process left behind"
+# Let processes killed in the last test's drops be reaped first.
+sleep 1
+env -u SIPWARD_TEST_RUN ./scripts/leftovers.sh "$SIPWARD_TEST_RUN" $$
 
 step "all tests passed"

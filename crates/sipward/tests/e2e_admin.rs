@@ -202,8 +202,8 @@ fn api_metrics_cli_and_dashboard_show_what_sipp_does() {
     // The dashboard, in headless Chromium, shows the call.
     let shot = t.dir.join("dashboard.png");
     let url = format!("{}/dashboard#token={ADMIN_TOKEN}", t.api());
-    let dom = Command::new("chromium")
-        .args([
+    let dom = common::output_within(
+        Command::new("chromium").args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -211,9 +211,10 @@ fn api_metrics_cli_and_dashboard_show_what_sipp_does() {
             "--virtual-time-budget=3000",
             "--dump-dom",
             &url,
-        ])
-        .output()
-        .expect("chromium is installed (scripts/install-deps.sh installs it)");
+        ]),
+        Duration::from_secs(60),
+    )
+    .expect("chromium is installed (scripts/install-deps.sh installs it)");
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert!(
         dom.contains(&inside_call_id),
@@ -223,18 +224,20 @@ fn api_metrics_cli_and_dashboard_show_what_sipp_does() {
         dom.contains("alice@"),
         "the dashboard does not show the registration"
     );
-    let status = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--window-size=1200,900",
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(&url)
-        .output()
-        .unwrap();
+    let status = common::output_within(
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--window-size=1200,900",
+                "--virtual-time-budget=3000",
+            ])
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(&url),
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert!(status.status.success());
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 10_000,

@@ -13,10 +13,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Peer, Topology, ALICE_DIGEST};
+use common::{Guard, Peer, Topology, ALICE_DIGEST};
 
 /// The attacker: an inside host. SIPVicious 0.3.3 sends from the wildcard address
 /// whatever `-b` says, so on loopback it is 127.0.0.1, admitted by an extra nat rule.
@@ -31,21 +31,22 @@ const ATTACKER_RULE: &str = "[[address]]\nname = \"attacker\"\nhost = \"127.0.0.
 
 /// Starts a SIPVicious tool from the attacker's address against the gateway's inside
 /// address, bounded in time.
-fn spawn_sipvicious(t: &Topology, tool: &str, args: &[&str]) -> Child {
-    Command::new("timeout")
-        .arg("60")
-        .arg(tool)
-        .args(args)
-        .current_dir(&t.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sipvicious is installed (scripts/install-deps.sh installs it)")
+fn spawn_sipvicious(t: &Topology, tool: &str, args: &[&str]) -> Guard {
+    Guard::spawn(
+        Command::new("timeout")
+            .arg("60")
+            .arg(tool)
+            .args(args)
+            .current_dir(&t.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .expect("sipvicious is installed (scripts/install-deps.sh installs it)")
 }
 
 fn sipvicious(t: &Topology, tool: &str, args: &[&str]) -> Output {
-    spawn_sipvicious(t, tool, args).wait_with_output().unwrap()
+    spawn_sipvicious(t, tool, args).wait_output()
 }
 
 /// A 12-word dictionary with the right password 10th.
@@ -59,7 +60,7 @@ fn dictionary(t: &Topology) -> String {
     path.display().to_string()
 }
 
-fn start_crack(t: &Topology) -> Child {
+fn start_crack(t: &Topology) -> Guard {
     let dict = dictionary(t);
     let lan = t.gw_lan();
     let args = [
@@ -69,8 +70,8 @@ fn start_crack(t: &Topology) -> Child {
 }
 
 /// Waits for svcrack and returns what it printed.
-fn report(attack: Child) -> String {
-    let out = attack.wait_with_output().unwrap();
+fn report(attack: Guard) -> String {
+    let out = attack.wait_output();
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

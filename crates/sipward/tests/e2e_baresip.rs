@@ -112,7 +112,7 @@ fn call(t: &Topology, run: &str, target: &str) -> PathBuf {
         &tone,
         &format!("<sip:alice@{phone_ip}:5070>;regint=0"),
     );
-    let mut far = common::Guard::from(
+    let mut far = common::Guard::spawn(
         Command::new("baresip")
             .arg("-f")
             .arg(&callee)
@@ -120,28 +120,28 @@ fn call(t: &Topology, run: &str, target: &str) -> PathBuf {
             .current_dir(&callee)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("baresip is installed (scripts/install-deps.sh installs it)"),
-    );
+            .stderr(Stdio::null()),
+    )
+    .expect("baresip is installed (scripts/install-deps.sh installs it)");
     std::thread::sleep(Duration::from_millis(1000));
-    let status = Command::new("baresip")
-        .arg("-f")
-        .arg(&caller)
-        .args([
-            "-n",
-            &phone_ip,
-            "-e",
-            &format!("/dial sip:bob@{target}"),
-            "-t",
-            "6",
-        ])
-        .current_dir(&caller)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    // baresip quits by itself after -t seconds; the bound only stops a hung one.
+    let status = common::output_within(
+        Command::new("baresip")
+            .arg("-f")
+            .arg(&caller)
+            .args([
+                "-n",
+                &phone_ip,
+                "-e",
+                &format!("/dial sip:bob@{target}"),
+                "-t",
+                "6",
+            ])
+            .current_dir(&caller),
+        Duration::from_secs(30),
+    )
+    .unwrap()
+    .status;
     assert!(status.success(), "caller baresip: {status:?}");
     far.wait_ended();
     decoded(&callee)

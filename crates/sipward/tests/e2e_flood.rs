@@ -83,19 +83,20 @@ fn legitimate_calls_complete_through_a_flood_and_the_flooder_is_banned() {
         .map(|(method, port)| {
             let file = t.dir.join(format!("{method}.txt"));
             std::fs::write(&file, request(method, &t.gw_lan(), *port)).unwrap();
-            Command::new("sipsak")
-                .args(["-F", "-e", "200000", "-L", "-l", &port.to_string(), "-f"])
-                .arg(&file)
-                .args(["-s", &format!("sip:bob@{}", t.gw_lan())])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("sipsak is installed (scripts/install-deps.sh installs it)")
+            common::Guard::spawn(
+                Command::new("sipsak")
+                    .args(["-F", "-e", "200000", "-L", "-l", &port.to_string(), "-f"])
+                    .arg(&file)
+                    .args(["-s", &format!("sip:bob@{}", t.gw_lan())])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null()),
+            )
+            .expect("sipsak is installed (scripts/install-deps.sh installs it)")
         })
         .collect();
     let mut rate = 0.0;
     for f in floods {
-        let out = f.wait_with_output().unwrap();
+        let out = f.wait_output();
         let text = String::from_utf8_lossy(&out.stdout);
         rate += text
             .lines()

@@ -9,10 +9,64 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-/// A child process killed when the test ends, whatever the outcome.
+/// Starts `cmd` as the leader of a process group of its own, so that it and everything
+/// it forks (Kamailio's workers, Chromium's helpers, `timeout`'s child) can be stopped
+/// together: killing the leader alone leaves its children orphaned and running.
+pub(crate) fn spawn_group(cmd: &mut Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0).spawn()
+}
+
+/// Sends `signal` (e.g. "-KILL") to the process group `pgid`; a group already gone is fine.
+fn signal_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Runs `cmd` (in a group of its own) to its end and collects its output, like
+/// `Command::output`, but kills the whole group once `limit` has passed, so that a hung
+/// tool fails the test instead of hanging the suite.
+pub(crate) fn output_within(
+    cmd: &mut Command,
+    limit: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    let mut child = spawn_group(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            signal_group(child.id(), "-KILL");
+            break child.wait()?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Helpers the tool left behind in its group would keep the pipes open.
+    signal_group(child.id(), "-KILL");
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// A child process (leading a process group, see `spawn_group`) whose whole group is
+/// killed when the test ends, whatever the outcome.
 pub(crate) struct Guard(Child);
 impl Drop for Guard {
     fn drop(&mut self) {
+        // The group first: once the leader is reaped its id may be reused.
+        signal_group(self.0.id(), "-KILL");
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -25,14 +79,24 @@ impl From<Child> for Guard {
 }
 
 impl Guard {
+    /// Starts `cmd` in a process group of its own, guarded.
+    pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Guard> {
+        spawn_group(cmd).map(Guard)
+    }
+
     /// Waits for the process to end; its exit status.
     pub(crate) fn wait_exit(mut self) -> std::process::ExitStatus {
         self.0.wait().unwrap()
     }
 
-    /// The process id.
+    /// The process id (also its process group's).
     pub(crate) fn id(&self) -> u32 {
         self.0.id()
+    }
+
+    /// Its exit status if it has ended, without waiting.
+    pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.try_wait()
     }
 
     /// Waits (up to 20 s) for the process to end on its own.
@@ -62,24 +126,62 @@ impl Guard {
             started.elapsed()
         );
     }
+
+    /// Waits for the process to end and returns everything it wrote to its piped
+    /// standard output and error.
+    pub(crate) fn wait_output(mut self) -> std::process::Output {
+        let out = drain(self.0.stdout.take());
+        let err = drain(self.0.stderr.take());
+        let status = self.0.wait().unwrap();
+        std::process::Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        }
+    }
 }
 
-/// A daemon stopped with SIGTERM, so that it can stop the processes it forked.
+/// Reads a child's pipe to its end on a thread of its own (two pipes read one after the
+/// other can deadlock when the child fills the second).
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// A daemon (leading a process group) stopped with SIGTERM, so that it can stop the
+/// processes it forked; after 5 s, or if any of its group outlives it, the whole group
+/// gets SIGKILL.
 pub(crate) struct Terminated(Child);
 impl Drop for Terminated {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
+        signal_group(self.0.id(), "-TERM");
         let started = Instant::now();
         while started.elapsed() < std::time::Duration::from_secs(5) {
             if let Ok(Some(_)) = self.0.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        signal_group(self.0.id(), "-KILL");
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Terminated {
+    /// Starts `cmd` in a process group of its own, stopped with SIGTERM at drop.
+    pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Terminated> {
+        spawn_group(cmd).map(Terminated)
+    }
+
+    /// The process id (also its process group's).
+    pub(crate) fn id(&self) -> u32 {
+        self.0.id()
     }
 }
 
@@ -212,12 +314,13 @@ service = "sip"
     pub(crate) fn start_gateway_text(&self, text: &str) -> Guard {
         let cfg = self.dir.join("sipward.toml");
         std::fs::write(&cfg, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sipward"))
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_group(
+            Command::new(env!("CARGO_BIN_EXE_sipward"))
+                .args(["run", "--config", cfg.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        )
+        .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         loop {
@@ -234,16 +337,15 @@ service = "sip"
     }
 
     pub(crate) fn sipp(&self, args: &[&str]) -> Guard {
-        Guard(
+        Guard::spawn(
             Command::new("sipp")
                 .args(args)
                 .args(["-nostdin", "-timeout", "30s", "-timeout_error"])
                 .current_dir(&self.dir)
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("sipp is installed (scripts/install-deps.sh installs Debian's sip-tester)"),
+                .stderr(Stdio::piped()),
         )
+        .expect("sipp is installed (scripts/install-deps.sh installs Debian's sip-tester)")
     }
 
     /// Starts Kamailio (tests/kamailio/proxy.cfg) on the proxy address, its log (every
@@ -251,22 +353,22 @@ service = "sip"
     pub(crate) fn start_kamailio(&self) -> Terminated {
         let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/kamailio/proxy.cfg");
         let log = std::fs::File::create(self.dir.join("kamailio.log")).unwrap();
-        let child = Command::new("kamailio")
-            .arg("-f")
-            .arg(&cfg)
-            .args(["-l", &format!("udp:{}:5060", self.proxy())])
-            .arg("-P")
-            .arg(self.dir.join("kamailio.pid"))
-            .arg("-Y")
-            .arg(&self.dir)
-            .arg("-w")
-            .arg(&self.dir)
-            .args(["-DD", "-E", "-m", "64", "-M", "8"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("kamailio is installed (scripts/install-deps.sh installs it)");
-        let guard = Terminated(child);
+        let guard = Terminated::spawn(
+            Command::new("kamailio")
+                .arg("-f")
+                .arg(&cfg)
+                .args(["-l", &format!("udp:{}:5060", self.proxy())])
+                .arg("-P")
+                .arg(self.dir.join("kamailio.pid"))
+                .arg("-Y")
+                .arg(&self.dir)
+                .arg("-w")
+                .arg(&self.dir)
+                .args(["-DD", "-E", "-m", "64", "-M", "8"])
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .expect("kamailio is installed (scripts/install-deps.sh installs it)");
         let probe = std::net::UdpSocket::bind(format!("{}:0", self.proxy())).unwrap();
         probe
             .set_read_timeout(Some(std::time::Duration::from_millis(200)))
@@ -371,17 +473,18 @@ pub(crate) struct Capture {
 impl Topology {
     pub(crate) fn capture(&self) -> Capture {
         let file = self.dir.join("media.pcap");
-        let mut child = Command::new("tcpdump")
-            .args(["-i", "lo", "-nn", "-U", "-B", "16384", "-w"])
-            .arg(&file)
-            .arg(format!(
-                "udp and net 127.{}.0.0/16 and not portrange 5060-5099",
-                self.n
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump is installed (scripts/install-deps.sh installs it)");
+        let mut child = spawn_group(
+            Command::new("tcpdump")
+                .args(["-i", "lo", "-nn", "-U", "-B", "16384", "-w"])
+                .arg(&file)
+                .arg(format!(
+                    "udp and net 127.{}.0.0/16 and not portrange 5060-5099",
+                    self.n
+                ))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
+        .expect("tcpdump is installed (scripts/install-deps.sh installs it)");
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         loop {
@@ -492,12 +595,14 @@ impl Topology {
     pub(crate) fn admin(&self, args: &[&str]) -> std::process::Output {
         let api = self.api();
         let (command, rest) = args.split_first().unwrap();
-        Command::new(env!("CARGO_BIN_EXE_sipward"))
-            .arg(command)
-            .args(["--api", &api, "--token", ADMIN_TOKEN])
-            .args(rest)
-            .output()
-            .unwrap()
+        output_within(
+            Command::new(env!("CARGO_BIN_EXE_sipward"))
+                .arg(command)
+                .args(["--api", &api, "--token", ADMIN_TOKEN])
+                .args(rest),
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap()
     }
 }
 
