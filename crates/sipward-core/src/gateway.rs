@@ -274,6 +274,12 @@ impl Gateway {
         self.guard.tracked_sources()
     }
 
+    /// Opens media sockets as ports are handed out (the driver's binds them; see
+    /// [`crate::PortReserver`]), so that a call whose media cannot open is refused with 503.
+    pub fn set_port_reserver(&mut self, reserver: Box<dyn crate::media::PortReserver>) {
+        self.media.set_reserver(reserver);
+    }
+
     /// The next instruction for the media relay; drain after every call, like
     /// [`Gateway::poll_transmit`].
     pub fn poll_media(&mut self) -> Option<MediaCommand> {
@@ -561,20 +567,26 @@ impl Gateway {
         edits: &mut Edits,
         passage: SdpPassage<'_>,
     ) -> bool {
-        match self.media.rewrite_sdp(at.now, msg, edits, passage) {
-            Ok(()) => true,
-            Err(MediaError::PortsExhausted) => {
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    503,
-                    "Service Unavailable",
-                    "no media ports left",
-                );
-                false
-            }
-        }
+        let why = match self.media.rewrite_sdp(at.now, msg, edits, passage) {
+            Ok(()) => return true,
+            Err(MediaError::PortsExhausted) => "no media ports left",
+            Err(MediaError::SocketsUnavailable) => "media sockets cannot be opened",
+        };
+        // The operator learns of it from the event log, not only from a counter: the
+        // gateway is out of a resource, not refusing a peer.
+        let method = msg
+            .method()
+            .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned());
+        self.guard.record(
+            at.now,
+            EventKind::Overload,
+            at.remote.ip(),
+            None,
+            method.as_deref(),
+            &format!("call refused: {why}"),
+        );
+        self.answer(config, at, msg, 503, "Service Unavailable", why);
+        false
     }
 
     /// A response's SDP through the media table. A response cannot be refused: when

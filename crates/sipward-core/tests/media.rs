@@ -16,7 +16,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use sipward_core::{AlgOptions, MediaCommand, Peer};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use sipward_core::{AlgOptions, EventKind, MediaCommand, Peer, PortReserver, ReserveError};
 
 fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -144,6 +147,103 @@ fn exhausted_port_pool_refuses_the_call_with_503() {
     assert!(refused.contains("no media ports"), "{refused}");
     assert_eq!(net.gw.media().refused(), 1);
     assert!(net.media_commands().is_empty());
+}
+
+/// A port reserver that fails as told: ports held by "another process", or no file
+/// descriptors left at all. Records the pairs it holds.
+#[derive(Clone, Default)]
+struct FakeReserver {
+    state: Arc<Mutex<FakeState>>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    taken_by_others: HashSet<SocketAddr>,
+    out_of_files: bool,
+    held: HashSet<SocketAddr>,
+}
+
+impl PortReserver for FakeReserver {
+    fn reserve(&mut self, rtp: SocketAddr) -> Result<(), ReserveError> {
+        let mut state = self.state.lock().unwrap();
+        if state.taken_by_others.contains(&rtp) {
+            return Err(ReserveError::InUse);
+        }
+        // The inside pair opens; the outside one finds the file limit reached.
+        if state.out_of_files && rtp.ip() == sock("203.0.113.1:0").ip() {
+            return Err(ReserveError::Unavailable);
+        }
+        assert!(state.held.insert(rtp), "{rtp} reserved twice");
+        Ok(())
+    }
+
+    fn release(&mut self, rtp: SocketAddr) {
+        assert!(
+            self.state.lock().unwrap().held.remove(&rtp),
+            "{rtp} not held"
+        );
+    }
+}
+
+#[test]
+fn media_sockets_that_cannot_open_refuse_the_call_with_503() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let fake = FakeReserver::default();
+    net.gw.set_port_reserver(Box::new(fake.clone()));
+    fake.state.lock().unwrap().out_of_files = true;
+    // The phone gets 503; nothing goes to the proxy (one transmit in all).
+    let refused = net.phone_sends(&invite("e1", "z9hG4bKe1"));
+    assert_eq!(refused.remote, addr(PHONE));
+    let refused = text(&refused);
+    assert!(refused.starts_with("SIP/2.0 503 "), "{refused}");
+    assert!(
+        refused.contains("Warning: 399 ") && refused.contains("media sockets cannot be opened"),
+        "{refused}"
+    );
+    assert_eq!(net.gw.media().refused(), 1);
+    assert!(net.media_commands().is_empty());
+    // The inside pair reserved before the failure is given back.
+    assert!(fake.state.lock().unwrap().held.is_empty());
+    assert!(net
+        .gw
+        .media()
+        .pool_usage()
+        .iter()
+        .all(|&(_, used, _)| used == 0));
+    let events: Vec<_> = std::iter::from_fn(|| net.gw.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::Overload
+            && e.reason.contains("media sockets cannot be opened")),
+        "{events:?}"
+    );
+
+    // Once descriptors are back, the next call goes through.
+    fake.state.lock().unwrap().out_of_files = false;
+    let fwd = text(&net.phone_sends(&invite("e2", "z9hG4bKe2")));
+    assert!(fwd.starts_with("INVITE "), "{fwd}");
+    assert_eq!(fake.state.lock().unwrap().held.len(), 2);
+}
+
+#[test]
+fn a_port_taken_by_another_socket_is_skipped_for_the_next_pair() {
+    let mut net = Net::with_media(AlgOptions::default(), 2);
+    let fake = FakeReserver::default();
+    net.gw.set_port_reserver(Box::new(fake.clone()));
+    fake.state
+        .lock()
+        .unwrap()
+        .taken_by_others
+        .insert(sock("203.0.113.1:31000"));
+    let fwd = text(&net.phone_sends(&invite("t1", "z9hG4bKt1")));
+    assert!(fwd.contains("m=audio 31002 RTP/AVP 0\r\n"), "{fwd}");
+    assert_eq!(net.gw.media().ports_in_use(), 1);
+    assert_eq!(net.gw.media().refused(), 0);
+    // With the only other pair in use as well, the next call finds no pair: 503.
+    let refused = text(&net.phone_sends(&invite("t2", "z9hG4bKt2")));
+    assert!(refused.starts_with("SIP/2.0 503 "), "{refused}");
+    assert!(refused.contains("no media ports"), "{refused}");
+    // Nothing taken by the refused call stays reserved: the first call's two pairs.
+    assert_eq!(fake.state.lock().unwrap().held.len(), 2);
 }
 
 #[test]

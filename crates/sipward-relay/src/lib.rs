@@ -21,14 +21,16 @@ mod table;
 #[allow(unsafe_code)]
 mod uring;
 
+use std::collections::HashMap;
 use std::io;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use sipward_core::MediaCommand;
+use sipward_core::{MediaCommand, PortReserver, ReserveError};
 
 use crate::table::{StreamSlots, Table};
 /// How long the relay keeps polling after work before it sleeps. Zero by default: a
@@ -142,6 +144,53 @@ fn place_current_thread(options: &RelayOptions) -> io::Result<()> {
     Ok(())
 }
 
+/// Sockets bound for pairs the core handed out, by local address, until the relay takes
+/// them at the stream's `Set`.
+pub(crate) type Reserved = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;
+
+/// The relay's [`PortReserver`]: binds a pair's two sockets when the core hands the pair
+/// out (in the driver's thread, before the SDP naming it leaves), so that a port that
+/// cannot open refuses the call instead of leaving it without media. The relay thread
+/// then serves exactly these sockets: nothing binds the ports a second time.
+pub struct PortReservations {
+    reserved: Reserved,
+}
+
+impl PortReserver for PortReservations {
+    fn reserve(&mut self, rtp: SocketAddr) -> Result<(), ReserveError> {
+        let rtcp_port = rtp.port().checked_add(1).ok_or(ReserveError::InUse)?;
+        let rtcp = SocketAddr::new(rtp.ip(), rtcp_port);
+        let bind = |local: SocketAddr| {
+            UdpSocket::bind(local).map_err(|e| {
+                let error = match e.kind() {
+                    // Another socket has it (or it is a port we may not use): another
+                    // pair may well open.
+                    io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied => {
+                        ReserveError::InUse
+                    }
+                    _ => ReserveError::Unavailable,
+                };
+                tracing::error!(%local, "cannot open media port: {e}");
+                error
+            })
+        };
+        let rtp_socket = bind(rtp)?;
+        let rtcp_socket = bind(rtcp)?;
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        reserved.insert(rtp, rtp_socket);
+        reserved.insert(rtcp, rtcp_socket);
+        Ok(())
+    }
+
+    fn release(&mut self, rtp: SocketAddr) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        reserved.remove(&rtp);
+        if let Some(port) = rtp.port().checked_add(1) {
+            reserved.remove(&SocketAddr::new(rtp.ip(), port));
+        }
+    }
+}
+
 /// The handle the driver keeps: commands go in, the thread does the rest.
 pub struct RelayHandle {
     sender: mpsc::Sender<Message>,
@@ -149,6 +198,7 @@ pub struct RelayHandle {
     waker: UnixDatagram,
     engine: Engine,
     thread: Option<thread::JoinHandle<()>>,
+    reserved: Reserved,
 }
 
 impl RelayHandle {
@@ -175,7 +225,8 @@ impl RelayHandle {
         waker.set_nonblocking(true)?;
         wake.set_nonblocking(true)?;
         let inbox = Inbox { receiver, wake };
-        let table = Table::new()?;
+        let reserved = Reserved::default();
+        let table = Table::new(reserved.clone())?;
         let (started_tx, started_rx) = mpsc::sync_channel(1);
         let thread = thread::Builder::new()
             .name("sipward-relay".into())
@@ -205,7 +256,17 @@ impl RelayHandle {
             waker,
             engine,
             thread: Some(thread),
+            reserved,
         })
+    }
+
+    /// The reserver to give the core ([`sipward_core::Gateway::set_port_reserver`]):
+    /// streams `Set` on pairs it reserved are served on the sockets it bound. A `Set`
+    /// on a pair nobody reserved (a relay driven without the core) binds its own.
+    pub fn reservations(&self) -> PortReservations {
+        PortReservations {
+            reserved: self.reserved.clone(),
+        }
     }
 
     /// The engine the relay runs with (`Auto` resolved).

@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 use sipward_core::{LegSpec, Peer, Side, StreamCounters, StreamId};
 use slab::Slab;
+
+use crate::Reserved;
 
 /// Tags go round below this (io_uring's `user_data` has room for 28 bits of them).
 pub(crate) const TAG_LIMIT: u32 = 1 << 28;
@@ -226,11 +228,15 @@ pub(crate) struct Table {
     /// and the kernel switches its GRO code paths on and off (live-patching code on
     /// every CPU) whenever the number of such sockets goes between zero and one.
     _state_socket: std::net::UdpSocket,
+    /// Sockets the driver bound for the core's pairs (`PortReservations`).
+    reserved: Reserved,
 }
 
 impl Table {
-    pub(crate) fn new() -> io::Result<Self> {
-        Self::with_first_tag(0)
+    pub(crate) fn new(reserved: Reserved) -> io::Result<Self> {
+        let mut table = Self::with_first_tag(0)?;
+        table.reserved = reserved;
+        Ok(table)
     }
 
     /// A table whose first socket gets tag `first + 1` (tests start near the limit).
@@ -245,6 +251,7 @@ impl Table {
             next_tag: first % TAG_LIMIT,
             state,
             _state_socket: state_socket,
+            reserved: Reserved::default(),
         })
     }
 
@@ -311,7 +318,17 @@ impl Table {
     ) -> io::Result<usize> {
         // A plain socket: no GRO, packet-info or TOS options, which a stream of 50
         // packets a second has no use for and which cost system calls per call.
-        let socket = std::net::UdpSocket::bind(local)?;
+        // The socket bound when the pair was handed out, if it was (always, under the
+        // driver): binding again here could find the port taken in between.
+        let reserved = self
+            .reserved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&local);
+        let socket = match reserved {
+            Some(socket) => socket,
+            None => std::net::UdpSocket::bind(local)?,
+        };
         socket.set_nonblocking(true)?;
         // Room for a burst while the relay thread is not running (the kernel caps it at
         // net.core.rmem_max); memory is only taken by packets actually queued.
