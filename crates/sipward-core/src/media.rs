@@ -71,10 +71,12 @@ pub enum Latching {
 /// Where one party of a stream receives, and so the only source accepted from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    /// `None` while unknown or on hold (`c=0.0.0.0`): nothing is sent to it.
+    /// `None` while unknown, on hold (`c=0.0.0.0`), or behind another NAT (its SDP's
+    /// private address is not reachable): nothing is sent to it until it latches.
     pub rtp: Option<SocketAddr>,
     pub rtcp: Option<SocketAddr>,
-    /// Take the first source that sends as this party's address.
+    /// Take the first source that sends as this party's address (and send to it from
+    /// then on; before that, to `rtp`/`rtcp`).
     pub latch: bool,
 }
 
@@ -532,14 +534,24 @@ impl MediaTable {
                 }
                 None => rtp.map(|a| SocketAddr::new(a.ip(), a.port().saturating_add(1))),
             };
+            let behind_nat =
+                ip.is_some_and(|ip| is_private(ip) && !own.iter().any(|n| n.contains(&ip)));
             let latch = match latching {
                 Latching::Off => false,
                 Latching::Any => true,
-                Latching::Nat => {
-                    ip.is_some_and(|ip| is_private(ip) && !own.iter().any(|n| n.contains(&ip)))
-                }
+                Latching::Nat => behind_nat,
             };
-            let peer = Peer { rtp, rtcp, latch };
+            let peer = if latching == Latching::Nat && behind_nat {
+                // Its SDP address cannot be reached from here: nothing is sent to it
+                // before it has sent (and latched).
+                Peer {
+                    rtp: None,
+                    rtcp: None,
+                    latch,
+                }
+            } else {
+                Peer { rtp, rtcp, latch }
+            };
             let parties = from.of_mut(&mut stream.peers);
             parties.retain(|(tag, _)| tag.as_slice() != passage.tag);
             parties.insert(0, (passage.tag.to_vec(), peer));

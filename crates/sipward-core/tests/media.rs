@@ -415,6 +415,11 @@ fn a_far_end_behind_another_nat_is_latched() {
         far.latch,
         "a private address outside our networks is behind a NAT"
     );
+    assert_eq!(
+        (far.rtp, far.rtcp),
+        (None, None),
+        "nothing is sent to its unreachable SDP address before it latches"
+    );
     let near = &s.last().unwrap().1[0];
     assert!(
         !near.latch,

@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 use sipward_core::{LegSpec, Peer, Side, StreamCounters, StreamId};
@@ -133,48 +133,91 @@ struct Leg {
     peers: Vec<Peer>,
     /// The source a latching party was first seen sending from, per channel.
     latched: [Option<SocketAddr>; 2],
+    /// Datagrams that came while the leg had no party yet: a far end starts sending as
+    /// soon as it has sent its answer, before the gateway has read the answer and told
+    /// the relay who it is. Bounded (`EARLY_PACKETS`, `EARLY_FOR`); sent on once the
+    /// party is known, if they are its.
+    early: Vec<Early>,
 }
+
+/// A datagram held until its leg's party is known.
+struct Early {
+    channel: Channel,
+    source: SocketAddr,
+    at: Instant,
+    bytes: Vec<u8>,
+}
+
+/// The most datagrams a leg holds before its party is known (both channels): a few
+/// 20 ms packets cover the time the gateway takes to read an answer.
+const EARLY_PACKETS: usize = 16;
+/// How long a held datagram may wait for its party; older ones are dropped.
+const EARLY_FOR: Duration = Duration::from_secs(1);
 
 impl Leg {
     fn accepts(&mut self, channel: Channel, source: SocketAddr) -> bool {
-        if channel_of(&self.latched, channel) == Some(source) {
-            return true;
-        }
-        let named = self
-            .peers
-            .iter()
-            .any(|p| address(p, channel) == Some(source));
-        if named {
-            return true;
-        }
         let latching = self.peers.first().is_some_and(|p| p.latch);
-        if latching {
-            let slot = match channel {
-                Channel::Rtp => &mut self.latched[0],
-                Channel::Rtcp => &mut self.latched[1],
-            };
-            if slot.is_none() {
-                *slot = Some(source);
-                return true;
-            }
+        let slot = match channel {
+            Channel::Rtp => &mut self.latched[0],
+            Channel::Rtcp => &mut self.latched[1],
+        };
+        if *slot == Some(source) {
+            return true;
         }
-        false
+        if latching && slot.is_none() {
+            // The first source is the party's address, also when it is the one its SDP
+            // names: packets for it go where it sends from.
+            *slot = Some(source);
+            return true;
+        }
+        self.peers
+            .iter()
+            .any(|p| address(p, channel) == Some(source))
     }
 
-    /// Where packets for this leg's party go on `channel`.
+    /// Holds a datagram that came before the leg's party was known. Returns how many
+    /// datagrams are dropped instead: held ones too old to wait on, and this one when
+    /// there is no room.
+    fn hold(&mut self, channel: Channel, source: SocketAddr, bytes: &[u8], now: Instant) -> u64 {
+        let before = self.early.len();
+        self.early
+            .retain(|e| now.saturating_duration_since(e.at) < EARLY_FOR);
+        let expired = (before - self.early.len()) as u64;
+        if self.early.len() >= EARLY_PACKETS {
+            return expired + 1;
+        }
+        self.early.push(Early {
+            channel,
+            source,
+            at: now,
+            bytes: bytes.to_vec(),
+        });
+        expired
+    }
+
+    /// Whether datagrams arriving on this leg are held rather than checked: nobody is
+    /// known to send on it yet.
+    fn awaits_party(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Where packets for this leg's party go on `channel`: where a latching party sends
+    /// from once seen, else where its SDP says (none for a party behind another NAT,
+    /// whose SDP address the core leaves out).
     fn destination(&self, channel: Channel) -> Option<SocketAddr> {
         let peer = self.peers.first()?;
         if !peer.latch {
             return address(peer, channel);
         }
-        match channel {
+        let latched = match channel {
             Channel::Rtp => self.latched[0],
             // Until the party's own RTCP is seen, its RTCP is taken to come from the
             // port after its RTP (RFC 3550), where it also listens.
             Channel::Rtcp => self.latched[1].or_else(|| {
                 self.latched[0].map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
             }),
-        }
+        };
+        latched.or_else(|| address(peer, channel))
     }
 }
 
@@ -273,6 +316,9 @@ impl Table {
                         leg.latched = [None, None];
                     }
                 }
+                for side in [Side::Inside, Side::Outside] {
+                    Self::send_early(&self.slots, stream, side);
+                }
             }
             return [None; 4];
         }
@@ -307,6 +353,53 @@ impl Table {
         }
         let [[a, b], [c, d]] = slots;
         [a, b, c, d]
+    }
+
+    /// Sends on what `side`'s leg held while its party was unknown, now that it is
+    /// known: what the party (or latching) accepts goes to the other leg's party as it
+    /// would have on arrival; the rest is dropped and counted.
+    fn send_early(slots: &Slab<Slot>, stream: &mut Stream, side: Side) {
+        let (from_leg, to_leg) = legs_mut(&mut stream.legs, side);
+        if from_leg.early.is_empty() || from_leg.awaits_party() {
+            return;
+        }
+        let now = Instant::now();
+        let mut tally = Tally::default();
+        for early in std::mem::take(&mut from_leg.early) {
+            let out = channel_of(side.other().of(&stream.slots), early.channel)
+                .and_then(|k| slots.get(k))
+                .and_then(|s| s.socket.as_ref());
+            let fresh = now.saturating_duration_since(early.at) < EARLY_FOR;
+            let accepted = fresh && from_leg.accepts(early.channel, early.source);
+            let target = to_leg.destination(early.channel);
+            match (accepted, target, out) {
+                (true, Some(target), Some(out)) if out.send_to(&early.bytes, target).is_ok() => {
+                    tally.packets += 1;
+                    tally.bytes += early.bytes.len() as u64;
+                }
+                _ => tally.dropped += 1,
+            }
+        }
+        if tally.packets > 0 {
+            stream
+                .counters
+                .record(side, tally.packets, tally.bytes, now);
+        }
+        if tally.dropped > 0 {
+            stream.counters.record_drop(tally.dropped);
+        }
+    }
+
+    /// Whether what slot `key` receives is held for a party not yet known (then the
+    /// engine passes it to `forward`, which holds it, rather than to `route_one`).
+    pub(crate) fn awaits_party(&self, key: usize) -> bool {
+        self.slots
+            .get(key)
+            .and_then(|slot| {
+                let stream = self.streams.get(slot.stream)?;
+                Some(slot.side.of(&stream.legs).awaits_party())
+            })
+            .unwrap_or(false)
     }
 
     fn open(
@@ -448,6 +541,10 @@ impl Table {
                 tally.dropped += 1;
                 continue;
             };
+            if from_leg.awaits_party() {
+                tally.dropped += from_leg.hold(channel, source, bytes, now);
+                continue;
+            }
             // Accepting comes first: it latches a party even while the other leg has
             // nowhere to send yet (both latching, the first packets of a call).
             let accepted = from_leg.accepts(channel, source);

@@ -623,6 +623,10 @@ impl Uring {
         else {
             return OneSend::NotTried;
         };
+        if table.awaits_party(key) {
+            // Held until the party is known: `forward` copies it out of the buffer.
+            return OneSend::NotTried;
+        }
         let Some((fd, target)) = table.route_one(key, source, payload_len) else {
             return OneSend::Handled;
         };

@@ -227,10 +227,11 @@ fn latching_party_is_answered_where_it_sends_from_with(engine: Engine) {
         7,
         ["127.78.0.1:40010", "127.78.1.1:40010"],
         vec![strict(&phone_rtp, &phone_rtcp)],
-        // Its SDP named a private address it cannot be reached at.
+        // Its SDP named a private address it cannot be reached at, which the core
+        // leaves out.
         vec![Peer {
-            rtp: Some(sock("192.168.1.5:7000")),
-            rtcp: Some(sock("192.168.1.5:7001")),
+            rtp: None,
+            rtcp: None,
             latch: true,
         }],
     );
@@ -693,4 +694,128 @@ fn ports_closed_and_reopened_under_load_are_free_for_the_new_stream_with(engine:
         failures, 0,
         "{engine:?}: reopened streams that did not forward"
     );
+}
+
+/// Waits (up to a second) for the forwarded counts to read `expected`: a relay counts
+/// a read's packets after sending them, so the receiver may see them first.
+fn packets_become(counters: &StreamCounters, expected: [u64; 2]) {
+    let started = Instant::now();
+    while counters.snapshot().packets != expected && started.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(counters.snapshot().packets, expected);
+}
+
+#[test]
+fn latching_any_relays_an_ordinary_and_an_asymmetric_call_both_ways() {
+    for engine in ENGINES {
+        latching_any_relays_an_ordinary_and_an_asymmetric_call_both_ways_with(engine);
+    }
+}
+
+/// `media_latching = "any"`: every party latches, also one that sends from the address
+/// its SDP names (this relayed nothing: a named source was accepted without being
+/// latched, and a latching party is sent to only once latched).
+fn latching_any_relays_an_ordinary_and_an_asymmetric_call_both_ways_with(engine: Engine) {
+    let relay = spawn(engine);
+    let latching = |rtp: &UdpSocket| {
+        let a = rtp.local_addr().unwrap();
+        Peer {
+            rtp: Some(a),
+            rtcp: Some(SocketAddr::new(a.ip(), a.port() + 1)),
+            latch: true,
+        }
+    };
+    // An ordinary call: each party sends from where its SDP says.
+    let (phone, far) = (bind("127.85.0.20:0"), bind("127.85.1.50:0"));
+    let local = ["127.85.0.1:40100", "127.85.1.1:40100"];
+    let counters = set_at(
+        &relay,
+        1,
+        local,
+        vec![latching(&phone)],
+        vec![latching(&far)],
+    );
+    phone.send_to(&[1], local[0]).unwrap();
+    far.send_to(&[2], local[1]).unwrap();
+    assert_eq!(receive(&far).unwrap(), (vec![1], sock(local[1])));
+    assert_eq!(receive(&phone).unwrap(), (vec![2], sock(local[0])));
+    packets_become(&counters, [1, 1]);
+
+    // Asymmetric RTP (RFC 4961): both parties send from other ports than their SDP
+    // names, and get the other's media back where they send from.
+    let (phone_sdp, far_sdp) = (bind("127.85.0.21:0"), bind("127.85.1.51:0"));
+    let (phone_sends, far_sends) = (bind("127.85.0.21:0"), bind("127.85.1.51:0"));
+    let local = ["127.85.0.1:40110", "127.85.1.1:40110"];
+    let counters = set_at(
+        &relay,
+        2,
+        local,
+        vec![latching(&phone_sdp)],
+        vec![latching(&far_sdp)],
+    );
+    // Before the phone has sent, the far end's media goes where the phone's SDP says.
+    far_sends.send_to(&[1], local[1]).unwrap();
+    assert_eq!(receive(&phone_sdp).unwrap().0, vec![1]);
+    for i in 0..5u8 {
+        phone_sends.send_to(&[10 + i], local[0]).unwrap();
+        far_sends.send_to(&[20 + i], local[1]).unwrap();
+    }
+    for i in 0..5u8 {
+        assert_eq!(receive(&far_sends).unwrap().0, vec![10 + i]);
+        assert_eq!(receive(&phone_sends).unwrap().0, vec![20 + i]);
+    }
+    assert!(receive(&phone_sdp).is_none() && receive(&far_sdp).is_none());
+    packets_become(&counters, [5, 6]);
+}
+
+#[test]
+fn media_arriving_before_the_answer_is_applied_is_sent_on_once_it_is() {
+    for engine in ENGINES {
+        media_arriving_before_the_answer_is_applied_is_sent_on_once_it_is_with(engine);
+    }
+}
+
+/// The far end sends RTP right after its 200 OK; the relay learns of it only once the
+/// gateway has read the 200. What came before is held and sent on if it is the
+/// answer's party's; a stranger's is not.
+fn media_arriving_before_the_answer_is_applied_is_sent_on_once_it_is_with(engine: Engine) {
+    let relay = spawn(engine);
+    let (phone_rtp, phone_rtcp) = (bind("127.86.0.20:0"), bind("127.86.0.20:0"));
+    let far = bind("127.86.1.50:0");
+    let stranger = bind("127.86.1.99:0");
+    let local = [sock("127.86.0.1:40200"), sock("127.86.1.1:40200")];
+    // The offer: the phone is known, the far end not yet.
+    let (offer, counters) = command(3, local, vec![strict(&phone_rtp, &phone_rtcp)], vec![]);
+    relay.apply([offer]);
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..3u8 {
+        far.send_to(&[i], local[1]).unwrap();
+    }
+    stranger.send_to(&[99], local[1]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        receive(&phone_rtp).is_none(),
+        "nothing goes on before the answer"
+    );
+    // The answer names the far end.
+    let (answer, _) = command(
+        3,
+        local,
+        vec![strict(&phone_rtp, &phone_rtcp)],
+        vec![strict(&far, &far)],
+    );
+    relay.apply([answer]);
+    for i in 0..3u8 {
+        assert_eq!(receive(&phone_rtp).unwrap(), (vec![i], local[0]));
+    }
+    assert!(
+        receive(&phone_rtp).is_none(),
+        "the stranger's datagram is dropped"
+    );
+    packets_become(&counters, [0, 3]);
+    assert_eq!(counters.snapshot().dropped, 1);
+    // Later media flows as usual.
+    far.send_to(&[7], local[1]).unwrap();
+    assert_eq!(receive(&phone_rtp).unwrap().0, vec![7]);
 }
