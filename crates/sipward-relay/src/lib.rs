@@ -162,16 +162,18 @@ impl PortReserver for PortReservations {
         let rtcp = SocketAddr::new(rtp.ip(), rtcp_port);
         let bind = |local: SocketAddr| {
             UdpSocket::bind(local).map_err(|e| {
-                let error = match e.kind() {
+                match e.kind() {
                     // Another socket has it (or it is a port we may not use): another
-                    // pair may well open.
+                    // pair may well open (the core logs the skip).
                     io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied => {
+                        tracing::debug!(%local, "cannot open media port: {e}");
                         ReserveError::InUse
                     }
-                    _ => ReserveError::Unavailable,
-                };
-                tracing::error!(%local, "cannot open media port: {e}");
-                error
+                    _ => {
+                        tracing::error!(%local, "cannot open media port: {e}");
+                        ReserveError::Unavailable
+                    }
+                }
             })
         };
         let rtp_socket = bind(rtp)?;
