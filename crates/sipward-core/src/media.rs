@@ -88,6 +88,10 @@ pub struct LegSpec {
     /// The parties on this side: packets go to the first; any of them may send (more
     /// than one only while forked early dialogs are alive).
     pub peers: Vec<Peer>,
+    /// The call is not answered yet: the answer may name a party not known so far (a
+    /// fork answering, a far end streaming before its 200 is read), so datagrams from
+    /// sources the leg does not accept are held briefly rather than dropped.
+    pub provisional: bool,
 }
 
 /// What the relay must do.
@@ -584,9 +588,10 @@ impl MediaTable {
         }
         hide_origin(msg, edits, sdp, to_ip, passage);
 
+        let provisional = call.answered.is_none();
         for index in changed {
             if let Some(Some(s)) = call.streams.get(index) {
-                self.commands.push_back(set_command(s));
+                queue_set(&mut self.commands, set_command(s, provisional));
             }
         }
         for s in released {
@@ -601,7 +606,8 @@ impl MediaTable {
         let Some(c) = self.calls.get_mut(call) else {
             return;
         };
-        if c.answered.is_none() {
+        let first_answer = c.answered.is_none();
+        if first_answer {
             c.answered = Some(now);
             for s in c.streams.iter_mut().flatten() {
                 s.since = now;
@@ -609,9 +615,14 @@ impl MediaTable {
         }
         for s in c.streams.iter_mut().flatten() {
             let parties = answerer.of_mut(&mut s.peers);
-            if parties.iter().any(|(t, _)| t.as_slice() == tag) && parties.len() > 1 {
+            let forks_dropped =
+                parties.iter().any(|(t, _)| t.as_slice() == tag) && parties.len() > 1;
+            if forks_dropped {
                 parties.retain(|(t, _)| t.as_slice() == tag);
-                self.commands.push_back(set_command(s));
+            }
+            // The relay stops holding packets from unknown sources for a fork's answer.
+            if forks_dropped || first_answer {
+                queue_set(&mut self.commands, set_command(s, false));
             }
         }
     }
@@ -864,10 +875,27 @@ impl MediaTable {
 /// Forked early dialogs remembered per stream side.
 const MAX_FORKS: usize = 8;
 
-fn set_command(s: &Stream) -> MediaCommand {
+/// Queues a `Set`, in place of one for the same stream still queued (the answer's own
+/// `Set` and the one that ends its provisional state leave as one).
+fn queue_set(commands: &mut VecDeque<MediaCommand>, set: MediaCommand) {
+    let MediaCommand::Set { id, .. } = &set else {
+        commands.push_back(set);
+        return;
+    };
+    let queued = commands
+        .iter_mut()
+        .find(|c| matches!(c, MediaCommand::Set { id: queued, .. } if queued == id));
+    match queued {
+        Some(slot) => *slot = set,
+        None => commands.push_back(set),
+    }
+}
+
+fn set_command(s: &Stream, provisional: bool) -> MediaCommand {
     let leg = |side: Side| LegSpec {
         local_rtp: *side.of(&s.local),
         peers: side.of(&s.peers).iter().map(|p| p.1).collect(),
+        provisional,
     };
     MediaCommand::Set {
         id: s.id,

@@ -185,6 +185,48 @@ impl PortReserver for FakeReserver {
     }
 }
 
+/// Whether every leg of every `Set` among `cmds` is provisional.
+fn provisional(cmds: &[MediaCommand]) -> Vec<bool> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            MediaCommand::Set { legs, .. } => Some(legs.iter().all(|l| l.provisional)),
+            MediaCommand::Close { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn legs_are_provisional_until_the_call_is_answered() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let fwd = text(&net.phone_sends(&invite("v1", "z9hG4bKv1")));
+    assert_eq!(provisional(&net.media_commands()), vec![true]);
+    // Early media from one fork: still provisional (another fork may answer).
+    let early = response_with_sdp(
+        &fwd,
+        "183 Session Progress",
+        "f1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("203.0.113.50", 7000, ""),
+    );
+    net.proxy_sends(&early);
+    assert_eq!(provisional(&net.media_commands()), vec![true]);
+    // Another fork answers: one Set, final, naming only the answer's author.
+    let ok = response_with_sdp(
+        &fwd,
+        "200 OK",
+        "f2",
+        "Contact: <sip:bob@203.0.113.60>\r\n",
+        &sdp("203.0.113.60", 8000, ""),
+    );
+    net.proxy_sends(&ok);
+    let cmds = net.media_commands();
+    assert_eq!(provisional(&cmds), vec![false]);
+    assert_eq!(
+        sets(&cmds)[0].2,
+        vec![peer("203.0.113.60:8000", "203.0.113.60:8001")]
+    );
+}
+
 #[test]
 fn media_sockets_that_cannot_open_refuse_the_call_with_503() {
     let mut net = Net::with_media(AlgOptions::default(), 4);

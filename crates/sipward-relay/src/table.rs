@@ -138,6 +138,8 @@ struct Leg {
     /// the relay who it is. Bounded (`EARLY_PACKETS`, `EARLY_FOR`); sent on once the
     /// party is known, if they are its.
     early: Vec<Early>,
+    /// `LegSpec::provisional`: unaccepted datagrams are held, not dropped.
+    provisional: bool,
 }
 
 /// A datagram held until its leg's party is known.
@@ -164,15 +166,19 @@ impl Leg {
         if *slot == Some(source) {
             return true;
         }
-        if latching && slot.is_none() {
+        let named = self
+            .peers
+            .iter()
+            .any(|p| address(p, channel) == Some(source));
+        if latching && (slot.is_none() || named) {
             // The first source is the party's address, also when it is the one its SDP
-            // names: packets for it go where it sends from.
+            // names: packets for it go where it sends from. The SDP's own address takes
+            // over from another latched first (a stray or late packet from elsewhere,
+            // the old address after a re-INVITE moved the party).
             *slot = Some(source);
             return true;
         }
-        self.peers
-            .iter()
-            .any(|p| address(p, channel) == Some(source))
+        named
     }
 
     /// Holds a datagram that came before the leg's party was known. Returns how many
@@ -195,10 +201,11 @@ impl Leg {
         expired
     }
 
-    /// Whether datagrams arriving on this leg are held rather than checked: nobody is
-    /// known to send on it yet.
-    fn awaits_party(&self) -> bool {
-        self.peers.is_empty()
+    /// Whether a datagram this leg does not accept is held rather than dropped: nobody
+    /// is known to send on it yet, or the call is unanswered and the answer may name
+    /// someone else (a fork).
+    fn holds(&self) -> bool {
+        self.peers.is_empty() || self.provisional
     }
 
     /// Where packets for this leg's party go on `channel`: where a latching party sends
@@ -249,6 +256,17 @@ struct Stream {
     slots: [[Option<usize>; 2]; 2],
     legs: [Leg; 2],
     counters: Arc<StreamCounters>,
+}
+
+/// Where `Table::route_one` sends a datagram.
+pub(crate) enum Route {
+    /// From this socket to this party (counted as forwarded).
+    Send(RawFd, SocketAddr),
+    /// Nowhere (counted as dropped).
+    Dropped,
+    /// To be held until the leg's party is known: the engine hands it to
+    /// `Table::forward`, which copies it out of the receive buffer.
+    Hold,
 }
 
 /// A stream's socket slots, as `Table::set` opened or `Table::close` let go of them.
@@ -309,6 +327,7 @@ impl Table {
         if let Some(&key) = self.by_id.get(&id) {
             if let Some(stream) = self.streams.get_mut(key) {
                 for (leg, spec) in stream.legs.iter_mut().zip(legs) {
+                    leg.provisional = spec.provisional;
                     if leg.peers != spec.peers {
                         // A new party (re-INVITE to another address, a fork answering):
                         // a latching one is latched afresh.
@@ -349,31 +368,42 @@ impl Table {
             stream.slots = slots;
             for (leg, spec) in stream.legs.iter_mut().zip(legs) {
                 leg.peers = spec.peers;
+                leg.provisional = spec.provisional;
             }
         }
         let [[a, b], [c, d]] = slots;
         [a, b, c, d]
     }
 
-    /// Sends on what `side`'s leg held while its party was unknown, now that it is
-    /// known: what the party (or latching) accepts goes to the other leg's party as it
-    /// would have on arrival; the rest is dropped and counted.
+    /// Sends on what `side`'s leg held while its party was unknown (or the call
+    /// unanswered), after a `Set`: what the party (or latching) accepts now goes to the
+    /// other leg's party as it would have on arrival; what the leg still holds for
+    /// waits on; the rest is dropped and counted.
     fn send_early(slots: &Slab<Slot>, stream: &mut Stream, side: Side) {
         let (from_leg, to_leg) = legs_mut(&mut stream.legs, side);
-        if from_leg.early.is_empty() || from_leg.awaits_party() {
+        if from_leg.early.is_empty() {
             return;
         }
         let now = Instant::now();
         let mut tally = Tally::default();
         for early in std::mem::take(&mut from_leg.early) {
+            if now.saturating_duration_since(early.at) >= EARLY_FOR {
+                tally.dropped += 1;
+                continue;
+            }
+            if !from_leg.accepts(early.channel, early.source) {
+                if from_leg.holds() {
+                    from_leg.early.push(early);
+                } else {
+                    tally.dropped += 1;
+                }
+                continue;
+            }
             let out = channel_of(side.other().of(&stream.slots), early.channel)
                 .and_then(|k| slots.get(k))
                 .and_then(|s| s.socket.as_ref());
-            let fresh = now.saturating_duration_since(early.at) < EARLY_FOR;
-            let accepted = fresh && from_leg.accepts(early.channel, early.source);
-            let target = to_leg.destination(early.channel);
-            match (accepted, target, out) {
-                (true, Some(target), Some(out)) if out.send_to(&early.bytes, target).is_ok() => {
+            match (to_leg.destination(early.channel), out) {
+                (Some(target), Some(out)) if out.send_to(&early.bytes, target).is_ok() => {
                     tally.packets += 1;
                     tally.bytes += early.bytes.len() as u64;
                 }
@@ -388,18 +418,6 @@ impl Table {
         if tally.dropped > 0 {
             stream.counters.record_drop(tally.dropped);
         }
-    }
-
-    /// Whether what slot `key` receives is held for a party not yet known (then the
-    /// engine passes it to `forward`, which holds it, rather than to `route_one`).
-    pub(crate) fn awaits_party(&self, key: usize) -> bool {
-        self.slots
-            .get(key)
-            .and_then(|slot| {
-                let stream = self.streams.get(slot.stream)?;
-                Some(slot.side.of(&stream.legs).awaits_party())
-            })
-            .unwrap_or(false)
     }
 
     fn open(
@@ -466,15 +484,14 @@ impl Table {
     /// as a drop) when the leg does not accept it or has nowhere to send it. For an
     /// engine that sends by itself (io_uring), which takes the count back with
     /// `unsent` if the send fails.
-    pub(crate) fn route_one(
-        &mut self,
-        key: usize,
-        source: SocketAddr,
-        len: usize,
-    ) -> Option<(RawFd, SocketAddr)> {
-        let slot = self.slots.get(key).filter(|s| !s.closing)?;
+    pub(crate) fn route_one(&mut self, key: usize, source: SocketAddr, len: usize) -> Route {
+        let Some(slot) = self.slots.get(key).filter(|s| !s.closing) else {
+            return Route::Dropped;
+        };
         let (side, channel) = (slot.side, slot.channel);
-        let stream = self.streams.get_mut(slot.stream)?;
+        let Some(stream) = self.streams.get_mut(slot.stream) else {
+            return Route::Dropped;
+        };
         let out_slot = channel_of(side.other().of(&stream.slots), channel);
         let out = out_slot
             .and_then(|k| self.slots.get(k))
@@ -483,14 +500,17 @@ impl Table {
         // Accepting first: it latches a party even while the other leg has nowhere to
         // send yet.
         let accepted = from_leg.accepts(channel, source);
+        if !accepted && from_leg.holds() {
+            return Route::Hold;
+        }
         match (to_leg.destination(channel), out, accepted) {
             (Some(target), Some(out), true) => {
                 stream.counters.record(side, 1, len as u64, Instant::now());
-                Some((out.as_raw_fd(), target))
+                Route::Send(out.as_raw_fd(), target)
             }
             _ => {
                 stream.counters.record_drop(1);
-                None
+                Route::Dropped
             }
         }
     }
@@ -541,13 +561,13 @@ impl Table {
                 tally.dropped += 1;
                 continue;
             };
-            if from_leg.awaits_party() {
-                tally.dropped += from_leg.hold(channel, source, bytes, now);
-                continue;
-            }
             // Accepting comes first: it latches a party even while the other leg has
             // nowhere to send yet (both latching, the first packets of a call).
             let accepted = from_leg.accepts(channel, source);
+            if !accepted && from_leg.holds() {
+                tally.dropped += from_leg.hold(channel, source, bytes, now);
+                continue;
+            }
             let (Some(target), Some(out), true) = (target, out, accepted) else {
                 tally.dropped += 1;
                 continue;

@@ -74,14 +74,32 @@ fn command(
             LegSpec {
                 local_rtp: inside_rtp,
                 peers: inside,
+                provisional: false,
             },
             LegSpec {
                 local_rtp: outside_rtp,
                 peers: outside,
+                provisional: false,
             },
         ],
         counters: counters.clone(),
     };
+    (set, counters)
+}
+
+/// `command` with both legs provisional (the call not answered yet).
+fn provisional_command(
+    id: u64,
+    local: [SocketAddr; 2],
+    inside: Vec<Peer>,
+    outside: Vec<Peer>,
+) -> (MediaCommand, Arc<StreamCounters>) {
+    let (mut set, counters) = command(id, local, inside, outside);
+    if let MediaCommand::Set { legs, .. } = &mut set {
+        for leg in legs.iter_mut() {
+            leg.provisional = true;
+        }
+    }
     (set, counters)
 }
 
@@ -818,4 +836,99 @@ fn media_arriving_before_the_answer_is_applied_is_sent_on_once_it_is_with(engine
     // Later media flows as usual.
     far.send_to(&[7], local[1]).unwrap();
     assert_eq!(receive(&phone_rtp).unwrap().0, vec![7]);
+}
+
+#[test]
+fn a_latched_stray_source_gives_way_to_the_party_s_sdp_address() {
+    for engine in ENGINES {
+        a_latched_stray_source_gives_way_to_the_party_s_sdp_address_with(engine);
+    }
+}
+
+/// Latching "any" takes the first source; when the party then sends from the address
+/// its SDP names, that address takes over (a stray packet, or one from a party's old
+/// address after a re-INVITE, does not keep its media).
+fn a_latched_stray_source_gives_way_to_the_party_s_sdp_address_with(engine: Engine) {
+    let relay = spawn(engine);
+    let (phone, far, stray) = (
+        bind("127.87.0.20:0"),
+        bind("127.87.1.50:0"),
+        bind("127.87.1.99:0"),
+    );
+    let latching = |s: &UdpSocket| Peer {
+        latch: true,
+        ..strict(s, s)
+    };
+    let local = ["127.87.0.1:40300", "127.87.1.1:40300"];
+    set_at(
+        &relay,
+        4,
+        local,
+        vec![latching(&phone)],
+        vec![latching(&far)],
+    );
+    stray.send_to(&[1], local[1]).unwrap();
+    assert_eq!(receive(&phone).unwrap().0, vec![1]);
+    phone.send_to(&[2], local[0]).unwrap();
+    assert_eq!(
+        receive(&stray).unwrap().0,
+        vec![2],
+        "the stray source latched"
+    );
+    far.send_to(&[3], local[1]).unwrap();
+    assert_eq!(receive(&phone).unwrap().0, vec![3]);
+    phone.send_to(&[4], local[0]).unwrap();
+    assert_eq!(
+        receive(&far).unwrap().0,
+        vec![4],
+        "the SDP address took over"
+    );
+    assert!(receive(&stray).is_none());
+}
+
+#[test]
+fn media_of_a_fork_answering_before_its_200_is_read_is_sent_on() {
+    for engine in ENGINES {
+        media_of_a_fork_answering_before_its_200_is_read_is_sent_on_with(engine);
+    }
+}
+
+/// Early media came from one fork; another answers and streams at once. Until the call
+/// is answered its packets are held (the leg is provisional), then sent on; once the
+/// call is answered, strangers are dropped at once again.
+fn media_of_a_fork_answering_before_its_200_is_read_is_sent_on_with(engine: Engine) {
+    let relay = spawn(engine);
+    let phone = bind("127.88.0.20:0");
+    let (first_fork, second_fork) = (bind("127.88.1.50:0"), bind("127.88.1.60:0"));
+    let local = [sock("127.88.0.1:40400"), sock("127.88.1.1:40400")];
+    let (early, counters) = provisional_command(
+        5,
+        local,
+        vec![strict(&phone, &phone)],
+        vec![strict(&first_fork, &first_fork)],
+    );
+    relay.apply([early]);
+    std::thread::sleep(Duration::from_millis(100));
+    first_fork.send_to(&[1], local[1]).unwrap();
+    assert_eq!(receive(&phone).unwrap().0, vec![1], "early media flows");
+    second_fork.send_to(&[2], local[1]).unwrap();
+    second_fork.send_to(&[3], local[1]).unwrap();
+    assert!(
+        receive(&phone).is_none(),
+        "held, not sent, before the answer"
+    );
+    let (answered, _) = command(
+        5,
+        local,
+        vec![strict(&phone, &phone)],
+        vec![strict(&second_fork, &second_fork)],
+    );
+    relay.apply([answered]);
+    assert_eq!(receive(&phone).unwrap().0, vec![2]);
+    assert_eq!(receive(&phone).unwrap().0, vec![3]);
+    packets_become(&counters, [0, 3]);
+    // Answered: the first fork is a stranger now, dropped and counted at once.
+    first_fork.send_to(&[4], local[1]).unwrap();
+    assert!(receive(&phone).is_none());
+    assert_eq!(counters.snapshot().dropped, 1);
 }
