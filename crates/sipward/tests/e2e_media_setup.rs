@@ -494,3 +494,34 @@ fn out_of_file_descriptors_new_calls_get_503_not_dead_media() {
         .count();
     assert_eq!(logged, refused, "{events}");
 }
+
+/// `sipward check` under `prlimit --nofile=<limit>` on `config`: its standard error.
+fn check_under_file_limit(t: &Topology, limit: u32, config: &str) -> String {
+    let path = t.dir.join("check.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new("prlimit")
+        .arg(format!("--nofile={limit}:{limit}"))
+        .arg(env!("CARGO_BIN_EXE_sipward"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn check_warns_when_the_file_limit_cannot_hold_max_dialogs() {
+    let t = Topology::new(85);
+    // 10,000 dialogs (default) over a 5,000-pair pool: 20,000 media sockets.
+    let warning = check_under_file_limit(&t, 1024, &t.config());
+    assert!(
+        warning.contains("open-file limit (1024) is below the 20256"),
+        "{warning}"
+    );
+    // 100 calls, two streams each: 800 media sockets, and the rest, fit in 1,100.
+    let small = t
+        .config()
+        .replace("[alg.sip]\n", "[alg.sip]\nmax_dialogs = 100\n");
+    let quiet = check_under_file_limit(&t, 1100, &small);
+    assert!(!quiet.contains("open-file limit"), "{quiet}");
+}
