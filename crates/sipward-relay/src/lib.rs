@@ -26,6 +26,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -154,10 +155,16 @@ pub(crate) type Reserved = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;
 /// then serves exactly these sockets: nothing binds the ports a second time.
 pub struct PortReservations {
     reserved: Reserved,
+    running: Arc<AtomicBool>,
 }
 
 impl PortReserver for PortReservations {
     fn reserve(&mut self, rtp: SocketAddr) -> Result<(), ReserveError> {
+        if !self.running.load(Ordering::Acquire) {
+            // Nobody would serve the sockets: the call is refused, not left silent.
+            tracing::error!(%rtp, "media relay thread is not running: no media");
+            return Err(ReserveError::Unavailable);
+        }
         let rtcp_port = rtp.port().checked_add(1).ok_or(ReserveError::InUse)?;
         let rtcp = SocketAddr::new(rtp.ip(), rtcp_port);
         let bind = |local: SocketAddr| {
@@ -201,6 +208,17 @@ pub struct RelayHandle {
     engine: Engine,
     thread: Option<thread::JoinHandle<()>>,
     reserved: Reserved,
+    /// Cleared when the relay thread ends, however it ends.
+    running: Arc<AtomicBool>,
+}
+
+/// Clears the flag it holds when dropped: when the relay thread returns or unwinds.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl RelayHandle {
@@ -230,9 +248,12 @@ impl RelayHandle {
         let reserved = Reserved::default();
         let table = Table::new(reserved.clone())?;
         let (started_tx, started_rx) = mpsc::sync_channel(1);
+        let running = Arc::new(AtomicBool::new(true));
+        let ended = ClearOnDrop(running.clone());
         let thread = thread::Builder::new()
             .name("sipward-relay".into())
             .spawn(move || {
+                let _ended = ended;
                 let started = place_current_thread(&options)
                     .and_then(|()| Running::start(options.engine, &inbox));
                 let _ = started_tx.send(
@@ -259,6 +280,7 @@ impl RelayHandle {
             engine,
             thread: Some(thread),
             reserved,
+            running,
         })
     }
 
@@ -268,6 +290,7 @@ impl RelayHandle {
     pub fn reservations(&self) -> PortReservations {
         PortReservations {
             reserved: self.reserved.clone(),
+            running: self.running.clone(),
         }
     }
 

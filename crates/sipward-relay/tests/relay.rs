@@ -932,3 +932,54 @@ fn media_of_a_fork_answering_before_its_200_is_read_is_sent_on_with(engine: Engi
     assert!(receive(&phone).is_none());
     assert_eq!(counters.snapshot().dropped, 1);
 }
+
+#[test]
+fn reserved_sockets_are_the_ones_served_and_a_stopped_relay_reserves_nothing() {
+    for (i, engine) in ENGINES.into_iter().enumerate() {
+        reserved_sockets_are_the_ones_served_and_a_stopped_relay_reserves_nothing_with(
+            engine,
+            &format!("127.{}", 89 + i),
+        );
+    }
+}
+
+fn reserved_sockets_are_the_ones_served_and_a_stopped_relay_reserves_nothing_with(
+    engine: Engine,
+    net: &str,
+) {
+    use sipward_core::{PortReserver, ReserveError};
+    let relay = spawn(engine);
+    let at = |host: &str| sock(&format!("{net}.{host}"));
+    let mut reservations = relay.reservations();
+    let local = [at("0.1:40500"), at("1.1:40500")];
+    for rtp in local {
+        reservations.reserve(rtp).unwrap();
+    }
+    // Bound at once: another program cannot take them now.
+    assert!(UdpSocket::bind(local[1]).is_err());
+    assert!(UdpSocket::bind(at("1.1:40501")).is_err());
+    // A taken port is reported as such, for the core to try another pair.
+    let _taken = UdpSocket::bind(at("1.1:40510")).unwrap();
+    assert_eq!(
+        reservations.reserve(at("1.1:40510")),
+        Err(ReserveError::InUse)
+    );
+    // The relay serves the reserved sockets.
+    let (phone, far) = (
+        bind(&format!("{net}.0.20:0")),
+        bind(&format!("{net}.1.50:0")),
+    );
+    relay.apply([between(6, local, &phone, &far)]);
+    phone.send_to(&[1], local[0]).unwrap();
+    assert_eq!(receive(&far).unwrap(), (vec![1], local[1]));
+    // A pair given back closes.
+    reservations.reserve(at("0.1:40520")).unwrap();
+    reservations.release(at("0.1:40520"));
+    UdpSocket::bind(at("0.1:40521")).expect("released");
+    // Without a relay thread, nothing is reserved: the call is refused instead.
+    drop(relay);
+    assert_eq!(
+        reservations.reserve(at("0.1:40530")),
+        Err(ReserveError::Unavailable)
+    );
+}
