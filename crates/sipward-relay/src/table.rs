@@ -228,6 +228,18 @@ impl Leg {
     }
 }
 
+/// Whether a datagram is held rather than sent or dropped: its leg does not accept it
+/// but may soon (no party yet, or a fork may answer), or it is its party's but the other
+/// leg's party is not known yet (an inbound call's far end streaming as soon as it has
+/// the phone's 200, before the relay has the phone's `Set`).
+fn waits(accepted: bool, has_target: bool, from_leg: &Leg, to_leg: &Leg) -> bool {
+    if accepted {
+        !has_target && to_leg.holds()
+    } else {
+        from_leg.holds()
+    }
+}
+
 /// A stream's two legs: the one a packet came in on, and the other.
 fn legs_mut(legs: &mut [Leg; 2], from: Side) -> (&mut Leg, &Leg) {
     let [inside, outside] = legs;
@@ -391,18 +403,20 @@ impl Table {
                 tally.dropped += 1;
                 continue;
             }
-            if !from_leg.accepts(early.channel, early.source) {
-                if from_leg.holds() {
-                    from_leg.early.push(early);
-                } else {
-                    tally.dropped += 1;
-                }
+            let accepted = from_leg.accepts(early.channel, early.source);
+            let target = to_leg.destination(early.channel);
+            if waits(accepted, target.is_some(), from_leg, to_leg) {
+                from_leg.early.push(early);
+                continue;
+            }
+            if !accepted {
+                tally.dropped += 1;
                 continue;
             }
             let out = channel_of(side.other().of(&stream.slots), early.channel)
                 .and_then(|k| slots.get(k))
                 .and_then(|s| s.socket.as_ref());
-            match (to_leg.destination(early.channel), out) {
+            match (target, out) {
                 (Some(target), Some(out)) if out.send_to(&early.bytes, target).is_ok() => {
                     tally.packets += 1;
                     tally.bytes += early.bytes.len() as u64;
@@ -500,10 +514,11 @@ impl Table {
         // Accepting first: it latches a party even while the other leg has nowhere to
         // send yet.
         let accepted = from_leg.accepts(channel, source);
-        if !accepted && from_leg.holds() {
+        let target = to_leg.destination(channel);
+        if waits(accepted, target.is_some(), from_leg, to_leg) {
             return Route::Hold;
         }
-        match (to_leg.destination(channel), out, accepted) {
+        match (target, out, accepted) {
             (Some(target), Some(out), true) => {
                 stream.counters.record(side, 1, len as u64, Instant::now());
                 Route::Send(out.as_raw_fd(), target)
@@ -564,7 +579,7 @@ impl Table {
             // Accepting comes first: it latches a party even while the other leg has
             // nowhere to send yet (both latching, the first packets of a call).
             let accepted = from_leg.accepts(channel, source);
-            if !accepted && from_leg.holds() {
+            if waits(accepted, target.is_some(), from_leg, to_leg) {
                 tally.dropped += from_leg.hold(channel, source, bytes, now);
                 continue;
             }

@@ -983,3 +983,36 @@ fn reserved_sockets_are_the_ones_served_and_a_stopped_relay_reserves_nothing_wit
         Err(ReserveError::Unavailable)
     );
 }
+
+#[test]
+fn an_inbound_caller_streaming_before_the_phone_s_answer_is_applied_is_heard() {
+    for engine in ENGINES {
+        an_inbound_caller_streaming_before_the_phone_s_answer_is_applied_is_heard_with(engine);
+    }
+}
+
+/// An inbound call: the far end offered, so it is known; the phone becomes known with
+/// its 200. The far end streams as soon as it has the 200, which may be before the
+/// relay has the phone's `Set`: its packets wait for the phone instead of being dropped.
+fn an_inbound_caller_streaming_before_the_phone_s_answer_is_applied_is_heard_with(engine: Engine) {
+    let relay = spawn(engine);
+    let (phone, far) = (bind("127.91.0.20:0"), bind("127.91.1.50:0"));
+    let local = [sock("127.91.0.1:40600"), sock("127.91.1.1:40600")];
+    let (offer, counters) = provisional_command(7, local, vec![], vec![strict(&far, &far)]);
+    relay.apply([offer]);
+    std::thread::sleep(Duration::from_millis(100));
+    far.send_to(&[1], local[1]).unwrap();
+    far.send_to(&[2], local[1]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let (answered, _) = command(
+        7,
+        local,
+        vec![strict(&phone, &phone)],
+        vec![strict(&far, &far)],
+    );
+    relay.apply([answered]);
+    assert_eq!(receive(&phone).unwrap(), (vec![1], local[0]));
+    assert_eq!(receive(&phone).unwrap().0, vec![2]);
+    packets_become(&counters, [0, 2]);
+    assert_eq!(counters.snapshot().dropped, 0);
+}
