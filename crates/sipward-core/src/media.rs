@@ -321,7 +321,7 @@ pub struct MediaTable {
     owners: HashMap<SocketAddr, (Vec<u8>, usize)>,
     reserver: Box<dyn PortReserver>,
     /// Pairs skipped because another socket held a port.
-    ports_in_use: u64,
+    ports_skipped: u64,
 }
 
 impl std::fmt::Debug for MediaTable {
@@ -356,7 +356,7 @@ impl MediaTable {
             bypass: false,
             owners: HashMap::new(),
             reserver: Box::new(NoReservation),
-            ports_in_use: 0,
+            ports_skipped: 0,
         }
     }
 
@@ -366,8 +366,8 @@ impl MediaTable {
     }
 
     /// Port pairs skipped because another socket held one of their ports.
-    pub fn ports_in_use(&self) -> u64 {
-        self.ports_in_use
+    pub fn ports_skipped(&self) -> u64 {
+        self.ports_skipped
     }
 
     /// New options (a reload); streams and pools carry over.
@@ -830,7 +830,7 @@ impl MediaTable {
                 Ok(()) => return Ok(rtp),
                 Err(ReserveError::InUse) => {
                     tracing::warn!(%rtp, "media port taken by another socket: skipped");
-                    self.ports_in_use += 1;
+                    self.ports_skipped += 1;
                     pool.free.push_back(port);
                 }
                 Err(ReserveError::Unavailable) => {

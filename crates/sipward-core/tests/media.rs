@@ -278,7 +278,7 @@ fn a_port_taken_by_another_socket_is_skipped_for_the_next_pair() {
         .insert(sock("203.0.113.1:31000"));
     let fwd = text(&net.phone_sends(&invite("t1", "z9hG4bKt1")));
     assert!(fwd.contains("m=audio 31002 RTP/AVP 0\r\n"), "{fwd}");
-    assert_eq!(net.gw.media().ports_in_use(), 1);
+    assert_eq!(net.gw.media().ports_skipped(), 1);
     assert_eq!(net.gw.media().refused(), 0);
     // With the only other pair in use as well, the next call finds no pair: 503.
     let refused = text(&net.phone_sends(&invite("t2", "z9hG4bKt2")));

@@ -133,10 +133,12 @@ struct Leg {
     peers: Vec<Peer>,
     /// The source a latching party was first seen sending from, per channel.
     latched: [Option<SocketAddr>; 2],
-    /// Datagrams that came while the leg had no party yet: a far end starts sending as
-    /// soon as it has sent its answer, before the gateway has read the answer and told
-    /// the relay who it is. Bounded (`EARLY_PACKETS`, `EARLY_FOR`); sent on once the
-    /// party is known, if they are its.
+    /// Datagrams that came while the leg had no party yet (or, the call unanswered,
+    /// from a source it does not accept, or with the other leg's party unknown): a far
+    /// end starts sending as soon as it has sent its answer, before the gateway has read
+    /// the answer and told the relay who it is. Bounded (`EARLY_PACKETS`, `EARLY_FOR`,
+    /// `EARLY_MAX_LEN`, and `HELD_BYTES` for the whole table); sent on once the party is
+    /// known, if they are its.
     early: Vec<Early>,
     /// `LegSpec::provisional`: unaccepted datagrams are held, not dropped.
     provisional: bool,
@@ -155,6 +157,11 @@ struct Early {
 const EARLY_PACKETS: usize = 16;
 /// How long a held datagram may wait for its party; older ones are dropped.
 const EARLY_FOR: Duration = Duration::from_secs(1);
+/// The largest datagram held (a packet on a 1500-byte path); larger ones are dropped.
+const EARLY_MAX_LEN: usize = 1500;
+/// The most bytes held across all streams: packets sprayed at every open port before
+/// the answers cannot take more memory than this (some 6,000 audio packets).
+const HELD_BYTES: usize = 1 << 20;
 
 impl Leg {
     fn accepts(&mut self, channel: Channel, source: SocketAddr) -> bool {
@@ -181,17 +188,32 @@ impl Leg {
         named
     }
 
-    /// Holds a datagram that came before the leg's party was known. Returns how many
-    /// datagrams are dropped instead: held ones too old to wait on, and this one when
-    /// there is no room.
-    fn hold(&mut self, channel: Channel, source: SocketAddr, bytes: &[u8], now: Instant) -> u64 {
+    /// Holds a datagram until the leg's (or the other leg's) party is known; `held`
+    /// counts the bytes held across the table. Returns how many datagrams are dropped
+    /// instead: held ones too old to wait on, and this one when there is no room.
+    fn hold(
+        &mut self,
+        datagram: (Channel, SocketAddr, &[u8]),
+        now: Instant,
+        held: &mut usize,
+    ) -> u64 {
+        let (channel, source, bytes) = datagram;
         let before = self.early.len();
-        self.early
-            .retain(|e| now.saturating_duration_since(e.at) < EARLY_FOR);
+        self.early.retain(|e| {
+            let fresh = now.saturating_duration_since(e.at) < EARLY_FOR;
+            if !fresh {
+                *held = held.saturating_sub(e.bytes.len());
+            }
+            fresh
+        });
         let expired = (before - self.early.len()) as u64;
-        if self.early.len() >= EARLY_PACKETS {
+        let room = self.early.len() < EARLY_PACKETS
+            && bytes.len() <= EARLY_MAX_LEN
+            && *held + bytes.len() <= HELD_BYTES;
+        if !room {
             return expired + 1;
         }
+        *held += bytes.len();
         self.early.push(Early {
             channel,
             source,
@@ -199,6 +221,11 @@ impl Leg {
             bytes: bytes.to_vec(),
         });
         expired
+    }
+
+    /// Bytes this leg holds.
+    fn held_bytes(&self) -> usize {
+        self.early.iter().map(|e| e.bytes.len()).sum()
     }
 
     /// Whether a datagram this leg does not accept is held rather than dropped: nobody
@@ -303,6 +330,8 @@ pub(crate) struct Table {
     _state_socket: std::net::UdpSocket,
     /// Sockets the driver bound for the core's pairs (`PortReservations`).
     reserved: Reserved,
+    /// Bytes of datagrams held for parties not yet known, across all streams.
+    held: usize,
 }
 
 impl Table {
@@ -325,6 +354,7 @@ impl Table {
             state,
             _state_socket: state_socket,
             reserved: Reserved::default(),
+            held: 0,
         })
     }
 
@@ -348,7 +378,7 @@ impl Table {
                     }
                 }
                 for side in [Side::Inside, Side::Outside] {
-                    Self::send_early(&self.slots, stream, side);
+                    Self::send_early(&self.slots, stream, side, &mut self.held);
                 }
             }
             return [None; 4];
@@ -391,13 +421,14 @@ impl Table {
     /// unanswered), after a `Set`: what the party (or latching) accepts now goes to the
     /// other leg's party as it would have on arrival; what the leg still holds for
     /// waits on; the rest is dropped and counted.
-    fn send_early(slots: &Slab<Slot>, stream: &mut Stream, side: Side) {
+    fn send_early(slots: &Slab<Slot>, stream: &mut Stream, side: Side, held: &mut usize) {
         let (from_leg, to_leg) = legs_mut(&mut stream.legs, side);
         if from_leg.early.is_empty() {
             return;
         }
         let now = Instant::now();
         let mut tally = Tally::default();
+        *held = held.saturating_sub(from_leg.held_bytes());
         for early in std::mem::take(&mut from_leg.early) {
             if now.saturating_duration_since(early.at) >= EARLY_FOR {
                 tally.dropped += 1;
@@ -406,6 +437,7 @@ impl Table {
             let accepted = from_leg.accepts(early.channel, early.source);
             let target = to_leg.destination(early.channel);
             if waits(accepted, target.is_some(), from_leg, to_leg) {
+                *held += early.bytes.len();
                 from_leg.early.push(early);
                 continue;
             }
@@ -483,6 +515,8 @@ impl Table {
         let Some(stream) = self.streams.try_remove(key) else {
             return [None; 4];
         };
+        let held: usize = stream.legs.iter().map(Leg::held_bytes).sum();
+        self.held = self.held.saturating_sub(held);
         let [[a, b], [c, d]] = stream.slots;
         let keys = [a, b, c, d];
         for key in keys.iter().flatten() {
@@ -580,7 +614,7 @@ impl Table {
             // nowhere to send yet (both latching, the first packets of a call).
             let accepted = from_leg.accepts(channel, source);
             if waits(accepted, target.is_some(), from_leg, to_leg) {
-                tally.dropped += from_leg.hold(channel, source, bytes, now);
+                tally.dropped += from_leg.hold((channel, source, bytes), now, &mut self.held);
                 continue;
             }
             let (Some(target), Some(out), true) = (target, out, accepted) else {
@@ -604,5 +638,63 @@ impl Table {
         if tally.dropped > 0 {
             stream.counters.record_drop(tally.dropped);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn source() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7000))
+    }
+
+    #[test]
+    fn a_leg_holds_a_bounded_number_of_small_recent_datagrams() {
+        let now = Instant::now();
+        let mut held = 0;
+        let mut leg = Leg::default();
+        let packet = [0u8; 172];
+        for _ in 0..EARLY_PACKETS {
+            assert_eq!(
+                leg.hold((Channel::Rtp, source(), &packet), now, &mut held),
+                0
+            );
+        }
+        assert_eq!(held, EARLY_PACKETS * 172);
+        // Full: the next is dropped.
+        assert_eq!(
+            leg.hold((Channel::Rtp, source(), &packet), now, &mut held),
+            1
+        );
+        // Too large to hold, even with room.
+        let mut other = Leg::default();
+        let jumbo = vec![0u8; EARLY_MAX_LEN + 1];
+        assert_eq!(
+            other.hold((Channel::Rtp, source(), &jumbo), now, &mut held),
+            1
+        );
+        // A second later the old ones expire (dropped) and make room.
+        let later = now + EARLY_FOR;
+        let dropped = leg.hold((Channel::Rtp, source(), &packet), later, &mut held);
+        assert_eq!(dropped, EARLY_PACKETS as u64);
+        assert_eq!((leg.early.len(), held), (1, 172));
+    }
+
+    #[test]
+    fn the_table_holds_at_most_its_byte_budget() {
+        let now = Instant::now();
+        let mut held = HELD_BYTES - 100;
+        let mut leg = Leg::default();
+        assert_eq!(
+            leg.hold((Channel::Rtp, source(), &[0; 100]), now, &mut held),
+            0
+        );
+        assert_eq!(
+            leg.hold((Channel::Rtp, source(), &[0; 1]), now, &mut held),
+            1
+        );
+        assert_eq!(held, HELD_BYTES);
     }
 }

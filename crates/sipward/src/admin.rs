@@ -216,7 +216,7 @@ pub(crate) fn answer(
                 "responses_out": classes(&t.responses_out),
                 "malformed": t.malformed,
                 "media_refused": gateway.media().refused(),
-                "media_ports_skipped": gateway.media().ports_in_use(),
+                "media_ports_skipped": gateway.media().ports_skipped(),
             }))
         }
         Query::Blacklist => Answer::Json(Value::Array(
@@ -376,7 +376,7 @@ fn metrics(gateway: &Gateway, latency: &Latency, now: Instant) -> String {
         (
             "sipward_media_ports_skipped_total",
             "Port pairs skipped because another socket held one of their ports.",
-            gateway.media().ports_in_use(),
+            gateway.media().ports_skipped(),
         ),
     ] {
         e.family(name, "counter", help);
