@@ -608,3 +608,47 @@ fn prack_carries_the_answer_to_an_offer_in_a_183() {
     assert_eq!(last.1, vec![peer("10.0.0.20:40000", "10.0.0.20:40001")]);
     assert_eq!(last.2, vec![peer("203.0.113.50:7000", "203.0.113.50:7001")]);
 }
+
+#[test]
+fn an_ack_answering_a_late_offer_goes_on_unrelayed_when_ports_run_out() {
+    let mut net = Net::with_media(AlgOptions::default(), 1);
+    answered_call(&mut net, "l0");
+    // A late offer: the INVITE has no SDP, the 200 carries the offer, the ACK the answer.
+    let invite = invite("l1", "z9hG4bKl1");
+    let head = invite.split("\r\n\r\n").next().unwrap();
+    let bare = head
+        .lines()
+        .filter(|l| !l.starts_with("Content-"))
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        + "Content-Length: 0\r\n\r\n";
+    let fwd = text(&net.phone_sends(&bare));
+    let ok = response_with_sdp(
+        &fwd,
+        "200 OK",
+        "b2",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("203.0.113.50", 7002, ""),
+    );
+    // No pair is left: the 200 (which cannot be refused) reaches the phone unrelayed.
+    let answered = text(&net.proxy_sends(&ok));
+    assert!(answered.starts_with("SIP/2.0 200 "), "{answered}");
+    assert!(answered.contains("m=audio 7002 "), "{answered}");
+    // The phone's answer in the ACK still reaches the far end (an ACK cannot be
+    // answered 503; dropping it would leave the far end retransmitting its 200),
+    // its inside address hidden.
+    let ack = phone_request("ACK", 1, "l1", "b2", &sdp("10.0.0.20", 40002, ""));
+    let forwarded = text(&net.phone_sends(&ack));
+    assert!(forwarded.starts_with("ACK "), "{forwarded}");
+    assert!(
+        forwarded.contains("c=IN IP4 203.0.113.1\r\n"),
+        "{forwarded}"
+    );
+    let events: Vec<_> = std::iter::from_fn(|| net.gw.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Overload && e.reason.contains("not relayed")),
+        "{events:?}"
+    );
+}
