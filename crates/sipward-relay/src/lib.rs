@@ -21,12 +21,13 @@ mod table;
 #[allow(unsafe_code)]
 mod uring;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -156,6 +157,38 @@ pub(crate) type Reserved = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;
 pub struct PortReservations {
     reserved: Reserved,
     running: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+/// How far the relay thread is with the commands queued for it.
+#[derive(Default)]
+struct Progress {
+    /// Commands queued so far (by `RelayHandle::apply`).
+    queued: AtomicU64,
+    /// Commands the relay thread has carried out in full (a closed stream's ports
+    /// are free again).
+    done: AtomicU64,
+}
+
+/// How long a reservation waits for the relay to close a port it is about to close.
+const CLOSE_WAIT: Duration = Duration::from_millis(200);
+
+impl PortReservations {
+    /// Waits (up to `CLOSE_WAIT`) until the relay has carried out every command queued
+    /// so far; false if it has not. The driver queues a call's `Close` before it reads
+    /// the next datagram, so a pair reused at once (a full pool) may still be bound by
+    /// the relay: that port is about to be free, not another program's.
+    fn relay_caught_up(&self) -> bool {
+        let queued = self.progress.queued.load(Ordering::Acquire);
+        let started = std::time::Instant::now();
+        while self.progress.done.load(Ordering::Acquire) < queued {
+            if started.elapsed() >= CLOSE_WAIT || !self.running.load(Ordering::Acquire) {
+                return false;
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
 }
 
 impl PortReserver for PortReservations {
@@ -168,7 +201,13 @@ impl PortReserver for PortReservations {
         let rtcp_port = rtp.port().checked_add(1).ok_or(ReserveError::InUse)?;
         let rtcp = SocketAddr::new(rtp.ip(), rtcp_port);
         let bind = |local: SocketAddr| {
-            UdpSocket::bind(local).map_err(|e| {
+            let bound = match UdpSocket::bind(local) {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && self.relay_caught_up() => {
+                    UdpSocket::bind(local)
+                }
+                other => other,
+            };
+            bound.map_err(|e| {
                 match e.kind() {
                     // Another socket has it (or it is a port we may not use): another
                     // pair may well open (the core logs the skip).
@@ -210,6 +249,7 @@ pub struct RelayHandle {
     reserved: Reserved,
     /// Cleared when the relay thread ends, however it ends.
     running: Arc<AtomicBool>,
+    progress: Arc<Progress>,
 }
 
 /// Clears the flag it holds when dropped: when the relay thread returns or unwinds.
@@ -244,7 +284,13 @@ impl RelayHandle {
         let (waker, wake) = UnixDatagram::pair()?;
         waker.set_nonblocking(true)?;
         wake.set_nonblocking(true)?;
-        let inbox = Inbox { receiver, wake };
+        let progress = Arc::new(Progress::default());
+        let inbox = Inbox {
+            receiver,
+            wake,
+            progress: progress.clone(),
+            taken: Cell::new(0),
+        };
         let reserved = Reserved::default();
         let table = Table::new(reserved.clone())?;
         let (started_tx, started_rx) = mpsc::sync_channel(1);
@@ -281,6 +327,7 @@ impl RelayHandle {
             thread: Some(thread),
             reserved,
             running,
+            progress,
         })
     }
 
@@ -291,6 +338,7 @@ impl RelayHandle {
         PortReservations {
             reserved: self.reserved.clone(),
             running: self.running.clone(),
+            progress: self.progress.clone(),
         }
     }
 
@@ -308,6 +356,7 @@ impl RelayHandle {
                 tracing::error!("media relay thread is gone");
                 return;
             }
+            self.progress.queued.fetch_add(1, Ordering::Release);
         }
         if any {
             self.wake();
@@ -339,6 +388,9 @@ impl Drop for RelayHandle {
 pub(crate) struct Inbox {
     receiver: mpsc::Receiver<Message>,
     wake: UnixDatagram,
+    progress: Arc<Progress>,
+    /// Commands taken from the queue so far.
+    taken: Cell<u64>,
 }
 
 /// What applying one command did to the table.
@@ -367,7 +419,16 @@ impl Inbox {
 
     /// Applies the next queued command to `table`.
     pub(crate) fn apply_next(&self, table: &mut Table) -> Applied {
-        match self.receiver.try_recv() {
+        // The engine has carried out the command taken before (closed its sockets)
+        // before it asks for the next.
+        self.progress
+            .done
+            .store(self.taken.get(), Ordering::Release);
+        let taken = self.receiver.try_recv();
+        if let Ok(Message::Command(_)) = &taken {
+            self.taken.set(self.taken.get() + 1);
+        }
+        match taken {
             Ok(Message::Command(MediaCommand::Set { id, legs, counters })) => {
                 Applied::Opened(table.set(id, legs, counters))
             }

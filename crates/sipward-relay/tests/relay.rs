@@ -1016,3 +1016,43 @@ fn an_inbound_caller_streaming_before_the_phone_s_answer_is_applied_is_heard_wit
     packets_become(&counters, [0, 2]);
     assert_eq!(counters.snapshot().dropped, 0);
 }
+
+#[test]
+fn a_pair_closed_and_reserved_again_at_once_is_not_taken_for_another_program_s() {
+    for (i, engine) in ENGINES.into_iter().enumerate() {
+        let net = format!("127.{}", 92 + i);
+        a_pair_closed_and_reserved_again_at_once_is_not_taken_for_another_program_s_with(
+            engine, &net,
+        );
+    }
+}
+
+/// A full pool under load: a call ends (its `Close` queued to the relay) and the next
+/// call gets the same pair at once, before the relay thread has closed the sockets.
+/// The reservation waits for the relay instead of taking the port for another
+/// program's (which would refuse the call with 503).
+fn a_pair_closed_and_reserved_again_at_once_is_not_taken_for_another_program_s_with(
+    engine: Engine,
+    net: &str,
+) {
+    use sipward_core::PortReserver;
+    let relay = spawn(engine);
+    let mut reservations = relay.reservations();
+    let local = [
+        sock(&format!("{net}.0.1:40700")),
+        sock(&format!("{net}.1.1:40700")),
+    ];
+    let (phone, far) = (
+        bind(&format!("{net}.0.20:0")),
+        bind(&format!("{net}.1.50:0")),
+    );
+    for round in 0..20u64 {
+        for rtp in local {
+            reservations
+                .reserve(rtp)
+                .unwrap_or_else(|e| panic!("round {round}: {rtp}: {e:?}"));
+        }
+        relay.apply([between(round, local, &phone, &far)]);
+        relay.apply([MediaCommand::Close { id: round }]);
+    }
+}
