@@ -94,10 +94,12 @@ impl Relay for Sipward {
                     LegSpec {
                         local_rtp: SocketAddr::new(self.addresses[0].parse().unwrap(), port),
                         peers: vec![peer(sender)],
+                        provisional: false,
                     },
                     LegSpec {
                         local_rtp: SocketAddr::new(self.addresses[1].parse().unwrap(), port),
                         peers: vec![peer(receiver)],
+                        provisional: false,
                     },
                 ],
                 counters: Arc::new(StreamCounters::new(Instant::now())),

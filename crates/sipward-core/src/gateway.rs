@@ -274,6 +274,12 @@ impl Gateway {
         self.guard.tracked_sources()
     }
 
+    /// Opens media sockets as ports are handed out (the driver's binds them; see
+    /// [`crate::PortReserver`]), so that a call whose media cannot open is refused with 503.
+    pub fn set_port_reserver(&mut self, reserver: Box<dyn crate::media::PortReserver>) {
+        self.media.set_reserver(reserver);
+    }
+
     /// The next instruction for the media relay; drain after every call, like
     /// [`Gateway::poll_transmit`].
     pub fn poll_media(&mut self) -> Option<MediaCommand> {
@@ -551,8 +557,8 @@ impl Gateway {
         }
     }
 
-    /// A request's SDP through the media table; when ports run out the request is
-    /// answered 503 here and false returned.
+    /// A request's SDP through the media table; when its media cannot be set up the
+    /// request is answered 503 here and false returned (an ACK goes on unrelayed).
     fn request_media(
         &mut self,
         config: &Config,
@@ -561,20 +567,48 @@ impl Gateway {
         edits: &mut Edits,
         passage: SdpPassage<'_>,
     ) -> bool {
-        match self.media.rewrite_sdp(at.now, msg, edits, passage) {
-            Ok(()) => true,
-            Err(MediaError::PortsExhausted) => {
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    503,
-                    "Service Unavailable",
-                    "no media ports left",
-                );
-                false
-            }
+        let why = match self.media.rewrite_sdp(at.now, msg, edits, passage) {
+            Ok(()) => return true,
+            Err(e) => media_error_text(e),
+        };
+        if msg.method().is_some_and(|m| m.kind() == MethodKind::Ack) {
+            // An ACK (the answer to an offer in a 2xx) cannot be refused, and dropping
+            // it would leave the far end retransmitting its 2xx: it goes on unrelayed,
+            // inside addresses hidden, like a response.
+            self.media.hide_only(msg, edits, passage);
+            self.media_event(
+                at.now,
+                at.remote.ip(),
+                msg,
+                &format!("media not relayed: {why}"),
+            );
+            return true;
         }
+        self.media_event(at.now, at.remote.ip(), msg, &format!("call refused: {why}"));
+        self.answer(config, at, msg, 503, "Service Unavailable", why);
+        false
+    }
+
+    /// Media that could not be set up, for the event log: the operator learns of it
+    /// there, not only from a counter (the gateway is out of a resource, not refusing
+    /// a peer).
+    fn media_event(&mut self, now: Instant, source: IpAddr, msg: &Message<'_>, reason: &str) {
+        let method = match msg.method() {
+            Some(m) => String::from_utf8_lossy(m.as_bytes()).into_owned(),
+            // A response: named by its CSeq method.
+            None => msg
+                .cseq()
+                .map(|c| String::from_utf8_lossy(c.method).into_owned())
+                .unwrap_or_default(),
+        };
+        self.guard.record(
+            now,
+            EventKind::Overload,
+            source,
+            None,
+            Some(&method),
+            reason,
+        );
     }
 
     /// A response's SDP through the media table. A response cannot be refused: when
@@ -582,19 +616,21 @@ impl Gateway {
     /// an INVITE makes the answer's author the party from now on (other forks drop).
     fn response_media(
         &mut self,
-        now: Instant,
+        at: Arrival,
         msg: &Message<'_>,
         edits: &mut Edits,
         passage: SdpPassage<'_>,
         method: MethodKind,
         status: u16,
     ) {
-        if self.media.rewrite_sdp(now, msg, edits, passage).is_err() {
+        if let Err(e) = self.media.rewrite_sdp(at.now, msg, edits, passage) {
             self.media.hide_only(msg, edits, passage);
+            let why = format!("media not relayed: {}", media_error_text(e));
+            self.media_event(at.now, at.remote.ip(), msg, &why);
         }
         if method == MethodKind::Invite && (200..300).contains(&status) {
             self.media
-                .answered(passage.call, passage.from, passage.tag, now);
+                .answered(passage.call, passage.from, passage.tag, at.now);
         }
     }
 
@@ -998,7 +1034,7 @@ impl Gateway {
             gateway_ip: [lan_ip, at.local.ip()],
             is_inside: &is_inside,
         };
-        self.response_media(at.now, msg, &mut edits, passage, tx.method, status);
+        self.response_media(at, msg, &mut edits, passage, tx.method, status);
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
@@ -1399,7 +1435,7 @@ impl Gateway {
             gateway_ip: [at.local.ip(), tx.wan_local.ip()],
             is_inside: &is_inside,
         };
-        self.response_media(at.now, msg, &mut edits, passage, tx.method, status);
+        self.response_media(at, msg, &mut edits, passage, tx.method, status);
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
             return;
@@ -1975,4 +2011,12 @@ fn restore_register_contacts(
         }
     }
     Ok(granted)
+}
+
+/// What an operator reads for a media set-up failure (Warning text and events).
+fn media_error_text(e: MediaError) -> &'static str {
+    match e {
+        MediaError::PortsExhausted => "no media ports left",
+        MediaError::SocketsUnavailable => "media sockets cannot be opened",
+    }
 }

@@ -17,8 +17,8 @@ mod state;
 pub use config::{Action, AddressObject, AlgOptions, Config, Rule, Zone, ZoneId};
 pub use gateway::{Counters, Gateway, Transmit};
 pub use media::{
-    CounterSnapshot, LegSpec, MediaCommand, MediaTable, Peer, Side, StreamCounters, StreamId,
-    StreamView,
+    CounterSnapshot, LegSpec, MediaCommand, MediaError, MediaTable, NoReservation, Peer,
+    PortReserver, ReserveError, Side, StreamCounters, StreamId, StreamView,
 };
 pub use protect::{BanView, EventKind, FilterMode, ProtectionOptions, Rate, SecurityEvent};
 pub use state::{BindingView, DialogView};

@@ -71,10 +71,12 @@ pub enum Latching {
 /// Where one party of a stream receives, and so the only source accepted from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    /// `None` while unknown or on hold (`c=0.0.0.0`): nothing is sent to it.
+    /// `None` while unknown, on hold (`c=0.0.0.0`), or behind another NAT (its SDP's
+    /// private address is not reachable): nothing is sent to it until it latches.
     pub rtp: Option<SocketAddr>,
     pub rtcp: Option<SocketAddr>,
-    /// Take the first source that sends as this party's address.
+    /// Take the first source that sends as this party's address (and send to it from
+    /// then on; before that, to `rtp`/`rtcp`).
     pub latch: bool,
 }
 
@@ -86,6 +88,10 @@ pub struct LegSpec {
     /// The parties on this side: packets go to the first; any of them may send (more
     /// than one only while forked early dialogs are alive).
     pub peers: Vec<Peer>,
+    /// The call is not answered yet: the answer may name a party not known so far (a
+    /// fork answering, a far end streaming before its 200 is read), so datagrams from
+    /// sources the leg does not accept are held briefly rather than dropped.
+    pub provisional: bool,
 }
 
 /// What the relay must do.
@@ -181,8 +187,44 @@ impl StreamCounters {
 /// Why media could not be set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaError {
-    /// The port pool of a side is used up.
+    /// The port pool of a side is used up (or every free pair is taken by others).
     PortsExhausted,
+    /// The sockets of a pair could not be opened (out of file descriptors, say).
+    SocketsUnavailable,
+}
+
+/// Why a port pair could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveError {
+    /// Another socket holds one of the two ports: try another pair.
+    InUse,
+    /// Opening failed for a reason another pair will not cure (no file descriptors
+    /// left, no memory): the call is refused.
+    Unavailable,
+}
+
+/// Opens a pair's sockets (RTP on `rtp`, RTCP on the next port) when the table hands
+/// the pair out, so that an SDP never names a port that is not open. The driver's
+/// implementation binds them on the spot and hands them to the relay, whose `Set` then
+/// uses them; tests use fakes that can fail. The core itself does no I/O.
+pub trait PortReserver: Send {
+    fn reserve(&mut self, rtp: SocketAddr) -> Result<(), ReserveError>;
+    /// Gives back a pair that was reserved but will not be used (the call was refused
+    /// after it was reserved). A pair whose stream was `Set` is closed by `Close`.
+    fn release(&mut self, rtp: SocketAddr);
+}
+
+/// The reserver of a table that is not given one: every pair is free, and the relay
+/// binds the sockets itself at `Set`.
+#[derive(Debug, Default)]
+pub struct NoReservation;
+
+impl PortReserver for NoReservation {
+    fn reserve(&mut self, _rtp: SocketAddr) -> Result<(), ReserveError> {
+        Ok(())
+    }
+
+    fn release(&mut self, _rtp: SocketAddr) {}
 }
 
 /// A range of port pairs on one gateway address.
@@ -263,7 +305,6 @@ pub struct SdpPassage<'r> {
 }
 
 /// The media state of every call.
-#[derive(Debug)]
 pub struct MediaTable {
     pools: Vec<PortPool>,
     latching: Latching,
@@ -278,6 +319,19 @@ pub struct MediaTable {
     /// Which call and `m=` line each outside relay address belongs to: an SDP naming one
     /// of them has come back in through the outside (a hairpin call).
     owners: HashMap<SocketAddr, (Vec<u8>, usize)>,
+    reserver: Box<dyn PortReserver>,
+    /// Pairs skipped because another socket held a port.
+    ports_skipped: u64,
+}
+
+impl std::fmt::Debug for MediaTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaTable")
+            .field("pools", &self.pools)
+            .field("calls", &self.calls.len())
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MediaTable {
@@ -301,7 +355,19 @@ impl MediaTable {
             refused: 0,
             bypass: false,
             owners: HashMap::new(),
+            reserver: Box::new(NoReservation),
+            ports_skipped: 0,
         }
+    }
+
+    /// Opens each pair's sockets through `reserver` as the pair is handed out.
+    pub fn set_reserver(&mut self, reserver: Box<dyn PortReserver>) {
+        self.reserver = reserver;
+    }
+
+    /// Port pairs skipped because another socket held one of their ports.
+    pub fn ports_skipped(&self) -> u64 {
+        self.ports_skipped
     }
 
     /// New options (a reload); streams and pools carry over.
@@ -409,17 +475,21 @@ impl MediaTable {
                     continue;
                 }
                 match self.allocate(pool_in, pool_out, now) {
-                    Some(s) => fresh.push((index, s)),
-                    None => {
+                    Ok(s) => fresh.push((index, s)),
+                    Err(e) => {
                         for (_, s) in fresh {
-                            self.free(&s);
+                            self.unreserve(&s);
                         }
                         tracing::warn!(
                             call = %String::from_utf8_lossy(passage.call),
-                            "media port pool exhausted: call refused"
+                            "{}: call refused",
+                            match e {
+                                MediaError::PortsExhausted => "media port pool exhausted",
+                                MediaError::SocketsUnavailable => "media sockets cannot be opened",
+                            }
                         );
                         self.refused += 1;
-                        return Err(MediaError::PortsExhausted);
+                        return Err(e);
                     }
                 }
             }
@@ -468,14 +538,24 @@ impl MediaTable {
                 }
                 None => rtp.map(|a| SocketAddr::new(a.ip(), a.port().saturating_add(1))),
             };
+            let behind_nat =
+                ip.is_some_and(|ip| is_private(ip) && !own.iter().any(|n| n.contains(&ip)));
             let latch = match latching {
                 Latching::Off => false,
                 Latching::Any => true,
-                Latching::Nat => {
-                    ip.is_some_and(|ip| is_private(ip) && !own.iter().any(|n| n.contains(&ip)))
-                }
+                Latching::Nat => behind_nat,
             };
-            let peer = Peer { rtp, rtcp, latch };
+            let peer = if latching == Latching::Nat && behind_nat {
+                // Its SDP address cannot be reached from here: nothing is sent to it
+                // before it has sent (and latched).
+                Peer {
+                    rtp: None,
+                    rtcp: None,
+                    latch,
+                }
+            } else {
+                Peer { rtp, rtcp, latch }
+            };
             let parties = from.of_mut(&mut stream.peers);
             parties.retain(|(tag, _)| tag.as_slice() != passage.tag);
             parties.insert(0, (passage.tag.to_vec(), peer));
@@ -508,9 +588,10 @@ impl MediaTable {
         }
         hide_origin(msg, edits, sdp, to_ip, passage);
 
+        let provisional = call.answered.is_none();
         for index in changed {
             if let Some(Some(s)) = call.streams.get(index) {
-                self.commands.push_back(set_command(s));
+                queue_set(&mut self.commands, set_command(s, provisional));
             }
         }
         for s in released {
@@ -525,7 +606,8 @@ impl MediaTable {
         let Some(c) = self.calls.get_mut(call) else {
             return;
         };
-        if c.answered.is_none() {
+        let first_answer = c.answered.is_none();
+        if first_answer {
             c.answered = Some(now);
             for s in c.streams.iter_mut().flatten() {
                 s.since = now;
@@ -533,9 +615,14 @@ impl MediaTable {
         }
         for s in c.streams.iter_mut().flatten() {
             let parties = answerer.of_mut(&mut s.peers);
-            if parties.iter().any(|(t, _)| t.as_slice() == tag) && parties.len() > 1 {
+            let forks_dropped =
+                parties.iter().any(|(t, _)| t.as_slice() == tag) && parties.len() > 1;
+            if forks_dropped {
                 parties.retain(|(t, _)| t.as_slice() == tag);
-                self.commands.push_back(set_command(s));
+            }
+            // The relay stops holding packets from unknown sources for a fork's answer.
+            if forks_dropped || first_answer {
+                queue_set(&mut self.commands, set_command(s, false));
             }
         }
     }
@@ -701,33 +788,58 @@ impl MediaTable {
         }
     }
 
-    fn allocate(&mut self, pool_in: usize, pool_out: usize, now: Instant) -> Option<Stream> {
-        let inside = self.pools.get_mut(pool_in)?;
-        let port_in = inside.free.pop_front()?;
-        let ip_in = inside.ip;
-        let Some(outside) = self.pools.get_mut(pool_out) else {
-            self.give_back(pool_in, port_in);
-            return None;
+    fn allocate(
+        &mut self,
+        pool_in: usize,
+        pool_out: usize,
+        now: Instant,
+    ) -> Result<Stream, MediaError> {
+        let inside = self.reserve_pair(pool_in)?;
+        let outside = match self.reserve_pair(pool_out) {
+            Ok(a) => a,
+            Err(e) => {
+                self.reserver.release(inside);
+                self.give_back(pool_in, inside.port());
+                return Err(e);
+            }
         };
-        let Some(port_out) = outside.free.pop_front() else {
-            self.give_back(pool_in, port_in);
-            return None;
-        };
-        let ip_out = outside.ip;
         let id = self.next_id;
         self.next_id += 1;
-        Some(Stream {
+        Ok(Stream {
             id,
             counters: Arc::new(StreamCounters::new(now)),
-            local: [
-                SocketAddr::new(ip_in, port_in),
-                SocketAddr::new(ip_out, port_out),
-            ],
+            local: [inside, outside],
             peers: [Vec::new(), Vec::new()],
             held: [false, false],
             since: now,
             bypassed: false,
         })
+    }
+
+    /// Takes the oldest free pair of `pool` whose sockets open. A pair another socket
+    /// holds goes to the back of the pool (it may be free later) and the next is tried,
+    /// at most once round the pool.
+    fn reserve_pair(&mut self, pool: usize) -> Result<SocketAddr, MediaError> {
+        let pool = self.pools.get_mut(pool).ok_or(MediaError::PortsExhausted)?;
+        for _ in 0..pool.free.len() {
+            let Some(port) = pool.free.pop_front() else {
+                break;
+            };
+            let rtp = SocketAddr::new(pool.ip, port);
+            match self.reserver.reserve(rtp) {
+                Ok(()) => return Ok(rtp),
+                Err(ReserveError::InUse) => {
+                    tracing::warn!(%rtp, "media port taken by another socket: skipped");
+                    self.ports_skipped += 1;
+                    pool.free.push_back(port);
+                }
+                Err(ReserveError::Unavailable) => {
+                    pool.free.push_front(port);
+                    return Err(MediaError::SocketsUnavailable);
+                }
+            }
+        }
+        Err(MediaError::PortsExhausted)
     }
 
     fn give_back(&mut self, pool: usize, port: u16) {
@@ -744,6 +856,15 @@ impl MediaTable {
         }
     }
 
+    /// Gives back the pairs of a stream that was never `Set`: their reserved sockets
+    /// close here, not in the relay.
+    fn unreserve(&mut self, s: &Stream) {
+        for local in s.local {
+            self.reserver.release(local);
+        }
+        self.free(s);
+    }
+
     fn close(&mut self, s: &Stream) {
         self.owners.remove(Side::Outside.of(&s.local));
         self.commands.push_back(MediaCommand::Close { id: s.id });
@@ -754,10 +875,27 @@ impl MediaTable {
 /// Forked early dialogs remembered per stream side.
 const MAX_FORKS: usize = 8;
 
-fn set_command(s: &Stream) -> MediaCommand {
+/// Queues a `Set`, in place of one for the same stream still queued (the answer's own
+/// `Set` and the one that ends its provisional state leave as one).
+fn queue_set(commands: &mut VecDeque<MediaCommand>, set: MediaCommand) {
+    let MediaCommand::Set { id, .. } = &set else {
+        commands.push_back(set);
+        return;
+    };
+    let queued = commands
+        .iter_mut()
+        .find(|c| matches!(c, MediaCommand::Set { id: queued, .. } if queued == id));
+    match queued {
+        Some(slot) => *slot = set,
+        None => commands.push_back(set),
+    }
+}
+
+fn set_command(s: &Stream, provisional: bool) -> MediaCommand {
     let leg = |side: Side| LegSpec {
         local_rtp: *side.of(&s.local),
         peers: side.of(&s.peers).iter().map(|p| p.1).collect(),
+        provisional,
     };
     MediaCommand::Set {
         id: s.id,

@@ -16,7 +16,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use sipward_core::{AlgOptions, MediaCommand, Peer};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use sipward_core::{AlgOptions, EventKind, MediaCommand, Peer, PortReserver, ReserveError};
 
 fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -144,6 +147,145 @@ fn exhausted_port_pool_refuses_the_call_with_503() {
     assert!(refused.contains("no media ports"), "{refused}");
     assert_eq!(net.gw.media().refused(), 1);
     assert!(net.media_commands().is_empty());
+}
+
+/// A port reserver that fails as told: ports held by "another process", or no file
+/// descriptors left at all. Records the pairs it holds.
+#[derive(Clone, Default)]
+struct FakeReserver {
+    state: Arc<Mutex<FakeState>>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    taken_by_others: HashSet<SocketAddr>,
+    out_of_files: bool,
+    held: HashSet<SocketAddr>,
+}
+
+impl PortReserver for FakeReserver {
+    fn reserve(&mut self, rtp: SocketAddr) -> Result<(), ReserveError> {
+        let mut state = self.state.lock().unwrap();
+        if state.taken_by_others.contains(&rtp) {
+            return Err(ReserveError::InUse);
+        }
+        // The inside pair opens; the outside one finds the file limit reached.
+        if state.out_of_files && rtp.ip() == sock("203.0.113.1:0").ip() {
+            return Err(ReserveError::Unavailable);
+        }
+        assert!(state.held.insert(rtp), "{rtp} reserved twice");
+        Ok(())
+    }
+
+    fn release(&mut self, rtp: SocketAddr) {
+        assert!(
+            self.state.lock().unwrap().held.remove(&rtp),
+            "{rtp} not held"
+        );
+    }
+}
+
+/// Whether every leg of every `Set` among `cmds` is provisional.
+fn provisional(cmds: &[MediaCommand]) -> Vec<bool> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            MediaCommand::Set { legs, .. } => Some(legs.iter().all(|l| l.provisional)),
+            MediaCommand::Close { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn legs_are_provisional_until_the_call_is_answered() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let fwd = text(&net.phone_sends(&invite("v1", "z9hG4bKv1")));
+    assert_eq!(provisional(&net.media_commands()), vec![true]);
+    // Early media from one fork: still provisional (another fork may answer).
+    let early = response_with_sdp(
+        &fwd,
+        "183 Session Progress",
+        "f1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("203.0.113.50", 7000, ""),
+    );
+    net.proxy_sends(&early);
+    assert_eq!(provisional(&net.media_commands()), vec![true]);
+    // Another fork answers: one Set, final, naming only the answer's author.
+    let ok = response_with_sdp(
+        &fwd,
+        "200 OK",
+        "f2",
+        "Contact: <sip:bob@203.0.113.60>\r\n",
+        &sdp("203.0.113.60", 8000, ""),
+    );
+    net.proxy_sends(&ok);
+    let cmds = net.media_commands();
+    assert_eq!(provisional(&cmds), vec![false]);
+    assert_eq!(
+        sets(&cmds)[0].2,
+        vec![peer("203.0.113.60:8000", "203.0.113.60:8001")]
+    );
+}
+
+#[test]
+fn media_sockets_that_cannot_open_refuse_the_call_with_503() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    let fake = FakeReserver::default();
+    net.gw.set_port_reserver(Box::new(fake.clone()));
+    fake.state.lock().unwrap().out_of_files = true;
+    // The phone gets 503; nothing goes to the proxy (one transmit in all).
+    let refused = net.phone_sends(&invite("e1", "z9hG4bKe1"));
+    assert_eq!(refused.remote, addr(PHONE));
+    let refused = text(&refused);
+    assert!(refused.starts_with("SIP/2.0 503 "), "{refused}");
+    assert!(
+        refused.contains("Warning: 399 ") && refused.contains("media sockets cannot be opened"),
+        "{refused}"
+    );
+    assert_eq!(net.gw.media().refused(), 1);
+    assert!(net.media_commands().is_empty());
+    // The inside pair reserved before the failure is given back.
+    assert!(fake.state.lock().unwrap().held.is_empty());
+    assert!(net
+        .gw
+        .media()
+        .pool_usage()
+        .iter()
+        .all(|&(_, used, _)| used == 0));
+    let events: Vec<_> = std::iter::from_fn(|| net.gw.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::Overload
+            && e.reason.contains("media sockets cannot be opened")),
+        "{events:?}"
+    );
+
+    // Once descriptors are back, the next call goes through.
+    fake.state.lock().unwrap().out_of_files = false;
+    let fwd = text(&net.phone_sends(&invite("e2", "z9hG4bKe2")));
+    assert!(fwd.starts_with("INVITE "), "{fwd}");
+    assert_eq!(fake.state.lock().unwrap().held.len(), 2);
+}
+
+#[test]
+fn a_port_taken_by_another_socket_is_skipped_for_the_next_pair() {
+    let mut net = Net::with_media(AlgOptions::default(), 2);
+    let fake = FakeReserver::default();
+    net.gw.set_port_reserver(Box::new(fake.clone()));
+    fake.state
+        .lock()
+        .unwrap()
+        .taken_by_others
+        .insert(sock("203.0.113.1:31000"));
+    let fwd = text(&net.phone_sends(&invite("t1", "z9hG4bKt1")));
+    assert!(fwd.contains("m=audio 31002 RTP/AVP 0\r\n"), "{fwd}");
+    assert_eq!(net.gw.media().ports_skipped(), 1);
+    assert_eq!(net.gw.media().refused(), 0);
+    // With the only other pair in use as well, the next call finds no pair: 503.
+    let refused = text(&net.phone_sends(&invite("t2", "z9hG4bKt2")));
+    assert!(refused.starts_with("SIP/2.0 503 "), "{refused}");
+    assert!(refused.contains("no media ports"), "{refused}");
+    // Nothing taken by the refused call stays reserved: the first call's two pairs.
+    assert_eq!(fake.state.lock().unwrap().held.len(), 2);
 }
 
 #[test]
@@ -315,6 +457,11 @@ fn a_far_end_behind_another_nat_is_latched() {
         far.latch,
         "a private address outside our networks is behind a NAT"
     );
+    assert_eq!(
+        (far.rtp, far.rtcp),
+        (None, None),
+        "nothing is sent to its unreachable SDP address before it latches"
+    );
     let near = &s.last().unwrap().1[0];
     assert!(
         !near.latch,
@@ -460,4 +607,48 @@ fn prack_carries_the_answer_to_an_offer_in_a_183() {
     let last = s.last().unwrap();
     assert_eq!(last.1, vec![peer("10.0.0.20:40000", "10.0.0.20:40001")]);
     assert_eq!(last.2, vec![peer("203.0.113.50:7000", "203.0.113.50:7001")]);
+}
+
+#[test]
+fn an_ack_answering_a_late_offer_goes_on_unrelayed_when_ports_run_out() {
+    let mut net = Net::with_media(AlgOptions::default(), 1);
+    answered_call(&mut net, "l0");
+    // A late offer: the INVITE has no SDP, the 200 carries the offer, the ACK the answer.
+    let invite = invite("l1", "z9hG4bKl1");
+    let head = invite.split("\r\n\r\n").next().unwrap();
+    let bare = head
+        .lines()
+        .filter(|l| !l.starts_with("Content-"))
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        + "Content-Length: 0\r\n\r\n";
+    let fwd = text(&net.phone_sends(&bare));
+    let ok = response_with_sdp(
+        &fwd,
+        "200 OK",
+        "b2",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("203.0.113.50", 7002, ""),
+    );
+    // No pair is left: the 200 (which cannot be refused) reaches the phone unrelayed.
+    let answered = text(&net.proxy_sends(&ok));
+    assert!(answered.starts_with("SIP/2.0 200 "), "{answered}");
+    assert!(answered.contains("m=audio 7002 "), "{answered}");
+    // The phone's answer in the ACK still reaches the far end (an ACK cannot be
+    // answered 503; dropping it would leave the far end retransmitting its 200),
+    // its inside address hidden.
+    let ack = phone_request("ACK", 1, "l1", "b2", &sdp("10.0.0.20", 40002, ""));
+    let forwarded = text(&net.phone_sends(&ack));
+    assert!(forwarded.starts_with("ACK "), "{forwarded}");
+    assert!(
+        forwarded.contains("c=IN IP4 203.0.113.1\r\n"),
+        "{forwarded}"
+    );
+    let events: Vec<_> = std::iter::from_fn(|| net.gw.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Overload && e.reason.contains("not relayed")),
+        "{events:?}"
+    );
 }

@@ -21,14 +21,18 @@ mod table;
 #[allow(unsafe_code)]
 mod uring;
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::io;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use sipward_core::MediaCommand;
+use sipward_core::{MediaCommand, PortReserver, ReserveError};
 
 use crate::table::{StreamSlots, Table};
 /// How long the relay keeps polling after work before it sleeps. Zero by default: a
@@ -142,6 +146,99 @@ fn place_current_thread(options: &RelayOptions) -> io::Result<()> {
     Ok(())
 }
 
+/// Sockets bound for pairs the core handed out, by local address, until the relay takes
+/// them at the stream's `Set`.
+pub(crate) type Reserved = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;
+
+/// The relay's [`PortReserver`]: binds a pair's two sockets when the core hands the pair
+/// out (in the driver's thread, before the SDP naming it leaves), so that a port that
+/// cannot open refuses the call instead of leaving it without media. The relay thread
+/// then serves exactly these sockets: nothing binds the ports a second time.
+pub struct PortReservations {
+    reserved: Reserved,
+    running: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+/// How far the relay thread is with the commands queued for it.
+#[derive(Default)]
+struct Progress {
+    /// Commands queued so far (by `RelayHandle::apply`).
+    queued: AtomicU64,
+    /// Commands the relay thread has carried out in full (a closed stream's ports
+    /// are free again).
+    done: AtomicU64,
+}
+
+/// How long a reservation waits for the relay to close a port it is about to close.
+const CLOSE_WAIT: Duration = Duration::from_millis(200);
+
+impl PortReservations {
+    /// Waits (up to `CLOSE_WAIT`) until the relay has carried out every command queued
+    /// so far; false if it has not. The driver queues a call's `Close` before it reads
+    /// the next datagram, so a pair reused at once (a full pool) may still be bound by
+    /// the relay: that port is about to be free, not another program's.
+    fn relay_caught_up(&self) -> bool {
+        let queued = self.progress.queued.load(Ordering::Acquire);
+        let started = std::time::Instant::now();
+        while self.progress.done.load(Ordering::Acquire) < queued {
+            if started.elapsed() >= CLOSE_WAIT || !self.running.load(Ordering::Acquire) {
+                return false;
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+}
+
+impl PortReserver for PortReservations {
+    fn reserve(&mut self, rtp: SocketAddr) -> Result<(), ReserveError> {
+        if !self.running.load(Ordering::Acquire) {
+            // Nobody would serve the sockets: the call is refused, not left silent.
+            tracing::error!(%rtp, "media relay thread is not running: no media");
+            return Err(ReserveError::Unavailable);
+        }
+        let rtcp_port = rtp.port().checked_add(1).ok_or(ReserveError::InUse)?;
+        let rtcp = SocketAddr::new(rtp.ip(), rtcp_port);
+        let bind = |local: SocketAddr| {
+            let bound = match UdpSocket::bind(local) {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && self.relay_caught_up() => {
+                    UdpSocket::bind(local)
+                }
+                other => other,
+            };
+            bound.map_err(|e| {
+                match e.kind() {
+                    // Another socket has it (or it is a port we may not use): another
+                    // pair may well open (the core logs the skip).
+                    io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied => {
+                        tracing::debug!(%local, "cannot open media port: {e}");
+                        ReserveError::InUse
+                    }
+                    _ => {
+                        tracing::error!(%local, "cannot open media port: {e}");
+                        ReserveError::Unavailable
+                    }
+                }
+            })
+        };
+        let rtp_socket = bind(rtp)?;
+        let rtcp_socket = bind(rtcp)?;
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        reserved.insert(rtp, rtp_socket);
+        reserved.insert(rtcp, rtcp_socket);
+        Ok(())
+    }
+
+    fn release(&mut self, rtp: SocketAddr) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        reserved.remove(&rtp);
+        if let Some(port) = rtp.port().checked_add(1) {
+            reserved.remove(&SocketAddr::new(rtp.ip(), port));
+        }
+    }
+}
+
 /// The handle the driver keeps: commands go in, the thread does the rest.
 pub struct RelayHandle {
     sender: mpsc::Sender<Message>,
@@ -149,6 +246,19 @@ pub struct RelayHandle {
     waker: UnixDatagram,
     engine: Engine,
     thread: Option<thread::JoinHandle<()>>,
+    reserved: Reserved,
+    /// Cleared when the relay thread ends, however it ends.
+    running: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+/// Clears the flag it holds when dropped: when the relay thread returns or unwinds.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl RelayHandle {
@@ -174,12 +284,22 @@ impl RelayHandle {
         let (waker, wake) = UnixDatagram::pair()?;
         waker.set_nonblocking(true)?;
         wake.set_nonblocking(true)?;
-        let inbox = Inbox { receiver, wake };
-        let table = Table::new()?;
+        let progress = Arc::new(Progress::default());
+        let inbox = Inbox {
+            receiver,
+            wake,
+            progress: progress.clone(),
+            taken: Cell::new(0),
+        };
+        let reserved = Reserved::default();
+        let table = Table::new(reserved.clone())?;
         let (started_tx, started_rx) = mpsc::sync_channel(1);
+        let running = Arc::new(AtomicBool::new(true));
+        let ended = ClearOnDrop(running.clone());
         let thread = thread::Builder::new()
             .name("sipward-relay".into())
             .spawn(move || {
+                let _ended = ended;
                 let started = place_current_thread(&options)
                     .and_then(|()| Running::start(options.engine, &inbox));
                 let _ = started_tx.send(
@@ -205,7 +325,21 @@ impl RelayHandle {
             waker,
             engine,
             thread: Some(thread),
+            reserved,
+            running,
+            progress,
         })
+    }
+
+    /// The reserver to give the core ([`sipward_core::Gateway::set_port_reserver`]):
+    /// streams `Set` on pairs it reserved are served on the sockets it bound. A `Set`
+    /// on a pair nobody reserved (a relay driven without the core) binds its own.
+    pub fn reservations(&self) -> PortReservations {
+        PortReservations {
+            reserved: self.reserved.clone(),
+            running: self.running.clone(),
+            progress: self.progress.clone(),
+        }
     }
 
     /// The engine the relay runs with (`Auto` resolved).
@@ -222,6 +356,7 @@ impl RelayHandle {
                 tracing::error!("media relay thread is gone");
                 return;
             }
+            self.progress.queued.fetch_add(1, Ordering::Release);
         }
         if any {
             self.wake();
@@ -253,6 +388,9 @@ impl Drop for RelayHandle {
 pub(crate) struct Inbox {
     receiver: mpsc::Receiver<Message>,
     wake: UnixDatagram,
+    progress: Arc<Progress>,
+    /// Commands taken from the queue so far.
+    taken: Cell<u64>,
 }
 
 /// What applying one command did to the table.
@@ -281,7 +419,16 @@ impl Inbox {
 
     /// Applies the next queued command to `table`.
     pub(crate) fn apply_next(&self, table: &mut Table) -> Applied {
-        match self.receiver.try_recv() {
+        // The engine has carried out the command taken before (closed its sockets)
+        // before it asks for the next.
+        self.progress
+            .done
+            .store(self.taken.get(), Ordering::Release);
+        let taken = self.receiver.try_recv();
+        if let Ok(Message::Command(_)) = &taken {
+            self.taken.set(self.taken.get() + 1);
+        }
+        match taken {
             Ok(Message::Command(MediaCommand::Set { id, legs, counters })) => {
                 Applied::Opened(table.set(id, legs, counters))
             }

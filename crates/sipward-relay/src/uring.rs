@@ -22,7 +22,7 @@ use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use crate::busy_poll::BusyPoll;
-use crate::table::{StreamSlots, Table, TAG_LIMIT};
+use crate::table::{Route, StreamSlots, Table, TAG_LIMIT};
 use crate::{Applied, Inbox};
 
 /// Buffers in the ring (a power of two, at most 32,768): room for this many datagrams
@@ -623,8 +623,11 @@ impl Uring {
         else {
             return OneSend::NotTried;
         };
-        let Some((fd, target)) = table.route_one(key, source, payload_len) else {
-            return OneSend::Handled;
+        let (fd, target) = match table.route_one(key, source, payload_len) {
+            Route::Send(fd, target) => (fd, target),
+            Route::Dropped => return OneSend::Handled,
+            // Held until the party is known: `forward` copies it out of the buffer.
+            Route::Hold => return OneSend::NotTried,
         };
         let (address, address_len) = sockaddr_bytes(target);
         // The receive's header and source address have been read: the destination
@@ -834,6 +837,7 @@ mod tests {
             let leg = |side: u8| LegSpec {
                 local_rtp: SocketAddr::new([127, 77, 20 + side, 1].into(), 46000 + 2 * id),
                 peers: Vec::new(),
+                provisional: false,
             };
             let opened = table.set(
                 u64::from(id),

@@ -74,14 +74,32 @@ fn command(
             LegSpec {
                 local_rtp: inside_rtp,
                 peers: inside,
+                provisional: false,
             },
             LegSpec {
                 local_rtp: outside_rtp,
                 peers: outside,
+                provisional: false,
             },
         ],
         counters: counters.clone(),
     };
+    (set, counters)
+}
+
+/// `command` with both legs provisional (the call not answered yet).
+fn provisional_command(
+    id: u64,
+    local: [SocketAddr; 2],
+    inside: Vec<Peer>,
+    outside: Vec<Peer>,
+) -> (MediaCommand, Arc<StreamCounters>) {
+    let (mut set, counters) = command(id, local, inside, outside);
+    if let MediaCommand::Set { legs, .. } = &mut set {
+        for leg in legs.iter_mut() {
+            leg.provisional = true;
+        }
+    }
     (set, counters)
 }
 
@@ -227,10 +245,11 @@ fn latching_party_is_answered_where_it_sends_from_with(engine: Engine) {
         7,
         ["127.78.0.1:40010", "127.78.1.1:40010"],
         vec![strict(&phone_rtp, &phone_rtcp)],
-        // Its SDP named a private address it cannot be reached at.
+        // Its SDP named a private address it cannot be reached at, which the core
+        // leaves out.
         vec![Peer {
-            rtp: Some(sock("192.168.1.5:7000")),
-            rtcp: Some(sock("192.168.1.5:7001")),
+            rtp: None,
+            rtcp: None,
             latch: true,
         }],
     );
@@ -693,4 +712,347 @@ fn ports_closed_and_reopened_under_load_are_free_for_the_new_stream_with(engine:
         failures, 0,
         "{engine:?}: reopened streams that did not forward"
     );
+}
+
+/// Waits (up to a second) for the forwarded counts to read `expected`: a relay counts
+/// a read's packets after sending them, so the receiver may see them first.
+fn packets_become(counters: &StreamCounters, expected: [u64; 2]) {
+    let started = Instant::now();
+    while counters.snapshot().packets != expected && started.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(counters.snapshot().packets, expected);
+}
+
+#[test]
+fn latching_any_relays_an_ordinary_and_an_asymmetric_call_both_ways() {
+    for engine in ENGINES {
+        latching_any_relays_an_ordinary_and_an_asymmetric_call_both_ways_with(engine);
+    }
+}
+
+/// `media_latching = "any"`: every party latches, also one that sends from the address
+/// its SDP names (this relayed nothing: a named source was accepted without being
+/// latched, and a latching party is sent to only once latched).
+fn latching_any_relays_an_ordinary_and_an_asymmetric_call_both_ways_with(engine: Engine) {
+    let relay = spawn(engine);
+    let latching = |rtp: &UdpSocket| {
+        let a = rtp.local_addr().unwrap();
+        Peer {
+            rtp: Some(a),
+            rtcp: Some(SocketAddr::new(a.ip(), a.port() + 1)),
+            latch: true,
+        }
+    };
+    // An ordinary call: each party sends from where its SDP says.
+    let (phone, far) = (bind("127.85.0.20:0"), bind("127.85.1.50:0"));
+    let local = ["127.85.0.1:40100", "127.85.1.1:40100"];
+    let counters = set_at(
+        &relay,
+        1,
+        local,
+        vec![latching(&phone)],
+        vec![latching(&far)],
+    );
+    phone.send_to(&[1], local[0]).unwrap();
+    far.send_to(&[2], local[1]).unwrap();
+    assert_eq!(receive(&far).unwrap(), (vec![1], sock(local[1])));
+    assert_eq!(receive(&phone).unwrap(), (vec![2], sock(local[0])));
+    packets_become(&counters, [1, 1]);
+
+    // Asymmetric RTP (RFC 4961): both parties send from other ports than their SDP
+    // names, and get the other's media back where they send from.
+    let (phone_sdp, far_sdp) = (bind("127.85.0.21:0"), bind("127.85.1.51:0"));
+    let (phone_sends, far_sends) = (bind("127.85.0.21:0"), bind("127.85.1.51:0"));
+    let local = ["127.85.0.1:40110", "127.85.1.1:40110"];
+    let counters = set_at(
+        &relay,
+        2,
+        local,
+        vec![latching(&phone_sdp)],
+        vec![latching(&far_sdp)],
+    );
+    // Before the phone has sent, the far end's media goes where the phone's SDP says.
+    far_sends.send_to(&[1], local[1]).unwrap();
+    assert_eq!(receive(&phone_sdp).unwrap().0, vec![1]);
+    for i in 0..5u8 {
+        phone_sends.send_to(&[10 + i], local[0]).unwrap();
+        far_sends.send_to(&[20 + i], local[1]).unwrap();
+    }
+    for i in 0..5u8 {
+        assert_eq!(receive(&far_sends).unwrap().0, vec![10 + i]);
+        assert_eq!(receive(&phone_sends).unwrap().0, vec![20 + i]);
+    }
+    assert!(receive(&phone_sdp).is_none() && receive(&far_sdp).is_none());
+    packets_become(&counters, [5, 6]);
+}
+
+#[test]
+fn media_arriving_before_the_answer_is_applied_is_sent_on_once_it_is() {
+    for engine in ENGINES {
+        media_arriving_before_the_answer_is_applied_is_sent_on_once_it_is_with(engine);
+    }
+}
+
+/// The far end sends RTP right after its 200 OK; the relay learns of it only once the
+/// gateway has read the 200. What came before is held and sent on if it is the
+/// answer's party's; a stranger's is not.
+fn media_arriving_before_the_answer_is_applied_is_sent_on_once_it_is_with(engine: Engine) {
+    let relay = spawn(engine);
+    let (phone_rtp, phone_rtcp) = (bind("127.86.0.20:0"), bind("127.86.0.20:0"));
+    let far = bind("127.86.1.50:0");
+    let stranger = bind("127.86.1.99:0");
+    let local = [sock("127.86.0.1:40200"), sock("127.86.1.1:40200")];
+    // The offer: the phone is known, the far end not yet.
+    let (offer, counters) = command(3, local, vec![strict(&phone_rtp, &phone_rtcp)], vec![]);
+    relay.apply([offer]);
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..3u8 {
+        far.send_to(&[i], local[1]).unwrap();
+    }
+    stranger.send_to(&[99], local[1]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        receive(&phone_rtp).is_none(),
+        "nothing goes on before the answer"
+    );
+    // The answer names the far end.
+    let (answer, _) = command(
+        3,
+        local,
+        vec![strict(&phone_rtp, &phone_rtcp)],
+        vec![strict(&far, &far)],
+    );
+    relay.apply([answer]);
+    for i in 0..3u8 {
+        assert_eq!(receive(&phone_rtp).unwrap(), (vec![i], local[0]));
+    }
+    assert!(
+        receive(&phone_rtp).is_none(),
+        "the stranger's datagram is dropped"
+    );
+    packets_become(&counters, [0, 3]);
+    assert_eq!(counters.snapshot().dropped, 1);
+    // Later media flows as usual.
+    far.send_to(&[7], local[1]).unwrap();
+    assert_eq!(receive(&phone_rtp).unwrap().0, vec![7]);
+}
+
+#[test]
+fn a_latched_stray_source_gives_way_to_the_party_s_sdp_address() {
+    for engine in ENGINES {
+        a_latched_stray_source_gives_way_to_the_party_s_sdp_address_with(engine);
+    }
+}
+
+/// Latching "any" takes the first source; when the party then sends from the address
+/// its SDP names, that address takes over (a stray packet, or one from a party's old
+/// address after a re-INVITE, does not keep its media).
+fn a_latched_stray_source_gives_way_to_the_party_s_sdp_address_with(engine: Engine) {
+    let relay = spawn(engine);
+    let (phone, far, stray) = (
+        bind("127.87.0.20:0"),
+        bind("127.87.1.50:0"),
+        bind("127.87.1.99:0"),
+    );
+    let latching = |s: &UdpSocket| Peer {
+        latch: true,
+        ..strict(s, s)
+    };
+    let local = ["127.87.0.1:40300", "127.87.1.1:40300"];
+    set_at(
+        &relay,
+        4,
+        local,
+        vec![latching(&phone)],
+        vec![latching(&far)],
+    );
+    stray.send_to(&[1], local[1]).unwrap();
+    assert_eq!(receive(&phone).unwrap().0, vec![1]);
+    phone.send_to(&[2], local[0]).unwrap();
+    assert_eq!(
+        receive(&stray).unwrap().0,
+        vec![2],
+        "the stray source latched"
+    );
+    far.send_to(&[3], local[1]).unwrap();
+    assert_eq!(receive(&phone).unwrap().0, vec![3]);
+    phone.send_to(&[4], local[0]).unwrap();
+    assert_eq!(
+        receive(&far).unwrap().0,
+        vec![4],
+        "the SDP address took over"
+    );
+    assert!(receive(&stray).is_none());
+}
+
+#[test]
+fn media_of_a_fork_answering_before_its_200_is_read_is_sent_on() {
+    for engine in ENGINES {
+        media_of_a_fork_answering_before_its_200_is_read_is_sent_on_with(engine);
+    }
+}
+
+/// Early media came from one fork; another answers and streams at once. Until the call
+/// is answered its packets are held (the leg is provisional), then sent on; once the
+/// call is answered, strangers are dropped at once again.
+fn media_of_a_fork_answering_before_its_200_is_read_is_sent_on_with(engine: Engine) {
+    let relay = spawn(engine);
+    let phone = bind("127.88.0.20:0");
+    let (first_fork, second_fork) = (bind("127.88.1.50:0"), bind("127.88.1.60:0"));
+    let local = [sock("127.88.0.1:40400"), sock("127.88.1.1:40400")];
+    let (early, counters) = provisional_command(
+        5,
+        local,
+        vec![strict(&phone, &phone)],
+        vec![strict(&first_fork, &first_fork)],
+    );
+    relay.apply([early]);
+    std::thread::sleep(Duration::from_millis(100));
+    first_fork.send_to(&[1], local[1]).unwrap();
+    assert_eq!(receive(&phone).unwrap().0, vec![1], "early media flows");
+    second_fork.send_to(&[2], local[1]).unwrap();
+    second_fork.send_to(&[3], local[1]).unwrap();
+    assert!(
+        receive(&phone).is_none(),
+        "held, not sent, before the answer"
+    );
+    let (answered, _) = command(
+        5,
+        local,
+        vec![strict(&phone, &phone)],
+        vec![strict(&second_fork, &second_fork)],
+    );
+    relay.apply([answered]);
+    assert_eq!(receive(&phone).unwrap().0, vec![2]);
+    assert_eq!(receive(&phone).unwrap().0, vec![3]);
+    packets_become(&counters, [0, 3]);
+    // Answered: the first fork is a stranger now, dropped and counted at once.
+    first_fork.send_to(&[4], local[1]).unwrap();
+    assert!(receive(&phone).is_none());
+    assert_eq!(counters.snapshot().dropped, 1);
+}
+
+#[test]
+fn reserved_sockets_are_the_ones_served_and_a_stopped_relay_reserves_nothing() {
+    for (i, engine) in ENGINES.into_iter().enumerate() {
+        reserved_sockets_are_the_ones_served_and_a_stopped_relay_reserves_nothing_with(
+            engine,
+            &format!("127.{}", 89 + i),
+        );
+    }
+}
+
+fn reserved_sockets_are_the_ones_served_and_a_stopped_relay_reserves_nothing_with(
+    engine: Engine,
+    net: &str,
+) {
+    use sipward_core::{PortReserver, ReserveError};
+    let relay = spawn(engine);
+    let at = |host: &str| sock(&format!("{net}.{host}"));
+    let mut reservations = relay.reservations();
+    let local = [at("0.1:40500"), at("1.1:40500")];
+    for rtp in local {
+        reservations.reserve(rtp).unwrap();
+    }
+    // Bound at once: another program cannot take them now.
+    assert!(UdpSocket::bind(local[1]).is_err());
+    assert!(UdpSocket::bind(at("1.1:40501")).is_err());
+    // A taken port is reported as such, for the core to try another pair.
+    let _taken = UdpSocket::bind(at("1.1:40510")).unwrap();
+    assert_eq!(
+        reservations.reserve(at("1.1:40510")),
+        Err(ReserveError::InUse)
+    );
+    // The relay serves the reserved sockets.
+    let (phone, far) = (
+        bind(&format!("{net}.0.20:0")),
+        bind(&format!("{net}.1.50:0")),
+    );
+    relay.apply([between(6, local, &phone, &far)]);
+    phone.send_to(&[1], local[0]).unwrap();
+    assert_eq!(receive(&far).unwrap(), (vec![1], local[1]));
+    // A pair given back closes.
+    reservations.reserve(at("0.1:40520")).unwrap();
+    reservations.release(at("0.1:40520"));
+    UdpSocket::bind(at("0.1:40521")).expect("released");
+    // Without a relay thread, nothing is reserved: the call is refused instead.
+    drop(relay);
+    assert_eq!(
+        reservations.reserve(at("0.1:40530")),
+        Err(ReserveError::Unavailable)
+    );
+}
+
+#[test]
+fn an_inbound_caller_streaming_before_the_phone_s_answer_is_applied_is_heard() {
+    for engine in ENGINES {
+        an_inbound_caller_streaming_before_the_phone_s_answer_is_applied_is_heard_with(engine);
+    }
+}
+
+/// An inbound call: the far end offered, so it is known; the phone becomes known with
+/// its 200. The far end streams as soon as it has the 200, which may be before the
+/// relay has the phone's `Set`: its packets wait for the phone instead of being dropped.
+fn an_inbound_caller_streaming_before_the_phone_s_answer_is_applied_is_heard_with(engine: Engine) {
+    let relay = spawn(engine);
+    let (phone, far) = (bind("127.91.0.20:0"), bind("127.91.1.50:0"));
+    let local = [sock("127.91.0.1:40600"), sock("127.91.1.1:40600")];
+    let (offer, counters) = provisional_command(7, local, vec![], vec![strict(&far, &far)]);
+    relay.apply([offer]);
+    std::thread::sleep(Duration::from_millis(100));
+    far.send_to(&[1], local[1]).unwrap();
+    far.send_to(&[2], local[1]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let (answered, _) = command(
+        7,
+        local,
+        vec![strict(&phone, &phone)],
+        vec![strict(&far, &far)],
+    );
+    relay.apply([answered]);
+    assert_eq!(receive(&phone).unwrap(), (vec![1], local[0]));
+    assert_eq!(receive(&phone).unwrap().0, vec![2]);
+    packets_become(&counters, [0, 2]);
+    assert_eq!(counters.snapshot().dropped, 0);
+}
+
+#[test]
+fn a_pair_closed_and_reserved_again_at_once_is_not_taken_for_another_program_s() {
+    for (i, engine) in ENGINES.into_iter().enumerate() {
+        let net = format!("127.{}", 92 + i);
+        a_pair_closed_and_reserved_again_at_once_is_not_taken_for_another_program_s_with(
+            engine, &net,
+        );
+    }
+}
+
+/// A full pool under load: a call ends (its `Close` queued to the relay) and the next
+/// call gets the same pair at once, before the relay thread has closed the sockets.
+/// The reservation waits for the relay instead of taking the port for another
+/// program's (which would refuse the call with 503).
+fn a_pair_closed_and_reserved_again_at_once_is_not_taken_for_another_program_s_with(
+    engine: Engine,
+    net: &str,
+) {
+    use sipward_core::PortReserver;
+    let relay = spawn(engine);
+    let mut reservations = relay.reservations();
+    let local = [
+        sock(&format!("{net}.0.1:40700")),
+        sock(&format!("{net}.1.1:40700")),
+    ];
+    let (phone, far) = (
+        bind(&format!("{net}.0.20:0")),
+        bind(&format!("{net}.1.50:0")),
+    );
+    for round in 0..20u64 {
+        for rtp in local {
+            reservations
+                .reserve(rtp)
+                .unwrap_or_else(|e| panic!("round {round}: {rtp}: {e:?}"));
+        }
+        relay.apply([between(round, local, &phone, &far)]);
+        relay.apply([MediaCommand::Close { id: round }]);
+    }
 }

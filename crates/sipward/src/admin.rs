@@ -216,6 +216,7 @@ pub(crate) fn answer(
                 "responses_out": classes(&t.responses_out),
                 "malformed": t.malformed,
                 "media_refused": gateway.media().refused(),
+                "media_ports_skipped": gateway.media().ports_skipped(),
             }))
         }
         Query::Blacklist => Answer::Json(Value::Array(
@@ -365,6 +366,21 @@ fn metrics(gateway: &Gateway, latency: &Latency, now: Instant) -> String {
     e.family(n, "gauge", "Port pairs in the pool, per gateway address.");
     for (ip, _, size) in &pools {
         e.sample(n, &format!("address=\"{ip}\""), size);
+    }
+    for (name, help, v) in [
+        (
+            "sipward_media_refused_total",
+            "Calls refused with 503 because their media could not be set up (no free port pair, sockets that cannot open).",
+            gateway.media().refused(),
+        ),
+        (
+            "sipward_media_ports_skipped_total",
+            "Port pairs skipped because another socket held one of their ports.",
+            gateway.media().ports_skipped(),
+        ),
+    ] {
+        e.family(name, "counter", help);
+        e.sample(name, "", v);
     }
     let n = "sipward_processing_seconds";
     e.family(n, "histogram", "Time the core took per received datagram.");

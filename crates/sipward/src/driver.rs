@@ -50,8 +50,67 @@ struct Received {
     data: Vec<u8>,
 }
 
+/// Descriptors kept for what is not media: the signalling and event sockets, the admin
+/// API's connections, the runtime's own.
+const NON_MEDIA_FILES: u64 = 256;
+/// Media streams a call is assumed to have (audio and video) for the file budget.
+const STREAMS_PER_CALL: u64 = 2;
+/// Sockets of a media stream: RTP and RTCP on each side.
+const SOCKETS_PER_STREAM: u64 = 4;
+
+/// The open files `config` can need at its caps: per call its media sockets (bounded by
+/// the smallest port pool, when that is smaller) and the rest.
+pub(crate) fn files_needed(config: &Config) -> u64 {
+    let smallest_pool = config
+        .zones
+        .iter()
+        .filter_map(|z| z.media_ports)
+        .map(|(low, high)| u64::from(high.saturating_sub(low)).saturating_add(1) / 2)
+        .min();
+    let streams = match smallest_pool {
+        // Without a pool nothing is relayed.
+        None => 0,
+        Some(pairs) => (config.alg.max_dialogs as u64)
+            .saturating_mul(STREAMS_PER_CALL)
+            .min(pairs),
+    };
+    streams
+        .saturating_mul(SOCKETS_PER_STREAM)
+        .saturating_add(NON_MEDIA_FILES)
+}
+
+/// A warning when `limit` open files cannot hold what `config` can need.
+pub(crate) fn file_limit_warning(config: &Config, limit: u64) -> Option<String> {
+    let needed = files_needed(config);
+    (needed > limit).then(|| {
+        format!(
+            "warning: the open-file limit ({limit}) is below the {needed} that max_dialogs = {} \
+             can need ({SOCKETS_PER_STREAM} sockets per media stream, {STREAMS_PER_CALL} streams \
+             per call, {NON_MEDIA_FILES} for the rest): calls past it get 503; raise it \
+             (LimitNOFILE=, ulimit -n) or lower max_dialogs",
+            config.alg.max_dialogs
+        )
+    })
+}
+
+/// Raises the soft open-file limit to the hard one (every media stream holds four
+/// sockets; the usual soft default of 1024 is 250 streams) and warns when even that is
+/// short of what the configuration can need.
+fn raise_file_limit(config: &Config) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            tracing::info!(limit, "open-file limit");
+            if let Some(warning) = file_limit_warning(config, limit) {
+                eprintln!("sipward: {warning}");
+            }
+        }
+        Err(e) => eprintln!("sipward: warning: cannot raise the open-file limit: {e}"),
+    }
+}
+
 /// Binds every interface and runs the gateway until ctrl-c.
 pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
+    raise_file_limit(&config);
     let mut sockets: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
     for zone in &config.zones {
         let socket = bind_signalling(zone.address)
@@ -126,6 +185,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     let relay = RelayHandle::spawn_with_options(settings.relay.clone())
         .context("cannot start the media relay")?;
     tracing::info!(engine = ?relay.engine(), "media relay started");
+    // Media sockets are bound as ports are handed out, so a call whose sockets cannot
+    // open is refused with 503 rather than connected without audio.
+    gateway.set_port_reserver(Box::new(relay.reservations()));
     println!("sipward: ready");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);

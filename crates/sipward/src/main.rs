@@ -96,6 +96,12 @@ fn main() -> ExitCode {
         Command::Admin(command) => cli::run(command),
         Command::Check { config } => load(config.as_deref()).map(|c| {
             print_rules(&c);
+            // `run` raises the soft limit to the hard one: that is what it will have.
+            if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+                if let Some(warning) = driver::file_limit_warning(&c, hard) {
+                    eprintln!("sipward: {warning}");
+                }
+            }
             ExitCode::SUCCESS
         }),
         Command::Validate {
