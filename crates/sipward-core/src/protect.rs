@@ -52,8 +52,21 @@ pub struct ProtectionOptions {
     /// Sources exempt from per-source limits (the upstream proxy carries everyone's
     /// traffic); global admission still applies to them.
     pub exempt: Vec<IpNet>,
-    /// Global admission: new INVITEs and REGISTERs per second before `503`.
+    /// Admission of new requests (every request outside a dialog, whatever its method)
+    /// arriving from inside zones, for all inside sources together, before `503`.
     pub admission: Rate,
+    /// The same for requests arriving from outside zones. A budget of its own, so that
+    /// no outside flood (from the exempt proxy address too, which UDP lets anyone
+    /// spoof) takes the inside callers' budget.
+    pub outside_admission: Rate,
+    /// The part (0..1) of the transaction and dialog tables kept for requests inside
+    /// established dialogs (BYE, ACK, re-INVITE, NOTIFY...): new requests never fill it.
+    pub table_reserve: f64,
+    /// Entries of each bounded table any source may hold whatever its fair share.
+    pub table_share_floor: usize,
+    /// The part (0..1) of each table's room for new requests that sources outside may
+    /// hold together (the exempt proxy included), so that inside callers keep the rest.
+    pub outside_table_share: f64,
     /// Seconds a `503` asks the sender to wait.
     pub retry_after: u32,
     /// User-Agent substrings (case-insensitive) of scanners.
@@ -94,6 +107,13 @@ impl Default for ProtectionOptions {
                 per_second: 2000.0,
                 burst: 4000.0,
             },
+            outside_admission: Rate {
+                per_second: 2000.0,
+                burst: 4000.0,
+            },
+            table_reserve: 0.1,
+            table_share_floor: 32,
+            outside_table_share: 0.5,
             retry_after: 5,
             scanner_agents: [
                 "friendly-scanner",
@@ -133,7 +153,8 @@ pub enum EventKind {
     HijackSuspected,
     /// A REGISTER with credentials the registrar refused.
     RegisterFailed,
-    /// Over global admission: a new request answered 503.
+    /// Over an admission budget, a table limit or a source's fair share of a table: a
+    /// new request answered 503.
     Overload,
     /// A call began (INVITE through the gateway), was answered, or ended.
     CallStarted,
@@ -244,7 +265,8 @@ pub struct Guard {
     options: ProtectionOptions,
     bans: HashMap<IpAddr, BanView>,
     sources: HashMap<IpAddr, SourceState>,
-    admission: Option<Bucket>,
+    /// Admission buckets: requests from inside zones, from outside zones.
+    admission: [Option<Bucket>; 2],
     events: VecDeque<SecurityEvent>,
     /// Per-source events kept per sweep, so a flood cannot flood the log.
     event_budget: HashMap<IpAddr, u32>,
@@ -270,7 +292,7 @@ impl Guard {
             options,
             bans: HashMap::new(),
             sources: HashMap::new(),
-            admission: None,
+            admission: [None, None],
             events: VecDeque::new(),
             event_budget: HashMap::new(),
             dropped_banned: 0,
@@ -314,6 +336,11 @@ impl Guard {
             }
         }
         true
+    }
+
+    /// Whether `source` is exempt from per-source limits (the upstream proxy).
+    pub fn is_exempt(&self, source: IpAddr) -> bool {
+        self.exempt(source)
     }
 
     fn exempt(&self, source: IpAddr) -> bool {
@@ -365,12 +392,24 @@ impl Guard {
         false
     }
 
-    /// Global admission of a new INVITE or REGISTER.
-    pub fn admit_new(&mut self, source: IpAddr, method: &str, now: Instant) -> Verdict {
-        let rate = self.options.admission;
-        let bucket = self
-            .admission
-            .get_or_insert_with(|| Bucket::full(rate, now));
+    /// Admission of a new request (any request outside a dialog) from inside or from
+    /// outside: each direction draws on its own budget.
+    pub fn admit_new(
+        &mut self,
+        source: IpAddr,
+        method: &str,
+        outside: bool,
+        now: Instant,
+    ) -> Verdict {
+        let (rate, slot, side) = if outside {
+            (self.options.outside_admission, 1, "outside")
+        } else {
+            (self.options.admission, 0, "inside")
+        };
+        let Some(bucket) = self.admission.get_mut(slot) else {
+            return Verdict::Pass;
+        };
+        let bucket = bucket.get_or_insert_with(|| Bucket::full(rate, now));
         if bucket.take(rate, now) {
             Verdict::Pass
         } else {
@@ -380,12 +419,18 @@ impl Guard {
                 source,
                 None,
                 Some(method),
-                "over global admission rate: 503",
+                &format!("over the {side} admission rate: 503"),
             );
             Verdict::Overloaded {
                 retry_after: self.options.retry_after,
             }
         }
+    }
+
+    /// A new request refused for want of room in a bounded table (the table's limit or
+    /// the source's fair share of it): an `overload` event, rate-limited per source.
+    pub fn table_refused(&mut self, source: IpAddr, method: Option<&str>, why: &str, now: Instant) {
+        self.event(now, EventKind::Overload, source, None, method, why);
     }
 
     /// Scanner User-Agents and unknown methods; a scanner is banned.

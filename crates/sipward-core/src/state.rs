@@ -206,7 +206,6 @@ pub(crate) struct Dialog {
     pub(crate) cseq_outside: u32,
 }
 
-/// A registration binding: the inside phone a registrar knows by the gateway's contact.
 impl Dialog {
     pub(crate) fn key(&self) -> DialogKey {
         DialogKey {
@@ -214,7 +213,19 @@ impl Dialog {
             originated_inside: self.originated_inside,
         }
     }
+
+    /// Who holds the dialog's entry: the phone that began it, or the outside address
+    /// its request came from; and whether that is outside.
+    pub(crate) fn holder(&self) -> (IpAddr, bool) {
+        if self.originated_inside {
+            (self.phone.ip(), false)
+        } else {
+            (self.proxy.ip(), true)
+        }
+    }
 }
+
+/// A registration binding: the inside phone a registrar knows by the gateway's contact.
 
 #[derive(Debug, Clone)]
 pub(crate) struct Binding {
@@ -258,9 +269,15 @@ pub struct DialogView {
 /// by contact token.
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
+    /// Read freely; entries go in and out only through `insert_client` /
+    /// `remove_client` (and the server pair), which keep `tx_holders` true.
     pub(crate) client: HashMap<(String, Vec<u8>), ClientTx>,
     pub(crate) server: HashMap<(String, Vec<u8>), ServerTx>,
     pub(crate) dialogs: HashMap<DialogKey, Dialog>,
+    /// Who holds the entries of each bounded table, for the fair shares (`Holders`).
+    pub(crate) tx_holders: Holders,
+    pub(crate) dialog_holders: Holders,
+    pub(crate) binding_holders: Holders,
     /// Inside Call-ID to outside Call-ID, for dialogs.
     pub(crate) call_ids: HashMap<Vec<u8>, DialogKey>,
     bindings: HashMap<String, Binding>,
@@ -326,6 +343,34 @@ impl Tables {
         self.client.len() + self.server.len()
     }
 
+    /// A client transaction is held by the inside phone that sent its request.
+    pub(crate) fn insert_client(&mut self, key: (String, Vec<u8>), tx: ClientTx) {
+        self.tx_holders.add(tx.phone.ip(), false);
+        if let Some(old) = self.client.insert(key, tx) {
+            self.tx_holders.remove(old.phone.ip(), false);
+        }
+    }
+
+    pub(crate) fn remove_client(&mut self, key: &(String, Vec<u8>)) -> Option<ClientTx> {
+        let tx = self.client.remove(key)?;
+        self.tx_holders.remove(tx.phone.ip(), false);
+        Some(tx)
+    }
+
+    /// A server transaction is held by the outside address that sent its request.
+    pub(crate) fn insert_server(&mut self, key: (String, Vec<u8>), tx: ServerTx) {
+        self.tx_holders.add(tx.proxy.ip(), true);
+        if let Some(old) = self.server.insert(key, tx) {
+            self.tx_holders.remove(old.proxy.ip(), true);
+        }
+    }
+
+    pub(crate) fn remove_server(&mut self, key: &(String, Vec<u8>)) -> Option<ServerTx> {
+        let tx = self.server.remove(key)?;
+        self.tx_holders.remove(tx.proxy.ip(), true);
+        Some(tx)
+    }
+
     /// Calls (early or confirmed) that count against `aor`.
     pub(crate) fn sessions_of(&self, aor: &[u8]) -> usize {
         self.sessions_by_aor.get(aor).copied().unwrap_or(0)
@@ -337,7 +382,11 @@ impl Tables {
         if d.session {
             *self.sessions_by_aor.entry(d.aor.clone()).or_default() += 1;
         }
+        let (ip, outside) = d.holder();
+        self.dialog_holders.add(ip, outside);
         if let Some(old) = self.dialogs.insert(key, d) {
+            let (ip, outside) = old.holder();
+            self.dialog_holders.remove(ip, outside);
             self.forget_session(&old);
         }
     }
@@ -345,6 +394,8 @@ impl Tables {
     pub(crate) fn remove_dialog(&mut self, key: &DialogKey) -> Option<Dialog> {
         let d = self.dialogs.remove(key)?;
         self.call_ids.remove(&d.inside_call_id);
+        let (ip, outside) = d.holder();
+        self.dialog_holders.remove(ip, outside);
         self.forget_session(&d);
         Some(d)
     }
@@ -377,11 +428,13 @@ impl Tables {
             .entry(b.aor.clone())
             .or_default()
             .push(token.clone());
+        self.binding_holders.add(b.phone.ip(), false);
         self.bindings.insert(token, b);
     }
 
     pub(crate) fn remove_binding(&mut self, token: &str) -> Option<Binding> {
         let b = self.bindings.remove(token)?;
+        self.binding_holders.remove(b.phone.ip(), false);
         if let Some(tokens) = self.tokens_by_aor.get_mut(&b.aor) {
             tokens.retain(|t| t != token);
             if tokens.is_empty() {
@@ -429,6 +482,129 @@ impl Tables {
         match (second, token) {
             (Some(other), Some(t)) if other.token == t => Some(other),
             _ => Some(first),
+        }
+    }
+}
+
+/// Who holds the entries of one bounded table: a count per source address and for the
+/// outside direction, kept as entries come and go, so that admission costs a lookup.
+#[derive(Debug, Default)]
+pub(crate) struct Holders {
+    by_source: HashMap<IpAddr, usize>,
+    outside: usize,
+    total: usize,
+}
+
+/// How a table's room is shared (from `ProtectionOptions`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SharePolicy {
+    /// Part of the table only requests inside established dialogs may use.
+    pub(crate) reserve: f64,
+    /// Entries every source may hold, whatever its fair share.
+    pub(crate) floor: usize,
+    /// Part of the new-request room outside sources may hold together.
+    pub(crate) outside_share: f64,
+}
+
+/// Who asks for an entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claimant {
+    pub(crate) source: IpAddr,
+    pub(crate) outside: bool,
+    /// Exempt from per-source limits (the upstream proxy): no per-source share, but
+    /// the outside share still binds it.
+    pub(crate) exempt: bool,
+    /// The request belongs to an established dialog (or cancels a pending INVITE).
+    pub(crate) in_dialog: bool,
+}
+
+/// The verdict on a claim for one more entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Room {
+    Granted,
+    /// The room for new requests is full, the claimant is under its fair share and
+    /// this source holds more than its own: one of its entries may make room.
+    EvictFrom(IpAddr),
+    Refused(&'static str),
+}
+
+impl Holders {
+    pub(crate) fn add(&mut self, source: IpAddr, outside: bool) {
+        *self.by_source.entry(source).or_default() += 1;
+        self.total += 1;
+        if outside {
+            self.outside += 1;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, source: IpAddr, outside: bool) {
+        if let Some(n) = self.by_source.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+        }
+        self.total = self.total.saturating_sub(1);
+        if outside {
+            self.outside = self.outside.saturating_sub(1);
+        }
+    }
+
+    pub(crate) fn held_by(&self, source: IpAddr) -> usize {
+        self.by_source.get(&source).copied().unwrap_or(0)
+    }
+
+    /// Whether one more entry fits in a table of `cap` entries. The policy:
+    /// - the whole table is for everyone; its last `reserve` part only for requests in
+    ///   established dialogs, so a BYE never meets a table filled by new requests;
+    /// - the outside sources together hold at most `outside_share` of the new-request
+    ///   room, so no outside flood (spoofed from the exempt proxy or not) takes it all;
+    /// - a source may hold at most its fair share, the new-request room divided among
+    ///   the sources holding entries (itself counted), and never less than `floor`;
+    /// - when the new-request room is full anyway (the sources came one after another,
+    ///   each within the share of its time), a claimant under its fair share takes the
+    ///   place of an entry of the largest holder over its own (`EvictFrom`), so that
+    ///   the first to fill a table do not keep it.
+    pub(crate) fn room(
+        &self,
+        cap: usize,
+        claim: Claimant,
+        policy: SharePolicy,
+        exempt: impl Fn(IpAddr) -> bool,
+    ) -> Room {
+        if self.total >= cap {
+            return Room::Refused("table full");
+        }
+        if claim.in_dialog {
+            return Room::Granted;
+        }
+        let reserved = (cap as f64 * policy.reserve.clamp(0.0, 1.0)).ceil() as usize;
+        let usable = cap.saturating_sub(reserved).max(1);
+        if claim.outside {
+            let outside_room =
+                ((usable as f64 * policy.outside_share.clamp(0.0, 1.0)) as usize).max(1);
+            if self.outside >= outside_room {
+                return Room::Refused("outside share of the table reached");
+            }
+        }
+        let held = self.held_by(claim.source);
+        let holders = self.by_source.len() + usize::from(held == 0);
+        let share = (usable / holders.max(1)).max(policy.floor);
+        if !claim.exempt && held >= share {
+            return Room::Refused("source over its fair share of the table");
+        }
+        if self.total < usable {
+            return Room::Granted;
+        }
+        let largest = self
+            .by_source
+            .iter()
+            .filter(|(ip, n)| **n > share && !exempt(**ip))
+            .max_by_key(|(_, n)| **n)
+            .map(|(ip, _)| *ip);
+        match largest {
+            Some(ip) if held < share && ip != claim.source => Room::EvictFrom(ip),
+            _ => Room::Refused("table full for new requests"),
         }
     }
 }

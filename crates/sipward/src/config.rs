@@ -157,6 +157,13 @@ struct ProtectionSection {
     responses_burst: Option<f64>,
     admission_per_second: Option<f64>,
     admission_burst: Option<f64>,
+    /// The outside direction's own admission budget; default: the same as inside's.
+    outside_admission_per_second: Option<f64>,
+    outside_admission_burst: Option<f64>,
+    /// Fair shares of the bounded tables (see the README's [protection] block).
+    table_reserve: Option<Spanned<f64>>,
+    table_share_floor: Option<Spanned<usize>>,
+    outside_table_share: Option<Spanned<f64>>,
     retry_after: Option<u32>,
     /// Address objects exempt from per-source limits; default: the nat rules'
     /// destinations (the upstream proxy carries everyone's traffic).
@@ -789,6 +796,30 @@ impl Config {
             }
             Ok(r)
         };
+        let admission = rate(
+            p.admission_per_second,
+            p.admission_burst,
+            d.admission,
+            "admission",
+        )?;
+        let fraction = |v: &Option<Spanned<f64>>, key: &str, low: f64, high: f64, dflt: f64| match v
+        {
+            None => Ok(dflt),
+            Some(v) if (low..=high).contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err(anyhow!(
+                "{}: protection {key} {}: expected a fraction from {low} to {high}",
+                self.at(origin, v),
+                v.get_ref()
+            )),
+        };
+        let table_share_floor = match &p.table_share_floor {
+            None => d.table_share_floor,
+            Some(v) if *v.get_ref() >= 1 => *v.get_ref(),
+            Some(v) => bail!(
+                "{}: protection table_share_floor 0: every source must be able to hold an entry",
+                self.at(origin, v)
+            ),
+        };
         Ok(ProtectionOptions {
             max_register_failures: p
                 .max_register_failures
@@ -821,11 +852,21 @@ impl Config {
                 "responses",
             )?,
             exempt,
-            admission: rate(
-                p.admission_per_second,
-                p.admission_burst,
-                d.admission,
-                "admission",
+            outside_admission: rate(
+                p.outside_admission_per_second,
+                p.outside_admission_burst,
+                admission,
+                "outside_admission",
+            )?,
+            admission,
+            table_reserve: fraction(&p.table_reserve, "table_reserve", 0.0, 0.5, d.table_reserve)?,
+            table_share_floor,
+            outside_table_share: fraction(
+                &p.outside_table_share,
+                "outside_table_share",
+                0.05,
+                1.0,
+                d.outside_table_share,
             )?,
             retry_after: p.retry_after.unwrap_or(d.retry_after),
             scanner_agents: p.scanner_agents.clone().unwrap_or(d.scanner_agents),
