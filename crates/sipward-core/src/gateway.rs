@@ -583,24 +583,19 @@ impl Gateway {
             ..claim
         };
         if creates_dialog(method) && initial {
-            let room = self
-                .tables
-                .dialog_holders
-                .room(alg.max_dialogs, new_dialog, policy, exempt);
+            let room =
+                self.tables
+                    .dialog_holders
+                    .room_kept(alg.max_dialogs, new_dialog, policy, exempt);
             if let Some(why) = refusal(room) {
                 return self.refuse_full(config, at, msg, "dialog", why);
             }
         }
         if method == MethodKind::Register {
-            // Bindings need no room for dialogs: the whole table is for registrations.
-            let bindings = SharePolicy {
-                reserve: 0.0,
-                ..policy
-            };
-            let room = self.tables.binding_holders.room(
+            let room = self.tables.binding_holders.room_kept(
                 alg.max_registrations,
                 new_dialog,
-                bindings,
+                policy,
                 exempt,
             );
             if let Some(why) = refusal(room) {
@@ -1917,9 +1912,7 @@ fn arrived_inside(config: &Config, at: Arrival) -> bool {
         .is_some_and(|z| z.inside)
 }
 
-/// The reason a claim for a table entry is refused, if it is; tables other than the
-/// transactions' never end an entry to make room (a call or a binding is not given
-/// up for a newcomer).
+/// The reason a claim for a table entry is refused, if it is.
 fn refusal(room: Room) -> Option<&'static str> {
     match room {
         Room::Granted => None,

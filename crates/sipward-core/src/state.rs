@@ -609,6 +609,30 @@ impl Holders {
     }
 }
 
+impl Holders {
+    /// `room` for a table whose entries are not given up for a newcomer (calls,
+    /// subscriptions, bindings). Its reserved part is then the newcomers' room: once
+    /// the rest is full, a source holding fewer than `floor` entries may still take
+    /// one there, so the sources that came first cannot keep everyone else out.
+    pub(crate) fn room_kept(
+        &self,
+        cap: usize,
+        claim: Claimant,
+        policy: SharePolicy,
+        exempt: impl Fn(IpAddr) -> bool,
+    ) -> Room {
+        match self.room(cap, claim, policy, exempt) {
+            Room::EvictFrom(_) | Room::Refused("table full for new requests")
+                if self.held_by(claim.source) < policy.floor =>
+            {
+                Room::Granted
+            }
+            Room::EvictFrom(_) => Room::Refused("table full for new requests"),
+            other => other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     // A test needs a starting instant; the core itself never reads the clock.
