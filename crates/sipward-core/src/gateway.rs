@@ -24,7 +24,7 @@ use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
     has_tag, Binding, BindingView, Claimant, ClientTx, Completed, Dialog, DialogKey, DialogView,
-    Echo, RegisterInfo, Room, ServerTx, SharePolicy, Tables,
+    Echo, RegisterInfo, Room, ServerTx, SharePolicy, Tables, Victim,
 };
 
 /// How long a transaction is kept after its final response, to route retransmissions
@@ -553,13 +553,14 @@ impl Gateway {
         let exempt = |ip: IpAddr| guard.is_exempt(ip);
         let mut evict = None;
         if method != MethodKind::Ack {
+            let entries = self.tables.transactions();
             match self
                 .tables
                 .tx_holders
-                .room(alg.max_transactions, claim, policy, exempt)
+                .room(alg.max_transactions, entries, claim, policy, exempt)
             {
                 Room::Granted => {}
-                Room::EvictFrom(ip) => evict = Some(ip),
+                Room::Evict(victim) => evict = Some(victim),
                 Room::Refused(why) => return self.refuse_full(config, at, msg, "transaction", why),
             }
         }
@@ -602,8 +603,8 @@ impl Gateway {
                 return self.refuse_full(config, at, msg, "registration", why);
             }
         }
-        if let Some(holder) = evict {
-            self.evict_transaction(config, holder);
+        if let Some(victim) = evict {
+            self.evict_transaction(config, victim);
         }
         true
     }
@@ -624,34 +625,49 @@ impl Gateway {
         let method = msg
             .method()
             .and_then(|m| std::str::from_utf8(m.as_bytes()).ok());
-        let warning = format!("gateway {table} {why}");
+        let warning = if why.starts_with("table") {
+            format!("gateway {table} {why}")
+        } else {
+            format!("gateway {table} table: {why}")
+        };
         self.guard
             .table_refused(at.remote.ip(), method, &format!("{warning}: 503"), at.now);
         self.answer(config, at, msg, 503, "Service Unavailable", &warning);
         false
     }
 
-    /// Ends one transaction `holder` holds, to make room for a source under its fair
-    /// share: a finished one lingering for retransmissions first, then the oldest
-    /// pending non-INVITE, then the oldest pending INVITE; a pending one is answered 503
+    /// Ends one transaction to make room for a source under its fair share: the oldest
+    /// settled one (it only absorbs retransmissions), or one of `victim`'s, its oldest
+    /// pending non-INVITE first, then its oldest INVITE; a pending one is answered 503
     /// towards its sender, as if the next hop had refused it.
-    fn evict_transaction(&mut self, config: &Config, holder: IpAddr) {
-        // (pending, is INVITE, created): the smallest goes first.
-        let rank = |final_at: Option<Instant>, method: MethodKind, created: Instant| {
-            (final_at.is_none(), method == MethodKind::Invite, created)
+    fn evict_transaction(&mut self, config: &Config, victim: Victim) {
+        // (is INVITE, created): the smallest goes first.
+        let pick = |held: bool, pending: bool, method: MethodKind, created: Instant| {
+            held.then_some((method == MethodKind::Invite, created))
+                .filter(|_| pending == matches!(victim, Victim::Holder(_)))
         };
-        let client = self
-            .tables
-            .client
-            .iter()
-            .filter(|(_, t)| t.phone.ip() == holder)
-            .map(|(k, t)| (rank(t.final_at, t.method, t.created), k.clone(), true));
-        let server = self
-            .tables
-            .server
-            .iter()
-            .filter(|(_, t)| t.proxy.ip() == holder)
-            .map(|(k, t)| (rank(t.final_at, t.method, t.created), k.clone(), false));
+        let holds = |ip: IpAddr| match victim {
+            Victim::Settled => true,
+            Victim::Holder(h) => h == ip,
+        };
+        let client = self.tables.client.iter().filter_map(|(k, t)| {
+            let rank = pick(
+                holds(t.phone.ip()),
+                t.final_at.is_none(),
+                t.method,
+                t.created,
+            );
+            rank.map(|r| (r, k.clone(), true))
+        });
+        let server = self.tables.server.iter().filter_map(|(k, t)| {
+            let rank = pick(
+                holds(t.proxy.ip()),
+                t.final_at.is_none(),
+                t.method,
+                t.created,
+            );
+            rank.map(|r| (r, k.clone(), false))
+        });
         let Some((_, key, is_client)) = client.chain(server).min_by(|a, b| a.0.cmp(&b.0)) else {
             return;
         };
@@ -1144,12 +1160,14 @@ impl Gateway {
         // State.
         if let Some(t) = self.tables.client.get_mut(&key) {
             if status >= 200 {
-                t.final_at.get_or_insert(at.now);
                 // The request's copy only serves a 408; an INVITE transaction lingers
                 // 32 s more, so its memory is given back now.
                 t.echo = Echo::default();
             }
             t.last_response = Repeat::keeps(tx.method, status).then(|| payload.clone());
+        }
+        if status >= 200 {
+            self.tables.settle_client(&key, at.now);
         }
         if let (Some((user, credentials)), true) = (&tx.register_user, status >= 200) {
             let source = tx.phone.ip();
@@ -1543,10 +1561,10 @@ impl Gateway {
         };
 
         if let Some(t) = self.tables.server.get_mut(&key) {
-            if status >= 200 {
-                t.final_at.get_or_insert(at.now);
-            }
             t.last_response = Repeat::keeps(tx.method, status).then(|| payload.clone());
+        }
+        if status >= 200 {
+            self.tables.settle_server(&key, at.now);
         }
         match tx.method {
             m if creates_dialog(m) && (200..300).contains(&status) => {
@@ -1916,7 +1934,7 @@ fn arrived_inside(config: &Config, at: Arrival) -> bool {
 fn refusal(room: Room) -> Option<&'static str> {
     match room {
         Room::Granted => None,
-        Room::EvictFrom(_) => Some("table full for new requests"),
+        Room::Evict(_) => Some("table full for new requests"),
         Room::Refused(why) => Some(why),
     }
 }

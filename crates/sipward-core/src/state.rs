@@ -343,32 +343,67 @@ impl Tables {
         self.client.len() + self.server.len()
     }
 
-    /// A client transaction is held by the inside phone that sent its request.
+    /// A client transaction is held by the inside phone that sent its request, while
+    /// it waits for its final response (`tx_holders` counts only those: one that has
+    /// its answer lingers for retransmissions and is the first given up for room).
     pub(crate) fn insert_client(&mut self, key: (String, Vec<u8>), tx: ClientTx) {
-        self.tx_holders.add(tx.phone.ip(), false);
+        if tx.final_at.is_none() {
+            self.tx_holders.add(tx.phone.ip(), false);
+        }
         if let Some(old) = self.client.insert(key, tx) {
-            self.tx_holders.remove(old.phone.ip(), false);
+            if old.final_at.is_none() {
+                self.tx_holders.remove(old.phone.ip(), false);
+            }
         }
     }
 
     pub(crate) fn remove_client(&mut self, key: &(String, Vec<u8>)) -> Option<ClientTx> {
         let tx = self.client.remove(key)?;
-        self.tx_holders.remove(tx.phone.ip(), false);
+        if tx.final_at.is_none() {
+            self.tx_holders.remove(tx.phone.ip(), false);
+        }
         Some(tx)
     }
 
-    /// A server transaction is held by the outside address that sent its request.
+    /// A client transaction got its final response at `now` (the first one counts).
+    pub(crate) fn settle_client(&mut self, key: &(String, Vec<u8>), now: Instant) {
+        if let Some(tx) = self.client.get_mut(key) {
+            if tx.final_at.is_none() {
+                tx.final_at = Some(now);
+                self.tx_holders.remove(tx.phone.ip(), false);
+            }
+        }
+    }
+
+    /// A server transaction is held by the outside address that sent its request,
+    /// while it waits for its final response (as for `insert_client`).
     pub(crate) fn insert_server(&mut self, key: (String, Vec<u8>), tx: ServerTx) {
-        self.tx_holders.add(tx.proxy.ip(), true);
+        if tx.final_at.is_none() {
+            self.tx_holders.add(tx.proxy.ip(), true);
+        }
         if let Some(old) = self.server.insert(key, tx) {
-            self.tx_holders.remove(old.proxy.ip(), true);
+            if old.final_at.is_none() {
+                self.tx_holders.remove(old.proxy.ip(), true);
+            }
         }
     }
 
     pub(crate) fn remove_server(&mut self, key: &(String, Vec<u8>)) -> Option<ServerTx> {
         let tx = self.server.remove(key)?;
-        self.tx_holders.remove(tx.proxy.ip(), true);
+        if tx.final_at.is_none() {
+            self.tx_holders.remove(tx.proxy.ip(), true);
+        }
         Some(tx)
+    }
+
+    /// A server transaction got its final response at `now`.
+    pub(crate) fn settle_server(&mut self, key: &(String, Vec<u8>), now: Instant) {
+        if let Some(tx) = self.server.get_mut(key) {
+            if tx.final_at.is_none() {
+                tx.final_at = Some(now);
+                self.tx_holders.remove(tx.proxy.ip(), true);
+            }
+        }
     }
 
     /// Calls (early or confirmed) that count against `aor`.
@@ -488,6 +523,8 @@ impl Tables {
 
 /// Who holds the entries of one bounded table: a count per source address and for the
 /// outside direction, kept as entries come and go, so that admission costs a lookup.
+/// For the transaction table only the transactions still waiting for their answer are
+/// counted (the rest are settled: they only absorb retransmissions).
 #[derive(Debug, Default)]
 pub(crate) struct Holders {
     by_source: HashMap<IpAddr, usize>,
@@ -522,10 +559,19 @@ pub(crate) struct Claimant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Room {
     Granted,
-    /// The room for new requests is full, the claimant is under its fair share and
-    /// this source holds more than its own: one of its entries may make room.
-    EvictFrom(IpAddr),
+    /// The room for new requests is full and the claimant under its fair share: a
+    /// settled entry (`Settled`) or one of a source over its share may make room.
+    Evict(Victim),
     Refused(&'static str),
+}
+
+/// Whose entry makes room (see `Room::Evict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Victim {
+    /// The oldest entry that no longer waits for anything (a settled transaction).
+    Settled,
+    /// The oldest entry of this source, which holds more than its fair share.
+    Holder(IpAddr),
 }
 
 impl Holders {
@@ -554,7 +600,8 @@ impl Holders {
         self.by_source.get(&source).copied().unwrap_or(0)
     }
 
-    /// Whether one more entry fits in a table of `cap` entries. The policy:
+    /// Whether one more entry fits in a table of `cap` entries holding `entries` now
+    /// (settled ones included). The policy:
     /// - the whole table is for everyone; its last `reserve` part only for requests in
     ///   established dialogs, so a BYE never meets a table filled by new requests;
     /// - the outside sources together hold at most `outside_share` of the new-request
@@ -563,16 +610,20 @@ impl Holders {
     ///   the sources holding entries (itself counted), and never less than `floor`;
     /// - when the new-request room is full anyway (the sources came one after another,
     ///   each within the share of its time), a claimant under its fair share takes the
-    ///   place of an entry of the largest holder over its own (`EvictFrom`), so that
-    ///   the first to fill a table do not keep it.
+    ///   place of a settled entry, or else of an entry of the largest holder over its
+    ///   own (`Evict`), so that the first to fill a table do not keep it.
+    ///
+    /// Cost: a few lookups; only a claim on a full table scans the holders (at most one
+    /// per entry) for the largest.
     pub(crate) fn room(
         &self,
         cap: usize,
+        entries: usize,
         claim: Claimant,
         policy: SharePolicy,
         exempt: impl Fn(IpAddr) -> bool,
     ) -> Room {
-        if self.total >= cap {
+        if entries >= cap {
             return Room::Refused("table full");
         }
         if claim.in_dialog {
@@ -584,17 +635,21 @@ impl Holders {
             let outside_room =
                 ((usable as f64 * policy.outside_share.clamp(0.0, 1.0)) as usize).max(1);
             if self.outside >= outside_room {
-                return Room::Refused("outside share of the table reached");
+                return Room::Refused("outside share reached");
             }
         }
         let held = self.held_by(claim.source);
         let holders = self.by_source.len() + usize::from(held == 0);
         let share = (usable / holders.max(1)).max(policy.floor);
         if !claim.exempt && held >= share {
-            return Room::Refused("source over its fair share of the table");
+            return Room::Refused("source over its fair share");
         }
-        if self.total < usable {
+        if entries < usable {
             return Room::Granted;
+        }
+        // The claimant is under its share here (or exempt, bound by the outside share).
+        if entries > self.total {
+            return Room::Evict(Victim::Settled);
         }
         let largest = self
             .by_source
@@ -603,7 +658,7 @@ impl Holders {
             .max_by_key(|(_, n)| **n)
             .map(|(ip, _)| *ip);
         match largest {
-            Some(ip) if held < share && ip != claim.source => Room::EvictFrom(ip),
+            Some(ip) if ip != claim.source => Room::Evict(Victim::Holder(ip)),
             _ => Room::Refused("table full for new requests"),
         }
     }
@@ -621,13 +676,13 @@ impl Holders {
         policy: SharePolicy,
         exempt: impl Fn(IpAddr) -> bool,
     ) -> Room {
-        match self.room(cap, claim, policy, exempt) {
-            Room::EvictFrom(_) | Room::Refused("table full for new requests")
+        match self.room(cap, self.total, claim, policy, exempt) {
+            Room::Evict(_) | Room::Refused("table full for new requests")
                 if self.held_by(claim.source) < policy.floor =>
             {
                 Room::Granted
             }
-            Room::EvictFrom(_) => Room::Refused("table full for new requests"),
+            Room::Evict(_) => Room::Refused("table full for new requests"),
             other => other,
         }
     }
