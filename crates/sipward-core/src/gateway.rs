@@ -592,6 +592,20 @@ impl Gateway {
                 return self.refuse_full(config, at, msg, "dialog", why);
             }
         }
+        // Each call holds a pair of media ports on each side: the smallest pool bounds
+        // the calls, and they are shared like a table of that size.
+        let media_calls = self.media.pool_usage().iter().map(|p| p.2).min();
+        if let (MethodKind::Invite, true, Some(cap)) = (method, initial, media_calls) {
+            let room = self
+                .tables
+                .call_holders
+                .room_kept(cap, new_dialog, policy, exempt);
+            // An exhausted pool is the media table's to answer (and count).
+            match refusal(room) {
+                None | Some("table full") => {}
+                Some(why) => return self.refuse_full(config, at, msg, "media port", why),
+            }
+        }
         if method == MethodKind::Register {
             let room = self.tables.binding_holders.room_kept(
                 alg.max_registrations,

@@ -278,6 +278,9 @@ pub(crate) struct Tables {
     pub(crate) tx_holders: Holders,
     pub(crate) dialog_holders: Holders,
     pub(crate) binding_holders: Holders,
+    /// Calls (session dialogs) per source: each holds media ports, a pool smaller than
+    /// the dialog table, so calls get shares of their own.
+    pub(crate) call_holders: Holders,
     /// Inside Call-ID to outside Call-ID, for dialogs.
     pub(crate) call_ids: HashMap<Vec<u8>, DialogKey>,
     bindings: HashMap<String, Binding>,
@@ -419,9 +422,15 @@ impl Tables {
         }
         let (ip, outside) = d.holder();
         self.dialog_holders.add(ip, outside);
+        if d.session {
+            self.call_holders.add(ip, outside);
+        }
         if let Some(old) = self.dialogs.insert(key, d) {
             let (ip, outside) = old.holder();
             self.dialog_holders.remove(ip, outside);
+            if old.session {
+                self.call_holders.remove(ip, outside);
+            }
             self.forget_session(&old);
         }
     }
@@ -431,6 +440,9 @@ impl Tables {
         self.call_ids.remove(&d.inside_call_id);
         let (ip, outside) = d.holder();
         self.dialog_holders.remove(ip, outside);
+        if d.session {
+            self.call_holders.remove(ip, outside);
+        }
         self.forget_session(&d);
         Some(d)
     }

@@ -595,3 +595,36 @@ fn subscriptions_count_against_the_dialog_table() {
     let out = net.deliver(LAN, PHONE, &invite("c1", "z9hG4bKc1"));
     assert_eq!(out[0].remote, addr(PROXY));
 }
+
+/// Sibling: media ports. Each call holds a pair on each side and the pools are smaller
+/// than the dialog table: one source placing calls that nobody answers must leave
+/// ports for the other phones.
+#[test]
+fn one_source_cannot_take_every_media_port() {
+    let mut net = Net::with_media(
+        AlgOptions {
+            max_sessions_per_id: 1000,
+            ..AlgOptions::default()
+        },
+        20,
+    );
+    let mut cfg = net.gw.config().clone();
+    cfg.protection.table_share_floor = 4;
+    net.gw.reconfigure(cfg).unwrap();
+    let mut placed = 0;
+    for n in 0..30 {
+        let out = net.deliver(
+            LAN,
+            OTHER_PHONE,
+            &invite(&format!("h{n}"), &format!("z9hG4bKh{n}")),
+        );
+        placed += out.iter().filter(|t| t.remote == addr(PROXY)).count();
+    }
+    // 20 pairs, 10 % of them for newcomers.
+    assert_eq!(placed, 18);
+    let out = net.deliver(LAN, PHONE, &invite("mine", "z9hG4bKmine"));
+    assert_eq!(out[0].remote, addr(PROXY), "{}", text(&out[0]));
+    assert!(events(&mut net)
+        .iter()
+        .any(|e| e.kind == EventKind::Overload && e.reason.contains("media port")));
+}
