@@ -271,6 +271,8 @@ pub struct Guard {
     /// Per-source events kept per sweep, so a flood cannot flood the log.
     event_budget: HashMap<IpAddr, u32>,
     pub(crate) dropped_banned: u64,
+    /// When a full source table was last swept for blank entries.
+    last_source_sweep: Option<Instant>,
 }
 
 /// Whether `needle` occurs in `haystack`, ASCII letters compared without case.
@@ -296,6 +298,7 @@ impl Guard {
             events: VecDeque::new(),
             event_budget: HashMap::new(),
             dropped_banned: 0,
+            last_source_sweep: None,
         }
     }
 
@@ -361,9 +364,12 @@ impl Guard {
         let o = &self.options;
         let rates = [o.new_requests, o.dialog_requests, o.responses];
         if !self.sources.contains_key(&source) && self.sources.len() >= o.max_tracked_sources {
-            // Table full (a spoofed-source flood): unknown sources share the admission
-            // limit instead of getting their own state.
-            return true;
+            self.forget_blank_sources(now);
+            if self.sources.len() >= self.options.max_tracked_sources {
+                // Still full (a spoofed-source flood): unknown sources are bound by the
+                // admission budget of their direction instead of state of their own.
+                return true;
+            }
         }
         let state = self.sources.entry(source).or_insert_with(|| SourceState {
             buckets: rates.map(|r| Bucket::full(r, now)),
@@ -390,6 +396,29 @@ impl Guard {
         );
         self.ban(source, None, Some(method), &reason, now, None);
         false
+    }
+
+    /// Makes room in a full source table (at most once a second): a source whose buckets
+    /// have all refilled and that has no failures recorded is as good as unknown, so its
+    /// entry goes; without this the first sources seen kept the table and every later
+    /// one went unlimited.
+    fn forget_blank_sources(&mut self, now: Instant) {
+        if self
+            .last_source_sweep
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_source_sweep = Some(now);
+        let o = &self.options;
+        let rates = [o.new_requests, o.dialog_requests, o.responses];
+        self.sources.retain(|_, s| {
+            !s.failures.is_empty()
+                || s.buckets.iter().zip(rates).any(|(b, r)| {
+                    let refill = now.saturating_duration_since(b.at).as_secs_f64() * r.per_second;
+                    b.tokens + refill < r.burst
+                })
+        });
     }
 
     /// Admission of a new request (any request outside a dialog) from inside or from

@@ -628,3 +628,28 @@ fn one_source_cannot_take_every_media_port() {
         .iter()
         .any(|e| e.kind == EventKind::Overload && e.reason.contains("media port")));
 }
+
+/// Sibling: the per-source table. Once full, sources seen earlier that have gone quiet
+/// make room, so a later flooder is tracked (and banned) instead of going unlimited.
+#[test]
+fn a_full_source_table_makes_room_for_a_new_flooder() {
+    let mut net = net_with(ProtectionOptions {
+        max_tracked_sources: 10,
+        ..ProtectionOptions::default()
+    });
+    for i in 0..10u32 {
+        let from = format!("10.0.0.{}:5062", 100 + i);
+        net.deliver(LAN, &from, &new_request("OPTIONS", &from, i));
+    }
+    assert_eq!(net.gw.tracked_sources(), 10);
+    net.now += Duration::from_secs(10);
+    let flooder = "10.0.0.200:5062";
+    for n in 0..200 {
+        net.deliver(LAN, flooder, &new_request("OPTIONS", flooder, 1000 + n));
+    }
+    assert!(
+        net.gw.bans(net.now).iter().any(|b| b.source == ip(flooder)),
+        "the flooder went unlimited"
+    );
+    assert!(net.gw.tracked_sources() <= 10);
+}
