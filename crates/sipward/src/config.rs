@@ -1057,4 +1057,44 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn table_shares_and_outside_admission_are_read_and_range_checked() {
+        let compile = |tail: &str| {
+            let text = format!("{EMBEDDED_DEFAULT}\n[protection]\n{tail}");
+            Config::parse(&text, "p.toml")
+                .and_then(|c| c.compile("p.toml"))
+                .map(|c| c.protection)
+        };
+        let p = compile("").unwrap();
+        assert_eq!(p.outside_admission, p.admission);
+        assert_eq!(p.table_share_floor, 32);
+        let p = compile(
+            "admission_per_second = 300\noutside_admission_per_second = 50\n\
+             outside_admission_burst = 60\ntable_reserve = 0.2\ntable_share_floor = 4\n\
+             outside_table_share = 0.25\n",
+        )
+        .unwrap();
+        assert_eq!(p.admission.per_second, 300.0);
+        assert_eq!(
+            (p.outside_admission.per_second, p.outside_admission.burst),
+            (50.0, 60.0)
+        );
+        assert_eq!((p.table_reserve, p.table_share_floor), (0.2, 4));
+        assert_eq!(p.outside_table_share, 0.25);
+        // Defaults follow the inside budget when only it is set.
+        let p = compile("admission_per_second = 300\n").unwrap();
+        assert_eq!(p.outside_admission.per_second, 300.0);
+        for (bad, key) in [
+            ("table_reserve = 0.9", "table_reserve"),
+            ("table_reserve = -0.1", "table_reserve"),
+            ("table_share_floor = 0", "table_share_floor"),
+            ("outside_table_share = 0.0", "outside_table_share"),
+            ("outside_table_share = 1.5", "outside_table_share"),
+            ("outside_admission_per_second = 0", "outside_admission"),
+        ] {
+            let e = compile(bad).unwrap_err().to_string();
+            assert!(e.starts_with("p.toml:") && e.contains(key), "{bad}: {e}");
+        }
+    }
 }
