@@ -542,12 +542,21 @@ impl Gateway {
             outside_share: p.outside_table_share,
         };
         let source = at.remote.ip();
+        let outside = !arrived_inside(config, at);
+        // The reserved room is for dialogs the gateway holds: a To-tag alone (anyone can
+        // write one) does not make a request part of one. A CANCEL ends a pending
+        // INVITE, whose dialog is held from the start: room for it like for a BYE.
+        let call_id = msg.call_id();
+        let held = if outside {
+            self.tables.outside_dialog(call_id, None).is_some()
+        } else {
+            self.tables.call_ids.contains_key(call_id)
+        };
         let claim = Claimant {
             source,
-            outside: !arrived_inside(config, at),
+            outside,
             exempt: self.guard.is_exempt(source),
-            // A CANCEL ends a pending INVITE: room for it like for a BYE.
-            in_dialog: !initial || method == MethodKind::Cancel,
+            in_dialog: (!initial || method == MethodKind::Cancel) && held,
         };
         let guard = &self.guard;
         let exempt = |ip: IpAddr| guard.is_exempt(ip);

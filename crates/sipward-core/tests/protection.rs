@@ -653,3 +653,30 @@ fn a_full_source_table_makes_room_for_a_new_flooder() {
     );
     assert!(net.gw.tracked_sources() <= 10);
 }
+
+/// The reserved room is for dialogs the gateway holds: requests with a made-up To-tag
+/// are new requests, and cannot fill it ahead of a real BYE.
+#[test]
+fn a_forged_to_tag_does_not_open_the_reserved_room() {
+    let mut cfg = config(AlgOptions {
+        max_transactions: 100,
+        ..AlgOptions::default()
+    });
+    cfg.protection.table_share_floor = 1000;
+    let mut net = Net {
+        gw: Gateway::new(cfg),
+        now: Instant::now(),
+    };
+    established_call(&mut net);
+    let from = "10.0.0.30:5062";
+    for n in 0..100 {
+        let forged = new_request("OPTIONS", from, n).replace(
+            "To: <sip:bob@10.0.0.1>",
+            &format!("To: <sip:bob@10.0.0.1>;tag=forged{n}"),
+        );
+        net.deliver(LAN, from, &forged);
+    }
+    assert!(net.gw.transactions() <= 90, "{}", net.gw.transactions());
+    let bye = net.phone_sends(BYE_E1);
+    assert_eq!(bye.remote, addr(PROXY));
+}
