@@ -230,6 +230,29 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Takes a token if `floor` tokens are left after it; false otherwise.
+    fn take_above(&mut self, rate: Rate, now: Instant, floor: f64) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        self.at = now;
+        if self.tokens >= 1.0 + floor {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The part of an admission bucket's burst that only light sources may take: many
+/// sources each within its own limits can together drain a shared budget, and the
+/// phone that sends one REGISTER a minute must not find it empty behind them.
+const ADMISSION_KEPT_FOR_LIGHT: f64 = 0.25;
+/// New requests a source may have sent beyond what its bucket has refilled and still
+/// count as light.
+const LIGHT_SOURCE_USE: f64 = 10.0;
+
 /// A source's buckets and registration failures.
 #[derive(Debug)]
 struct SourceState {
@@ -435,11 +458,21 @@ impl Guard {
         } else {
             (self.options.admission, 0, "inside")
         };
+        // Light: a source whose own new-request bucket is nearly full (it sent little of
+        // late), or one without state (exempt, or the source table full).
+        let light = self.sources.get(&source).is_none_or(|s| {
+            s.buckets[0].tokens + LIGHT_SOURCE_USE >= self.options.new_requests.burst
+        });
+        let floor = if light {
+            0.0
+        } else {
+            rate.burst * ADMISSION_KEPT_FOR_LIGHT
+        };
         let Some(bucket) = self.admission.get_mut(slot) else {
             return Verdict::Pass;
         };
         let bucket = bucket.get_or_insert_with(|| Bucket::full(rate, now));
-        if bucket.take(rate, now) {
+        if bucket.take_above(rate, now, floor) {
             Verdict::Pass
         } else {
             self.event(

@@ -680,3 +680,32 @@ fn a_forged_to_tag_does_not_open_the_reserved_room() {
     let bye = net.phone_sends(BYE_E1);
     assert_eq!(bye.remote, addr(PROXY));
 }
+
+/// A few sources, each within its own limits, drain the shared admission budget: a
+/// quarter of it stays for light sources (those that sent little of late), so a phone
+/// that sends one REGISTER still gets in.
+#[test]
+fn heavy_sources_draining_admission_leave_a_part_for_light_sources() {
+    let mut net = net_with(ProtectionOptions {
+        admission: sipward_core::Rate {
+            per_second: 100.0,
+            burst: 100.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    let mut admitted = 0;
+    for source in 0..4u32 {
+        let from = format!("10.0.0.{}:5062", 100 + source);
+        for n in 0..50 {
+            let call = format!("h{source}x{n}");
+            let out = net.deliver(LAN, &from, &invite(&call, &format!("z9hG4bK{call}")));
+            admitted += out.iter().filter(|t| t.remote == addr(PROXY)).count();
+        }
+    }
+    // Each source's first ten are light and may take any token; the rest stop at the
+    // quarter kept: 50 + (10 + 15) + 10 + 10.
+    assert_eq!(admitted, 95);
+    assert!(net.gw.bans(net.now).is_empty());
+    let reg = net.deliver(LAN, PHONE, &register(1, 3600));
+    assert_eq!(reg[0].remote, addr(PROXY), "{}", text(&reg[0]));
+}
