@@ -659,39 +659,44 @@ impl Gateway {
         false
     }
 
-    /// Ends one transaction to make room for a source under its fair share: the oldest
-    /// settled one (it only absorbs retransmissions), or one of `victim`'s, its oldest
-    /// pending non-INVITE first, then its oldest INVITE; a pending one is answered 503
-    /// towards its sender, as if the next hop had refused it.
+    /// Ends one transaction to make room for a source under its fair share: a settled
+    /// one (it only absorbs retransmissions), or one of `victim`'s still pending, a
+    /// non-INVITE rather than an INVITE; a pending one is answered 503 towards its
+    /// sender, as if the next hop had refused it. The first fit found goes (not the
+    /// oldest), so the walk usually stops early: this runs for every claim on a full
+    /// table.
     fn evict_transaction(&mut self, config: &Config, victim: Victim) {
-        // (is INVITE, created): the smallest goes first.
-        let pick = |held: bool, pending: bool, method: MethodKind, created: Instant| {
-            held.then_some((method == MethodKind::Invite, created))
-                .filter(|_| pending == matches!(victim, Victim::Holder(_)))
+        let (settled, holder) = match victim {
+            Victim::Settled => (true, None),
+            Victim::Holder(ip) => (false, Some(ip)),
         };
-        let holds = |ip: IpAddr| match victim {
-            Victim::Settled => true,
-            Victim::Holder(h) => h == ip,
+        let fits = |ip: IpAddr, final_at: Option<Instant>| {
+            final_at.is_some() == settled && holder.is_none_or(|h| h == ip)
         };
-        let client = self.tables.client.iter().filter_map(|(k, t)| {
-            let rank = pick(
-                holds(t.phone.ip()),
-                t.final_at.is_none(),
-                t.method,
-                t.created,
-            );
-            rank.map(|r| (r, k.clone(), true))
-        });
-        let server = self.tables.server.iter().filter_map(|(k, t)| {
-            let rank = pick(
-                holds(t.proxy.ip()),
-                t.final_at.is_none(),
-                t.method,
-                t.created,
-            );
-            rank.map(|r| (r, k.clone(), false))
-        });
-        let Some((_, key, is_client)) = client.chain(server).min_by(|a, b| a.0.cmp(&b.0)) else {
+        // (key, client side); an INVITE is kept as the fallback while looking further.
+        let mut fallback = None;
+        let mut found = None;
+        for (k, t) in &self.tables.client {
+            if fits(t.phone.ip(), t.final_at) {
+                if settled || t.method != MethodKind::Invite {
+                    found = Some((k.clone(), true));
+                    break;
+                }
+                fallback.get_or_insert_with(|| (k.clone(), true));
+            }
+        }
+        if found.is_none() {
+            for (k, t) in &self.tables.server {
+                if fits(t.proxy.ip(), t.final_at) {
+                    if settled || t.method != MethodKind::Invite {
+                        found = Some((k.clone(), false));
+                        break;
+                    }
+                    fallback.get_or_insert_with(|| (k.clone(), false));
+                }
+            }
+        }
+        let Some((key, is_client)) = found.or(fallback) else {
             return;
         };
         self.counters.evicted_transactions += 1;

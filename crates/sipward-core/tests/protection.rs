@@ -376,7 +376,7 @@ fn many_sources_cannot_keep_the_transaction_table_from_phones_and_dialogs() {
         now: Instant::now(),
     };
     established_call(&mut net);
-    let mut refused = 0;
+    let (mut refused, mut evicted) = (0, 0);
     for source in 0..20u32 {
         let from = format!("10.0.0.{}:5062", 100 + source);
         for n in 0..100 {
@@ -384,6 +384,15 @@ fn many_sources_cannot_keep_the_transaction_table_from_phones_and_dialogs() {
             // Forwarded (and perhaps another source's transaction ended to make room),
             // or answered 503.
             let answered: Vec<_> = out.iter().filter(|t| t.remote == addr(&from)).collect();
+            for t in out
+                .iter()
+                .filter(|t| t.remote != addr(&from) && t.remote != addr(PROXY))
+            {
+                // Another source's transaction ended for room: its sender hears why.
+                assert!(status_of(t).starts_with("SIP/2.0 503"), "{}", text(t));
+                assert!(text(t).contains("fair share"), "{}", text(t));
+                evicted += 1;
+            }
             if let Some(t) = answered.first() {
                 assert!(status_of(t).starts_with("SIP/2.0 503"), "{}", text(t));
                 refused += 1;
@@ -395,6 +404,7 @@ fn many_sources_cannot_keep_the_transaction_table_from_phones_and_dialogs() {
         net.now += Duration::from_millis(50);
     }
     assert!(refused > 0, "the sources filled the table unhindered");
+    assert!(evicted > 0, "the later sources found no room");
     assert!(net.gw.bans(net.now).is_empty(), "nobody flooded");
     // The phone registers...
     let reg = net.deliver(LAN, PHONE, &register(1, 3600));
