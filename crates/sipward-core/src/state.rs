@@ -618,8 +618,9 @@ impl Holders {
     ///   established dialogs, so a BYE never meets a table filled by new requests;
     /// - the outside sources together hold at most `outside_share` of the new-request
     ///   room, so no outside flood (spoofed from the exempt proxy or not) takes it all;
-    /// - a source may hold at most its fair share, the new-request room divided among
-    ///   the sources holding entries (itself counted), and never less than `floor`;
+    /// - once the table is half full, a source may hold at most its fair share, the
+    ///   new-request room divided among the sources holding entries (itself counted),
+    ///   and never less than `floor`;
     /// - when the new-request room is full anyway (the sources came one after another,
     ///   each within the share of its time), a claimant under its fair share takes the
     ///   place of a settled entry, or else of an entry of the largest holder over its
@@ -653,7 +654,10 @@ impl Holders {
         let held = self.held_by(claim.source);
         let holders = self.by_source.len() + usize::from(held == 0);
         let share = (usable / holders.max(1)).max(policy.floor);
-        if !claim.exempt && held >= share {
+        // Shares bind once the table is half full: before that nobody waits for room,
+        // and a busy source (a PBX) is not held to the count of quiet ones.
+        let contended = entries >= usable / 2;
+        if contended && !claim.exempt && held >= share {
             return Room::Refused("source over its fair share");
         }
         if entries < usable {
@@ -727,5 +731,132 @@ mod tests {
         assert_eq!(kept.order.len(), MAX_COMPLETED);
         assert!(kept.get(&key(1)).is_none(), "the oldest goes first");
         assert!(kept.get(&key(MAX_COMPLETED + 1)).is_some());
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    fn claim(n: u8) -> Claimant {
+        Claimant {
+            source: ip(n),
+            outside: false,
+            exempt: false,
+            in_dialog: false,
+        }
+    }
+
+    const POLICY: SharePolicy = SharePolicy {
+        reserve: 0.1,
+        floor: 2,
+        outside_share: 0.5,
+    };
+
+    fn holding(counts: &[(u8, usize)]) -> Holders {
+        let mut h = Holders::default();
+        for &(n, count) in counts {
+            for _ in 0..count {
+                h.add(ip(n), false);
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn shares_bind_only_once_the_table_is_half_full() {
+        let none = |_: IpAddr| false;
+        // A busy source among quiet ones, the table far from full: granted.
+        let h = holding(&[(1, 30), (2, 1), (3, 1), (4, 1)]);
+        assert_eq!(h.room(100, 33, claim(1), POLICY, none), Room::Granted);
+        // Half full: its share is 90 / 4 = 22.
+        let h = holding(&[(1, 45), (2, 1), (3, 1), (4, 1)]);
+        assert_eq!(
+            h.room(100, 48, claim(1), POLICY, none),
+            Room::Refused("source over its fair share")
+        );
+        assert_eq!(h.room(100, 48, claim(2), POLICY, none), Room::Granted);
+    }
+
+    #[test]
+    fn a_full_room_is_made_by_a_settled_entry_or_the_largest_holder_over_its_share() {
+        let none = |_: IpAddr| false;
+        let h = holding(&[(1, 60), (2, 30)]);
+        // 90 pending and 5 settled entries: a newcomer takes a settled one's place...
+        assert_eq!(
+            h.room(100, 95, claim(3), POLICY, none),
+            Room::Evict(Victim::Settled)
+        );
+        // ...and without settled ones, one of the largest holder's (share 30).
+        assert_eq!(
+            h.room(100, 90, claim(3), POLICY, none),
+            Room::Evict(Victim::Holder(ip(1)))
+        );
+        // An exempt holder is not a victim.
+        let exempt = |a: IpAddr| a == ip(1);
+        assert_eq!(
+            h.room(100, 90, claim(3), POLICY, exempt),
+            Room::Refused("table full for new requests")
+        );
+        // Under its share (45 between two), the second holder may take the first's
+        // place; over its own, the first makes no room for itself.
+        assert_eq!(
+            h.room(100, 90, claim(2), POLICY, none),
+            Room::Evict(Victim::Holder(ip(1)))
+        );
+        assert_eq!(
+            h.room(100, 90, claim(1), POLICY, none),
+            Room::Refused("source over its fair share")
+        );
+    }
+
+    #[test]
+    fn the_reserve_is_for_dialogs_and_the_cap_for_everyone() {
+        let none = |_: IpAddr| false;
+        let h = holding(&[(1, 95)]);
+        let in_dialog = Claimant {
+            in_dialog: true,
+            ..claim(1)
+        };
+        assert_eq!(h.room(100, 95, in_dialog, POLICY, none), Room::Granted);
+        assert_eq!(
+            h.room(100, 95, claim(1), POLICY, none),
+            Room::Refused("source over its fair share")
+        );
+        assert_eq!(
+            h.room(100, 100, in_dialog, POLICY, none),
+            Room::Refused("table full")
+        );
+        // Where nothing is given up, the reserve is the newcomers' room.
+        assert_eq!(h.room_kept(100, claim(2), POLICY, none), Room::Granted);
+        let mut h = h;
+        h.add(ip(2), false);
+        h.add(ip(2), false);
+        assert_eq!(
+            h.room_kept(100, claim(2), POLICY, none),
+            Room::Refused("table full for new requests"),
+            "at its floor, a newcomer no longer"
+        );
+    }
+
+    #[test]
+    fn outside_sources_together_hold_at_most_their_share() {
+        let mut h = Holders::default();
+        for _ in 0..45 {
+            h.add(ip(200), true);
+        }
+        let proxy = Claimant {
+            source: ip(200),
+            outside: true,
+            exempt: true,
+            in_dialog: false,
+        };
+        let exempt = |a: IpAddr| a == ip(200);
+        assert_eq!(
+            h.room(100, 45, proxy, POLICY, exempt),
+            Room::Refused("outside share reached")
+        );
+        assert_eq!(h.room(100, 45, claim(1), POLICY, exempt), Room::Granted);
+        h.remove(ip(200), true);
+        assert_eq!(h.room(100, 44, proxy, POLICY, exempt), Room::Granted);
     }
 }
