@@ -172,7 +172,7 @@ fn two_hundred_sources_filling_the_transaction_table_leave_room_for_phones_and_b
     );
     let events = events(&t);
     assert!(
-        events.contains("\"kind\":\"overload\""),
+        events.contains("\"kind\":\"overload\"") && events.contains("fair share"),
         "no overload event when the table refused the sources"
     );
     assert!(
