@@ -24,7 +24,7 @@ use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
     has_tag, Binding, BindingView, Claimant, ClientTx, Completed, Dialog, DialogKey, DialogView,
-    Echo, RegisterInfo, Room, ServerTx, SharePolicy, Tables, Victim,
+    Echo, Refusal, RegisterInfo, Room, ServerTx, SharePolicy, Tables, Victim,
 };
 
 /// How long a transaction is kept after its final response, to route retransmissions
@@ -611,7 +611,7 @@ impl Gateway {
                 .room_kept(cap, new_dialog, policy, exempt);
             // An exhausted pool is the media table's to answer (and count).
             match refusal(room) {
-                None | Some("table full") => {}
+                None | Some(Refusal::Full) => {}
                 Some(why) => return self.refuse_full(config, at, msg, "media port", why),
             }
         }
@@ -639,20 +639,16 @@ impl Gateway {
         at: Arrival,
         msg: &Message<'_>,
         table: &str,
-        why: &str,
+        why: Refusal,
     ) -> bool {
         self.counters.state_full += 1;
-        if why != "table full" && why != "table full for new requests" {
+        if why.is_share() {
             self.counters.refused_share += 1;
         }
         let method = msg
             .method()
             .and_then(|m| std::str::from_utf8(m.as_bytes()).ok());
-        let warning = if why.starts_with("table") {
-            format!("gateway {table} {why}")
-        } else {
-            format!("gateway {table} table: {why}")
-        };
+        let warning = format!("gateway {table} {}", why.text());
         self.guard
             .table_refused(at.remote.ip(), method, &format!("{warning}: 503"), at.now);
         self.answer(config, at, msg, 503, "Service Unavailable", &warning);
@@ -1782,6 +1778,7 @@ impl Gateway {
             }
         }
         self.counters.bindings_expired += self.tables.expire_bindings(now) as u64;
+        self.tables.recount_holders();
 
         let idle = self.tables.client.is_empty()
             && self.tables.server.is_empty()
@@ -1959,10 +1956,10 @@ fn arrived_inside(config: &Config, at: Arrival) -> bool {
 }
 
 /// The reason a claim for a table entry is refused, if it is.
-fn refusal(room: Room) -> Option<&'static str> {
+fn refusal(room: Room) -> Option<Refusal> {
     match room {
         Room::Granted => None,
-        Room::Evict(_) => Some("table full for new requests"),
+        Room::Evict(_) => Some(Refusal::FullForNew),
         Room::Refused(why) => Some(why),
     }
 }

@@ -399,6 +399,43 @@ impl Tables {
         Some(tx)
     }
 
+    /// Counts the holders of every table again from the entries themselves. The counts
+    /// are kept as entries come and go; run once a sweep, this bounds any drift (an
+    /// entry changed other than through the methods above) to a second. A walk over
+    /// the tables, some 50,000 entries at the default caps.
+    pub(crate) fn recount_holders(&mut self) {
+        let mut tx = Holders::default();
+        for t in self.client.values().filter(|t| t.final_at.is_none()) {
+            tx.add(t.phone.ip(), false);
+        }
+        for t in self.server.values().filter(|t| t.final_at.is_none()) {
+            tx.add(t.proxy.ip(), true);
+        }
+        let (mut dialogs, mut calls) = (Holders::default(), Holders::default());
+        for d in self.dialogs.values() {
+            let (ip, outside) = d.holder();
+            dialogs.add(ip, outside);
+            if d.session {
+                calls.add(ip, outside);
+            }
+        }
+        let mut bindings = Holders::default();
+        for b in self.bindings.values() {
+            bindings.add(b.phone.ip(), false);
+        }
+        let drifted = tx != self.tx_holders
+            || dialogs != self.dialog_holders
+            || calls != self.call_holders
+            || bindings != self.binding_holders;
+        if drifted {
+            tracing::warn!("table holder counts drifted from the tables; recounted");
+        }
+        self.tx_holders = tx;
+        self.dialog_holders = dialogs;
+        self.call_holders = calls;
+        self.binding_holders = bindings;
+    }
+
     /// A server transaction got its final response at `now`.
     pub(crate) fn settle_server(&mut self, key: &(String, Vec<u8>), now: Instant) {
         if let Some(tx) = self.server.get_mut(key) {
@@ -537,7 +574,7 @@ impl Tables {
 /// outside direction, kept as entries come and go, so that admission costs a lookup.
 /// For the transaction table only the transactions still waiting for their answer are
 /// counted (the rest are settled: they only absorb retransmissions).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Holders {
     by_source: HashMap<IpAddr, usize>,
     outside: usize,
@@ -574,7 +611,37 @@ pub(crate) enum Room {
     /// The room for new requests is full and the claimant under its fair share: a
     /// settled entry (`Settled`) or one of a source over its share may make room.
     Evict(Victim),
-    Refused(&'static str),
+    Refused(Refusal),
+}
+
+/// Why a claim for an entry is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The table is at its limit.
+    Full,
+    /// The room for new requests is full and nothing can be given up for this claim.
+    FullForNew,
+    /// The outside sources together hold their share.
+    OutsideShare,
+    /// The source holds its fair share.
+    SourceShare,
+}
+
+impl Refusal {
+    /// The words after the table's name, in a Warning and an event.
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Refusal::Full => "table full",
+            Refusal::FullForNew => "table full for new requests",
+            Refusal::OutsideShare => "table: outside share reached",
+            Refusal::SourceShare => "table: source over its fair share",
+        }
+    }
+
+    /// A share refused it rather than the table's size.
+    pub(crate) fn is_share(self) -> bool {
+        matches!(self, Refusal::OutsideShare | Refusal::SourceShare)
+    }
 }
 
 /// Whose entry makes room (see `Room::Evict`).
@@ -637,7 +704,7 @@ impl Holders {
         exempt: impl Fn(IpAddr) -> bool,
     ) -> Room {
         if entries >= cap {
-            return Room::Refused("table full");
+            return Room::Refused(Refusal::Full);
         }
         if claim.in_dialog {
             return Room::Granted;
@@ -648,7 +715,7 @@ impl Holders {
             let outside_room =
                 ((usable as f64 * policy.outside_share.clamp(0.0, 1.0)) as usize).max(1);
             if self.outside >= outside_room {
-                return Room::Refused("outside share reached");
+                return Room::Refused(Refusal::OutsideShare);
             }
         }
         let held = self.held_by(claim.source);
@@ -658,7 +725,7 @@ impl Holders {
         // and a busy source (a PBX) is not held to the count of quiet ones.
         let contended = entries >= usable / 2;
         if contended && !claim.exempt && held >= share {
-            return Room::Refused("source over its fair share");
+            return Room::Refused(Refusal::SourceShare);
         }
         if entries < usable {
             return Room::Granted;
@@ -675,7 +742,7 @@ impl Holders {
             .map(|(ip, _)| *ip);
         match largest {
             Some(ip) if ip != claim.source => Room::Evict(Victim::Holder(ip)),
-            _ => Room::Refused("table full for new requests"),
+            _ => Room::Refused(Refusal::FullForNew),
         }
     }
 }
@@ -693,12 +760,12 @@ impl Holders {
         exempt: impl Fn(IpAddr) -> bool,
     ) -> Room {
         match self.room(cap, self.total, claim, policy, exempt) {
-            Room::Evict(_) | Room::Refused("table full for new requests")
+            Room::Evict(_) | Room::Refused(Refusal::FullForNew)
                 if self.held_by(claim.source) < policy.floor =>
             {
                 Room::Granted
             }
-            Room::Evict(_) => Room::Refused("table full for new requests"),
+            Room::Evict(_) => Room::Refused(Refusal::FullForNew),
             other => other,
         }
     }
@@ -772,7 +839,7 @@ mod tests {
         let h = holding(&[(1, 45), (2, 1), (3, 1), (4, 1)]);
         assert_eq!(
             h.room(100, 48, claim(1), POLICY, none),
-            Room::Refused("source over its fair share")
+            Room::Refused(Refusal::SourceShare)
         );
         assert_eq!(h.room(100, 48, claim(2), POLICY, none), Room::Granted);
     }
@@ -795,7 +862,7 @@ mod tests {
         let exempt = |a: IpAddr| a == ip(1);
         assert_eq!(
             h.room(100, 90, claim(3), POLICY, exempt),
-            Room::Refused("table full for new requests")
+            Room::Refused(Refusal::FullForNew)
         );
         // Under its share (45 between two), the second holder may take the first's
         // place; over its own, the first makes no room for itself.
@@ -805,7 +872,7 @@ mod tests {
         );
         assert_eq!(
             h.room(100, 90, claim(1), POLICY, none),
-            Room::Refused("source over its fair share")
+            Room::Refused(Refusal::SourceShare)
         );
     }
 
@@ -820,11 +887,11 @@ mod tests {
         assert_eq!(h.room(100, 95, in_dialog, POLICY, none), Room::Granted);
         assert_eq!(
             h.room(100, 95, claim(1), POLICY, none),
-            Room::Refused("source over its fair share")
+            Room::Refused(Refusal::SourceShare)
         );
         assert_eq!(
             h.room(100, 100, in_dialog, POLICY, none),
-            Room::Refused("table full")
+            Room::Refused(Refusal::Full)
         );
         // Where nothing is given up, the reserve is the newcomers' room.
         assert_eq!(h.room_kept(100, claim(2), POLICY, none), Room::Granted);
@@ -833,7 +900,7 @@ mod tests {
         h.add(ip(2), false);
         assert_eq!(
             h.room_kept(100, claim(2), POLICY, none),
-            Room::Refused("table full for new requests"),
+            Room::Refused(Refusal::FullForNew),
             "at its floor, a newcomer no longer"
         );
     }
@@ -853,7 +920,7 @@ mod tests {
         let exempt = |a: IpAddr| a == ip(200);
         assert_eq!(
             h.room(100, 45, proxy, POLICY, exempt),
-            Room::Refused("outside share reached")
+            Room::Refused(Refusal::OutsideShare)
         );
         assert_eq!(h.room(100, 45, claim(1), POLICY, exempt), Room::Granted);
         h.remove(ip(200), true);
