@@ -461,7 +461,11 @@ impl Gateway {
         let kind = method.kind();
         // Borrowed, not copied: this runs for every request.
         let name = std::str::from_utf8(method.as_bytes()).unwrap_or("?");
-        let in_dialog = msg.to().and_then(|t| t.tag()).is_some()
+        // A To-tag makes a request part of a dialog only if the gateway holds one by
+        // its Call-ID: anyone can write a tag, and such a request must not pass as
+        // in-dialog around the new-request limits and admission.
+        let in_dialog = (msg.to().and_then(|t| t.tag()).is_some()
+            && self.holds_dialog(config, at, msg.call_id()))
             || matches!(kind, MethodKind::Ack | MethodKind::Cancel);
         let class = if in_dialog {
             Class::DialogRequest
@@ -546,12 +550,7 @@ impl Gateway {
         // The reserved room is for dialogs the gateway holds: a To-tag alone (anyone can
         // write one) does not make a request part of one. A CANCEL ends a pending
         // INVITE, whose dialog is held from the start: room for it like for a BYE.
-        let call_id = msg.call_id();
-        let held = if outside {
-            self.tables.outside_dialog(call_id, None).is_some()
-        } else {
-            self.tables.call_ids.contains_key(call_id)
-        };
+        let held = self.holds_dialog(config, at, msg.call_id());
         let claim = Claimant {
             source,
             outside,
@@ -630,6 +629,16 @@ impl Gateway {
             self.evict_transaction(config, victim);
         }
         true
+    }
+
+    /// Whether the gateway holds a dialog of this Call-ID, as the side the datagram
+    /// arrived on names it.
+    fn holds_dialog(&self, config: &Config, at: Arrival, call_id: &[u8]) -> bool {
+        if arrived_inside(config, at) {
+            self.tables.call_ids.contains_key(call_id)
+        } else {
+            self.tables.outside_dialog(call_id, None).is_some()
+        }
     }
 
     /// Answers 503 for want of room in `table`, counts it and raises an `overload` event.

@@ -719,3 +719,39 @@ fn heavy_sources_draining_admission_leave_a_part_for_light_sources() {
     let reg = net.deliver(LAN, PHONE, &register(1, 3600));
     assert_eq!(reg[0].remote, addr(PROXY), "{}", text(&reg[0]));
 }
+
+/// A made-up To-tag does not pass a request off as in-dialog around admission.
+#[test]
+fn a_forged_to_tag_counts_in_admission() {
+    let mut net = net_with(ProtectionOptions {
+        admission: sipward_core::Rate {
+            per_second: 5.0,
+            burst: 5.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    for n in 0..5 {
+        let forged = new_request("OPTIONS", OTHER_PHONE, n).replace(
+            "To: <sip:bob@10.0.0.1>",
+            "To: <sip:bob@10.0.0.1>;tag=forged",
+        );
+        let out = net.deliver(LAN, OTHER_PHONE, &forged);
+        assert_eq!(out[0].remote, addr(PROXY));
+    }
+    let refused = net.deliver(LAN, OTHER_PHONE, &invite("late", "z9hG4bKlate"));
+    assert!(
+        status_of(&refused[0]).starts_with("SIP/2.0 503"),
+        "{}",
+        text(&refused[0])
+    );
+    // A real dialog's requests still go around admission.
+    let mut net = net_with(ProtectionOptions {
+        admission: sipward_core::Rate {
+            per_second: 1.0,
+            burst: 1.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    established_call(&mut net);
+    assert_eq!(net.phone_sends(BYE_E1).remote, addr(PROXY));
+}
