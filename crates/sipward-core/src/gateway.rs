@@ -23,13 +23,17 @@ use crate::hide::{Hider, BRANCH_PREFIX};
 use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
-    has_tag, Binding, BindingView, ClientTx, Completed, Dialog, DialogKey, DialogView, Echo,
-    RegisterInfo, ServerTx, Tables,
+    has_tag, Binding, BindingView, Claimant, ClientTx, Completed, Dialog, DialogKey, DialogView,
+    Echo, Refusal, RegisterInfo, Room, ServerTx, SharePolicy, Tables, Victim,
 };
 
 /// How long a transaction is kept after its final response, to route retransmissions
 /// (64*T1, RFC 3261 section 17).
 const LINGER: Duration = Duration::from_secs(32);
+/// How long a non-INVITE transaction waits for its final response: Timer F, 64*T1
+/// (RFC 3261 17.1.2.2). Its sender gives up then too; holding the entry for the whole
+/// request-response timeout would only let an unanswered flood keep the table.
+const TIMER_F: Duration = Duration::from_secs(32);
 /// How often the timers are swept.
 const SWEEP: Duration = Duration::from_secs(1);
 /// Contact URI parameter that carries the gateway's routing token.
@@ -70,13 +74,21 @@ pub struct Counters {
     pub dropped_flood: u64,
     pub dropped_filtered: u64,
     pub overloaded: u64,
+    /// Of `overloaded`: new requests from outside zones (their own admission budget).
+    pub overloaded_outside: u64,
+    /// Of `state_full`: refused because the source was over its fair share of a table,
+    /// or the outside sources over theirs.
+    pub refused_share: u64,
+    /// Transactions ended early (503) to give a source under its fair share the room
+    /// that one over its share held.
+    pub evicted_transactions: u64,
     /// Calls ended because their media went idle (data-channel timeout).
     pub media_timeouts: u64,
 }
 
 impl Counters {
     /// Every counter by a stable name (the admin API's and the metrics' keys).
-    pub fn fields(&self) -> [(&'static str, u64); 22] {
+    pub fn fields(&self) -> [(&'static str, u64); 25] {
         [
             ("received", self.received),
             ("forwarded", self.forwarded),
@@ -99,6 +111,9 @@ impl Counters {
             ("dropped_flood", self.dropped_flood),
             ("dropped_filtered", self.dropped_filtered),
             ("overloaded", self.overloaded),
+            ("overloaded_outside", self.overloaded_outside),
+            ("refused_share", self.refused_share),
+            ("evicted_transactions", self.evicted_transactions),
             ("media_timeouts", self.media_timeouts),
         ]
     }
@@ -452,7 +467,11 @@ impl Gateway {
         let kind = method.kind();
         // Borrowed, not copied: this runs for every request.
         let name = std::str::from_utf8(method.as_bytes()).unwrap_or("?");
-        let in_dialog = msg.to().and_then(|t| t.tag()).is_some()
+        // A To-tag makes a request part of a dialog only if the gateway holds one by
+        // its Call-ID: anyone can write a tag, and such a request must not pass as
+        // in-dialog around the new-request limits and admission.
+        let in_dialog = (msg.to().and_then(|t| t.tag()).is_some()
+            && self.holds_dialog(config, at, msg.call_id()))
             || matches!(kind, MethodKind::Ack | MethodKind::Cancel);
         let class = if in_dialog {
             Class::DialogRequest
@@ -478,10 +497,17 @@ impl Gateway {
                 return false;
             }
         }
-        if !in_dialog && matches!(kind, MethodKind::Invite | MethodKind::Register) {
-            if let Verdict::Overloaded { retry_after } = self.guard.admit_new(source, name, at.now)
+        // Every new request takes a transaction and work upstream, whatever its method
+        // (OPTIONS, SUBSCRIBE, MESSAGE, PUBLISH...): all count, each direction on its own.
+        if !in_dialog {
+            let outside = !arrived_inside(config, at);
+            if let Verdict::Overloaded { retry_after } =
+                self.guard.admit_new(source, name, outside, at.now)
             {
                 self.counters.overloaded += 1;
+                if outside {
+                    self.counters.overloaded_outside += 1;
+                }
                 let tag = self.hider.token(&[msg.call_id(), b"answer"]);
                 let mut payload = Echo::of(msg).response(
                     503,
@@ -504,8 +530,9 @@ impl Gateway {
     }
 
     /// The bounds on what a request would add: transactions, calls per user (answered
-    /// `busy`: 403 going out, 486 coming in), dialogs, registrations. When one is reached
-    /// the request is answered here and false returned.
+    /// `busy`: 403 going out, 486 coming in), dialogs, registrations, each table shared
+    /// fairly among sources (`Holders::room`). When one is reached the request is
+    /// answered here (503 with an `overload` event) and false returned.
     #[allow(clippy::too_many_arguments)]
     fn within_state_limits(
         &mut self,
@@ -518,42 +545,201 @@ impl Gateway {
         busy: (u16, &str),
     ) -> bool {
         let alg = &config.alg;
-        let full =
-            if method != MethodKind::Ack && self.tables.transactions() >= alg.max_transactions {
-                Some("gateway transaction table full")
-            } else if method == MethodKind::Invite
-                && initial
-                && self.tables.sessions_of(aor) >= alg.max_sessions_per_id
+        let p = &config.protection;
+        let policy = SharePolicy {
+            reserve: p.table_reserve,
+            floor: p.table_share_floor,
+            outside_share: p.outside_table_share,
+        };
+        let source = at.remote.ip();
+        let outside = !arrived_inside(config, at);
+        // The reserved room is for dialogs the gateway holds: a To-tag alone (anyone can
+        // write one) does not make a request part of one. A CANCEL ends a pending
+        // INVITE, whose dialog is held from the start: room for it like for a BYE.
+        let held = self.holds_dialog(config, at, msg.call_id());
+        let claim = Claimant {
+            source,
+            outside,
+            exempt: self.guard.is_exempt(source),
+            in_dialog: (!initial || method == MethodKind::Cancel) && held,
+        };
+        let guard = &self.guard;
+        let exempt = |ip: IpAddr| guard.is_exempt(ip);
+        let mut evict = None;
+        if method != MethodKind::Ack {
+            let entries = self.tables.transactions();
+            match self
+                .tables
+                .tx_holders
+                .room(alg.max_transactions, entries, claim, policy, exempt)
             {
-                self.counters.session_limit += 1;
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    busy.0,
-                    busy.1,
-                    "maximum sessions per user reached",
-                );
-                return false;
-            } else if method == MethodKind::Invite
-                && initial
-                && self.tables.dialogs.len() >= alg.max_dialogs
-            {
-                Some("gateway dialog table full")
-            } else if method == MethodKind::Register
-                && self.tables.bindings().len() >= alg.max_registrations
-            {
-                Some("gateway registration table full")
-            } else {
-                None
-            };
-        match full {
-            Some(why) => {
-                self.counters.state_full += 1;
-                self.answer(config, at, msg, 503, "Service Unavailable", why);
-                false
+                Room::Granted => {}
+                Room::Evict(victim) => evict = Some(victim),
+                Room::Refused(why) => return self.refuse_full(config, at, msg, "transaction", why),
             }
-            None => true,
+        }
+        if method == MethodKind::Invite
+            && initial
+            && self.tables.sessions_of(aor) >= alg.max_sessions_per_id
+        {
+            self.counters.session_limit += 1;
+            self.answer(
+                config,
+                at,
+                msg,
+                busy.0,
+                busy.1,
+                "maximum sessions per user reached",
+            );
+            return false;
+        }
+        let new_dialog = Claimant {
+            in_dialog: false,
+            ..claim
+        };
+        if creates_dialog(method) && initial {
+            let room =
+                self.tables
+                    .dialog_holders
+                    .room_kept(alg.max_dialogs, new_dialog, policy, exempt);
+            if let Some(why) = refusal(room) {
+                return self.refuse_full(config, at, msg, "dialog", why);
+            }
+        }
+        // Each call holds a pair of media ports on each side: the smallest pool bounds
+        // the calls, and they are shared like a table of that size.
+        let media_calls = self.media.pool_usage().iter().map(|p| p.2).min();
+        if let (MethodKind::Invite, true, Some(cap)) = (method, initial, media_calls) {
+            let room = self
+                .tables
+                .call_holders
+                .room_kept(cap, new_dialog, policy, exempt);
+            // An exhausted pool is the media table's to answer (and count).
+            match refusal(room) {
+                None | Some(Refusal::Full) => {}
+                Some(why) => return self.refuse_full(config, at, msg, "media port", why),
+            }
+        }
+        if method == MethodKind::Register {
+            let room = self.tables.binding_holders.room_kept(
+                alg.max_registrations,
+                new_dialog,
+                policy,
+                exempt,
+            );
+            if let Some(why) = refusal(room) {
+                return self.refuse_full(config, at, msg, "registration", why);
+            }
+        }
+        if let Some(victim) = evict {
+            self.evict_transaction(config, victim);
+        }
+        true
+    }
+
+    /// Whether the gateway holds a dialog of this Call-ID, as the side the datagram
+    /// arrived on names it.
+    fn holds_dialog(&self, config: &Config, at: Arrival, call_id: &[u8]) -> bool {
+        if arrived_inside(config, at) {
+            self.tables.call_ids.contains_key(call_id)
+        } else {
+            self.tables.outside_dialog(call_id, None).is_some()
+        }
+    }
+
+    /// Answers 503 for want of room in `table`, counts it and raises an `overload` event.
+    fn refuse_full(
+        &mut self,
+        config: &Config,
+        at: Arrival,
+        msg: &Message<'_>,
+        table: &str,
+        why: Refusal,
+    ) -> bool {
+        self.counters.state_full += 1;
+        if why.is_share() {
+            self.counters.refused_share += 1;
+        }
+        let method = msg
+            .method()
+            .and_then(|m| std::str::from_utf8(m.as_bytes()).ok());
+        let warning = format!("gateway {table} {}", why.text());
+        self.guard
+            .table_refused(at.remote.ip(), method, &format!("{warning}: 503"), at.now);
+        self.answer(config, at, msg, 503, "Service Unavailable", &warning);
+        false
+    }
+
+    /// Ends one transaction to make room for a source under its fair share: a settled
+    /// one (it only absorbs retransmissions), or one of `victim`'s still pending, a
+    /// non-INVITE rather than an INVITE; a pending one is answered 503 towards its
+    /// sender, as if the next hop had refused it. The first fit found goes (not the
+    /// oldest), so the walk usually stops early: this runs for every claim on a full
+    /// table.
+    fn evict_transaction(&mut self, config: &Config, victim: Victim) {
+        let (settled, holder) = match victim {
+            Victim::Settled => (true, None),
+            Victim::Holder(ip) => (false, Some(ip)),
+        };
+        let fits = |ip: IpAddr, final_at: Option<Instant>| {
+            final_at.is_some() == settled && holder.is_none_or(|h| h == ip)
+        };
+        // (key, client side); an INVITE is kept as the fallback while looking further.
+        let mut fallback = None;
+        let mut found = None;
+        for (k, t) in &self.tables.client {
+            if fits(t.phone.ip(), t.final_at) {
+                if settled || t.method != MethodKind::Invite {
+                    found = Some((k.clone(), true));
+                    break;
+                }
+                fallback.get_or_insert_with(|| (k.clone(), true));
+            }
+        }
+        if found.is_none() {
+            for (k, t) in &self.tables.server {
+                if fits(t.proxy.ip(), t.final_at) {
+                    if settled || t.method != MethodKind::Invite {
+                        found = Some((k.clone(), false));
+                        break;
+                    }
+                    fallback.get_or_insert_with(|| (k.clone(), false));
+                }
+            }
+        }
+        let Some((key, is_client)) = found.or(fallback) else {
+            return;
+        };
+        self.counters.evicted_transactions += 1;
+        let warning = Some("gateway transaction table full: source over its fair share");
+        if is_client {
+            let Some(tx) = self.tables.remove_client(&key) else {
+                return;
+            };
+            if tx.final_at.is_none() {
+                let tag = self.hider.token(&[&tx.inside_call_id, b"503"]);
+                let payload =
+                    tx.echo
+                        .response(503, "Service Unavailable", &config.agent, warning, &tag);
+                self.send(tx.lan_local, tx.phone, payload);
+                if creates_dialog(tx.method) {
+                    self.end_unconfirmed(&tx.dialog, "evicted");
+                }
+            }
+        } else {
+            let Some(tx) = self.tables.remove_server(&key) else {
+                return;
+            };
+            if tx.final_at.is_none() {
+                let tag = self.hider.token(&[&tx.echo.call_id, b"503"]);
+                let payload =
+                    tx.echo
+                        .response(503, "Service Unavailable", &config.agent, warning, &tag);
+                self.send(tx.wan_local, tx.proxy, payload);
+                if creates_dialog(tx.method) {
+                    self.end_unconfirmed(&tx.dialog, "evicted");
+                }
+            }
         }
     }
 
@@ -937,7 +1123,7 @@ impl Gateway {
             d.cseq_inside = d.cseq_inside.max(cseq.seq);
         }
         if method != MethodKind::Ack {
-            self.tables.client.insert(
+            self.tables.insert_client(
                 tx_key,
                 ClientTx {
                     phone: at.remote,
@@ -1043,12 +1229,14 @@ impl Gateway {
         // State.
         if let Some(t) = self.tables.client.get_mut(&key) {
             if status >= 200 {
-                t.final_at.get_or_insert(at.now);
                 // The request's copy only serves a 408; an INVITE transaction lingers
                 // 32 s more, so its memory is given back now.
                 t.echo = Echo::default();
             }
             t.last_response = Repeat::keeps(tx.method, status).then(|| payload.clone());
+        }
+        if status >= 200 {
+            self.tables.settle_client(&key, at.now);
         }
         if let (Some((user, credentials)), true) = (&tx.register_user, status >= 200) {
             let source = tx.phone.ip();
@@ -1133,7 +1321,7 @@ impl Gateway {
             _ => {}
         }
         if status >= 200 && tx.method != MethodKind::Invite {
-            self.tables.client.remove(&key);
+            self.tables.remove_client(&key);
             self.tables
                 .completed_client
                 .insert(key, payload.clone(), at.now);
@@ -1329,7 +1517,7 @@ impl Gateway {
             }
         }
         if method != MethodKind::Ack {
-            self.tables.server.insert(
+            self.tables.insert_server(
                 tx_key,
                 ServerTx {
                     proxy: at.remote,
@@ -1442,10 +1630,10 @@ impl Gateway {
         };
 
         if let Some(t) = self.tables.server.get_mut(&key) {
-            if status >= 200 {
-                t.final_at.get_or_insert(at.now);
-            }
             t.last_response = Repeat::keeps(tx.method, status).then(|| payload.clone());
+        }
+        if status >= 200 {
+            self.tables.settle_server(&key, at.now);
         }
         match tx.method {
             m if creates_dialog(m) && (200..300).contains(&status) => {
@@ -1475,7 +1663,7 @@ impl Gateway {
             _ => {}
         }
         if status >= 200 && tx.method != MethodKind::Invite {
-            self.tables.server.remove(&key);
+            self.tables.remove_server(&key);
             self.tables
                 .completed_server
                 .insert(key, payload.clone(), at.now);
@@ -1561,11 +1749,11 @@ impl Gateway {
             .tables
             .client
             .iter()
-            .filter(|(_, t)| expired_tx(t.created, t.final_at, now, alg.request_response_timeout))
+            .filter(|(_, t)| expired_tx(t.created, t.final_at, now, answer_timeout(alg, t.method)))
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
-            let Some(tx) = self.tables.client.remove(&key) else {
+            let Some(tx) = self.tables.remove_client(&key) else {
                 continue;
             };
             if tx.final_at.is_none() {
@@ -1588,11 +1776,11 @@ impl Gateway {
             .tables
             .server
             .iter()
-            .filter(|(_, t)| expired_tx(t.created, t.final_at, now, alg.request_response_timeout))
+            .filter(|(_, t)| expired_tx(t.created, t.final_at, now, answer_timeout(alg, t.method)))
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
-            let Some(tx) = self.tables.server.remove(&key) else {
+            let Some(tx) = self.tables.remove_server(&key) else {
                 continue;
             };
             if tx.final_at.is_none() {
@@ -1635,6 +1823,7 @@ impl Gateway {
             }
         }
         self.counters.bindings_expired += self.tables.expire_bindings(now) as u64;
+        self.tables.recount_holders();
 
         let idle = self.tables.client.is_empty()
             && self.tables.server.is_empty()
@@ -1789,6 +1978,34 @@ fn expired_tx(
     match final_at {
         Some(f) => now.saturating_duration_since(f) >= LINGER,
         None => now.saturating_duration_since(created) >= timeout,
+    }
+}
+
+/// How long a transaction of `method` waits for its final response: the configured
+/// request-response timeout for an INVITE (a phone may ring that long), Timer F at most
+/// for the others.
+fn answer_timeout(alg: &crate::config::AlgOptions, method: MethodKind) -> Duration {
+    if method == MethodKind::Invite {
+        alg.request_response_timeout
+    } else {
+        alg.request_response_timeout.min(TIMER_F)
+    }
+}
+
+/// Whether a datagram arrived on an inside zone's address.
+fn arrived_inside(config: &Config, at: Arrival) -> bool {
+    config
+        .zone_of_local(at.local)
+        .and_then(|z| config.zone(z))
+        .is_some_and(|z| z.inside)
+}
+
+/// The reason a claim for a table entry is refused, if it is.
+fn refusal(room: Room) -> Option<Refusal> {
+    match room {
+        Room::Granted => None,
+        Room::Evict(_) => Some(Refusal::FullForNew),
+        Room::Refused(why) => Some(why),
     }
 }
 

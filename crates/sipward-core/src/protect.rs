@@ -52,8 +52,21 @@ pub struct ProtectionOptions {
     /// Sources exempt from per-source limits (the upstream proxy carries everyone's
     /// traffic); global admission still applies to them.
     pub exempt: Vec<IpNet>,
-    /// Global admission: new INVITEs and REGISTERs per second before `503`.
+    /// Admission of new requests (every request outside a dialog, whatever its method)
+    /// arriving from inside zones, for all inside sources together, before `503`.
     pub admission: Rate,
+    /// The same for requests arriving from outside zones. A budget of its own, so that
+    /// no outside flood (from the exempt proxy address too, which UDP lets anyone
+    /// spoof) takes the inside callers' budget.
+    pub outside_admission: Rate,
+    /// The part (0..1) of the transaction and dialog tables kept for requests inside
+    /// established dialogs (BYE, ACK, re-INVITE, NOTIFY...): new requests never fill it.
+    pub table_reserve: f64,
+    /// Entries of each bounded table any source may hold whatever its fair share.
+    pub table_share_floor: usize,
+    /// The part (0..1) of each table's room for new requests that sources outside may
+    /// hold together (the exempt proxy included), so that inside callers keep the rest.
+    pub outside_table_share: f64,
     /// Seconds a `503` asks the sender to wait.
     pub retry_after: u32,
     /// User-Agent substrings (case-insensitive) of scanners.
@@ -94,6 +107,13 @@ impl Default for ProtectionOptions {
                 per_second: 2000.0,
                 burst: 4000.0,
             },
+            outside_admission: Rate {
+                per_second: 2000.0,
+                burst: 4000.0,
+            },
+            table_reserve: 0.1,
+            table_share_floor: 32,
+            outside_table_share: 0.5,
             retry_after: 5,
             scanner_agents: [
                 "friendly-scanner",
@@ -133,7 +153,8 @@ pub enum EventKind {
     HijackSuspected,
     /// A REGISTER with credentials the registrar refused.
     RegisterFailed,
-    /// Over global admission: a new request answered 503.
+    /// Over an admission budget, a table limit or a source's fair share of a table: a
+    /// new request answered 503.
     Overload,
     /// A call began (INVITE through the gateway), was answered, or ended.
     CallStarted,
@@ -209,6 +230,29 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Takes a token if `floor` tokens are left after it; false otherwise.
+    fn take_above(&mut self, rate: Rate, now: Instant, floor: f64) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        self.at = now;
+        if self.tokens >= 1.0 + floor {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The part of an admission bucket's burst that only light sources may take: many
+/// sources each within its own limits can together drain a shared budget, and the
+/// phone that sends one REGISTER a minute must not find it empty behind them.
+const ADMISSION_KEPT_FOR_LIGHT: f64 = 0.25;
+/// New requests a source may have sent beyond what its bucket has refilled and still
+/// count as light.
+const LIGHT_SOURCE_USE: f64 = 10.0;
+
 /// A source's buckets and registration failures.
 #[derive(Debug)]
 struct SourceState {
@@ -244,11 +288,14 @@ pub struct Guard {
     options: ProtectionOptions,
     bans: HashMap<IpAddr, BanView>,
     sources: HashMap<IpAddr, SourceState>,
-    admission: Option<Bucket>,
+    /// Admission buckets: requests from inside zones, from outside zones.
+    admission: [Option<Bucket>; 2],
     events: VecDeque<SecurityEvent>,
     /// Per-source events kept per sweep, so a flood cannot flood the log.
     event_budget: HashMap<IpAddr, u32>,
     pub(crate) dropped_banned: u64,
+    /// When a full source table was last swept for blank entries.
+    last_source_sweep: Option<Instant>,
 }
 
 /// Whether `needle` occurs in `haystack`, ASCII letters compared without case.
@@ -270,10 +317,11 @@ impl Guard {
             options,
             bans: HashMap::new(),
             sources: HashMap::new(),
-            admission: None,
+            admission: [None, None],
             events: VecDeque::new(),
             event_budget: HashMap::new(),
             dropped_banned: 0,
+            last_source_sweep: None,
         }
     }
 
@@ -316,6 +364,11 @@ impl Guard {
         true
     }
 
+    /// Whether `source` is exempt from per-source limits (the upstream proxy).
+    pub fn is_exempt(&self, source: IpAddr) -> bool {
+        self.exempt(source)
+    }
+
     fn exempt(&self, source: IpAddr) -> bool {
         self.options.exempt.iter().any(|n| n.contains(&source))
     }
@@ -334,9 +387,12 @@ impl Guard {
         let o = &self.options;
         let rates = [o.new_requests, o.dialog_requests, o.responses];
         if !self.sources.contains_key(&source) && self.sources.len() >= o.max_tracked_sources {
-            // Table full (a spoofed-source flood): unknown sources share the admission
-            // limit instead of getting their own state.
-            return true;
+            self.forget_blank_sources(now);
+            if self.sources.len() >= self.options.max_tracked_sources {
+                // Still full (a spoofed-source flood): unknown sources are bound by the
+                // admission budget of their direction instead of state of their own.
+                return true;
+            }
         }
         let state = self.sources.entry(source).or_insert_with(|| SourceState {
             buckets: rates.map(|r| Bucket::full(r, now)),
@@ -365,13 +421,58 @@ impl Guard {
         false
     }
 
-    /// Global admission of a new INVITE or REGISTER.
-    pub fn admit_new(&mut self, source: IpAddr, method: &str, now: Instant) -> Verdict {
-        let rate = self.options.admission;
-        let bucket = self
-            .admission
-            .get_or_insert_with(|| Bucket::full(rate, now));
-        if bucket.take(rate, now) {
+    /// Makes room in a full source table (at most once a second): a source whose buckets
+    /// have all refilled and that has no failures recorded is as good as unknown, so its
+    /// entry goes; without this the first sources seen kept the table and every later
+    /// one went unlimited.
+    fn forget_blank_sources(&mut self, now: Instant) {
+        if self
+            .last_source_sweep
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_source_sweep = Some(now);
+        let o = &self.options;
+        let rates = [o.new_requests, o.dialog_requests, o.responses];
+        self.sources.retain(|_, s| {
+            !s.failures.is_empty()
+                || s.buckets.iter().zip(rates).any(|(b, r)| {
+                    let refill = now.saturating_duration_since(b.at).as_secs_f64() * r.per_second;
+                    b.tokens + refill < r.burst
+                })
+        });
+    }
+
+    /// Admission of a new request (any request outside a dialog) from inside or from
+    /// outside: each direction draws on its own budget.
+    pub fn admit_new(
+        &mut self,
+        source: IpAddr,
+        method: &str,
+        outside: bool,
+        now: Instant,
+    ) -> Verdict {
+        let (rate, slot, side) = if outside {
+            (self.options.outside_admission, 1, "outside")
+        } else {
+            (self.options.admission, 0, "inside")
+        };
+        // Light: a source whose own new-request bucket is nearly full (it sent little of
+        // late), or one without state (exempt, or the source table full).
+        let light = self.sources.get(&source).is_none_or(|s| {
+            s.buckets[0].tokens + LIGHT_SOURCE_USE >= self.options.new_requests.burst
+        });
+        let floor = if light {
+            0.0
+        } else {
+            rate.burst * ADMISSION_KEPT_FOR_LIGHT
+        };
+        let Some(bucket) = self.admission.get_mut(slot) else {
+            return Verdict::Pass;
+        };
+        let bucket = bucket.get_or_insert_with(|| Bucket::full(rate, now));
+        if bucket.take_above(rate, now, floor) {
             Verdict::Pass
         } else {
             self.event(
@@ -380,12 +481,18 @@ impl Guard {
                 source,
                 None,
                 Some(method),
-                "over global admission rate: 503",
+                &format!("over the {side} admission rate: 503"),
             );
             Verdict::Overloaded {
                 retry_after: self.options.retry_after,
             }
         }
+    }
+
+    /// A new request refused for want of room in a bounded table (the table's limit or
+    /// the source's fair share of it): an `overload` event, rate-limited per source.
+    pub fn table_refused(&mut self, source: IpAddr, method: Option<&str>, why: &str, now: Instant) {
+        self.event(now, EventKind::Overload, source, None, method, why);
     }
 
     /// Scanner User-Agents and unknown methods; a scanner is banned.

@@ -206,7 +206,6 @@ pub(crate) struct Dialog {
     pub(crate) cseq_outside: u32,
 }
 
-/// A registration binding: the inside phone a registrar knows by the gateway's contact.
 impl Dialog {
     pub(crate) fn key(&self) -> DialogKey {
         DialogKey {
@@ -214,7 +213,19 @@ impl Dialog {
             originated_inside: self.originated_inside,
         }
     }
+
+    /// Who holds the dialog's entry: the phone that began it, or the outside address
+    /// its request came from; and whether that is outside.
+    pub(crate) fn holder(&self) -> (IpAddr, bool) {
+        if self.originated_inside {
+            (self.phone.ip(), false)
+        } else {
+            (self.proxy.ip(), true)
+        }
+    }
 }
+
+/// A registration binding: the inside phone a registrar knows by the gateway's contact.
 
 #[derive(Debug, Clone)]
 pub(crate) struct Binding {
@@ -258,9 +269,18 @@ pub struct DialogView {
 /// by contact token.
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
+    /// Read freely; entries go in and out only through `insert_client` /
+    /// `remove_client` (and the server pair), which keep `tx_holders` true.
     pub(crate) client: HashMap<(String, Vec<u8>), ClientTx>,
     pub(crate) server: HashMap<(String, Vec<u8>), ServerTx>,
     pub(crate) dialogs: HashMap<DialogKey, Dialog>,
+    /// Who holds the entries of each bounded table, for the fair shares (`Holders`).
+    pub(crate) tx_holders: Holders,
+    pub(crate) dialog_holders: Holders,
+    pub(crate) binding_holders: Holders,
+    /// Calls (session dialogs) per source: each holds media ports, a pool smaller than
+    /// the dialog table, so calls get shares of their own.
+    pub(crate) call_holders: Holders,
     /// Inside Call-ID to outside Call-ID, for dialogs.
     pub(crate) call_ids: HashMap<Vec<u8>, DialogKey>,
     bindings: HashMap<String, Binding>,
@@ -326,6 +346,106 @@ impl Tables {
         self.client.len() + self.server.len()
     }
 
+    /// A client transaction is held by the inside phone that sent its request, while
+    /// it waits for its final response (`tx_holders` counts only those: one that has
+    /// its answer lingers for retransmissions and is the first given up for room).
+    pub(crate) fn insert_client(&mut self, key: (String, Vec<u8>), tx: ClientTx) {
+        if tx.final_at.is_none() {
+            self.tx_holders.add(tx.phone.ip(), false);
+        }
+        if let Some(old) = self.client.insert(key, tx) {
+            if old.final_at.is_none() {
+                self.tx_holders.remove(old.phone.ip(), false);
+            }
+        }
+    }
+
+    pub(crate) fn remove_client(&mut self, key: &(String, Vec<u8>)) -> Option<ClientTx> {
+        let tx = self.client.remove(key)?;
+        if tx.final_at.is_none() {
+            self.tx_holders.remove(tx.phone.ip(), false);
+        }
+        Some(tx)
+    }
+
+    /// A client transaction got its final response at `now` (the first one counts).
+    pub(crate) fn settle_client(&mut self, key: &(String, Vec<u8>), now: Instant) {
+        if let Some(tx) = self.client.get_mut(key) {
+            if tx.final_at.is_none() {
+                tx.final_at = Some(now);
+                self.tx_holders.remove(tx.phone.ip(), false);
+            }
+        }
+    }
+
+    /// A server transaction is held by the outside address that sent its request,
+    /// while it waits for its final response (as for `insert_client`).
+    pub(crate) fn insert_server(&mut self, key: (String, Vec<u8>), tx: ServerTx) {
+        if tx.final_at.is_none() {
+            self.tx_holders.add(tx.proxy.ip(), true);
+        }
+        if let Some(old) = self.server.insert(key, tx) {
+            if old.final_at.is_none() {
+                self.tx_holders.remove(old.proxy.ip(), true);
+            }
+        }
+    }
+
+    pub(crate) fn remove_server(&mut self, key: &(String, Vec<u8>)) -> Option<ServerTx> {
+        let tx = self.server.remove(key)?;
+        if tx.final_at.is_none() {
+            self.tx_holders.remove(tx.proxy.ip(), true);
+        }
+        Some(tx)
+    }
+
+    /// Counts the holders of every table again from the entries themselves. The counts
+    /// are kept as entries come and go; run once a sweep, this bounds any drift (an
+    /// entry changed other than through the methods above) to a second. A walk over
+    /// the tables, some 50,000 entries at the default caps.
+    pub(crate) fn recount_holders(&mut self) {
+        let mut tx = Holders::default();
+        for t in self.client.values().filter(|t| t.final_at.is_none()) {
+            tx.add(t.phone.ip(), false);
+        }
+        for t in self.server.values().filter(|t| t.final_at.is_none()) {
+            tx.add(t.proxy.ip(), true);
+        }
+        let (mut dialogs, mut calls) = (Holders::default(), Holders::default());
+        for d in self.dialogs.values() {
+            let (ip, outside) = d.holder();
+            dialogs.add(ip, outside);
+            if d.session {
+                calls.add(ip, outside);
+            }
+        }
+        let mut bindings = Holders::default();
+        for b in self.bindings.values() {
+            bindings.add(b.phone.ip(), false);
+        }
+        let drifted = tx != self.tx_holders
+            || dialogs != self.dialog_holders
+            || calls != self.call_holders
+            || bindings != self.binding_holders;
+        if drifted {
+            tracing::warn!("table holder counts drifted from the tables; recounted");
+        }
+        self.tx_holders = tx;
+        self.dialog_holders = dialogs;
+        self.call_holders = calls;
+        self.binding_holders = bindings;
+    }
+
+    /// A server transaction got its final response at `now`.
+    pub(crate) fn settle_server(&mut self, key: &(String, Vec<u8>), now: Instant) {
+        if let Some(tx) = self.server.get_mut(key) {
+            if tx.final_at.is_none() {
+                tx.final_at = Some(now);
+                self.tx_holders.remove(tx.proxy.ip(), true);
+            }
+        }
+    }
+
     /// Calls (early or confirmed) that count against `aor`.
     pub(crate) fn sessions_of(&self, aor: &[u8]) -> usize {
         self.sessions_by_aor.get(aor).copied().unwrap_or(0)
@@ -337,7 +457,17 @@ impl Tables {
         if d.session {
             *self.sessions_by_aor.entry(d.aor.clone()).or_default() += 1;
         }
+        let (ip, outside) = d.holder();
+        self.dialog_holders.add(ip, outside);
+        if d.session {
+            self.call_holders.add(ip, outside);
+        }
         if let Some(old) = self.dialogs.insert(key, d) {
+            let (ip, outside) = old.holder();
+            self.dialog_holders.remove(ip, outside);
+            if old.session {
+                self.call_holders.remove(ip, outside);
+            }
             self.forget_session(&old);
         }
     }
@@ -345,6 +475,11 @@ impl Tables {
     pub(crate) fn remove_dialog(&mut self, key: &DialogKey) -> Option<Dialog> {
         let d = self.dialogs.remove(key)?;
         self.call_ids.remove(&d.inside_call_id);
+        let (ip, outside) = d.holder();
+        self.dialog_holders.remove(ip, outside);
+        if d.session {
+            self.call_holders.remove(ip, outside);
+        }
         self.forget_session(&d);
         Some(d)
     }
@@ -377,11 +512,13 @@ impl Tables {
             .entry(b.aor.clone())
             .or_default()
             .push(token.clone());
+        self.binding_holders.add(b.phone.ip(), false);
         self.bindings.insert(token, b);
     }
 
     pub(crate) fn remove_binding(&mut self, token: &str) -> Option<Binding> {
         let b = self.bindings.remove(token)?;
+        self.binding_holders.remove(b.phone.ip(), false);
         if let Some(tokens) = self.tokens_by_aor.get_mut(&b.aor) {
             tokens.retain(|t| t != token);
             if tokens.is_empty() {
@@ -433,6 +570,207 @@ impl Tables {
     }
 }
 
+/// Who holds the entries of one bounded table: a count per source address and for the
+/// outside direction, kept as entries come and go, so that admission costs a lookup.
+/// For the transaction table only the transactions still waiting for their answer are
+/// counted (the rest are settled: they only absorb retransmissions).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Holders {
+    by_source: HashMap<IpAddr, usize>,
+    outside: usize,
+    total: usize,
+}
+
+/// How a table's room is shared (from `ProtectionOptions`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SharePolicy {
+    /// Part of the table only requests inside established dialogs may use.
+    pub(crate) reserve: f64,
+    /// Entries every source may hold, whatever its fair share.
+    pub(crate) floor: usize,
+    /// Part of the new-request room outside sources may hold together.
+    pub(crate) outside_share: f64,
+}
+
+/// Who asks for an entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claimant {
+    pub(crate) source: IpAddr,
+    pub(crate) outside: bool,
+    /// Exempt from per-source limits (the upstream proxy): no per-source share, but
+    /// the outside share still binds it.
+    pub(crate) exempt: bool,
+    /// The request belongs to an established dialog (or cancels a pending INVITE).
+    pub(crate) in_dialog: bool,
+}
+
+/// The verdict on a claim for one more entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Room {
+    Granted,
+    /// The room for new requests is full and the claimant under its fair share: a
+    /// settled entry (`Settled`) or one of a source over its share may make room.
+    Evict(Victim),
+    Refused(Refusal),
+}
+
+/// Why a claim for an entry is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The table is at its limit.
+    Full,
+    /// The room for new requests is full and nothing can be given up for this claim.
+    FullForNew,
+    /// The outside sources together hold their share.
+    OutsideShare,
+    /// The source holds its fair share.
+    SourceShare,
+}
+
+impl Refusal {
+    /// The words after the table's name, in a Warning and an event.
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Refusal::Full => "table full",
+            Refusal::FullForNew => "table full for new requests",
+            Refusal::OutsideShare => "table: outside share reached",
+            Refusal::SourceShare => "table: source over its fair share",
+        }
+    }
+
+    /// A share refused it rather than the table's size.
+    pub(crate) fn is_share(self) -> bool {
+        matches!(self, Refusal::OutsideShare | Refusal::SourceShare)
+    }
+}
+
+/// Whose entry makes room (see `Room::Evict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Victim {
+    /// The oldest entry that no longer waits for anything (a settled transaction).
+    Settled,
+    /// The oldest entry of this source, which holds more than its fair share.
+    Holder(IpAddr),
+}
+
+impl Holders {
+    pub(crate) fn add(&mut self, source: IpAddr, outside: bool) {
+        *self.by_source.entry(source).or_default() += 1;
+        self.total += 1;
+        if outside {
+            self.outside += 1;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, source: IpAddr, outside: bool) {
+        if let Some(n) = self.by_source.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+        }
+        self.total = self.total.saturating_sub(1);
+        if outside {
+            self.outside = self.outside.saturating_sub(1);
+        }
+    }
+
+    pub(crate) fn held_by(&self, source: IpAddr) -> usize {
+        self.by_source.get(&source).copied().unwrap_or(0)
+    }
+
+    /// Whether one more entry fits in a table of `cap` entries holding `entries` now
+    /// (settled ones included). The policy:
+    /// - the whole table is for everyone; its last `reserve` part only for requests in
+    ///   established dialogs, so a BYE never meets a table filled by new requests;
+    /// - the outside sources together hold at most `outside_share` of the new-request
+    ///   room, so no outside flood (spoofed from the exempt proxy or not) takes it all;
+    /// - once the table is half full, a source may hold at most its fair share, the
+    ///   new-request room divided among the sources holding entries (itself counted),
+    ///   and never less than `floor`;
+    /// - when the new-request room is full anyway (the sources came one after another,
+    ///   each within the share of its time), a claimant under its fair share takes the
+    ///   place of a settled entry, or else of an entry of the largest holder over its
+    ///   own (`Evict`), so that the first to fill a table do not keep it.
+    ///
+    /// Cost: a few lookups; only a claim on a full table scans the holders (at most one
+    /// per entry) for the largest.
+    pub(crate) fn room(
+        &self,
+        cap: usize,
+        entries: usize,
+        claim: Claimant,
+        policy: SharePolicy,
+        exempt: impl Fn(IpAddr) -> bool,
+    ) -> Room {
+        if entries >= cap {
+            return Room::Refused(Refusal::Full);
+        }
+        if claim.in_dialog {
+            return Room::Granted;
+        }
+        let reserved = (cap as f64 * policy.reserve.clamp(0.0, 1.0)).ceil() as usize;
+        let usable = cap.saturating_sub(reserved).max(1);
+        if claim.outside {
+            let outside_room =
+                ((usable as f64 * policy.outside_share.clamp(0.0, 1.0)) as usize).max(1);
+            if self.outside >= outside_room {
+                return Room::Refused(Refusal::OutsideShare);
+            }
+        }
+        let held = self.held_by(claim.source);
+        let holders = self.by_source.len() + usize::from(held == 0);
+        let share = (usable / holders.max(1)).max(policy.floor);
+        // Shares bind once the table is half full: before that nobody waits for room,
+        // and a busy source (a PBX) is not held to the count of quiet ones.
+        let contended = entries >= usable / 2;
+        if contended && !claim.exempt && held >= share {
+            return Room::Refused(Refusal::SourceShare);
+        }
+        if entries < usable {
+            return Room::Granted;
+        }
+        // The claimant is under its share here (or exempt, bound by the outside share).
+        if entries > self.total {
+            return Room::Evict(Victim::Settled);
+        }
+        let largest = self
+            .by_source
+            .iter()
+            .filter(|(ip, n)| **n > share && !exempt(**ip))
+            .max_by_key(|(_, n)| **n)
+            .map(|(ip, _)| *ip);
+        match largest {
+            Some(ip) if ip != claim.source => Room::Evict(Victim::Holder(ip)),
+            _ => Room::Refused(Refusal::FullForNew),
+        }
+    }
+}
+
+impl Holders {
+    /// `room` for a table whose entries are not given up for a newcomer (calls,
+    /// subscriptions, bindings). Its reserved part is then the newcomers' room: once
+    /// the rest is full, a source holding fewer than `floor` entries may still take
+    /// one there, so the sources that came first cannot keep everyone else out.
+    pub(crate) fn room_kept(
+        &self,
+        cap: usize,
+        claim: Claimant,
+        policy: SharePolicy,
+        exempt: impl Fn(IpAddr) -> bool,
+    ) -> Room {
+        match self.room(cap, self.total, claim, policy, exempt) {
+            Room::Evict(_) | Room::Refused(Refusal::FullForNew)
+                if self.held_by(claim.source) < policy.floor =>
+            {
+                Room::Granted
+            }
+            Room::Evict(_) => Room::Refused(Refusal::FullForNew),
+            other => other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     // A test needs a starting instant; the core itself never reads the clock.
@@ -460,5 +798,132 @@ mod tests {
         assert_eq!(kept.order.len(), MAX_COMPLETED);
         assert!(kept.get(&key(1)).is_none(), "the oldest goes first");
         assert!(kept.get(&key(MAX_COMPLETED + 1)).is_some());
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    fn claim(n: u8) -> Claimant {
+        Claimant {
+            source: ip(n),
+            outside: false,
+            exempt: false,
+            in_dialog: false,
+        }
+    }
+
+    const POLICY: SharePolicy = SharePolicy {
+        reserve: 0.1,
+        floor: 2,
+        outside_share: 0.5,
+    };
+
+    fn holding(counts: &[(u8, usize)]) -> Holders {
+        let mut h = Holders::default();
+        for &(n, count) in counts {
+            for _ in 0..count {
+                h.add(ip(n), false);
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn shares_bind_only_once_the_table_is_half_full() {
+        let none = |_: IpAddr| false;
+        // A busy source among quiet ones, the table far from full: granted.
+        let h = holding(&[(1, 30), (2, 1), (3, 1), (4, 1)]);
+        assert_eq!(h.room(100, 33, claim(1), POLICY, none), Room::Granted);
+        // Half full: its share is 90 / 4 = 22.
+        let h = holding(&[(1, 45), (2, 1), (3, 1), (4, 1)]);
+        assert_eq!(
+            h.room(100, 48, claim(1), POLICY, none),
+            Room::Refused(Refusal::SourceShare)
+        );
+        assert_eq!(h.room(100, 48, claim(2), POLICY, none), Room::Granted);
+    }
+
+    #[test]
+    fn a_full_room_is_made_by_a_settled_entry_or_the_largest_holder_over_its_share() {
+        let none = |_: IpAddr| false;
+        let h = holding(&[(1, 60), (2, 30)]);
+        // 90 pending and 5 settled entries: a newcomer takes a settled one's place...
+        assert_eq!(
+            h.room(100, 95, claim(3), POLICY, none),
+            Room::Evict(Victim::Settled)
+        );
+        // ...and without settled ones, one of the largest holder's (share 30).
+        assert_eq!(
+            h.room(100, 90, claim(3), POLICY, none),
+            Room::Evict(Victim::Holder(ip(1)))
+        );
+        // An exempt holder is not a victim.
+        let exempt = |a: IpAddr| a == ip(1);
+        assert_eq!(
+            h.room(100, 90, claim(3), POLICY, exempt),
+            Room::Refused(Refusal::FullForNew)
+        );
+        // Under its share (45 between two), the second holder may take the first's
+        // place; over its own, the first makes no room for itself.
+        assert_eq!(
+            h.room(100, 90, claim(2), POLICY, none),
+            Room::Evict(Victim::Holder(ip(1)))
+        );
+        assert_eq!(
+            h.room(100, 90, claim(1), POLICY, none),
+            Room::Refused(Refusal::SourceShare)
+        );
+    }
+
+    #[test]
+    fn the_reserve_is_for_dialogs_and_the_cap_for_everyone() {
+        let none = |_: IpAddr| false;
+        let h = holding(&[(1, 95)]);
+        let in_dialog = Claimant {
+            in_dialog: true,
+            ..claim(1)
+        };
+        assert_eq!(h.room(100, 95, in_dialog, POLICY, none), Room::Granted);
+        assert_eq!(
+            h.room(100, 95, claim(1), POLICY, none),
+            Room::Refused(Refusal::SourceShare)
+        );
+        assert_eq!(
+            h.room(100, 100, in_dialog, POLICY, none),
+            Room::Refused(Refusal::Full)
+        );
+        // Where nothing is given up, the reserve is the newcomers' room.
+        assert_eq!(h.room_kept(100, claim(2), POLICY, none), Room::Granted);
+        let mut h = h;
+        h.add(ip(2), false);
+        h.add(ip(2), false);
+        assert_eq!(
+            h.room_kept(100, claim(2), POLICY, none),
+            Room::Refused(Refusal::FullForNew),
+            "at its floor, a newcomer no longer"
+        );
+    }
+
+    #[test]
+    fn outside_sources_together_hold_at_most_their_share() {
+        let mut h = Holders::default();
+        for _ in 0..45 {
+            h.add(ip(200), true);
+        }
+        let proxy = Claimant {
+            source: ip(200),
+            outside: true,
+            exempt: true,
+            in_dialog: false,
+        };
+        let exempt = |a: IpAddr| a == ip(200);
+        assert_eq!(
+            h.room(100, 45, proxy, POLICY, exempt),
+            Room::Refused(Refusal::OutsideShare)
+        );
+        assert_eq!(h.room(100, 45, claim(1), POLICY, exempt), Room::Granted);
+        h.remove(ip(200), true);
+        assert_eq!(h.room(100, 44, proxy, POLICY, exempt), Room::Granted);
     }
 }

@@ -329,3 +329,429 @@ fn responses_with_quoted_display_names_are_restored() {
         "{t}"
     );
 }
+
+/// A request outside any dialog (`method`: OPTIONS, SUBSCRIBE...) from `from`, number `n`.
+fn new_request(method: &str, from: &str, n: u32) -> String {
+    let host = from.split(':').next().unwrap();
+    let event = if method == "SUBSCRIBE" {
+        "Event: presence\r\nExpires: 600\r\nContact: <sip:x@".to_string() + from + ">\r\n"
+    } else {
+        String::new()
+    };
+    format!(
+        "{method} sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKnew{n}\r\nMax-Forwards: 70\r\nFrom: <sip:x@{host}>;tag=t{n}\r\nTo: <sip:bob@10.0.0.1>\r\nCall-ID: new-{n}@{host}\r\nCSeq: 1 {method}\r\n{event}Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn status_of(t: &sipward_core::Transmit) -> String {
+    text(t).lines().next().unwrap_or_default().to_string()
+}
+
+/// An established call of PHONE (dialog e1): the INVITE forwarded and answered 200.
+fn established_call(net: &mut Net) {
+    let fwd = text(&net.phone_sends(&invite("e1", "z9hG4bKe1")));
+    net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+    ));
+}
+
+const BYE_E1: &str = "BYE sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKbyee1\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-e1\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b1\r\nCall-ID: e1@10.0.0.20\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+
+/// Issue 17, defect 4: twenty sources each send 100 OPTIONS (within their burst) to a
+/// proxy that never answers, more than the transaction table holds. The table is not
+/// theirs: the phone still registers, the established call's BYE goes through, the
+/// refusals are 503 with `overload` events, and the table never passes its cap.
+#[test]
+fn many_sources_cannot_keep_the_transaction_table_from_phones_and_dialogs() {
+    let mut cfg = config(AlgOptions {
+        max_transactions: 1000,
+        ..AlgOptions::default()
+    });
+    cfg.protection.table_share_floor = 8;
+    let mut net = Net {
+        gw: Gateway::new(cfg),
+        now: Instant::now(),
+    };
+    established_call(&mut net);
+    let (mut refused, mut evicted) = (0, 0);
+    for source in 0..20u32 {
+        let from = format!("10.0.0.{}:5062", 100 + source);
+        for n in 0..100 {
+            let out = net.deliver(LAN, &from, &new_request("OPTIONS", &from, source * 100 + n));
+            // Forwarded (and perhaps another source's transaction ended to make room),
+            // or answered 503.
+            let answered: Vec<_> = out.iter().filter(|t| t.remote == addr(&from)).collect();
+            for t in out
+                .iter()
+                .filter(|t| t.remote != addr(&from) && t.remote != addr(PROXY))
+            {
+                // Another source's transaction ended for room: its sender hears why.
+                assert!(status_of(t).starts_with("SIP/2.0 503"), "{}", text(t));
+                assert!(text(t).contains("fair share"), "{}", text(t));
+                evicted += 1;
+            }
+            if let Some(t) = answered.first() {
+                assert!(status_of(t).starts_with("SIP/2.0 503"), "{}", text(t));
+                refused += 1;
+            } else {
+                assert!(out.iter().any(|t| t.remote == addr(PROXY)));
+            }
+        }
+        assert!(net.gw.transactions() <= 1000);
+        net.now += Duration::from_millis(50);
+    }
+    assert!(refused > 0, "the sources filled the table unhindered");
+    assert!(evicted > 0, "the later sources found no room");
+    assert!(net.gw.bans(net.now).is_empty(), "nobody flooded");
+    // The phone registers...
+    let reg = net.deliver(LAN, PHONE, &register(1, 3600));
+    assert!(
+        reg.iter().any(|t| t.remote == addr(PROXY)),
+        "REGISTER not forwarded: {:?}",
+        reg.iter().map(status_of).collect::<Vec<_>>()
+    );
+    // ...and the call in progress hangs up.
+    let bye = net.deliver(LAN, PHONE, BYE_E1);
+    assert!(
+        bye.iter().any(|t| t.remote == addr(PROXY)),
+        "BYE not forwarded: {:?}",
+        bye.iter().map(status_of).collect::<Vec<_>>()
+    );
+    assert!(net.gw.transactions() <= 1000);
+    let c = net.gw.counters();
+    assert!(c.refused_share > 0 && c.evicted_transactions > 0, "{c:?}");
+    assert!(events(&mut net)
+        .iter()
+        .any(|e| e.kind == EventKind::Overload && e.reason.contains("fair share")));
+}
+
+/// The room kept for dialogs: new requests from one source stop short of the cap, and
+/// a BYE still finds room.
+#[test]
+fn requests_in_established_dialogs_keep_room_new_requests_cannot_take() {
+    let mut cfg = config(AlgOptions {
+        max_transactions: 100,
+        ..AlgOptions::default()
+    });
+    cfg.protection.table_share_floor = 1000;
+    let mut net = Net {
+        gw: Gateway::new(cfg),
+        now: Instant::now(),
+    };
+    established_call(&mut net);
+    let from = "10.0.0.30:5062";
+    let mut forwarded = 0;
+    for n in 0..100 {
+        let out = net.deliver(LAN, from, &new_request("OPTIONS", from, n));
+        forwarded += out.iter().filter(|t| t.remote == addr(PROXY)).count();
+    }
+    // 10 % kept: 90 entries for new requests (the call's answered INVITE, kept only
+    // for retransmissions, gave its place up).
+    assert_eq!(forwarded, 90);
+    assert_eq!(net.gw.transactions(), 90);
+    let bye = net.phone_sends(BYE_E1);
+    assert_eq!(bye.remote, addr(PROXY));
+}
+
+/// Non-INVITE transactions end at Timer F (32 s), not at the 180 s request-response
+/// timeout: an unanswered OPTIONS is answered 408 and its entry freed; an INVITE waits.
+#[test]
+fn unanswered_non_invite_transactions_end_at_timer_f() {
+    let mut net = Net::new(AlgOptions::default());
+    net.phone_sends(&new_request("OPTIONS", PHONE, 1));
+    net.phone_sends(&invite("ring", "z9hG4bKring"));
+    assert_eq!(net.gw.transactions(), 2);
+    let out = net.advance(Duration::from_secs(33));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(status_of(&out[0]).starts_with("SIP/2.0 408"));
+    assert!(text(&out[0]).contains("CSeq: 1 OPTIONS"));
+    assert_eq!(net.gw.transactions(), 1, "the INVITE still rings");
+}
+
+/// Issue 17: admission counts every new request, not only INVITE and REGISTER.
+#[test]
+fn every_new_request_counts_in_admission() {
+    let mut net = net_with(ProtectionOptions {
+        admission: sipward_core::Rate {
+            per_second: 5.0,
+            burst: 5.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    for (n, method) in ["OPTIONS", "MESSAGE", "SUBSCRIBE", "PUBLISH", "OPTIONS"]
+        .iter()
+        .enumerate()
+    {
+        let out = net.deliver(
+            LAN,
+            OTHER_PHONE,
+            &new_request(method, OTHER_PHONE, n as u32),
+        );
+        assert_eq!(out[0].remote, addr(PROXY), "{method}");
+    }
+    let refused = net.deliver(LAN, OTHER_PHONE, &new_request("OPTIONS", OTHER_PHONE, 9));
+    assert!(status_of(&refused[0]).starts_with("SIP/2.0 503"));
+    assert_eq!(net.gw.counters().overloaded, 1);
+}
+
+/// Issue 17, defect 5: a flood of new INVITEs from the proxy's address (exempt from
+/// per-source limits, and spoofable) spends the outside admission budget only: the
+/// phones' calls keep theirs.
+#[test]
+fn an_outside_flood_does_not_take_the_inside_admission_budget() {
+    let rate = sipward_core::Rate {
+        per_second: 5.0,
+        burst: 5.0,
+    };
+    let mut net = net_with(ProtectionOptions {
+        admission: rate,
+        outside_admission: rate,
+        exempt: vec!["203.0.113.10/32".parse().unwrap()],
+        ..ProtectionOptions::default()
+    });
+    let flood = |n: u32| {
+        format!(
+            "INVITE sip:nobody@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKfl{n}\r\nMax-Forwards: 70\r\nFrom: <sip:x@203.0.113.10>;tag=f{n}\r\nTo: <sip:nobody@203.0.113.1>\r\nCall-ID: fl-{n}@203.0.113.10\r\nCSeq: 1 INVITE\r\nContact: <sip:x@203.0.113.10>\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mut overloaded = 0;
+    for n in 0..50 {
+        let out = net.deliver(WAN, PROXY, &flood(n));
+        overloaded += out
+            .iter()
+            .filter(|t| status_of(t).starts_with("SIP/2.0 503"))
+            .count();
+    }
+    assert_eq!(overloaded, 45, "the outside budget still binds the flood");
+    for i in 0..5 {
+        let out = net.deliver(
+            LAN,
+            OTHER_PHONE,
+            &invite(&format!("in{i}"), &format!("z9hG4bKin{i}")),
+        );
+        assert_eq!(out[0].remote, addr(PROXY), "inside call {i} refused");
+    }
+    let c = net.gw.counters();
+    assert_eq!((c.overloaded, c.overloaded_outside), (45, 45));
+}
+
+/// The outside sources together hold at most their share of a table, so inside
+/// callers keep the rest; an outside flood is answered 503 with an event.
+#[test]
+fn outside_requests_hold_at_most_their_share_of_the_table() {
+    let mut cfg = config(AlgOptions {
+        max_transactions: 100,
+        ..AlgOptions::default()
+    });
+    cfg.protection.exempt = vec!["203.0.113.10/32".parse().unwrap()];
+    let mut net = Net {
+        gw: Gateway::new(cfg),
+        now: Instant::now(),
+    };
+    let fwd = registered(&mut net, 3600);
+    let contact = header(&fwd, "Contact").unwrap();
+    let uri = contact.split('>').next().unwrap().trim_start_matches('<');
+    let mut to_phone = 0;
+    let mut refused = 0;
+    for n in 0..60 {
+        let req = format!(
+            "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKo{n}\r\nMax-Forwards: 70\r\nFrom: <sip:x@203.0.113.10>;tag=o{n}\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: o-{n}@203.0.113.10\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        for t in net.deliver(WAN, PROXY, &req) {
+            if t.remote == addr(PHONE) {
+                to_phone += 1;
+            } else if status_of(&t).starts_with("SIP/2.0 503") {
+                refused += 1;
+            }
+        }
+    }
+    // Half of the 90 entries for new requests.
+    assert_eq!((to_phone, refused), (45, 15));
+    for n in 0..40 {
+        let out = net.deliver(LAN, OTHER_PHONE, &new_request("OPTIONS", OTHER_PHONE, n));
+        assert_eq!(out[0].remote, addr(PROXY), "inside request {n} refused");
+    }
+    assert!(events(&mut net)
+        .iter()
+        .any(|e| e.kind == EventKind::Overload && e.reason.contains("outside share")));
+}
+
+/// Sibling: subscriptions are dialogs too, bounded by the dialog table and its shares
+/// (only INVITEs were checked).
+#[test]
+fn subscriptions_count_against_the_dialog_table() {
+    let mut cfg = config(AlgOptions {
+        max_dialogs: 40,
+        ..AlgOptions::default()
+    });
+    cfg.protection.table_share_floor = 4;
+    let mut net = Net {
+        gw: Gateway::new(cfg),
+        now: Instant::now(),
+    };
+    let mut created = 0;
+    for n in 0..60 {
+        let out = net.deliver(LAN, OTHER_PHONE, &new_request("SUBSCRIBE", OTHER_PHONE, n));
+        created += out.iter().filter(|t| t.remote == addr(PROXY)).count();
+    }
+    assert_eq!(
+        created, 36,
+        "one source fills no more than the room for new dialogs"
+    );
+    // Another phone still gets its call through.
+    let out = net.deliver(LAN, PHONE, &invite("c1", "z9hG4bKc1"));
+    assert_eq!(out[0].remote, addr(PROXY));
+}
+
+/// Sibling: media ports. Each call holds a pair on each side and the pools are smaller
+/// than the dialog table: one source placing calls that nobody answers must leave
+/// ports for the other phones.
+#[test]
+fn one_source_cannot_take_every_media_port() {
+    let mut net = Net::with_media(
+        AlgOptions {
+            max_sessions_per_id: 1000,
+            ..AlgOptions::default()
+        },
+        20,
+    );
+    let mut cfg = net.gw.config().clone();
+    cfg.protection.table_share_floor = 4;
+    net.gw.reconfigure(cfg).unwrap();
+    let mut placed = 0;
+    for n in 0..30 {
+        let out = net.deliver(
+            LAN,
+            OTHER_PHONE,
+            &invite(&format!("h{n}"), &format!("z9hG4bKh{n}")),
+        );
+        placed += out.iter().filter(|t| t.remote == addr(PROXY)).count();
+    }
+    // 20 pairs, 10 % of them for newcomers.
+    assert_eq!(placed, 18);
+    let out = net.deliver(LAN, PHONE, &invite("mine", "z9hG4bKmine"));
+    assert_eq!(out[0].remote, addr(PROXY), "{}", text(&out[0]));
+    assert!(events(&mut net)
+        .iter()
+        .any(|e| e.kind == EventKind::Overload && e.reason.contains("media port")));
+}
+
+/// Sibling: the per-source table. Once full, sources seen earlier that have gone quiet
+/// make room, so a later flooder is tracked (and banned) instead of going unlimited.
+#[test]
+fn a_full_source_table_makes_room_for_a_new_flooder() {
+    let mut net = net_with(ProtectionOptions {
+        max_tracked_sources: 10,
+        ..ProtectionOptions::default()
+    });
+    for i in 0..10u32 {
+        let from = format!("10.0.0.{}:5062", 100 + i);
+        net.deliver(LAN, &from, &new_request("OPTIONS", &from, i));
+    }
+    assert_eq!(net.gw.tracked_sources(), 10);
+    net.now += Duration::from_secs(10);
+    let flooder = "10.0.0.200:5062";
+    for n in 0..200 {
+        net.deliver(LAN, flooder, &new_request("OPTIONS", flooder, 1000 + n));
+    }
+    assert!(
+        net.gw.bans(net.now).iter().any(|b| b.source == ip(flooder)),
+        "the flooder went unlimited"
+    );
+    assert!(net.gw.tracked_sources() <= 10);
+}
+
+/// The reserved room is for dialogs the gateway holds: requests with a made-up To-tag
+/// are new requests, and cannot fill it ahead of a real BYE.
+#[test]
+fn a_forged_to_tag_does_not_open_the_reserved_room() {
+    let mut cfg = config(AlgOptions {
+        max_transactions: 100,
+        ..AlgOptions::default()
+    });
+    cfg.protection.table_share_floor = 1000;
+    let mut net = Net {
+        gw: Gateway::new(cfg),
+        now: Instant::now(),
+    };
+    established_call(&mut net);
+    let from = "10.0.0.30:5062";
+    for n in 0..100 {
+        let forged = new_request("OPTIONS", from, n).replace(
+            "To: <sip:bob@10.0.0.1>",
+            &format!("To: <sip:bob@10.0.0.1>;tag=forged{n}"),
+        );
+        net.deliver(LAN, from, &forged);
+    }
+    assert!(net.gw.transactions() <= 90, "{}", net.gw.transactions());
+    let bye = net.phone_sends(BYE_E1);
+    assert_eq!(bye.remote, addr(PROXY));
+}
+
+/// A few sources, each within its own limits, drain the shared admission budget: a
+/// quarter of it stays for light sources (those that sent little of late), so a phone
+/// that sends one REGISTER still gets in.
+#[test]
+fn heavy_sources_draining_admission_leave_a_part_for_light_sources() {
+    let mut net = net_with(ProtectionOptions {
+        admission: sipward_core::Rate {
+            per_second: 100.0,
+            burst: 100.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    let mut admitted = 0;
+    for source in 0..4u32 {
+        let from = format!("10.0.0.{}:5062", 100 + source);
+        for n in 0..50 {
+            let call = format!("h{source}x{n}");
+            let out = net.deliver(LAN, &from, &invite(&call, &format!("z9hG4bK{call}")));
+            admitted += out.iter().filter(|t| t.remote == addr(PROXY)).count();
+        }
+    }
+    // Each source's first ten are light and may take any token; the rest stop at the
+    // quarter kept: 50 + (10 + 15) + 10 + 10.
+    assert_eq!(admitted, 95);
+    assert!(net.gw.bans(net.now).is_empty());
+    let reg = net.deliver(LAN, PHONE, &register(1, 3600));
+    assert_eq!(reg[0].remote, addr(PROXY), "{}", text(&reg[0]));
+}
+
+/// A made-up To-tag does not pass a request off as in-dialog around admission.
+#[test]
+fn a_forged_to_tag_counts_in_admission() {
+    let mut net = net_with(ProtectionOptions {
+        admission: sipward_core::Rate {
+            per_second: 5.0,
+            burst: 5.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    for n in 0..5 {
+        let forged = new_request("OPTIONS", OTHER_PHONE, n).replace(
+            "To: <sip:bob@10.0.0.1>",
+            "To: <sip:bob@10.0.0.1>;tag=forged",
+        );
+        let out = net.deliver(LAN, OTHER_PHONE, &forged);
+        assert_eq!(out[0].remote, addr(PROXY));
+    }
+    let refused = net.deliver(LAN, OTHER_PHONE, &invite("late", "z9hG4bKlate"));
+    assert!(
+        status_of(&refused[0]).starts_with("SIP/2.0 503"),
+        "{}",
+        text(&refused[0])
+    );
+    // A real dialog's requests still go around admission.
+    let mut net = net_with(ProtectionOptions {
+        admission: sipward_core::Rate {
+            per_second: 1.0,
+            burst: 1.0,
+        },
+        ..ProtectionOptions::default()
+    });
+    established_call(&mut net);
+    assert_eq!(net.phone_sends(BYE_E1).remote, addr(PROXY));
+}

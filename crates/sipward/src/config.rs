@@ -157,6 +157,13 @@ struct ProtectionSection {
     responses_burst: Option<f64>,
     admission_per_second: Option<f64>,
     admission_burst: Option<f64>,
+    /// The outside direction's own admission budget; default: the same as inside's.
+    outside_admission_per_second: Option<f64>,
+    outside_admission_burst: Option<f64>,
+    /// Fair shares of the bounded tables (see the README's [protection] block).
+    table_reserve: Option<Spanned<f64>>,
+    table_share_floor: Option<Spanned<usize>>,
+    outside_table_share: Option<Spanned<f64>>,
     retry_after: Option<u32>,
     /// Address objects exempt from per-source limits; default: the nat rules'
     /// destinations (the upstream proxy carries everyone's traffic).
@@ -789,6 +796,30 @@ impl Config {
             }
             Ok(r)
         };
+        let admission = rate(
+            p.admission_per_second,
+            p.admission_burst,
+            d.admission,
+            "admission",
+        )?;
+        let fraction = |v: &Option<Spanned<f64>>, key: &str, low: f64, high: f64, dflt: f64| match v
+        {
+            None => Ok(dflt),
+            Some(v) if (low..=high).contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err(anyhow!(
+                "{}: protection {key} {}: expected a fraction from {low} to {high}",
+                self.at(origin, v),
+                v.get_ref()
+            )),
+        };
+        let table_share_floor = match &p.table_share_floor {
+            None => d.table_share_floor,
+            Some(v) if *v.get_ref() >= 1 => *v.get_ref(),
+            Some(v) => bail!(
+                "{}: protection table_share_floor 0: every source must be able to hold an entry",
+                self.at(origin, v)
+            ),
+        };
         Ok(ProtectionOptions {
             max_register_failures: p
                 .max_register_failures
@@ -821,11 +852,21 @@ impl Config {
                 "responses",
             )?,
             exempt,
-            admission: rate(
-                p.admission_per_second,
-                p.admission_burst,
-                d.admission,
-                "admission",
+            outside_admission: rate(
+                p.outside_admission_per_second,
+                p.outside_admission_burst,
+                admission,
+                "outside_admission",
+            )?,
+            admission,
+            table_reserve: fraction(&p.table_reserve, "table_reserve", 0.0, 0.5, d.table_reserve)?,
+            table_share_floor,
+            outside_table_share: fraction(
+                &p.outside_table_share,
+                "outside_table_share",
+                0.05,
+                1.0,
+                d.outside_table_share,
             )?,
             retry_after: p.retry_after.unwrap_or(d.retry_after),
             scanner_agents: p.scanner_agents.clone().unwrap_or(d.scanner_agents),
@@ -1015,5 +1056,45 @@ mod tests {
                 .starts_with(&format!("n.toml:{line}: interface \"lan\"")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn table_shares_and_outside_admission_are_read_and_range_checked() {
+        let compile = |tail: &str| {
+            let text = format!("{EMBEDDED_DEFAULT}\n[protection]\n{tail}");
+            Config::parse(&text, "p.toml")
+                .and_then(|c| c.compile("p.toml"))
+                .map(|c| c.protection)
+        };
+        let p = compile("").unwrap();
+        assert_eq!(p.outside_admission, p.admission);
+        assert_eq!(p.table_share_floor, 32);
+        let p = compile(
+            "admission_per_second = 300\noutside_admission_per_second = 50\n\
+             outside_admission_burst = 60\ntable_reserve = 0.2\ntable_share_floor = 4\n\
+             outside_table_share = 0.25\n",
+        )
+        .unwrap();
+        assert_eq!(p.admission.per_second, 300.0);
+        assert_eq!(
+            (p.outside_admission.per_second, p.outside_admission.burst),
+            (50.0, 60.0)
+        );
+        assert_eq!((p.table_reserve, p.table_share_floor), (0.2, 4));
+        assert_eq!(p.outside_table_share, 0.25);
+        // Defaults follow the inside budget when only it is set.
+        let p = compile("admission_per_second = 300\n").unwrap();
+        assert_eq!(p.outside_admission.per_second, 300.0);
+        for (bad, key) in [
+            ("table_reserve = 0.9", "table_reserve"),
+            ("table_reserve = -0.1", "table_reserve"),
+            ("table_share_floor = 0", "table_share_floor"),
+            ("outside_table_share = 0.0", "outside_table_share"),
+            ("outside_table_share = 1.5", "outside_table_share"),
+            ("outside_admission_per_second = 0", "outside_admission"),
+        ] {
+            let e = compile(bad).unwrap_err().to_string();
+            assert!(e.starts_with("p.toml:") && e.contains(key), "{bad}: {e}");
+        }
     }
 }
