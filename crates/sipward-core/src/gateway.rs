@@ -625,6 +625,18 @@ impl Gateway {
         self.send(at.local, at.remote, payload);
     }
 
+    /// 481: the dialog or transaction a request names is not known here.
+    fn answer_no_dialog(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
+        self.answer(
+            config,
+            at,
+            msg,
+            481,
+            "Call/Transaction Does Not Exist",
+            "no such dialog or transaction at this gateway",
+        );
+    }
+
     fn apply_rule<'c>(
         &mut self,
         config: &'c Config,
@@ -729,6 +741,17 @@ impl Gateway {
             }
         }
 
+        // An in-dialog request for a dialog the gateway does not hold cannot be
+        // translated (whose Call-ID, whose route set?): 481, RFC 3261 12.2.2. An ACK
+        // is never answered.
+        if !initial
+            && in_dialog.is_none()
+            && !matches!(method, MethodKind::Ack | MethodKind::Register)
+        {
+            self.counters.unknown_target += 1;
+            self.answer_no_dialog(config, at, msg);
+            return;
+        }
         let busy = (403, "Forbidden");
         if !self.within_state_limits(config, at, msg, method, initial, &aor, busy) {
             return;
@@ -1176,7 +1199,7 @@ impl Gateway {
                     d.aor.clone(),
                     d.token.clone(),
                 )
-            } else if let Some(b) = &binding {
+            } else if let Some(b) = binding.as_ref().filter(|_| initial) {
                 let t = token.clone().unwrap_or_default();
                 (
                     b.phone,
@@ -1187,14 +1210,20 @@ impl Gateway {
                 )
             } else {
                 self.counters.unknown_target += 1;
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    404,
-                    "Not Found",
-                    "no such user behind this gateway",
-                );
+                // A request inside a dialog (or a CANCEL) names state the gateway does
+                // not hold: RFC 3261 12.2.2 and 9.2 answer 481, not 404.
+                if !initial || method == MethodKind::Cancel {
+                    self.answer_no_dialog(config, at, msg);
+                } else {
+                    self.answer(
+                        config,
+                        at,
+                        msg,
+                        404,
+                        "Not Found",
+                        "no such user behind this gateway",
+                    );
+                }
                 return;
             };
         if !self.within_state_limits(config, at, msg, method, initial, &aor, (486, "Busy Here")) {
