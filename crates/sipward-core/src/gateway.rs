@@ -993,7 +993,11 @@ impl Gateway {
                     edits.replace(msg, f.value, &restored)?;
                 }
             }
-            if tx.register.is_none() {
+            // Only a response that makes or refreshes a dialog's target is anchored at
+            // the gateway; the Contacts of a redirect (3xx), a 485 or a 200 to OPTIONS
+            // are addresses for the phone to use itself and stay as the far end wrote
+            // them (they come from outside: nothing to hide).
+            if tx.register.is_none() && sets_dialog_target(tx.method, status) {
                 anchor_at_gateway(msg, &mut edits, &tx.lan_local.to_string())?;
             }
             if let Some(reg) = &tx.register {
@@ -1248,7 +1252,10 @@ impl Gateway {
             if let (Some(target), Some(uri)) = (&target, msg.request_uri()) {
                 edits.replace(msg, uri.raw(), target)?;
             }
-            anchor_at_gateway(msg, &mut edits, &lan_text)?;
+            // As for responses: only a dialog's target is the gateway's business.
+            if sets_dialog_target(method, 200) {
+                anchor_at_gateway(msg, &mut edits, &lan_text)?;
+            }
             if let Some(d) = inside_dialog {
                 // The far end speaks of the hidden call: give the phone back its own.
                 if let Some(f) = msg.header(HeaderName::CallId) {
@@ -1760,6 +1767,21 @@ fn creates_dialog(method: MethodKind) -> bool {
         method,
         MethodKind::Invite | MethodKind::Subscribe | MethodKind::Refer
     )
+}
+
+/// Whether a response's Contact is the target of a dialog the gateway keeps (and so is
+/// replaced by the gateway's own address): a 1xx/2xx to a dialog-making or target-refresh
+/// request (RFC 3261 12.1, 12.2; RFC 3311; RFC 6665).
+fn sets_dialog_target(method: MethodKind, status: u16) -> bool {
+    (101..300).contains(&status)
+        && matches!(
+            method,
+            MethodKind::Invite
+                | MethodKind::Subscribe
+                | MethodKind::Refer
+                | MethodKind::Update
+                | MethodKind::Notify
+        )
 }
 
 /// A NOTIFY that ends its subscription (RFC 6665 section 4.1.3).
