@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sipward_proto::Limits;
 
+pub use crate::hiding::LeakPolicy;
 pub use crate::media::Latching;
 use crate::protect::ProtectionOptions;
 
@@ -75,6 +76,9 @@ pub struct AlgOptions {
     pub max_registrations: usize,
     pub max_dialogs: usize,
     pub max_transactions: usize,
+    /// What happens to an outgoing outside datagram that still names an inside address
+    /// after every rewrite (the last line of defence).
+    pub leak_policy: LeakPolicy,
 }
 
 impl Default for AlgOptions {
@@ -91,6 +95,7 @@ impl Default for AlgOptions {
             max_registrations: 10_000,
             max_dialogs: 10_000,
             max_transactions: 20_000,
+            leak_policy: LeakPolicy::default(),
         }
     }
 }
@@ -155,6 +160,15 @@ impl Config {
             .iter()
             .filter(|z| z.inside)
             .any(|z| z.address.ip() == ip || z.networks.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// Whether an inside zone has IPv6 addresses (then outgoing text is scanned for
+    /// IPv6 forms too).
+    pub fn inside_has_ipv6(&self) -> bool {
+        self.zones
+            .iter()
+            .filter(|z| z.inside)
+            .any(|z| z.address.is_ipv6() || z.networks.iter().any(|n| matches!(n, IpNet::V6(_))))
     }
 
     /// First rule matching a datagram arriving in `zone` from `source` on `port`.

@@ -20,6 +20,7 @@ use sipward_proto::{
 
 use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
+use crate::hiding::{self, Inside, LeakPolicy, Names, Outside};
 use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
@@ -72,11 +73,14 @@ pub struct Counters {
     pub overloaded: u64,
     /// Calls ended because their media went idle (data-channel timeout).
     pub media_timeouts: u64,
+    /// Outgoing outside datagrams the last-line scan found inside addresses in (then
+    /// rewritten, trimmed or refused per `leak_policy`).
+    pub inside_address_leaks: u64,
 }
 
 impl Counters {
     /// Every counter by a stable name (the admin API's and the metrics' keys).
-    pub fn fields(&self) -> [(&'static str, u64); 22] {
+    pub fn fields(&self) -> [(&'static str, u64); 23] {
         [
             ("received", self.received),
             ("forwarded", self.forwarded),
@@ -100,6 +104,7 @@ impl Counters {
             ("dropped_filtered", self.dropped_filtered),
             ("overloaded", self.overloaded),
             ("media_timeouts", self.media_timeouts),
+            ("inside_address_leaks", self.inside_address_leaks),
         ]
     }
 }
@@ -341,7 +346,61 @@ impl Gateway {
         self.next_sweep
     }
 
-    fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
+    /// Sends a datagram; one leaving by an outside interface passes the last-line scan
+    /// first (false: it was refused).
+    fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) -> bool {
+        match self.outgoing(local, payload) {
+            Some(payload) => {
+                self.push(local, remote, payload);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The last line of defence: an outside datagram with inside address text left in it
+    /// is treated per `leak_policy`; `None` when it must not leave.
+    fn outgoing(&mut self, local: SocketAddr, payload: Vec<u8>) -> Option<Vec<u8>> {
+        let config = self.config.clone();
+        let outside_zone = config
+            .zone_of_local(local)
+            .and_then(|z| config.zone(z))
+            .is_some_and(|z| !z.inside);
+        if !outside_zone {
+            return Some(payload);
+        }
+        let is_inside = |ip: IpAddr| config.is_inside(ip);
+        let inside = Inside {
+            is_inside: &is_inside,
+            v6: config.inside_has_ipv6(),
+        };
+        let host_port = local.to_string();
+        let ip = local.ip().to_string();
+        let outside = Outside {
+            host_port: &host_port,
+            ip: &ip,
+        };
+        match hiding::clean_outgoing(
+            payload,
+            &inside,
+            &outside,
+            config.alg.leak_policy,
+            &config.alg.limits,
+        ) {
+            Ok(clean) => Some(clean),
+            Err(fixed) => {
+                self.counters.inside_address_leaks += 1;
+                tracing::warn!(
+                    policy = ?config.alg.leak_policy,
+                    sent = fixed.is_some(),
+                    "inside address text in an outgoing datagram"
+                );
+                fixed
+            }
+        }
+    }
+
+    fn push(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
         self.traffic.count(Flow::Out, &payload);
         self.out.push_back(Transmit {
             local,
@@ -625,6 +684,83 @@ impl Gateway {
         self.send(at.local, at.remote, payload);
     }
 
+    /// Inside to outside: the headers and body parts the path does not rewrite itself
+    /// lose their inside addresses (see `hiding`); Call-IDs named in Replaces and the
+    /// like become the hidden ones.
+    fn hide_unknown_out(
+        &self,
+        config: &Config,
+        msg: &Message<'_>,
+        edits: &mut Edits,
+        wan_local: SocketAddr,
+    ) -> Result<(), sipward_proto::EditError> {
+        let is_inside = |ip: IpAddr| config.is_inside(ip);
+        let inside = Inside {
+            is_inside: &is_inside,
+            v6: config.inside_has_ipv6(),
+        };
+        let host_port = wan_local.to_string();
+        let ip = wan_local.ip().to_string();
+        let outside = Outside {
+            host_port: &host_port,
+            ip: &ip,
+        };
+        let call_id = |id: &[u8]| {
+            self.tables
+                .call_ids
+                .get(id)
+                .map(|k| k.outside_call_id.clone())
+                .filter(|outside| outside.as_slice() != id)
+        };
+        // A registered phone is reached from outside by its binding's token.
+        let token = |ip: IpAddr, port: u16| {
+            let bindings = self.tables.bindings();
+            let exact = bindings
+                .iter()
+                .find(|(_, b)| b.phone == SocketAddr::new(ip, port));
+            exact
+                .or_else(|| bindings.iter().find(|(_, b)| b.phone.ip() == ip))
+                .map(|(t, _)| t.clone())
+        };
+        let names = Names {
+            call_id: &call_id,
+            token: &token,
+        };
+        let done = hiding::translate_call_ids(msg, edits, &names)?;
+        hiding::hide_unknown(msg, edits, &inside, &outside, &names, &done)
+    }
+
+    /// Outside to inside: Call-IDs named in Replaces, Join, Target-Dialog, In-Reply-To
+    /// and a Refer-To's Replaces become the ones `phone` knows.
+    fn translate_call_ids_in(
+        &self,
+        msg: &Message<'_>,
+        edits: &mut Edits,
+        phone: SocketAddr,
+    ) -> Result<(), sipward_proto::EditError> {
+        let call_id = |id: &[u8]| {
+            let mut held = [true, false].into_iter().filter_map(|originated_inside| {
+                self.tables.dialogs.get(&DialogKey {
+                    outside_call_id: id.to_vec(),
+                    originated_inside,
+                })
+            });
+            let first = held.next()?;
+            let second = held.next();
+            let d = match second {
+                Some(other) if other.phone == phone && first.phone != phone => other,
+                _ => first,
+            };
+            (d.inside_call_id.as_slice() != id).then(|| d.inside_call_id.clone())
+        };
+        let token = |_: IpAddr, _: u16| None;
+        let names = Names {
+            call_id: &call_id,
+            token: &token,
+        };
+        hiding::translate_call_ids(msg, edits, &names).map(|_| ())
+    }
+
     /// 481: the dialog or transaction a request names is not known here.
     fn answer_no_dialog(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
         self.answer(
@@ -876,6 +1012,13 @@ impl Gateway {
             self.counters.edit_failures += 1;
             return;
         }
+        if self
+            .hide_unknown_out(config, msg, &mut edits, wan_local)
+            .is_err()
+        {
+            self.counters.edit_failures += 1;
+            return;
+        }
         let passage = SdpPassage {
             call: &tx_dialog.media_id(),
             from: Side::Inside,
@@ -893,6 +1036,19 @@ impl Gateway {
                 self.counters.edit_failures += 1;
                 return;
             }
+        };
+        let Some(payload) = self.outgoing(wan_local, payload) else {
+            if config.alg.leak_policy == LeakPolicy::Refuse {
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    500,
+                    "Server Internal Error",
+                    "request would reveal inside addresses",
+                );
+            }
+            return;
         };
 
         // Remember the way back.
@@ -952,7 +1108,7 @@ impl Gateway {
             self.end_subscription(&tx_dialog);
         }
         self.counters.forwarded += 1;
-        self.send(wan_local, next_hop, payload);
+        self.push(wan_local, next_hop, payload);
     }
 
     fn response_from_outside(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
@@ -1274,6 +1430,10 @@ impl Gateway {
             self.counters.edit_failures += 1;
             return;
         }
+        if self.translate_call_ids_in(msg, &mut edits, phone).is_err() {
+            self.counters.edit_failures += 1;
+            return;
+        }
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let tx_dialog = match dialog.as_ref().filter(|_| !initial) {
             Some(d) => d.key(),
@@ -1428,6 +1588,13 @@ impl Gateway {
             self.counters.edit_failures += 1;
             return;
         }
+        if self
+            .hide_unknown_out(config, msg, &mut edits, tx.wan_local)
+            .is_err()
+        {
+            self.counters.edit_failures += 1;
+            return;
+        }
         let passage = SdpPassage {
             call: &tx.dialog.media_id(),
             from: Side::Inside,
@@ -1438,6 +1605,9 @@ impl Gateway {
         self.response_media(at.now, msg, &mut edits, passage, tx.method, status);
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
+            return;
+        };
+        let Some(payload) = self.outgoing(tx.wan_local, payload) else {
             return;
         };
 
@@ -1481,14 +1651,16 @@ impl Gateway {
                 .insert(key, payload.clone(), at.now);
         }
         self.counters.forwarded += 1;
-        self.send(tx.wan_local, tx.proxy, payload);
+        self.push(tx.wan_local, tx.proxy, payload);
     }
 
     /// Handles a repeated request (see `Repeat`); true when it is dealt with.
     fn repeated(&mut self, repeat: Option<Repeat>, at: Arrival) -> bool {
         match repeat {
             None | Some(Repeat::Forward) => return false,
-            Some(Repeat::Answer(response)) => self.send(at.local, at.remote, response),
+            Some(Repeat::Answer(response)) => {
+                self.send(at.local, at.remote, response);
+            }
             Some(Repeat::Absorb) => {}
         }
         self.counters.absorbed_retransmissions += 1;

@@ -10,11 +10,12 @@
 pub mod config;
 mod gateway;
 mod hide;
+mod hiding;
 pub mod media;
 pub mod protect;
 mod state;
 
-pub use config::{Action, AddressObject, AlgOptions, Config, Rule, Zone, ZoneId};
+pub use config::{Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Zone, ZoneId};
 pub use gateway::{Counters, Gateway, Transmit};
 pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaTable, Peer, Side, StreamCounters, StreamId,

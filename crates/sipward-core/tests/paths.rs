@@ -197,3 +197,243 @@ fn contact_of_an_out_of_dialog_message_from_outside_is_not_anchored() {
         "{got}"
     );
 }
+
+// ---- defect 18: inside addresses in every header and body ----
+
+const PHONE2: &str = "10.0.0.21:5062";
+
+/// An outbound call from the phone, answered and acknowledged; returns the INVITE as
+/// forwarded (hidden Call-ID, tags).
+fn established_call(net: &mut Net, call: &str) -> String {
+    let fwd = text(&net.phone_sends(&invite(call, &format!("z9hG4bK{call}"))));
+    net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        &format!("b-{call}"),
+        "Contact: <sip:bob@198.51.100.7>\r\n",
+    ));
+    net.phone_sends(&format!("ACK sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKack{call}\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-{call}\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b-{call}\r\nCall-ID: {call}@10.0.0.20\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"));
+    fwd
+}
+
+/// An in-dialog request of the phone in `call` with `extra` headers and a body.
+fn in_call(call: &str, method: &str, cseq: u32, extra: &str, ctype: &str, body: &str) -> String {
+    let ct = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: {ctype}\r\n")
+    };
+    format!("{method} sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bK{method}{cseq}{call}\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-{call}\r\nTo: bob <sip:bob@10.0.0.1:5060>;tag=b-{call}\r\nCall-ID: {call}@10.0.0.20\r\nCSeq: {cseq} {method}\r\nContact: <sip:alice@10.0.0.20:5062>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}", body.len())
+}
+
+#[test]
+fn identity_and_diversion_headers_of_an_invite_are_hidden() {
+    let mut net = Net::new(AlgOptions::default());
+    let inv = invite("pai", "z9hG4bKpai").replace(
+        "Contact: ",
+        "P-Asserted-Identity: \"Alice\" <sip:alice@10.0.0.20:5062>, <tel:+15551234>\r\nP-Preferred-Identity: <sip:alice@10.0.0.20>\r\nRemote-Party-ID: \"10.0.0.20\" <sip:alice@10.0.0.20>;party=calling\r\nDiversion: <sip:bob@10.0.0.21:5062>;reason=unconditional\r\nHistory-Info: <sip:bob@10.0.0.21?Reason=SIP%3Bcause%3D302>;index=1\r\nCall-Info: <http://10.0.0.20/photo.jpg>;purpose=icon\r\nAlert-Info: <http://[::ffff:10.0.0.9]/ring.wav>\r\nReply-To: <sip:alice@10.0.0.20>\r\nP-Called-Party-ID: <sip:bob@10.0.0.1>\r\nRoute: <sip:10.0.0.5;lr>\r\nX-Private: where=10.0.0.20:5062\r\nContact: ",
+    );
+    // The harness asserts the bytes: no "10.0.0." and no ":5062" anywhere.
+    let out = net.phone_sends(&inv);
+    assert_eq!(out.remote, addr(PROXY));
+    let out = text(&out);
+    assert!(
+        out.contains(
+            "P-Asserted-Identity: \"Alice\" <sip:alice@203.0.113.1:5060>, <tel:+15551234>\r\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("Diversion: <sip:bob@203.0.113.1:5060>;reason=unconditional\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "Remote-Party-ID: \"203.0.113.1:5060\" <sip:alice@203.0.113.1:5060>;party=calling\r\n"
+        ),
+        "{out}"
+    );
+    assert_eq!(net.gw.counters().edit_failures, 0);
+}
+
+#[test]
+fn a_refer_names_the_transfer_target_by_its_token_and_the_call_by_its_hidden_id() {
+    let mut net = Net::new(AlgOptions::default());
+    // The transfer target, a second inside phone, is registered.
+    let reg = "REGISTER sip:biloxi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.21:5062;branch=z9hG4bKreg2\r\nMax-Forwards: 70\r\nFrom: <sip:carol@biloxi.example.com>;tag=r2\r\nTo: <sip:carol@biloxi.example.com>\r\nCall-ID: reg-2@10.0.0.21\r\nCSeq: 1 REGISTER\r\nContact: <sip:carol@10.0.0.21:5062>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n";
+    let fwd_reg = text(&net.deliver(LAN, PHONE2, reg)[0]);
+    let ok = register_ok(&fwd_reg, 600);
+    net.proxy_sends(&ok);
+    let registered_contact = header(&fwd_reg, "Contact")
+        .unwrap()
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    let token = registered_contact.split("swc=").nth(1).unwrap().to_string();
+
+    let inv = established_call(&mut net, "xfer");
+    let hidden = header(&inv, "Call-ID").unwrap().to_string();
+    let refer = in_call(
+        "xfer",
+        "REFER",
+        2,
+        "Refer-To: <sip:carol@10.0.0.21:5062?Replaces=xfer%4010.0.0.20%3Bto-tag%3Db-xfer%3Bfrom-tag%3Da-xfer>\r\nReferred-By: <sip:alice@10.0.0.20:5062>\r\n",
+        "",
+        "",
+    );
+    let out = text(&net.phone_sends(&refer));
+    let refer_to = header(&out, "Refer-To").unwrap();
+    assert!(
+        refer_to.starts_with(&format!(
+            "<sip:carol@203.0.113.1:5060;swc={token}?Replaces={hidden}%3Bto-tag"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        header(&out, "Referred-By"),
+        Some("<sip:alice@203.0.113.1:5060>")
+    );
+
+    // The transferee's INVITE comes back in by the token, replacing the hidden call:
+    // the target phone gets the Call-ID it can match.
+    let back = net.deliver(WAN, PROXY, &format!("INVITE sip:carol@203.0.113.1:5060;swc={token} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10;branch=z9hG4bKrep1\r\nMax-Forwards: 70\r\nFrom: <sip:bob@example.net>;tag=t1\r\nTo: <sip:carol@biloxi.example.com>\r\nCall-ID: new-1\r\nCSeq: 1 INVITE\r\nReplaces: {hidden};to-tag=b-xfer;from-tag=a-xfer\r\nContact: <sip:bob@198.51.100.7>\r\nContent-Length: 0\r\n\r\n"));
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].remote, addr(PHONE2));
+    let back = text(&back[0]);
+    assert!(
+        back.contains("Replaces: xfer@10.0.0.20;to-tag=b-xfer;from-tag=a-xfer\r\n"),
+        "{back}"
+    );
+}
+
+#[test]
+fn notify_sipfrag_and_presence_bodies_are_hidden() {
+    let mut net = Net::new(AlgOptions::default());
+    established_call(&mut net, "frag");
+    let frag = "SIP/2.0 200 OK\r\nContact: <sip:carol@10.0.0.21:5062>\r\nVia: SIP/2.0/UDP 10.0.0.20:5062\r\n";
+    let notify = in_call(
+        "frag",
+        "NOTIFY",
+        3,
+        "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n",
+        "message/sipfrag;version=2.0",
+        frag,
+    );
+    let out = text(&net.phone_sends(&notify));
+    assert!(
+        out.contains(
+            "Contact: <sip:carol@203.0.113.1:5060>\r\nVia: SIP/2.0/UDP 203.0.113.1:5060\r\n"
+        ),
+        "{out}"
+    );
+    let len: usize = header(&out, "Content-Length").unwrap().parse().unwrap();
+    assert_eq!(len, out.split("\r\n\r\n").nth(1).unwrap().len());
+
+    let pidf = "<?xml version=\"1.0\"?>\r\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:alice@10.0.0.20\">\r\n<tuple id=\"t1\"><status><basic>open</basic></status><contact priority=\"0.8\">sip:alice@10.0.0.20:5062</contact></tuple>\r\n</presence>\r\n";
+    let publish = format!("PUBLISH sip:alice@biloxi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKpub1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@biloxi.example.com>;tag=p1\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: pub-1@10.0.0.20\r\nCSeq: 1 PUBLISH\r\nEvent: presence\r\nContent-Type: application/pidf+xml\r\nContent-Length: {}\r\n\r\n{pidf}", pidf.len());
+    let out = text(&net.phone_sends(&publish));
+    assert!(
+        out.contains("<contact priority=\"0.8\">sip:alice@203.0.113.1:5060</contact>"),
+        "{out}"
+    );
+    assert!(
+        out.contains("entity=\"sip:alice@203.0.113.1:5060\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn inside_ice_candidates_are_dropped_and_other_sdp_addresses_hidden() {
+    let mut net = Net::new(AlgOptions::default());
+    let body = sdp(
+        "10.0.0.20",
+        40000,
+        "a=candidate:1 1 UDP 2130706431 10.0.0.20 40000 typ host\r\na=candidate:2 1 UDP 1694498815 198.51.100.20 40000 typ srflx raddr 10.0.0.20 rport 40000\r\na=candidate:3 1 UDP 1694498815 198.51.100.20 40002 typ srflx\r\na=remote-candidates:1 10.0.0.30 5000\r\na=x-note:phone at 10.0.0.20\r\n",
+    );
+    let inv = invite("ice", "z9hG4bKice");
+    let head = inv.split("Content-Length").next().unwrap();
+    let inv = format!("{head}Content-Length: {}\r\n\r\n{body}", body.len());
+    let out = text(&net.phone_sends(&inv));
+    assert!(
+        out.contains("a=candidate:3 1 UDP 1694498815 198.51.100.20 40002 typ srflx\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("a=candidate:1 "), "{out}");
+    assert!(!out.contains("a=remote-candidates"), "{out}");
+    assert!(out.contains("a=x-note:phone at 203.0.113.1\r\n"), "{out}");
+}
+
+#[test]
+fn a_phones_response_hides_identity_and_warning_agent() {
+    let mut net = Net::new(AlgOptions::default());
+    let reg = registered(&mut net, 3600);
+    let got = inbound_invite(&mut net, &reg, "in-pai", "");
+    let out = net.phone_sends(&phone_response(
+        &got,
+        "486 Busy Here",
+        "p9",
+        "P-Asserted-Identity: <sip:alice@10.0.0.20:5062>\r\nWarning: 399 10.0.0.20 \"busy on line 2\"\r\n",
+    ));
+    assert_eq!(out.remote, addr(PROXY));
+    let out = text(&out);
+    assert!(
+        out.contains("Warning: 399 203.0.113.1:5060 \"busy on line 2\"\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_outgoing_scan_catches_what_no_rewrite_knew_and_counts_it() {
+    let mut net = Net::new(AlgOptions::default());
+    // A display name in From is quoted text the path leaves alone; the inside address
+    // in it is caught by the last-line scan (default policy: rewrite).
+    let inv = invite("scan", "z9hG4bKscan").replace(
+        "From: alice <sip:alice@10.0.0.20:5062>",
+        "From: \"alice 10.0.0.20\" <sip:alice@10.0.0.20:5062>",
+    );
+    let out = text(&net.phone_sends(&inv));
+    assert!(
+        out.contains(
+            "From: \"alice 203.0.113.1:5060\" <sip:alice@203.0.113.1:5060>;tag=a-scan\r\n"
+        ),
+        "{out}"
+    );
+    assert_eq!(net.gw.counters().inside_address_leaks, 1);
+}
+
+#[test]
+fn the_refuse_policy_answers_the_phone_500_and_sends_nothing_out() {
+    let mut net = Net::new(AlgOptions {
+        leak_policy: sipward_core::LeakPolicy::Refuse,
+        ..AlgOptions::default()
+    });
+    let inv = invite("refuse", "z9hG4bKrefuse").replace(
+        "From: alice <sip:alice@10.0.0.20:5062>",
+        "From: \"alice 10.0.0.20\" <sip:alice@10.0.0.20:5062>",
+    );
+    let out = net.deliver(LAN, PHONE, &inv);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].remote, addr(PHONE));
+    assert!(text(&out[0]).starts_with("SIP/2.0 500 "));
+    assert_eq!(net.gw.counters().inside_address_leaks, 1);
+}
+
+#[test]
+fn the_remove_policy_drops_the_offending_field() {
+    let mut net = Net::new(AlgOptions {
+        leak_policy: sipward_core::LeakPolicy::Remove,
+        ..AlgOptions::default()
+    });
+    let inv = invite("remove", "z9hG4bKremove")
+        .replace("Contact: ", "Route: <sip:10.0.0.5;lr>\r\nContact: ");
+    // Route is the path's business, and it keeps routes that are not the gateway's.
+    let out = text(&net.phone_sends(&inv));
+    assert!(!out.contains("Route"), "{out}");
+    assert!(
+        out.contains("Contact: <sip:alice@203.0.113.1:5060;swc="),
+        "{out}"
+    );
+    assert_eq!(net.gw.counters().inside_address_leaks, 1);
+}
