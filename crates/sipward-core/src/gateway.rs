@@ -18,6 +18,7 @@ use sipward_proto::{
     build_answer, parse_datagram, Datagram, Edits, HeaderName, Message, MethodKind, NameAddr, Uri,
 };
 
+use crate::cancel::{Cancels, Due, Toward};
 use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
 use crate::hiding::{self, Inside, LeakPolicy, Names, Outside};
@@ -173,6 +174,8 @@ pub struct Gateway {
     /// before the first.
     now: Option<Instant>,
     next_sweep: Option<Instant>,
+    /// The gateway's own CANCELs for the INVITEs it relays.
+    cancels: Cancels,
 }
 
 /// Facts about one datagram's arrival, passed down the handlers.
@@ -209,6 +212,7 @@ impl Gateway {
             counters: Counters::default(),
             media,
             next_sweep: None,
+            cancels: Cancels::default(),
         }
     }
 
@@ -343,7 +347,10 @@ impl Gateway {
 
     /// When [`Gateway::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_sweep
+        match (self.next_sweep, self.cancels.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Sends a datagram; one leaving by an outside interface passes the last-line scan
@@ -761,6 +768,126 @@ impl Gateway {
         hiding::translate_call_ids(msg, edits, &names).map(|_| ())
     }
 
+    /// A CANCEL for the INVITE with `branch` (`open`: its transaction, and whether it
+    /// still waits for a final response). Answered here, 200 or 481 (RFC 3261 16.10);
+    /// the gateway's own CANCEL goes on once it may (see `cancel`).
+    fn cancel_received(
+        &mut self,
+        config: &Config,
+        at: Arrival,
+        msg: &Message<'_>,
+        open: Option<bool>,
+        branch: &str,
+        toward: Toward,
+    ) {
+        let Some(open) = open else {
+            self.counters.unknown_target += 1;
+            self.answer_no_dialog(config, at, msg);
+            return;
+        };
+        let tag = self.hider.token(&[msg.call_id(), b"cancel"]);
+        let ok = Echo::of(msg).response(200, "OK", &config.agent, None, &tag);
+        self.send(at.local, at.remote, ok);
+        if !open {
+            return;
+        }
+        if let Some(Due::Send {
+            local,
+            remote,
+            request,
+        }) = self.cancels.request(branch, toward, at.now)
+        {
+            self.counters.forwarded += 1;
+            self.send(local, remote, request);
+        }
+    }
+
+    /// The answer to the gateway's own CANCEL is absorbed. A 487 in its place (a far
+    /// end that put the CANCEL's CSeq on the INVITE's final response) ends the INVITE.
+    fn cancel_answered(
+        &mut self,
+        config: &Config,
+        at: Arrival,
+        branch: &str,
+        status: u16,
+        toward: Toward,
+    ) {
+        self.counters.absorbed_retransmissions += 1;
+        if status == 487 {
+            let invite = (branch.to_string(), b"INVITE".to_vec());
+            self.cancels.finished(branch, toward);
+            self.terminate_invite(config, toward, &invite, at.now);
+        }
+    }
+
+    /// A response to a relayed INVITE: a provisional one lets a held CANCEL go, a final
+    /// one ends the need for it.
+    fn invite_answered(&mut self, branch: &str, status: u16, toward: Toward, now: Instant) {
+        if status >= 200 {
+            self.cancels.finished(branch, toward);
+        } else if let Some(Due::Send {
+            local,
+            remote,
+            request,
+        }) = self.cancels.provisional(branch, toward, now)
+        {
+            self.send(local, remote, request);
+        }
+    }
+
+    /// Ends a cancelled INVITE that got no final response: the canceller gets 487 built
+    /// from the INVITE transaction (its CSeq, Vias, identity).
+    fn terminate_invite(
+        &mut self,
+        config: &Config,
+        toward: Toward,
+        invite: &(String, Vec<u8>),
+        now: Instant,
+    ) {
+        let (reply, dialog) = match toward {
+            Toward::Outside => {
+                let Some(tx) = self.tables.client.get_mut(invite) else {
+                    return;
+                };
+                if tx.final_at.is_some() {
+                    return;
+                }
+                let tag = self.hider.token(&[&tx.inside_call_id, b"487"]);
+                let payload = tx.echo.response(
+                    487,
+                    "Request Terminated",
+                    &config.agent,
+                    Some("cancelled"),
+                    &tag,
+                );
+                tx.final_at = Some(now);
+                tx.last_response = Some(payload.clone());
+                ((tx.lan_local, tx.phone, payload), tx.dialog.clone())
+            }
+            Toward::Inside => {
+                let Some(tx) = self.tables.server.get_mut(invite) else {
+                    return;
+                };
+                if tx.final_at.is_some() {
+                    return;
+                }
+                let tag = self.hider.token(&[&tx.echo.call_id, b"487"]);
+                let payload = tx.echo.response(
+                    487,
+                    "Request Terminated",
+                    &config.agent,
+                    Some("cancelled"),
+                    &tag,
+                );
+                tx.final_at = Some(now);
+                tx.last_response = Some(payload.clone());
+                ((tx.wan_local, tx.proxy, payload), tx.dialog.clone())
+            }
+        };
+        self.send(reply.0, reply.1, reply.2);
+        self.end_unconfirmed(&dialog, "cancelled");
+    }
+
     /// 481: the dialog or transaction a request names is not known here.
     fn answer_no_dialog(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
         self.answer(
@@ -865,6 +992,16 @@ impl Gateway {
         let branch = self.hider.branch(&[phone_branch, remote_text.as_bytes()]);
         // The transaction's key, built once: looked up for a repeat, stored below.
         let tx_key = (branch.clone(), cseq.method.to_vec());
+        if method == MethodKind::Cancel {
+            let invite = (branch.clone(), b"INVITE".to_vec());
+            let open = self
+                .tables
+                .client
+                .get(&invite)
+                .map(|tx| tx.final_at.is_none());
+            self.cancel_received(config, at, msg, open, &branch, Toward::Outside);
+            return;
+        }
         if method != MethodKind::Ack {
             let repeat = self
                 .tables
@@ -1107,6 +1244,16 @@ impl Gateway {
         if ends_subscription(msg) {
             self.end_subscription(&tx_dialog);
         }
+        if method == MethodKind::Invite {
+            self.cancels.prepare(
+                Toward::Outside,
+                (branch.clone(), b"INVITE".to_vec()),
+                &payload,
+                wan_local,
+                next_hop,
+                &config.alg.limits,
+            );
+        }
         self.counters.forwarded += 1;
         self.push(wan_local, next_hop, payload);
     }
@@ -1125,6 +1272,11 @@ impl Gateway {
             String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
             cseq.method.to_vec(),
         );
+        let branch = key.0.clone();
+        if ours && cseq.method == b"CANCEL" && self.cancels.answered(&key.0, Toward::Outside) {
+            self.cancel_answered(config, at, &key.0, status, Toward::Outside);
+            return;
+        }
         let Some(tx) = self.tables.client.get(&key).filter(|_| ours).cloned() else {
             self.counters.stray_responses += 1;
             return;
@@ -1287,6 +1439,9 @@ impl Gateway {
         }
         self.counters.forwarded += 1;
         self.send(tx.lan_local, tx.phone, payload);
+        if tx.method == MethodKind::Invite {
+            self.invite_answered(&branch, status, Toward::Outside, at.now);
+        }
     }
 
     // ---- outside to inside ----
@@ -1338,6 +1493,11 @@ impl Gateway {
             .server
             .get(&(branch.clone(), b"INVITE".to_vec()))
             .cloned();
+        if method == MethodKind::Cancel {
+            let open = pending.as_ref().map(|p| p.final_at.is_none());
+            self.cancel_received(config, at, msg, open, &branch, Toward::Inside);
+            return;
+        }
         let token = msg
             .request_uri()
             .and_then(|u| u.as_sip())
@@ -1512,6 +1672,16 @@ impl Gateway {
         if ends_subscription(msg) {
             self.end_subscription(&tx_dialog);
         }
+        if method == MethodKind::Invite {
+            self.cancels.prepare(
+                Toward::Inside,
+                (branch.clone(), b"INVITE".to_vec()),
+                &payload,
+                lan_local,
+                phone,
+                &config.alg.limits,
+            );
+        }
         self.counters.forwarded += 1;
         self.send(lan_local, phone, payload);
     }
@@ -1530,6 +1700,11 @@ impl Gateway {
             String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
             cseq.method.to_vec(),
         );
+        let branch = key.0.clone();
+        if ours && cseq.method == b"CANCEL" && self.cancels.answered(&branch, Toward::Inside) {
+            self.cancel_answered(config, at, &branch, status, Toward::Inside);
+            return;
+        }
         let Some(tx) = self.tables.server.get(&key).filter(|_| ours).cloned() else {
             self.counters.stray_responses += 1;
             return;
@@ -1652,6 +1827,9 @@ impl Gateway {
         }
         self.counters.forwarded += 1;
         self.push(tx.wan_local, tx.proxy, payload);
+        if tx.method == MethodKind::Invite {
+            self.invite_answered(&branch, status, Toward::Inside, at.now);
+        }
     }
 
     /// Handles a repeated request (see `Repeat`); true when it is dealt with.
@@ -1783,6 +1961,26 @@ impl Gateway {
                 }
             }
         }
+
+        for due in self.cancels.due(now) {
+            match due {
+                Due::Send {
+                    local,
+                    remote,
+                    request,
+                } => {
+                    self.send(local, remote, request);
+                }
+                Due::GiveUp { toward, invite } => {
+                    self.terminate_invite(&config, toward, &invite, now)
+                }
+            }
+        }
+        let (client, server) = (&self.tables.client, &self.tables.server);
+        self.cancels.retain(|toward, invite| match toward {
+            Toward::Outside => client.get(invite).is_some_and(|t| t.final_at.is_none()),
+            Toward::Inside => server.get(invite).is_some_and(|t| t.final_at.is_none()),
+        });
 
         self.expire_idle_media(&config, now);
         self.guard.sweep(now);

@@ -7,6 +7,7 @@
 //! [`Gateway::poll_timeout`]. Every timer the brief names is data here, so tests run hours
 //! of virtual time in microseconds.
 
+mod cancel;
 pub mod config;
 mod gateway;
 mod hide;

@@ -437,3 +437,182 @@ fn the_remove_policy_drops_the_offending_field() {
     );
     assert_eq!(net.gw.counters().inside_address_leaks, 1);
 }
+
+// ---- defect 20: CANCEL answered hop by hop ----
+
+fn phone_cancel(call: &str) -> String {
+    format!("CANCEL sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bK{call}\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-{call}\r\nTo: bob <sip:bob@10.0.0.1:5060>\r\nCall-ID: {call}@10.0.0.20\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n")
+}
+
+/// A call from the phone, ringing, then cancelled: returns the INVITE as forwarded and
+/// the gateway's own CANCEL.
+fn cancelled_call(net: &mut Net, call: &str) -> (String, String) {
+    let inv = text(&net.phone_sends(&invite(call, &format!("z9hG4bK{call}"))));
+    net.proxy_sends(&response_to(&inv, "180 Ringing", &format!("b-{call}"), ""));
+    let out = net.deliver(LAN, PHONE, &phone_cancel(call));
+    assert_eq!(out.len(), 2, "{out:?}");
+    let ok = text(&out[0]);
+    assert_eq!(out[0].remote, addr(PHONE));
+    assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+    assert!(ok.contains("CSeq: 1 CANCEL\r\n"), "{ok}");
+    assert_eq!(out[1].remote, addr(PROXY));
+    (inv, text(&out[1]))
+}
+
+#[test]
+fn a_phones_cancel_is_answered_here_and_the_gateway_sends_its_own() {
+    let mut net = Net::new(AlgOptions::default());
+    let (inv, cancel) = cancelled_call(&mut net, "hc1");
+    let request_uri = |m: &str| {
+        m.lines()
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert!(cancel.starts_with("CANCEL "), "{cancel}");
+    assert_eq!(request_uri(&cancel), request_uri(&inv));
+    assert_eq!(branch_of(&cancel), branch_of(&inv));
+    assert_eq!(header(&cancel, "CSeq"), Some("1 CANCEL"));
+    assert_eq!(header(&cancel, "From"), header(&inv, "From"));
+    assert_eq!(header(&cancel, "To"), header(&inv, "To"));
+    assert_eq!(header(&cancel, "Call-ID"), header(&inv, "Call-ID"));
+    // The far end's 200 to it is absorbed; the phone's CANCEL repeat gets 200 again
+    // and no second CANCEL goes out.
+    assert!(net
+        .deliver(WAN, PROXY, &response_to(&cancel, "200 OK", "b-hc1", ""))
+        .is_empty());
+    let again = net.deliver(LAN, PHONE, &phone_cancel("hc1"));
+    assert_eq!(again.len(), 1);
+    assert!(text(&again[0]).starts_with("SIP/2.0 200 "));
+    let term = text(&net.proxy_sends(&response_to(&inv, "487 Request Terminated", "b-hc1", "")));
+    assert!(term.starts_with("SIP/2.0 487"), "{term}");
+    assert!(term.contains("CSeq: 1 INVITE\r\n"), "{term}");
+    // Nothing is retransmitted after the answer.
+    assert!(net
+        .advance(std::time::Duration::from_secs(40))
+        .iter()
+        .all(|t| !text(t).starts_with("CANCEL")));
+}
+
+#[test]
+fn the_gateways_cancel_is_retransmitted_until_answered() {
+    let mut net = Net::new(AlgOptions::default());
+    let (_, cancel) = cancelled_call(&mut net, "hc2");
+    let mut seen = Vec::new();
+    for step in 1..=8 {
+        for t in net.advance(std::time::Duration::from_millis(500)) {
+            assert_eq!(text(&t), cancel, "a retransmission is the same CANCEL");
+            seen.push(step * 500);
+        }
+    }
+    // T1 doubling: at 0.5 s, 1.5 s, 3.5 s (then 7.5 s...).
+    assert_eq!(seen, [500, 1500, 3500]);
+    assert!(net
+        .deliver(WAN, PROXY, &response_to(&cancel, "200 OK", "b-hc2", ""))
+        .is_empty());
+    let later = net.advance(std::time::Duration::from_secs(10));
+    assert!(
+        later.iter().all(|t| !text(t).starts_with("CANCEL")),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn a_far_end_that_never_answers_the_cancel_leaves_the_phone_a_487_at_64_t1() {
+    let mut net = Net::new(AlgOptions::default());
+    cancelled_call(&mut net, "hc3");
+    let out = net.advance(std::time::Duration::from_secs(33));
+    let to_phone: Vec<String> = out
+        .iter()
+        .filter(|t| t.remote == addr(PHONE))
+        .map(text)
+        .collect();
+    assert_eq!(to_phone.len(), 1, "{to_phone:?}");
+    assert!(to_phone[0].starts_with("SIP/2.0 487 "), "{}", to_phone[0]);
+    assert!(
+        to_phone[0].contains("CSeq: 1 INVITE\r\n"),
+        "{}",
+        to_phone[0]
+    );
+    assert!(to_phone[0].contains("Via: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKhc3\r\n"));
+    assert!(net.gw.dialogs().is_empty());
+}
+
+#[test]
+fn a_487_carrying_the_cancels_cseq_still_reaches_the_phone_as_the_invites() {
+    let mut net = Net::new(AlgOptions::default());
+    let (_, cancel) = cancelled_call(&mut net, "hc4");
+    // An odd far end: its 487 bears the CANCEL's CSeq.
+    let out = net.deliver(
+        WAN,
+        PROXY,
+        &response_to(&cancel, "487 Request Terminated", "b-hc4", ""),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    let term = text(&out[0]);
+    assert!(term.starts_with("SIP/2.0 487 "), "{term}");
+    assert!(term.contains("CSeq: 1 INVITE\r\n"), "{term}");
+}
+
+#[test]
+fn a_cancel_before_any_provisional_response_waits_for_one() {
+    let mut net = Net::new(AlgOptions::default());
+    let inv = text(&net.phone_sends(&invite("hc5", "z9hG4bKhc5")));
+    let out = net.deliver(LAN, PHONE, &phone_cancel("hc5"));
+    assert_eq!(out.len(), 1, "only the 200 to the phone: {out:?}");
+    assert_eq!(out[0].remote, addr(PHONE));
+    let out = net.deliver(
+        WAN,
+        PROXY,
+        &response_to(&inv, "100 Trying", "", "").replace(";tag=\r\n", "\r\n"),
+    );
+    let cancels: Vec<_> = out
+        .iter()
+        .filter(|t| text(t).starts_with("CANCEL "))
+        .collect();
+    assert_eq!(cancels.len(), 1, "{out:?}");
+    assert_eq!(cancels[0].remote, addr(PROXY));
+}
+
+#[test]
+fn an_unmatched_cancel_from_a_phone_gets_481() {
+    let mut net = Net::new(AlgOptions::default());
+    let out = net.deliver(LAN, PHONE, &phone_cancel("nosuch"));
+    assert_eq!(out.len(), 1);
+    assert!(
+        text(&out[0]).starts_with("SIP/2.0 481 "),
+        "{}",
+        text(&out[0])
+    );
+}
+
+#[test]
+fn a_cancel_from_outside_is_answered_here_and_the_phone_gets_the_gateways() {
+    let mut net = Net::new(AlgOptions::default());
+    let reg = registered(&mut net, 3600);
+    let got = inbound_invite(&mut net, &reg, "oc1", "");
+    net.phone_sends(&phone_response(&got, "180 Ringing", "p-oc1", ""));
+    let contact = header(&reg, "Contact").unwrap();
+    let uri = contact.split('>').next().unwrap().trim_start_matches('<');
+    let out = net.deliver(WAN, PROXY, &format!("CANCEL {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10;branch=z9hG4bKoc1\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.net>;tag=c-oc1\r\nTo: <sip:alice@example.net>\r\nCall-ID: oc1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0].remote, addr(PROXY));
+    assert!(text(&out[0]).starts_with("SIP/2.0 200 OK\r\n"));
+    let cancel = text(&out[1]);
+    assert_eq!(out[1].remote, addr(PHONE));
+    assert!(
+        cancel.starts_with("CANCEL sip:alice@10.0.0.20:5062 SIP/2.0\r\n"),
+        "{cancel}"
+    );
+    assert_eq!(branch_of(&cancel), branch_of(&got));
+    // The phone's 200 to it stays here; its 487 goes out with the INVITE's CSeq.
+    assert!(net
+        .deliver(LAN, PHONE, &phone_response(&cancel, "200 OK", "p-oc1", ""))
+        .is_empty());
+    let term = text(&net.phone_sends(&phone_response(&got, "487 Request Terminated", "p-oc1", "")));
+    assert!(term.starts_with("SIP/2.0 487 "), "{term}");
+    assert!(term.contains("CSeq: 1 INVITE\r\n"), "{term}");
+}
