@@ -162,13 +162,12 @@ impl Config {
             .any(|z| z.address.ip() == ip || z.networks.iter().any(|n| n.contains(&ip)))
     }
 
-    /// Whether an inside zone has IPv6 addresses (then outgoing text is scanned for
-    /// IPv6 forms too).
-    pub fn inside_has_ipv6(&self) -> bool {
-        self.zones
-            .iter()
-            .filter(|z| z.inside)
-            .any(|z| z.address.is_ipv6() || z.networks.iter().any(|n| matches!(n, IpNet::V6(_))))
+    /// The outgoing scan's view of the inside: its networks and the gateway's inside
+    /// addresses.
+    pub(crate) fn inside_scanner(&self) -> crate::hiding::Scanner {
+        let inside = || self.zones.iter().filter(|z| z.inside);
+        let own: Vec<IpNet> = inside().map(|z| IpNet::from(z.address.ip())).collect();
+        crate::hiding::Scanner::new(inside().flat_map(|z| z.networks.iter()).chain(own.iter()))
     }
 
     /// First rule matching a datagram arriving in `zone` from `source` on `port`.

@@ -21,7 +21,7 @@ use sipward_proto::{
 use crate::cancel::{Cancels, Due, Toward};
 use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
-use crate::hiding::{self, Inside, LeakPolicy, Names, Outside};
+use crate::hiding::{self, Inside, LeakPolicy, Names, Outside, Scanner};
 use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
@@ -176,6 +176,8 @@ pub struct Gateway {
     next_sweep: Option<Instant>,
     /// The gateway's own CANCELs for the INVITEs it relays.
     cancels: Cancels,
+    /// What the inside addresses look like in text (the outgoing scan).
+    scanner: Scanner,
 }
 
 /// Facts about one datagram's arrival, passed down the handlers.
@@ -201,7 +203,9 @@ impl Gateway {
         let media = MediaTable::new(&pools, config.alg.media_latching, networks)
             .with_bypass(config.alg.allow_media_bypass);
         let guard = Guard::new(config.protection.clone());
+        let scanner = config.inside_scanner();
         Self {
+            scanner,
             guard,
             traffic: Traffic::default(),
             now: None,
@@ -233,6 +237,7 @@ impl Gateway {
             );
         }
         config.secret = self.config.secret;
+        self.scanner = config.inside_scanner();
         self.guard.set_options(config.protection.clone());
         self.media
             .set_options(config.alg.media_latching, config.alg.allow_media_bypass);
@@ -379,7 +384,7 @@ impl Gateway {
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let inside = Inside {
             is_inside: &is_inside,
-            v6: config.inside_has_ipv6(),
+            scanner: &self.scanner,
         };
         let host_port = local.to_string();
         let ip = local.ip().to_string();
@@ -704,7 +709,7 @@ impl Gateway {
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let inside = Inside {
             is_inside: &is_inside,
-            v6: config.inside_has_ipv6(),
+            scanner: &self.scanner,
         };
         let host_port = wan_local.to_string();
         let ip = wan_local.ip().to_string();

@@ -48,7 +48,10 @@ fn identity_diversion_refer_sipfrag_and_presence_leave_no_inside_byte() {
         "application/pidf+xml",
         "message/sipfrag",
     ] {
-        assert!(log.contains(what), "{what} did not reach the far end:\n{log}");
+        assert!(
+            log.contains(what),
+            "{what} did not reach the far end:\n{log}"
+        );
     }
     assert!(!log.contains("a=candidate"), "{log}");
 }
