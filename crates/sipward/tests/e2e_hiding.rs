@@ -67,3 +67,30 @@ fn a_487_with_the_cancels_cseq_does_not_break_the_phones_transaction() {
     let phone_log = std::fs::read_to_string(t.dir.join("phone_messages.log")).unwrap();
     assert!(phone_log.contains("SIP/2.0 487"), "{phone_log}");
 }
+
+/// Registers phone 0 (alice), then plays `phone_xml` on it (towards the gateway's inside
+/// address) and `proxy_xml` as the outside peer calling in by the registered token.
+fn inbound_flow(n: u8, phone_xml: &str, proxy_xml: &str) -> Topology {
+    let t = Topology::new(n);
+    let _gw = t.start_gateway();
+    t.register_alice();
+    let phone = t.play(phone_xml, Peer::Phone(0), Some(&t.gw_lan_sip()), &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut args = vec!["-inf", "contact.csv"];
+    args.extend(logged("proxy_messages.log"));
+    let proxy = t.play(proxy_xml, Peer::Proxy, Some(&t.gw_wan_sip()), &args);
+    proxy.wait_ok(proxy_xml);
+    phone.wait_ok(phone_xml);
+    t.assert_no_inside_address_in("proxy_messages.log");
+    t
+}
+
+#[test]
+fn a_presence_notify_of_a_registered_phone_names_the_gateway() {
+    inbound_flow(84, "phone_presence.xml", "proxy_subscribe.xml");
+}
+
+#[test]
+fn a_cancel_from_outside_is_answered_here_and_the_phone_gets_the_gateways() {
+    inbound_flow(85, "phone_cancelled_inbound.xml", "proxy_cancel_inbound.xml");
+}
