@@ -1514,7 +1514,7 @@ impl Gateway {
             .outside_dialog(msg.call_id(), token.as_deref())
             .cloned();
         let (phone, lan_local, target, aor, tok) =
-            if let (Some(p), MethodKind::Cancel | MethodKind::Ack) = (&pending, method) {
+            if let (Some(p), MethodKind::Ack) = (&pending, method) {
                 (p.phone, p.lan_local, None, p.aor.clone(), p.token.clone())
             } else if let Some(d) = dialog.as_ref().filter(|_| !initial) {
                 (

@@ -616,3 +616,29 @@ fn a_cancel_from_outside_is_answered_here_and_the_phone_gets_the_gateways() {
     assert!(term.starts_with("SIP/2.0 487 "), "{term}");
     assert!(term.contains("CSeq: 1 INVITE\r\n"), "{term}");
 }
+
+#[test]
+fn an_attended_transfer_invite_names_the_replaced_call_by_its_hidden_id() {
+    let mut net = Net::new(AlgOptions::default());
+    let first = established_call(&mut net, "att1");
+    let hidden = header(&first, "Call-ID").unwrap().to_string();
+    let inv = invite("att2", "z9hG4bKatt2").replace(
+        "Contact: ",
+        "Replaces: att1@10.0.0.20;to-tag=b-att1;from-tag=a-att1\r\nJoin: att1@10.0.0.20;to-tag=b-att1;from-tag=a-att1\r\nIn-Reply-To: att1@10.0.0.20, other@example.net\r\nContact: ",
+    );
+    let out = text(&net.phone_sends(&inv));
+    assert!(
+        out.contains(&format!(
+            "Replaces: {hidden};to-tag=b-att1;from-tag=a-att1\r\n"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("Join: {hidden};to-tag=b-att1;from-tag=a-att1\r\n")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("In-Reply-To: {hidden}, other@example.net\r\n")),
+        "{out}"
+    );
+}

@@ -982,6 +982,34 @@ mod tests {
     }
 
     #[test]
+    fn leak_policy_is_read_and_checked_with_its_line() {
+        let with = |value: &str| {
+            let text = EMBEDDED_DEFAULT.replacen(
+                "[alg.sip]\n",
+                &format!("[alg.sip]\nleak_policy = {value}\n"),
+                1,
+            );
+            Config::parse(&text, "l.toml").unwrap().compile("l.toml")
+        };
+        assert_eq!(
+            with("\"refuse\"").unwrap().alg.leak_policy,
+            LeakPolicy::Refuse
+        );
+        assert_eq!(
+            with("\"remove\"").unwrap().alg.leak_policy,
+            LeakPolicy::Remove
+        );
+        let e = with("\"drop\"").unwrap_err().to_string();
+        assert!(e.starts_with("l.toml:"), "{e}");
+        assert!(e.contains("expected \"rewrite\""), "{e}");
+        let default = Config::parse(EMBEDDED_DEFAULT, "e")
+            .unwrap()
+            .compile("e")
+            .unwrap();
+        assert_eq!(default.alg.leak_policy, LeakPolicy::Rewrite);
+    }
+
+    #[test]
     fn embedded_default_compiles_with_the_brief_defaults() {
         let c = Config::parse(EMBEDDED_DEFAULT, "embedded")
             .unwrap()

@@ -92,5 +92,9 @@ fn a_presence_notify_of_a_registered_phone_names_the_gateway() {
 
 #[test]
 fn a_cancel_from_outside_is_answered_here_and_the_phone_gets_the_gateways() {
-    inbound_flow(85, "phone_cancelled_inbound.xml", "proxy_cancel_inbound.xml");
+    inbound_flow(
+        85,
+        "phone_cancelled_inbound.xml",
+        "proxy_cancel_inbound.xml",
+    );
 }
