@@ -724,22 +724,25 @@ impl Gateway {
                 .map(|k| k.outside_call_id.clone())
                 .filter(|outside| outside.as_slice() != id)
         };
-        // A registered phone is reached from outside by its binding's token.
-        let token = |ip: IpAddr, port: u16| {
-            let bindings = self.tables.bindings();
-            let exact = bindings
-                .iter()
-                .find(|(_, b)| b.phone == SocketAddr::new(ip, port));
-            exact
-                .or_else(|| bindings.iter().find(|(_, b)| b.phone.ip() == ip))
-                .map(|(t, _)| t.clone())
-        };
+        let token = |ip: IpAddr, port: u16| self.token_of_phone(ip, port);
         let names = Names {
             call_id: &call_id,
             token: &token,
         };
         let done = hiding::translate_call_ids(msg, edits, &names)?;
         hiding::hide_unknown(msg, edits, &inside, &outside, &names, &done)
+    }
+
+    /// The routing token that reaches the inside phone at `ip:port` from outside (its
+    /// registration; any binding of that address when no port matches).
+    fn token_of_phone(&self, ip: IpAddr, port: u16) -> Option<String> {
+        let bindings = self.tables.bindings();
+        let exact = bindings
+            .iter()
+            .find(|(_, b)| b.phone == SocketAddr::new(ip, port));
+        exact
+            .or_else(|| bindings.iter().find(|(_, b)| b.phone.ip() == ip))
+            .map(|(t, _)| t.clone())
     }
 
     /// Outside to inside: Call-IDs named in Replaces, Join, Target-Dialog, In-Reply-To
@@ -1306,6 +1309,13 @@ impl Gateway {
                     edits.replace(msg, f.value, &restored)?;
                 }
             }
+            // The phone's transaction is matched by its CSeq: it gets the one it sent,
+            // whatever number a far end wrote (the method already matched).
+            if let Some(f) = msg.header(HeaderName::CSeq) {
+                if !tx.echo.cseq.is_empty() && f.value != tx.echo.cseq.as_slice() {
+                    edits.replace(msg, f.value, &tx.echo.cseq)?;
+                }
+            }
             // Only a response that makes or refreshes a dialog's target is anchored at
             // the gateway; the Contacts of a redirect (3xx), a 485 or a 200 to OPTIONS
             // are addresses for the phone to use itself and stay as the far end wrote
@@ -1738,8 +1748,13 @@ impl Gateway {
             }
             for contact in &msg.contacts().list {
                 let Uri::Sip(u) = &contact.uri else { continue };
-                if u.host.ip().is_some_and(is_inside) {
-                    let outside = contact_uri(u, &wan_text, &tx.token);
+                if let Some(ip) = u.host.ip().filter(|ip| is_inside(*ip)) {
+                    // A redirect names where to go instead: a registered phone by its
+                    // own token; a dialog's Contact routes back by this call's.
+                    let own = (status >= 300)
+                        .then(|| self.token_of_phone(ip, u.port.unwrap_or(5060)))
+                        .flatten();
+                    let outside = contact_uri(u, &wan_text, own.as_deref().unwrap_or(&tx.token));
                     if contact.bracketed {
                         edits.replace(msg, u.raw, outside.as_bytes())?;
                     } else {

@@ -642,3 +642,43 @@ fn an_attended_transfer_invite_names_the_replaced_call_by_its_hidden_id() {
         "{out}"
     );
 }
+
+#[test]
+fn a_phones_redirect_to_another_registered_phone_carries_that_phones_token() {
+    let mut net = Net::new(AlgOptions::default());
+    let reg = registered(&mut net, 3600);
+    let reg2 = "REGISTER sip:biloxi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.21:5062;branch=z9hG4bKreg3\r\nMax-Forwards: 70\r\nFrom: <sip:carol@biloxi.example.com>;tag=r3\r\nTo: <sip:carol@biloxi.example.com>\r\nCall-ID: reg-3@10.0.0.21\r\nCSeq: 1 REGISTER\r\nContact: <sip:carol@10.0.0.21:5062>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n";
+    let fwd2 = text(&net.deliver(LAN, PHONE2, reg2)[0]);
+    net.proxy_sends(&register_ok(&fwd2, 600));
+    let carol_token = fwd2
+        .split("swc=")
+        .nth(1)
+        .unwrap()
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    let got = inbound_invite(&mut net, &reg, "in302b", "");
+    let out = text(&net.phone_sends(&phone_response(
+        &got,
+        "302 Moved",
+        "p2",
+        "Contact: <sip:carol@10.0.0.21:5062>\r\n",
+    )));
+    assert!(
+        out.contains(&format!(
+            "Contact: <sip:carol@203.0.113.1:5060;swc={carol_token}>"
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_response_reaches_the_phone_with_the_cseq_it_sent() {
+    let mut net = Net::new(AlgOptions::default());
+    let fwd = text(&net.phone_sends(&invite("cs1", "z9hG4bKcs1")));
+    let odd =
+        response_to(&fwd, "180 Ringing", "b-cs1", "").replace("CSeq: 1 INVITE", "CSeq: 9 INVITE");
+    let back = text(&net.proxy_sends(&odd));
+    assert!(back.contains("CSeq: 1 INVITE\r\n"), "{back}");
+}
