@@ -1108,7 +1108,13 @@ impl Gateway {
                         msg.range_of(r.raw)
                             .is_some_and(|rr| field_contains(msg, f, &rr))
                     })
-                    .all(|r| r.uri.as_sip().is_some_and(gateway_inside));
+                    .all(|r| {
+                        // Entries naming another inside host cannot be reached from
+                        // outside either (and would name it there): they go too.
+                        r.uri.as_sip().is_some_and(|u| {
+                            gateway_inside(u) || u.host.ip().is_some_and(is_inside)
+                        })
+                    });
                 if ours {
                     edits.remove_field(msg, f)?;
                 }

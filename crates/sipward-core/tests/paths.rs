@@ -254,6 +254,15 @@ fn identity_and_diversion_headers_of_an_invite_are_hidden() {
         "{out}"
     );
     assert_eq!(net.gw.counters().edit_failures, 0);
+    assert!(
+        !out.contains("Route:"),
+        "an inside route entry is dropped: {out}"
+    );
+    assert_eq!(
+        net.gw.counters().inside_address_leaks,
+        0,
+        "all hidden on the path"
+    );
 }
 
 #[test]
@@ -427,10 +436,10 @@ fn the_remove_policy_drops_the_offending_field() {
         ..AlgOptions::default()
     });
     let inv = invite("remove", "z9hG4bKremove")
-        .replace("Contact: ", "Route: <sip:10.0.0.5;lr>\r\nContact: ");
-    // Route is the path's business, and it keeps routes that are not the gateway's.
+        .replace("Contact: ", "Record-Route: <sip:10.0.0.5;lr>\r\nContact: ");
+    // Record-Route is the path's business (it leaves a request's alone).
     let out = text(&net.phone_sends(&inv));
-    assert!(!out.contains("Route"), "{out}");
+    assert!(!out.contains("Record-Route"), "{out}");
     assert!(
         out.contains("Contact: <sip:alice@203.0.113.1:5060;swc="),
         "{out}"
