@@ -575,8 +575,9 @@ fn hide_in_body(
 /// after every rewrite (`[alg.*] leak_policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LeakPolicy {
-    /// Replace each occurrence by the gateway's outside address (credentials, which
-    /// cannot be changed without breaking their digest, are removed).
+    /// Replace each occurrence by the gateway's outside address. Credentials are the
+    /// exception: their digest covers them, so they go out as they are (counted and
+    /// logged; a phone should sign a domain, not the gateway's inside address).
     #[default]
     Rewrite,
     /// Remove each header field holding one; a body holding one refuses the message.
@@ -599,6 +600,7 @@ pub(crate) fn clean_outgoing(
     if policy == LeakPolicy::Refuse {
         return Err(None);
     }
+    let mut kept_credentials = 0;
     let fixed = {
         let Ok(sipward_proto::Datagram::Message(msg)) =
             sipward_proto::parse_datagram(&payload, limits)
@@ -610,6 +612,13 @@ pub(crate) fn clean_outgoing(
             for f in msg.headers() {
                 let found = find(f.line, inside);
                 if found.is_empty() {
+                    continue;
+                }
+                if f.name.is_protected() && policy == LeakPolicy::Rewrite {
+                    // A digest covers its uri: changed, it fails; removed, the phone
+                    // cannot register. "rewrite" keeps the service (counted, logged);
+                    // "remove" and "refuse" are there for 0 bytes over a working digest.
+                    kept_credentials += found.len();
                     continue;
                 }
                 let in_value = find(f.value, inside);
@@ -627,7 +636,6 @@ pub(crate) fn clean_outgoing(
                         .collect();
                     edits.replace(&msg, f.value, &substitute(f.value, base, &planned))?;
                 } else {
-                    // Credentials cannot be rewritten (their digest covers them).
                     edits.remove_field(&msg, f)?;
                 }
             }
@@ -663,9 +671,9 @@ pub(crate) fn clean_outgoing(
             _ => None,
         }
     };
-    // Whatever the edits made of it must itself be clean.
+    // Whatever the edits made of it must itself be clean (but for the credentials kept).
     match fixed {
-        Some(p) if find(&p, inside).is_empty() => Err(Some(p)),
+        Some(p) if find(&p, inside).len() == kept_credentials => Err(Some(p)),
         _ => Err(None),
     }
 }

@@ -691,3 +691,36 @@ fn a_response_reaches_the_phone_with_the_cseq_it_sent() {
     let back = text(&net.proxy_sends(&odd));
     assert!(back.contains("CSeq: 1 INVITE\r\n"), "{back}");
 }
+
+/// A REGISTER signed over the gateway's inside address (a phone configured with the
+/// gateway's IP as its domain).
+fn register_signed_inside() -> String {
+    "REGISTER sip:10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKrs1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@10.0.0.1>;tag=rs1\r\nTo: <sip:alice@10.0.0.1>\r\nCall-ID: rs1@10.0.0.20\r\nCSeq: 2 REGISTER\r\nContact: <sip:alice@10.0.0.20:5062>\r\nAuthorization: Digest username=\"alice\", realm=\"example.net\", nonce=\"abc\", uri=\"sip:10.0.0.1\", response=\"0123456789abcdef0123456789abcdef\"\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n".to_string()
+}
+
+#[test]
+fn credentials_signed_over_an_inside_address_go_out_untouched_by_default_and_are_counted() {
+    let mut net = Net::new(AlgOptions::default());
+    // Not through `deliver`: the harness would (rightly) fail on the inside bytes.
+    net.gw.handle_datagram(
+        net.now,
+        addr(LAN),
+        addr(PHONE),
+        register_signed_inside().as_bytes(),
+    );
+    let sent: Vec<_> = std::iter::from_fn(|| net.gw.poll_transmit()).collect();
+    assert_eq!(sent.len(), 1);
+    let text = text(&sent[0]);
+    assert!(text.contains("uri=\"sip:10.0.0.1\", response="), "{text}");
+    assert_eq!(net.gw.counters().inside_address_leaks, 1);
+}
+
+#[test]
+fn the_remove_policy_removes_credentials_signed_over_an_inside_address() {
+    let mut net = Net::new(AlgOptions {
+        leak_policy: sipward_core::LeakPolicy::Remove,
+        ..AlgOptions::default()
+    });
+    let out = net.phone_sends(&register_signed_inside());
+    assert!(!text(&out).contains("Authorization"), "{}", text(&out));
+}
