@@ -724,3 +724,18 @@ fn the_remove_policy_removes_credentials_signed_over_an_inside_address() {
     let out = net.phone_sends(&register_signed_inside());
     assert!(!text(&out).contains("Authorization"), "{}", text(&out));
 }
+
+#[test]
+fn a_refer_from_outside_names_the_replaced_call_by_the_phones_own_id() {
+    let mut net = Net::new(AlgOptions::default());
+    let inv = established_call(&mut net, "xin");
+    let hidden = header(&inv, "Call-ID").unwrap().to_string();
+    let refer = format!("REFER sip:alice@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10;branch=z9hG4bKrefin\r\nMax-Forwards: 70\r\nFrom: bob <sip:bob@203.0.113.10:5060>;tag=b-xin\r\nTo: {};tag=a-xin\r\nCall-ID: {hidden}\r\nCSeq: 7 REFER\r\nContact: <sip:bob@198.51.100.7>\r\nRefer-To: <sip:dave@example.net?Replaces={hidden}%3Bto-tag%3Da-xin%3Bfrom-tag%3Db-xin>\r\nContent-Length: 0\r\n\r\n", header(&inv, "From").unwrap().split(";tag=").next().unwrap());
+    let got = net.proxy_sends(&refer);
+    assert_eq!(got.remote, addr(PHONE));
+    let got = text(&got);
+    assert!(
+        got.contains("Refer-To: <sip:dave@example.net?Replaces=xin%4010.0.0.20%3Bto-tag%3Da-xin"),
+        "{got}"
+    );
+}
