@@ -502,6 +502,17 @@ fn substitute(text: &[u8], base: usize, planned: &[(Range<usize>, String)]) -> V
     out
 }
 
+/// In a body other than SDP: an address with a port becomes the outside address with
+/// its port, a bare one the outside address alone (a bare address may be an SDP line of
+/// a multipart body, a `host:port` there would break it).
+fn body_replacement<'o>(hit: &Found, outside: &Outside<'o>) -> &'o str {
+    if hit.host_port == hit.address {
+        outside.ip
+    } else {
+        outside.host_port
+    }
+}
+
 /// `ip` and port (5060 when none) of a found `host[:port]`.
 fn address_of(text: &[u8]) -> Option<(IpAddr, u16)> {
     let s = std::str::from_utf8(text).ok()?;
@@ -536,7 +547,7 @@ fn hide_in_body(
     if !is_sdp {
         for hit in found {
             let range = base + hit.host_port.start..base + hit.host_port.end;
-            edits.replace_range(msg, range, outside.host_port.as_bytes())?;
+            edits.replace_range(msg, range, body_replacement(&hit, outside).as_bytes())?;
         }
         return Ok(());
     }
@@ -646,16 +657,12 @@ pub(crate) fn clean_outgoing(
                     return Ok(false);
                 }
                 let base = msg.body_range().start;
-                let with = if msg.sdp().is_some() {
-                    outside.ip
-                } else {
-                    outside.host_port
-                };
                 for hit in found {
-                    let range = if msg.sdp().is_some() {
-                        hit.address
+                    let (range, with) = if msg.sdp().is_some() {
+                        (hit.address, outside.ip)
                     } else {
-                        hit.host_port
+                        let with = body_replacement(&hit, outside);
+                        (hit.host_port, with)
                     };
                     edits.replace_range(
                         &msg,
