@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sipward_proto::Limits;
 
+pub use crate::hiding::LeakPolicy;
 pub use crate::media::Latching;
 use crate::protect::ProtectionOptions;
 
@@ -75,6 +76,9 @@ pub struct AlgOptions {
     pub max_registrations: usize,
     pub max_dialogs: usize,
     pub max_transactions: usize,
+    /// What happens to an outgoing outside datagram that still names an inside address
+    /// after every rewrite (the last line of defence).
+    pub leak_policy: LeakPolicy,
 }
 
 impl Default for AlgOptions {
@@ -91,6 +95,7 @@ impl Default for AlgOptions {
             max_registrations: 10_000,
             max_dialogs: 10_000,
             max_transactions: 20_000,
+            leak_policy: LeakPolicy::default(),
         }
     }
 }
@@ -155,6 +160,14 @@ impl Config {
             .iter()
             .filter(|z| z.inside)
             .any(|z| z.address.ip() == ip || z.networks.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// The outgoing scan's view of the inside: its networks and the gateway's inside
+    /// addresses.
+    pub(crate) fn inside_scanner(&self) -> crate::hiding::Scanner {
+        let inside = || self.zones.iter().filter(|z| z.inside);
+        let own: Vec<IpNet> = inside().map(|z| IpNet::from(z.address.ip())).collect();
+        crate::hiding::Scanner::new(inside().flat_map(|z| z.networks.iter()).chain(own.iter()))
     }
 
     /// First rule matching a datagram arriving in `zone` from `source` on `port`.

@@ -18,8 +18,13 @@ use sipward_proto::{
     build_answer, parse_datagram, Datagram, Edits, HeaderName, Message, MethodKind, NameAddr, Uri,
 };
 
+use crate::cancel::{Cancels, Due, Toward};
 use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
+use crate::hiding::{LeakPolicy, Scanner};
+
+mod cancelling;
+mod leaks;
 use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
@@ -84,11 +89,14 @@ pub struct Counters {
     pub evicted_transactions: u64,
     /// Calls ended because their media went idle (data-channel timeout).
     pub media_timeouts: u64,
+    /// Outgoing outside datagrams the last-line scan found inside addresses in (then
+    /// rewritten, trimmed or refused per `leak_policy`).
+    pub inside_address_leaks: u64,
 }
 
 impl Counters {
     /// Every counter by a stable name (the admin API's and the metrics' keys).
-    pub fn fields(&self) -> [(&'static str, u64); 25] {
+    pub fn fields(&self) -> [(&'static str, u64); 26] {
         [
             ("received", self.received),
             ("forwarded", self.forwarded),
@@ -115,6 +123,7 @@ impl Counters {
             ("refused_share", self.refused_share),
             ("evicted_transactions", self.evicted_transactions),
             ("media_timeouts", self.media_timeouts),
+            ("inside_address_leaks", self.inside_address_leaks),
         ]
     }
 }
@@ -183,6 +192,10 @@ pub struct Gateway {
     /// before the first.
     now: Option<Instant>,
     next_sweep: Option<Instant>,
+    /// The gateway's own CANCELs for the INVITEs it relays.
+    cancels: Cancels,
+    /// What the inside addresses look like in text (the outgoing scan).
+    scanner: Scanner,
 }
 
 /// Facts about one datagram's arrival, passed down the handlers.
@@ -208,7 +221,9 @@ impl Gateway {
         let media = MediaTable::new(&pools, config.alg.media_latching, networks)
             .with_bypass(config.alg.allow_media_bypass);
         let guard = Guard::new(config.protection.clone());
+        let scanner = config.inside_scanner();
         Self {
+            scanner,
             guard,
             traffic: Traffic::default(),
             now: None,
@@ -219,6 +234,7 @@ impl Gateway {
             counters: Counters::default(),
             media,
             next_sweep: None,
+            cancels: Cancels::default(),
         }
     }
 
@@ -239,6 +255,7 @@ impl Gateway {
             );
         }
         config.secret = self.config.secret;
+        self.scanner = config.inside_scanner();
         self.guard.set_options(config.protection.clone());
         self.media
             .set_options(config.alg.media_latching, config.alg.allow_media_bypass);
@@ -359,10 +376,25 @@ impl Gateway {
 
     /// When [`Gateway::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_sweep
+        match (self.next_sweep, self.cancels.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
+    /// Sends a datagram; one leaving by an outside interface passes the last-line scan
+    /// first (false: it was refused).
+    fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) -> bool {
+        match self.outgoing(local, payload) {
+            Some(payload) => {
+                self.push(local, remote, payload);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn push(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
         self.traffic.count(Flow::Out, &payload);
         self.out.push_back(Transmit {
             local,
@@ -847,6 +879,18 @@ impl Gateway {
         self.send(at.local, at.remote, payload);
     }
 
+    /// 481: the dialog or transaction a request names is not known here.
+    fn answer_no_dialog(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
+        self.answer(
+            config,
+            at,
+            msg,
+            481,
+            "Call/Transaction Does Not Exist",
+            "no such dialog or transaction at this gateway",
+        );
+    }
+
     fn apply_rule<'c>(
         &mut self,
         config: &'c Config,
@@ -939,6 +983,16 @@ impl Gateway {
         let branch = self.hider.branch(&[phone_branch, remote_text.as_bytes()]);
         // The transaction's key, built once: looked up for a repeat, stored below.
         let tx_key = (branch.clone(), cseq.method.to_vec());
+        if method == MethodKind::Cancel {
+            let invite = (branch.clone(), b"INVITE".to_vec());
+            let open = self
+                .tables
+                .client
+                .get(&invite)
+                .map(|tx| tx.final_at.is_none());
+            self.cancel_received(config, at, msg, open, &branch, Toward::Outside);
+            return;
+        }
         if method != MethodKind::Ack {
             let repeat = self
                 .tables
@@ -951,6 +1005,17 @@ impl Gateway {
             }
         }
 
+        // An in-dialog request for a dialog the gateway does not hold cannot be
+        // translated (whose Call-ID, whose route set?): 481, RFC 3261 12.2.2. An ACK
+        // is never answered.
+        if !initial
+            && in_dialog.is_none()
+            && !matches!(method, MethodKind::Ack | MethodKind::Register)
+        {
+            self.counters.unknown_target += 1;
+            self.answer_no_dialog(config, at, msg);
+            return;
+        }
         let busy = (403, "Forbidden");
         if !self.within_state_limits(config, at, msg, method, initial, &aor, busy) {
             return;
@@ -1026,7 +1091,13 @@ impl Gateway {
                         msg.range_of(r.raw)
                             .is_some_and(|rr| field_contains(msg, f, &rr))
                     })
-                    .all(|r| r.uri.as_sip().is_some_and(gateway_inside));
+                    .all(|r| {
+                        // Entries naming another inside host cannot be reached from
+                        // outside either (and would name it there): they go too.
+                        r.uri.as_sip().is_some_and(|u| {
+                            gateway_inside(u) || u.host.ip().is_some_and(is_inside)
+                        })
+                    });
                 if ours {
                     edits.remove_field(msg, f)?;
                 }
@@ -1075,6 +1146,13 @@ impl Gateway {
             self.counters.edit_failures += 1;
             return;
         }
+        if self
+            .hide_unknown_out(config, msg, &mut edits, wan_local)
+            .is_err()
+        {
+            self.counters.edit_failures += 1;
+            return;
+        }
         let passage = SdpPassage {
             call: &tx_dialog.media_id(),
             from: Side::Inside,
@@ -1092,6 +1170,19 @@ impl Gateway {
                 self.counters.edit_failures += 1;
                 return;
             }
+        };
+        let Some(payload) = self.outgoing(wan_local, payload) else {
+            if config.alg.leak_policy == LeakPolicy::Refuse {
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    500,
+                    "Server Internal Error",
+                    "request would reveal inside addresses",
+                );
+            }
+            return;
         };
 
         // Remember the way back.
@@ -1150,8 +1241,18 @@ impl Gateway {
         if ends_subscription(msg) {
             self.end_subscription(&tx_dialog);
         }
+        if method == MethodKind::Invite {
+            self.cancels.prepare(
+                Toward::Outside,
+                (branch.clone(), b"INVITE".to_vec()),
+                &payload,
+                wan_local,
+                next_hop,
+                &config.alg.limits,
+            );
+        }
         self.counters.forwarded += 1;
-        self.send(wan_local, next_hop, payload);
+        self.push(wan_local, next_hop, payload);
     }
 
     fn response_from_outside(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
@@ -1168,6 +1269,11 @@ impl Gateway {
             String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
             cseq.method.to_vec(),
         );
+        let branch = key.0.clone();
+        if ours && cseq.method == b"CANCEL" && self.cancels.answered(&key.0, Toward::Outside) {
+            self.cancel_answered(config, at, &key.0, status, Toward::Outside);
+            return;
+        }
         let Some(tx) = self.tables.client.get(&key).filter(|_| ours).cloned() else {
             self.counters.stray_responses += 1;
             return;
@@ -1192,7 +1298,18 @@ impl Gateway {
                     edits.replace(msg, f.value, &restored)?;
                 }
             }
-            if tx.register.is_none() {
+            // The phone's transaction is matched by its CSeq: it gets the one it sent,
+            // whatever number a far end wrote (the method already matched).
+            if let Some(f) = msg.header(HeaderName::CSeq) {
+                if !tx.echo.cseq.is_empty() && f.value != tx.echo.cseq.as_slice() {
+                    edits.replace(msg, f.value, &tx.echo.cseq)?;
+                }
+            }
+            // Only a response that makes or refreshes a dialog's target is anchored at
+            // the gateway; the Contacts of a redirect (3xx), a 485 or a 200 to OPTIONS
+            // are addresses for the phone to use itself and stay as the far end wrote
+            // them (they come from outside: nothing to hide).
+            if tx.register.is_none() && sets_dialog_target(tx.method, status) {
                 anchor_at_gateway(msg, &mut edits, &tx.lan_local.to_string())?;
             }
             if let Some(reg) = &tx.register {
@@ -1328,6 +1445,9 @@ impl Gateway {
         }
         self.counters.forwarded += 1;
         self.send(tx.lan_local, tx.phone, payload);
+        if tx.method == MethodKind::Invite {
+            self.invite_answered(&branch, status, Toward::Outside, at.now);
+        }
     }
 
     // ---- outside to inside ----
@@ -1379,6 +1499,11 @@ impl Gateway {
             .server
             .get(&(branch.clone(), b"INVITE".to_vec()))
             .cloned();
+        if method == MethodKind::Cancel {
+            let open = pending.as_ref().map(|p| p.final_at.is_none());
+            self.cancel_received(config, at, msg, open, &branch, Toward::Inside);
+            return;
+        }
         let token = msg
             .request_uri()
             .and_then(|u| u.as_sip())
@@ -1390,7 +1515,7 @@ impl Gateway {
             .outside_dialog(msg.call_id(), token.as_deref())
             .cloned();
         let (phone, lan_local, target, aor, tok) =
-            if let (Some(p), MethodKind::Cancel | MethodKind::Ack) = (&pending, method) {
+            if let (Some(p), MethodKind::Ack) = (&pending, method) {
                 (p.phone, p.lan_local, None, p.aor.clone(), p.token.clone())
             } else if let Some(d) = dialog.as_ref().filter(|_| !initial) {
                 (
@@ -1400,7 +1525,7 @@ impl Gateway {
                     d.aor.clone(),
                     d.token.clone(),
                 )
-            } else if let Some(b) = &binding {
+            } else if let Some(b) = binding.as_ref().filter(|_| initial) {
                 let t = token.clone().unwrap_or_default();
                 (
                     b.phone,
@@ -1411,14 +1536,20 @@ impl Gateway {
                 )
             } else {
                 self.counters.unknown_target += 1;
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    404,
-                    "Not Found",
-                    "no such user behind this gateway",
-                );
+                // A request inside a dialog (or a CANCEL) names state the gateway does
+                // not hold: RFC 3261 12.2.2 and 9.2 answer 481, not 404.
+                if !initial || method == MethodKind::Cancel {
+                    self.answer_no_dialog(config, at, msg);
+                } else {
+                    self.answer(
+                        config,
+                        at,
+                        msg,
+                        404,
+                        "Not Found",
+                        "no such user behind this gateway",
+                    );
+                }
                 return;
             };
         if !self.within_state_limits(config, at, msg, method, initial, &aor, (486, "Busy Here")) {
@@ -1443,7 +1574,10 @@ impl Gateway {
             if let (Some(target), Some(uri)) = (&target, msg.request_uri()) {
                 edits.replace(msg, uri.raw(), target)?;
             }
-            anchor_at_gateway(msg, &mut edits, &lan_text)?;
+            // As for responses: only a dialog's target is the gateway's business.
+            if sets_dialog_target(method, 200) {
+                anchor_at_gateway(msg, &mut edits, &lan_text)?;
+            }
             if let Some(d) = inside_dialog {
                 // The far end speaks of the hidden call: give the phone back its own.
                 if let Some(f) = msg.header(HeaderName::CallId) {
@@ -1459,6 +1593,10 @@ impl Gateway {
             Ok(())
         })();
         if r.is_err() {
+            self.counters.edit_failures += 1;
+            return;
+        }
+        if self.translate_call_ids_in(msg, &mut edits, phone).is_err() {
             self.counters.edit_failures += 1;
             return;
         }
@@ -1540,6 +1678,16 @@ impl Gateway {
         if ends_subscription(msg) {
             self.end_subscription(&tx_dialog);
         }
+        if method == MethodKind::Invite {
+            self.cancels.prepare(
+                Toward::Inside,
+                (branch.clone(), b"INVITE".to_vec()),
+                &payload,
+                lan_local,
+                phone,
+                &config.alg.limits,
+            );
+        }
         self.counters.forwarded += 1;
         self.send(lan_local, phone, payload);
     }
@@ -1558,6 +1706,11 @@ impl Gateway {
             String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
             cseq.method.to_vec(),
         );
+        let branch = key.0.clone();
+        if ours && cseq.method == b"CANCEL" && self.cancels.answered(&branch, Toward::Inside) {
+            self.cancel_answered(config, at, &branch, status, Toward::Inside);
+            return;
+        }
         let Some(tx) = self.tables.server.get(&key).filter(|_| ours).cloned() else {
             self.counters.stray_responses += 1;
             return;
@@ -1586,8 +1739,13 @@ impl Gateway {
             }
             for contact in &msg.contacts().list {
                 let Uri::Sip(u) = &contact.uri else { continue };
-                if u.host.ip().is_some_and(is_inside) {
-                    let outside = contact_uri(u, &wan_text, &tx.token);
+                if let Some(ip) = u.host.ip().filter(|ip| is_inside(*ip)) {
+                    // A redirect names where to go instead: a registered phone by its
+                    // own token; a dialog's Contact routes back by this call's.
+                    let own = (status >= 300)
+                        .then(|| self.token_of_phone(ip, u.port.unwrap_or(5060)))
+                        .flatten();
+                    let outside = contact_uri(u, &wan_text, own.as_deref().unwrap_or(&tx.token));
                     if contact.bracketed {
                         edits.replace(msg, u.raw, outside.as_bytes())?;
                     } else {
@@ -1616,6 +1774,13 @@ impl Gateway {
             self.counters.edit_failures += 1;
             return;
         }
+        if self
+            .hide_unknown_out(config, msg, &mut edits, tx.wan_local)
+            .is_err()
+        {
+            self.counters.edit_failures += 1;
+            return;
+        }
         let passage = SdpPassage {
             call: &tx.dialog.media_id(),
             from: Side::Inside,
@@ -1626,6 +1791,9 @@ impl Gateway {
         self.response_media(at, msg, &mut edits, passage, tx.method, status);
         let Ok(payload) = msg.rewrite(&edits) else {
             self.counters.edit_failures += 1;
+            return;
+        };
+        let Some(payload) = self.outgoing(tx.wan_local, payload) else {
             return;
         };
 
@@ -1669,14 +1837,19 @@ impl Gateway {
                 .insert(key, payload.clone(), at.now);
         }
         self.counters.forwarded += 1;
-        self.send(tx.wan_local, tx.proxy, payload);
+        self.push(tx.wan_local, tx.proxy, payload);
+        if tx.method == MethodKind::Invite {
+            self.invite_answered(&branch, status, Toward::Inside, at.now);
+        }
     }
 
     /// Handles a repeated request (see `Repeat`); true when it is dealt with.
     fn repeated(&mut self, repeat: Option<Repeat>, at: Arrival) -> bool {
         match repeat {
             None | Some(Repeat::Forward) => return false,
-            Some(Repeat::Answer(response)) => self.send(at.local, at.remote, response),
+            Some(Repeat::Answer(response)) => {
+                self.send(at.local, at.remote, response);
+            }
             Some(Repeat::Absorb) => {}
         }
         self.counters.absorbed_retransmissions += 1;
@@ -1799,6 +1972,26 @@ impl Gateway {
                 }
             }
         }
+
+        for due in self.cancels.due(now) {
+            match due {
+                Due::Send {
+                    local,
+                    remote,
+                    request,
+                } => {
+                    self.send(local, remote, request);
+                }
+                Due::GiveUp { toward, invite } => {
+                    self.terminate_invite(&config, toward, &invite, now)
+                }
+            }
+        }
+        let (client, server) = (&self.tables.client, &self.tables.server);
+        self.cancels.retain(|toward, invite| match toward {
+            Toward::Outside => client.get(invite).is_some_and(|t| t.final_at.is_none()),
+            Toward::Inside => server.get(invite).is_some_and(|t| t.final_at.is_none()),
+        });
 
         self.expire_idle_media(&config, now);
         self.guard.sweep(now);
@@ -1956,6 +2149,21 @@ fn creates_dialog(method: MethodKind) -> bool {
         method,
         MethodKind::Invite | MethodKind::Subscribe | MethodKind::Refer
     )
+}
+
+/// Whether a response's Contact is the target of a dialog the gateway keeps (and so is
+/// replaced by the gateway's own address): a 1xx/2xx to a dialog-making or target-refresh
+/// request (RFC 3261 12.1, 12.2; RFC 3311; RFC 6665).
+fn sets_dialog_target(method: MethodKind, status: u16) -> bool {
+    (101..300).contains(&status)
+        && matches!(
+            method,
+            MethodKind::Invite
+                | MethodKind::Subscribe
+                | MethodKind::Refer
+                | MethodKind::Update
+                | MethodKind::Notify
+        )
 }
 
 /// A NOTIFY that ends its subscription (RFC 6665 section 4.1.3).

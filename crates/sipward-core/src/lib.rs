@@ -7,14 +7,16 @@
 //! [`Gateway::poll_timeout`]. Every timer the brief names is data here, so tests run hours
 //! of virtual time in microseconds.
 
+mod cancel;
 pub mod config;
 mod gateway;
 mod hide;
+mod hiding;
 pub mod media;
 pub mod protect;
 mod state;
 
-pub use config::{Action, AddressObject, AlgOptions, Config, Rule, Zone, ZoneId};
+pub use config::{Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Zone, ZoneId};
 pub use gateway::{Counters, Gateway, Transmit};
 pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaError, MediaTable, NoReservation, Peer,

@@ -301,16 +301,25 @@ fn max_sessions_per_id_is_enforced() {
 fn cancel_follows_its_invite() {
     let mut net = Net::new(AlgOptions::default());
     let inv = text(&net.phone_sends(&invite("c5", "z9hG4bKinv5")));
-    let cancel = net.phone_sends("CANCEL sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKinv5\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-c5\r\nTo: bob <sip:bob@10.0.0.1:5060>\r\nCall-ID: c5@10.0.0.20\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n");
-    let cancel = text(&cancel);
+    net.proxy_sends(&response_to(&inv, "180 Ringing", "b5", ""));
+    // The gateway answers the CANCEL itself and sends its own (RFC 3261 16.10).
+    let out = net.deliver(LAN, PHONE, "CANCEL sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKinv5\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-c5\r\nTo: bob <sip:bob@10.0.0.1:5060>\r\nCall-ID: c5@10.0.0.20\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0].remote, addr(PHONE));
+    assert!(text(&out[0]).starts_with("SIP/2.0 200 OK\r\n"));
+    let cancel = text(&out[1]);
+    assert_eq!(out[1].remote, addr(PROXY));
     assert_eq!(
         branch_of(&cancel),
         branch_of(&inv),
         "CANCEL must carry its INVITE's branch"
     );
     assert_eq!(header(&cancel, "Call-ID"), header(&inv, "Call-ID"));
-    let ok = net.proxy_sends(&response_to(&cancel, "200 OK", "b5", ""));
-    assert_eq!(ok.remote, addr(PHONE));
+    let none = net.deliver(WAN, PROXY, &response_to(&cancel, "200 OK", "b5", ""));
+    assert!(
+        none.is_empty(),
+        "the answer to the gateway's CANCEL is its own"
+    );
     let term = net.proxy_sends(&response_to(&inv, "487 Request Terminated", "b5", ""));
     assert!(text(&term).starts_with("SIP/2.0 487"));
     assert!(net.gw.dialogs().is_empty());

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 use sipward_core::config::Latching;
-use sipward_core::{Action, AddressObject, AlgOptions, Rule, Zone};
+use sipward_core::{Action, AddressObject, AlgOptions, LeakPolicy, Rule, Zone};
 use sipward_core::{FilterMode, ProtectionOptions, Rate};
 use sipward_proto::Limits;
 use toml::Spanned;
@@ -226,6 +226,9 @@ struct AlgSection {
     max_registrations: Option<usize>,
     max_dialogs: Option<usize>,
     max_transactions: Option<usize>,
+    /// "rewrite", "remove" or "refuse": an outgoing outside datagram that still names
+    /// an inside address.
+    leak_policy: Option<Spanned<String>>,
     // Wire-layer limits of this ALG (serde's flatten cannot be combined with
     // deny_unknown_fields, so they are listed here).
     max_param_len: Option<usize>,
@@ -458,6 +461,18 @@ impl Config {
                 ),
             },
         };
+        let leak_policy = match &alg.leak_policy {
+            None => d.leak_policy,
+            Some(v) => match v.get_ref().as_str() {
+                "rewrite" => LeakPolicy::Rewrite,
+                "remove" => LeakPolicy::Remove,
+                "refuse" => LeakPolicy::Refuse,
+                other => bail!(
+                    "{}: alg {alg_name:?}: leak_policy {other:?}: expected \"rewrite\", \"remove\" or \"refuse\"",
+                    self.at(origin, v)
+                ),
+            },
+        };
         let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
         let alg_options = AlgOptions {
             max_sessions_per_id: alg.max_sessions_per_id.unwrap_or(d.max_sessions_per_id),
@@ -474,6 +489,7 @@ impl Config {
             max_registrations: alg.max_registrations.unwrap_or(d.max_registrations),
             max_dialogs: alg.max_dialogs.unwrap_or(d.max_dialogs),
             max_transactions: alg.max_transactions.unwrap_or(d.max_transactions),
+            leak_policy,
         };
         let mut service_port = None;
         for (name, s) in &self.service {
@@ -1004,6 +1020,34 @@ mod tests {
         assert!(text.contains("max_bogus"), "{text}");
         let e = Config::parse("[limits]\nmax_param_len = \"ten\"\n", "x.toml").unwrap_err();
         assert!(e.to_string().starts_with("x.toml:2: "), "{e}");
+    }
+
+    #[test]
+    fn leak_policy_is_read_and_checked_with_its_line() {
+        let with = |value: &str| {
+            let text = EMBEDDED_DEFAULT.replacen(
+                "[alg.sip]\n",
+                &format!("[alg.sip]\nleak_policy = {value}\n"),
+                1,
+            );
+            Config::parse(&text, "l.toml").unwrap().compile("l.toml")
+        };
+        assert_eq!(
+            with("\"refuse\"").unwrap().alg.leak_policy,
+            LeakPolicy::Refuse
+        );
+        assert_eq!(
+            with("\"remove\"").unwrap().alg.leak_policy,
+            LeakPolicy::Remove
+        );
+        let e = with("\"drop\"").unwrap_err().to_string();
+        assert!(e.starts_with("l.toml:"), "{e}");
+        assert!(e.contains("expected \"rewrite\""), "{e}");
+        let default = Config::parse(EMBEDDED_DEFAULT, "e")
+            .unwrap()
+            .compile("e")
+            .unwrap();
+        assert_eq!(default.alg.leak_policy, LeakPolicy::Rewrite);
     }
 
     #[test]
