@@ -405,11 +405,35 @@ impl Gateway {
                 self.arm(now);
             }
             Ok(Datagram::Keepalive) => {
-                // Answer a ping with a pong (RFC 5626) to senders the rule set admits.
+                // Absorbed without a reply: over UDP RFC 5626's keepalive is STUN (below),
+                // and a CRLF sent back confuses clients that never asked for one.
                 if config.match_rule(zone, remote, local.port()).is_some() {
                     self.counters.keepalives += 1;
-                    self.send(local, remote, b"\r\n".to_vec());
                 }
+            }
+            Ok(Datagram::StunBinding(request)) => {
+                // RFC 5626 section 4.4.2: answer the Binding request on the SIP port,
+                // for senders the rule set admits and within the sender's rate (the
+                // answer is at most about twice the request, so no amplifier).
+                if config.match_rule(zone, remote, local.port()).is_none() {
+                    self.counters.dropped_no_rule += 1;
+                    return;
+                }
+                if !self
+                    .guard
+                    .within_rate(remote.ip(), Class::DialogRequest, "STUN", now)
+                {
+                    self.counters.dropped_flood += 1;
+                    self.arm(now);
+                    return;
+                }
+                self.counters.keepalives += 1;
+                // Not a SIP message: sent without counting it in the traffic figures.
+                self.out.push_back(Transmit {
+                    local,
+                    remote,
+                    payload: sipward_proto::stun::binding_success(&request, remote),
+                });
             }
             Ok(Datagram::Message(msg)) => {
                 self.traffic.count(Flow::In, data);

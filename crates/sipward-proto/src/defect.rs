@@ -24,6 +24,10 @@ use crate::sdp::SdpError;
 pub enum DefectKind {
     /// Not a SIP message at all (no start line we can read).
     NotSip,
+    /// Only white space, and not exactly a CRLF or CRLFCRLF keepalive.
+    BlankDatagram,
+    /// STUN, but not a well-formed Binding request sipward can answer.
+    BadStun(crate::stun::StunError),
     MessageTooLarge,
     TooManyHeaders,
     TooManyVias,
@@ -116,6 +120,8 @@ impl Defect {
         use DefectKind::*;
         match self.kind {
             NotSip => "not a SIP message",
+            BlankDatagram => "blank datagram (white space only, not a keepalive)",
+            BadStun(e) => e.as_str(),
             MessageTooLarge => "message too large",
             TooManyHeaders => "too many header fields",
             TooManyVias => "too many Via entries",

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod message;
 mod scan;
 pub mod sdp;
+pub mod stun;
 pub mod uri;
 
 pub use answer::build_answer;

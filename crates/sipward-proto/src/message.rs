@@ -134,8 +134,13 @@ pub struct Message<'a> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Datagram<'a> {
-    /// Only CR, LF and spaces: a NAT keepalive (RFC 5626 section 3.5.1), to be passed on.
+    /// CRLF or CRLFCRLF exactly: a keepalive (RFC 5626 section 3.5.1). Over UDP it is
+    /// absorbed: RFC 5626's UDP keepalive is STUN, and a reply confuses clients that
+    /// never expected one.
     Keepalive,
+    /// A well-formed STUN Binding request (RFC 5626 section 4.4.2, the keepalive over
+    /// UDP), to be answered with [`crate::stun::binding_success`].
+    StunBinding(crate::stun::BindingRequest),
     Message(Message<'a>),
 }
 
@@ -151,8 +156,8 @@ pub struct Rejection {
 /// Parses and validates one datagram. This and [`parse_datagram_into`] are the only ways
 /// to get a [`Message`].
 pub fn parse_datagram<'a>(buf: &'a [u8], limits: &Limits) -> Result<Datagram<'a>, Rejection> {
-    if !buf.is_empty() && buf.iter().all(|&b| matches!(b, b'\r' | b'\n' | b' ')) {
-        return Ok(Datagram::Keepalive);
+    if let Some(verdict) = classify_non_sip(buf, limits) {
+        return verdict;
     }
     // The message is filled in place and moved once, into the result: it is a few
     // kilobytes, and every extra move of it is a memcpy per datagram.
@@ -175,8 +180,8 @@ pub fn parse_datagram_into<'a>(
     limits: &Limits,
     out: &mut Result<Datagram<'a>, Rejection>,
 ) {
-    if !buf.is_empty() && buf.iter().all(|&b| matches!(b, b'\r' | b'\n' | b' ')) {
-        *out = Ok(Datagram::Keepalive);
+    if let Some(verdict) = classify_non_sip(buf, limits) {
+        *out = verdict;
         return;
     }
     match out {
@@ -192,6 +197,52 @@ pub fn parse_datagram_into<'a>(
             status: crate::answer::answerable(buf).then(|| defect.status()),
         });
     }
+}
+
+/// The verdict on a datagram that is not a SIP message to parse: over the size limit
+/// (checked first, so that no size of anything passes as something else), a keepalive,
+/// STUN, or blank. `None`: parse it as SIP.
+#[inline]
+fn classify_non_sip<'a>(buf: &[u8], limits: &Limits) -> Option<Result<Datagram<'a>, Rejection>> {
+    let drop = |kind| {
+        Some(Err(Rejection {
+            defect: at(kind, Location::Message),
+            status: None,
+        }))
+    };
+    if buf.len() > limits.max_message_len {
+        let defect = at(DefectKind::MessageTooLarge, Location::Message);
+        return Some(Err(Rejection {
+            defect,
+            status: crate::answer::answerable(buf).then(|| defect.status()),
+        }));
+    }
+    // A SIP message starts with a letter (or the CR of a leading CRLF): one compare
+    // keeps the common case off the slower checks below.
+    if buf.first().is_some_and(|&b| b >= 0x40) {
+        return None;
+    }
+    if buf == b"\r\n" || buf == b"\r\n\r\n" {
+        return Some(Ok(Datagram::Keepalive));
+    }
+    if crate::stun::looks_like_stun(buf) {
+        return Some(match crate::stun::parse_binding_request(buf) {
+            Ok(request) => Ok(Datagram::StunBinding(request)),
+            Err(e) => Err(Rejection {
+                defect: at(DefectKind::BadStun(e), Location::Message),
+                status: None,
+            }),
+        });
+    }
+    // Only white space (sipvicious' "blank" probes, broken keepalives): nothing to
+    // answer, not even a Via to answer to.
+    if buf
+        .iter()
+        .all(|&b| matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+    {
+        return drop(DefectKind::BlankDatagram);
+    }
+    None
 }
 
 fn at(kind: DefectKind, at: Location) -> Defect {
@@ -267,10 +318,8 @@ impl<'a> Message<'a> {
     // code around the header parsers came out worse for both (measured).
     #[inline(never)]
     fn parse(&mut self, limits: &Limits) -> Result<(), Defect> {
+        // The size limit is checked by the entry points, before anything else.
         let buf = self.buf;
-        if buf.len() > limits.max_message_len {
-            return Err(at(DefectKind::MessageTooLarge, Location::Message));
-        }
         let mut pos = 0;
         while buf.get(pos..pos + 2) == Some(b"\r\n") {
             pos += 2;
@@ -891,7 +940,7 @@ a=rtpmap:0 PCMU/8000\r\n";
     fn parse(b: &[u8]) -> Result<Message<'_>, Rejection> {
         match parse_datagram(b, &Limits::default())? {
             Datagram::Message(m) => Ok(m),
-            Datagram::Keepalive => panic!("keepalive"),
+            Datagram::Keepalive | Datagram::StunBinding(_) => panic!("keepalive"),
         }
     }
 
@@ -936,6 +985,53 @@ a=rtpmap:0 PCMU/8000\r\n";
             parse_datagram(b"\r\n", &Limits::default()),
             Ok(Datagram::Keepalive)
         ));
+    }
+
+    #[test]
+    fn blank_datagrams_are_not_keepalives() {
+        let limits = Limits::default();
+        // Over the size limit: refused as too large whatever it holds, before any
+        // keepalive check (nothing to answer: no Via).
+        for len in [limits.max_message_len + 1, 65_507] {
+            let r = parse_datagram(&vec![b' '; len], &limits).unwrap_err();
+            assert_eq!(r.defect.kind, DefectKind::MessageTooLarge);
+            assert_eq!(r.status, None);
+        }
+        let crlfs = b"\r\n".repeat(100);
+        for blank in [
+            &b" "[..],
+            &[b' '; 100][..],
+            b"\r\n \r\n",
+            b"\t",
+            b"\n\n",
+            b"\r\n\r\n\r\n",
+            &crlfs,
+        ] {
+            let r = parse_datagram(blank, &limits).unwrap_err();
+            assert_eq!(r.defect.kind, DefectKind::BlankDatagram, "{blank:?}");
+            assert_eq!(r.status, None);
+        }
+    }
+
+    #[test]
+    fn stun_binding_requests_are_told_from_sip() {
+        let limits = Limits::default();
+        let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        binding.extend_from_slice(&[7; 12]);
+        match parse_datagram(&binding, &limits) {
+            Ok(Datagram::StunBinding(r)) => assert_eq!(r.transaction_id, [7; 12]),
+            other => panic!("{other:?}"),
+        }
+        let mut out = Ok(Datagram::Keepalive);
+        parse_datagram_into(&binding, &limits, &mut out);
+        assert!(matches!(out, Ok(Datagram::StunBinding(_))));
+        drop(out);
+        // A Binding response (reflected at us): STUN-looking, dropped.
+        binding[0] = 0x01;
+        binding[1] = 0x01;
+        let r = parse_datagram(&binding, &limits).unwrap_err();
+        assert!(matches!(r.defect.kind, DefectKind::BadStun(_)));
+        assert_eq!(r.status, None);
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! Datagrams at the edge of SIP through the whole gateway: keepalives, STUN, blank and
+//! oversized datagrams, malformed text headers, repeated single headers.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::*;
+use sipward_core::AlgOptions;
+
+fn deliver_bytes(net: &mut Net, local: &str, remote: &str, bytes: &[u8]) -> usize {
+    net.gw
+        .handle_datagram(net.now, addr(local), addr(remote), bytes);
+    net.drain().len()
+}
+
+#[test]
+fn blank_datagrams_get_no_reply_and_are_counted_malformed() {
+    let mut net = Net::new(AlgOptions::default());
+    // The sipvicious-style probes: only spaces, over and under the size limit.
+    for (len, counted_as) in [(7000, "MessageTooLarge"), (100, "BlankDatagram")] {
+        let before = net.gw.counters().dropped_malformed;
+        assert_eq!(deliver_bytes(&mut net, WAN, PROXY, &vec![b' '; len]), 0);
+        assert_eq!(net.gw.counters().dropped_malformed, before + 1, "{len}");
+        assert_eq!(net.gw.traffic().malformed.get(counted_as), Some(&1));
+    }
+    assert_eq!(deliver_bytes(&mut net, LAN, PHONE, b"\r\n \r\n"), 0);
+    assert_eq!(net.gw.counters().keepalives, 0);
+}
+
+#[test]
+fn crlf_keepalives_over_udp_are_absorbed_without_a_reply() {
+    let mut net = Net::new(AlgOptions::default());
+    assert_eq!(deliver_bytes(&mut net, LAN, PHONE, b"\r\n\r\n"), 0);
+    assert_eq!(deliver_bytes(&mut net, WAN, PROXY, b"\r\n"), 0);
+    assert_eq!(net.gw.counters().keepalives, 2);
+    let traffic = net.gw.traffic();
+    assert!(traffic.requests_out.is_empty() && traffic.requests_in.is_empty());
+}
+
+#[test]
+fn stun_binding_requests_on_the_sip_port_are_answered() {
+    let mut net = Net::new(AlgOptions::default());
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(b"txn-id-12345");
+    net.gw
+        .handle_datagram(net.now, addr(LAN), addr(PHONE), &request);
+    let out = net.drain();
+    assert_eq!(out.len(), 1);
+    let answer = &out[0];
+    assert_eq!((answer.local, answer.remote), (addr(LAN), addr(PHONE)));
+    let p = &answer.payload;
+    // Binding success, the same transaction, one XOR-MAPPED-ADDRESS, decoded by hand.
+    assert_eq!(&p[..2], &[0x01, 0x01]);
+    assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, p.len() - 20);
+    assert_eq!(&p[4..8], &[0x21, 0x12, 0xa4, 0x42]);
+    assert_eq!(&p[8..20], b"txn-id-12345");
+    assert_eq!(&p[20..22], &[0x00, 0x20]);
+    assert_eq!(p[25], 1, "IPv4 family");
+    let port = u16::from_be_bytes([p[26], p[27]]) ^ 0x2112;
+    let ip: Vec<u8> = p[28..32]
+        .iter()
+        .zip([0x21, 0x12, 0xa4, 0x42])
+        .map(|(a, k)| a ^ k)
+        .collect();
+    assert_eq!(port, addr(PHONE).port());
+    assert_eq!(ip, [10, 0, 0, 20]);
+    assert!(p.len() <= 2 * request.len() + 4);
+    // Not a SIP request in either direction's figures.
+    let traffic = net.gw.traffic();
+    assert!(traffic.requests_out.is_empty() && traffic.requests_in.is_empty());
+
+    // Anything else STUN-looking is dropped: a Binding response reflected at us, a
+    // request with a bad length.
+    let mut response = request.clone();
+    response[..2].copy_from_slice(&[0x01, 0x01]);
+    assert_eq!(deliver_bytes(&mut net, LAN, PHONE, &response), 0);
+    let mut bad_length = request.clone();
+    bad_length[3] = 8;
+    assert_eq!(deliver_bytes(&mut net, LAN, PHONE, &bad_length), 0);
+    // A sender no rule admits gets nothing.
+    assert_eq!(
+        deliver_bytes(&mut net, WAN, "198.51.100.7:5060", &request),
+        0
+    );
+}
+
+#[test]
+fn stun_answers_are_rate_limited_per_source() {
+    let mut net = Net::new(AlgOptions::default());
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(b"txn-id-12345");
+    let answered: usize = (0..1000)
+        .map(|_| deliver_bytes(&mut net, LAN, PHONE, &request))
+        .sum();
+    assert!(answered > 0 && answered < 1000, "{answered}");
+}
