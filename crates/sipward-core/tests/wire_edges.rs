@@ -101,3 +101,50 @@ fn stun_answers_are_rate_limited_per_source() {
         .sum();
     assert!(answered > 0 && answered < 1000, "{answered}");
 }
+
+/// The test INVITE with `extra` header lines (raw bytes) before its Content-Type.
+fn invite_with(call: &str, extra: &[u8]) -> Vec<u8> {
+    let text = invite(call, &format!("z9hG4bK{call}"));
+    let at = text.find("Content-Type:").unwrap();
+    [text[..at].as_bytes(), extra, text[at..].as_bytes()].concat()
+}
+
+/// What a phone's datagram brought: the one reply to the phone, nothing to the proxy.
+fn answered_not_forwarded(net: &mut Net, datagram: &[u8]) -> String {
+    net.gw
+        .handle_datagram(net.now, addr(LAN), addr(PHONE), datagram);
+    let out = net.drain();
+    assert!(
+        out.iter().all(|t| t.remote != addr(PROXY)),
+        "forwarded: {out:?}"
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    String::from_utf8_lossy(&out[0].payload).into_owned()
+}
+
+#[test]
+fn control_characters_and_bad_utf8_in_text_headers_get_400() {
+    let mut net = Net::new(AlgOptions::default());
+    for (n, (line, warning)) in [
+        (&b"Subject: a\x00b\r\n"[..], "control character in Subject"),
+        (b"Subject: \x01\r\n", "control character in Subject"),
+        (
+            b"User-Agent: x\x1b[31m\r\n",
+            "control character in User-Agent",
+        ),
+        (b"User-Agent: x\x7f\r\n", "control character in User-Agent"),
+        (b"User-Agent: \xff\xfe\r\n", "invalid UTF-8 in User-Agent"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let answer = answered_not_forwarded(&mut net, &invite_with(&format!("t{n}"), line));
+        assert!(answer.starts_with("SIP/2.0 400 "), "{answer}");
+        assert!(answer.contains(warning), "{warning}: {answer}");
+    }
+    // UTF-8 text is fine and goes on as written.
+    let call = invite_with("ok", "Subject: R\u{e9}union\r\n".as_bytes());
+    let out = net.deliver(LAN, PHONE, std::str::from_utf8(&call).unwrap());
+    assert!(out.iter().any(|t| t.remote == addr(PROXY)
+        && String::from_utf8_lossy(&t.payload).contains("Subject: R\u{e9}union\r\n")));
+}

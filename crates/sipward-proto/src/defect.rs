@@ -46,6 +46,10 @@ pub enum DefectKind {
     InvalidPort,
     MalformedHeaderLine,
     MalformedHeader,
+    /// A control character (or DEL) in text: a header value, a reason phrase.
+    ControlCharacter,
+    /// Bytes that are not UTF-8 in text.
+    InvalidUtf8,
     DuplicateHeader,
     MissingHeader,
     MissingBlankLine,
@@ -140,6 +144,8 @@ impl Defect {
             InvalidPort => "invalid port",
             MalformedHeaderLine => "malformed header line",
             MalformedHeader => "malformed header value",
+            ControlCharacter => "control character",
+            InvalidUtf8 => "invalid UTF-8",
             DuplicateHeader => "duplicate header",
             MissingHeader => "missing mandatory header",
             MissingBlankLine => "header section not terminated",

@@ -164,10 +164,13 @@ pub fn parse_datagram<'a>(buf: &'a [u8], limits: &Limits) -> Result<Datagram<'a>
     let mut msg = Message::empty(buf);
     match msg.parse(limits) {
         Ok(()) => Ok(Datagram::Message(msg)),
-        Err(defect) => Err(Rejection {
-            defect,
-            status: crate::answer::answerable(buf).then(|| defect.status()),
-        }),
+        Err(defect) => {
+            let defect = text_defect_first(defect, &msg.headers);
+            Err(Rejection {
+                defect,
+                status: crate::answer::answerable(buf).then(|| defect.status()),
+            })
+        }
     }
 }
 
@@ -192,6 +195,7 @@ pub fn parse_datagram_into<'a>(
         return;
     };
     if let Err(defect) = msg.parse(limits) {
+        let defect = text_defect_first(defect, &msg.headers);
         *out = Err(Rejection {
             defect,
             status: crate::answer::answerable(buf).then(|| defect.status()),
@@ -202,8 +206,21 @@ pub fn parse_datagram_into<'a>(
 /// The verdict on a datagram that is not a SIP message to parse: over the size limit
 /// (checked first, so that no size of anything passes as something else), a keepalive,
 /// STUN, or blank. `None`: parse it as SIP.
-#[inline]
+#[inline(always)]
 fn classify_non_sip<'a>(buf: &[u8], limits: &Limits) -> Option<Result<Datagram<'a>, Rejection>> {
+    // A SIP message within the limit starts with a letter (or the CR of a leading
+    // CRLF): two compares keep the common case off the rest.
+    if buf.len() <= limits.max_message_len && buf.first().is_some_and(|&b| b >= 0x40) {
+        return None;
+    }
+    classify_non_sip_slow(buf, limits)
+}
+
+#[inline(never)]
+fn classify_non_sip_slow<'a>(
+    buf: &[u8],
+    limits: &Limits,
+) -> Option<Result<Datagram<'a>, Rejection>> {
     let drop = |kind| {
         Some(Err(Rejection {
             defect: at(kind, Location::Message),
@@ -217,8 +234,6 @@ fn classify_non_sip<'a>(buf: &[u8], limits: &Limits) -> Option<Result<Datagram<'
             status: crate::answer::answerable(buf).then(|| defect.status()),
         }));
     }
-    // A SIP message starts with a letter (or the CR of a leading CRLF): one compare
-    // keeps the common case off the slower checks below.
     if buf.first().is_some_and(|&b| b >= 0x40) {
         return None;
     }
@@ -243,6 +258,43 @@ fn classify_non_sip<'a>(buf: &[u8], limits: &Limits) -> Option<Result<Datagram<'
         return drop(DefectKind::BlankDatagram);
     }
     None
+}
+
+/// Refuses text with a control character or bytes that are not UTF-8. Out of line:
+/// inlined into the field dispatch it made the code around the typed parsers worse.
+#[inline(never)]
+fn check_text(text: &[u8]) -> Result<(), DefectKind> {
+    match crate::scan::text_fault(text) {
+        None => Ok(()),
+        Some(crate::scan::TextFault::Control) => Err(DefectKind::ControlCharacter),
+        Some(crate::scan::TextFault::InvalidUtf8) => Err(DefectKind::InvalidUtf8),
+    }
+}
+
+/// The defect to report when a typed parser refused a field of `headers` as
+/// `defect`: a control character or bad UTF-8 in that field, when there is one (a
+/// syntax error is what the parser saw, the bad byte is what is really there). On the
+/// error path only, so the parse loop does not carry the field for it.
+#[cold]
+#[inline(never)]
+fn text_defect_first(defect: Defect, headers: &[HeaderField<'_>]) -> Defect {
+    let Location::Header(name) = defect.at else {
+        return defect;
+    };
+    if !matches!(
+        defect.kind,
+        DefectKind::MalformedHeader
+            | DefectKind::MalformedUri
+            | DefectKind::InvalidUser
+            | DefectKind::InvalidHost
+    ) {
+        return defect;
+    }
+    headers
+        .iter()
+        .filter(|f| f.name == name)
+        .find_map(|f| check_text(f.value).err())
+        .map_or(defect, |kind| Defect::header(kind, name))
 }
 
 fn at(kind: DefectKind, at: Location) -> Defect {
@@ -486,9 +538,7 @@ fn parse_start_line<'a>(
                 if !(100..=699).contains(&code) {
                     return Err(at(DefectKind::BadStatusCode, Location::StartLine));
                 }
-                if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
-                    return Err(bad());
-                }
+                check_text(reason).map_err(|kind| at(kind, Location::StartLine))?;
                 *out = StartLine::Response { code, reason };
                 return Ok(());
             }
@@ -512,9 +562,7 @@ fn parse_start_line<'a>(
         if !(100..=699).contains(&code) {
             return Err(at(DefectKind::BadStatusCode, Location::StartLine));
         }
-        if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
-            return Err(bad());
-        }
+        check_text(reason).map_err(|kind| at(kind, Location::StartLine))?;
         *out = StartLine::Response { code, reason };
         return Ok(());
     }
@@ -654,7 +702,13 @@ impl<'a> Message<'a> {
                 return Err(DefectKind::MalformedHeader);
             }
             HeaderName::ProxyRequire => *proxy_require |= !v.is_empty(),
-            _ => {}
+            // Option tags, checked above when present: tokens only.
+            HeaderName::Require | HeaderName::Supported => {}
+            // Every other value is text that goes on as written (User-Agent, Subject,
+            // Server, Warning, extension headers): RFC 3261's header-value is
+            // TEXT-UTF8 and LWS, so no controls, no DEL, nothing but UTF-8. The typed
+            // parsers above admit none of these either (their quoted strings check).
+            _ => check_text(v)?,
         }
         Ok(())
     }
@@ -985,6 +1039,81 @@ a=rtpmap:0 PCMU/8000\r\n";
             parse_datagram(b"\r\n", &Limits::default()),
             Ok(Datagram::Keepalive)
         ));
+    }
+
+    /// OPTIONS with one extra header line `extra` (raw bytes).
+    fn options_with(extra: &[u8]) -> Vec<u8> {
+        [
+            &b"OPTIONS sip:a@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKt\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n"[..],
+            extra,
+            b"\r\nContent-Length: 0\r\n\r\n",
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn text_headers_refuse_controls_and_bad_utf8() {
+        for (line, text) in [
+            (&b"Subject: hi\x00there"[..], "control character in Subject"),
+            (b"Subject: \x01", "control character in Subject"),
+            (
+                b"User-Agent: evil\x1b[2J",
+                "control character in User-Agent",
+            ),
+            (b"User-Agent: del\x7f", "control character in User-Agent"),
+            (b"User-Agent: Jos\xe9", "invalid UTF-8 in User-Agent"),
+            (b"Server: a\x00", "control character in Server"),
+            (b"s: \xc3\x28", "invalid UTF-8 in Subject"),
+            (
+                b"Warning: 399 h \"a\x07\"",
+                "control character in extension header",
+            ),
+            (
+                b"X-Anything: a\x1bb",
+                "control character in extension header",
+            ),
+            (
+                b"Contact: \"Al\x1bice\" <sip:a@10.0.0.1>",
+                "control character in Contact",
+            ),
+            (
+                b"Contact: \"Jos\xe9\" <sip:a@10.0.0.1>",
+                "invalid UTF-8 in Contact",
+            ),
+        ] {
+            let msg = options_with(line);
+            let r = parse(&msg).unwrap_err();
+            assert_eq!(r.status, Some(400), "{line:?}");
+            assert_eq!(r.defect.to_string(), text, "{line:?}");
+        }
+        // Text that is fine: UTF-8, tabs, folds, escaped controls in a quoted string
+        // (RFC 4475 section 3.1.1.3 calls that valid).
+        for line in [
+            "Subject: R\u{e9}union \u{2014} \u{1f600}".as_bytes(),
+            b"Subject: tab\there\r\n folded",
+            b"User-Agent: Yealink SIP-T46S 66.86.0.15",
+            b"Contact: \"BEL:\\\x07\" <sip:a@10.0.0.1>",
+        ] {
+            assert!(parse(&options_with(line)).is_ok(), "{line:?}");
+        }
+        // A reason phrase is text as well.
+        for reason in [&b"OK\x7f"[..], b"O\x00K", b"\xffOK"] {
+            let msg = [
+                &b"SIP/2.0 200 "[..],
+                reason,
+                b"\r\nVia: SIP/2.0/UDP 10.0.0.1\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n",
+            ]
+            .concat();
+            let r = parse(&msg).unwrap_err();
+            assert_eq!(r.defect.at, Location::StartLine, "{reason:?}");
+            assert!(
+                matches!(
+                    r.defect.kind,
+                    DefectKind::ControlCharacter | DefectKind::InvalidUtf8
+                ),
+                "{reason:?}"
+            );
+        }
     }
 
     #[test]
