@@ -106,7 +106,8 @@ fn stun_answers_are_rate_limited_per_source() {
 fn invite_with(call: &str, extra: &[u8]) -> Vec<u8> {
     let text = invite(call, &format!("z9hG4bK{call}"));
     let at = text.find("Content-Type:").unwrap();
-    [text[..at].as_bytes(), extra, text[at..].as_bytes()].concat()
+    let text = text.as_bytes();
+    [&text[..at], extra, &text[at..]].concat()
 }
 
 /// What a phone's datagram brought: the one reply to the phone, nothing to the proxy.
