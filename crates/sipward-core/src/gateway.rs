@@ -393,6 +393,29 @@ impl Gateway {
                     .malformed
                     .entry(format!("{:?}", rejection.defect.kind))
                     .or_default() += 1;
+                // A scanner does not get past the scanner filter (and an answer) by
+                // malforming its request: every User-Agent the answer's lenient scan
+                // finds is screened as a parsed request's would be.
+                if rejection.status.is_some() {
+                    let source = remote.ip();
+                    let scanner =
+                        sipward_proto::lenient_user_agents(data)
+                            .into_iter()
+                            .any(|agent| {
+                                !self.guard.filter_request(
+                                    source,
+                                    "malformed",
+                                    true,
+                                    Some(agent),
+                                    now,
+                                )
+                            });
+                    if scanner {
+                        self.counters.dropped_filtered += 1;
+                        self.arm(now);
+                        return;
+                    }
+                }
                 let reason = format!("malformed: {}", rejection.defect);
                 self.guard.rejected(remote.ip(), None, &reason, now);
                 match build_answer(data, &rejection, &config.agent) {

@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use sipward_core::AlgOptions;
+use sipward_core::{AlgOptions, EventKind};
 
 fn deliver_bytes(net: &mut Net, local: &str, remote: &str, bytes: &[u8]) -> usize {
     net.gw
@@ -148,4 +148,58 @@ fn control_characters_and_bad_utf8_in_text_headers_get_400() {
     let out = net.deliver(LAN, PHONE, std::str::from_utf8(&call).unwrap());
     assert!(out.iter().any(|t| t.remote == addr(PROXY)
         && String::from_utf8_lossy(&t.payload).contains("Subject: R\u{e9}union\r\n")));
+}
+
+#[test]
+fn a_second_user_agent_is_refused_and_a_scanner_behind_it_banned() {
+    let mut net = Net::new(AlgOptions::default());
+    let call = invite_with(
+        "dup",
+        b"User-Agent: Yealink SIP-T46S 66.86.0.15\r\nUser-Agent: friendly-scanner\r\n",
+    );
+    net.gw
+        .handle_datagram(net.now, addr(LAN), addr(PHONE), &call);
+    let out = net.drain();
+    // Not forwarded, and not answered either: the scanner is banned, not told.
+    assert!(out.is_empty(), "{out:?}");
+    let events: Vec<_> = std::iter::from_fn(|| net.gw.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Banned && e.reason.contains("friendly-scanner")),
+        "{events:?}"
+    );
+    assert!(net
+        .deliver(LAN, PHONE, &invite("after", "z9hG4bKafter"))
+        .is_empty());
+}
+
+#[test]
+fn repeated_single_headers_get_400_naming_the_header() {
+    let mut net = Net::new(AlgOptions::default());
+    for (n, (lines, warning)) in [
+        (
+            &b"User-Agent: Yealink\r\nUser-Agent: Polycom\r\n"[..],
+            "duplicate User-Agent header",
+        ),
+        (b"Subject: a\r\nSubject: b\r\n", "duplicate Subject header"),
+        (b"Date: a\r\nDate: b\r\n", "duplicate Date header"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let answer = answered_not_forwarded(&mut net, &invite_with(&format!("d{n}"), lines));
+        assert!(answer.starts_with("SIP/2.0 400 "), "{answer}");
+        assert!(answer.contains(warning), "{warning}: {answer}");
+    }
+}
+
+#[test]
+fn a_malformed_request_from_a_scanner_is_not_answered_but_banned() {
+    let mut net = Net::new(AlgOptions::default());
+    // A syntax error (bad CSeq) that would be answered 400, from a scanner.
+    let scan = "OPTIONS sip:100@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKscan\r\nMax-Forwards: 70\r\nFrom: <sip:100@10.0.0.20>;tag=s1\r\nTo: <sip:100@10.0.0.1>\r\nCall-ID: scan@10.0.0.20\r\nCSeq: x OPTIONS\r\nUser-Agent: sipvicious\r\nContent-Length: 0\r\n\r\n";
+    assert!(net.deliver(LAN, PHONE, scan).is_empty());
+    assert!(std::iter::from_fn(|| net.gw.poll_event()).any(|e| e.kind == EventKind::Banned));
+    assert_eq!(net.gw.counters().answered_malformed, 0);
 }

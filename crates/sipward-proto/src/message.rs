@@ -1117,6 +1117,75 @@ a=rtpmap:0 PCMU/8000\r\n";
     }
 
     #[test]
+    fn repeated_single_instance_headers_are_refused() {
+        for (lines, text) in [
+            (
+                &b"User-Agent: Yealink SIP-T46S\r\nUser-Agent: friendly-scanner"[..],
+                "duplicate User-Agent header",
+            ),
+            (
+                b"user-agent: a\r\nUSER-AGENT: b",
+                "duplicate User-Agent header",
+            ),
+            (b"Subject: a\r\ns: b", "duplicate Subject header"),
+            (b"Server: a\r\nServer: b", "duplicate Server header"),
+            (b"Date: a\r\nDate: b", "duplicate Date header"),
+            (
+                b"Organization: a\r\nOrganization: b",
+                "duplicate Organization header",
+            ),
+            (
+                b"Priority: urgent\r\nPriority: normal",
+                "duplicate Priority header",
+            ),
+            (
+                b"MIME-Version: 1.0\r\nMime-Version: 1.0",
+                "duplicate MIME-Version header",
+            ),
+            (
+                b"Min-Expires: 60\r\nMin-Expires: 60",
+                "duplicate Min-Expires header",
+            ),
+            (
+                b"Timestamp: 1\r\nTimestamp: 2",
+                "duplicate Timestamp header",
+            ),
+            (
+                b"Retry-After: 1\r\nRetry-After: 2",
+                "duplicate Retry-After header",
+            ),
+            (
+                b"Max-Forwards: 1\r\nMax-Forwards: 2",
+                "duplicate Max-Forwards header",
+            ),
+            (b"Expires: 1\r\nExpires: 2", "duplicate Expires header"),
+            (b"Event: a\r\no: b", "duplicate Event header"),
+            (b"Min-SE: 90\r\nMin-SE: 90", "duplicate Min-SE header"),
+            (
+                b"Subscription-State: active\r\nSubscription-State: active",
+                "duplicate Subscription-State header",
+            ),
+            (
+                b"Replaces: a;to-tag=1;from-tag=2\r\nReplaces: b;to-tag=1;from-tag=2",
+                "duplicate Replaces header",
+            ),
+        ] {
+            let r = parse(&options_with(lines)).unwrap_err();
+            assert_eq!(r.status, Some(400), "{text}");
+            assert_eq!(r.defect.to_string(), text);
+        }
+        // Lists may repeat.
+        for lines in [
+            &b"Allow: INVITE\r\nAllow: BYE"[..],
+            b"Supported: timer\r\nSupported: replaces",
+            b"Warning: 399 a \"x\"\r\nWarning: 399 b \"y\"",
+            b"X-Extension: 1\r\nX-Extension: 2",
+        ] {
+            assert!(parse(&options_with(lines)).is_ok(), "{lines:?}");
+        }
+    }
+
+    #[test]
     fn blank_datagrams_are_not_keepalives() {
         let limits = Limits::default();
         // Over the size limit: refused as too large whatever it holds, before any
