@@ -203,3 +203,25 @@ fn a_malformed_request_from_a_scanner_is_not_answered_but_banned() {
     assert!(std::iter::from_fn(|| net.gw.poll_event()).any(|e| e.kind == EventKind::Banned));
     assert_eq!(net.gw.counters().answered_malformed, 0);
 }
+
+#[test]
+fn reordered_session_lines_and_an_empty_session_name_pass_through() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    // o= after s= (issue 17), s= empty (RFC 5118 section 4.8), c= before t=.
+    let body = "v=0\r\ns=\r\no=- 1 1 IN IP4 10.0.0.20\r\nc=IN IP4 10.0.0.20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    let text = invite("sdp-order", "z9hG4bKsdporder");
+    let at = text.find("\r\n\r\n").unwrap() + 4;
+    let head = text[..at].replace(
+        &format!("Content-Length: {}", text.len() - at),
+        &format!("Content-Length: {}", body.len()),
+    );
+    let forwarded = net.phone_sends(&format!("{head}{body}"));
+    assert_eq!(forwarded.remote, addr(PROXY));
+    let out = text(&forwarded);
+    let sent_body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    // The same lines in the same order; only the addresses and the port are the relay's.
+    assert!(
+        sent_body.starts_with("v=0\r\ns=\r\no=- 1 1 IN IP4 203.0.113.1\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 31000 RTP/AVP 0\r\n"),
+        "{sent_body}"
+    );
+}

@@ -746,13 +746,13 @@ impl<'a> Message<'a> {
         };
         for via in &self.vias {
             // The host is already typed; `received` was checked to be an IP address,
-            // so only one written with a leading '2' (first octet 2, 2x or 2xx) or an
-            // IPv6 reference can be multicast or broadcast: just those are parsed again.
+            // so only one written with a leading '2' (first octet 2, 2x or 2xx), an
+            // IPv6 reference or an IPv6 address starting with 'f' (ff00::/8) can be
+            // multicast or broadcast: just those are parsed again.
             let received = via
                 .received
-                .filter(|r| matches!(r.first(), Some(b'2' | b'[')))
-                .and_then(|r| crate::uri::parse_host(r).ok())
-                .and_then(|h| h.ip());
+                .filter(|r| matches!(r.first(), Some(b'2' | b'[' | b'f' | b'F')))
+                .and_then(|_| via.received_ip());
             let unroutable =
                 via.host.ip().is_some_and(unroutable_ip) || received.is_some_and(unroutable_ip);
             if unroutable {
@@ -1288,6 +1288,8 @@ a=rtpmap:0 PCMU/8000\r\n";
             "239.255.255.255",
             "255.255.255.255",
             "[ff02::1]",
+            "ff02::1",
+            "FF05::2",
         ] {
             assert_eq!(with_received(r), Err(DefectKind::UnroutableVia), "{r}");
         }
@@ -1298,6 +1300,9 @@ a=rtpmap:0 PCMU/8000\r\n";
             "240.0.0.1",
             "2.2.2.2",
             "[2001:db8::1]",
+            "2001:db8::9:255",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
         ] {
             assert_eq!(with_received(r), Ok(()), "{r}");
         }
