@@ -209,10 +209,10 @@ fn reordered_session_lines_and_an_empty_session_name_pass_through() {
     let mut net = Net::with_media(AlgOptions::default(), 4);
     // o= after s= (issue 17), s= empty (RFC 5118 section 4.8), c= before t=.
     let body = "v=0\r\ns=\r\no=- 1 1 IN IP4 10.0.0.20\r\nc=IN IP4 10.0.0.20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
-    let text = invite("sdp-order", "z9hG4bKsdporder");
-    let at = text.find("\r\n\r\n").unwrap() + 4;
-    let head = text[..at].replace(
-        &format!("Content-Length: {}", text.len() - at),
+    let plain = invite("sdp-order", "z9hG4bKsdporder");
+    let at = plain.find("\r\n\r\n").unwrap() + 4;
+    let head = plain[..at].replace(
+        &format!("Content-Length: {}", plain.len() - at),
         &format!("Content-Length: {}", body.len()),
     );
     let forwarded = net.phone_sends(&format!("{head}{body}"));
