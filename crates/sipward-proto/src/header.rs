@@ -53,6 +53,11 @@ pub enum HeaderName {
     RetryAfter,
     Replaces,
     SubscriptionState,
+    ContentDisposition,
+    ReferSub,
+    TargetDialog,
+    SipETag,
+    SipIfMatch,
     Other,
 }
 
@@ -70,6 +75,11 @@ const RARE_NAMES: &[(&str, HeaderName)] = &[
     ("Retry-After", HeaderName::RetryAfter),
     ("Replaces", HeaderName::Replaces),
     ("Subscription-State", HeaderName::SubscriptionState),
+    ("Content-Disposition", HeaderName::ContentDisposition),
+    ("Refer-Sub", HeaderName::ReferSub),
+    ("Target-Dialog", HeaderName::TargetDialog),
+    ("SIP-ETag", HeaderName::SipETag),
+    ("SIP-If-Match", HeaderName::SipIfMatch),
 ];
 
 /// Long name, compact form (if any), variant. Matched case-insensitively.
@@ -210,8 +220,12 @@ impl HeaderName {
             8 => &[
                 (b"priority", HeaderName::Priority),
                 (b"replaces", HeaderName::Replaces),
+                (b"sip-etag", HeaderName::SipETag),
             ],
-            9 => &[(b"timestamp", HeaderName::Timestamp)],
+            9 => &[
+                (b"timestamp", HeaderName::Timestamp),
+                (b"refer-sub", HeaderName::ReferSub),
+            ],
             11 => &[
                 (b"min-expires", HeaderName::MinExpires),
                 (b"retry-after", HeaderName::RetryAfter),
@@ -219,8 +233,11 @@ impl HeaderName {
             12 => &[
                 (b"organization", HeaderName::Organization),
                 (b"mime-version", HeaderName::MimeVersion),
+                (b"sip-if-match", HeaderName::SipIfMatch),
             ],
+            13 => &[(b"target-dialog", HeaderName::TargetDialog)],
             18 => &[(b"subscription-state", HeaderName::SubscriptionState)],
+            19 => &[(b"content-disposition", HeaderName::ContentDisposition)],
             _ => &[],
         };
         candidates
@@ -311,7 +328,8 @@ impl HeaderName {
 
     /// Headers that may appear at most once (RFC 3261 section 7.3.1: those whose grammar
     /// does not allow a comma-separated list; RFC 6665 Event and Subscription-State,
-    /// RFC 4028 Session-Expires and Min-SE, RFC 3891 Replaces). A repeat is refused:
+    /// RFC 4028 Session-Expires and Min-SE, RFC 3891 Replaces, RFC 4488 Refer-Sub,
+    /// RFC 4538 Target-Dialog, RFC 3903 SIP-ETag and SIP-If-Match). A repeat is refused:
     /// the elements after the gateway would each read a different one of them (the
     /// scanner filter read the first User-Agent, a proxy may read the last).
     pub fn is_single(self) -> bool {
@@ -345,6 +363,11 @@ impl HeaderName {
                 | HeaderName::RetryAfter
                 | HeaderName::Replaces
                 | HeaderName::SubscriptionState
+                | HeaderName::ContentDisposition
+                | HeaderName::ReferSub
+                | HeaderName::TargetDialog
+                | HeaderName::SipETag
+                | HeaderName::SipIfMatch
         )
     }
 

@@ -1169,6 +1169,14 @@ a=rtpmap:0 PCMU/8000\r\n";
                 b"Replaces: a;to-tag=1;from-tag=2\r\nReplaces: b;to-tag=1;from-tag=2",
                 "duplicate Replaces header",
             ),
+            (
+                b"Content-Disposition: session\r\nContent-Disposition: render",
+                "duplicate Content-Disposition header",
+            ),
+            (
+                b"SIP-If-Match: a\r\nSIP-If-Match: b",
+                "duplicate SIP-If-Match header",
+            ),
         ] {
             let r = parse(&options_with(lines)).unwrap_err();
             assert_eq!(r.status, Some(400), "{text}");

@@ -947,6 +947,10 @@ fn finish<'a>(body: &'a [u8], out: &mut Sdp<'a>, st: Progress) -> Result<(), Sdp
 /// it until all three are seen.
 #[inline(always)]
 fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut Progress) {
+    // After an m= line a session line is misplaced: the general path says so.
+    if !out.media.is_empty() {
+        return;
+    }
     while let Some(rest) = body.get(st.pos..) {
         let [kind, b'=', v @ ..] = rest else {
             return;
@@ -1320,9 +1324,8 @@ fn general_line<'a>(
     }
     match kind {
         b'm' => {
-            if media.is_empty() {
-                missing_session_line(st)?;
-            }
+            // A session line still missing here is reported at the end, unless it
+            // turns up after this m= (then misplaced, not missing, is the defect).
             if media.len() >= limits.max_sdp_media {
                 return Err(SdpError::TooManyMedia);
             }
@@ -1521,8 +1524,11 @@ mod tests {
             (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\no=- 1 1 IN IP4 1.2.3.4\r\n", SdpError::RepeatedOrigin),
             (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n", SdpError::RepeatedConnection),
             (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\ns=-\r\n", SdpError::OutOfOrder),
-            // The session level ends at the first m=: what it lacks then is missing.
-            (b"v=0\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\no=- 1 1 IN IP4 1.2.3.4\r\n", SdpError::MissingOrigin),
+            // The session level ends at the first m=: a session line after it is
+            // misplaced (not missing), one nowhere is missing.
+            (b"v=0\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\no=- 1 1 IN IP4 1.2.3.4\r\n", SdpError::OutOfOrder),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nm=audio 5004 RTP/AVP 0\r\nt=0 0\r\n", SdpError::OutOfOrder),
+            (b"v=0\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n", SdpError::MissingOrigin),
             (b"s=-\r\no=- 1 1 IN IP4 1.2.3.4\r\nt=0 0\r\n", SdpError::MissingVersion),
         ];
         for (body, expected) in cases {
