@@ -432,6 +432,8 @@ impl Gateway {
                 // and a CRLF sent back confuses clients that never asked for one.
                 if config.match_rule(zone, remote, local.port()).is_some() {
                     self.counters.keepalives += 1;
+                } else {
+                    self.counters.dropped_no_rule += 1;
                 }
             }
             Ok(Datagram::StunBinding(request)) => {

@@ -40,6 +40,13 @@ fn crlf_keepalives_over_udp_are_absorbed_without_a_reply() {
     assert_eq!(deliver_bytes(&mut net, LAN, PHONE, b"\r\n\r\n"), 0);
     assert_eq!(deliver_bytes(&mut net, WAN, PROXY, b"\r\n"), 0);
     assert_eq!(net.gw.counters().keepalives, 2);
+    // From a sender no rule admits: not a keepalive, dropped like its SIP would be.
+    assert_eq!(
+        deliver_bytes(&mut net, WAN, "198.51.100.7:5060", b"\r\n"),
+        0
+    );
+    assert_eq!(net.gw.counters().keepalives, 2);
+    assert_eq!(net.gw.counters().dropped_no_rule, 1);
     let traffic = net.gw.traffic();
     assert!(traffic.requests_out.is_empty() && traffic.requests_in.is_empty());
 }
