@@ -51,6 +51,7 @@ pub struct Counters {
     pub forwarded: u64,
     pub answered_malformed: u64,
     pub dropped_malformed: u64,
+    /// CRLF keepalives absorbed and STUN Binding requests answered, from admitted senders.
     pub keepalives: u64,
     pub dropped_no_rule: u64,
     pub dropped_by_rule: u64,
