@@ -241,13 +241,10 @@ fn classify_non_sip_slow<'a>(
         return Some(Ok(Datagram::Keepalive));
     }
     if crate::stun::looks_like_stun(buf) {
-        return Some(match crate::stun::parse_binding_request(buf) {
-            Ok(request) => Ok(Datagram::StunBinding(request)),
-            Err(e) => Err(Rejection {
-                defect: at(DefectKind::BadStun(e), Location::Message),
-                status: None,
-            }),
-        });
+        return match crate::stun::parse_binding_request(buf) {
+            Ok(request) => Some(Ok(Datagram::StunBinding(request))),
+            Err(e) => drop(DefectKind::BadStun(e)),
+        };
     }
     // Only white space (sipvicious' "blank" probes, broken keepalives): nothing to
     // answer, not even a Via to answer to.
