@@ -36,12 +36,22 @@ fn check(data: &[u8], limits: &Limits) {
                     Ok(Datagram::Message(m)) => assert!(!m.is_request()),
                     // The answer copies the request's Via, From, To, Call-ID and CSeq as
                     // written; those may be exactly what was wrong with it.
-                    Ok(Datagram::Keepalive) => panic!("answer parsed as keepalive"),
+                    Ok(Datagram::Keepalive | Datagram::StunBinding(_)) => {
+                        panic!("answer parsed as keepalive")
+                    }
                     Err(_) => {}
                 }
             }
         }
         Ok(Datagram::Keepalive) => {}
+        Ok(Datagram::StunBinding(request)) => {
+            // The answer is bounded: never more than about twice a bare request.
+            let answer = sipward_proto::stun::binding_success(
+                &request,
+                std::net::SocketAddr::from(([192, 0, 2, 1], 5060)),
+            );
+            assert!(answer.len() <= 52 && answer.len() <= 2 * data.len() + 4);
+        }
         Ok(Datagram::Message(msg)) => {
             let _ = (
                 msg.vias(),

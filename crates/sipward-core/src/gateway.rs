@@ -60,6 +60,7 @@ pub struct Counters {
     pub forwarded: u64,
     pub answered_malformed: u64,
     pub dropped_malformed: u64,
+    /// CRLF keepalives absorbed and STUN Binding requests answered, from admitted senders.
     pub keepalives: u64,
     pub dropped_no_rule: u64,
     pub dropped_by_rule: u64,
@@ -446,6 +447,29 @@ impl Gateway {
                     .malformed
                     .entry(format!("{:?}", rejection.defect.kind))
                     .or_default() += 1;
+                // A scanner does not get past the scanner filter (and an answer) by
+                // malforming its request: every User-Agent the answer's lenient scan
+                // finds is screened as a parsed request's would be.
+                if rejection.status.is_some() {
+                    let source = remote.ip();
+                    let scanner =
+                        sipward_proto::lenient_user_agents(data)
+                            .into_iter()
+                            .any(|agent| {
+                                !self.guard.filter_request(
+                                    source,
+                                    "malformed",
+                                    true,
+                                    Some(agent),
+                                    now,
+                                )
+                            });
+                    if scanner {
+                        self.counters.dropped_filtered += 1;
+                        self.arm(now);
+                        return;
+                    }
+                }
                 let reason = format!("malformed: {}", rejection.defect);
                 self.guard.rejected(remote.ip(), None, &reason, now);
                 match build_answer(data, &rejection, &config.agent) {
@@ -458,11 +482,37 @@ impl Gateway {
                 self.arm(now);
             }
             Ok(Datagram::Keepalive) => {
-                // Answer a ping with a pong (RFC 5626) to senders the rule set admits.
+                // Absorbed without a reply: over UDP RFC 5626's keepalive is STUN (below),
+                // and a CRLF sent back confuses clients that never asked for one.
                 if config.match_rule(zone, remote, local.port()).is_some() {
                     self.counters.keepalives += 1;
-                    self.send(local, remote, b"\r\n".to_vec());
+                } else {
+                    self.counters.dropped_no_rule += 1;
                 }
+            }
+            Ok(Datagram::StunBinding(request)) => {
+                // RFC 5626 section 4.4.2: answer the Binding request on the SIP port,
+                // for senders the rule set admits and within the sender's rate (the
+                // answer is at most about twice the request, so no amplifier).
+                if config.match_rule(zone, remote, local.port()).is_none() {
+                    self.counters.dropped_no_rule += 1;
+                    return;
+                }
+                if !self
+                    .guard
+                    .within_rate(remote.ip(), Class::DialogRequest, "STUN", now)
+                {
+                    self.counters.dropped_flood += 1;
+                    self.arm(now);
+                    return;
+                }
+                self.counters.keepalives += 1;
+                // Not a SIP message: sent without counting it in the traffic figures.
+                self.out.push_back(Transmit {
+                    local,
+                    remote,
+                    payload: sipward_proto::stun::binding_success(&request, remote),
+                });
             }
             Ok(Datagram::Message(msg)) => {
                 self.traffic.count(Flow::In, data);

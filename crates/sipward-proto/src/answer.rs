@@ -21,7 +21,11 @@ struct Echo<'a> {
     call_id: Option<&'a [u8]>,
     cseq: Option<&'a [u8]>,
     proxy_require: Vec<&'a [u8]>,
+    user_agents: Vec<&'a [u8]>,
 }
+
+/// Most User-Agent values the lenient scan keeps for the scanner filter.
+const MAX_ECHO_USER_AGENTS: usize = 8;
 
 /// Most Via fields copied into an answer.
 const MAX_ECHO_VIAS: usize = 64;
@@ -50,8 +54,10 @@ fn lenient_scan(buf: &[u8]) -> Option<Echo<'_>> {
         call_id: None,
         cseq: None,
         proxy_require: Vec::new(),
+        user_agents: Vec::new(),
     };
-    let mut pos = line_end + 2;
+    // Offsets from here on are in `buf`, past any leading CRLFs.
+    let mut pos = (buf.len() - rest.len()) + line_end + 2;
     loop {
         let rest = buf.get(pos..).unwrap_or(&[]);
         if rest.is_empty() || rest.starts_with(b"\r\n") {
@@ -92,6 +98,9 @@ fn lenient_scan(buf: &[u8]) -> Option<Echo<'_>> {
                 echo.cseq.get_or_insert(value);
             }
             HeaderName::ProxyRequire => echo.proxy_require.push(value),
+            HeaderName::UserAgent if echo.user_agents.len() < MAX_ECHO_USER_AGENTS => {
+                echo.user_agents.push(value)
+            }
             _ => {}
         }
     }
@@ -109,6 +118,13 @@ fn finish(echo: Echo<'_>) -> Option<Echo<'_>> {
 /// Whether a rejected datagram can be answered at all.
 pub(crate) fn answerable(buf: &[u8]) -> bool {
     lenient_scan(buf).is_some()
+}
+
+/// The User-Agent values of a rejected request that would be answered, as the lenient
+/// scan that builds the answer finds them (at most 8): the scanner filter reads them, so
+/// that a scanner cannot get past it (and get an answer) by malforming its message.
+pub fn lenient_user_agents(buf: &[u8]) -> Vec<&[u8]> {
+    lenient_scan(buf).map_or_else(Vec::new, |echo| echo.user_agents)
 }
 
 /// Builds the answer to a rejected request, or `None` when the rejection says drop or
@@ -251,5 +267,33 @@ mod tests {
         let r = parse_datagram(ack, &Limits::default()).unwrap_err();
         assert_eq!(r.status, None);
         assert_eq!(answer(ack), None);
+    }
+
+    #[test]
+    fn leading_crlfs_do_not_hide_the_header_fields() {
+        let req = b"\r\n\r\nOPTIONS sip:a@b.example SIP/7.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: abc\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let a = answer(req).unwrap();
+        assert!(a.starts_with("SIP/2.0 505 "), "{a}");
+        assert!(
+            a.contains("Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn every_user_agent_of_a_rejected_request_is_found() {
+        let req = b"OPTIONS sip:a@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nUser-Agent: Yealink\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: abc\r\nCSeq: 1 OPTIONS\r\nuser-agent: friendly-scanner\r\n\r\n";
+        assert!(parse_datagram(req, &Limits::default()).is_err());
+        assert_eq!(
+            lenient_user_agents(req),
+            vec![&b"Yealink"[..], &b"friendly-scanner"[..]]
+        );
+        let many = [
+            &req[..req.len() - 2],
+            &b"User-Agent: x\r\n".repeat(20),
+            b"\r\n",
+        ]
+        .concat();
+        assert_eq!(lenient_user_agents(&many).len(), MAX_ECHO_USER_AGENTS);
     }
 }

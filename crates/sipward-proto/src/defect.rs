@@ -24,6 +24,10 @@ use crate::sdp::SdpError;
 pub enum DefectKind {
     /// Not a SIP message at all (no start line we can read).
     NotSip,
+    /// Only white space, and not exactly a CRLF or CRLFCRLF keepalive.
+    BlankDatagram,
+    /// STUN, but not a well-formed Binding request sipward can answer.
+    BadStun(crate::stun::StunError),
     MessageTooLarge,
     TooManyHeaders,
     TooManyVias,
@@ -42,6 +46,10 @@ pub enum DefectKind {
     InvalidPort,
     MalformedHeaderLine,
     MalformedHeader,
+    /// A control character (or DEL) in text: a header value, a reason phrase.
+    ControlCharacter,
+    /// Bytes that are not UTF-8 in text.
+    InvalidUtf8,
     DuplicateHeader,
     MissingHeader,
     MissingBlankLine,
@@ -116,6 +124,8 @@ impl Defect {
         use DefectKind::*;
         match self.kind {
             NotSip => "not a SIP message",
+            BlankDatagram => "blank datagram (white space only, not a keepalive)",
+            BadStun(e) => e.as_str(),
             MessageTooLarge => "message too large",
             TooManyHeaders => "too many header fields",
             TooManyVias => "too many Via entries",
@@ -134,6 +144,8 @@ impl Defect {
             InvalidPort => "invalid port",
             MalformedHeaderLine => "malformed header line",
             MalformedHeader => "malformed header value",
+            ControlCharacter => "control character",
+            InvalidUtf8 => "invalid UTF-8",
             DuplicateHeader => "duplicate header",
             MissingHeader => "missing mandatory header",
             MissingBlankLine => "header section not terminated",

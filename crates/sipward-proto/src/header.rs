@@ -42,8 +42,45 @@ pub enum HeaderName {
     IdentityInfo,
     RSeq,
     RAck,
+    // Single-instance headers known only so that a repeat is refused (RARE_NAMES).
+    Date,
+    Organization,
+    Priority,
+    MimeVersion,
+    MinExpires,
+    MinSe,
+    Timestamp,
+    RetryAfter,
+    Replaces,
+    SubscriptionState,
+    ContentDisposition,
+    ReferSub,
+    TargetDialog,
+    SipETag,
+    SipIfMatch,
     Other,
 }
+
+/// Known names outside the hashed set (`NAMES` fills 37 of its 64 slots, and no odd
+/// multiplier spreads many more without a collision): looked up only when the hash
+/// misses, by length and one compare. Long form only; none has a compact form.
+const RARE_NAMES: &[(&str, HeaderName)] = &[
+    ("Date", HeaderName::Date),
+    ("Organization", HeaderName::Organization),
+    ("Priority", HeaderName::Priority),
+    ("MIME-Version", HeaderName::MimeVersion),
+    ("Min-Expires", HeaderName::MinExpires),
+    ("Min-SE", HeaderName::MinSe),
+    ("Timestamp", HeaderName::Timestamp),
+    ("Retry-After", HeaderName::RetryAfter),
+    ("Replaces", HeaderName::Replaces),
+    ("Subscription-State", HeaderName::SubscriptionState),
+    ("Content-Disposition", HeaderName::ContentDisposition),
+    ("Refer-Sub", HeaderName::ReferSub),
+    ("Target-Dialog", HeaderName::TargetDialog),
+    ("SIP-ETag", HeaderName::SipETag),
+    ("SIP-If-Match", HeaderName::SipIfMatch),
+];
 
 /// Long name, compact form (if any), variant. Matched case-insensitively.
 const NAMES: &[(&str, Option<u8>, HeaderName)] = &[
@@ -130,7 +167,7 @@ impl HeaderName {
                 }
             }};
         }
-        by_hash! {
+        let found = by_hash! {
             TO: b"to" => To,
             VIA: b"via" => Via,
             FROM: b"from" => From,
@@ -167,7 +204,46 @@ impl HeaderName {
             PROXY_AUTHENTICATE: b"proxy-authenticate" => ProxyAuthenticate,
             PROXY_AUTHORIZATION: b"proxy-authorization" => ProxyAuthorization,
             REQUEST_DISPOSITION: b"request-disposition" => RequestDisposition,
+        };
+        if found != HeaderName::Other {
+            return found;
         }
+        Self::from_rare_token(name)
+    }
+
+    /// The [`RARE_NAMES`]: by length, then one compare each.
+    #[inline(never)]
+    fn from_rare_token(name: &[u8]) -> Self {
+        let candidates: &[(&[u8], HeaderName)] = match name.len() {
+            4 => &[(b"date", HeaderName::Date)],
+            6 => &[(b"min-se", HeaderName::MinSe)],
+            8 => &[
+                (b"priority", HeaderName::Priority),
+                (b"replaces", HeaderName::Replaces),
+                (b"sip-etag", HeaderName::SipETag),
+            ],
+            9 => &[
+                (b"timestamp", HeaderName::Timestamp),
+                (b"refer-sub", HeaderName::ReferSub),
+            ],
+            11 => &[
+                (b"min-expires", HeaderName::MinExpires),
+                (b"retry-after", HeaderName::RetryAfter),
+            ],
+            12 => &[
+                (b"organization", HeaderName::Organization),
+                (b"mime-version", HeaderName::MimeVersion),
+                (b"sip-if-match", HeaderName::SipIfMatch),
+            ],
+            13 => &[(b"target-dialog", HeaderName::TargetDialog)],
+            18 => &[(b"subscription-state", HeaderName::SubscriptionState)],
+            19 => &[(b"content-disposition", HeaderName::ContentDisposition)],
+            _ => &[],
+        };
+        candidates
+            .iter()
+            .find(|(long, _)| eq_lower_name(name, long))
+            .map_or(HeaderName::Other, |(_, header)| *header)
     }
 
     /// The common names written as usual, recognized at the start of a header field
@@ -244,12 +320,18 @@ impl HeaderName {
     pub fn as_str(self) -> &'static str {
         NAMES
             .iter()
-            .find(|(_, _, h)| *h == self)
-            .map_or("extension header", |(long, _, _)| long)
+            .map(|(long, _, h)| (*long, *h))
+            .chain(RARE_NAMES.iter().copied())
+            .find(|(_, h)| *h == self)
+            .map_or("extension header", |(long, _)| long)
     }
 
     /// Headers that may appear at most once (RFC 3261 section 7.3.1: those whose grammar
-    /// does not allow a comma-separated list).
+    /// does not allow a comma-separated list; RFC 6665 Event and Subscription-State,
+    /// RFC 4028 Session-Expires and Min-SE, RFC 3891 Replaces, RFC 4488 Refer-Sub,
+    /// RFC 4538 Target-Dialog, RFC 3903 SIP-ETag and SIP-If-Match). A repeat is refused:
+    /// the elements after the gateway would each read a different one of them (the
+    /// scanner filter read the first User-Agent, a proxy may read the last).
     pub fn is_single(self) -> bool {
         matches!(
             self,
@@ -267,6 +349,25 @@ impl HeaderName {
                 | HeaderName::RSeq
                 | HeaderName::RAck
                 | HeaderName::SessionExpires
+                | HeaderName::UserAgent
+                | HeaderName::Server
+                | HeaderName::Subject
+                | HeaderName::Event
+                | HeaderName::Date
+                | HeaderName::Organization
+                | HeaderName::Priority
+                | HeaderName::MimeVersion
+                | HeaderName::MinExpires
+                | HeaderName::MinSe
+                | HeaderName::Timestamp
+                | HeaderName::RetryAfter
+                | HeaderName::Replaces
+                | HeaderName::SubscriptionState
+                | HeaderName::ContentDisposition
+                | HeaderName::ReferSub
+                | HeaderName::TargetDialog
+                | HeaderName::SipETag
+                | HeaderName::SipIfMatch
         )
     }
 
@@ -396,6 +497,38 @@ mod tests {
     }
 
     #[test]
+    fn rare_names_are_found_in_any_case_and_near_misses_are_not() {
+        for (long, name) in RARE_NAMES {
+            assert_eq!(HeaderName::from_bytes(long.as_bytes()), *name);
+            assert_eq!(
+                HeaderName::from_bytes(long.to_lowercase().as_bytes()),
+                *name
+            );
+            assert_eq!(
+                HeaderName::from_bytes(long.to_uppercase().as_bytes()),
+                *name
+            );
+            assert_eq!(name.as_str(), *long);
+            let mut v = long.to_ascii_lowercase().into_bytes();
+            for i in 0..v.len() {
+                for b in 0..=255u8 {
+                    let keep = v[i];
+                    v[i] = b;
+                    let expected = if b.eq_ignore_ascii_case(&keep) {
+                        *name
+                    } else {
+                        HeaderName::Other
+                    };
+                    assert_eq!(HeaderName::from_token(&v), expected, "{v:?}");
+                    v[i] = keep;
+                }
+            }
+        }
+        // Every variant fits the parser's 64-bit set of names seen.
+        assert!((HeaderName::Other as u32) < 64);
+    }
+
+    #[test]
     fn long_names_hash_apart() {
         let mut seen = [false; 64];
         for (long, _, _) in NAMES {
@@ -452,8 +585,10 @@ mod tests {
                     v[i] = b;
                     let expected = NAMES
                         .iter()
-                        .find(|(l, _, _)| l.as_bytes().eq_ignore_ascii_case(&v))
-                        .map_or(HeaderName::Other, |(_, _, h)| *h);
+                        .map(|(l, _, h)| (*l, *h))
+                        .chain(RARE_NAMES.iter().copied())
+                        .find(|(l, _)| l.as_bytes().eq_ignore_ascii_case(&v))
+                        .map_or(HeaderName::Other, |(_, h)| h);
                     assert_eq!(HeaderName::from_token(&v), expected, "{v:?}");
                 }
             }

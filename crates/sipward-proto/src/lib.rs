@@ -21,9 +21,10 @@ pub mod limits;
 pub mod message;
 mod scan;
 pub mod sdp;
+pub mod stun;
 pub mod uri;
 
-pub use answer::build_answer;
+pub use answer::{build_answer, lenient_user_agents};
 pub use defect::{Defect, DefectKind, Location};
 pub use edit::{EditError, Edits};
 pub use header::HeaderName;

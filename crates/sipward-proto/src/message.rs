@@ -134,8 +134,13 @@ pub struct Message<'a> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Datagram<'a> {
-    /// Only CR, LF and spaces: a NAT keepalive (RFC 5626 section 3.5.1), to be passed on.
+    /// CRLF or CRLFCRLF exactly: a keepalive (RFC 5626 section 3.5.1). Over UDP it is
+    /// absorbed: RFC 5626's UDP keepalive is STUN, and a reply confuses clients that
+    /// never expected one.
     Keepalive,
+    /// A well-formed STUN Binding request (RFC 5626 section 4.4.2, the keepalive over
+    /// UDP), to be answered with [`crate::stun::binding_success`].
+    StunBinding(crate::stun::BindingRequest),
     Message(Message<'a>),
 }
 
@@ -151,18 +156,21 @@ pub struct Rejection {
 /// Parses and validates one datagram. This and [`parse_datagram_into`] are the only ways
 /// to get a [`Message`].
 pub fn parse_datagram<'a>(buf: &'a [u8], limits: &Limits) -> Result<Datagram<'a>, Rejection> {
-    if !buf.is_empty() && buf.iter().all(|&b| matches!(b, b'\r' | b'\n' | b' ')) {
-        return Ok(Datagram::Keepalive);
+    if let Some(verdict) = classify_non_sip(buf, limits) {
+        return verdict;
     }
     // The message is filled in place and moved once, into the result: it is a few
     // kilobytes, and every extra move of it is a memcpy per datagram.
     let mut msg = Message::empty(buf);
     match msg.parse(limits) {
         Ok(()) => Ok(Datagram::Message(msg)),
-        Err(defect) => Err(Rejection {
-            defect,
-            status: crate::answer::answerable(buf).then(|| defect.status()),
-        }),
+        Err(defect) => {
+            let defect = text_defect_first(defect, &msg.headers);
+            Err(Rejection {
+                defect,
+                status: crate::answer::answerable(buf).then(|| defect.status()),
+            })
+        }
     }
 }
 
@@ -175,8 +183,8 @@ pub fn parse_datagram_into<'a>(
     limits: &Limits,
     out: &mut Result<Datagram<'a>, Rejection>,
 ) {
-    if !buf.is_empty() && buf.iter().all(|&b| matches!(b, b'\r' | b'\n' | b' ')) {
-        *out = Ok(Datagram::Keepalive);
+    if let Some(verdict) = classify_non_sip(buf, limits) {
+        *out = verdict;
         return;
     }
     match out {
@@ -187,11 +195,103 @@ pub fn parse_datagram_into<'a>(
         return;
     };
     if let Err(defect) = msg.parse(limits) {
+        let defect = text_defect_first(defect, &msg.headers);
         *out = Err(Rejection {
             defect,
             status: crate::answer::answerable(buf).then(|| defect.status()),
         });
     }
+}
+
+/// The verdict on a datagram that is not a SIP message to parse: over the size limit
+/// (checked first, so that no size of anything passes as something else), a keepalive,
+/// STUN, or blank. `None`: parse it as SIP.
+#[inline(always)]
+fn classify_non_sip<'a>(buf: &[u8], limits: &Limits) -> Option<Result<Datagram<'a>, Rejection>> {
+    // A SIP message within the limit starts with a letter (or the CR of a leading
+    // CRLF): two compares keep the common case off the rest.
+    if buf.len() <= limits.max_message_len && buf.first().is_some_and(|&b| b >= 0x40) {
+        return None;
+    }
+    classify_non_sip_slow(buf, limits)
+}
+
+#[inline(never)]
+fn classify_non_sip_slow<'a>(
+    buf: &[u8],
+    limits: &Limits,
+) -> Option<Result<Datagram<'a>, Rejection>> {
+    let drop = |kind| {
+        Some(Err(Rejection {
+            defect: at(kind, Location::Message),
+            status: None,
+        }))
+    };
+    if buf.len() > limits.max_message_len {
+        let defect = at(DefectKind::MessageTooLarge, Location::Message);
+        return Some(Err(Rejection {
+            defect,
+            status: crate::answer::answerable(buf).then(|| defect.status()),
+        }));
+    }
+    if buf.first().is_some_and(|&b| b >= 0x40) {
+        return None;
+    }
+    if buf == b"\r\n" || buf == b"\r\n\r\n" {
+        return Some(Ok(Datagram::Keepalive));
+    }
+    if crate::stun::looks_like_stun(buf) {
+        return match crate::stun::parse_binding_request(buf) {
+            Ok(request) => Some(Ok(Datagram::StunBinding(request))),
+            Err(e) => drop(DefectKind::BadStun(e)),
+        };
+    }
+    // Only white space (sipvicious' "blank" probes, broken keepalives): nothing to
+    // answer, not even a Via to answer to.
+    if buf
+        .iter()
+        .all(|&b| matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+    {
+        return drop(DefectKind::BlankDatagram);
+    }
+    None
+}
+
+/// Refuses text with a control character or bytes that are not UTF-8. Out of line:
+/// inlined into the field dispatch it made the code around the typed parsers worse.
+#[inline(never)]
+fn check_text(text: &[u8]) -> Result<(), DefectKind> {
+    match crate::scan::text_fault(text) {
+        None => Ok(()),
+        Some(crate::scan::TextFault::Control) => Err(DefectKind::ControlCharacter),
+        Some(crate::scan::TextFault::InvalidUtf8) => Err(DefectKind::InvalidUtf8),
+    }
+}
+
+/// The defect to report when a typed parser refused a field of `headers` as
+/// `defect`: a control character or bad UTF-8 in that field, when there is one (a
+/// syntax error is what the parser saw, the bad byte is what is really there). On the
+/// error path only, so the parse loop does not carry the field for it.
+#[cold]
+#[inline(never)]
+fn text_defect_first(defect: Defect, headers: &[HeaderField<'_>]) -> Defect {
+    let Location::Header(name) = defect.at else {
+        return defect;
+    };
+    if !matches!(
+        defect.kind,
+        DefectKind::MalformedHeader
+            | DefectKind::MalformedUri
+            | DefectKind::InvalidUser
+            | DefectKind::InvalidHost
+    ) {
+        return defect;
+    }
+    headers
+        .iter()
+        .filter(|f| f.name == name)
+        .find_map(|f| check_text(f.value).err())
+        .map_or(defect, |kind| Defect::header(kind, name))
 }
 
 fn at(kind: DefectKind, at: Location) -> Defect {
@@ -267,10 +367,8 @@ impl<'a> Message<'a> {
     // code around the header parsers came out worse for both (measured).
     #[inline(never)]
     fn parse(&mut self, limits: &Limits) -> Result<(), Defect> {
+        // The size limit is checked by the entry points, before anything else.
         let buf = self.buf;
-        if buf.len() > limits.max_message_len {
-            return Err(at(DefectKind::MessageTooLarge, Location::Message));
-        }
         let mut pos = 0;
         while buf.get(pos..pos + 2) == Some(b"\r\n") {
             pos += 2;
@@ -437,9 +535,7 @@ fn parse_start_line<'a>(
                 if !(100..=699).contains(&code) {
                     return Err(at(DefectKind::BadStatusCode, Location::StartLine));
                 }
-                if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
-                    return Err(bad());
-                }
+                check_text(reason).map_err(|kind| at(kind, Location::StartLine))?;
                 *out = StartLine::Response { code, reason };
                 return Ok(());
             }
@@ -463,9 +559,7 @@ fn parse_start_line<'a>(
         if !(100..=699).contains(&code) {
             return Err(at(DefectKind::BadStatusCode, Location::StartLine));
         }
-        if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
-            return Err(bad());
-        }
+        check_text(reason).map_err(|kind| at(kind, Location::StartLine))?;
         *out = StartLine::Response { code, reason };
         return Ok(());
     }
@@ -605,7 +699,13 @@ impl<'a> Message<'a> {
                 return Err(DefectKind::MalformedHeader);
             }
             HeaderName::ProxyRequire => *proxy_require |= !v.is_empty(),
-            _ => {}
+            // Option tags, checked above when present: tokens only.
+            HeaderName::Require | HeaderName::Supported => {}
+            // Every other value is text that goes on as written (User-Agent, Subject,
+            // Server, Warning, extension headers): RFC 3261's header-value is
+            // TEXT-UTF8 and LWS, so no controls, no DEL, nothing but UTF-8. The typed
+            // parsers above admit none of these either (their quoted strings check).
+            _ => check_text(v)?,
         }
         Ok(())
     }
@@ -643,13 +743,13 @@ impl<'a> Message<'a> {
         };
         for via in &self.vias {
             // The host is already typed; `received` was checked to be an IP address,
-            // so only one written with a leading '2' (first octet 2, 2x or 2xx) or an
-            // IPv6 reference can be multicast or broadcast: just those are parsed again.
+            // so only one written with a leading '2' (first octet 2, 2x or 2xx), an
+            // IPv6 reference or an IPv6 address starting with 'f' (ff00::/8) can be
+            // multicast or broadcast: just those are parsed again.
             let received = via
                 .received
-                .filter(|r| matches!(r.first(), Some(b'2' | b'[')))
-                .and_then(|r| crate::uri::parse_host(r).ok())
-                .and_then(|h| h.ip());
+                .filter(|r| matches!(r.first(), Some(b'2' | b'[' | b'f' | b'F')))
+                .and_then(|_| via.received_ip());
             let unroutable =
                 via.host.ip().is_some_and(unroutable_ip) || received.is_some_and(unroutable_ip);
             if unroutable {
@@ -891,7 +991,7 @@ a=rtpmap:0 PCMU/8000\r\n";
     fn parse(b: &[u8]) -> Result<Message<'_>, Rejection> {
         match parse_datagram(b, &Limits::default())? {
             Datagram::Message(m) => Ok(m),
-            Datagram::Keepalive => panic!("keepalive"),
+            Datagram::Keepalive | Datagram::StunBinding(_) => panic!("keepalive"),
         }
     }
 
@@ -936,6 +1036,205 @@ a=rtpmap:0 PCMU/8000\r\n";
             parse_datagram(b"\r\n", &Limits::default()),
             Ok(Datagram::Keepalive)
         ));
+    }
+
+    /// OPTIONS with one extra header line `extra` (raw bytes).
+    fn options_with(extra: &[u8]) -> Vec<u8> {
+        [
+            &b"OPTIONS sip:a@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKt\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n"[..],
+            extra,
+            b"\r\nContent-Length: 0\r\n\r\n",
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn text_headers_refuse_controls_and_bad_utf8() {
+        for (line, text) in [
+            (&b"Subject: hi\x00there"[..], "control character in Subject"),
+            (b"Subject: \x01", "control character in Subject"),
+            (
+                b"User-Agent: evil\x1b[2J",
+                "control character in User-Agent",
+            ),
+            (b"User-Agent: del\x7f", "control character in User-Agent"),
+            (b"User-Agent: Jos\xe9", "invalid UTF-8 in User-Agent"),
+            (b"Server: a\x00", "control character in Server"),
+            (b"s: \xc3\x28", "invalid UTF-8 in Subject"),
+            (
+                b"Warning: 399 h \"a\x07\"",
+                "control character in extension header",
+            ),
+            (
+                b"X-Anything: a\x1bb",
+                "control character in extension header",
+            ),
+            (
+                b"Contact: \"Al\x1bice\" <sip:a@10.0.0.1>",
+                "control character in Contact",
+            ),
+            (
+                b"Contact: \"Jos\xe9\" <sip:a@10.0.0.1>",
+                "invalid UTF-8 in Contact",
+            ),
+        ] {
+            let msg = options_with(line);
+            let r = parse(&msg).unwrap_err();
+            assert_eq!(r.status, Some(400), "{line:?}");
+            assert_eq!(r.defect.to_string(), text, "{line:?}");
+        }
+        // Text that is fine: UTF-8, tabs, folds, escaped controls in a quoted string
+        // (RFC 4475 section 3.1.1.3 calls that valid).
+        for line in [
+            "Subject: R\u{e9}union \u{2014} \u{1f600}".as_bytes(),
+            b"Subject: tab\there\r\n folded",
+            b"User-Agent: Yealink SIP-T46S 66.86.0.15",
+            b"Contact: \"BEL:\\\x07\" <sip:a@10.0.0.1>",
+        ] {
+            assert!(parse(&options_with(line)).is_ok(), "{line:?}");
+        }
+        // A reason phrase is text as well.
+        for reason in [&b"OK\x7f"[..], b"O\x00K", b"\xffOK"] {
+            let msg = [
+                &b"SIP/2.0 200 "[..],
+                reason,
+                b"\r\nVia: SIP/2.0/UDP 10.0.0.1\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n",
+            ]
+            .concat();
+            let r = parse(&msg).unwrap_err();
+            assert_eq!(r.defect.at, Location::StartLine, "{reason:?}");
+            assert!(
+                matches!(
+                    r.defect.kind,
+                    DefectKind::ControlCharacter | DefectKind::InvalidUtf8
+                ),
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_single_instance_headers_are_refused() {
+        for (lines, text) in [
+            (
+                &b"User-Agent: Yealink SIP-T46S\r\nUser-Agent: friendly-scanner"[..],
+                "duplicate User-Agent header",
+            ),
+            (
+                b"user-agent: a\r\nUSER-AGENT: b",
+                "duplicate User-Agent header",
+            ),
+            (b"Subject: a\r\ns: b", "duplicate Subject header"),
+            (b"Server: a\r\nServer: b", "duplicate Server header"),
+            (b"Date: a\r\nDate: b", "duplicate Date header"),
+            (
+                b"Organization: a\r\nOrganization: b",
+                "duplicate Organization header",
+            ),
+            (
+                b"Priority: urgent\r\nPriority: normal",
+                "duplicate Priority header",
+            ),
+            (
+                b"MIME-Version: 1.0\r\nMime-Version: 1.0",
+                "duplicate MIME-Version header",
+            ),
+            (
+                b"Min-Expires: 60\r\nMin-Expires: 60",
+                "duplicate Min-Expires header",
+            ),
+            (
+                b"Timestamp: 1\r\nTimestamp: 2",
+                "duplicate Timestamp header",
+            ),
+            (
+                b"Retry-After: 1\r\nRetry-After: 2",
+                "duplicate Retry-After header",
+            ),
+            (
+                b"Max-Forwards: 1\r\nMax-Forwards: 2",
+                "duplicate Max-Forwards header",
+            ),
+            (b"Expires: 1\r\nExpires: 2", "duplicate Expires header"),
+            (b"Event: a\r\no: b", "duplicate Event header"),
+            (b"Min-SE: 90\r\nMin-SE: 90", "duplicate Min-SE header"),
+            (
+                b"Subscription-State: active\r\nSubscription-State: active",
+                "duplicate Subscription-State header",
+            ),
+            (
+                b"Replaces: a;to-tag=1;from-tag=2\r\nReplaces: b;to-tag=1;from-tag=2",
+                "duplicate Replaces header",
+            ),
+            (
+                b"Content-Disposition: session\r\nContent-Disposition: render",
+                "duplicate Content-Disposition header",
+            ),
+            (
+                b"SIP-If-Match: a\r\nSIP-If-Match: b",
+                "duplicate SIP-If-Match header",
+            ),
+        ] {
+            let r = parse(&options_with(lines)).unwrap_err();
+            assert_eq!(r.status, Some(400), "{text}");
+            assert_eq!(r.defect.to_string(), text);
+        }
+        // Lists may repeat.
+        for lines in [
+            &b"Allow: INVITE\r\nAllow: BYE"[..],
+            b"Supported: timer\r\nSupported: replaces",
+            b"Warning: 399 a \"x\"\r\nWarning: 399 b \"y\"",
+            b"X-Extension: 1\r\nX-Extension: 2",
+        ] {
+            assert!(parse(&options_with(lines)).is_ok(), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn blank_datagrams_are_not_keepalives() {
+        let limits = Limits::default();
+        // Over the size limit: refused as too large whatever it holds, before any
+        // keepalive check (nothing to answer: no Via).
+        for len in [limits.max_message_len + 1, 65_507] {
+            let r = parse_datagram(&vec![b' '; len], &limits).unwrap_err();
+            assert_eq!(r.defect.kind, DefectKind::MessageTooLarge);
+            assert_eq!(r.status, None);
+        }
+        let crlfs = b"\r\n".repeat(100);
+        for blank in [
+            &b" "[..],
+            &[b' '; 100][..],
+            b"\r\n \r\n",
+            b"\t",
+            b"\n\n",
+            b"\r\n\r\n\r\n",
+            &crlfs,
+        ] {
+            let r = parse_datagram(blank, &limits).unwrap_err();
+            assert_eq!(r.defect.kind, DefectKind::BlankDatagram, "{blank:?}");
+            assert_eq!(r.status, None);
+        }
+    }
+
+    #[test]
+    fn stun_binding_requests_are_told_from_sip() {
+        let limits = Limits::default();
+        let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        binding.extend_from_slice(&[7; 12]);
+        match parse_datagram(&binding, &limits) {
+            Ok(Datagram::StunBinding(r)) => assert_eq!(r.transaction_id, [7; 12]),
+            other => panic!("{other:?}"),
+        }
+        let mut out = Ok(Datagram::Keepalive);
+        parse_datagram_into(&binding, &limits, &mut out);
+        assert!(matches!(out, Ok(Datagram::StunBinding(_))));
+        drop(out);
+        // A Binding response (reflected at us): STUN-looking, dropped.
+        binding[0] = 0x01;
+        binding[1] = 0x01;
+        let r = parse_datagram(&binding, &limits).unwrap_err();
+        assert!(matches!(r.defect.kind, DefectKind::BadStun(_)));
+        assert_eq!(r.status, None);
     }
 
     #[test]
@@ -994,6 +1293,8 @@ a=rtpmap:0 PCMU/8000\r\n";
             "239.255.255.255",
             "255.255.255.255",
             "[ff02::1]",
+            "ff02::1",
+            "FF05::2",
         ] {
             assert_eq!(with_received(r), Err(DefectKind::UnroutableVia), "{r}");
         }
@@ -1004,6 +1305,9 @@ a=rtpmap:0 PCMU/8000\r\n";
             "240.0.0.1",
             "2.2.2.2",
             "[2001:db8::1]",
+            "2001:db8::9:255",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
         ] {
             assert_eq!(with_received(r), Ok(()), "{r}");
         }

@@ -405,6 +405,59 @@ pub(crate) fn find_cr_lf_nul(s: &[u8]) -> Option<usize> {
     find_low_control(s, |b| matches!(b, b'\r' | b'\n' | 0))
 }
 
+/// What TEXT-UTF8 (RFC 3261 section 25.1: a header value, a reason phrase) cannot hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextFault {
+    /// A control character (0x00-0x1F other than HT and a fold's CRLF) or DEL.
+    Control,
+    InvalidUtf8,
+}
+
+/// What is wrong with `s` as header text, if anything. The CR and LF of a fold are
+/// allowed (the message splitter admits no other). One word test per eight bytes flags
+/// controls, DEL and every non-ASCII byte, ORed together without a branch (each test
+/// has no false mark in a word without a match); only text with a flag (tabs, folds,
+/// UTF-8: rare) is then checked byte by byte.
+#[inline]
+pub(crate) fn text_fault(s: &[u8]) -> Option<TextFault> {
+    let (space, del) = (LO * 0x20, LO * 0x7f);
+    let flags = |w: u64| (w.wrapping_sub(space) & !w & HI) | (w & HI) | zero_bytes(w ^ del);
+    let mut found = 0;
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        found |= flags(word(chunk));
+    }
+    match s.last_chunk::<8>() {
+        // The tail as the last eight bytes, overlapping the words before.
+        Some(last) if !chunks.remainder().is_empty() => found |= flags(u64::from_le_bytes(*last)),
+        Some(_) => {}
+        None => {
+            found |= chunks
+                .remainder()
+                .iter()
+                .fold(0, |acc, &b| acc | u64::from(!(0x20..0x7f).contains(&b)))
+        }
+    }
+    if found == 0 {
+        return None;
+    }
+    text_fault_slow(s)
+}
+
+/// [`text_fault`] byte by byte.
+#[cold]
+#[inline(never)]
+fn text_fault_slow(s: &[u8]) -> Option<TextFault> {
+    if s.iter()
+        .any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f)
+    {
+        return Some(TextFault::Control);
+    }
+    std::str::from_utf8(s)
+        .is_err()
+        .then_some(TextFault::InvalidUtf8)
+}
+
 /// The first index of a CR or LF in `s`.
 #[inline]
 pub(crate) fn find_cr_lf(s: &[u8]) -> Option<usize> {
@@ -464,10 +517,34 @@ impl CrLfSearch {
 }
 
 /// The first index in `s` of a byte that ends a run of plain qdtext: a quote, a
-/// backslash, a control (below 0x20) or DEL.
+/// backslash, a control (below 0x20), DEL or a non-ASCII byte (its UTF-8 is checked).
 #[inline]
 fn find_qdtext_stop(s: &[u8]) -> Option<usize> {
-    find_below_or3(s, 0x20, b'"', b'\\', 0x7f)
+    let floor = LO * 0x20;
+    let (quote, backslash, del) = (LO * u64::from(b'"'), LO * u64::from(b'\\'), LO * 0x7f);
+    find_by_word(
+        s,
+        |w| {
+            (w.wrapping_sub(floor) & !w & HI)
+                | (w & HI)
+                | zero_bytes(w ^ quote)
+                | zero_bytes(w ^ backslash)
+                | zero_bytes(w ^ del)
+        },
+        |x| !(0x20..0x7f).contains(&x) || x == b'"' || x == b'\\',
+    )
+}
+
+/// The length of the UTF-8 character `s` starts with, if it is a valid one.
+#[inline]
+fn utf8_char_len(s: &[u8]) -> Option<usize> {
+    let len = match s.first()? {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => return None,
+    };
+    std::str::from_utf8(s.get(..len)?).ok().map(|_| len)
 }
 
 /// Trims linear white space (including folds) from both ends.
@@ -666,17 +743,19 @@ impl<'a> Cursor<'a> {
                     return self.buf.get(start..self.pos);
                 }
                 b'\\' => {
-                    // quoted-pair: any byte but CR and LF
+                    // quoted-pair: any ASCII byte but CR and LF. An escaped control is
+                    // valid (RFC 4475 section 3.1.1.3 has BEL, NUL and DEL escaped in
+                    // a display name and calls the message valid); a raw one is not.
                     self.pos += 1;
                     match self.peek()? {
-                        b'\r' | b'\n' => return None,
-                        0x80..=0xff => return None,
+                        b'\r' | b'\n' | 0x80..=0xff => return None,
                         _ => self.pos += 1,
                     }
                 }
                 // qdtext excludes controls other than the LWS of a fold
                 b if b < 0x20 && !is_lws(b) => return None,
                 0x7f => return None,
+                0x80..=0xff => self.pos += utf8_char_len(self.rest())?,
                 _ => self.pos += 1,
             }
         }
@@ -721,13 +800,49 @@ mod tests {
     }
 
     #[test]
-    fn quoted_strings_allow_escaped_controls_but_not_raw_ones() {
+    fn quoted_strings_refuse_raw_controls_and_bad_utf8() {
         let mut c = Cursor::new(b"\"a\\\"b\\\x00\" rest");
         assert_eq!(c.quoted_string(), Some(&b"\"a\\\"b\\\x00\""[..]));
+        let mut c = Cursor::new("\"Jos\u{e9} \u{1f600}\"".as_bytes());
+        assert!(c.quoted_string().is_some());
+        for bad in [
+            &b"\"a\x1b\""[..],
+            b"\"a\\\r\"",
+            b"\"a\x7f\"",
+            b"\"Jos\xe9\"",
+            b"\"a\xc3\"",
+            b"\"a\xed\xa0\x80\"",
+        ] {
+            assert_eq!(Cursor::new(bad).quoted_string(), None, "{bad:?}");
+        }
         let mut c = Cursor::new(b"\"a\x01\"");
         assert_eq!(c.quoted_string(), None);
         let mut c = Cursor::new(b"\"unterminated");
         assert_eq!(c.quoted_string(), None);
+    }
+
+    #[test]
+    fn text_faults_are_found_at_any_offset() {
+        assert_eq!(text_fault(b"Yealink SIP-T46S 66.86.0.15"), None);
+        assert_eq!(
+            text_fault("R\u{e9}union \u{2014} caf\u{e9}".as_bytes()),
+            None
+        );
+        assert_eq!(text_fault(b"folded\r\n\ttext\twith tab"), None);
+        for (fault, byte) in [
+            (TextFault::Control, 0x00),
+            (TextFault::Control, 0x01),
+            (TextFault::Control, 0x1b),
+            (TextFault::Control, 0x7f),
+            (TextFault::InvalidUtf8, 0xff),
+            (TextFault::InvalidUtf8, 0xc3),
+        ] {
+            for at in 0..20 {
+                let mut s = b"abcdefghijklmnopqrst".to_vec();
+                s[at] = byte;
+                assert_eq!(text_fault(&s), Some(fault), "{byte:#x} at {at}");
+            }
+        }
     }
 
     #[test]
@@ -894,7 +1009,7 @@ mod tests {
                 assert_eq!(
                     find_qdtext_stop(s),
                     s.iter()
-                        .position(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
+                        .position(|&b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x7f)
                 );
             }
         }

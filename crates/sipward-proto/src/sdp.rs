@@ -161,6 +161,10 @@ pub enum SdpError {
     BadAttribute,
     ValueTooLong,
     OutOfOrder,
+    RepeatedVersion,
+    RepeatedOrigin,
+    RepeatedSessionName,
+    RepeatedConnection,
 }
 
 impl SdpError {
@@ -183,7 +187,11 @@ impl SdpError {
             SdpError::BadPort => "SDP port invalid",
             SdpError::BadAttribute => "SDP attribute malformed",
             SdpError::ValueTooLong => "SDP line too long",
-            SdpError::OutOfOrder => "SDP lines out of order",
+            SdpError::OutOfOrder => "SDP session-level line after the first m= line",
+            SdpError::RepeatedVersion => "SDP v= line repeated",
+            SdpError::RepeatedOrigin => "SDP o= line repeated",
+            SdpError::RepeatedSessionName => "SDP s= line repeated",
+            SdpError::RepeatedConnection => "SDP c= line repeated in one section",
         }
     }
 }
@@ -840,14 +848,36 @@ impl<'a> Sdp<'a> {
     }
 }
 
+const SEEN_V: u8 = 1;
+const SEEN_O: u8 = 2;
+const SEEN_S: u8 = 4;
+const SEEN_ALL: u8 = SEEN_V | SEEN_O | SEEN_S;
+
+/// The first session-level line missing, once the session level is over (at the first
+/// m= line or the end of the body).
+fn missing_session_line(st: &Progress) -> Result<(), SdpError> {
+    if st.seen & SEEN_V == 0 {
+        Err(SdpError::MissingVersion)
+    } else if st.seen & SEEN_O == 0 {
+        Err(SdpError::MissingOrigin)
+    } else if st.seen & SEEN_S == 0 {
+        Err(SdpError::MissingSessionName)
+    } else if !st.timing {
+        Err(SdpError::MissingTiming)
+    } else {
+        Ok(())
+    }
+}
+
 /// Where the body parse stands between lines.
 struct Progress {
     /// Offset of the next line.
     pos: usize,
     /// Lines so far, blank ones not counted.
     count: usize,
-    /// 0: nothing, 1: v, 2: o, 3: s, then anything (v, o, s come first, in that order).
-    seen_order: u8,
+    /// Which of v=, o= and s= were seen (`SEEN_V`, `SEEN_O`, `SEEN_S`). They may come
+    /// in any order, with other session-level lines among them, before the first m=.
+    seen: u8,
     /// A t= line was seen.
     timing: bool,
     /// Offsets of the last media section: its m= line through the last line extended
@@ -864,7 +894,7 @@ impl Progress {
         Self {
             pos: 0,
             count: 0,
-            seen_order: 0,
+            seen: 0,
             timing: false,
             section: 0..0,
             origin_ip: None,
@@ -898,17 +928,9 @@ pub(crate) fn parse_into<'a>(
 fn finish<'a>(body: &'a [u8], out: &mut Sdp<'a>, st: Progress) -> Result<(), SdpError> {
     let media = &mut out.media;
     if let Some(m) = media.last_mut() {
-        m.section = body.get(st.section).unwrap_or(m.section);
+        m.section = body.get(st.section.clone()).unwrap_or(m.section);
     }
-    match st.seen_order {
-        0 => return Err(SdpError::MissingVersion),
-        1 => return Err(SdpError::MissingOrigin),
-        2 => return Err(SdpError::MissingSessionName),
-        _ => {}
-    }
-    if !st.timing {
-        return Err(SdpError::MissingTiming);
-    }
+    missing_session_line(&st)?;
     if out.connection.is_none()
         && media
             .iter()
@@ -919,10 +941,16 @@ fn finish<'a>(body: &'a [u8], out: &mut Sdp<'a>, st: Progress) -> Result<(), Sdp
     Ok(())
 }
 
-/// The fast path's session header, v=, o= and s= (once each, in that order), as
+/// The fast path's session header, v=, o= and s= (once each, in any order), as
 /// [`fast_lines`] takes the other lines; out of its loop, which they would only weigh on.
+/// It stops at any other line, which [`general_line`] takes, and is called again after
+/// it until all three are seen.
 #[inline(always)]
 fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut Progress) {
+    // After an m= line a session line is misplaced: the general path says so.
+    if !out.media.is_empty() {
+        return;
+    }
     while let Some(rest) = body.get(st.pos..) {
         let [kind, b'=', v @ ..] = rest else {
             return;
@@ -930,8 +958,8 @@ fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut 
         if st.count >= limits.max_sdp_lines {
             return;
         }
-        let (n, e) = match (st.seen_order, *kind) {
-            (0, b'v') => {
+        let (n, e) = match *kind {
+            b'v' if st.seen & SEEN_V == 0 => {
                 if v.first() != Some(&b'0') {
                     return;
                 }
@@ -941,10 +969,10 @@ fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut 
                 if 3 > limits.max_param_len {
                     return;
                 }
-                st.seen_order = 1;
+                st.seen |= SEEN_V;
                 (1, e)
             }
-            (1, b'o') => {
+            b'o' if st.seen & SEEN_O == 0 => {
                 // <username> <digits> <digits> IN IP4 <dotted quad>, single spaces. Each
                 // field is split off with what follows it, so none is sliced again.
                 let Some((username, after)) = v.split_at_checked(graphic_run(v)) else {
@@ -988,18 +1016,19 @@ fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut 
                     address: addr.get(..len).unwrap_or_default(),
                 };
                 st.origin_ip = Some(ip);
-                st.seen_order = 2;
+                st.seen |= SEEN_O;
                 (n, e)
             }
-            (2, b's') => {
+            b's' if st.seen & SEEN_S == 0 => {
+                // Empty is allowed: real phones send `s=` (RFC 5118 section 4.8).
                 let Some((n, e)) = clean_line_end(v) else {
                     return;
                 };
-                if n == 0 || n + 2 > limits.max_param_len {
+                if n + 2 > limits.max_param_len {
                     return;
                 }
                 out.session_name = v.get(..n).unwrap_or_default();
-                st.seen_order = 3;
+                st.seen |= SEEN_S;
                 (n, e)
             }
             _ => return,
@@ -1007,7 +1036,7 @@ fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut 
         st.count += 1;
         st.pos += 2 + n + e;
         st.section.end = st.pos;
-        if st.seen_order == 3 {
+        if st.seen == SEEN_ALL {
             return;
         }
     }
@@ -1018,9 +1047,9 @@ fn fast_header<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut 
 /// of them. Nothing is changed until a line is known good; the line it stops at, errors
 /// included, goes to [`general_line`], which reads it again from its start and judges it.
 fn fast_lines<'a>(body: &'a [u8], limits: &Limits, out: &mut Sdp<'a>, st: &mut Progress) {
-    if st.seen_order < 3 {
+    if st.seen != SEEN_ALL {
         fast_header(body, limits, out, st);
-        if st.seen_order < 3 {
+        if st.seen != SEEN_ALL {
             return;
         }
     }
@@ -1265,33 +1294,29 @@ fn general_line<'a>(
     if !clean {
         return Err(SdpError::BadLine);
     }
-    // v, o, s come first, in that order.
-    match (st.seen_order, kind) {
-        (0, b'v') => {
-            if value != b"0" {
-                return Err(SdpError::BadVersion);
-            }
-            st.seen_order = 1;
-            return Ok(());
+    // v, o and s once each, in any order, at session level (RFC 8866 orders them, but
+    // user agents accept other orders, so a gateway should pass them).
+    if let b'v' | b'o' | b's' = kind {
+        if !media.is_empty() {
+            return Err(SdpError::OutOfOrder);
         }
-        (0, _) => return Err(SdpError::MissingVersion),
-        (1, b'o') => {
-            out.origin = parse_origin(value)?;
-            st.seen_order = 2;
-            return Ok(());
+        let (bit, repeated) = match kind {
+            b'v' => (SEEN_V, SdpError::RepeatedVersion),
+            b'o' => (SEEN_O, SdpError::RepeatedOrigin),
+            _ => (SEEN_S, SdpError::RepeatedSessionName),
+        };
+        if st.seen & bit != 0 {
+            return Err(repeated);
         }
-        (1, _) => return Err(SdpError::MissingOrigin),
-        (2, b's') => {
-            if value.is_empty() {
-                return Err(SdpError::MissingSessionName);
-            }
-            out.session_name = value;
-            st.seen_order = 3;
-            return Ok(());
+        match kind {
+            b'v' if value != b"0" => return Err(SdpError::BadVersion),
+            b'o' => out.origin = parse_origin(value)?,
+            // Empty is allowed: real phones send `s=` (RFC 5118 section 4.8).
+            b's' => out.session_name = value,
+            _ => {}
         }
-        (2, _) => return Err(SdpError::MissingSessionName),
-        (_, b'v' | b'o' | b's') => return Err(SdpError::OutOfOrder),
-        _ => {}
+        st.seen |= bit;
+        return Ok(());
     }
     // Extend the current media section over this line; an m= line starts the next.
     if kind != b'm' {
@@ -1299,9 +1324,8 @@ fn general_line<'a>(
     }
     match kind {
         b'm' => {
-            if !st.timing {
-                return Err(SdpError::MissingTiming);
-            }
+            // A session line still missing here is reported at the end, unless it
+            // turns up after this m= (then misplaced, not missing, is the defect).
             if media.len() >= limits.max_sdp_media {
                 return Err(SdpError::TooManyMedia);
             }
@@ -1330,7 +1354,7 @@ fn general_line<'a>(
             match media.last_mut() {
                 Some(m) if m.connection.is_none() => m.connection = Some(c),
                 None if out.connection.is_none() => out.connection = Some(c),
-                _ => return Err(SdpError::BadConnection),
+                _ => return Err(SdpError::RepeatedConnection),
             }
         }
         b't' => {
@@ -1454,6 +1478,30 @@ mod tests {
     }
 
     #[test]
+    fn session_lines_in_any_order_and_an_empty_session_name() {
+        // The example: o= after s=.
+        let s = sdp(b"v=0\r\ns=-\r\no=- 1 1 IN IP4 1.2.3.4\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n").unwrap();
+        assert_eq!(s.origin.address, b"1.2.3.4");
+        assert_eq!(s.session_name, b"-");
+        // Every session line before v=, c= and t= among them.
+        let s = sdp(b"t=0 0\r\nc=IN IP4 1.2.3.4\r\ns=x\r\no=- 1 1 IN IP4 1.2.3.4\r\nv=0\r\nm=audio 5004 RTP/AVP 0\r\n").unwrap();
+        assert_eq!(
+            (s.origin.address, s.session_name),
+            (&b"1.2.3.4"[..], &b"x"[..])
+        );
+        assert_eq!(s.media.len(), 1);
+        // RFC 5118 section 4.8: an empty s= (and c= per media section, one of them IPv6).
+        let body = b"v=0\r\no=bob 280744730 28977631 IN IP4 host.example.com\r\ns=\r\nt=0 0\r\nm=audio 22334 RTP/AVP 0\r\nc=IN IP4 192.0.2.1\r\nm=video 6024 RTP/AVP 107\r\nc=IN IP6 2001:db8::1\r\na=rtpmap:107 H263-1998/90000\r\n";
+        let s = sdp(body).unwrap();
+        assert_eq!(s.session_name, b"");
+        assert_eq!(s.media.len(), 2);
+        assert_eq!(
+            s.media[1].connection.unwrap().ip,
+            Some("2001:db8::1".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn each_defect() {
         let cases: &[(&[u8], SdpError)] = &[
             (b"o=- 1 1 IN IP4 1.2.3.4\r\n", SdpError::MissingVersion),
@@ -1471,7 +1519,17 @@ mod tests {
             (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\na=rtpmap:300 X/8000\r\n", SdpError::BadAttribute),
             (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nX=1\r\n", SdpError::BadLine),
             (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\nt=0 0\r\n", SdpError::OutOfOrder),
-            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\ns=-\r\n", SdpError::OutOfOrder),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\ns=-\r\n", SdpError::RepeatedSessionName),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nv=0\r\n", SdpError::RepeatedVersion),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\no=- 1 1 IN IP4 1.2.3.4\r\n", SdpError::RepeatedOrigin),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n", SdpError::RepeatedConnection),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\ns=-\r\n", SdpError::OutOfOrder),
+            // The session level ends at the first m=: a session line after it is
+            // misplaced (not missing), one nowhere is missing.
+            (b"v=0\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\no=- 1 1 IN IP4 1.2.3.4\r\n", SdpError::OutOfOrder),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nm=audio 5004 RTP/AVP 0\r\nt=0 0\r\n", SdpError::OutOfOrder),
+            (b"v=0\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n", SdpError::MissingOrigin),
+            (b"s=-\r\no=- 1 1 IN IP4 1.2.3.4\r\nt=0 0\r\n", SdpError::MissingVersion),
         ];
         for (body, expected) in cases {
             assert_eq!(

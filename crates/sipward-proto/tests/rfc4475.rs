@@ -147,7 +147,7 @@ fn corpus_dir() -> PathBuf {
 
 fn judge(bytes: &[u8]) -> Verdict {
     match parse_datagram(bytes, &Limits::default()) {
-        Ok(Datagram::Message(_)) | Ok(Datagram::Keepalive) => Accept,
+        Ok(Datagram::Message(_) | Datagram::Keepalive | Datagram::StunBinding(_)) => Accept,
         Err(r) => match r.status {
             Some(s) => Reject(s),
             None => Drop,

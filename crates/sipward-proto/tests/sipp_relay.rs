@@ -100,7 +100,7 @@ fn sipp_calls_pass_through_parse_and_rewrite() {
                         }
                         out
                     }
-                    Ok(Datagram::Keepalive) => datagram.to_vec(),
+                    Ok(Datagram::Keepalive | Datagram::StunBinding(_)) => datagram.to_vec(),
                     Err(r) => {
                         eprintln!(
                             "rejected from {from}: {}\n{}",

@@ -13,6 +13,7 @@ pub(crate) fn verdict(datagram: &[u8], limits: &Limits) -> (String, Option<Vec<u
     match parse_datagram(datagram, limits) {
         Ok(Datagram::Message(_)) => ("accept".to_owned(), None),
         Ok(Datagram::Keepalive) => ("accept keepalive".to_owned(), None),
+        Ok(Datagram::StunBinding(_)) => ("accept STUN Binding request".to_owned(), None),
         Err(r) => match r.status {
             Some(code) => (
                 format!("reject {code} {}", r.defect),

@@ -88,3 +88,62 @@ fn refused_torture_messages_are_answered_or_dropped_and_never_forwarded() {
         );
     }
 }
+
+/// The gateway's counters (`GET /api/v1/counters`).
+fn counters(t: &Topology) -> serde_json::Value {
+    let body = ureq::get(&format!("{}/api/v1/counters", t.api()))
+        .set("Authorization", &format!("Bearer {}", common::ADMIN_TOKEN))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn blank_datagrams_and_keepalives_get_no_reply_and_stun_gets_the_mapped_address() {
+    let t = Topology::new(48);
+    let _gw = t.start_gateway();
+    let phone = UdpSocket::bind(format!("{}:5070", t.phone(0))).unwrap();
+    let gw = format!("{}:5060", t.gw_lan());
+    // sipvicious-style blank probes over and under the size limit, then both keepalives.
+    for datagram in [&[b' '; 7000][..], &[b' '; 100], b"\r\n\r\n", b"\r\n"] {
+        phone.send_to(datagram, &gw).unwrap();
+    }
+    // Then a STUN Binding request: the first thing back must be its answer (a reply to
+    // any datagram above would arrive before it).
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(b"e2e-txn-0001");
+    phone.send_to(&request, &gw).unwrap();
+    phone
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = phone.recv_from(&mut buf).expect("a STUN answer");
+    assert_eq!(from.to_string(), gw);
+    let p = &buf[..n];
+    assert_eq!(&p[..2], &[0x01, 0x01], "not a Binding success: {p:?}");
+    assert_eq!(&p[8..20], b"e2e-txn-0001");
+    assert_eq!(&p[20..22], &[0x00, 0x20], "XOR-MAPPED-ADDRESS first");
+    let port = u16::from_be_bytes([p[26], p[27]]) ^ 0x2112;
+    let ip: Vec<u8> = p[28..32]
+        .iter()
+        .zip([0x21, 0x12, 0xa4, 0x42])
+        .map(|(a, k)| a ^ k)
+        .collect();
+    let seen = std::net::SocketAddr::from(([ip[0], ip[1], ip[2], ip[3]], port));
+    assert_eq!(seen, phone.local_addr().unwrap());
+    // Nothing else comes back.
+    phone
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    if let Ok((n, _)) = phone.recv_from(&mut buf) {
+        panic!("unexpected reply: {:?}", &buf[..n]);
+    }
+    let c = counters(&t);
+    assert_eq!(c["malformed"]["MessageTooLarge"], 1, "{c}");
+    assert_eq!(c["malformed"]["BlankDatagram"], 1, "{c}");
+    assert_eq!(c["events"]["dropped_malformed"], 2, "{c}");
+    assert_eq!(c["events"]["keepalives"], 3, "{c}");
+    assert_eq!(c["requests_out"], serde_json::json!({}), "{c}");
+}

@@ -82,7 +82,18 @@ fn next_param<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Option<&'a [u8]>), De
             }
             v
         }
-        _ => c.token().ok_or(DefectKind::MalformedHeader)?,
+        _ => {
+            let start = c.pos();
+            let token = c.token();
+            if c.peek() == Some(b':') && name.eq_ignore_ascii_case(b"received") {
+                // An IPv6 address without brackets, as RFC 3261's via-received has it
+                // (RFC 5118 section 4.5): taken whole, checked by the Via parser.
+                c.set_pos(start);
+                c.take_while(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            } else {
+                token.ok_or(DefectKind::MalformedHeader)?
+            }
+        }
     };
     Ok((name, Some(value)))
 }

@@ -28,6 +28,27 @@ pub struct Via<'a> {
     pub maddr: Option<&'a [u8]>,
 }
 
+impl Via<'_> {
+    /// The address in `received`, when there is one.
+    pub fn received_ip(&self) -> Option<std::net::IpAddr> {
+        self.received.and_then(|r| received_ip(r).ok())
+    }
+}
+
+/// A `received` value: `via-received = IPv4address / IPv6address` (RFC 3261), so an
+/// IPv6 address is written without brackets (RFC 5118 section 4.5); the bracketed form
+/// that many stacks write is accepted too.
+pub(crate) fn received_ip(v: &[u8]) -> Result<std::net::IpAddr, DefectKind> {
+    if v.contains(&b':') && v.first() != Some(&b'[') {
+        return std::str::from_utf8(v)
+            .ok()
+            .and_then(|t| t.parse::<std::net::Ipv6Addr>().ok())
+            .map(std::net::IpAddr::V6)
+            .ok_or(DefectKind::InvalidIp);
+    }
+    parse_host(v)?.ip().ok_or(DefectKind::InvalidIp)
+}
+
 /// Parses every entry of one Via header value into `out`, respecting `max`.
 pub(crate) fn parse_vias<'a>(
     value: &'a [u8],
@@ -262,9 +283,7 @@ impl<'a> ViaParams<'a> {
             }
             8 if eq_lower_name(name, b"received") => {
                 let v = value.ok_or(DefectKind::MalformedHeader)?;
-                if parse_host(v)?.ip().is_none() {
-                    return Err(DefectKind::InvalidIp);
-                }
+                received_ip(v)?;
                 self.received = Some(v);
             }
             5 if eq_lower_name(name, b"rport") => {
