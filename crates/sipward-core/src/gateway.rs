@@ -1083,7 +1083,7 @@ impl Gateway {
                                     lan_local: tx.lan_local,
                                     inside_contact: reg.inside_contact.clone(),
                                     outside_contact: reg.outside_contact.clone(),
-                                    expires_at: at.now + expires,
+                                    expires_at: crate::protect::later(at.now, expires),
                                 },
                             );
                         }

@@ -471,7 +471,7 @@ impl Guard {
             last_seen: now,
         });
         state.last_seen = now;
-        if state.failures.len() > 4 * o.max_failed_users_per_source
+        if state.failures.len() > o.max_failed_users_per_source.saturating_mul(4)
             && !state.failures.contains_key(user)
         {
             // Bounded: a source this busy is banned below anyway.
@@ -535,7 +535,7 @@ impl Guard {
         now: Instant,
         duration: Option<Duration>,
     ) {
-        let expires = now + duration.unwrap_or(self.options.ban_time);
+        let expires = later(now, duration.unwrap_or(self.options.ban_time));
         if let Some(b) = self.bans.get_mut(&source) {
             if b.expires > now {
                 b.expires = b.expires.max(expires);
@@ -684,4 +684,14 @@ impl Guard {
             .map(|s| s.failures.keys().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// `now + d`, saturating: a duration an operator or a peer chose (a ban, an expiry)
+/// must never panic the gateway with an overflowing instant. Past what the clock can
+/// represent, a century is as good as forever.
+pub fn later(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }

@@ -384,17 +384,26 @@ struct AppState {
     token: std::sync::Arc<str>,
 }
 
-/// Serves the admin surface on `listen` until the driver stops.
-pub(crate) async fn serve(
-    listen: SocketAddr,
-    token: String,
-    requests: mpsc::Sender<AdminRequest>,
-) -> Result<tokio::task::JoinHandle<()>> {
+/// Where and how the admin surface listens (`[admin]`).
+#[derive(Debug, Clone)]
+pub(crate) struct AdminSettings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) token: String,
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    pub(crate) max_connections: usize,
+    /// How long a connection may take to send a request's head, counted from its
+    /// opening or its previous response: this closes idle keep-alive connections and
+    /// half-sent requests alike.
+    pub(crate) request_timeout: Duration,
+}
+
+/// The admin routes, guarded by the token; queries go to `requests`.
+pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Router {
     let state = AppState {
         requests,
         token: token.into(),
     };
-    let api = Router::new()
+    Router::new()
         .route(
             "/api/v1/status",
             get(|s: State<AppState>| ask(s, Query::Status)),
@@ -428,14 +437,52 @@ pub(crate) async fn serve(
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/dashboard", get(|| async { Html(DASHBOARD) }))
         .route("/", get(|| async { Html(DASHBOARD) }))
-        .with_state(state);
+        .with_state(state)
+}
+
+/// Serves the admin surface until the driver stops. Connections are served by hyper
+/// directly (axum's `serve` has neither a connection cap nor a header timeout): an
+/// unbounded number of idle or half-sent connections would take the process's file
+/// descriptors, which the media relay needs too.
+pub(crate) async fn serve(
+    settings: AdminSettings,
+    requests: mpsc::Sender<AdminRequest>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let api = router(&settings.token, requests);
+    let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("admin API: cannot bind {listen}"))?;
     println!("sipward: admin API on http://{listen}/api/v1/ (dashboard /dashboard)");
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, api).await {
-            tracing::error!("admin API stopped: {e}");
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait rather than spin.
+                    tracing::warn!("admin API: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Over the cap: closed at once, costing nothing while it lasts.
+                drop(stream);
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(api.clone());
+            let timeout = settings.request_timeout;
+            tokio::spawn(async move {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(timeout);
+                let io = hyper_util::rt::TokioIo::new(stream);
+                // Errors here are a client's (timeouts, resets): nothing to report.
+                let _ = builder.serve_connection(io, service).await;
+                drop(slot);
+            });
         }
     }))
 }
@@ -447,10 +494,13 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
+    // RFC 9110 section 11.1: the scheme is case-insensitive ("bearer" is as good).
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start_matches(' '))
         .unwrap_or_default();
     if constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
         next.run(request).await
@@ -510,8 +560,53 @@ struct BanRequest {
     reason: Option<String>,
 }
 
-async fn add_ban(state: State<AppState>, body: Json<BanRequest>) -> Response {
-    let Json(b) = body;
+/// The longest ban the API takes (a year), the same bound as `[protection] ban_time`.
+pub(crate) const MAX_BAN_SECONDS: u64 = 365 * 86_400;
+/// The longest ban reason the API takes, in bytes: a reason is a note for the operator
+/// shown in tables and events, not a store.
+pub(crate) const MAX_REASON_BYTES: usize = 200;
+
+/// Why a ban request cannot be taken, naming the field and its allowed range; `None`
+/// when it can. Shared with the CLI, which refuses the same values before any request.
+pub(crate) fn ban_refusal(seconds: Option<u64>, reason: Option<&str>) -> Option<String> {
+    if let Some(s) = seconds {
+        if !(1..=MAX_BAN_SECONDS).contains(&s) {
+            return Some(format!(
+                "seconds: {s} is out of range, expected 1 to {MAX_BAN_SECONDS} (a year)"
+            ));
+        }
+    }
+    if let Some(r) = reason {
+        if r.len() > MAX_REASON_BYTES {
+            return Some(format!(
+                "reason: {} bytes, at most {MAX_REASON_BYTES}",
+                r.len()
+            ));
+        }
+        if r.chars().any(char::is_control) {
+            return Some("reason: control characters are not allowed".into());
+        }
+    }
+    None
+}
+
+fn error(status: StatusCode, why: impl Into<String>) -> Response {
+    (status, Json(json!({"error": why.into()}))).into_response()
+}
+
+/// Parsed by hand rather than with axum's `Json` so that every refusal is JSON: 400 for
+/// a body that is not JSON, 422 for JSON with a wrong or out-of-range field.
+async fn add_ban(state: State<AppState>, body: axum::body::Bytes) -> Response {
+    let b: BanRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a JSON object: {e}")),
+    };
+    if let Some(why) = ban_refusal(b.seconds, b.reason.as_deref()) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, why);
+    }
     ask(
         state,
         Query::Ban {

@@ -38,8 +38,9 @@ pub(crate) struct Config {
     rule: Vec<RuleSection>,
     #[serde(default)]
     protection: ProtectionSection,
+    /// Absent: no admin API. Present, it must carry a token.
     #[serde(default)]
-    admin: AdminSection,
+    admin: Option<AdminSection>,
     #[serde(default)]
     relay: RelaySection,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
@@ -96,7 +97,7 @@ struct RelaySection {
     engine: Option<Spanned<String>>,
 }
 
-/// `[admin]`: the admin API, metrics and dashboard. Enabled when a token is set.
+/// `[admin]`: the admin API, metrics and dashboard.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdminSection {
@@ -105,15 +106,13 @@ struct AdminSection {
     /// The bearer token every API request must carry.
     #[serde(default)]
     token: Option<Spanned<String>>,
-}
-
-impl Default for AdminSection {
-    fn default() -> Self {
-        Self {
-            listen: Spanned::new(0..0, default_admin_listen()),
-            token: None,
-        }
-    }
+    /// Connections served at once (default 64); more are closed when accepted.
+    #[serde(default)]
+    max_connections: Option<Spanned<usize>>,
+    /// Seconds a connection may take to send a request head, from its opening or its
+    /// previous response (default 10).
+    #[serde(default)]
+    request_timeout: Option<Spanned<u64>>,
 }
 
 fn default_admin_listen() -> String {
@@ -145,19 +144,19 @@ fn default_events() -> String {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProtectionSection {
-    max_register_failures: Option<u32>,
-    max_failed_users_per_source: Option<usize>,
-    failure_window: Option<u64>,
-    ban_time: Option<u64>,
-    new_requests_per_second: Option<f64>,
-    new_requests_burst: Option<f64>,
-    dialog_requests_per_second: Option<f64>,
-    dialog_requests_burst: Option<f64>,
-    responses_per_second: Option<f64>,
-    responses_burst: Option<f64>,
-    admission_per_second: Option<f64>,
-    admission_burst: Option<f64>,
-    retry_after: Option<u32>,
+    max_register_failures: Option<Spanned<u32>>,
+    max_failed_users_per_source: Option<Spanned<usize>>,
+    failure_window: Option<Spanned<u64>>,
+    ban_time: Option<Spanned<u64>>,
+    new_requests_per_second: Option<Spanned<f64>>,
+    new_requests_burst: Option<Spanned<f64>>,
+    dialog_requests_per_second: Option<Spanned<f64>>,
+    dialog_requests_burst: Option<Spanned<f64>>,
+    responses_per_second: Option<Spanned<f64>>,
+    responses_burst: Option<Spanned<f64>>,
+    admission_per_second: Option<Spanned<f64>>,
+    admission_burst: Option<Spanned<f64>>,
+    retry_after: Option<Spanned<u32>>,
     /// Address objects exempt from per-source limits; default: the nat rules'
     /// destinations (the upstream proxy carries everyone's traffic).
     exempt: Option<Vec<Spanned<String>>>,
@@ -167,8 +166,8 @@ struct ProtectionSection {
     deny: Option<Vec<Spanned<String>>>,
     allow: Option<Vec<Spanned<String>>>,
     network_filter: Option<Spanned<String>>,
-    max_tracked_sources: Option<usize>,
-    max_bans: Option<usize>,
+    max_tracked_sources: Option<Spanned<usize>>,
+    max_bans: Option<Spanned<usize>>,
 }
 
 fn default_agent() -> String {
@@ -208,46 +207,45 @@ struct AddressSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AlgSection {
-    max_sessions_per_id: Option<usize>,
-    max_registration_time: Option<u64>,
-    request_response_timeout: Option<u64>,
-    signal_timeout: Option<u64>,
-    data_channel_timeout: Option<u64>,
+    max_sessions_per_id: Option<Spanned<usize>>,
+    max_registration_time: Option<Spanned<u64>>,
+    request_response_timeout: Option<Spanned<u64>>,
+    signal_timeout: Option<Spanned<u64>>,
+    data_channel_timeout: Option<Spanned<u64>>,
     allow_media_bypass: Option<bool>,
     /// "off", "nat" or "any".
     media_latching: Option<Spanned<String>>,
-    max_registrations: Option<usize>,
-    max_dialogs: Option<usize>,
-    max_transactions: Option<usize>,
+    max_registrations: Option<Spanned<usize>>,
+    max_dialogs: Option<Spanned<usize>>,
+    max_transactions: Option<Spanned<usize>>,
     // Wire-layer limits of this ALG (serde's flatten cannot be combined with
     // deny_unknown_fields, so they are listed here).
-    max_param_len: Option<usize>,
-    max_message_len: Option<usize>,
-    max_sdp_len: Option<usize>,
-    max_headers: Option<usize>,
-    max_vias: Option<usize>,
-    max_routes: Option<usize>,
-    max_contacts: Option<usize>,
-    max_params: Option<usize>,
-    max_sdp_media: Option<usize>,
-    max_sdp_lines: Option<usize>,
+    max_param_len: Option<Spanned<usize>>,
+    max_message_len: Option<Spanned<usize>>,
+    max_sdp_len: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    max_vias: Option<Spanned<usize>>,
+    max_routes: Option<Spanned<usize>>,
+    max_contacts: Option<Spanned<usize>>,
+    max_params: Option<Spanned<usize>>,
+    max_sdp_media: Option<Spanned<usize>>,
+    max_sdp_lines: Option<Spanned<usize>>,
 }
 
 impl AlgSection {
-    fn limits(&self) -> Limits {
+    fn limits(&self) -> LimitsConfig {
         LimitsConfig {
-            max_param_len: self.max_param_len,
-            max_message_len: self.max_message_len,
-            max_sdp_len: self.max_sdp_len,
-            max_headers: self.max_headers,
-            max_vias: self.max_vias,
-            max_routes: self.max_routes,
-            max_contacts: self.max_contacts,
-            max_params: self.max_params,
-            max_sdp_media: self.max_sdp_media,
-            max_sdp_lines: self.max_sdp_lines,
+            max_param_len: self.max_param_len.clone(),
+            max_message_len: self.max_message_len.clone(),
+            max_sdp_len: self.max_sdp_len.clone(),
+            max_headers: self.max_headers.clone(),
+            max_vias: self.max_vias.clone(),
+            max_routes: self.max_routes.clone(),
+            max_contacts: self.max_contacts.clone(),
+            max_params: self.max_params.clone(),
+            max_sdp_media: self.max_sdp_media.clone(),
+            max_sdp_lines: self.max_sdp_lines.clone(),
         }
-        .to_limits()
     }
 }
 
@@ -282,34 +280,16 @@ fn any() -> Spanned<String> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsConfig {
-    max_param_len: Option<usize>,
-    max_message_len: Option<usize>,
-    max_sdp_len: Option<usize>,
-    max_headers: Option<usize>,
-    max_vias: Option<usize>,
-    max_routes: Option<usize>,
-    max_contacts: Option<usize>,
-    max_params: Option<usize>,
-    max_sdp_media: Option<usize>,
-    max_sdp_lines: Option<usize>,
-}
-
-impl LimitsConfig {
-    pub(crate) fn to_limits(&self) -> Limits {
-        let d = Limits::default();
-        Limits {
-            max_param_len: self.max_param_len.unwrap_or(d.max_param_len),
-            max_message_len: self.max_message_len.unwrap_or(d.max_message_len),
-            max_sdp_len: self.max_sdp_len.unwrap_or(d.max_sdp_len),
-            max_headers: self.max_headers.unwrap_or(d.max_headers),
-            max_vias: self.max_vias.unwrap_or(d.max_vias),
-            max_routes: self.max_routes.unwrap_or(d.max_routes),
-            max_contacts: self.max_contacts.unwrap_or(d.max_contacts),
-            max_params: self.max_params.unwrap_or(d.max_params),
-            max_sdp_media: self.max_sdp_media.unwrap_or(d.max_sdp_media),
-            max_sdp_lines: self.max_sdp_lines.unwrap_or(d.max_sdp_lines),
-        }
-    }
+    max_param_len: Option<Spanned<usize>>,
+    max_message_len: Option<Spanned<usize>>,
+    max_sdp_len: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    max_vias: Option<Spanned<usize>>,
+    max_routes: Option<Spanned<usize>>,
+    max_contacts: Option<Spanned<usize>>,
+    max_params: Option<Spanned<usize>>,
+    max_sdp_media: Option<Spanned<usize>>,
+    max_sdp_lines: Option<Spanned<usize>>,
 }
 
 impl Config {
@@ -349,11 +329,67 @@ impl Config {
     }
 
     /// The limits `sipward validate` applies: the ALG's if there is exactly one.
-    pub(crate) fn validate_limits(&self) -> Limits {
-        match self.alg.values().next() {
-            Some(alg) if self.alg.len() == 1 => alg.limits(),
-            _ => self.limits.to_limits(),
+    pub(crate) fn validate_limits(&self, origin: &str) -> Result<Limits> {
+        match self.alg.iter().next() {
+            Some((name, alg)) if self.alg.len() == 1 => {
+                self.checked_limits(origin, &format!("[alg.{name}]"), &alg.limits())
+            }
+            _ => self.checked_limits(origin, "[limits]", &self.limits),
         }
+    }
+
+    /// An optional numeric key, refused with its line when outside `lo..=hi` (NaN and
+    /// infinities included): every duration and count an operator sets ends up in
+    /// arithmetic on instants or in table sizes, where an absurd value would overflow
+    /// or starve the gateway at run time instead of failing `check`.
+    fn ranged<T>(
+        &self,
+        origin: &str,
+        key: &str,
+        value: &Option<Spanned<T>>,
+        (lo, hi): (T, T),
+        unit: &str,
+    ) -> Result<Option<T>>
+    where
+        T: PartialOrd + Copy + std::fmt::Display,
+    {
+        let Some(v) = value else { return Ok(None) };
+        let x = *v.get_ref();
+        if lo <= x && x <= hi {
+            Ok(Some(x))
+        } else {
+            bail!(
+                "{}: {key} = {x}: out of range, expected {lo} to {hi}{unit}",
+                self.at(origin, v)
+            )
+        }
+    }
+
+    /// The wire-layer limits of a section, each checked against its range
+    /// ([`LIMIT_RANGES`]).
+    fn checked_limits(&self, origin: &str, section: &str, l: &LimitsConfig) -> Result<Limits> {
+        let d = Limits::default();
+        let get = |key: &str, v: &Option<Spanned<usize>>, dflt: usize| -> Result<usize> {
+            let range = LIMIT_RANGES
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or((0, usize::MAX), |(_, r)| *r);
+            Ok(self
+                .ranged(origin, &format!("{section} {key}"), v, range, "")?
+                .unwrap_or(dflt))
+        };
+        Ok(Limits {
+            max_param_len: get("max_param_len", &l.max_param_len, d.max_param_len)?,
+            max_message_len: get("max_message_len", &l.max_message_len, d.max_message_len)?,
+            max_sdp_len: get("max_sdp_len", &l.max_sdp_len, d.max_sdp_len)?,
+            max_headers: get("max_headers", &l.max_headers, d.max_headers)?,
+            max_vias: get("max_vias", &l.max_vias, d.max_vias)?,
+            max_routes: get("max_routes", &l.max_routes, d.max_routes)?,
+            max_contacts: get("max_contacts", &l.max_contacts, d.max_contacts)?,
+            max_params: get("max_params", &l.max_params, d.max_params)?,
+            max_sdp_media: get("max_sdp_media", &l.max_sdp_media, d.max_sdp_media)?,
+            max_sdp_lines: get("max_sdp_lines", &l.max_sdp_lines, d.max_sdp_lines)?,
+        })
     }
 
     /// Compiles to the core's configuration, checking every cross-reference.
@@ -451,22 +487,62 @@ impl Config {
                 ),
             },
         };
-        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+        let section = format!("[alg.{alg_name}]");
+        let key = |k: &str| format!("{section} {k}");
+        let secs = |k: &str, v: &Option<Spanned<u64>>, range, d: Duration| -> Result<Duration> {
+            Ok(self
+                .ranged(origin, &key(k), v, range, " seconds")?
+                .map_or(d, Duration::from_secs))
+        };
+        let count = |k: &str, v: &Option<Spanned<usize>>, d: usize| -> Result<usize> {
+            Ok(self
+                .ranged(origin, &key(k), v, (1, MAX_TABLE), "")?
+                .unwrap_or(d))
+        };
         let alg_options = AlgOptions {
-            max_sessions_per_id: alg.max_sessions_per_id.unwrap_or(d.max_sessions_per_id),
-            max_registration_time: secs(alg.max_registration_time, d.max_registration_time),
+            max_sessions_per_id: count(
+                "max_sessions_per_id",
+                &alg.max_sessions_per_id,
+                d.max_sessions_per_id,
+            )?,
+            max_registration_time: secs(
+                "max_registration_time",
+                &alg.max_registration_time,
+                (1, 7 * DAY),
+                d.max_registration_time,
+            )?,
             request_response_timeout: secs(
-                alg.request_response_timeout,
+                "request_response_timeout",
+                &alg.request_response_timeout,
+                (1, DAY),
                 d.request_response_timeout,
-            ),
-            signal_timeout: secs(alg.signal_timeout, d.signal_timeout),
-            data_channel_timeout: secs(alg.data_channel_timeout, d.data_channel_timeout),
+            )?,
+            signal_timeout: secs(
+                "signal_timeout",
+                &alg.signal_timeout,
+                (1, 30 * DAY),
+                d.signal_timeout,
+            )?,
+            data_channel_timeout: secs(
+                "data_channel_timeout",
+                &alg.data_channel_timeout,
+                (1, 30 * DAY),
+                d.data_channel_timeout,
+            )?,
             allow_media_bypass: alg.allow_media_bypass.unwrap_or(d.allow_media_bypass),
             media_latching,
-            limits: alg.limits(),
-            max_registrations: alg.max_registrations.unwrap_or(d.max_registrations),
-            max_dialogs: alg.max_dialogs.unwrap_or(d.max_dialogs),
-            max_transactions: alg.max_transactions.unwrap_or(d.max_transactions),
+            limits: self.checked_limits(origin, &section, &alg.limits())?,
+            max_registrations: count(
+                "max_registrations",
+                &alg.max_registrations,
+                d.max_registrations,
+            )?,
+            max_dialogs: count("max_dialogs", &alg.max_dialogs, d.max_dialogs)?,
+            max_transactions: count(
+                "max_transactions",
+                &alg.max_transactions,
+                d.max_transactions,
+            )?,
         };
         let mut service_port = None;
         for (name, s) in &self.service {
@@ -603,12 +679,19 @@ impl Config {
         (self.gateway.events != "off").then_some(self.gateway.events.as_str())
     }
 
-    /// The admin API's address and token, when a token is configured.
-    pub(crate) fn admin(&self, origin: &str) -> Result<Option<(SocketAddr, String)>> {
-        let Some(token) = &self.admin.token else {
+    /// The admin API's settings, when an `[admin]` section is present; the section
+    /// without a token is an error rather than a silently disabled API.
+    pub(crate) fn admin(&self, origin: &str) -> Result<Option<crate::admin::AdminSettings>> {
+        let Some(admin) = &self.admin else {
             return Ok(None);
         };
-        let listen = &self.admin.listen;
+        let Some(token) = &admin.token else {
+            bail!(
+                "{}: [admin] has no token: set `token` (16 characters or more) or remove the section",
+                self.section_at(origin, "[admin]")
+            );
+        };
+        let listen = &admin.listen;
         let addr: SocketAddr = listen.get_ref().parse().map_err(|_| {
             anyhow!(
                 "{}: [admin] listen {:?}: expected IP:port",
@@ -622,7 +705,59 @@ impl Config {
                 self.at(origin, token)
             );
         }
-        Ok(Some((addr, token.get_ref().clone())))
+        let max_connections = self
+            .ranged(
+                origin,
+                "[admin] max_connections",
+                &admin.max_connections,
+                (1, 10_000),
+                "",
+            )?
+            .unwrap_or(64);
+        let request_timeout = self
+            .ranged(
+                origin,
+                "[admin] request_timeout",
+                &admin.request_timeout,
+                (1, 3600),
+                " seconds",
+            )?
+            .unwrap_or(10);
+        Ok(Some(crate::admin::AdminSettings {
+            listen: addr,
+            token: token.get_ref().clone(),
+            max_connections,
+            request_timeout: Duration::from_secs(request_timeout),
+        }))
+    }
+
+    /// What `check` and the start print as warnings: settings that work but are
+    /// probably not meant.
+    pub(crate) fn warnings(&self, origin: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(admin) = &self.admin {
+            let loopback = admin
+                .listen
+                .get_ref()
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if !loopback {
+                out.push(format!(
+                    "{}: warning: [admin] listen {:?} is not a loopback address and the API has no TLS: the token and all data travel in clear text",
+                    self.at(origin, &admin.listen),
+                    admin.listen.get_ref()
+                ));
+            }
+        }
+        out
+    }
+
+    /// `file:line` of a section header such as `[admin]` (the file when not found).
+    fn section_at(&self, origin: &str, header: &str) -> String {
+        self.text
+            .lines()
+            .position(|l| l.trim() == header)
+            .map_or_else(|| origin.to_owned(), |i| format!("{origin}:{}", i + 1))
     }
 
     /// The media relay thread's placement (`[relay]`).
@@ -777,57 +912,80 @@ impl Config {
                 .flat_map(|r| as_nets(&r.destination))
                 .collect(),
         };
-        let rate = |ps: Option<f64>, burst: Option<f64>, d: Rate, key: &str| -> Result<Rate> {
-            let r = Rate {
-                per_second: ps.unwrap_or(d.per_second),
-                burst: burst.unwrap_or(d.burst),
-            };
-            if !(r.per_second > 0.0 && r.burst >= 1.0) {
-                bail!(
-                    "{origin}: protection {key}: a rate must be above 0 and its burst at least 1"
-                );
-            }
-            Ok(r)
+        let key = |k: &str| format!("[protection] {k}");
+        let rate = |ps: &Option<Spanned<f64>>,
+                    burst: &Option<Spanned<f64>>,
+                    d: Rate,
+                    name: &str|
+         -> Result<Rate> {
+            // A rate below one per hour is no rate; the burst is at least one message.
+            let per_second = self
+                .ranged(origin, &key(&format!("{name}_per_second")), ps, (1.0 / 3600.0, MAX_RATE), " per second")?
+                .unwrap_or(d.per_second);
+            let burst = self
+                .ranged(origin, &key(&format!("{name}_burst")), burst, (1.0, MAX_RATE), "")?
+                .unwrap_or(d.burst);
+            Ok(Rate { per_second, burst })
+        };
+        let secs = |k: &str, v: &Option<Spanned<u64>>, range, d: Duration| -> Result<Duration> {
+            Ok(self
+                .ranged(origin, &key(k), v, range, " seconds")?
+                .map_or(d, Duration::from_secs))
+        };
+        let count = |k: &str, v: &Option<Spanned<usize>>, range, d: usize| -> Result<usize> {
+            Ok(self.ranged(origin, &key(k), v, range, "")?.unwrap_or(d))
         };
         Ok(ProtectionOptions {
-            max_register_failures: p
-                .max_register_failures
-                .unwrap_or(d.max_register_failures)
-                .max(1),
-            max_failed_users_per_source: p
-                .max_failed_users_per_source
-                .unwrap_or(d.max_failed_users_per_source)
-                .max(1),
-            failure_window: p
-                .failure_window
-                .map_or(d.failure_window, Duration::from_secs),
-            ban_time: p.ban_time.map_or(d.ban_time, Duration::from_secs),
+            max_register_failures: self
+                .ranged(
+                    origin,
+                    &key("max_register_failures"),
+                    &p.max_register_failures,
+                    (1, 1_000_000),
+                    "",
+                )?
+                .unwrap_or(d.max_register_failures),
+            max_failed_users_per_source: count(
+                "max_failed_users_per_source",
+                &p.max_failed_users_per_source,
+                (1, 100_000),
+                d.max_failed_users_per_source,
+            )?,
+            failure_window: secs(
+                "failure_window",
+                &p.failure_window,
+                (1, 7 * DAY),
+                d.failure_window,
+            )?,
+            ban_time: secs("ban_time", &p.ban_time, (1, YEAR), d.ban_time)?,
             new_requests: rate(
-                p.new_requests_per_second,
-                p.new_requests_burst,
+                &p.new_requests_per_second,
+                &p.new_requests_burst,
                 d.new_requests,
                 "new_requests",
             )?,
             dialog_requests: rate(
-                p.dialog_requests_per_second,
-                p.dialog_requests_burst,
+                &p.dialog_requests_per_second,
+                &p.dialog_requests_burst,
                 d.dialog_requests,
                 "dialog_requests",
             )?,
             responses: rate(
-                p.responses_per_second,
-                p.responses_burst,
+                &p.responses_per_second,
+                &p.responses_burst,
                 d.responses,
                 "responses",
             )?,
             exempt,
             admission: rate(
-                p.admission_per_second,
-                p.admission_burst,
+                &p.admission_per_second,
+                &p.admission_burst,
                 d.admission,
                 "admission",
             )?,
-            retry_after: p.retry_after.unwrap_or(d.retry_after),
+            retry_after: self
+                .ranged(origin, &key("retry_after"), &p.retry_after, (1, 3600), " seconds")?
+                .unwrap_or(d.retry_after),
             scanner_agents: p.scanner_agents.clone().unwrap_or(d.scanner_agents),
             scanner_filter: mode(&p.scanner_filter, "scanner_filter", d.scanner_filter)?,
             unknown_method_filter: mode(
@@ -838,8 +996,13 @@ impl Config {
             deny: nets(&p.deny, "deny")?,
             allow: nets(&p.allow, "allow")?,
             network_filter: mode(&p.network_filter, "network_filter", d.network_filter)?,
-            max_tracked_sources: p.max_tracked_sources.unwrap_or(d.max_tracked_sources),
-            max_bans: p.max_bans.unwrap_or(d.max_bans),
+            max_tracked_sources: count(
+                "max_tracked_sources",
+                &p.max_tracked_sources,
+                (1, MAX_TABLE),
+                d.max_tracked_sources,
+            )?,
+            max_bans: count("max_bans", &p.max_bans, (1, MAX_TABLE), d.max_bans)?,
         })
     }
 }
@@ -879,6 +1042,30 @@ fn random_secret() -> [u8; 16] {
     out
 }
 
+/// The wire-layer limits' allowed ranges: below the minimum an ordinary request no
+/// longer fits (a REGISTER has some ten headers, a Via two parameters); above the maximum
+/// a UDP datagram cannot reach it anyway, or the parser's lists would grow for nothing.
+const LIMIT_RANGES: [(&str, (usize, usize)); 10] = [
+    ("max_param_len", (32, 65_535)),
+    ("max_message_len", (256, 65_535)),
+    ("max_sdp_len", (64, 65_535)),
+    ("max_headers", (16, 1024)),
+    ("max_vias", (1, 1024)),
+    ("max_routes", (1, 1024)),
+    ("max_contacts", (1, 1024)),
+    ("max_params", (4, 1024)),
+    ("max_sdp_media", (1, 256)),
+    ("max_sdp_lines", (8, 8192)),
+];
+
+/// A day and a year, in seconds: the longest timers and bans an operator may set.
+const DAY: u64 = 86_400;
+const YEAR: u64 = 365 * DAY;
+/// The most entries a table may be configured to hold (memory stays bounded).
+const MAX_TABLE: usize = 10_000_000;
+/// The fastest rate (per second) and largest burst a token bucket may have.
+const MAX_RATE: f64 = 100_000_000.0;
+
 /// Media relay ports of an interface that names none.
 const DEFAULT_MEDIA_PORTS: (u16, u16) = (30000, 39999);
 
@@ -909,9 +1096,9 @@ mod tests {
     #[test]
     fn limits_default_to_the_brief() {
         let c = Config::parse("", "t").unwrap();
-        assert_eq!(c.limits.to_limits(), Limits::default());
-        let c = Config::parse("[limits]\nmax_param_len = 10\n", "t").unwrap();
-        assert_eq!(c.validate_limits().max_param_len, 10);
+        assert_eq!(c.validate_limits("t").unwrap(), Limits::default());
+        let c = Config::parse("[limits]\nmax_param_len = 100\n", "t").unwrap();
+        assert_eq!(c.validate_limits("t").unwrap().max_param_len, 100);
     }
 
     #[test]

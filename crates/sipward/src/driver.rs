@@ -25,8 +25,10 @@ const RECV_BUFFER: usize = 65_535;
 pub(crate) struct Settings {
     /// "-" for standard output, a path, or None.
     pub(crate) events: Option<String>,
-    /// Admin API address and bearer token.
-    pub(crate) admin: Option<(SocketAddr, String)>,
+    /// The admin API, when configured.
+    pub(crate) admin: Option<admin::AdminSettings>,
+    /// What `check` and the start print as warnings (`file:line: warning: ...`).
+    pub(crate) warnings: Vec<String>,
     pub(crate) config_digest: String,
     /// The configuration file, re-read on SIGHUP or `POST /api/v1/reload` (None: the
     /// embedded default).
@@ -106,7 +108,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     };
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
     let _admin = match settings.admin {
-        Some((listen, token)) => Some(admin::serve(listen, token, admin_tx).await?),
+        Some(admin) => Some(admin::serve(admin, admin_tx).await?),
         None => {
             drop(admin_tx);
             None

@@ -54,10 +54,6 @@ enum Command {
     Admin(cli::AdminCommand),
 }
 
-fn load(path: Option<&Path>) -> Result<sipward_core::Config> {
-    load_all(path).map(|(c, _)| c)
-}
-
 /// The core's configuration and the binary's own settings (event log, control socket).
 pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, driver::Settings)> {
     let (file, origin) = match path {
@@ -71,6 +67,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
     let settings = driver::Settings {
         events: file.events().map(str::to_string),
         admin: file.admin(&origin)?,
+        warnings: file.warnings(&origin),
         config_digest: file.digest(),
         path: path.map(Path::to_path_buf),
         collectors: file.collectors(&origin)?,
@@ -87,6 +84,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => load_all(config.as_deref()).and_then(|(c, settings)| {
+            for w in &settings.warnings {
+                eprintln!("sipward: {w}");
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -94,7 +94,10 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
         }),
         Command::Admin(command) => cli::run(command),
-        Command::Check { config } => load(config.as_deref()).map(|c| {
+        Command::Check { config } => load_all(config.as_deref()).map(|(c, settings)| {
+            for w in &settings.warnings {
+                eprintln!("sipward: {w}");
+            }
             print_rules(&c);
             ExitCode::SUCCESS
         }),
