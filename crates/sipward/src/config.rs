@@ -920,10 +920,22 @@ impl Config {
          -> Result<Rate> {
             // A rate below one per hour is no rate; the burst is at least one message.
             let per_second = self
-                .ranged(origin, &key(&format!("{name}_per_second")), ps, (1.0 / 3600.0, MAX_RATE), " per second")?
+                .ranged(
+                    origin,
+                    &key(&format!("{name}_per_second")),
+                    ps,
+                    (1.0 / 3600.0, MAX_RATE),
+                    " per second",
+                )?
                 .unwrap_or(d.per_second);
             let burst = self
-                .ranged(origin, &key(&format!("{name}_burst")), burst, (1.0, MAX_RATE), "")?
+                .ranged(
+                    origin,
+                    &key(&format!("{name}_burst")),
+                    burst,
+                    (1.0, MAX_RATE),
+                    "",
+                )?
                 .unwrap_or(d.burst);
             Ok(Rate { per_second, burst })
         };
@@ -984,7 +996,13 @@ impl Config {
                 "admission",
             )?,
             retry_after: self
-                .ranged(origin, &key("retry_after"), &p.retry_after, (1, 3600), " seconds")?
+                .ranged(
+                    origin,
+                    &key("retry_after"),
+                    &p.retry_after,
+                    (1, 3600),
+                    " seconds",
+                )?
                 .unwrap_or(d.retry_after),
             scanner_agents: p.scanner_agents.clone().unwrap_or(d.scanner_agents),
             scanner_filter: mode(&p.scanner_filter, "scanner_filter", d.scanner_filter)?,

@@ -84,6 +84,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => load_all(config.as_deref()).and_then(|(c, settings)| {
+            abort_on_panic();
             for w in &settings.warnings {
                 eprintln!("sipward: {w}");
             }
@@ -114,6 +115,35 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A panic anywhere in `run` (the driver task, where tokio would otherwise catch it and
+/// leave a process that answers nothing, or the relay thread) ends the process at once
+/// with one clear line: a gateway half alive with calls up is worse than a restart by
+/// the service manager.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("panic");
+        let at = info.location().map_or_else(
+            || "an unknown place".to_string(),
+            |l| format!("{}:{}", l.file(), l.line()),
+        );
+        // Written directly: the standard streams' macros panic themselves on a closed
+        // stream.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!(
+                "sipward: internal error at {at}: {message}; aborting so the service manager restarts it\n"
+            )
+            .as_bytes(),
+        );
+        std::process::abort();
+    }));
 }
 
 fn print_rules(c: &sipward_core::Config) {
