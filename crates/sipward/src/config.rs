@@ -62,7 +62,7 @@ struct GatewaySection {
     /// Where security events go as JSON lines: "-" (standard output, the default), a
     /// file path, or "off".
     #[serde(default = "default_events")]
-    events: String,
+    events: Spanned<String>,
     /// A syslog collector (RFC 5424 over UDP) that also gets every event.
     #[serde(default)]
     syslog: Option<Spanned<String>>,
@@ -136,8 +136,8 @@ impl Default for GatewaySection {
     }
 }
 
-fn default_events() -> String {
-    "-".into()
+fn default_events() -> Spanned<String> {
+    Spanned::new(0..0, "-".into())
 }
 
 /// `[protection]`: attack protection; every key optional (defaults in the README).
@@ -160,7 +160,7 @@ struct ProtectionSection {
     /// Address objects exempt from per-source limits; default: the nat rules'
     /// destinations (the upstream proxy carries everyone's traffic).
     exempt: Option<Vec<Spanned<String>>>,
-    scanner_agents: Option<Vec<String>>,
+    scanner_agents: Option<Vec<Spanned<String>>>,
     scanner_filter: Option<Spanned<String>>,
     unknown_method_filter: Option<Spanned<String>>,
     deny: Option<Vec<Spanned<String>>>,
@@ -179,7 +179,7 @@ fn default_agent() -> String {
 struct InterfaceSection {
     name: Spanned<String>,
     /// The gateway's own IP address on this interface.
-    address: IpAddr,
+    address: Spanned<IpAddr>,
     #[serde(default)]
     networks: Vec<Spanned<String>>,
     /// Inside (protected) interface: its addresses never leave the gateway.
@@ -261,7 +261,7 @@ struct ServiceSection {
 #[serde(deny_unknown_fields)]
 struct RuleSection {
     #[serde(default)]
-    name: Option<String>,
+    name: Option<Spanned<String>>,
     action: Spanned<String>,
     from: Spanned<String>,
     #[serde(default = "any")]
@@ -394,6 +394,7 @@ impl Config {
 
     /// Compiles to the core's configuration, checking every cross-reference.
     pub(crate) fn compile(&self, origin: &str) -> Result<sipward_core::Config> {
+        self.check_events_path(origin)?;
         if self.interface.is_empty() {
             bail!("{origin}: no [[interface]]: the gateway needs at least an inside and an outside one");
         }
@@ -402,13 +403,38 @@ impl Config {
             let name = i.name.get_ref();
             let mut networks = Vec::new();
             for n in &i.networks {
-                networks.push(n.get_ref().parse().map_err(|e| {
-                    anyhow!(
-                        "{}: interface {name:?}: network {:?}: {e}",
-                        self.at(origin, n),
-                        n.get_ref()
-                    )
-                })?);
+                let net = parse_network(n.get_ref()).map_err(|e| {
+                    anyhow!("{}: interface {name:?}: network {e}", self.at(origin, n))
+                })?;
+                // A network claimed by two interfaces would route its sources to
+                // whichever comes first: the second claim is almost surely a typo.
+                for (other, theirs) in zones
+                    .iter()
+                    .flat_map(|z: &Zone| z.networks.iter().map(move |t| (z.name.as_str(), t)))
+                {
+                    if theirs.contains(&net.network()) || net.contains(&theirs.network()) {
+                        bail!(
+                            "{}: interface {name:?}: network {net} overlaps {theirs} of interface {other:?}",
+                            self.at(origin, n)
+                        );
+                    }
+                }
+                networks.push(net);
+            }
+            let ip = *i.address.get_ref();
+            if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255])
+            {
+                bail!(
+                    "{}: interface {name:?}: address {ip} cannot be bound as the gateway's own address",
+                    self.at(origin, &i.address)
+                );
+            }
+            if let Some(other) = zones.iter().find(|z| z.address.ip() == ip) {
+                bail!(
+                    "{}: interface {name:?}: address {ip} is already interface {:?}'s",
+                    self.at(origin, &i.address),
+                    other.name
+                );
             }
             if zones.iter().any(|z: &Zone| &z.name == name) {
                 bail!(
@@ -428,7 +454,7 @@ impl Config {
             };
             zones.push(Zone {
                 name: name.clone(),
-                address: SocketAddr::new(i.address, 0),
+                address: SocketAddr::new(ip, 0),
                 networks,
                 inside: i.inside,
                 media_ports: Some(media_ports),
@@ -444,13 +470,11 @@ impl Config {
             let obj = match (&a.host, &a.network) {
                 (Some(h), None) => parse_host(h.get_ref())
                     .map_err(|e| anyhow!("{}: address {name:?}: {e}", self.at(origin, h)))?,
-                (None, Some(n)) => AddressObject::Network(n.get_ref().parse().map_err(|e| {
-                    anyhow!(
-                        "{}: address {name:?}: network {:?}: {e}",
-                        self.at(origin, n),
-                        n.get_ref()
-                    )
-                })?),
+                (None, Some(n)) => {
+                    AddressObject::Network(parse_network(n.get_ref()).map_err(|e| {
+                        anyhow!("{}: address {name:?}: network {e}", self.at(origin, n))
+                    })?)
+                }
                 _ => bail!(
                     "{}: address {name:?}: give exactly one of `host` or `network`",
                     self.at(origin, &a.name)
@@ -560,6 +584,12 @@ impl Config {
                     s.alg.get_ref()
                 );
             }
+            if *s.port.get_ref() == 0 {
+                bail!(
+                    "{}: service {name:?}: port 0 is no port (5060 is SIP's)",
+                    self.at(origin, &s.port)
+                );
+            }
             match service_port {
                 None => service_port = Some(*s.port.get_ref()),
                 Some(p) if p == *s.port.get_ref() => {}
@@ -571,16 +601,41 @@ impl Config {
         }
         let port = service_port
             .ok_or_else(|| anyhow!("{origin}: define a [service.NAME] that uses the ALG"))?;
-        for z in &mut zones {
+        for (z, i) in zones.iter_mut().zip(&self.interface) {
             z.address.set_port(port);
+            if let Some((low, high)) = z.media_ports {
+                if (low..=high).contains(&port) {
+                    bail!(
+                        "{}: interface {:?}: media_ports {low}-{high} contain the SIP port {port}",
+                        i.media_ports
+                            .as_ref()
+                            .map_or_else(|| origin.to_owned(), |r| self.at(origin, r)),
+                        z.name
+                    );
+                }
+            }
         }
         let zone_id = |name: &str| zones.iter().position(|z| z.name == name);
+        let mut rule_names: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in self.rule.iter().enumerate() {
+            let Some(name) = &r.name else { continue };
+            if let Some(first) = rule_names.insert(name.get_ref(), i + 1) {
+                bail!(
+                    "{}: rule {} ({:?}): the name is already rule {first}'s",
+                    self.at(origin, name),
+                    i + 1,
+                    name.get_ref()
+                );
+            }
+        }
         let mut rules = Vec::new();
         for (i, r) in self.rule.iter().enumerate() {
             let label = format!(
                 "rule {} ({})",
                 i + 1,
-                r.name.clone().unwrap_or_else(|| r.action.get_ref().clone())
+                r.name
+                    .as_ref()
+                    .map_or_else(|| r.action.get_ref().clone(), |n| n.get_ref().clone())
             );
             // `file:line: rule N (name): what`, the line of the offending key.
             let err = |at: String, what: String| anyhow!("{at}: {label}: {what}");
@@ -650,7 +705,10 @@ impl Config {
                 ));
             }
             rules.push(Rule {
-                name: r.name.clone().unwrap_or_else(|| format!("rule{}", i + 1)),
+                name: r
+                    .name
+                    .as_ref()
+                    .map_or_else(|| format!("rule{}", i + 1), |n| n.get_ref().clone()),
                 action,
                 from_zone,
                 source,
@@ -674,9 +732,36 @@ impl Config {
         })
     }
 
+    /// The event log must be writable now, so that `check` says so, with the line,
+    /// rather than `run` failing later. An existing file is opened for appending
+    /// (nothing written); a missing one is created and removed again.
+    fn check_events_path(&self, origin: &str) -> Result<()> {
+        let Some(path) = self.events().filter(|e| *e != "-") else {
+            return Ok(());
+        };
+        let at = self.at(origin, &self.gateway.events);
+        let path = Path::new(path);
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                anyhow!(
+                    "{at}: [gateway] events {:?}: cannot write there: {e}",
+                    path.display()
+                )
+            })?;
+        if !existed {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+
     /// Where security events go: None (off), Some("-") standard output, or a path.
     pub(crate) fn events(&self) -> Option<&str> {
-        (self.gateway.events != "off").then_some(self.gateway.events.as_str())
+        let events = self.gateway.events.get_ref();
+        (events != "off").then_some(events.as_str())
     }
 
     /// The admin API's settings, when an `[admin]` section is present; the section
@@ -692,13 +777,18 @@ impl Config {
             );
         };
         let listen = &admin.listen;
-        let addr: SocketAddr = listen.get_ref().parse().map_err(|_| {
-            anyhow!(
-                "{}: [admin] listen {:?}: expected IP:port",
-                self.at(origin, listen),
-                listen.get_ref()
-            )
-        })?;
+        let addr: SocketAddr = listen
+            .get_ref()
+            .parse()
+            .ok()
+            .filter(|a: &SocketAddr| a.port() != 0)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: [admin] listen {:?}: expected IP:port (port 1-65535)",
+                    self.at(origin, listen),
+                    listen.get_ref()
+                )
+            })?;
         if token.get_ref().len() < 16 {
             bail!(
                 "{}: [admin] token: use at least 16 characters",
@@ -812,13 +902,17 @@ impl Config {
     /// The syslog and HEP collectors, when configured.
     pub(crate) fn collectors(&self, origin: &str) -> Result<crate::driver::Collectors> {
         let addr = |v: &Spanned<String>, key: &str| -> Result<SocketAddr> {
-            v.get_ref().parse().map_err(|_| {
-                anyhow!(
-                    "{}: [gateway] {key} {:?}: expected IP:port",
-                    self.at(origin, v),
-                    v.get_ref()
-                )
-            })
+            v.get_ref()
+                .parse()
+                .ok()
+                .filter(|a: &SocketAddr| a.port() != 0)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: [gateway] {key} {:?}: expected IP:port (port 1-65535)",
+                        self.at(origin, v),
+                        v.get_ref()
+                    )
+                })
         };
         let syslog = self
             .gateway
@@ -871,16 +965,11 @@ impl Config {
             v.iter()
                 .flatten()
                 .map(|n| {
-                    n.get_ref()
-                        .parse::<IpNet>()
-                        .or_else(|_| n.get_ref().parse::<IpAddr>().map(IpNet::from))
-                        .map_err(|_| {
-                            anyhow!(
-                            "{}: protection {key}: {:?} is not a network (a.b.c.d/len) or address",
-                            self.at(origin, n),
-                            n.get_ref()
-                        )
-                        })
+                    if let Ok(ip) = n.get_ref().parse::<IpAddr>() {
+                        return Ok(IpNet::from(ip));
+                    }
+                    parse_network(n.get_ref())
+                        .map_err(|e| anyhow!("{}: protection {key}: {e}", self.at(origin, n)))
                 })
                 .collect()
         };
@@ -1004,7 +1093,23 @@ impl Config {
                     " seconds",
                 )?
                 .unwrap_or(d.retry_after),
-            scanner_agents: p.scanner_agents.clone().unwrap_or(d.scanner_agents),
+            scanner_agents: match &p.scanner_agents {
+                None => d.scanner_agents,
+                Some(agents) => {
+                    let mut out = Vec::new();
+                    for a in agents {
+                        // An empty pattern is in every User-Agent: every phone banned.
+                        if a.get_ref().trim().is_empty() {
+                            bail!(
+                                "{}: [protection] scanner_agents: an empty pattern matches every User-Agent",
+                                self.at(origin, a)
+                            );
+                        }
+                        out.push(a.get_ref().clone());
+                    }
+                    out
+                }
+            },
             scanner_filter: mode(&p.scanner_filter, "scanner_filter", d.scanner_filter)?,
             unknown_method_filter: mode(
                 &p.unknown_method_filter,
@@ -1027,6 +1132,9 @@ impl Config {
 
 fn parse_host(h: &str) -> Result<AddressObject> {
     if let Ok(sa) = h.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            bail!("host {h:?}: port 0 is no port (leave it out for any port)");
+        }
         return Ok(AddressObject::Host {
             ip: sa.ip(),
             port: Some(sa.port()),
@@ -1036,6 +1144,22 @@ fn parse_host(h: &str) -> Result<AddressObject> {
         .parse()
         .map_err(|_| anyhow!("host {h:?} is not an IP address or IP:port"))?;
     Ok(AddressObject::Host { ip, port: None })
+}
+
+/// `a.b.c.d/len` (or IPv6), refusing host bits: `192.168.1.5/24` is more likely a
+/// typo for the network or for a host than meant as written.
+fn parse_network(text: &str) -> Result<IpNet> {
+    let net: IpNet = text
+        .parse()
+        .map_err(|e| anyhow!("{text:?}: {e} (expected a.b.c.d/len)"))?;
+    if net.addr() != net.network() {
+        bail!(
+            "{text:?}: host bits set, did you mean {}/{}",
+            net.network(),
+            net.prefix_len()
+        );
+    }
+    Ok(net)
 }
 
 fn secret_from(s: &str) -> [u8; 16] {
@@ -1220,5 +1344,329 @@ mod tests {
                 .starts_with(&format!("n.toml:{line}: interface \"lan\"")),
             "{e}"
         );
+    }
+
+    /// `check` on the embedded default with `from` replaced by `to`: the error, which
+    /// must start with `c.toml:LINE: ` where LINE is the line holding `marker`.
+    fn refused(from: &str, to: &str, marker: &str) -> String {
+        let text = EMBEDDED_DEFAULT.replacen(from, to, 1);
+        assert_ne!(text, EMBEDDED_DEFAULT, "{from:?} not in the default");
+        let e = Config::parse(&text, "c.toml")
+            .and_then(|c| c.compile("c.toml").and(c.admin("c.toml")))
+            .expect_err(to)
+            .to_string();
+        // The last line with the marker: a duplicate is refused where it repeats.
+        let line = text
+            .lines()
+            .collect::<Vec<_>>()
+            .iter()
+            .rposition(|l| l.contains(marker))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("{marker:?} not in the text"));
+        assert!(e.starts_with(&format!("c.toml:{line}: ")), "{to}: {e}");
+        e
+    }
+
+    #[test]
+    fn check_refuses_configurations_that_cannot_work() {
+        let wan = "address = \"127.0.2.1\"\nnetworks = [\"127.0.2.0/24\"]";
+        for (from, to, marker, words) in [
+            ("port = 5060", "port = 0", "port = 0", "port 0"),
+            // Defect 1: an absurd ban time passed check and overflowed at run time.
+            (
+                "[alg.sip]",
+                "[protection]\nban_time = 9223372036854775807\n[alg.sip]",
+                "ban_time",
+                "expected 1 to 31536000",
+            ),
+            (
+                "max_message_len = 6048",
+                "max_message_len = 0",
+                "max_message_len",
+                "expected 256 to 65535",
+            ),
+            (
+                "signal_timeout = 43200",
+                "signal_timeout = 0",
+                "signal_timeout",
+                "out of range",
+            ),
+            (
+                wan,
+                "address = \"127.0.2.1\"\nnetworks = [\"127.0.0.0/16\"]",
+                "127.0.0.0/16",
+                "overlaps 127.0.1.0/24",
+            ),
+            (
+                wan,
+                "address = \"127.0.1.1\"\nnetworks = [\"127.0.2.0/24\"]",
+                "address = \"127.0.1.1\"",
+                "already interface \"lan\"'s",
+            ),
+            (
+                "inside = true",
+                "inside = true\nmedia_ports = \"5000-6000\"",
+                "media_ports",
+                "contain the SIP port 5060",
+            ),
+            (
+                "name = \"proxy-to-core\"",
+                "name = \"phones-to-proxy\"",
+                "name = \"phones-to-proxy\"",
+                "already rule 1",
+            ),
+            (
+                "network = \"127.0.1.0/24\"",
+                "network = \"127.0.1.7/24\"",
+                "127.0.1.7/24",
+                "host bits set, did you mean 127.0.1.0/24",
+            ),
+            (
+                "networks = [\"127.0.1.0/24\"]",
+                "networks = [\"127.0.1.9/24\"]",
+                "127.0.1.9/24",
+                "host bits set, did you mean 127.0.1.0/24",
+            ),
+            (
+                "events = \"-\"",
+                "events = \"/nonexistent-dir/events.jsonl\"",
+                "events =",
+                "cannot write there",
+            ),
+            (
+                "token = \"sipward-loopback-demo-token\"",
+                "",
+                "[admin]",
+                "no token",
+            ),
+            (
+                "host = \"127.0.2.10:5060\"",
+                "host = \"127.0.2.10:0\"",
+                "127.0.2.10:0",
+                "port 0",
+            ),
+            (
+                "address = \"127.0.2.1\"",
+                "address = \"0.0.0.0\"",
+                "0.0.0.0",
+                "cannot be bound",
+            ),
+            (
+                "[alg.sip]",
+                "[protection]\nscanner_agents = [\"sipvicious\", \"\"]\n[alg.sip]",
+                "scanner_agents",
+                "empty pattern",
+            ),
+            (
+                "listen = \"127.0.0.1:8080\"",
+                "listen = \"127.0.0.1:0\"",
+                "listen =",
+                "port 1-65535",
+            ),
+        ] {
+            let e = refused(from, to, marker);
+            assert!(e.contains(words), "{to}: {e}");
+        }
+        // A section-level line for the missing token, where the section begins.
+        let e = refused("token = \"sipward-loopback-demo-token\"", "", "[admin]");
+        assert!(e.contains("[admin] has no token"), "{e}");
+    }
+
+    #[test]
+    fn admin_listen_off_loopback_is_a_warning_not_an_error() {
+        let text = EMBEDDED_DEFAULT.replace("127.0.0.1:8080", "192.0.2.1:8080");
+        let c = Config::parse(&text, "w.toml").unwrap();
+        assert!(c.admin("w.toml").unwrap().is_some());
+        let w = c.warnings("w.toml");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("not a loopback address") && w[0].starts_with("w.toml:13: "),
+            "{w:?}"
+        );
+        assert!(Config::parse(EMBEDDED_DEFAULT, "d")
+            .unwrap()
+            .warnings("d")
+            .is_empty());
+    }
+
+    /// Every numeric key of the file, where it goes (`None`: `[alg.sip]`, else the
+    /// section to add).
+    const NUMERIC_KEYS: &[(&str, &str)] = &[
+        ("alg", "max_sessions_per_id"),
+        ("alg", "max_registration_time"),
+        ("alg", "request_response_timeout"),
+        ("alg", "signal_timeout"),
+        ("alg", "data_channel_timeout"),
+        ("alg", "max_registrations"),
+        ("alg", "max_dialogs"),
+        ("alg", "max_transactions"),
+        ("alg", "max_param_len"),
+        ("alg", "max_message_len"),
+        ("alg", "max_sdp_len"),
+        ("alg", "max_headers"),
+        ("alg", "max_vias"),
+        ("alg", "max_routes"),
+        ("alg", "max_contacts"),
+        ("alg", "max_params"),
+        ("alg", "max_sdp_media"),
+        ("alg", "max_sdp_lines"),
+        ("protection", "max_register_failures"),
+        ("protection", "max_failed_users_per_source"),
+        ("protection", "failure_window"),
+        ("protection", "ban_time"),
+        ("protection", "new_requests_per_second"),
+        ("protection", "new_requests_burst"),
+        ("protection", "dialog_requests_per_second"),
+        ("protection", "dialog_requests_burst"),
+        ("protection", "responses_per_second"),
+        ("protection", "responses_burst"),
+        ("protection", "admission_per_second"),
+        ("protection", "admission_burst"),
+        ("protection", "retry_after"),
+        ("protection", "max_tracked_sources"),
+        ("protection", "max_bans"),
+        ("admin", "max_connections"),
+        ("admin", "request_timeout"),
+        ("relay", "cpu"),
+        ("relay", "realtime_priority"),
+        ("relay", "busy_poll_us"),
+        ("gateway", "hep_id"),
+        ("limits", "max_message_len"),
+        ("service", "port"),
+    ];
+
+    /// The embedded default with `key = value` in its section (the key's line is
+    /// returned too).
+    fn with_value(section: &str, key: &str, value: &str) -> (String, usize) {
+        let line = format!("{key} = {value}");
+        // The default writes some keys out: those lines go, so the key is set once.
+        let base: String = EMBEDDED_DEFAULT
+            .lines()
+            .filter(|l| section == "service" || !l.starts_with(&format!("{key} ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = match section {
+            "alg" => base.replacen("[alg.sip]\n", &format!("[alg.sip]\n{line}\n"), 1),
+            "admin" => base.replacen("[admin]\n", &format!("[admin]\n{line}\n"), 1),
+            "gateway" => base.replacen("[gateway]\n", &format!("[gateway]\n{line}\n"), 1),
+            "service" => base.replacen("port = 5060", &line, 1),
+            other => format!("{base}\n[{other}]\n{line}\n"),
+        };
+        let at = text.lines().position(|l| l == line).map_or(0, |i| i + 1);
+        (text, at)
+    }
+
+    /// Everything `run` derives from the file, as `run` would (the relay thread is not
+    /// started: its placement is only checked).
+    fn load_everything(text: &str) -> Result<sipward_core::Config> {
+        let c = Config::parse(text, "p.toml")?;
+        let core = c.compile("p.toml")?;
+        c.admin("p.toml")?;
+        c.relay("p.toml")?;
+        c.collectors("p.toml")?;
+        c.validate_limits("p.toml")?;
+        Ok(core)
+    }
+
+    /// Drives a gateway built from an accepted configuration through what used to
+    /// overflow: a scanner's REGISTER (a ban), a REGISTER whose 200 grants the longest
+    /// expiry, an operator's ban, and timers far in the future.
+    fn exercise(core: sipward_core::Config) {
+        use std::net::SocketAddr;
+        let lan = core.zones[0].address;
+        let wan = core.zones[1].address;
+        let mut g = sipward_core::Gateway::new(core);
+        let t0 = std::time::Instant::now();
+        let phone: SocketAddr = "127.0.1.20:5070".parse().unwrap();
+        let register = |agent: &str, branch: &str| {
+            format!(
+                "REGISTER sip:127.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.1.20:5070;branch=z9hG4bK{branch}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@127.0.2.10>;tag=1\r\nTo: <sip:alice@127.0.2.10>\r\n\
+                 Call-ID: {branch}@127.0.1.20\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@127.0.1.20:5070>;expires=4294967295\r\n\
+                 Expires: 4294967295\r\nUser-Agent: {agent}\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        g.handle_datagram(
+            t0,
+            lan,
+            phone,
+            register("friendly-scanner", "scan").as_bytes(),
+        );
+        let scanner: SocketAddr = "127.0.1.21:5070".parse().unwrap();
+        g.handle_datagram(t0, lan, scanner, register("sipvicious", "scan2").as_bytes());
+        g.handle_datagram(
+            t0,
+            lan,
+            "127.0.1.22:5070".parse().unwrap(),
+            register("Yealink", "ok").as_bytes(),
+        );
+        while let Some(t) = g.poll_transmit() {
+            // Answer whatever went to the proxy with a 200 granting the most.
+            let text = String::from_utf8_lossy(&t.payload).into_owned();
+            if t.remote.port() == 5060 && text.starts_with("REGISTER") {
+                let mut answer = String::from("SIP/2.0 200 OK\r\n");
+                for l in text.split("\r\n").skip(1) {
+                    if l.is_empty() {
+                        break;
+                    }
+                    let name = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+                    if ["via", "from", "to", "call-id", "cseq", "contact"].contains(&name.as_str())
+                    {
+                        answer.push_str(l);
+                        answer.push_str("\r\n");
+                    }
+                }
+                answer.push_str("Expires: 4294967295\r\nContent-Length: 0\r\n\r\n");
+                g.handle_datagram(t0, wan, t.remote, answer.as_bytes());
+            }
+        }
+        g.ban(
+            "192.0.2.18".parse().unwrap(),
+            Some(Duration::from_secs(u64::MAX)),
+            "x",
+            t0,
+        );
+        g.ban("192.0.2.19".parse().unwrap(), None, "x", t0);
+        for step in [1, 3600, 86_400 * 400, 86_400 * 365 * 50] {
+            g.handle_timeout(t0 + Duration::from_secs(step));
+        }
+        let _ = g.bans(t0);
+    }
+
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Every numeric key with extreme values: accepted, and a gateway built from it
+        /// survives what used to overflow, or refused with the key's `file:line`.
+        #[test]
+        fn every_numeric_key_is_accepted_safely_or_refused_with_its_line(
+            key in prop::sample::select(NUMERIC_KEYS),
+            value in prop_oneof![
+                prop::sample::select(vec![
+                    "0", "1", "-1", "2", "65535", "65536", "4294967295", "4294967296",
+                    "9223372036854775807", "-9223372036854775808", "99999999999999999999",
+                    "18446744073709551615", "0.0", "-0.5", "1e308", "inf", "-inf", "nan",
+                    "1.5", "\"10\"", "true",
+                ]).prop_map(|v: &str| v.to_string()),
+                proptest::arbitrary::any::<i64>().prop_map(|v| v.to_string()),
+                proptest::arbitrary::any::<f64>().prop_map(|v| format!("{v:e}")),
+            ],
+        ) {
+            let (section, name) = key;
+            let (text, line) = with_value(section, name, &value);
+            prop_assert!(line > 0);
+            match load_everything(&text) {
+                Ok(core) => exercise(core),
+                Err(e) => {
+                    let e = e.to_string();
+                    prop_assert!(
+                        e.starts_with(&format!("p.toml:{line}: ")),
+                        "{} = {}: {}", name, value, e
+                    );
+                }
+            }
+        }
     }
 }
