@@ -274,6 +274,40 @@ impl Gateway {
         self.guard.tracked_sources()
     }
 
+    /// Every bounded table's fill and capacity, for the admin surface (media port
+    /// pools are in [`MediaTable::pool_usage`]).
+    pub fn table_usage(&self) -> Vec<TableUsage> {
+        let alg = &self.config.alg;
+        let completed = crate::state::MAX_COMPLETED;
+        let mut out = vec![
+            TableUsage::new(
+                "registrations",
+                self.tables.bindings().len(),
+                alg.max_registrations,
+            ),
+            TableUsage::new("dialogs", self.tables.dialogs.len(), alg.max_dialogs),
+            TableUsage::new(
+                "transactions",
+                self.tables.transactions(),
+                alg.max_transactions,
+            ),
+            TableUsage::new(
+                "completed_client_transactions",
+                self.tables.completed_client.len(),
+                completed,
+            ),
+            TableUsage::new(
+                "completed_server_transactions",
+                self.tables.completed_server.len(),
+                completed,
+            ),
+        ];
+        for (table, entries, capacity) in self.guard.table_usage() {
+            out.push(TableUsage::new(table, entries, capacity));
+        }
+        out
+    }
+
     /// The next instruction for the media relay; drain after every call, like
     /// [`Gateway::poll_transmit`].
     pub fn poll_media(&mut self) -> Option<MediaCommand> {
@@ -1682,6 +1716,24 @@ impl Gateway {
         );
         let _ = config;
         self.send(d.wan_local, d.proxy, to_far.into_bytes());
+    }
+}
+
+/// One bounded table's fill and capacity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableUsage {
+    pub table: &'static str,
+    pub entries: usize,
+    pub capacity: usize,
+}
+
+impl TableUsage {
+    fn new(table: &'static str, entries: usize, capacity: usize) -> Self {
+        Self {
+            table,
+            entries,
+            capacity,
+        }
     }
 }
 

@@ -15,7 +15,7 @@ pub mod protect;
 mod state;
 
 pub use config::{Action, AddressObject, AlgOptions, Config, Rule, Zone, ZoneId};
-pub use gateway::{Counters, Gateway, Transmit};
+pub use gateway::{Counters, Gateway, TableUsage, Transmit};
 pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaTable, Peer, Side, StreamCounters, StreamId,
     StreamView,

@@ -677,6 +677,27 @@ impl Guard {
         self.sources.len()
     }
 
+    /// Fill and capacity of the guard's bounded tables: (table, entries, capacity).
+    /// Failure records are kept per source and user; a source keeps at most four times
+    /// `max_failed_users_per_source` of them (plus the one that triggers the trim).
+    pub fn table_usage(&self) -> [(&'static str, usize, usize); 3] {
+        let o = &self.options;
+        let failures = self.sources.values().map(|s| s.failures.len()).sum();
+        let per_source = o
+            .max_failed_users_per_source
+            .saturating_mul(4)
+            .saturating_add(1);
+        [
+            ("tracked_sources", self.sources.len(), o.max_tracked_sources),
+            (
+                "failure_records",
+                failures,
+                o.max_tracked_sources.saturating_mul(per_source),
+            ),
+            ("bans", self.bans.len(), o.max_bans),
+        ]
+    }
+
     /// Users with failures recorded from `source` (for tests and the admin surface).
     pub fn failing_users(&self, source: IpAddr) -> HashSet<String> {
         self.sources

@@ -166,6 +166,13 @@ pub(crate) fn answer(
             "transactions": gateway.transactions(),
             "media_streams": gateway.media().stream_count(),
             "bans": gateway.bans(now).len(),
+            "tables": tables(gateway).into_iter().map(|t| {
+                let mut v = json!({"table": t.table, "entries": t.entries, "capacity": t.capacity});
+                if let (Some(address), Some(obj)) = (t.address, v.as_object_mut()) {
+                    obj.insert("address".into(), json!(address.to_string()));
+                }
+                v
+            }).collect::<Vec<_>>(),
         })),
         Query::Registrations => Answer::Json(Value::Array(
             gateway
@@ -240,6 +247,37 @@ pub(crate) fn answer(
         Query::Metrics => Answer::Text(metrics(gateway, latency, now)),
         Query::Reload => Answer::BadRequest("reload is handled by the driver".into()),
     }
+}
+
+/// A bounded table's fill and capacity; media port pools carry their address.
+struct Table {
+    table: &'static str,
+    address: Option<IpAddr>,
+    entries: usize,
+    capacity: usize,
+}
+
+/// Every bounded table of the gateway, media port pools (pairs) included.
+fn tables(gateway: &Gateway) -> Vec<Table> {
+    let mut out: Vec<Table> = gateway
+        .table_usage()
+        .into_iter()
+        .map(|t| Table {
+            table: t.table,
+            address: None,
+            entries: t.entries,
+            capacity: t.capacity,
+        })
+        .collect();
+    for (ip, used, size) in gateway.media().pool_usage() {
+        out.push(Table {
+            table: "media_ports",
+            address: Some(ip),
+            entries: used,
+            capacity: size,
+        });
+    }
+    out
 }
 
 /// Builds the Prometheus text exposition: each family's HELP and TYPE, then its samples.
@@ -365,6 +403,27 @@ fn metrics(gateway: &Gateway, latency: &Latency, now: Instant) -> String {
     e.family(n, "gauge", "Port pairs in the pool, per gateway address.");
     for (ip, _, size) in &pools {
         e.sample(n, &format!("address=\"{ip}\""), size);
+    }
+    for (n, help, capacity) in [
+        (
+            "sipward_table_entries",
+            "Entries in each bounded table (media_ports: pairs per address).",
+            false,
+        ),
+        (
+            "sipward_table_capacity",
+            "The most entries each bounded table holds.",
+            true,
+        ),
+    ] {
+        e.family(n, "gauge", help);
+        for t in tables(gateway) {
+            let labels = match t.address {
+                Some(a) => format!("table=\"{}\",address=\"{a}\"", t.table),
+                None => format!("table=\"{}\"", t.table),
+            };
+            e.sample(n, &labels, if capacity { t.capacity } else { t.entries });
+        }
     }
     let n = "sipward_processing_seconds";
     e.family(n, "histogram", "Time the core took per received datagram.");
@@ -631,3 +690,286 @@ async fn remove_ban(state: State<AppState>, Path(source): Path<String>) -> Respo
 
 /// The live dashboard: one self-contained page (no external resources).
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "test-token-0123456789";
+
+    /// The admin router with a gateway (embedded default) answering its queries, as
+    /// the driver does.
+    fn admin() -> (tokio::runtime::Runtime, Router) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let core = crate::config::Config::parse(crate::config::EMBEDDED_DEFAULT, "e")
+            .unwrap()
+            .compile("e")
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel::<AdminRequest>(8);
+        rt.spawn(async move {
+            let mut gateway = Gateway::new(core);
+            let info = RunInfo {
+                started: Instant::now(),
+                started_wall: SystemTime::now(),
+                listeners: Vec::new(),
+                config_digest: "test".into(),
+            };
+            // One datagram from a phone, so that a source is tracked.
+            let lan = gateway.config().zones[0].address;
+            gateway.handle_datagram(
+                Instant::now(),
+                lan,
+                "127.0.1.20:5070".parse().unwrap(),
+                b"OPTIONS sip:127.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.1.20:5070;branch=z9hG4bK1\r\n\
+                  Max-Forwards: 70\r\nFrom: <sip:a@127.0.2.10>;tag=1\r\nTo: <sip:b@127.0.2.10>\r\n\
+                  Call-ID: 1@x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            );
+            while let Some(r) = rx.recv().await {
+                let a = answer(&mut gateway, &info, &Latency::default(), r.query, Instant::now());
+                let _ = r.reply.send(a);
+            }
+        });
+        (rt, router(TOKEN, tx))
+    }
+
+    fn call(
+        rt: &tokio::runtime::Runtime,
+        app: &Router,
+        method: &str,
+        path: &str,
+        auth: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Vec<u8>) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, auth)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        rt.block_on(async {
+            let response = app.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, bytes.to_vec())
+        })
+    }
+
+    fn bearer() -> String {
+        format!("Bearer {TOKEN}")
+    }
+
+    #[test]
+    fn a_ban_out_of_range_is_422_naming_the_field_and_the_gateway_answers_on() {
+        let (rt, app) = admin();
+        for (body, field) in [
+            (
+                r#"{"source":"192.0.2.18","seconds":9223372036854775807}"#,
+                "seconds",
+            ),
+            (r#"{"source":"192.0.2.18","seconds":0}"#, "seconds"),
+            (r#"{"source":"192.0.2.18","seconds":-1}"#, "invalid value"),
+            (
+                r#"{"source":"192.0.2.18","seconds":99999999999999999999999}"#,
+                "",
+            ),
+        ] {
+            let (status, reply) = call(
+                &rt,
+                &app,
+                "POST",
+                "/api/v1/blacklist",
+                &bearer(),
+                body.into(),
+            );
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            let v: Value = serde_json::from_slice(&reply).unwrap();
+            let why = v["error"].as_str().unwrap();
+            assert!(why.contains(field), "{body}: {why}");
+        }
+        let (status, reply) = call(
+            &rt,
+            &app,
+            "POST",
+            "/api/v1/blacklist",
+            &bearer(),
+            br#"{"source":"192.0.2.18","seconds":31536000}"#.to_vec(),
+        );
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        let (status, _) = call(&rt, &app, "GET", "/api/v1/blacklist", &bearer(), Vec::new());
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[test]
+    fn a_ban_reason_is_bounded_and_free_of_control_characters() {
+        let (rt, app) = admin();
+        let long = "x".repeat(MAX_REASON_BYTES + 1);
+        for (reason, word) in [(long.as_str(), "at most 200"), ("a\u{1b}[2Jb", "control")] {
+            let body = json!({"source": "192.0.2.7", "reason": reason}).to_string();
+            let (status, reply) = call(
+                &rt,
+                &app,
+                "POST",
+                "/api/v1/blacklist",
+                &bearer(),
+                body.into(),
+            );
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(String::from_utf8_lossy(&reply).contains(word));
+        }
+        let body = json!({"source": "192.0.2.7", "reason": "x".repeat(MAX_REASON_BYTES)});
+        let (status, _) = call(
+            &rt,
+            &app,
+            "POST",
+            "/api/v1/blacklist",
+            &bearer(),
+            body.to_string().into(),
+        );
+        assert_eq!(status, StatusCode::CREATED);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let (rt, app) = admin();
+        for auth in [
+            format!("bearer {TOKEN}"),
+            format!("BEARER {TOKEN}"),
+            bearer(),
+        ] {
+            let (status, _) = call(&rt, &app, "GET", "/api/v1/status", &auth, Vec::new());
+            assert_eq!(status, StatusCode::OK, "{auth}");
+        }
+        for auth in [
+            format!("Basic {TOKEN}"),
+            TOKEN.to_string(),
+            "bearer wrong".into(),
+        ] {
+            let (status, _) = call(&rt, &app, "GET", "/api/v1/status", &auth, Vec::new());
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth}");
+        }
+    }
+
+    #[test]
+    fn status_and_metrics_show_every_bounded_table_with_its_capacity() {
+        let (rt, app) = admin();
+        let (status, reply) = call(&rt, &app, "GET", "/api/v1/status", &bearer(), Vec::new());
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&reply).unwrap();
+        let tables = v["tables"].as_array().unwrap();
+        let find = |name: &str| {
+            tables
+                .iter()
+                .find(|t| t["table"] == name)
+                .unwrap_or_else(|| panic!("{name} missing: {v}"))
+        };
+        let sources = find("tracked_sources");
+        assert_eq!(sources["entries"], 1, "{v}");
+        assert_eq!(sources["capacity"], 100_000);
+        assert_eq!(find("transactions")["entries"], 1);
+        for name in [
+            "registrations",
+            "dialogs",
+            "completed_client_transactions",
+            "completed_server_transactions",
+            "failure_records",
+            "bans",
+            "media_ports",
+        ] {
+            assert!(find(name)["capacity"].as_u64().unwrap() > 0, "{name}");
+        }
+        let (_, text) = call(&rt, &app, "GET", "/metrics", &bearer(), Vec::new());
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("sipward_table_entries{table=\"tracked_sources\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("sipward_table_capacity{table=\"tracked_sources\"} 100000\n"));
+        assert!(
+            text.contains("sipward_table_capacity{table=\"media_ports\",address=\"127.0.1.1\"}")
+        );
+    }
+
+    /// Extreme and malformed values for each field of the ban request.
+    fn field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            prop::sample::select(vec![
+                json!(0),
+                json!(1),
+                json!(-1),
+                json!(i64::MIN),
+                json!(i64::MAX),
+                json!(u64::MAX),
+                json!(1e300),
+                json!(-0.5),
+                json!(31_536_000),
+                json!(31_536_001),
+                json!(null),
+                json!(true),
+                json!(""),
+                json!("192.0.2.1"),
+                json!("::1"),
+                json!("999.1.1.1"),
+                json!("\u{1b}[31m"),
+                json!([1, 2]),
+                json!({"a": 1}),
+                json!("x".repeat(5000)),
+            ]),
+            any::<i64>().prop_map(|v| json!(v)),
+            any::<u64>().prop_map(|v| json!(v)),
+            ".{0,300}".prop_map(|s: String| json!(s)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the body, a ban request is answered 201 or a 4xx with a JSON
+        /// error, never a 5xx or a panic.
+        #[test]
+        fn ban_requests_with_extreme_values_get_201_or_a_4xx(
+            source in field(),
+            seconds in field(),
+            reason in field(),
+            extra in proptest::option::of(field()),
+            raw in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+        ) {
+            let (rt, app) = admin();
+            let body = match raw {
+                Some(bytes) => bytes,
+                None => {
+                    let mut v = json!({"source": source, "seconds": seconds, "reason": reason});
+                    if let (Some(x), Some(obj)) = (extra, v.as_object_mut()) {
+                        obj.insert("extra".into(), x);
+                    }
+                    v.to_string().into_bytes()
+                }
+            };
+            let (status, reply) = call(&rt, &app, "POST", "/api/v1/blacklist", &bearer(), body.clone());
+            prop_assert!(
+                status == StatusCode::CREATED || status.is_client_error(),
+                "{} for {}", status, String::from_utf8_lossy(&body)
+            );
+            if status.is_client_error() {
+                let v: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+                prop_assert!(v["error"].is_string(), "{}", String::from_utf8_lossy(&reply));
+            }
+            // Still serving.
+            let (status, _) = call(&rt, &app, "GET", "/api/v1/status", &bearer(), Vec::new());
+            prop_assert_eq!(status, StatusCode::OK);
+        }
+    }
+}

@@ -160,6 +160,19 @@ pub(crate) fn run(command: AdminCommand) -> Result<ExitCode> {
                 ] {
                     println!("{key:<16} {}", text(&v, key));
                 }
+                for t in v.get("tables").map(items).unwrap_or_default() {
+                    let name = match t.get("address") {
+                        Some(Value::String(a)) => {
+                            format!("{} {}", text(t, "table"), printable(a, false))
+                        }
+                        _ => text(t, "table"),
+                    };
+                    println!(
+                        "table            {name:<30} {} of {}",
+                        text(t, "entries"),
+                        text(t, "capacity")
+                    );
+                }
                 for l in v.get("listeners").map(items).unwrap_or_default() {
                     println!(
                         "listener         {} {} ({})",
