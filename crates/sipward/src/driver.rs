@@ -133,7 +133,12 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     tokio::pin!(shutdown);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot watch SIGHUP")?;
+    // SIGTERM (a service manager's stop) ends calls as SIGINT does, rather than killing
+    // the process with calls up and no record of them.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
     let mut info = info;
+    let mut stopping = false;
     loop {
         let deadline = gateway.poll_timeout();
         let sleep = async {
@@ -168,10 +173,12 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                     eprintln!("sipward: {e}");
                 }
             }
-            _ = &mut shutdown => {
-                println!("sipward: shutting down");
-                break;
-            }
+            _ = &mut shutdown => stopping = true,
+            Some(()) = terminate.recv() => stopping = true,
+        }
+        if stopping {
+            let calls = gateway.shutdown(Instant::now());
+            println!("sipward: shutting down: {calls} call(s) in progress ended");
         }
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
         events.write_all(std::iter::from_fn(|| gateway.poll_event()));
@@ -184,6 +191,11 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                     tracing::warn!(remote = %t.remote, "send failed: {e}");
                 }
             }
+        }
+        if stopping {
+            // The BYEs are out (UDP sends complete at once) and the events written:
+            // the far ends' 200s are not awaited, as nothing would be done with them.
+            break;
         }
     }
     Ok(())
