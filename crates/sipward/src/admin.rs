@@ -493,6 +493,9 @@ pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Route
             post(|s: State<AppState>| ask(s, Query::Reload)),
         )
         .route("/metrics", get(|s: State<AppState>| ask(s, Query::Metrics)))
+        // The API's bodies are a few hundred bytes; axum's 2 MB default, times the
+        // connection cap, would be memory for nothing.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/dashboard", get(|| async { Html(DASHBOARD) }))
         .route("/", get(|| async { Html(DASHBOARD) }))
@@ -619,6 +622,9 @@ struct BanRequest {
     reason: Option<String>,
 }
 
+/// The largest request body the API reads.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
 /// The longest ban the API takes (a year), the same bound as `[protection] ban_time`.
 pub(crate) const MAX_BAN_SECONDS: u64 = 365 * 86_400;
 /// The longest ban reason the API takes, in bytes: a reason is a note for the operator
@@ -655,7 +661,14 @@ fn error(status: StatusCode, why: impl Into<String>) -> Response {
 
 /// Parsed by hand rather than with axum's `Json` so that every refusal is JSON: 400 for
 /// a body that is not JSON, 422 for JSON with a wrong or out-of-range field.
-async fn add_ban(state: State<AppState>, body: axum::body::Bytes) -> Response {
+async fn add_ban(
+    state: State<AppState>,
+    body: std::result::Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     let b: BanRequest = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) if e.classify() == serde_json::error::Category::Data => {
@@ -840,6 +853,24 @@ mod tests {
             body.to_string().into(),
         );
         assert_eq!(status, StatusCode::CREATED);
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_413() {
+        let (rt, app) = admin();
+        let body = format!(
+            r#"{{"source":"192.0.2.7","reason":"{}"}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        let (status, _) = call(
+            &rt,
+            &app,
+            "POST",
+            "/api/v1/blacklist",
+            &bearer(),
+            body.into(),
+        );
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]
