@@ -6,8 +6,11 @@
 //! channel and the driver answers between datagrams with [`answer`], so every reply is a
 //! consistent snapshot and the core needs no locks.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -21,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sipward_core::{BanView, Gateway, StreamView};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
 
 /// What a handler asks the driver.
 #[derive(Debug)]
@@ -440,7 +444,7 @@ fn metrics(gateway: &Gateway, latency: &Latency, now: Instant) -> String {
 #[derive(Clone)]
 struct AppState {
     requests: mpsc::Sender<AdminRequest>,
-    token: std::sync::Arc<str>,
+    token: Arc<str>,
 }
 
 /// Where and how the admin surface listens (`[admin]`).
@@ -505,7 +509,8 @@ pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Route
 /// Serves the admin surface until the driver stops. Connections are served by hyper
 /// directly (axum's `serve` has neither a connection cap nor a header timeout): an
 /// unbounded number of idle or half-sent connections would take the process's file
-/// descriptors, which the media relay needs too.
+/// descriptors, which the media relay needs too. Past the cap, the oldest connection
+/// not serving a request makes room for the new one.
 pub(crate) async fn serve(
     settings: AdminSettings,
     requests: mpsc::Sender<AdminRequest>,
@@ -516,8 +521,9 @@ pub(crate) async fn serve(
         .await
         .with_context(|| format!("admin API: cannot bind {listen}"))?;
     println!("sipward: admin API on http://{listen}/api/v1/ (dashboard /dashboard)");
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let connections = Connections::default();
     Ok(tokio::spawn(async move {
+        let mut next_id = 0u64;
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -528,14 +534,30 @@ pub(crate) async fn serve(
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                // Over the cap: closed at once, costing nothing while it lasts.
+            if !connections.make_room(settings.max_connections) {
+                // Every slot is serving a request: this one is closed at once.
                 drop(stream);
                 continue;
+            }
+            next_id = next_id.wrapping_add(1);
+            let id = next_id;
+            let busy = Arc::new(AtomicUsize::new(0));
+            let service = {
+                let (api, busy) = (api.clone(), busy.clone());
+                hyper::service::service_fn(move |request| {
+                    let (mut api, busy) = (api.clone(), busy.clone());
+                    busy.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        // The router is always ready (axum documents it).
+                        let response = tower_service::Service::call(&mut api, request).await;
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                        response
+                    }
+                })
             };
-            let service = hyper_util::service::TowerToHyperService::new(api.clone());
             let timeout = settings.request_timeout;
-            tokio::spawn(async move {
+            let done = connections.clone();
+            let task = tokio::spawn(async move {
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -543,10 +565,53 @@ pub(crate) async fn serve(
                 let io = hyper_util::rt::TokioIo::new(stream);
                 // Errors here are a client's (timeouts, resets): nothing to report.
                 let _ = builder.serve_connection(io, service).await;
-                drop(slot);
+                done.forget(id);
             });
+            connections.add(id, task.abort_handle(), busy);
         }
     }))
+}
+
+/// The admin server's open connections, oldest first, each with its count of requests
+/// in progress.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<VecDeque<(u64, AbortHandle, Arc<AtomicUsize>)>>>);
+
+impl Connections {
+    /// Makes room for one more connection under `cap`: the oldest connection that is
+    /// not serving a request (idle, or still sending its request head) is closed. So a
+    /// crowd of idle connections never keeps a real request out; false when every
+    /// slot is busy with a request.
+    fn make_room(&self, cap: usize) -> bool {
+        let Ok(mut open) = self.0.lock() else {
+            return false;
+        };
+        if open.len() < cap {
+            return true;
+        }
+        let Some(victim) = open
+            .iter()
+            .position(|(_, _, busy)| busy.load(Ordering::Relaxed) == 0)
+        else {
+            return false;
+        };
+        if let Some((_, task, _)) = open.remove(victim) {
+            task.abort();
+        }
+        true
+    }
+
+    fn add(&self, id: u64, task: AbortHandle, busy: Arc<AtomicUsize>) {
+        if let Ok(mut open) = self.0.lock() {
+            open.push_back((id, task, busy));
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut open) = self.0.lock() {
+            open.retain(|(i, _, _)| *i != id);
+        }
+    }
 }
 
 /// Bearer-token check; the token is compared in constant time and never logged.
