@@ -575,7 +575,10 @@ pub(crate) async fn serve(
 /// The admin server's open connections, oldest first, each with its count of requests
 /// in progress.
 #[derive(Clone, Default)]
-struct Connections(Arc<Mutex<VecDeque<(u64, AbortHandle, Arc<AtomicUsize>)>>>);
+struct Connections(Arc<Mutex<VecDeque<OpenConnection>>>);
+
+/// An open admin connection: its id, its task, and its requests in progress.
+type OpenConnection = (u64, AbortHandle, Arc<AtomicUsize>);
 
 impl Connections {
     /// Makes room for one more connection under `cap`: the oldest connection that is
