@@ -170,7 +170,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             }
             Some(()) = hangup.recv() => {
                 if let Err(e) = reload(&mut gateway, settings.path.as_deref(), &mut info) {
-                    eprintln!("sipward: {e}");
+                    say(&mut std::io::stderr(), &format!("sipward: {e}"));
                 }
             }
             _ = &mut shutdown => stopping = true,
@@ -178,7 +178,10 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         }
         if stopping {
             let calls = gateway.shutdown(Instant::now());
-            println!("sipward: shutting down: {calls} call(s) in progress ended");
+            say(
+                &mut std::io::stdout(),
+                &format!("sipward: shutting down: {calls} call(s) in progress ended"),
+            );
         }
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
         events.write_all(std::iter::from_fn(|| gateway.poll_event()));
@@ -224,6 +227,13 @@ fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// One status line, written without `println!`, which panics when the stream is a
+/// closed pipe: a gateway with calls up must not abort over a lost log reader.
+fn say(stream: &mut impl Write, line: &str) {
+    let _ = writeln!(stream, "{line}");
+    let _ = stream.flush();
+}
+
 /// Re-reads the configuration and applies it to new traffic; on any error the running
 /// configuration stays and the error (file, line, what) is returned.
 fn reload(
@@ -237,9 +247,12 @@ fn reload(
         .reconfigure(config)
         .map_err(|e| format!("reload refused, running configuration kept: {e}"))?;
     info.config_digest = settings.config_digest.clone();
-    println!(
-        "sipward: configuration reloaded ({})",
-        settings.config_digest
+    say(
+        &mut std::io::stdout(),
+        &format!(
+            "sipward: configuration reloaded ({})",
+            settings.config_digest
+        ),
     );
     Ok(settings.config_digest)
 }
