@@ -55,7 +55,7 @@ pub(crate) struct Config {
 #[serde(deny_unknown_fields)]
 struct GatewaySection {
     #[serde(default = "default_agent")]
-    name: String,
+    name: Spanned<String>,
     /// Admin/listen options grow here.
     #[serde(default)]
     secret: Option<String>,
@@ -170,8 +170,8 @@ struct ProtectionSection {
     max_bans: Option<Spanned<usize>>,
 }
 
-fn default_agent() -> String {
-    "sipward".into()
+fn default_agent() -> Spanned<String> {
+    Spanned::new(0..0, "sipward".into())
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,6 +395,19 @@ impl Config {
     /// Compiles to the core's configuration, checking every cross-reference.
     pub(crate) fn compile(&self, origin: &str) -> Result<sipward_core::Config> {
         self.check_events_path(origin)?;
+        // The name goes into every answer's Warning header as its agent: a token
+        // (RFC 3261 warn-agent), or a CR LF in it would write headers of its own.
+        let agent = self.gateway.name.get_ref();
+        if agent.is_empty()
+            || !agent
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+        {
+            bail!(
+                "{}: [gateway] name {agent:?}: use letters, digits and - . ! % * _ + ` ' ~ (it is the Warning header's agent)",
+                self.at(origin, &self.gateway.name)
+            );
+        }
         if self.interface.is_empty() {
             bail!("{origin}: no [[interface]]: the gateway needs at least an inside and an outside one");
         }
@@ -697,6 +710,12 @@ impl Config {
                         "a nat rule translates from an inside interface".into(),
                     ));
                 }
+                if to_zone.and_then(|z| zones.get(z)).is_some_and(|z| z.inside) {
+                    return Err(err(
+                        self.at(origin, &r.to),
+                        "a nat rule translates to an outside interface (inside addresses must not reach another inside one through it)".into(),
+                    ));
+                }
             }
             if action == Action::Allow && to_zone.is_some() {
                 return Err(err(
@@ -723,7 +742,7 @@ impl Config {
         };
         let protection = self.protection(origin, &objects, &rules)?;
         Ok(sipward_core::Config {
-            agent: self.gateway.name.clone(),
+            agent: agent.clone(),
             zones,
             alg: alg_options,
             rules,
@@ -789,6 +808,12 @@ impl Config {
                     listen.get_ref()
                 )
             })?;
+        if token.get_ref().bytes().any(|b| !b.is_ascii_graphic()) {
+            bail!(
+                "{}: [admin] token: only visible ASCII characters (no spaces) can be sent in an Authorization header",
+                self.at(origin, token)
+            );
+        }
         if token.get_ref().len() < 16 {
             bail!(
                 "{}: [admin] token: use at least 16 characters",
@@ -1132,6 +1157,9 @@ impl Config {
 
 fn parse_host(h: &str) -> Result<AddressObject> {
     if let Ok(sa) = h.parse::<SocketAddr>() {
+        if sa.ip().is_unspecified() || sa.ip().is_multicast() {
+            bail!("host {h:?}: not an address a host can have");
+        }
         if sa.port() == 0 {
             bail!("host {h:?}: port 0 is no port (leave it out for any port)");
         }
@@ -1143,6 +1171,9 @@ fn parse_host(h: &str) -> Result<AddressObject> {
     let ip: IpAddr = h
         .parse()
         .map_err(|_| anyhow!("host {h:?} is not an IP address or IP:port"))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        bail!("host {h:?}: not an address a host can have");
+    }
     Ok(AddressObject::Host { ip, port: None })
 }
 
@@ -1462,6 +1493,30 @@ mod tests {
                 "listen = \"127.0.0.1:0\"",
                 "listen =",
                 "port 1-65535",
+            ),
+            (
+                "name = \"sipward\"",
+                "name = \"sipward\\r\\nX-Evil: 1\"",
+                "X-Evil",
+                "Warning header's agent",
+            ),
+            (
+                "to = \"wan\"",
+                "to = \"lan\"",
+                "to = \"lan\"",
+                "to an outside interface",
+            ),
+            (
+                "host = \"127.0.2.10:5060\"",
+                "host = \"0.0.0.0:5060\"",
+                "0.0.0.0:5060",
+                "not an address a host can have",
+            ),
+            (
+                "token = \"sipward-loopback-demo-token\"",
+                "token = \"sipward loopback demo token\"",
+                "token =",
+                "visible ASCII",
             ),
         ] {
             let e = refused(from, to, marker);
