@@ -71,6 +71,18 @@ fn an_out_of_range_ban_is_refused_and_the_gateway_keeps_serving() {
         "{err}"
     );
     assert!(!err.contains("422"), "{err}");
+    let long = "r".repeat(201);
+    let out = t.admin(&["blacklist", "add", "192.0.2.66", "--reason", &long]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("reason: 201 bytes, at most 200"), "{err}");
+    let out = t.admin(&["blacklist", "add", "192.0.2.66", "--reason", "a\u{1b}[2Jb"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reason: control characters are not allowed"),
+        "{err}"
+    );
+    assert_eq!(status(&t)["bans"], 0);
     // The longest ban the API takes, and a scanner banned for the longest ban_time.
     let (code, v) = post(
         &t,
