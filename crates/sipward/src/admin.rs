@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sipward_core::{BanView, Gateway, StreamView};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 /// What a handler asks the driver.
 #[derive(Debug)]
@@ -514,7 +514,7 @@ pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Route
 pub(crate) async fn serve(
     settings: AdminSettings,
     requests: mpsc::Sender<AdminRequest>,
-) -> Result<tokio::task::JoinHandle<()>> {
+) -> Result<JoinHandle<()>> {
     let api = router(&settings.token, requests);
     let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -534,7 +534,7 @@ pub(crate) async fn serve(
                     continue;
                 }
             };
-            if !connections.make_room(settings.max_connections) {
+            if !connections.make_room(settings.max_connections).await {
                 // Every slot is serving a request: this one is closed at once.
                 drop(stream);
                 continue;
@@ -567,7 +567,7 @@ pub(crate) async fn serve(
                 let _ = builder.serve_connection(io, service).await;
                 done.forget(id);
             });
-            connections.add(id, task.abort_handle(), busy);
+            connections.add(id, task, busy);
         }
     }))
 }
@@ -578,33 +578,39 @@ pub(crate) async fn serve(
 struct Connections(Arc<Mutex<VecDeque<OpenConnection>>>);
 
 /// An open admin connection: its id, its task, and its requests in progress.
-type OpenConnection = (u64, AbortHandle, Arc<AtomicUsize>);
+type OpenConnection = (u64, JoinHandle<()>, Arc<AtomicUsize>);
 
 impl Connections {
     /// Makes room for one more connection under `cap`: the oldest connection that is
     /// not serving a request (idle, or still sending its request head) is closed. So a
     /// crowd of idle connections never keeps a real request out; false when every
     /// slot is busy with a request.
-    fn make_room(&self, cap: usize) -> bool {
-        let Ok(mut open) = self.0.lock() else {
-            return false;
+    async fn make_room(&self, cap: usize) -> bool {
+        let victim = {
+            let Ok(mut open) = self.0.lock() else {
+                return false;
+            };
+            if open.len() < cap {
+                return true;
+            }
+            let Some(victim) = open
+                .iter()
+                .position(|(_, _, busy)| busy.load(Ordering::Relaxed) == 0)
+            else {
+                return false;
+            };
+            open.remove(victim)
         };
-        if open.len() < cap {
-            return true;
-        }
-        let Some(victim) = open
-            .iter()
-            .position(|(_, _, busy)| busy.load(Ordering::Relaxed) == 0)
-        else {
-            return false;
-        };
-        if let Some((_, task, _)) = open.remove(victim) {
+        if let Some((_, task, _)) = victim {
             task.abort();
+            // Awaited so that its socket is closed before another is accepted: the
+            // cap holds for descriptors, not only for tasks.
+            let _ = task.await;
         }
         true
     }
 
-    fn add(&self, id: u64, task: AbortHandle, busy: Arc<AtomicUsize>) {
+    fn add(&self, id: u64, task: JoinHandle<()>, busy: Arc<AtomicUsize>) {
         if let Ok(mut open) = self.0.lock() {
             open.push_back((id, task, busy));
         }
