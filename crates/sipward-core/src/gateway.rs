@@ -313,6 +313,40 @@ impl Gateway {
         self.media.set_reserver(reserver);
     }
 
+    /// Every bounded table's fill and capacity, for the admin surface (media port
+    /// pools are in [`MediaTable::pool_usage`]).
+    pub fn table_usage(&self) -> Vec<TableUsage> {
+        let alg = &self.config.alg;
+        let completed = crate::state::MAX_COMPLETED;
+        let mut out = vec![
+            TableUsage::new(
+                "registrations",
+                self.tables.bindings().len(),
+                alg.max_registrations,
+            ),
+            TableUsage::new("dialogs", self.tables.dialogs.len(), alg.max_dialogs),
+            TableUsage::new(
+                "transactions",
+                self.tables.transactions(),
+                alg.max_transactions,
+            ),
+            TableUsage::new(
+                "completed_client_transactions",
+                self.tables.completed_client.len(),
+                completed,
+            ),
+            TableUsage::new(
+                "completed_server_transactions",
+                self.tables.completed_server.len(),
+                completed,
+            ),
+        ];
+        for (table, entries, capacity) in self.guard.table_usage() {
+            out.push(TableUsage::new(table, entries, capacity));
+        }
+        out
+    }
+
     /// The next instruction for the media relay; drain after every call, like
     /// [`Gateway::poll_transmit`].
     pub fn poll_media(&mut self) -> Option<MediaCommand> {
@@ -1474,7 +1508,7 @@ impl Gateway {
                                     lan_local: tx.lan_local,
                                     inside_contact: reg.inside_contact.clone(),
                                     outside_contact: reg.outside_contact.clone(),
-                                    expires_at: at.now + expires,
+                                    expires_at: crate::protect::later(at.now, expires),
                                 },
                             );
                         }
@@ -2060,7 +2094,7 @@ impl Gateway {
                 self.counters.dialogs_expired += 1;
                 // A call is ended on both sides; a subscription is only forgotten.
                 if d.session {
-                    self.bye_both_ways(&config, &d, "signal timeout");
+                    self.bye_both_ways(&config, &d, 408, "signal timeout");
                 }
                 self.end_dialog(&id, "signal timeout");
             }
@@ -2074,6 +2108,29 @@ impl Gateway {
             && self.tables.bindings().is_empty()
             && self.guard.bans(now).is_empty();
         self.next_sweep = (!idle).then_some(now + SWEEP);
+    }
+
+    /// The gateway is stopping: every call gets a BYE on both sides (`Reason: SIP;
+    /// cause=503;text="gateway shutdown"`) and a `call_ended` event with reason
+    /// "shutdown"; subscriptions are only forgotten. Drain `poll_transmit`,
+    /// `poll_media` and `poll_event` afterwards. Returns the number of calls ended.
+    pub fn shutdown(&mut self, now: Instant) -> usize {
+        self.now = Some(now);
+        let config = self.config.clone();
+        let dialogs: Vec<Dialog> = self.tables.dialogs.values().cloned().collect();
+        let mut calls = 0;
+        for d in dialogs {
+            if d.session {
+                calls += 1;
+                // An early call has no far-end dialog to end: its INVITE transaction
+                // is abandoned and the event still records it.
+                if d.confirmed {
+                    self.bye_both_ways(&config, &d, 503, "gateway shutdown");
+                }
+            }
+            self.end_dialog(&d.key(), "shutdown");
+        }
+        calls
     }
 
     /// The data-channel timeout: idle streams are closed, and a call whose media all
@@ -2096,7 +2153,7 @@ impl Gateway {
                 "media idle for the data-channel timeout: call ended"
             );
             self.counters.media_timeouts += 1;
-            self.bye_both_ways(config, &d, "media timeout");
+            self.bye_both_ways(config, &d, 408, "media timeout");
             self.end_dialog(&d.key(), "media timeout");
         }
         // Media whose dialog never came to be (a refused or failed request) is freed.
@@ -2111,7 +2168,7 @@ impl Gateway {
 
     /// Ends a dialog on the gateway's own initiative: a BYE to the phone and one to the
     /// far end, each in the identity that side knows.
-    fn bye_both_ways(&mut self, config: &Config, d: &Dialog, why: &str) {
+    fn bye_both_ways(&mut self, config: &Config, d: &Dialog, cause: u16, why: &str) {
         let (phone_local, phone_remote, far_local, far_remote) = if d.originated_inside {
             (&d.inside_from, &d.inside_to, &d.outside_to, &d.outside_from)
         } else {
@@ -2120,7 +2177,7 @@ impl Gateway {
         let text = String::from_utf8_lossy;
         let branch = self.hider.branch(&[&d.inside_call_id, b"bye-in"]);
         let to_phone = format!(
-            "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause=408;text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
+            "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause={cause};text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
             text(&d.phone_contact),
             d.lan_local,
             text(phone_remote),
@@ -2141,7 +2198,7 @@ impl Gateway {
             text(&d.far_contact).into_owned()
         };
         let to_far = format!(
-            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\n{routes}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause=408;text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\n{routes}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause={cause};text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
             d.wan_local,
             text(far_remote),
             text(far_local),
@@ -2150,6 +2207,24 @@ impl Gateway {
         );
         let _ = config;
         self.send(d.wan_local, d.proxy, to_far.into_bytes());
+    }
+}
+
+/// One bounded table's fill and capacity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableUsage {
+    pub table: &'static str,
+    pub entries: usize,
+    pub capacity: usize,
+}
+
+impl TableUsage {
+    fn new(table: &'static str, entries: usize, capacity: usize) -> Self {
+        Self {
+            table,
+            entries,
+            capacity,
+        }
     }
 }
 

@@ -17,7 +17,7 @@ pub mod protect;
 mod state;
 
 pub use config::{Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Zone, ZoneId};
-pub use gateway::{Counters, Gateway, Transmit};
+pub use gateway::{Counters, Gateway, TableUsage, Transmit};
 pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaError, MediaTable, NoReservation, Peer,
     PortReserver, ReserveError, Side, StreamCounters, StreamId, StreamView,

@@ -578,7 +578,7 @@ impl Guard {
             last_seen: now,
         });
         state.last_seen = now;
-        if state.failures.len() > 4 * o.max_failed_users_per_source
+        if state.failures.len() > o.max_failed_users_per_source.saturating_mul(4)
             && !state.failures.contains_key(user)
         {
             // Bounded: a source this busy is banned below anyway.
@@ -642,7 +642,7 @@ impl Guard {
         now: Instant,
         duration: Option<Duration>,
     ) {
-        let expires = now + duration.unwrap_or(self.options.ban_time);
+        let expires = later(now, duration.unwrap_or(self.options.ban_time));
         if let Some(b) = self.bans.get_mut(&source) {
             if b.expires > now {
                 b.expires = b.expires.max(expires);
@@ -784,6 +784,27 @@ impl Guard {
         self.sources.len()
     }
 
+    /// Fill and capacity of the guard's bounded tables: (table, entries, capacity).
+    /// Failure records are kept per source and user; a source keeps at most four times
+    /// `max_failed_users_per_source` of them (plus the one that triggers the trim).
+    pub fn table_usage(&self) -> [(&'static str, usize, usize); 3] {
+        let o = &self.options;
+        let failures = self.sources.values().map(|s| s.failures.len()).sum();
+        let per_source = o
+            .max_failed_users_per_source
+            .saturating_mul(4)
+            .saturating_add(1);
+        [
+            ("tracked_sources", self.sources.len(), o.max_tracked_sources),
+            (
+                "failure_records",
+                failures,
+                o.max_tracked_sources.saturating_mul(per_source),
+            ),
+            ("bans", self.bans.len(), o.max_bans),
+        ]
+    }
+
     /// Users with failures recorded from `source` (for tests and the admin surface).
     pub fn failing_users(&self, source: IpAddr) -> HashSet<String> {
         self.sources
@@ -791,4 +812,14 @@ impl Guard {
             .map(|s| s.failures.keys().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// `now + d`, saturating: a duration an operator or a peer chose (a ban, an expiry)
+/// must never panic the gateway with an overflowing instant. Past what the clock can
+/// represent, a century is as good as forever.
+pub fn later(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }

@@ -302,7 +302,7 @@ pub(crate) struct Tables {
 /// must not run a transaction's side effects (bindings, failed-login counts) twice.
 /// Entries expire in arrival order, so expiry walks only what is due.
 /// The most final responses one `Completed` table keeps (about 50 MB of typical responses).
-const MAX_COMPLETED: usize = 100_000;
+pub(crate) const MAX_COMPLETED: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub(crate) struct Completed {
@@ -322,6 +322,10 @@ impl Completed {
                 self.responses.remove(&old);
             }
         }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.responses.len()
     }
 
     pub(crate) fn get(&self, key: &(String, Vec<u8>)) -> Option<&Vec<u8>> {

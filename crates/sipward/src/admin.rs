@@ -6,8 +6,11 @@
 //! channel and the driver answers between datagrams with [`answer`], so every reply is a
 //! consistent snapshot and the core needs no locks.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -21,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sipward_core::{BanView, Gateway, StreamView};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 /// What a handler asks the driver.
 #[derive(Debug)]
@@ -166,6 +170,13 @@ pub(crate) fn answer(
             "transactions": gateway.transactions(),
             "media_streams": gateway.media().stream_count(),
             "bans": gateway.bans(now).len(),
+            "tables": tables(gateway).into_iter().map(|t| {
+                let mut v = json!({"table": t.table, "entries": t.entries, "capacity": t.capacity});
+                if let (Some(address), Some(obj)) = (t.address, v.as_object_mut()) {
+                    obj.insert("address".into(), json!(address.to_string()));
+                }
+                v
+            }).collect::<Vec<_>>(),
         })),
         Query::Registrations => Answer::Json(Value::Array(
             gateway
@@ -241,6 +252,37 @@ pub(crate) fn answer(
         Query::Metrics => Answer::Text(metrics(gateway, latency, now)),
         Query::Reload => Answer::BadRequest("reload is handled by the driver".into()),
     }
+}
+
+/// A bounded table's fill and capacity; media port pools carry their address.
+struct Table {
+    table: &'static str,
+    address: Option<IpAddr>,
+    entries: usize,
+    capacity: usize,
+}
+
+/// Every bounded table of the gateway, media port pools (pairs) included.
+fn tables(gateway: &Gateway) -> Vec<Table> {
+    let mut out: Vec<Table> = gateway
+        .table_usage()
+        .into_iter()
+        .map(|t| Table {
+            table: t.table,
+            address: None,
+            entries: t.entries,
+            capacity: t.capacity,
+        })
+        .collect();
+    for (ip, used, size) in gateway.media().pool_usage() {
+        out.push(Table {
+            table: "media_ports",
+            address: Some(ip),
+            entries: used,
+            capacity: size,
+        });
+    }
+    out
 }
 
 /// Builds the Prometheus text exposition: each family's HELP and TYPE, then its samples.
@@ -382,6 +424,27 @@ fn metrics(gateway: &Gateway, latency: &Latency, now: Instant) -> String {
         e.family(name, "counter", help);
         e.sample(name, "", v);
     }
+    for (n, help, capacity) in [
+        (
+            "sipward_table_entries",
+            "Entries in each bounded table (media_ports: pairs per address).",
+            false,
+        ),
+        (
+            "sipward_table_capacity",
+            "The most entries each bounded table holds.",
+            true,
+        ),
+    ] {
+        e.family(n, "gauge", help);
+        for t in tables(gateway) {
+            let labels = match t.address {
+                Some(a) => format!("table=\"{}\",address=\"{a}\"", t.table),
+                None => format!("table=\"{}\"", t.table),
+            };
+            e.sample(n, &labels, if capacity { t.capacity } else { t.entries });
+        }
+    }
     let n = "sipward_processing_seconds";
     e.family(n, "histogram", "Time the core took per received datagram.");
     let bucket = format!("{n}_bucket");
@@ -397,20 +460,29 @@ fn metrics(gateway: &Gateway, latency: &Latency, now: Instant) -> String {
 #[derive(Clone)]
 struct AppState {
     requests: mpsc::Sender<AdminRequest>,
-    token: std::sync::Arc<str>,
+    token: Arc<str>,
 }
 
-/// Serves the admin surface on `listen` until the driver stops.
-pub(crate) async fn serve(
-    listen: SocketAddr,
-    token: String,
-    requests: mpsc::Sender<AdminRequest>,
-) -> Result<tokio::task::JoinHandle<()>> {
+/// Where and how the admin surface listens (`[admin]`).
+#[derive(Debug, Clone)]
+pub(crate) struct AdminSettings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) token: String,
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    pub(crate) max_connections: usize,
+    /// How long a connection may take to send a request's head, counted from its
+    /// opening or its previous response: this closes idle keep-alive connections and
+    /// half-sent requests alike.
+    pub(crate) request_timeout: Duration,
+}
+
+/// The admin routes, guarded by the token; queries go to `requests`.
+pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Router {
     let state = AppState {
         requests,
         token: token.into(),
     };
-    let api = Router::new()
+    Router::new()
         .route(
             "/api/v1/status",
             get(|s: State<AppState>| ask(s, Query::Status)),
@@ -441,19 +513,130 @@ pub(crate) async fn serve(
             post(|s: State<AppState>| ask(s, Query::Reload)),
         )
         .route("/metrics", get(|s: State<AppState>| ask(s, Query::Metrics)))
+        // The API's bodies are a few hundred bytes; axum's 2 MB default, times the
+        // connection cap, would be memory for nothing.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/dashboard", get(|| async { Html(DASHBOARD) }))
         .route("/", get(|| async { Html(DASHBOARD) }))
-        .with_state(state);
+        .with_state(state)
+}
+
+/// Serves the admin surface until the driver stops. Connections are served by hyper
+/// directly (axum's `serve` has neither a connection cap nor a header timeout): an
+/// unbounded number of idle or half-sent connections would take the process's file
+/// descriptors, which the media relay needs too. Past the cap, the oldest connection
+/// not serving a request makes room for the new one.
+pub(crate) async fn serve(
+    settings: AdminSettings,
+    requests: mpsc::Sender<AdminRequest>,
+) -> Result<JoinHandle<()>> {
+    let api = router(&settings.token, requests);
+    let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("admin API: cannot bind {listen}"))?;
     println!("sipward: admin API on http://{listen}/api/v1/ (dashboard /dashboard)");
+    let connections = Connections::default();
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, api).await {
-            tracing::error!("admin API stopped: {e}");
+        let mut next_id = 0u64;
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait rather than spin.
+                    tracing::warn!("admin API: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if !connections.make_room(settings.max_connections).await {
+                // Every slot is serving a request: this one is closed at once.
+                drop(stream);
+                continue;
+            }
+            next_id = next_id.wrapping_add(1);
+            let id = next_id;
+            let busy = Arc::new(AtomicUsize::new(0));
+            let service = {
+                let (api, busy) = (api.clone(), busy.clone());
+                hyper::service::service_fn(move |request| {
+                    let (mut api, busy) = (api.clone(), busy.clone());
+                    busy.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        // The router is always ready (axum documents it).
+                        let response = tower_service::Service::call(&mut api, request).await;
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                        response
+                    }
+                })
+            };
+            let timeout = settings.request_timeout;
+            let done = connections.clone();
+            let task = tokio::spawn(async move {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(timeout);
+                let io = hyper_util::rt::TokioIo::new(stream);
+                // Errors here are a client's (timeouts, resets): nothing to report.
+                let _ = builder.serve_connection(io, service).await;
+                done.forget(id);
+            });
+            connections.add(id, task, busy);
         }
     }))
+}
+
+/// The admin server's open connections, oldest first, each with its count of requests
+/// in progress.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<VecDeque<OpenConnection>>>);
+
+/// An open admin connection: its id, its task, and its requests in progress.
+type OpenConnection = (u64, JoinHandle<()>, Arc<AtomicUsize>);
+
+impl Connections {
+    /// Makes room for one more connection under `cap`: the oldest connection that is
+    /// not serving a request (idle, or still sending its request head) is closed. So a
+    /// crowd of idle connections never keeps a real request out; false when every
+    /// slot is busy with a request.
+    async fn make_room(&self, cap: usize) -> bool {
+        let victim = {
+            let Ok(mut open) = self.0.lock() else {
+                return false;
+            };
+            if open.len() < cap {
+                return true;
+            }
+            let Some(victim) = open
+                .iter()
+                .position(|(_, _, busy)| busy.load(Ordering::Relaxed) == 0)
+            else {
+                return false;
+            };
+            open.remove(victim)
+        };
+        if let Some((_, task, _)) = victim {
+            task.abort();
+            // Awaited so that its socket is closed before another is accepted: the
+            // cap holds for descriptors, not only for tasks.
+            let _ = task.await;
+        }
+        true
+    }
+
+    fn add(&self, id: u64, task: JoinHandle<()>, busy: Arc<AtomicUsize>) {
+        if let Ok(mut open) = self.0.lock() {
+            open.push_back((id, task, busy));
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut open) = self.0.lock() {
+            open.retain(|(i, _, _)| *i != id);
+        }
+    }
 }
 
 /// Bearer-token check; the token is compared in constant time and never logged.
@@ -463,10 +646,13 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
+    // RFC 9110 section 11.1: the scheme is case-insensitive ("bearer" is as good).
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start_matches(' '))
         .unwrap_or_default();
     if constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
         next.run(request).await
@@ -526,8 +712,63 @@ struct BanRequest {
     reason: Option<String>,
 }
 
-async fn add_ban(state: State<AppState>, body: Json<BanRequest>) -> Response {
-    let Json(b) = body;
+/// The largest request body the API reads.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The longest ban the API takes (a year), the same bound as `[protection] ban_time`.
+pub(crate) const MAX_BAN_SECONDS: u64 = 365 * 86_400;
+/// The longest ban reason the API takes, in bytes: a reason is a note for the operator
+/// shown in tables and events, not a store.
+pub(crate) const MAX_REASON_BYTES: usize = 200;
+
+/// Why a ban request cannot be taken, naming the field and its allowed range; `None`
+/// when it can. Shared with the CLI, which refuses the same values before any request.
+pub(crate) fn ban_refusal(seconds: Option<u64>, reason: Option<&str>) -> Option<String> {
+    if let Some(s) = seconds {
+        if !(1..=MAX_BAN_SECONDS).contains(&s) {
+            return Some(format!(
+                "seconds: {s} is out of range, expected 1 to {MAX_BAN_SECONDS} (a year)"
+            ));
+        }
+    }
+    if let Some(r) = reason {
+        if r.len() > MAX_REASON_BYTES {
+            return Some(format!(
+                "reason: {} bytes, at most {MAX_REASON_BYTES}",
+                r.len()
+            ));
+        }
+        if r.chars().any(char::is_control) {
+            return Some("reason: control characters are not allowed".into());
+        }
+    }
+    None
+}
+
+fn error(status: StatusCode, why: impl Into<String>) -> Response {
+    (status, Json(json!({"error": why.into()}))).into_response()
+}
+
+/// Parsed by hand rather than with axum's `Json` so that every refusal is JSON: 400 for
+/// a body that is not JSON, 422 for JSON with a wrong or out-of-range field.
+async fn add_ban(
+    state: State<AppState>,
+    body: std::result::Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let b: BanRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a JSON object: {e}")),
+    };
+    if let Some(why) = ban_refusal(b.seconds, b.reason.as_deref()) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, why);
+    }
     ask(
         state,
         Query::Ban {
@@ -552,3 +793,304 @@ async fn remove_ban(state: State<AppState>, Path(source): Path<String>) -> Respo
 
 /// The live dashboard: one self-contained page (no external resources).
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "test-token-0123456789";
+
+    /// The admin router with a gateway (embedded default) answering its queries, as
+    /// the driver does.
+    fn admin() -> (tokio::runtime::Runtime, Router) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let core = crate::config::Config::parse(crate::config::EMBEDDED_DEFAULT, "e")
+            .unwrap()
+            .compile("e")
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel::<AdminRequest>(8);
+        rt.spawn(async move {
+            let mut gateway = Gateway::new(core);
+            let info = RunInfo {
+                started: Instant::now(),
+                started_wall: SystemTime::now(),
+                listeners: Vec::new(),
+                config_digest: "test".into(),
+            };
+            // One datagram from a phone, so that a source is tracked.
+            let lan = gateway.config().zones[0].address;
+            gateway.handle_datagram(
+                Instant::now(),
+                lan,
+                "127.0.1.20:5070".parse().unwrap(),
+                b"OPTIONS sip:127.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.1.20:5070;branch=z9hG4bK1\r\n\
+                  Max-Forwards: 70\r\nFrom: <sip:a@127.0.2.10>;tag=1\r\nTo: <sip:b@127.0.2.10>\r\n\
+                  Call-ID: 1@x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            );
+            while let Some(r) = rx.recv().await {
+                let a = answer(&mut gateway, &info, &Latency::default(), r.query, Instant::now());
+                let _ = r.reply.send(a);
+            }
+        });
+        (rt, router(TOKEN, tx))
+    }
+
+    fn call(
+        rt: &tokio::runtime::Runtime,
+        app: &Router,
+        method: &str,
+        path: &str,
+        auth: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Vec<u8>) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, auth)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        rt.block_on(async {
+            let response = app.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, bytes.to_vec())
+        })
+    }
+
+    fn bearer() -> String {
+        format!("Bearer {TOKEN}")
+    }
+
+    #[test]
+    fn a_ban_out_of_range_is_422_naming_the_field_and_the_gateway_answers_on() {
+        let (rt, app) = admin();
+        for (body, field) in [
+            (
+                r#"{"source":"192.0.2.18","seconds":9223372036854775807}"#,
+                "seconds",
+            ),
+            (r#"{"source":"192.0.2.18","seconds":0}"#, "seconds"),
+            (r#"{"source":"192.0.2.18","seconds":-1}"#, "invalid value"),
+            (
+                r#"{"source":"192.0.2.18","seconds":99999999999999999999999}"#,
+                "",
+            ),
+        ] {
+            let (status, reply) = call(
+                &rt,
+                &app,
+                "POST",
+                "/api/v1/blacklist",
+                &bearer(),
+                body.into(),
+            );
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            let v: Value = serde_json::from_slice(&reply).unwrap();
+            let why = v["error"].as_str().unwrap();
+            assert!(why.contains(field), "{body}: {why}");
+        }
+        let (status, reply) = call(
+            &rt,
+            &app,
+            "POST",
+            "/api/v1/blacklist",
+            &bearer(),
+            br#"{"source":"192.0.2.18","seconds":31536000}"#.to_vec(),
+        );
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        let (status, _) = call(&rt, &app, "GET", "/api/v1/blacklist", &bearer(), Vec::new());
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[test]
+    fn a_ban_reason_is_bounded_and_free_of_control_characters() {
+        let (rt, app) = admin();
+        let long = "x".repeat(MAX_REASON_BYTES + 1);
+        for (reason, word) in [(long.as_str(), "at most 200"), ("a\u{1b}[2Jb", "control")] {
+            let body = json!({"source": "192.0.2.7", "reason": reason}).to_string();
+            let (status, reply) = call(
+                &rt,
+                &app,
+                "POST",
+                "/api/v1/blacklist",
+                &bearer(),
+                body.into(),
+            );
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(String::from_utf8_lossy(&reply).contains(word));
+        }
+        let body = json!({"source": "192.0.2.7", "reason": "x".repeat(MAX_REASON_BYTES)});
+        let (status, _) = call(
+            &rt,
+            &app,
+            "POST",
+            "/api/v1/blacklist",
+            &bearer(),
+            body.to_string().into(),
+        );
+        assert_eq!(status, StatusCode::CREATED);
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_413() {
+        let (rt, app) = admin();
+        let body = format!(
+            r#"{{"source":"192.0.2.7","reason":"{}"}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        let (status, _) = call(
+            &rt,
+            &app,
+            "POST",
+            "/api/v1/blacklist",
+            &bearer(),
+            body.into(),
+        );
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let (rt, app) = admin();
+        for auth in [
+            format!("bearer {TOKEN}"),
+            format!("BEARER {TOKEN}"),
+            bearer(),
+        ] {
+            let (status, _) = call(&rt, &app, "GET", "/api/v1/status", &auth, Vec::new());
+            assert_eq!(status, StatusCode::OK, "{auth}");
+        }
+        for auth in [
+            format!("Basic {TOKEN}"),
+            TOKEN.to_string(),
+            "bearer wrong".into(),
+        ] {
+            let (status, _) = call(&rt, &app, "GET", "/api/v1/status", &auth, Vec::new());
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth}");
+        }
+    }
+
+    #[test]
+    fn status_and_metrics_show_every_bounded_table_with_its_capacity() {
+        let (rt, app) = admin();
+        let (status, reply) = call(&rt, &app, "GET", "/api/v1/status", &bearer(), Vec::new());
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&reply).unwrap();
+        let tables = v["tables"].as_array().unwrap();
+        let find = |name: &str| {
+            tables
+                .iter()
+                .find(|t| t["table"] == name)
+                .unwrap_or_else(|| panic!("{name} missing: {v}"))
+        };
+        let sources = find("tracked_sources");
+        assert_eq!(sources["entries"], 1, "{v}");
+        assert_eq!(sources["capacity"], 100_000);
+        assert_eq!(find("transactions")["entries"], 1);
+        for name in [
+            "registrations",
+            "dialogs",
+            "completed_client_transactions",
+            "completed_server_transactions",
+            "failure_records",
+            "bans",
+            "media_ports",
+        ] {
+            assert!(find(name)["capacity"].as_u64().unwrap() > 0, "{name}");
+        }
+        let (_, text) = call(&rt, &app, "GET", "/metrics", &bearer(), Vec::new());
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("sipward_table_entries{table=\"tracked_sources\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("sipward_table_capacity{table=\"tracked_sources\"} 100000\n"));
+        assert!(
+            text.contains("sipward_table_capacity{table=\"media_ports\",address=\"127.0.1.1\"}")
+        );
+    }
+
+    /// Extreme and malformed values for each field of the ban request.
+    fn field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            prop::sample::select(vec![
+                json!(0),
+                json!(1),
+                json!(-1),
+                json!(i64::MIN),
+                json!(i64::MAX),
+                json!(u64::MAX),
+                json!(1e300),
+                json!(-0.5),
+                json!(31_536_000),
+                json!(31_536_001),
+                json!(null),
+                json!(true),
+                json!(""),
+                json!("192.0.2.1"),
+                json!("::1"),
+                json!("999.1.1.1"),
+                json!("\u{1b}[31m"),
+                json!([1, 2]),
+                json!({"a": 1}),
+                json!("x".repeat(5000)),
+            ]),
+            any::<i64>().prop_map(|v| json!(v)),
+            any::<u64>().prop_map(|v| json!(v)),
+            ".{0,300}".prop_map(|s: String| json!(s)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the body, a ban request is answered 201 or a 4xx with a JSON
+        /// error, never a 5xx or a panic.
+        #[test]
+        fn ban_requests_with_extreme_values_get_201_or_a_4xx(
+            source in field(),
+            seconds in field(),
+            reason in field(),
+            extra in proptest::option::of(field()),
+            raw in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+        ) {
+            let (rt, app) = admin();
+            let body = match raw {
+                Some(bytes) => bytes,
+                None => {
+                    let mut v = json!({"source": source, "seconds": seconds, "reason": reason});
+                    if let (Some(x), Some(obj)) = (extra, v.as_object_mut()) {
+                        obj.insert("extra".into(), x);
+                    }
+                    v.to_string().into_bytes()
+                }
+            };
+            let (status, reply) = call(&rt, &app, "POST", "/api/v1/blacklist", &bearer(), body.clone());
+            prop_assert!(
+                status == StatusCode::CREATED || status.is_client_error(),
+                "{} for {}", status, String::from_utf8_lossy(&body)
+            );
+            if status.is_client_error() {
+                let v: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+                prop_assert!(v["error"].is_string(), "{}", String::from_utf8_lossy(&reply));
+            }
+            // Still serving.
+            let (status, _) = call(&rt, &app, "GET", "/api/v1/status", &bearer(), Vec::new());
+            prop_assert_eq!(status, StatusCode::OK);
+        }
+    }
+}

@@ -63,6 +63,26 @@ pub(crate) enum BlacklistAction {
     Remove { source: IpAddr },
 }
 
+/// `text` with every control character (C0, DEL, C1) written as `\uXXXX` (valid in JSON too): values from
+/// the API (ban reasons, user agents, users) come from operators and peers and must not
+/// drive the terminal. `keep_newlines` for the pretty-printed JSON, whose newlines are
+/// its own (serde_json escapes those inside strings, but not DEL or C1).
+pub(crate) fn printable(text: &str, keep_newlines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(keep_newlines && c == '\n') {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn print_json(v: &Value) {
+    println!("{}", printable(&format!("{v:#}"), true));
+}
+
 fn request(api: &Api, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
     let url = format!("{}{path}", api.api.trim_end_matches('/'));
     let req = ureq::request(method, &url).set("Authorization", &format!("Bearer {}", api.token));
@@ -78,7 +98,7 @@ fn request(api: &Api, method: &str, path: &str, body: Option<Value>) -> Result<V
                 .ok()
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
                 .unwrap_or_default();
-            Err(anyhow!("{url}: {code} {why}"))
+            Err(anyhow!("{url}: {code} {}", printable(&why, false)))
         }
         Err(e) => Err(anyhow!("{url}: {e} (is sipward running with [admin] set?)")),
     }
@@ -111,9 +131,9 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 fn text(v: &Value, key: &str) -> String {
     match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => printable(s, false),
         Some(Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
+        Some(other) => printable(&other.to_string(), false),
     }
 }
 
@@ -126,7 +146,7 @@ pub(crate) fn run(command: AdminCommand) -> Result<ExitCode> {
         AdminCommand::Status { api } => {
             let v = request(&api, "GET", "/api/v1/status", None)?;
             if api.json {
-                println!("{v:#}");
+                print_json(&v);
             } else {
                 for key in [
                     "version",
@@ -139,6 +159,19 @@ pub(crate) fn run(command: AdminCommand) -> Result<ExitCode> {
                     "bans",
                 ] {
                     println!("{key:<16} {}", text(&v, key));
+                }
+                for t in v.get("tables").map(items).unwrap_or_default() {
+                    let name = match t.get("address") {
+                        Some(Value::String(a)) => {
+                            format!("{} {}", text(t, "table"), printable(a, false))
+                        }
+                        _ => text(t, "table"),
+                    };
+                    println!(
+                        "table            {name:<30} {} of {}",
+                        text(t, "entries"),
+                        text(t, "capacity")
+                    );
                 }
                 for l in v.get("listeners").map(items).unwrap_or_default() {
                     println!(
@@ -157,7 +190,7 @@ pub(crate) fn run(command: AdminCommand) -> Result<ExitCode> {
         AdminCommand::Calls { api } => {
             let v = request(&api, "GET", "/api/v1/calls", None)?;
             if api.json {
-                println!("{v:#}");
+                print_json(&v);
             } else {
                 let rows = items(&v)
                     .iter()
@@ -204,7 +237,7 @@ pub(crate) fn run(command: AdminCommand) -> Result<ExitCode> {
         AdminCommand::Registrations { api } => {
             let v = request(&api, "GET", "/api/v1/registrations", None)?;
             if api.json {
-                println!("{v:#}");
+                print_json(&v);
             } else {
                 let rows = items(&v)
                     .iter()
@@ -227,20 +260,26 @@ pub(crate) fn run(command: AdminCommand) -> Result<ExitCode> {
                     source,
                     seconds,
                     reason,
-                } => request(
-                    &api,
-                    "POST",
-                    "/api/v1/blacklist",
-                    Some(
-                        json!({"source": source.to_string(), "seconds": seconds, "reason": reason}),
-                    ),
-                )?,
+                } => {
+                    // Refused here, before any request, with the API's own words.
+                    if let Some(why) = crate::admin::ban_refusal(seconds, Some(&reason)) {
+                        anyhow::bail!("blacklist add: {why}");
+                    }
+                    request(
+                        &api,
+                        "POST",
+                        "/api/v1/blacklist",
+                        Some(
+                            json!({"source": source.to_string(), "seconds": seconds, "reason": reason}),
+                        ),
+                    )?
+                }
                 BlacklistAction::Remove { source } => {
                     request(&api, "DELETE", &format!("/api/v1/blacklist/{source}"), None)?
                 }
             };
             if api.json || !v.is_array() {
-                println!("{v:#}");
+                print_json(&v);
             } else {
                 let rows = items(&v)
                     .iter()

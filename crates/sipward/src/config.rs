@@ -38,8 +38,9 @@ pub(crate) struct Config {
     rule: Vec<RuleSection>,
     #[serde(default)]
     protection: ProtectionSection,
+    /// Absent: no admin API. Present, it must carry a token.
     #[serde(default)]
-    admin: AdminSection,
+    admin: Option<AdminSection>,
     #[serde(default)]
     relay: RelaySection,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
@@ -54,14 +55,14 @@ pub(crate) struct Config {
 #[serde(deny_unknown_fields)]
 struct GatewaySection {
     #[serde(default = "default_agent")]
-    name: String,
+    name: Spanned<String>,
     /// Admin/listen options grow here.
     #[serde(default)]
     secret: Option<String>,
     /// Where security events go as JSON lines: "-" (standard output, the default), a
     /// file path, or "off".
     #[serde(default = "default_events")]
-    events: String,
+    events: Spanned<String>,
     /// A syslog collector (RFC 5424 over UDP) that also gets every event.
     #[serde(default)]
     syslog: Option<Spanned<String>>,
@@ -96,7 +97,7 @@ struct RelaySection {
     engine: Option<Spanned<String>>,
 }
 
-/// `[admin]`: the admin API, metrics and dashboard. Enabled when a token is set.
+/// `[admin]`: the admin API, metrics and dashboard.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdminSection {
@@ -105,15 +106,13 @@ struct AdminSection {
     /// The bearer token every API request must carry.
     #[serde(default)]
     token: Option<Spanned<String>>,
-}
-
-impl Default for AdminSection {
-    fn default() -> Self {
-        Self {
-            listen: Spanned::new(0..0, default_admin_listen()),
-            token: None,
-        }
-    }
+    /// Connections served at once (default 64); more are closed when accepted.
+    #[serde(default)]
+    max_connections: Option<Spanned<usize>>,
+    /// Seconds a connection may take to send a request head, from its opening or its
+    /// previous response (default 10).
+    #[serde(default)]
+    request_timeout: Option<Spanned<u64>>,
 }
 
 fn default_admin_listen() -> String {
@@ -137,49 +136,49 @@ impl Default for GatewaySection {
     }
 }
 
-fn default_events() -> String {
-    "-".into()
+fn default_events() -> Spanned<String> {
+    Spanned::new(0..0, "-".into())
 }
 
 /// `[protection]`: attack protection; every key optional (defaults in the README).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProtectionSection {
-    max_register_failures: Option<u32>,
-    max_failed_users_per_source: Option<usize>,
-    failure_window: Option<u64>,
-    ban_time: Option<u64>,
-    new_requests_per_second: Option<f64>,
-    new_requests_burst: Option<f64>,
-    dialog_requests_per_second: Option<f64>,
-    dialog_requests_burst: Option<f64>,
-    responses_per_second: Option<f64>,
-    responses_burst: Option<f64>,
-    admission_per_second: Option<f64>,
-    admission_burst: Option<f64>,
+    max_register_failures: Option<Spanned<u32>>,
+    max_failed_users_per_source: Option<Spanned<usize>>,
+    failure_window: Option<Spanned<u64>>,
+    ban_time: Option<Spanned<u64>>,
+    new_requests_per_second: Option<Spanned<f64>>,
+    new_requests_burst: Option<Spanned<f64>>,
+    dialog_requests_per_second: Option<Spanned<f64>>,
+    dialog_requests_burst: Option<Spanned<f64>>,
+    responses_per_second: Option<Spanned<f64>>,
+    responses_burst: Option<Spanned<f64>>,
+    admission_per_second: Option<Spanned<f64>>,
+    admission_burst: Option<Spanned<f64>>,
     /// The outside direction's own admission budget; default: the same as inside's.
-    outside_admission_per_second: Option<f64>,
-    outside_admission_burst: Option<f64>,
+    outside_admission_per_second: Option<Spanned<f64>>,
+    outside_admission_burst: Option<Spanned<f64>>,
     /// Fair shares of the bounded tables (see the README's [protection] block).
     table_reserve: Option<Spanned<f64>>,
     table_share_floor: Option<Spanned<usize>>,
     outside_table_share: Option<Spanned<f64>>,
-    retry_after: Option<u32>,
+    retry_after: Option<Spanned<u32>>,
     /// Address objects exempt from per-source limits; default: the nat rules'
     /// destinations (the upstream proxy carries everyone's traffic).
     exempt: Option<Vec<Spanned<String>>>,
-    scanner_agents: Option<Vec<String>>,
+    scanner_agents: Option<Vec<Spanned<String>>>,
     scanner_filter: Option<Spanned<String>>,
     unknown_method_filter: Option<Spanned<String>>,
     deny: Option<Vec<Spanned<String>>>,
     allow: Option<Vec<Spanned<String>>>,
     network_filter: Option<Spanned<String>>,
-    max_tracked_sources: Option<usize>,
-    max_bans: Option<usize>,
+    max_tracked_sources: Option<Spanned<usize>>,
+    max_bans: Option<Spanned<usize>>,
 }
 
-fn default_agent() -> String {
-    "sipward".into()
+fn default_agent() -> Spanned<String> {
+    Spanned::new(0..0, "sipward".into())
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,7 +186,7 @@ fn default_agent() -> String {
 struct InterfaceSection {
     name: Spanned<String>,
     /// The gateway's own IP address on this interface.
-    address: IpAddr,
+    address: Spanned<IpAddr>,
     #[serde(default)]
     networks: Vec<Spanned<String>>,
     /// Inside (protected) interface: its addresses never leave the gateway.
@@ -215,49 +214,48 @@ struct AddressSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AlgSection {
-    max_sessions_per_id: Option<usize>,
-    max_registration_time: Option<u64>,
-    request_response_timeout: Option<u64>,
-    signal_timeout: Option<u64>,
-    data_channel_timeout: Option<u64>,
+    max_sessions_per_id: Option<Spanned<usize>>,
+    max_registration_time: Option<Spanned<u64>>,
+    request_response_timeout: Option<Spanned<u64>>,
+    signal_timeout: Option<Spanned<u64>>,
+    data_channel_timeout: Option<Spanned<u64>>,
     allow_media_bypass: Option<bool>,
     /// "off", "nat" or "any".
     media_latching: Option<Spanned<String>>,
-    max_registrations: Option<usize>,
-    max_dialogs: Option<usize>,
-    max_transactions: Option<usize>,
+    max_registrations: Option<Spanned<usize>>,
+    max_dialogs: Option<Spanned<usize>>,
+    max_transactions: Option<Spanned<usize>>,
     /// "rewrite", "remove" or "refuse": an outgoing outside datagram that still names
     /// an inside address.
     leak_policy: Option<Spanned<String>>,
     // Wire-layer limits of this ALG (serde's flatten cannot be combined with
     // deny_unknown_fields, so they are listed here).
-    max_param_len: Option<usize>,
-    max_message_len: Option<usize>,
-    max_sdp_len: Option<usize>,
-    max_headers: Option<usize>,
-    max_vias: Option<usize>,
-    max_routes: Option<usize>,
-    max_contacts: Option<usize>,
-    max_params: Option<usize>,
-    max_sdp_media: Option<usize>,
-    max_sdp_lines: Option<usize>,
+    max_param_len: Option<Spanned<usize>>,
+    max_message_len: Option<Spanned<usize>>,
+    max_sdp_len: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    max_vias: Option<Spanned<usize>>,
+    max_routes: Option<Spanned<usize>>,
+    max_contacts: Option<Spanned<usize>>,
+    max_params: Option<Spanned<usize>>,
+    max_sdp_media: Option<Spanned<usize>>,
+    max_sdp_lines: Option<Spanned<usize>>,
 }
 
 impl AlgSection {
-    fn limits(&self) -> Limits {
+    fn limits(&self) -> LimitsConfig {
         LimitsConfig {
-            max_param_len: self.max_param_len,
-            max_message_len: self.max_message_len,
-            max_sdp_len: self.max_sdp_len,
-            max_headers: self.max_headers,
-            max_vias: self.max_vias,
-            max_routes: self.max_routes,
-            max_contacts: self.max_contacts,
-            max_params: self.max_params,
-            max_sdp_media: self.max_sdp_media,
-            max_sdp_lines: self.max_sdp_lines,
+            max_param_len: self.max_param_len.clone(),
+            max_message_len: self.max_message_len.clone(),
+            max_sdp_len: self.max_sdp_len.clone(),
+            max_headers: self.max_headers.clone(),
+            max_vias: self.max_vias.clone(),
+            max_routes: self.max_routes.clone(),
+            max_contacts: self.max_contacts.clone(),
+            max_params: self.max_params.clone(),
+            max_sdp_media: self.max_sdp_media.clone(),
+            max_sdp_lines: self.max_sdp_lines.clone(),
         }
-        .to_limits()
     }
 }
 
@@ -273,7 +271,7 @@ struct ServiceSection {
 #[serde(deny_unknown_fields)]
 struct RuleSection {
     #[serde(default)]
-    name: Option<String>,
+    name: Option<Spanned<String>>,
     action: Spanned<String>,
     from: Spanned<String>,
     #[serde(default = "any")]
@@ -292,34 +290,16 @@ fn any() -> Spanned<String> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsConfig {
-    max_param_len: Option<usize>,
-    max_message_len: Option<usize>,
-    max_sdp_len: Option<usize>,
-    max_headers: Option<usize>,
-    max_vias: Option<usize>,
-    max_routes: Option<usize>,
-    max_contacts: Option<usize>,
-    max_params: Option<usize>,
-    max_sdp_media: Option<usize>,
-    max_sdp_lines: Option<usize>,
-}
-
-impl LimitsConfig {
-    pub(crate) fn to_limits(&self) -> Limits {
-        let d = Limits::default();
-        Limits {
-            max_param_len: self.max_param_len.unwrap_or(d.max_param_len),
-            max_message_len: self.max_message_len.unwrap_or(d.max_message_len),
-            max_sdp_len: self.max_sdp_len.unwrap_or(d.max_sdp_len),
-            max_headers: self.max_headers.unwrap_or(d.max_headers),
-            max_vias: self.max_vias.unwrap_or(d.max_vias),
-            max_routes: self.max_routes.unwrap_or(d.max_routes),
-            max_contacts: self.max_contacts.unwrap_or(d.max_contacts),
-            max_params: self.max_params.unwrap_or(d.max_params),
-            max_sdp_media: self.max_sdp_media.unwrap_or(d.max_sdp_media),
-            max_sdp_lines: self.max_sdp_lines.unwrap_or(d.max_sdp_lines),
-        }
-    }
+    max_param_len: Option<Spanned<usize>>,
+    max_message_len: Option<Spanned<usize>>,
+    max_sdp_len: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    max_vias: Option<Spanned<usize>>,
+    max_routes: Option<Spanned<usize>>,
+    max_contacts: Option<Spanned<usize>>,
+    max_params: Option<Spanned<usize>>,
+    max_sdp_media: Option<Spanned<usize>>,
+    max_sdp_lines: Option<Spanned<usize>>,
 }
 
 impl Config {
@@ -359,15 +339,85 @@ impl Config {
     }
 
     /// The limits `sipward validate` applies: the ALG's if there is exactly one.
-    pub(crate) fn validate_limits(&self) -> Limits {
-        match self.alg.values().next() {
-            Some(alg) if self.alg.len() == 1 => alg.limits(),
-            _ => self.limits.to_limits(),
+    pub(crate) fn validate_limits(&self, origin: &str) -> Result<Limits> {
+        match self.alg.iter().next() {
+            Some((name, alg)) if self.alg.len() == 1 => {
+                self.checked_limits(origin, &format!("[alg.{name}]"), &alg.limits())
+            }
+            _ => self.checked_limits(origin, "[limits]", &self.limits),
         }
+    }
+
+    /// An optional numeric key, refused with its line when outside `lo..=hi` (NaN and
+    /// infinities included): every duration and count an operator sets ends up in
+    /// arithmetic on instants or in table sizes, where an absurd value would overflow
+    /// or starve the gateway at run time instead of failing `check`.
+    fn ranged<T>(
+        &self,
+        origin: &str,
+        key: &str,
+        value: &Option<Spanned<T>>,
+        (lo, hi): (T, T),
+        unit: &str,
+    ) -> Result<Option<T>>
+    where
+        T: PartialOrd + Copy + std::fmt::Display,
+    {
+        let Some(v) = value else { return Ok(None) };
+        let x = *v.get_ref();
+        if lo <= x && x <= hi {
+            Ok(Some(x))
+        } else {
+            bail!(
+                "{}: {key} = {x}: out of range, expected {lo} to {hi}{unit}",
+                self.at(origin, v)
+            )
+        }
+    }
+
+    /// The wire-layer limits of a section, each checked against its range
+    /// ([`LIMIT_RANGES`]).
+    fn checked_limits(&self, origin: &str, section: &str, l: &LimitsConfig) -> Result<Limits> {
+        let d = Limits::default();
+        let get = |key: &str, v: &Option<Spanned<usize>>, dflt: usize| -> Result<usize> {
+            let range = LIMIT_RANGES
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or((0, usize::MAX), |(_, r)| *r);
+            Ok(self
+                .ranged(origin, &format!("{section} {key}"), v, range, "")?
+                .unwrap_or(dflt))
+        };
+        Ok(Limits {
+            max_param_len: get("max_param_len", &l.max_param_len, d.max_param_len)?,
+            max_message_len: get("max_message_len", &l.max_message_len, d.max_message_len)?,
+            max_sdp_len: get("max_sdp_len", &l.max_sdp_len, d.max_sdp_len)?,
+            max_headers: get("max_headers", &l.max_headers, d.max_headers)?,
+            max_vias: get("max_vias", &l.max_vias, d.max_vias)?,
+            max_routes: get("max_routes", &l.max_routes, d.max_routes)?,
+            max_contacts: get("max_contacts", &l.max_contacts, d.max_contacts)?,
+            max_params: get("max_params", &l.max_params, d.max_params)?,
+            max_sdp_media: get("max_sdp_media", &l.max_sdp_media, d.max_sdp_media)?,
+            max_sdp_lines: get("max_sdp_lines", &l.max_sdp_lines, d.max_sdp_lines)?,
+        })
     }
 
     /// Compiles to the core's configuration, checking every cross-reference.
     pub(crate) fn compile(&self, origin: &str) -> Result<sipward_core::Config> {
+        self.check_events_path(origin)?;
+        // The name goes into every answer's Warning header as its agent: a token
+        // (RFC 3261 warn-agent), or a CR LF in it would write headers of its own.
+        let agent = self.gateway.name.get_ref();
+        if agent.is_empty()
+            || !agent
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+        {
+            bail!(
+                "{}: [gateway] name {agent:?}: use letters, digits and - . ! % * _ + ` ' ~ (it is the Warning header's agent)",
+                self.at(origin, &self.gateway.name)
+            );
+        }
         if self.interface.is_empty() {
             bail!("{origin}: no [[interface]]: the gateway needs at least an inside and an outside one");
         }
@@ -376,13 +426,38 @@ impl Config {
             let name = i.name.get_ref();
             let mut networks = Vec::new();
             for n in &i.networks {
-                networks.push(n.get_ref().parse().map_err(|e| {
-                    anyhow!(
-                        "{}: interface {name:?}: network {:?}: {e}",
-                        self.at(origin, n),
-                        n.get_ref()
-                    )
-                })?);
+                let net = parse_network(n.get_ref()).map_err(|e| {
+                    anyhow!("{}: interface {name:?}: network {e}", self.at(origin, n))
+                })?;
+                // A network claimed by two interfaces would route its sources to
+                // whichever comes first: the second claim is almost surely a typo.
+                for (other, theirs) in zones
+                    .iter()
+                    .flat_map(|z: &Zone| z.networks.iter().map(move |t| (z.name.as_str(), t)))
+                {
+                    if theirs.contains(&net.network()) || net.contains(&theirs.network()) {
+                        bail!(
+                            "{}: interface {name:?}: network {net} overlaps {theirs} of interface {other:?}",
+                            self.at(origin, n)
+                        );
+                    }
+                }
+                networks.push(net);
+            }
+            let ip = *i.address.get_ref();
+            if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255])
+            {
+                bail!(
+                    "{}: interface {name:?}: address {ip} cannot be bound as the gateway's own address",
+                    self.at(origin, &i.address)
+                );
+            }
+            if let Some(other) = zones.iter().find(|z| z.address.ip() == ip) {
+                bail!(
+                    "{}: interface {name:?}: address {ip} is already interface {:?}'s",
+                    self.at(origin, &i.address),
+                    other.name
+                );
             }
             if zones.iter().any(|z: &Zone| &z.name == name) {
                 bail!(
@@ -402,7 +477,7 @@ impl Config {
             };
             zones.push(Zone {
                 name: name.clone(),
-                address: SocketAddr::new(i.address, 0),
+                address: SocketAddr::new(ip, 0),
                 networks,
                 inside: i.inside,
                 media_ports: Some(media_ports),
@@ -418,13 +493,11 @@ impl Config {
             let obj = match (&a.host, &a.network) {
                 (Some(h), None) => parse_host(h.get_ref())
                     .map_err(|e| anyhow!("{}: address {name:?}: {e}", self.at(origin, h)))?,
-                (None, Some(n)) => AddressObject::Network(n.get_ref().parse().map_err(|e| {
-                    anyhow!(
-                        "{}: address {name:?}: network {:?}: {e}",
-                        self.at(origin, n),
-                        n.get_ref()
-                    )
-                })?),
+                (None, Some(n)) => {
+                    AddressObject::Network(parse_network(n.get_ref()).map_err(|e| {
+                        anyhow!("{}: address {name:?}: network {e}", self.at(origin, n))
+                    })?)
+                }
                 _ => bail!(
                     "{}: address {name:?}: give exactly one of `host` or `network`",
                     self.at(origin, &a.name)
@@ -473,22 +546,62 @@ impl Config {
                 ),
             },
         };
-        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+        let section = format!("[alg.{alg_name}]");
+        let key = |k: &str| format!("{section} {k}");
+        let secs = |k: &str, v: &Option<Spanned<u64>>, range, d: Duration| -> Result<Duration> {
+            Ok(self
+                .ranged(origin, &key(k), v, range, " seconds")?
+                .map_or(d, Duration::from_secs))
+        };
+        let count = |k: &str, v: &Option<Spanned<usize>>, d: usize| -> Result<usize> {
+            Ok(self
+                .ranged(origin, &key(k), v, (1, MAX_TABLE), "")?
+                .unwrap_or(d))
+        };
         let alg_options = AlgOptions {
-            max_sessions_per_id: alg.max_sessions_per_id.unwrap_or(d.max_sessions_per_id),
-            max_registration_time: secs(alg.max_registration_time, d.max_registration_time),
+            max_sessions_per_id: count(
+                "max_sessions_per_id",
+                &alg.max_sessions_per_id,
+                d.max_sessions_per_id,
+            )?,
+            max_registration_time: secs(
+                "max_registration_time",
+                &alg.max_registration_time,
+                (1, 7 * DAY),
+                d.max_registration_time,
+            )?,
             request_response_timeout: secs(
-                alg.request_response_timeout,
+                "request_response_timeout",
+                &alg.request_response_timeout,
+                (1, DAY),
                 d.request_response_timeout,
-            ),
-            signal_timeout: secs(alg.signal_timeout, d.signal_timeout),
-            data_channel_timeout: secs(alg.data_channel_timeout, d.data_channel_timeout),
+            )?,
+            signal_timeout: secs(
+                "signal_timeout",
+                &alg.signal_timeout,
+                (1, 30 * DAY),
+                d.signal_timeout,
+            )?,
+            data_channel_timeout: secs(
+                "data_channel_timeout",
+                &alg.data_channel_timeout,
+                (1, 30 * DAY),
+                d.data_channel_timeout,
+            )?,
             allow_media_bypass: alg.allow_media_bypass.unwrap_or(d.allow_media_bypass),
             media_latching,
-            limits: alg.limits(),
-            max_registrations: alg.max_registrations.unwrap_or(d.max_registrations),
-            max_dialogs: alg.max_dialogs.unwrap_or(d.max_dialogs),
-            max_transactions: alg.max_transactions.unwrap_or(d.max_transactions),
+            limits: self.checked_limits(origin, &section, &alg.limits())?,
+            max_registrations: count(
+                "max_registrations",
+                &alg.max_registrations,
+                d.max_registrations,
+            )?,
+            max_dialogs: count("max_dialogs", &alg.max_dialogs, d.max_dialogs)?,
+            max_transactions: count(
+                "max_transactions",
+                &alg.max_transactions,
+                d.max_transactions,
+            )?,
             leak_policy,
         };
         let mut service_port = None;
@@ -507,6 +620,12 @@ impl Config {
                     s.alg.get_ref()
                 );
             }
+            if *s.port.get_ref() == 0 {
+                bail!(
+                    "{}: service {name:?}: port 0 is no port (5060 is SIP's)",
+                    self.at(origin, &s.port)
+                );
+            }
             match service_port {
                 None => service_port = Some(*s.port.get_ref()),
                 Some(p) if p == *s.port.get_ref() => {}
@@ -518,16 +637,41 @@ impl Config {
         }
         let port = service_port
             .ok_or_else(|| anyhow!("{origin}: define a [service.NAME] that uses the ALG"))?;
-        for z in &mut zones {
+        for (z, i) in zones.iter_mut().zip(&self.interface) {
             z.address.set_port(port);
+            if let Some((low, high)) = z.media_ports {
+                if (low..=high).contains(&port) {
+                    bail!(
+                        "{}: interface {:?}: media_ports {low}-{high} contain the SIP port {port}",
+                        i.media_ports
+                            .as_ref()
+                            .map_or_else(|| origin.to_owned(), |r| self.at(origin, r)),
+                        z.name
+                    );
+                }
+            }
         }
         let zone_id = |name: &str| zones.iter().position(|z| z.name == name);
+        let mut rule_names: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in self.rule.iter().enumerate() {
+            let Some(name) = &r.name else { continue };
+            if let Some(first) = rule_names.insert(name.get_ref(), i + 1) {
+                bail!(
+                    "{}: rule {} ({:?}): the name is already rule {first}'s",
+                    self.at(origin, name),
+                    i + 1,
+                    name.get_ref()
+                );
+            }
+        }
         let mut rules = Vec::new();
         for (i, r) in self.rule.iter().enumerate() {
             let label = format!(
                 "rule {} ({})",
                 i + 1,
-                r.name.clone().unwrap_or_else(|| r.action.get_ref().clone())
+                r.name
+                    .as_ref()
+                    .map_or_else(|| r.action.get_ref().clone(), |n| n.get_ref().clone())
             );
             // `file:line: rule N (name): what`, the line of the offending key.
             let err = |at: String, what: String| anyhow!("{at}: {label}: {what}");
@@ -589,6 +733,12 @@ impl Config {
                         "a nat rule translates from an inside interface".into(),
                     ));
                 }
+                if to_zone.and_then(|z| zones.get(z)).is_some_and(|z| z.inside) {
+                    return Err(err(
+                        self.at(origin, &r.to),
+                        "a nat rule translates to an outside interface (inside addresses must not reach another inside one through it)".into(),
+                    ));
+                }
             }
             if action == Action::Allow && to_zone.is_some() {
                 return Err(err(
@@ -597,7 +747,10 @@ impl Config {
                 ));
             }
             rules.push(Rule {
-                name: r.name.clone().unwrap_or_else(|| format!("rule{}", i + 1)),
+                name: r
+                    .name
+                    .as_ref()
+                    .map_or_else(|| format!("rule{}", i + 1), |n| n.get_ref().clone()),
                 action,
                 from_zone,
                 source,
@@ -612,7 +765,7 @@ impl Config {
         };
         let protection = self.protection(origin, &objects, &rules)?;
         Ok(sipward_core::Config {
-            agent: self.gateway.name.clone(),
+            agent: agent.clone(),
             zones,
             alg: alg_options,
             rules,
@@ -621,31 +774,128 @@ impl Config {
         })
     }
 
-    /// Where security events go: None (off), Some("-") standard output, or a path.
-    pub(crate) fn events(&self) -> Option<&str> {
-        (self.gateway.events != "off").then_some(self.gateway.events.as_str())
+    /// The event log must be writable now, so that `check` says so, with the line,
+    /// rather than `run` failing later. An existing file is opened for appending
+    /// (nothing written); a missing one is created and removed again.
+    fn check_events_path(&self, origin: &str) -> Result<()> {
+        let Some(path) = self.events().filter(|e| *e != "-") else {
+            return Ok(());
+        };
+        let at = self.at(origin, &self.gateway.events);
+        let path = Path::new(path);
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                anyhow!(
+                    "{at}: [gateway] events {:?}: cannot write there: {e}",
+                    path.display()
+                )
+            })?;
+        if !existed {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
     }
 
-    /// The admin API's address and token, when a token is configured.
-    pub(crate) fn admin(&self, origin: &str) -> Result<Option<(SocketAddr, String)>> {
-        let Some(token) = &self.admin.token else {
+    /// Where security events go: None (off), Some("-") standard output, or a path.
+    pub(crate) fn events(&self) -> Option<&str> {
+        let events = self.gateway.events.get_ref();
+        (events != "off").then_some(events.as_str())
+    }
+
+    /// The admin API's settings, when an `[admin]` section is present; the section
+    /// without a token is an error rather than a silently disabled API.
+    pub(crate) fn admin(&self, origin: &str) -> Result<Option<crate::admin::AdminSettings>> {
+        let Some(admin) = &self.admin else {
             return Ok(None);
         };
-        let listen = &self.admin.listen;
-        let addr: SocketAddr = listen.get_ref().parse().map_err(|_| {
-            anyhow!(
-                "{}: [admin] listen {:?}: expected IP:port",
-                self.at(origin, listen),
-                listen.get_ref()
-            )
-        })?;
+        let Some(token) = &admin.token else {
+            bail!(
+                "{}: [admin] has no token: set `token` (16 characters or more) or remove the section",
+                self.section_at(origin, "[admin]")
+            );
+        };
+        let listen = &admin.listen;
+        let addr: SocketAddr = listen
+            .get_ref()
+            .parse()
+            .ok()
+            .filter(|a: &SocketAddr| a.port() != 0)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: [admin] listen {:?}: expected IP:port (port 1-65535)",
+                    self.at(origin, listen),
+                    listen.get_ref()
+                )
+            })?;
+        if token.get_ref().bytes().any(|b| !b.is_ascii_graphic()) {
+            bail!(
+                "{}: [admin] token: only visible ASCII characters (no spaces) can be sent in an Authorization header",
+                self.at(origin, token)
+            );
+        }
         if token.get_ref().len() < 16 {
             bail!(
                 "{}: [admin] token: use at least 16 characters",
                 self.at(origin, token)
             );
         }
-        Ok(Some((addr, token.get_ref().clone())))
+        let max_connections = self
+            .ranged(
+                origin,
+                "[admin] max_connections",
+                &admin.max_connections,
+                (1, 10_000),
+                "",
+            )?
+            .unwrap_or(64);
+        let request_timeout = self
+            .ranged(
+                origin,
+                "[admin] request_timeout",
+                &admin.request_timeout,
+                (1, 3600),
+                " seconds",
+            )?
+            .unwrap_or(10);
+        Ok(Some(crate::admin::AdminSettings {
+            listen: addr,
+            token: token.get_ref().clone(),
+            max_connections,
+            request_timeout: Duration::from_secs(request_timeout),
+        }))
+    }
+
+    /// What `check` and the start print as warnings: settings that work but are
+    /// probably not meant.
+    pub(crate) fn warnings(&self, origin: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(admin) = &self.admin {
+            let loopback = admin
+                .listen
+                .get_ref()
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if !loopback {
+                out.push(format!(
+                    "{}: warning: [admin] listen {:?} is not a loopback address and the API has no TLS: the token and all data travel in clear text",
+                    self.at(origin, &admin.listen),
+                    admin.listen.get_ref()
+                ));
+            }
+        }
+        out
+    }
+
+    /// `file:line` of a section header such as `[admin]` (the file when not found).
+    fn section_at(&self, origin: &str, header: &str) -> String {
+        self.text
+            .lines()
+            .position(|l| l.trim() == header)
+            .map_or_else(|| origin.to_owned(), |i| format!("{origin}:{}", i + 1))
     }
 
     /// The media relay thread's placement (`[relay]`).
@@ -700,13 +950,17 @@ impl Config {
     /// The syslog and HEP collectors, when configured.
     pub(crate) fn collectors(&self, origin: &str) -> Result<crate::driver::Collectors> {
         let addr = |v: &Spanned<String>, key: &str| -> Result<SocketAddr> {
-            v.get_ref().parse().map_err(|_| {
-                anyhow!(
-                    "{}: [gateway] {key} {:?}: expected IP:port",
-                    self.at(origin, v),
-                    v.get_ref()
-                )
-            })
+            v.get_ref()
+                .parse()
+                .ok()
+                .filter(|a: &SocketAddr| a.port() != 0)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: [gateway] {key} {:?}: expected IP:port (port 1-65535)",
+                        self.at(origin, v),
+                        v.get_ref()
+                    )
+                })
         };
         let syslog = self
             .gateway
@@ -759,16 +1013,11 @@ impl Config {
             v.iter()
                 .flatten()
                 .map(|n| {
-                    n.get_ref()
-                        .parse::<IpNet>()
-                        .or_else(|_| n.get_ref().parse::<IpAddr>().map(IpNet::from))
-                        .map_err(|_| {
-                            anyhow!(
-                            "{}: protection {key}: {:?} is not a network (a.b.c.d/len) or address",
-                            self.at(origin, n),
-                            n.get_ref()
-                        )
-                        })
+                    if let Ok(ip) = n.get_ref().parse::<IpAddr>() {
+                        return Ok(IpNet::from(ip));
+                    }
+                    parse_network(n.get_ref())
+                        .map_err(|e| anyhow!("{}: protection {key}: {e}", self.at(origin, n)))
                 })
                 .collect()
         };
@@ -800,21 +1049,44 @@ impl Config {
                 .flat_map(|r| as_nets(&r.destination))
                 .collect(),
         };
-        let rate = |ps: Option<f64>, burst: Option<f64>, d: Rate, key: &str| -> Result<Rate> {
-            let r = Rate {
-                per_second: ps.unwrap_or(d.per_second),
-                burst: burst.unwrap_or(d.burst),
-            };
-            if !(r.per_second > 0.0 && r.burst >= 1.0) {
-                bail!(
-                    "{origin}: protection {key}: a rate must be above 0 and its burst at least 1"
-                );
-            }
-            Ok(r)
+        let key = |k: &str| format!("[protection] {k}");
+        let rate = |ps: &Option<Spanned<f64>>,
+                    burst: &Option<Spanned<f64>>,
+                    d: Rate,
+                    name: &str|
+         -> Result<Rate> {
+            // A rate below one per hour is no rate; the burst is at least one message.
+            let per_second = self
+                .ranged(
+                    origin,
+                    &key(&format!("{name}_per_second")),
+                    ps,
+                    (1.0 / 3600.0, MAX_RATE),
+                    " per second",
+                )?
+                .unwrap_or(d.per_second);
+            let burst = self
+                .ranged(
+                    origin,
+                    &key(&format!("{name}_burst")),
+                    burst,
+                    (1.0, MAX_RATE),
+                    "",
+                )?
+                .unwrap_or(d.burst);
+            Ok(Rate { per_second, burst })
+        };
+        let secs = |k: &str, v: &Option<Spanned<u64>>, range, d: Duration| -> Result<Duration> {
+            Ok(self
+                .ranged(origin, &key(k), v, range, " seconds")?
+                .map_or(d, Duration::from_secs))
+        };
+        let count = |k: &str, v: &Option<Spanned<usize>>, range, d: usize| -> Result<usize> {
+            Ok(self.ranged(origin, &key(k), v, range, "")?.unwrap_or(d))
         };
         let admission = rate(
-            p.admission_per_second,
-            p.admission_burst,
+            &p.admission_per_second,
+            &p.admission_burst,
             d.admission,
             "admission",
         )?;
@@ -828,55 +1100,62 @@ impl Config {
                 v.get_ref()
             )),
         };
-        let table_share_floor = match &p.table_share_floor {
-            None => d.table_share_floor,
-            Some(v) if *v.get_ref() >= 1 => *v.get_ref(),
-            Some(v) => bail!(
-                "{}: protection table_share_floor 0: every source must be able to hold an entry",
-                self.at(origin, v)
-            ),
-        };
         Ok(ProtectionOptions {
-            max_register_failures: p
-                .max_register_failures
-                .unwrap_or(d.max_register_failures)
-                .max(1),
-            max_failed_users_per_source: p
-                .max_failed_users_per_source
-                .unwrap_or(d.max_failed_users_per_source)
-                .max(1),
-            failure_window: p
-                .failure_window
-                .map_or(d.failure_window, Duration::from_secs),
-            ban_time: p.ban_time.map_or(d.ban_time, Duration::from_secs),
+            max_register_failures: self
+                .ranged(
+                    origin,
+                    &key("max_register_failures"),
+                    &p.max_register_failures,
+                    (1, 1_000_000),
+                    "",
+                )?
+                .unwrap_or(d.max_register_failures),
+            max_failed_users_per_source: count(
+                "max_failed_users_per_source",
+                &p.max_failed_users_per_source,
+                (1, 100_000),
+                d.max_failed_users_per_source,
+            )?,
+            failure_window: secs(
+                "failure_window",
+                &p.failure_window,
+                (1, 7 * DAY),
+                d.failure_window,
+            )?,
+            ban_time: secs("ban_time", &p.ban_time, (1, YEAR), d.ban_time)?,
             new_requests: rate(
-                p.new_requests_per_second,
-                p.new_requests_burst,
+                &p.new_requests_per_second,
+                &p.new_requests_burst,
                 d.new_requests,
                 "new_requests",
             )?,
             dialog_requests: rate(
-                p.dialog_requests_per_second,
-                p.dialog_requests_burst,
+                &p.dialog_requests_per_second,
+                &p.dialog_requests_burst,
                 d.dialog_requests,
                 "dialog_requests",
             )?,
             responses: rate(
-                p.responses_per_second,
-                p.responses_burst,
+                &p.responses_per_second,
+                &p.responses_burst,
                 d.responses,
                 "responses",
             )?,
             exempt,
             outside_admission: rate(
-                p.outside_admission_per_second,
-                p.outside_admission_burst,
+                &p.outside_admission_per_second,
+                &p.outside_admission_burst,
                 admission,
                 "outside_admission",
             )?,
             admission,
             table_reserve: fraction(&p.table_reserve, "table_reserve", 0.0, 0.5, d.table_reserve)?,
-            table_share_floor,
+            table_share_floor: count(
+                "table_share_floor",
+                &p.table_share_floor,
+                (1, MAX_TABLE),
+                d.table_share_floor,
+            )?,
             outside_table_share: fraction(
                 &p.outside_table_share,
                 "outside_table_share",
@@ -884,8 +1163,32 @@ impl Config {
                 1.0,
                 d.outside_table_share,
             )?,
-            retry_after: p.retry_after.unwrap_or(d.retry_after),
-            scanner_agents: p.scanner_agents.clone().unwrap_or(d.scanner_agents),
+            retry_after: self
+                .ranged(
+                    origin,
+                    &key("retry_after"),
+                    &p.retry_after,
+                    (1, 3600),
+                    " seconds",
+                )?
+                .unwrap_or(d.retry_after),
+            scanner_agents: match &p.scanner_agents {
+                None => d.scanner_agents,
+                Some(agents) => {
+                    let mut out = Vec::new();
+                    for a in agents {
+                        // An empty pattern is in every User-Agent: every phone banned.
+                        if a.get_ref().trim().is_empty() {
+                            bail!(
+                                "{}: [protection] scanner_agents: an empty pattern matches every User-Agent",
+                                self.at(origin, a)
+                            );
+                        }
+                        out.push(a.get_ref().clone());
+                    }
+                    out
+                }
+            },
             scanner_filter: mode(&p.scanner_filter, "scanner_filter", d.scanner_filter)?,
             unknown_method_filter: mode(
                 &p.unknown_method_filter,
@@ -895,14 +1198,25 @@ impl Config {
             deny: nets(&p.deny, "deny")?,
             allow: nets(&p.allow, "allow")?,
             network_filter: mode(&p.network_filter, "network_filter", d.network_filter)?,
-            max_tracked_sources: p.max_tracked_sources.unwrap_or(d.max_tracked_sources),
-            max_bans: p.max_bans.unwrap_or(d.max_bans),
+            max_tracked_sources: count(
+                "max_tracked_sources",
+                &p.max_tracked_sources,
+                (1, MAX_TABLE),
+                d.max_tracked_sources,
+            )?,
+            max_bans: count("max_bans", &p.max_bans, (1, MAX_TABLE), d.max_bans)?,
         })
     }
 }
 
 fn parse_host(h: &str) -> Result<AddressObject> {
     if let Ok(sa) = h.parse::<SocketAddr>() {
+        if sa.ip().is_unspecified() || sa.ip().is_multicast() {
+            bail!("host {h:?}: not an address a host can have");
+        }
+        if sa.port() == 0 {
+            bail!("host {h:?}: port 0 is no port (leave it out for any port)");
+        }
         return Ok(AddressObject::Host {
             ip: sa.ip(),
             port: Some(sa.port()),
@@ -911,7 +1225,26 @@ fn parse_host(h: &str) -> Result<AddressObject> {
     let ip: IpAddr = h
         .parse()
         .map_err(|_| anyhow!("host {h:?} is not an IP address or IP:port"))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        bail!("host {h:?}: not an address a host can have");
+    }
     Ok(AddressObject::Host { ip, port: None })
+}
+
+/// `a.b.c.d/len` (or IPv6), refusing host bits: `192.168.1.5/24` is more likely a
+/// typo for the network or for a host than meant as written.
+fn parse_network(text: &str) -> Result<IpNet> {
+    let net: IpNet = text
+        .parse()
+        .map_err(|e| anyhow!("{text:?}: {e} (expected a.b.c.d/len)"))?;
+    if net.addr() != net.network() {
+        bail!(
+            "{text:?}: host bits set, did you mean {}/{}",
+            net.network(),
+            net.prefix_len()
+        );
+    }
+    Ok(net)
 }
 
 fn secret_from(s: &str) -> [u8; 16] {
@@ -935,6 +1268,30 @@ fn random_secret() -> [u8; 16] {
     }
     out
 }
+
+/// The wire-layer limits' allowed ranges: below the minimum an ordinary request no
+/// longer fits (a REGISTER has some ten headers, a Via two parameters); above the maximum
+/// a UDP datagram cannot reach it anyway, or the parser's lists would grow for nothing.
+const LIMIT_RANGES: [(&str, (usize, usize)); 10] = [
+    ("max_param_len", (32, 65_535)),
+    ("max_message_len", (256, 65_535)),
+    ("max_sdp_len", (64, 65_535)),
+    ("max_headers", (16, 1024)),
+    ("max_vias", (1, 1024)),
+    ("max_routes", (1, 1024)),
+    ("max_contacts", (1, 1024)),
+    ("max_params", (4, 1024)),
+    ("max_sdp_media", (1, 256)),
+    ("max_sdp_lines", (8, 8192)),
+];
+
+/// A day and a year, in seconds: the longest timers and bans an operator may set.
+const DAY: u64 = 86_400;
+const YEAR: u64 = 365 * DAY;
+/// The most entries a table may be configured to hold (memory stays bounded).
+const MAX_TABLE: usize = 10_000_000;
+/// The fastest rate (per second) and largest burst a token bucket may have.
+const MAX_RATE: f64 = 100_000_000.0;
 
 /// Media relay ports of an interface that names none.
 const DEFAULT_MEDIA_PORTS: (u16, u16) = (30000, 39999);
@@ -966,9 +1323,9 @@ mod tests {
     #[test]
     fn limits_default_to_the_brief() {
         let c = Config::parse("", "t").unwrap();
-        assert_eq!(c.limits.to_limits(), Limits::default());
-        let c = Config::parse("[limits]\nmax_param_len = 10\n", "t").unwrap();
-        assert_eq!(c.validate_limits().max_param_len, 10);
+        assert_eq!(c.validate_limits("t").unwrap(), Limits::default());
+        let c = Config::parse("[limits]\nmax_param_len = 100\n", "t").unwrap();
+        assert_eq!(c.validate_limits("t").unwrap().max_param_len, 100);
     }
 
     #[test]
@@ -1139,6 +1496,359 @@ mod tests {
         ] {
             let e = compile(bad).unwrap_err().to_string();
             assert!(e.starts_with("p.toml:") && e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    /// `check` on the embedded default with `from` replaced by `to`: the error, which
+    /// must start with `c.toml:LINE: ` where LINE is the line holding `marker`.
+    fn refused(from: &str, to: &str, marker: &str) -> String {
+        let text = EMBEDDED_DEFAULT.replacen(from, to, 1);
+        assert_ne!(text, EMBEDDED_DEFAULT, "{from:?} not in the default");
+        let e = Config::parse(&text, "c.toml")
+            .and_then(|c| c.compile("c.toml").and(c.admin("c.toml")))
+            .expect_err(to)
+            .to_string();
+        // The last line with the marker: a duplicate is refused where it repeats.
+        let line = text
+            .lines()
+            .collect::<Vec<_>>()
+            .iter()
+            .rposition(|l| l.contains(marker))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("{marker:?} not in the text"));
+        assert!(e.starts_with(&format!("c.toml:{line}: ")), "{to}: {e}");
+        e
+    }
+
+    #[test]
+    fn check_refuses_configurations_that_cannot_work() {
+        let wan = "address = \"127.0.2.1\"\nnetworks = [\"127.0.2.0/24\"]";
+        for (from, to, marker, words) in [
+            ("port = 5060", "port = 0", "port = 0", "port 0"),
+            // Defect 1: an absurd ban time passed check and overflowed at run time.
+            (
+                "[alg.sip]",
+                "[protection]\nban_time = 9223372036854775807\n[alg.sip]",
+                "ban_time",
+                "expected 1 to 31536000",
+            ),
+            (
+                "max_message_len = 6048",
+                "max_message_len = 0",
+                "max_message_len",
+                "expected 256 to 65535",
+            ),
+            (
+                "signal_timeout = 43200",
+                "signal_timeout = 0",
+                "signal_timeout",
+                "out of range",
+            ),
+            (
+                wan,
+                "address = \"127.0.2.1\"\nnetworks = [\"127.0.0.0/16\"]",
+                "127.0.0.0/16",
+                "overlaps 127.0.1.0/24",
+            ),
+            (
+                wan,
+                "address = \"127.0.1.1\"\nnetworks = [\"127.0.2.0/24\"]",
+                "address = \"127.0.1.1\"",
+                "already interface \"lan\"'s",
+            ),
+            (
+                "inside = true",
+                "inside = true\nmedia_ports = \"5000-6000\"",
+                "media_ports",
+                "contain the SIP port 5060",
+            ),
+            (
+                "name = \"proxy-to-core\"",
+                "name = \"phones-to-proxy\"",
+                "name = \"phones-to-proxy\"",
+                "already rule 1",
+            ),
+            (
+                "network = \"127.0.1.0/24\"",
+                "network = \"127.0.1.7/24\"",
+                "127.0.1.7/24",
+                "host bits set, did you mean 127.0.1.0/24",
+            ),
+            (
+                "networks = [\"127.0.1.0/24\"]",
+                "networks = [\"127.0.1.9/24\"]",
+                "127.0.1.9/24",
+                "host bits set, did you mean 127.0.1.0/24",
+            ),
+            (
+                "events = \"-\"",
+                "events = \"/nonexistent-dir/events.jsonl\"",
+                "events =",
+                "cannot write there",
+            ),
+            (
+                "token = \"sipward-loopback-demo-token\"",
+                "",
+                "[admin]",
+                "no token",
+            ),
+            (
+                "host = \"127.0.2.10:5060\"",
+                "host = \"127.0.2.10:0\"",
+                "127.0.2.10:0",
+                "port 0",
+            ),
+            (
+                "address = \"127.0.2.1\"",
+                "address = \"0.0.0.0\"",
+                "0.0.0.0",
+                "cannot be bound",
+            ),
+            (
+                "[alg.sip]",
+                "[protection]\nscanner_agents = [\"sipvicious\", \"\"]\n[alg.sip]",
+                "scanner_agents",
+                "empty pattern",
+            ),
+            (
+                "listen = \"127.0.0.1:8080\"",
+                "listen = \"127.0.0.1:0\"",
+                "listen =",
+                "port 1-65535",
+            ),
+            (
+                "name = \"sipward\"",
+                "name = \"sipward\\r\\nX-Evil: 1\"",
+                "X-Evil",
+                "Warning header's agent",
+            ),
+            (
+                "to = \"wan\"",
+                "to = \"lan\"",
+                "to = \"lan\"",
+                "to an outside interface",
+            ),
+            (
+                "host = \"127.0.2.10:5060\"",
+                "host = \"0.0.0.0:5060\"",
+                "0.0.0.0:5060",
+                "not an address a host can have",
+            ),
+            (
+                "token = \"sipward-loopback-demo-token\"",
+                "token = \"sipward loopback demo token\"",
+                "token =",
+                "visible ASCII",
+            ),
+        ] {
+            let e = refused(from, to, marker);
+            assert!(e.contains(words), "{to}: {e}");
+        }
+        // A section-level line for the missing token, where the section begins.
+        let e = refused("token = \"sipward-loopback-demo-token\"", "", "[admin]");
+        assert!(e.contains("[admin] has no token"), "{e}");
+    }
+
+    #[test]
+    fn admin_listen_off_loopback_is_a_warning_not_an_error() {
+        let text = EMBEDDED_DEFAULT.replace("127.0.0.1:8080", "192.0.2.1:8080");
+        let c = Config::parse(&text, "w.toml").unwrap();
+        assert!(c.admin("w.toml").unwrap().is_some());
+        let w = c.warnings("w.toml");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("not a loopback address") && w[0].starts_with("w.toml:13: "),
+            "{w:?}"
+        );
+        assert!(Config::parse(EMBEDDED_DEFAULT, "d")
+            .unwrap()
+            .warnings("d")
+            .is_empty());
+    }
+
+    /// Every numeric key of the file, where it goes (`None`: `[alg.sip]`, else the
+    /// section to add).
+    const NUMERIC_KEYS: &[(&str, &str)] = &[
+        ("alg", "max_sessions_per_id"),
+        ("alg", "max_registration_time"),
+        ("alg", "request_response_timeout"),
+        ("alg", "signal_timeout"),
+        ("alg", "data_channel_timeout"),
+        ("alg", "max_registrations"),
+        ("alg", "max_dialogs"),
+        ("alg", "max_transactions"),
+        ("alg", "max_param_len"),
+        ("alg", "max_message_len"),
+        ("alg", "max_sdp_len"),
+        ("alg", "max_headers"),
+        ("alg", "max_vias"),
+        ("alg", "max_routes"),
+        ("alg", "max_contacts"),
+        ("alg", "max_params"),
+        ("alg", "max_sdp_media"),
+        ("alg", "max_sdp_lines"),
+        ("protection", "max_register_failures"),
+        ("protection", "max_failed_users_per_source"),
+        ("protection", "failure_window"),
+        ("protection", "ban_time"),
+        ("protection", "new_requests_per_second"),
+        ("protection", "new_requests_burst"),
+        ("protection", "dialog_requests_per_second"),
+        ("protection", "dialog_requests_burst"),
+        ("protection", "responses_per_second"),
+        ("protection", "responses_burst"),
+        ("protection", "admission_per_second"),
+        ("protection", "admission_burst"),
+        ("protection", "retry_after"),
+        ("protection", "outside_admission_per_second"),
+        ("protection", "outside_admission_burst"),
+        ("protection", "table_reserve"),
+        ("protection", "table_share_floor"),
+        ("protection", "outside_table_share"),
+        ("protection", "max_tracked_sources"),
+        ("protection", "max_bans"),
+        ("admin", "max_connections"),
+        ("admin", "request_timeout"),
+        ("relay", "cpu"),
+        ("relay", "realtime_priority"),
+        ("relay", "busy_poll_us"),
+        ("gateway", "hep_id"),
+        ("limits", "max_message_len"),
+        ("service", "port"),
+    ];
+
+    /// The embedded default with `key = value` in its section (the key's line is
+    /// returned too).
+    fn with_value(section: &str, key: &str, value: &str) -> (String, usize) {
+        let line = format!("{key} = {value}");
+        // The default writes some keys out: those lines go, so the key is set once.
+        let base: String = EMBEDDED_DEFAULT
+            .lines()
+            .filter(|l| section == "service" || !l.starts_with(&format!("{key} ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = match section {
+            "alg" => base.replacen("[alg.sip]\n", &format!("[alg.sip]\n{line}\n"), 1),
+            "admin" => base.replacen("[admin]\n", &format!("[admin]\n{line}\n"), 1),
+            "gateway" => base.replacen("[gateway]\n", &format!("[gateway]\n{line}\n"), 1),
+            "service" => base.replacen("port = 5060", &line, 1),
+            other => format!("{base}\n[{other}]\n{line}\n"),
+        };
+        let at = text.lines().position(|l| l == line).map_or(0, |i| i + 1);
+        (text, at)
+    }
+
+    /// Everything `run` derives from the file, as `run` would (the relay thread is not
+    /// started: its placement is only checked).
+    fn load_everything(text: &str) -> Result<sipward_core::Config> {
+        let c = Config::parse(text, "p.toml")?;
+        let core = c.compile("p.toml")?;
+        c.admin("p.toml")?;
+        c.relay("p.toml")?;
+        c.collectors("p.toml")?;
+        c.validate_limits("p.toml")?;
+        Ok(core)
+    }
+
+    /// Drives a gateway built from an accepted configuration through what used to
+    /// overflow: a scanner's REGISTER (a ban), a REGISTER whose 200 grants the longest
+    /// expiry, an operator's ban, and timers far in the future.
+    fn exercise(core: sipward_core::Config) {
+        use std::net::SocketAddr;
+        let lan = core.zones[0].address;
+        let wan = core.zones[1].address;
+        let mut g = sipward_core::Gateway::new(core);
+        let t0 = std::time::Instant::now();
+        let phone: SocketAddr = "127.0.1.20:5070".parse().unwrap();
+        let register = |agent: &str, branch: &str| {
+            format!(
+                "REGISTER sip:127.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.1.20:5070;branch=z9hG4bK{branch}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@127.0.2.10>;tag=1\r\nTo: <sip:alice@127.0.2.10>\r\n\
+                 Call-ID: {branch}@127.0.1.20\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@127.0.1.20:5070>;expires=4294967295\r\n\
+                 Expires: 4294967295\r\nUser-Agent: {agent}\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        g.handle_datagram(
+            t0,
+            lan,
+            phone,
+            register("friendly-scanner", "scan").as_bytes(),
+        );
+        let scanner: SocketAddr = "127.0.1.21:5070".parse().unwrap();
+        g.handle_datagram(t0, lan, scanner, register("sipvicious", "scan2").as_bytes());
+        g.handle_datagram(
+            t0,
+            lan,
+            "127.0.1.22:5070".parse().unwrap(),
+            register("Yealink", "ok").as_bytes(),
+        );
+        while let Some(t) = g.poll_transmit() {
+            // Answer whatever went to the proxy with a 200 granting the most.
+            let text = String::from_utf8_lossy(&t.payload).into_owned();
+            if t.remote.port() == 5060 && text.starts_with("REGISTER") {
+                let mut answer = String::from("SIP/2.0 200 OK\r\n");
+                for l in text.split("\r\n").skip(1) {
+                    if l.is_empty() {
+                        break;
+                    }
+                    let name = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+                    if ["via", "from", "to", "call-id", "cseq", "contact"].contains(&name.as_str())
+                    {
+                        answer.push_str(l);
+                        answer.push_str("\r\n");
+                    }
+                }
+                answer.push_str("Expires: 4294967295\r\nContent-Length: 0\r\n\r\n");
+                g.handle_datagram(t0, wan, t.remote, answer.as_bytes());
+            }
+        }
+        g.ban(
+            "192.0.2.18".parse().unwrap(),
+            Some(Duration::from_secs(u64::MAX)),
+            "x",
+            t0,
+        );
+        g.ban("192.0.2.19".parse().unwrap(), None, "x", t0);
+        for step in [1, 3600, 86_400 * 400, 86_400 * 365 * 50] {
+            g.handle_timeout(t0 + Duration::from_secs(step));
+        }
+        let _ = g.bans(t0);
+    }
+
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Every numeric key with extreme values: accepted, and a gateway built from it
+        /// survives what used to overflow, or refused with the key's `file:line`.
+        #[test]
+        fn every_numeric_key_is_accepted_safely_or_refused_with_its_line(
+            key in prop::sample::select(NUMERIC_KEYS),
+            value in prop_oneof![
+                prop::sample::select(vec![
+                    "0", "1", "-1", "2", "65535", "65536", "4294967295", "4294967296",
+                    "9223372036854775807", "-9223372036854775808", "99999999999999999999",
+                    "18446744073709551615", "0.0", "-0.5", "1e308", "inf", "-inf", "nan",
+                    "1.5", "\"10\"", "true",
+                ]).prop_map(|v: &str| v.to_string()),
+                proptest::arbitrary::any::<i64>().prop_map(|v| v.to_string()),
+                proptest::arbitrary::any::<f64>().prop_map(|v| format!("{v:e}")),
+            ],
+        ) {
+            let (section, name) = key;
+            let (text, line) = with_value(section, name, &value);
+            prop_assert!(line > 0);
+            match load_everything(&text) {
+                Ok(core) => exercise(core),
+                Err(e) => {
+                    let e = e.to_string();
+                    prop_assert!(
+                        e.starts_with(&format!("p.toml:{line}: ")),
+                        "{} = {}: {}", name, value, e
+                    );
+                }
+            }
         }
     }
 }

@@ -25,8 +25,10 @@ const RECV_BUFFER: usize = 65_535;
 pub(crate) struct Settings {
     /// "-" for standard output, a path, or None.
     pub(crate) events: Option<String>,
-    /// Admin API address and bearer token.
-    pub(crate) admin: Option<(SocketAddr, String)>,
+    /// The admin API, when configured.
+    pub(crate) admin: Option<admin::AdminSettings>,
+    /// What `check` and the start print as warnings (`file:line: warning: ...`).
+    pub(crate) warnings: Vec<String>,
     pub(crate) config_digest: String,
     /// The configuration file, re-read on SIGHUP or `POST /api/v1/reload` (None: the
     /// embedded default).
@@ -165,7 +167,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     };
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
     let _admin = match settings.admin {
-        Some((listen, token)) => Some(admin::serve(listen, token, admin_tx).await?),
+        Some(admin) => Some(admin::serve(admin, admin_tx).await?),
         None => {
             drop(admin_tx);
             None
@@ -193,7 +195,12 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     tokio::pin!(shutdown);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot watch SIGHUP")?;
+    // SIGTERM (a service manager's stop) ends calls as SIGINT does, rather than killing
+    // the process with calls up and no record of them.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
     let mut info = info;
+    let mut stopping = false;
     loop {
         let deadline = gateway.poll_timeout();
         let sleep = async {
@@ -225,13 +232,18 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             }
             Some(()) = hangup.recv() => {
                 if let Err(e) = reload(&mut gateway, settings.path.as_deref(), &mut info) {
-                    eprintln!("sipward: {e}");
+                    say(&mut std::io::stderr(), &format!("sipward: {e}"));
                 }
             }
-            _ = &mut shutdown => {
-                println!("sipward: shutting down");
-                break;
-            }
+            _ = &mut shutdown => stopping = true,
+            Some(()) = terminate.recv() => stopping = true,
+        }
+        if stopping {
+            let calls = gateway.shutdown(Instant::now());
+            say(
+                &mut std::io::stdout(),
+                &format!("sipward: shutting down: {calls} call(s) in progress ended"),
+            );
         }
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
         events.write_all(std::iter::from_fn(|| gateway.poll_event()));
@@ -244,6 +256,11 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                     tracing::warn!(remote = %t.remote, "send failed: {e}");
                 }
             }
+        }
+        if stopping {
+            // The BYEs are out (UDP sends complete at once) and the events written:
+            // the far ends' 200s are not awaited, as nothing would be done with them.
+            break;
         }
     }
     Ok(())
@@ -272,6 +289,13 @@ fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// One status line, written without `println!`, which panics when the stream is a
+/// closed pipe: a gateway with calls up must not abort over a lost log reader.
+fn say(stream: &mut impl Write, line: &str) {
+    let _ = writeln!(stream, "{line}");
+    let _ = stream.flush();
+}
+
 /// Re-reads the configuration and applies it to new traffic; on any error the running
 /// configuration stays and the error (file, line, what) is returned.
 fn reload(
@@ -285,9 +309,12 @@ fn reload(
         .reconfigure(config)
         .map_err(|e| format!("reload refused, running configuration kept: {e}"))?;
     info.config_digest = settings.config_digest.clone();
-    println!(
-        "sipward: configuration reloaded ({})",
-        settings.config_digest
+    say(
+        &mut std::io::stdout(),
+        &format!(
+            "sipward: configuration reloaded ({})",
+            settings.config_digest
+        ),
     );
     Ok(settings.config_digest)
 }

@@ -54,10 +54,6 @@ enum Command {
     Admin(cli::AdminCommand),
 }
 
-fn load(path: Option<&Path>) -> Result<sipward_core::Config> {
-    load_all(path).map(|(c, _)| c)
-}
-
 /// The core's configuration and the binary's own settings (event log, control socket).
 pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, driver::Settings)> {
     let (file, origin) = match path {
@@ -71,6 +67,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
     let settings = driver::Settings {
         events: file.events().map(str::to_string),
         admin: file.admin(&origin)?,
+        warnings: file.warnings(&origin),
         config_digest: file.digest(),
         path: path.map(Path::to_path_buf),
         collectors: file.collectors(&origin)?,
@@ -87,6 +84,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => load_all(config.as_deref()).and_then(|(c, settings)| {
+            abort_on_panic();
+            for w in &settings.warnings {
+                eprintln!("sipward: {w}");
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -94,7 +95,10 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
         }),
         Command::Admin(command) => cli::run(command),
-        Command::Check { config } => load(config.as_deref()).map(|c| {
+        Command::Check { config } => load_all(config.as_deref()).map(|(c, settings)| {
+            for w in &settings.warnings {
+                eprintln!("sipward: {w}");
+            }
             print_rules(&c);
             // `run` raises the soft limit to the hard one: that is what it will have.
             if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
@@ -117,6 +121,35 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A panic anywhere in `run` (the driver task, where tokio would otherwise catch it and
+/// leave a process that answers nothing, or the relay thread) ends the process at once
+/// with one clear line: a gateway half alive with calls up is worse than a restart by
+/// the service manager.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("panic");
+        let at = info.location().map_or_else(
+            || "an unknown place".to_string(),
+            |l| format!("{}:{}", l.file(), l.line()),
+        );
+        // Written directly: the standard streams' macros panic themselves on a closed
+        // stream.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!(
+                "sipward: internal error at {at}: {message}; aborting so the service manager restarts it\n"
+            )
+            .as_bytes(),
+        );
+        std::process::abort();
+    }));
 }
 
 fn print_rules(c: &sipward_core::Config) {

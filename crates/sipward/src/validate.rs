@@ -26,7 +26,7 @@ pub(crate) fn verdict(datagram: &[u8], limits: &Limits) -> (String, Option<Vec<u
 
 pub(crate) fn run(config: Option<&Path>, show_answer: bool, files: &[PathBuf]) -> Result<ExitCode> {
     let limits = match config {
-        Some(path) => Config::load(path)?.validate_limits(),
+        Some(path) => Config::load(path)?.validate_limits(&path.display().to_string())?,
         None => Limits::default(),
     };
     let mut failed = false;

@@ -630,3 +630,26 @@ impl Topology {
         (caller, far)
     }
 }
+
+impl Topology {
+    /// Starts the gateway on `text` with its standard output going to `gateway.out` in
+    /// the test's directory (read it with [`Topology::read_when`]), once it is ready.
+    pub(crate) fn start_gateway_to_file(&self, text: &str) -> Guard {
+        let cfg = self.dir.join("sipward.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let out = std::fs::File::create(self.dir.join("gateway.out")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sipward"))
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(out)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let guard = Guard(child);
+        let text = self.read_when("gateway.out", |t| t.contains("sipward: ready\n"));
+        assert!(
+            text.contains("sipward: ready\n"),
+            "gateway not ready: {text}"
+        );
+        guard
+    }
+}

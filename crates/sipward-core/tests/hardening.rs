@@ -1,0 +1,115 @@
+//! Issue 17 on virtual time: operator-chosen durations never overflow, every bounded
+//! table reports its fill and capacity, and a shutdown ends calls on the record.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![allow(clippy::disallowed_methods)] // tests take one real Instant as the epoch
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sipward_core::{AlgOptions, EventKind};
+
+#[test]
+fn the_longest_ban_saturates_instead_of_overflowing() {
+    let mut net = Net::new(AlgOptions::default());
+    let now = net.now;
+    net.gw
+        .ban("192.0.2.18".parse().unwrap(), Some(Duration::MAX), "x", now);
+    net.gw.ban(
+        "192.0.2.19".parse().unwrap(),
+        Some(Duration::from_secs(i64::MAX as u64)),
+        "x",
+        now,
+    );
+    let bans = net.gw.bans(now);
+    assert_eq!(bans.len(), 2);
+    assert!(bans
+        .iter()
+        .all(|b| b.expires > now + Duration::from_secs(86_400 * 365 * 50)));
+    // Extending a ban by another huge one saturates again.
+    net.gw
+        .ban("192.0.2.18".parse().unwrap(), Some(Duration::MAX), "x", now);
+    net.advance(Duration::from_secs(3600));
+    assert_eq!(net.gw.bans(net.now).len(), 2);
+    assert_eq!(
+        sipward_core::protect::later(now, Duration::MAX),
+        sipward_core::protect::later(now, Duration::MAX)
+    );
+}
+
+#[test]
+fn every_bounded_table_reports_fill_and_capacity() {
+    let mut net = Net::new(AlgOptions {
+        max_dialogs: 7,
+        ..AlgOptions::default()
+    });
+    net.phone_sends(&invite("t1", "z9hG4bKt1"));
+    let usage = net.gw.table_usage();
+    let find = |name: &str| {
+        usage
+            .iter()
+            .find(|t| t.table == name)
+            .unwrap_or_else(|| panic!("{name} missing: {usage:?}"))
+    };
+    assert_eq!(find("dialogs").entries, 1);
+    assert_eq!(find("dialogs").capacity, 7);
+    assert_eq!(find("transactions").entries, 1);
+    assert_eq!(find("tracked_sources").entries, 1);
+    assert_eq!(find("tracked_sources").entries, net.gw.tracked_sources());
+    for name in [
+        "registrations",
+        "completed_client_transactions",
+        "completed_server_transactions",
+        "failure_records",
+        "bans",
+    ] {
+        assert!(find(name).capacity > 0, "{name}");
+    }
+}
+
+#[test]
+fn shutdown_ends_calls_with_byes_and_events() {
+    let mut net = Net::new(AlgOptions::default());
+    let fwd = text(&net.phone_sends(&invite("sd1", "z9hG4bKsd1")));
+    net.proxy_sends(&response_to(
+        &fwd,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+    ));
+    // A second call, still ringing.
+    net.phone_sends(&invite("sd2", "z9hG4bKsd2"));
+    while net.gw.poll_event().is_some() {}
+    let now = net.now;
+    assert_eq!(net.gw.shutdown(now), 2);
+    let out = net.drain();
+    assert_eq!(
+        out.len(),
+        2,
+        "a BYE each way for the confirmed call: {out:?}"
+    );
+    for t in &out {
+        let m = text(t);
+        assert!(m.starts_with("BYE "), "{m}");
+        assert!(
+            m.contains("Reason: SIP;cause=503;text=\"gateway shutdown\"\r\n"),
+            "{m}"
+        );
+    }
+    let ended: Vec<_> = std::iter::from_fn(|| net.gw.poll_event())
+        .filter(|e| e.kind == EventKind::CallEnded)
+        .collect();
+    assert_eq!(ended.len(), 2);
+    assert!(
+        ended.iter().all(|e| e.reason.ends_with(": shutdown")),
+        "{ended:?}"
+    );
+    assert!(net.gw.dialogs().is_empty());
+}
