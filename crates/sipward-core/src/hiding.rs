@@ -297,14 +297,13 @@ fn handled_by_path(name: HeaderName) -> bool {
 /// Headers whose value starts with a Call-ID (RFC 3891, 3911, 4538) or is a list of them
 /// (In-Reply-To, RFC 3261 20.21).
 fn call_id_header(f: &HeaderField<'_>) -> Option<bool> {
-    if f.name != HeaderName::Other {
-        return None;
+    match f.name {
+        HeaderName::Replaces | HeaderName::TargetDialog => return Some(false),
+        HeaderName::Other => {}
+        _ => return None,
     }
     let n = f.raw_name;
-    if n.eq_ignore_ascii_case(b"Replaces")
-        || n.eq_ignore_ascii_case(b"Join")
-        || n.eq_ignore_ascii_case(b"Target-Dialog")
-    {
+    if n.eq_ignore_ascii_case(b"Join") {
         Some(false)
     } else if n.eq_ignore_ascii_case(b"In-Reply-To") {
         Some(true)
