@@ -736,7 +736,9 @@ impl Gateway {
                 Some(why) => return self.refuse_full(config, at, msg, "media port", why),
             }
         }
-        if method == MethodKind::Register {
+        // A phone refreshing or removing a binding it holds adds nothing to the table:
+        // a full table must not cost it its registration.
+        if method == MethodKind::Register && !self.tables.holds_binding(aor, source) {
             let room = self.tables.binding_holders.room_kept(
                 alg.max_registrations,
                 new_dialog,

@@ -546,6 +546,16 @@ impl Tables {
         expired.len()
     }
 
+    /// Whether a phone at `source` holds a binding of `aor`.
+    pub(crate) fn holds_binding(&self, aor: &[u8], source: IpAddr) -> bool {
+        self.tokens_by_aor.get(aor).is_some_and(|tokens| {
+            tokens
+                .iter()
+                .filter_map(|t| self.bindings.get(t))
+                .any(|b| b.phone.ip() == source)
+        })
+    }
+
     /// A binding of `aor` held by a phone at another address than `source`.
     pub(crate) fn binding_elsewhere(&self, aor: &[u8], source: IpAddr) -> Option<&Binding> {
         self.tokens_by_aor

@@ -761,3 +761,30 @@ fn a_forged_to_tag_counts_in_admission() {
     established_call(&mut net);
     assert_eq!(net.phone_sends(BYE_E1).remote, addr(PROXY));
 }
+
+#[test]
+fn a_full_registration_table_still_takes_refreshes_and_removals_of_held_bindings() {
+    let mut net = Net::new(AlgOptions {
+        max_registrations: 2,
+        ..AlgOptions::default()
+    });
+    registered(&mut net, 3600);
+    let other = |cseq: u32, expires: u32, ip: &str| {
+        register(cseq, expires)
+            .replace("10.0.0.20:5062", &format!("{ip}:5062"))
+            .replace("reg-1@10.0.0.20", &format!("reg-{ip}"))
+            .replace("sip:alice@", &format!("sip:u{}@", ip.replace('.', "")))
+    };
+    let fwd = text(&net.deliver(LAN, "10.0.0.21:5062", &other(1, 3600, "10.0.0.21"))[0]);
+    net.proxy_sends(&register_ok(&fwd, 3600));
+    assert_eq!(net.gw.registration_count(), 2);
+    // A newcomer finds the table full.
+    let refused = net.deliver(LAN, "10.0.0.22:5062", &other(1, 3600, "10.0.0.22"));
+    assert!(status_of(&refused[0]).starts_with("SIP/2.0 503"));
+    // The phones holding bindings refresh and remove theirs: nothing is added.
+    let refresh = net.phone_sends(&register(2, 3600));
+    assert_eq!(refresh.remote, addr(PROXY), "{}", text(&refresh));
+    net.proxy_sends(&register_ok(&text(&refresh), 3600));
+    let removal = net.deliver(LAN, "10.0.0.21:5062", &other(2, 0, "10.0.0.21"));
+    assert_eq!(removal[0].remote, addr(PROXY), "{}", text(&removal[0]));
+}
