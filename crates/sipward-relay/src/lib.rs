@@ -14,6 +14,96 @@
 //! stream's four sockets or updates its parties, `Close` drops them (the ports close). It
 //! writes what it saw into the stream's shared `StreamCounters`, which the core reads
 //! for the data-channel timeout.
+//!
+//! # Design notes
+//!
+//! (Moved here from ARCHITECTURE.md, which keeps the summary.)
+//!
+//! `RelayHandle::spawn` starts one thread (one relay core) that owns every media socket.
+//! `apply` queues `MediaCommand`s and wakes it (a byte on a socket pair). `Set` takes a
+//! stream's four sockets (RTP and RTCP on each side), bound by `PortReservations` when the core
+//! handed the pairs out (binding them itself only for pairs nobody reserved: the relay driven
+//! without the core, in tests and bench/media), or updates its parties; `Close` drops them, so
+//! the ports close at once. Datagrams arriving on a leg whose party is not known yet, or that
+//! the leg does not accept while the call is unanswered (`LegSpec::provisional`: a fork may
+//! answer), are held (16 per leg, at most 1 s, 1,500 bytes each and 1 MiB in all) and sent on when a `Set` names or latches their
+//! source: a far end streams as soon as its 200 OK is sent, before the gateway has read it. The thread has two engines for waiting on its sockets,
+//! chosen at start (`Engine`, `[relay] engine`):
+//!
+//! - `uring.rs` (the default where the kernel allows it, Linux 6.1+): every media socket has
+//!   one multishot `recvmsg` armed on it, completed by the kernel once per datagram into a
+//!   buffer it takes from a ring of 2,048 buffers the relay provides. One `io_uring_enter`
+//!   returns every datagram that arrived on any socket; the epoll engine needs a wait plus
+//!   one `recvmmsg` per readable socket, which with many streams (one packet per socket per
+//!   wake-up) is a system call per packet. A socket's lone datagram (the common case with
+//!   many streams) is sent through the ring too, from the buffer it arrived in, with the
+//!   destination written over the receive header in front of it, so a wake-up with N
+//!   datagrams costs one `io_uring_enter` instead of N `sendmsg`; a run of several from one
+//!   socket goes through `Table::forward` (one GSO train, `sendmsg`). Sends are made with
+//!   MSG_DONTWAIT, so they complete while the queue is submitted, and the relay waits for
+//!   their completions plus one more event: it is woken by traffic, not by its own sends. A
+//!   50 ms tick bounds how long a send's completion (a failure to count) waits when nothing
+//!   else happens. bench/media, 2000 streams, batched load: relay CPU 25-30 % lower than
+//!   the epoll engine at 50-125k packets/s. A socket's completions carry its slot key and a
+//!   tag (a reused key is told from the old socket's late completions); a closed stream's
+//!   sockets are closed and their receives cancelled, and the relay waits (one enter) for
+//!   the kernel to drop its references before the next command, so the ports are free even
+//!   for a stream opened on them in the same batch; the slot keys are freed when the
+//!   receives' last completions are reaped. A tag is 28 bits and goes round (a key and tag
+//!   pair is never reused while a completion for it can be pending). A receive ended by an
+//!   unexpected error is armed again at the next tick, not in a loop; transient errors of
+//!   the wait (ENOMEM, EAGAIN) are logged and waited out. A buffer holds a datagram of up
+//!   to 4,052 bytes; a larger one (never RTP on a 1500-byte path) is dropped and counted,
+//!   where the epoll engine takes up to 64 KiB. This is
+//!   the workspace's one module with `unsafe`: the kernel writes into memory the relay hands
+//!   it by address (buffer ring, buffers, the `msghdr` template), so that memory lives
+//!   outside Rust's ownership until every receive has ended (`Uring::shut`, bounded; if the
+//!   kernel does not confirm, the memory is leaked rather than freed under it). Reads of a
+//!   buffer happen only between its completion and its return to the ring.
+//! - `epoll.rs` (mio, edge-triggered): a readable socket is read with `recvmmsg` through
+//!   quinn-udp (32 datagrams per call). Used where io_uring is refused (older kernels,
+//!   container seccomp profiles) or configured.
+//!
+//! Either way (`table.rs`) each datagram is checked against the leg's parties (or latched),
+//! and sent from the other leg's socket to its party. A send the kernel refuses is counted
+//! as a drop (quinn-udp's `try_send`: its `send` reports most failures as success). Consecutive datagrams of
+//! one size (the last may be shorter) leave together in one `sendmsg` with UDP GSO (a
+//! "train", `Train` in the code): a burst on one socket, such as a video key frame or audio
+//! queued behind a stall, costs one send instead of one per packet (bench/media, one stream:
+//! CPU per packet 7.1 -> 3.7 us). With many streams each read brings one packet and nothing
+//! can be merged. Media sockets are plain
+//! UDP sockets; quinn-udp's batching state is made once for the relay (made per socket it
+//! opened two probe sockets and set six options every time: under a call storm that was most
+//! of the relay's CPU; sharing it cut sipward's CPU per call by a third). Buffers are
+//! allocated once; per packet there is
+//! no allocation, and counters are updated once per batch (`StreamCounters`, atomics shared
+//! with the core, which reads last activity for the idle timeout). A short read batch ends the
+//! drain (on Linux a later datagram raises a new edge), saving the read that would only say
+//! "empty". `spawn_with_options` (`RelayOptions`, the `[relay]` section) places the thread:
+//! pinned to a CPU (core_affinity) and under SCHED_FIFO (thread-priority), both applied by the
+//! thread itself before it serves and reported back, so that a placement that cannot be had
+//! fails the start. Real-time priority is what brings the tail in: without it the relay
+//! shares its CPU with kernel threads in CFS slices (p99 1-20 ms at half load in bench/media,
+//! about 0.1 ms with it). It can also keep polling without sleeping for a while after it
+//! forwards (busy-poll, `[relay] busy_poll_us`, both engines; `busy_poll.rs`): on a virtual
+//! machine a halted CPU takes tens of microseconds to wake, and polling takes the next
+//! packet without that. It is off by default because it takes the core while media flows.
+//! Polling stops for the rest of a 10 ms window once the thread was awake for 70 % of it: a
+//! SCHED_FIFO thread that never sleeps is stopped by the kernel's real-time throttling for
+//! the rest of each second (50 ms), far worse for media than a wake-up.
+//!
+//! Where the relay's time goes (perf, bench/results/media-profile-2026-11-27.md): forwarding,
+//! about 92 % is the kernel's UDP path (with epoll, one receive and one send system call per
+//! packet, as each stream's socket rarely holds more than one packet per wake-up; io_uring
+//! takes the system calls away, not the UDP work, and the wake-up per packet remains when
+//! packets come evenly spaced: 5-8 us of CPU per packet then, against about 4 us at the
+//! highest batched rate);
+//! under a call storm
+//! without RTP, opening and closing the four sockets per call was about 45 % of the
+//! gateway's CPU, mostly quinn-udp's per-socket probes (now made once; what is left is
+//! socket, bind, one option, epoll_ctl and close per socket). Sockets are not pooled on purpose:
+//! ports are handed out oldest-free-first and closed at BYE, so a stale stream never lands in
+//! a new call and a probe of a finished call's port is refused.
 
 mod busy_poll;
 mod epoll;
