@@ -390,3 +390,92 @@ fn a_panic_in_run_aborts_with_one_clear_line() {
     );
     assert!(err.contains("exit=134"), "not aborted (SIGABRT): {err}");
 }
+
+/// Defect 3, the body: the header timeout ends once a request's head is in, so bodies
+/// sent a byte a second (Content-Length 1000) held every connection slot as busy, and
+/// the API was unreachable for as long as the sender liked. Now a body arriving slowly
+/// neither keeps the API from answering nor stays open past the request timeout.
+#[test]
+fn a_body_sent_a_byte_at_a_time_is_timed_out_and_does_not_hold_the_api() {
+    let t = Topology::new(175);
+    let text = t.config().replace(
+        "[admin]\n",
+        "[admin]\nmax_connections = 8\nrequest_timeout = 3\n",
+    );
+    let _gw = t.start_gateway_to_file(&text);
+    let addr = format!("{}:8080", t.gw_lan());
+    let head = format!(
+        "POST /api/v1/blacklist HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    );
+    let opened = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(head.as_bytes()).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    // More slow senders than slots, each still sending: the API answers all the same.
+    let answered = loop {
+        for s in &mut slow {
+            let _ = s.write_all(b" ");
+        }
+        let r = ureq::get(&format!("{}/api/v1/status", t.api()))
+            .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+            .timeout(Duration::from_secs(1))
+            .call();
+        if let Ok(r) = r {
+            break r.status();
+        }
+        assert!(
+            opened.elapsed() < Duration::from_secs(2),
+            "the API did not answer while slow bodies held the slots"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(answered, 200);
+    // Every slow connection is closed (408 first, or made room for another) while its
+    // sender keeps dripping, within the timeout and a margin.
+    let mut open: Vec<(TcpStream, Vec<u8>)> = slow.into_iter().map(|s| (s, Vec::new())).collect();
+    let mut answers = Vec::new();
+    while !open.is_empty() {
+        assert!(
+            opened.elapsed() < Duration::from_secs(3 + 3),
+            "{} slow bodies still open 6 s after they started",
+            open.len()
+        );
+        let mut still = Vec::new();
+        for (mut s, mut got) in open {
+            let _ = s.write_all(b" ");
+            let mut buf = [0u8; 1024];
+            let closed = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                    Err(_) => break true,
+                }
+            };
+            if closed {
+                answers.push(String::from_utf8_lossy(&got).into_owned());
+            } else {
+                still.push((s, got));
+            }
+        }
+        open = still;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for a in &answers {
+        assert!(
+            a.is_empty() || a.starts_with("HTTP/1.1 408"),
+            "a slow body got {a:?}"
+        );
+    }
+    println!(
+        "12 slow bodies: {} answered 408, the rest closed to make room; all closed {:?} after opening",
+        answers.iter().filter(|a| !a.is_empty()).count(),
+        opened.elapsed()
+    );
+}
