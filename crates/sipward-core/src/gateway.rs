@@ -550,6 +550,14 @@ impl Gateway {
             }
             Ok(Datagram::Message(msg)) => {
                 self.traffic.count(Flow::In, data);
+                // A request the rule set drops is dropped before protection: it must
+                // not spend an admission budget (strangers on the outside would take
+                // the proxy's, spoofed sources each under their own limits) nor be
+                // answered 503 by a gateway whose rules say nothing goes back to it.
+                if msg.is_request() && self.dropped_by_rules(&config, zone, at, &msg) {
+                    self.arm(now);
+                    return;
+                }
                 if !self.screen(&config, at, &msg) {
                     self.arm(now);
                     return;
@@ -975,6 +983,22 @@ impl Gateway {
             "Call/Transaction Does Not Exist",
             "no such dialog or transaction at this gateway",
         );
+    }
+
+    /// Whether the rule set drops a request outright (no rule, or a drop rule), counted
+    /// and reported as `apply_rule` does; a reject rule's 403 is sent later, after the
+    /// sender's limits.
+    fn dropped_by_rules(
+        &mut self,
+        config: &Config,
+        zone: ZoneId,
+        at: Arrival,
+        msg: &Message<'_>,
+    ) -> bool {
+        match config.match_rule(zone, at.remote, at.local.port()) {
+            Some(rule) if rule.action != Action::Drop => false,
+            _ => self.apply_rule(config, zone, at, msg).is_none(),
+        }
     }
 
     fn apply_rule<'c>(
