@@ -440,7 +440,7 @@ impl Gateway {
 
     fn arm(&mut self, now: Instant) {
         if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + SWEEP);
+            self.next_sweep = Some(crate::protect::later(now, SWEEP));
         }
     }
 
@@ -2133,7 +2133,7 @@ impl Gateway {
             && self.tables.dialogs.is_empty()
             && self.tables.bindings().is_empty()
             && self.guard.bans(now).is_empty();
-        self.next_sweep = (!idle).then_some(now + SWEEP);
+        self.next_sweep = (!idle).then(|| crate::protect::later(now, SWEEP));
     }
 
     /// The gateway is stopping: every call gets a BYE on both sides (`Reason: SIP;

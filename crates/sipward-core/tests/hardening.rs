@@ -113,3 +113,40 @@ fn shutdown_ends_calls_with_byes_and_events() {
     );
     assert!(net.gw.dialogs().is_empty());
 }
+
+/// Timers armed at the last instant the clock can hold (`handle_timeout` and datagrams
+/// with a `now` that far ahead): the sweep, a CANCEL's retransmission and give-up,
+/// bindings and transactions saturate instead of panicking on `Instant + Duration`.
+#[test]
+fn timers_at_the_end_of_the_clock_saturate_instead_of_overflowing() {
+    let mut net = Net::with_media(AlgOptions::default(), 4);
+    // The last instant representable, found by halving the step.
+    let mut end = net.now;
+    let mut step = Duration::from_secs(u64::MAX);
+    while step > Duration::from_nanos(1) {
+        if let Some(later) = end.checked_add(step) {
+            end = later;
+        } else {
+            step /= 2;
+        }
+    }
+    net.now = end - Duration::from_millis(100);
+    registered(&mut net, 3600);
+    let fwd = text(&net.phone_sends(&invite("far", "z9hG4bKfar")));
+    net.deliver(WAN, PROXY, &response_to(&fwd, "180 Ringing", "b-far", ""));
+    let cancel = "CANCEL sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bKfar\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@10.0.0.20:5062>;tag=a-far\r\nTo: bob <sip:bob@10.0.0.1:5060>\r\nCall-ID: far@10.0.0.20\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    let out = net.deliver(LAN, PHONE, cancel);
+    assert!(
+        out.iter().any(|t| text(t).starts_with("CANCEL ")),
+        "the gateway's own CANCEL did not go out: {out:?}"
+    );
+    for now in [end - Duration::from_millis(50), end] {
+        net.now = now;
+        net.gw.handle_timeout(now);
+        net.drain();
+    }
+    assert!(net
+        .gw
+        .poll_timeout()
+        .is_some_and(|t| t >= net.now - Duration::from_secs(1)));
+}
