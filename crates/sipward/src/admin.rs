@@ -469,6 +469,8 @@ struct AppState {
 #[derive(Debug, Clone)]
 pub(crate) struct AdminSettings {
     pub(crate) listen: SocketAddr,
+    /// `file:line` of `listen`, for a bind that fails.
+    pub(crate) listen_at: String,
     pub(crate) token: String,
     /// Connections served at once; one more is closed as soon as it is accepted.
     pub(crate) max_connections: usize,
@@ -537,7 +539,12 @@ pub(crate) async fn serve(
     let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("admin API: cannot bind {listen}"))?;
+        .with_context(|| {
+            format!(
+                "{}: [admin] listen: cannot bind {listen}",
+                settings.listen_at
+            )
+        })?;
     println!("sipward: admin API on http://{listen}/api/v1/ (dashboard /dashboard)");
     let connections = Connections::default();
     Ok(tokio::spawn(async move {

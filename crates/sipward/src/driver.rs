@@ -34,6 +34,8 @@ pub(crate) struct Settings {
     /// embedded default).
     pub(crate) path: Option<std::path::PathBuf>,
     pub(crate) collectors: Collectors,
+    /// `file:line` of each interface's address, in zone order.
+    pub(crate) interface_lines: Vec<String>,
     /// Where the media relay thread runs.
     pub(crate) relay: sipward_relay::RelayOptions,
 }
@@ -114,9 +116,14 @@ fn raise_file_limit(config: &Config) {
 pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     raise_file_limit(&config);
     let mut sockets: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
-    for zone in &config.zones {
-        let socket = bind_signalling(zone.address)
-            .with_context(|| format!("interface {}: cannot bind {}", zone.name, zone.address))?;
+    for (i, zone) in config.zones.iter().enumerate() {
+        let at = settings.interface_lines.get(i).map_or("", String::as_str);
+        let socket = bind_signalling(zone.address).with_context(|| {
+            format!(
+                "{at}: interface {:?}: cannot bind {}",
+                zone.name, zone.address
+            )
+        })?;
         println!(
             "sipward: listening on {} ({}, {})",
             zone.address,

@@ -71,6 +71,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         config_digest: file.digest(),
         path: path.map(Path::to_path_buf),
         collectors: file.collectors(&origin)?,
+        interface_lines: file.interface_lines(&origin),
         relay: file.relay(&origin)?,
     };
     Ok((core, settings))

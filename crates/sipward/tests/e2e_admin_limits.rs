@@ -479,3 +479,56 @@ fn a_body_sent_a_byte_at_a_time_is_timed_out_and_does_not_hold_the_api() {
         opened.elapsed()
     );
 }
+
+/// Defect 13, the rest of it: what only `run` can find out (an address this machine
+/// does not have, a port another program holds) failed without the file and line
+/// every other configuration error names.
+#[test]
+fn run_names_the_line_of_an_address_it_cannot_bind() {
+    let t = Topology::new(176);
+    let run = |text: &str| {
+        let cfg = t.dir.join("unbindable.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let out = common::output_within(
+            Command::new(env!("CARGO_BIN_EXE_sipward")).args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+            ]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        (cfg, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let line_of =
+        |text: &str, marker: &str| text.lines().position(|l| l.contains(marker)).unwrap() + 1;
+    // 192.0.2.1 (TEST-NET-1) is on no interface of the test's namespace.
+    let text = t.config().replacen(
+        &format!("address = \"{}\"", t.gw_lan()),
+        "address = \"192.0.2.1\"",
+        1,
+    );
+    let (cfg, err) = run(&text);
+    let line = line_of(&text, "192.0.2.1");
+    assert!(
+        err.contains(&format!(
+            "{}:{line}: interface \"lan\": cannot bind 192.0.2.1:5060",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    // The admin port held by another program.
+    let _holder = TcpListener::bind(format!("{}:8080", t.gw_lan())).unwrap();
+    let text = t.config();
+    let (cfg, err) = run(&text);
+    let line = line_of(&text, "listen =");
+    assert!(
+        err.contains(&format!(
+            "{}:{line}: [admin] listen: cannot bind {}:8080",
+            cfg.display(),
+            t.gw_lan()
+        )),
+        "{err}"
+    );
+}
