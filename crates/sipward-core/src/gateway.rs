@@ -292,14 +292,18 @@ impl Gateway {
     }
 
     /// Bans `source` by hand (the operator); `duration` None: the configured ban time.
+    /// An IPv4-mapped IPv6 address (`::ffff:192.0.2.5`) bans the IPv4 source: datagrams
+    /// arrive from that, and the mapped form would never match one.
     pub fn ban(&mut self, source: IpAddr, duration: Option<Duration>, reason: &str, now: Instant) {
-        self.guard.ban(source, None, None, reason, now, duration);
+        self.guard
+            .ban(source.to_canonical(), None, None, reason, now, duration);
         self.arm(now);
     }
 
     /// Lifts a ban by hand; false when there was none.
     pub fn unban(&mut self, source: IpAddr, now: Instant) -> bool {
-        self.guard.unban(source, now, "removed by operator")
+        self.guard
+            .unban(source.to_canonical(), now, "removed by operator")
     }
 
     /// Sources the protection currently tracks (bounded).

@@ -150,3 +150,23 @@ fn timers_at_the_end_of_the_clock_saturate_instead_of_overflowing() {
         .poll_timeout()
         .is_some_and(|t| t >= net.now - Duration::from_secs(1)));
 }
+
+/// An operator's ban of `::ffff:192.0.2.18` was stored as an IPv6 source and never
+/// matched the IPv4 datagrams of 192.0.2.18: the ban was listed but did nothing.
+#[test]
+fn a_ban_of_an_ipv4_mapped_address_bans_the_ipv4_source() {
+    let mut net = Net::new(AlgOptions::default());
+    let now = net.now;
+    net.gw
+        .ban("::ffff:203.0.113.10".parse().unwrap(), None, "mapped", now);
+    let bans = net.gw.bans(now);
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].source.to_string(), "203.0.113.10");
+    let options = "OPTIONS sip:x@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKmap\r\nMax-Forwards: 70\r\nFrom: <sip:p@203.0.113.10>;tag=m\r\nTo: <sip:x@203.0.113.1>\r\nCall-ID: map@203.0.113.10\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    assert!(net.deliver(WAN, PROXY, options).is_empty());
+    assert_eq!(net.gw.counters().dropped_banned, 1);
+    assert!(net
+        .gw
+        .unban("::ffff:203.0.113.10".parse().unwrap(), net.now));
+    assert!(net.gw.bans(net.now).is_empty());
+}
