@@ -295,8 +295,9 @@ impl Gateway {
     /// An IPv4-mapped IPv6 address (`::ffff:192.0.2.5`) bans the IPv4 source: datagrams
     /// arrive from that, and the mapped form would never match one.
     pub fn ban(&mut self, source: IpAddr, duration: Option<Duration>, reason: &str, now: Instant) {
-        self.guard
-            .ban(source.to_canonical(), None, None, reason, now, duration);
+        let source = source.to_canonical();
+        self.guard.ban(source, None, None, reason, now, duration);
+        self.guard.mark_by_operator(source);
         self.arm(now);
     }
 

@@ -170,3 +170,31 @@ fn a_ban_of_an_ipv4_mapped_address_bans_the_ipv4_source() {
         .unban("::ffff:203.0.113.10".parse().unwrap(), net.now));
     assert!(net.gw.bans(net.now).is_empty());
 }
+
+/// A full ban table made room by dropping the ban ending soonest, whoever set it: a
+/// flood of spoofed scanner datagrams (each source banned for the hour) pushed out an
+/// operator's ten-minute ban. Automatic bans now make room first.
+#[test]
+fn automatic_bans_do_not_push_out_an_operators_ban() {
+    let mut cfg = config(AlgOptions::default());
+    cfg.protection.max_bans = 3;
+    let mut net = Net {
+        gw: sipward_core::Gateway::new(cfg),
+        now: std::time::Instant::now(),
+    };
+    let fraud: std::net::IpAddr = "10.0.0.99".parse().unwrap();
+    let now = net.now;
+    net.gw
+        .ban(fraud, Some(Duration::from_secs(600)), "fraud report", now);
+    for i in 0..10 {
+        let from = format!("10.0.0.{}:5062", 30 + i);
+        let scan = format!("OPTIONS sip:100@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKscan{i}\r\nMax-Forwards: 70\r\nFrom: <sip:100@10.0.0.1>;tag=s{i}\r\nTo: <sip:100@10.0.0.1>\r\nCall-ID: scan{i}@x\r\nCSeq: 1 OPTIONS\r\nUser-Agent: friendly-scanner\r\nContent-Length: 0\r\n\r\n");
+        net.deliver(LAN, &from, &scan);
+    }
+    let bans = net.gw.bans(net.now);
+    assert_eq!(bans.len(), 3);
+    assert!(
+        bans.iter().any(|b| b.source == fraud && b.by_operator),
+        "the operator's ban was pushed out: {bans:?}"
+    );
+}

@@ -240,11 +240,14 @@ pub(crate) fn answer(
             seconds,
             reason,
         } => {
+            // The gateway bans a mapped IPv6 address as the IPv4 one.
+            let source = source.to_canonical();
             gateway.ban(source, seconds.map(Duration::from_secs), &reason, now);
             let entry = gateway.bans(now).into_iter().find(|b| b.source == source);
             Answer::Created(entry.map_or(Value::Null, |b| ban_json(&b, now)))
         }
         Query::Unban(source) => {
+            let source = source.to_canonical();
             if gateway.unban(source, now) {
                 Answer::Json(json!({ "removed": source.to_string() }))
             } else {

@@ -532,3 +532,72 @@ fn run_names_the_line_of_an_address_it_cannot_bind() {
         "{err}"
     );
 }
+
+/// The CLI with hostile values of its own: an API address that accepts and never
+/// answers hung it forever; a token with CR LF was reported as a connection failure;
+/// `--token` after `add`'s arguments was a usage error.
+#[test]
+fn the_cli_gives_up_on_a_silent_api_and_takes_its_flags_anywhere() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let out = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_sipward")).args([
+            "status",
+            "--api",
+            &api,
+            "--token",
+            ADMIN_TOKEN,
+        ]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(took < Duration::from_secs(15), "the CLI waited {took:?}");
+    drop(silent);
+
+    let t = Topology::new(177);
+    let _gw = t.start_gateway_to_file(&t.config());
+    let cli = |args: &[&str]| {
+        let out = common::output_within(
+            Command::new(env!("CARGO_BIN_EXE_sipward"))
+                .args(args)
+                .env_remove("SIPWARD_TOKEN"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = cli(&[
+        "status",
+        "--api",
+        &t.api(),
+        "--token",
+        "abc\r\nX-Injected: 1",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("visible ASCII"), "{err}");
+    let (code, out, err) = cli(&[
+        "blacklist",
+        "add",
+        "::ffff:192.0.2.66",
+        "--seconds",
+        "600",
+        "--api",
+        &t.api(),
+        "--token",
+        ADMIN_TOKEN,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["source"], "192.0.2.66", "{out}");
+    let (code, _, err) = cli(&["blacklist", "list", "--api", &t.api()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no admin token"), "{err}");
+}
