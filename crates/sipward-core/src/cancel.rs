@@ -139,6 +139,18 @@ impl Cancels {
         }
     }
 
+    /// The gateway is stopping: every CANCEL that may go (a provisional response came)
+    /// goes now, asked for or not, as nobody will be left to relay the INVITE's outcome.
+    pub(crate) fn cancel_all(&mut self, now: Instant) -> Vec<Due> {
+        self.pending
+            .values_mut()
+            .filter_map(|p| {
+                p.requested = true;
+                send_if_ready(p, now)
+            })
+            .collect()
+    }
+
     /// The INVITE's final response: nothing more to cancel.
     pub(crate) fn finished(&mut self, branch: &str, toward: Toward) {
         self.pending.remove(&(branch.to_string(), toward));

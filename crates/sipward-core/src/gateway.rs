@@ -2148,6 +2148,51 @@ impl Gateway {
     pub fn shutdown(&mut self, now: Instant) -> usize {
         self.now = Some(now);
         let config = self.config.clone();
+        // Calls still ringing: each INVITE's sender gets 503, and the side ringing a
+        // CANCEL where one may go (after a provisional response), rather than ringing
+        // on until its own timers give up.
+        let ringing_out: Vec<_> = self
+            .tables
+            .client
+            .values()
+            .filter(|t| t.method == MethodKind::Invite && t.final_at.is_none())
+            .map(|t| {
+                (
+                    t.echo.clone(),
+                    t.inside_call_id.clone(),
+                    t.lan_local,
+                    t.phone,
+                )
+            })
+            .collect();
+        let ringing_in: Vec<_> = self
+            .tables
+            .server
+            .values()
+            .filter(|t| t.method == MethodKind::Invite && t.final_at.is_none())
+            .map(|t| (t.echo.clone(), t.echo.call_id.clone(), t.wan_local, t.proxy))
+            .collect();
+        for (echo, call_id, local, remote) in ringing_out.into_iter().chain(ringing_in) {
+            let tag = self.hider.token(&[&call_id, b"shutdown"]);
+            let payload = echo.response(
+                503,
+                "Service Unavailable",
+                &config.agent,
+                Some("gateway shutdown"),
+                &tag,
+            );
+            self.send(local, remote, payload);
+        }
+        for due in self.cancels.cancel_all(now) {
+            if let Due::Send {
+                local,
+                remote,
+                request,
+            } = due
+            {
+                self.send(local, remote, request);
+            }
+        }
         let dialogs: Vec<Dialog> = self.tables.dialogs.values().cloned().collect();
         let mut calls = 0;
         for d in dialogs {

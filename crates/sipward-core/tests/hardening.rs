@@ -89,7 +89,12 @@ fn shutdown_ends_calls_with_byes_and_events() {
     while net.gw.poll_event().is_some() {}
     let now = net.now;
     assert_eq!(net.gw.shutdown(now), 2);
-    let out = net.drain();
+    let mut out = net.drain();
+    // The ringing call's INVITE is answered 503 (no provisional came: no CANCEL).
+    let refused = out.iter().position(|t| text(t).starts_with("SIP/2.0 503 "));
+    let refused = out.remove(refused.expect("no 503 for the ringing call"));
+    assert_eq!(refused.remote, addr(PHONE));
+    assert!(text(&refused).contains("gateway shutdown"));
     assert_eq!(
         out.len(),
         2,
@@ -197,4 +202,52 @@ fn automatic_bans_do_not_push_out_an_operators_ban() {
         bans.iter().any(|b| b.source == fraud && b.by_operator),
         "the operator's ban was pushed out: {bans:?}"
     );
+}
+
+/// At shutdown a call still ringing, either way, was left to the endpoints' timers
+/// (minutes of ringing with nobody to relay the answer): the INVITE's sender gets 503
+/// and the ringing side a CANCEL.
+#[test]
+fn shutdown_refuses_ringing_calls_and_cancels_the_ringing_side() {
+    let mut net = Net::new(AlgOptions::default());
+    let contact = registered(&mut net, 3600);
+    // Outbound, ringing at the far end.
+    let fwd = text(&net.phone_sends(&invite("ring-out", "z9hG4bKro")));
+    net.deliver(WAN, PROXY, &response_to(&fwd, "180 Ringing", "far", ""));
+    // Inbound, ringing at the phone.
+    let target = header(&contact, "Contact")
+        .unwrap()
+        .split('>')
+        .next()
+        .unwrap()
+        .trim_start_matches('<')
+        .to_string();
+    let inbound = format!(
+        "INVITE {target} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKri\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.com>;tag=c1\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: ring-in@203.0.113.10\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@203.0.113.10>\r\nContent-Length: 0\r\n\r\n"
+    );
+    let to_phone = net.deliver(WAN, PROXY, &inbound);
+    let to_phone = to_phone
+        .iter()
+        .find(|t| t.remote == addr(PHONE))
+        .map(text)
+        .expect("the inbound INVITE reached the phone");
+    net.deliver(LAN, PHONE, &response_to(&to_phone, "180 Ringing", "ph", ""));
+    net.drain();
+    let now = net.now;
+    net.gw.shutdown(now);
+    let out: Vec<(std::net::SocketAddr, String)> =
+        net.drain().iter().map(|t| (t.remote, text(t))).collect();
+    let sent = |to: &str, start: &str| {
+        out.iter()
+            .filter(|(r, m)| *r == addr(to) && m.starts_with(start))
+            .count()
+    };
+    assert_eq!(sent(PHONE, "SIP/2.0 503 "), 1, "{out:#?}");
+    assert_eq!(sent(PROXY, "CANCEL "), 1, "{out:#?}");
+    assert_eq!(sent(PROXY, "SIP/2.0 503 "), 1, "{out:#?}");
+    assert_eq!(sent(PHONE, "CANCEL "), 1, "{out:#?}");
+    assert!(out
+        .iter()
+        .filter(|(_, m)| m.starts_with("SIP/2.0 503 "))
+        .all(|(_, m)| m.contains("gateway shutdown")));
 }
