@@ -548,7 +548,10 @@ pub(crate) async fn serve(
                 settings.listen_at
             )
         })?;
-    println!("sipward: admin API on http://{listen}/api/v1/ (dashboard /dashboard)");
+    crate::driver::say(
+        &mut std::io::stdout(),
+        &format!("sipward: admin API on http://{listen}/api/v1/ (dashboard /dashboard)"),
+    );
     let connections = Connections::default();
     Ok(tokio::spawn(async move {
         let mut next_id = 0u64;

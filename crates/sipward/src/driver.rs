@@ -105,10 +105,13 @@ fn raise_file_limit(config: &Config) {
         Ok(limit) => {
             tracing::info!(limit, "open-file limit");
             if let Some(warning) = file_limit_warning(config, limit) {
-                eprintln!("sipward: {warning}");
+                say(&mut std::io::stderr(), &format!("sipward: {warning}"));
             }
         }
-        Err(e) => eprintln!("sipward: warning: cannot raise the open-file limit: {e}"),
+        Err(e) => say(
+            &mut std::io::stderr(),
+            &format!("sipward: warning: cannot raise the open-file limit: {e}"),
+        ),
     }
 }
 
@@ -124,11 +127,14 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 zone.name, zone.address
             )
         })?;
-        println!(
-            "sipward: listening on {} ({}, {})",
-            zone.address,
-            zone.name,
-            if zone.inside { "inside" } else { "outside" }
+        say(
+            &mut std::io::stdout(),
+            &format!(
+                "sipward: listening on {} ({}, {})",
+                zone.address,
+                zone.name,
+                if zone.inside { "inside" } else { "outside" }
+            ),
         );
         sockets.push((zone.address, Arc::new(socket)));
     }
@@ -197,7 +203,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     // Media sockets are bound as ports are handed out, so a call whose sockets cannot
     // open is refused with 503 rather than connected without audio.
     gateway.set_port_reserver(Box::new(relay.reservations()));
-    println!("sipward: ready");
+    say(&mut std::io::stdout(), "sipward: ready");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -297,8 +303,8 @@ fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// One status line, written without `println!`, which panics when the stream is a
-/// closed pipe: a gateway with calls up must not abort over a lost log reader.
-fn say(stream: &mut impl Write, line: &str) {
+/// closed pipe or a full disk: a gateway must not abort (or fail to start) over its log.
+pub(crate) fn say(stream: &mut impl Write, line: &str) {
     let _ = writeln!(stream, "{line}");
     let _ = stream.flush();
 }

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         Command::Run { config } => load_all(config.as_deref()).and_then(|(c, settings)| {
             abort_on_panic();
             for w in &settings.warnings {
-                eprintln!("sipward: {w}");
+                driver::say(&mut std::io::stderr(), &format!("sipward: {w}"));
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -601,3 +601,54 @@ fn the_cli_gives_up_on_a_silent_api_and_takes_its_flags_anywhere() {
     assert_eq!(code, Some(2));
     assert!(err.contains("no admin token"), "{err}");
 }
+
+/// Standard output and error on a full disk (`/dev/full`): the start lines panicked in
+/// `println!` and the gateway aborted before serving anything, a restart loop under a
+/// service manager. It now serves, and stops cleanly, with nowhere to log.
+#[test]
+fn a_full_log_disk_does_not_stop_the_gateway() {
+    let t = Topology::new(178);
+    let cfg = t.dir.join("full.toml");
+    std::fs::write(&cfg, t.config()).unwrap();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let mut gw = common::Guard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipward"))
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(full())
+            .stderr(full()),
+    )
+    .unwrap();
+    let phone = UdpSocket::bind(format!("{}:5070", t.phone(0))).unwrap();
+    phone
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let lan = t.gw_lan_sip();
+    let options = format!(
+        "OPTIONS sip:bob@{lan} SIP/2.0\r\nVia: SIP/2.0/UDP {}:5070;branch=z9hG4bKfull\r\nMax-Forwards: 70\r\nFrom: <sip:a@x>;tag=f\r\nTo: <sip:bob@x>\r\nCall-ID: full@x\r\nCSeq: 1 OPTIONS\r\nProxy-Require: x\r\nContent-Length: 0\r\n\r\n",
+        t.phone(0)
+    );
+    let started = Instant::now();
+    let answer = loop {
+        assert!(
+            gw_alive(&mut gw),
+            "the gateway exited with its log on a full disk"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "no answer");
+        phone.send_to(options.as_bytes(), &lan).unwrap();
+        let mut buf = [0u8; 2048];
+        if let Ok(n) = phone.recv(&mut buf) {
+            break String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    };
+    assert!(answer.starts_with("SIP/2.0 420 "), "{answer}");
+    assert_eq!(status(&t)["version"], env!("CARGO_PKG_VERSION"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &gw.id().to_string()])
+        .status();
+    assert!(gw.wait_exit().success());
+}
