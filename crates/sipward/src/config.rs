@@ -322,7 +322,20 @@ impl Config {
                 .and_then(|l| text.lines().nth(l - 1))
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && l.len() <= 120)
-                .map(|l| format!("{l}: "))
+                // The file's bytes reach a terminal: control characters shown escaped.
+                .map(|l| {
+                    let shown: String = l
+                        .chars()
+                        .map(|c| {
+                            if c.is_control() {
+                                c.escape_unicode().to_string()
+                            } else {
+                                c.to_string()
+                            }
+                        })
+                        .collect();
+                    format!("{shown}: ")
+                })
                 .unwrap_or_default();
             match line {
                 Some(line) => anyhow!("{origin}:{line}: {written}{}", e.message()),

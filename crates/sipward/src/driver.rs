@@ -179,6 +179,11 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         config_digest: settings.config_digest.clone(),
     };
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
+    // What a reload cannot change (the admin server and the event log are set up once).
+    let running = Fixed {
+        admin: settings.admin.clone(),
+        events: settings.events.clone(),
+    };
     let _admin = match settings.admin {
         Some(admin) => Some(admin::serve(admin, admin_tx).await?),
         None => {
@@ -235,8 +240,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             () = sleep => gateway.handle_timeout(Instant::now()),
             Some(request) = admin_rx.recv() => {
                 let answer = match request.query {
-                    admin::Query::Reload => match reload(&mut gateway, settings.path.as_deref(), &mut info) {
-                        Ok(digest) => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest})),
+                    admin::Query::Reload => match reload(&mut gateway, settings.path.as_deref(), &mut info, &running) {
+                        Ok((digest, restart)) if restart.is_empty() => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest})),
+                        Ok((digest, restart)) => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest, "restart_needed": restart})),
                         Err(e) => admin::Answer::BadRequest(e),
                     },
                     query => admin::answer(&mut gateway, &info, &latency, query, Instant::now()),
@@ -244,7 +250,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 let _ = request.reply.send(answer);
             }
             Some(()) = hangup.recv() => {
-                if let Err(e) = reload(&mut gateway, settings.path.as_deref(), &mut info) {
+                if let Err(e) = reload(&mut gateway, settings.path.as_deref(), &mut info, &running) {
                     say(&mut std::io::stderr(), &format!("sipward: {e}"));
                 }
             }
@@ -309,27 +315,61 @@ pub(crate) fn say(stream: &mut impl Write, line: &str) {
     let _ = stream.flush();
 }
 
+/// The settings set up once at start, which a reload cannot change.
+struct Fixed {
+    admin: Option<admin::AdminSettings>,
+    events: Option<String>,
+}
+
 /// Re-reads the configuration and applies it to new traffic; on any error the running
-/// configuration stays and the error (file, line, what) is returned.
+/// configuration stays and the error (file, line, what) is returned. Also returned: the
+/// sections whose changes wait for a restart (an operator rotating the admin token must
+/// not believe the old one is gone).
 fn reload(
     gateway: &mut Gateway,
     path: Option<&std::path::Path>,
     info: &mut RunInfo,
-) -> std::result::Result<String, String> {
+    running: &Fixed,
+) -> std::result::Result<(String, Vec<&'static str>), String> {
     let (config, settings) = crate::load_all(path)
         .map_err(|e| format!("reload refused, running configuration kept: {e:#}"))?;
     gateway
         .reconfigure(config)
         .map_err(|e| format!("reload refused, running configuration kept: {e}"))?;
     info.config_digest = settings.config_digest.clone();
+    let mut restart = Vec::new();
+    let admin = |a: &Option<admin::AdminSettings>| {
+        a.as_ref().map(|a| {
+            (
+                a.listen,
+                a.token.clone(),
+                a.max_connections,
+                a.request_timeout,
+            )
+        })
+    };
+    if admin(&settings.admin) != admin(&running.admin) {
+        restart.push("[admin]");
+    }
+    if settings.events != running.events {
+        restart.push("[gateway] events");
+    }
+    let note = if restart.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} changed: applied at the next restart",
+            restart.join(" and ")
+        )
+    };
     say(
         &mut std::io::stdout(),
         &format!(
-            "sipward: configuration reloaded ({})",
+            "sipward: configuration reloaded ({}){note}",
             settings.config_digest
         ),
     );
-    Ok(settings.config_digest)
+    Ok((settings.config_digest, restart))
 }
 
 /// Security events as JSON lines, with stable field names.

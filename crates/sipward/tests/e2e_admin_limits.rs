@@ -652,3 +652,33 @@ fn a_full_log_disk_does_not_stop_the_gateway() {
         .status();
     assert!(gw.wait_exit().success());
 }
+
+/// A reload that changes `[admin]` (a rotated token) answered `reloaded` and left the
+/// old token working without a word: the answer and the log now say what waits for a
+/// restart.
+#[test]
+fn a_reload_says_which_changes_wait_for_a_restart() {
+    let t = Topology::new(179);
+    let text = t.config();
+    let _gw = t.start_gateway_to_file(&text);
+    let cfg = t.dir.join("sipward.toml");
+    std::fs::write(
+        &cfg,
+        text.replace(ADMIN_TOKEN, "a-rotated-admin-token-0123"),
+    )
+    .unwrap();
+    let (code, v) = post(&t, "/api/v1/reload", "");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["restart_needed"], serde_json::json!(["[admin]"]), "{v}");
+    // The running server keeps the token it started with.
+    assert_eq!(status(&t)["version"], env!("CARGO_PKG_VERSION"));
+    let log = t.read_when("gateway.out", |l| l.contains("applied at the next restart"));
+    assert!(
+        log.contains("[admin] changed: applied at the next restart"),
+        "{log}"
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let (code, v) = post(&t, "/api/v1/reload", "");
+    assert_eq!(code, 200);
+    assert!(v.get("restart_needed").is_none(), "{v}");
+}
