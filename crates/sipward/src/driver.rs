@@ -209,6 +209,14 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     // open is refused with 503 rather than connected without audio.
     gateway.set_port_reserver(Box::new(relay.reservations()));
     say(&mut std::io::stdout(), "sipward: ready");
+    // `SIPWARD_FAULT=panic`: a panic in the driver task once ready, to check that the
+    // panic policy (one line, abort) and the service manager's restart do their part.
+    if std::env::var_os("SIPWARD_FAULT").is_some_and(|v| v == "panic") {
+        #[allow(clippy::panic)]
+        {
+            panic!("fault injected by SIPWARD_FAULT=panic");
+        }
+    }
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

@@ -15,7 +15,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Topology, ADMIN_TOKEN};
@@ -367,17 +367,20 @@ fn a_panic_in_run_aborts_with_one_clear_line() {
     let t = Topology::new(174);
     let cfg = t.dir.join("sipward.toml");
     std::fs::write(&cfg, t.config()).unwrap();
-    // The reader (`true`) is gone before sipward starts writing.
-    let out = Command::new("sh")
-        .args([
-            "-c",
-            r#"{ sleep 0.3; "$0" run --config "$1"; echo "exit=$?" >&2; } | true; sleep 0.5"#,
-            env!("CARGO_BIN_EXE_sipward"),
-            cfg.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    // A closed standard output no longer panics (see a_full_log_disk_does_not_stop_the_
+    // gateway): the panic is injected in the driver task once it is ready.
+    let out = common::output_within(
+        Command::new("sh")
+            .args([
+                "-c",
+                r#""$0" run --config "$1"; echo "exit=$?" >&2"#,
+                env!("CARGO_BIN_EXE_sipward"),
+                cfg.to_str().unwrap(),
+            ])
+            .env("SIPWARD_FAULT", "panic"),
+        Duration::from_secs(20),
+    )
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
         .lines()
