@@ -360,8 +360,7 @@ fn sigterm_ends_calls_with_events_and_byes() {
 }
 
 /// The panic policy: a panic in `run` ends the process at once with one line naming
-/// the place (here a real one: standard output is a closed pipe, so the first status
-/// line panics in `println!`).
+/// the place (injected in the driver task by `SIPWARD_FAULT=panic`).
 #[test]
 fn a_panic_in_run_aborts_with_one_clear_line() {
     let t = Topology::new(174);
