@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use sipward_proto::{parse_datagram, Datagram, HeaderName, Limits};
 
+use crate::protect::later;
+
 pub(crate) const T1: Duration = Duration::from_millis(500);
 pub(crate) const T2: Duration = Duration::from_secs(4);
 /// Timer F / B: how long a CANCEL (and the INVITE after it) may go unanswered.
@@ -137,6 +139,18 @@ impl Cancels {
         }
     }
 
+    /// The gateway is stopping: every CANCEL that may go (a provisional response came)
+    /// goes now, asked for or not, as nobody will be left to relay the INVITE's outcome.
+    pub(crate) fn cancel_all(&mut self, now: Instant) -> Vec<Due> {
+        self.pending
+            .values_mut()
+            .filter_map(|p| {
+                p.requested = true;
+                send_if_ready(p, now)
+            })
+            .collect()
+    }
+
     /// The INVITE's final response: nothing more to cancel.
     pub(crate) fn finished(&mut self, branch: &str, toward: Toward) {
         self.pending.remove(&(branch.to_string(), toward));
@@ -153,8 +167,8 @@ impl Cancels {
         self.pending
             .values()
             .filter_map(|p| match (p.next_at, p.sent_at) {
-                (Some(next), Some(sent)) => Some(next.min(sent + GIVE_UP)),
-                (None, Some(sent)) => Some(sent + GIVE_UP),
+                (Some(next), Some(sent)) => Some(next.min(later(sent, GIVE_UP))),
+                (None, Some(sent)) => Some(later(sent, GIVE_UP)),
                 _ => None,
             })
             .min()
@@ -184,7 +198,7 @@ impl Cancels {
                     request: p.request.clone(),
                 });
                 p.interval = (p.interval * 2).min(T2);
-                p.next_at = Some(next.max(now) + p.interval);
+                p.next_at = Some(later(next.max(now), p.interval));
             }
         }
         for key in gone {
@@ -205,7 +219,7 @@ fn send_if_ready(p: &mut Pending, now: Instant) -> Option<Due> {
     }
     p.sent_at = Some(now);
     p.interval = T1;
-    p.next_at = Some(now + T1);
+    p.next_at = Some(later(now, T1));
     Some(Due::Send {
         local: p.local,
         remote: p.remote,

@@ -292,14 +292,19 @@ impl Gateway {
     }
 
     /// Bans `source` by hand (the operator); `duration` None: the configured ban time.
+    /// An IPv4-mapped IPv6 address (`::ffff:192.0.2.5`) bans the IPv4 source: datagrams
+    /// arrive from that, and the mapped form would never match one.
     pub fn ban(&mut self, source: IpAddr, duration: Option<Duration>, reason: &str, now: Instant) {
+        let source = source.to_canonical();
         self.guard.ban(source, None, None, reason, now, duration);
+        self.guard.mark_by_operator(source);
         self.arm(now);
     }
 
     /// Lifts a ban by hand; false when there was none.
     pub fn unban(&mut self, source: IpAddr, now: Instant) -> bool {
-        self.guard.unban(source, now, "removed by operator")
+        self.guard
+            .unban(source.to_canonical(), now, "removed by operator")
     }
 
     /// Sources the protection currently tracks (bounded).
@@ -440,7 +445,7 @@ impl Gateway {
 
     fn arm(&mut self, now: Instant) {
         if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + SWEEP);
+            self.next_sweep = Some(crate::protect::later(now, SWEEP));
         }
     }
 
@@ -550,6 +555,14 @@ impl Gateway {
             }
             Ok(Datagram::Message(msg)) => {
                 self.traffic.count(Flow::In, data);
+                // A request the rule set drops is dropped before protection: it must
+                // not spend an admission budget (strangers on the outside would take
+                // the proxy's, spoofed sources each under their own limits) nor be
+                // answered 503 by a gateway whose rules say nothing goes back to it.
+                if msg.is_request() && self.dropped_by_rules(&config, zone, at, &msg) {
+                    self.arm(now);
+                    return;
+                }
                 if !self.screen(&config, at, &msg) {
                     self.arm(now);
                     return;
@@ -975,6 +988,22 @@ impl Gateway {
             "Call/Transaction Does Not Exist",
             "no such dialog or transaction at this gateway",
         );
+    }
+
+    /// Whether the rule set drops a request outright (no rule, or a drop rule), counted
+    /// and reported as `apply_rule` does; a reject rule's 403 is sent later, after the
+    /// sender's limits.
+    fn dropped_by_rules(
+        &mut self,
+        config: &Config,
+        zone: ZoneId,
+        at: Arrival,
+        msg: &Message<'_>,
+    ) -> bool {
+        match config.match_rule(zone, at.remote, at.local.port()) {
+            Some(rule) if rule.action != Action::Drop => false,
+            _ => self.apply_rule(config, zone, at, msg).is_none(),
+        }
     }
 
     fn apply_rule<'c>(
@@ -2109,7 +2138,7 @@ impl Gateway {
             && self.tables.dialogs.is_empty()
             && self.tables.bindings().is_empty()
             && self.guard.bans(now).is_empty();
-        self.next_sweep = (!idle).then_some(now + SWEEP);
+        self.next_sweep = (!idle).then(|| crate::protect::later(now, SWEEP));
     }
 
     /// The gateway is stopping: every call gets a BYE on both sides (`Reason: SIP;
@@ -2119,6 +2148,51 @@ impl Gateway {
     pub fn shutdown(&mut self, now: Instant) -> usize {
         self.now = Some(now);
         let config = self.config.clone();
+        // Calls still ringing: each INVITE's sender gets 503, and the side ringing a
+        // CANCEL where one may go (after a provisional response), rather than ringing
+        // on until its own timers give up.
+        let ringing_out: Vec<_> = self
+            .tables
+            .client
+            .values()
+            .filter(|t| t.method == MethodKind::Invite && t.final_at.is_none())
+            .map(|t| {
+                (
+                    t.echo.clone(),
+                    t.inside_call_id.clone(),
+                    t.lan_local,
+                    t.phone,
+                )
+            })
+            .collect();
+        let ringing_in: Vec<_> = self
+            .tables
+            .server
+            .values()
+            .filter(|t| t.method == MethodKind::Invite && t.final_at.is_none())
+            .map(|t| (t.echo.clone(), t.echo.call_id.clone(), t.wan_local, t.proxy))
+            .collect();
+        for (echo, call_id, local, remote) in ringing_out.into_iter().chain(ringing_in) {
+            let tag = self.hider.token(&[&call_id, b"shutdown"]);
+            let payload = echo.response(
+                503,
+                "Service Unavailable",
+                &config.agent,
+                Some("gateway shutdown"),
+                &tag,
+            );
+            self.send(local, remote, payload);
+        }
+        for due in self.cancels.cancel_all(now) {
+            if let Due::Send {
+                local,
+                remote,
+                request,
+            } = due
+            {
+                self.send(local, remote, request);
+            }
+        }
         let dialogs: Vec<Dialog> = self.tables.dialogs.values().cloned().collect();
         let mut calls = 0;
         for d in dialogs {

@@ -169,7 +169,10 @@ impl StreamCounters {
     pub fn last_activity(&self) -> Option<Instant> {
         match self.last.load(Ordering::Relaxed) {
             0 => None,
-            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+            n => Some(crate::protect::later(
+                self.epoch,
+                Duration::from_nanos(n - 1),
+            )),
         }
     }
 

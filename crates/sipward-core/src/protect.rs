@@ -200,6 +200,10 @@ pub struct BanView {
     pub expires: Instant,
     /// Datagrams dropped because of the ban.
     pub hits: u64,
+    /// Set by the operator (the API, the CLI): kept over automatic bans when the table
+    /// is full, so that a flood of spoofed sources getting themselves banned cannot
+    /// push an operator's ban out.
+    pub by_operator: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -653,11 +657,12 @@ impl Guard {
         if self.bans.len() >= self.options.max_bans {
             self.bans.retain(|_, b| b.expires > now);
             if self.bans.len() >= self.options.max_bans {
-                // Full of live bans: the one ending soonest makes room.
+                // Full of live bans: the automatic one ending soonest makes room (an
+                // operator's only when there are no others).
                 if let Some(victim) = self
                     .bans
                     .values()
-                    .min_by_key(|b| b.expires)
+                    .min_by_key(|b| (b.by_operator, b.expires))
                     .map(|b| b.source)
                 {
                     self.bans.remove(&victim);
@@ -674,6 +679,7 @@ impl Guard {
                 last_seen: now,
                 expires,
                 hits: 0,
+                by_operator: false,
             },
         );
         // A ban's own event is never suppressed by the per-source budget.
@@ -698,6 +704,13 @@ impl Guard {
     }
 
     /// Live bans.
+    /// Marks a source's ban as the operator's (see [`BanView::by_operator`]).
+    pub fn mark_by_operator(&mut self, source: IpAddr) {
+        if let Some(b) = self.bans.get_mut(&source) {
+            b.by_operator = true;
+        }
+    }
+
     pub fn bans(&self, now: Instant) -> Vec<BanView> {
         let mut v: Vec<BanView> = self
             .bans

@@ -788,3 +788,42 @@ fn a_full_registration_table_still_takes_refreshes_and_removals_of_held_bindings
     let removal = net.deliver(LAN, "10.0.0.21:5062", &other(2, 0, "10.0.0.21"));
     assert_eq!(removal[0].remote, addr(PROXY), "{}", text(&removal[0]));
 }
+
+/// Issue 17, defects 4 and 5, a sibling: requests the rule set drops (outside strangers,
+/// each from its own spoofed address and so within its own limits) went through
+/// protection first, spent the outside admission budget and were answered 503; then
+/// the proxy's own call to a phone was refused. Now they are dropped unanswered
+/// before they cost any budget.
+#[test]
+fn requests_no_rule_admits_spend_no_admission_budget_and_get_no_answer() {
+    let rate = sipward_core::Rate {
+        per_second: 5.0,
+        burst: 5.0,
+    };
+    let mut net = net_with(ProtectionOptions {
+        outside_admission: rate,
+        ..ProtectionOptions::default()
+    });
+    let fwd = registered(&mut net, 3600);
+    let contact = header(&fwd, "Contact").unwrap();
+    let target = contact.split('>').next().unwrap().trim_start_matches('<');
+    let call = |from: &str, n: u32| {
+        let host = from.split(':').next().unwrap();
+        format!(
+            "INVITE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKst{n}\r\nMax-Forwards: 70\r\nFrom: <sip:x@{host}>;tag=s{n}\r\nTo: <sip:alice@biloxi.example.com>\r\nCall-ID: st-{n}@{host}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{from}>\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    for n in 0..50 {
+        let stranger = format!("198.51.100.{}:5060", n + 1);
+        let out = net.deliver(WAN, &stranger, &call(&stranger, n));
+        assert!(out.is_empty(), "a stranger was answered: {out:?}");
+    }
+    let out = net.deliver(WAN, PROXY, &call(PROXY, 99));
+    assert!(
+        out.iter().any(|t| t.remote == addr(PHONE)),
+        "the proxy's call did not reach the phone: {:?}",
+        out.iter().map(status_of).collect::<Vec<_>>()
+    );
+    let c = net.gw.counters();
+    assert_eq!((c.dropped_no_rule, c.overloaded), (50, 0));
+}

@@ -20,6 +20,8 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sipward_core::{BanView, Gateway, StreamView};
@@ -238,11 +240,14 @@ pub(crate) fn answer(
             seconds,
             reason,
         } => {
+            // The gateway bans a mapped IPv6 address as the IPv4 one.
+            let source = source.to_canonical();
             gateway.ban(source, seconds.map(Duration::from_secs), &reason, now);
             let entry = gateway.bans(now).into_iter().find(|b| b.source == source);
             Answer::Created(entry.map_or(Value::Null, |b| ban_json(&b, now)))
         }
         Query::Unban(source) => {
+            let source = source.to_canonical();
             if gateway.unban(source, now) {
                 Answer::Json(json!({ "removed": source.to_string() }))
             } else {
@@ -467,6 +472,8 @@ struct AppState {
 #[derive(Debug, Clone)]
 pub(crate) struct AdminSettings {
     pub(crate) listen: SocketAddr,
+    /// `file:line` of `listen`, for a bind that fails.
+    pub(crate) listen_at: String,
     pub(crate) token: String,
     /// Connections served at once; one more is closed as soon as it is accepted.
     pub(crate) max_connections: usize,
@@ -535,8 +542,16 @@ pub(crate) async fn serve(
     let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("admin API: cannot bind {listen}"))?;
-    println!("sipward: admin API on http://{listen}/api/v1/ (dashboard /dashboard)");
+        .with_context(|| {
+            format!(
+                "{}: [admin] listen: cannot bind {listen}",
+                settings.listen_at
+            )
+        })?;
+    crate::driver::say(
+        &mut std::io::stdout(),
+        &format!("sipward: admin API on http://{listen}/api/v1/ (dashboard /dashboard)"),
+    );
     let connections = Connections::default();
     Ok(tokio::spawn(async move {
         let mut next_id = 0u64;
@@ -560,12 +575,51 @@ pub(crate) async fn serve(
             let busy = Arc::new(AtomicUsize::new(0));
             let service = {
                 let (api, busy) = (api.clone(), busy.clone());
-                hyper::service::service_fn(move |request| {
+                let timeout = settings.request_timeout;
+                hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                     let (mut api, busy) = (api.clone(), busy.clone());
-                    busy.fetch_add(1, Ordering::Relaxed);
                     async move {
+                        // The body is read here, within the request timeout, before the
+                        // connection counts as busy: the header timeout ends once the
+                        // head is in, and a body sent a byte at a time would otherwise
+                        // hold a slot that nothing may evict for as long as the client
+                        // likes. While its body arrives a connection can make room for
+                        // another, like an idle one.
+                        let (parts, body) = request.into_parts();
+                        let body = match tokio::time::timeout(
+                            timeout,
+                            Limited::new(body, MAX_BODY_BYTES).collect(),
+                        )
+                        .await
+                        {
+                            Ok(Ok(body)) => axum::body::Body::from(body.to_bytes()),
+                            Ok(Err(e)) if e.is::<LengthLimitError>() => {
+                                return Ok(closing(
+                                    StatusCode::PAYLOAD_TOO_LARGE,
+                                    "the request body is too large",
+                                ))
+                            }
+                            // The client broke off its body: nobody reads the answer.
+                            Ok(Err(_)) => {
+                                return Ok(closing(
+                                    StatusCode::BAD_REQUEST,
+                                    "the request body could not be read",
+                                ))
+                            }
+                            Err(_) => {
+                                return Ok(closing(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    "the request body did not arrive in time",
+                                ))
+                            }
+                        };
+                        busy.fetch_add(1, Ordering::Relaxed);
                         // The router is always ready (axum documents it).
-                        let response = tower_service::Service::call(&mut api, request).await;
+                        let response = tower_service::Service::call(
+                            &mut api,
+                            Request::from_parts(parts, body),
+                        )
+                        .await;
                         busy.fetch_sub(1, Ordering::Relaxed);
                         response
                     }
@@ -586,6 +640,17 @@ pub(crate) async fn serve(
             connections.add(id, task, busy);
         }
     }))
+}
+
+/// An error answer after which the connection is closed, so that the rest of a body
+/// that was refused is never waited for.
+fn closing(status: StatusCode, error: &str) -> Response {
+    (
+        status,
+        [(header::CONNECTION, "close")],
+        Json(json!({ "error": error })),
+    )
+        .into_response()
 }
 
 /// The admin server's open connections, oldest first, each with its count of requests

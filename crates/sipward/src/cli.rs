@@ -3,23 +3,31 @@
 
 use std::net::IpAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+/// Global: accepted before or after a subcommand's own arguments
+/// (`sipward blacklist add 192.0.2.66 --seconds 600 --token ...`).
 #[derive(Args)]
 pub(crate) struct Api {
     /// The gateway's admin API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
     api: String,
     /// The admin token (or set SIPWARD_TOKEN).
-    #[arg(long, env = "SIPWARD_TOKEN", hide_env_values = true)]
-    token: String,
+    #[arg(long, global = true, env = "SIPWARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print the API's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
+
+/// How long the CLI waits to connect to the API, and for a whole answer: a gateway (or
+/// anything else at that address) that accepts and never answers must not hang it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Subcommand)]
 pub(crate) enum AdminCommand {
@@ -84,14 +92,30 @@ fn print_json(v: &Value) {
 }
 
 fn request(api: &Api, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    let token = api
+        .token
+        .as_deref()
+        .ok_or_else(|| anyhow!("no admin token: give --token or set SIPWARD_TOKEN"))?;
+    // A header cannot carry these; said here rather than as a connection failure.
+    if token.chars().any(|c| !c.is_ascii_graphic()) {
+        anyhow::bail!("the admin token can only hold visible ASCII characters (no spaces)");
+    }
     let url = format!("{}{path}", api.api.trim_end_matches('/'));
-    let req = ureq::request(method, &url).set("Authorization", &format!("Bearer {}", api.token));
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(CONNECT_TIMEOUT)
+        .timeout(ANSWER_TIMEOUT)
+        .build();
+    let req = agent
+        .request(method, &url)
+        .set("Authorization", &format!("Bearer {token}"));
     let result = match body {
         Some(b) => req.send_json(b),
         None => req.call(),
     };
     match result {
-        Ok(resp) => Ok(resp.into_json().unwrap_or(Value::Null)),
+        Ok(resp) => resp
+            .into_json()
+            .map_err(|e| anyhow!("{url}: the answer is not the API's JSON ({e})")),
         Err(ureq::Error::Status(code, resp)) => {
             let why = resp
                 .into_json::<Value>()

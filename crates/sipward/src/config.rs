@@ -56,9 +56,10 @@ pub(crate) struct Config {
 struct GatewaySection {
     #[serde(default = "default_agent")]
     name: Spanned<String>,
-    /// Admin/listen options grow here.
+    /// The key of the hidden Call-IDs and routing tokens (random per run by default;
+    /// set it so that they survive a restart).
     #[serde(default)]
-    secret: Option<String>,
+    secret: Option<Spanned<String>>,
     /// Where security events go as JSON lines: "-" (standard output, the default), a
     /// file path, or "off".
     #[serde(default = "default_events")]
@@ -316,8 +317,28 @@ impl Config {
                 text.get(..s.start)
                     .map_or(1, |t| t.matches('\n').count() + 1)
             });
+            // The parser's message names the type, not the key: the line's text does.
+            let written = line
+                .and_then(|l| text.lines().nth(l - 1))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && l.len() <= 120)
+                // The file's bytes reach a terminal: control characters shown escaped.
+                .map(|l| {
+                    let shown: String = l
+                        .chars()
+                        .map(|c| {
+                            if c.is_control() {
+                                c.escape_unicode().to_string()
+                            } else {
+                                c.to_string()
+                            }
+                        })
+                        .collect();
+                    format!("{shown}: ")
+                })
+                .unwrap_or_default();
             match line {
-                Some(line) => anyhow!("{origin}:{line}: {}", e.message()),
+                Some(line) => anyhow!("{origin}:{line}: {written}{}", e.message()),
                 None => anyhow!("{origin}: {}", e.message()),
             }
         })?;
@@ -408,6 +429,15 @@ impl Config {
         // The name goes into every answer's Warning header as its agent: a token
         // (RFC 3261 warn-agent), or a CR LF in it would write headers of its own.
         let agent = self.gateway.name.get_ref();
+        // It is copied into every answer, which must stay a datagram: a long name made
+        // the 400s and 503s too large to send.
+        if agent.len() > MAX_AGENT_LEN {
+            bail!(
+                "{}: [gateway] name: at most {MAX_AGENT_LEN} characters (it is the Warning header's agent), not {}",
+                self.at(origin, &self.gateway.name),
+                agent.len()
+            );
+        }
         if agent.is_empty()
             || !agent
                 .bytes()
@@ -727,6 +757,24 @@ impl Config {
                             .into(),
                     ));
                 }
+                if let AddressObject::Host { ip, .. } = &destination {
+                    if let Some(z) = zones.iter().find(|z| z.address.ip() == *ip) {
+                        return Err(err(
+                            self.at(origin, &r.destination),
+                            format!("the destination {ip} is the gateway's own address (interface {:?}): requests would loop", z.name),
+                        ));
+                    }
+                    if let Some((z, n)) = zones
+                        .iter()
+                        .filter(|z| z.inside)
+                        .find_map(|z| z.networks.iter().find(|n| n.contains(ip)).map(|n| (z, n)))
+                    {
+                        return Err(err(
+                            self.at(origin, &r.destination),
+                            format!("the destination {ip} is inside ({n} of interface {:?}): a nat rule hides inside addresses from the outside it sends to", z.name),
+                        ));
+                    }
+                }
                 if zones.get(from_zone).is_some_and(|z| !z.inside) {
                     return Err(err(
                         self.at(origin, &r.from),
@@ -759,8 +807,15 @@ impl Config {
                 service_port: *service.port.get_ref(),
             });
         }
+        // `[limits]` is what `sipward validate` applies without an ALG; with one it is
+        // unused (a warning says so) but still must not hold values that cannot work.
+        self.checked_limits(origin, "[limits]", &self.limits)?;
         let secret = match &self.gateway.secret {
-            Some(s) => secret_from(s),
+            Some(s) if s.get_ref().len() < MIN_SECRET_LEN => bail!(
+                "{}: [gateway] secret: use at least {MIN_SECRET_LEN} characters (it keys the hidden Call-IDs and routing tokens)",
+                self.at(origin, s)
+            ),
+            Some(s) => secret_from(s.get_ref()),
             None => random_secret(),
         };
         let protection = self.protection(origin, &objects, &rules)?;
@@ -863,16 +918,43 @@ impl Config {
             .unwrap_or(10);
         Ok(Some(crate::admin::AdminSettings {
             listen: addr,
+            listen_at: self.at(origin, listen),
             token: token.get_ref().clone(),
             max_connections,
             request_timeout: Duration::from_secs(request_timeout),
         }))
     }
 
+    /// `file:line` of each interface's address, in the order of the compiled zones: a
+    /// bind that fails at `run` names the line too.
+    pub(crate) fn interface_lines(&self, origin: &str) -> Vec<String> {
+        self.interface
+            .iter()
+            .map(|i| self.at(origin, &i.address))
+            .collect()
+    }
+
     /// What `check` and the start print as warnings: settings that work but are
     /// probably not meant.
     pub(crate) fn warnings(&self, origin: &str) -> Vec<String> {
         let mut out = Vec::new();
+        if !self.alg.is_empty() && self.text.lines().any(|l| l.trim() == "[limits]") {
+            out.push(format!(
+                "{}: warning: [limits] applies to `sipward validate` without an ALG only; the gateway uses the limits of [alg.NAME] (put them there)",
+                self.section_at(origin, "[limits]")
+            ));
+        }
+        for i in self
+            .interface
+            .iter()
+            .filter(|i| i.inside && i.networks.is_empty())
+        {
+            out.push(format!(
+                "{}: warning: inside interface {:?} has no networks: the last-line scan cannot recognise its phones' addresses in outgoing messages",
+                self.at(origin, &i.name),
+                i.name.get_ref()
+            ));
+        }
         if let Some(admin) = &self.admin {
             let loopback = admin
                 .listen
@@ -953,10 +1035,10 @@ impl Config {
             v.get_ref()
                 .parse()
                 .ok()
-                .filter(|a: &SocketAddr| a.port() != 0)
+                .filter(|a: &SocketAddr| a.port() != 0 && !a.ip().is_unspecified())
                 .ok_or_else(|| {
                     anyhow!(
-                        "{}: [gateway] {key} {:?}: expected IP:port (port 1-65535)",
+                        "{}: [gateway] {key} {:?}: expected the collector's IP:port (port 1-65535)",
                         self.at(origin, v),
                         v.get_ref()
                     )
@@ -1209,9 +1291,14 @@ impl Config {
     }
 }
 
+/// Addresses no single host has: unspecified, multicast, the IPv4 broadcast.
+fn no_host_has(ip: IpAddr) -> bool {
+    ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255])
+}
+
 fn parse_host(h: &str) -> Result<AddressObject> {
     if let Ok(sa) = h.parse::<SocketAddr>() {
-        if sa.ip().is_unspecified() || sa.ip().is_multicast() {
+        if no_host_has(sa.ip()) {
             bail!("host {h:?}: not an address a host can have");
         }
         if sa.port() == 0 {
@@ -1225,7 +1312,7 @@ fn parse_host(h: &str) -> Result<AddressObject> {
     let ip: IpAddr = h
         .parse()
         .map_err(|_| anyhow!("host {h:?} is not an IP address or IP:port"))?;
-    if ip.is_unspecified() || ip.is_multicast() {
+    if no_host_has(ip) {
         bail!("host {h:?}: not an address a host can have");
     }
     Ok(AddressObject::Host { ip, port: None })
@@ -1287,6 +1374,10 @@ const LIMIT_RANGES: [(&str, (usize, usize)); 10] = [
 
 /// A day and a year, in seconds: the longest timers and bans an operator may set.
 const DAY: u64 = 86_400;
+/// The longest `[gateway] name`: it goes into every answer's Warning header.
+const MAX_AGENT_LEN: usize = 64;
+/// The shortest `[gateway] secret`: it keys the hidden Call-IDs and routing tokens.
+const MIN_SECRET_LEN: usize = 16;
 const YEAR: u64 = 365 * DAY;
 /// The most entries a table may be configured to hold (memory stays bounded).
 const MAX_TABLE: usize = 10_000_000;
@@ -1310,7 +1401,10 @@ fn parse_port_range(text: &str) -> Result<(u16, u16)> {
     if low < 1024 {
         bail!("the range must start at 1024 or above");
     }
-    if high < low.saturating_add(low % 2).saturating_add(1) {
+    // In u32: near 65535 the sum saturated in u16 and "65535-65535" passed, a pool
+    // without a single pair.
+    let first_even = u32::from(low) + u32::from(low % 2);
+    if u32::from(high) < first_even + 1 {
         bail!("the range must hold at least one even port and the odd one after it");
     }
     Ok((low, high))
@@ -1647,6 +1741,108 @@ mod tests {
         // A section-level line for the missing token, where the section begins.
         let e = refused("token = \"sipward-loopback-demo-token\"", "", "[admin]");
         assert!(e.contains("[admin] has no token"), "{e}");
+    }
+
+    /// Siblings of issue 17's defect 13 found by probing every key with hostile values:
+    /// each passed `check` and then could not work at run time.
+    #[test]
+    fn check_refuses_what_probing_found_unworkable() {
+        let long_name = format!("name = \"{}\"", "a".repeat(65));
+        let cases: [(&str, &str, &str, &str); 9] = [
+            // u16 arithmetic saturated: a pool without a single pair passed.
+            (
+                "inside = true",
+                "inside = true\nmedia_ports = \"65535-65535\"",
+                "media_ports",
+                "at least one even port",
+            ),
+            // Ignored with an ALG, and so never checked: refused like the ALG's own.
+            (
+                "[alg.sip]",
+                "[limits]\nmax_message_len = 0\n[alg.sip]",
+                "max_message_len = 0",
+                "[limits] max_message_len = 0: out of range",
+            ),
+            // Every answer carries it: at 60,000 bytes no 400 or 503 could be sent.
+            (
+                "name = \"sipward\"",
+                &long_name,
+                "aaaaaaaa",
+                "at most 64 characters",
+            ),
+            (
+                "host = \"127.0.2.10:5060\"",
+                "host = \"255.255.255.255:5060\"",
+                "255.255.255.255",
+                "not an address a host can have",
+            ),
+            // A nat rule to the gateway's own address sends every request to itself.
+            (
+                "host = \"127.0.2.10:5060\"",
+                "host = \"127.0.2.1:5060\"",
+                "destination = \"sip-proxy\"",
+                "gateway's own address",
+            ),
+            (
+                "host = \"127.0.2.10:5060\"",
+                "host = \"127.0.1.50:5060\"",
+                "destination = \"sip-proxy\"",
+                "is inside (127.0.1.0/24",
+            ),
+            (
+                "name = \"sipward\"",
+                "name = \"sipward\"\nsecret = \"short\"",
+                "secret =",
+                "at least 16 characters",
+            ),
+            // The parser's own errors name the key through the line's text.
+            (
+                "port = 5060",
+                "port = 65536",
+                "port = 65536",
+                "port = 65536: ",
+            ),
+            (
+                "max_sessions_per_id = 5",
+                "max_sessions_per_id = -1",
+                "max_sessions_per_id = -1",
+                "max_sessions_per_id = -1: ",
+            ),
+        ];
+        for (from, to, marker, words) in cases {
+            let e = refused(from, to, marker);
+            assert!(e.contains(words), "{to}: {e}");
+        }
+        for collector in ["syslog = \"0.0.0.0:514\"", "hep = \"[::]:9060\""] {
+            let text = EMBEDDED_DEFAULT.replacen(
+                "name = \"sipward\"",
+                &format!("name = \"sipward\"\n{collector}"),
+                1,
+            );
+            let e = Config::parse(&text, "c.toml")
+                .unwrap()
+                .collectors("c.toml")
+                .err()
+                .unwrap_or_else(|| panic!("{collector} accepted"))
+                .to_string();
+            assert!(e.starts_with("c.toml:8: "), "{e}");
+        }
+        // Works, but not as meant: warnings.
+        let text = EMBEDDED_DEFAULT
+            .replacen(
+                "[alg.sip]",
+                "[limits]\nmax_message_len = 9000\n[alg.sip]",
+                1,
+            )
+            .replacen("networks = [\"127.0.1.0/24\"]", "networks = []", 1);
+        let c = Config::parse(&text, "w.toml").unwrap();
+        c.compile("w.toml").unwrap();
+        let w = c.warnings("w.toml").join("\n");
+        assert!(w.contains("[limits] applies to `sipward validate`"), "{w}");
+        assert!(
+            w.contains("inside interface \"lan\" has no networks"),
+            "{w}"
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub(crate) struct Settings {
     /// embedded default).
     pub(crate) path: Option<std::path::PathBuf>,
     pub(crate) collectors: Collectors,
+    /// `file:line` of each interface's address, in zone order.
+    pub(crate) interface_lines: Vec<String>,
     /// Where the media relay thread runs.
     pub(crate) relay: sipward_relay::RelayOptions,
 }
@@ -103,10 +105,13 @@ fn raise_file_limit(config: &Config) {
         Ok(limit) => {
             tracing::info!(limit, "open-file limit");
             if let Some(warning) = file_limit_warning(config, limit) {
-                eprintln!("sipward: {warning}");
+                say(&mut std::io::stderr(), &format!("sipward: {warning}"));
             }
         }
-        Err(e) => eprintln!("sipward: warning: cannot raise the open-file limit: {e}"),
+        Err(e) => say(
+            &mut std::io::stderr(),
+            &format!("sipward: warning: cannot raise the open-file limit: {e}"),
+        ),
     }
 }
 
@@ -114,14 +119,22 @@ fn raise_file_limit(config: &Config) {
 pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     raise_file_limit(&config);
     let mut sockets: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
-    for zone in &config.zones {
-        let socket = bind_signalling(zone.address)
-            .with_context(|| format!("interface {}: cannot bind {}", zone.name, zone.address))?;
-        println!(
-            "sipward: listening on {} ({}, {})",
-            zone.address,
-            zone.name,
-            if zone.inside { "inside" } else { "outside" }
+    for (i, zone) in config.zones.iter().enumerate() {
+        let at = settings.interface_lines.get(i).map_or("", String::as_str);
+        let socket = bind_signalling(zone.address).with_context(|| {
+            format!(
+                "{at}: interface {:?}: cannot bind {}",
+                zone.name, zone.address
+            )
+        })?;
+        say(
+            &mut std::io::stdout(),
+            &format!(
+                "sipward: listening on {} ({}, {})",
+                zone.address,
+                zone.name,
+                if zone.inside { "inside" } else { "outside" }
+            ),
         );
         sockets.push((zone.address, Arc::new(socket)));
     }
@@ -166,6 +179,11 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         config_digest: settings.config_digest.clone(),
     };
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
+    // What a reload cannot change (the admin server and the event log are set up once).
+    let running = Fixed {
+        admin: settings.admin.clone(),
+        events: settings.events.clone(),
+    };
     let _admin = match settings.admin {
         Some(admin) => Some(admin::serve(admin, admin_tx).await?),
         None => {
@@ -190,7 +208,15 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     // Media sockets are bound as ports are handed out, so a call whose sockets cannot
     // open is refused with 503 rather than connected without audio.
     gateway.set_port_reserver(Box::new(relay.reservations()));
-    println!("sipward: ready");
+    say(&mut std::io::stdout(), "sipward: ready");
+    // `SIPWARD_FAULT=panic`: a panic in the driver task once ready, to check that the
+    // panic policy (one line, abort) and the service manager's restart do their part.
+    if std::env::var_os("SIPWARD_FAULT").is_some_and(|v| v == "panic") {
+        #[allow(clippy::panic)]
+        {
+            panic!("fault injected by SIPWARD_FAULT=panic");
+        }
+    }
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -222,8 +248,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             () = sleep => gateway.handle_timeout(Instant::now()),
             Some(request) = admin_rx.recv() => {
                 let answer = match request.query {
-                    admin::Query::Reload => match reload(&mut gateway, settings.path.as_deref(), &mut info) {
-                        Ok(digest) => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest})),
+                    admin::Query::Reload => match reload(&mut gateway, settings.path.as_deref(), &mut info, &running) {
+                        Ok((digest, restart)) if restart.is_empty() => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest})),
+                        Ok((digest, restart)) => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest, "restart_needed": restart})),
                         Err(e) => admin::Answer::BadRequest(e),
                     },
                     query => admin::answer(&mut gateway, &info, &latency, query, Instant::now()),
@@ -231,7 +258,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 let _ = request.reply.send(answer);
             }
             Some(()) = hangup.recv() => {
-                if let Err(e) = reload(&mut gateway, settings.path.as_deref(), &mut info) {
+                if let Err(e) = reload(&mut gateway, settings.path.as_deref(), &mut info, &running) {
                     say(&mut std::io::stderr(), &format!("sipward: {e}"));
                 }
             }
@@ -290,33 +317,67 @@ fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// One status line, written without `println!`, which panics when the stream is a
-/// closed pipe: a gateway with calls up must not abort over a lost log reader.
-fn say(stream: &mut impl Write, line: &str) {
+/// closed pipe or a full disk: a gateway must not abort (or fail to start) over its log.
+pub(crate) fn say(stream: &mut impl Write, line: &str) {
     let _ = writeln!(stream, "{line}");
     let _ = stream.flush();
 }
 
+/// The settings set up once at start, which a reload cannot change.
+struct Fixed {
+    admin: Option<admin::AdminSettings>,
+    events: Option<String>,
+}
+
 /// Re-reads the configuration and applies it to new traffic; on any error the running
-/// configuration stays and the error (file, line, what) is returned.
+/// configuration stays and the error (file, line, what) is returned. Also returned: the
+/// sections whose changes wait for a restart (an operator rotating the admin token must
+/// not believe the old one is gone).
 fn reload(
     gateway: &mut Gateway,
     path: Option<&std::path::Path>,
     info: &mut RunInfo,
-) -> std::result::Result<String, String> {
+    running: &Fixed,
+) -> std::result::Result<(String, Vec<&'static str>), String> {
     let (config, settings) = crate::load_all(path)
         .map_err(|e| format!("reload refused, running configuration kept: {e:#}"))?;
     gateway
         .reconfigure(config)
         .map_err(|e| format!("reload refused, running configuration kept: {e}"))?;
     info.config_digest = settings.config_digest.clone();
+    let mut restart = Vec::new();
+    let admin = |a: &Option<admin::AdminSettings>| {
+        a.as_ref().map(|a| {
+            (
+                a.listen,
+                a.token.clone(),
+                a.max_connections,
+                a.request_timeout,
+            )
+        })
+    };
+    if admin(&settings.admin) != admin(&running.admin) {
+        restart.push("[admin]");
+    }
+    if settings.events != running.events {
+        restart.push("[gateway] events");
+    }
+    let note = if restart.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} changed: applied at the next restart",
+            restart.join(" and ")
+        )
+    };
     say(
         &mut std::io::stdout(),
         &format!(
-            "sipward: configuration reloaded ({})",
+            "sipward: configuration reloaded ({}){note}",
             settings.config_digest
         ),
     );
-    Ok(settings.config_digest)
+    Ok((settings.config_digest, restart))
 }
 
 /// Security events as JSON lines, with stable field names.

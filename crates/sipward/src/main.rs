@@ -71,6 +71,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         config_digest: file.digest(),
         path: path.map(Path::to_path_buf),
         collectors: file.collectors(&origin)?,
+        interface_lines: file.interface_lines(&origin),
         relay: file.relay(&origin)?,
     };
     Ok((core, settings))
@@ -86,7 +87,7 @@ fn main() -> ExitCode {
         Command::Run { config } => load_all(config.as_deref()).and_then(|(c, settings)| {
             abort_on_panic();
             for w in &settings.warnings {
-                eprintln!("sipward: {w}");
+                driver::say(&mut std::io::stderr(), &format!("sipward: {w}"));
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
