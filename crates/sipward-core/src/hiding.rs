@@ -298,14 +298,11 @@ fn handled_by_path(name: HeaderName) -> bool {
 /// (In-Reply-To, RFC 3261 20.21).
 fn call_id_header(f: &HeaderField<'_>) -> Option<bool> {
     match f.name {
-        HeaderName::Replaces | HeaderName::TargetDialog => return Some(false),
+        HeaderName::Replaces | HeaderName::TargetDialog | HeaderName::Join => return Some(false),
         HeaderName::Other => {}
         _ => return None,
     }
-    let n = f.raw_name;
-    if n.eq_ignore_ascii_case(b"Join") {
-        Some(false)
-    } else if n.eq_ignore_ascii_case(b"In-Reply-To") {
+    if f.raw_name.eq_ignore_ascii_case(b"In-Reply-To") {
         Some(true)
     } else {
         None
