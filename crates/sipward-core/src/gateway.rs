@@ -21,7 +21,7 @@ use sipward_proto::{
 use crate::cancel::{Cancels, Due, Toward};
 use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
-use crate::hiding::{LeakPolicy, Scanner};
+use crate::hiding::Scanner;
 
 mod cancelling;
 mod leaks;
@@ -1258,16 +1258,16 @@ impl Gateway {
             }
         };
         let Some(payload) = self.outgoing(wan_local, payload) else {
-            if config.alg.leak_policy == LeakPolicy::Refuse {
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    500,
-                    "Server Internal Error",
-                    "request would reveal inside addresses",
-                );
-            }
+            // Whatever the policy, the phone learns at once that its request cannot
+            // leave (rather than retransmitting it into silence).
+            self.answer(
+                config,
+                at,
+                msg,
+                500,
+                "Server Internal Error",
+                "request would reveal inside addresses",
+            );
             return;
         };
 
