@@ -1602,7 +1602,9 @@ impl Gateway {
             .cloned();
         let (phone, lan_local, target, aor, tok) =
             if let (Some(p), MethodKind::Ack) = (&pending, method) {
-                (p.phone, p.lan_local, None, p.aor.clone(), p.token.clone())
+                // A failure's ACK goes where the INVITE went, with its Request-URI.
+                let target = p.request_uri.clone();
+                (p.phone, p.lan_local, target, p.aor.clone(), p.token.clone())
             } else if let Some(d) = dialog.as_ref().filter(|_| !initial) {
                 (
                     d.phone,
@@ -1758,6 +1760,7 @@ impl Gateway {
                     token: tok,
                     dialog: tx_dialog.clone(),
                     record_route: msg.record_routes().iter().map(|r| r.raw.to_vec()).collect(),
+                    request_uri: target,
                 },
             );
         }

@@ -621,6 +621,18 @@ fn a_cancel_from_outside_is_answered_here_and_the_phone_gets_the_gateways() {
     let term = text(&net.phone_sends(&phone_response(&got, "487 Request Terminated", "p-oc1", "")));
     assert!(term.starts_with("SIP/2.0 487 "), "{term}");
     assert!(term.contains("CSeq: 1 INVITE\r\n"), "{term}");
+    // The proxy's ACK for the 487 reaches the phone in the INVITE's transaction, with
+    // the Request-URI the phone's INVITE had (RFC 3261 17.1.1.3), not the gateway's.
+    let to = header(&term, "To").unwrap();
+    let ack = net.deliver(WAN, PROXY, &format!("ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10;branch=z9hG4bKoc1\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.net>;tag=c-oc1\r\nTo: {to}\r\nCall-ID: oc1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"));
+    assert_eq!(ack.len(), 1, "{ack:?}");
+    assert_eq!(ack[0].remote, addr(PHONE));
+    let ack = text(&ack[0]);
+    assert!(
+        ack.starts_with("ACK sip:alice@10.0.0.20:5062 SIP/2.0\r\n"),
+        "{ack}"
+    );
+    assert_eq!(branch_of(&ack), branch_of(&got));
 }
 
 #[test]
