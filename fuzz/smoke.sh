@@ -11,7 +11,9 @@ for target in parse_message parse_sdp edit gateway; do
     echo "fuzz smoke: $target for ${seconds}s"
     mkdir -p logs
     status=0
-    cargo +stable fuzz run "$target" "corpus/$target" -- \
+    dict=()
+    if [ -f "$target.dict" ]; then dict=(-dict="$target.dict"); fi
+    cargo +stable fuzz run "$target" "corpus/$target" -- "${dict[@]}" \
         -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
         > "logs/smoke-$target.log" 2>&1 || status=$?
     grep -E "stat::number_of_executed_units|ERROR|panicked|Done" "logs/smoke-$target.log" || true
