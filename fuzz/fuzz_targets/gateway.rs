@@ -90,7 +90,7 @@ fn config(flags: u8) -> Config {
 }
 
 /// Inside address text in `payload`, outside the credentials headers: the dotted quad of
-/// 127.0.1.0/24 (leading zeros and all) and its IPv4-mapped IPv6 hex form.
+/// 127.0.1.0/24 (leading zeros and all) and IPv6 text that maps to it (`::ffff:7f00:114`).
 fn leak(payload: &[u8], credentials_kept: bool) -> Option<String> {
     let text = String::from_utf8_lossy(payload).to_ascii_lowercase();
     let header_end = text.find("\r\n\r\n").unwrap_or(text.len());
@@ -122,9 +122,18 @@ fn leak(payload: &[u8], credentials_kept: bool) -> Option<String> {
                 return Some(line.to_string());
             }
         }
-        for (at, _) in line.match_indices("ffff:7f00:1") {
-            let hex = b[at + 11..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
-            if hex == 2 {
+        for (at, _) in line.match_indices("ffff:") {
+            // The IPv6 text around it, if it is one, and whether it maps to the inside.
+            let is_v6 = |c: &u8| c.is_ascii_hexdigit() || *c == b':' || *c == b'.';
+            let start = at - b[..at].iter().rev().take_while(|c| is_v6(c)).count();
+            let end = at + b[at..].iter().take_while(|c| is_v6(c)).count();
+            let run = line[start..end].trim_end_matches('.');
+            let mapped = run
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+                .and_then(|ip| ip.to_ipv4_mapped())
+                .is_some_and(|v4| v4.octets()[..3] == [127, 0, 1]);
+            if mapped {
                 return Some(line.to_string());
             }
         }
