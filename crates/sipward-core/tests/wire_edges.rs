@@ -259,3 +259,19 @@ fn reordered_session_lines_and_an_empty_session_name_pass_through() {
         "{sent_body}"
     );
 }
+
+#[test]
+fn crlfs_before_a_message_are_not_forwarded() {
+    let mut net = Net::new(AlgOptions::default());
+    let inv = format!("\r\n\r\n{}", invite("lead", "z9hG4bKlead"));
+    let out = text(&net.phone_sends(&inv));
+    assert!(
+        out.starts_with("INVITE sip:bob@203.0.113.10:5060 SIP/2.0\r\n"),
+        "{out:?}"
+    );
+    let back = text(&net.proxy_sends(&format!(
+        "\r\n{}",
+        response_to(&out, "180 Ringing", "far", "")
+    )));
+    assert!(back.starts_with("SIP/2.0 180 Ringing\r\n"), "{back:?}");
+}
