@@ -1170,22 +1170,25 @@ impl Gateway {
                 .iter()
                 .filter(|f| f.name == HeaderName::Route && route_set.is_empty());
             for f in own_routes {
-                let ours = msg
+                // Entries naming another inside host cannot be reached from outside
+                // either (and would name it there): they go too, the rest stay.
+                let (ours, theirs): (Vec<&NameAddr<'_>>, Vec<_>) = msg
                     .routes()
                     .iter()
                     .filter(|r| {
                         msg.range_of(r.raw)
                             .is_some_and(|rr| field_contains(msg, f, &rr))
                     })
-                    .all(|r| {
-                        // Entries naming another inside host cannot be reached from
-                        // outside either (and would name it there): they go too.
+                    .partition(|r| {
                         r.uri.as_sip().is_some_and(|u| {
                             gateway_inside(u) || u.host.ip().is_some_and(is_inside)
                         })
                     });
-                if ours {
+                if theirs.is_empty() {
                     edits.remove_field(msg, f)?;
+                } else if !ours.is_empty() {
+                    let kept: Vec<&[u8]> = theirs.iter().map(|r| r.raw).collect();
+                    edits.replace(msg, f.value, &kept.join(&b", "[..]))?;
                 }
             }
             Ok(())

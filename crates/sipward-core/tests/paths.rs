@@ -849,3 +849,19 @@ fn an_inside_address_with_extra_leading_zeros_after_other_digits_is_hidden() {
     let out = text(&net.phone_sends(&inv));
     assert!(!out.contains("0.0.20"), "{out}");
 }
+
+#[test]
+fn inside_entries_of_a_phones_route_set_are_consumed_and_the_rest_kept() {
+    let mut net = Net::new(AlgOptions::default());
+    // Rewritten in place, the inside entry became the gateway's outside address: the
+    // proxy would have routed the call back to the gateway.
+    let inv = invite("rset", "z9hG4bKrset").replace(
+        "Contact: ",
+        "Route: <sip:10.0.0.99;lr>, <sip:edge.example.com;lr>\r\nContact: ",
+    );
+    let out = text(&net.phone_sends(&inv));
+    assert!(
+        out.contains("\r\nRoute: <sip:edge.example.com;lr>\r\n"),
+        "{out}"
+    );
+}
