@@ -677,12 +677,14 @@ pub(crate) fn clean_outgoing(
         };
         let mut edits = Edits::new();
         let r = (|| -> Result<bool, EditError> {
-            // The Request-URI (its user part, say) or a response's reason phrase: they
-            // cannot be removed, only rewritten.
+            // The Request-URI (its user part, say) or a response's reason phrase: not
+            // fields to remove. "remove" takes the address out of a reason phrase (free
+            // text); a Request-URI cannot do without it.
             let start_line = msg.start_line_bytes();
             let in_start = find(start_line, inside);
             if !in_start.is_empty() {
-                if policy != LeakPolicy::Rewrite {
+                let phrase = !msg.is_request() && policy == LeakPolicy::Remove;
+                if policy != LeakPolicy::Rewrite && !phrase {
                     return Ok(false);
                 }
                 let base = msg
@@ -691,7 +693,12 @@ pub(crate) fn clean_outgoing(
                     .start;
                 for hit in in_start {
                     let range = base + hit.host_port.start..base + hit.host_port.end;
-                    edits.replace_range(&msg, range, hit.header_replacement(outside).as_bytes())?;
+                    let with = if phrase {
+                        ""
+                    } else {
+                        hit.header_replacement(outside)
+                    };
+                    edits.replace_range(&msg, range, with.as_bytes())?;
                 }
             }
             for f in msg.headers() {

@@ -808,17 +808,23 @@ fn a_request_that_cannot_be_hidden_is_answered_500_under_every_policy() {
 
 #[test]
 fn a_phones_reason_phrase_naming_its_address_does_not_lose_the_response() {
-    let mut net = Net::new(AlgOptions::default());
-    let reg = registered(&mut net, 3600);
-    let got = inbound_invite(&mut net, &reg, "in-reason", "");
-    let out = net.phone_sends(&phone_response(&got, "486 Busy at 10.0.0.20", "p10", ""));
-    assert_eq!(out.remote, addr(PROXY));
-    assert!(
-        text(&out).starts_with("SIP/2.0 486 Busy at 203.0.113.1\r\n")
-            || text(&out).starts_with("SIP/2.0 486 Busy at 203.0.113.1:5060\r\n"),
-        "{}",
-        text(&out)
-    );
+    for (policy, phrase) in [
+        (
+            sipward_core::LeakPolicy::Rewrite,
+            "SIP/2.0 486 Busy at 203.0.113.1:5060\r\n",
+        ),
+        (sipward_core::LeakPolicy::Remove, "SIP/2.0 486 Busy at \r\n"),
+    ] {
+        let mut net = Net::new(AlgOptions {
+            leak_policy: policy,
+            ..AlgOptions::default()
+        });
+        let reg = registered(&mut net, 3600);
+        let got = inbound_invite(&mut net, &reg, "in-reason", "");
+        let out = net.phone_sends(&phone_response(&got, "486 Busy at 10.0.0.20", "p10", ""));
+        assert_eq!(out.remote, addr(PROXY));
+        assert!(text(&out).starts_with(phrase), "{}", text(&out));
+    }
 }
 
 #[test]
