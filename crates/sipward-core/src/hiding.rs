@@ -26,22 +26,34 @@ pub(crate) struct Found {
     /// The address is a URI's user part (`sip:10.0.0.20@host`): replaced by an address
     /// alone, as `host:port` there would read as a user and a password.
     pub(crate) user: bool,
+    /// The address is a URI's host (after `@`, `sip:` or `[`), where the gateway's port
+    /// belongs too; elsewhere (a display name, Warning's agent, free text) an address
+    /// written without a port gets one without (`Alice 10.0.0.20 <sip:...>` must not
+    /// become a display name with a colon, which no parser takes).
+    pub(crate) uri_host: bool,
 }
 
 impl Found {
     fn at(text: &[u8], address: Range<usize>, port_end: usize) -> Found {
         let user = text.get(address.end) == Some(&b'@') || text.get(port_end) == Some(&b'@');
         let host_port = address.start..if user { address.end } else { port_end };
+        let uri_host = address
+            .start
+            .checked_sub(1)
+            .and_then(|i| text.get(i))
+            .is_some_and(|b| matches!(b, b'@' | b':' | b'['));
         Found {
             address,
             host_port,
             user,
+            uri_host,
         }
     }
 
     /// What a header's text gets in place of `host_port`.
     fn header_replacement<'o>(&self, outside: &Outside<'o>) -> &'o str {
-        if self.user {
+        let bare = self.host_port == self.address && !self.uri_host;
+        if self.user || bare {
             outside.ip
         } else {
             outside.host_port

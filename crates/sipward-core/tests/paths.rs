@@ -249,7 +249,7 @@ fn identity_and_diversion_headers_of_an_invite_are_hidden() {
     );
     assert!(
         out.contains(
-            "Remote-Party-ID: \"203.0.113.1:5060\" <sip:alice@203.0.113.1:5060>;party=calling\r\n"
+            "Remote-Party-ID: \"203.0.113.1\" <sip:alice@203.0.113.1:5060>;party=calling\r\n"
         ),
         "{out}"
     );
@@ -385,7 +385,7 @@ fn a_phones_response_hides_identity_and_warning_agent() {
     assert_eq!(out.remote, addr(PROXY));
     let out = text(&out);
     assert!(
-        out.contains("Warning: 399 203.0.113.1:5060 \"busy on line 2\"\r\n"),
+        out.contains("Warning: 399 203.0.113.1 \"busy on line 2\"\r\n"),
         "{out}"
     );
 }
@@ -401,9 +401,7 @@ fn the_outgoing_scan_catches_what_no_rewrite_knew_and_counts_it() {
     );
     let out = text(&net.phone_sends(&inv));
     assert!(
-        out.contains(
-            "From: \"alice 203.0.113.1:5060\" <sip:alice@203.0.113.1:5060>;tag=a-scan\r\n"
-        ),
+        out.contains("From: \"alice 203.0.113.1\" <sip:alice@203.0.113.1:5060>;tag=a-scan\r\n"),
         "{out}"
     );
     assert_eq!(net.gw.counters().inside_address_leaks, 1);
@@ -811,7 +809,7 @@ fn a_phones_reason_phrase_naming_its_address_does_not_lose_the_response() {
     for (policy, phrase) in [
         (
             sipward_core::LeakPolicy::Rewrite,
-            "SIP/2.0 486 Busy at 203.0.113.1:5060\r\n",
+            "SIP/2.0 486 Busy at 203.0.113.1\r\n",
         ),
         (sipward_core::LeakPolicy::Remove, "SIP/2.0 486 Busy at \r\n"),
     ] {
@@ -868,6 +866,35 @@ fn inside_entries_of_a_phones_route_set_are_consumed_and_the_rest_kept() {
     let out = text(&net.phone_sends(&inv));
     assert!(
         out.contains("\r\nRoute: <sip:edge.example.com;lr>\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_address_as_an_unquoted_display_name_is_replaced_by_an_address_alone() {
+    let mut net = Net::new(AlgOptions::default());
+    // Phones without a configured name write their address; with the gateway's port
+    // added the display name held a colon and the proxy refused the call.
+    let inv = invite("dname", "z9hG4bKdname")
+        .replace(
+            "From: alice <sip:alice@10.0.0.20:5062>",
+            "From: 10.0.0.20 <sip:alice@10.0.0.20:5062>",
+        )
+        .replace(
+            "Contact: ",
+            "P-Asserted-Identity: Alice 10.0.0.20 <sip:alice@10.0.0.20>\r\nContact: ",
+        );
+    let out = text(&net.phone_sends(&inv));
+    assert!(
+        out.contains("\r\nFrom: 203.0.113.1 <sip:alice@203.0.113.1:5060>;tag=a-dname\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\r\nP-Asserted-Identity: Alice 203.0.113.1 <sip:alice@203.0.113.1:5060>\r\n"),
+        "{out}"
+    );
+    assert!(
+        sipward_proto::parse_datagram(out.as_bytes(), &sipward_proto::Limits::default()).is_ok(),
         "{out}"
     );
 }
