@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use sipward_proto::{DefectKind, Limits};
 use sipward_core::{
     Action, AddressObject, AlgOptions, Config, Gateway, LeakPolicy, Rule, Transmit, Zone,
 };
@@ -415,6 +416,22 @@ impl World {
 
     fn check(&mut self, t: &Transmit) {
         let text = String::from_utf8_lossy(&t.payload).into_owned();
+        // What the gateway sends is SIP a next hop can read (its edits keep the syntax),
+        // STUN answers aside; only a limit may be passed by what the edits added.
+        if !sipward_proto::stun::looks_like_stun(&t.payload) {
+            if let Err(r) = sipward_proto::parse_datagram(&t.payload, &Limits::default()) {
+                // (Max-Forwards may also reach 0: for the next hop to answer 483.)
+                let size = matches!(
+                    r.defect.kind,
+                    DefectKind::MessageTooLarge
+                        | DefectKind::SdpTooLarge
+                        | DefectKind::TooManyHeaders
+                        | DefectKind::TooManyParams
+                        | DefectKind::TooManyHops
+                );
+                assert!(size, "unparseable datagram sent ({:?}):\n{text}", r.defect);
+            }
+        }
         if *TRACE.get_or_init(|| std::env::var_os("GATEWAY_FUZZ_TRACE").is_some()) {
             eprintln!("--- {} -> {}\n{text}", t.local, t.remote);
         }

@@ -726,10 +726,11 @@ pub(crate) fn clean_outgoing(
                     continue;
                 }
                 let in_value = find(f.value, inside);
-                if policy == LeakPolicy::Rewrite
-                    && !f.name.is_protected()
-                    && in_value.len() == found.len()
-                {
+                // "remove" cannot take away what the message needs to be one (a From
+                // whose display name holds the address, say): rewritten instead.
+                let rewrite = policy == LeakPolicy::Rewrite
+                    || (policy == LeakPolicy::Remove && cannot_go(f.name));
+                if rewrite && !f.name.is_protected() && in_value.len() == found.len() {
                     let base = msg.range_of(f.value).ok_or(EditError::NotInMessage)?.start;
                     let planned: Vec<(Range<usize>, String)> = in_value
                         .iter()
@@ -771,10 +772,46 @@ pub(crate) fn clean_outgoing(
             _ => None,
         }
     };
-    // Whatever the edits made of it must itself be clean (but for the credentials kept).
+    // Whatever the edits made of it must itself be clean (but for the credentials kept)
+    // and still a message the next hop can read.
     match fixed {
-        Some(p) if find(&p, inside).len() == kept_credentials => Err(Some(p)),
+        Some(p) if find(&p, inside).len() == kept_credentials && readable(&p, limits) => {
+            Err(Some(p))
+        }
         _ => Err(None),
+    }
+}
+
+/// Header fields a message cannot lose and stay valid (RFC 3261 8.1.1, a dialog's
+/// Contact, what REFER, NOTIFY and PRACK require).
+fn cannot_go(name: HeaderName) -> bool {
+    matches!(
+        name,
+        HeaderName::Via
+            | HeaderName::From
+            | HeaderName::To
+            | HeaderName::CallId
+            | HeaderName::CSeq
+            | HeaderName::MaxForwards
+            | HeaderName::Contact
+            | HeaderName::ContentType
+            | HeaderName::ContentLength
+            | HeaderName::ReferTo
+            | HeaderName::Event
+            | HeaderName::SubscriptionState
+            | HeaderName::RAck
+            | HeaderName::RSeq
+    )
+}
+
+/// Whether a rewritten datagram still parses (a limit its growth passed aside).
+fn readable(payload: &[u8], limits: &sipward_proto::Limits) -> bool {
+    match sipward_proto::parse_datagram(payload, limits) {
+        Ok(_) => true,
+        Err(r) => matches!(
+            r.defect.kind,
+            sipward_proto::DefectKind::MessageTooLarge | sipward_proto::DefectKind::SdpTooLarge
+        ),
     }
 }
 

@@ -898,3 +898,37 @@ fn an_address_as_an_unquoted_display_name_is_replaced_by_an_address_alone() {
         "{out}"
     );
 }
+
+#[test]
+fn the_remove_policy_rewrites_what_a_message_cannot_lose() {
+    let mut net = Net::new(AlgOptions {
+        leak_policy: sipward_core::LeakPolicy::Remove,
+        ..AlgOptions::default()
+    });
+    // Found by the gateway fuzz target: the From (quoted display name) and the
+    // Contact (quoted instance) were removed and the INVITE went out without them.
+    let inv = invite("rm-from", "z9hG4bKrmfrom")
+        .replace(
+            "From: alice <sip:alice@10.0.0.20:5062>",
+            "From: \"Alice 10.0.0.20\" <sip:alice@10.0.0.20:5062>",
+        )
+        .replace(
+            "Contact: <sip:alice@10.0.0.20:5062>",
+            "Contact: <sip:alice@10.0.0.20:5062>;+sip.instance=\"<urn:uuid:10.0.0.20>\"",
+        );
+    let out = text(&net.phone_sends(&inv));
+    assert!(
+        out.contains(
+            "\r\nFrom: \"Alice 203.0.113.1\" <sip:alice@203.0.113.1:5060>;tag=a-rm-from\r\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("\r\nContact: <sip:alice@203.0.113.1:5060;swc="),
+        "{out}"
+    );
+    assert!(
+        sipward_proto::parse_datagram(out.as_bytes(), &sipward_proto::Limits::default()).is_ok(),
+        "{out}"
+    );
+}
