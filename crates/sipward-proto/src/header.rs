@@ -382,7 +382,6 @@ impl HeaderName {
                 | HeaderName::Expires
                 | HeaderName::ContentLength
                 | HeaderName::ContentType
-                | HeaderName::ContentEncoding
                 | HeaderName::ReferTo
                 | HeaderName::ReferredBy
                 | HeaderName::RSeq
