@@ -320,8 +320,10 @@ fn v6_around(text: &[u8], colon: usize) -> Option<(Ipv6Addr, usize, usize)> {
     if run.iter().filter(|&&b| b == b':').count() < 2 || run.len() > 45 {
         return None;
     }
-    // A run may end in a sentence's full stop or a URI's port after the brackets.
-    let run = run.strip_suffix(b".").unwrap_or(run);
+    // A run may end in a sentence's full stop (or an ellipsis: found by the gateway
+    // fuzz target) or a URI's port after the brackets.
+    let dots = run.iter().rev().take_while(|&&b| b == b'.').count();
+    let run = run.get(..run.len() - dots)?;
     let ip: Ipv6Addr = std::str::from_utf8(run).ok()?.parse().ok()?;
     Some((ip, start, start + run.len()))
 }
@@ -890,6 +892,7 @@ mod tests {
             ),
             ["[::ffff:10.0.0.5]:5062", "[::FFFF:a00:14]", "::ffff:0a00:0014"]
         );
+        assert_eq!(hits("at ::ffff:a00:14... or", false), ["::ffff:a00:14"]);
         let nets: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let scanner = Scanner::new(nets.iter());
         let inside = Inside {
