@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 seconds="${1:-1800}"
 export RUSTC_BOOTSTRAP=1
 mkdir -p results logs
-targets=(parse_message parse_sdp edit)
+targets=(parse_message parse_sdp edit gateway)
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     cp -n seeds/$t/* "corpus/$t/" 2>/dev/null || true
@@ -16,7 +16,9 @@ done
 for t in "${targets[@]}"; do
     echo "long fuzz: $t for ${seconds}s"
     status=0
-    nice -n 19 cargo +stable fuzz run "$t" "corpus/$t" -- -max_total_time="$seconds" \
+    dict=()
+    if [ -f "$t.dict" ]; then dict=(-dict="$t.dict"); fi
+    nice -n 19 cargo +stable fuzz run "$t" "corpus/$t" -- "${dict[@]}" -max_total_time="$seconds" \
         -rss_limit_mb=2048 -print_final_stats=1 > "logs/$t.log" 2>&1 || status=$?
     echo "exit $status" >> "logs/$t.log"
 done

@@ -5,13 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-20}"
 export RUSTC_BOOTSTRAP=1
-for target in parse_message parse_sdp edit; do
+for target in parse_message parse_sdp edit gateway; do
     mkdir -p "corpus/$target"
     cp -n seeds/$target/* "corpus/$target/" 2>/dev/null || true
     echo "fuzz smoke: $target for ${seconds}s"
     mkdir -p logs
     status=0
-    cargo +stable fuzz run "$target" "corpus/$target" -- \
+    dict=()
+    if [ -f "$target.dict" ]; then dict=(-dict="$target.dict"); fi
+    cargo +stable fuzz run "$target" "corpus/$target" -- "${dict[@]}" \
         -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
         > "logs/smoke-$target.log" 2>&1 || status=$?
     grep -E "stat::number_of_executed_units|ERROR|panicked|Done" "logs/smoke-$target.log" || true

@@ -156,6 +156,11 @@ impl Config {
 
     /// Whether `ip` belongs to an inside zone (a gateway inside address included).
     pub fn is_inside(&self, ip: IpAddr) -> bool {
+        // `::ffff:10.0.0.20` is 10.0.0.20 written as IPv6 (RFC 5118 section 4.6).
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
         self.zones
             .iter()
             .filter(|z| z.inside)

@@ -21,7 +21,7 @@ use sipward_proto::{
 use crate::cancel::{Cancels, Due, Toward};
 use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
 use crate::hide::{Hider, BRANCH_PREFIX};
-use crate::hiding::{LeakPolicy, Scanner};
+use crate::hiding::Scanner;
 
 mod cancelling;
 mod leaks;
@@ -1199,22 +1199,25 @@ impl Gateway {
                 .iter()
                 .filter(|f| f.name == HeaderName::Route && route_set.is_empty());
             for f in own_routes {
-                let ours = msg
+                // Entries naming another inside host cannot be reached from outside
+                // either (and would name it there): they go too, the rest stay.
+                let (ours, theirs): (Vec<&NameAddr<'_>>, Vec<_>) = msg
                     .routes()
                     .iter()
                     .filter(|r| {
                         msg.range_of(r.raw)
                             .is_some_and(|rr| field_contains(msg, f, &rr))
                     })
-                    .all(|r| {
-                        // Entries naming another inside host cannot be reached from
-                        // outside either (and would name it there): they go too.
+                    .partition(|r| {
                         r.uri.as_sip().is_some_and(|u| {
                             gateway_inside(u) || u.host.ip().is_some_and(is_inside)
                         })
                     });
-                if ours {
+                if theirs.is_empty() {
                     edits.remove_field(msg, f)?;
+                } else if !ours.is_empty() {
+                    let kept: Vec<&[u8]> = theirs.iter().map(|r| r.raw).collect();
+                    edits.replace(msg, f.value, &kept.join(&b", "[..]))?;
                 }
             }
             Ok(())
@@ -1287,16 +1290,16 @@ impl Gateway {
             }
         };
         let Some(payload) = self.outgoing(wan_local, payload) else {
-            if config.alg.leak_policy == LeakPolicy::Refuse {
-                self.answer(
-                    config,
-                    at,
-                    msg,
-                    500,
-                    "Server Internal Error",
-                    "request would reveal inside addresses",
-                );
-            }
+            // Whatever the policy, the phone learns at once that its request cannot
+            // leave (rather than retransmitting it into silence).
+            self.answer(
+                config,
+                at,
+                msg,
+                500,
+                "Server Internal Error",
+                "request would reveal inside addresses",
+            );
             return;
         };
 
@@ -1631,7 +1634,9 @@ impl Gateway {
             .cloned();
         let (phone, lan_local, target, aor, tok) =
             if let (Some(p), MethodKind::Ack) = (&pending, method) {
-                (p.phone, p.lan_local, None, p.aor.clone(), p.token.clone())
+                // A failure's ACK goes where the INVITE went, with its Request-URI.
+                let target = p.request_uri.clone();
+                (p.phone, p.lan_local, target, p.aor.clone(), p.token.clone())
             } else if let Some(d) = dialog.as_ref().filter(|_| !initial) {
                 (
                     d.phone,
@@ -1787,6 +1792,7 @@ impl Gateway {
                     token: tok,
                     dialog: tx_dialog.clone(),
                     record_route: msg.record_routes().iter().map(|r| r.raw.to_vec()).collect(),
+                    request_uri: target,
                 },
             );
         }

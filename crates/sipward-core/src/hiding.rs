@@ -23,6 +23,42 @@ pub(crate) struct Found {
     pub(crate) address: Range<usize>,
     /// The address and the `:port` after it, if any.
     pub(crate) host_port: Range<usize>,
+    /// The address is a URI's user part (`sip:10.0.0.20@host`): replaced by an address
+    /// alone, as `host:port` there would read as a user and a password.
+    pub(crate) user: bool,
+    /// The address is a URI's host (after `@`, `sip:` or `[`), where the gateway's port
+    /// belongs too; elsewhere (a display name, Warning's agent, free text) an address
+    /// written without a port gets one without (`Alice 10.0.0.20 <sip:...>` must not
+    /// become a display name with a colon, which no parser takes).
+    pub(crate) uri_host: bool,
+}
+
+impl Found {
+    fn at(text: &[u8], address: Range<usize>, port_end: usize) -> Found {
+        let user = text.get(address.end) == Some(&b'@') || text.get(port_end) == Some(&b'@');
+        let host_port = address.start..if user { address.end } else { port_end };
+        let uri_host = address
+            .start
+            .checked_sub(1)
+            .and_then(|i| text.get(i))
+            .is_some_and(|b| matches!(b, b'@' | b':' | b'['));
+        Found {
+            address,
+            host_port,
+            user,
+            uri_host,
+        }
+    }
+
+    /// What a header's text gets in place of `host_port`.
+    fn header_replacement<'o>(&self, outside: &Outside<'o>) -> &'o str {
+        let bare = self.host_port == self.address && !self.uri_host;
+        if self.user || bare {
+            outside.ip
+        } else {
+            outside.host_port
+        }
+    }
 }
 
 /// What an inside address is: the inside networks and the gateway's inside addresses.
@@ -39,9 +75,11 @@ pub(crate) struct Scanner {
     /// and its dot ("10."), so that a datagram without an inside address costs one
     /// SIMD search per first octet instead of a look at every dot.
     leads: Option<Vec<memchr::memmem::Finder<'static>>>,
-    /// Whether any inside address is IPv6 (otherwise the colon scan is skipped: an
-    /// IPv4-mapped form still contains the dotted quad the IPv4 scan finds).
+    /// Whether any inside address is IPv6 (otherwise the colon scan is skipped).
     v6: bool,
+    /// With IPv4 inside and no IPv6: searchers for the IPv4-mapped prefix (`::ffff:`),
+    /// whose hex form (`::ffff:a00:14`) has no dotted quad for the IPv4 scan to find.
+    mapped: Option<[memchr::memmem::Finder<'static>; 2]>,
 }
 
 impl Scanner {
@@ -70,10 +108,14 @@ impl Scanner {
                 .map(|o| memchr::memmem::Finder::new(format!("{o}.").as_bytes()).into_owned())
                 .collect()
         });
+        let any_v4 = first_octets.iter().any(|&o| o);
+        let mapped = (any_v4 && !v6)
+            .then(|| [b"ffff:", b"FFFF:"].map(|p| memchr::memmem::Finder::new(p).into_owned()));
         Scanner {
             first_octets,
             leads,
             v6,
+            mapped,
         }
     }
 }
@@ -87,22 +129,17 @@ pub(crate) fn find(text: &[u8], inside: &Inside<'_>) -> Vec<Found> {
     let mut found = Vec::new();
     let push_v4 = |found: &mut Vec<Found>, ip: Ipv4Addr, start: usize, end: usize| {
         if (inside.is_inside)(IpAddr::V4(ip)) {
-            found.push(Found {
-                address: start..end,
-                host_port: start..port_end(text, end),
-            });
+            found.push(Found::at(text, start..end, port_end(text, end)));
         }
     };
     match &scanner.leads {
         Some(leads) => {
             for finder in leads {
                 for mut start in finder.find_iter(text) {
-                    // "010.0.0.1" is found as "10.": its leading zeros belong to it.
-                    let digits = text
-                        .get(start..)
-                        .map_or(0, |t| t.iter().take_while(|b| b.is_ascii_digit()).count());
+                    // "010.0.0.1" is found as "10.": its leading zeros belong to it
+                    // (any number of them: "0010." is still the text of 10).
                     let mut zeros = 0;
-                    while digits + zeros < 3
+                    while zeros < MAX_ZEROS
                         && start > zeros
                         && text.get(start - zeros - 1) == Some(&b'0')
                     {
@@ -135,35 +172,55 @@ pub(crate) fn find(text: &[u8], inside: &Inside<'_>) -> Vec<Found> {
             }
         }
     }
+    let push_v6 = |found: &mut Vec<Found>, colon: usize| -> Option<usize> {
+        let (ip, start, end) = v6_around(text, colon)?;
+        let mapped_inside = ip
+            .to_ipv4_mapped()
+            .is_some_and(|v4| (inside.is_inside)(IpAddr::V4(v4)));
+        if !mapped_inside && !(inside.is_inside)(IpAddr::V6(ip)) {
+            return Some(end);
+        }
+        let bracketed =
+            start > 0 && text.get(start - 1) == Some(&b'[') && text.get(end) == Some(&b']');
+        let (a, b) = if bracketed {
+            (start - 1, end + 1)
+        } else {
+            (start, end)
+        };
+        // The whole IPv6 text replaces a dotted quad found inside it (an IPv4-mapped
+        // address): replacing the quad alone would leave `[::ffff:host:port]`.
+        found.retain(|f| !(a <= f.address.start && f.address.end <= b));
+        let overlaps = found
+            .iter()
+            .any(|f| f.address.start < b && a < f.address.end);
+        if !overlaps {
+            let port = if bracketed { port_end(text, b) } else { b };
+            found.push(Found::at(text, a..b, port));
+        }
+        Some(end)
+    };
     if scanner.v6 {
         let mut next = 0;
         for colon in memchr::memchr_iter(b':', text) {
             if colon < next {
                 continue;
             }
-            let Some((ip, start, end)) = v6_around(text, colon) else {
-                continue;
-            };
-            next = end;
-            let already = found
-                .iter()
-                .any(|f| f.address.start < end && start < f.address.end);
-            if already || !(inside.is_inside)(IpAddr::V6(ip)) {
-                continue;
+            if let Some(end) = push_v6(&mut found, colon) {
+                next = end;
             }
-            let bracketed =
-                start > 0 && text.get(start - 1) == Some(&b'[') && text.get(end) == Some(&b']');
-            let (a, b) = if bracketed {
-                (start - 1, end + 1)
-            } else {
-                (start, end)
-            };
-            found.push(Found {
-                address: a..b,
-                host_port: a..if bracketed { port_end(text, b) } else { b },
-            });
         }
         found.sort_by_key(|f| f.address.start);
+    } else if let Some(mapped) = &scanner.mapped {
+        let mut any = false;
+        for finder in mapped {
+            for at in finder.find_iter(text) {
+                // The colon that ends `ffff:`.
+                any |= push_v6(&mut found, at + 4).is_some();
+            }
+        }
+        if any {
+            found.sort_by_key(|f| f.address.start);
+        }
     }
     found
 }
@@ -182,20 +239,17 @@ fn is_digit(text: &[u8], i: usize) -> bool {
 /// octet is one of `first`.
 fn quad_around(text: &[u8], dot: usize, first: &[bool; 256]) -> Option<(Ipv4Addr, usize, usize)> {
     let mut start = dot;
-    while start > 0 && dot - start < 8 && is_digit(text, start - 1) {
+    while start > 0 && dot - start < MAX_ZEROS + 8 && is_digit(text, start - 1) {
         start -= 1;
     }
     // `%40` (an escaped `@`, as in a Refer-To's Replaces) is not part of the address.
     if start >= 1 && text.get(start - 1) == Some(&b'%') {
         start += 2;
     }
-    if start >= dot || dot - start > 3 || !starts_number(text, start) {
+    if start >= dot || !starts_number(text, start) {
         return None;
     }
-    let lead = text
-        .get(start..dot)?
-        .iter()
-        .fold(0usize, |n, d| n * 10 + usize::from(d.wrapping_sub(b'0')));
+    let lead = octet_value(text.get(start..dot)?)?;
     if !first.get(lead).copied().unwrap_or(false) {
         return None;
     }
@@ -203,8 +257,29 @@ fn quad_around(text: &[u8], dot: usize, first: &[bool; 256]) -> Option<(Ipv4Addr
     Some((ip, start, end))
 }
 
-/// The dotted quad starting at `start` (one to three digits per octet, nothing more
-/// after the last), with its end.
+/// Leading zeros an octet may have besides its (up to three) digits.
+const MAX_ZEROS: usize = 16;
+
+/// The value of an octet's digits: up to three after any leading zeros.
+fn octet_value(digits: &[u8]) -> Option<usize> {
+    // All zeros is the octet 0 (its last zero); otherwise from the first other digit.
+    let from = digits
+        .iter()
+        .position(|&d| d != b'0')
+        .unwrap_or(digits.len().saturating_sub(1));
+    let significant = digits.get(from..).unwrap_or_default();
+    if significant.is_empty() || significant.len() > 3 {
+        return None;
+    }
+    Some(
+        significant
+            .iter()
+            .fold(0usize, |n, d| n * 10 + usize::from(d.wrapping_sub(b'0'))),
+    )
+}
+
+/// The dotted quad starting at `start` (one to three digits per octet after any leading
+/// zeros, nothing more after the last), with its end.
 fn quad_at(text: &[u8], start: usize) -> Option<(Ipv4Addr, usize)> {
     let mut octets = [0u8; 4];
     let mut at = start;
@@ -216,15 +291,13 @@ fn quad_at(text: &[u8], start: usize) -> Option<(Ipv4Addr, usize)> {
             at += 1;
         }
         let digits_start = at;
-        let mut value: u32 = 0;
-        while at - digits_start < 3 && is_digit(text, at) {
-            value = value * 10 + u32::from(text.get(at).copied().unwrap_or(b'0') - b'0');
+        while at - digits_start < MAX_ZEROS + 3 && is_digit(text, at) {
             at += 1;
         }
-        if at == digits_start || is_digit(text, at) {
+        if is_digit(text, at) {
             return None;
         }
-        *octet = u8::try_from(value).ok()?;
+        *octet = u8::try_from(octet_value(text.get(digits_start..at)?)?).ok()?;
     }
     Some((Ipv4Addr::from(octets), at))
 }
@@ -247,8 +320,10 @@ fn v6_around(text: &[u8], colon: usize) -> Option<(Ipv6Addr, usize, usize)> {
     if run.iter().filter(|&&b| b == b':').count() < 2 || run.len() > 45 {
         return None;
     }
-    // A run may end in a sentence's full stop or a URI's port after the brackets.
-    let run = run.strip_suffix(b".").unwrap_or(run);
+    // A run may end in a sentence's full stop (or an ellipsis: found by the gateway
+    // fuzz target) or a URI's port after the brackets.
+    let dots = run.iter().rev().take_while(|&&b| b == b'.').count();
+    let run = run.get(..run.len() - dots)?;
     let ip: Ipv6Addr = std::str::from_utf8(run).ok()?.parse().ok()?;
     Some((ip, start, start + run.len()))
 }
@@ -298,14 +373,11 @@ fn handled_by_path(name: HeaderName) -> bool {
 /// (In-Reply-To, RFC 3261 20.21).
 fn call_id_header(f: &HeaderField<'_>) -> Option<bool> {
     match f.name {
-        HeaderName::Replaces | HeaderName::TargetDialog => return Some(false),
+        HeaderName::Replaces | HeaderName::TargetDialog | HeaderName::Join => return Some(false),
         HeaderName::Other => {}
         _ => return None,
     }
-    let n = f.raw_name;
-    if n.eq_ignore_ascii_case(b"Join") {
-        Some(false)
-    } else if n.eq_ignore_ascii_case(b"In-Reply-To") {
+    if f.raw_name.eq_ignore_ascii_case(b"In-Reply-To") {
         Some(true)
     } else {
         None
@@ -456,7 +528,7 @@ pub(crate) fn hide_unknown(
                 };
                 let with = match token {
                     Some(t) => format!("{};swc={t}", outside.host_port),
-                    None => outside.host_port.to_string(),
+                    None => hit.header_replacement(outside).to_string(),
                 };
                 (range, with)
             })
@@ -619,6 +691,30 @@ pub(crate) fn clean_outgoing(
         };
         let mut edits = Edits::new();
         let r = (|| -> Result<bool, EditError> {
+            // The Request-URI (its user part, say) or a response's reason phrase: not
+            // fields to remove. "remove" takes the address out of a reason phrase (free
+            // text); a Request-URI cannot do without it.
+            let start_line = msg.start_line_bytes();
+            let in_start = find(start_line, inside);
+            if !in_start.is_empty() {
+                let phrase = !msg.is_request() && policy == LeakPolicy::Remove;
+                if policy != LeakPolicy::Rewrite && !phrase {
+                    return Ok(false);
+                }
+                let base = msg
+                    .range_of(start_line)
+                    .ok_or(EditError::NotInMessage)?
+                    .start;
+                for hit in in_start {
+                    let range = base + hit.host_port.start..base + hit.host_port.end;
+                    let with = if phrase {
+                        ""
+                    } else {
+                        hit.header_replacement(outside)
+                    };
+                    edits.replace_range(&msg, range, with.as_bytes())?;
+                }
+            }
             for f in msg.headers() {
                 let found = find(f.line, inside);
                 if found.is_empty() {
@@ -632,16 +728,17 @@ pub(crate) fn clean_outgoing(
                     continue;
                 }
                 let in_value = find(f.value, inside);
-                if policy == LeakPolicy::Rewrite
-                    && !f.name.is_protected()
-                    && in_value.len() == found.len()
-                {
+                // "remove" cannot take away what the message needs to be one (a From
+                // whose display name holds the address, say): rewritten instead.
+                let rewrite = policy == LeakPolicy::Rewrite
+                    || (policy == LeakPolicy::Remove && cannot_go(f.name));
+                if rewrite && !f.name.is_protected() && in_value.len() == found.len() {
                     let base = msg.range_of(f.value).ok_or(EditError::NotInMessage)?.start;
                     let planned: Vec<(Range<usize>, String)> = in_value
                         .iter()
                         .map(|hit| {
                             let r = base + hit.host_port.start..base + hit.host_port.end;
-                            (r, outside.host_port.to_string())
+                            (r, hit.header_replacement(outside).to_string())
                         })
                         .collect();
                     edits.replace(&msg, f.value, &substitute(f.value, base, &planned))?;
@@ -677,10 +774,46 @@ pub(crate) fn clean_outgoing(
             _ => None,
         }
     };
-    // Whatever the edits made of it must itself be clean (but for the credentials kept).
+    // Whatever the edits made of it must itself be clean (but for the credentials kept)
+    // and still a message the next hop can read.
     match fixed {
-        Some(p) if find(&p, inside).len() == kept_credentials => Err(Some(p)),
+        Some(p) if find(&p, inside).len() == kept_credentials && readable(&p, limits) => {
+            Err(Some(p))
+        }
         _ => Err(None),
+    }
+}
+
+/// Header fields a message cannot lose and stay valid (RFC 3261 8.1.1, a dialog's
+/// Contact, what REFER, NOTIFY and PRACK require).
+fn cannot_go(name: HeaderName) -> bool {
+    matches!(
+        name,
+        HeaderName::Via
+            | HeaderName::From
+            | HeaderName::To
+            | HeaderName::CallId
+            | HeaderName::CSeq
+            | HeaderName::MaxForwards
+            | HeaderName::Contact
+            | HeaderName::ContentType
+            | HeaderName::ContentLength
+            | HeaderName::ReferTo
+            | HeaderName::Event
+            | HeaderName::SubscriptionState
+            | HeaderName::RAck
+            | HeaderName::RSeq
+    )
+}
+
+/// Whether a rewritten datagram still parses (a limit its growth passed aside).
+fn readable(payload: &[u8], limits: &sipward_proto::Limits) -> bool {
+    match sipward_proto::parse_datagram(payload, limits) {
+        Ok(_) => true,
+        Err(r) => matches!(
+            r.defect.kind,
+            sipward_proto::DefectKind::MessageTooLarge | sipward_proto::DefectKind::SdpTooLarge
+        ),
     }
 }
 
@@ -729,6 +862,13 @@ mod tests {
         // Inside text inside a longer dotted run is still inside text.
         assert_eq!(hits("1234.10.0.0.1", false), ["10.0.0.1"]);
         assert_eq!(hits("010.000.000.020", false), ["010.000.000.020"]);
+        // Any number of leading zeros (found by the gateway fuzz target in a run of
+        // digits and dots: "127.0127.0.1.20").
+        assert_eq!(
+            hits("x0010.0.0.1 127.0010.0.0.5", false),
+            ["0010.0.0.1", "0010.0.0.5"]
+        );
+        assert!(hits("110.0.0.1 10.0.0.1000 10.0.0.0256", false).is_empty());
     }
 
     #[test]
@@ -738,9 +878,41 @@ mod tests {
                 "sip:a@[fd00::20]:5062 c=IN IP6 fd00:0:0:0:0:0:0:21 x ::ffff:10.0.0.5",
                 true
             ),
-            ["[fd00::20]:5062", "fd00:0:0:0:0:0:0:21", "10.0.0.5"]
+            ["[fd00::20]:5062", "fd00:0:0:0:0:0:0:21", "::ffff:10.0.0.5"]
         );
         assert!(hits("sip:[2001:db8::1]:5060 Via: SIP/2.0/UDP", true).is_empty());
+    }
+
+    #[test]
+    fn finds_ipv4_mapped_forms_with_ipv4_inside_only_and_marks_user_parts() {
+        assert_eq!(
+            hits(
+                "<sip:a@[::ffff:10.0.0.5]:5062>, [::FFFF:a00:14], ::ffff:0a00:0014. [::ffff:203.0.113.1]",
+                false
+            ),
+            ["[::ffff:10.0.0.5]:5062", "[::FFFF:a00:14]", "::ffff:0a00:0014"]
+        );
+        assert_eq!(hits("at ::ffff:a00:14... or", false), ["::ffff:a00:14"]);
+        let nets: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let scanner = Scanner::new(nets.iter());
+        let inside = Inside {
+            is_inside: &inside_net,
+            scanner: &scanner,
+        };
+        let text = b"sip:10.0.0.20@x sip:10.0.0.21:5060@y sip:u@10.0.0.22:5062";
+        let found = find(text, &inside);
+        let users: Vec<(bool, &[u8])> = found
+            .iter()
+            .map(|f| (f.user, &text[f.host_port.clone()]))
+            .collect();
+        assert_eq!(
+            users,
+            [
+                (true, &b"10.0.0.20"[..]),
+                (true, b"10.0.0.21"),
+                (false, b"10.0.0.22:5062")
+            ]
+        );
     }
 
     #[test]

@@ -572,21 +572,21 @@ impl MediaTable {
             let _ = edits.replace(msg, m.port_token, local.port().to_string().as_bytes());
             if let Some(c) = m.connection {
                 if !c.ip.is_some_and(|ip| ip.is_unspecified()) {
-                    let _ = edits.replace(msg, c.address, local.ip().to_string().as_bytes());
+                    let _ = set_address(msg, edits, c.address, local.ip());
                 }
             }
             if let Some(r) = m.rtcp {
                 let port = local.port().saturating_add(1).to_string();
                 let _ = edits.replace(msg, r.port_token, port.as_bytes());
                 if let Some(a) = r.address {
-                    let _ = edits.replace(msg, a, local.ip().to_string().as_bytes());
+                    let _ = set_address(msg, edits, a, local.ip());
                 }
             }
         }
         let to_ip = *to.of(&passage.gateway_ip);
         if let Some(c) = sdp.connection {
             if !c.ip.is_some_and(|ip| ip.is_unspecified()) {
-                let _ = edits.replace(msg, c.address, to_ip.to_string().as_bytes());
+                let _ = set_address(msg, edits, c.address, to_ip);
             }
         }
         hide_origin(msg, edits, sdp, to_ip, passage);
@@ -734,16 +734,15 @@ impl MediaTable {
             let (Some(m), Some(rtp)) = (sdp.media.get(index), peer.rtp) else {
                 continue;
             };
-            let host = rtp.ip().to_string();
             let _ = edits.replace(msg, m.port_token, rtp.port().to_string().as_bytes());
             if let Some(c) = m.connection {
-                let _ = edits.replace(msg, c.address, host.as_bytes());
+                let _ = set_address(msg, edits, c.address, rtp.ip());
             }
             if let Some(r) = m.rtcp {
                 let rtcp = peer.rtcp.unwrap_or(rtp);
                 let _ = edits.replace(msg, r.port_token, rtcp.port().to_string().as_bytes());
                 if let Some(a) = r.address {
-                    let _ = edits.replace(msg, a, rtcp.ip().to_string().as_bytes());
+                    let _ = set_address(msg, edits, a, rtcp.ip());
                 }
             }
             // The other call's stream, found by the relay address this SDP named.
@@ -768,7 +767,7 @@ impl MediaTable {
             }
         }
         if let (Some(c), Some(rtp)) = (sdp.connection, plan.first().and_then(|p| p.1.rtp)) {
-            let _ = edits.replace(msg, c.address, rtp.ip().to_string().as_bytes());
+            let _ = set_address(msg, edits, c.address, rtp.ip());
         }
         // The call exists for this side too, so that its answer is relayed (hidden) on
         // the way out and found again on the way back.
@@ -929,7 +928,7 @@ fn hide_addresses(
     if from != Side::Inside {
         return;
     }
-    let replacement = Side::Outside.of(&passage.gateway_ip).to_string();
+    let replacement = *Side::Outside.of(&passage.gateway_ip);
     for addr in sdp.addresses() {
         let inside = std::str::from_utf8(addr)
             .ok()
@@ -938,9 +937,35 @@ fn hide_addresses(
         if inside {
             // An address the parser returned is a slice of this message outside any
             // quoted string, so the edit cannot be refused.
-            let _ = edits.replace(msg, addr, replacement.as_bytes());
+            let _ = set_address(msg, edits, addr, replacement);
         }
     }
+}
+
+/// Puts `ip` in place of an SDP address (`c=`, `o=`, `a=rtcp`), with the address type
+/// before it changed too when the family differs: an IPv6 phone's `IN IP6` line must
+/// not go out as `IN IP6 203.0.113.1`, which no parser takes (RFC 5118 section 4.9).
+fn set_address(
+    msg: &Message<'_>,
+    edits: &mut Edits,
+    address: &[u8],
+    ip: IpAddr,
+) -> Result<(), sipward_proto::EditError> {
+    let range = msg
+        .range_of(address)
+        .ok_or(sipward_proto::EditError::NotInMessage)?;
+    let written = match ip {
+        IpAddr::V4(_) => b"IP4 ",
+        IpAddr::V6(_) => b"IP6 ",
+    };
+    let type_at = range.start.saturating_sub(4)..range.start;
+    let before = msg.as_bytes().get(type_at.clone()).unwrap_or_default();
+    let is_type = before.eq_ignore_ascii_case(b"IP4 ") || before.eq_ignore_ascii_case(b"IP6 ");
+    if is_type && !before.eq_ignore_ascii_case(written) {
+        let text = format!("{}{ip}", String::from_utf8_lossy(written));
+        return edits.replace_range(msg, type_at.start..range.end, text.as_bytes());
+    }
+    edits.replace_range(msg, range, ip.to_string().as_bytes())
 }
 
 /// `o=` names the author's host: an inside one is replaced.
@@ -956,6 +981,6 @@ fn hide_origin(
         .and_then(|a| a.parse::<IpAddr>().ok())
         .is_some_and(passage.is_inside);
     if inside && !(passage.is_inside)(to_ip) {
-        let _ = edits.replace(msg, sdp.origin.address, to_ip.to_string().as_bytes());
+        let _ = set_address(msg, edits, sdp.origin.address, to_ip);
     }
 }

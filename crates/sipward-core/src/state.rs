@@ -148,6 +148,9 @@ pub(crate) struct ServerTx {
     /// The request's Record-Route entries, withheld from the phone and given back in
     /// its responses.
     pub(crate) record_route: Vec<Vec<u8>>,
+    /// The Request-URI the phone received (None: left as it came), which the ACK of a
+    /// failure must carry too (RFC 3261 17.1.1.3).
+    pub(crate) request_uri: Option<Vec<u8>>,
 }
 
 /// A call (INVITE dialog) through the gateway, early or confirmed.

@@ -652,3 +652,42 @@ fn an_ack_answering_a_late_offer_goes_on_unrelayed_when_ports_run_out() {
         "{events:?}"
     );
 }
+
+/// The phone's INVITE with its SDP's `IN IP4 10.0.0.20` written as `with`.
+fn invite_with_sdp_address(call: &str, with: &str) -> String {
+    let inv = invite(call, &format!("z9hG4bK{call}"));
+    let at = inv.find("\r\n\r\n").unwrap() + 4;
+    let body = inv[at..].replace("IN IP4 10.0.0.20", with);
+    let head = inv[..at].replace(
+        &format!("Content-Length: {}", inv.len() - at),
+        &format!("Content-Length: {}", body.len()),
+    );
+    format!("{head}{body}")
+}
+
+#[test]
+fn an_ipv6_written_phone_sdp_goes_out_with_the_relays_ipv4_and_its_address_type() {
+    // RFC 5118 section 4.6: `IN IP6 ::ffff:10.0.0.20` is the phone's IPv4 address;
+    // the relay's address replaced only the address text ("IN IP6 203.0.113.1", which
+    // no parser takes) and the o= line kept the inside address, so the INVITE was lost.
+    for (call, with) in [
+        ("map6", "IN IP6 ::ffff:10.0.0.20"),
+        ("v6", "IN IP6 2001:db8::20"),
+    ] {
+        let mut net = Net::with_media(AlgOptions::default(), 4);
+        let out = text(&net.phone_sends(&invite_with_sdp_address(call, with)));
+        assert!(out.contains("\r\nc=IN IP4 203.0.113.1\r\n"), "{out}");
+        assert!(!out.contains("IN IP6 203.0.113.1"), "{out}");
+        if call == "map6" {
+            assert!(
+                out.contains("\r\no=alice 1 1 IN IP4 203.0.113.1\r\n"),
+                "{out}"
+            );
+        }
+        assert!(
+            sipward_proto::parse_datagram(out.as_bytes(), &sipward_proto::Limits::default())
+                .is_ok(),
+            "{out}"
+        );
+    }
+}

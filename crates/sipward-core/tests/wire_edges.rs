@@ -191,6 +191,33 @@ fn repeated_single_headers_get_400_naming_the_header() {
         ),
         (b"Subject: a\r\nSubject: b\r\n", "duplicate Subject header"),
         (b"Date: a\r\nDate: b\r\n", "duplicate Date header"),
+        // Single by their grammar too (no comma list): each element after the gateway
+        // could read a different one.
+        (
+            b"Reply-To: <sip:a@example.com>\r\nReply-To: <sip:b@example.com>\r\n",
+            "duplicate Reply-To header",
+        ),
+        (
+            b"Max-Breadth: 60\r\nMax-Breadth: 1\r\n",
+            "duplicate Max-Breadth header",
+        ),
+        (b"Privacy: none\r\nPrivacy: id\r\n", "duplicate Privacy header"),
+        (
+            b"Join: a@b;to-tag=1;from-tag=2\r\nJoin: c@d;to-tag=3;from-tag=4\r\n",
+            "duplicate Join header",
+        ),
+        (
+            b"Session-ID: ab30317f1a784dc48ff824d0d3715d86\r\nSession-ID: 00000000000000000000000000000000\r\n",
+            "duplicate Session-ID header",
+        ),
+        (
+            b"Answer-Mode: Auto\r\nAnswer-Mode: Manual\r\n",
+            "duplicate Answer-Mode header",
+        ),
+        (
+            b"P-Charging-Vector: icid-value=1\r\nP-Charging-Vector: icid-value=2\r\n",
+            "duplicate P-Charging-Vector header",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -231,4 +258,20 @@ fn reordered_session_lines_and_an_empty_session_name_pass_through() {
         sent_body.starts_with("v=0\r\ns=\r\no=- 1 1 IN IP4 203.0.113.1\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 31000 RTP/AVP 0\r\n"),
         "{sent_body}"
     );
+}
+
+#[test]
+fn crlfs_before_a_message_are_not_forwarded() {
+    let mut net = Net::new(AlgOptions::default());
+    let inv = format!("\r\n\r\n{}", invite("lead", "z9hG4bKlead"));
+    let out = text(&net.phone_sends(&inv));
+    assert!(
+        out.starts_with("INVITE sip:bob@203.0.113.10:5060 SIP/2.0\r\n"),
+        "{out:?}"
+    );
+    let back = text(&net.proxy_sends(&format!(
+        "\r\n{}",
+        response_to(&out, "180 Ringing", "far", "")
+    )));
+    assert!(back.starts_with("SIP/2.0 180 Ringing\r\n"), "{back:?}");
 }

@@ -5,7 +5,7 @@
 //! To gets a tag if it has none, and a Warning says what was wrong. Without a Via or a
 //! CSeq, or when the start line is a status line or the method is ACK, there is no answer.
 
-use crate::defect::Defect;
+use crate::defect::{Defect, DefectKind, Location};
 use crate::header::HeaderName;
 use crate::message::Rejection;
 use crate::scan::{is_wsp, trim_lws};
@@ -168,14 +168,53 @@ pub fn build_answer(buf: &[u8], rejection: &Rejection, agent: &str) -> Option<Ve
     out.extend_from_slice(b"Warning: 399 ");
     out.extend_from_slice(agent.as_bytes());
     out.extend_from_slice(b" \"");
+    let text = match extension_header_at_fault(buf, defect) {
+        // "invalid UTF-8 in Warning", not "in extension header".
+        Some(name) => format!(
+            "{} in {}",
+            defect.kind_text(),
+            String::from_utf8_lossy(name)
+        ),
+        None => defect.warning_text(),
+    };
     out.extend(
-        defect
-            .warning_text()
-            .bytes()
-            .filter(|&b| b != b'"' && b != b'\\' && b >= 0x20),
+        text.bytes()
+            .filter(|&b| b != b'"' && b != b'\\' && (0x20..0x7f).contains(&b)),
     );
     out.extend_from_slice(b"\"\r\nContent-Length: 0\r\n\r\n");
     (out.len() <= MAX_ANSWER_LEN).then_some(out)
+}
+
+/// For a control character or bad UTF-8 in a header sipward has no name for (Warning,
+/// Reason, Call-Info, X-...), the name of the first such header whose value holds one,
+/// so that the Warning names the header that is really at fault.
+fn extension_header_at_fault<'a>(buf: &'a [u8], defect: &Defect) -> Option<&'a [u8]> {
+    let control = match (defect.kind, defect.at) {
+        (DefectKind::ControlCharacter, Location::Header(HeaderName::Other)) => true,
+        (DefectKind::InvalidUtf8, Location::Header(HeaderName::Other)) => false,
+        _ => return None,
+    };
+    let head = buf.get(..memchr::memmem::find(buf, b"\r\n\r\n").unwrap_or(buf.len()))?;
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .filter(|line| !line.first().is_some_and(|&b| is_wsp(b)))
+        .find_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = memchr::memchr(b':', line)?;
+            let name = trim_lws(line.get(..colon)?);
+            let value = line.get(colon + 1..)?;
+            let at_fault = if control {
+                value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+            } else {
+                std::str::from_utf8(value).is_err()
+            };
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b));
+            (at_fault && plain && HeaderName::from_bytes(name) == HeaderName::Other).then_some(name)
+        })
 }
 
 fn reason_phrase(status: u16, defect: &Defect) -> &'static str {
@@ -251,6 +290,42 @@ mod tests {
         assert!(parse_datagram(a.as_bytes(), &Limits::default()).is_ok());
         // Deterministic tag: a retransmission gets the same answer.
         assert_eq!(answer(req), Some(a));
+    }
+
+    #[test]
+    fn the_warning_names_the_extension_header_at_fault() {
+        let base = "OPTIONS sip:a@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:x@y.example>;tag=1\r\nTo: <sip:a@b.example>\r\nCall-ID: abc\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nX-Fine: ok\r\n";
+        for (line, text) in [
+            (
+                &b"Warning: 399 host \"a\xffb\"\r\n"[..],
+                "invalid UTF-8 in Warning",
+            ),
+            (
+                b"Reason: SIP;text=\"a\x1bb\"\r\n",
+                "control character in Reason",
+            ),
+            (b"X-Custom: a\x7fb\r\n", "control character in X-Custom"),
+            (
+                b"Call-Info: <http://a\xc0\xafb/>\r\n",
+                "invalid UTF-8 in Call-Info",
+            ),
+        ] {
+            let mut req = base.as_bytes().to_vec();
+            req.extend_from_slice(line);
+            req.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+            let a = answer(&req).unwrap();
+            assert!(a.starts_with("SIP/2.0 400 "), "{a}");
+            assert!(
+                a.contains(&format!("Warning: 399 sipward \"{text}\"\r\n")),
+                "{a}"
+            );
+        }
+        // A known header keeps its own name.
+        let mut req = base.as_bytes().to_vec();
+        req.extend_from_slice(b"Subject: a\x01b\r\nContent-Length: 0\r\n\r\n");
+        assert!(answer(&req)
+            .unwrap()
+            .contains("Warning: 399 sipward \"control character in Subject\"\r\n"));
     }
 
     #[test]

@@ -348,7 +348,11 @@ impl Message<'_> {
             }
         }
         out.reserve(src.len() + edits.bytes.len() + 24);
-        let mut pos = 0;
+        // From the start line: CRLFs a sender put before it (RFC 3261 7.5) stay here, a
+        // next hop could take them for a keepalive.
+        let mut pos = self
+            .range_of(self.start_line_bytes())
+            .map_or(0, |r| r.start);
         for (range, with, _) in &pieces {
             out.extend_from_slice(src.get(pos..range.start).unwrap_or(&[]));
             out.extend_from_slice(with);

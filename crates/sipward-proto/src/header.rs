@@ -58,6 +58,17 @@ pub enum HeaderName {
     TargetDialog,
     SipETag,
     SipIfMatch,
+    ReplyTo,
+    MaxBreadth,
+    Privacy,
+    Join,
+    FlowTimer,
+    SessionId,
+    AnswerMode,
+    PrivAnswerMode,
+    InfoPackage,
+    PChargingVector,
+    PCalledPartyId,
     Other,
 }
 
@@ -80,6 +91,17 @@ const RARE_NAMES: &[(&str, HeaderName)] = &[
     ("Target-Dialog", HeaderName::TargetDialog),
     ("SIP-ETag", HeaderName::SipETag),
     ("SIP-If-Match", HeaderName::SipIfMatch),
+    ("Reply-To", HeaderName::ReplyTo),
+    ("Max-Breadth", HeaderName::MaxBreadth),
+    ("Privacy", HeaderName::Privacy),
+    ("Join", HeaderName::Join),
+    ("Flow-Timer", HeaderName::FlowTimer),
+    ("Session-ID", HeaderName::SessionId),
+    ("Answer-Mode", HeaderName::AnswerMode),
+    ("Priv-Answer-Mode", HeaderName::PrivAnswerMode),
+    ("Info-Package", HeaderName::InfoPackage),
+    ("P-Charging-Vector", HeaderName::PChargingVector),
+    ("P-Called-Party-ID", HeaderName::PCalledPartyId),
 ];
 
 /// Long name, compact form (if any), variant. Matched case-insensitively.
@@ -215,27 +237,41 @@ impl HeaderName {
     #[inline(never)]
     fn from_rare_token(name: &[u8]) -> Self {
         let candidates: &[(&[u8], HeaderName)] = match name.len() {
-            4 => &[(b"date", HeaderName::Date)],
+            4 => &[(b"date", HeaderName::Date), (b"join", HeaderName::Join)],
             6 => &[(b"min-se", HeaderName::MinSe)],
+            7 => &[(b"privacy", HeaderName::Privacy)],
             8 => &[
                 (b"priority", HeaderName::Priority),
                 (b"replaces", HeaderName::Replaces),
                 (b"sip-etag", HeaderName::SipETag),
+                (b"reply-to", HeaderName::ReplyTo),
             ],
             9 => &[
                 (b"timestamp", HeaderName::Timestamp),
                 (b"refer-sub", HeaderName::ReferSub),
             ],
+            10 => &[
+                (b"flow-timer", HeaderName::FlowTimer),
+                (b"session-id", HeaderName::SessionId),
+            ],
             11 => &[
                 (b"min-expires", HeaderName::MinExpires),
                 (b"retry-after", HeaderName::RetryAfter),
+                (b"max-breadth", HeaderName::MaxBreadth),
+                (b"answer-mode", HeaderName::AnswerMode),
             ],
             12 => &[
                 (b"organization", HeaderName::Organization),
                 (b"mime-version", HeaderName::MimeVersion),
                 (b"sip-if-match", HeaderName::SipIfMatch),
+                (b"info-package", HeaderName::InfoPackage),
             ],
             13 => &[(b"target-dialog", HeaderName::TargetDialog)],
+            16 => &[(b"priv-answer-mode", HeaderName::PrivAnswerMode)],
+            17 => &[
+                (b"p-charging-vector", HeaderName::PChargingVector),
+                (b"p-called-party-id", HeaderName::PCalledPartyId),
+            ],
             18 => &[(b"subscription-state", HeaderName::SubscriptionState)],
             19 => &[(b"content-disposition", HeaderName::ContentDisposition)],
             _ => &[],
@@ -329,7 +365,10 @@ impl HeaderName {
     /// Headers that may appear at most once (RFC 3261 section 7.3.1: those whose grammar
     /// does not allow a comma-separated list; RFC 6665 Event and Subscription-State,
     /// RFC 4028 Session-Expires and Min-SE, RFC 3891 Replaces, RFC 4488 Refer-Sub,
-    /// RFC 4538 Target-Dialog, RFC 3903 SIP-ETag and SIP-If-Match). A repeat is refused:
+    /// RFC 4538 Target-Dialog, RFC 3903 SIP-ETag and SIP-If-Match, RFC 3261 Reply-To,
+    /// RFC 5393 Max-Breadth, RFC 3323 Privacy, RFC 3911 Join, RFC 5626 Flow-Timer,
+    /// RFC 7989 Session-ID, RFC 5373 Answer-Mode and Priv-Answer-Mode, RFC 6086
+    /// Info-Package, RFC 7315 P-Charging-Vector and P-Called-Party-ID). A repeat is refused:
     /// the elements after the gateway would each read a different one of them (the
     /// scanner filter read the first User-Agent, a proxy may read the last).
     pub fn is_single(self) -> bool {
@@ -343,7 +382,6 @@ impl HeaderName {
                 | HeaderName::Expires
                 | HeaderName::ContentLength
                 | HeaderName::ContentType
-                | HeaderName::ContentEncoding
                 | HeaderName::ReferTo
                 | HeaderName::ReferredBy
                 | HeaderName::RSeq
@@ -368,6 +406,17 @@ impl HeaderName {
                 | HeaderName::TargetDialog
                 | HeaderName::SipETag
                 | HeaderName::SipIfMatch
+                | HeaderName::ReplyTo
+                | HeaderName::MaxBreadth
+                | HeaderName::Privacy
+                | HeaderName::Join
+                | HeaderName::FlowTimer
+                | HeaderName::SessionId
+                | HeaderName::AnswerMode
+                | HeaderName::PrivAnswerMode
+                | HeaderName::InfoPackage
+                | HeaderName::PChargingVector
+                | HeaderName::PCalledPartyId
         )
     }
 

@@ -1185,6 +1185,10 @@ a=rtpmap:0 PCMU/8000\r\n";
             b"Supported: timer\r\nSupported: replaces",
             b"Warning: 399 a \"x\"\r\nWarning: 399 b \"y\"",
             b"X-Extension: 1\r\nX-Extension: 2",
+            // RFC 3261 20.12: a list (content-coding *(COMMA content-coding)).
+            b"Content-Encoding: gzip\r\ne: deflate",
+            b"Call-Info: <http://a.example/x>\r\nCall-Info: <http://b.example/y>",
+            b"P-Asserted-Identity: <sip:a@b.example>\r\nP-Asserted-Identity: <tel:+1555>",
         ] {
             assert!(parse(&options_with(lines)).is_ok(), "{lines:?}");
         }
