@@ -184,7 +184,18 @@ fn two_hundred_sources_filling_the_transaction_table_leave_room_for_phones_and_b
 #[test]
 fn an_invite_flood_from_the_proxy_address_does_not_starve_inside_calls() {
     let t = Topology::new(82);
-    let _gw = t.start_gateway_with("max_sessions_per_id = 1000");
+    // The proxy's address is admitted from any port (a rule many sites write: a proxy
+    // sends from several ports), so the flood below, from another port of that address,
+    // meets admission as the proxy's own traffic would, exempt from per-source limits.
+    let _gw = t.start_gateway_full(
+        "max_sessions_per_id = 1000",
+        &format!(
+            "[[address]]\nname = \"proxy-any-port\"\nhost = \"{}\"\n\
+             [[rule]]\naction = \"allow\"\nfrom = \"wan\"\nsource = \"proxy-any-port\"\n\
+             to = \"core\"\nservice = \"sip\"\n",
+            t.proxy()
+        ),
+    );
     let _far = start_far_end(&t);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = {
@@ -228,6 +239,21 @@ fn an_invite_flood_from_the_proxy_address_does_not_starve_inside_calls() {
          calls {ok} ok, {failed} failed"
     );
     assert!(rate >= 2_500.0, "the flood reached only {rate:.0}/s");
+    // The flood met the outside admission budget (it was not dropped by the rule set
+    // before), and only that budget.
+    let counters: serde_json::Value = ureq::get(&format!("{}/api/v1/counters", t.api()))
+        .set("Authorization", &format!("Bearer {}", common::ADMIN_TOKEN))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let overloaded_outside = counters["events"]["overloaded_outside"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        overloaded_outside > 1_000,
+        "the flood was not refused by the outside budget: {counters}"
+    );
     assert!(registered, "the phone could not register");
     assert!(
         ok >= 99 && failed <= 1,
