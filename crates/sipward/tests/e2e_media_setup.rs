@@ -14,12 +14,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Guard, Topology};
+use common::Topology;
 
 /// A socket bound on `ip` (any port) that gives up reading after `timeout`.
 fn socket(ip: &str, timeout: Duration) -> UdpSocket {
@@ -233,37 +232,6 @@ impl Ends {
     }
 }
 
-/// Starts `sipward run` on `config` through `wrapper` (a command that runs its
-/// arguments, such as `prlimit --nofile=…`), and waits until it is ready.
-fn start_gateway_under(t: &Topology, wrapper: &[&str], config: &str) -> Guard {
-    let path = t.dir.join("sipward.toml");
-    std::fs::write(&path, config).unwrap();
-    let (program, args) = wrapper.split_first().unwrap();
-    let mut child = common::spawn_group(
-        Command::new(program)
-            .args(args)
-            .arg(env!("CARGO_BIN_EXE_sipward"))
-            .args(["run", "--config", path.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit()),
-    )
-    .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = Guard::from(child);
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("gateway exited before it was ready")
-            .unwrap();
-        if line == "sipward: ready" {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    guard
-}
-
 /// RTP both ways on an answered call: `phone_sender` sends to the relay's inside
 /// address, and what arrives at `far_receiver` and (from the far end's `far_sender`)
 /// at `phone_receiver` is counted. Returns (to the far end, to the phone).
@@ -445,7 +413,7 @@ fn a_media_port_held_by_another_program_is_skipped() {
 fn out_of_file_descriptors_new_calls_get_503_not_dead_media() {
     let t = Topology::new(84);
     let config = t.config();
-    let _gw = start_gateway_under(&t, &["prlimit", "--nofile=64:64"], &config);
+    let _gw = t.start_gateway_under(&["prlimit", "--nofile=64:64"], &config);
     let ends = Ends::new(&t);
     let (mut answered, mut refused) = (0, 0);
     for n in 0..30u32 {

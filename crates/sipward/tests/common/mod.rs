@@ -312,16 +312,32 @@ service = "sip"
 
     /// Starts the gateway on the configuration `text` (written to sipward.toml).
     pub(crate) fn start_gateway_text(&self, text: &str) -> Guard {
+        self.start_gateway_under(&[], text)
+    }
+
+    /// Starts the gateway on the configuration `text` through `wrapper` (a command that
+    /// runs its arguments, such as `prlimit --nofile=64:64`; empty for none) and waits
+    /// until it is ready.
+    pub(crate) fn start_gateway_under(&self, wrapper: &[&str], text: &str) -> Guard {
         let cfg = self.dir.join("sipward.toml");
         std::fs::write(&cfg, text).unwrap();
+        let gateway = env!("CARGO_BIN_EXE_sipward");
+        let (program, args) = wrapper.split_first().unwrap_or((&gateway, &[]));
+        let mut command = Command::new(program);
+        command.args(args);
+        if !wrapper.is_empty() {
+            command.arg(gateway);
+        }
         let mut child = spawn_group(
-            Command::new(env!("CARGO_BIN_EXE_sipward"))
+            command
                 .args(["run", "--config", cfg.to_str().unwrap()])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),
         )
         .unwrap();
         let stdout = child.stdout.take().unwrap();
+        // Guarded before waiting, so that a gateway hanging before it is ready is killed.
+        let guard = Guard(child);
         let mut lines = BufReader::new(stdout).lines();
         loop {
             let line = lines
@@ -333,7 +349,7 @@ service = "sip"
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        Guard(child)
+        guard
     }
 
     pub(crate) fn sipp(&self, args: &[&str]) -> Guard {
