@@ -82,13 +82,14 @@ fn a_daemon_ignoring_sigterm_is_killed_with_what_it_forked() {
         >= 2));
     let started = Instant::now();
     drop(daemon);
+    // SIGKILL is delivered asynchronously: the group is gone a moment after the drop.
     assert!(
-        group_members(pgid).is_empty(),
+        eventually(Duration::from_secs(2), || group_members(pgid).is_empty()),
         "left behind: {:?}",
         group_members(pgid)
     );
     // SIGTERM first, SIGKILL after its bound: the drop is bounded too.
-    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[test]
@@ -104,7 +105,7 @@ fn kamailio_and_its_workers_end_with_the_test() {
     );
     drop(kamailio);
     assert!(
-        group_members(pgid).is_empty(),
+        eventually(Duration::from_secs(2), || group_members(pgid).is_empty()),
         "kamailio processes left behind: {:?}",
         group_members(pgid)
     );
