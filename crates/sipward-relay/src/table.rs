@@ -53,6 +53,19 @@ struct Tally {
     dropped: u64,
 }
 
+impl Tally {
+    /// Writes what a batch did into the stream's shared counters (once per batch, not
+    /// per packet).
+    fn record(&self, counters: &StreamCounters, side: Side, now: Instant) {
+        if self.packets > 0 {
+            counters.record(side, self.packets, self.bytes, now);
+        }
+        if self.dropped > 0 {
+            counters.record_drop(self.dropped);
+        }
+    }
+}
+
 /// Datagrams to one party sent in one GSO `sendmsg`: all of `segment` bytes except the
 /// last, which may be shorter (and then ends the train).
 #[derive(Default)]
@@ -456,14 +469,7 @@ impl Table {
                 _ => tally.dropped += 1,
             }
         }
-        if tally.packets > 0 {
-            stream
-                .counters
-                .record(side, tally.packets, tally.bytes, now);
-        }
-        if tally.dropped > 0 {
-            stream.counters.record_drop(tally.dropped);
-        }
+        tally.record(&stream.counters, side, now);
     }
 
     fn open(
@@ -630,14 +636,7 @@ impl Table {
         if let (Some(target), Some(out)) = (target, out) {
             train.send(&self.state, out, target, &mut self.train, &mut tally);
         }
-        if tally.packets > 0 {
-            stream
-                .counters
-                .record(side, tally.packets, tally.bytes, now);
-        }
-        if tally.dropped > 0 {
-            stream.counters.record_drop(tally.dropped);
-        }
+        tally.record(&stream.counters, side, now);
     }
 }
 
