@@ -43,6 +43,7 @@ fn config(flags: u8) -> Config {
                 networks: vec![net("127.0.1.0/24")],
                 inside: true,
                 media_ports: media.then_some((30000, 30007)),
+                intercept: false,
             },
             Zone {
                 name: "wan".into(),
@@ -50,6 +51,7 @@ fn config(flags: u8) -> Config {
                 networks: vec![net("127.0.2.0/24")],
                 inside: false,
                 media_ports: media.then_some((31000, 31007)),
+                intercept: false,
             },
         ],
         alg: AlgOptions {
@@ -70,7 +72,7 @@ fn config(flags: u8) -> Config {
                     ip: addr(PROXY).ip(),
                     port: Some(5060),
                 },
-                service_port: 5060,
+                service_ports: vec![5060],
             },
             Rule {
                 name: "proxy-to-core".into(),
@@ -82,7 +84,7 @@ fn config(flags: u8) -> Config {
                 },
                 to_zone: None,
                 destination: AddressObject::Any,
-                service_port: 5060,
+                service_ports: vec![5060],
             },
         ],
         protection: sipward_core::ProtectionOptions::default(),

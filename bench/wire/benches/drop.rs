@@ -23,6 +23,7 @@ fn gateway() -> Gateway {
         networks: vec![net.parse().unwrap()],
         inside,
         media_ports: None,
+        intercept: false,
     };
     Gateway::new(Config {
         agent: "bench".into(),
@@ -41,7 +42,7 @@ fn gateway() -> Gateway {
             },
             to_zone: None,
             destination: AddressObject::Any,
-            service_port: 5060,
+            service_ports: vec![5060],
         }],
         protection: ProtectionOptions::default(),
         secret: [1; 16],

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sipward_proto::Limits;
 
+use crate::flow::Flow;
 pub use crate::hiding::LeakPolicy;
 pub use crate::media::Latching;
 use crate::protect::ProtectionOptions;
@@ -28,6 +29,9 @@ pub struct Zone {
     /// The inclusive UDP port range media is relayed on at this address; `None`: no
     /// relay (SDP only has inside addresses hidden).
     pub media_ports: Option<(u16, u16)>,
+    /// Transparent mode: this (inside) zone also receives SIP its phones send to other
+    /// addresses, diverted by the router (see [`crate::Flow::intercepted`]).
+    pub intercept: bool,
 }
 
 /// A named address object: one host (optionally with port) or a network.
@@ -122,12 +126,46 @@ pub struct Rule {
     /// Zone the datagram arrives in.
     pub from_zone: ZoneId,
     pub source: AddressObject,
-    /// For `Nat`: the outside zone and the next hop (the proxy). For `Allow`: `None`
-    /// destination means the gateway itself.
+    /// For `Nat`: the outside zone. For `Allow`: `None`, the gateway itself.
     pub to_zone: Option<ZoneId>,
+    /// For `Nat`, where the phone's message goes. A host is the next hop (the proxy) of
+    /// messages sent to the gateway itself, and matches intercepted messages sent to
+    /// it; a network or `any` matches only intercepted messages, whose next hop is
+    /// their original destination.
     pub destination: AddressObject,
-    /// UDP port of the service the rule applies to.
-    pub service_port: u16,
+    /// Ports of the service the rule applies to: the gateway's port for messages sent
+    /// to it, the original destination's for intercepted ones.
+    pub service_ports: Vec<u16>,
+}
+
+impl Rule {
+    /// Whether this rule applies to a message that arrived in `zone` on `flow`.
+    pub fn matches(&self, zone: ZoneId, flow: &Flow) -> bool {
+        if self.from_zone != zone
+            || !self.service_ports.contains(&flow.local.port())
+            || !self.source.contains(flow.remote)
+        {
+            return false;
+        }
+        if flow.intercepted {
+            // The original destination decides; a nat rule forwards to it.
+            return self.destination.contains(flow.local);
+        }
+        // Sent to the gateway itself: a nat rule needs a host to forward to.
+        self.action != Action::Nat || matches!(self.destination, AddressObject::Host { .. })
+    }
+
+    /// Where a nat rule sends a message that arrived on `flow`: the original destination
+    /// of an intercepted one, else the rule's host.
+    pub fn next_hop(&self, flow: &Flow) -> Option<SocketAddr> {
+        if flow.intercepted {
+            return Some(flow.local);
+        }
+        match self.destination {
+            AddressObject::Host { ip, port } => Some(SocketAddr::new(ip, port.unwrap_or(5060))),
+            _ => None,
+        }
+    }
 }
 
 /// The whole compiled configuration.
@@ -154,6 +192,37 @@ impl Config {
         self.zones.iter().position(|z| z.address == local)
     }
 
+    /// The zone a message on `flow` arrived in: the zone of the gateway's address it
+    /// was sent to, or for an intercepted one the intercepting zone the sender belongs
+    /// to (the only one of the sender's family when none lists it).
+    pub fn zone_of_flow(&self, flow: &Flow) -> Option<ZoneId> {
+        if !flow.intercepted {
+            return self.zone_of_local(flow.local);
+        }
+        let intercepting = || {
+            self.zones
+                .iter()
+                .enumerate()
+                .filter(|(_, z)| z.intercept && z.address.is_ipv4() == flow.remote.is_ipv4())
+        };
+        let ip = flow.remote.ip();
+        intercepting()
+            .find(|(_, z)| z.networks.iter().any(|n| n.contains(&ip)))
+            .or_else(|| intercepting().next())
+            .map(|(id, _)| id)
+    }
+
+    /// The gateway's own address in the zone of `flow` (its media relay is there): the
+    /// flow's local address, or an intercepted flow's zone address.
+    pub fn own_address(&self, flow: &Flow) -> SocketAddr {
+        if !flow.intercepted {
+            return flow.local;
+        }
+        self.zone_of_flow(flow)
+            .and_then(|z| self.zone(z))
+            .map_or(flow.local, |z| z.address)
+    }
+
     /// Whether `ip` belongs to an inside zone (a gateway inside address included).
     pub fn is_inside(&self, ip: IpAddr) -> bool {
         // `::ffff:10.0.0.20` is 10.0.0.20 written as IPv6 (RFC 5118 section 4.6).
@@ -175,10 +244,8 @@ impl Config {
         crate::hiding::Scanner::new(inside().flat_map(|z| z.networks.iter()).chain(own.iter()))
     }
 
-    /// First rule matching a datagram arriving in `zone` from `source` on `port`.
-    pub fn match_rule(&self, zone: ZoneId, source: SocketAddr, port: u16) -> Option<&Rule> {
-        self.rules
-            .iter()
-            .find(|r| r.from_zone == zone && r.service_port == port && r.source.contains(source))
+    /// First rule matching a message arriving in `zone` on `flow`.
+    pub fn match_rule(&self, zone: ZoneId, flow: &Flow) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(zone, flow))
     }
 }

@@ -19,7 +19,8 @@ use sipward_proto::{
 };
 
 use crate::cancel::{Cancels, Due, Toward};
-use crate::config::{Action, AddressObject, Config, Rule, ZoneId};
+use crate::config::{Action, Config, Rule, ZoneId};
+use crate::flow::{ConnectionId, Flow, Transport};
 use crate::hide::{Hider, BRANCH_PREFIX};
 use crate::hiding::Scanner;
 
@@ -44,13 +45,43 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// Contact URI parameter that carries the gateway's routing token.
 const TOKEN_PARAM: &str = "swc";
 
-/// A datagram to send.
+/// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
-    /// The gateway address (and so the socket) to send from.
+    /// The address to send from: the gateway's own (and so its socket), or for an
+    /// intercepted flow the address the phone believes it talks to.
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub payload: Vec<u8>,
+    pub transport: Transport,
+    /// The stream connection to send on (None: UDP, or open one to `remote`).
+    pub connection: Option<ConnectionId>,
+    /// Sent from an address that is not the gateway's (see [`Flow::intercepted`]).
+    pub intercepted: bool,
+}
+
+impl Transmit {
+    /// The flow this message leaves on.
+    pub fn flow(&self) -> Flow {
+        Flow {
+            transport: self.transport,
+            local: self.local,
+            remote: self.remote,
+            connection: self.connection,
+            intercepted: self.intercepted,
+        }
+    }
+
+    fn on(flow: Flow, payload: Vec<u8>) -> Self {
+        Self {
+            local: flow.local,
+            remote: flow.remote,
+            payload,
+            transport: flow.transport,
+            connection: flow.connection,
+            intercepted: flow.intercepted,
+        }
+    }
 }
 
 /// Event counters.
@@ -131,10 +162,14 @@ impl Counters {
 
 /// Which way a message went.
 #[derive(Clone, Copy)]
-enum Flow {
+enum Direction {
     In,
     Out,
 }
+
+/// Original destinations counted one by one in [`Traffic::diverted_to`]; the rest are
+/// summed in `diverted_to_other` (a rule to `any` must not grow the map without bound).
+const DIVERTED_DESTINATIONS: usize = 256;
 
 /// Message counts for the operator: requests by method and responses by class (1xx..6xx),
 /// each way, and malformed datagrams by defect. Keys are bounded: known methods, "other".
@@ -146,15 +181,22 @@ pub struct Traffic {
     pub responses_in: [u64; 6],
     pub responses_out: [u64; 6],
     pub malformed: std::collections::BTreeMap<String, u64>,
+    /// Intercepted (transparent mode) messages by the rule that admitted them, and by
+    /// their original destination.
+    pub diverted: std::collections::BTreeMap<String, u64>,
+    pub diverted_to: std::collections::BTreeMap<SocketAddr, u64>,
+    pub diverted_to_other: u64,
+    /// Intercepted messages no rule admits (dropped).
+    pub diverted_unmatched: u64,
 }
 
 impl Traffic {
-    fn count(&mut self, flow: Flow, payload: &[u8]) {
+    fn count(&mut self, flow: Direction, payload: &[u8]) {
         if let Some(rest) = payload.strip_prefix(b"SIP/2.0 ") {
             let class = rest.first().map_or(0, |d| d.wrapping_sub(b'1') as usize);
             let classes = match flow {
-                Flow::In => &mut self.responses_in,
-                Flow::Out => &mut self.responses_out,
+                Direction::In => &mut self.responses_in,
+                Direction::Out => &mut self.responses_out,
             };
             if let Some(c) = classes.get_mut(class) {
                 *c += 1;
@@ -167,8 +209,8 @@ impl Traffic {
             _ => std::str::from_utf8(token).unwrap_or("OTHER"),
         };
         let map = match flow {
-            Flow::In => &mut self.requests_in,
-            Flow::Out => &mut self.requests_out,
+            Direction::In => &mut self.requests_in,
+            Direction::Out => &mut self.requests_out,
         };
         match map.get_mut(name) {
             Some(n) => *n += 1,
@@ -203,8 +245,7 @@ pub struct Gateway {
 #[derive(Clone, Copy)]
 struct Arrival {
     now: Instant,
-    local: SocketAddr,
-    remote: SocketAddr,
+    flow: Flow,
 }
 
 impl Gateway {
@@ -376,7 +417,9 @@ impl Gateway {
             .values()
             .map(|b| BindingView {
                 aor: text(&b.aor),
-                phone: b.phone,
+                phone: b.phone.remote,
+                registrar: b.registrar,
+                intercepted: b.phone.intercepted,
                 inside_contact: text(&b.inside_contact),
                 outside_contact: text(&b.outside_contact),
                 expires_at: b.expires_at,
@@ -394,7 +437,7 @@ impl Gateway {
                 inside_call_id: text(&d.inside_call_id),
                 outside_call_id: text(&d.outside_call_id),
                 aor: text(&d.aor),
-                phone: d.phone,
+                phone: d.phone.remote,
                 confirmed: d.confirmed,
                 created: d.created,
                 session: d.session,
@@ -425,9 +468,20 @@ impl Gateway {
     /// Sends a datagram; one leaving by an outside interface passes the last-line scan
     /// first (false: it was refused).
     fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) -> bool {
-        match self.outgoing(local, payload) {
+        self.send_on(Flow::udp(local, remote), payload)
+    }
+
+    /// Sends on `flow` (a phone's, kept in the tables, or the outside leg's).
+    fn send_on(&mut self, flow: Flow, payload: Vec<u8>) -> bool {
+        let payload = if flow.intercepted {
+            // Toward an intercepted phone, so inside: nothing to scan.
+            Some(payload)
+        } else {
+            self.outgoing(flow.local, payload)
+        };
+        match payload {
             Some(payload) => {
-                self.push(local, remote, payload);
+                self.push_on(flow, payload);
                 true
             }
             None => false,
@@ -435,12 +489,12 @@ impl Gateway {
     }
 
     fn push(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
-        self.traffic.count(Flow::Out, &payload);
-        self.out.push_back(Transmit {
-            local,
-            remote,
-            payload,
-        });
+        self.push_on(Flow::udp(local, remote), payload);
+    }
+
+    fn push_on(&mut self, flow: Flow, payload: Vec<u8>) {
+        self.traffic.count(Direction::Out, &payload);
+        self.out.push_back(Transmit::on(flow, payload));
     }
 
     fn arm(&mut self, now: Instant) {
@@ -449,7 +503,7 @@ impl Gateway {
         }
     }
 
-    /// Feeds one received datagram to the gateway.
+    /// Feeds one UDP datagram received on the gateway's own address `local`.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -457,18 +511,28 @@ impl Gateway {
         remote: SocketAddr,
         data: &[u8],
     ) {
+        self.handle_message(now, Flow::udp(local, remote), data);
+    }
+
+    /// Feeds one received message (a datagram, an intercepted datagram, a message
+    /// framed from a stream) to the gateway.
+    pub fn handle_message(&mut self, now: Instant, flow: Flow, data: &[u8]) {
         self.counters.received += 1;
         self.now = Some(now);
+        let remote = flow.remote;
         if !self.guard.admit_source(remote.ip(), now) {
             self.counters.dropped_banned += 1;
             return;
         }
         let config = self.config.clone();
-        let Some(zone) = config.zone_of_local(local) else {
+        let Some(zone) = config.zone_of_flow(&flow) else {
             self.counters.dropped_no_rule += 1;
             return;
         };
-        let at = Arrival { now, local, remote };
+        if flow.intercepted && !self.count_diverted(&config, zone, &flow) {
+            return;
+        }
+        let at = Arrival { now, flow };
         match parse_datagram(data, &config.alg.limits) {
             Err(rejection) => {
                 // Malformed input counts against the sender's new-request limit, so a
@@ -514,7 +578,7 @@ impl Gateway {
                 match build_answer(data, &rejection, &config.agent) {
                     Some(answer) => {
                         self.counters.answered_malformed += 1;
-                        self.send(local, remote, answer);
+                        self.send_on(flow, answer);
                     }
                     None => self.counters.dropped_malformed += 1,
                 }
@@ -523,7 +587,7 @@ impl Gateway {
             Ok(Datagram::Keepalive) => {
                 // Absorbed without a reply: over UDP RFC 5626's keepalive is STUN (below),
                 // and a CRLF sent back confuses clients that never asked for one.
-                if config.match_rule(zone, remote, local.port()).is_some() {
+                if config.match_rule(zone, &flow).is_some() {
                     self.counters.keepalives += 1;
                 } else {
                     self.counters.dropped_no_rule += 1;
@@ -533,7 +597,7 @@ impl Gateway {
                 // RFC 5626 section 4.4.2: answer the Binding request on the SIP port,
                 // for senders the rule set admits and within the sender's rate (the
                 // answer is at most about twice the request, so no amplifier).
-                if config.match_rule(zone, remote, local.port()).is_none() {
+                if config.match_rule(zone, &flow).is_none() {
                     self.counters.dropped_no_rule += 1;
                     return;
                 }
@@ -547,14 +611,11 @@ impl Gateway {
                 }
                 self.counters.keepalives += 1;
                 // Not a SIP message: sent without counting it in the traffic figures.
-                self.out.push_back(Transmit {
-                    local,
-                    remote,
-                    payload: sipward_proto::stun::binding_success(&request, remote),
-                });
+                let answer = sipward_proto::stun::binding_success(&request, remote);
+                self.out.push_back(Transmit::on(flow, answer));
             }
             Ok(Datagram::Message(msg)) => {
-                self.traffic.count(Flow::In, data);
+                self.traffic.count(Direction::In, data);
                 // A request the rule set drops is dropped before protection: it must
                 // not spend an admission budget (strangers on the outside would take
                 // the proxy's, spoofed sources each under their own limits) nor be
@@ -579,10 +640,36 @@ impl Gateway {
         }
     }
 
+    /// Counts an intercepted message by its rule and original destination; false when no
+    /// rule admits it (dropped and counted: the rule set's default).
+    fn count_diverted(&mut self, config: &Config, zone: ZoneId, flow: &Flow) -> bool {
+        let Some(rule) = config.match_rule(zone, flow) else {
+            self.traffic.diverted_unmatched += 1;
+            self.counters.dropped_no_rule += 1;
+            return false;
+        };
+        let by_rule = &mut self.traffic.diverted;
+        match by_rule.get_mut(&rule.name) {
+            Some(n) => *n += 1,
+            None => {
+                by_rule.insert(rule.name.clone(), 1);
+            }
+        }
+        let by_destination = &mut self.traffic.diverted_to;
+        if let Some(n) = by_destination.get_mut(&flow.local) {
+            *n += 1;
+        } else if by_destination.len() < DIVERTED_DESTINATIONS {
+            by_destination.insert(flow.local, 1);
+        } else {
+            self.traffic.diverted_to_other += 1;
+        }
+        true
+    }
+
     /// Protection on a parsed message: per-source rate, filters, admission, registration
     /// failures. False: it goes no further (dropped or answered here).
     fn screen(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) -> bool {
-        let source = at.remote.ip();
+        let source = at.flow.remote.ip();
         let Some(method) = msg.method() else {
             if !self
                 .guard
@@ -651,7 +738,7 @@ impl Gateway {
                     let header = format!("Retry-After: {retry_after}\r\n");
                     payload.splice(at_len..at_len, header.into_bytes());
                 }
-                self.send(at.local, at.remote, payload);
+                self.send_on(at.flow, payload);
                 return false;
             }
         }
@@ -680,7 +767,7 @@ impl Gateway {
             floor: p.table_share_floor,
             outside_share: p.outside_table_share,
         };
-        let source = at.remote.ip();
+        let source = at.flow.remote.ip();
         let outside = !arrived_inside(config, at);
         // The reserved room is for dialogs the gateway holds: a To-tag alone (anyone can
         // write one) does not make a request part of one. A CANCEL ends a pending
@@ -795,8 +882,12 @@ impl Gateway {
             .method()
             .and_then(|m| std::str::from_utf8(m.as_bytes()).ok());
         let warning = format!("gateway {table} {}", why.text());
-        self.guard
-            .table_refused(at.remote.ip(), method, &format!("{warning}: 503"), at.now);
+        self.guard.table_refused(
+            at.flow.remote.ip(),
+            method,
+            &format!("{warning}: 503"),
+            at.now,
+        );
         self.answer(config, at, msg, 503, "Service Unavailable", &warning);
         false
     }
@@ -819,7 +910,7 @@ impl Gateway {
         let mut fallback = None;
         let mut found = None;
         for (k, t) in &self.tables.client {
-            if fits(t.phone.ip(), t.final_at) {
+            if fits(t.phone.remote.ip(), t.final_at) {
                 if settled || t.method != MethodKind::Invite {
                     found = Some((k.clone(), true));
                     break;
@@ -852,7 +943,7 @@ impl Gateway {
                 let payload =
                     tx.echo
                         .response(503, "Service Unavailable", &config.agent, warning, &tag);
-                self.send(tx.lan_local, tx.phone, payload);
+                self.send_on(tx.phone, payload);
                 if creates_dialog(tx.method) {
                     self.end_unconfirmed(&tx.dialog, "evicted");
                 }
@@ -895,13 +986,18 @@ impl Gateway {
             self.media.hide_only(msg, edits, passage);
             self.media_event(
                 at.now,
-                at.remote.ip(),
+                at.flow.remote.ip(),
                 msg,
                 &format!("media not relayed: {why}"),
             );
             return true;
         }
-        self.media_event(at.now, at.remote.ip(), msg, &format!("call refused: {why}"));
+        self.media_event(
+            at.now,
+            at.flow.remote.ip(),
+            msg,
+            &format!("call refused: {why}"),
+        );
         self.answer(config, at, msg, 503, "Service Unavailable", why);
         false
     }
@@ -943,7 +1039,7 @@ impl Gateway {
         if let Err(e) = self.media.rewrite_sdp(at.now, msg, edits, passage) {
             self.media.hide_only(msg, edits, passage);
             let why = format!("media not relayed: {}", media_error_text(e));
-            self.media_event(at.now, at.remote.ip(), msg, &why);
+            self.media_event(at.now, at.flow.remote.ip(), msg, &why);
         }
         if method == MethodKind::Invite && (200..300).contains(&status) {
             self.media
@@ -968,14 +1064,14 @@ impl Gateway {
             .method()
             .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned());
         self.guard.rejected(
-            at.remote.ip(),
+            at.flow.remote.ip(),
             method.as_deref(),
             &format!("answered {status}: {warning}"),
             at.now,
         );
         let tag = self.hider.token(&[msg.call_id(), b"answer"]);
         let payload = Echo::of(msg).response(status, reason, &config.agent, Some(warning), &tag);
-        self.send(at.local, at.remote, payload);
+        self.send_on(at.flow, payload);
     }
 
     /// 481: the dialog or transaction a request names is not known here.
@@ -1000,7 +1096,7 @@ impl Gateway {
         at: Arrival,
         msg: &Message<'_>,
     ) -> bool {
-        match config.match_rule(zone, at.remote, at.local.port()) {
+        match config.match_rule(zone, &at.flow) {
             Some(rule) if rule.action != Action::Drop => false,
             _ => self.apply_rule(config, zone, at, msg).is_none(),
         }
@@ -1016,10 +1112,10 @@ impl Gateway {
         let method = msg
             .method()
             .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned());
-        let Some(rule) = config.match_rule(zone, at.remote, at.local.port()) else {
+        let Some(rule) = config.match_rule(zone, &at.flow) else {
             self.counters.dropped_no_rule += 1;
             self.guard.rejected(
-                at.remote.ip(),
+                at.flow.remote.ip(),
                 method.as_deref(),
                 "dropped: no rule admits it",
                 at.now,
@@ -1031,7 +1127,7 @@ impl Gateway {
                 self.counters.dropped_by_rule += 1;
                 let reason = format!("dropped by rule {}", rule.name);
                 self.guard
-                    .rejected(at.remote.ip(), method.as_deref(), &reason, at.now);
+                    .rejected(at.flow.remote.ip(), method.as_deref(), &reason, at.now);
                 None
             }
             Action::Reject => {
@@ -1059,13 +1155,13 @@ impl Gateway {
             self.counters.dropped_by_rule += 1;
             return;
         }
-        let (Some(wan), AddressObject::Host { ip, port }) =
-            (rule.to_zone.and_then(|z| config.zone(z)), &rule.destination)
-        else {
+        let (Some(wan), Some(next_hop)) = (
+            rule.to_zone.and_then(|z| config.zone(z)),
+            rule.next_hop(&at.flow),
+        ) else {
             self.counters.dropped_by_rule += 1;
             return;
         };
-        let next_hop = SocketAddr::new(*ip, port.unwrap_or(5060));
         let wan_local = wan.address;
         let Some(method) = msg.method().map(|m| m.kind()) else {
             return;
@@ -1094,7 +1190,7 @@ impl Gateway {
             .cloned();
 
         let phone_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
-        let remote_text = at.remote.to_string();
+        let remote_text = at.flow.remote.to_string();
         let branch = self.hider.branch(&[phone_branch, remote_text.as_bytes()]);
         // The transaction's key, built once: looked up for a repeat, stored below.
         let tx_key = (branch.clone(), cseq.method.to_vec());
@@ -1235,7 +1331,14 @@ impl Gateway {
             if !(u.host.ip().is_some_and(is_inside) || gateway_inside(u)) {
                 continue;
             }
-            let token = self.hider.token(&[&aor, remote_text.as_bytes(), u.raw]);
+            // The proxy is part of the name: a phone registered with two proxies (in
+            // transparent mode, each one it talks to) has a binding with each.
+            let token = self.hider.token(&[
+                &aor,
+                remote_text.as_bytes(),
+                u.raw,
+                next_hop_text.as_bytes(),
+            ]);
             let outside = contact_uri(u, &wan_text, &token);
             let ok = if contact.bracketed {
                 edits.replace(msg, u.raw, outside.as_bytes())
@@ -1275,7 +1378,7 @@ impl Gateway {
             call: &tx_dialog.media_id(),
             from: Side::Inside,
             tag: from.tag().unwrap_or_default(),
-            gateway_ip: [at.local.ip(), wan_local.ip()],
+            gateway_ip: [at.flow.local.ip(), wan_local.ip()],
             is_inside: &is_inside,
         };
         if !self.request_media(config, at, msg, &mut edits, passage) {
@@ -1309,8 +1412,7 @@ impl Gateway {
                 session: method == MethodKind::Invite,
                 inside_call_id: inside_call_id.to_vec(),
                 outside_call_id: outside_call_id.clone(),
-                phone: at.remote,
-                lan_local: at.local,
+                phone: at.flow,
                 wan_local,
                 proxy: next_hop,
                 originated_inside: true,
@@ -1335,8 +1437,7 @@ impl Gateway {
             self.tables.insert_client(
                 tx_key,
                 ClientTx {
-                    phone: at.remote,
-                    lan_local: at.local,
+                    phone: at.flow,
                     via_lines,
                     echo: Echo::of(msg),
                     inside_call_id: inside_call_id.to_vec(),
@@ -1364,8 +1465,7 @@ impl Gateway {
                 Toward::Outside,
                 (branch.clone(), b"INVITE".to_vec()),
                 &payload,
-                wan_local,
-                next_hop,
+                Flow::udp(wan_local, next_hop),
                 &config.alg.limits,
             );
         }
@@ -1378,8 +1478,8 @@ impl Gateway {
         else {
             return;
         };
-        let ours = via.host.ip() == Some(at.local.ip())
-            && via.port.unwrap_or(5060) == at.local.port()
+        let ours = via.host.ip() == Some(at.flow.local.ip())
+            && via.port.unwrap_or(5060) == at.flow.local.port()
             && via
                 .branch
                 .is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
@@ -1428,7 +1528,7 @@ impl Gateway {
             // are addresses for the phone to use itself and stay as the far end wrote
             // them (they come from outside: nothing to hide).
             if tx.register.is_none() && sets_dialog_target(tx.method, status) {
-                anchor_at_gateway(msg, &mut edits, &tx.lan_local.to_string())?;
+                anchor_at_gateway(msg, &mut edits, &tx.phone.local.to_string())?;
             }
             if let Some(reg) = &tx.register {
                 if (200..300).contains(&status) {
@@ -1447,12 +1547,12 @@ impl Gateway {
             return;
         }
         let is_inside = |ip: IpAddr| config.is_inside(ip);
-        let lan_ip = tx.lan_local.ip();
+        let lan_ip = config.own_address(&tx.phone).ip();
         let passage = SdpPassage {
             call: &tx.dialog.media_id(),
             from: Side::Outside,
             tag: msg.to().and_then(|t| t.tag()).unwrap_or_default(),
-            gateway_ip: [lan_ip, at.local.ip()],
+            gateway_ip: [lan_ip, at.flow.local.ip()],
             is_inside: &is_inside,
         };
         self.response_media(at, msg, &mut edits, passage, tx.method, status);
@@ -1474,7 +1574,7 @@ impl Gateway {
             self.tables.settle_client(&key, at.now);
         }
         if let (Some((user, credentials)), true) = (&tx.register_user, status >= 200) {
-            let source = tx.phone.ip();
+            let source = tx.phone.remote.ip();
             let refused = status == 403 || (*credentials && (status == 401 || status == 407));
             if refused {
                 self.guard.register_failed(source, user, status, at.now);
@@ -1482,7 +1582,7 @@ impl Gateway {
                 self.guard.register_succeeded(source, user);
                 if let Some(reg) = &tx.register {
                     if let Some(b) = self.tables.binding_elsewhere(&reg.aor, source) {
-                        let previous = b.phone.ip();
+                        let previous = b.phone.remote.ip();
                         let aor = String::from_utf8_lossy(&reg.aor).into_owned();
                         self.guard.binding_moved(source, previous, &aor, at.now);
                     }
@@ -1539,7 +1639,7 @@ impl Gateway {
                                 Binding {
                                     aor: reg.aor.clone(),
                                     phone: tx.phone,
-                                    lan_local: tx.lan_local,
+                                    registrar: at.flow.remote,
                                     inside_contact: reg.inside_contact.clone(),
                                     outside_contact: reg.outside_contact.clone(),
                                     expires_at: crate::protect::later(at.now, expires),
@@ -1562,7 +1662,7 @@ impl Gateway {
                 .insert(key, payload.clone(), at.now);
         }
         self.counters.forwarded += 1;
-        self.send(tx.lan_local, tx.phone, payload);
+        self.send_on(tx.phone, payload);
         if tx.method == MethodKind::Invite {
             self.invite_answered(&branch, status, Toward::Outside, at.now);
         }
@@ -1592,7 +1692,7 @@ impl Gateway {
         else {
             return;
         };
-        let remote_text = at.remote.to_string();
+        let remote_text = at.flow.remote.to_string();
         let proxy_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
         let branch = self.hider.branch(&[proxy_branch, remote_text.as_bytes()]);
         let initial = to.tag().is_none();
@@ -1632,50 +1732,43 @@ impl Gateway {
             .tables
             .outside_dialog(msg.call_id(), token.as_deref())
             .cloned();
-        let (phone, lan_local, target, aor, tok) =
-            if let (Some(p), MethodKind::Ack) = (&pending, method) {
-                // A failure's ACK goes where the INVITE went, with its Request-URI.
-                let target = p.request_uri.clone();
-                (p.phone, p.lan_local, target, p.aor.clone(), p.token.clone())
-            } else if let Some(d) = dialog.as_ref().filter(|_| !initial) {
-                (
-                    d.phone,
-                    d.lan_local,
-                    Some(d.phone_contact.clone()),
-                    d.aor.clone(),
-                    d.token.clone(),
-                )
-            } else if let Some(b) = binding.as_ref().filter(|_| initial) {
-                let t = token.clone().unwrap_or_default();
-                (
-                    b.phone,
-                    b.lan_local,
-                    Some(b.inside_contact.clone()),
-                    b.aor.clone(),
-                    t,
-                )
+        let (phone, target, aor, tok) = if let (Some(p), MethodKind::Ack) = (&pending, method) {
+            // A failure's ACK goes where the INVITE went, with its Request-URI.
+            let target = p.request_uri.clone();
+            (p.phone, target, p.aor.clone(), p.token.clone())
+        } else if let Some(d) = dialog.as_ref().filter(|_| !initial) {
+            (
+                d.phone,
+                Some(d.phone_contact.clone()),
+                d.aor.clone(),
+                d.token.clone(),
+            )
+        } else if let Some(b) = binding.as_ref().filter(|_| initial) {
+            let t = token.clone().unwrap_or_default();
+            (b.phone, Some(b.inside_contact.clone()), b.aor.clone(), t)
+        } else {
+            self.counters.unknown_target += 1;
+            // A request inside a dialog (or a CANCEL) names state the gateway does
+            // not hold: RFC 3261 12.2.2 and 9.2 answer 481, not 404.
+            if !initial || method == MethodKind::Cancel {
+                self.answer_no_dialog(config, at, msg);
             } else {
-                self.counters.unknown_target += 1;
-                // A request inside a dialog (or a CANCEL) names state the gateway does
-                // not hold: RFC 3261 12.2.2 and 9.2 answer 481, not 404.
-                if !initial || method == MethodKind::Cancel {
-                    self.answer_no_dialog(config, at, msg);
-                } else {
-                    self.answer(
-                        config,
-                        at,
-                        msg,
-                        404,
-                        "Not Found",
-                        "no such user behind this gateway",
-                    );
-                }
-                return;
-            };
+                self.answer(
+                    config,
+                    at,
+                    msg,
+                    404,
+                    "Not Found",
+                    "no such user behind this gateway",
+                );
+            }
+            return;
+        };
         if !self.within_state_limits(config, at, msg, method, initial, &aor, (486, "Busy Here")) {
             return;
         }
 
+        let lan_local = phone.local;
         let lan_text = lan_local.to_string();
         let mut edits = Edits::new();
         let mut via_lines = Vec::new();
@@ -1716,7 +1809,10 @@ impl Gateway {
             self.counters.edit_failures += 1;
             return;
         }
-        if self.translate_call_ids_in(msg, &mut edits, phone).is_err() {
+        if self
+            .translate_call_ids_in(msg, &mut edits, phone.remote)
+            .is_err()
+        {
             self.counters.edit_failures += 1;
             return;
         }
@@ -1732,7 +1828,7 @@ impl Gateway {
             call: &tx_dialog.media_id(),
             from: Side::Outside,
             tag: from.tag().unwrap_or_default(),
-            gateway_ip: [lan_local.ip(), at.local.ip()],
+            gateway_ip: [config.own_address(&phone).ip(), at.flow.local.ip()],
             is_inside: &is_inside,
         };
         if !self.request_media(config, at, msg, &mut edits, passage) {
@@ -1749,9 +1845,8 @@ impl Gateway {
                 inside_call_id: msg.call_id().to_vec(),
                 outside_call_id: msg.call_id().to_vec(),
                 phone,
-                lan_local,
-                wan_local: at.local,
-                proxy: at.remote,
+                wan_local: at.flow.local,
+                proxy: at.flow.remote,
                 originated_inside: false,
                 inside_from: from.raw.to_vec(),
                 inside_to: to.raw.to_vec(),
@@ -1778,9 +1873,8 @@ impl Gateway {
             self.tables.insert_server(
                 tx_key,
                 ServerTx {
-                    proxy: at.remote,
-                    wan_local: at.local,
-                    lan_local,
+                    proxy: at.flow.remote,
+                    wan_local: at.flow.local,
                     phone,
                     via_lines,
                     echo: Echo::of(msg),
@@ -1804,13 +1898,12 @@ impl Gateway {
                 Toward::Inside,
                 (branch.clone(), b"INVITE".to_vec()),
                 &payload,
-                lan_local,
                 phone,
                 &config.alg.limits,
             );
         }
         self.counters.forwarded += 1;
-        self.send(lan_local, phone, payload);
+        self.send_on(phone, payload);
     }
 
     fn response_from_inside(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
@@ -1818,8 +1911,8 @@ impl Gateway {
         else {
             return;
         };
-        let ours = via.host.ip() == Some(at.local.ip())
-            && via.port.unwrap_or(5060) == at.local.port()
+        let ours = via.host.ip() == Some(at.flow.local.ip())
+            && via.port.unwrap_or(5060) == at.flow.local.port()
             && via
                 .branch
                 .is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
@@ -1906,7 +1999,7 @@ impl Gateway {
             call: &tx.dialog.media_id(),
             from: Side::Inside,
             tag: msg.to().and_then(|t| t.tag()).unwrap_or_default(),
-            gateway_ip: [at.local.ip(), tx.wan_local.ip()],
+            gateway_ip: [at.flow.local.ip(), tx.wan_local.ip()],
             is_inside: &is_inside,
         };
         self.response_media(at, msg, &mut edits, passage, tx.method, status);
@@ -1969,7 +2062,7 @@ impl Gateway {
         match repeat {
             None | Some(Repeat::Forward) => return false,
             Some(Repeat::Answer(response)) => {
-                self.send(at.local, at.remote, response);
+                self.send_on(at.flow, response);
             }
             Some(Repeat::Absorb) => {}
         }
@@ -2020,7 +2113,7 @@ impl Gateway {
         self.guard.record(
             self.now.unwrap_or(d.created),
             kind,
-            d.phone.ip(),
+            d.phone.remote.ip(),
             Some(&user),
             Some("INVITE"),
             &reason,
@@ -2060,7 +2153,7 @@ impl Gateway {
                     Some("no response from outside"),
                     &tag,
                 );
-                self.send(tx.lan_local, tx.phone, payload);
+                self.send_on(tx.phone, payload);
                 if creates_dialog(tx.method) {
                     self.end_unconfirmed(&tx.dialog, "timed out");
                 }
@@ -2096,12 +2189,8 @@ impl Gateway {
 
         for due in self.cancels.due(now) {
             match due {
-                Due::Send {
-                    local,
-                    remote,
-                    request,
-                } => {
-                    self.send(local, remote, request);
+                Due::Send { flow, request } => {
+                    self.send_on(flow, request);
                 }
                 Due::GiveUp { toward, invite } => {
                     self.terminate_invite(&config, toward, &invite, now)
@@ -2162,23 +2251,19 @@ impl Gateway {
             .client
             .values()
             .filter(|t| t.method == MethodKind::Invite && t.final_at.is_none())
-            .map(|t| {
-                (
-                    t.echo.clone(),
-                    t.inside_call_id.clone(),
-                    t.lan_local,
-                    t.phone,
-                )
-            })
+            .map(|t| (t.echo.clone(), t.inside_call_id.clone(), t.phone))
             .collect();
         let ringing_in: Vec<_> = self
             .tables
             .server
             .values()
             .filter(|t| t.method == MethodKind::Invite && t.final_at.is_none())
-            .map(|t| (t.echo.clone(), t.echo.call_id.clone(), t.wan_local, t.proxy))
+            .map(|t| {
+                let far = Flow::udp(t.wan_local, t.proxy);
+                (t.echo.clone(), t.echo.call_id.clone(), far)
+            })
             .collect();
-        for (echo, call_id, local, remote) in ringing_out.into_iter().chain(ringing_in) {
+        for (echo, call_id, flow) in ringing_out.into_iter().chain(ringing_in) {
             let tag = self.hider.token(&[&call_id, b"shutdown"]);
             let payload = echo.response(
                 503,
@@ -2187,16 +2272,11 @@ impl Gateway {
                 Some("gateway shutdown"),
                 &tag,
             );
-            self.send(local, remote, payload);
+            self.send_on(flow, payload);
         }
         for due in self.cancels.cancel_all(now) {
-            if let Due::Send {
-                local,
-                remote,
-                request,
-            } = due
-            {
-                self.send(local, remote, request);
+            if let Due::Send { flow, request } = due {
+                self.send_on(flow, request);
             }
         }
         let dialogs: Vec<Dialog> = self.tables.dialogs.values().cloned().collect();
@@ -2261,13 +2341,13 @@ impl Gateway {
         let to_phone = format!(
             "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause={cause};text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
             text(&d.phone_contact),
-            d.lan_local,
+            d.phone.local,
             text(phone_remote),
             text(phone_local),
             text(&d.inside_call_id),
             d.cseq_outside.saturating_add(1).max(1),
         );
-        self.send(d.lan_local, d.phone, to_phone.into_bytes());
+        self.send_on(d.phone, to_phone.into_bytes());
         let branch = self.hider.branch(&[&d.outside_call_id, b"bye-out"]);
         let routes: String = d
             .far_route
@@ -2410,7 +2490,7 @@ fn answer_timeout(alg: &crate::config::AlgOptions, method: MethodKind) -> Durati
 /// Whether a datagram arrived on an inside zone's address.
 fn arrived_inside(config: &Config, at: Arrival) -> bool {
     config
-        .zone_of_local(at.local)
+        .zone_of_local(at.flow.local)
         .and_then(|z| config.zone(z))
         .is_some_and(|z| z.inside)
 }

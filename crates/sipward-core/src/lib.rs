@@ -9,6 +9,7 @@
 
 mod cancel;
 pub mod config;
+mod flow;
 mod gateway;
 mod hide;
 mod hiding;
@@ -17,6 +18,7 @@ pub mod protect;
 mod state;
 
 pub use config::{Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Zone, ZoneId};
+pub use flow::{ConnectionId, Flow, Transport};
 pub use gateway::{Counters, Gateway, TableUsage, Transmit};
 pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaError, MediaTable, NoReservation, Peer,

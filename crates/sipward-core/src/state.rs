@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use sipward_proto::{Message, MethodKind};
 
+use crate::flow::Flow;
+
 /// What is needed to answer a request on the gateway's own behalf (408, 503): its Via
 /// values, From, To, Call-ID and CSeq as they were written.
 #[derive(Debug, Clone, Default)]
@@ -105,8 +107,8 @@ pub(crate) struct RegisterInfo {
 /// A request from inside forwarded outside; its responses come back from outside.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientTx {
-    pub(crate) phone: SocketAddr,
-    pub(crate) lan_local: SocketAddr,
+    /// The phone's flow: where its responses go.
+    pub(crate) phone: Flow,
     /// The phone's Via field lines, CRLF included, restored on responses.
     pub(crate) via_lines: Vec<u8>,
     pub(crate) echo: Echo,
@@ -132,8 +134,8 @@ pub(crate) struct ClientTx {
 pub(crate) struct ServerTx {
     pub(crate) proxy: SocketAddr,
     pub(crate) wan_local: SocketAddr,
-    pub(crate) lan_local: SocketAddr,
-    pub(crate) phone: SocketAddr,
+    /// The phone's flow: where the request went.
+    pub(crate) phone: Flow,
     pub(crate) via_lines: Vec<u8>,
     pub(crate) echo: Echo,
     pub(crate) method: MethodKind,
@@ -183,8 +185,8 @@ pub(crate) struct Dialog {
     pub(crate) session: bool,
     pub(crate) inside_call_id: Vec<u8>,
     pub(crate) outside_call_id: Vec<u8>,
-    pub(crate) phone: SocketAddr,
-    pub(crate) lan_local: SocketAddr,
+    /// The phone's flow: how the gateway reaches it in this dialog.
+    pub(crate) phone: Flow,
     pub(crate) wan_local: SocketAddr,
     pub(crate) proxy: SocketAddr,
     pub(crate) originated_inside: bool,
@@ -221,7 +223,7 @@ impl Dialog {
     /// its request came from; and whether that is outside.
     pub(crate) fn holder(&self) -> (IpAddr, bool) {
         if self.originated_inside {
-            (self.phone.ip(), false)
+            (self.phone.remote.ip(), false)
         } else {
             (self.proxy.ip(), true)
         }
@@ -233,8 +235,11 @@ impl Dialog {
 #[derive(Debug, Clone)]
 pub(crate) struct Binding {
     pub(crate) aor: Vec<u8>,
-    pub(crate) phone: SocketAddr,
-    pub(crate) lan_local: SocketAddr,
+    /// The flow the phone registered on: inbound requests reach it there.
+    pub(crate) phone: Flow,
+    /// The registrar the phone registered with (in transparent mode, the proxy it
+    /// believes it talks to; one binding per phone and proxy).
+    pub(crate) registrar: SocketAddr,
     pub(crate) inside_contact: Vec<u8>,
     pub(crate) outside_contact: Vec<u8>,
     pub(crate) expires_at: Instant,
@@ -245,6 +250,10 @@ pub(crate) struct Binding {
 pub struct BindingView {
     pub aor: String,
     pub phone: SocketAddr,
+    /// The registrar the binding was registered with.
+    pub registrar: SocketAddr,
+    /// Whether the phone's messages are intercepted (transparent mode).
+    pub intercepted: bool,
     pub inside_contact: String,
     pub outside_contact: String,
     pub expires_at: Instant,
@@ -358,11 +367,11 @@ impl Tables {
     /// its answer lingers for retransmissions and is the first given up for room).
     pub(crate) fn insert_client(&mut self, key: (String, Vec<u8>), tx: ClientTx) {
         if tx.final_at.is_none() {
-            self.tx_holders.add(tx.phone.ip(), false);
+            self.tx_holders.add(tx.phone.remote.ip(), false);
         }
         if let Some(old) = self.client.insert(key, tx) {
             if old.final_at.is_none() {
-                self.tx_holders.remove(old.phone.ip(), false);
+                self.tx_holders.remove(old.phone.remote.ip(), false);
             }
         }
     }
@@ -370,7 +379,7 @@ impl Tables {
     pub(crate) fn remove_client(&mut self, key: &(String, Vec<u8>)) -> Option<ClientTx> {
         let tx = self.client.remove(key)?;
         if tx.final_at.is_none() {
-            self.tx_holders.remove(tx.phone.ip(), false);
+            self.tx_holders.remove(tx.phone.remote.ip(), false);
         }
         Some(tx)
     }
@@ -380,7 +389,7 @@ impl Tables {
         if let Some(tx) = self.client.get_mut(key) {
             if tx.final_at.is_none() {
                 tx.final_at = Some(now);
-                self.tx_holders.remove(tx.phone.ip(), false);
+                self.tx_holders.remove(tx.phone.remote.ip(), false);
             }
         }
     }
@@ -413,7 +422,7 @@ impl Tables {
     pub(crate) fn recount_holders(&mut self) {
         let mut tx = Holders::default();
         for t in self.client.values().filter(|t| t.final_at.is_none()) {
-            tx.add(t.phone.ip(), false);
+            tx.add(t.phone.remote.ip(), false);
         }
         for t in self.server.values().filter(|t| t.final_at.is_none()) {
             tx.add(t.proxy.ip(), true);
@@ -428,7 +437,7 @@ impl Tables {
         }
         let mut bindings = Holders::default();
         for b in self.bindings.values() {
-            bindings.add(b.phone.ip(), false);
+            bindings.add(b.phone.remote.ip(), false);
         }
         let drifted = tx != self.tx_holders
             || dialogs != self.dialog_holders
@@ -519,13 +528,13 @@ impl Tables {
             .entry(b.aor.clone())
             .or_default()
             .push(token.clone());
-        self.binding_holders.add(b.phone.ip(), false);
+        self.binding_holders.add(b.phone.remote.ip(), false);
         self.bindings.insert(token, b);
     }
 
     pub(crate) fn remove_binding(&mut self, token: &str) -> Option<Binding> {
         let b = self.bindings.remove(token)?;
-        self.binding_holders.remove(b.phone.ip(), false);
+        self.binding_holders.remove(b.phone.remote.ip(), false);
         if let Some(tokens) = self.tokens_by_aor.get_mut(&b.aor) {
             tokens.retain(|t| t != token);
             if tokens.is_empty() {
@@ -555,7 +564,7 @@ impl Tables {
             tokens
                 .iter()
                 .filter_map(|t| self.bindings.get(t))
-                .any(|b| b.phone.ip() == source)
+                .any(|b| b.phone.remote.ip() == source)
         })
     }
 
@@ -565,7 +574,7 @@ impl Tables {
             .get(aor)?
             .iter()
             .filter_map(|t| self.bindings.get(t))
-            .find(|b| b.phone.ip() != source)
+            .find(|b| b.phone.remote.ip() != source)
     }
 
     /// The dialog a request from outside belongs to. Under a hairpin Call-ID the

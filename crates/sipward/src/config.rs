@@ -511,6 +511,7 @@ impl Config {
                 networks,
                 inside: i.inside,
                 media_ports: Some(media_ports),
+                intercept: false,
             });
         }
         if !zones.iter().any(|z| z.inside) || zones.iter().all(|z| z.inside) {
@@ -804,7 +805,7 @@ impl Config {
                 source,
                 to_zone,
                 destination,
-                service_port: *service.port.get_ref(),
+                service_ports: vec![*service.port.get_ref()],
             });
         }
         // `[limits]` is what `sipward validate` applies without an ALG; with one it is

@@ -195,7 +195,11 @@ fn print_rules(c: &sipward_core::Config) {
             r.source,
             r.to_zone.map_or("core", zone),
             r.destination,
-            r.service_port
+            r.service_ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         );
     }
     out.push_str("rule  * default            drop   anything else (counted)\n");

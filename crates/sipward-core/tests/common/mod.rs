@@ -35,6 +35,7 @@ pub fn config(alg: AlgOptions) -> Config {
                 networks: vec!["10.0.0.0/24".parse().unwrap()],
                 inside: true,
                 media_ports: None,
+                intercept: false,
             },
             Zone {
                 name: "wan".into(),
@@ -42,6 +43,7 @@ pub fn config(alg: AlgOptions) -> Config {
                 networks: vec!["203.0.113.0/24".parse().unwrap()],
                 inside: false,
                 media_ports: None,
+                intercept: false,
             },
         ],
         alg,
@@ -56,7 +58,7 @@ pub fn config(alg: AlgOptions) -> Config {
                     ip: "203.0.113.10".parse().unwrap(),
                     port: Some(5060),
                 },
-                service_port: 5060,
+                service_ports: vec![5060],
             },
             Rule {
                 name: "proxy-to-core".into(),
@@ -68,7 +70,7 @@ pub fn config(alg: AlgOptions) -> Config {
                 },
                 to_zone: None,
                 destination: AddressObject::Any,
-                service_port: 5060,
+                service_ports: vec![5060],
             },
         ],
         protection: sipward_core::ProtectionOptions::default(),
