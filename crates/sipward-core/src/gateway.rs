@@ -1191,7 +1191,14 @@ impl Gateway {
 
         let phone_branch: &[u8] = top_via.branch.unwrap_or(msg.call_id());
         let remote_text = at.flow.remote.to_string();
-        let branch = self.hider.branch(&[phone_branch, remote_text.as_bytes()]);
+        let next_hop_text = next_hop.to_string();
+        // The next hop is part of the name: a phone may send the same branch to two
+        // proxies (transparent mode sees both).
+        let branch = self.hider.branch(&[
+            phone_branch,
+            remote_text.as_bytes(),
+            next_hop_text.as_bytes(),
+        ]);
         // The transaction's key, built once: looked up for a repeat, stored below.
         let tx_key = (branch.clone(), cseq.method.to_vec());
         if method == MethodKind::Cancel {
@@ -1232,7 +1239,6 @@ impl Gateway {
             return;
         }
         let wan_text = wan_local.to_string();
-        let next_hop_text = next_hop.to_string();
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let gateway_inside = |h: &sipward_proto::SipUri<'_>| {
             let p = h.port.unwrap_or(5060);
