@@ -8,6 +8,7 @@
     clippy::indexing_slicing,
     clippy::panic
 )]
+#![allow(clippy::disallowed_methods)] // tests take one real Instant as the epoch
 
 mod common;
 
