@@ -19,7 +19,7 @@ mod state;
 
 pub use config::{Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Zone, ZoneId};
 pub use flow::{ConnectionId, Flow, Transport};
-pub use gateway::{Counters, Gateway, TableUsage, Transmit};
+pub use gateway::{Counters, Gateway, TableUsage, Traffic, Transmit};
 pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaError, MediaTable, NoReservation, Peer,
     PortReserver, ReserveError, Side, StreamCounters, StreamId, StreamView,
