@@ -7,10 +7,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod cert;
 mod cli;
 mod config;
 mod driver;
 mod export;
+mod streams;
 mod validate;
 
 #[derive(Parser)]
@@ -49,6 +51,9 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Make a test CA and a certificate and key for NAME (PEM files), for trying SIP over
+    /// TLS. FOR TESTING ONLY: the CA key is written unprotected beside its certificate.
+    Cert(cert::CertArgs),
     /// Ask the running gateway (admin API): status, calls, registrations, blacklist.
     #[command(flatten)]
     Admin(cli::AdminCommand),
@@ -96,6 +101,13 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
         }),
         Command::Admin(command) => cli::run(command),
+        Command::Cert(args) => cert::run(&args).map(|written| {
+            for file in written {
+                println!("{}", file.display());
+            }
+            eprintln!("sipward: test certificates only: keep the CA key away from production");
+            ExitCode::SUCCESS
+        }),
         Command::Check { config } => load_all(config.as_deref()).map(|(c, settings)| {
             for w in &settings.warnings {
                 eprintln!("sipward: {w}");
