@@ -181,12 +181,6 @@ impl Counters {
 }
 
 impl Gateway {
-    /// Sends a datagram; one leaving by an outside interface passes the last-line scan
-    /// first (false: it was refused).
-    pub(super) fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) -> bool {
-        self.send_on(Flow::udp(local, remote), payload)
-    }
-
     /// Sends on `flow` (a phone's, kept in the tables, or the outside leg's).
     pub(super) fn send_on(&mut self, flow: Flow, payload: Vec<u8>) -> bool {
         let payload = if flow.intercepted {
@@ -202,10 +196,6 @@ impl Gateway {
             }
             None => false,
         }
-    }
-
-    pub(super) fn push(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
-        self.push_on(Flow::udp(local, remote), payload);
     }
 
     pub(super) fn push_on(&mut self, flow: Flow, payload: Vec<u8>) {

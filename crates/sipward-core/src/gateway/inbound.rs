@@ -115,7 +115,11 @@ impl Gateway {
             edits.prepend_field(
                 msg,
                 "Via",
-                format!("SIP/2.0/UDP {lan_text};branch={branch}").as_bytes(),
+                format!(
+                    "SIP/2.0/{} {lan_text};branch={branch}",
+                    phone.transport.via_token()
+                )
+                .as_bytes(),
             )?;
             decrement_max_forwards(msg, &mut edits)?;
             if let (Some(target), Some(uri)) = (&target, msg.request_uri()) {
@@ -123,7 +127,7 @@ impl Gateway {
             }
             // As for responses: only a dialog's target is the gateway's business.
             if sets_dialog_target(method, 200) {
-                anchor_at_gateway(msg, &mut edits, &lan_text)?;
+                anchor_at_gateway(msg, &mut edits, &lan_text, phone.transport)?;
             }
             if let Some(d) = inside_dialog {
                 // The far end speaks of the hidden call: give the phone back its own.
@@ -179,8 +183,7 @@ impl Gateway {
                 inside_call_id: msg.call_id().to_vec(),
                 outside_call_id: msg.call_id().to_vec(),
                 phone,
-                wan_local: at.flow.local,
-                proxy: at.flow.remote,
+                outside: at.flow,
                 originated_inside: false,
                 inside_from: from.raw.to_vec(),
                 inside_to: to.raw.to_vec(),
@@ -207,8 +210,7 @@ impl Gateway {
             self.tables.insert_server(
                 tx_key,
                 ServerTx {
-                    proxy: at.flow.remote,
-                    wan_local: at.flow.local,
+                    outside: at.flow,
                     phone,
                     via_lines,
                     echo: Echo::of(msg),
@@ -263,7 +265,7 @@ impl Gateway {
             self.counters.stray_responses += 1;
             return;
         };
-        let wan_text = tx.wan_local.to_string();
+        let wan_text = tx.outside.local.to_string();
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let mut edits = Edits::new();
         let r = (|| -> Result<(), sipward_proto::EditError> {
@@ -293,7 +295,12 @@ impl Gateway {
                     let own = (status >= 300)
                         .then(|| self.token_of_phone(ip, u.port.unwrap_or(5060)))
                         .flatten();
-                    let outside = contact_uri(u, &wan_text, own.as_deref().unwrap_or(&tx.token));
+                    let outside = contact_uri(
+                        u,
+                        &wan_text,
+                        own.as_deref().unwrap_or(&tx.token),
+                        tx.outside.transport,
+                    );
                     if contact.bracketed {
                         edits.replace(msg, u.raw, outside.as_bytes())?;
                     } else {
@@ -323,7 +330,7 @@ impl Gateway {
             return;
         }
         if self
-            .hide_unknown_out(config, msg, &mut edits, tx.wan_local)
+            .hide_unknown_out(config, msg, &mut edits, tx.outside.local)
             .is_err()
         {
             self.counters.edit_failures += 1;
@@ -333,7 +340,7 @@ impl Gateway {
             call: &tx.dialog.media_id(),
             from: Side::Inside,
             tag: msg.to().and_then(|t| t.tag()).unwrap_or_default(),
-            gateway_ip: [at.flow.local.ip(), tx.wan_local.ip()],
+            gateway_ip: [config.own_address(&at.flow).ip(), tx.outside.local.ip()],
             is_inside: &is_inside,
         };
         self.response_media(at, msg, &mut edits, passage, tx.method, status);
@@ -341,7 +348,7 @@ impl Gateway {
             self.counters.edit_failures += 1;
             return;
         };
-        let Some(payload) = self.outgoing(tx.wan_local, payload) else {
+        let Some(payload) = self.outgoing(tx.outside.local, payload) else {
             return;
         };
 
@@ -385,7 +392,7 @@ impl Gateway {
                 .insert(key, payload.clone(), at.now);
         }
         self.counters.forwarded += 1;
-        self.push(tx.wan_local, tx.proxy, payload);
+        self.push_on(tx.outside, payload);
         if tx.method == MethodKind::Invite {
             self.invite_answered(&branch, status, Toward::Inside, at.now);
         }

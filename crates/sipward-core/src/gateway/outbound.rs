@@ -18,14 +18,15 @@ impl Gateway {
             self.counters.dropped_by_rule += 1;
             return;
         }
-        let (Some(wan), Some(next_hop)) = (
-            rule.to_zone.and_then(|z| config.zone(z)),
-            rule.next_hop(&at.flow),
-        ) else {
+        let Some(outside) = rule
+            .to_zone
+            .and_then(|z| config.zone(z))
+            .and_then(|wan| rule.next_hop(&at.flow, wan.address))
+        else {
             self.counters.dropped_by_rule += 1;
             return;
         };
-        let wan_local = wan.address;
+        let (wan_local, next_hop) = (outside.local, outside.remote);
         let Some(method) = msg.method().map(|m| m.kind()) else {
             return;
         };
@@ -120,7 +121,7 @@ impl Gateway {
                 via_lines.extend_from_slice(f.line);
                 edits.remove_field(msg, f)?;
             }
-            let our_via = format!("SIP/2.0/UDP {wan_text};branch={branch};rport");
+            let our_via = via_value(outside.transport, &wan_text, &branch);
             edits.prepend_field(msg, "Via", our_via.as_bytes())?;
             decrement_max_forwards(msg, &mut edits)?;
             if let Some(f) = msg.header(HeaderName::CallId) {
@@ -208,7 +209,7 @@ impl Gateway {
                 u.raw,
                 next_hop_text.as_bytes(),
             ]);
-            let outside = contact_uri(u, &wan_text, &token);
+            let outside = contact_uri(u, &wan_text, &token, outside.transport);
             let ok = if contact.bracketed {
                 edits.replace(msg, u.raw, outside.as_bytes())
             } else {
@@ -247,7 +248,7 @@ impl Gateway {
             call: &tx_dialog.media_id(),
             from: Side::Inside,
             tag: from.tag().unwrap_or_default(),
-            gateway_ip: [at.flow.local.ip(), wan_local.ip()],
+            gateway_ip: [config.own_address(&at.flow).ip(), wan_local.ip()],
             is_inside: &is_inside,
         };
         if !self.request_media(config, at, msg, &mut edits, passage) {
@@ -282,8 +283,7 @@ impl Gateway {
                 inside_call_id: inside_call_id.to_vec(),
                 outside_call_id: outside_call_id.clone(),
                 phone: at.flow,
-                wan_local,
-                proxy: next_hop,
+                outside,
                 originated_inside: true,
                 inside_from: from.raw.to_vec(),
                 inside_to: to.raw.to_vec(),
@@ -334,12 +334,12 @@ impl Gateway {
                 Toward::Outside,
                 (branch.clone(), b"INVITE".to_vec()),
                 &payload,
-                Flow::udp(wan_local, next_hop),
+                outside,
                 &config.alg.limits,
             );
         }
         self.counters.forwarded += 1;
-        self.push(wan_local, next_hop, payload);
+        self.push_on(outside, payload);
     }
 
     pub(super) fn response_from_outside(
@@ -402,7 +402,12 @@ impl Gateway {
             // are addresses for the phone to use itself and stay as the far end wrote
             // them (they come from outside: nothing to hide).
             if tx.register.is_none() && sets_dialog_target(tx.method, status) {
-                anchor_at_gateway(msg, &mut edits, &tx.phone.local.to_string())?;
+                anchor_at_gateway(
+                    msg,
+                    &mut edits,
+                    &tx.phone.local.to_string(),
+                    tx.phone.transport,
+                )?;
             }
             if let Some(reg) = &tx.register {
                 if (200..300).contains(&status) {

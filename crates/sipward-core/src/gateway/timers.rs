@@ -61,7 +61,7 @@ impl Gateway {
                     Some("no response from inside"),
                     &tag,
                 );
-                self.send(tx.wan_local, tx.proxy, payload);
+                self.send_on(tx.outside, payload);
                 if creates_dialog(tx.method) {
                     self.end_unconfirmed(&tx.dialog, "timed out");
                 }
@@ -139,10 +139,7 @@ impl Gateway {
             .server
             .values()
             .filter(|t| t.method == MethodKind::Invite && t.final_at.is_none())
-            .map(|t| {
-                let far = Flow::udp(t.wan_local, t.proxy);
-                (t.echo.clone(), t.echo.call_id.clone(), far)
-            })
+            .map(|t| (t.echo.clone(), t.echo.call_id.clone(), t.outside))
             .collect();
         for (echo, call_id, flow) in ringing_out.into_iter().chain(ringing_in) {
             let tag = self.hider.token(&[&call_id, b"shutdown"]);

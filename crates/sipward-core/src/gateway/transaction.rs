@@ -3,7 +3,6 @@
 
 use super::*;
 
-/// Requests that create a dialog when sent outside one (RFC 3261, 6665, 3515).
 /// What the gateway does with a request that repeats one it is already relaying (the
 /// sender's retransmission timer fired): a stateful relay absorbs it (RFC 3261 16.6,
 /// RFC 6026) instead of passing every copy on, where the next hop could take it for
@@ -44,6 +43,7 @@ impl Repeat {
     }
 }
 
+/// Requests that create a dialog when sent outside one (RFC 3261, 6665, 3515).
 pub(super) fn creates_dialog(method: MethodKind) -> bool {
     matches!(
         method,
