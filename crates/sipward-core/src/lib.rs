@@ -15,6 +15,7 @@ mod hide;
 mod hiding;
 pub mod media;
 pub mod protect;
+mod retransmit;
 mod state;
 
 pub use config::{

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sipward_proto::{Message, MethodKind};
 
-use crate::flow::Flow;
+use crate::flow::{ConnectionId, Flow};
 
 /// What is needed to answer a request on the gateway's own behalf (408, 503): its Via
 /// values, From, To, Call-ID and CSeq as they were written.
@@ -510,6 +510,32 @@ impl Tables {
                 self.sessions_by_aor.remove(&d.aor);
             }
         }
+    }
+
+    /// The stream connection `id` closed: every flow on it forgets it. A phone's flow
+    /// then has no connection (an inbound request decides: a new connection, or 430);
+    /// an outside one reconnects on the next message. Returns how many flows used it.
+    pub(crate) fn connection_closed(&mut self, id: ConnectionId) -> usize {
+        let mut n = 0;
+        let mut forget = |flow: &mut Flow| {
+            if flow.connection == Some(id) {
+                flow.connection = None;
+                n += 1;
+            }
+        };
+        self.bindings
+            .values_mut()
+            .for_each(|b| forget(&mut b.phone));
+        for d in self.dialogs.values_mut() {
+            forget(&mut d.phone);
+            forget(&mut d.outside);
+        }
+        self.client.values_mut().for_each(|t| forget(&mut t.phone));
+        for t in self.server.values_mut() {
+            forget(&mut t.phone);
+            forget(&mut t.outside);
+        }
+        n
     }
 
     pub(crate) fn bindings(&self) -> &HashMap<String, Binding> {

@@ -144,11 +144,17 @@ pub struct Counters {
     /// Outgoing outside datagrams the last-line scan found inside addresses in (then
     /// rewritten, trimmed or refused per `leak_policy`).
     pub inside_address_leaks: u64,
+    /// Retransmissions the gateway sent itself on a UDP leg for a sender on a stream.
+    pub retransmitted: u64,
+    /// Requests for a phone whose connection is gone, answered 430 Flow Failed.
+    pub flow_failed: u64,
+    /// Messages the driver could not deliver (connection refused, queue full).
+    pub undeliverable: u64,
 }
 
 impl Counters {
     /// Every counter by a stable name (the admin API's and the metrics' keys).
-    pub fn fields(&self) -> [(&'static str, u64); 26] {
+    pub fn fields(&self) -> [(&'static str, u64); 29] {
         [
             ("received", self.received),
             ("forwarded", self.forwarded),
@@ -176,6 +182,9 @@ impl Counters {
             ("evicted_transactions", self.evicted_transactions),
             ("media_timeouts", self.media_timeouts),
             ("inside_address_leaks", self.inside_address_leaks),
+            ("retransmitted", self.retransmitted),
+            ("flow_failed", self.flow_failed),
+            ("undeliverable", self.undeliverable),
         ]
     }
 }

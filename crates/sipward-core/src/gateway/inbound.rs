@@ -37,13 +37,17 @@ impl Gateway {
                 .tables
                 .server
                 .get(&tx_key)
-                .map(|tx| Repeat::of(tx.final_at, &tx.last_response))
+                .map(|tx| Repeat::of(tx.final_at, &tx.last_response).onto(tx.phone.transport))
                 .or_else(|| Repeat::completed(&self.tables.completed_server, &tx_key));
             if self.repeated(repeat, at) {
                 return;
             }
         }
 
+        if method == MethodKind::Ack {
+            self.retransmits
+                .stop(&accepted_key(msg.call_id(), cseq.seq));
+        }
         // Where does it go? A pending INVITE (CANCEL, ACK for a failure), a registration
         // token in the Request-URI, or the dialog the Call-ID names.
         let pending = self
@@ -97,6 +101,28 @@ impl Gateway {
                 );
             }
             return;
+        };
+        // The phone's connection is gone (RFC 5626 5.3): a phone reachable at its Contact
+        // gets a new connection there; one behind a NAT (or that asked for outbound
+        // behaviour with `ob`) cannot be reached, and the caller learns it at once.
+        let phone = match phone {
+            p if p.transport == Transport::Udp || p.connection.is_some() => p,
+            p => match reconnect_target(target.as_deref(), p, &config.alg.limits) {
+                Some(flow) => flow,
+                None if method == MethodKind::Ack => return,
+                None => {
+                    self.counters.flow_failed += 1;
+                    self.answer(
+                        config,
+                        at,
+                        msg,
+                        430,
+                        "Flow Failed",
+                        "phone's connection is gone",
+                    );
+                    return;
+                }
+            },
         };
         if !self.within_state_limits(config, at, msg, method, initial, &aor, (486, "Busy Here")) {
             return;
@@ -238,6 +264,11 @@ impl Gateway {
                 &config.alg.limits,
             );
         }
+        if let Some(kind) = bridged(at.flow.transport, phone.transport, method) {
+            let key = (branch.clone(), cseq.method.to_vec());
+            self.retransmits
+                .start(key, kind, phone, payload.clone(), at.now);
+        }
         self.counters.forwarded += 1;
         self.send_on(phone, payload);
     }
@@ -265,6 +296,13 @@ impl Gateway {
             self.counters.stray_responses += 1;
             return;
         };
+        let accepted = tx.method == MethodKind::Invite && (200..300).contains(&status);
+        if accepted && tx.final_at.is_some() && tx.outside.transport != Transport::Udp {
+            // The phone repeats its 2xx over UDP until the ACK; the stream had it once.
+            self.counters.absorbed_retransmissions += 1;
+            return;
+        }
+        self.retransmits.response(&key, status);
         let wan_text = tx.outside.local.to_string();
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let mut edits = Edits::new();
@@ -391,10 +429,44 @@ impl Gateway {
                 .completed_server
                 .insert(key, payload.clone(), at.now);
         }
+        if accepted && at.flow.transport != Transport::Udp && tx.outside.transport == Transport::Udp
+        {
+            let key = accepted_key(&tx.echo.call_id, cseq_number(&tx.echo.cseq));
+            self.retransmits.start(
+                key,
+                RetransmitKind::Accepted,
+                tx.outside,
+                payload.clone(),
+                at.now,
+            );
+        }
         self.counters.forwarded += 1;
         self.push_on(tx.outside, payload);
         if tx.method == MethodKind::Invite {
             self.invite_answered(&branch, status, Toward::Inside, at.now);
         }
     }
+}
+
+/// Where a phone on a stream whose connection is gone can be reached again: at its
+/// Contact, if that is where its connection came from (no NAT between) and it did not
+/// ask for outbound behaviour (`ob`, RFC 5626: reachable only over its own flows).
+fn reconnect_target(
+    contact: Option<&[u8]>,
+    phone: Flow,
+    limits: &sipward_proto::Limits,
+) -> Option<Flow> {
+    let uri = sipward_proto::uri::parse_uri(contact?, limits).ok()?;
+    let sip = uri.as_sip()?;
+    let default_port = if phone.transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    };
+    let at = SocketAddr::new(sip.host.ip()?, sip.port.unwrap_or(default_port));
+    let outbound = sip.param("ob").is_some();
+    (at == phone.remote && !outbound).then_some(Flow {
+        connection: None,
+        ..phone
+    })
 }

@@ -80,13 +80,17 @@ impl Gateway {
                 .tables
                 .client
                 .get(&tx_key)
-                .map(|tx| Repeat::of(tx.final_at, &tx.last_response))
+                .map(|tx| Repeat::of(tx.final_at, &tx.last_response).onto(outside.transport))
                 .or_else(|| Repeat::completed(&self.tables.completed_client, &tx_key));
             if self.repeated(repeat, at) {
                 return;
             }
         }
 
+        if method == MethodKind::Ack {
+            self.retransmits
+                .stop(&accepted_key(inside_call_id, cseq.seq));
+        }
         // An in-dialog request for a dialog the gateway does not hold cannot be
         // translated (whose Call-ID, whose route set?): 481, RFC 3261 12.2.2. An ACK
         // is never answered.
@@ -338,6 +342,11 @@ impl Gateway {
                 &config.alg.limits,
             );
         }
+        if let Some(kind) = bridged(at.flow.transport, outside.transport, method) {
+            let key = (branch.clone(), cseq.method.to_vec());
+            self.retransmits
+                .start(key, kind, outside, payload.clone(), at.now);
+        }
         self.counters.forwarded += 1;
         self.push_on(outside, payload);
     }
@@ -370,6 +379,7 @@ impl Gateway {
             self.counters.stray_responses += 1;
             return;
         };
+        self.retransmits.response(&key, status);
         let mut edits = Edits::new();
         let mut new_binding = None;
         let r = (|| -> Result<(), sipward_proto::EditError> {
@@ -539,6 +549,18 @@ impl Gateway {
             self.tables
                 .completed_client
                 .insert(key, payload.clone(), at.now);
+        }
+        // A 2xx from a stream toward a UDP phone: repeated until the phone's ACK.
+        let accepted = tx.method == MethodKind::Invite && (200..300).contains(&status);
+        if accepted && at.flow.transport != Transport::Udp && tx.phone.transport == Transport::Udp {
+            let key = accepted_key(&tx.inside_call_id, cseq_number(&tx.echo.cseq));
+            self.retransmits.start(
+                key,
+                RetransmitKind::Accepted,
+                tx.phone,
+                payload.clone(),
+                at.now,
+            );
         }
         self.counters.forwarded += 1;
         self.send_on(tx.phone, payload);
