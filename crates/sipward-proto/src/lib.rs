@@ -75,6 +75,7 @@
 pub mod answer;
 pub mod defect;
 pub mod edit;
+pub mod framing;
 pub mod header;
 pub mod headers;
 pub mod limits;
@@ -87,6 +88,7 @@ pub mod uri;
 pub use answer::{build_answer, lenient_user_agents};
 pub use defect::{Defect, DefectKind, Location};
 pub use edit::{EditError, Edits};
+pub use framing::{Frame, FramedMessage, StreamFault, StreamFramer};
 pub use header::HeaderName;
 pub use headers::{CSeq, Contacts, Credentials, NameAddr, Params, Via};
 pub use limits::Limits;
