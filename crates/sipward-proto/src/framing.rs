@@ -295,7 +295,11 @@ impl StreamFramer {
                     }
                 }
                 State::StartLine { line, at } => {
+                    // Only the first `max_message_len` bytes count: a fault past them
+                    // must not win over "too large" when more bytes happened to come
+                    // in one push (the verdict would depend on the split).
                     let cur = self.current();
+                    let cur = cur.get(..self.max_message_len).unwrap_or(cur);
                     let mut line = line;
                     let mut at = at;
                     let mut done = false;
@@ -410,8 +414,12 @@ fn advance(line: Line, b: u8, cur: &[u8]) -> Option<Option<Line>> {
             Line::RequestVersion(n + 1)
         }
         Line::RequestVersion(_) | Line::Rest if b == b'\r' => Line::Cr,
-        Line::RequestVersion(_) | Line::Rest if b == b'\n' => return None,
-        Line::RequestVersion(n) => Line::RequestVersion(n),
+        Line::RequestVersion(n)
+            if (is_digit(b) || b == b'.') && n < VERSION.len() + MAX_VERSION_LEN =>
+        {
+            Line::RequestVersion(n + 1)
+        }
+        Line::RequestVersion(_) => return None,
         Line::StatusVersion(n) if b == b' ' && n > 0 => Line::StatusCode(0),
         Line::StatusVersion(n) if (is_digit(b) || b == b'.') && n < MAX_VERSION_LEN => {
             Line::StatusVersion(n + 1)
@@ -691,6 +699,8 @@ mod tests {
             (b"OPTIONS sip:a SIP/2.0\n", 22),
             (b"OPTIONS sip:a SIP/2.0\rX", 23),
             (b"OPTIONS sip:a\x00b SIP/2.0\r\n", 14),
+            (b"OPTIONS sip:a SIP/2.0 \r\n", 22),
+            (b"OPTIONS sip:a SIP/2.\xff\r\n", 21),
         ] {
             let mut framer = StreamFramer::new(6048);
             let mut out = Vec::new();
@@ -707,6 +717,24 @@ mod tests {
             assert_eq!(framer.answer("sipward"), None);
             assert_eq!(StreamFault::NotSip.status(), None);
         }
+    }
+
+    #[test]
+    fn the_verdict_on_a_long_start_line_does_not_depend_on_the_split() {
+        // Found by the fuzz target: a bad byte just past the limit closed the stream as
+        // not SIP when it came in the same push, as too large when it came later.
+        let stream = [&b"OPTIONS sip:"[..], &[b'a'; 100], b"\x00"].concat();
+        let mut whole = StreamFramer::new(100);
+        assert_eq!(
+            all(&mut whole, &stream),
+            vec![Frame::Fault(StreamFault::TooLarge)]
+        );
+        let mut split = StreamFramer::new(100);
+        let mut out = Vec::new();
+        for &b in &stream {
+            split.feed(&[b], |f| out.push(f));
+        }
+        assert_eq!(out, vec![Frame::Fault(StreamFault::TooLarge)]);
     }
 
     #[test]
