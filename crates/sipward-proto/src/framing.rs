@@ -203,6 +203,16 @@ impl StreamFramer {
         }
     }
 
+    /// Whether part of a message has come and the rest has not: what a driver's
+    /// whole-message (slowloris) timer runs on. CRLFs between messages do not count.
+    pub fn in_message(&self) -> bool {
+        matches!(
+            self.state,
+            State::StartLine { .. } | State::Headers { .. } | State::Body { .. }
+        ) || (matches!(self.state, State::Between { .. })
+            && self.current().first().is_some_and(|&b| b != b'\r'))
+    }
+
     /// Says that we sent a ping: the next CRLF between messages is its pong, reported as
     /// [`Frame::Pong`] at once (a lone CRLF could otherwise be the start of a CRLFCRLF).
     pub fn expect_pong(&mut self) {
@@ -234,10 +244,14 @@ impl StreamFramer {
         loop {
             let taken = self.push(data);
             data = data.get(taken..).unwrap_or_default();
+            let mut cut = false;
             while let Some(frame) = self.next_frame() {
                 on_frame(frame);
+                cut = true;
             }
-            if data.is_empty() || self.fault().is_some() {
+            // A full buffer always yields a frame or a fault; the last test only keeps a
+            // broken invariant from spinning here.
+            if data.is_empty() || self.fault().is_some() || (taken == 0 && !cut) {
                 return;
             }
         }
@@ -573,6 +587,22 @@ mod tests {
         assert_eq!(all(&mut framer, b"\r\n\r"), vec![]);
         assert_eq!(all(&mut framer, b"\n"), vec![Frame::Ping]);
         assert_eq!(framer.buffered(), 0);
+    }
+
+    #[test]
+    fn in_message_is_true_from_the_first_byte_to_the_last() {
+        let mut framer = StreamFramer::new(6048);
+        assert!(!framer.in_message());
+        assert_eq!(all(&mut framer, b"\r\n"), vec![]);
+        assert!(!framer.in_message(), "a CRLF is not a message");
+        let (head, rest) = OPTIONS.split_at(1);
+        assert_eq!(all(&mut framer, head), vec![]);
+        assert!(framer.in_message());
+        let (middle, last) = rest.split_at(rest.len() - 1);
+        assert_eq!(all(&mut framer, middle), vec![]);
+        assert!(framer.in_message());
+        assert_eq!(all(&mut framer, last), vec![message(OPTIONS)]);
+        assert!(!framer.in_message());
     }
 
     #[test]
