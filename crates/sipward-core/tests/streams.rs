@@ -132,10 +132,8 @@ fn udp_repeats_stay_off_a_stream_and_a_2xx_over_tcp_is_repeated_to_a_udp_phone_u
     let again = net.advance(Duration::from_millis(500));
     assert_eq!(again.len(), 1);
     assert!(text(&again[0]).starts_with("SIP/2.0 200"));
-    let ack = format!(
-        "ACK sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bK-ack2\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a-c2\r\nTo: <sip:bob@example.com>;tag=b2\r\nCall-ID: c2@10.0.0.20\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
-    );
-    let acked = send(&mut net, phone, &ack);
+    let ack = "ACK sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bK-ack2\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a-c2\r\nTo: <sip:bob@example.com>;tag=b2\r\nCall-ID: c2@10.0.0.20\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n";
+    let acked = send(&mut net, phone, ack);
     assert_eq!(acked.len(), 1, "the ACK goes on: {acked:?}");
     assert_eq!(acked[0].transport, Transport::Tcp);
     let after: Vec<_> = net
