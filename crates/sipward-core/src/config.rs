@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sipward_proto::Limits;
 
-use crate::flow::Flow;
+use crate::flow::{Flow, Transport};
 pub use crate::hiding::LeakPolicy;
 pub use crate::media::Latching;
 use crate::protect::ProtectionOptions;
@@ -133,16 +133,39 @@ pub struct Rule {
     /// it; a network or `any` matches only intercepted messages, whose next hop is
     /// their original destination.
     pub destination: AddressObject,
-    /// Ports of the service the rule applies to: the gateway's port for messages sent
-    /// to it, the original destination's for intercepted ones.
-    pub service_ports: Vec<u16>,
+    /// The services (transport and port) the rule applies to: the gateway's listener
+    /// for messages sent to it, the original destination's port for intercepted ones.
+    pub services: Vec<Service>,
+    /// For `Nat`: how the next hop (a host destination) is reached, and the name its
+    /// TLS certificate must carry. An intercepted message goes on in its own transport.
+    pub next_hop_transport: Transport,
+    pub server_name: Option<String>,
+}
+
+/// A transport and port a rule admits (one of a service's ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    pub transport: Transport,
+    pub port: u16,
+}
+
+impl Service {
+    pub fn udp(port: u16) -> Self {
+        Self {
+            transport: Transport::Udp,
+            port,
+        }
+    }
 }
 
 impl Rule {
     /// Whether this rule applies to a message that arrived in `zone` on `flow`.
     pub fn matches(&self, zone: ZoneId, flow: &Flow) -> bool {
         if self.from_zone != zone
-            || !self.service_ports.contains(&flow.local.port())
+            || !self
+                .services
+                .iter()
+                .any(|s| s.transport == flow.transport && s.port == flow.local.port())
             || !self.source.contains(flow.remote)
         {
             return false;
@@ -155,16 +178,32 @@ impl Rule {
         self.action != Action::Nat || matches!(self.destination, AddressObject::Host { .. })
     }
 
-    /// Where a nat rule sends a message that arrived on `flow`: the original destination
-    /// of an intercepted one, else the rule's host.
-    pub fn next_hop(&self, flow: &Flow) -> Option<SocketAddr> {
-        if flow.intercepted {
-            return Some(flow.local);
-        }
-        match self.destination {
-            AddressObject::Host { ip, port } => Some(SocketAddr::new(ip, port.unwrap_or(5060))),
-            _ => None,
-        }
+    /// Where a nat rule sends a message that arrived on `flow`, from the gateway's
+    /// address `wan`: the original destination of an intercepted one (in its transport),
+    /// else the rule's host in the rule's transport.
+    pub fn next_hop(&self, flow: &Flow, wan: SocketAddr) -> Option<Flow> {
+        let (transport, remote) = if flow.intercepted {
+            (flow.transport, flow.local)
+        } else {
+            match self.destination {
+                AddressObject::Host { ip, port } => {
+                    let default_port = match self.next_hop_transport {
+                        Transport::Tls => 5061,
+                        Transport::Udp | Transport::Tcp => 5060,
+                    };
+                    let remote = SocketAddr::new(ip, port.unwrap_or(default_port));
+                    (self.next_hop_transport, remote)
+                }
+                _ => return None,
+            }
+        };
+        Some(Flow {
+            transport,
+            local: wan,
+            remote,
+            connection: None,
+            intercepted: false,
+        })
     }
 }
 

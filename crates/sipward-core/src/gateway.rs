@@ -42,6 +42,7 @@ use crate::config::{Action, Config, Rule, ZoneId};
 use crate::flow::{ConnectionId, Flow, Transport};
 use crate::hide::{Hider, BRANCH_PREFIX};
 use crate::hiding::Scanner;
+use crate::retransmit::{Due as RetransmitDue, Kind as RetransmitKind, Retransmits};
 
 mod cancelling;
 mod dialogs;
@@ -96,6 +97,8 @@ pub struct Gateway {
     next_sweep: Option<Instant>,
     /// The gateway's own CANCELs for the INVITEs it relays.
     cancels: Cancels,
+    /// Its own retransmissions on UDP legs for senders on streams.
+    retransmits: Retransmits,
     /// What the inside addresses look like in text (the outgoing scan).
     scanner: Scanner,
 }
@@ -136,6 +139,7 @@ impl Gateway {
             media,
             next_sweep: None,
             cancels: Cancels::default(),
+            retransmits: Retransmits::default(),
         }
     }
 
@@ -318,10 +322,14 @@ impl Gateway {
 
     /// When [`Gateway::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.next_sweep, self.cancels.next_due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.next_sweep,
+            self.cancels.next_due(),
+            self.retransmits.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- inside to outside ----

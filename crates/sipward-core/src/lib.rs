@@ -15,9 +15,12 @@ mod hide;
 mod hiding;
 pub mod media;
 pub mod protect;
+mod retransmit;
 mod state;
 
-pub use config::{Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Zone, ZoneId};
+pub use config::{
+    Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Service, Zone, ZoneId,
+};
 pub use flow::{ConnectionId, Flow, Transport};
 pub use gateway::{Counters, Gateway, TableUsage, Traffic, Transmit};
 pub use media::{

@@ -14,7 +14,8 @@ mod common;
 
 use common::{addr, assert_hidden, header, text, Net, LAN, WAN};
 use sipward_core::{
-    Action, AddressObject, AlgOptions, Config, Flow, Gateway, MediaCommand, Rule, Transmit,
+    Action, AddressObject, AlgOptions, Config, Flow, Gateway, MediaCommand, Rule, Service,
+    Transmit, Transport,
 };
 
 const PHONE: &str = "10.0.0.20:5060";
@@ -46,7 +47,9 @@ fn transparent_config(media: bool) -> Config {
             source: phones.clone(),
             to_zone: Some(1),
             destination: providers.clone(),
-            service_ports: vec![5060, 5080],
+            services: vec![Service::udp(5060), Service::udp(5080)],
+            next_hop_transport: Transport::Udp,
+            server_name: None,
         },
         Rule {
             name: "explicit-phones".into(),
@@ -58,7 +61,9 @@ fn transparent_config(media: bool) -> Config {
                 ip: "198.51.100.10".parse().unwrap(),
                 port: Some(5060),
             },
-            service_ports: vec![5060],
+            services: vec![Service::udp(5060)],
+            next_hop_transport: Transport::Udp,
+            server_name: None,
         },
         Rule {
             name: "providers-to-core".into(),
@@ -67,7 +72,9 @@ fn transparent_config(media: bool) -> Config {
             source: providers,
             to_zone: None,
             destination: AddressObject::Any,
-            service_ports: vec![5060],
+            services: vec![Service::udp(5060)],
+            next_hop_transport: Transport::Udp,
+            server_name: None,
         },
     ];
     config

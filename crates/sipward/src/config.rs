@@ -805,7 +805,9 @@ impl Config {
                 source,
                 to_zone,
                 destination,
-                service_ports: vec![*service.port.get_ref()],
+                services: vec![sipward_core::Service::udp(*service.port.get_ref())],
+                next_hop_transport: sipward_core::Transport::Udp,
+                server_name: None,
             });
         }
         // `[limits]` is what `sipward validate` applies without an ALG; with one it is

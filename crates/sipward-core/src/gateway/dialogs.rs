@@ -65,9 +65,9 @@ impl Gateway {
         let text = String::from_utf8_lossy;
         let branch = self.hider.branch(&[&d.inside_call_id, b"bye-in"]);
         let to_phone = format!(
-            "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause={cause};text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
+            "BYE {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause={cause};text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
             text(&d.phone_contact),
-            d.phone.local,
+            via_value(d.phone.transport, &d.phone.local.to_string(), &branch),
             text(phone_remote),
             text(phone_local),
             text(&d.inside_call_id),
@@ -81,19 +81,19 @@ impl Gateway {
             .map(|r| format!("Route: {}\r\n", text(r)))
             .collect();
         let target = if d.far_contact.is_empty() {
-            format!("sip:{}", d.proxy)
+            format!("sip:{}", d.outside.remote)
         } else {
             text(&d.far_contact).into_owned()
         };
         let to_far = format!(
-            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\n{routes}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause={cause};text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
-            d.wan_local,
+            "BYE {target} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\n{routes}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause={cause};text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
+            via_value(d.outside.transport, &d.outside.local.to_string(), &branch),
             text(far_remote),
             text(far_local),
             text(&d.outside_call_id),
             d.cseq_inside.saturating_add(1).max(1),
         );
         let _ = config;
-        self.send(d.wan_local, d.proxy, to_far.into_bytes());
+        self.send_on(d.outside, to_far.into_bytes());
     }
 }

@@ -144,11 +144,17 @@ pub struct Counters {
     /// Outgoing outside datagrams the last-line scan found inside addresses in (then
     /// rewritten, trimmed or refused per `leak_policy`).
     pub inside_address_leaks: u64,
+    /// Retransmissions the gateway sent itself on a UDP leg for a sender on a stream.
+    pub retransmitted: u64,
+    /// Requests for a phone whose connection is gone, answered 430 Flow Failed.
+    pub flow_failed: u64,
+    /// Messages the driver could not deliver (connection refused, queue full).
+    pub undeliverable: u64,
 }
 
 impl Counters {
     /// Every counter by a stable name (the admin API's and the metrics' keys).
-    pub fn fields(&self) -> [(&'static str, u64); 26] {
+    pub fn fields(&self) -> [(&'static str, u64); 29] {
         [
             ("received", self.received),
             ("forwarded", self.forwarded),
@@ -176,17 +182,14 @@ impl Counters {
             ("evicted_transactions", self.evicted_transactions),
             ("media_timeouts", self.media_timeouts),
             ("inside_address_leaks", self.inside_address_leaks),
+            ("retransmitted", self.retransmitted),
+            ("flow_failed", self.flow_failed),
+            ("undeliverable", self.undeliverable),
         ]
     }
 }
 
 impl Gateway {
-    /// Sends a datagram; one leaving by an outside interface passes the last-line scan
-    /// first (false: it was refused).
-    pub(super) fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) -> bool {
-        self.send_on(Flow::udp(local, remote), payload)
-    }
-
     /// Sends on `flow` (a phone's, kept in the tables, or the outside leg's).
     pub(super) fn send_on(&mut self, flow: Flow, payload: Vec<u8>) -> bool {
         let payload = if flow.intercepted {
@@ -202,10 +205,6 @@ impl Gateway {
             }
             None => false,
         }
-    }
-
-    pub(super) fn push(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
-        self.push_on(Flow::udp(local, remote), payload);
     }
 
     pub(super) fn push_on(&mut self, flow: Flow, payload: Vec<u8>) {

@@ -37,13 +37,17 @@ impl Gateway {
                 .tables
                 .server
                 .get(&tx_key)
-                .map(|tx| Repeat::of(tx.final_at, &tx.last_response))
+                .map(|tx| Repeat::of(tx.final_at, &tx.last_response).onto(tx.phone.transport))
                 .or_else(|| Repeat::completed(&self.tables.completed_server, &tx_key));
             if self.repeated(repeat, at) {
                 return;
             }
         }
 
+        if method == MethodKind::Ack {
+            self.retransmits
+                .stop(&accepted_key(msg.call_id(), cseq.seq));
+        }
         // Where does it go? A pending INVITE (CANCEL, ACK for a failure), a registration
         // token in the Request-URI, or the dialog the Call-ID names.
         let pending = self
@@ -98,6 +102,28 @@ impl Gateway {
             }
             return;
         };
+        // The phone's connection is gone (RFC 5626 5.3): a phone reachable at its Contact
+        // gets a new connection there; one behind a NAT (or that asked for outbound
+        // behaviour with `ob`) cannot be reached, and the caller learns it at once.
+        let phone = match phone {
+            p if p.transport == Transport::Udp || p.connection.is_some() => p,
+            p => match reconnect_target(target.as_deref(), p, &config.alg.limits) {
+                Some(flow) => flow,
+                None if method == MethodKind::Ack => return,
+                None => {
+                    self.counters.flow_failed += 1;
+                    self.answer(
+                        config,
+                        at,
+                        msg,
+                        430,
+                        "Flow Failed",
+                        "phone's connection is gone",
+                    );
+                    return;
+                }
+            },
+        };
         if !self.within_state_limits(config, at, msg, method, initial, &aor, (486, "Busy Here")) {
             return;
         }
@@ -115,7 +141,11 @@ impl Gateway {
             edits.prepend_field(
                 msg,
                 "Via",
-                format!("SIP/2.0/UDP {lan_text};branch={branch}").as_bytes(),
+                format!(
+                    "SIP/2.0/{} {lan_text};branch={branch}",
+                    phone.transport.via_token()
+                )
+                .as_bytes(),
             )?;
             decrement_max_forwards(msg, &mut edits)?;
             if let (Some(target), Some(uri)) = (&target, msg.request_uri()) {
@@ -123,7 +153,7 @@ impl Gateway {
             }
             // As for responses: only a dialog's target is the gateway's business.
             if sets_dialog_target(method, 200) {
-                anchor_at_gateway(msg, &mut edits, &lan_text)?;
+                anchor_at_gateway(msg, &mut edits, &lan_text, phone.transport)?;
             }
             if let Some(d) = inside_dialog {
                 // The far end speaks of the hidden call: give the phone back its own.
@@ -179,8 +209,7 @@ impl Gateway {
                 inside_call_id: msg.call_id().to_vec(),
                 outside_call_id: msg.call_id().to_vec(),
                 phone,
-                wan_local: at.flow.local,
-                proxy: at.flow.remote,
+                outside: at.flow,
                 originated_inside: false,
                 inside_from: from.raw.to_vec(),
                 inside_to: to.raw.to_vec(),
@@ -207,8 +236,7 @@ impl Gateway {
             self.tables.insert_server(
                 tx_key,
                 ServerTx {
-                    proxy: at.flow.remote,
-                    wan_local: at.flow.local,
+                    outside: at.flow,
                     phone,
                     via_lines,
                     echo: Echo::of(msg),
@@ -235,6 +263,11 @@ impl Gateway {
                 phone,
                 &config.alg.limits,
             );
+        }
+        if let Some(kind) = bridged(at.flow.transport, phone.transport, method) {
+            let key = (branch.clone(), cseq.method.to_vec());
+            self.retransmits
+                .start(key, kind, phone, payload.clone(), at.now);
         }
         self.counters.forwarded += 1;
         self.send_on(phone, payload);
@@ -263,7 +296,14 @@ impl Gateway {
             self.counters.stray_responses += 1;
             return;
         };
-        let wan_text = tx.wan_local.to_string();
+        let accepted = tx.method == MethodKind::Invite && (200..300).contains(&status);
+        if accepted && tx.final_at.is_some() && tx.outside.transport != Transport::Udp {
+            // The phone repeats its 2xx over UDP until the ACK; the stream had it once.
+            self.counters.absorbed_retransmissions += 1;
+            return;
+        }
+        self.retransmits.response(&key, status);
+        let wan_text = tx.outside.local.to_string();
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let mut edits = Edits::new();
         let r = (|| -> Result<(), sipward_proto::EditError> {
@@ -293,7 +333,12 @@ impl Gateway {
                     let own = (status >= 300)
                         .then(|| self.token_of_phone(ip, u.port.unwrap_or(5060)))
                         .flatten();
-                    let outside = contact_uri(u, &wan_text, own.as_deref().unwrap_or(&tx.token));
+                    let outside = contact_uri(
+                        u,
+                        &wan_text,
+                        own.as_deref().unwrap_or(&tx.token),
+                        tx.outside.transport,
+                    );
                     if contact.bracketed {
                         edits.replace(msg, u.raw, outside.as_bytes())?;
                     } else {
@@ -323,7 +368,7 @@ impl Gateway {
             return;
         }
         if self
-            .hide_unknown_out(config, msg, &mut edits, tx.wan_local)
+            .hide_unknown_out(config, msg, &mut edits, tx.outside.local)
             .is_err()
         {
             self.counters.edit_failures += 1;
@@ -333,7 +378,7 @@ impl Gateway {
             call: &tx.dialog.media_id(),
             from: Side::Inside,
             tag: msg.to().and_then(|t| t.tag()).unwrap_or_default(),
-            gateway_ip: [at.flow.local.ip(), tx.wan_local.ip()],
+            gateway_ip: [config.own_address(&at.flow).ip(), tx.outside.local.ip()],
             is_inside: &is_inside,
         };
         self.response_media(at, msg, &mut edits, passage, tx.method, status);
@@ -341,7 +386,7 @@ impl Gateway {
             self.counters.edit_failures += 1;
             return;
         };
-        let Some(payload) = self.outgoing(tx.wan_local, payload) else {
+        let Some(payload) = self.outgoing(tx.outside.local, payload) else {
             return;
         };
 
@@ -384,10 +429,44 @@ impl Gateway {
                 .completed_server
                 .insert(key, payload.clone(), at.now);
         }
+        if accepted && at.flow.transport != Transport::Udp && tx.outside.transport == Transport::Udp
+        {
+            let key = accepted_key(&tx.echo.call_id, cseq_number(&tx.echo.cseq));
+            self.retransmits.start(
+                key,
+                RetransmitKind::Accepted,
+                tx.outside,
+                payload.clone(),
+                at.now,
+            );
+        }
         self.counters.forwarded += 1;
-        self.push(tx.wan_local, tx.proxy, payload);
+        self.push_on(tx.outside, payload);
         if tx.method == MethodKind::Invite {
             self.invite_answered(&branch, status, Toward::Inside, at.now);
         }
     }
+}
+
+/// Where a phone on a stream whose connection is gone can be reached again: at its
+/// Contact, if that is where its connection came from (no NAT between) and it did not
+/// ask for outbound behaviour (`ob`, RFC 5626: reachable only over its own flows).
+fn reconnect_target(
+    contact: Option<&[u8]>,
+    phone: Flow,
+    limits: &sipward_proto::Limits,
+) -> Option<Flow> {
+    let uri = sipward_proto::uri::parse_uri(contact?, limits).ok()?;
+    let sip = uri.as_sip()?;
+    let default_port = if phone.transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    };
+    let at = SocketAddr::new(sip.host.ip()?, sip.port.unwrap_or(default_port));
+    let outbound = sip.param("ob").is_some();
+    (at == phone.remote && !outbound).then_some(Flow {
+        connection: None,
+        ..phone
+    })
 }

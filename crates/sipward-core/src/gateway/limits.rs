@@ -267,7 +267,7 @@ impl Gateway {
         }
         if found.is_none() {
             for (k, t) in &self.tables.server {
-                if fits(t.proxy.ip(), t.final_at) {
+                if fits(t.outside.remote.ip(), t.final_at) {
                     if settled || t.method != MethodKind::Invite {
                         found = Some((k.clone(), false));
                         break;
@@ -304,7 +304,7 @@ impl Gateway {
                 let payload =
                     tx.echo
                         .response(503, "Service Unavailable", &config.agent, warning, &tag);
-                self.send(tx.wan_local, tx.proxy, payload);
+                self.send_on(tx.outside, payload);
                 if creates_dialog(tx.method) {
                     self.end_unconfirmed(&tx.dialog, "evicted");
                 }

@@ -18,14 +18,15 @@ impl Gateway {
             self.counters.dropped_by_rule += 1;
             return;
         }
-        let (Some(wan), Some(next_hop)) = (
-            rule.to_zone.and_then(|z| config.zone(z)),
-            rule.next_hop(&at.flow),
-        ) else {
+        let Some(outside) = rule
+            .to_zone
+            .and_then(|z| config.zone(z))
+            .and_then(|wan| rule.next_hop(&at.flow, wan.address))
+        else {
             self.counters.dropped_by_rule += 1;
             return;
         };
-        let wan_local = wan.address;
+        let (wan_local, next_hop) = (outside.local, outside.remote);
         let Some(method) = msg.method().map(|m| m.kind()) else {
             return;
         };
@@ -79,13 +80,17 @@ impl Gateway {
                 .tables
                 .client
                 .get(&tx_key)
-                .map(|tx| Repeat::of(tx.final_at, &tx.last_response))
+                .map(|tx| Repeat::of(tx.final_at, &tx.last_response).onto(outside.transport))
                 .or_else(|| Repeat::completed(&self.tables.completed_client, &tx_key));
             if self.repeated(repeat, at) {
                 return;
             }
         }
 
+        if method == MethodKind::Ack {
+            self.retransmits
+                .stop(&accepted_key(inside_call_id, cseq.seq));
+        }
         // An in-dialog request for a dialog the gateway does not hold cannot be
         // translated (whose Call-ID, whose route set?): 481, RFC 3261 12.2.2. An ACK
         // is never answered.
@@ -120,7 +125,7 @@ impl Gateway {
                 via_lines.extend_from_slice(f.line);
                 edits.remove_field(msg, f)?;
             }
-            let our_via = format!("SIP/2.0/UDP {wan_text};branch={branch};rport");
+            let our_via = via_value(outside.transport, &wan_text, &branch);
             edits.prepend_field(msg, "Via", our_via.as_bytes())?;
             decrement_max_forwards(msg, &mut edits)?;
             if let Some(f) = msg.header(HeaderName::CallId) {
@@ -208,7 +213,7 @@ impl Gateway {
                 u.raw,
                 next_hop_text.as_bytes(),
             ]);
-            let outside = contact_uri(u, &wan_text, &token);
+            let outside = contact_uri(u, &wan_text, &token, outside.transport);
             let ok = if contact.bracketed {
                 edits.replace(msg, u.raw, outside.as_bytes())
             } else {
@@ -247,7 +252,7 @@ impl Gateway {
             call: &tx_dialog.media_id(),
             from: Side::Inside,
             tag: from.tag().unwrap_or_default(),
-            gateway_ip: [at.flow.local.ip(), wan_local.ip()],
+            gateway_ip: [config.own_address(&at.flow).ip(), wan_local.ip()],
             is_inside: &is_inside,
         };
         if !self.request_media(config, at, msg, &mut edits, passage) {
@@ -282,8 +287,7 @@ impl Gateway {
                 inside_call_id: inside_call_id.to_vec(),
                 outside_call_id: outside_call_id.clone(),
                 phone: at.flow,
-                wan_local,
-                proxy: next_hop,
+                outside,
                 originated_inside: true,
                 inside_from: from.raw.to_vec(),
                 inside_to: to.raw.to_vec(),
@@ -334,12 +338,17 @@ impl Gateway {
                 Toward::Outside,
                 (branch.clone(), b"INVITE".to_vec()),
                 &payload,
-                Flow::udp(wan_local, next_hop),
+                outside,
                 &config.alg.limits,
             );
         }
+        if let Some(kind) = bridged(at.flow.transport, outside.transport, method) {
+            let key = (branch.clone(), cseq.method.to_vec());
+            self.retransmits
+                .start(key, kind, outside, payload.clone(), at.now);
+        }
         self.counters.forwarded += 1;
-        self.push(wan_local, next_hop, payload);
+        self.push_on(outside, payload);
     }
 
     pub(super) fn response_from_outside(
@@ -370,6 +379,7 @@ impl Gateway {
             self.counters.stray_responses += 1;
             return;
         };
+        self.retransmits.response(&key, status);
         let mut edits = Edits::new();
         let mut new_binding = None;
         let r = (|| -> Result<(), sipward_proto::EditError> {
@@ -402,7 +412,12 @@ impl Gateway {
             // are addresses for the phone to use itself and stay as the far end wrote
             // them (they come from outside: nothing to hide).
             if tx.register.is_none() && sets_dialog_target(tx.method, status) {
-                anchor_at_gateway(msg, &mut edits, &tx.phone.local.to_string())?;
+                anchor_at_gateway(
+                    msg,
+                    &mut edits,
+                    &tx.phone.local.to_string(),
+                    tx.phone.transport,
+                )?;
             }
             if let Some(reg) = &tx.register {
                 if (200..300).contains(&status) {
@@ -534,6 +549,18 @@ impl Gateway {
             self.tables
                 .completed_client
                 .insert(key, payload.clone(), at.now);
+        }
+        // A 2xx from a stream toward a UDP phone: repeated until the phone's ACK.
+        let accepted = tx.method == MethodKind::Invite && (200..300).contains(&status);
+        if accepted && at.flow.transport != Transport::Udp && tx.phone.transport == Transport::Udp {
+            let key = accepted_key(&tx.inside_call_id, cseq_number(&tx.echo.cseq));
+            self.retransmits.start(
+                key,
+                RetransmitKind::Accepted,
+                tx.phone,
+                payload.clone(),
+                at.now,
+            );
         }
         self.counters.forwarded += 1;
         self.send_on(tx.phone, payload);

@@ -46,13 +46,19 @@ pub(super) fn anchor_at_gateway(
     msg: &Message<'_>,
     edits: &mut Edits,
     lan: &str,
+    transport: Transport,
 ) -> Result<(), sipward_proto::EditError> {
     for contact in &msg.contacts().list {
         let Uri::Sip(u) = &contact.uri else { continue };
-        let anchored = match u.user {
-            Some(user) => format!("sip:{}@{lan}", String::from_utf8_lossy(user)),
-            None => format!("sip:{lan}"),
+        let (scheme, transport_param) = leg_scheme(u.secure, transport);
+        let mut anchored = match u.user {
+            Some(user) => format!("{scheme}:{}@{lan}", String::from_utf8_lossy(user)),
+            None => format!("{scheme}:{lan}"),
         };
+        if let Some(t) = transport_param {
+            anchored.push_str(";transport=");
+            anchored.push_str(t);
+        }
         if contact.bracketed {
             edits.replace(msg, u.raw, anchored.as_bytes())?;
         } else {
@@ -69,9 +75,36 @@ pub(super) fn anchor_at_gateway(
     Ok(())
 }
 
-/// The phone's contact URI with the gateway's address and a routing token.
-pub(super) fn contact_uri(u: &sipward_proto::SipUri<'_>, host_port: &str, token: &str) -> String {
-    let scheme = if u.secure { "sips" } else { "sip" };
+/// Our Via value on a leg of `transport` (RFC 3261 18.2.1: `rport` asks for the
+/// source port in the response; harmless on streams).
+pub(super) fn via_value(transport: Transport, host_port: &str, branch: &str) -> String {
+    format!(
+        "SIP/2.0/{} {host_port};branch={branch};rport",
+        transport.via_token()
+    )
+}
+
+/// A contact URI's scheme and transport parameter on a leg of `transport`: what the
+/// other leg wrote is never copied (RFC 3261 19.1.4, RFC 5630: `sips:` only where the
+/// leg is TLS).
+fn leg_scheme(secure: bool, transport: Transport) -> (&'static str, Option<&'static str>) {
+    match transport {
+        Transport::Tls if secure => ("sips", None),
+        Transport::Tls => ("sip", Some("tls")),
+        Transport::Tcp => ("sip", Some("tcp")),
+        Transport::Udp => ("sip", None),
+    }
+}
+
+/// The phone's contact URI with the gateway's address and a routing token, for a leg
+/// of `transport`.
+pub(super) fn contact_uri(
+    u: &sipward_proto::SipUri<'_>,
+    host_port: &str,
+    token: &str,
+    transport: Transport,
+) -> String {
+    let (scheme, transport_param) = leg_scheme(u.secure, transport);
     let mut s = String::from(scheme);
     s.push(':');
     if let Some(user) = u.user {
@@ -80,7 +113,9 @@ pub(super) fn contact_uri(u: &sipward_proto::SipUri<'_>, host_port: &str, token:
     }
     s.push_str(host_port);
     for (name, value) in u.params() {
-        if name.eq_ignore_ascii_case(TOKEN_PARAM.as_bytes()) {
+        if name.eq_ignore_ascii_case(TOKEN_PARAM.as_bytes())
+            || name.eq_ignore_ascii_case(b"transport")
+        {
             continue;
         }
         s.push(';');
@@ -89,6 +124,10 @@ pub(super) fn contact_uri(u: &sipward_proto::SipUri<'_>, host_port: &str, token:
             s.push('=');
             s.push_str(&String::from_utf8_lossy(v));
         }
+    }
+    if let Some(t) = transport_param {
+        s.push_str(";transport=");
+        s.push_str(t);
     }
     s.push(';');
     s.push_str(TOKEN_PARAM);

@@ -13,6 +13,81 @@ pub(super) fn arrived_inside(config: &Config, at: Arrival) -> bool {
 }
 
 impl Gateway {
+    /// The stream connection `id` closed (either end, or a limit): flows on it forget
+    /// it. A phone's next inbound request then gets a new connection to its Contact or
+    /// 430 Flow Failed (RFC 5626 5.3); the outside is reconnected to on the next message.
+    pub fn handle_connection_closed(&mut self, now: Instant, id: ConnectionId) {
+        self.now = Some(now);
+        self.tables.connection_closed(id);
+    }
+
+    /// A message the gateway sent on `flow` could not be delivered (the connection could
+    /// not be opened or its send queue was full). A request of a transaction in progress
+    /// gets its sender an answer at once instead of a timeout: 503 for a request toward
+    /// the outside, 430 Flow Failed for one toward a phone on a stream.
+    pub fn handle_undeliverable(&mut self, now: Instant, flow: Flow, payload: &[u8]) {
+        self.now = Some(now);
+        let config = self.config.clone();
+        let Ok(Datagram::Message(msg)) = parse_datagram(payload, &config.alg.limits) else {
+            return;
+        };
+        let (Some(via), Some(cseq)) = (msg.top_via(), msg.cseq()) else {
+            return;
+        };
+        if !msg.is_request() || cseq.method == b"ACK" {
+            return;
+        }
+        let key = (
+            String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
+            cseq.method.to_vec(),
+        );
+        self.counters.undeliverable += 1;
+        if let Some(tx) = self
+            .tables
+            .client
+            .get(&key)
+            .filter(|t| t.final_at.is_none())
+        {
+            let phone = tx.phone;
+            let tag = self.hider.token(&[&tx.inside_call_id, b"503"]);
+            let answer = tx.echo.response(
+                503,
+                "Service Unavailable",
+                &config.agent,
+                Some("next hop unreachable"),
+                &tag,
+            );
+            self.retransmits.stop(&key);
+            self.tables.settle_client(&key, now);
+            self.send_on(phone, answer);
+        } else if let Some(tx) = self
+            .tables
+            .server
+            .get(&key)
+            .filter(|t| t.final_at.is_none())
+        {
+            let outside = tx.outside;
+            let (status, reason) = if flow.transport == Transport::Udp {
+                (503, "Service Unavailable")
+            } else {
+                self.counters.flow_failed += 1;
+                (430, "Flow Failed")
+            };
+            let tag = self.hider.token(&[&tx.echo.call_id, b"430"]);
+            let answer = tx.echo.response(
+                status,
+                reason,
+                &config.agent,
+                Some("phone unreachable"),
+                &tag,
+            );
+            self.retransmits.stop(&key);
+            self.tables.settle_server(&key, now);
+            self.send_on(outside, answer);
+        }
+        self.arm(now);
+    }
+
     /// Feeds one UDP datagram received on the gateway's own address `local`.
     pub fn handle_datagram(
         &mut self,

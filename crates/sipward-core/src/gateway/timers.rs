@@ -21,24 +21,7 @@ impl Gateway {
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
-            let Some(tx) = self.tables.remove_client(&key) else {
-                continue;
-            };
-            if tx.final_at.is_none() {
-                self.counters.timeouts += 1;
-                let tag = self.hider.token(&[&tx.inside_call_id, b"408"]);
-                let payload = tx.echo.response(
-                    408,
-                    "Request Timeout",
-                    &config.agent,
-                    Some("no response from outside"),
-                    &tag,
-                );
-                self.send_on(tx.phone, payload);
-                if creates_dialog(tx.method) {
-                    self.end_unconfirmed(&tx.dialog, "timed out");
-                }
-            }
+            self.time_out_client(&config, &key, "no response from outside");
         }
         let expired: Vec<_> = self
             .tables
@@ -48,26 +31,27 @@ impl Gateway {
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
-            let Some(tx) = self.tables.remove_server(&key) else {
-                continue;
-            };
-            if tx.final_at.is_none() {
-                self.counters.timeouts += 1;
-                let tag = self.hider.token(&[&tx.echo.call_id, b"408"]);
-                let payload = tx.echo.response(
-                    408,
-                    "Request Timeout",
-                    &config.agent,
-                    Some("no response from inside"),
-                    &tag,
-                );
-                self.send(tx.wan_local, tx.proxy, payload);
-                if creates_dialog(tx.method) {
-                    self.end_unconfirmed(&tx.dialog, "timed out");
-                }
-            }
+            self.time_out_server(&config, &key, "no response from inside");
         }
 
+        for due in self.retransmits.due(now) {
+            match due {
+                RetransmitDue::Send { flow, payload } => {
+                    self.counters.retransmitted += 1;
+                    self.push_on(flow, payload);
+                }
+                RetransmitDue::GiveUp { kind, key } => match kind {
+                    RetransmitKind::Accepted => {}
+                    RetransmitKind::Invite | RetransmitKind::NonInvite => {
+                        if self.tables.client.contains_key(&key) {
+                            self.time_out_client(&config, &key, "no response over udp");
+                        } else {
+                            self.time_out_server(&config, &key, "no response over udp");
+                        }
+                    }
+                },
+            }
+        }
         for due in self.cancels.due(now) {
             match due {
                 Due::Send { flow, request } => {
@@ -139,10 +123,7 @@ impl Gateway {
             .server
             .values()
             .filter(|t| t.method == MethodKind::Invite && t.final_at.is_none())
-            .map(|t| {
-                let far = Flow::udp(t.wan_local, t.proxy);
-                (t.echo.clone(), t.echo.call_id.clone(), far)
-            })
+            .map(|t| (t.echo.clone(), t.echo.call_id.clone(), t.outside))
             .collect();
         for (echo, call_id, flow) in ringing_out.into_iter().chain(ringing_in) {
             let tag = self.hider.token(&[&call_id, b"shutdown"]);
@@ -174,5 +155,43 @@ impl Gateway {
             self.end_dialog(&d.key(), "shutdown");
         }
         calls
+    }
+
+    /// A client transaction that got no final response in time: the phone gets 408.
+    pub(super) fn time_out_client(&mut self, config: &Config, key: &(String, Vec<u8>), why: &str) {
+        let Some(tx) = self.tables.remove_client(key) else {
+            return;
+        };
+        self.retransmits.stop(key);
+        if tx.final_at.is_none() {
+            self.counters.timeouts += 1;
+            let tag = self.hider.token(&[&tx.inside_call_id, b"408"]);
+            let payload = tx
+                .echo
+                .response(408, "Request Timeout", &config.agent, Some(why), &tag);
+            self.send_on(tx.phone, payload);
+            if creates_dialog(tx.method) {
+                self.end_unconfirmed(&tx.dialog, "timed out");
+            }
+        }
+    }
+
+    /// A server transaction the phone did not answer in time: the outside gets 408.
+    pub(super) fn time_out_server(&mut self, config: &Config, key: &(String, Vec<u8>), why: &str) {
+        let Some(tx) = self.tables.remove_server(key) else {
+            return;
+        };
+        self.retransmits.stop(key);
+        if tx.final_at.is_none() {
+            self.counters.timeouts += 1;
+            let tag = self.hider.token(&[&tx.echo.call_id, b"408"]);
+            let payload = tx
+                .echo
+                .response(408, "Request Timeout", &config.agent, Some(why), &tag);
+            self.send_on(tx.outside, payload);
+            if creates_dialog(tx.method) {
+                self.end_unconfirmed(&tx.dialog, "timed out");
+            }
+        }
     }
 }

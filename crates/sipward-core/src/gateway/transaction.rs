@@ -3,7 +3,6 @@
 
 use super::*;
 
-/// Requests that create a dialog when sent outside one (RFC 3261, 6665, 3515).
 /// What the gateway does with a request that repeats one it is already relaying (the
 /// sender's retransmission timer fired): a stateful relay absorbs it (RFC 3261 16.6,
 /// RFC 6026) instead of passing every copy on, where the next hop could take it for
@@ -27,6 +26,16 @@ impl Repeat {
         }
     }
 
+    /// A copy that would be forwarded goes no further when the next leg is a stream:
+    /// the transport there is reliable and the copy would reach the next hop as a
+    /// duplicate (RFC 3261 18.1.1: only UDP senders retransmit).
+    pub(super) fn onto(self, next: Transport) -> Repeat {
+        match (self, next) {
+            (Repeat::Forward, Transport::Tcp | Transport::Tls) => Repeat::Absorb,
+            (r, _) => r,
+        }
+    }
+
     /// A repeat of an ended non-INVITE transaction: answered with its final response.
     pub(super) fn completed(kept: &Completed, key: &(String, Vec<u8>)) -> Option<Repeat> {
         kept.get(key).map(|r| Repeat::Answer(r.clone()))
@@ -44,6 +53,7 @@ impl Repeat {
     }
 }
 
+/// Requests that create a dialog when sent outside one (RFC 3261, 6665, 3515).
 pub(super) fn creates_dialog(method: MethodKind) -> bool {
     matches!(
         method,
@@ -152,4 +162,39 @@ impl Gateway {
         self.counters.absorbed_retransmissions += 1;
         true
     }
+}
+
+/// What a request on `from` and sent on `to` needs from the gateway's own
+/// retransmissions: a stream sender's request passed on over UDP.
+pub(super) fn bridged(
+    from: Transport,
+    to: Transport,
+    method: MethodKind,
+) -> Option<RetransmitKind> {
+    let bridged = from != Transport::Udp && to == Transport::Udp;
+    match method {
+        _ if !bridged => None,
+        MethodKind::Ack => None,
+        MethodKind::Invite => Some(RetransmitKind::Invite),
+        _ => Some(RetransmitKind::NonInvite),
+    }
+}
+
+/// The key of a 2xx the gateway retransmits toward a UDP party until its ACK: the
+/// Call-ID that party knows and the CSeq number of the INVITE (its ACK has the same).
+pub(super) fn accepted_key(call_id: &[u8], cseq_number: u32) -> (String, Vec<u8>) {
+    (
+        String::from_utf8_lossy(call_id).into_owned(),
+        cseq_number.to_string().into_bytes(),
+    )
+}
+
+/// The number of a CSeq value (`"1 INVITE"` -> 1).
+pub(super) fn cseq_number(value: &[u8]) -> u32 {
+    value
+        .split(|b| *b == b' ')
+        .next()
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
