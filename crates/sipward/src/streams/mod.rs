@@ -4,5 +4,6 @@
 // Built ahead of the driver's listeners, which use them next (issue 18).
 #![allow(dead_code)]
 
+pub(crate) mod conn;
 pub(crate) mod limits;
 pub(crate) mod tls;

@@ -1,0 +1,462 @@
+//! One task per stream connection: the TLS handshake (for a TLS listener), the framer,
+//! CRLF pongs to keepalive pings, complete messages handed to the driver, and writes from
+//! a queue bounded in bytes. The [`Hub`] is what the driver, the tasks and the reaper
+//! share: the connection table and the [`StreamLimits`]; the reaper closes what the
+//! limits' deadlines say.
+//!
+//! Sends are accounted when queued (in [`Hub::send`]), so a peer that stops reading
+//! costs at most `send_queue` bytes before its connection is closed.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sipward_core::{ConnectionId, Flow, Transport};
+use sipward_proto::framing::{Frame, StreamFault, StreamFramer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::limits::{CloseReason, ConnectionView, Refuse, StreamLimits};
+use super::tls::TlsHolder;
+
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 4096;
+
+/// What the driver hears from the connections.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ConnEvent {
+    /// A complete message, with the flow to answer on.
+    Message { flow: Flow, bytes: Vec<u8> },
+    /// The connection is gone (its id is `flow.connection`).
+    Closed { flow: Flow, reason: CloseReason },
+}
+
+/// What the driver tells a connection task.
+#[derive(Debug)]
+enum Command {
+    Send(Vec<u8>),
+    Close(CloseReason),
+}
+
+/// Per-connection figures for `/api/v1/connections`.
+#[derive(Debug, Default)]
+pub(crate) struct ConnStats {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub messages_in: AtomicU64,
+    /// Queued and not yet written.
+    pub queued: AtomicUsize,
+}
+
+struct Handle {
+    flow: Flow,
+    commands: mpsc::UnboundedSender<Command>,
+    stats: Arc<ConnStats>,
+}
+
+/// One row of `/api/v1/connections`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ConnectionRow {
+    pub flow: Flow,
+    pub view: Option<ConnectionView>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub messages_in: u64,
+    pub queued: usize,
+}
+
+/// The connection table and the limits, shared by the driver, the tasks and the reaper.
+pub(crate) struct Hub {
+    limits: Mutex<StreamLimits>,
+    table: Mutex<HashMap<ConnectionId, Handle>>,
+    next_id: AtomicU64,
+    events: mpsc::Sender<ConnEvent>,
+    max_message_len: usize,
+    /// Names the gateway in the Warning of a 400 or 513 answer.
+    agent: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing holding these locks can leave them half-updated: a poisoned one is usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub(crate) fn new(
+        limits: StreamLimits,
+        events: mpsc::Sender<ConnEvent>,
+        max_message_len: usize,
+        agent: &str,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            limits: Mutex::new(limits),
+            table: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            events,
+            max_message_len,
+            agent: agent.to_string(),
+        })
+    }
+
+    pub(crate) fn limits(&self) -> MutexGuard<'_, StreamLimits> {
+        lock(&self.limits)
+    }
+
+    fn allocate_id(&self) -> ConnectionId {
+        ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// An accepted TCP connection: admitted or refused (dropped at once, before any TLS),
+    /// then served by its own task. `local` is the listener's address.
+    pub(crate) fn accept(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        remote: SocketAddr,
+        local: SocketAddr,
+        tls: Option<Arc<TlsHolder>>,
+    ) -> Result<ConnectionId, Refuse> {
+        let id = self.allocate_id();
+        self.limits()
+            .admit(Instant::now(), id, remote.ip(), tls.is_some())?;
+        let _ = stream.set_nodelay(true);
+        let flow = Flow {
+            transport: if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            },
+            local,
+            remote,
+            connection: Some(id),
+            intercepted: false,
+        };
+        let (commands, stats) = self.register(flow);
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let reason = match tls {
+                None => hub.serve(flow, stream, commands, stats).await,
+                Some(holder) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(holder.current().server.clone());
+                    hub.handshake_then_serve(flow, acceptor.accept(stream), commands, stats)
+                        .await
+                }
+            };
+            hub.finish(flow, reason).await;
+        });
+        Ok(id)
+    }
+
+    fn register(&self, flow: Flow) -> (mpsc::UnboundedReceiver<Command>, Arc<ConnStats>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(ConnStats::default());
+        if let Some(id) = flow.connection {
+            lock(&self.table).insert(
+                id,
+                Handle {
+                    flow,
+                    commands: tx,
+                    stats: stats.clone(),
+                },
+            );
+        }
+        (rx, stats)
+    }
+
+    async fn handshake_then_serve<S, F>(
+        &self,
+        flow: Flow,
+        handshake: F,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        stats: Arc<ConnStats>,
+    ) -> CloseReason
+    where
+        F: std::future::Future<Output = std::io::Result<S>>,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let id = flow.connection.unwrap_or(ConnectionId(0));
+        // Sends queued during the handshake wait for it.
+        let mut early = Vec::new();
+        tokio::pin!(handshake);
+        let stream = loop {
+            tokio::select! {
+                done = &mut handshake => match done {
+                    Ok(stream) => break stream,
+                    Err(_) => return CloseReason::HandshakeFailed,
+                },
+                command = commands.recv() => match command {
+                    Some(Command::Send(bytes)) => early.push(bytes),
+                    Some(Command::Close(reason)) => return reason,
+                    None => return CloseReason::Local,
+                },
+            }
+        };
+        self.limits().handshake_done(Instant::now(), id);
+        self.run(flow, stream, commands, stats, early).await
+    }
+
+    async fn serve<S>(
+        &self,
+        flow: Flow,
+        stream: S,
+        commands: mpsc::UnboundedReceiver<Command>,
+        stats: Arc<ConnStats>,
+    ) -> CloseReason
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.run(flow, stream, commands, stats, Vec::new()).await
+    }
+
+    /// The connection's life after any handshake: until a verdict, a limit, the peer
+    /// closing or the driver's close.
+    async fn run<S>(
+        &self,
+        flow: Flow,
+        stream: S,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        stats: Arc<ConnStats>,
+        early: Vec<Vec<u8>>,
+    ) -> CloseReason
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let id = flow.connection.unwrap_or(ConnectionId(0));
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let mut framer = StreamFramer::new(self.max_message_len);
+        let mut queue: VecDeque<Vec<u8>> = early.into();
+        // How much of the front buffer is already written.
+        let mut written = 0usize;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let reason = loop {
+            let front = queue.front().and_then(|b| b.get(written..));
+            tokio::select! {
+                read = reader.read(&mut buf) => {
+                    let n = match read {
+                        Ok(0) => break CloseReason::PeerClosed,
+                        Ok(n) => n,
+                        Err(_) => break CloseReason::IoError,
+                    };
+                    stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    match self.take(flow, &mut framer, buf.get(..n).unwrap_or_default(), &stats).await {
+                        Ok(pongs) => {
+                            for _ in 0..pongs {
+                                stats.queued.fetch_add(2, Ordering::Relaxed);
+                                queue.push_back(b"\r\n".to_vec());
+                            }
+                        }
+                        Err((reason, answer)) => {
+                            if let Some(answer) = answer {
+                                queue.clear();
+                                written = 0;
+                                queue.push_back(answer);
+                            }
+                            break reason;
+                        }
+                    }
+                }
+                result = writer.write(front.unwrap_or_default()), if front.is_some() => {
+                    match result {
+                        Ok(0) | Err(_) => break CloseReason::IoError,
+                        Ok(n) => {
+                            stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                            written += n;
+                            if queue.front().is_some_and(|b| written >= b.len()) {
+                                let done = queue.pop_front().map_or(0, |b| b.len());
+                                written = 0;
+                                let queued = release(&stats.queued, done);
+                                let _ = self.limits().send_queued(Instant::now(), id, queued);
+                            }
+                        }
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Send(bytes)) => queue.push_back(bytes),
+                    Some(Command::Close(reason)) => break reason,
+                    None => break CloseReason::Local,
+                },
+            }
+        };
+        // A last answer (400/513) goes out before the close, within a short bound; a
+        // peer that does not read it loses it.
+        if matches!(
+            reason,
+            CloseReason::MissingContentLength | CloseReason::TooLarge
+        ) {
+            if let Some(answer) = queue.front() {
+                let last = answer.get(written..).unwrap_or_default().to_vec();
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    writer.write_all(&last).await?;
+                    writer.flush().await
+                })
+                .await;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+        reason
+    }
+
+    /// Feeds read bytes to the framer: messages go to the driver, pings are counted and
+    /// answered (how many pongs to queue), a fault ends the connection (with the answer
+    /// to send first, if any).
+    async fn take(
+        &self,
+        flow: Flow,
+        framer: &mut StreamFramer,
+        data: &[u8],
+        stats: &ConnStats,
+    ) -> Result<usize, (CloseReason, Option<Vec<u8>>)> {
+        let id = flow.connection.unwrap_or(ConnectionId(0));
+        let mut frames = Vec::new();
+        framer.feed(data, |f| frames.push(f));
+        let mut pongs = 0;
+        for frame in frames {
+            let now = Instant::now();
+            match frame {
+                Frame::Message(message) => {
+                    self.limits().message_complete(now, id);
+                    stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                    // Waiting here when the driver is behind stops reading: TCP's own
+                    // flow control then holds the peer back.
+                    if self
+                        .events
+                        .send(ConnEvent::Message {
+                            flow,
+                            bytes: message.bytes,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Err((CloseReason::Local, None));
+                    }
+                }
+                Frame::Ping => {
+                    self.limits().ping(now, id).map_err(|r| (r, None))?;
+                    pongs += 1;
+                }
+                Frame::Pong => {}
+                Frame::Fault(fault) => {
+                    let reason = match fault {
+                        StreamFault::NotSip => CloseReason::Garbage,
+                        StreamFault::MissingContentLength | StreamFault::BadContentLength => {
+                            CloseReason::MissingContentLength
+                        }
+                        StreamFault::TooLarge => CloseReason::TooLarge,
+                    };
+                    return Err((reason, framer.answer(&self.agent)));
+                }
+            }
+        }
+        if framer.in_message() {
+            self.limits().message_started(Instant::now(), id);
+        }
+        Ok(pongs)
+    }
+
+    /// The task ended: the table and the limits forget it (the reaper may have counted
+    /// it already) and the driver hears of it.
+    async fn finish(&self, flow: Flow, reason: CloseReason) {
+        if let Some(id) = flow.connection {
+            lock(&self.table).remove(&id);
+            self.limits().close(id, reason);
+        }
+        let _ = self.events.send(ConnEvent::Closed { flow, reason }).await;
+    }
+
+    /// Queues `bytes` on connection `id`. `false` if there is no such connection or the
+    /// send queue overflowed (the connection is then being closed).
+    pub(crate) fn send(&self, id: ConnectionId, bytes: Vec<u8>) -> bool {
+        let table = lock(&self.table);
+        let Some(handle) = table.get(&id) else {
+            return false;
+        };
+        let queued = handle
+            .stats
+            .queued
+            .fetch_add(bytes.len(), Ordering::Relaxed)
+            + bytes.len();
+        let commands = handle.commands.clone();
+        drop(table);
+        if let Err(reason) = self.limits().send_queued(Instant::now(), id, queued) {
+            let _ = commands.send(Command::Close(reason));
+            return false;
+        }
+        commands.send(Command::Send(bytes)).is_ok()
+    }
+
+    /// Asks connection `id` to close.
+    pub(crate) fn close(&self, id: ConnectionId, reason: CloseReason) {
+        if let Some(handle) = lock(&self.table).get(&id) {
+            let _ = handle.commands.send(Command::Close(reason));
+        }
+    }
+
+    /// Closes what the limits' deadlines say is due; returns when to look again.
+    pub(crate) fn reap(&self, now: Instant) -> Option<Instant> {
+        let due = self.limits().on_timeout(now);
+        if !due.is_empty() {
+            let table = lock(&self.table);
+            for (id, reason) in due {
+                if let Some(handle) = table.get(&id) {
+                    let _ = handle.commands.send(Command::Close(reason));
+                }
+            }
+        }
+        self.limits().next_deadline()
+    }
+
+    /// Runs [`Hub::reap`] for ever; looks at least every 250 ms, since new deadlines
+    /// may come before the one it sleeps toward.
+    pub(crate) async fn reaper(self: Arc<Self>) {
+        loop {
+            let now = Instant::now();
+            let next = self.reap(now);
+            let cap = now + Duration::from_millis(250);
+            let wake = next.map_or(cap, |n| n.min(cap));
+            tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+        }
+    }
+
+    /// The open connections, for the admin API.
+    pub(crate) fn rows(&self) -> Vec<ConnectionRow> {
+        let now = Instant::now();
+        let handles: Vec<(Flow, Arc<ConnStats>)> = lock(&self.table)
+            .values()
+            .map(|h| (h.flow, h.stats.clone()))
+            .collect();
+        let limits = self.limits();
+        let mut rows: Vec<ConnectionRow> = handles
+            .into_iter()
+            .map(|(flow, stats)| ConnectionRow {
+                view: flow.connection.and_then(|id| limits.view(now, id)),
+                flow,
+                bytes_in: stats.bytes_in.load(Ordering::Relaxed),
+                bytes_out: stats.bytes_out.load(Ordering::Relaxed),
+                messages_in: stats.messages_in.load(Ordering::Relaxed),
+                queued: stats.queued.load(Ordering::Relaxed),
+            })
+            .collect();
+        rows.sort_by_key(|r| r.flow.connection);
+        rows
+    }
+
+    /// Connection `id`'s flow, if it is open.
+    pub(crate) fn flow(&self, id: ConnectionId) -> Option<Flow> {
+        lock(&self.table).get(&id).map(|h| h.flow)
+    }
+}
+
+/// Takes `n` written bytes off a queued count; returns what is left.
+fn release(queued: &AtomicUsize, n: usize) -> usize {
+    let before = queued
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+            Some(q.saturating_sub(n))
+        })
+        .unwrap_or_else(|q| q);
+    before.saturating_sub(n)
+}
+
+#[cfg(test)]
+mod tests;
