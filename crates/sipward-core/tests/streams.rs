@@ -397,3 +397,29 @@ fn an_advertised_name_is_written_in_via_and_contact_and_responses_to_it_are_ours
     let back = only(send(&mut net, tls, &ringing));
     assert_eq!(back.remote, addr(PHONE));
 }
+
+#[test]
+fn configured_peers_are_pinged_with_options_and_shown_up_or_down() {
+    let mut net = net_with(|c| c.rules[0].options_ping = Some(Duration::from_secs(30)));
+    net.gw.handle_timeout(net.now);
+    let ping = only(net.drain());
+    assert_eq!((ping.local, ping.remote), (addr(WAN), addr(PROXY)));
+    let ping_text = text(&ping);
+    assert!(
+        ping_text.starts_with("OPTIONS sip:203.0.113.10:5060 SIP/2.0"),
+        "{ping_text}"
+    );
+    assert!(!net.gw.peers()[0].up);
+    let ok = common::response_to(&ping_text, "200 OK", "p", "");
+    assert!(net.deliver(WAN, PROXY, &ok).is_empty(), "absorbed");
+    let peer = &net.gw.peers()[0];
+    assert!(peer.up);
+    assert_eq!(peer.last_answer.map(|(_, s)| s), Some(200));
+    assert_eq!(net.gw.counters().stray_responses, 0);
+    // The next ping goes unanswered: down once the one after is due.
+    let next = net.advance(Duration::from_secs(30));
+    assert_eq!(next.len(), 1);
+    net.advance(Duration::from_secs(30));
+    assert!(!net.gw.peers()[0].up);
+    assert_eq!(net.gw.peers()[0].pings_sent, 3);
+}

@@ -159,11 +159,13 @@ pub struct Counters {
     pub refused_insecure: u64,
     /// OPTIONS for the gateway itself, answered 200.
     pub answered_options: u64,
+    /// OPTIONS pings sent to configured next hops.
+    pub options_pings: u64,
 }
 
 impl Counters {
     /// Every counter by a stable name (the admin API's and the metrics' keys).
-    pub fn fields(&self) -> [(&'static str, u64); 33] {
+    pub fn fields(&self) -> [(&'static str, u64); 34] {
         [
             ("received", self.received),
             ("forwarded", self.forwarded),
@@ -198,6 +200,7 @@ impl Counters {
             ("udp_oversize", self.udp_oversize),
             ("refused_insecure", self.refused_insecure),
             ("answered_options", self.answered_options),
+            ("options_pings", self.options_pings),
         ]
     }
 }

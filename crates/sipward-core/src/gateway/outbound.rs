@@ -380,6 +380,9 @@ impl Gateway {
             self.cancel_answered(config, at, &key.0, status, Toward::Outside);
             return;
         }
+        if ours && cseq.method == b"OPTIONS" && self.ping_answered(&key.0, status, at.now) {
+            return;
+        }
         let Some(tx) = self.tables.client.get(&key).filter(|_| ours).cloned() else {
             self.counters.stray_responses += 1;
             return;
