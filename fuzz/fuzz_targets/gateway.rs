@@ -45,6 +45,7 @@ fn config(flags: u8) -> Config {
                 inside: true,
                 media_ports: media.then_some((30000, 30007)),
                 intercept: false,
+                advertise: None,
             },
             Zone {
                 name: "wan".into(),
@@ -53,6 +54,7 @@ fn config(flags: u8) -> Config {
                 inside: false,
                 media_ports: media.then_some((31000, 31007)),
                 intercept: false,
+                advertise: None,
             },
         ],
         alg: AlgOptions {
@@ -76,6 +78,8 @@ fn config(flags: u8) -> Config {
                 services: vec![Service::udp(5060)],
                 next_hop_transport: Transport::Udp,
                 server_name: None,
+                udp_only: false,
+                options_ping: None,
             },
             Rule {
                 name: "proxy-to-core".into(),
@@ -90,6 +94,8 @@ fn config(flags: u8) -> Config {
                 services: vec![Service::udp(5060)],
                 next_hop_transport: Transport::Udp,
                 server_name: None,
+                udp_only: false,
+                options_ping: None,
             },
         ],
         protection: sipward_core::ProtectionOptions::default(),

@@ -25,6 +25,7 @@ fn gateway() -> Gateway {
         inside,
         media_ports: None,
         intercept: false,
+        advertise: None,
     };
     Gateway::new(Config {
         agent: "bench".into(),
@@ -46,6 +47,8 @@ fn gateway() -> Gateway {
             services: vec![Service::udp(5060)],
             next_hop_transport: Transport::Udp,
             server_name: None,
+            udp_only: false,
+            options_ping: None,
         }],
         protection: ProtectionOptions::default(),
         secret: [1; 16],

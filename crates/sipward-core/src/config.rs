@@ -32,6 +32,19 @@ pub struct Zone {
     /// Transparent mode: this (inside) zone also receives SIP its phones send to other
     /// addresses, diverted by the router (see [`crate::Flow::intercepted`]).
     pub intercept: bool,
+    /// The name written in Via and Contact instead of the address (a TLS peer such as a
+    /// Teams-style trunk expects the FQDN its certificate names).
+    pub advertise: Option<String>,
+}
+
+impl Zone {
+    /// The `host:port` the gateway writes for itself in this zone (Via, Contact).
+    pub fn host_port(&self, local: SocketAddr) -> String {
+        match &self.advertise {
+            Some(name) => format!("{name}:{}", local.port()),
+            None => local.to_string(),
+        }
+    }
 }
 
 /// A named address object: one host (optionally with port) or a network.
@@ -83,6 +96,12 @@ pub struct AlgOptions {
     /// What happens to an outgoing outside datagram that still names an inside address
     /// after every rewrite (the last line of defence).
     pub leak_policy: LeakPolicy,
+    /// A request larger than this goes over TCP instead of UDP where the next hop takes
+    /// TCP (RFC 3261 18.1.1: the path MTU less 200 bytes; 1300 for 1500).
+    pub udp_switch_size: usize,
+    /// Whether an SDP with SDES keys (`a=crypto`) may go to a leg without TLS, where
+    /// anyone on the path can read the keys (otherwise 488).
+    pub allow_sdes_on_plain_leg: bool,
 }
 
 impl Default for AlgOptions {
@@ -100,6 +119,8 @@ impl Default for AlgOptions {
             max_dialogs: 10_000,
             max_transactions: 20_000,
             leak_policy: LeakPolicy::default(),
+            udp_switch_size: 1300,
+            allow_sdes_on_plain_leg: false,
         }
     }
 }
@@ -140,6 +161,11 @@ pub struct Rule {
     /// TLS certificate must carry. An intercepted message goes on in its own transport.
     pub next_hop_transport: Transport,
     pub server_name: Option<String>,
+    /// The next hop takes UDP only: a request too large for UDP still goes over UDP
+    /// (counted) instead of switching to TCP (RFC 3261 18.1.1).
+    pub udp_only: bool,
+    /// Send the next hop an OPTIONS this often (what trunks such as Teams expect).
+    pub options_ping: Option<Duration>,
 }
 
 /// A transport and port a rule admits (one of a service's ports).
@@ -249,6 +275,15 @@ impl Config {
             .find(|(_, z)| z.networks.iter().any(|n| n.contains(&ip)))
             .or_else(|| intercepting().next())
             .map(|(id, _)| id)
+    }
+
+    /// How the gateway writes itself at its address `local` (Via, Contact): the zone's
+    /// advertised name with the port, or the address.
+    pub fn host_port(&self, local: SocketAddr) -> String {
+        match self.zone_of_local(local).and_then(|z| self.zone(z)) {
+            Some(zone) => zone.host_port(local),
+            None => local.to_string(),
+        }
     }
 
     /// The gateway's own address in the zone of `flow` (its media relay is there): the

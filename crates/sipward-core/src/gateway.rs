@@ -52,6 +52,7 @@ mod leaks;
 mod limits;
 mod media_seam;
 mod outbound;
+mod peers;
 mod rewrite;
 mod route;
 mod timers;
@@ -65,6 +66,7 @@ use crate::state::{
 };
 pub use emit::{Counters, Traffic, Transmit};
 use emit::{Direction, DIVERTED_DESTINATIONS};
+pub use peers::PeerView;
 use rewrite::*;
 use route::arrived_inside;
 use transaction::*;
@@ -99,6 +101,8 @@ pub struct Gateway {
     cancels: Cancels,
     /// Its own retransmissions on UDP legs for senders on streams.
     retransmits: Retransmits,
+    /// OPTIONS pings to next hops, by rule name.
+    pings: std::collections::HashMap<String, peers::PeerPing>,
     /// What the inside addresses look like in text (the outgoing scan).
     scanner: Scanner,
 }
@@ -140,6 +144,7 @@ impl Gateway {
             next_sweep: None,
             cancels: Cancels::default(),
             retransmits: Retransmits::default(),
+            pings: std::collections::HashMap::new(),
         }
     }
 

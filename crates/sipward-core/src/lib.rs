@@ -22,7 +22,7 @@ pub use config::{
     Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Service, Zone, ZoneId,
 };
 pub use flow::{ConnectionId, Flow, Transport};
-pub use gateway::{Counters, Gateway, TableUsage, Traffic, Transmit};
+pub use gateway::{Counters, Gateway, PeerView, TableUsage, Traffic, Transmit};
 pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaError, MediaTable, NoReservation, Peer,
     PortReserver, ReserveError, Side, StreamCounters, StreamId, StreamView,

@@ -127,6 +127,8 @@ pub(crate) struct ClientTx {
     pub(crate) register_user: Option<(String, bool)>,
     /// The dialog this transaction belongs to or creates.
     pub(crate) dialog: DialogKey,
+    /// The transport the request went on (a stream takes no retransmissions).
+    pub(crate) sent_on: crate::flow::Transport,
 }
 
 /// A request from outside forwarded to a phone; its responses come back from inside.

@@ -269,3 +269,157 @@ fn an_undeliverable_request_is_answered_503_at_once() {
     );
     assert_eq!(net.gw.counters().undeliverable, 1);
 }
+
+fn big_invite(call: &str, size: usize) -> String {
+    // Lines of 100 bytes: a long attribute would pass the parameter limit.
+    let padding = format!("a=x-padding:{}\r\n", "p".repeat(86)).repeat(size / 100);
+    let sdp = format!("v=0\r\no=alice 1 1 IN IP4 10.0.0.20\r\ns=-\r\nc=IN IP4 10.0.0.20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n{padding}");
+    format!(
+        "INVITE sip:bob@203.0.113.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bK-{call}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a-{call}\r\nTo: <sip:bob@example.com>\r\nCall-ID: {call}@10.0.0.20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.0.0.20:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+#[test]
+fn a_request_too_large_for_udp_goes_over_tcp_with_its_cancel_unless_the_next_hop_is_udp_only() {
+    let mut net = net(Transport::Udp);
+    let phone = Flow::udp(addr(LAN), addr(PHONE));
+    let out = only(send(&mut net, phone, &big_invite("b1", 1500)));
+    assert!(out.payload.len() > 1300);
+    assert_eq!((out.transport, out.connection), (Transport::Tcp, None));
+    let fwd = text(&out);
+    assert!(
+        header(&fwd, "Via").unwrap().starts_with("SIP/2.0/TCP "),
+        "{fwd}"
+    );
+    assert_eq!(net.gw.counters().switched_to_tcp, 1);
+    // Its CANCEL follows it onto TCP once the far end has answered provisionally.
+    let ringing = common::response_to(&fwd, "180 Ringing", "r1", "");
+    only(send(&mut net, tcp(WAN, PROXY, 3), &ringing));
+    let cancel = "CANCEL sip:bob@203.0.113.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bK-b1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a-b1\r\nTo: <sip:bob@example.com>\r\nCall-ID: b1@10.0.0.20\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    let out = send(&mut net, phone, cancel);
+    let onward: Vec<_> = out.iter().filter(|t| t.remote == addr(PROXY)).collect();
+    assert_eq!(onward.len(), 1, "{out:?}");
+    assert_eq!(onward[0].transport, Transport::Tcp);
+    assert!(text(onward[0]).contains("Via: SIP/2.0/TCP "));
+
+    // A small request goes back to UDP.
+    let small = only(send(&mut net, phone, &invite("UDP", "b2")));
+    assert_eq!(small.transport, Transport::Udp);
+
+    let mut udp_only = net_with(|c| c.rules[0].udp_only = true);
+    let out = only(send(&mut udp_only, phone, &big_invite("b3", 1500)));
+    assert_eq!(out.transport, Transport::Udp);
+    assert_eq!(udp_only.gw.counters().udp_oversize, 1);
+}
+
+fn net_with(change: impl FnOnce(&mut sipward_core::Config)) -> Net {
+    let mut config = common::config(AlgOptions::default());
+    change(&mut config);
+    Net {
+        gw: Gateway::new(config),
+        now: std::time::Instant::now(),
+    }
+}
+
+#[test]
+fn sips_needs_tls_on_both_legs_and_sdes_keys_never_cross_a_plain_leg() {
+    let mut net = net(Transport::Tcp);
+    let phone = Flow::udp(addr(LAN), addr(PHONE));
+    let sips = invite("UDP", "s1").replacen("INVITE sip:", "INVITE sips:", 1);
+    let answer = only(send(&mut net, phone, &sips));
+    assert!(
+        text(&answer).starts_with("SIP/2.0 480"),
+        "{}",
+        text(&answer)
+    );
+    assert!(text(&answer).contains("sips: requires TLS"));
+
+    let keys = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVzcyAoc2VuZGluZyk=\r\n";
+    let sdp = format!("v=0\r\no=alice 1 1 IN IP4 10.0.0.20\r\ns=-\r\nc=IN IP4 10.0.0.20\r\nt=0 0\r\nm=audio 40000 RTP/SAVP 0\r\n{keys}");
+    let srtp = format!(
+        "INVITE sip:bob@203.0.113.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.20:5062;branch=z9hG4bK-k1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=k1\r\nTo: <sip:bob@example.com>\r\nCall-ID: k1@10.0.0.20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.0.0.20:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    let answer = only(send(&mut net, phone, &srtp));
+    assert!(
+        text(&answer).starts_with("SIP/2.0 488"),
+        "{}",
+        text(&answer)
+    );
+    assert_eq!(net.gw.counters().refused_insecure, 2);
+
+    let mut allowed = net_with(|c| {
+        c.alg.allow_sdes_on_plain_leg = true;
+        c.rules[0].next_hop_transport = Transport::Tcp;
+    });
+    let out = only(send(&mut allowed, phone, &srtp));
+    assert_eq!(out.remote, addr(PROXY));
+    assert!(text(&out).contains(keys), "the keys pass byte-exact");
+}
+
+#[test]
+fn an_options_for_the_gateway_itself_gets_200_and_a_user_s_still_404() {
+    let mut net = net(Transport::Udp);
+    let ping = "OPTIONS sip:203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/TCP 203.0.113.10;branch=z9hG4bKping\r\nMax-Forwards: 70\r\nFrom: <sip:trunk@example.net>;tag=1\r\nTo: <sip:203.0.113.1>\r\nCall-ID: ping-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let answer = only(send(&mut net, tcp(WAN, PROXY, 5), ping));
+    let answer_text = text(&answer);
+    assert!(answer_text.starts_with("SIP/2.0 200 OK"), "{answer_text}");
+    assert!(answer_text.contains("Allow: INVITE"));
+    assert_eq!(answer.connection, Some(ConnectionId(5)));
+    let user = ping.replacen("sip:203.0.113.1:5060", "sip:nobody@203.0.113.1", 1);
+    let user = user.replacen("branch=z9hG4bKping", "branch=z9hG4bKping2", 1);
+    assert!(text(&only(send(&mut net, tcp(WAN, PROXY, 5), &user))).starts_with("SIP/2.0 404"));
+}
+
+#[test]
+fn an_advertised_name_is_written_in_via_and_contact_and_responses_to_it_are_ours() {
+    let mut net = net_with(|c| {
+        c.zones[1].advertise = Some("sbc.example.com".into());
+        c.rules[0].next_hop_transport = Transport::Tls;
+    });
+    let phone = Flow::udp(addr(LAN), addr(PHONE));
+    let out = only(send(&mut net, phone, &invite("UDP", "a1")));
+    assert_eq!(out.transport, Transport::Tls);
+    let fwd = text(&out);
+    assert!(
+        header(&fwd, "Via")
+            .unwrap()
+            .starts_with("SIP/2.0/TLS sbc.example.com:5060;"),
+        "{fwd}"
+    );
+    assert!(header(&fwd, "Contact")
+        .unwrap()
+        .contains("@sbc.example.com:5060;transport=tls"));
+    let ringing = common::response_to(&fwd, "180 Ringing", "r", "");
+    let mut tls = tcp(WAN, PROXY, 4);
+    tls.transport = Transport::Tls;
+    let back = only(send(&mut net, tls, &ringing));
+    assert_eq!(back.remote, addr(PHONE));
+}
+
+#[test]
+fn configured_peers_are_pinged_with_options_and_shown_up_or_down() {
+    let mut net = net_with(|c| c.rules[0].options_ping = Some(Duration::from_secs(30)));
+    net.gw.handle_timeout(net.now);
+    let ping = only(net.drain());
+    assert_eq!((ping.local, ping.remote), (addr(WAN), addr(PROXY)));
+    let ping_text = text(&ping);
+    assert!(
+        ping_text.starts_with("OPTIONS sip:203.0.113.10:5060 SIP/2.0"),
+        "{ping_text}"
+    );
+    assert!(!net.gw.peers()[0].up);
+    let ok = common::response_to(&ping_text, "200 OK", "p", "");
+    assert!(net.deliver(WAN, PROXY, &ok).is_empty(), "absorbed");
+    let peer = &net.gw.peers()[0];
+    assert!(peer.up);
+    assert_eq!(peer.last_answer.map(|(_, s)| s), Some(200));
+    assert_eq!(net.gw.counters().stray_responses, 0);
+    // The next ping goes unanswered: down once the one after is due.
+    let next = net.advance(Duration::from_secs(30));
+    assert_eq!(next.len(), 1);
+    net.advance(Duration::from_secs(30));
+    assert!(!net.gw.peers()[0].up);
+    assert_eq!(net.gw.peers()[0].pings_sent, 3);
+}

@@ -50,6 +50,8 @@ fn transparent_config(media: bool) -> Config {
             services: vec![Service::udp(5060), Service::udp(5080)],
             next_hop_transport: Transport::Udp,
             server_name: None,
+            udp_only: false,
+            options_ping: None,
         },
         Rule {
             name: "explicit-phones".into(),
@@ -64,6 +66,8 @@ fn transparent_config(media: bool) -> Config {
             services: vec![Service::udp(5060)],
             next_hop_transport: Transport::Udp,
             server_name: None,
+            udp_only: false,
+            options_ping: None,
         },
         Rule {
             name: "providers-to-core".into(),
@@ -75,6 +79,8 @@ fn transparent_config(media: bool) -> Config {
             services: vec![Service::udp(5060)],
             next_hop_transport: Transport::Udp,
             server_name: None,
+            udp_only: false,
+            options_ping: None,
         },
     ];
     config

@@ -512,6 +512,7 @@ impl Config {
                 inside: i.inside,
                 media_ports: Some(media_ports),
                 intercept: false,
+                advertise: None,
             });
         }
         if !zones.iter().any(|z| z.inside) || zones.iter().all(|z| z.inside) {
@@ -634,6 +635,7 @@ impl Config {
                 d.max_transactions,
             )?,
             leak_policy,
+            ..d.clone()
         };
         let mut service_port = None;
         for (name, s) in &self.service {
@@ -808,6 +810,8 @@ impl Config {
                 services: vec![sipward_core::Service::udp(*service.port.get_ref())],
                 next_hop_transport: sipward_core::Transport::Udp,
                 server_name: None,
+                udp_only: false,
+                options_ping: None,
             });
         }
         // `[limits]` is what `sipward validate` applies without an ALG; with one it is

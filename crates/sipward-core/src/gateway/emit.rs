@@ -150,11 +150,22 @@ pub struct Counters {
     pub flow_failed: u64,
     /// Messages the driver could not deliver (connection refused, queue full).
     pub undeliverable: u64,
+    /// Requests too large for UDP sent over TCP instead, and those sent over UDP anyway
+    /// because the next hop takes UDP only.
+    pub switched_to_tcp: u64,
+    pub udp_oversize: u64,
+    /// Requests refused for security: `sips:` without TLS on both legs (480), SDES keys
+    /// toward a leg without TLS (488).
+    pub refused_insecure: u64,
+    /// OPTIONS for the gateway itself, answered 200.
+    pub answered_options: u64,
+    /// OPTIONS pings sent to configured next hops.
+    pub options_pings: u64,
 }
 
 impl Counters {
     /// Every counter by a stable name (the admin API's and the metrics' keys).
-    pub fn fields(&self) -> [(&'static str, u64); 29] {
+    pub fn fields(&self) -> [(&'static str, u64); 34] {
         [
             ("received", self.received),
             ("forwarded", self.forwarded),
@@ -185,6 +196,11 @@ impl Counters {
             ("retransmitted", self.retransmitted),
             ("flow_failed", self.flow_failed),
             ("undeliverable", self.undeliverable),
+            ("switched_to_tcp", self.switched_to_tcp),
+            ("udp_oversize", self.udp_oversize),
+            ("refused_insecure", self.refused_insecure),
+            ("answered_options", self.answered_options),
+            ("options_pings", self.options_pings),
         ]
     }
 }

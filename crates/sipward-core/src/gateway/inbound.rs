@@ -84,6 +84,10 @@ impl Gateway {
         } else if let Some(b) = binding.as_ref().filter(|_| initial) {
             let t = token.clone().unwrap_or_default();
             (b.phone, Some(b.inside_contact.clone()), b.aor.clone(), t)
+        } else if method == MethodKind::Options && initial && for_the_gateway(msg) {
+            // An OPTIONS for the gateway itself (a trunk's keepalive): it is up.
+            self.answer_options(config, at, msg);
+            return;
         } else {
             self.counters.unknown_target += 1;
             // A request inside a dialog (or a CANCEL) names state the gateway does
@@ -124,6 +128,9 @@ impl Gateway {
                 }
             },
         };
+        if !self.secure_enough(config, at, msg, phone.transport) {
+            return;
+        }
         if !self.within_state_limits(config, at, msg, method, initial, &aor, (486, "Busy Here")) {
             return;
         }
@@ -278,11 +285,7 @@ impl Gateway {
         else {
             return;
         };
-        let ours = via.host.ip() == Some(at.flow.local.ip())
-            && via.port.unwrap_or(5060) == at.flow.local.port()
-            && via
-                .branch
-                .is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
+        let ours = via_is_ours(config, via, at.flow.local);
         let key = (
             String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
             cseq.method.to_vec(),
@@ -303,7 +306,7 @@ impl Gateway {
             return;
         }
         self.retransmits.response(&key, status);
-        let wan_text = tx.outside.local.to_string();
+        let wan_text = config.host_port(tx.outside.local);
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let mut edits = Edits::new();
         let r = (|| -> Result<(), sipward_proto::EditError> {
@@ -469,4 +472,12 @@ fn reconnect_target(
         connection: None,
         ..phone
     })
+}
+
+/// A request addressed to the gateway itself rather than to a user behind it: a
+/// Request-URI without a user part or routing token (`sip:gateway.example.com:5061`).
+fn for_the_gateway(msg: &Message<'_>) -> bool {
+    msg.request_uri()
+        .and_then(|u| u.as_sip())
+        .is_some_and(|u| u.user.is_none() && u.param(TOKEN_PARAM).is_none())
 }

@@ -80,7 +80,7 @@ impl Gateway {
                 .tables
                 .client
                 .get(&tx_key)
-                .map(|tx| Repeat::of(tx.final_at, &tx.last_response).onto(outside.transport))
+                .map(|tx| Repeat::of(tx.final_at, &tx.last_response).onto(tx.sent_on))
                 .or_else(|| Repeat::completed(&self.tables.completed_client, &tx_key));
             if self.repeated(repeat, at) {
                 return;
@@ -102,11 +102,14 @@ impl Gateway {
             self.answer_no_dialog(config, at, msg);
             return;
         }
+        if !self.secure_enough(config, at, msg, outside.transport) {
+            return;
+        }
         let busy = (403, "Forbidden");
         if !self.within_state_limits(config, at, msg, method, initial, &aor, busy) {
             return;
         }
-        let wan_text = wan_local.to_string();
+        let wan_text = config.host_port(wan_local);
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let gateway_inside = |h: &sipward_proto::SipUri<'_>| {
             let p = h.port.unwrap_or(5060);
@@ -280,6 +283,11 @@ impl Gateway {
             return;
         };
 
+        // Too large for UDP: this request (and its CANCEL) goes over TCP where the next
+        // hop takes it; the dialog's leg stays as configured.
+        let leg = outside;
+        let (outside, payload) = self.fit_transport(rule, outside, payload);
+
         // Remember the way back.
         if creates_dialog(method) && initial && !self.tables.dialogs.contains_key(&tx_dialog) {
             self.open_dialog(Dialog {
@@ -287,7 +295,7 @@ impl Gateway {
                 inside_call_id: inside_call_id.to_vec(),
                 outside_call_id: outside_call_id.clone(),
                 phone: at.flow,
-                outside,
+                outside: leg,
                 originated_inside: true,
                 inside_from: from.raw.to_vec(),
                 inside_to: to.raw.to_vec(),
@@ -327,6 +335,7 @@ impl Gateway {
                         (register_user(msg), credentials)
                     }),
                     dialog: tx_dialog.clone(),
+                    sent_on: outside.transport,
                 },
             );
         }
@@ -361,11 +370,7 @@ impl Gateway {
         else {
             return;
         };
-        let ours = via.host.ip() == Some(at.flow.local.ip())
-            && via.port.unwrap_or(5060) == at.flow.local.port()
-            && via
-                .branch
-                .is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()));
+        let ours = via_is_ours(config, via, at.flow.local);
         let key = (
             String::from_utf8_lossy(via.branch.unwrap_or_default()).into_owned(),
             cseq.method.to_vec(),
@@ -373,6 +378,9 @@ impl Gateway {
         let branch = key.0.clone();
         if ours && cseq.method == b"CANCEL" && self.cancels.answered(&key.0, Toward::Outside) {
             self.cancel_answered(config, at, &key.0, status, Toward::Outside);
+            return;
+        }
+        if ours && cseq.method == b"OPTIONS" && self.ping_answered(&key.0, status, at.now) {
             return;
         }
         let Some(tx) = self.tables.client.get(&key).filter(|_| ours).cloned() else {

@@ -262,3 +262,29 @@ pub(super) fn restore_register_contacts(
     }
     Ok(granted)
 }
+
+/// Whether a response's top Via is one the gateway wrote at `local` (its address or
+/// advertised name, the port, our branch prefix).
+pub(super) fn via_is_ours(
+    config: &Config,
+    via: &sipward_proto::Via<'_>,
+    local: SocketAddr,
+) -> bool {
+    let default_port = if via.transport.eq_ignore_ascii_case(b"TLS") {
+        5061
+    } else {
+        5060
+    };
+    let host = match via.host.ip() {
+        Some(ip) => ip == local.ip(),
+        None => config
+            .zone_of_local(local)
+            .and_then(|z| config.zone(z))
+            .and_then(|z| z.advertise.as_deref())
+            .is_some_and(|name| name.as_bytes().eq_ignore_ascii_case(via.host.as_bytes())),
+    };
+    host && via.port.unwrap_or(default_port) == local.port()
+        && via
+            .branch
+            .is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()))
+}

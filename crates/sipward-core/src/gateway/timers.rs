@@ -69,6 +69,7 @@ impl Gateway {
         });
 
         self.expire_idle_media(&config, now);
+        self.ping_peers(&config, now);
         self.guard.sweep(now);
 
         let old: Vec<DialogKey> = self
@@ -97,7 +98,8 @@ impl Gateway {
             && self.tables.server.is_empty()
             && self.tables.dialogs.is_empty()
             && self.tables.bindings().is_empty()
-            && self.guard.bans(now).is_empty();
+            && self.guard.bans(now).is_empty()
+            && self.pings.is_empty();
         self.next_sweep = (!idle).then(|| crate::protect::later(now, SWEEP));
     }
 

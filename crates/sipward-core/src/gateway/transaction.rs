@@ -111,6 +111,83 @@ pub(super) fn answer_timeout(alg: &crate::config::AlgOptions, method: MethodKind
 }
 
 impl Gateway {
+    /// RFC 3261 18.1.1: a request over `udp_switch_size` goes over TCP to a next hop
+    /// that takes it (every SIP element must, unless the rule says `udp_only`); the Via
+    /// names the transport used. A UDP-only next hop still gets UDP, counted.
+    pub(super) fn fit_transport(
+        &mut self,
+        rule: &Rule,
+        flow: Flow,
+        payload: Vec<u8>,
+    ) -> (Flow, Vec<u8>) {
+        let config = self.config.clone();
+        if flow.transport != Transport::Udp || payload.len() <= config.alg.udp_switch_size {
+            return (flow, payload);
+        }
+        if rule.udp_only {
+            self.counters.udp_oversize += 1;
+            return (flow, payload);
+        }
+        let mut payload = payload;
+        // Our Via is the request's only one: its transport token is the first
+        // `SIP/2.0/UDP ` after the start line, and has the same length as TCP's.
+        let start = payload.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
+        let found = payload
+            .get(start..)
+            .and_then(|rest| rest.windows(12).position(|w| w == b"SIP/2.0/UDP "))
+            .map(|at| start + at + 8);
+        if let Some(token) = found.and_then(|at| payload.get_mut(at..at + 3)) {
+            token.copy_from_slice(b"TCP");
+        }
+        self.counters.switched_to_tcp += 1;
+        let flow = Flow {
+            transport: Transport::Tcp,
+            ..flow
+        };
+        (flow, payload)
+    }
+
+    /// `sips:` needs TLS on both legs (RFC 3261 26.2.2: else 480), and SDES keys must
+    /// not cross a leg without TLS (else 488, unless allowed). False: answered here.
+    pub(super) fn secure_enough(
+        &mut self,
+        config: &Config,
+        at: Arrival,
+        msg: &Message<'_>,
+        onward: Transport,
+    ) -> bool {
+        let sips = msg
+            .request_uri()
+            .and_then(|u| u.as_sip())
+            .is_some_and(|u| u.secure);
+        if sips && (at.flow.transport != Transport::Tls || onward != Transport::Tls) {
+            self.counters.refused_insecure += 1;
+            self.answer(
+                config,
+                at,
+                msg,
+                480,
+                "Temporarily Unavailable",
+                "sips: requires TLS",
+            );
+            return false;
+        }
+        let keys = msg.sdp().is_some() && contains(msg.body(), b"a=crypto:");
+        if keys && onward != Transport::Tls && !config.alg.allow_sdes_on_plain_leg {
+            self.counters.refused_insecure += 1;
+            self.answer(
+                config,
+                at,
+                msg,
+                488,
+                "Not Acceptable Here",
+                "SDES keys toward a leg without TLS",
+            );
+            return false;
+        }
+        true
+    }
+
     /// Answers a request on the gateway's own behalf (never an ACK).
     pub(super) fn answer(
         &mut self,
@@ -135,6 +212,20 @@ impl Gateway {
         );
         let tag = self.hider.token(&[msg.call_id(), b"answer"]);
         let payload = Echo::of(msg).response(status, reason, &config.agent, Some(warning), &tag);
+        self.send_on(at.flow, payload);
+    }
+
+    /// 200 to an OPTIONS for the gateway itself, with what it accepts.
+    pub(super) fn answer_options(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {
+        let tag = self.hider.token(&[msg.call_id(), b"options"]);
+        let mut payload = Echo::of(msg).response(200, "OK", &config.agent, None, &tag);
+        let allow = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, REFER, NOTIFY, SUBSCRIBE, MESSAGE\r\n";
+        // Before the closing Content-Length line.
+        let at_end = payload
+            .len()
+            .saturating_sub(b"Content-Length: 0\r\n\r\n".len());
+        payload.splice(at_end..at_end, allow.iter().copied());
+        self.counters.answered_options += 1;
         self.send_on(at.flow, payload);
     }
 
@@ -197,4 +288,8 @@ pub(super) fn cseq_number(value: &[u8]) -> u32 {
         .and_then(|n| std::str::from_utf8(n).ok())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

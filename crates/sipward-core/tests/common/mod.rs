@@ -38,6 +38,7 @@ pub fn config(alg: AlgOptions) -> Config {
                 inside: true,
                 media_ports: None,
                 intercept: false,
+                advertise: None,
             },
             Zone {
                 name: "wan".into(),
@@ -46,6 +47,7 @@ pub fn config(alg: AlgOptions) -> Config {
                 inside: false,
                 media_ports: None,
                 intercept: false,
+                advertise: None,
             },
         ],
         alg,
@@ -63,6 +65,8 @@ pub fn config(alg: AlgOptions) -> Config {
                 services: vec![Service::udp(5060)],
                 next_hop_transport: Transport::Udp,
                 server_name: None,
+                udp_only: false,
+                options_ping: None,
             },
             Rule {
                 name: "proxy-to-core".into(),
@@ -77,6 +81,8 @@ pub fn config(alg: AlgOptions) -> Config {
                 services: vec![Service::udp(5060)],
                 next_hop_transport: Transport::Udp,
                 server_name: None,
+                udp_only: false,
+                options_ping: None,
             },
         ],
         protection: sipward_core::ProtectionOptions::default(),
