@@ -30,8 +30,14 @@ const READ_CHUNK: usize = 4096;
 pub(crate) enum ConnEvent {
     /// A complete message, with the flow to answer on.
     Message { flow: Flow, bytes: Vec<u8> },
-    /// The connection is gone (its id is `flow.connection`).
-    Closed { flow: Flow, reason: CloseReason },
+    /// The connection is gone (its id is `flow.connection`). `unsent`: messages queued
+    /// before it was ever established (a connection the gateway opened that failed),
+    /// for the core to answer their senders.
+    Closed {
+        flow: Flow,
+        reason: CloseReason,
+        unsent: Vec<Vec<u8>>,
+    },
 }
 
 /// What the driver tells a connection task.
@@ -136,15 +142,21 @@ impl Hub {
         let (commands, stats) = self.register(flow);
         let hub = self.clone();
         tokio::spawn(async move {
-            let reason = match tls {
-                None => hub.serve(flow, stream, commands, stats).await,
+            let (reason, unsent) = match tls {
+                None => (hub.serve(flow, stream, commands, stats).await, Vec::new()),
                 Some(holder) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(holder.current().server.clone());
-                    hub.handshake_then_serve(flow, acceptor.accept(stream), commands, stats)
+                    let handshake = async move {
+                        acceptor
+                            .accept(stream)
+                            .await
+                            .map_err(|_| CloseReason::HandshakeFailed)
+                    };
+                    hub.handshake_then_serve(flow, handshake, commands, stats)
                         .await
                 }
             };
-            hub.finish(flow, reason).await;
+            hub.finish(flow, reason, unsent).await;
         });
         Ok(id)
     }
@@ -165,15 +177,18 @@ impl Hub {
         (rx, stats)
     }
 
+    /// Waits for `handshake` (a TLS accept, or a connect and TLS handshake) while
+    /// holding the sends that come meanwhile; what was never sent is returned with the
+    /// reason when it fails.
     async fn handshake_then_serve<S, F>(
         &self,
         flow: Flow,
         handshake: F,
         mut commands: mpsc::UnboundedReceiver<Command>,
         stats: Arc<ConnStats>,
-    ) -> CloseReason
+    ) -> (CloseReason, Vec<Vec<u8>>)
     where
-        F: std::future::Future<Output = std::io::Result<S>>,
+        F: std::future::Future<Output = Result<S, CloseReason>>,
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let id = flow.connection.unwrap_or(ConnectionId(0));
@@ -184,17 +199,20 @@ impl Hub {
             tokio::select! {
                 done = &mut handshake => match done {
                     Ok(stream) => break stream,
-                    Err(_) => return CloseReason::HandshakeFailed,
+                    Err(reason) => return (reason, early),
                 },
                 command = commands.recv() => match command {
                     Some(Command::Send(bytes)) => early.push(bytes),
-                    Some(Command::Close(reason)) => return reason,
-                    None => return CloseReason::Local,
+                    Some(Command::Close(reason)) => return (reason, early),
+                    None => return (CloseReason::Local, early),
                 },
             }
         };
         self.limits().handshake_done(Instant::now(), id);
-        self.run(flow, stream, commands, stats, early).await
+        (
+            self.run(flow, stream, commands, stats, early).await,
+            Vec::new(),
+        )
     }
 
     async fn serve<S>(
@@ -357,12 +375,89 @@ impl Hub {
 
     /// The task ended: the table and the limits forget it (the reaper may have counted
     /// it already) and the driver hears of it.
-    async fn finish(&self, flow: Flow, reason: CloseReason) {
+    async fn finish(&self, flow: Flow, reason: CloseReason, unsent: Vec<Vec<u8>>) {
         if let Some(id) = flow.connection {
             lock(&self.table).remove(&id);
             self.limits().close(id, reason);
         }
-        let _ = self.events.send(ConnEvent::Closed { flow, reason }).await;
+        let _ = self
+            .events
+            .send(ConnEvent::Closed {
+                flow,
+                reason,
+                unsent,
+            })
+            .await;
+    }
+
+    /// Opens a connection from the gateway's `local` address (its zone's; the port the
+    /// kernel picks) to `remote`, TLS when `tls` gives the client configuration and the
+    /// name the peer's certificate must carry. `first` is queued at once and sent when
+    /// the connection is up. The connection is known under the returned id at once;
+    /// failing, it ends with [`ConnEvent::Closed`] listing what was never sent.
+    pub(crate) fn connect(
+        self: &Arc<Self>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        tls: Option<(
+            Arc<rustls::ClientConfig>,
+            rustls_pki_types::ServerName<'static>,
+        )>,
+        first: Vec<u8>,
+    ) -> Result<ConnectionId, Refuse> {
+        let id = self.allocate_id();
+        self.limits()
+            .connecting(Instant::now(), id, remote.ip(), tls.is_some())?;
+        let flow = Flow {
+            transport: if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            },
+            local,
+            remote,
+            connection: Some(id),
+            intercepted: false,
+        };
+        let (commands, stats) = self.register(flow);
+        self.send(id, first);
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let establish = {
+                let hub = hub.clone();
+                async move {
+                    let socket = match remote {
+                        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+                    }
+                    .map_err(|_| CloseReason::ConnectFailed)?;
+                    socket
+                        .bind(SocketAddr::new(local.ip(), 0))
+                        .map_err(|_| CloseReason::ConnectFailed)?;
+                    let stream = socket
+                        .connect(remote)
+                        .await
+                        .map_err(|_| CloseReason::ConnectFailed)?;
+                    let _ = stream.set_nodelay(true);
+                    hub.limits().connected(Instant::now(), id);
+                    let stream: Box<dyn Stream> = match tls {
+                        None => Box::new(stream),
+                        Some((config, name)) => Box::new(
+                            tokio_rustls::TlsConnector::from(config)
+                                .connect(name, stream)
+                                .await
+                                .map_err(|_| CloseReason::HandshakeFailed)?,
+                        ),
+                    };
+                    Ok(stream)
+                }
+            };
+            let (reason, unsent) = hub
+                .handshake_then_serve(flow, establish, commands, stats)
+                .await;
+            hub.finish(flow, reason, unsent).await;
+        });
+        Ok(id)
     }
 
     /// Queues `bytes` on connection `id`. `false` if there is no such connection or the
@@ -447,6 +542,11 @@ impl Hub {
         lock(&self.table).get(&id).map(|h| h.flow)
     }
 }
+
+/// A plain or TLS byte stream, whichever a connection turned out to be.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Takes `n` written bytes off a queued count; returns what is left.
 fn release(queued: &AtomicUsize, n: usize) -> usize {

@@ -6,4 +6,5 @@
 
 pub(crate) mod conn;
 pub(crate) mod limits;
+pub(crate) mod runtime;
 pub(crate) mod tls;

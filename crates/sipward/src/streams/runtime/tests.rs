@@ -1,0 +1,331 @@
+//! The stream side over loopback (run in a private network namespace): listeners,
+//! the gateway's own connections (reused, failing, TLS with a client certificate) and
+//! what the admin surface shows.
+
+use super::*;
+use crate::streams::tls::tests::Fixture;
+use crate::streams::tls::VerifyClient;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn options(n: u32) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:peer.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK{n}\r\n\
+         From: <sip:gw@example.test>;tag={n}\r\nTo: <sip:peer.test>\r\nCall-ID: o{n}\r\n\
+         CSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn transmit(
+    local: SocketAddr,
+    remote: SocketAddr,
+    transport: Transport,
+    connection: Option<ConnectionId>,
+    payload: Vec<u8>,
+) -> Transmit {
+    Transmit {
+        local,
+        remote,
+        payload,
+        transport,
+        connection,
+        intercepted: false,
+    }
+}
+
+async fn runtime(
+    listeners: Vec<ListenerSpec>,
+    tls: HashMap<IpAddr, Arc<TlsHolder>>,
+    server_names: HashMap<SocketAddr, String>,
+) -> StreamRuntime {
+    StreamRuntime::start(StreamSetup {
+        listeners,
+        tls,
+        server_names,
+        limits: LimitSettings::default(),
+        max_message_len: 8192,
+        agent: "sipward-test".into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+async fn event(rt: &mut StreamRuntime) -> ConnEvent {
+    tokio::time::timeout(PATIENCE, rt.next_event())
+        .await
+        .unwrap_or_else(|_| panic!("no event"))
+        .unwrap_or_else(|| panic!("closed"))
+}
+
+/// Reads exactly `n` bytes.
+async fn read_n<S: tokio::io::AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut buf))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("short read"));
+    buf
+}
+
+fn gw() -> SocketAddr {
+    "127.0.0.1:5060".parse().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn the_gateway_opens_one_connection_per_peer_and_reuses_it_both_ways() {
+    let mut rt = runtime(vec![], HashMap::new(), HashMap::new()).await;
+    let peer = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let peer_addr = peer.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    assert!(rt.transmit(&transmit(gw(), peer_addr, Transport::Tcp, None, options(1))));
+    let (mut conn, from) = tokio::time::timeout(PATIENCE, peer.accept())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no connection"));
+    assert_eq!(from.ip(), gw().ip(), "opened from the interface's address");
+    assert_eq!(read_n(&mut conn, options(1).len()).await, options(1));
+    // Reused: the second message comes on the same connection.
+    let id = rt
+        .pooled(gw().ip(), peer_addr, Transport::Tcp)
+        .unwrap_or_else(|| panic!("pooled"));
+    assert!(rt.transmit(&transmit(gw(), peer_addr, Transport::Tcp, None, options(2))));
+    assert_eq!(read_n(&mut conn, options(2).len()).await, options(2));
+    // The peer's answer arrives on that connection's flow, with the interface's address.
+    conn.write_all(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK2\r\nCall-ID: o2\r\nCSeq: 2 OPTIONS\r\nContent-Length: 0\r\n\r\n").await.unwrap_or_else(|e| panic!("{e}"));
+    match event(&mut rt).await {
+        ConnEvent::Message { flow, .. } => {
+            assert_eq!(
+                (flow.connection, flow.local, flow.remote, flow.transport),
+                (Some(id), gw(), peer_addr, Transport::Tcp)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // And a transmit naming the connection goes on it.
+    assert!(rt.transmit(&transmit(
+        gw(),
+        peer_addr,
+        Transport::Tcp,
+        Some(id),
+        options(3)
+    )));
+    assert_eq!(read_n(&mut conn, options(3).len()).await, options(3));
+    let json = rt.connections_json();
+    assert_eq!(json["open"], 1);
+    assert_eq!(json["connections"][0]["direction"], "out");
+    assert_eq!(json["connections"][0]["state"], "open");
+    assert_eq!(json["connections"][0]["remote"], peer_addr.to_string());
+    assert_eq!(json["connections"][0]["messages_in"], 1);
+    drop(conn);
+    match event(&mut rt).await {
+        ConnEvent::Closed { reason, unsent, .. } => {
+            assert_eq!((reason, unsent.len()), (CloseReason::PeerClosed, 0))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !rt.transmit(&transmit(
+            gw(),
+            peer_addr,
+            Transport::Tcp,
+            Some(id),
+            options(4)
+        )),
+        "a closed connection takes nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_returns_what_was_queued_as_unsent() {
+    let mut rt = runtime(vec![], HashMap::new(), HashMap::new()).await;
+    // A port nothing listens on (bound then dropped).
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(rt.transmit(&transmit(gw(), closed, Transport::Tcp, None, options(1))));
+    match event(&mut rt).await {
+        ConnEvent::Closed {
+            flow,
+            reason,
+            unsent,
+        } => {
+            assert_eq!((reason, flow.remote), (CloseReason::ConnectFailed, closed));
+            assert_eq!(unsent, vec![options(1)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        rt.metrics()
+            .contains("sipward_stream_closed_total{reason=\"connect_failed\"} 1"),
+        "{}",
+        rt.metrics()
+    );
+}
+
+#[tokio::test]
+async fn listeners_take_tcp_and_tls_and_answers_go_back_on_the_connection() {
+    let fixture = Fixture::new("runtime-listen");
+    let holder = Arc::new(
+        TlsHolder::new(
+            fixture.settings("server", VerifyClient::None),
+            std::time::SystemTime::now(),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let specs = vec![
+        ListenerSpec {
+            local: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+            transport: Transport::Tcp,
+        },
+        ListenerSpec {
+            local: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+            transport: Transport::Tls,
+        },
+    ];
+    let mut rt = runtime(specs, HashMap::from([(gw().ip(), holder)]), HashMap::new()).await;
+    let listeners = rt.listeners().to_vec();
+    let (tcp_at, tls_at) = (listeners[0].0, listeners[1].0);
+    let mut tcp = tokio::net::TcpStream::connect(tcp_at)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tcp.write_all(&options(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let flow = match event(&mut rt).await {
+        ConnEvent::Message { flow, bytes } => {
+            assert_eq!(bytes, options(1));
+            flow
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((flow.transport, flow.local), (Transport::Tcp, tcp_at));
+    assert!(rt.transmit(&transmit(
+        flow.local,
+        flow.remote,
+        flow.transport,
+        flow.connection,
+        b"SIP/2.0 200 OK\r\n\r\n".to_vec()
+    )));
+    assert_eq!(read_n(&mut tcp, 18).await, b"SIP/2.0 200 OK\r\n\r\n");
+
+    let client = fixture
+        .material("client", VerifyClient::None)
+        .client
+        .unwrap_or_else(|| panic!("client"));
+    let name = server_name("sip.example.test").unwrap_or_else(|e| panic!("{e}"));
+    let socket = tokio::net::TcpStream::connect(tls_at)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, socket)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tls.write_all(&options(2))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tls.flush().await.unwrap_or_else(|e| panic!("{e}"));
+    match event(&mut rt).await {
+        ConnEvent::Message { flow, bytes } => assert_eq!(
+            (flow.transport, flow.local, bytes),
+            (Transport::Tls, tls_at, options(2))
+        ),
+        other => panic!("{other:?}"),
+    }
+    let json = rt.connections_json();
+    assert_eq!(json["open"], 2);
+    assert!(json["connections"].as_array().is_some_and(|c| c
+        .iter()
+        .any(|c| c["transport"] == "tls" && c["direction"] == "in")));
+}
+
+#[tokio::test]
+async fn the_gateway_opens_tls_verifying_the_server_name_and_presenting_its_certificate() {
+    let fixture = Fixture::new("runtime-tls-out");
+    // The peer requires a client certificate from the CA.
+    let peer_config = fixture.material("server", VerifyClient::Require).server;
+    let peer = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let peer_addr = peer.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let gateway_tls = Arc::new(
+        TlsHolder::new(
+            fixture.settings("client", VerifyClient::None),
+            std::time::SystemTime::now(),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let names = HashMap::from([(peer_addr, "sip.example.test".to_string())]);
+    let mut rt = runtime(vec![], HashMap::from([(gw().ip(), gateway_tls)]), names).await;
+    assert!(rt.transmit(&transmit(gw(), peer_addr, Transport::Tls, None, options(1))));
+    let (socket, _) = tokio::time::timeout(PATIENCE, peer.accept())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no connection"));
+    let mut tls = tokio_rustls::TlsAcceptor::from(peer_config)
+        .accept(socket)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty()),
+        "the gateway presented its certificate"
+    );
+    assert_eq!(read_n(&mut tls, options(1).len()).await, options(1));
+
+    // A peer whose certificate does not carry the expected name is refused.
+    let wrong = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wrong_addr = wrong.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let stranger_config = fixture.material("client", VerifyClient::None).server;
+    tokio::spawn(async move {
+        if let Ok((socket, _)) = wrong.accept().await {
+            let _ = tokio_rustls::TlsAcceptor::from(stranger_config)
+                .accept(socket)
+                .await;
+        }
+    });
+    assert!(rt.transmit(&transmit(
+        gw(),
+        wrong_addr,
+        Transport::Tls,
+        None,
+        options(2)
+    )));
+    match event(&mut rt).await {
+        ConnEvent::Closed { reason, unsent, .. } => assert_eq!(
+            (reason, unsent),
+            (CloseReason::HandshakeFailed, vec![options(2)])
+        ),
+        other => panic!("{other:?}"),
+    }
+    let events = rt.drain_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.contains("tls_handshake_failed")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn tls_without_a_client_configuration_is_undeliverable_at_once() {
+    let mut rt = runtime(vec![], HashMap::new(), HashMap::new()).await;
+    let peer: SocketAddr = "127.0.0.1:5061".parse().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!rt.transmit(&transmit(gw(), peer, Transport::Tls, None, options(1))));
+    assert!(
+        !rt.transmit(&transmit(gw(), peer, Transport::Udp, None, options(1))),
+        "UDP is not the stream side's"
+    );
+}
