@@ -46,6 +46,8 @@ pub(crate) enum Query {
     Metrics,
     /// Re-read the configuration file (the driver handles it).
     Reload,
+    /// The TCP and TLS connections (the driver's stream side answers).
+    Connections,
 }
 
 /// The driver's reply.
@@ -255,7 +257,9 @@ pub(crate) fn answer(
             }
         }
         Query::Metrics => Answer::Text(metrics(gateway, latency, now)),
-        Query::Reload => Answer::BadRequest("reload is handled by the driver".into()),
+        Query::Reload | Query::Connections => {
+            Answer::BadRequest("answered by the driver".into())
+        }
     }
 }
 
@@ -501,6 +505,10 @@ pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Route
         .route(
             "/api/v1/calls",
             get(|s: State<AppState>| ask(s, Query::Calls)),
+        )
+        .route(
+            "/api/v1/connections",
+            get(|s: State<AppState>| ask(s, Query::Connections)),
         )
         .route(
             "/api/v1/transactions",

@@ -43,6 +43,9 @@ pub(crate) struct Config {
     admin: Option<AdminSection>,
     #[serde(default)]
     relay: RelaySection,
+    /// Stream (TCP, TLS) limits.
+    #[serde(default)]
+    transport: crate::streams::limits::TransportSettings,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
@@ -197,6 +200,13 @@ struct InterfaceSection {
     /// 30000-39999.
     #[serde(default)]
     media_ports: Option<Spanned<String>>,
+    /// Certificate, key and trusted CAs for the `tls` services on this interface.
+    #[serde(default)]
+    tls: Option<Spanned<crate::streams::tls::TlsSettings>>,
+    /// A name written in Via and Contact instead of the address (what a TLS peer's
+    /// certificate check expects).
+    #[serde(default)]
+    advertise: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +219,12 @@ struct AddressSection {
     /// `ip/prefix`.
     #[serde(default)]
     network: Option<Spanned<String>>,
+    /// How a host is reached as a next hop: `udp` (default), `tcp` or `tls`.
+    #[serde(default)]
+    transport: Option<Spanned<String>>,
+    /// The name its TLS certificate must carry (DNS or IP; default: its address).
+    #[serde(default)]
+    server_name: Option<Spanned<String>>,
 }
 
 /// The ALG object: the brief's options plus the wire-layer limits.
@@ -512,7 +528,7 @@ impl Config {
                 inside: i.inside,
                 media_ports: Some(media_ports),
                 intercept: false,
-                advertise: None,
+                advertise: i.advertise.as_ref().map(|a| a.get_ref().clone()),
             });
         }
         if !zones.iter().any(|z| z.inside) || zones.iter().all(|z| z.inside) {
@@ -638,14 +654,15 @@ impl Config {
             ..d.clone()
         };
         let mut service_port = None;
+        let mut stream_port = None;
         for (name, s) in &self.service {
-            if !s.protocol.get_ref().eq_ignore_ascii_case("udp") {
+            let Some(transport) = crate::streams::transport_named(s.protocol.get_ref()) else {
                 bail!(
-                    "{}: service {name:?}: protocol {:?} is not supported yet (udp only)",
+                    "{}: service {name:?}: protocol {:?}: expected \"udp\", \"tcp\" or \"tls\"",
                     self.at(origin, &s.protocol),
                     s.protocol.get_ref()
                 );
-            }
+            };
             if s.alg.get_ref() != alg_name {
                 bail!(
                     "{}: service {name:?}: no ALG named {:?}",
@@ -659,16 +676,22 @@ impl Config {
                     self.at(origin, &s.port)
                 );
             }
+            if transport != sipward_core::Transport::Udp {
+                // Stream services listen on their own ports (5061 for TLS, commonly).
+                stream_port.get_or_insert(*s.port.get_ref());
+                continue;
+            }
             match service_port {
                 None => service_port = Some(*s.port.get_ref()),
                 Some(p) if p == *s.port.get_ref() => {}
                 Some(_) => bail!(
-                    "{}: service {name:?}: all services must use the same port for now",
+                    "{}: service {name:?}: all UDP services must use the same port for now",
                     self.at(origin, &s.port)
                 ),
             }
         }
         let port = service_port
+            .or(stream_port)
             .ok_or_else(|| anyhow!("{origin}: define a [service.NAME] that uses the ALG"))?;
         for (z, i) in zones.iter_mut().zip(&self.interface) {
             z.address.set_port(port);
@@ -746,6 +769,8 @@ impl Config {
             };
             let source = object(&r.source)?;
             let destination = object(&r.destination)?;
+            let (next_hop_transport, server_name) =
+                self.next_hop(origin, r.destination.get_ref())?;
             let service = self.service.get(r.service.get_ref()).ok_or_else(|| {
                 err(
                     self.at(origin, &r.service),
@@ -807,9 +832,13 @@ impl Config {
                 source,
                 to_zone,
                 destination,
-                services: vec![sipward_core::Service::udp(*service.port.get_ref())],
-                next_hop_transport: sipward_core::Transport::Udp,
-                server_name: None,
+                services: vec![sipward_core::Service {
+                    transport: crate::streams::transport_named(service.protocol.get_ref())
+                        .unwrap_or_default(),
+                    port: *service.port.get_ref(),
+                }],
+                next_hop_transport,
+                server_name,
                 udp_only: false,
                 options_ping: None,
             });
@@ -934,6 +963,69 @@ impl Config {
 
     /// `file:line` of each interface's address, in the order of the compiled zones: a
     /// bind that fails at `run` names the line too.
+    /// How the address object `name` is reached as a next hop: its `transport` and the
+    /// `server_name` its TLS certificate must carry.
+    fn next_hop(
+        &self,
+        origin: &str,
+        name: &str,
+    ) -> Result<(sipward_core::Transport, Option<String>)> {
+        let Some(a) = self.address.iter().find(|a| a.name.get_ref() == name) else {
+            return Ok((sipward_core::Transport::Udp, None));
+        };
+        let transport = match &a.transport {
+            None => sipward_core::Transport::Udp,
+            Some(t) => crate::streams::transport_named(t.get_ref()).ok_or_else(|| {
+                anyhow!(
+                    "{}: address {name:?}: transport {:?}: expected \"udp\", \"tcp\" or \"tls\"",
+                    self.at(origin, t),
+                    t.get_ref()
+                )
+            })?,
+        };
+        let server_name = match &a.server_name {
+            None => None,
+            Some(n) => {
+                crate::streams::tls::server_name(n.get_ref()).map_err(|e| {
+                    anyhow!("{}: address {name:?}: server_name: {e}", self.at(origin, n))
+                })?;
+                Some(n.get_ref().clone())
+            }
+        };
+        Ok((transport, server_name))
+    }
+
+    /// The stream side's settings: each interface's TLS (paths relative to the file's
+    /// folder), the `[transport]` limits and the names peers' certificates must carry.
+    pub(crate) fn streams(
+        &self,
+        origin: &str,
+        core: &sipward_core::Config,
+    ) -> Result<crate::streams::StreamSettings> {
+        let base = Path::new(origin)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut tls = Vec::new();
+        for (i, z) in self.interface.iter().zip(&core.zones) {
+            if let Some(t) = &i.tls {
+                let mut t2 = t.get_ref().clone();
+                for p in [&mut t2.certificate, &mut t2.private_key] {
+                    *p = base.join(&*p);
+                }
+                t2.ca = t2.ca.map(|c| base.join(c));
+                tls.push((z.address.ip(), t2, self.at(origin, t)));
+            }
+        }
+        let limits = crate::streams::limits::LimitSettings::from_table(
+            &self.transport,
+            core.protection.exempt.clone(),
+        )
+        .map_err(|e| anyhow!("{}: {e}", self.section_at(origin, "[transport]")))?;
+        crate::streams::StreamSettings::new(core, tls, limits)
+            .map_err(|e| anyhow!("{origin}: {e:#}"))
+    }
+
     pub(crate) fn interface_lines(&self, origin: &str) -> Vec<String> {
         self.interface
             .iter()

@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub(crate) interface_lines: Vec<String>,
     /// Where the media relay thread runs.
     pub(crate) relay: sipward_relay::RelayOptions,
+    /// TCP and TLS listeners, certificates and limits.
+    pub(crate) streams: crate::streams::StreamSettings,
 }
 
 /// Where copies of events and messages go.
@@ -201,6 +203,18 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         None => None,
     };
 
+    let mut streams = crate::streams::runtime::StreamRuntime::start(
+        settings
+            .streams
+            .setup(config.alg.limits.max_message_len, &config.agent),
+    )
+    .await?;
+    for (local, transport) in streams.listeners() {
+        say(
+            &mut std::io::stdout(),
+            &format!("sipward: listening on {local} ({})", transport.via_token()),
+        );
+    }
     let mut gateway = Gateway::new(config);
     let relay = RelayHandle::spawn_with_options(settings.relay.clone())
         .context("cannot start the media relay")?;
@@ -245,20 +259,35 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 gateway.handle_datagram(started, r.local, r.remote, &r.data);
                 latency.record(started.elapsed());
             }
+            Some(event) = streams.next_event() => {
+                if let crate::streams::conn::ConnEvent::Message { flow, bytes } = &event {
+                    if let Some(h) = hep.as_mut() {
+                        h.send(flow.remote, flow.local, bytes);
+                    }
+                }
+                let started = Instant::now();
+                streams.feed(&mut gateway, event, started);
+                latency.record(started.elapsed());
+            }
             () = sleep => gateway.handle_timeout(Instant::now()),
             Some(request) = admin_rx.recv() => {
                 let answer = match request.query {
-                    admin::Query::Reload => match reload(&mut gateway, settings.path.as_deref(), &mut info, &running) {
+                    admin::Query::Reload => match reload(&mut gateway, settings.path.as_deref(), &mut info, &running, (&streams, &settings.streams)) {
                         Ok((digest, restart)) if restart.is_empty() => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest})),
                         Ok((digest, restart)) => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest, "restart_needed": restart})),
                         Err(e) => admin::Answer::BadRequest(e),
+                    },
+                    admin::Query::Connections => admin::Answer::Json(streams.connections_json()),
+                    admin::Query::Metrics => match admin::answer(&mut gateway, &info, &latency, admin::Query::Metrics, Instant::now()) {
+                        admin::Answer::Text(text) => admin::Answer::Text(text + &streams.metrics()),
+                        other => other,
                     },
                     query => admin::answer(&mut gateway, &info, &latency, query, Instant::now()),
                 };
                 let _ = request.reply.send(answer);
             }
             Some(()) = hangup.recv() => {
-                if let Err(e) = reload(&mut gateway, settings.path.as_deref(), &mut info, &running) {
+                if let Err(e) = reload(&mut gateway, settings.path.as_deref(), &mut info, &running, (&streams, &settings.streams)) {
                     say(&mut std::io::stderr(), &format!("sipward: {e}"));
                 }
             }
@@ -266,6 +295,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             Some(()) = terminate.recv() => stopping = true,
         }
         if stopping {
+            streams.close_all();
             let calls = gateway.shutdown(Instant::now());
             say(
                 &mut std::io::stdout(),
@@ -274,9 +304,17 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         }
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
         events.write_all(std::iter::from_fn(|| gateway.poll_event()));
+        events.write_all(streams.drain_events().into_iter());
         while let Some(t) = gateway.poll_transmit() {
             if let Some(h) = hep.as_mut() {
                 h.send(t.local, t.remote, &t.payload);
+            }
+            if t.transport != sipward_core::Transport::Udp {
+                if !streams.transmit(&t) {
+                    // Answered by the core (503, 430), whose answers this loop sends.
+                    gateway.handle_undeliverable(Instant::now(), t.flow(), &t.payload);
+                }
+                continue;
             }
             if let Some((_, socket)) = sockets.iter().find(|(a, _)| *a == t.local) {
                 if let Err(e) = socket.send_to(&t.payload, t.remote).await {
@@ -338,9 +376,18 @@ fn reload(
     path: Option<&std::path::Path>,
     info: &mut RunInfo,
     running: &Fixed,
+    (streams, running_streams): (
+        &crate::streams::runtime::StreamRuntime,
+        &crate::streams::StreamSettings,
+    ),
 ) -> std::result::Result<(String, Vec<&'static str>), String> {
     let (config, settings) = crate::load_all(path)
         .map_err(|e| format!("reload refused, running configuration kept: {e:#}"))?;
+    // Certificates rotate for new handshakes; open connections keep theirs.
+    running_streams
+        .reload_tls(&settings.streams)
+        .map_err(|e| format!("reload refused, running configuration kept: {e:#}"))?;
+    streams.set_limits(settings.streams.limits.clone());
     gateway
         .reconfigure(config)
         .map_err(|e| format!("reload refused, running configuration kept: {e}"))?;
@@ -361,6 +408,15 @@ fn reload(
     }
     if settings.events != running.events {
         restart.push("[gateway] events");
+    }
+    let listeners = |s: &crate::streams::StreamSettings| {
+        s.listeners
+            .iter()
+            .map(|l| (l.local, l.transport))
+            .collect::<Vec<_>>()
+    };
+    if listeners(&settings.streams) != listeners(running_streams) {
+        restart.push("tcp/tls services");
     }
     let note = if restart.is_empty() {
         String::new()

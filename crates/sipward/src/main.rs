@@ -69,15 +69,19 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         ),
     };
     let core = file.compile(&origin)?;
+    let streams = file.streams(&origin, &core)?;
+    let mut warnings = file.warnings(&origin);
+    warnings.extend(streams.warnings.iter().cloned());
     let settings = driver::Settings {
         events: file.events().map(str::to_string),
         admin: file.admin(&origin)?,
-        warnings: file.warnings(&origin),
+        warnings,
         config_digest: file.digest(),
         path: path.map(Path::to_path_buf),
         collectors: file.collectors(&origin)?,
         interface_lines: file.interface_lines(&origin),
         relay: file.relay(&origin)?,
+        streams,
     };
     Ok((core, settings))
 }

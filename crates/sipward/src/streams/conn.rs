@@ -536,11 +536,6 @@ impl Hub {
         rows.sort_by_key(|r| r.flow.connection);
         rows
     }
-
-    /// Connection `id`'s flow, if it is open.
-    pub(crate) fn flow(&self, id: ConnectionId) -> Option<Flow> {
-        lock(&self.table).get(&id).map(|h| h.flow)
-    }
 }
 
 /// A plain or TLS byte stream, whichever a connection turned out to be.

@@ -821,10 +821,12 @@ impl StreamLimits {
     }
 
     /// Open connections from one source that count against its cap.
+    #[cfg(test)]
     pub(crate) fn open_from(&self, source: IpAddr) -> usize {
         self.sources.get(&source).map_or(0, |s| s.open)
     }
 
+    #[cfg(test)]
     pub(crate) fn is_banned(&self, now: Instant, source: IpAddr) -> bool {
         self.sources
             .get(&source)
@@ -859,10 +861,12 @@ impl StreamLimits {
             .collect()
     }
 
+    #[cfg(test)]
     pub(crate) fn refused(&self, reason: Refuse) -> u64 {
         self.refused.get(&reason).copied().unwrap_or(0)
     }
 
+    #[cfg(test)]
     pub(crate) fn closed(&self, reason: CloseReason) -> u64 {
         self.closed.get(&reason).copied().unwrap_or(0)
     }

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use sipward_core::{ConnectionId, EventKind, Flow, Gateway, SecurityEvent, Transmit, Transport};
+use sipward_core::{ConnectionId, EventKind, Gateway, SecurityEvent, Transmit, Transport};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::conn::{ConnEvent, Hub};
-use super::limits::{CloseReason, LimitSettings, Origin, Refuse, StreamLimits};
+use super::limits::{CloseReason, LimitSettings, Origin, Refuse, StreamLimits, Usage};
 use super::tls::{server_name, TlsHolder};
 
 /// Events waiting for the driver's log, at most; a flood's beyond are counted only.
@@ -62,6 +62,57 @@ pub(crate) struct StreamRuntime {
     /// Connections the gateway opened, by (own address, peer, transport).
     pool: HashMap<(IpAddr, SocketAddr, Transport), ConnectionId>,
     security: Arc<Mutex<PendingEvents>>,
+    /// What keeps each connection wanted past its idle timeout, as seen in the 2xx
+    /// responses that cross it.
+    usage: HashMap<ConnectionId, Kept>,
+}
+
+/// Registrations and calls seen on one connection.
+#[derive(Debug, Default, Clone, Copy)]
+struct Kept {
+    dialogs: u32,
+    binding: Option<std::time::Duration>,
+}
+
+/// What a 2xx response says about its connection's use: a REGISTER's binding lifetime
+/// (the longest `expires` in it), a call set up (INVITE) or ended (BYE). Only 2xx
+/// responses are looked at, so other traffic costs one prefix comparison.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Binding(u32),
+    CallUp,
+    CallDown,
+}
+
+fn seen(payload: &[u8]) -> Option<Seen> {
+    if !payload.starts_with(b"SIP/2.0 2") {
+        return None;
+    }
+    let limits = sipward_proto::Limits::default();
+    let Ok(sipward_proto::Datagram::Message(msg)) = sipward_proto::parse_datagram(payload, &limits)
+    else {
+        return None;
+    };
+    let cseq = msg.cseq()?;
+    match cseq.method {
+        b"INVITE" => Some(Seen::CallUp),
+        b"BYE" => Some(Seen::CallDown),
+        b"REGISTER" => {
+            // The binding's lifetime: Contact `expires` parameters, else Expires.
+            let header = payload.get(..msg.header_end()).unwrap_or_default();
+            let text = String::from_utf8_lossy(header).to_ascii_lowercase();
+            let from_contacts = text
+                .split("expires=")
+                .skip(1)
+                .filter_map(|rest| {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse::<u32>().ok()
+                })
+                .max();
+            from_contacts.or(msg.expires()).map(Seen::Binding)
+        }
+        _ => None,
+    }
 }
 
 fn push_event(pending: &Mutex<PendingEvents>, kind: EventKind, source: IpAddr, reason: String) {
@@ -173,6 +224,7 @@ impl StreamRuntime {
             server_names: setup.server_names,
             pool: HashMap::new(),
             security,
+            usage: HashMap::new(),
         })
     }
 
@@ -181,16 +233,25 @@ impl StreamRuntime {
         &self.listeners
     }
 
-    pub(crate) fn hub(&self) -> &Arc<Hub> {
-        &self.hub
+    /// New `[transport]` limits from a reload.
+    pub(crate) fn set_limits(&self, limits: LimitSettings) {
+        self.hub.limits().set_settings(limits, Instant::now());
     }
 
     /// The next message or close from a connection (a close leaves the pool and, for
     /// a limit or a misbehaving peer, raises a security event).
     pub(crate) async fn next_event(&mut self) -> Option<ConnEvent> {
         let event = self.events.recv().await?;
+        if let ConnEvent::Message { flow, bytes } = &event {
+            if let Some(id) = flow.connection {
+                self.note_usage(id, bytes);
+            }
+        }
         if let ConnEvent::Closed { flow, reason, .. } = &event {
             self.pool.retain(|_, id| Some(*id) != flow.connection);
+            if let Some(id) = flow.connection {
+                self.usage.remove(&id);
+            }
             if reason.is_violation() {
                 push_event(
                     &self.security,
@@ -229,11 +290,13 @@ impl StreamRuntime {
             return false;
         }
         if let Some(id) = t.connection {
+            self.note_usage(id, &t.payload);
             return self.hub.send(id, t.payload.clone());
         }
         let key = (t.local.ip(), t.remote, t.transport);
         if let Some(&id) = self.pool.get(&key) {
             if self.hub.send(id, t.payload.clone()) {
+                self.note_usage(id, &t.payload);
                 return true;
             }
             self.pool.remove(&key);
@@ -266,10 +329,30 @@ impl StreamRuntime {
         match self.hub.connect(t.local, t.remote, tls, t.payload.clone()) {
             Ok(id) => {
                 self.pool.insert(key, id);
+                self.note_usage(id, &t.payload);
                 true
             }
             Err(_) => false,
         }
+    }
+
+    /// Keeps a connection that carries a registration or a call from idling out: a
+    /// binding holds it for its lifetime (and a grace), a call until its BYE.
+    fn note_usage(&mut self, id: ConnectionId, payload: &[u8]) {
+        let Some(seen) = seen(payload) else { return };
+        let kept = self.usage.entry(id).or_default();
+        match seen {
+            Seen::Binding(0) => kept.binding = None,
+            Seen::Binding(s) => kept.binding = Some(std::time::Duration::from_secs(u64::from(s))),
+            Seen::CallUp => kept.dialogs = kept.dialogs.saturating_add(1),
+            Seen::CallDown => kept.dialogs = kept.dialogs.saturating_sub(1),
+        }
+        let usage = match (kept.dialogs, kept.binding) {
+            (1.., _) => Usage::Dialog,
+            (0, Some(d)) => Usage::Binding(d),
+            (0, None) => Usage::None,
+        };
+        self.hub.limits().set_usage(Instant::now(), id, usage);
     }
 
     /// Stream security events for the event log.
@@ -373,6 +456,7 @@ impl StreamRuntime {
     }
 
     /// The open connection to `remote` the gateway would reuse, if any.
+    #[cfg(test)]
     pub(crate) fn pooled(
         &self,
         local: IpAddr,
@@ -380,11 +464,6 @@ impl StreamRuntime {
         transport: Transport,
     ) -> Option<ConnectionId> {
         self.pool.get(&(local, remote, transport)).copied()
-    }
-
-    /// The flow of an open connection.
-    pub(crate) fn flow(&self, id: ConnectionId) -> Option<Flow> {
-        self.hub.flow(id)
     }
 }
 

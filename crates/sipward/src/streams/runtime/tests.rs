@@ -329,3 +329,114 @@ async fn tls_without_a_client_configuration_is_undeliverable_at_once() {
         "UDP is not the stream side's"
     );
 }
+
+fn response(status: &str, cseq: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "SIP/2.0 {status}\r\nVia: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bK1\r\nFrom: <sip:a@x.test>;tag=1\r\n\
+         To: <sip:a@x.test>;tag=2\r\nCall-ID: c\r\nCSeq: {cseq}\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn registrations_and_calls_are_recognised_in_2xx_responses_only() {
+    let contact = "Contact: <sip:a@192.0.2.1:5060;transport=tcp>;expires=3600\r\n";
+    assert_eq!(
+        seen(&response("200 OK", "1 REGISTER", contact)),
+        Some(Seen::Binding(3600))
+    );
+    assert_eq!(
+        seen(&response("200 OK", "1 REGISTER", "Expires: 600\r\n")),
+        Some(Seen::Binding(600))
+    );
+    assert_eq!(
+        seen(&response(
+            "200 OK",
+            "1 REGISTER",
+            "Contact: <sip:a@192.0.2.1>;expires=0\r\n"
+        )),
+        Some(Seen::Binding(0))
+    );
+    assert_eq!(
+        seen(&response("200 OK", "2 INVITE", "")),
+        Some(Seen::CallUp)
+    );
+    assert_eq!(seen(&response("200 OK", "3 BYE", "")), Some(Seen::CallDown));
+    assert_eq!(seen(&response("180 Ringing", "2 INVITE", "")), None);
+    assert_eq!(
+        seen(&response("401 Unauthorized", "1 REGISTER", contact)),
+        None
+    );
+    assert_eq!(seen(&options(1)), None);
+}
+
+#[tokio::test]
+async fn a_registered_connection_outlives_the_idle_timeout_by_its_binding() {
+    let mut rt = runtime(vec![], HashMap::new(), HashMap::new()).await;
+    let peer = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let peer_addr = peer.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    assert!(rt.transmit(&transmit(gw(), peer_addr, Transport::Tcp, None, options(1))));
+    let id = rt
+        .pooled(gw().ip(), peer_addr, Transport::Tcp)
+        .unwrap_or_else(|| panic!("pooled"));
+    let (mut conn, _) = tokio::time::timeout(PATIENCE, peer.accept())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no connection"));
+    assert_eq!(read_n(&mut conn, options(1).len()).await, options(1));
+    let contact = "Contact: <sip:a@192.0.2.1:5060;transport=tcp>;expires=3600\r\n";
+    let register_ok = response("200 OK", "1 REGISTER", contact);
+    assert!(rt.transmit(&transmit(
+        gw(),
+        peer_addr,
+        Transport::Tcp,
+        Some(id),
+        register_ok.clone()
+    )));
+    assert_eq!(read_n(&mut conn, register_ok.len()).await, register_ok);
+    // Once written (the send clock stopped), only the binding's lifetime bounds it.
+    let now = Instant::now();
+    let far = now + Duration::from_secs(3600);
+    let held = async {
+        while rt.hub.limits().next_deadline().is_none_or(|d| d <= far) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(PATIENCE, held).await.is_ok(),
+        "{:?}",
+        rt.hub.limits().next_deadline().map(|d| d - now)
+    );
+    let invite_ok = response("200 OK", "2 INVITE", "");
+    assert!(rt.transmit(&transmit(
+        gw(),
+        peer_addr,
+        Transport::Tcp,
+        Some(id),
+        invite_ok.clone()
+    )));
+    assert_eq!(read_n(&mut conn, invite_ok.len()).await, invite_ok);
+    let call = async {
+        while rt.hub.limits().next_deadline().is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(PATIENCE, call).await.is_ok(),
+        "no idle deadline during a call"
+    );
+    assert!(rt.transmit(&transmit(
+        gw(),
+        peer_addr,
+        Transport::Tcp,
+        Some(id),
+        response("200 OK", "3 BYE", "")
+    )));
+    assert!(
+        rt.hub.limits().next_deadline().is_some(),
+        "the call ended: idle again (bounded by the binding)"
+    );
+}
