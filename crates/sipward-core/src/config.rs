@@ -252,9 +252,11 @@ impl Config {
         self.zones.get(id)
     }
 
-    /// The zone whose gateway address is `local`.
+    /// The zone whose gateway address is `local` (its IP address; any port).
     pub fn zone_of_local(&self, local: SocketAddr) -> Option<ZoneId> {
-        self.zones.iter().position(|z| z.address == local)
+        // By address alone: a zone's TCP and TLS services listen on its address at
+        // their own ports (5061 for TLS) beside the UDP one.
+        self.zones.iter().position(|z| z.address.ip() == local.ip())
     }
 
     /// The zone a message on `flow` arrived in: the zone of the gateway's address it

@@ -52,21 +52,30 @@ impl StreamSettings {
     ) -> Result<Self> {
         let mut listeners: Vec<ListenerSpec> = Vec::new();
         let mut server_names = HashMap::new();
+        let mut listen = |local: SocketAddr, transport: Transport| {
+            if !listeners.iter().any(|l| l.local == local) {
+                listeners.push(ListenerSpec { local, transport });
+            }
+        };
         for rule in &core.rules {
-            for service in rule
-                .services
-                .iter()
-                .filter(|s| s.transport != Transport::Udp)
-            {
-                let zones = std::iter::once(rule.from_zone).chain(rule.to_zone);
-                for zone in zones.filter_map(|z| core.zones.get(z)) {
-                    let local = SocketAddr::new(zone.address.ip(), service.port);
-                    if !listeners.iter().any(|l| l.local == local) {
-                        listeners.push(ListenerSpec {
-                            local,
-                            transport: service.transport,
-                        });
-                    }
+            // Phones (or peers, for an allow rule) connect to the interface they come from.
+            if let Some(zone) = core.zones.get(rule.from_zone) {
+                for service in rule
+                    .services
+                    .iter()
+                    .filter(|s| s.transport != Transport::Udp)
+                {
+                    listen(
+                        SocketAddr::new(zone.address.ip(), service.port),
+                        service.transport,
+                    );
+                }
+            }
+            // A next hop reached over a stream connects back to the address the gateway
+            // writes for itself on that side.
+            if rule.next_hop_transport != Transport::Udp {
+                if let Some(zone) = rule.to_zone.and_then(|z| core.zones.get(z)) {
+                    listen(zone.address, rule.next_hop_transport);
                 }
             }
             if let (Some(name), AddressObject::Host { ip, port }) =

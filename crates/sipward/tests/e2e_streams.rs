@@ -1,0 +1,350 @@
+//! End-to-end over TCP and TLS: SIPp phones on TCP (`-t t1`, `-t tn`) through the real
+//! `sipward run` binary to a SIPp proxy/registrar on UDP, and abusive stream peers
+//! (garbage, silence, slowloris, huge Content-Length, no ClientHello) against its TCP and
+//! TLS listeners, each closed and counted. Run inside a private network namespace.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{logged, Peer, Topology, ADMIN_TOKEN, ALICE_DIGEST};
+
+/// The phones' rules over TCP and TLS beside the UDP ones, a TLS certificate for the
+/// inside interface made by `sipward cert`, and short stream timeouts.
+fn stream_config(t: &Topology) -> String {
+    let certs = t.dir.join("certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_sipward"))
+        .args([
+            "cert",
+            "--name",
+            "gw.sipward.test",
+            "--ip",
+            &t.gw_lan(),
+            "--out",
+        ])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tls = format!(
+        "tls = {{ certificate = \"{c}/gw.sipward.test.crt\", private_key = \"{c}/gw.sipward.test.key\", ca = \"{c}/ca.crt\" }}\n",
+        c = certs.display()
+    );
+    let lan = format!("networks = [\"127.{}.0.0/24\"]\ninside = true\n", t.n);
+    t.config().replacen(&lan, &format!("{lan}{tls}"), 1)
+        + r#"
+[service.sip-tcp]
+protocol = "tcp"
+port = 5060
+alg = "sip"
+[service.sip-tls]
+protocol = "tls"
+port = 5061
+alg = "sip"
+[[rule]]
+action = "nat"
+from = "lan"
+source = "phones"
+to = "wan"
+destination = "proxy"
+service = "sip-tcp"
+[[rule]]
+action = "nat"
+from = "lan"
+source = "phones"
+to = "wan"
+destination = "proxy"
+service = "sip-tls"
+[transport]
+first_message_timeout = 2.0
+message_timeout = 1.0
+tls_handshake_timeout = 1.0
+"#
+}
+
+fn get(t: &Topology, path: &str) -> String {
+    let out = common::output_within(
+        Command::new("curl").args([
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+            &format!("{}{path}", t.api()),
+        ]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The value of one `/metrics` sample, 0 when absent.
+fn metric(t: &Topology, sample: &str) -> u64 {
+    get(t, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Waits (up to 5 s) until the sample reaches `at_least`.
+fn wait_metric(t: &Topology, sample: &str, at_least: u64) -> u64 {
+    let started = Instant::now();
+    loop {
+        let v = metric(t, sample);
+        if v >= at_least || started.elapsed() > Duration::from_secs(5) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_tcp_phone_registers_and_calls_through_the_gateway_to_a_udp_proxy() {
+    let t = Topology::new(91);
+    let _gw = t.start_gateway_text(&stream_config(&t));
+
+    // REGISTER with digest over one TCP connection; the registrar on UDP.
+    let registrar = t.play(
+        "proxy_registrar.xml",
+        Peer::Proxy,
+        None,
+        &logged("registrar_messages.log"),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let phone = t.play(
+        "phone_register.xml",
+        Peer::Phone(0),
+        Some(&t.gw_lan_sip()),
+        &[&ALICE_DIGEST[..], &["-t", "t1"]].concat(),
+    );
+    phone.wait_ok("TCP phone registration");
+    registrar.wait_ok("UDP registrar");
+    t.assert_no_inside_address_in("registrar_messages.log");
+    let registrar_log = std::fs::read_to_string(t.dir.join("registrar_messages.log")).unwrap();
+    assert!(
+        registrar_log.contains("SIP/2.0/UDP"),
+        "the outside leg is UDP: {registrar_log}"
+    );
+
+    // Calls: a connection per call (-t tn), answered by a UDP far end, hung up by the phone.
+    let proxy_ip = t.proxy();
+    let mut far = vec!["-sn", "uas", "-i", &proxy_ip, "-p", "5060", "-m", "3"];
+    far.extend(logged("proxy_messages.log"));
+    let far = t.sipp(&far);
+    std::thread::sleep(Duration::from_millis(200));
+    let phone_ip = t.phone(0);
+    let lan = t.gw_lan_sip();
+    let caller = t.sipp(&[
+        "-sn",
+        "uac",
+        &lan,
+        "-t",
+        "tn",
+        "-max_socket",
+        "100",
+        "-i",
+        &phone_ip,
+        "-p",
+        "5070",
+        "-m",
+        "3",
+        "-r",
+        "3",
+        "-d",
+        "200",
+    ]);
+    caller.wait_ok("TCP phone (uac)");
+    far.wait_ok("UDP far end (uas)");
+    t.assert_no_inside_address_in("proxy_messages.log");
+    let log = std::fs::read_to_string(t.dir.join("proxy_messages.log")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("INVITE ")).count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("BYE ")).count(),
+        3,
+        "{log}"
+    );
+    // Four connections came (the registration's and one per call) and went.
+    assert!(
+        wait_metric(&t, "sipward_stream_closed_total{reason=\"peer_closed\"}", 4) >= 4,
+        "{}",
+        get(&t, "/metrics")
+    );
+    let connections = get(&t, "/api/v1/connections");
+    assert!(
+        connections.contains("\"max_connections\":10000"),
+        "{connections}"
+    );
+}
+
+/// Connects to `addr` and returns what the gateway sent before closing, and how long
+/// that took (at most 10 s).
+fn closed_after(addr: &str, send: &[u8]) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if !send.is_empty() {
+        s.write_all(send).unwrap();
+    }
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    (got, started.elapsed())
+}
+
+#[test]
+fn abusive_stream_peers_are_closed_and_counted() {
+    let t = Topology::new(92);
+    let _gw = t.start_gateway_text(&stream_config(&t));
+    let tcp = t.gw_lan_sip();
+    let tls = format!("{}:5061", t.gw_lan());
+
+    let (got, _) = closed_after(&tcp, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(got.is_empty(), "garbage gets no answer");
+
+    let huge = "REGISTER sip:sipward.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.92.0.20:5070;branch=z9hG4bK1\r\n\
+                From: <sip:a@sipward.test>;tag=1\r\nTo: <sip:a@sipward.test>\r\nCall-ID: h1\r\nCSeq: 1 REGISTER\r\n\
+                Content-Length: 99999999\r\n\r\n";
+    let (got, _) = closed_after(&tcp, huge.as_bytes());
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("SIP/2.0 513 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let (got, _) = closed_after(
+        &tcp,
+        huge.replace("Content-Length: 99999999\r\n", "").as_bytes(),
+    );
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("SIP/2.0 400 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Silence: closed at first_message_timeout (1 s), well before the 10 s read limit.
+    let (got, took) = closed_after(&tcp, b"");
+    assert!(got.is_empty() && took < Duration::from_secs(5), "{took:?}");
+    // Half a message, never finished: message_timeout (1 s).
+    let (got, took) = closed_after(
+        &tcp,
+        b"REGISTER sip:sipward.test SIP/2.0\r\nVia: SIP/2.0/TCP",
+    );
+    assert!(got.is_empty() && took < Duration::from_secs(5), "{took:?}");
+    // No ClientHello on the TLS port: tls_handshake_timeout (1 s).
+    let (got, took) = closed_after(&tls, b"");
+    assert!(got.is_empty() && took < Duration::from_secs(5), "{took:?}");
+    // TLS 1.1 only: refused by the handshake (openssl s_client as an old phone).
+    let old = common::output_within(
+        Command::new("openssl").args(["s_client", "-connect", &tls, "-tls1_1"]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(!old.status.success(), "a TLS 1.1 handshake succeeded");
+
+    for (reason, n) in [
+        ("not_sip", 1),
+        ("message_too_large", 1),
+        ("missing_content_length", 1),
+        ("first_message_timeout", 1),
+        ("message_timeout", 1),
+        ("tls_handshake_timeout", 1),
+        ("tls_handshake_failed", 1),
+    ] {
+        let sample = format!("sipward_stream_closed_total{{reason=\"{reason}\"}}");
+        assert_eq!(wait_metric(&t, &sample, n), n, "{reason}");
+    }
+    let events = std::fs::read_to_string(t.dir.join("events.jsonl")).unwrap_or_default();
+    assert!(
+        events.contains("stream connection closed: message_timeout"),
+        "{events}"
+    );
+}
+
+/// A TLS client trusting the test CA (what a phone configured with it does).
+fn tls_client(t: &Topology) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(t.dir.join("certs/ca.crt")).unwrap();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+#[test]
+fn a_tls_phone_verifies_the_gateway_and_registers_over_its_connection() {
+    let t = Topology::new(93);
+    let _gw = t.start_gateway_text(&stream_config(&t));
+    // A registrar (no challenge) on UDP, logging what it receives.
+    let proxy = t.play(
+        "proxy_mute_options.xml",
+        Peer::Proxy,
+        None,
+        &logged("proxy_messages.log"),
+    );
+    let _proxy = proxy;
+    std::thread::sleep(Duration::from_millis(200));
+    let name = rustls_pki_types::ServerName::try_from("gw.sipward.test").unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(&t), name).unwrap();
+    let phone = std::net::SocketAddr::new(t.phone(0).parse().unwrap(), 0);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&phone.into()).unwrap();
+    let gw: std::net::SocketAddr = format!("{}:5061", t.gw_lan()).parse().unwrap();
+    socket.connect(&gw.into()).unwrap();
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let local = tls.sock.local_addr().unwrap();
+    let register = format!(
+        "REGISTER sip:sipward.test SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKtls1;rport\r\n\
+         From: <sip:alice@sipward.test>;tag=t1\r\nTo: <sip:alice@sipward.test>\r\nCall-ID: tls-register-1\r\n\
+         CSeq: 1 REGISTER\r\nContact: <sip:alice@{local};transport=tls>\r\nExpires: 600\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    tls.write_all(register.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = tls.read(&mut buf).unwrap();
+        assert!(n > 0, "closed without an answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&got).to_string();
+    assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
+    assert!(answer.contains("Call-ID: tls-register-1"), "{answer}");
+    t.assert_no_inside_address_in("proxy_messages.log");
+    let connections = get(&t, "/api/v1/connections");
+    assert!(
+        connections.contains("\"transport\":\"tls\""),
+        "{connections}"
+    );
+    // The CRLFCRLF keepalive is answered on it too.
+    tls.write_all(b"\r\n\r\n").unwrap();
+    tls.flush().unwrap();
+    let mut pong = [0u8; 2];
+    tls.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"\r\n");
+}
