@@ -348,3 +348,48 @@ fn a_tls_phone_verifies_the_gateway_and_registers_over_its_connection() {
     tls.read_exact(&mut pong).unwrap();
     assert_eq!(&pong, b"\r\n");
 }
+
+#[test]
+fn an_inbound_call_reaches_a_tcp_phone_over_the_connection_it_registered_on() {
+    let t = Topology::new(94);
+    let _gw = t.start_gateway_text(&stream_config(&t));
+    let registrar = t.play(
+        "proxy_registrar.xml",
+        Peer::Proxy,
+        None,
+        &logged("registrar_messages.log"),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let answer = common::scenario("phone_answer.xml");
+    let phone = t.play(
+        "phone_register_stay.xml",
+        Peer::Phone(0),
+        Some(&t.gw_lan_sip()),
+        &[&ALICE_DIGEST[..], &["-t", "t1", "-oocsf", &answer]].concat(),
+    );
+    registrar.wait_ok("UDP registrar");
+    let contact = t.read_when("contact.csv", |c| c.contains(';'));
+    assert!(
+        contact.contains(';'),
+        "the registrar wrote no contact: {contact:?}"
+    );
+    let mut caller_args = vec!["-inf", "contact.csv"];
+    caller_args.extend(logged("caller_messages.log"));
+    let gw_wan = t.gw_wan_sip();
+    let caller = t.play("proxy_call.xml", Peer::Proxy, Some(&gw_wan), &caller_args);
+    caller.wait_ok("UDP caller");
+    // Still within the phone's pause: its one connection is the only one, and the
+    // gateway opened none toward it.
+    let connections = get(&t, "/api/v1/connections");
+    assert_eq!(
+        connections.matches("\"direction\":\"in\"").count(),
+        1,
+        "{connections}"
+    );
+    assert!(
+        !connections.contains("\"direction\":\"out\""),
+        "{connections}"
+    );
+    phone.wait_ok("TCP phone (registered, then answering on its connection)");
+    t.assert_no_inside_address_in("caller_messages.log");
+}
