@@ -55,6 +55,7 @@ mod outbound;
 mod peers;
 mod rewrite;
 mod route;
+mod seam;
 mod timers;
 mod transaction;
 
@@ -101,6 +102,8 @@ pub struct Gateway {
     cancels: Cancels,
     /// Its own retransmissions on UDP legs for senders on streams.
     retransmits: Retransmits,
+    /// The state seam's bookkeeping (records for a store).
+    seam: seam::Seam,
     /// OPTIONS pings to next hops, by rule name.
     pings: std::collections::HashMap<String, peers::PeerPing>,
     /// What the inside addresses look like in text (the outgoing scan).
@@ -145,6 +148,7 @@ impl Gateway {
             cancels: Cancels::default(),
             retransmits: Retransmits::default(),
             pings: std::collections::HashMap::new(),
+            seam: seam::Seam::default(),
         }
     }
 

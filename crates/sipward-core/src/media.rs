@@ -80,6 +80,44 @@ pub struct Peer {
     pub latch: bool,
 }
 
+/// A stream as a state record keeps it: both relay addresses, the parties of each side
+/// by tag (the current one first), hold. Counters and the idle clock start afresh.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamState {
+    pub local: [SocketAddr; 2],
+    pub peers: [Vec<(Vec<u8>, PeerState)>; 2],
+    pub held: [bool; 2],
+    pub bypassed: bool,
+}
+
+/// A [`Peer`] in a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerState {
+    pub rtp: Option<SocketAddr>,
+    pub rtcp: Option<SocketAddr>,
+    pub latch: bool,
+}
+
+impl From<Peer> for PeerState {
+    fn from(p: Peer) -> Self {
+        Self {
+            rtp: p.rtp,
+            rtcp: p.rtcp,
+            latch: p.latch,
+        }
+    }
+}
+
+impl From<PeerState> for Peer {
+    fn from(p: PeerState) -> Self {
+        Self {
+            rtp: p.rtp,
+            rtcp: p.rtcp,
+            latch: p.latch,
+        }
+    }
+}
+
 /// One side of a stream as the relay needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegSpec {
@@ -433,6 +471,115 @@ impl MediaTable {
                 counters: s.counters.snapshot(),
             })
             .collect()
+    }
+
+    /// The streams of `call` as a state record keeps them (see `records`).
+    pub(crate) fn snapshot(&self, call: &[u8]) -> Vec<Option<StreamState>> {
+        let Some(c) = self.calls.get(call) else {
+            return Vec::new();
+        };
+        c.streams
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|s| StreamState {
+                    local: s.local,
+                    peers: s.peers.clone().map(|side| {
+                        side.into_iter()
+                            .map(|(tag, peer)| (tag, PeerState::from(peer)))
+                            .collect()
+                    }),
+                    held: s.held,
+                    bypassed: s.bypassed,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes back the streams of a restored call on the very ports they had (the
+    /// phones' NATs and the far end point at them), and queues their `Set`. A port that
+    /// is not in a pool any more, is in use, or cannot be opened drops that stream
+    /// (false is returned; the call keeps its signalling).
+    pub(crate) fn restore(
+        &mut self,
+        call: &[u8],
+        streams: &[Option<StreamState>],
+        answered: bool,
+        now: Instant,
+    ) -> bool {
+        let mut all = true;
+        let mut restored = CallMedia {
+            streams: Vec::with_capacity(streams.len()),
+            answered: answered.then_some(now),
+        };
+        for state in streams {
+            let Some(state) = state else {
+                restored.streams.push(None);
+                continue;
+            };
+            match self.take_ports(state.local) {
+                Some(()) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let stream = Stream {
+                        id,
+                        counters: Arc::new(StreamCounters::new(now)),
+                        local: state.local,
+                        peers: state.peers.clone().map(|side| {
+                            side.into_iter()
+                                .map(|(tag, peer)| (tag, Peer::from(peer)))
+                                .collect()
+                        }),
+                        held: state.held,
+                        since: now,
+                        bypassed: state.bypassed,
+                    };
+                    self.owners.insert(
+                        *Side::Outside.of(&stream.local),
+                        (call.to_vec(), restored.streams.len()),
+                    );
+                    if !stream.bypassed {
+                        queue_set(&mut self.commands, set_command(&stream, !answered));
+                    }
+                    restored.streams.push(Some(stream));
+                }
+                None => {
+                    all = false;
+                    restored.streams.push(None);
+                }
+            }
+        }
+        self.calls.insert(call.to_vec(), restored);
+        all
+    }
+
+    /// Removes both addresses' RTP ports from their pools and opens them.
+    fn take_ports(&mut self, local: [SocketAddr; 2]) -> Option<()> {
+        let mut taken = Vec::with_capacity(2);
+        for addr in local {
+            let pool = self.pool_index(addr.ip());
+            let slot = pool.and_then(|p| {
+                let free = &mut self.pools.get_mut(p)?.free;
+                let at = free.iter().position(|&port| port == addr.port())?;
+                free.remove(at)
+            });
+            let opened = slot.is_some() && self.reserver.reserve(addr).is_ok();
+            if !opened {
+                if slot.is_some() {
+                    if let Some(p) = pool {
+                        self.give_back(p, addr.port());
+                    }
+                }
+                for (p, rtp) in taken {
+                    self.reserver.release(rtp);
+                    self.give_back(p, rtp.port());
+                }
+                return None;
+            }
+            if let Some(p) = pool {
+                taken.push((p, addr));
+            }
+        }
+        Some(())
     }
 
     fn pool_index(&self, ip: IpAddr) -> Option<usize> {
