@@ -62,8 +62,8 @@ mod transaction;
 use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
-    has_tag, Binding, BindingView, Claimant, ClientTx, Completed, Dialog, DialogKey, DialogView,
-    Echo, Refusal, RegisterInfo, Room, ServerTx, SharePolicy, Tables, Victim,
+    has_tag, Binding, BindingView, Changed, Claimant, ClientTx, Completed, Dialog, DialogKey,
+    DialogView, Echo, Refusal, RegisterInfo, Room, ServerTx, SharePolicy, Tables, Victim,
 };
 pub use emit::{Counters, Traffic, Transmit};
 use emit::{Direction, DIVERTED_DESTINATIONS};

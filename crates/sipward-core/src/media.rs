@@ -157,6 +157,11 @@ pub struct StreamCounters {
     dropped: AtomicU64,
     /// Nanoseconds after `epoch` of the last forwarded packet, plus one (0: never).
     last: AtomicU64,
+    /// The RTP source a latching party was found at, per side, as the relay reports it
+    /// (so that a restored stream keeps it: no stranger can race for it), and how often
+    /// that changed.
+    latched: [std::sync::Mutex<Option<SocketAddr>>; 2],
+    latch_changes: AtomicU64,
 }
 
 /// A copy of a stream's counters.
@@ -176,7 +181,27 @@ impl StreamCounters {
             bytes: Default::default(),
             dropped: AtomicU64::new(0),
             last: AtomicU64::new(0),
+            latched: Default::default(),
+            latch_changes: AtomicU64::new(0),
         }
+    }
+
+    /// The relay latched the party on `side` at `source` (RTP).
+    pub fn record_latch(&self, side: Side, source: SocketAddr) {
+        if let Ok(mut slot) = side.of(&self.latched).lock() {
+            *slot = Some(source);
+        }
+        self.latch_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Where the party on `side` was latched, if it was.
+    pub fn latched(&self, side: Side) -> Option<SocketAddr> {
+        side.of(&self.latched).lock().ok().and_then(|slot| *slot)
+    }
+
+    /// How many latches were reported (rises with each).
+    pub fn latch_changes(&self) -> u64 {
+        self.latch_changes.load(Ordering::Relaxed)
     }
 
     /// Records `packets` forwarded packets totalling `bytes`, which came from `from`.
@@ -307,6 +332,8 @@ struct Stream {
     /// Both parties are inside and talk directly (media bypass): nothing to relay, and
     /// no idle timeout.
     bypassed: bool,
+    /// The relay's latch reports already seen (`StreamCounters::latch_changes`).
+    latches_seen: u64,
 }
 
 /// The media of one dialog, by `m=` line.
@@ -483,9 +510,23 @@ impl MediaTable {
             .map(|s| {
                 s.as_ref().map(|s| StreamState {
                     local: s.local,
-                    peers: s.peers.clone().map(|side| {
-                        side.into_iter()
-                            .map(|(tag, peer)| (tag, PeerState::from(peer)))
+                    peers: [Side::Inside, Side::Outside].map(|side| {
+                        let latched = s.counters.latched(side);
+                        side.of(&s.peers)
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (tag, peer))| {
+                                let mut state = PeerState::from(*peer);
+                                // The current party, found by latching: restored at
+                                // the address it was found at, latched already.
+                                if let (0, true, Some(at)) = (i, peer.latch, latched) {
+                                    state.rtp = Some(at);
+                                    state.rtcp =
+                                        Some(SocketAddr::new(at.ip(), at.port().wrapping_add(1)));
+                                    state.latch = false;
+                                }
+                                (tag.clone(), state)
+                            })
                             .collect()
                     }),
                     held: s.held,
@@ -493,6 +534,26 @@ impl MediaTable {
                 })
             })
             .collect()
+    }
+
+    /// The calls whose relay latched a party since last asked (their records must be
+    /// made again, so that a restore keeps the latched address).
+    pub(crate) fn newly_latched(&mut self) -> Vec<Vec<u8>> {
+        let mut calls = Vec::new();
+        for (call, media) in &mut self.calls {
+            let mut news = false;
+            for s in media.streams.iter_mut().flatten() {
+                let changes = s.counters.latch_changes();
+                if changes != s.latches_seen {
+                    s.latches_seen = changes;
+                    news = true;
+                }
+            }
+            if news {
+                calls.push(call.clone());
+            }
+        }
+        calls
     }
 
     /// Takes back the streams of a restored call on the very ports they had (the
@@ -532,6 +593,7 @@ impl MediaTable {
                         held: state.held,
                         since: now,
                         bypassed: state.bypassed,
+                        latches_seen: 0,
                     };
                     self.owners.insert(
                         *Side::Outside.of(&stream.local),
@@ -962,6 +1024,7 @@ impl MediaTable {
             held: [false, false],
             since: now,
             bypassed: false,
+            latches_seen: 0,
         })
     }
 

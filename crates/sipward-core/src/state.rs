@@ -169,6 +169,20 @@ pub(crate) struct DialogKey {
 }
 
 impl DialogKey {
+    /// The dialog a media id names (the inverse of `media_id`).
+    pub(crate) fn from_media_id(id: &[u8]) -> Self {
+        match id.strip_suffix(b";inbound") {
+            Some(call) => DialogKey {
+                outside_call_id: call.to_vec(),
+                originated_inside: false,
+            },
+            None => DialogKey {
+                outside_call_id: id.to_vec(),
+                originated_inside: true,
+            },
+        }
+    }
+
     /// The name the media seam knows this dialog's streams by (distinct for the two
     /// dialogs of a hairpin call).
     pub(crate) fn media_id(&self) -> Vec<u8> {

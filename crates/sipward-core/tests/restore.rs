@@ -231,3 +231,47 @@ fn a_store_starts_from_a_snapshot_then_takes_changes() {
     registered(&mut net, 3600);
     assert!(net.gw.poll_state(net.now).is_some());
 }
+
+#[test]
+fn a_party_the_relay_latched_is_restored_at_the_address_it_was_found_at() {
+    let alg = AlgOptions {
+        media_latching: sipward_core::config::Latching::Any,
+        ..AlgOptions::default()
+    };
+    let mut net = Net::with_media(alg.clone(), 4);
+    net.gw.enable_state_records();
+    let mut store = Store::default();
+    store.take(&mut net);
+    sdp_call(&mut net, "r4");
+    let counters = net
+        .media_commands()
+        .into_iter()
+        .find_map(|c| match c {
+            MediaCommand::Set { counters, .. } => Some(counters),
+            MediaCommand::Close { .. } => None,
+        })
+        .unwrap();
+    store.take(&mut net);
+    // The far end sends from another port than its SDP's; the relay latches it.
+    let found: std::net::SocketAddr = "203.0.113.50:7788".parse().unwrap();
+    counters.record_latch(sipward_core::Side::Outside, found);
+    net.advance(Duration::from_secs(1));
+    assert!(
+        store.take(&mut net) >= 1,
+        "the latch makes the dialog's record again"
+    );
+
+    let (mut restored, report) = store.restore(Duration::from_secs(2), 0);
+    assert_eq!(report.streams, 1);
+    let legs = restored
+        .media_commands()
+        .into_iter()
+        .find_map(|c| match c {
+            MediaCommand::Set { legs, .. } => Some(legs),
+            MediaCommand::Close { .. } => None,
+        })
+        .unwrap();
+    let far = legs[1].peers[0];
+    assert_eq!(far.rtp, Some(found));
+    assert!(!far.latch, "latched already: no stranger can race for it");
+}
