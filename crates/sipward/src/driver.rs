@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub(crate) interface_lines: Vec<String>,
     /// Where the media relay thread runs.
     pub(crate) relay: sipward_relay::RelayOptions,
+    /// Transparent mode, when an interface intercepts.
+    pub(crate) transparent: Option<crate::config::TransparentSettings>,
 }
 
 /// Where copies of events and messages go.

@@ -73,6 +73,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         collectors: file.collectors(&origin)?,
         interface_lines: file.interface_lines(&origin),
         relay: file.relay(&origin)?,
+        transparent: file.transparent(&origin, &core)?,
     };
     Ok((core, settings))
 }
@@ -160,11 +161,16 @@ fn print_rules(c: &sipward_core::Config) {
         let nets: Vec<String> = z.networks.iter().map(ToString::to_string).collect();
         let _ = writeln!(
             out,
-            "interface {:<8} {:<22} {} networks [{}]",
+            "interface {:<8} {:<22} {} networks [{}]{}",
             z.name,
             z.address,
             if z.inside { "inside " } else { "outside" },
-            nets.join(", ")
+            nets.join(", "),
+            if z.intercept {
+                " intercept (transparent mode)"
+            } else {
+                ""
+            }
         );
     }
     let a = &c.alg;
