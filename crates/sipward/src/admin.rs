@@ -68,6 +68,10 @@ pub(crate) struct RunInfo {
     pub(crate) started_wall: SystemTime,
     pub(crate) listeners: Vec<(String, SocketAddr, bool)>,
     pub(crate) config_digest: String,
+    /// Transparent mode's settings, when an interface intercepts.
+    pub(crate) transparent: Option<crate::config::TransparentSettings>,
+    /// The sockets answering as proxy addresses (transparent mode).
+    pub(crate) senders: crate::transparent::SenderStats,
 }
 
 /// Processing time per datagram, for the metrics histogram.

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sipward_core::{Config, Gateway, SecurityEvent};
+use sipward_core::{Config, Flow, Gateway, SecurityEvent};
 use sipward_relay::RelayHandle;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -51,8 +51,7 @@ pub(crate) struct Collectors {
 }
 
 struct Received {
-    local: SocketAddr,
-    remote: SocketAddr,
+    flow: Flow,
     data: Vec<u8>,
 }
 
@@ -151,15 +150,8 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 match socket.recv_from(&mut buf).await {
                     Ok((n, remote)) => {
                         let data = buf.get(..n).unwrap_or_default().to_vec();
-                        if tx
-                            .send(Received {
-                                local,
-                                remote,
-                                data,
-                            })
-                            .await
-                            .is_err()
-                        {
+                        let flow = Flow::udp(local, remote);
+                        if tx.send(Received { flow, data }).await.is_err() {
                             return;
                         }
                     }
@@ -168,6 +160,69 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             }
         });
     }
+    // Transparent mode: the listener(s) the router diverts to, and, when sipward manages
+    // the firewall, the rules (removed again when `_firewall` is dropped, at stop or on
+    // a failed start).
+    let mut _firewall = None;
+    if let Some(t) = &settings.transparent {
+        if !crate::firewall::has_net_admin() {
+            anyhow::bail!("{}", crate::firewall::NEEDS_NET_ADMIN);
+        }
+        for ipv6 in crate::firewall::listener_families(&config) {
+            let socket = crate::transparent::bind_listener(t.listen_port, ipv6).map_err(|e| {
+                if crate::transparent::is_permission(&e) {
+                    anyhow::anyhow!("{}", crate::firewall::NEEDS_NET_ADMIN)
+                } else {
+                    anyhow::anyhow!(
+                        "[transparent] listen_port {}: cannot open the transparent listener ({}): {e}",
+                        t.listen_port,
+                        if ipv6 { "IPv6" } else { "IPv4" }
+                    )
+                }
+            })?;
+            say(
+                &mut std::io::stdout(),
+                &format!(
+                    "sipward: transparent listener on {} port {} (diverted SIP)",
+                    if ipv6 { "[::]" } else { "0.0.0.0" },
+                    t.listen_port
+                ),
+            );
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; RECV_BUFFER];
+                loop {
+                    match crate::transparent::recv_diverted(&socket, &mut buf).await {
+                        Ok(d) => {
+                            let data = buf.get(..d.len).unwrap_or_default().to_vec();
+                            let flow = Flow::intercepted_udp(d.original_destination, d.remote);
+                            if tx.send(Received { flow, data }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!("transparent receive failed: {e}"),
+                    }
+                }
+            });
+        }
+        if t.manage_firewall {
+            let (installed, warnings) = crate::firewall::install(&config, t)?;
+            for w in warnings {
+                say(&mut std::io::stderr(), &format!("sipward: {w}"));
+            }
+            say(
+                &mut std::io::stdout(),
+                &format!(
+                    "sipward: firewall rules installed (table inet {}, fwmark {:#x} lookup {})",
+                    crate::firewall::TABLE,
+                    t.mark,
+                    t.route_table
+                ),
+            );
+            _firewall = Some(installed);
+        }
+    }
+    let mut senders = crate::transparent::Senders::new(crate::transparent::SEND_SOCKETS);
     drop(tx);
 
     let info = RunInfo {
@@ -179,6 +234,8 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             .map(|z| (z.name.clone(), z.address, z.inside))
             .collect(),
         config_digest: settings.config_digest.clone(),
+        transparent: settings.transparent.clone(),
+        senders: senders.stats(),
     };
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
     // What a reload cannot change (the admin server and the event log are set up once).
@@ -241,14 +298,15 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             received = rx.recv() => {
                 let Some(r) = received else { break };
                 if let Some(h) = hep.as_mut() {
-                    h.send(r.remote, r.local, &r.data);
+                    h.send(r.flow.remote, r.flow.local, &r.data);
                 }
                 let started = Instant::now();
-                gateway.handle_datagram(started, r.local, r.remote, &r.data);
+                gateway.handle_message(started, r.flow, &r.data);
                 latency.record(started.elapsed());
             }
             () = sleep => gateway.handle_timeout(Instant::now()),
             Some(request) = admin_rx.recv() => {
+                info.senders = senders.stats();
                 let answer = match request.query {
                     admin::Query::Reload => match reload(&mut gateway, settings.path.as_deref(), &mut info, &running) {
                         Ok((digest, restart)) if restart.is_empty() => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest})),
@@ -280,7 +338,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             if let Some(h) = hep.as_mut() {
                 h.send(t.local, t.remote, &t.payload);
             }
-            if let Some((_, socket)) = sockets.iter().find(|(a, _)| *a == t.local) {
+            if t.intercepted {
+                senders.send(t.local, t.remote, &t.payload).await;
+            } else if let Some((_, socket)) = sockets.iter().find(|(a, _)| *a == t.local) {
                 if let Err(e) = socket.send_to(&t.payload, t.remote).await {
                     tracing::warn!(remote = %t.remote, "send failed: {e}");
                 }

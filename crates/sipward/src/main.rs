@@ -11,6 +11,8 @@ mod cli;
 mod config;
 mod driver;
 mod export;
+mod firewall;
+mod transparent;
 mod validate;
 
 #[derive(Parser)]
@@ -33,6 +35,13 @@ enum Command {
     },
     /// Check a configuration file and print the compiled rule set.
     Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the nftables ruleset and the policy routing that divert the phones' SIP to
+    /// sipward (transparent mode): an `nft -f` script, a line `# routing:`, then the
+    /// `ip` commands, one per line.
+    NftRules {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -109,6 +118,21 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }),
+        Command::NftRules { config } => load_all(config.as_deref()).and_then(|(c, settings)| {
+            let Some(t) = &settings.transparent else {
+                anyhow::bail!(
+                    "{}: no interface has `intercept = true`: nothing to divert",
+                    config
+                        .as_deref()
+                        .map_or_else(|| "embedded default".into(), |p| p.display().to_string())
+                );
+            };
+            let _ = std::io::Write::write_all(
+                &mut std::io::stdout(),
+                firewall::ruleset_text(&c, t).as_bytes(),
+            );
+            Ok(ExitCode::SUCCESS)
         }),
         Command::Validate {
             config,
