@@ -46,8 +46,11 @@ fn families(config: &Config) -> Vec<bool> {
 fn destinations(config: &Config, ipv6: bool) -> Vec<(IpNet, u16)> {
     let mut pairs: Vec<(IpNet, u16)> = Vec::new();
     for r in &config.rules {
-        let intercepting = config.zone(r.from_zone).is_some_and(|z| z.intercept);
-        if r.action != Action::Nat || !intercepting {
+        let Some(zone) = config.zone(r.from_zone) else {
+            continue;
+        };
+        // `any` is the whole family of the zone's phones.
+        if r.action != Action::Nat || !zone.intercept || zone.address.is_ipv6() != ipv6 {
             continue;
         }
         let (net, only_port) = match &r.destination {
