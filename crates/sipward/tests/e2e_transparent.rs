@@ -24,7 +24,60 @@ use common::{Guard, Netns};
 
 const TOKEN: &str = "transparent-admin-token-0123";
 
-fn config(dir: &std::path::Path) -> std::path::PathBuf {
+/// The addresses of one family: office network, the rule's phones, gateway inside and
+/// WAN addresses, the proxy, the phone, the phone no rule admits.
+struct Family {
+    office: &'static str,
+    phones: &'static str,
+    gw_inside: &'static str,
+    gw_wan: &'static str,
+    wan: &'static str,
+    proxy: &'static str,
+    phone: &'static str,
+    stranger: &'static str,
+}
+
+const V4: Family = Family {
+    office: "10.10.0.0/24",
+    phones: "10.10.0.0/25",
+    gw_inside: "10.10.0.1",
+    gw_wan: "198.51.100.1",
+    wan: "198.51.100.0/24",
+    proxy: "198.51.100.10",
+    phone: "10.10.0.10",
+    stranger: "10.10.0.200",
+};
+
+const V6: Family = Family {
+    office: "fd00:10::/64",
+    phones: "fd00:10::/120",
+    gw_inside: "fd00:10::1",
+    gw_wan: "2001:db8::1",
+    wan: "2001:db8::/64",
+    proxy: "2001:db8::10",
+    phone: "fd00:10::10",
+    stranger: "fd00:10::200",
+};
+
+/// `ip:port` as SIP and the socket APIs write it.
+fn at(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+fn config(dir: &std::path::Path, f: &Family) -> std::path::PathBuf {
+    let Family {
+        office,
+        phones,
+        gw_inside,
+        gw_wan,
+        wan,
+        proxy,
+        ..
+    } = f;
     let text = format!(
         r#"
 [gateway]
@@ -34,20 +87,20 @@ listen = "127.0.0.1:8080"
 token = "{TOKEN}"
 [[interface]]
 name = "office"
-address = "10.10.0.1"
-networks = ["10.10.0.0/24"]
+address = "{gw_inside}"
+networks = ["{office}"]
 inside = true
 intercept = true
 [[interface]]
 name = "wan"
-address = "198.51.100.1"
-networks = ["198.51.100.0/24"]
+address = "{gw_wan}"
+networks = ["{wan}"]
 [[address]]
 name = "phones"
-network = "10.10.0.0/25"
+network = "{phones}"
 [[address]]
 name = "proxy"
-host = "198.51.100.10"
+host = "{proxy}"
 [alg.sip]
 [service.sip]
 protocol = "udp"
@@ -130,13 +183,17 @@ fn until(rx: &mpsc::Receiver<String>, what: &str) -> Vec<String> {
     panic!("no line with {what:?}: {seen:?}");
 }
 
-/// The proxy at 198.51.100.10:5060: answers REGISTERs with 200, then sends an INVITE
-/// for the registered contact to the gateway's WAN address. Prints `REGISTER <from>
-/// <text>` and `GOT <from> <first line>` per datagram (text with \r\n as |).
+/// The proxy at `argv[1]`:5060: answers REGISTERs with 200, then sends an INVITE for
+/// the registered contact to the gateway's WAN address `argv[2]`. Prints `REGISTER
+/// <from> <text>` and `GOT <from> <first line>` per datagram (text with \r\n as |).
 const PROXY: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("198.51.100.10", 5060))
+me, gw = sys.argv[1], sys.argv[2]
+six = ":" in me
+def at(ip, port):
+    return ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port)
+s = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((me, 5060))
 s.settimeout(4)
 while True:
     try:
@@ -144,7 +201,7 @@ while True:
     except socket.timeout:
         break
     t = d.decode(errors="replace")
-    src = "%s:%d" % a
+    src = at(a[0], a[1])
     if t.startswith("REGISTER"):
         print("REGISTER", src, t.replace("\r\n", "|"), flush=True)
         keep = ("via", "from", "to", "call-id", "cseq", "contact")
@@ -152,35 +209,39 @@ while True:
         s.sendto(("SIP/2.0 200 OK\r\n" + "\r\n".join(hs) + "\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").encode(), a)
         contact = [l for l in hs if l.lower().startswith("contact")][0]
         uri = contact.split("<", 1)[1].split(">", 1)[0]
-        invite = ("INVITE " + uri + " SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bKinv1\r\n"
-                  "Max-Forwards: 70\r\nFrom: <sip:bob@198.51.100.10>;tag=b1\r\nTo: <sip:alice@198.51.100.10>\r\n"
-                  "Call-ID: inv1@198.51.100.10\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@198.51.100.10:5060>\r\n"
+        here = at(me, 5060)
+        invite = ("INVITE " + uri + " SIP/2.0\r\nVia: SIP/2.0/UDP " + here + ";branch=z9hG4bKinv1\r\n"
+                  "Max-Forwards: 70\r\nFrom: <sip:bob@" + here + ">;tag=b1\r\nTo: <sip:alice@" + here + ">\r\n"
+                  "Call-ID: inv1@proxy\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@" + here + ">\r\n"
                   "Content-Length: 0\r\n\r\n")
-        s.sendto(invite.encode(), ("198.51.100.1", 5060))
+        s.sendto(invite.encode(), (gw, 5060))
     else:
         print("GOT", src, t.split("\r\n")[0], flush=True)
 "#;
 
-/// A phone at `sys.argv[1]`:5060 that registers with the proxy's address and prints
-/// `GOT <from> <first line>` for what it receives (answering an INVITE with 180).
+/// A phone at `argv[1]`:5060 that registers with the proxy's address `argv[2]` and
+/// prints `GOT <from> <first line>` for what it receives (answering an INVITE with 180).
 const PHONE: &str = r#"
 import socket, sys
-me = sys.argv[1]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+me, proxy = sys.argv[1], sys.argv[2]
+def at(ip, port):
+    return ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port)
+s = socket.socket(socket.AF_INET6 if ":" in me else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((me, 5060))
 s.settimeout(2)
-m = ("REGISTER sip:198.51.100.10 SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bKreg1;rport\r\n"
-     "Max-Forwards: 70\r\nFrom: <sip:alice@198.51.100.10>;tag=a1\r\nTo: <sip:alice@198.51.100.10>\r\n"
-     "Call-ID: reg1@%s\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@%s:5060>\r\nExpires: 600\r\n"
-     "Content-Length: 0\r\n\r\n") % (me, me, me)
-s.sendto(m.encode(), ("198.51.100.10", 5060))
+p = at(proxy, 5060)
+m = ("REGISTER sip:" + p + " SIP/2.0\r\nVia: SIP/2.0/UDP " + at(me, 5060) + ";branch=z9hG4bKreg1;rport\r\n"
+     "Max-Forwards: 70\r\nFrom: <sip:alice@" + p + ">;tag=a1\r\nTo: <sip:alice@" + p + ">\r\n"
+     "Call-ID: reg1@phone\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@" + at(me, 5060) + ">\r\nExpires: 600\r\n"
+     "Content-Length: 0\r\n\r\n")
+s.sendto(m.encode(), (proxy, 5060))
 while True:
     try:
         d, a = s.recvfrom(65535)
     except socket.timeout:
         break
     t = d.decode(errors="replace")
-    print("GOT", "%s:%d" % a, t.split("\r\n")[0], flush=True)
+    print("GOT", at(a[0], a[1]), t.split("\r\n")[0], flush=True)
     if t.startswith("INVITE"):
         hs = [l for l in t.split("\r\n")[1:] if l.split(":")[0].lower() in ("via", "from", "to", "call-id", "cseq")]
         s.sendto(("SIP/2.0 180 Ringing\r\n" + "\r\n".join(hs) + "\r\nContent-Length: 0\r\n\r\n").encode(), a)
@@ -214,11 +275,12 @@ fn api(netns: &Netns, path: &str) -> String {
     )
 }
 
-#[test]
-fn a_phone_registers_with_the_proxy_address_and_rings_from_it() {
-    let netns = Netns::new("reg");
-    let dir = temp_dir("reg");
-    let (mut gateway, lines) = start(&netns, &[], &config(&dir));
+/// A phone of family `f` registers with the proxy's address and rings from it; a phone
+/// no rule admits is unanswered and counted; the rules go at SIGTERM.
+fn register_and_ring(tag: &str, f: &Family) {
+    let netns = Netns::new(tag);
+    let dir = temp_dir(tag);
+    let (mut gateway, lines) = start(&netns, &[], &config(&dir, f));
     let started = until(&lines, "sipward: ready");
     assert!(
         started
@@ -227,35 +289,35 @@ fn a_phone_registers_with_the_proxy_address_and_rings_from_it() {
         "{started:?}"
     );
     let table = in_gw(&netns, &["nft", "list", "table", "inet", "sipward"]);
-    assert!(table.contains("198.51.100.10 . 5080"), "{table}");
-    assert!(in_gw(&netns, &["ip", "rule"]).contains("fwmark 0x5157 lookup 100"));
+    assert!(table.contains(&format!("{} . 5080", f.proxy)), "{table}");
+    let family = if f.proxy.contains(':') { "-6" } else { "-4" };
+    assert!(in_gw(&netns, &["ip", family, "rule"]).contains("fwmark 0x5157 lookup 100"));
 
-    let proxy = python(&netns, "net", PROXY, &[]);
+    let proxy = python(&netns, "net", PROXY, &[f.proxy, f.gw_wan]);
     std::thread::sleep(Duration::from_millis(200));
-    let phone = python(&netns, "office", PHONE, &["10.10.0.10"]);
-    // 10.10.0.200 is in the office but not in the rule's source (10.10.0.0/25).
-    let stranger = python(&netns, "office", PHONE, &["10.10.0.200"]);
+    let phone = python(&netns, "office", PHONE, &[f.phone, f.proxy]);
+    // The stranger is in the office but not in the rule's source.
+    let stranger = python(&netns, "office", PHONE, &[f.stranger, f.proxy]);
     let phone = String::from_utf8_lossy(&phone.wait_output().stdout).into_owned();
     let stranger = String::from_utf8_lossy(&stranger.wait_output().stdout).into_owned();
 
     // The phone hears only the proxy's address: the 200 and the inbound INVITE.
+    let from_proxy = format!("GOT {} ", at(f.proxy, 5060));
     assert!(
-        phone.contains("GOT 198.51.100.10:5060 SIP/2.0 200 OK"),
+        phone.contains(&format!("{from_proxy}SIP/2.0 200 OK")),
         "{phone}"
     );
     assert!(
-        phone.contains("GOT 198.51.100.10:5060 INVITE sip:alice@10.10.0.10:5060"),
+        phone.contains(&format!(
+            "{from_proxy}INVITE sip:alice@{}",
+            at(f.phone, 5060)
+        )),
         "{phone}"
     );
-    assert!(
-        phone
-            .lines()
-            .all(|l| l.starts_with("GOT 198.51.100.10:5060 ")),
-        "{phone}"
-    );
+    assert!(phone.lines().all(|l| l.starts_with(&from_proxy)), "{phone}");
     assert!(stranger.is_empty(), "{stranger}");
 
-    let api_registrations = api(&netns, "/api/v1/registrations");
+    let registrations = api(&netns, "/api/v1/registrations");
     let metrics = api(&netns, "/metrics");
     let status = api(&netns, "/api/v1/status");
 
@@ -269,33 +331,37 @@ fn a_phone_registers_with_the_proxy_address_and_rings_from_it() {
 
     // The proxy sees the gateway's WAN address and no office address in any byte;
     // the phone's 180 reaches it.
+    let wan = at(f.gw_wan, 5060);
     let registers: Vec<&str> = proxy
         .lines()
         .filter(|l| l.starts_with("REGISTER"))
         .collect();
     assert_eq!(registers.len(), 1, "{proxy}");
     assert!(
-        registers[0].starts_with("REGISTER 198.51.100.1:5060 "),
+        registers[0].starts_with(&format!("REGISTER {wan} ")),
         "{proxy}"
     );
-    assert!(!proxy.contains("10.10.0."), "{proxy}");
+    let office_prefix = f.phone.rsplit_once(['.', ':']).unwrap().0;
+    assert!(!proxy.contains(office_prefix), "{proxy}");
     assert!(
-        proxy.contains("GOT 198.51.100.1:5060 SIP/2.0 180 Ringing"),
+        proxy.contains(&format!("GOT {wan} SIP/2.0 180 Ringing")),
         "{proxy}"
     );
 
+    let registrar = at(f.proxy, 5060);
     assert!(
-        api_registrations.contains("\"registrar\":\"198.51.100.10:5060\"")
-            && api_registrations.contains("\"intercepted\":true"),
-        "{api_registrations}"
+        registrations.contains(&format!("\"registrar\":\"{registrar}\""))
+            && registrations.contains("\"intercepted\":true"),
+        "{registrations}"
     );
     assert!(
         metrics.contains("sipward_diverted_total{rule=\"to-proxy\"} 2"),
         "{metrics}"
     );
     assert!(
-        metrics
-            .contains("sipward_diverted_destination_total{destination=\"198.51.100.10:5060\"} 2"),
+        metrics.contains(&format!(
+            "sipward_diverted_destination_total{{destination=\"{registrar}\"}} 2"
+        )),
         "{metrics}"
     );
     assert!(
@@ -310,16 +376,26 @@ fn a_phone_registers_with_the_proxy_address_and_rings_from_it() {
 
     let tables = in_gw(&netns, &["nft", "list", "tables"]);
     assert!(!tables.contains("sipward"), "{tables}");
-    let rules = in_gw(&netns, &["ip", "rule"]);
+    let rules = in_gw(&netns, &["ip", family, "rule"]);
     assert!(!rules.contains("fwmark"), "{rules}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_phone_registers_with_the_proxy_address_and_rings_from_it() {
+    register_and_ring("reg4", &V4);
+}
+
+#[test]
+fn an_ipv6_phone_registers_with_the_proxy_address_and_rings_from_it() {
+    register_and_ring("reg6", &V6);
 }
 
 #[test]
 fn without_cap_net_admin_the_start_fails_with_the_reason() {
     let netns = Netns::new("cap");
     let dir = temp_dir("cap");
-    let config = config(&dir);
+    let config = config(&dir, &V4);
     let out = netns
         .exec("gw")
         .args(["capsh", "--drop=cap_net_admin", "--", "-c"])
@@ -338,5 +414,53 @@ fn without_cap_net_admin_the_start_fails_with_the_reason() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
     assert!(!in_gw(&netns, &["nft", "list", "tables"]).contains("sipward"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_nft_is_named_and_a_kernel_sip_helper_is_warned_about() {
+    let netns = Netns::new("tools");
+    let dir = temp_dir("tools");
+    let config = config(&dir, &V4);
+    // No `nft` in PATH: the start fails naming it, and leaves no routing behind.
+    let out = netns
+        .exec("gw")
+        .args(["env", "PATH=/nonexistent"])
+        .arg(env!("CARGO_BIN_EXE_sipward"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "sipward: [transparent] manage_firewall = true needs the `nft` command (nftables): not found in PATH"
+        ),
+        "{stderr}"
+    );
+    assert!(!in_gw(&netns, &["ip", "rule"]).contains("fwmark"));
+
+    // The kernel's SIP helper declared in the ruleset: a warning before `ready`.
+    let helper = netns
+        .exec("gw")
+        .args(["sh", "-c"])
+        .arg("nft add table inet alg && nft add ct helper inet alg sip5060 '{ type \"sip\" protocol udp; }'")
+        .status()
+        .unwrap();
+    assert!(helper.success());
+    let (_gateway, lines) = start(&netns, &[], &config);
+    // Standard output and error are read by two threads: the warning is awaited itself.
+    let started = until(&lines, "ct helper");
+    assert!(
+        started.last().unwrap().starts_with(
+            "sipward: warning: the nftables ruleset has a `ct helper` of type \"sip\""
+        ),
+        "{started:?}"
+    );
+    if !started.iter().any(|l| l == "sipward: ready") {
+        until(&lines, "sipward: ready");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

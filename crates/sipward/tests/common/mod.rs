@@ -680,9 +680,10 @@ impl Topology {
     }
 }
 
-/// Three network namespaces for transparent mode, `office` (phones, 10.10.0.0/24),
-/// `gw` (the router: 10.10.0.1 and 198.51.100.1, forwarding on) and `net` (the proxy,
-/// 198.51.100.10), joined by veth pairs; deleted when dropped (declare it before the
+/// Three network namespaces for transparent mode, dual stack: `office` (phones,
+/// 10.10.0.0/24 and fd00:10::/64), `gw` (the router: 10.10.0.1 and 198.51.100.1,
+/// fd00:10::1 and 2001:db8::1, forwarding on) and `net` (the proxy, 198.51.100.10 and
+/// 2001:db8::10), joined by veth pairs; deleted when dropped (declare it before the
 /// processes that run in it, so that they are stopped first).
 pub(crate) struct Netns {
     prefix: String,
@@ -720,14 +721,36 @@ impl Netns {
             (&gw, "g0", "10.10.0.1/24"),
             (&gw, "w0", "198.51.100.1/24"),
             (&net, "n0", "198.51.100.10/24"),
+            (&office, "o0", "fd00:10::10/64"),
+            (&office, "o0", "fd00:10::200/64"),
+            (&gw, "g0", "fd00:10::1/64"),
+            (&gw, "w0", "2001:db8::1/64"),
+            (&net, "n0", "2001:db8::10/64"),
         ] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            // No duplicate address detection: the addresses are usable at once.
+            let nodad: &[&str] = if addr.contains(':') { &["nodad"] } else { &[] };
+            ip(&[&["-n", ns, "addr", "add", addr, "dev", dev], nodad].concat());
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
         ip(&["-n", &office, "route", "add", "default", "via", "10.10.0.1"]);
+        ip(&[
+            "-n",
+            &office,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:10::1",
+        ]);
         let out = netns
             .exec("gw")
-            .args(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .args([
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success());
