@@ -35,6 +35,8 @@ struct Family {
     proxy: &'static str,
     phone: &'static str,
     stranger: &'static str,
+    /// A phone that uses the gateway's inside address as its proxy (explicit mode).
+    explicit: &'static str,
 }
 
 const V4: Family = Family {
@@ -46,6 +48,7 @@ const V4: Family = Family {
     proxy: "198.51.100.10",
     phone: "10.10.0.10",
     stranger: "10.10.0.200",
+    explicit: "10.10.0.11",
 };
 
 const V6: Family = Family {
@@ -57,6 +60,7 @@ const V6: Family = Family {
     proxy: "2001:db8::10",
     phone: "fd00:10::10",
     stranger: "fd00:10::200",
+    explicit: "fd00:10::11",
 };
 
 /// `ip:port` as SIP and the socket APIs write it.
@@ -298,8 +302,23 @@ fn register_and_ring(tag: &str, f: &Family) {
     let phone = python(&netns, "office", PHONE, &[f.phone, f.proxy]);
     // The stranger is in the office but not in the rule's source.
     let stranger = python(&netns, "office", PHONE, &[f.stranger, f.proxy]);
+    // Side by side, a phone configured with the gateway as its outbound proxy.
+    let explicit = python(&netns, "office", PHONE, &[f.explicit, f.gw_inside]);
     let phone = String::from_utf8_lossy(&phone.wait_output().stdout).into_owned();
     let stranger = String::from_utf8_lossy(&stranger.wait_output().stdout).into_owned();
+    let explicit = String::from_utf8_lossy(&explicit.wait_output().stdout).into_owned();
+    let from_gateway = format!("GOT {} ", at(f.gw_inside, 5060));
+    assert!(
+        explicit.contains(&format!("{from_gateway}SIP/2.0 200 OK")),
+        "{explicit}"
+    );
+    assert!(
+        explicit.contains(&format!(
+            "{from_gateway}INVITE sip:alice@{}",
+            at(f.explicit, 5060)
+        )),
+        "{explicit}"
+    );
 
     // The phone hears only the proxy's address: the 200 and the inbound INVITE.
     let from_proxy = format!("GOT {} ", at(f.proxy, 5060));
@@ -336,22 +355,28 @@ fn register_and_ring(tag: &str, f: &Family) {
         .lines()
         .filter(|l| l.starts_with("REGISTER"))
         .collect();
-    assert_eq!(registers.len(), 1, "{proxy}");
+    assert_eq!(registers.len(), 2, "{proxy}");
     assert!(
-        registers[0].starts_with(&format!("REGISTER {wan} ")),
+        registers
+            .iter()
+            .all(|r| r.starts_with(&format!("REGISTER {wan} "))),
         "{proxy}"
     );
     let office_prefix = f.phone.rsplit_once(['.', ':']).unwrap().0;
     assert!(!proxy.contains(office_prefix), "{proxy}");
-    assert!(
-        proxy.contains(&format!("GOT {wan} SIP/2.0 180 Ringing")),
+    assert_eq!(
+        proxy
+            .matches(&format!("GOT {wan} SIP/2.0 180 Ringing"))
+            .count(),
+        2,
         "{proxy}"
     );
 
     let registrar = at(f.proxy, 5060);
     assert!(
         registrations.contains(&format!("\"registrar\":\"{registrar}\""))
-            && registrations.contains("\"intercepted\":true"),
+            && registrations.contains("\"intercepted\":true")
+            && registrations.contains("\"intercepted\":false"),
         "{registrations}"
     );
     assert!(
