@@ -242,6 +242,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     let running = Fixed {
         admin: settings.admin.clone(),
         events: settings.events.clone(),
+        transparent: settings.transparent.clone(),
     };
     let _admin = match settings.admin {
         Some(admin) => Some(admin::serve(admin, admin_tx).await?),
@@ -389,6 +390,8 @@ pub(crate) fn say(stream: &mut impl Write, line: &str) {
 struct Fixed {
     admin: Option<admin::AdminSettings>,
     events: Option<String>,
+    /// The listener and the firewall rules are set up once.
+    transparent: Option<crate::config::TransparentSettings>,
 }
 
 /// Re-reads the configuration and applies it to new traffic; on any error the running
@@ -423,6 +426,9 @@ fn reload(
     }
     if settings.events != running.events {
         restart.push("[gateway] events");
+    }
+    if settings.transparent != running.transparent {
+        restart.push("[transparent] (or which interfaces intercept)");
     }
     let note = if restart.is_empty() {
         String::new()

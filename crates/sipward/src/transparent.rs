@@ -217,3 +217,51 @@ impl Senders {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache keeps at most its capacity, closing the least recently used socket;
+    /// a failed send is counted, not fatal. (Binds loopback addresses, which are
+    /// local, so IP_TRANSPARENT is only set, not needed; it needs CAP_NET_ADMIN.)
+    #[test]
+    fn the_send_sockets_are_bounded_least_recently_used_first() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = sink.local_addr().unwrap();
+            let mut senders = Senders::new(2);
+            let a: SocketAddr = "127.0.0.2:0".parse().unwrap();
+            let b: SocketAddr = "127.0.0.3:0".parse().unwrap();
+            let c: SocketAddr = "127.0.0.4:0".parse().unwrap();
+            senders.send(a, to, b"1").await;
+            senders.send(b, to, b"2").await;
+            senders.send(a, to, b"3").await; // a is now the most recent
+            senders.send(c, to, b"4").await; // b goes
+            assert_eq!(
+                senders.stats(),
+                SenderStats {
+                    open: 2,
+                    opened: 3,
+                    evicted: 1,
+                    send_failures: 0
+                }
+            );
+            assert!(senders.sockets.contains_key(&a) && senders.sockets.contains_key(&c));
+            let mut buf = [0u8; 8];
+            let mut from = Vec::new();
+            for _ in 0..4 {
+                let (n, src) = sink.recv_from(&mut buf).unwrap();
+                from.push((buf[..n].to_vec(), src.ip()));
+            }
+            assert_eq!(from[3], (b"4".to_vec(), c.ip()));
+            // An IPv4 socket cannot send to an IPv6 address: counted.
+            senders.send(a, "[::1]:9".parse().unwrap(), b"5").await;
+            assert_eq!(senders.stats().send_failures, 1);
+        });
+    }
+}
