@@ -489,3 +489,36 @@ fn a_missing_nft_is_named_and_a_kernel_sip_helper_is_warned_about() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_start_that_fails_after_installing_removes_the_rules() {
+    let netns = Netns::new("late");
+    let dir = temp_dir("late");
+    let config = config(&dir, &V4);
+    // The admin API's port is taken: the start fails after the rules went in.
+    let mut holder = python(
+        &netns,
+        "gw",
+        "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 8080))\ns.listen()\nprint('held', flush=True)\ntime.sleep(30)",
+        &[],
+    );
+    let (out, _) = holder.take_pipes();
+    let mut held = String::new();
+    BufReader::new(out.unwrap()).read_line(&mut held).unwrap();
+    assert_eq!(held.trim(), "held");
+    let out = netns
+        .exec("gw")
+        .arg(env!("CARGO_BIN_EXE_sipward"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stdout.contains("firewall rules installed"), "{stdout}");
+    assert!(!stdout.contains("sipward: ready"), "{stdout}");
+    assert!(!in_gw(&netns, &["nft", "list", "tables"]).contains("sipward"));
+    assert!(!in_gw(&netns, &["ip", "rule"]).contains("fwmark"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
