@@ -1046,6 +1046,19 @@ impl Config {
                 }
             }
         }
+        // A datagram sent straight to the listener (not diverted) carries its own
+        // address as the original destination: no rule may apply to that port.
+        if let Some(r) = core
+            .rules
+            .iter()
+            .find(|r| r.service_ports.contains(&listen_port))
+        {
+            bail!(
+                "{}: [transparent] listen_port = {listen_port}: a service port of rule {:?}; the listener needs a port of its own",
+                port_at(),
+                r.name
+            );
+        }
         if !core.zones.iter().any(|z| z.intercept) {
             return Ok(None);
         }
@@ -2192,6 +2205,8 @@ mod tests {
         // The listener on the SIP port; a routing table of the kernel's.
         let e = transparent_error("listen_port = 15060", "listen_port = 5060");
         assert!(e.contains("SIP port of interface"), "{e}");
+        let e = transparent_error("listen_port = 15060", "listen_port = 5080");
+        assert!(e.contains("a service port of rule \"to-provider\""), "{e}");
         let e = transparent_error("route_table = 100", "route_table = 254");
         assert!(e.contains("out of range"), "{e}");
         let e = transparent_error("mark = 0x5157", "mark = 0");

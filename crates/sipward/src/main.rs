@@ -111,6 +111,22 @@ fn main() -> ExitCode {
                 eprintln!("sipward: {w}");
             }
             print_rules(&c);
+            if let Some(t) = &settings.transparent {
+                driver::say(
+                    &mut std::io::stdout(),
+                    &format!(
+                        "transparent: listener port {}, mark {:#x}, route table {}, firewall {}",
+                        t.listen_port,
+                        t.mark,
+                        t.route_table,
+                        if t.manage_firewall {
+                            "installed by sipward (manage_firewall)"
+                        } else {
+                            "loaded by the operator (sipward nft-rules)"
+                        }
+                    ),
+                );
+            }
             // `run` raises the soft limit to the hard one: that is what it will have.
             if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
                 if let Some(warning) = driver::file_limit_warning(&c, hard) {
