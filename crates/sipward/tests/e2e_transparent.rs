@@ -199,6 +199,7 @@ def at(ip, port):
 s = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((me, 5060))
 s.settimeout(4)
+calls = 0
 while True:
     try:
         d, a = s.recvfrom(65535)
@@ -214,9 +215,12 @@ while True:
         contact = [l for l in hs if l.lower().startswith("contact")][0]
         uri = contact.split("<", 1)[1].split(">", 1)[0]
         here = at(me, 5060)
-        invite = ("INVITE " + uri + " SIP/2.0\r\nVia: SIP/2.0/UDP " + here + ";branch=z9hG4bKinv1\r\n"
-                  "Max-Forwards: 70\r\nFrom: <sip:bob@" + here + ">;tag=b1\r\nTo: <sip:alice@" + here + ">\r\n"
-                  "Call-ID: inv1@proxy\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@" + here + ">\r\n"
+        # One call per registration: its own branch, tag and Call-ID.
+        calls += 1
+        n = str(calls)
+        invite = ("INVITE " + uri + " SIP/2.0\r\nVia: SIP/2.0/UDP " + here + ";branch=z9hG4bKinv" + n + "\r\n"
+                  "Max-Forwards: 70\r\nFrom: <sip:bob@" + here + ">;tag=b" + n + "\r\nTo: <sip:alice@" + here + ">\r\n"
+                  "Call-ID: inv" + n + "@proxy\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@" + here + ">\r\n"
                   "Content-Length: 0\r\n\r\n")
         s.sendto(invite.encode(), (gw, 5060))
     else:
@@ -234,9 +238,10 @@ s = socket.socket(socket.AF_INET6 if ":" in me else socket.AF_INET, socket.SOCK_
 s.bind((me, 5060))
 s.settimeout(2)
 p = at(proxy, 5060)
-m = ("REGISTER sip:" + p + " SIP/2.0\r\nVia: SIP/2.0/UDP " + at(me, 5060) + ";branch=z9hG4bKreg1;rport\r\n"
+tag = me.replace(":", "x").replace(".", "-")
+m = ("REGISTER sip:" + p + " SIP/2.0\r\nVia: SIP/2.0/UDP " + at(me, 5060) + ";branch=z9hG4bKreg" + tag + ";rport\r\n"
      "Max-Forwards: 70\r\nFrom: <sip:alice@" + p + ">;tag=a1\r\nTo: <sip:alice@" + p + ">\r\n"
-     "Call-ID: reg1@phone\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@" + at(me, 5060) + ">\r\nExpires: 600\r\n"
+     "Call-ID: reg1@" + tag + "\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@" + at(me, 5060) + ">\r\nExpires: 600\r\n"
      "Content-Length: 0\r\n\r\n")
 s.sendto(m.encode(), (proxy, 5060))
 while True:
