@@ -64,7 +64,7 @@ const STREAMS_PER_CALL: u64 = 2;
 const SOCKETS_PER_STREAM: u64 = 4;
 
 /// The open files `config` can need at its caps: per call its media sockets (bounded by
-/// the smallest port pool, when that is smaller) and the rest.
+/// the smallest port pool, when that is smaller), transparent mode's sockets and the rest.
 pub(crate) fn files_needed(config: &Config) -> u64 {
     let smallest_pool = config
         .zones
@@ -81,7 +81,17 @@ pub(crate) fn files_needed(config: &Config) -> u64 {
     };
     streams
         .saturating_mul(SOCKETS_PER_STREAM)
-        .saturating_add(NON_MEDIA_FILES)
+        .saturating_add(other_files(config))
+}
+
+/// The files that are not media: [`NON_MEDIA_FILES`], and in transparent mode its
+/// listeners and the cache of sockets that answer as proxy addresses.
+fn other_files(config: &Config) -> u64 {
+    if config.zones.iter().any(|z| z.intercept) {
+        NON_MEDIA_FILES + crate::transparent::SEND_SOCKETS as u64 + 2
+    } else {
+        NON_MEDIA_FILES
+    }
 }
 
 /// A warning when `limit` open files cannot hold what `config` can need.
@@ -91,9 +101,10 @@ pub(crate) fn file_limit_warning(config: &Config, limit: u64) -> Option<String> 
         format!(
             "warning: the open-file limit ({limit}) is below the {needed} that max_dialogs = {} \
              can need ({SOCKETS_PER_STREAM} sockets per media stream, {STREAMS_PER_CALL} streams \
-             per call, {NON_MEDIA_FILES} for the rest): calls past it get 503; raise it \
+             per call, {} for the rest): calls past it get 503; raise it \
              (LimitNOFILE=, ulimit -n) or lower max_dialogs",
-            config.alg.max_dialogs
+            config.alg.max_dialogs,
+            other_files(config)
         )
     })
 }
