@@ -37,6 +37,8 @@ struct Family {
     stranger: &'static str,
     /// A phone that uses the gateway's inside address as its proxy (explicit mode).
     explicit: &'static str,
+    /// An address no rule names: SIP to it is routed, not diverted.
+    elsewhere: &'static str,
 }
 
 const V4: Family = Family {
@@ -49,6 +51,7 @@ const V4: Family = Family {
     phone: "10.10.0.10",
     stranger: "10.10.0.200",
     explicit: "10.10.0.11",
+    elsewhere: "198.51.100.99",
 };
 
 const V6: Family = Family {
@@ -61,6 +64,7 @@ const V6: Family = Family {
     phone: "fd00:10::10",
     stranger: "fd00:10::200",
     explicit: "fd00:10::11",
+    elsewhere: "2001:db8::99",
 };
 
 /// `ip:port` as SIP and the socket APIs write it.
@@ -340,6 +344,10 @@ fn register_and_ring(tag: &str, f: &Family) {
     );
     assert!(phone.lines().all(|l| l.starts_with(&from_proxy)), "{phone}");
     assert!(stranger.is_empty(), "{stranger}");
+    // SIP to an address in no rule is not diverted (nobody answers; counted nowhere).
+    let elsewhere = python(&netns, "office", PHONE, &[f.stranger, f.elsewhere]);
+    let elsewhere = String::from_utf8_lossy(&elsewhere.wait_output().stdout).into_owned();
+    assert!(elsewhere.is_empty(), "{elsewhere}");
 
     let registrations = api(&netns, "/api/v1/registrations");
     let metrics = api(&netns, "/metrics");
