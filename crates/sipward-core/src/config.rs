@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sipward_proto::Limits;
 
-use crate::flow::Flow;
+use crate::flow::{Flow, Transport};
 pub use crate::hiding::LeakPolicy;
 pub use crate::media::Latching;
 use crate::protect::ProtectionOptions;
@@ -32,6 +32,19 @@ pub struct Zone {
     /// Transparent mode: this (inside) zone also receives SIP its phones send to other
     /// addresses, diverted by the router (see [`crate::Flow::intercepted`]).
     pub intercept: bool,
+    /// The name written in Via and Contact instead of the address (a TLS peer such as a
+    /// Teams-style trunk expects the FQDN its certificate names).
+    pub advertise: Option<String>,
+}
+
+impl Zone {
+    /// The `host:port` the gateway writes for itself in this zone (Via, Contact).
+    pub fn host_port(&self, local: SocketAddr) -> String {
+        match &self.advertise {
+            Some(name) => format!("{name}:{}", local.port()),
+            None => local.to_string(),
+        }
+    }
 }
 
 /// A named address object: one host (optionally with port) or a network.
@@ -83,6 +96,12 @@ pub struct AlgOptions {
     /// What happens to an outgoing outside datagram that still names an inside address
     /// after every rewrite (the last line of defence).
     pub leak_policy: LeakPolicy,
+    /// A request larger than this goes over TCP instead of UDP where the next hop takes
+    /// TCP (RFC 3261 18.1.1: the path MTU less 200 bytes; 1300 for 1500).
+    pub udp_switch_size: usize,
+    /// Whether an SDP with SDES keys (`a=crypto`) may go to a leg without TLS, where
+    /// anyone on the path can read the keys (otherwise 488).
+    pub allow_sdes_on_plain_leg: bool,
 }
 
 impl Default for AlgOptions {
@@ -100,6 +119,8 @@ impl Default for AlgOptions {
             max_dialogs: 10_000,
             max_transactions: 20_000,
             leak_policy: LeakPolicy::default(),
+            udp_switch_size: 1300,
+            allow_sdes_on_plain_leg: false,
         }
     }
 }
@@ -133,16 +154,44 @@ pub struct Rule {
     /// it; a network or `any` matches only intercepted messages, whose next hop is
     /// their original destination.
     pub destination: AddressObject,
-    /// Ports of the service the rule applies to: the gateway's port for messages sent
-    /// to it, the original destination's for intercepted ones.
-    pub service_ports: Vec<u16>,
+    /// The services (transport and port) the rule applies to: the gateway's listener
+    /// for messages sent to it, the original destination's port for intercepted ones.
+    pub services: Vec<Service>,
+    /// For `Nat`: how the next hop (a host destination) is reached, and the name its
+    /// TLS certificate must carry. An intercepted message goes on in its own transport.
+    pub next_hop_transport: Transport,
+    pub server_name: Option<String>,
+    /// The next hop takes UDP only: a request too large for UDP still goes over UDP
+    /// (counted) instead of switching to TCP (RFC 3261 18.1.1).
+    pub udp_only: bool,
+    /// Send the next hop an OPTIONS this often (what trunks such as Teams expect).
+    pub options_ping: Option<Duration>,
+}
+
+/// A transport and port a rule admits (one of a service's ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    pub transport: Transport,
+    pub port: u16,
+}
+
+impl Service {
+    pub fn udp(port: u16) -> Self {
+        Self {
+            transport: Transport::Udp,
+            port,
+        }
+    }
 }
 
 impl Rule {
     /// Whether this rule applies to a message that arrived in `zone` on `flow`.
     pub fn matches(&self, zone: ZoneId, flow: &Flow) -> bool {
         if self.from_zone != zone
-            || !self.service_ports.contains(&flow.local.port())
+            || !self
+                .services
+                .iter()
+                .any(|s| s.transport == flow.transport && s.port == flow.local.port())
             || !self.source.contains(flow.remote)
         {
             return false;
@@ -155,16 +204,32 @@ impl Rule {
         self.action != Action::Nat || matches!(self.destination, AddressObject::Host { .. })
     }
 
-    /// Where a nat rule sends a message that arrived on `flow`: the original destination
-    /// of an intercepted one, else the rule's host.
-    pub fn next_hop(&self, flow: &Flow) -> Option<SocketAddr> {
-        if flow.intercepted {
-            return Some(flow.local);
-        }
-        match self.destination {
-            AddressObject::Host { ip, port } => Some(SocketAddr::new(ip, port.unwrap_or(5060))),
-            _ => None,
-        }
+    /// Where a nat rule sends a message that arrived on `flow`, from the gateway's
+    /// address `wan`: the original destination of an intercepted one (in its transport),
+    /// else the rule's host in the rule's transport.
+    pub fn next_hop(&self, flow: &Flow, wan: SocketAddr) -> Option<Flow> {
+        let (transport, remote) = if flow.intercepted {
+            (flow.transport, flow.local)
+        } else {
+            match self.destination {
+                AddressObject::Host { ip, port } => {
+                    let default_port = match self.next_hop_transport {
+                        Transport::Tls => 5061,
+                        Transport::Udp | Transport::Tcp => 5060,
+                    };
+                    let remote = SocketAddr::new(ip, port.unwrap_or(default_port));
+                    (self.next_hop_transport, remote)
+                }
+                _ => return None,
+            }
+        };
+        Some(Flow {
+            transport,
+            local: wan,
+            remote,
+            connection: None,
+            intercepted: false,
+        })
     }
 }
 
@@ -210,6 +275,15 @@ impl Config {
             .find(|(_, z)| z.networks.iter().any(|n| n.contains(&ip)))
             .or_else(|| intercepting().next())
             .map(|(id, _)| id)
+    }
+
+    /// How the gateway writes itself at its address `local` (Via, Contact): the zone's
+    /// advertised name with the port, or the address.
+    pub fn host_port(&self, local: SocketAddr) -> String {
+        match self.zone_of_local(local).and_then(|z| self.zone(z)) {
+            Some(zone) => zone.host_port(local),
+            None => local.to_string(),
+        }
     }
 
     /// The gateway's own address in the zone of `flow` (its media relay is there): the

@@ -15,11 +15,14 @@ mod hide;
 mod hiding;
 pub mod media;
 pub mod protect;
+mod retransmit;
 mod state;
 
-pub use config::{Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Zone, ZoneId};
+pub use config::{
+    Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Service, Zone, ZoneId,
+};
 pub use flow::{ConnectionId, Flow, Transport};
-pub use gateway::{Counters, Gateway, TableUsage, Transmit};
+pub use gateway::{Counters, Gateway, PeerView, TableUsage, Traffic, Transmit};
 pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaError, MediaTable, NoReservation, Peer,
     PortReserver, ReserveError, Side, StreamCounters, StreamId, StreamView,

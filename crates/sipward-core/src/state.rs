@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sipward_proto::{Message, MethodKind};
 
-use crate::flow::Flow;
+use crate::flow::{ConnectionId, Flow};
 
 /// What is needed to answer a request on the gateway's own behalf (408, 503): its Via
 /// values, From, To, Call-ID and CSeq as they were written.
@@ -127,13 +127,15 @@ pub(crate) struct ClientTx {
     pub(crate) register_user: Option<(String, bool)>,
     /// The dialog this transaction belongs to or creates.
     pub(crate) dialog: DialogKey,
+    /// The transport the request went on (a stream takes no retransmissions).
+    pub(crate) sent_on: crate::flow::Transport,
 }
 
 /// A request from outside forwarded to a phone; its responses come back from inside.
 #[derive(Debug, Clone)]
 pub(crate) struct ServerTx {
-    pub(crate) proxy: SocketAddr,
-    pub(crate) wan_local: SocketAddr,
+    /// The outside flow the request came on: its responses go back on it.
+    pub(crate) outside: Flow,
     /// The phone's flow: where the request went.
     pub(crate) phone: Flow,
     pub(crate) via_lines: Vec<u8>,
@@ -187,8 +189,8 @@ pub(crate) struct Dialog {
     pub(crate) outside_call_id: Vec<u8>,
     /// The phone's flow: how the gateway reaches it in this dialog.
     pub(crate) phone: Flow,
-    pub(crate) wan_local: SocketAddr,
-    pub(crate) proxy: SocketAddr,
+    /// The outside flow: the proxy the call went to, or the node it came from.
+    pub(crate) outside: Flow,
     pub(crate) originated_inside: bool,
     /// From and To values as the phone knows them (for an inside-originated call: its
     /// own From and To; for an inbound call: as the phone received them).
@@ -225,7 +227,7 @@ impl Dialog {
         if self.originated_inside {
             (self.phone.remote.ip(), false)
         } else {
-            (self.proxy.ip(), true)
+            (self.outside.remote.ip(), true)
         }
     }
 }
@@ -398,11 +400,11 @@ impl Tables {
     /// while it waits for its final response (as for `insert_client`).
     pub(crate) fn insert_server(&mut self, key: (String, Vec<u8>), tx: ServerTx) {
         if tx.final_at.is_none() {
-            self.tx_holders.add(tx.proxy.ip(), true);
+            self.tx_holders.add(tx.outside.remote.ip(), true);
         }
         if let Some(old) = self.server.insert(key, tx) {
             if old.final_at.is_none() {
-                self.tx_holders.remove(old.proxy.ip(), true);
+                self.tx_holders.remove(old.outside.remote.ip(), true);
             }
         }
     }
@@ -410,7 +412,7 @@ impl Tables {
     pub(crate) fn remove_server(&mut self, key: &(String, Vec<u8>)) -> Option<ServerTx> {
         let tx = self.server.remove(key)?;
         if tx.final_at.is_none() {
-            self.tx_holders.remove(tx.proxy.ip(), true);
+            self.tx_holders.remove(tx.outside.remote.ip(), true);
         }
         Some(tx)
     }
@@ -425,7 +427,7 @@ impl Tables {
             tx.add(t.phone.remote.ip(), false);
         }
         for t in self.server.values().filter(|t| t.final_at.is_none()) {
-            tx.add(t.proxy.ip(), true);
+            tx.add(t.outside.remote.ip(), true);
         }
         let (mut dialogs, mut calls) = (Holders::default(), Holders::default());
         for d in self.dialogs.values() {
@@ -457,7 +459,7 @@ impl Tables {
         if let Some(tx) = self.server.get_mut(key) {
             if tx.final_at.is_none() {
                 tx.final_at = Some(now);
-                self.tx_holders.remove(tx.proxy.ip(), true);
+                self.tx_holders.remove(tx.outside.remote.ip(), true);
             }
         }
     }
@@ -510,6 +512,32 @@ impl Tables {
                 self.sessions_by_aor.remove(&d.aor);
             }
         }
+    }
+
+    /// The stream connection `id` closed: every flow on it forgets it. A phone's flow
+    /// then has no connection (an inbound request decides: a new connection, or 430);
+    /// an outside one reconnects on the next message. Returns how many flows used it.
+    pub(crate) fn connection_closed(&mut self, id: ConnectionId) -> usize {
+        let mut n = 0;
+        let mut forget = |flow: &mut Flow| {
+            if flow.connection == Some(id) {
+                flow.connection = None;
+                n += 1;
+            }
+        };
+        self.bindings
+            .values_mut()
+            .for_each(|b| forget(&mut b.phone));
+        for d in self.dialogs.values_mut() {
+            forget(&mut d.phone);
+            forget(&mut d.outside);
+        }
+        self.client.values_mut().for_each(|t| forget(&mut t.phone));
+        for t in self.server.values_mut() {
+            forget(&mut t.phone);
+            forget(&mut t.outside);
+        }
+        n
     }
 
     pub(crate) fn bindings(&self) -> &HashMap<String, Binding> {

@@ -608,6 +608,7 @@ impl Config {
                 inside: i.inside,
                 media_ports: Some(media_ports),
                 intercept,
+                advertise: None,
             });
         }
         if !zones.iter().any(|z| z.inside) || zones.iter().all(|z| z.inside) {
@@ -730,6 +731,7 @@ impl Config {
                 d.max_transactions,
             )?,
             leak_policy,
+            ..d.clone()
         };
         let mut service_port = None;
         let mut service_ports: HashMap<&str, Vec<u16>> = HashMap::new();
@@ -926,7 +928,14 @@ impl Config {
                 source,
                 to_zone,
                 destination,
-                service_ports: ports.clone(),
+                services: ports
+                    .iter()
+                    .map(|p| sipward_core::Service::udp(*p))
+                    .collect(),
+                next_hop_transport: sipward_core::Transport::Udp,
+                server_name: None,
+                udp_only: false,
+                options_ping: None,
             });
         }
         // `[limits]` is what `sipward validate` applies without an ALG; with one it is
@@ -1051,7 +1060,7 @@ impl Config {
         if let Some(r) = core
             .rules
             .iter()
-            .find(|r| r.service_ports.contains(&listen_port))
+            .find(|r| r.services.iter().any(|s| s.port == listen_port))
         {
             bail!(
                 "{}: [transparent] listen_port = {listen_port}: a service port of rule {:?}; the listener needs a port of its own",
@@ -2123,7 +2132,13 @@ mod tests {
         assert!(core.zones[0].intercept);
         assert!(!core.zones[1].intercept);
         assert_eq!(core.zones[0].address.port(), 5060);
-        assert_eq!(core.rules[0].service_ports, vec![5060, 5080]);
+        assert_eq!(
+            core.rules[0].services,
+            vec![
+                sipward_core::Service::udp(5060),
+                sipward_core::Service::udp(5080)
+            ]
+        );
         assert_eq!(core.rules[2].destination, AddressObject::Any);
         assert!(matches!(
             core.rules[1].destination,

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
-use sipward_core::{Action, AddressObject, Config};
+use sipward_core::{Action, AddressObject, Config, Transport};
 
 use crate::config::TransparentSettings;
 
@@ -62,7 +62,13 @@ fn destinations(config: &Config, ipv6: bool) -> Vec<(IpNet, u16)> {
         if matches!(net, IpNet::V6(_)) != ipv6 {
             continue;
         }
-        for &port in &r.service_ports {
+        // UDP only: the listener is a UDP socket (streams would need a TCP one).
+        let ports = r
+            .services
+            .iter()
+            .filter(|s| s.transport == Transport::Udp)
+            .map(|s| s.port);
+        for port in ports {
             if only_port.is_some_and(|p| p != port) || pairs.contains(&(net, port)) {
                 continue;
             }

@@ -233,7 +233,7 @@ fn print_rules(c: &sipward_core::Config) {
     for (i, r) in c.rules.iter().enumerate() {
         let _ = writeln!(
             out,
-            "rule {:>2} {:<18} {:<6} from {} {} to {} {} udp/{}",
+            "rule {:>2} {:<18} {:<6} from {} {} to {} {} {}",
             i + 1,
             r.name,
             format!("{:?}", r.action).to_lowercase(),
@@ -241,9 +241,9 @@ fn print_rules(c: &sipward_core::Config) {
             r.source,
             r.to_zone.map_or("core", zone),
             r.destination,
-            r.service_ports
+            r.services
                 .iter()
-                .map(u16::to_string)
+                .map(|s| format!("{}/{}", s.transport.via_token().to_lowercase(), s.port))
                 .collect::<Vec<_>>()
                 .join(",")
         );

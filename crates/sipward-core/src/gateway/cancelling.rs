@@ -8,7 +8,6 @@ use sipward_proto::Message;
 use super::{Arrival, Gateway};
 use crate::cancel::{Due, Toward};
 use crate::config::Config;
-use crate::flow::Flow;
 use crate::state::Echo;
 
 impl Gateway {
@@ -124,10 +123,7 @@ impl Gateway {
                     &tag,
                 );
                 tx.last_response = Some(payload.clone());
-                let reply = (
-                    (Flow::udp(tx.wan_local, tx.proxy), payload),
-                    tx.dialog.clone(),
-                );
+                let reply = ((tx.outside, payload), tx.dialog.clone());
                 self.tables.settle_server(invite, now);
                 reply
             }
