@@ -393,3 +393,51 @@ fn an_inbound_call_reaches_a_tcp_phone_over_the_connection_it_registered_on() {
     phone.wait_ok("TCP phone (registered, then answering on its connection)");
     t.assert_no_inside_address_in("caller_messages.log");
 }
+
+#[test]
+fn a_udp_phone_calls_a_tcp_proxy_over_a_connection_the_gateway_opens() {
+    let t = Topology::new(95);
+    let proxy_object = format!("name = \"proxy\"\nhost = \"{}:5060\"\n", t.proxy());
+    let text = t.config().replacen(
+        &proxy_object,
+        &format!("{proxy_object}transport = \"tcp\"\n"),
+        1,
+    );
+    assert!(text.contains("transport = \"tcp\""));
+    let _gw = t.start_gateway_text(&text);
+    let proxy_ip = t.proxy();
+    let mut far = vec![
+        "-sn", "uas", "-t", "t1", "-i", &proxy_ip, "-p", "5060", "-m", "2",
+    ];
+    far.extend(logged("proxy_messages.log"));
+    let far = t.sipp(&far);
+    std::thread::sleep(Duration::from_millis(200));
+    let phone_ip = t.phone(0);
+    let lan = t.gw_lan_sip();
+    let caller = t.sipp(&[
+        "-sn", "uac", &lan, "-i", &phone_ip, "-p", "5070", "-m", "2", "-r", "2", "-d", "200",
+    ]);
+    caller.wait_ok("UDP phone (uac)");
+    far.wait_ok("TCP far end (uas)");
+    t.assert_no_inside_address_in("proxy_messages.log");
+    let log = std::fs::read_to_string(t.dir.join("proxy_messages.log")).unwrap();
+    assert!(
+        log.contains("SIP/2.0/TCP"),
+        "the outside leg's Via says TCP: {log}"
+    );
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("INVITE ")).count(),
+        2,
+        "{log}"
+    );
+    // One connection, opened by the gateway, carried both calls; it ended when the far
+    // end exited.
+    let closed = "sipward_stream_closed_total{reason=\"peer_closed\"}";
+    assert_eq!(wait_metric(&t, closed, 1), 1, "{}", get(&t, "/metrics"));
+    let total: u64 = get(&t, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("sipward_stream_closed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, 1, "only one connection was ever opened");
+}
