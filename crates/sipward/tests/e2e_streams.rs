@@ -23,6 +23,11 @@ use common::{logged, Peer, Topology, ADMIN_TOKEN, ALICE_DIGEST};
 /// The phones' rules over TCP and TLS beside the UDP ones, a TLS certificate for the
 /// inside interface made by `sipward cert`, and short stream timeouts.
 fn stream_config(t: &Topology) -> String {
+    stream_config_with(t, "")
+}
+
+/// [`stream_config`] with more `[transport]` keys.
+fn stream_config_with(t: &Topology, transport: &str) -> String {
     let certs = t.dir.join("certs");
     let out = Command::new(env!("CARGO_BIN_EXE_sipward"))
         .args([
@@ -74,7 +79,7 @@ service = "sip-tls"
 first_message_timeout = 2.0
 message_timeout = 1.0
 tls_handshake_timeout = 1.0
-"#
+"# + transport
 }
 
 fn get(t: &Topology, path: &str) -> String {
@@ -440,4 +445,49 @@ fn a_udp_phone_calls_a_tcp_proxy_over_a_connection_the_gateway_opens() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(total, 1, "only one connection was ever opened");
+}
+
+#[test]
+fn per_source_cap_and_connection_flood_refuse_before_anything_is_read() {
+    let t = Topology::new(96);
+    let _gw = t.start_gateway_text(&stream_config_with(
+        &t,
+        "max_connections_per_source = 3\nnew_connections_per_second = 1\nnew_connections_burst = 8\n",
+    ));
+    let tcp = t.gw_lan_sip();
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&tcp).unwrap()).collect();
+    // The fourth from the same address is closed at once, unread.
+    let (got, took) = closed_after(&tcp, b"");
+    assert!(
+        got.is_empty() && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    assert_eq!(
+        wait_metric(
+            &t,
+            "sipward_stream_refused_total{reason=\"max_connections_per_source\"}",
+            1
+        ),
+        1
+    );
+    drop(held);
+    // A flood: the burst is spent, the source banned, and every later try refused.
+    for _ in 0..12 {
+        let _ = TcpStream::connect(&tcp);
+    }
+    assert!(
+        wait_metric(
+            &t,
+            "sipward_stream_refused_total{reason=\"connection_rate\"}",
+            1
+        ) >= 1
+    );
+    let (got, took) = closed_after(&tcp, b"");
+    assert!(
+        got.is_empty() && took < Duration::from_millis(900),
+        "banned: {took:?}"
+    );
+    assert!(wait_metric(&t, "sipward_stream_refused_total{reason=\"banned\"}", 1) >= 1);
+    let events = std::fs::read_to_string(t.dir.join("events.jsonl")).unwrap_or_default();
+    assert!(events.contains("\"kind\":\"banned\""), "{events}");
 }

@@ -499,10 +499,12 @@ impl StreamLimits {
             s.banned_until = Some(now + settings.ban_time);
             return Err(Refuse::Rate);
         }
+        // Every attempt is charged, refused or not: a source that keeps its cap full
+        // and goes on connecting is a flood too.
+        s.tokens -= 1.0;
         if s.open >= settings.max_connections_per_source {
             return Err(Refuse::SourceCap);
         }
-        s.tokens -= 1.0;
         Ok(())
     }
 

@@ -492,3 +492,26 @@ fn the_source_table_stays_bounded_under_a_flood_from_many_addresses() {
     }
     assert!(l.sources.len() <= 65_536, "{}", l.sources.len());
 }
+
+#[test]
+fn attempts_refused_at_the_cap_still_spend_the_burst_and_end_in_a_ban() {
+    let (mut l, c) = setup(LimitSettings {
+        max_connections_per_source: 2,
+        ..Default::default()
+    });
+    let flooder = ip("203.0.113.50");
+    assert_eq!(l.admit(c.at(ms(0)), id(1), flooder, false), Ok(()));
+    assert_eq!(l.admit(c.at(ms(0)), id(2), flooder, false), Ok(()));
+    for n in 3..31 {
+        assert_eq!(
+            l.admit(c.at(ms(0)), id(n), flooder, false),
+            Err(Refuse::SourceCap),
+            "#{n}"
+        );
+    }
+    assert_eq!(
+        l.admit(c.at(ms(0)), id(31), flooder, false),
+        Err(Refuse::Rate)
+    );
+    assert!(l.is_banned(c.at(ms(1)), flooder));
+}
