@@ -87,7 +87,7 @@ fn create(path: &Path) -> Result<String> {
 }
 
 fn decode_hex(hex: &str) -> Result<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         bail!("must hold hex digits, an even number of them");
     }
     hex.as_bytes()
