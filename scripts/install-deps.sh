@@ -15,6 +15,7 @@ command -v sox >/dev/null 2>&1 || need_apt+=(sox)
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)
 command -v bc >/dev/null 2>&1 || need_apt+=(bc)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"
