@@ -290,7 +290,7 @@ case_1() {
     elif [ "$fwd" -lt 9 ] || [ "$back" -lt 9 ]; then
         fail "RTP: far end got $fwd/10, phone got $back/10 back"
     elif [ -n "$LEAK" ]; then
-        fail "$LEAK"
+        fail "call ok, RTP $fwd/10 out and $back/10 back, but $LEAK"
     else
         pass "call ok, RTP $fwd/10 out and $back/10 back, no office address in $(grep -o 'packets=[0-9]*' $WORK/leak.out) net-side packets"
     fi
@@ -339,7 +339,7 @@ case_3() {
     if [ $rp -ne 0 ] || [ $rc -ne 0 ]; then
         fail "phone sipp $rp, caller $rc ($(grep -c INVITE $WORK/c3-phone.log >/dev/null; [ $rp -eq 0 ] || echo "the phone did not get/finish the call"))"
     elif [ -n "$LEAK" ]; then
-        fail "$LEAK"
+        fail "rang, but $LEAK"
     else
         pass "rang and answered via $PA"
     fi
@@ -360,7 +360,7 @@ case_4() {
     sipp_rc $node; local rn=$?
     sipp_rc $phone; local rp=$?
     if [ $rp -ne 0 ] || [ $rn -ne 0 ]; then
-        fail "INVITE from $NODE2 to $contact: phone sipp $rp, node $rn"
+        fail "the INVITE from $NODE2 to the registered $contact did not ring the phone (phone sipp $rp, node $rn)"
     else
         pass "rang: $NODE2 -> $contact"
     fi
@@ -489,7 +489,7 @@ case_9() {
     if [ $rp -ne 0 ] || [ $rf -ne 0 ]; then
         fail "call failed (phone $rp, far end $rf) ${LEAK}"
     elif [ -n "$LEAK" ]; then
-        fail "$LEAK"
+        fail "call ok (RTP $fwd/10, $back/10), but $LEAK"
     elif [ "$fwd" -lt 9 ] || [ "$back" -lt 9 ]; then
         fail "RTP: far end got $fwd/10, phone got $back/10 back"
     else
@@ -518,7 +518,7 @@ case_10() {
     elif [ "$fwd" -lt 9 ] || [ "$back" -lt 9 ]; then
         fail "after the move to port 7002: far end got $fwd/10, phone got $back/10 back"
     elif [ -n "$LEAK" ]; then
-        fail "$LEAK"
+        fail "hold, resume and RTP on the moved port ok ($fwd/10, $back/10), but $LEAK"
     else
         pass "held (recvonly answer), resumed, RTP on the moved port $fwd/10 and $back/10"
     fi
@@ -546,7 +546,7 @@ case_11() {
     elif [ "$fwd" -lt 9 ] || [ "$back" -lt 9 ]; then
         fail "RTP: callee got $fwd/10, caller got $back/10 back"
     elif [ -n "$LEAK" ]; then
-        fail "$LEAK"
+        fail "call ok, RTP $fwd/10 and $back/10, but $LEAK"
     else
         pass "call ok, RTP $fwd/10 and $back/10, no leak"
     fi
@@ -600,7 +600,7 @@ case_13() {
     if [ $((r4 + r1 + s4 + s1)) -ne 0 ]; then
         fail "explicit phone rang: $([ $s4 = 0 ] && echo yes || echo no), transparent phone rang: $([ $s1 = 0 ] && echo yes || echo no)"
     elif [ -n "$LEAK" ]; then
-        fail "$LEAK"
+        fail "both rang, but $LEAK"
     else
         pass "both registered and rang"
     fi
@@ -655,7 +655,7 @@ case_14() {
         len=$(soxi -D $dec 2>/dev/null || echo 0)
         freq=$(sox $dec -n stat 2>&1 | sed -n 's/^Rough   frequency: *//p')
         if python3 -c "import sys; l,f=float(sys.argv[1]),float(sys.argv[2] or 0); sys.exit(0 if l>=2.5 and 420<=f<=460 else 1)" "$len" "${freq:-0}"; then
-            if [ -n "$LEAK" ]; then fail "$LEAK"; else pass "registered; far end decoded ${len}s of the 3 s tone at ${freq} Hz"; fi
+            if [ -n "$LEAK" ]; then fail "audio ok (${len}s), but $LEAK"; else pass "registered; far end decoded ${len}s of the 3 s tone at ${freq} Hz"; fi
         else
             fail "far end decoded ${len}s at ${freq:-?} Hz (sent 3 s of 440 Hz)"
         fi
@@ -706,7 +706,7 @@ for c in $CASES; do
     sleep 0.3
 done
 
-version_of() { "$@" 2>&1 | grep -m1 -E '[0-9]+\.[0-9]+' | head -c 80; }
+version_of() { "$@" 2>&1 | grep -m1 -E '[0-9]+\.[0-9]+' | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | head -c 80; }
 {
     echo "# Transparent-mode harness: --alg $ALG"
     echo
