@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 seconds="${1:-1800}"
 export RUSTC_BOOTSTRAP=1
 mkdir -p results logs
-targets=(parse_message parse_sdp edit gateway)
+targets=(parse_message parse_sdp edit gateway framing)
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     cp -n seeds/$t/* "corpus/$t/" 2>/dev/null || true

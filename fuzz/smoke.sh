@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-20}"
 export RUSTC_BOOTSTRAP=1
-for target in parse_message parse_sdp edit gateway; do
+for target in parse_message parse_sdp edit gateway framing; do
     mkdir -p "corpus/$target"
     cp -n seeds/$target/* "corpus/$target/" 2>/dev/null || true
     echo "fuzz smoke: $target for ${seconds}s"

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use sipward_proto::{DefectKind, Limits};
 use sipward_core::{
-    Action, AddressObject, AlgOptions, Config, Gateway, LeakPolicy, Rule, Transmit, Zone,
+    Action, AddressObject, AlgOptions, Config, Gateway, LeakPolicy, Rule, Service, Transmit,
+    Transport, Zone,
 };
 
 // The embedded loopback configuration's topology.
@@ -43,6 +44,8 @@ fn config(flags: u8) -> Config {
                 networks: vec![net("127.0.1.0/24")],
                 inside: true,
                 media_ports: media.then_some((30000, 30007)),
+                intercept: false,
+                advertise: None,
             },
             Zone {
                 name: "wan".into(),
@@ -50,6 +53,8 @@ fn config(flags: u8) -> Config {
                 networks: vec![net("127.0.2.0/24")],
                 inside: false,
                 media_ports: media.then_some((31000, 31007)),
+                intercept: false,
+                advertise: None,
             },
         ],
         alg: AlgOptions {
@@ -70,7 +75,11 @@ fn config(flags: u8) -> Config {
                     ip: addr(PROXY).ip(),
                     port: Some(5060),
                 },
-                service_port: 5060,
+                services: vec![Service::udp(5060)],
+                next_hop_transport: Transport::Udp,
+                server_name: None,
+                udp_only: false,
+                options_ping: None,
             },
             Rule {
                 name: "proxy-to-core".into(),
@@ -82,7 +91,11 @@ fn config(flags: u8) -> Config {
                 },
                 to_zone: None,
                 destination: AddressObject::Any,
-                service_port: 5060,
+                services: vec![Service::udp(5060)],
+                next_hop_transport: Transport::Udp,
+                server_name: None,
+                udp_only: false,
+                options_ping: None,
             },
         ],
         protection: sipward_core::ProtectionOptions::default(),

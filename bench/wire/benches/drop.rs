@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sipward_core::{
-    Action, AddressObject, AlgOptions, Config, Gateway, ProtectionOptions, Rule, Zone,
+    Action, AddressObject, AlgOptions, Config, Gateway, ProtectionOptions, Rule, Service,
+    Transport, Zone,
 };
 
 const INVITE: &[u8] = include_bytes!("../messages/invite.sip");
@@ -23,6 +24,8 @@ fn gateway() -> Gateway {
         networks: vec![net.parse().unwrap()],
         inside,
         media_ports: None,
+        intercept: false,
+        advertise: None,
     };
     Gateway::new(Config {
         agent: "bench".into(),
@@ -41,7 +44,11 @@ fn gateway() -> Gateway {
             },
             to_zone: None,
             destination: AddressObject::Any,
-            service_port: 5060,
+            services: vec![Service::udp(5060)],
+            next_hop_transport: Transport::Udp,
+            server_name: None,
+            udp_only: false,
+            options_ping: None,
         }],
         protection: ProtectionOptions::default(),
         secret: [1; 16],

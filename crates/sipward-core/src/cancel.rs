@@ -14,11 +14,11 @@
 //! may not have the INVITE yet); should a final response come first, it is not sent.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sipward_proto::{parse_datagram, Datagram, HeaderName, Limits};
 
+use crate::flow::Flow;
 use crate::protect::later;
 
 pub(crate) const T1: Duration = Duration::from_millis(500);
@@ -39,8 +39,8 @@ pub(crate) enum Toward {
 pub(crate) struct Pending {
     /// The CANCEL to send.
     pub(crate) request: Vec<u8>,
-    pub(crate) local: SocketAddr,
-    pub(crate) remote: SocketAddr,
+    /// Where it goes: the flow the INVITE was sent on.
+    pub(crate) flow: Flow,
     /// The INVITE's transaction key (its branch, "INVITE").
     pub(crate) invite: (String, Vec<u8>),
     /// The canceller's CANCEL came (and was answered 200).
@@ -58,8 +58,7 @@ pub(crate) struct Pending {
 /// What a timer tick asks of the gateway.
 pub(crate) enum Due {
     Send {
-        local: SocketAddr,
-        remote: SocketAddr,
+        flow: Flow,
         request: Vec<u8>,
     },
     /// No final response to the INVITE within 64*T1 of the CANCEL: answer the
@@ -84,8 +83,7 @@ impl Cancels {
         toward: Toward,
         invite: (String, Vec<u8>),
         forwarded: &[u8],
-        local: SocketAddr,
-        remote: SocketAddr,
+        flow: Flow,
         limits: &Limits,
     ) {
         let Some(request) = build_cancel(forwarded, limits) else {
@@ -95,8 +93,7 @@ impl Cancels {
         // A retransmitted INVITE keeps the state of the first.
         self.pending.entry(key).or_insert(Pending {
             request,
-            local,
-            remote,
+            flow,
             invite,
             requested: false,
             provisional: false,
@@ -193,8 +190,7 @@ impl Cancels {
             }
             if let Some(next) = p.next_at.filter(|n| *n <= now) {
                 out.push(Due::Send {
-                    local: p.local,
-                    remote: p.remote,
+                    flow: p.flow,
                     request: p.request.clone(),
                 });
                 p.interval = (p.interval * 2).min(T2);
@@ -221,8 +217,7 @@ fn send_if_ready(p: &mut Pending, now: Instant) -> Option<Due> {
     p.interval = T1;
     p.next_at = Some(later(now, T1));
     Some(Due::Send {
-        local: p.local,
-        remote: p.remote,
+        flow: p.flow,
         request: p.request.clone(),
     })
 }
@@ -281,16 +276,15 @@ mod tests {
     #[test]
     fn retransmits_t1_doubling_to_t2_then_gives_up_at_64_t1() {
         let t0 = Instant::now();
-        let a: SocketAddr = "203.0.113.1:5060".parse().unwrap();
-        let b: SocketAddr = "203.0.113.10:5060".parse().unwrap();
+        let a: std::net::SocketAddr = "203.0.113.1:5060".parse().unwrap();
+        let b: std::net::SocketAddr = "203.0.113.10:5060".parse().unwrap();
         let mut c = Cancels::default();
         let key = ("z9hG4bKsw1".to_string(), b"INVITE".to_vec());
         c.prepare(
             Toward::Outside,
             key,
             INVITE.as_bytes(),
-            a,
-            b,
+            Flow::udp(a, b),
             &Limits::default(),
         );
         assert!(

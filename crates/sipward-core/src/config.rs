@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sipward_proto::Limits;
 
+use crate::flow::{Flow, Transport};
 pub use crate::hiding::LeakPolicy;
 pub use crate::media::Latching;
 use crate::protect::ProtectionOptions;
@@ -28,6 +29,22 @@ pub struct Zone {
     /// The inclusive UDP port range media is relayed on at this address; `None`: no
     /// relay (SDP only has inside addresses hidden).
     pub media_ports: Option<(u16, u16)>,
+    /// Transparent mode: this (inside) zone also receives SIP its phones send to other
+    /// addresses, diverted by the router (see [`crate::Flow::intercepted`]).
+    pub intercept: bool,
+    /// The name written in Via and Contact instead of the address (a TLS peer such as a
+    /// Teams-style trunk expects the FQDN its certificate names).
+    pub advertise: Option<String>,
+}
+
+impl Zone {
+    /// The `host:port` the gateway writes for itself in this zone (Via, Contact).
+    pub fn host_port(&self, local: SocketAddr) -> String {
+        match &self.advertise {
+            Some(name) => format!("{name}:{}", local.port()),
+            None => local.to_string(),
+        }
+    }
 }
 
 /// A named address object: one host (optionally with port) or a network.
@@ -79,6 +96,12 @@ pub struct AlgOptions {
     /// What happens to an outgoing outside datagram that still names an inside address
     /// after every rewrite (the last line of defence).
     pub leak_policy: LeakPolicy,
+    /// A request larger than this goes over TCP instead of UDP where the next hop takes
+    /// TCP (RFC 3261 18.1.1: the path MTU less 200 bytes; 1300 for 1500).
+    pub udp_switch_size: usize,
+    /// Whether an SDP with SDES keys (`a=crypto`) may go to a leg without TLS, where
+    /// anyone on the path can read the keys (otherwise 488).
+    pub allow_sdes_on_plain_leg: bool,
 }
 
 impl Default for AlgOptions {
@@ -96,6 +119,8 @@ impl Default for AlgOptions {
             max_dialogs: 10_000,
             max_transactions: 20_000,
             leak_policy: LeakPolicy::default(),
+            udp_switch_size: 1300,
+            allow_sdes_on_plain_leg: false,
         }
     }
 }
@@ -122,12 +147,90 @@ pub struct Rule {
     /// Zone the datagram arrives in.
     pub from_zone: ZoneId,
     pub source: AddressObject,
-    /// For `Nat`: the outside zone and the next hop (the proxy). For `Allow`: `None`
-    /// destination means the gateway itself.
+    /// For `Nat`: the outside zone. For `Allow`: `None`, the gateway itself.
     pub to_zone: Option<ZoneId>,
+    /// For `Nat`, where the phone's message goes. A host is the next hop (the proxy) of
+    /// messages sent to the gateway itself, and matches intercepted messages sent to
+    /// it; a network or `any` matches only intercepted messages, whose next hop is
+    /// their original destination.
     pub destination: AddressObject,
-    /// UDP port of the service the rule applies to.
-    pub service_port: u16,
+    /// The services (transport and port) the rule applies to: the gateway's listener
+    /// for messages sent to it, the original destination's port for intercepted ones.
+    pub services: Vec<Service>,
+    /// For `Nat`: how the next hop (a host destination) is reached, and the name its
+    /// TLS certificate must carry. An intercepted message goes on in its own transport.
+    pub next_hop_transport: Transport,
+    pub server_name: Option<String>,
+    /// The next hop takes UDP only: a request too large for UDP still goes over UDP
+    /// (counted) instead of switching to TCP (RFC 3261 18.1.1).
+    pub udp_only: bool,
+    /// Send the next hop an OPTIONS this often (what trunks such as Teams expect).
+    pub options_ping: Option<Duration>,
+}
+
+/// A transport and port a rule admits (one of a service's ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    pub transport: Transport,
+    pub port: u16,
+}
+
+impl Service {
+    pub fn udp(port: u16) -> Self {
+        Self {
+            transport: Transport::Udp,
+            port,
+        }
+    }
+}
+
+impl Rule {
+    /// Whether this rule applies to a message that arrived in `zone` on `flow`.
+    pub fn matches(&self, zone: ZoneId, flow: &Flow) -> bool {
+        if self.from_zone != zone
+            || !self
+                .services
+                .iter()
+                .any(|s| s.transport == flow.transport && s.port == flow.local.port())
+            || !self.source.contains(flow.remote)
+        {
+            return false;
+        }
+        if flow.intercepted {
+            // The original destination decides; a nat rule forwards to it.
+            return self.destination.contains(flow.local);
+        }
+        // Sent to the gateway itself: a nat rule needs a host to forward to.
+        self.action != Action::Nat || matches!(self.destination, AddressObject::Host { .. })
+    }
+
+    /// Where a nat rule sends a message that arrived on `flow`, from the gateway's
+    /// address `wan`: the original destination of an intercepted one (in its transport),
+    /// else the rule's host in the rule's transport.
+    pub fn next_hop(&self, flow: &Flow, wan: SocketAddr) -> Option<Flow> {
+        let (transport, remote) = if flow.intercepted {
+            (flow.transport, flow.local)
+        } else {
+            match self.destination {
+                AddressObject::Host { ip, port } => {
+                    let default_port = match self.next_hop_transport {
+                        Transport::Tls => 5061,
+                        Transport::Udp | Transport::Tcp => 5060,
+                    };
+                    let remote = SocketAddr::new(ip, port.unwrap_or(default_port));
+                    (self.next_hop_transport, remote)
+                }
+                _ => return None,
+            }
+        };
+        Some(Flow {
+            transport,
+            local: wan,
+            remote,
+            connection: None,
+            intercepted: false,
+        })
+    }
 }
 
 /// The whole compiled configuration.
@@ -154,6 +257,46 @@ impl Config {
         self.zones.iter().position(|z| z.address == local)
     }
 
+    /// The zone a message on `flow` arrived in: the zone of the gateway's address it
+    /// was sent to, or for an intercepted one the intercepting zone the sender belongs
+    /// to (the only one of the sender's family when none lists it).
+    pub fn zone_of_flow(&self, flow: &Flow) -> Option<ZoneId> {
+        if !flow.intercepted {
+            return self.zone_of_local(flow.local);
+        }
+        let intercepting = || {
+            self.zones
+                .iter()
+                .enumerate()
+                .filter(|(_, z)| z.intercept && z.address.is_ipv4() == flow.remote.is_ipv4())
+        };
+        let ip = flow.remote.ip();
+        intercepting()
+            .find(|(_, z)| z.networks.iter().any(|n| n.contains(&ip)))
+            .or_else(|| intercepting().next())
+            .map(|(id, _)| id)
+    }
+
+    /// How the gateway writes itself at its address `local` (Via, Contact): the zone's
+    /// advertised name with the port, or the address.
+    pub fn host_port(&self, local: SocketAddr) -> String {
+        match self.zone_of_local(local).and_then(|z| self.zone(z)) {
+            Some(zone) => zone.host_port(local),
+            None => local.to_string(),
+        }
+    }
+
+    /// The gateway's own address in the zone of `flow` (its media relay is there): the
+    /// flow's local address, or an intercepted flow's zone address.
+    pub fn own_address(&self, flow: &Flow) -> SocketAddr {
+        if !flow.intercepted {
+            return flow.local;
+        }
+        self.zone_of_flow(flow)
+            .and_then(|z| self.zone(z))
+            .map_or(flow.local, |z| z.address)
+    }
+
     /// Whether `ip` belongs to an inside zone (a gateway inside address included).
     pub fn is_inside(&self, ip: IpAddr) -> bool {
         // `::ffff:10.0.0.20` is 10.0.0.20 written as IPv6 (RFC 5118 section 4.6).
@@ -175,10 +318,8 @@ impl Config {
         crate::hiding::Scanner::new(inside().flat_map(|z| z.networks.iter()).chain(own.iter()))
     }
 
-    /// First rule matching a datagram arriving in `zone` from `source` on `port`.
-    pub fn match_rule(&self, zone: ZoneId, source: SocketAddr, port: u16) -> Option<&Rule> {
-        self.rules
-            .iter()
-            .find(|r| r.from_zone == zone && r.service_port == port && r.source.contains(source))
+    /// First rule matching a message arriving in `zone` on `flow`.
+    pub fn match_rule(&self, zone: ZoneId, flow: &Flow) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(zone, flow))
     }
 }

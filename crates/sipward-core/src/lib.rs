@@ -9,15 +9,21 @@
 
 mod cancel;
 pub mod config;
+mod flow;
 mod gateway;
 mod hide;
 mod hiding;
 pub mod media;
 pub mod protect;
+pub mod records;
+mod retransmit;
 mod state;
 
-pub use config::{Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Zone, ZoneId};
-pub use gateway::{Counters, Gateway, TableUsage, Transmit};
+pub use config::{
+    Action, AddressObject, AlgOptions, Config, LeakPolicy, Rule, Service, Zone, ZoneId,
+};
+pub use flow::{ConnectionId, Flow, Transport};
+pub use gateway::{Counters, Gateway, PeerView, TableUsage, Traffic, Transmit};
 pub use media::{
     CounterSnapshot, LegSpec, MediaCommand, MediaError, MediaTable, NoReservation, Peer,
     PortReserver, ReserveError, Side, StreamCounters, StreamId, StreamView,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use sipward_proto::{Message, MethodKind};
 
+use crate::flow::{ConnectionId, Flow};
+
 /// What is needed to answer a request on the gateway's own behalf (408, 503): its Via
 /// values, From, To, Call-ID and CSeq as they were written.
 #[derive(Debug, Clone, Default)]
@@ -105,8 +107,8 @@ pub(crate) struct RegisterInfo {
 /// A request from inside forwarded outside; its responses come back from outside.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientTx {
-    pub(crate) phone: SocketAddr,
-    pub(crate) lan_local: SocketAddr,
+    /// The phone's flow: where its responses go.
+    pub(crate) phone: Flow,
     /// The phone's Via field lines, CRLF included, restored on responses.
     pub(crate) via_lines: Vec<u8>,
     pub(crate) echo: Echo,
@@ -125,15 +127,17 @@ pub(crate) struct ClientTx {
     pub(crate) register_user: Option<(String, bool)>,
     /// The dialog this transaction belongs to or creates.
     pub(crate) dialog: DialogKey,
+    /// The transport the request went on (a stream takes no retransmissions).
+    pub(crate) sent_on: crate::flow::Transport,
 }
 
 /// A request from outside forwarded to a phone; its responses come back from inside.
 #[derive(Debug, Clone)]
 pub(crate) struct ServerTx {
-    pub(crate) proxy: SocketAddr,
-    pub(crate) wan_local: SocketAddr,
-    pub(crate) lan_local: SocketAddr,
-    pub(crate) phone: SocketAddr,
+    /// The outside flow the request came on: its responses go back on it.
+    pub(crate) outside: Flow,
+    /// The phone's flow: where the request went.
+    pub(crate) phone: Flow,
     pub(crate) via_lines: Vec<u8>,
     pub(crate) echo: Echo,
     pub(crate) method: MethodKind,
@@ -165,6 +169,20 @@ pub(crate) struct DialogKey {
 }
 
 impl DialogKey {
+    /// The dialog a media id names (the inverse of `media_id`).
+    pub(crate) fn from_media_id(id: &[u8]) -> Self {
+        match id.strip_suffix(b";inbound") {
+            Some(call) => DialogKey {
+                outside_call_id: call.to_vec(),
+                originated_inside: false,
+            },
+            None => DialogKey {
+                outside_call_id: id.to_vec(),
+                originated_inside: true,
+            },
+        }
+    }
+
     /// The name the media seam knows this dialog's streams by (distinct for the two
     /// dialogs of a hairpin call).
     pub(crate) fn media_id(&self) -> Vec<u8> {
@@ -183,10 +201,10 @@ pub(crate) struct Dialog {
     pub(crate) session: bool,
     pub(crate) inside_call_id: Vec<u8>,
     pub(crate) outside_call_id: Vec<u8>,
-    pub(crate) phone: SocketAddr,
-    pub(crate) lan_local: SocketAddr,
-    pub(crate) wan_local: SocketAddr,
-    pub(crate) proxy: SocketAddr,
+    /// The phone's flow: how the gateway reaches it in this dialog.
+    pub(crate) phone: Flow,
+    /// The outside flow: the proxy the call went to, or the node it came from.
+    pub(crate) outside: Flow,
     pub(crate) originated_inside: bool,
     /// From and To values as the phone knows them (for an inside-originated call: its
     /// own From and To; for an inbound call: as the phone received them).
@@ -221,9 +239,9 @@ impl Dialog {
     /// its request came from; and whether that is outside.
     pub(crate) fn holder(&self) -> (IpAddr, bool) {
         if self.originated_inside {
-            (self.phone.ip(), false)
+            (self.phone.remote.ip(), false)
         } else {
-            (self.proxy.ip(), true)
+            (self.outside.remote.ip(), true)
         }
     }
 }
@@ -233,8 +251,11 @@ impl Dialog {
 #[derive(Debug, Clone)]
 pub(crate) struct Binding {
     pub(crate) aor: Vec<u8>,
-    pub(crate) phone: SocketAddr,
-    pub(crate) lan_local: SocketAddr,
+    /// The flow the phone registered on: inbound requests reach it there.
+    pub(crate) phone: Flow,
+    /// The registrar the phone registered with (in transparent mode, the proxy it
+    /// believes it talks to; one binding per phone and proxy).
+    pub(crate) registrar: SocketAddr,
     pub(crate) inside_contact: Vec<u8>,
     pub(crate) outside_contact: Vec<u8>,
     pub(crate) expires_at: Instant,
@@ -245,6 +266,10 @@ pub(crate) struct Binding {
 pub struct BindingView {
     pub aor: String,
     pub phone: SocketAddr,
+    /// The registrar the binding was registered with.
+    pub registrar: SocketAddr,
+    /// Whether the phone's messages are intercepted (transparent mode).
+    pub intercepted: bool,
     pub inside_contact: String,
     pub outside_contact: String,
     pub expires_at: Instant,
@@ -270,8 +295,23 @@ pub struct DialogView {
 /// All tables. Keys: client transactions by (our outside branch, CSeq method); server
 /// transactions by (our inside branch, CSeq method); dialogs by outside Call-ID; bindings
 /// by contact token.
+/// What changed in the tables since the state records were last made (see `records`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Changed {
+    Binding(String),
+    Dialog(DialogKey),
+}
+
+/// Changes kept before the seam is drained; beyond them the store needs a full resync.
+const MAX_CHANGES: usize = 65_536;
+
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
+    /// Changes for the state records, when they are wanted (`tracking`); `overflowed`
+    /// once more piled up than `MAX_CHANGES` (then a full snapshot is needed).
+    pub(crate) changed: Vec<Changed>,
+    pub(crate) tracking: bool,
+    pub(crate) overflowed: bool,
     /// Read freely; entries go in and out only through `insert_client` /
     /// `remove_client` (and the server pair), which keep `tx_holders` true.
     pub(crate) client: HashMap<(String, Vec<u8>), ClientTx>,
@@ -358,11 +398,11 @@ impl Tables {
     /// its answer lingers for retransmissions and is the first given up for room).
     pub(crate) fn insert_client(&mut self, key: (String, Vec<u8>), tx: ClientTx) {
         if tx.final_at.is_none() {
-            self.tx_holders.add(tx.phone.ip(), false);
+            self.tx_holders.add(tx.phone.remote.ip(), false);
         }
         if let Some(old) = self.client.insert(key, tx) {
             if old.final_at.is_none() {
-                self.tx_holders.remove(old.phone.ip(), false);
+                self.tx_holders.remove(old.phone.remote.ip(), false);
             }
         }
     }
@@ -370,7 +410,7 @@ impl Tables {
     pub(crate) fn remove_client(&mut self, key: &(String, Vec<u8>)) -> Option<ClientTx> {
         let tx = self.client.remove(key)?;
         if tx.final_at.is_none() {
-            self.tx_holders.remove(tx.phone.ip(), false);
+            self.tx_holders.remove(tx.phone.remote.ip(), false);
         }
         Some(tx)
     }
@@ -380,7 +420,7 @@ impl Tables {
         if let Some(tx) = self.client.get_mut(key) {
             if tx.final_at.is_none() {
                 tx.final_at = Some(now);
-                self.tx_holders.remove(tx.phone.ip(), false);
+                self.tx_holders.remove(tx.phone.remote.ip(), false);
             }
         }
     }
@@ -389,11 +429,11 @@ impl Tables {
     /// while it waits for its final response (as for `insert_client`).
     pub(crate) fn insert_server(&mut self, key: (String, Vec<u8>), tx: ServerTx) {
         if tx.final_at.is_none() {
-            self.tx_holders.add(tx.proxy.ip(), true);
+            self.tx_holders.add(tx.outside.remote.ip(), true);
         }
         if let Some(old) = self.server.insert(key, tx) {
             if old.final_at.is_none() {
-                self.tx_holders.remove(old.proxy.ip(), true);
+                self.tx_holders.remove(old.outside.remote.ip(), true);
             }
         }
     }
@@ -401,7 +441,7 @@ impl Tables {
     pub(crate) fn remove_server(&mut self, key: &(String, Vec<u8>)) -> Option<ServerTx> {
         let tx = self.server.remove(key)?;
         if tx.final_at.is_none() {
-            self.tx_holders.remove(tx.proxy.ip(), true);
+            self.tx_holders.remove(tx.outside.remote.ip(), true);
         }
         Some(tx)
     }
@@ -413,10 +453,10 @@ impl Tables {
     pub(crate) fn recount_holders(&mut self) {
         let mut tx = Holders::default();
         for t in self.client.values().filter(|t| t.final_at.is_none()) {
-            tx.add(t.phone.ip(), false);
+            tx.add(t.phone.remote.ip(), false);
         }
         for t in self.server.values().filter(|t| t.final_at.is_none()) {
-            tx.add(t.proxy.ip(), true);
+            tx.add(t.outside.remote.ip(), true);
         }
         let (mut dialogs, mut calls) = (Holders::default(), Holders::default());
         for d in self.dialogs.values() {
@@ -428,7 +468,7 @@ impl Tables {
         }
         let mut bindings = Holders::default();
         for b in self.bindings.values() {
-            bindings.add(b.phone.ip(), false);
+            bindings.add(b.phone.remote.ip(), false);
         }
         let drifted = tx != self.tx_holders
             || dialogs != self.dialog_holders
@@ -448,7 +488,7 @@ impl Tables {
         if let Some(tx) = self.server.get_mut(key) {
             if tx.final_at.is_none() {
                 tx.final_at = Some(now);
-                self.tx_holders.remove(tx.proxy.ip(), true);
+                self.tx_holders.remove(tx.outside.remote.ip(), true);
             }
         }
     }
@@ -458,8 +498,22 @@ impl Tables {
         self.sessions_by_aor.get(aor).copied().unwrap_or(0)
     }
 
+    /// Notes a change for the state records.
+    pub(crate) fn note(&mut self, change: Changed) {
+        if !self.tracking {
+            return;
+        }
+        if self.changed.len() >= MAX_CHANGES {
+            self.overflowed = true;
+            self.changed.clear();
+            return;
+        }
+        self.changed.push(change);
+    }
+
     pub(crate) fn insert_dialog(&mut self, d: Dialog) {
         let key = d.key();
+        self.note(Changed::Dialog(key.clone()));
         self.call_ids.insert(d.inside_call_id.clone(), key.clone());
         if d.session {
             *self.sessions_by_aor.entry(d.aor.clone()).or_default() += 1;
@@ -481,6 +535,7 @@ impl Tables {
 
     pub(crate) fn remove_dialog(&mut self, key: &DialogKey) -> Option<Dialog> {
         let d = self.dialogs.remove(key)?;
+        self.note(Changed::Dialog(key.clone()));
         self.call_ids.remove(&d.inside_call_id);
         let (ip, outside) = d.holder();
         self.dialog_holders.remove(ip, outside);
@@ -503,6 +558,32 @@ impl Tables {
         }
     }
 
+    /// The stream connection `id` closed: every flow on it forgets it. A phone's flow
+    /// then has no connection (an inbound request decides: a new connection, or 430);
+    /// an outside one reconnects on the next message. Returns how many flows used it.
+    pub(crate) fn connection_closed(&mut self, id: ConnectionId) -> usize {
+        let mut n = 0;
+        let mut forget = |flow: &mut Flow| {
+            if flow.connection == Some(id) {
+                flow.connection = None;
+                n += 1;
+            }
+        };
+        self.bindings
+            .values_mut()
+            .for_each(|b| forget(&mut b.phone));
+        for d in self.dialogs.values_mut() {
+            forget(&mut d.phone);
+            forget(&mut d.outside);
+        }
+        self.client.values_mut().for_each(|t| forget(&mut t.phone));
+        for t in self.server.values_mut() {
+            forget(&mut t.phone);
+            forget(&mut t.outside);
+        }
+        n
+    }
+
     pub(crate) fn bindings(&self) -> &HashMap<String, Binding> {
         &self.bindings
     }
@@ -519,13 +600,15 @@ impl Tables {
             .entry(b.aor.clone())
             .or_default()
             .push(token.clone());
-        self.binding_holders.add(b.phone.ip(), false);
+        self.binding_holders.add(b.phone.remote.ip(), false);
+        self.note(Changed::Binding(token.clone()));
         self.bindings.insert(token, b);
     }
 
     pub(crate) fn remove_binding(&mut self, token: &str) -> Option<Binding> {
         let b = self.bindings.remove(token)?;
-        self.binding_holders.remove(b.phone.ip(), false);
+        self.note(Changed::Binding(token.to_owned()));
+        self.binding_holders.remove(b.phone.remote.ip(), false);
         if let Some(tokens) = self.tokens_by_aor.get_mut(&b.aor) {
             tokens.retain(|t| t != token);
             if tokens.is_empty() {
@@ -555,7 +638,7 @@ impl Tables {
             tokens
                 .iter()
                 .filter_map(|t| self.bindings.get(t))
-                .any(|b| b.phone.ip() == source)
+                .any(|b| b.phone.remote.ip() == source)
         })
     }
 
@@ -565,7 +648,7 @@ impl Tables {
             .get(aor)?
             .iter()
             .filter_map(|t| self.bindings.get(t))
-            .find(|b| b.phone.ip() != source)
+            .find(|b| b.phone.remote.ip() != source)
     }
 
     /// The dialog a request from outside belongs to. Under a hairpin Call-ID the

@@ -691,3 +691,177 @@ fn an_ipv6_written_phone_sdp_goes_out_with_the_relays_ipv4_and_its_address_type(
         );
     }
 }
+
+/// A gateway whose two zones are of two families: `inside` and `outside` are the zones'
+/// SIP addresses, `nets` their networks, `proxy` the outside proxy; media pairs from
+/// 30000 inside and 31000 outside.
+fn mixed_family_net(inside: &str, outside: &str, nets: [&str; 2], proxy: &str) -> Net {
+    let mut cfg = config(AlgOptions::default());
+    cfg.zones[0].address = sock(inside);
+    cfg.zones[0].networks = vec![nets[0].parse().unwrap()];
+    cfg.zones[0].media_ports = Some((30000, 30007));
+    cfg.zones[1].address = sock(outside);
+    cfg.zones[1].networks = vec![nets[1].parse().unwrap()];
+    cfg.zones[1].media_ports = Some((31000, 31007));
+    let proxy = sock(proxy);
+    cfg.rules[0].source = sipward_core::AddressObject::Network(nets[0].parse().unwrap());
+    cfg.rules[0].destination = sipward_core::AddressObject::Host {
+        ip: proxy.ip(),
+        port: Some(proxy.port()),
+    };
+    cfg.rules[1].source = sipward_core::AddressObject::Host {
+        ip: proxy.ip(),
+        port: None,
+    };
+    Net {
+        gw: sipward_core::Gateway::new(cfg),
+        now: std::time::Instant::now(),
+    }
+}
+
+/// Delivers `text` and returns the one datagram sent, failing on anything else.
+fn one(net: &mut Net, local: &str, remote: &str, datagram: &str) -> String {
+    net.gw
+        .handle_datagram(net.now, sock(local), sock(remote), datagram.as_bytes());
+    let out: Vec<_> = std::iter::from_fn(|| net.gw.poll_transmit()).collect();
+    assert_eq!(out.len(), 1, "{out:?}");
+    text(&out[0])
+}
+
+fn parses(msg: &str) {
+    assert!(
+        sipward_proto::parse_datagram(msg.as_bytes(), &sipward_proto::Limits::default()).is_ok(),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_ipv4_offer_toward_an_ipv6_media_pool_goes_out_as_ip6_and_the_answer_back_as_ip4() {
+    let mut net = mixed_family_net(
+        LAN,
+        "[2001:db8::1]:5060",
+        ["10.0.0.0/24", "2001:db8::/64"],
+        "[2001:db8::10]:5060",
+    );
+    // An RTCP line with its address and an inside ICE candidate, beside a public one.
+    let inv = invite("x6", "z9hG4bKx6");
+    let added = "a=rtcp:40001 IN IP4 10.0.0.20\r\na=candidate:1 1 UDP 2130706431 10.0.0.20 40000 typ host\r\na=candidate:2 1 UDP 1694498815 198.51.100.20 40000 typ srflx\r\n";
+    let at = inv.find("\r\n\r\n").unwrap() + 4;
+    let body = format!("{}{added}", &inv[at..]);
+    let inv = format!(
+        "{}{body}",
+        inv[..at].replace(
+            &format!("Content-Length: {}", inv.len() - at),
+            &format!("Content-Length: {}", body.len()),
+        )
+    );
+    parses(&inv);
+    let out = one(&mut net, LAN, PHONE, &inv);
+    assert!(out.contains("\r\nc=IN IP6 2001:db8::1\r\n"), "{out}");
+    assert!(
+        out.contains("\r\no=alice 1 1 IN IP6 2001:db8::1\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\r\na=rtcp:31001 IN IP6 2001:db8::1\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("\r\nm=audio 31000 RTP/AVP 0\r\n"), "{out}");
+    assert!(!out.contains("IN IP4"), "{out}");
+    assert!(!out.contains("a=candidate:1 "), "{out}");
+    assert!(
+        out.contains("\r\na=candidate:2 1 UDP 1694498815 198.51.100.20 40000 typ srflx\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("10.0.0."), "{out}");
+    parses(&out);
+
+    // The IPv6 far end answers; the phone gets the relay's IPv4 pair with IN IP4.
+    let answer = "v=0\r\no=bob 7 7 IN IP6 2001:db8::50\r\ns=-\r\nc=IN IP6 2001:db8::50\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\na=rtcp:7001 IN IP6 2001:db8::50\r\n";
+    let ok = response_with_sdp(
+        &out,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@[2001:db8::50]>\r\n",
+        answer,
+    );
+    let back = one(&mut net, "[2001:db8::1]:5060", "[2001:db8::10]:5060", &ok);
+    assert!(back.contains("\r\nc=IN IP4 10.0.0.1\r\n"), "{back}");
+    assert!(
+        back.contains("\r\na=rtcp:30001 IN IP4 10.0.0.1\r\n"),
+        "{back}"
+    );
+    assert!(back.contains("\r\nm=audio 30000 RTP/AVP 0\r\n"), "{back}");
+    assert!(!back.contains("IN IP6 10.0.0.1"), "{back}");
+    assert!(
+        back.contains("\r\no=bob 7 7 IN IP6 2001:db8::50\r\n"),
+        "{back}"
+    );
+    parses(&back);
+    // The relay is told both parties, each in its own family.
+    let cmds = net.media_commands();
+    let s = sets(&cmds);
+    let last = s.last().unwrap();
+    assert_eq!(last.1, vec![peer("10.0.0.20:40000", "10.0.0.20:40001")]);
+    assert_eq!(
+        last.2,
+        vec![peer("[2001:db8::50]:7000", "[2001:db8::50]:7001")]
+    );
+}
+
+#[test]
+fn an_ipv6_inside_offer_toward_an_ipv4_media_pool_goes_out_as_ip4_and_back_as_ip6() {
+    let phone = "[fd00::20]:5062";
+    let mut net = mixed_family_net(
+        "[fd00::1]:5060",
+        WAN,
+        ["fd00::/64", "203.0.113.0/24"],
+        PROXY,
+    );
+    let sdp6 = "v=0\r\no=alice 1 1 IN IP6 fd00::20\r\ns=-\r\nc=IN IP6 fd00::20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtcp:40001 IN IP6 fd00::20\r\na=candidate:1 1 UDP 2130706431 fd00::20 40000 typ host\r\n";
+    let inv = format!(
+        "INVITE sip:bob@203.0.113.10 SIP/2.0\r\nVia: SIP/2.0/UDP [fd00::20]:5062;branch=z9hG4bKv6in\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@[fd00::20]:5062>;tag=a-v6in\r\nTo: bob <sip:bob@203.0.113.10>\r\nCall-ID: v6in@fd00::20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@[fd00::20]:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp6}",
+        sdp6.len()
+    );
+    parses(&inv);
+    let out = one(&mut net, "[fd00::1]:5060", phone, &inv);
+    assert!(out.contains("\r\nc=IN IP4 203.0.113.1\r\n"), "{out}");
+    assert!(
+        out.contains("\r\no=alice 1 1 IN IP4 203.0.113.1\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\r\na=rtcp:31001 IN IP4 203.0.113.1\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("IN IP6"), "{out}");
+    assert!(!out.contains("fd00:"), "{out}");
+    assert!(!out.contains("a=candidate"), "{out}");
+    parses(&out);
+
+    let ok = response_with_sdp(
+        &out,
+        "200 OK",
+        "b1",
+        "Contact: <sip:bob@203.0.113.50>\r\n",
+        &sdp("203.0.113.50", 7000, "a=rtcp:7001 IN IP4 203.0.113.50\r\n"),
+    );
+    let back = one(&mut net, WAN, PROXY, &ok);
+    assert!(back.contains("\r\nc=IN IP6 fd00::1\r\n"), "{back}");
+    assert!(
+        back.contains("\r\na=rtcp:30001 IN IP6 fd00::1\r\n"),
+        "{back}"
+    );
+    // o= is the far end's own name for its session: it is not an inside address, so it
+    // is kept as written (any family is valid there).
+    assert!(
+        back.contains("\r\no=- 1 1 IN IP4 203.0.113.50\r\n"),
+        "{back}"
+    );
+    assert!(!back.contains("c=IN IP4"), "{back}");
+    parses(&back);
+    let s = sets(&net.media_commands());
+    let last = s.last().unwrap();
+    assert_eq!(last.1, vec![peer("[fd00::20]:40000", "[fd00::20]:40001")]);
+    assert_eq!(last.2, vec![peer("203.0.113.50:7000", "203.0.113.50:7001")]);
+}

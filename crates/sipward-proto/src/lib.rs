@@ -56,14 +56,15 @@
 //!   and `bench/wire` use `parse_datagram`.
 //! - The edit guard walks a line for quoted strings only if the line has a quote before the
 //!   edit ends (one memchr).
-//! - SDP has two paths (`sdp.rs`). A fast path reads the lines nearly every phone writes
-//!   (`v=0`, `o=` and `c=` with `IN IP4` and a dotted quad, `s=`, `t=`, `m=` with a plain
-//!   port, `a=rtpmap` in its usual form, other `a=` lines) in one walk per line that finds
-//!   the line's end, proves it clean and reads its fields, eight bytes at a time where that
-//!   pays (line ends, digit runs, ports and payload types). It changes nothing until a line
-//!   is known good; any other line, and every error, goes to the general path, which
-//!   reads the line again from its start. So the verdicts and the error reported are the
-//!   general path's alone; a test compares the two paths on usual lines and near misses.
+//! - SDP has two paths (`sdp.rs`, the general one; `sdp/fast.rs`). A fast path reads the
+//!   lines nearly every phone writes (`v=0`, `o=` and `c=` with `IN IP4` and a dotted
+//!   quad, `s=`, `t=`, `m=` with a plain port, `a=rtpmap` in its usual form, other `a=`
+//!   lines) in one walk per line that finds the line's end, proves it clean and reads its
+//!   fields, eight bytes at a time where that pays (line ends, digit runs, ports and
+//!   payload types). It changes nothing until a line is known good; any other line, and
+//!   every error, goes to the general path, which reads the line again from its start. So
+//!   the verdicts and the error reported are the general path's alone; a test compares
+//!   the two paths on usual lines and near misses.
 //!
 //! The rework that introduced these (branch `proto-speed`) was checked differentially with a
 //! throwaway harness, not kept in the tree: the previous parser and the new one gave the same
@@ -75,6 +76,7 @@
 pub mod answer;
 pub mod defect;
 pub mod edit;
+pub mod framing;
 pub mod header;
 pub mod headers;
 pub mod limits;
@@ -87,6 +89,7 @@ pub mod uri;
 pub use answer::{build_answer, lenient_user_agents};
 pub use defect::{Defect, DefectKind, Location};
 pub use edit::{EditError, Edits};
+pub use framing::{Frame, FramedMessage, StreamFault, StreamFramer};
 pub use header::HeaderName;
 pub use headers::{CSeq, Contacts, Credentials, NameAddr, Params, Via};
 pub use limits::Limits;

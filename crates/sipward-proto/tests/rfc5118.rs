@@ -9,7 +9,7 @@
     clippy::panic
 )]
 
-use sipward_proto::{parse_datagram, Datagram, Edits, Limits};
+use sipward_proto::{parse_datagram, Datagram, Edits, Limits, Uri};
 
 /// A message from `head` (header lines without Content-Length, `\n` line ends) and
 /// `body` (`\n` line ends); CRLF on the wire.
@@ -201,4 +201,112 @@ fn section_4_8_empty_session_name_is_accepted_and_passed_on_byte_exact() {
     };
     assert_eq!(msg.sdp().unwrap().session_name, b"");
     assert_eq!(msg.rewrite(&Edits::new()).unwrap(), m);
+}
+
+/// A REGISTER to `uri`, from an IPv6 phone (RFC 5118 sections 4.1 to 4.4).
+fn register_to(uri: &str) -> Vec<u8> {
+    message(
+        &format!(
+            "REGISTER {uri} SIP/2.0
+To: <sip:user@example.com>
+From: <sip:user@example.com>;tag=81x2
+Via: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111
+Call-ID: SSG9559905523997077@hlau_4100
+Max-Forwards: 70
+Contact: \"Caller\" <sip:caller@[2001:db8::9:1]>
+CSeq: 98176 REGISTER
+"
+        ),
+        "",
+    )
+}
+
+fn request_host_port(m: &[u8]) -> (std::net::IpAddr, Option<u16>) {
+    let Ok(Datagram::Message(msg)) = parse_datagram(m, &Limits::default()) else {
+        panic!("{:?}", verdict(m))
+    };
+    let Some(Uri::Sip(uri)) = msg.request_uri() else {
+        panic!("not a SIP URI")
+    };
+    (uri.host.ip().unwrap(), uri.port)
+}
+
+#[test]
+fn sections_4_1_to_4_4_references_and_ports() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    // 4.1: a bracketed reference is an IPv6 address.
+    let m = register_to("sip:[2001:db8::10]");
+    assert_eq!(request_host_port(&m), (ip("2001:db8::10"), None));
+    // 4.2: unbracketed, it is no host at all.
+    let m = register_to("sip:2001:db8::10");
+    let err = verdict(&m).unwrap_err();
+    assert!(err.starts_with("Some(400) "), "{err}");
+    // 4.3: inside the brackets `:5070` is part of the address, not a port.
+    let m = register_to("sip:[2001:db8::10:5070]");
+    assert_eq!(request_host_port(&m), (ip("2001:db8::10:5070"), None));
+    // 4.4: after them, it is the port.
+    let m = register_to("sip:[2001:db8::10]:5070");
+    assert_eq!(request_host_port(&m), (ip("2001:db8::10"), Some(5070)));
+    // A port that is not one, and a reference never closed.
+    for bad in [
+        "sip:[2001:db8::10]:70000",
+        "sip:[2001:db8::10",
+        "sip:[2001:db8::10]x",
+    ] {
+        let err = verdict(&register_to(bad)).unwrap_err();
+        assert!(err.starts_with("Some(400) "), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn via_sent_by_must_be_bracketed_and_received_may_be_mapped() {
+    let base = String::from_utf8(register_to("sip:[2001:db8::10]")).unwrap();
+    let via = "Via: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111";
+    // A bracketed sent-by with a port, and an IPv4-mapped `received` written plain.
+    let m = base.replace(
+        via,
+        "Via: SIP/2.0/TCP [2001:db8::9:1]:5061;received=::ffff:192.0.2.2;rport=5062;branch=z9hG4bKas3-111",
+    );
+    let Ok(Datagram::Message(msg)) = parse_datagram(m.as_bytes(), &Limits::default()) else {
+        panic!("{:?}", verdict(m.as_bytes()))
+    };
+    let top = msg.top_via().unwrap();
+    assert_eq!(top.host.ip(), Some("2001:db8::9:1".parse().unwrap()));
+    assert_eq!(top.port, Some(5061));
+    assert_eq!(top.sent_by, b"[2001:db8::9:1]:5061");
+    assert_eq!(top.received_ip(), Some("::ffff:192.0.2.2".parse().unwrap()));
+    assert_eq!(top.rport, Some(Some(5062)));
+    // The mapped form bracketed in `received`, as many stacks write it, is accepted too.
+    let m = base.replace(
+        via,
+        "Via: SIP/2.0/UDP [2001:db8::9:1];received=[::ffff:192.0.2.2];branch=z9hG4bKas3-111",
+    );
+    let Ok(Datagram::Message(msg)) = parse_datagram(m.as_bytes(), &Limits::default()) else {
+        panic!("{:?}", verdict(m.as_bytes()))
+    };
+    assert_eq!(
+        msg.top_via().unwrap().received_ip(),
+        Some("::ffff:192.0.2.2".parse().unwrap())
+    );
+    // An unbracketed IPv6 sent-by is refused: its last group would read as a port.
+    let m = base.replace(via, "Via: SIP/2.0/UDP 2001:db8::9:1;branch=z9hG4bKas3-111");
+    let err = verdict(m.as_bytes()).unwrap_err();
+    assert!(
+        err.starts_with("Some(400) ") && err.ends_with("in Via"),
+        "{err}"
+    );
+    // A Contact with a mapped address in brackets and a port is an IPv6 host.
+    let m = base.replace(
+        "<sip:caller@[2001:db8::9:1]>",
+        "<sip:caller@[::ffff:192.0.2.2]:5070;transport=tcp>",
+    );
+    let Ok(Datagram::Message(msg)) = parse_datagram(m.as_bytes(), &Limits::default()) else {
+        panic!("{:?}", verdict(m.as_bytes()))
+    };
+    let Uri::Sip(contact) = &msg.contacts().list.first().unwrap().uri else {
+        panic!("not a SIP URI")
+    };
+    assert_eq!(contact.host.ip(), Some("::ffff:192.0.2.2".parse().unwrap()));
+    assert_eq!(contact.port, Some(5070));
+    assert_eq!(contact.host_port, b"[::ffff:192.0.2.2]:5070");
 }

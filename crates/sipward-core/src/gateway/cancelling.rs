@@ -30,18 +30,13 @@ impl Gateway {
         };
         let tag = self.hider.token(&[msg.call_id(), b"cancel"]);
         let ok = Echo::of(msg).response(200, "OK", &config.agent, None, &tag);
-        self.send(at.local, at.remote, ok);
+        self.send_on(at.flow, ok);
         if !open {
             return;
         }
-        if let Some(Due::Send {
-            local,
-            remote,
-            request,
-        }) = self.cancels.request(branch, toward, at.now)
-        {
+        if let Some(Due::Send { flow, request }) = self.cancels.request(branch, toward, at.now) {
             self.counters.forwarded += 1;
-            self.send(local, remote, request);
+            self.send_on(flow, request);
         }
     }
 
@@ -74,13 +69,10 @@ impl Gateway {
     ) {
         if status >= 200 {
             self.cancels.finished(branch, toward);
-        } else if let Some(Due::Send {
-            local,
-            remote,
-            request,
-        }) = self.cancels.provisional(branch, toward, now)
+        } else if let Some(Due::Send { flow, request }) =
+            self.cancels.provisional(branch, toward, now)
         {
-            self.send(local, remote, request);
+            self.send_on(flow, request);
         }
     }
 
@@ -110,7 +102,7 @@ impl Gateway {
                     &tag,
                 );
                 tx.last_response = Some(payload.clone());
-                let reply = ((tx.lan_local, tx.phone, payload), tx.dialog.clone());
+                let reply = ((tx.phone, payload), tx.dialog.clone());
                 // Through the table, so that the phone's share of it is given back.
                 self.tables.settle_client(invite, now);
                 reply
@@ -131,12 +123,12 @@ impl Gateway {
                     &tag,
                 );
                 tx.last_response = Some(payload.clone());
-                let reply = ((tx.wan_local, tx.proxy, payload), tx.dialog.clone());
+                let reply = ((tx.outside, payload), tx.dialog.clone());
                 self.tables.settle_server(invite, now);
                 reply
             }
         };
-        self.send(reply.0, reply.1, reply.2);
+        self.send_on(reply.0, reply.1);
         self.end_unconfirmed(&dialog, "cancelled");
     }
 }

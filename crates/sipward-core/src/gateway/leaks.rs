@@ -97,9 +97,9 @@ impl Gateway {
         let bindings = self.tables.bindings();
         let exact = bindings
             .iter()
-            .find(|(_, b)| b.phone == SocketAddr::new(ip, port));
+            .find(|(_, b)| b.phone.remote == SocketAddr::new(ip, port));
         exact
-            .or_else(|| bindings.iter().find(|(_, b)| b.phone.ip() == ip))
+            .or_else(|| bindings.iter().find(|(_, b)| b.phone.remote.ip() == ip))
             .map(|(t, _)| t.clone())
     }
 
@@ -121,7 +121,7 @@ impl Gateway {
             let first = held.next()?;
             let second = held.next();
             let d = match second {
-                Some(other) if other.phone == phone && first.phone != phone => other,
+                Some(other) if other.phone.remote == phone && first.phone.remote != phone => other,
                 _ => first,
             };
             (d.inside_call_id.as_slice() != id).then(|| d.inside_call_id.clone())

@@ -14,7 +14,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sipward_core::{Action, AddressObject, AlgOptions, Config, Gateway, Rule, Transmit, Zone};
+use sipward_core::{
+    Action, AddressObject, AlgOptions, Config, Gateway, Rule, Service, Transmit, Transport, Zone,
+};
 
 pub const LAN: &str = "10.0.0.1:5060";
 pub const WAN: &str = "203.0.113.1:5060";
@@ -35,6 +37,8 @@ pub fn config(alg: AlgOptions) -> Config {
                 networks: vec!["10.0.0.0/24".parse().unwrap()],
                 inside: true,
                 media_ports: None,
+                intercept: false,
+                advertise: None,
             },
             Zone {
                 name: "wan".into(),
@@ -42,6 +46,8 @@ pub fn config(alg: AlgOptions) -> Config {
                 networks: vec!["203.0.113.0/24".parse().unwrap()],
                 inside: false,
                 media_ports: None,
+                intercept: false,
+                advertise: None,
             },
         ],
         alg,
@@ -56,7 +62,11 @@ pub fn config(alg: AlgOptions) -> Config {
                     ip: "203.0.113.10".parse().unwrap(),
                     port: Some(5060),
                 },
-                service_port: 5060,
+                services: vec![Service::udp(5060)],
+                next_hop_transport: Transport::Udp,
+                server_name: None,
+                udp_only: false,
+                options_ping: None,
             },
             Rule {
                 name: "proxy-to-core".into(),
@@ -68,7 +78,11 @@ pub fn config(alg: AlgOptions) -> Config {
                 },
                 to_zone: None,
                 destination: AddressObject::Any,
-                service_port: 5060,
+                services: vec![Service::udp(5060)],
+                next_hop_transport: Transport::Udp,
+                server_name: None,
+                udp_only: false,
+                options_ping: None,
             },
         ],
         protection: sipward_core::ProtectionOptions::default(),
