@@ -261,6 +261,16 @@ leak_check() { # T0 T1: sets LEAK to a description when an office address shows 
     fi
 }
 
+# sipward's own count of what the router diverted to it (0 for the kernel ALG)
+metrics() {
+    $G curl -s -m 2 -H "Authorization: Bearer $(sed -n 's/^token = "\(.*\)"/\1/p' $WORK/sipward.toml)" \
+        http://127.0.0.1:8080/metrics 2>/dev/null
+}
+diverted() {
+    [ "$ALG" = sipward ] && [ -n "$SW_PID" ] || { echo 0; return; }
+    metrics | awk '/^sipward_diverted_(total|unmatched_total)/ {n += $NF} END {print n + 0}'
+}
+
 R="" WHY=""
 pass() { R=PASS WHY="$*"; }
 fail() { R=FAIL WHY="$*"; }
@@ -564,14 +574,17 @@ case_12() {
     sipp_rc $callee; local r2=$?
     local offer answer
     offer=$(cat $WORK/c12-offer.sdp 2>/dev/null) answer=$(cat $WORK/c12-answer.sdp 2>/dev/null)
-    local netside
+    local netside diverted_now
     netside=$(python3 $TOOLS leak $WORK/net.pcap $T0 $(now) 10.10.0. | grep -o 'packets=[0-9]*')
+    diverted_now=$(diverted)
     if [ $r1 -ne 0 ] || [ $r2 -ne 0 ]; then
         fail "direct call failed (caller $r1, callee $r2)"
     elif [ "$offer" != "$P1 6000" ] || [ "$answer" != "$P2 6002" ]; then
         fail "SDP altered: offer '$offer', answer '$answer'"
     elif [ "$netside" != "packets=0" ]; then
         fail "traffic went to the net side ($netside)"
+    elif [ "$diverted_now" != "$DIVERTED0" ]; then
+        fail "the router diverted $((diverted_now - DIVERTED0)) datagrams of a direct call"
     else
         pass "SDP arrived as sent ($offer / $answer), nothing on the net side"
     fi
@@ -697,7 +710,9 @@ for c in $CASES; do
     if [ "$ALG" = sipward ] && [ -n "$SW_ERROR" ]; then
         fail "$SW_ERROR"
     else
+        DIVERTED0=$(diverted)
         case_$c
+        [ "$ALG" = sipward ] && WHY="$WHY; diverted to sipward: $(($(diverted) - DIVERTED0))"
     fi
     [ $R = PASS ] || FAILS=$((FAILS + 1))
     WHY=${WHY//|/\\|}
@@ -724,12 +739,21 @@ version_of() { "$@" 2>&1 | grep -m1 -E '[0-9]+\.[0-9]+' | sed 's/^[[:space:]]*//
     echo "|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
     echo
+    if [ "$ALG" = sipward ] && [ -z "$SW_ERROR" ]; then
+        echo "sipward's diversion counters at the end (/metrics):"
+        echo
+        echo '```'
+        metrics | grep -E '^sipward_(diverted|transparent)'
+        echo '```'
+        echo
+    fi
     echo "$((${#ROWS[@]} - FAILS))/${#ROWS[@]} passed."
 } >$WORK/result.md
 cat $WORK/result.md
 if [ $FULL_RUN = 1 ]; then
     mkdir -p $HERE/results
-    cp $WORK/result.md $HERE/results/$ALG-$(date -u +%Y-%m-%d).md
-    echo "harness: written to tests/transparent/results/$ALG-$(date -u +%Y-%m-%d).md" >&2
+    out=$ALG$([ $MANUAL_FW = 1 ] && echo -manual-firewall)-$(date -u +%Y-%m-%d).md
+    cp $WORK/result.md $HERE/results/$out
+    echo "harness: written to tests/transparent/results/$out" >&2
 fi
 [ $FAILS -eq 0 ]
