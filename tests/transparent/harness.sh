@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
 done
 case $ALG in sipward | kernel) ;; *) usage >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "harness: needs root (network namespaces)" >&2; exit 2; }
-for tool in ip nft sipp kamailio tcpdump python3 baresip sox soxi timeout; do
+for tool in ip ss nft curl sipp kamailio tcpdump python3 baresip sox soxi timeout; do
     command -v $tool >/dev/null || { echo "harness: $tool is missing (scripts/install-deps.sh)" >&2; exit 2; }
 done
 FULL_RUN=1
@@ -434,7 +434,7 @@ title_7="media from a media server (.30) that is not the signalling peer, far en
 case_7() {
     sipp_bg c7-media "$N" $SC/answer.xml -i $MEDIA -p 5060 -set mport 7000 -set sdpfile $WORK/c7-offer.sdp
     local ms=$!
-    peer_bg c7-mediartp "$N" $MEDIA:7000 5 --send-file $WORK/c7-offer.sdp --delay 0.5
+    peer_bg c7-mediartp "$N" $MEDIA:7000 5 --send-file $WORK/c7-offer.sdp --delay 0.1
     peer_bg c7-phonertp "$O" $P1:6000 5
     sleep 0.3
     sipp_bg c7-phone "$O" $SC/call.xml $PA:5060 -i $P1 -p 5060 -d 2500 \
