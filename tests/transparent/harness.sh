@@ -730,7 +730,7 @@ version_of() { "$@" 2>&1 | grep -m1 -E '[0-9]+\.[0-9]+' | sed 's/^[[:space:]]*//
     if [ "$ALG" = kernel ]; then
         echo "Router ALG: nf_conntrack_sip + nf_nat_sip attached with \`ct helper set \"sip\"\` to udp/tcp 5060 from the office, masquerade."
     else
-        echo "Router ALG: sipward $(git -C "$ROOT" describe --always --dirty 2>/dev/null) in transparent mode ($([ $MANUAL_FW = 1 ] && echo "rules from \`sipward nft-rules\` loaded by the harness" || echo "manage_firewall = true"))."
+        echo "Router ALG: sipward (tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$([ -n "$(git -C "$ROOT" status --porcelain -- crates Cargo.lock 2>/dev/null)" ] && echo ", crates modified")) in transparent mode ($([ $MANUAL_FW = 1 ] && echo "rules from \`sipward nft-rules\` loaded by the harness" || echo "manage_firewall = true"))."
     fi
     echo
     echo "Environment: kernel $(uname -r); $(version_of sipp -v); $(version_of kamailio -v); $(nft -v); $(version_of baresip -h); $(python3 -V); $(tcpdump --version 2>&1 | head -1)."
