@@ -3,7 +3,7 @@
 # namespaces, the router's SIP ALG being either sipward in transparent mode or the
 # kernel's nf_conntrack_sip + nf_nat_sip; one PASS/FAIL row per case.
 # Usage (root): tests/transparent/harness.sh --alg sipward|kernel [--cases 1,3,7]
-#               [--manual-firewall] [--keep]
+#               [--manual-firewall] [--keep] [--no-record]  (--no-record: results not written)
 # See tests/transparent/README.md.
 set -u
 
@@ -17,13 +17,14 @@ usage() {
     sed -n 2,8p "$0" | sed 's/^# \{0,1\}//'
 }
 
-ALG="" CASES="" MANUAL_FW=0 KEEP=0
+ALG="" CASES="" MANUAL_FW=0 KEEP=0 RECORD=1
 while [ $# -gt 0 ]; do
     case $1 in
     --alg) ALG=${2:-}; shift 2 ;;
     --cases) CASES=${2:-}; shift 2 ;;
     --manual-firewall) MANUAL_FW=1; shift ;;
     --keep) KEEP=1; shift ;;
+    --no-record) RECORD=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "harness: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -750,7 +751,7 @@ version_of() { "$@" 2>&1 | grep -m1 -E '[0-9]+\.[0-9]+' | sed 's/^[[:space:]]*//
     echo "$((${#ROWS[@]} - FAILS))/${#ROWS[@]} passed."
 } >$WORK/result.md
 cat $WORK/result.md
-if [ $FULL_RUN = 1 ]; then
+if [ $FULL_RUN = 1 ] && [ $RECORD = 1 ]; then
     mkdir -p $HERE/results
     out=$ALG$([ $MANUAL_FW = 1 ] && echo -manual-firewall)-$(date -u +%Y-%m-%d).md
     cp $WORK/result.md $HERE/results/$out
