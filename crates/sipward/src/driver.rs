@@ -311,6 +311,10 @@ fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
     // Best effort: a smaller buffer than asked for still works.
     let _ = socket.set_recv_buffer_size(SIGNALLING_RECEIVE_BUFFER);
     let _ = socket.set_send_buffer_size(SIGNALLING_SEND_BUFFER);
+    if address.is_ipv6() {
+        // IPv6 only, whatever net.ipv6.bindv6only says: an interface is one family.
+        socket.set_only_v6(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     UdpSocket::from_std(socket.into())
