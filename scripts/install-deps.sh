@@ -15,6 +15,12 @@ command -v sox >/dev/null 2>&1 || need_apt+=(sox)
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)
 command -v bc >/dev/null 2>&1 || need_apt+=(bc)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# Transparent mode's tests: namespaces and policy routing, nftables, capsh (to start
+# without CAP_NET_ADMIN), python3 (the phones and proxy of e2e_transparent).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v capsh >/dev/null 2>&1 || need_apt+=(libcap2-bin)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"

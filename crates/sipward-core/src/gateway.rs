@@ -55,14 +55,15 @@ mod outbound;
 mod peers;
 mod rewrite;
 mod route;
+mod seam;
 mod timers;
 mod transaction;
 
 use crate::media::{MediaCommand, MediaError, MediaTable, SdpPassage, Side};
 use crate::protect::{BanView, Class, EventKind, Guard, SecurityEvent, Verdict};
 use crate::state::{
-    has_tag, Binding, BindingView, Claimant, ClientTx, Completed, Dialog, DialogKey, DialogView,
-    Echo, Refusal, RegisterInfo, Room, ServerTx, SharePolicy, Tables, Victim,
+    has_tag, Binding, BindingView, Changed, Claimant, ClientTx, Completed, Dialog, DialogKey,
+    DialogView, Echo, Refusal, RegisterInfo, Room, ServerTx, SharePolicy, Tables, Victim,
 };
 pub use emit::{Counters, Traffic, Transmit};
 use emit::{Direction, DIVERTED_DESTINATIONS};
@@ -101,6 +102,8 @@ pub struct Gateway {
     cancels: Cancels,
     /// Its own retransmissions on UDP legs for senders on streams.
     retransmits: Retransmits,
+    /// The state seam's bookkeeping (records for a store).
+    seam: seam::Seam,
     /// OPTIONS pings to next hops, by rule name.
     pings: std::collections::HashMap<String, peers::PeerPing>,
     /// What the inside addresses look like in text (the outgoing scan).
@@ -145,6 +148,7 @@ impl Gateway {
             cancels: Cancels::default(),
             retransmits: Retransmits::default(),
             pings: std::collections::HashMap::new(),
+            seam: seam::Seam::default(),
         }
     }
 

@@ -15,6 +15,7 @@ mod hide;
 mod hiding;
 pub mod media;
 pub mod protect;
+pub mod records;
 mod retransmit;
 mod state;
 

@@ -80,6 +80,44 @@ pub struct Peer {
     pub latch: bool,
 }
 
+/// A stream as a state record keeps it: both relay addresses, the parties of each side
+/// by tag (the current one first), hold. Counters and the idle clock start afresh.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamState {
+    pub local: [SocketAddr; 2],
+    pub peers: [Vec<(Vec<u8>, PeerState)>; 2],
+    pub held: [bool; 2],
+    pub bypassed: bool,
+}
+
+/// A [`Peer`] in a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerState {
+    pub rtp: Option<SocketAddr>,
+    pub rtcp: Option<SocketAddr>,
+    pub latch: bool,
+}
+
+impl From<Peer> for PeerState {
+    fn from(p: Peer) -> Self {
+        Self {
+            rtp: p.rtp,
+            rtcp: p.rtcp,
+            latch: p.latch,
+        }
+    }
+}
+
+impl From<PeerState> for Peer {
+    fn from(p: PeerState) -> Self {
+        Self {
+            rtp: p.rtp,
+            rtcp: p.rtcp,
+            latch: p.latch,
+        }
+    }
+}
+
 /// One side of a stream as the relay needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegSpec {
@@ -119,6 +157,11 @@ pub struct StreamCounters {
     dropped: AtomicU64,
     /// Nanoseconds after `epoch` of the last forwarded packet, plus one (0: never).
     last: AtomicU64,
+    /// The RTP source a latching party was found at, per side, as the relay reports it
+    /// (so that a restored stream keeps it: no stranger can race for it), and how often
+    /// that changed.
+    latched: [std::sync::Mutex<Option<SocketAddr>>; 2],
+    latch_changes: AtomicU64,
 }
 
 /// A copy of a stream's counters.
@@ -138,7 +181,27 @@ impl StreamCounters {
             bytes: Default::default(),
             dropped: AtomicU64::new(0),
             last: AtomicU64::new(0),
+            latched: Default::default(),
+            latch_changes: AtomicU64::new(0),
         }
+    }
+
+    /// The relay latched the party on `side` at `source` (RTP).
+    pub fn record_latch(&self, side: Side, source: SocketAddr) {
+        if let Ok(mut slot) = side.of(&self.latched).lock() {
+            *slot = Some(source);
+        }
+        self.latch_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Where the party on `side` was latched, if it was.
+    pub fn latched(&self, side: Side) -> Option<SocketAddr> {
+        side.of(&self.latched).lock().ok().and_then(|slot| *slot)
+    }
+
+    /// How many latches were reported (rises with each).
+    pub fn latch_changes(&self) -> u64 {
+        self.latch_changes.load(Ordering::Relaxed)
     }
 
     /// Records `packets` forwarded packets totalling `bytes`, which came from `from`.
@@ -269,6 +332,8 @@ struct Stream {
     /// Both parties are inside and talk directly (media bypass): nothing to relay, and
     /// no idle timeout.
     bypassed: bool,
+    /// The relay's latch reports already seen (`StreamCounters::latch_changes`).
+    latches_seen: u64,
 }
 
 /// The media of one dialog, by `m=` line.
@@ -433,6 +498,150 @@ impl MediaTable {
                 counters: s.counters.snapshot(),
             })
             .collect()
+    }
+
+    /// The streams of `call` as a state record keeps them (see `records`).
+    pub(crate) fn snapshot(&self, call: &[u8]) -> Vec<Option<StreamState>> {
+        let Some(c) = self.calls.get(call) else {
+            return Vec::new();
+        };
+        c.streams
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|s| StreamState {
+                    local: s.local,
+                    peers: [Side::Inside, Side::Outside].map(|side| {
+                        let latched = s.counters.latched(side);
+                        side.of(&s.peers)
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (tag, peer))| {
+                                let mut state = PeerState::from(*peer);
+                                // The current party, found by latching: restored at
+                                // the address it was found at, latched already.
+                                if let (0, true, Some(at)) = (i, peer.latch, latched) {
+                                    state.rtp = Some(at);
+                                    state.rtcp =
+                                        Some(SocketAddr::new(at.ip(), at.port().wrapping_add(1)));
+                                    state.latch = false;
+                                }
+                                (tag.clone(), state)
+                            })
+                            .collect()
+                    }),
+                    held: s.held,
+                    bypassed: s.bypassed,
+                })
+            })
+            .collect()
+    }
+
+    /// The calls whose relay latched a party since last asked (their records must be
+    /// made again, so that a restore keeps the latched address).
+    pub(crate) fn newly_latched(&mut self) -> Vec<Vec<u8>> {
+        let mut calls = Vec::new();
+        for (call, media) in &mut self.calls {
+            let mut news = false;
+            for s in media.streams.iter_mut().flatten() {
+                let changes = s.counters.latch_changes();
+                if changes != s.latches_seen {
+                    s.latches_seen = changes;
+                    news = true;
+                }
+            }
+            if news {
+                calls.push(call.clone());
+            }
+        }
+        calls
+    }
+
+    /// Takes back the streams of a restored call on the very ports they had (the
+    /// phones' NATs and the far end point at them), and queues their `Set`. A port that
+    /// is not in a pool any more, is in use, or cannot be opened drops that stream
+    /// (false is returned; the call keeps its signalling).
+    pub(crate) fn restore(
+        &mut self,
+        call: &[u8],
+        streams: &[Option<StreamState>],
+        answered: bool,
+        now: Instant,
+    ) -> bool {
+        let mut all = true;
+        let mut restored = CallMedia {
+            streams: Vec::with_capacity(streams.len()),
+            answered: answered.then_some(now),
+        };
+        for state in streams {
+            let Some(state) = state else {
+                restored.streams.push(None);
+                continue;
+            };
+            match self.take_ports(state.local) {
+                Some(()) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let stream = Stream {
+                        id,
+                        counters: Arc::new(StreamCounters::new(now)),
+                        local: state.local,
+                        peers: state.peers.clone().map(|side| {
+                            side.into_iter()
+                                .map(|(tag, peer)| (tag, Peer::from(peer)))
+                                .collect()
+                        }),
+                        held: state.held,
+                        since: now,
+                        bypassed: state.bypassed,
+                        latches_seen: 0,
+                    };
+                    self.owners.insert(
+                        *Side::Outside.of(&stream.local),
+                        (call.to_vec(), restored.streams.len()),
+                    );
+                    if !stream.bypassed {
+                        queue_set(&mut self.commands, set_command(&stream, !answered));
+                    }
+                    restored.streams.push(Some(stream));
+                }
+                None => {
+                    all = false;
+                    restored.streams.push(None);
+                }
+            }
+        }
+        self.calls.insert(call.to_vec(), restored);
+        all
+    }
+
+    /// Removes both addresses' RTP ports from their pools and opens them.
+    fn take_ports(&mut self, local: [SocketAddr; 2]) -> Option<()> {
+        let mut taken = Vec::with_capacity(2);
+        for addr in local {
+            let pool = self.pool_index(addr.ip());
+            let slot = pool.and_then(|p| {
+                let free = &mut self.pools.get_mut(p)?.free;
+                let at = free.iter().position(|&port| port == addr.port())?;
+                free.remove(at)
+            });
+            let opened = slot.is_some() && self.reserver.reserve(addr).is_ok();
+            if !opened {
+                if slot.is_some() {
+                    if let Some(p) = pool {
+                        self.give_back(p, addr.port());
+                    }
+                }
+                for (p, rtp) in taken {
+                    self.reserver.release(rtp);
+                    self.give_back(p, rtp.port());
+                }
+                return None;
+            }
+            if let Some(p) = pool {
+                taken.push((p, addr));
+            }
+        }
+        Some(())
     }
 
     fn pool_index(&self, ip: IpAddr) -> Option<usize> {
@@ -815,6 +1024,7 @@ impl MediaTable {
             held: [false, false],
             since: now,
             bypassed: false,
+            latches_seen: 0,
         })
     }
 

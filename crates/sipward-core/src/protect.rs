@@ -300,6 +300,9 @@ pub struct Guard {
     pub(crate) dropped_banned: u64,
     /// When a full source table was last swept for blank entries.
     last_source_sweep: Option<Instant>,
+    /// Rises with every change to the bans (for the state records: the bans are
+    /// compared only when it moved).
+    pub(crate) ban_generation: u64,
 }
 
 /// Whether `needle` occurs in `haystack`, ASCII letters compared without case.
@@ -326,6 +329,7 @@ impl Guard {
             event_budget: HashMap::new(),
             dropped_banned: 0,
             last_source_sweep: None,
+            ban_generation: 0,
         }
     }
 
@@ -651,6 +655,7 @@ impl Guard {
             if b.expires > now {
                 b.expires = b.expires.max(expires);
                 b.last_seen = now;
+                self.ban_generation += 1;
                 return;
             }
         }
@@ -669,6 +674,7 @@ impl Guard {
                 }
             }
         }
+        self.ban_generation += 1;
         self.bans.insert(
             source,
             BanView {
@@ -691,6 +697,7 @@ impl Guard {
         let Some(b) = self.bans.remove(&source) else {
             return false;
         };
+        self.ban_generation += 1;
         self.sources.remove(&source);
         self.record(
             now,
@@ -708,6 +715,7 @@ impl Guard {
     pub fn mark_by_operator(&mut self, source: IpAddr) {
         if let Some(b) = self.bans.get_mut(&source) {
             b.by_operator = true;
+            self.ban_generation += 1;
         }
     }
 

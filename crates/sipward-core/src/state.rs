@@ -169,6 +169,20 @@ pub(crate) struct DialogKey {
 }
 
 impl DialogKey {
+    /// The dialog a media id names (the inverse of `media_id`).
+    pub(crate) fn from_media_id(id: &[u8]) -> Self {
+        match id.strip_suffix(b";inbound") {
+            Some(call) => DialogKey {
+                outside_call_id: call.to_vec(),
+                originated_inside: false,
+            },
+            None => DialogKey {
+                outside_call_id: id.to_vec(),
+                originated_inside: true,
+            },
+        }
+    }
+
     /// The name the media seam knows this dialog's streams by (distinct for the two
     /// dialogs of a hairpin call).
     pub(crate) fn media_id(&self) -> Vec<u8> {
@@ -281,8 +295,23 @@ pub struct DialogView {
 /// All tables. Keys: client transactions by (our outside branch, CSeq method); server
 /// transactions by (our inside branch, CSeq method); dialogs by outside Call-ID; bindings
 /// by contact token.
+/// What changed in the tables since the state records were last made (see `records`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Changed {
+    Binding(String),
+    Dialog(DialogKey),
+}
+
+/// Changes kept before the seam is drained; beyond them the store needs a full resync.
+const MAX_CHANGES: usize = 65_536;
+
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
+    /// Changes for the state records, when they are wanted (`tracking`); `overflowed`
+    /// once more piled up than `MAX_CHANGES` (then a full snapshot is needed).
+    pub(crate) changed: Vec<Changed>,
+    pub(crate) tracking: bool,
+    pub(crate) overflowed: bool,
     /// Read freely; entries go in and out only through `insert_client` /
     /// `remove_client` (and the server pair), which keep `tx_holders` true.
     pub(crate) client: HashMap<(String, Vec<u8>), ClientTx>,
@@ -469,8 +498,22 @@ impl Tables {
         self.sessions_by_aor.get(aor).copied().unwrap_or(0)
     }
 
+    /// Notes a change for the state records.
+    pub(crate) fn note(&mut self, change: Changed) {
+        if !self.tracking {
+            return;
+        }
+        if self.changed.len() >= MAX_CHANGES {
+            self.overflowed = true;
+            self.changed.clear();
+            return;
+        }
+        self.changed.push(change);
+    }
+
     pub(crate) fn insert_dialog(&mut self, d: Dialog) {
         let key = d.key();
+        self.note(Changed::Dialog(key.clone()));
         self.call_ids.insert(d.inside_call_id.clone(), key.clone());
         if d.session {
             *self.sessions_by_aor.entry(d.aor.clone()).or_default() += 1;
@@ -492,6 +535,7 @@ impl Tables {
 
     pub(crate) fn remove_dialog(&mut self, key: &DialogKey) -> Option<Dialog> {
         let d = self.dialogs.remove(key)?;
+        self.note(Changed::Dialog(key.clone()));
         self.call_ids.remove(&d.inside_call_id);
         let (ip, outside) = d.holder();
         self.dialog_holders.remove(ip, outside);
@@ -557,11 +601,13 @@ impl Tables {
             .or_default()
             .push(token.clone());
         self.binding_holders.add(b.phone.remote.ip(), false);
+        self.note(Changed::Binding(token.clone()));
         self.bindings.insert(token, b);
     }
 
     pub(crate) fn remove_binding(&mut self, token: &str) -> Option<Binding> {
         let b = self.bindings.remove(token)?;
+        self.note(Changed::Binding(token.to_owned()));
         self.binding_holders.remove(b.phone.remote.ip(), false);
         if let Some(tokens) = self.tokens_by_aor.get_mut(&b.aor) {
             tokens.retain(|t| t != token);

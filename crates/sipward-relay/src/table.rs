@@ -155,6 +155,8 @@ struct Leg {
     early: Vec<Early>,
     /// `LegSpec::provisional`: unaccepted datagrams are held, not dropped.
     provisional: bool,
+    /// An RTP source just latched, to report in the stream's counters.
+    just_latched: Option<SocketAddr>,
 }
 
 /// A datagram held until its leg's party is known.
@@ -196,6 +198,9 @@ impl Leg {
             // over from another latched first (a stray or late packet from elsewhere,
             // the old address after a re-INVITE moved the party).
             *slot = Some(source);
+            if channel == Channel::Rtp {
+                self.just_latched = Some(source);
+            }
             return true;
         }
         named
@@ -470,6 +475,9 @@ impl Table {
             }
         }
         tally.record(&stream.counters, side, now);
+        if let Some(at) = from_leg.just_latched.take() {
+            stream.counters.record_latch(side, at);
+        }
     }
 
     fn open(
@@ -555,6 +563,9 @@ impl Table {
         // send yet.
         let accepted = from_leg.accepts(channel, source);
         let target = to_leg.destination(channel);
+        if let Some(at) = from_leg.just_latched.take() {
+            stream.counters.record_latch(side, at);
+        }
         if waits(accepted, target.is_some(), from_leg, to_leg) {
             return Route::Hold;
         }
@@ -637,6 +648,9 @@ impl Table {
             train.send(&self.state, out, target, &mut self.train, &mut tally);
         }
         tally.record(&stream.counters, side, now);
+        if let Some(at) = from_leg.just_latched.take() {
+            stream.counters.record_latch(side, at);
+        }
     }
 }
 

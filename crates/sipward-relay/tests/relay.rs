@@ -258,8 +258,20 @@ fn latching_party_is_answered_where_it_sends_from_with(engine: Engine) {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(counters.snapshot().dropped, 1);
     // The party sends first: it is latched, and answered there.
+    assert_eq!(counters.latch_changes(), 0);
     behind_nat.send_to(&[2], "127.78.1.1:40010").unwrap();
     assert_eq!(receive(&phone_rtp).unwrap().0, vec![2]);
+    // The core learns where (a restored stream keeps it); the relay reports it once
+    // the batch is through, which may be just after the packet arrived.
+    let reported = Instant::now() + Duration::from_secs(1);
+    while counters.latched(Side::Outside).is_none() && Instant::now() < reported {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        counters.latched(Side::Outside),
+        Some(behind_nat.local_addr().unwrap())
+    );
+    assert_eq!(counters.latch_changes(), 1);
     phone_rtp.send_to(&[3], "127.78.0.1:40010").unwrap();
     assert_eq!(receive(&behind_nat).unwrap().0, vec![3]);
     // A second source is not latched over the first.

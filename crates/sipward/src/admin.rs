@@ -68,6 +68,10 @@ pub(crate) struct RunInfo {
     pub(crate) started_wall: SystemTime,
     pub(crate) listeners: Vec<(String, SocketAddr, bool)>,
     pub(crate) config_digest: String,
+    /// Transparent mode's settings, when an interface intercepts.
+    pub(crate) transparent: Option<crate::config::TransparentSettings>,
+    /// The sockets answering as proxy addresses (transparent mode).
+    pub(crate) senders: crate::transparent::SenderStats,
 }
 
 /// Processing time per datagram, for the metrics histogram.
@@ -148,6 +152,42 @@ fn ban_json(b: &BanView, now: Instant) -> Value {
     })
 }
 
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Transparent mode in `/api/v1/status`: the settings and what was diverted (`null`
+/// when no interface intercepts).
+fn transparent_status(gateway: &Gateway, info: &RunInfo) -> Value {
+    let Some(t) = &info.transparent else {
+        return Value::Null;
+    };
+    let traffic = gateway.traffic();
+    json!({
+        "listen_port": t.listen_port,
+        "mark": t.mark,
+        "route_table": t.route_table,
+        "manage_firewall": t.manage_firewall,
+        "diverted": traffic.diverted,
+        "diverted_to": traffic
+            .diverted_to
+            .iter()
+            .map(|(d, n)| (d.to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
+        "diverted_to_other": traffic.diverted_to_other,
+        "diverted_unmatched": traffic.diverted_unmatched,
+        "send_sockets": {
+            "open": info.senders.open,
+            "opened": info.senders.opened,
+            "evicted": info.senders.evicted,
+            "send_failures": info.senders.send_failures,
+        },
+    })
+}
+
 /// Answers one query from the gateway's state at `now`.
 pub(crate) fn answer(
     gateway: &mut Gateway,
@@ -179,6 +219,7 @@ pub(crate) fn answer(
                 }
                 v
             }).collect::<Vec<_>>(),
+            "transparent": transparent_status(gateway, info),
         })),
         Query::Registrations => Answer::Json(Value::Array(
             gateway
@@ -188,6 +229,8 @@ pub(crate) fn answer(
                     json!({
                         "aor": b.aor,
                         "phone": b.phone.to_string(),
+                        "registrar": b.registrar.to_string(),
+                        "intercepted": b.intercepted,
                         "inside_contact": b.inside_contact,
                         "outside_contact": b.outside_contact,
                         "expires_in": seconds_until(b.expires_at, now),
@@ -254,7 +297,7 @@ pub(crate) fn answer(
                 Answer::NotFound(format!("{source} is not blacklisted"))
             }
         }
-        Query::Metrics => Answer::Text(metrics(gateway, latency, now)),
+        Query::Metrics => Answer::Text(metrics(gateway, info, latency, now)),
         Query::Reload => Answer::BadRequest("reload is handled by the driver".into()),
     }
 }
@@ -309,9 +352,65 @@ impl Exposition {
 
 /// The Prometheus metrics, written from the core's own counters (a registry of atomics
 /// would only copy them).
-fn metrics(gateway: &Gateway, latency: &Latency, now: Instant) -> String {
+fn metrics(gateway: &Gateway, info: &RunInfo, latency: &Latency, now: Instant) -> String {
     let mut e = Exposition(String::new());
     let t = gateway.traffic();
+    let n = "sipward_diverted_total";
+    e.family(
+        n,
+        "counter",
+        "Datagrams the router diverted to sipward (transparent mode), by the rule that admitted them.",
+    );
+    for (rule, v) in &t.diverted {
+        e.sample(n, &format!("rule=\"{}\"", label_value(rule)), v);
+    }
+    let n = "sipward_diverted_destination_total";
+    e.family(
+        n,
+        "counter",
+        "Admitted diverted datagrams by original destination (the first 256 destinations).",
+    );
+    for (destination, v) in &t.diverted_to {
+        e.sample(n, &format!("destination=\"{destination}\""), v);
+    }
+    let n = "sipward_diverted_destination_other_total";
+    e.family(
+        n,
+        "counter",
+        "Admitted diverted datagrams to destinations past the first 256.",
+    );
+    e.sample(n, "", t.diverted_to_other);
+    let n = "sipward_diverted_unmatched_total";
+    e.family(n, "counter", "Diverted datagrams no rule admits (dropped).");
+    e.sample(n, "", t.diverted_unmatched);
+    let senders = info.senders;
+    let n = "sipward_transparent_send_sockets";
+    e.family(
+        n,
+        "gauge",
+        "Open sockets that answer phones as the proxy address they sent to.",
+    );
+    e.sample(n, "", senders.open);
+    for (n, help, v) in [
+        (
+            "sipward_transparent_send_sockets_opened_total",
+            "Sockets opened to answer as a proxy address.",
+            senders.opened,
+        ),
+        (
+            "sipward_transparent_send_sockets_evicted_total",
+            "Sockets closed because the cache was full (least recently used first).",
+            senders.evicted,
+        ),
+        (
+            "sipward_transparent_send_failures_total",
+            "Datagrams that could not be sent as a proxy address.",
+            senders.send_failures,
+        ),
+    ] {
+        e.family(n, "counter", help);
+        e.sample(n, "", v);
+    }
     let n = "sipward_requests_total";
     e.family(n, "counter", "SIP requests by direction and method.");
     for (dir, map) in [("in", &t.requests_in), ("out", &t.requests_out)] {
@@ -887,6 +986,8 @@ mod tests {
                 started_wall: SystemTime::now(),
                 listeners: Vec::new(),
                 config_digest: "test".into(),
+                transparent: None,
+                senders: Default::default(),
             };
             // One datagram from a phone, so that a source is tracked.
             let lan = gateway.config().zones[0].address;

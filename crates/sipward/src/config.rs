@@ -43,6 +43,9 @@ pub(crate) struct Config {
     admin: Option<AdminSection>,
     #[serde(default)]
     relay: RelaySection,
+    /// Transparent mode's listener and firewall (used when an interface intercepts).
+    #[serde(default)]
+    transparent: Option<TransparentSection>,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
@@ -197,7 +200,45 @@ struct InterfaceSection {
     /// 30000-39999.
     #[serde(default)]
     media_ports: Option<Spanned<String>>,
+    /// Transparent mode: SIP this interface's phones send to other addresses is diverted
+    /// to the gateway by the router (TPROXY). Inside interfaces only.
+    #[serde(default)]
+    intercept: Option<Spanned<bool>>,
 }
+
+/// `[transparent]`: the TPROXY listener and the firewall rules that feed it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransparentSection {
+    /// The port of the listener the diverted datagrams are delivered to (default 15060).
+    #[serde(default)]
+    listen_port: Option<Spanned<u16>>,
+    /// The packet mark of diverted datagrams, routed to the local table (default 0x5157).
+    #[serde(default)]
+    mark: Option<Spanned<u32>>,
+    /// The routing table holding the `local` route for marked packets (default 100).
+    #[serde(default)]
+    route_table: Option<Spanned<u32>>,
+    /// Install the nftables rules and the policy route at start, remove them at stop.
+    #[serde(default)]
+    manage_firewall: bool,
+}
+
+/// What the driver needs for transparent mode (`[transparent]` with the defaults filled
+/// in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TransparentSettings {
+    pub(crate) listen_port: u16,
+    pub(crate) mark: u32,
+    pub(crate) route_table: u32,
+    pub(crate) manage_firewall: bool,
+}
+
+/// `[transparent]` defaults: the listener port, the mark ("QW", an unlikely clash) and
+/// the routing table.
+const DEFAULT_LISTEN_PORT: u16 = 15060;
+const DEFAULT_MARK: u32 = 0x5157;
+const DEFAULT_ROUTE_TABLE: u32 = 100;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,9 +305,56 @@ impl AlgSection {
 #[serde(deny_unknown_fields)]
 struct ServiceSection {
     protocol: Spanned<String>,
-    port: Spanned<u16>,
+    /// One port or a list (SIP on 5080 or 5070 beside 5060 is common).
+    port: Spanned<PortList>,
     alg: Spanned<String>,
 }
+
+/// A service's `port`: an integer or a list of integers, each checked at compile time
+/// (with its line) rather than by the parser.
+#[derive(Debug)]
+enum PortList {
+    One(i64),
+    Many(Vec<Spanned<i64>>),
+}
+
+impl<'de> Deserialize<'de> for PortList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PortList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port number or a list of port numbers")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<PortList, E> {
+                Ok(PortList::One(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<PortList, E> {
+                Ok(PortList::One(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<PortList, A::Error> {
+                let mut ports = Vec::new();
+                // A service has a handful of ports; a longer list is refused while read.
+                while let Some(p) = seq.next_element::<Spanned<i64>>()? {
+                    if ports.len() == MAX_SERVICE_PORTS {
+                        return Err(serde::de::Error::custom(format!(
+                            "at most {MAX_SERVICE_PORTS} ports"
+                        )));
+                    }
+                    ports.push(p);
+                }
+                Ok(PortList::Many(ports))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The most ports one service may list.
+const MAX_SERVICE_PORTS: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -505,13 +593,21 @@ impl Config {
                     )
                 })?,
             };
+            let intercept = match &i.intercept {
+                Some(v) if *v.get_ref() && !i.inside => bail!(
+                    "{}: interface {name:?}: intercept = true needs an inside interface (`inside = true`): the router diverts the SIP its phones send",
+                    self.at(origin, v)
+                ),
+                Some(v) => *v.get_ref(),
+                None => false,
+            };
             zones.push(Zone {
                 name: name.clone(),
                 address: SocketAddr::new(ip, 0),
                 networks,
                 inside: i.inside,
                 media_ports: Some(media_ports),
-                intercept: false,
+                intercept,
                 advertise: None,
             });
         }
@@ -638,6 +734,7 @@ impl Config {
             ..d.clone()
         };
         let mut service_port = None;
+        let mut service_ports: HashMap<&str, Vec<u16>> = HashMap::new();
         for (name, s) in &self.service {
             if !s.protocol.get_ref().eq_ignore_ascii_case("udp") {
                 bail!(
@@ -653,20 +750,19 @@ impl Config {
                     s.alg.get_ref()
                 );
             }
-            if *s.port.get_ref() == 0 {
-                bail!(
-                    "{}: service {name:?}: port 0 is no port (5060 is SIP's)",
-                    self.at(origin, &s.port)
-                );
-            }
+            let ports = self.service_port_list(origin, name, &s.port)?;
+            // The gateway's own addresses listen on the first port (explicit mode);
+            // the others are matched on intercepted messages' original destinations.
+            let first = ports.first().copied().unwrap_or(5060);
             match service_port {
-                None => service_port = Some(*s.port.get_ref()),
-                Some(p) if p == *s.port.get_ref() => {}
+                None => service_port = Some(first),
+                Some(p) if p == first => {}
                 Some(_) => bail!(
-                    "{}: service {name:?}: all services must use the same port for now",
+                    "{}: service {name:?}: all services must start with the same port for now (the gateway's own SIP port)",
                     self.at(origin, &s.port)
                 ),
             }
+            service_ports.insert(name.as_str(), ports);
         }
         let port = service_port
             .ok_or_else(|| anyhow!("{origin}: define a [service.NAME] that uses the ALG"))?;
@@ -746,19 +842,44 @@ impl Config {
             };
             let source = object(&r.source)?;
             let destination = object(&r.destination)?;
-            let service = self.service.get(r.service.get_ref()).ok_or_else(|| {
-                err(
-                    self.at(origin, &r.service),
-                    format!("no service {:?}", r.service.get_ref()),
-                )
-            })?;
+            let ports = service_ports
+                .get(r.service.get_ref().as_str())
+                .ok_or_else(|| {
+                    err(
+                        self.at(origin, &r.service),
+                        format!("no service {:?}", r.service.get_ref()),
+                    )
+                })?;
             if action == Action::Nat {
-                if !matches!(destination, AddressObject::Host { .. }) || to_zone.is_none() {
+                let intercepting = zones.get(from_zone).is_some_and(|z| z.intercept);
+                if to_zone.is_none() {
+                    return Err(err(
+                        self.at(origin, &r.to),
+                        "a nat rule needs `to` an outside interface".into(),
+                    ));
+                }
+                if !matches!(destination, AddressObject::Host { .. }) && !intercepting {
                     return Err(err(
                         self.at(origin, &r.destination),
-                        "a nat rule needs `to` an interface and a host `destination` (the proxy)"
-                            .into(),
+                        format!(
+                            "destination {:?} ({destination}): a nat rule needs a host `destination` (the proxy), or, for a network or `any`, an interface that intercepts (`intercept = true` on interface {:?}): only diverted messages carry the destination to forward to",
+                            r.destination.get_ref(),
+                            r.from.get_ref()
+                        ),
                     ));
+                }
+                if let AddressObject::Network(net) = &destination {
+                    if let Some((z, n)) = zones.iter().filter(|z| z.inside).find_map(|z| {
+                        z.networks
+                            .iter()
+                            .find(|n| n.contains(&net.network()) || net.contains(&n.network()))
+                            .map(|n| (z, n))
+                    }) {
+                        return Err(err(
+                            self.at(origin, &r.destination),
+                            format!("the destination {net} overlaps {n} of inside interface {:?}: a nat rule hides inside addresses from the outside it sends to", z.name),
+                        ));
+                    }
                 }
                 if let AddressObject::Host { ip, .. } = &destination {
                     if let Some(z) = zones.iter().find(|z| z.address.ip() == *ip) {
@@ -827,7 +948,10 @@ impl Config {
                 source,
                 to_zone,
                 destination,
-                services: vec![sipward_core::Service::udp(*service.port.get_ref())],
+                services: ports
+                    .iter()
+                    .map(|p| sipward_core::Service::udp(*p))
+                    .collect(),
                 next_hop_transport: sipward_core::Transport::Udp,
                 server_name: None,
                 udp_only: false,
@@ -854,6 +978,125 @@ impl Config {
             protection,
             secret,
         })
+    }
+
+    /// A service's ports, each in range and listed once.
+    fn service_port_list(
+        &self,
+        origin: &str,
+        name: &str,
+        port: &Spanned<PortList>,
+    ) -> Result<Vec<u16>> {
+        let check = |at: String, p: i64| -> Result<u16> {
+            match u16::try_from(p) {
+                Ok(0) => bail!("{at}: service {name:?}: port 0 is no port (5060 is SIP's)"),
+                Ok(p) => Ok(p),
+                _ => bail!("{at}: service {name:?}: port = {p}: out of range, expected 1 to 65535 (5060 is SIP's)"),
+            }
+        };
+        let ports = match port.get_ref() {
+            PortList::One(p) => vec![check(self.at(origin, port), *p)?],
+            PortList::Many(list) => {
+                let mut ports = Vec::new();
+                for p in list {
+                    let v = check(self.at(origin, p), *p.get_ref())?;
+                    if ports.contains(&v) {
+                        bail!(
+                            "{}: service {name:?}: port {v} listed twice",
+                            self.at(origin, p)
+                        );
+                    }
+                    ports.push(v);
+                }
+                ports
+            }
+        };
+        if ports.is_empty() {
+            bail!(
+                "{}: service {name:?}: port = []: list at least one port",
+                self.at(origin, port)
+            );
+        }
+        Ok(ports)
+    }
+
+    /// Transparent mode's settings when an interface intercepts (None otherwise), each
+    /// number checked with its line. The listener port must not be one the gateway
+    /// already binds (its SIP port, a media pool).
+    pub(crate) fn transparent(
+        &self,
+        origin: &str,
+        core: &sipward_core::Config,
+    ) -> Result<Option<TransparentSettings>> {
+        let default = TransparentSection::default();
+        let t = self.transparent.as_ref().unwrap_or(&default);
+        let listen_port = self
+            .ranged(
+                origin,
+                "[transparent] listen_port",
+                &t.listen_port,
+                (1, 65535),
+                "",
+            )?
+            .unwrap_or(DEFAULT_LISTEN_PORT);
+        let mark = self
+            .ranged(origin, "[transparent] mark", &t.mark, (1, u32::MAX), "")?
+            .unwrap_or(DEFAULT_MARK);
+        let route_table = self
+            .ranged(
+                origin,
+                "[transparent] route_table",
+                &t.route_table,
+                (1, 252),
+                " (253-255 are the kernel's default, main and local tables)",
+            )?
+            .unwrap_or(DEFAULT_ROUTE_TABLE);
+        let port_at = || {
+            t.listen_port.as_ref().map_or_else(
+                || self.section_at(origin, "[transparent]"),
+                |p| self.at(origin, p),
+            )
+        };
+        for z in &core.zones {
+            if z.address.port() == listen_port {
+                bail!(
+                    "{}: [transparent] listen_port = {listen_port}: it is the SIP port of interface {:?}; the listener needs a port of its own",
+                    port_at(),
+                    z.name
+                );
+            }
+            if let Some((low, high)) = z.media_ports {
+                if (low..=high).contains(&listen_port) {
+                    bail!(
+                        "{}: [transparent] listen_port = {listen_port}: inside the media ports {low}-{high} of interface {:?}",
+                        port_at(),
+                        z.name
+                    );
+                }
+            }
+        }
+        // A datagram sent straight to the listener (not diverted) carries its own
+        // address as the original destination: no rule may apply to that port.
+        if let Some(r) = core
+            .rules
+            .iter()
+            .find(|r| r.services.iter().any(|s| s.port == listen_port))
+        {
+            bail!(
+                "{}: [transparent] listen_port = {listen_port}: a service port of rule {:?}; the listener needs a port of its own",
+                port_at(),
+                r.name
+            );
+        }
+        if !core.zones.iter().any(|z| z.intercept) {
+            return Ok(None);
+        }
+        Ok(Some(TransparentSettings {
+            listen_port,
+            mark,
+            route_table,
+            manage_firewall: t.manage_firewall,
+        }))
     }
 
     /// The event log must be writable now, so that `check` says so, with the line,
@@ -980,6 +1223,17 @@ impl Config {
                 "{}: warning: inside interface {:?} has no networks: the last-line scan cannot recognise its phones' addresses in outgoing messages",
                 self.at(origin, &i.name),
                 i.name.get_ref()
+            ));
+        }
+        if self.transparent.is_some()
+            && !self
+                .interface
+                .iter()
+                .any(|i| i.intercept.as_ref().is_some_and(|v| *v.get_ref()))
+        {
+            out.push(format!(
+                "{}: warning: [transparent] has no effect: no interface has `intercept = true`",
+                self.section_at(origin, "[transparent]")
             ));
         }
         if let Some(admin) = &self.admin {
@@ -2002,6 +2256,118 @@ mod tests {
             .is_empty());
     }
 
+    const TRANSPARENT: &str = include_str!("../../../examples/transparent.toml");
+
+    #[test]
+    fn transparent_mode_compiles_with_port_lists_networks_and_any() {
+        let c = Config::parse(TRANSPARENT, "t.toml").unwrap();
+        let core = c.compile("t.toml").unwrap();
+        assert!(core.zones[0].intercept);
+        assert!(!core.zones[1].intercept);
+        assert_eq!(core.zones[0].address.port(), 5060);
+        assert_eq!(
+            core.rules[0].services,
+            vec![
+                sipward_core::Service::udp(5060),
+                sipward_core::Service::udp(5080)
+            ]
+        );
+        assert_eq!(core.rules[2].destination, AddressObject::Any);
+        assert!(matches!(
+            core.rules[1].destination,
+            AddressObject::Network(_)
+        ));
+        let t = c.transparent("t.toml", &core).unwrap().unwrap();
+        assert_eq!(
+            t,
+            TransparentSettings {
+                listen_port: 15060,
+                mark: 0x5157,
+                route_table: 100,
+                manage_firewall: false
+            }
+        );
+        // Without an intercepting interface there is nothing to set up.
+        let plain = Config::parse(EMBEDDED_DEFAULT, "d").unwrap();
+        let core = plain.compile("d").unwrap();
+        assert_eq!(plain.transparent("d", &core).unwrap(), None);
+    }
+
+    /// `TRANSPARENT` with `old` replaced by `new`, compiled: the error, which must
+    /// name the line of the replacement's last line, or of `blamed` when given.
+    fn transparent_error(old: &str, new: &str) -> String {
+        transparent_error_at(old, new, None)
+    }
+
+    fn transparent_error_at(old: &str, new: &str, blamed: Option<&str>) -> String {
+        assert!(TRANSPARENT.contains(old), "{old}");
+        let text = TRANSPARENT.replacen(old, new, 1);
+        let at = match blamed {
+            Some(b) => text.find(b).unwrap_or(0),
+            None => TRANSPARENT.find(old).unwrap_or(0) + new.trim_end().len(),
+        };
+        let line = text[..at].matches('\n').count() + 1;
+        let e = load_everything(&text).unwrap_err().to_string();
+        let e2 = Config::parse(&text, "p.toml")
+            .and_then(|c| {
+                let core = c.compile("p.toml")?;
+                c.transparent("p.toml", &core).map(|_| ())
+            })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, e2);
+        assert!(e.starts_with(&format!("p.toml:{line}: ")), "{e}");
+        e
+    }
+
+    #[test]
+    fn transparent_mistakes_are_refused_with_their_line() {
+        // Intercept on an outside interface.
+        let e = transparent_error(
+            "networks = [\"198.51.100.0/24\"]\n",
+            "networks = [\"198.51.100.0/24\"]\nintercept = true",
+        );
+        assert!(e.contains("needs an inside interface"), "{e}");
+        // A network or `any` destination without interception.
+        for new in ["inside = true\nintercept = false", "inside = true"] {
+            let e = transparent_error_at(
+                "inside = true\nintercept = true",
+                new,
+                Some("destination = \"provider-nodes\""),
+            );
+            assert!(
+                e.contains("rule 2 (to-provider-nodes)")
+                    && e.contains("`intercept = true` on interface \"office\""),
+                "{e}"
+            );
+        }
+        // Ports: out of range, listed twice, none.
+        let e = transparent_error("port = [5060, 5080]", "port = [5060, 70000]");
+        assert!(e.contains("port = 70000: out of range"), "{e}");
+        let e = transparent_error("port = [5060, 5080]", "port = [5060, 5080, 5060]");
+        assert!(e.contains("port 5060 listed twice"), "{e}");
+        let e = transparent_error("port = [5060, 5080]", "port = []");
+        assert!(e.contains("at least one port"), "{e}");
+        let e = transparent_error("port = [5060, 5080]", "port = 0");
+        assert!(e.contains("port 0 is no port"), "{e}");
+        // The listener on the SIP port; a routing table of the kernel's.
+        let e = transparent_error("listen_port = 15060", "listen_port = 5060");
+        assert!(e.contains("SIP port of interface"), "{e}");
+        let e = transparent_error("listen_port = 15060", "listen_port = 5080");
+        assert!(e.contains("a service port of rule \"to-provider\""), "{e}");
+        let e = transparent_error("route_table = 100", "route_table = 254");
+        assert!(e.contains("out of range"), "{e}");
+        let e = transparent_error("mark = 0x5157", "mark = 0");
+        assert!(e.contains("out of range"), "{e}");
+        // A network destination overlapping the inside.
+        let e = transparent_error_at(
+            "network = \"203.0.113.0/28\"",
+            "network = \"10.10.0.0/16\"",
+            Some("destination = \"provider-nodes\""),
+        );
+        assert!(e.contains("overlaps 10.10.0.0/24"), "{e}");
+    }
+
     /// Every numeric key of the file, where it goes (`None`: `[alg.sip]`, else the
     /// section to add).
     const NUMERIC_KEYS: &[(&str, &str)] = &[
@@ -2051,6 +2417,9 @@ mod tests {
         ("gateway", "hep_id"),
         ("limits", "max_message_len"),
         ("service", "port"),
+        ("transparent", "listen_port"),
+        ("transparent", "mark"),
+        ("transparent", "route_table"),
     ];
 
     /// The embedded default with `key = value` in its section (the key's line is
@@ -2083,6 +2452,7 @@ mod tests {
         c.relay("p.toml")?;
         c.collectors("p.toml")?;
         c.validate_limits("p.toml")?;
+        c.transparent("p.toml", &core)?;
         Ok(core)
     }
 

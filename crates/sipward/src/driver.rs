@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sipward_core::{Config, Gateway, SecurityEvent};
+use sipward_core::{Config, Flow, Gateway, SecurityEvent};
 use sipward_relay::RelayHandle;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub(crate) interface_lines: Vec<String>,
     /// Where the media relay thread runs.
     pub(crate) relay: sipward_relay::RelayOptions,
+    /// Transparent mode, when an interface intercepts.
+    pub(crate) transparent: Option<crate::config::TransparentSettings>,
 }
 
 /// Where copies of events and messages go.
@@ -49,8 +51,7 @@ pub(crate) struct Collectors {
 }
 
 struct Received {
-    local: SocketAddr,
-    remote: SocketAddr,
+    flow: Flow,
     data: Vec<u8>,
 }
 
@@ -63,7 +64,7 @@ const STREAMS_PER_CALL: u64 = 2;
 const SOCKETS_PER_STREAM: u64 = 4;
 
 /// The open files `config` can need at its caps: per call its media sockets (bounded by
-/// the smallest port pool, when that is smaller) and the rest.
+/// the smallest port pool, when that is smaller), transparent mode's sockets and the rest.
 pub(crate) fn files_needed(config: &Config) -> u64 {
     let smallest_pool = config
         .zones
@@ -80,7 +81,17 @@ pub(crate) fn files_needed(config: &Config) -> u64 {
     };
     streams
         .saturating_mul(SOCKETS_PER_STREAM)
-        .saturating_add(NON_MEDIA_FILES)
+        .saturating_add(other_files(config))
+}
+
+/// The files that are not media: [`NON_MEDIA_FILES`], and in transparent mode its
+/// listeners and the cache of sockets that answer as proxy addresses.
+fn other_files(config: &Config) -> u64 {
+    if config.zones.iter().any(|z| z.intercept) {
+        NON_MEDIA_FILES + crate::transparent::SEND_SOCKETS as u64 + 2
+    } else {
+        NON_MEDIA_FILES
+    }
 }
 
 /// A warning when `limit` open files cannot hold what `config` can need.
@@ -90,9 +101,10 @@ pub(crate) fn file_limit_warning(config: &Config, limit: u64) -> Option<String> 
         format!(
             "warning: the open-file limit ({limit}) is below the {needed} that max_dialogs = {} \
              can need ({SOCKETS_PER_STREAM} sockets per media stream, {STREAMS_PER_CALL} streams \
-             per call, {NON_MEDIA_FILES} for the rest): calls past it get 503; raise it \
+             per call, {} for the rest): calls past it get 503; raise it \
              (LimitNOFILE=, ulimit -n) or lower max_dialogs",
-            config.alg.max_dialogs
+            config.alg.max_dialogs,
+            other_files(config)
         )
     })
 }
@@ -149,15 +161,8 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 match socket.recv_from(&mut buf).await {
                     Ok((n, remote)) => {
                         let data = buf.get(..n).unwrap_or_default().to_vec();
-                        if tx
-                            .send(Received {
-                                local,
-                                remote,
-                                data,
-                            })
-                            .await
-                            .is_err()
-                        {
+                        let flow = Flow::udp(local, remote);
+                        if tx.send(Received { flow, data }).await.is_err() {
                             return;
                         }
                     }
@@ -166,6 +171,69 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             }
         });
     }
+    // Transparent mode: the listener(s) the router diverts to, and, when sipward manages
+    // the firewall, the rules (removed again when `_firewall` is dropped, at stop or on
+    // a failed start).
+    let mut _firewall = None;
+    if let Some(t) = &settings.transparent {
+        if !crate::firewall::has_net_admin() {
+            anyhow::bail!("{}", crate::firewall::NEEDS_NET_ADMIN);
+        }
+        for ipv6 in crate::firewall::listener_families(&config) {
+            let socket = crate::transparent::bind_listener(t.listen_port, ipv6).map_err(|e| {
+                if crate::transparent::is_permission(&e) {
+                    anyhow::anyhow!("{}", crate::firewall::NEEDS_NET_ADMIN)
+                } else {
+                    anyhow::anyhow!(
+                        "[transparent] listen_port {}: cannot open the transparent listener ({}): {e}",
+                        t.listen_port,
+                        if ipv6 { "IPv6" } else { "IPv4" }
+                    )
+                }
+            })?;
+            say(
+                &mut std::io::stdout(),
+                &format!(
+                    "sipward: transparent listener on {} port {} (diverted SIP)",
+                    if ipv6 { "[::]" } else { "0.0.0.0" },
+                    t.listen_port
+                ),
+            );
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; RECV_BUFFER];
+                loop {
+                    match crate::transparent::recv_diverted(&socket, &mut buf).await {
+                        Ok(d) => {
+                            let data = buf.get(..d.len).unwrap_or_default().to_vec();
+                            let flow = Flow::intercepted_udp(d.original_destination, d.remote);
+                            if tx.send(Received { flow, data }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!("transparent receive failed: {e}"),
+                    }
+                }
+            });
+        }
+        if t.manage_firewall {
+            let (installed, warnings) = crate::firewall::install(&config, t)?;
+            for w in warnings {
+                say(&mut std::io::stderr(), &format!("sipward: {w}"));
+            }
+            say(
+                &mut std::io::stdout(),
+                &format!(
+                    "sipward: firewall rules installed (table inet {}, fwmark {:#x} lookup {})",
+                    crate::firewall::TABLE,
+                    t.mark,
+                    t.route_table
+                ),
+            );
+            _firewall = Some(installed);
+        }
+    }
+    let mut senders = crate::transparent::Senders::new(crate::transparent::SEND_SOCKETS);
     drop(tx);
 
     let info = RunInfo {
@@ -177,12 +245,15 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             .map(|z| (z.name.clone(), z.address, z.inside))
             .collect(),
         config_digest: settings.config_digest.clone(),
+        transparent: settings.transparent.clone(),
+        senders: senders.stats(),
     };
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
     // What a reload cannot change (the admin server and the event log are set up once).
     let running = Fixed {
         admin: settings.admin.clone(),
         events: settings.events.clone(),
+        transparent: settings.transparent.clone(),
     };
     let _admin = match settings.admin {
         Some(admin) => Some(admin::serve(admin, admin_tx).await?),
@@ -239,14 +310,15 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             received = rx.recv() => {
                 let Some(r) = received else { break };
                 if let Some(h) = hep.as_mut() {
-                    h.send(r.remote, r.local, &r.data);
+                    h.send(r.flow.remote, r.flow.local, &r.data);
                 }
                 let started = Instant::now();
-                gateway.handle_datagram(started, r.local, r.remote, &r.data);
+                gateway.handle_message(started, r.flow, &r.data);
                 latency.record(started.elapsed());
             }
             () = sleep => gateway.handle_timeout(Instant::now()),
             Some(request) = admin_rx.recv() => {
+                info.senders = senders.stats();
                 let answer = match request.query {
                     admin::Query::Reload => match reload(&mut gateway, settings.path.as_deref(), &mut info, &running) {
                         Ok((digest, restart)) if restart.is_empty() => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest})),
@@ -278,7 +350,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             if let Some(h) = hep.as_mut() {
                 h.send(t.local, t.remote, &t.payload);
             }
-            if let Some((_, socket)) = sockets.iter().find(|(a, _)| *a == t.local) {
+            if t.intercepted {
+                senders.send(t.local, t.remote, &t.payload).await;
+            } else if let Some((_, socket)) = sockets.iter().find(|(a, _)| *a == t.local) {
                 if let Err(e) = socket.send_to(&t.payload, t.remote).await {
                     tracing::warn!(remote = %t.remote, "send failed: {e}");
                 }
@@ -331,6 +405,8 @@ pub(crate) fn say(stream: &mut impl Write, line: &str) {
 struct Fixed {
     admin: Option<admin::AdminSettings>,
     events: Option<String>,
+    /// The listener and the firewall rules are set up once.
+    transparent: Option<crate::config::TransparentSettings>,
 }
 
 /// Re-reads the configuration and applies it to new traffic; on any error the running
@@ -365,6 +441,9 @@ fn reload(
     }
     if settings.events != running.events {
         restart.push("[gateway] events");
+    }
+    if settings.transparent != running.transparent {
+        restart.push("[transparent] (or which interfaces intercept)");
     }
     let note = if restart.is_empty() {
         String::new()

@@ -11,6 +11,8 @@ mod cli;
 mod config;
 mod driver;
 mod export;
+mod firewall;
+mod transparent;
 mod validate;
 
 #[derive(Parser)]
@@ -33,6 +35,13 @@ enum Command {
     },
     /// Check a configuration file and print the compiled rule set.
     Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the nftables ruleset and the policy routing that divert the phones' SIP to
+    /// sipward (transparent mode): an `nft -f` script, a line `# routing:`, then the
+    /// `ip` commands, one per line.
+    NftRules {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -73,6 +82,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         collectors: file.collectors(&origin)?,
         interface_lines: file.interface_lines(&origin),
         relay: file.relay(&origin)?,
+        transparent: file.transparent(&origin, &core)?,
     };
     Ok((core, settings))
 }
@@ -101,6 +111,22 @@ fn main() -> ExitCode {
                 eprintln!("sipward: {w}");
             }
             print_rules(&c);
+            if let Some(t) = &settings.transparent {
+                driver::say(
+                    &mut std::io::stdout(),
+                    &format!(
+                        "transparent: listener port {}, mark {:#x}, route table {}, firewall {}",
+                        t.listen_port,
+                        t.mark,
+                        t.route_table,
+                        if t.manage_firewall {
+                            "installed by sipward (manage_firewall)"
+                        } else {
+                            "loaded by the operator (sipward nft-rules)"
+                        }
+                    ),
+                );
+            }
             // `run` raises the soft limit to the hard one: that is what it will have.
             if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
                 if let Some(warning) = driver::file_limit_warning(&c, hard) {
@@ -108,6 +134,21 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }),
+        Command::NftRules { config } => load_all(config.as_deref()).and_then(|(c, settings)| {
+            let Some(t) = &settings.transparent else {
+                anyhow::bail!(
+                    "{}: no interface has `intercept = true`: nothing to divert",
+                    config
+                        .as_deref()
+                        .map_or_else(|| "embedded default".into(), |p| p.display().to_string())
+                );
+            };
+            let _ = std::io::Write::write_all(
+                &mut std::io::stdout(),
+                firewall::ruleset_text(&c, t).as_bytes(),
+            );
+            Ok(ExitCode::SUCCESS)
         }),
         Command::Validate {
             config,
@@ -160,11 +201,16 @@ fn print_rules(c: &sipward_core::Config) {
         let nets: Vec<String> = z.networks.iter().map(ToString::to_string).collect();
         let _ = writeln!(
             out,
-            "interface {:<8} {:<22} {} networks [{}]",
+            "interface {:<8} {:<22} {} networks [{}]{}",
             z.name,
             z.address,
             if z.inside { "inside " } else { "outside" },
-            nets.join(", ")
+            nets.join(", "),
+            if z.intercept {
+                " intercept (transparent mode)"
+            } else {
+                ""
+            }
         );
     }
     let a = &c.alg;

@@ -220,6 +220,9 @@ impl Gateway {
                     (false, true) => self.request_from_outside(&config, zone, at, &msg),
                     (false, false) => self.response_from_outside(&config, at, &msg),
                 }
+                // Whatever dialog the message belongs to may have changed (target,
+                // route set, CSeq, media): its record is made again.
+                self.touched_call(msg.call_id());
                 self.arm(now);
             }
         }

@@ -70,6 +70,12 @@ impl Gateway {
 
         self.expire_idle_media(&config, now);
         self.ping_peers(&config, now);
+        if self.tables.tracking {
+            for call in self.media.newly_latched() {
+                self.tables
+                    .note(Changed::Dialog(DialogKey::from_media_id(&call)));
+            }
+        }
         self.guard.sweep(now);
 
         let old: Vec<DialogKey> = self

@@ -84,6 +84,16 @@ impl Guard {
         spawn_group(cmd).map(Guard)
     }
 
+    /// Its standard output and error pipes (once; None when not piped).
+    pub(crate) fn take_pipes(
+        &mut self,
+    ) -> (
+        Option<std::process::ChildStdout>,
+        Option<std::process::ChildStderr>,
+    ) {
+        (self.0.stdout.take(), self.0.stderr.take())
+    }
+
     /// Waits for the process to end; its exit status.
     pub(crate) fn wait_exit(mut self) -> std::process::ExitStatus {
         self.0.wait().unwrap()
@@ -696,5 +706,107 @@ impl Topology {
             "gateway not ready: {text}"
         );
         guard
+    }
+}
+
+/// Three network namespaces for transparent mode, dual stack: `office` (phones,
+/// 10.10.0.0/24 and fd00:10::/64), `gw` (the router: 10.10.0.1 and 198.51.100.1,
+/// fd00:10::1 and 2001:db8::1, forwarding on) and `net` (the proxy, 198.51.100.10 and
+/// 2001:db8::10), joined by veth pairs; deleted when dropped (declare it before the
+/// processes that run in it, so that they are stopped first).
+pub(crate) struct Netns {
+    prefix: String,
+}
+
+impl Netns {
+    pub(crate) fn new(tag: &str) -> Self {
+        let netns = Netns {
+            prefix: format!("swtest-{}-{tag}", std::process::id()),
+        };
+        let (office, gw, net) = (netns.name("office"), netns.name("gw"), netns.name("net"));
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for ns in [&office, &gw, &net] {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&[
+            "link", "add", "o0", "netns", &office, "type", "veth", "peer", "name", "g0", "netns",
+            &gw,
+        ]);
+        ip(&[
+            "link", "add", "w0", "netns", &gw, "type", "veth", "peer", "name", "n0", "netns", &net,
+        ]);
+        for (ns, dev, addr) in [
+            (&office, "o0", "10.10.0.10/24"),
+            (&office, "o0", "10.10.0.200/24"),
+            (&office, "o0", "10.10.0.11/24"),
+            (&gw, "g0", "10.10.0.1/24"),
+            (&gw, "w0", "198.51.100.1/24"),
+            (&net, "n0", "198.51.100.10/24"),
+            (&office, "o0", "fd00:10::10/64"),
+            (&office, "o0", "fd00:10::200/64"),
+            (&office, "o0", "fd00:10::11/64"),
+            (&gw, "g0", "fd00:10::1/64"),
+            (&gw, "w0", "2001:db8::1/64"),
+            (&net, "n0", "2001:db8::10/64"),
+        ] {
+            // No duplicate address detection: the addresses are usable at once.
+            let nodad: &[&str] = if addr.contains(':') { &["nodad"] } else { &[] };
+            ip(&[&["-n", ns, "addr", "add", addr, "dev", dev], nodad].concat());
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        ip(&["-n", &office, "route", "add", "default", "via", "10.10.0.1"]);
+        ip(&[
+            "-n",
+            &office,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:10::1",
+        ]);
+        let out = netns
+            .exec("gw")
+            .args([
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        netns
+    }
+
+    /// The full name of the namespace `ns` ("office", "gw" or "net").
+    pub(crate) fn name(&self, ns: &str) -> String {
+        format!("{}-{ns}", self.prefix)
+    }
+
+    /// A command that runs in namespace `ns`; add the program and its arguments.
+    pub(crate) fn exec(&self, ns: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name(ns)]);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in ["office", "gw", "net"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name(ns)])
+                .status();
+        }
     }
 }
