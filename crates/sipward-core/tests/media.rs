@@ -960,3 +960,30 @@ fn media_bypass_never_joins_an_ipv6_phone_and_an_ipv4_phone() {
         "both calls are relayed, so the idle timeout ends them"
     );
 }
+
+/// The last-line scan finds an IPv6 phone's address in every text form, in headers the
+/// paths do not rewrite (uppercase, leading zeros, full, bracketed with a port) and in a
+/// body glued to a word by a colon: "a=x-phone:fd00::20" was read as the outside address
+/// e:fd00::20 (hex letters are address characters) and went out as it was.
+#[test]
+fn every_text_form_of_an_ipv6_phones_address_is_hidden_on_the_way_out() {
+    let mut net = mixed_family_net(
+        "[fd00::1]:5060",
+        WAN,
+        ["fd00::/64", "203.0.113.0/24"],
+        PROXY,
+    );
+    let sdp6 = "v=0\r\no=alice 1 1 IN IP6 fd00::20\r\ns=-\r\nc=IN IP6 fd00::20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=x-phone:fd00::20\r\na=x-peer:sip:FD00::0020\r\n";
+    let inv = format!(
+        "INVITE sip:bob@203.0.113.10 SIP/2.0\r\nVia: SIP/2.0/UDP [fd00::20]:5062;branch=z9hG4bKforms\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@[fd00::20]:5062>;tag=a-forms\r\nTo: bob <sip:bob@203.0.113.10>\r\nCall-ID: forms@fd00::20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@[fd00::20]:5062>\r\nX-Peers: <sip:a@[FD00::0020]:5062>, <sip:b@[fd00:0:0:0:0:0:0:20]>, <sip:c@[FD00:0000:0000:0000:0000:0000:0000:0020]:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp6}",
+        sdp6.len()
+    );
+    parses(&inv);
+    let out = one(&mut net, "[fd00::1]:5060", "[fd00::20]:5062", &inv);
+    assert!(!out.to_ascii_lowercase().contains("fd00:"), "{out}");
+    assert!(
+        out.contains("\r\nX-Peers: <sip:a@203.0.113.1:5060>, <sip:b@203.0.113.1:5060>, <sip:c@203.0.113.1:5060>\r\n"),
+        "{out}"
+    );
+    parses(&out);
+}
