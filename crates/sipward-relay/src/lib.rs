@@ -541,3 +541,16 @@ impl Inbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn ipv6_media_sockets_are_ipv6_only_and_ipv4_ones_bind_as_usual() {
+        let v6 = super::bind_media("[::1]:0".parse().unwrap()).unwrap();
+        assert!(socket2::SockRef::from(&v6).only_v6().unwrap());
+        let v4 = super::bind_media("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(v4.local_addr().unwrap().is_ipv4());
+    }
+}

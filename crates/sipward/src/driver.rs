@@ -539,3 +539,14 @@ pub(crate) fn wall_clock(at: Instant) -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod ipv6_tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_ipv6_interface_socket_is_ipv6_only() {
+        let socket = super::bind_signalling("[::1]:0".parse().unwrap()).unwrap();
+        assert!(socket2::SockRef::from(&socket).only_v6().unwrap());
+    }
+}
