@@ -591,16 +591,37 @@ impl Capture {
     }
 }
 
-/// Datagrams from `src` to `dst` (either may be an IP with port 0 for any port).
+/// Datagrams from `src` to `dst` (either may be an IP with port 0 for any port). The
+/// relay sends a burst to one party as one GSO train (UDP_SEGMENT), which loopback
+/// delivers as separate datagrams but tcpdump sees as one packet of their summed length:
+/// a packet that is a whole multiple of the flow's usual length counts that many times.
 pub(crate) fn count(packets: &[Packet], src: &str, dst: &str) -> usize {
     let matches = |a: std::net::SocketAddr, want: &str| {
         let want: std::net::SocketAddr = want.parse().unwrap();
         a.ip() == want.ip() && (want.port() == 0 || a.port() == want.port())
     };
-    packets
+    let flow: Vec<usize> = packets
         .iter()
         .filter(|p| matches(p.src, src) && matches(p.dst, dst))
-        .count()
+        .map(|p| p.len)
+        .collect();
+    let mut lengths: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    for &len in &flow {
+        *lengths.entry(len).or_default() += 1;
+    }
+    let usual = lengths
+        .iter()
+        .max_by_key(|&(len, n)| (*n, std::cmp::Reverse(*len)))
+        .map_or(0, |(len, _)| *len);
+    flow.iter()
+        .map(|&len| {
+            if usual > 0 && len > usual && len % usual == 0 {
+                len / usual
+            } else {
+                1
+            }
+        })
+        .sum()
 }
 
 impl Topology {
