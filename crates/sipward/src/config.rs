@@ -18,6 +18,8 @@ use sipward_core::{FilterMode, ProtectionOptions, Rate};
 use sipward_proto::Limits;
 use toml::Spanned;
 
+use crate::secret::Secret;
+
 /// The configuration `sipward run` uses when no file is given: everything on loopback.
 pub(crate) const EMBEDDED_DEFAULT: &str = include_str!("../../../examples/loopback.toml");
 
@@ -46,6 +48,9 @@ pub(crate) struct Config {
     /// Transparent mode's listener and firewall (used when an interface intercepts).
     #[serde(default)]
     transparent: Option<TransparentSection>,
+    /// What outlives the process.
+    #[serde(default)]
+    state: StateSection,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
@@ -204,6 +209,16 @@ struct InterfaceSection {
     /// to the gateway by the router (TPROXY). Inside interfaces only.
     #[serde(default)]
     intercept: Option<Spanned<bool>>,
+}
+
+/// `[state]`: what outlives the process.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateSection {
+    /// The hiding secret's file (hex; generated, mode 0600, if absent): a restarted
+    /// process or the other node of a pair then recognises the names in its state.
+    #[serde(default)]
+    secret_file: Option<Spanned<String>>,
 }
 
 /// `[transparent]`: the TPROXY listener and the firewall rules that feed it.
@@ -961,14 +976,27 @@ impl Config {
         // `[limits]` is what `sipward validate` applies without an ALG; with one it is
         // unused (a warning says so) but still must not hold values that cannot work.
         self.checked_limits(origin, "[limits]", &self.limits)?;
-        let secret = match &self.gateway.secret {
-            Some(s) if s.get_ref().len() < MIN_SECRET_LEN => bail!(
+        let secret = match (&self.state.secret_file, &self.gateway.secret) {
+            (Some(file), Some(s)) => bail!(
+                "{}: [gateway] secret and {}: [state] secret_file both set: keep one",
+                self.at(origin, s),
+                self.at(origin, file)
+            ),
+            (Some(file), None) => Secret::from_file(Path::new(file.get_ref())).map_err(|e| {
+                anyhow!(
+                    "{}: [state] secret_file {:?}: {e:#}",
+                    self.at(origin, file),
+                    file.get_ref()
+                )
+            })?,
+            (None, Some(s)) if s.get_ref().len() < MIN_SECRET_LEN => bail!(
                 "{}: [gateway] secret: use at least {MIN_SECRET_LEN} characters (it keys the hidden Call-IDs and routing tokens)",
                 self.at(origin, s)
             ),
-            Some(s) => secret_from(s.get_ref()),
-            None => random_secret(),
-        };
+            (None, Some(s)) => Secret::derive(s.get_ref().as_bytes()),
+            (None, None) => Secret::random()?,
+        }
+        .key;
         let protection = self.protection(origin, &objects, &rules)?;
         Ok(sipward_core::Config {
             agent: agent.clone(),
@@ -1644,28 +1672,6 @@ fn parse_network(text: &str) -> Result<IpNet> {
     Ok(net)
 }
 
-fn secret_from(s: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, b) in s.bytes().enumerate() {
-        if let Some(slot) = out.get_mut(i % 16) {
-            *slot = slot.wrapping_mul(31).wrapping_add(b);
-        }
-    }
-    out
-}
-
-/// A per-process secret for the hidden names, from the OS's randomness.
-fn random_secret() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = [0u8; 16];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(std::process::id().into());
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    out
-}
-
 /// The wire-layer limits' allowed ranges: below the minimum an ordinary request no
 /// longer fits (a REGISTER has some ten headers, a Via two parameters); above the maximum
 /// a UDP datagram cannot reach it anyway, or the parser's lists would grow for nothing.
@@ -2003,6 +2009,43 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_file_and_a_secret_together_are_refused_and_the_file_keys_the_gateway() {
+        let dir = std::env::temp_dir().join(format!("sipward-cfg-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        let with_file = EMBEDDED_DEFAULT.replacen(
+            "[[interface]]\nname = \"lan\"",
+            &format!("[state]\nsecret_file = {file:?}\n\n[[interface]]\nname = \"lan\""),
+            1,
+        );
+        let both = with_file.replacen(
+            "name = \"sipward\"",
+            "name = \"sipward\"\nsecret = \"0123456789abcdef0\"",
+            1,
+        );
+        let e = Config::parse(&both, "s.toml")
+            .and_then(|c| c.compile("s.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:8: [gateway] secret and s.toml:") && e.contains("both set"),
+            "{e}"
+        );
+        // The file is created on first use, and the same key comes from it again.
+        let key = |text: &str| {
+            Config::parse(text, "s.toml")
+                .and_then(|c| c.compile("s.toml"))
+                .unwrap()
+                .secret
+        };
+        let first = key(&with_file);
+        assert!(file.exists());
+        assert_eq!(first, key(&with_file));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn check_refuses_configurations_that_cannot_work() {
         let wan = "address = \"127.0.2.1\"\nnetworks = [\"127.0.2.0/24\"]";
         for (from, to, marker, words) in [
@@ -2142,7 +2185,7 @@ mod tests {
     #[test]
     fn check_refuses_what_probing_found_unworkable() {
         let long_name = format!("name = \"{}\"", "a".repeat(65));
-        let cases: [(&str, &str, &str, &str); 9] = [
+        let cases: [(&str, &str, &str, &str); 10] = [
             // u16 arithmetic saturated: a pool without a single pair passed.
             (
                 "inside = true",
@@ -2188,6 +2231,12 @@ mod tests {
                 "name = \"sipward\"\nsecret = \"short\"",
                 "secret =",
                 "at least 16 characters",
+            ),
+            (
+                "[[interface]]\nname = \"lan\"",
+                "[state]\nsecret_file = \"/nonexistent-dir/secret\"\n\n[[interface]]\nname = \"lan\"",
+                "secret_file =",
+                "cannot be created",
             ),
             // The parser's own errors name the key through the line's text.
             (

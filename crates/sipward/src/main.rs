@@ -12,6 +12,7 @@ mod config;
 mod driver;
 mod export;
 mod firewall;
+mod secret;
 mod transparent;
 mod validate;
 
