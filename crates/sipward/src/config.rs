@@ -440,9 +440,16 @@ impl Config {
                     format!("{shown}: ")
                 })
                 .unwrap_or_default();
+            // An interface address is the only IP-typed key: say what it takes, since
+            // "[fd00::1]:5060" is how the same address is written everywhere else.
+            let hint = if e.message() == "invalid IP address syntax" {
+                " (an interface's address is the bare address, such as 192.0.2.1 or fd00::1: no brackets or port; the service gives the port)"
+            } else {
+                ""
+            };
             match line {
-                Some(line) => anyhow!("{origin}:{line}: {written}{}", e.message()),
-                None => anyhow!("{origin}: {}", e.message()),
+                Some(line) => anyhow!("{origin}:{line}: {written}{}{hint}", e.message()),
+                None => anyhow!("{origin}: {}{hint}", e.message()),
             }
         })?;
         config.text = text.to_owned();
@@ -2116,6 +2123,12 @@ mod tests {
                 "",
                 "[admin]",
                 "no token",
+            ),
+            (
+                "address = \"127.0.1.1\"",
+                "address = \"[fd00::1]:5060\"",
+                "[fd00::1]:5060",
+                "invalid IP address syntax (an interface's address is the bare address, such as 192.0.2.1 or fd00::1: no brackets or port",
             ),
             (
                 "host = \"127.0.2.10:5060\"",
