@@ -22,6 +22,8 @@
 //! | `transaction` | retransmissions, the gateway's own answers, timeouts per method |
 //! | `dialogs` | dialog state, call events, the gateway's own BYEs |
 //! | `cancelling`, `leaks` | hop-by-hop CANCEL; inside addresses the paths do not rewrite |
+//! | `peers` | OPTIONS pings to next hops configured for them |
+//! | `seam` | state records for a store, the snapshot, the restore |
 //! | `timers` | the sweep and the shutdown |
 //! | `emit` | a message leaves: [`Transmit`] on a flow, counters |
 //!

@@ -50,4 +50,10 @@ impl Hider {
     pub(crate) fn token(&self, parts: &[&[u8]]) -> String {
         format!("{:016x}", self.hash(3, parts))
     }
+
+    /// The secret's public id: stores keep it with the state, and a gateway refuses
+    /// state written under another secret (its names would mean nothing here).
+    pub(crate) fn secret_id(&self) -> String {
+        format!("{:016x}", self.hash(4, &[b"sipward secret id"]))
+    }
 }

@@ -18,6 +18,8 @@ use sipward_core::{FilterMode, ProtectionOptions, Rate};
 use sipward_proto::Limits;
 use toml::Spanned;
 
+use crate::secret::Secret;
+
 /// The configuration `sipward run` uses when no file is given: everything on loopback.
 pub(crate) const EMBEDDED_DEFAULT: &str = include_str!("../../../examples/loopback.toml");
 
@@ -49,6 +51,9 @@ pub(crate) struct Config {
     /// Transparent mode's listener and firewall (used when an interface intercepts).
     #[serde(default)]
     transparent: Option<TransparentSection>,
+    /// What outlives the process.
+    #[serde(default)]
+    state: StateSection,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
@@ -214,6 +219,16 @@ struct InterfaceSection {
     /// certificate check expects).
     #[serde(default)]
     advertise: Option<Spanned<String>>,
+}
+
+/// `[state]`: what outlives the process.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateSection {
+    /// The hiding secret's file (hex; generated, mode 0600, if absent): a restarted
+    /// process or the other node of a pair then recognises the names in its state.
+    #[serde(default)]
+    secret_file: Option<Spanned<String>>,
 }
 
 /// `[transparent]`: the TPROXY listener and the firewall rules that feed it.
@@ -441,9 +456,16 @@ impl Config {
                     format!("{shown}: ")
                 })
                 .unwrap_or_default();
+            // An interface address is the only IP-typed key: say what it takes, since
+            // "[fd00::1]:5060" is how the same address is written everywhere else.
+            let hint = if e.message() == "invalid IP address syntax" {
+                " (an interface's address is the bare address, such as 192.0.2.1 or fd00::1: no brackets or port; the service gives the port)"
+            } else {
+                ""
+            };
             match line {
-                Some(line) => anyhow!("{origin}:{line}: {written}{}", e.message()),
-                None => anyhow!("{origin}: {}", e.message()),
+                Some(line) => anyhow!("{origin}:{line}: {written}{}{hint}", e.message()),
+                None => anyhow!("{origin}: {}{hint}", e.message()),
             }
         })?;
         config.text = text.to_owned();
@@ -938,6 +960,26 @@ impl Config {
                         "a nat rule translates to an outside interface (inside addresses must not reach another inside one through it)".into(),
                     ));
                 }
+                let to = to_zone.and_then(|z| zones.get(z));
+                if let (AddressObject::Host { ip, .. }, Some(to)) = (&destination, to) {
+                    if ip.is_ipv4() != to.address.is_ipv4() {
+                        return Err(err(
+                            self.at(origin, &r.destination),
+                            format!(
+                                "the destination {ip} is {} but interface {:?} ({}) is {}: the gateway reaches it from that interface's address; give the interface an address of that family",
+                                family(*ip),
+                                to.name,
+                                to.address.ip(),
+                                family(to.address.ip())
+                            ),
+                        ));
+                    }
+                }
+                if let (Some(from), Some(to)) = (zones.get(from_zone), to) {
+                    if let Some(what) = cross_family_media_missing(from, to) {
+                        return Err(err(self.at(origin, &r.to), what));
+                    }
+                }
             }
             if action == Action::Allow && to_zone.is_some() {
                 return Err(err(
@@ -971,14 +1013,27 @@ impl Config {
         // `[limits]` is what `sipward validate` applies without an ALG; with one it is
         // unused (a warning says so) but still must not hold values that cannot work.
         self.checked_limits(origin, "[limits]", &self.limits)?;
-        let secret = match &self.gateway.secret {
-            Some(s) if s.get_ref().len() < MIN_SECRET_LEN => bail!(
+        let secret = match (&self.state.secret_file, &self.gateway.secret) {
+            (Some(file), Some(s)) => bail!(
+                "{}: [gateway] secret and {}: [state] secret_file both set: keep one",
+                self.at(origin, s),
+                self.at(origin, file)
+            ),
+            (Some(file), None) => Secret::from_file(Path::new(file.get_ref())).map_err(|e| {
+                anyhow!(
+                    "{}: [state] secret_file {:?}: {e:#}",
+                    self.at(origin, file),
+                    file.get_ref()
+                )
+            })?,
+            (None, Some(s)) if s.get_ref().len() < MIN_SECRET_LEN => bail!(
                 "{}: [gateway] secret: use at least {MIN_SECRET_LEN} characters (it keys the hidden Call-IDs and routing tokens)",
                 self.at(origin, s)
             ),
-            Some(s) => secret_from(s.get_ref()),
-            None => random_secret(),
-        };
+            (None, Some(s)) => Secret::derive(s.get_ref().as_bytes()),
+            (None, None) => Secret::random()?,
+        }
+        .key;
         let protection = self.protection(origin, &objects, &rules)?;
         Ok(sipward_core::Config {
             agent: agent.clone(),
@@ -1646,6 +1701,35 @@ impl Config {
 }
 
 /// Addresses no single host has: unspecified, multicast, the IPv4 broadcast.
+/// "IPv4" or "IPv6".
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// Why a nat rule from `from` to `to` cannot carry calls, if the zones differ in address
+/// family and either has no media ports: only the relay can carry media between the
+/// families (an IPv6 phone cannot send RTP to an IPv4 far end, nor the reverse), and
+/// without it the SDP would name an address the other side cannot reach.
+fn cross_family_media_missing(from: &Zone, to: &Zone) -> Option<String> {
+    let (a, b) = (from.address.ip(), to.address.ip());
+    if a.is_ipv4() == b.is_ipv4() {
+        return None;
+    }
+    let without = [from, to].into_iter().find(|z| z.media_ports.is_none())?;
+    Some(format!(
+        "interfaces {:?} ({}) and {:?} ({}) differ in address family, so media must be relayed on both, but interface {:?} has no media_ports: give it a range",
+        from.name,
+        family(a),
+        to.name,
+        family(b),
+        without.name
+    ))
+}
+
 fn no_host_has(ip: IpAddr) -> bool {
     ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255])
 }
@@ -1686,28 +1770,6 @@ fn parse_network(text: &str) -> Result<IpNet> {
         );
     }
     Ok(net)
-}
-
-fn secret_from(s: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, b) in s.bytes().enumerate() {
-        if let Some(slot) = out.get_mut(i % 16) {
-            *slot = slot.wrapping_mul(31).wrapping_add(b);
-        }
-    }
-    out
-}
-
-/// A per-process secret for the hidden names, from the OS's randomness.
-fn random_secret() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = [0u8; 16];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(std::process::id().into());
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    out
 }
 
 /// The wire-layer limits' allowed ranges: below the minimum an ordinary request no
@@ -1969,6 +2031,121 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_interfaces_and_a_rule_across_the_families_compile() {
+        let text = EMBEDDED_DEFAULT
+            .replacen("address = \"127.0.1.1\"", "address = \"fd00::1\"", 1)
+            .replacen(
+                "networks = [\"127.0.1.0/24\"]",
+                "networks = [\"fd00::/64\"]",
+                1,
+            )
+            .replacen("network = \"127.0.1.0/24\"", "network = \"fd00::/64\"", 1)
+            .replacen(
+                "address = \"127.0.2.1\"",
+                "address = \"2001:db8::1\"\nmedia_ports = \"40000-40999\"",
+                1,
+            )
+            .replacen(
+                "networks = [\"127.0.2.0/24\"]",
+                "networks = [\"2001:db8::/64\"]",
+                1,
+            )
+            .replacen(
+                "host = \"127.0.2.10:5060\"",
+                "host = \"[2001:db8::10]:5060\"",
+                1,
+            );
+        let config = load_everything(&text).unwrap();
+        let lan = &config.zones[0];
+        assert_eq!(lan.address, "[fd00::1]:5060".parse().unwrap());
+        assert_eq!(lan.networks, vec!["fd00::/64".parse().unwrap()]);
+        assert_eq!(config.zones[1].media_ports, Some((40000, 40999)));
+        // IPv6 inside, IPv4 outside: relayed media on both sides (the default ports).
+        let mixed = text
+            .replacen("address = \"2001:db8::1\"", "address = \"127.0.2.1\"", 1)
+            .replacen(
+                "networks = [\"2001:db8::/64\"]",
+                "networks = [\"127.0.2.0/24\"]",
+                1,
+            )
+            .replacen(
+                "host = \"[2001:db8::10]:5060\"",
+                "host = \"127.0.2.10:5060\"",
+                1,
+            );
+        let config = load_everything(&mixed).unwrap();
+        assert!(config.zones.iter().all(|z| z.media_ports.is_some()));
+    }
+
+    #[test]
+    fn a_rule_across_the_families_needs_media_ports_on_both_zones() {
+        let zone = |name: &str, address: &str, media_ports| Zone {
+            name: name.into(),
+            address: address.parse().unwrap(),
+            networks: Vec::new(),
+            inside: name == "lan",
+            media_ports,
+            intercept: false,
+            advertise: None,
+        };
+        let ports = Some((30000, 39999));
+        let lan6 = zone("lan", "[fd00::1]:5060", ports);
+        let wan4 = zone("wan", "192.0.2.1:5060", ports);
+        assert_eq!(cross_family_media_missing(&lan6, &wan4), None);
+        let wan4_bare = zone("wan", "192.0.2.1:5060", None);
+        let e = cross_family_media_missing(&lan6, &wan4_bare).unwrap();
+        assert!(
+            e.contains("\"lan\" (IPv6) and \"wan\" (IPv4) differ in address family"),
+            "{e}"
+        );
+        assert!(e.contains("interface \"wan\" has no media_ports"), "{e}");
+        let lan6_bare = zone("lan", "[fd00::1]:5060", None);
+        assert!(cross_family_media_missing(&lan6_bare, &wan4)
+            .unwrap()
+            .contains("interface \"lan\" has no media_ports"));
+        // The same family needs no relay to be reachable.
+        let lan4_bare = zone("lan", "10.0.0.1:5060", None);
+        assert_eq!(cross_family_media_missing(&lan4_bare, &wan4_bare), None);
+    }
+
+    #[test]
+    fn a_secret_file_and_a_secret_together_are_refused_and_the_file_keys_the_gateway() {
+        let dir = std::env::temp_dir().join(format!("sipward-cfg-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        let with_file = EMBEDDED_DEFAULT.replacen(
+            "[[interface]]\nname = \"lan\"",
+            &format!("[state]\nsecret_file = {file:?}\n\n[[interface]]\nname = \"lan\""),
+            1,
+        );
+        let both = with_file.replacen(
+            "name = \"sipward\"",
+            "name = \"sipward\"\nsecret = \"0123456789abcdef0\"",
+            1,
+        );
+        let e = Config::parse(&both, "s.toml")
+            .and_then(|c| c.compile("s.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:8: [gateway] secret and s.toml:") && e.contains("both set"),
+            "{e}"
+        );
+        // The file is created on first use, and the same key comes from it again.
+        let key = |text: &str| {
+            Config::parse(text, "s.toml")
+                .and_then(|c| c.compile("s.toml"))
+                .unwrap()
+                .secret
+        };
+        let first = key(&with_file);
+        assert!(file.exists());
+        assert_eq!(first, key(&with_file));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn check_refuses_configurations_that_cannot_work() {
         let wan = "address = \"127.0.2.1\"\nnetworks = [\"127.0.2.0/24\"]";
         for (from, to, marker, words) in [
@@ -2041,6 +2218,18 @@ mod tests {
                 "no token",
             ),
             (
+                "address = \"127.0.1.1\"",
+                "address = \"[fd00::1]:5060\"",
+                "[fd00::1]:5060",
+                "invalid IP address syntax (an interface's address is the bare address, such as 192.0.2.1 or fd00::1: no brackets or port",
+            ),
+            (
+                "host = \"127.0.2.10:5060\"",
+                "host = \"[2001:db8::10]:5060\"",
+                "destination = \"sip-proxy\"",
+                "the destination 2001:db8::10 is IPv6 but interface \"wan\" (127.0.2.1) is IPv4",
+            ),
+            (
                 "host = \"127.0.2.10:5060\"",
                 "host = \"127.0.2.10:0\"",
                 "127.0.2.10:0",
@@ -2102,7 +2291,7 @@ mod tests {
     #[test]
     fn check_refuses_what_probing_found_unworkable() {
         let long_name = format!("name = \"{}\"", "a".repeat(65));
-        let cases: [(&str, &str, &str, &str); 9] = [
+        let cases: [(&str, &str, &str, &str); 10] = [
             // u16 arithmetic saturated: a pool without a single pair passed.
             (
                 "inside = true",
@@ -2148,6 +2337,12 @@ mod tests {
                 "name = \"sipward\"\nsecret = \"short\"",
                 "secret =",
                 "at least 16 characters",
+            ),
+            (
+                "[[interface]]\nname = \"lan\"",
+                "[state]\nsecret_file = \"/nonexistent-dir/secret\"\n\n[[interface]]\nname = \"lan\"",
+                "secret_file =",
+                "cannot be created",
             ),
             // The parser's own errors name the key through the line's text.
             (

@@ -13,6 +13,7 @@ mod config;
 mod driver;
 mod export;
 mod firewall;
+mod secret;
 mod streams;
 mod transparent;
 mod validate;

@@ -32,6 +32,12 @@ impl Gateway {
         self.tables.tracking = true;
     }
 
+    /// The id of the hiding secret the state's names are made under (stores keep it,
+    /// and state under another id must not be restored).
+    pub fn secret_id(&self) -> String {
+        self.hider.secret_id()
+    }
+
     /// Whether the store must take a full snapshot ([`Gateway::snapshot_state`]): at
     /// start, and whenever changes piled up faster than they were taken.
     pub fn resync_needed(&self) -> bool {
