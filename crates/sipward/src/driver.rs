@@ -132,6 +132,14 @@ fn raise_file_limit(config: &Config) {
 /// Binds every interface and runs the gateway until ctrl-c.
 pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     raise_file_limit(&config);
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        if let Some(w) = settings
+            .streams
+            .file_limit_warning(files_needed(&config), soft)
+        {
+            say(&mut std::io::stderr(), &format!("sipward: {w}"));
+        }
+    }
     let mut sockets: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
     for (i, zone) in config.zones.iter().enumerate() {
         let at = settings.interface_lines.get(i).map_or("", String::as_str);

@@ -149,6 +149,10 @@ fn main() -> ExitCode {
                 if let Some(warning) = driver::file_limit_warning(&c, hard) {
                     eprintln!("sipward: {warning}");
                 }
+                let media = driver::files_needed(&c);
+                if let Some(warning) = settings.streams.file_limit_warning(media, hard) {
+                    eprintln!("sipward: {warning}");
+                }
             }
             ExitCode::SUCCESS
         }),

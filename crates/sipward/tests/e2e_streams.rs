@@ -491,3 +491,85 @@ fn per_source_cap_and_connection_flood_refuse_before_anything_is_read() {
     let events = std::fs::read_to_string(t.dir.join("events.jsonl")).unwrap_or_default();
     assert!(events.contains("\"kind\":\"banned\""), "{events}");
 }
+
+/// A TLS handshake with the gateway's inside TLS listener expecting `name`; the error
+/// text when it fails.
+fn handshake_as(t: &Topology, name: &str) -> Result<(), String> {
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(tls_client(t), server_name).unwrap();
+    let mut tcp = TcpStream::connect(format!("{}:5061", t.gw_lan())).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/reload`: the HTTP status and the body.
+fn reload(t: &Topology) -> (String, String) {
+    let out = common::output_within(
+        Command::new("curl").args([
+            "-s",
+            "-X",
+            "POST",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+            &format!("{}/api/v1/reload", t.api()),
+        ]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn a_reload_rotates_the_certificate_and_a_bad_key_keeps_the_old_one() {
+    let t = Topology::new(97);
+    let _gw = t.start_gateway_text(&stream_config(&t));
+    assert_eq!(handshake_as(&t, "gw.sipward.test"), Ok(()));
+
+    // A key file that is no key: the reload is refused, naming the file, and the
+    // running certificate stays.
+    let certs = t.dir.join("certs");
+    let key = certs.join("gw.sipward.test.key");
+    let good_key = std::fs::read(&key).unwrap();
+    std::fs::write(&key, "not a key\n").unwrap();
+    let (code, body) = reload(&t);
+    assert_eq!(code, "400", "{body}");
+    assert!(
+        body.contains("gw.sipward.test.key: no private key in it"),
+        "{body}"
+    );
+    assert_eq!(handshake_as(&t, "gw.sipward.test"), Ok(()));
+    std::fs::write(&key, good_key).unwrap();
+
+    // A new certificate (same CA, another name) in the same files: new handshakes get it.
+    let out = Command::new(env!("CARGO_BIN_EXE_sipward"))
+        .args(["cert", "--name", "rotated.sipward.test", "--out"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for ext in ["crt", "key"] {
+        std::fs::copy(
+            certs.join(format!("rotated.sipward.test.{ext}")),
+            certs.join(format!("gw.sipward.test.{ext}")),
+        )
+        .unwrap();
+    }
+    let (code, body) = reload(&t);
+    assert_eq!(code, "200", "{body}");
+    assert_eq!(handshake_as(&t, "rotated.sipward.test"), Ok(()));
+    let refused = handshake_as(&t, "gw.sipward.test")
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("not valid for name"), "{refused}");
+}

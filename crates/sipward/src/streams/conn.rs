@@ -22,8 +22,10 @@ use tokio::sync::mpsc;
 use super::limits::{CloseReason, ConnectionView, Refuse, StreamLimits};
 use super::tls::TlsHolder;
 
-/// Bytes read from a connection at a time.
-const READ_CHUNK: usize = 4096;
+/// Bytes read from a connection at a time. Held by every connection for its whole life,
+/// so small: an idle TLS connection should cost little more than rustls's own state, and
+/// a typical SIP message still arrives in one or two reads.
+const READ_CHUNK: usize = 1024;
 
 /// What the driver hears from the connections.
 #[derive(Debug, PartialEq, Eq)]
@@ -255,7 +257,7 @@ impl Hub {
                     let n = match read {
                         Ok(0) => break CloseReason::PeerClosed,
                         Ok(n) => n,
-                        Err(_) => break CloseReason::IoError,
+                        Err(e) => break io_close_reason(&e),
                     };
                     stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     match self.take(flow, &mut framer, buf.get(..n).unwrap_or_default(), &stats).await {
@@ -277,7 +279,8 @@ impl Hub {
                 }
                 result = writer.write(front.unwrap_or_default()), if front.is_some() => {
                     match result {
-                        Ok(0) | Err(_) => break CloseReason::IoError,
+                        Ok(0) => break CloseReason::IoError,
+                        Err(e) => break io_close_reason(&e),
                         Ok(n) => {
                             stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                             written += n;
@@ -542,6 +545,19 @@ impl Hub {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A read or write error as a close reason: a peer that went away (a reset, or a TLS
+/// peer closing without close_notify, as most phones do) is an ordinary end, not a fault.
+fn io_close_reason(e: &std::io::Error) -> CloseReason {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::UnexpectedEof
+        | ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe => CloseReason::PeerClosed,
+        _ => CloseReason::IoError,
+    }
+}
 
 /// Takes `n` written bytes off a queued count; returns what is left.
 fn release(queued: &AtomicUsize, n: usize) -> usize {

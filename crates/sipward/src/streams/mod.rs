@@ -145,6 +145,25 @@ impl StreamSettings {
         Ok(())
     }
 
+    /// A warning when `limit` open files cannot hold the media's `media_files` and
+    /// `max_connections` stream connections besides (none without stream services).
+    pub(crate) fn file_limit_warning(&self, media_files: u64, limit: u64) -> Option<String> {
+        if self.listeners.is_empty() {
+            return None;
+        }
+        let connections = self.limits.max_connections as u64;
+        let needed = media_files
+            .saturating_add(connections)
+            .saturating_add(self.listeners.len() as u64);
+        (needed > limit).then(|| {
+            format!(
+                "warning: the open-file limit ({limit}) is below the {needed} that media ({media_files}) \
+                 and [transport] max_connections = {connections} can need: connections past it are \
+                 refused by the kernel; raise it (LimitNOFILE=, ulimit -n) or lower max_connections"
+            )
+        })
+    }
+
     /// The runtime's setup.
     pub(crate) fn setup(&self, max_message_len: usize, agent: &str) -> runtime::StreamSetup {
         runtime::StreamSetup {
@@ -159,5 +178,139 @@ impl StreamSettings {
             max_message_len,
             agent: agent.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::tls::tests::Fixture;
+
+    /// A configuration with TCP phones on 5060, TLS phones on 5061 and a TLS trunk,
+    /// the certificate paths relative to the file.
+    fn text(extra_lan: &str) -> String {
+        format!(
+            r#"
+[[interface]]
+name = "lan"
+address = "192.0.2.1"
+networks = ["192.0.2.0/24"]
+inside = true
+{extra_lan}
+[[interface]]
+name = "wan"
+address = "198.51.100.1"
+networks = ["198.51.100.0/24"]
+tls = {{ certificate = "server.crt", private_key = "server.key", ca = "ca.crt" }}
+[[address]]
+name = "phones"
+network = "192.0.2.0/24"
+[[address]]
+name = "trunk"
+host = "198.51.100.10"
+transport = "tls"
+server_name = "sip.example.test"
+[alg.sip]
+[service.sip]
+protocol = "udp"
+port = 5060
+alg = "sip"
+[service.sip-tcp]
+protocol = "tcp"
+port = 5060
+alg = "sip"
+[service.sip-tls]
+protocol = "tls"
+port = 5061
+alg = "sip"
+[[rule]]
+action = "nat"
+from = "lan"
+source = "phones"
+to = "wan"
+destination = "trunk"
+service = "sip-tcp"
+[[rule]]
+action = "nat"
+from = "lan"
+source = "phones"
+to = "wan"
+destination = "trunk"
+service = "sip-tls"
+[transport]
+max_connections = 500
+"#
+        )
+    }
+    fn load(f: &Fixture, text: &str) -> Result<(sipward_core::Config, StreamSettings)> {
+        let origin = f.path("gw.toml").display().to_string();
+        let file = crate::config::Config::parse(text, &origin)?;
+        let core = file.compile(&origin)?;
+        let streams = file.streams(&origin, &core)?;
+        Ok((core, streams))
+    }
+
+    #[test]
+    fn listeners_tls_and_next_hops_come_from_the_configuration() {
+        let f = Fixture::new("mod-config");
+        let tls = "tls = { certificate = \"server.crt\", private_key = \"server.key\" }";
+        let (core, s) = load(&f, &text(tls)).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut listeners: Vec<(String, Transport)> = s
+            .listeners
+            .iter()
+            .map(|l| (l.local.to_string(), l.transport))
+            .collect();
+        listeners.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            listeners,
+            vec![
+                ("192.0.2.1:5060".to_string(), Transport::Tcp),
+                ("192.0.2.1:5061".to_string(), Transport::Tls),
+                // The trunk reached over TLS connects back to the outside address.
+                ("198.51.100.1:5060".to_string(), Transport::Tls),
+            ]
+        );
+        assert_eq!(s.tls.len(), 2, "both interfaces' certificates loaded");
+        let trunk: SocketAddr = "198.51.100.10:5061"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.server_names.get(&trunk),
+            Some(&"sip.example.test".to_string())
+        );
+        assert_eq!(s.limits.max_connections, 500);
+        let rule = &core.rules[0];
+        assert_eq!(
+            (rule.next_hop_transport, rule.services[0].transport),
+            (Transport::Tls, Transport::Tcp)
+        );
+        // Media (say 1000 files) and 500 connections do not fit in 1000 files.
+        let warning = s.file_limit_warning(1000, 1000).unwrap_or_default();
+        assert!(warning.contains("max_connections = 500"), "{warning}");
+        assert_eq!(s.file_limit_warning(1000, 2000), None);
+    }
+
+    #[test]
+    fn a_tls_service_without_a_certificate_and_bad_words_are_refused_with_their_line() {
+        let f = Fixture::new("mod-config-bad");
+        let error = |text: &str| {
+            load(&f, text)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default()
+        };
+        let e = error(&text(""));
+        assert!(e.contains("192.0.2.1:5061") && e.contains("tls = {"), "{e}");
+        let e = error(&text(
+            "tls = { certificate = \"nope.crt\", private_key = \"server.key\" }",
+        ));
+        assert!(
+            e.contains("gw.toml:7: tls: ") && e.contains("nope.crt: cannot read"),
+            "{e}"
+        );
+        let e = error(&text("").replace("transport = \"tls\"", "transport = \"sctp\""));
+        assert!(e.contains("transport \"sctp\""), "{e}");
+        let e = error(&text("").replace("protocol = \"tcp\"", "protocol = \"ws\""));
+        assert!(e.contains("protocol \"ws\""), "{e}");
     }
 }
