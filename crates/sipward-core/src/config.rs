@@ -78,6 +78,21 @@ impl AddressObject {
     }
 }
 
+impl AddressObject {
+    /// Whether a message on `flow` comes from this object. On a stream only the address
+    /// counts: a peer connects from an ephemeral port (RFC 3261 18.1.1), whatever port
+    /// the object names for reaching it, so a TCP or TLS proxy's calls in would
+    /// otherwise match no rule.
+    pub fn contains_sender(&self, flow: &Flow) -> bool {
+        match self {
+            AddressObject::Host { ip, .. } if flow.transport != Transport::Udp => {
+                *ip == flow.remote.ip()
+            }
+            _ => self.contains(flow.remote),
+        }
+    }
+}
+
 /// The SIP ALG options, with the founding brief's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlgOptions {
@@ -192,7 +207,7 @@ impl Rule {
                 .services
                 .iter()
                 .any(|s| s.transport == flow.transport && s.port == flow.local.port())
-            || !self.source.contains(flow.remote)
+            || !self.source.contains_sender(flow)
         {
             return false;
         }
@@ -286,6 +301,39 @@ impl Config {
             Some(zone) => zone.host_port(local),
             None => local.to_string(),
         }
+    }
+
+    /// How the gateway writes itself at `local` on a leg of `transport` (Via, Contact):
+    /// [`Config::host_port`], with the port where that zone listens for `transport` when
+    /// `local` is the zone's UDP address (a connection the gateway opened has no port to
+    /// be reached at: a TLS leg whose Contact named the UDP port 5060 would send the
+    /// peer's requests there). Without such a listener, the transport's default port.
+    pub fn leg_host_port(&self, local: SocketAddr, transport: Transport) -> String {
+        self.host_port(SocketAddr::new(local.ip(), self.leg_port(local, transport)))
+    }
+
+    /// The port of [`Config::leg_host_port`].
+    pub fn leg_port(&self, local: SocketAddr, transport: Transport) -> u16 {
+        let zone = self.zone_of_local(local);
+        let opened_by_us = zone
+            .and_then(|z| self.zone(z))
+            .is_some_and(|z| z.address == local);
+        if transport == Transport::Udp || !opened_by_us {
+            return local.port();
+        }
+        let listening = self
+            .rules
+            .iter()
+            .filter(|r| Some(r.from_zone) == zone)
+            .flat_map(|r| &r.services)
+            .find(|s| s.transport == transport)
+            .map(|s| s.port);
+        let default = if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        };
+        listening.unwrap_or(default)
     }
 
     /// The gateway's own address in the zone of `flow` (its media relay is there): the

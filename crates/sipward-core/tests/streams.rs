@@ -381,16 +381,18 @@ fn an_advertised_name_is_written_in_via_and_contact_and_responses_to_it_are_ours
     let phone = Flow::udp(addr(LAN), addr(PHONE));
     let out = only(send(&mut net, phone, &invite("UDP", "a1")));
     assert_eq!(out.transport, Transport::Tls);
+    // The TLS leg names the TLS port (5061 with no TLS listener configured), not the
+    // zone's UDP port: a peer reaching the Contact must find TLS there.
     let fwd = text(&out);
     assert!(
         header(&fwd, "Via")
             .unwrap()
-            .starts_with("SIP/2.0/TLS sbc.example.com:5060;"),
+            .starts_with("SIP/2.0/TLS sbc.example.com:5061;"),
         "{fwd}"
     );
     assert!(header(&fwd, "Contact")
         .unwrap()
-        .contains("@sbc.example.com:5060;transport=tls"));
+        .contains("@sbc.example.com:5061;transport=tls"));
     let ringing = common::response_to(&fwd, "180 Ringing", "r", "");
     let mut tls = tcp(WAN, PROXY, 4);
     tls.transport = Transport::Tls;

@@ -87,7 +87,7 @@ impl Gateway {
         };
         let to_far = format!(
             "BYE {target} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\n{routes}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause={cause};text=\"{why}\"\r\nContent-Length: 0\r\n\r\n",
-            via_value(d.outside.transport, &config.host_port(d.outside.local), &branch),
+            via_value(d.outside.transport, &config.leg_host_port(d.outside.local, d.outside.transport), &branch),
             text(far_remote),
             text(far_local),
             text(&d.outside_call_id),

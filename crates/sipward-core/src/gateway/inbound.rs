@@ -306,7 +306,7 @@ impl Gateway {
             return;
         }
         self.retransmits.response(&key, status);
-        let wan_text = config.host_port(tx.outside.local);
+        let wan_text = config.leg_host_port(tx.outside.local, tx.outside.transport);
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let mut edits = Edits::new();
         let r = (|| -> Result<(), sipward_proto::EditError> {

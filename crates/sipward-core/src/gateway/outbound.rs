@@ -109,7 +109,7 @@ impl Gateway {
         if !self.within_state_limits(config, at, msg, method, initial, &aor, busy) {
             return;
         }
-        let wan_text = config.host_port(wan_local);
+        let wan_text = config.leg_host_port(wan_local, outside.transport);
         let is_inside = |ip: IpAddr| config.is_inside(ip);
         let gateway_inside = |h: &sipward_proto::SipUri<'_>| {
             let p = h.port.unwrap_or(5060);

@@ -56,7 +56,7 @@ impl Gateway {
                     .branch(&[rule.name.as_bytes(), b"ping", &state.sent.to_be_bytes()]);
             state.outstanding = Some(branch.clone());
             state.next_at = Some(crate::protect::later(now, every));
-            let host_port = config.host_port(peer.local);
+            let host_port = config.leg_host_port(peer.local, peer.transport);
             let call_id = self.hider.token(&[rule.name.as_bytes(), b"ping-call"]);
             let tag = self.hider.token(&[rule.name.as_bytes(), b"ping-tag"]);
             let ping = format!(

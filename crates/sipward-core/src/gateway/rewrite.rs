@@ -283,7 +283,16 @@ pub(super) fn via_is_ours(
             .and_then(|z| z.advertise.as_deref())
             .is_some_and(|name| name.as_bytes().eq_ignore_ascii_case(via.host.as_bytes())),
     };
-    host && via.port.unwrap_or(default_port) == local.port()
+    // Where the gateway opened the connection its Via names the leg's listening port.
+    let transport = if via.transport.eq_ignore_ascii_case(b"TLS") {
+        Transport::Tls
+    } else if via.transport.eq_ignore_ascii_case(b"TCP") {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
+    let port = via.port.unwrap_or(default_port);
+    host && (port == local.port() || port == config.leg_port(local, transport))
         && via
             .branch
             .is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()))
