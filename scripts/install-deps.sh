@@ -8,6 +8,10 @@ need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v sipsak >/dev/null 2>&1 || need_apt+=(sipsak)
 command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
+# Kamailio's TLS module (the TLS proxy/registrar with mutual TLS in e2e_matrix).
+dpkg -s kamailio-tls-modules >/dev/null 2>&1 || need_apt+=(kamailio-tls-modules)
+# socat: the TLS shim in front of SIPp, which Debian builds without TLS.
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v baresip >/dev/null 2>&1 || need_apt+=(baresip)
 command -v rtpengine >/dev/null 2>&1 || need_apt+=(rtpengine-daemon)
 command -v sipvicious_svcrack >/dev/null 2>&1 || command -v svcrack >/dev/null 2>&1 || need_apt+=(sipvicious)
