@@ -454,3 +454,69 @@ fn tls_phone_tcp_proxy() {
 fn tls_phone_tls_proxy() {
     pair(109, T::Tls, T::Tls);
 }
+
+/// The size SIPp's message log gives a message whose first line is `start`.
+fn logged_size(log: &str, start: &str) -> Option<usize> {
+    let lines: Vec<&str> = log.lines().collect();
+    let at = lines.iter().position(|l| l.starts_with(start))?;
+    // "TCP message received [2645] bytes :" or "UDP message sent (2613 bytes):", then
+    // an empty line, then the message.
+    let header = lines[..at].iter().rev().find(|l| l.contains(" message "))?;
+    header
+        .split(['[', ']', '(', ')', ' '])
+        .find_map(|n| n.parse().ok())
+}
+
+/// RFC 3261 18.1.1: a UDP phone's 2.5 KB INVITE, over the 1300 bytes UDP may carry,
+/// goes on to the proxy over TCP. A UDP and a TCP SIPp share the proxy's IP and port
+/// 5060 (one host on both transports), so where each message lands shows the transport
+/// the gateway took: the INVITE on TCP, then the small ACK and BYE back on UDP, the
+/// dialog's configured leg.
+#[test]
+fn a_large_invite_from_a_udp_phone_reaches_the_proxy_over_tcp() {
+    let t = Topology::new(111);
+    let _gw = t.start_gateway_text(&t.config());
+    let udp_far = t.play(
+        "proxy_ack_bye.xml",
+        common::Peer::Proxy,
+        None,
+        &[&["-t", "u1"][..], &logged("udp_far_messages.log")].concat(),
+    );
+    let tcp_far = t.play(
+        "proxy_answer_invite_only.xml",
+        common::Peer::Proxy,
+        None,
+        &[&["-t", "t1"][..], &logged("tcp_far_messages.log")].concat(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let phone = t.play(
+        "phone_call_big.xml",
+        common::Peer::Phone(0),
+        Some(&t.gw_lan_sip()),
+        &logged("phone_messages.log"),
+    );
+    phone.wait_ok("UDP phone with a large INVITE");
+    tcp_far.wait_ok("TCP far end (INVITE)");
+    udp_far.wait_ok("UDP far end (ACK, BYE)");
+
+    let phone_log = std::fs::read_to_string(t.dir.join("phone_messages.log")).unwrap();
+    let sent = logged_size(&phone_log, "INVITE sip:").unwrap();
+    assert!(sent >= 2500, "the phone's INVITE is {sent} bytes");
+    let tcp_log = std::fs::read_to_string(t.dir.join("tcp_far_messages.log")).unwrap();
+    let arrived = logged_size(&tcp_log, "INVITE sip:").unwrap_or(0);
+    assert!(
+        arrived > 2400,
+        "the INVITE reached the TCP far end whole ({arrived} bytes): {tcp_log}"
+    );
+    assert!(
+        tcp_log.contains(&format!("Via: SIP/2.0/TCP {}:5060;", t.gw_wan())),
+        "its Via says TCP: {tcp_log}"
+    );
+    t.assert_no_inside_address_in("tcp_far_messages.log");
+    t.assert_no_inside_address_in("udp_far_messages.log");
+    let udp_log = std::fs::read_to_string(t.dir.join("udp_far_messages.log")).unwrap();
+    assert!(
+        !udp_log.contains("INVITE sip:"),
+        "the INVITE went over UDP too: {udp_log}"
+    );
+}
