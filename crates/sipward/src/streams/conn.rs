@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::limits::{CloseReason, ConnectionView, Refuse, StreamLimits};
+use super::limits::{CloseReason, ConnectionView, Origin, Refuse, StreamLimits, Usage};
 use super::tls::TlsHolder;
 
 /// Bytes read from a connection at a time. Held by every connection for its whole life,
@@ -250,9 +250,29 @@ impl Hub {
         // How much of the front buffer is already written.
         let mut written = 0usize;
         let mut buf = vec![0u8; READ_CHUNK];
+        let keepalive = self.keepalive(id);
+        let mut next_ping =
+            keepalive.map(|(every, _)| tokio::time::Instant::now() + jittered(every, id));
+        let mut pong_due: Option<tokio::time::Instant> = None;
         let reason = loop {
             let front = queue.front().and_then(|b| b.get(written..));
+            let wake = pong_due.or(next_ping);
             tokio::select! {
+                () = sleep_until_some(wake), if wake.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    if pong_due.is_some_and(|due| due <= now) {
+                        break CloseReason::KeepaliveTimeout;
+                    }
+                    if let Some((every, timeout)) = keepalive {
+                        if self.carries_state(id) {
+                            stats.queued.fetch_add(4, Ordering::Relaxed);
+                            queue.push_back(b"\r\n\r\n".to_vec());
+                            framer.expect_pong();
+                            pong_due = Some(now + timeout);
+                        }
+                        next_ping = Some(now + jittered(every, id));
+                    }
+                }
                 read = reader.read(&mut buf) => {
                     let n = match read {
                         Ok(0) => break CloseReason::PeerClosed,
@@ -261,7 +281,10 @@ impl Hub {
                     };
                     stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     match self.take(flow, &mut framer, buf.get(..n).unwrap_or_default(), &stats).await {
-                        Ok(pongs) => {
+                        Ok((pongs, pong_seen)) => {
+                            if pong_seen {
+                                pong_due = None;
+                            }
                             for _ in 0..pongs {
                                 stats.queued.fetch_add(2, Ordering::Relaxed);
                                 queue.push_back(b"\r\n".to_vec());
@@ -328,11 +351,12 @@ impl Hub {
         framer: &mut StreamFramer,
         data: &[u8],
         stats: &ConnStats,
-    ) -> Result<usize, (CloseReason, Option<Vec<u8>>)> {
+    ) -> Result<(usize, bool), (CloseReason, Option<Vec<u8>>)> {
         let id = flow.connection.unwrap_or(ConnectionId(0));
         let mut frames = Vec::new();
         framer.feed(data, |f| frames.push(f));
         let mut pongs = 0;
+        let mut pong_seen = false;
         for frame in frames {
             let now = Instant::now();
             match frame {
@@ -357,7 +381,7 @@ impl Hub {
                     self.limits().ping(now, id).map_err(|r| (r, None))?;
                     pongs += 1;
                 }
-                Frame::Pong => {}
+                Frame::Pong => pong_seen = true,
                 Frame::Fault(fault) => {
                     let reason = match fault {
                         StreamFault::NotSip => CloseReason::Garbage,
@@ -373,7 +397,24 @@ impl Hub {
         if framer.in_message() {
             self.limits().message_started(Instant::now(), id);
         }
-        Ok(pongs)
+        Ok((pongs, pong_seen))
+    }
+
+    /// The keepalive interval and pong timeout of a connection the gateway opened
+    /// (None for an accepted one: its peer keeps its own NAT binding alive).
+    fn keepalive(&self, id: ConnectionId) -> Option<(Duration, Duration)> {
+        let limits = self.limits();
+        let view = limits.view(Instant::now(), id)?;
+        let settings = limits.settings();
+        matches!(view.origin, Origin::Outbound { .. })
+            .then_some((settings.keepalive_interval, settings.keepalive_timeout))
+    }
+
+    /// Whether a registration or a call uses the connection (only those are pinged).
+    fn carries_state(&self, id: ConnectionId) -> bool {
+        self.limits()
+            .view(Instant::now(), id)
+            .is_some_and(|v| v.usage != Usage::None)
     }
 
     /// The task ended: the table and the limits forget it (the reaper may have counted
@@ -538,6 +579,21 @@ impl Hub {
             .collect();
         rows.sort_by_key(|r| r.flow.connection);
         rows
+    }
+}
+
+/// `every`, less up to a fifth of it (spread by connection), so that the pings of
+/// connections opened together do not stay together (RFC 5626 4.4.1).
+fn jittered(every: Duration, id: ConnectionId) -> Duration {
+    let spread = id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58; // 0..=63
+    every.saturating_sub(every / 5 * u32::try_from(spread).unwrap_or(0) / 63)
+}
+
+/// Sleeps until `at` (for ever without one; the select branch is off then anyway).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct TransportSettings {
     pub send_timeout: Option<f64>,
     pub connect_timeout: Option<f64>,
     pub max_pings_per_second: Option<u32>,
+    pub keepalive_interval: Option<f64>,
+    pub keepalive_timeout: Option<f64>,
 }
 
 /// The limits in force.
@@ -57,6 +59,11 @@ pub(crate) struct LimitSettings {
     pub send_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_pings_per_second: u32,
+    /// The gateway pings the connections it opened that carry a registration or a call
+    /// this often (with jitter, RFC 5626 4.4.1) ...
+    pub keepalive_interval: Duration,
+    /// ... and closes one whose pong does not come in this long.
+    pub keepalive_timeout: Duration,
 }
 
 /// Added to a binding's expiry while a registration uses the connection (RFC 5626's
@@ -81,6 +88,8 @@ impl Default for LimitSettings {
             send_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_pings_per_second: 10,
+            keepalive_interval: Duration::from_secs(90),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -167,6 +176,16 @@ impl LimitSettings {
                 Some(n) => n,
                 None => d.max_pings_per_second,
             },
+            keepalive_interval: seconds(
+                "keepalive_interval",
+                t.keepalive_interval,
+                d.keepalive_interval,
+            )?,
+            keepalive_timeout: seconds(
+                "keepalive_timeout",
+                t.keepalive_timeout,
+                d.keepalive_timeout,
+            )?,
         })
     }
 }
@@ -227,6 +246,8 @@ pub(crate) enum CloseReason {
     ConnectTimeout,
     ConnectFailed,
     PingStorm,
+    /// The gateway's keepalive ping went unanswered.
+    KeepaliveTimeout,
     /// The framer's verdict: a message without Content-Length (answered 400).
     MissingContentLength,
     /// The framer's verdict: a message over `max_message_len` (answered 513).
@@ -242,7 +263,7 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
-    pub(crate) const ALL: [CloseReason; 16] = [
+    pub(crate) const ALL: [CloseReason; 17] = [
         CloseReason::HandshakeTimeout,
         CloseReason::HandshakeFailed,
         CloseReason::FirstMessageTimeout,
@@ -253,6 +274,7 @@ impl CloseReason {
         CloseReason::ConnectTimeout,
         CloseReason::ConnectFailed,
         CloseReason::PingStorm,
+        CloseReason::KeepaliveTimeout,
         CloseReason::MissingContentLength,
         CloseReason::TooLarge,
         CloseReason::Garbage,
@@ -273,6 +295,7 @@ impl CloseReason {
             CloseReason::ConnectTimeout => "connect_timeout",
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::PingStorm => "ping_storm",
+            CloseReason::KeepaliveTimeout => "keepalive_timeout",
             CloseReason::MissingContentLength => "missing_content_length",
             CloseReason::TooLarge => "message_too_large",
             CloseReason::Garbage => "not_sip",

@@ -440,3 +440,65 @@ async fn a_registered_connection_outlives_the_idle_timeout_by_its_binding() {
         "the call ended: idle again (bounded by the binding)"
     );
 }
+
+#[tokio::test]
+async fn the_gateway_pings_its_connections_that_carry_a_binding_and_closes_on_a_missing_pong() {
+    let limits = LimitSettings {
+        keepalive_interval: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_millis(300),
+        ..LimitSettings::default()
+    };
+    let mut rt = StreamRuntime::start(StreamSetup {
+        listeners: vec![],
+        tls: HashMap::new(),
+        server_names: HashMap::new(),
+        limits,
+        max_message_len: 8192,
+        agent: "sipward-test".into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let peer = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let peer_addr = peer.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    assert!(rt.transmit(&transmit(gw(), peer_addr, Transport::Tcp, None, options(1))));
+    let (mut conn, _) = tokio::time::timeout(PATIENCE, peer.accept())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no connection"));
+    assert_eq!(read_n(&mut conn, options(1).len()).await, options(1));
+    // No state on it yet: no ping for a while.
+    let mut byte = [0u8; 1];
+    let quiet = tokio::time::timeout(Duration::from_millis(700), conn.read(&mut byte)).await;
+    assert!(quiet.is_err(), "pinged a connection that carries nothing");
+    let id = rt
+        .pooled(gw().ip(), peer_addr, Transport::Tcp)
+        .unwrap_or_else(|| panic!("pooled"));
+    let contact = "Contact: <sip:a@192.0.2.1:5060;transport=tcp>;expires=3600\r\n";
+    let register_ok = response("200 OK", "1 REGISTER", contact);
+    assert!(rt.transmit(&transmit(
+        gw(),
+        peer_addr,
+        Transport::Tcp,
+        Some(id),
+        register_ok.clone()
+    )));
+    assert_eq!(read_n(&mut conn, register_ok.len()).await, register_ok);
+    // Now it is pinged; answered, it stays.
+    assert_eq!(read_n(&mut conn, 4).await, b"\r\n\r\n");
+    conn.write_all(b"\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        read_n(&mut conn, 4).await,
+        b"\r\n\r\n",
+        "pinged again after the interval"
+    );
+    // Unanswered: closed.
+    match event(&mut rt).await {
+        ConnEvent::Closed { reason, .. } => assert_eq!(reason, CloseReason::KeepaliveTimeout),
+        other => panic!("{other:?}"),
+    }
+}
