@@ -211,10 +211,7 @@ impl Hub {
             }
         };
         self.limits().handshake_done(Instant::now(), id);
-        (
-            self.run(flow, stream, commands, stats, early).await,
-            Vec::new(),
-        )
+        self.run(flow, stream, commands, stats, early).await
     }
 
     async fn serve<S>(
@@ -227,11 +224,15 @@ impl Hub {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.run(flow, stream, commands, stats, Vec::new()).await
+        self.run(flow, stream, commands, stats, Vec::new()).await.0
     }
 
     /// The connection's life after any handshake: until a verdict, a limit, the peer
-    /// closing or the driver's close.
+    /// closing or the driver's close. With the reason, on a connection the gateway
+    /// opened that closed before the peer sent anything, what was written on it: the
+    /// peer refused it (a TLS server rejecting the client certificate says so only
+    /// after the client's side of a TLS 1.3 handshake is done), so its requests are as
+    /// undeliverable as if the connect had failed and their senders get an answer now.
     async fn run<S>(
         &self,
         flow: Flow,
@@ -239,11 +240,14 @@ impl Hub {
         mut commands: mpsc::UnboundedReceiver<Command>,
         stats: Arc<ConnStats>,
         early: Vec<Vec<u8>>,
-    ) -> CloseReason
+    ) -> (CloseReason, Vec<Vec<u8>>)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let id = flow.connection.unwrap_or(ConnectionId(0));
+        // Bounded: a peer that answers nothing leaves no more than this many in memory.
+        const UNANSWERED_KEPT: usize = 16;
+        let mut unanswered: Vec<Vec<u8>> = Vec::new();
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut framer = StreamFramer::new(self.max_message_len);
         let mut queue: VecDeque<Vec<u8>> = early.into();
@@ -251,6 +255,7 @@ impl Hub {
         let mut written = 0usize;
         let mut buf = vec![0u8; READ_CHUNK];
         let keepalive = self.keepalive(id);
+        let opened_by_us = keepalive.is_some();
         let mut next_ping =
             keepalive.map(|(every, _)| tokio::time::Instant::now() + jittered(every, id));
         let mut pong_due: Option<tokio::time::Instant> = None;
@@ -308,8 +313,16 @@ impl Hub {
                             stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                             written += n;
                             if queue.front().is_some_and(|b| written >= b.len()) {
-                                let done = queue.pop_front().map_or(0, |b| b.len());
+                                let sent = queue.pop_front().unwrap_or_default();
+                                let done = sent.len();
                                 written = 0;
+                                if opened_by_us
+                                    && unanswered.len() < UNANSWERED_KEPT
+                                    && stats.messages_in.load(Ordering::Relaxed) == 0
+                                    && sent != b"\r\n\r\n"
+                                {
+                                    unanswered.push(sent);
+                                }
                                 let queued = release(&stats.queued, done);
                                 let _ = self.limits().send_queued(Instant::now(), id, queued);
                             }
@@ -339,7 +352,12 @@ impl Hub {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
-        reason
+        let refused =
+            stats.messages_in.load(Ordering::Relaxed) == 0 && reason != CloseReason::Local;
+        if !refused {
+            unanswered.clear();
+        }
+        (reason, unanswered)
     }
 
     /// Feeds read bytes to the framer: messages go to the driver, pings are counted and

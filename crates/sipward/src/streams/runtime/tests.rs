@@ -142,6 +142,34 @@ async fn the_gateway_opens_one_connection_per_peer_and_reuses_it_both_ways() {
 }
 
 #[tokio::test]
+async fn a_connection_closed_before_the_peer_said_anything_returns_what_it_carried() {
+    // A server that takes the request and hangs up unanswered (as a TLS server does that
+    // refuses the client certificate after a TLS 1.3 handshake): its sender must hear.
+    let mut rt = runtime(vec![], HashMap::new(), HashMap::new()).await;
+    let peer = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let peer_addr = peer.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    assert!(rt.transmit(&transmit(gw(), peer_addr, Transport::Tcp, None, options(1))));
+    let (mut conn, _) = tokio::time::timeout(PATIENCE, peer.accept())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no connection"));
+    assert_eq!(read_n(&mut conn, options(1).len()).await, options(1));
+    drop(conn);
+    match event(&mut rt).await {
+        ConnEvent::Closed { reason, unsent, .. } => {
+            assert_eq!(
+                (reason, unsent),
+                (CloseReason::PeerClosed, vec![options(1)])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_refused_connection_returns_what_was_queued_as_unsent() {
     let mut rt = runtime(vec![], HashMap::new(), HashMap::new()).await;
     // A port nothing listens on (bound then dropped).
