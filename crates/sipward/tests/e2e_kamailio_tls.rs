@@ -45,18 +45,20 @@ fn cert(out: &Path, ca_dir: &Path, name: &str, ips: &[String]) {
 }
 
 /// Starts Kamailio (tests/kamailio/proxy.cfg with its TLS module) on the proxy address:
-/// UDP 5060 (for the readiness probe) and TLS 5061, requiring a client certificate from
-/// the test CA. Its log (every message it received, decrypted) is `kamailio.log`.
-fn start_kamailio_tls(t: &Topology) -> Terminated {
+/// UDP 5060 (for the readiness probe) and TLS 5061; `mutual`: requiring a client
+/// certificate from the test CA (and verifying the servers it connects to). Its log
+/// (every message it received, decrypted) is `kamailio.log`.
+fn start_kamailio_tls(t: &Topology, mutual: bool) -> Terminated {
     let certs = t.dir.join("certs");
     let tls_cfg = t.dir.join("kamailio-tls.cfg");
+    let verify = if mutual { "yes" } else { "no" };
     std::fs::write(
         &tls_cfg,
         format!(
-            "[server:default]\nmethod = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\n\
+            "[server:default]\nmethod = TLSv1.2+\nverify_certificate = {verify}\nrequire_certificate = {verify}\n\
              certificate = {c}/proxy.sipward.test.crt\nprivate_key = {c}/proxy.sipward.test.key\n\
              ca_list = {c}/ca.crt\n\n\
-             [client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\n\
+             [client:default]\nmethod = TLSv1.2+\nverify_certificate = {verify}\nrequire_certificate = {verify}\n\
              ca_list = {c}/ca.crt\n",
             c = certs.display()
         ),
@@ -134,7 +136,7 @@ fn kamailio_over_mutual_tls_registers_and_connects_phones_through_the_gateway() 
     let certs = t.dir.join("certs");
     cert(&certs, &certs, "gw.sipward.test", &[t.gw_wan()]);
     cert(&certs, &certs, "proxy.sipward.test", &[t.proxy()]);
-    let _kamailio = start_kamailio_tls(&t);
+    let _kamailio = start_kamailio_tls(&t, true);
 
     let gw = t.start_gateway_text(&config(&t, &certs, "proxy.sipward.test"));
     let gw_lan = t.gw_lan_sip();
@@ -192,6 +194,11 @@ fn kamailio_over_mutual_tls_registers_and_connects_phones_through_the_gateway() 
     )
     .wait_ok("a REGISTER through a gateway Kamailio refuses");
     assert!(started.elapsed() < Duration::from_secs(5));
+    let log = t.read_when("kamailio.log", |s| s.contains("certificate verify failed"));
+    assert!(
+        log.contains("certificate verify failed"),
+        "Kamailio did not refuse the client certificate: {log}"
+    );
     drop(gw);
 
     // A gateway expecting another name than Kamailio's certificate carries refuses it.
@@ -204,4 +211,261 @@ fn kamailio_over_mutual_tls_registers_and_connects_phones_through_the_gateway() 
     )
     .wait_ok("a REGISTER to a proxy whose certificate names another server");
     drop(gw);
+}
+
+fn sox(args: &[&str]) -> String {
+    let out = Command::new("sox")
+        .args(args)
+        .output()
+        .expect("sox is installed (scripts/install-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "sox {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A baresip configuration directory for a UA listening (SIP over TLS among others) on
+/// `ip:port`, trusting the test CA, with SRTP, playing `source`; `certificate` (PEM,
+/// certificate and key) lets it serve TLS to a proxy that connects to it.
+fn baresip_dir(
+    t: &Topology,
+    name: &str,
+    ip: &str,
+    port: u16,
+    source: &Path,
+    account: &str,
+    certificate: Option<&Path>,
+) -> PathBuf {
+    let dir = t.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = format!(
+        "poll_method epoll\nsip_listen {ip}:{port}\nsip_cafile {}\n\
+         audio_player aubridge,nil\naudio_alert aubridge,nil\naudio_source aufile,{}\n\
+         module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+         module aubridge.so\nmodule sndfile.so\nmodule srtp.so\nmodule account.so\nmodule menu.so\n\
+         snd_path {}\n",
+        t.dir.join("certs/ca.crt").display(),
+        source.display(),
+        dir.display()
+    );
+    if let Some(c) = certificate {
+        config.push_str(&format!("sip_certificate {}\n", c.display()));
+    }
+    std::fs::write(dir.join("config"), config).unwrap();
+    std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
+    dir
+}
+
+/// baresip alice inside registers with the gateway over TLS and calls baresip bob
+/// outside, registered with Kamailio over TLS, both with mandatory SDES-SRTP: the
+/// a=crypto lines leave the gateway byte-exact, the SRTP is relayed opaquely, and bob
+/// decodes alice's 440 Hz tone.
+#[test]
+fn baresip_over_tls_with_srtp_through_the_gateway_and_kamailio() {
+    let t = Topology::new(122);
+    let certs = t.dir.join("certs");
+    cert(&certs, &certs, "gw.sipward.test", &[t.gw_lan(), t.gw_wan()]);
+    cert(&certs, &certs, "proxy.sipward.test", &[t.proxy()]);
+    let bob_ip = format!("127.{}.1.20", t.n);
+    cert(
+        &certs,
+        &certs,
+        "bob.sipward.test",
+        std::slice::from_ref(&bob_ip),
+    );
+    let bob_pem = t.dir.join("bob.pem");
+    std::fs::write(
+        &bob_pem,
+        [
+            std::fs::read(certs.join("bob.sipward.test.crt")).unwrap(),
+            std::fs::read(certs.join("bob.sipward.test.key")).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let _kamailio = start_kamailio_tls(&t, false);
+
+    let lan = format!("networks = [\"127.{}.0.0/24\"]\ninside = true\n", t.n);
+    let lan_tls = format!(
+        "tls = {{ certificate = \"{c}/gw.sipward.test.crt\", private_key = \"{c}/gw.sipward.test.key\", ca = \"{c}/ca.crt\" }}\n",
+        c = certs.display()
+    );
+    // baresip binds its TLS client socket to the wildcard address: on loopback its
+    // connection comes from 127.0.0.1, which is therefore an inside phone here too.
+    let lan_networks = format!(
+        "networks = [\"127.{}.0.0/24\", \"127.0.0.1/32\"]\ninside = true\n",
+        t.n
+    );
+    let text = config(&t, &certs, "proxy.sipward.test")
+        .replacen(&lan, &format!("{lan_networks}{lan_tls}"), 1)
+        .replacen("service = \"sip\"\n", "service = \"sip-tls\"\n", 1)
+        .replacen("[alg.sip]\n", "[alg.sip]\nmedia_latching = \"any\"\n", 1)
+        + "[[address]]\nname = \"loopback-phones\"\nnetwork = \"127.0.0.1/32\"\n\
+             [[rule]]\naction = \"nat\"\nfrom = \"lan\"\nsource = \"loopback-phones\"\nto = \"wan\"\n\
+             destination = \"proxy\"\nservice = \"sip-tls\"\n";
+    assert!(!text.contains("service = \"sip\"\n"), "{text}");
+    let _gw = t.start_gateway_text(&text);
+
+    let tone = t.dir.join("tone.wav");
+    let filler = t.dir.join("filler.wav");
+    for (file, seconds, hz) in [(&tone, "3", "440"), (&filler, "10", "300")] {
+        sox(&[
+            "-n",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            file.to_str().unwrap(),
+            "synth",
+            seconds,
+            "sine",
+            hz,
+        ]);
+    }
+    let proxy = t.proxy();
+    let bob = baresip_dir(
+        &t,
+        "bob",
+        &bob_ip,
+        5080,
+        &filler,
+        &format!(
+            "<sip:bob@sipward.test;transport=tls>;auth_pass=secret;outbound=\"sip:{proxy}:5061;transport=tls\";regint=600;answermode=auto;mediaenc=srtp-mand"
+        ),
+        Some(&bob_pem),
+    );
+    let mut far = common::Guard::spawn(
+        Command::new("baresip")
+            .arg("-f")
+            .arg(&bob)
+            .args(["-n", &bob_ip, "-t", "12"])
+            .current_dir(&bob)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("baresip is installed (scripts/install-deps.sh installs it)");
+    let log = t.read_when("kamailio.log", |l| l.contains("REGISTER sip:"));
+    assert!(log.contains("REGISTER sip:"), "bob did not register: {log}");
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let phone_ip = t.phone(0);
+    let gw_lan = t.gw_lan();
+    let alice = baresip_dir(
+        &t,
+        "alice",
+        &phone_ip,
+        5070,
+        &tone,
+        &format!(
+            "<sip:alice@sipward.test;transport=tls>;auth_pass=secret;outbound=\"sip:{gw_lan}:5061;transport=tls\";regint=600;mediaenc=srtp-mand"
+        ),
+        None,
+    );
+    let caller = common::output_within(
+        Command::new("baresip")
+            .arg("-f")
+            .arg(&alice)
+            .args([
+                "-s",
+                "-n",
+                &phone_ip,
+                "-e",
+                "/dial sip:bob@sipward.test",
+                "-t",
+                "7",
+            ])
+            .current_dir(&alice),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(
+        caller.status.success(),
+        "caller baresip: {:?}: {}",
+        caller.status,
+        String::from_utf8_lossy(&caller.stdout)
+    );
+    far.wait_ended();
+
+    // What alice sent (its SIP trace) and what reached the outside (Kamailio's log).
+    let sent = String::from_utf8_lossy(&caller.stdout).to_string();
+    let crypto: Vec<&str> = sent
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| l.starts_with("a=crypto:"))
+        .collect();
+    assert!(!crypto.is_empty(), "alice offered no a=crypto: {sent}");
+    let outside = std::fs::read_to_string(t.dir.join("kamailio.log")).unwrap();
+    assert!(outside.contains("RTP/SAVP"), "{outside}");
+    // The media goes through the gateway's relay (its outside address in the SDP).
+    assert!(
+        outside.contains(&format!("c=IN IP4 {}\r\n", t.gw_wan()))
+            || outside.contains(&format!("c=IN IP4 {}\n", t.gw_wan())),
+        "the SDP outside does not name the gateway's relay: {outside}"
+    );
+    for line in &crypto {
+        assert!(
+            outside.contains(line),
+            "the a=crypto line did not reach the outside byte-exact: {line}\n{outside}"
+        );
+    }
+    t.assert_no_inside_address_in("kamailio.log");
+    // alice registered with digest through the gateway over TLS (and, at her exit,
+    // unregistered): Kamailio took her credentials from the gateway's TLS leg, and
+    // alice saw a 200 for her REGISTER.
+    let via = format!("Via: SIP/2.0/TLS {}:5061;", t.gw_wan());
+    assert!(
+        outside.split("sipward-test received from").any(|m| m
+            .starts_with(&format!(" {}:", t.gw_wan()))
+            && m.contains("REGISTER sip:")
+            && m.contains("username=\"alice\"")
+            && m.contains(&via)),
+        "no authenticated REGISTER of alice's from the gateway: {outside}"
+    );
+    assert!(
+        sent.split("SIP/2.0 200 OK").skip(1).any(|m| m
+            .lines()
+            .take(12)
+            .any(|l| l.starts_with("CSeq:") && l.ends_with("REGISTER"))),
+        "alice got no 200 for her REGISTER: {sent}"
+    );
+
+    let decoded = std::fs::read_dir(&bob)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("bob decoded nothing (no SRTP came through)"));
+    let seconds: f64 = {
+        let out = Command::new("soxi")
+            .arg("-D")
+            .arg(&decoded)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    eprintln!("bob decoded {seconds} s of alice's 3 s tone");
+    assert!(
+        seconds >= 2.5,
+        "bob decoded {seconds} s of alice's 3 s tone"
+    );
+    let stat = sox(&[decoded.to_str().unwrap(), "-n", "stat"]);
+    let f: f64 = stat
+        .lines()
+        .find(|l| l.starts_with("Rough   frequency:"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (420.0..=460.0).contains(&f),
+        "bob heard {f} Hz, not alice's 440 Hz tone"
+    );
 }
