@@ -373,3 +373,27 @@ impl Config {
         self.rules.iter().find(|r| r.matches(zone, flow))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn a_host_s_port_binds_udp_senders_but_not_a_stream_s_ephemeral_source_port() {
+        let proxy = AddressObject::Host {
+            ip: addr("203.0.113.10:5061").ip(),
+            port: Some(5061),
+        };
+        let gw = addr("203.0.113.1:5061");
+        let mut flow = Flow::udp(gw, addr("203.0.113.10:40000"));
+        assert!(!proxy.contains_sender(&flow), "UDP: the port counts");
+        flow.transport = Transport::Tls;
+        assert!(proxy.contains_sender(&flow), "TLS from an ephemeral port");
+        flow.remote = addr("203.0.113.11:5061");
+        assert!(!proxy.contains_sender(&flow), "another address");
+    }
+}
