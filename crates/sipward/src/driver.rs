@@ -256,6 +256,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         admin: settings.admin.clone(),
         events: settings.events.clone(),
         transparent: settings.transparent.clone(),
+        journal: settings.journal.clone(),
     };
     let _admin = match settings.admin {
         Some(admin) => Some(admin::serve(admin, admin_tx).await?),
@@ -282,19 +283,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     // open is refused with 503 rather than connected without audio.
     gateway.set_port_reserver(Box::new(relay.reservations()));
     let mut journal = match &settings.journal {
-        Some(dir) => {
-            let (journal, restored) = crate::journal::Journal::open(dir, &mut gateway)?;
-            say(&mut std::io::stdout(), &restored.line(dir));
-            relay.apply(std::iter::from_fn(|| gateway.poll_media()));
-            // From here on every change is recorded, after a first full snapshot.
-            gateway.enable_state_records();
-            Some(journal)
-        }
+        Some(dir) => Some(crate::journal::Journal::start(dir, &mut gateway, &relay)?),
         None => None,
     };
-    if let Some(j) = journal.as_mut() {
-        j.take(&mut gateway, Instant::now());
-    }
     say(&mut std::io::stdout(), "sipward: ready");
     // `SIPWARD_FAULT=panic`: a panic in the driver task once ready, to check that the
     // panic policy (one line, abort) and the service manager's restart do their part.
@@ -445,6 +436,7 @@ struct Fixed {
     events: Option<String>,
     /// The listener and the firewall rules are set up once.
     transparent: Option<crate::config::TransparentSettings>,
+    journal: Option<std::path::PathBuf>,
 }
 
 /// Re-reads the configuration and applies it to new traffic; on any error the running
@@ -482,6 +474,9 @@ fn reload(
     }
     if settings.transparent != running.transparent {
         restart.push("[transparent] (or which interfaces intercept)");
+    }
+    if settings.journal != running.journal {
+        restart.push("[state] dir");
     }
     let note = if restart.is_empty() {
         String::new()

@@ -191,6 +191,22 @@ impl Journal {
         ))
     }
 
+    /// `sipward run`'s start: opens and restores (printing the restored line), hands
+    /// the restored media to the relay, enables state records and writes the first
+    /// snapshot, so that the journal is exact again.
+    pub(crate) fn start(
+        dir: &Path,
+        gateway: &mut Gateway,
+        relay: &sipward_relay::RelayHandle,
+    ) -> Result<Self> {
+        let (mut journal, restored) = Self::open(dir, gateway)?;
+        crate::driver::say(&mut std::io::stdout(), &restored.line(dir));
+        relay.apply(std::iter::from_fn(|| gateway.poll_media()));
+        gateway.enable_state_records();
+        journal.take(gateway, Instant::now());
+        Ok(journal)
+    }
+
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
