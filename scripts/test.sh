@@ -26,6 +26,9 @@ step "cargo test (unit, property, RFC 4475 corpus, end-to-end with SIPp)"
 cargo test --workspace 2>&1 | tee target/test-output.log
 grep -q "test result: ok" target/test-output.log
 
+step "transparent mode on a router: the netns harness, every case (tests/transparent)"
+./tests/transparent/harness.sh --alg sipward --no-record
+
 step "fuzz smoke run (${FUZZ_SECONDS:-20} s per target)"
 ./fuzz/smoke.sh "${FUZZ_SECONDS:-20}"
 

@@ -173,13 +173,16 @@ pub(crate) fn find(text: &[u8], inside: &Inside<'_>) -> Vec<Found> {
         }
     }
     let push_v6 = |found: &mut Vec<Found>, colon: usize| -> Option<usize> {
-        let (ip, start, end) = v6_around(text, colon)?;
-        let mapped_inside = ip
-            .to_ipv4_mapped()
-            .is_some_and(|v4| (inside.is_inside)(IpAddr::V4(v4)));
-        if !mapped_inside && !(inside.is_inside)(IpAddr::V6(ip)) {
+        let is_inside = |ip: Ipv6Addr| {
+            (inside.is_inside)(IpAddr::V6(ip))
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| (inside.is_inside)(IpAddr::V4(v4)))
+        };
+        let (address, end) = v6_around(text, colon, is_inside)?;
+        let Some(start) = address else {
             return Some(end);
-        }
+        };
         let bracketed =
             start > 0 && text.get(start - 1) == Some(&b'[') && text.get(end) == Some(&b']');
         let (a, b) = if bracketed {
@@ -306,8 +309,17 @@ fn is_v6_char(b: u8) -> bool {
     b.is_ascii_hexdigit() || b == b':' || b == b'.'
 }
 
-/// The IPv6 address the run of hex digits, colons and dots around `colon` spells.
-fn v6_around(text: &[u8], colon: usize) -> Option<(Ipv6Addr, usize, usize)> {
+/// The run of address characters around `colon`, if it can hold IPv6 text: the start of
+/// the first IPv6 address in it that `wanted` takes, if any, and where the run (and that
+/// address) ends. Candidates are the whole run, then what follows each of its colons, or
+/// starts with it: a word can be glued on by a colon ("X-Phone:fd00::21", "sip:fd00::21";
+/// hex letters and the colon are address characters too, and "e:fd00::21" is itself an
+/// address); a run after a space or a bracket that is an address is taken whole.
+fn v6_around(
+    text: &[u8],
+    colon: usize,
+    wanted: impl Fn(Ipv6Addr) -> bool,
+) -> Option<(Option<usize>, usize)> {
     let mut start = colon;
     while start > 0 && text.get(start - 1).copied().is_some_and(is_v6_char) {
         start -= 1;
@@ -323,9 +335,30 @@ fn v6_around(text: &[u8], colon: usize) -> Option<(Ipv6Addr, usize, usize)> {
     // A run may end in a sentence's full stop (or an ellipsis: found by the gateway
     // fuzz target) or a URI's port after the brackets.
     let dots = run.iter().rev().take_while(|&&b| b == b'.').count();
-    let run = run.get(..run.len() - dots)?;
-    let ip: Ipv6Addr = std::str::from_utf8(run).ok()?.parse().ok()?;
-    Some((ip, start, start + run.len()))
+    let run = std::str::from_utf8(run.get(..run.len() - dots)?).ok()?;
+    let end = start + run.len();
+    let takes = |from: usize| {
+        run.get(from..)
+            .and_then(|t| t.parse::<Ipv6Addr>().ok())
+            .is_some_and(&wanted)
+    };
+    if takes(0) {
+        return Some((Some(start), end));
+    }
+    // An address preceded by a space or a bracket is the whole run: "2001:db8:1:fd00::1"
+    // is outside, whatever "fd00::1" would be on its own.
+    let after_word = start > 0
+        && text
+            .get(start - 1)
+            .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !after_word && run.parse::<Ipv6Addr>().is_ok() {
+        return Some((None, end));
+    }
+    let glued = run
+        .match_indices(':')
+        .flat_map(|(at, _)| [at + 1, at])
+        .find(|&from| takes(from));
+    Some((glued.map(|from| start + from), end))
 }
 
 /// The end of a `:port` right after `end`, or `end`.
@@ -881,6 +914,47 @@ mod tests {
             ["[fd00::20]:5062", "fd00:0:0:0:0:0:0:21", "::ffff:10.0.0.5"]
         );
         assert!(hits("sip:[2001:db8::1]:5060 Via: SIP/2.0/UDP", true).is_empty());
+    }
+
+    /// Every text form of an inside IPv6 address (RFC 4291 section 2.2, RFC 5952 and
+    /// what phones write besides): full with leading zeros, compressed, uppercase,
+    /// bracketed with and without a port, with an IPv4 tail, IPv4-mapped (dotted and
+    /// hex), and right after a colon with no space (a header or attribute value).
+    #[test]
+    fn finds_every_text_form_of_an_inside_ipv6_address() {
+        for want in [
+            "fd00:0000:0000:0000:0000:0000:0000:0021",
+            "fd00:0:0:0:0:0:0:21",
+            "fd00::21",
+            "fd00::0021",
+            "fd00:0000::0:21",
+            "FD00::21",
+            "Fd00::aB:21",
+            "[fd00::21]",
+            "[FD00::21]:5062",
+            "[fd00:0:0:0:0:0:0:21]:65535",
+            "fd00::10.0.0.33",
+            "::ffff:10.0.0.5",
+            "[::FFFF:10.0.0.5]:5060",
+            "::ffff:a00:5",
+            "0:0:0:0:0:ffff:0a00:0005",
+        ] {
+            for around in [
+                format!("c=IN IP6 {want}\r\n"),
+                format!("<sip:a@{want}>;x"),
+                format!("X-Phone:{want}"),
+                format!("sip:{want}"),
+                format!("at {want}."),
+            ] {
+                assert_eq!(hits(&around, true), [want], "in {around:?}");
+            }
+        }
+        // Not inside: another prefix, or inside text only as part of a longer word.
+        assert!(hits(
+            "fd01::21 2001:db8::fd00 [fe80::fd00:21] 2001:db8:1:fd00::1 [2001:db8:1:fd00::1]:5060",
+            true
+        )
+        .is_empty());
     }
 
     #[test]

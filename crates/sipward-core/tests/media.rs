@@ -865,3 +865,125 @@ fn an_ipv6_inside_offer_toward_an_ipv4_media_pool_goes_out_as_ip4_and_back_as_ip
     assert_eq!(last.1, vec![peer("[fd00::20]:40000", "[fd00::20]:40001")]);
     assert_eq!(last.2, vec![peer("203.0.113.50:7000", "203.0.113.50:7001")]);
 }
+
+/// Media bypass never crosses the families: an IPv6 phone (inside zone fd00::1) calls an
+/// IPv4 phone (inside zone 10.0.0.1) through the proxy, with `allow_media_bypass` on.
+/// The offer the proxy sends back in names the relay's pair of the IPv6 phone's call,
+/// whose inside party stands on another gateway address: neither phone could reach the
+/// other, so both are given the relay, each in its own family.
+#[test]
+fn media_bypass_never_joins_an_ipv6_phone_and_an_ipv4_phone() {
+    let mut cfg = config(AlgOptions {
+        allow_media_bypass: true,
+        ..AlgOptions::default()
+    });
+    cfg.zones[0].media_ports = Some((30000, 30007));
+    cfg.zones[1].media_ports = Some((31000, 31007));
+    let mut lan6 = cfg.zones[0].clone();
+    lan6.name = "lan6".into();
+    lan6.address = sock("[fd00::1]:5060");
+    lan6.networks = vec!["fd00::/64".parse().unwrap()];
+    lan6.media_ports = Some((32000, 32007));
+    cfg.zones.push(lan6);
+    let mut nat6 = cfg.rules[0].clone();
+    nat6.name = "v6-phones-to-proxy".into();
+    nat6.from_zone = 2;
+    nat6.source = sipward_core::AddressObject::Network("fd00::/64".parse().unwrap());
+    cfg.rules.insert(1, nat6);
+    let mut net = Net {
+        gw: sipward_core::Gateway::new(cfg),
+        now: std::time::Instant::now(),
+    };
+
+    // bob registers from 10.0.0.21 (IPv4).
+    let reg = register(1, 3600)
+        .replace("10.0.0.20:5062", "10.0.0.21:5062")
+        .replace("alice", "bob")
+        .replace("reg-1@10.0.0.20", "reg-b@10.0.0.21");
+    let fwd = text(&net.deliver(LAN, "10.0.0.21:5062", &reg)[0]);
+    net.proxy_sends(&register_ok(&fwd, 3600));
+    let contact = header(&fwd, "Contact").unwrap();
+    let bob_uri = contact.split('>').next().unwrap().trim_start_matches('<');
+
+    // alice calls from fd00::20 (IPv6); the proxy sends the call on to bob.
+    let sdp6 = "v=0\r\no=alice 1 1 IN IP6 fd00::20\r\ns=-\r\nc=IN IP6 fd00::20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    let inv = format!(
+        "INVITE sip:bob@203.0.113.10 SIP/2.0\r\nVia: SIP/2.0/UDP [fd00::20]:5062;branch=z9hG4bKmix\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@[fd00::20]:5062>;tag=a-mix\r\nTo: bob <sip:bob@203.0.113.10>\r\nCall-ID: mix@fd00::20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@[fd00::20]:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp6}",
+        sdp6.len()
+    );
+    let out = one(&mut net, "[fd00::1]:5060", "[fd00::20]:5062", &inv);
+    assert!(out.contains("\r\nc=IN IP4 203.0.113.1\r\n"), "{out}");
+    let offer = out.split("\r\n\r\n").nth(1).unwrap();
+    let inbound = format!(
+        "INVITE {bob_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKmixin\r\nMax-Forwards: 69\r\nFrom: {}\r\nTo: <sip:bob@biloxi.example.com>\r\nCall-ID: {}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@203.0.113.1:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        header(&out, "From").unwrap(),
+        header(&out, "Call-ID").unwrap(),
+        offer.len()
+    );
+    let to_bob = net.proxy_sends(&inbound);
+    assert_eq!(to_bob.remote, addr("10.0.0.21:5062"));
+    let to_bob = text(&to_bob);
+    // Relayed: bob is given the gateway's IPv4 inside pair, not alice's IPv6 address.
+    assert!(to_bob.contains("\r\nc=IN IP4 10.0.0.1\r\n"), "{to_bob}");
+    assert!(to_bob.contains("\r\nm=audio 30000 "), "{to_bob}");
+    assert!(!to_bob.contains("fd00:"), "{to_bob}");
+
+    // bob answers; alice is given the relay's IPv6 pair.
+    let answer = sdp("10.0.0.21", 42000, "");
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: <sip:bob@biloxi.example.com>;tag=bm\r\nCall-ID: {}\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.21:5062>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+        header(&to_bob, "Via").unwrap(),
+        header(&to_bob, "From").unwrap(),
+        header(&to_bob, "Call-ID").unwrap(),
+        answer.len()
+    );
+    let ok_out = text(&net.deliver(LAN, "10.0.0.21:5062", &ok)[0]);
+    let back = ok_out.split("\r\n\r\n").nth(1).unwrap();
+    let to_alice = one(
+        &mut net,
+        WAN,
+        PROXY,
+        &response_with_sdp(
+            &out,
+            "200 OK",
+            "bm",
+            "Contact: <sip:bob@203.0.113.1:5060>\r\n",
+            back,
+        ),
+    );
+    assert!(to_alice.contains("\r\nc=IN IP6 fd00::1\r\n"), "{to_alice}");
+    assert!(to_alice.contains("\r\nm=audio 32000 "), "{to_alice}");
+    assert!(!to_alice.contains("10.0.0.21"), "{to_alice}");
+    // Relayed media times out when nothing flows; a bypassed call would be left alone.
+    assert!(
+        !net.advance(Duration::from_secs(600)).is_empty(),
+        "both calls are relayed, so the idle timeout ends them"
+    );
+}
+
+/// The last-line scan finds an IPv6 phone's address in every text form, in headers the
+/// paths do not rewrite (uppercase, leading zeros, full, bracketed with a port) and in a
+/// body glued to a word by a colon: "a=x-phone:fd00::20" was read as the outside address
+/// e:fd00::20 (hex letters are address characters) and went out as it was.
+#[test]
+fn every_text_form_of_an_ipv6_phones_address_is_hidden_on_the_way_out() {
+    let mut net = mixed_family_net(
+        "[fd00::1]:5060",
+        WAN,
+        ["fd00::/64", "203.0.113.0/24"],
+        PROXY,
+    );
+    let sdp6 = "v=0\r\no=alice 1 1 IN IP6 fd00::20\r\ns=-\r\nc=IN IP6 fd00::20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=x-phone:fd00::20\r\na=x-peer:sip:FD00::0020\r\n";
+    let inv = format!(
+        "INVITE sip:bob@203.0.113.10 SIP/2.0\r\nVia: SIP/2.0/UDP [fd00::20]:5062;branch=z9hG4bKforms\r\nMax-Forwards: 70\r\nFrom: alice <sip:alice@[fd00::20]:5062>;tag=a-forms\r\nTo: bob <sip:bob@203.0.113.10>\r\nCall-ID: forms@fd00::20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@[fd00::20]:5062>\r\nX-Peers: <sip:a@[FD00::0020]:5062>, <sip:b@[fd00:0:0:0:0:0:0:20]>, <sip:c@[FD00:0000:0000:0000:0000:0000:0000:0020]:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp6}",
+        sdp6.len()
+    );
+    parses(&inv);
+    let out = one(&mut net, "[fd00::1]:5060", "[fd00::20]:5062", &inv);
+    assert!(!out.to_ascii_lowercase().contains("fd00:"), "{out}");
+    assert!(
+        out.contains("\r\nX-Peers: <sip:a@203.0.113.1:5060>, <sip:b@203.0.113.1:5060>, <sip:c@203.0.113.1:5060>\r\n"),
+        "{out}"
+    );
+    parses(&out);
+}

@@ -281,6 +281,19 @@ impl PortReservations {
     }
 }
 
+/// Binds one media socket at `local`. An IPv6 socket is IPv6 only (`IPV6_V6ONLY`),
+/// whatever `net.ipv6.bindv6only` says: the families of a relay pair are the zones',
+/// and an IPv4-mapped peer on an IPv6 port would be a third kind of address to check.
+pub(crate) fn bind_media(local: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    if local.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&local.into())?;
+    Ok(socket.into())
+}
+
 impl PortReserver for PortReservations {
     fn reserve(&mut self, rtp: SocketAddr) -> Result<(), ReserveError> {
         if !self.running.load(Ordering::Acquire) {
@@ -291,9 +304,9 @@ impl PortReserver for PortReservations {
         let rtcp_port = rtp.port().checked_add(1).ok_or(ReserveError::InUse)?;
         let rtcp = SocketAddr::new(rtp.ip(), rtcp_port);
         let bind = |local: SocketAddr| {
-            let bound = match UdpSocket::bind(local) {
+            let bound = match bind_media(local) {
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && self.relay_caught_up() => {
-                    UdpSocket::bind(local)
+                    bind_media(local)
                 }
                 other => other,
             };
@@ -526,5 +539,18 @@ impl Inbox {
             Ok(Message::Quit) | Err(mpsc::TryRecvError::Disconnected) => Applied::Quit,
             Err(mpsc::TryRecvError::Empty) => Applied::Empty,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn ipv6_media_sockets_are_ipv6_only_and_ipv4_ones_bind_as_usual() {
+        let v6 = super::bind_media("[::1]:0".parse().unwrap()).unwrap();
+        assert!(socket2::SockRef::from(&v6).only_v6().unwrap());
+        let v4 = super::bind_media("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(v4.local_addr().unwrap().is_ipv4());
     }
 }

@@ -498,7 +498,7 @@ impl Table {
             .remove(&local);
         let socket = match reserved {
             Some(socket) => socket,
-            None => std::net::UdpSocket::bind(local)?,
+            None => crate::bind_media(local)?,
         };
         socket.set_nonblocking(true)?;
         // Room for a burst while the relay thread is not running (the kernel caps it at

@@ -443,9 +443,16 @@ impl Config {
                     format!("{shown}: ")
                 })
                 .unwrap_or_default();
+            // An interface address is the only IP-typed key: say what it takes, since
+            // "[fd00::1]:5060" is how the same address is written everywhere else.
+            let hint = if e.message() == "invalid IP address syntax" {
+                " (an interface's address is the bare address, such as 192.0.2.1 or fd00::1: no brackets or port; the service gives the port)"
+            } else {
+                ""
+            };
             match line {
-                Some(line) => anyhow!("{origin}:{line}: {written}{}", e.message()),
-                None => anyhow!("{origin}: {}", e.message()),
+                Some(line) => anyhow!("{origin}:{line}: {written}{}{hint}", e.message()),
+                None => anyhow!("{origin}: {}{hint}", e.message()),
             }
         })?;
         config.text = text.to_owned();
@@ -928,6 +935,26 @@ impl Config {
                         self.at(origin, &r.to),
                         "a nat rule translates to an outside interface (inside addresses must not reach another inside one through it)".into(),
                     ));
+                }
+                let to = to_zone.and_then(|z| zones.get(z));
+                if let (AddressObject::Host { ip, .. }, Some(to)) = (&destination, to) {
+                    if ip.is_ipv4() != to.address.is_ipv4() {
+                        return Err(err(
+                            self.at(origin, &r.destination),
+                            format!(
+                                "the destination {ip} is {} but interface {:?} ({}) is {}: the gateway reaches it from that interface's address; give the interface an address of that family",
+                                family(*ip),
+                                to.name,
+                                to.address.ip(),
+                                family(to.address.ip())
+                            ),
+                        ));
+                    }
+                }
+                if let (Some(from), Some(to)) = (zones.get(from_zone), to) {
+                    if let Some(what) = cross_family_media_missing(from, to) {
+                        return Err(err(self.at(origin, &r.to), what));
+                    }
                 }
             }
             if action == Action::Allow && to_zone.is_some() {
@@ -1601,6 +1628,35 @@ impl Config {
 }
 
 /// Addresses no single host has: unspecified, multicast, the IPv4 broadcast.
+/// "IPv4" or "IPv6".
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// Why a nat rule from `from` to `to` cannot carry calls, if the zones differ in address
+/// family and either has no media ports: only the relay can carry media between the
+/// families (an IPv6 phone cannot send RTP to an IPv4 far end, nor the reverse), and
+/// without it the SDP would name an address the other side cannot reach.
+fn cross_family_media_missing(from: &Zone, to: &Zone) -> Option<String> {
+    let (a, b) = (from.address.ip(), to.address.ip());
+    if a.is_ipv4() == b.is_ipv4() {
+        return None;
+    }
+    let without = [from, to].into_iter().find(|z| z.media_ports.is_none())?;
+    Some(format!(
+        "interfaces {:?} ({}) and {:?} ({}) differ in address family, so media must be relayed on both, but interface {:?} has no media_ports: give it a range",
+        from.name,
+        family(a),
+        to.name,
+        family(b),
+        without.name
+    ))
+}
+
 fn no_host_has(ip: IpAddr) -> bool {
     ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255])
 }
@@ -1935,6 +1991,84 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_interfaces_and_a_rule_across_the_families_compile() {
+        let text = EMBEDDED_DEFAULT
+            .replacen("address = \"127.0.1.1\"", "address = \"fd00::1\"", 1)
+            .replacen(
+                "networks = [\"127.0.1.0/24\"]",
+                "networks = [\"fd00::/64\"]",
+                1,
+            )
+            .replacen("network = \"127.0.1.0/24\"", "network = \"fd00::/64\"", 1)
+            .replacen(
+                "address = \"127.0.2.1\"",
+                "address = \"2001:db8::1\"\nmedia_ports = \"40000-40999\"",
+                1,
+            )
+            .replacen(
+                "networks = [\"127.0.2.0/24\"]",
+                "networks = [\"2001:db8::/64\"]",
+                1,
+            )
+            .replacen(
+                "host = \"127.0.2.10:5060\"",
+                "host = \"[2001:db8::10]:5060\"",
+                1,
+            );
+        let config = load_everything(&text).unwrap();
+        let lan = &config.zones[0];
+        assert_eq!(lan.address, "[fd00::1]:5060".parse().unwrap());
+        assert_eq!(lan.networks, vec!["fd00::/64".parse().unwrap()]);
+        assert_eq!(config.zones[1].media_ports, Some((40000, 40999)));
+        // IPv6 inside, IPv4 outside: relayed media on both sides (the default ports).
+        let mixed = text
+            .replacen("address = \"2001:db8::1\"", "address = \"127.0.2.1\"", 1)
+            .replacen(
+                "networks = [\"2001:db8::/64\"]",
+                "networks = [\"127.0.2.0/24\"]",
+                1,
+            )
+            .replacen(
+                "host = \"[2001:db8::10]:5060\"",
+                "host = \"127.0.2.10:5060\"",
+                1,
+            );
+        let config = load_everything(&mixed).unwrap();
+        assert!(config.zones.iter().all(|z| z.media_ports.is_some()));
+    }
+
+    #[test]
+    fn a_rule_across_the_families_needs_media_ports_on_both_zones() {
+        let zone = |name: &str, address: &str, media_ports| Zone {
+            name: name.into(),
+            address: address.parse().unwrap(),
+            networks: Vec::new(),
+            inside: name == "lan",
+            media_ports,
+            intercept: false,
+            advertise: None,
+        };
+        let ports = Some((30000, 39999));
+        let lan6 = zone("lan", "[fd00::1]:5060", ports);
+        let wan4 = zone("wan", "192.0.2.1:5060", ports);
+        assert_eq!(cross_family_media_missing(&lan6, &wan4), None);
+        let wan4_bare = zone("wan", "192.0.2.1:5060", None);
+        let e = cross_family_media_missing(&lan6, &wan4_bare).unwrap();
+        assert!(
+            e.contains("\"lan\" (IPv6) and \"wan\" (IPv4) differ in address family"),
+            "{e}"
+        );
+        assert!(e.contains("interface \"wan\" has no media_ports"), "{e}");
+        let lan6_bare = zone("lan", "[fd00::1]:5060", None);
+        assert!(cross_family_media_missing(&lan6_bare, &wan4)
+            .unwrap()
+            .contains("interface \"lan\" has no media_ports"));
+        // The same family needs no relay to be reachable.
+        let lan4_bare = zone("lan", "10.0.0.1:5060", None);
+        assert_eq!(cross_family_media_missing(&lan4_bare, &wan4_bare), None);
+    }
+
+    #[test]
     fn a_secret_file_and_a_secret_together_are_refused_and_the_file_keys_the_gateway() {
         let dir = std::env::temp_dir().join(format!("sipward-cfg-secret-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -2042,6 +2176,18 @@ mod tests {
                 "",
                 "[admin]",
                 "no token",
+            ),
+            (
+                "address = \"127.0.1.1\"",
+                "address = \"[fd00::1]:5060\"",
+                "[fd00::1]:5060",
+                "invalid IP address syntax (an interface's address is the bare address, such as 192.0.2.1 or fd00::1: no brackets or port",
+            ),
+            (
+                "host = \"127.0.2.10:5060\"",
+                "host = \"[2001:db8::10]:5060\"",
+                "destination = \"sip-proxy\"",
+                "the destination 2001:db8::10 is IPv6 but interface \"wan\" (127.0.2.1) is IPv4",
             ),
             (
                 "host = \"127.0.2.10:5060\"",

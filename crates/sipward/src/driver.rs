@@ -418,6 +418,10 @@ fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
     // Best effort: a smaller buffer than asked for still works.
     let _ = socket.set_recv_buffer_size(SIGNALLING_RECEIVE_BUFFER);
     let _ = socket.set_send_buffer_size(SIGNALLING_SEND_BUFFER);
+    if address.is_ipv6() {
+        // IPv6 only, whatever net.ipv6.bindv6only says: an interface is one family.
+        socket.set_only_v6(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     UdpSocket::from_std(socket.into())
@@ -571,4 +575,15 @@ pub(crate) fn wall_clock(at: Instant) -> String {
     time::OffsetDateTime::from(when)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod ipv6_tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_ipv6_interface_socket_is_ipv6_only() {
+        let socket = super::bind_signalling("[::1]:0".parse().unwrap()).unwrap();
+        assert!(socket2::SockRef::from(&socket).only_v6().unwrap());
+    }
 }

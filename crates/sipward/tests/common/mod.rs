@@ -363,8 +363,20 @@ service = "sip"
     }
 
     pub(crate) fn sipp(&self, args: &[&str]) -> Guard {
+        self.sipp_under(&[], args)
+    }
+
+    /// SIPp with `args` through `wrapper` (a command that runs its arguments, such as
+    /// `ip netns exec NAME`; empty for none).
+    pub(crate) fn sipp_under(&self, wrapper: &[&str], args: &[&str]) -> Guard {
+        let (program, prefix) = wrapper.split_first().unwrap_or((&"sipp", &[]));
+        let mut command = Command::new(program);
+        command.args(prefix);
+        if !wrapper.is_empty() {
+            command.arg("sipp");
+        }
         Guard::spawn(
-            Command::new("sipp")
+            command
                 .args(args)
                 .args(["-nostdin", "-timeout", "30s", "-timeout_error"])
                 .current_dir(&self.dir)
@@ -498,15 +510,30 @@ pub(crate) struct Capture {
 
 impl Topology {
     pub(crate) fn capture(&self) -> Capture {
+        self.capture_under(
+            &[],
+            &format!(
+                "udp and net 127.{}.0.0/16 and not portrange 5060-5099",
+                self.n
+            ),
+        )
+    }
+
+    /// A capture on `lo` of what `filter` (tcpdump's syntax) matches, tcpdump started
+    /// through `wrapper` (such as `ip netns exec NAME`; empty for none).
+    pub(crate) fn capture_under(&self, wrapper: &[&str], filter: &str) -> Capture {
         let file = self.dir.join("media.pcap");
+        let (program, prefix) = wrapper.split_first().unwrap_or((&"tcpdump", &[]));
+        let mut command = Command::new(program);
+        command.args(prefix);
+        if !wrapper.is_empty() {
+            command.arg("tcpdump");
+        }
         let mut child = spawn_group(
-            Command::new("tcpdump")
+            command
                 .args(["-i", "lo", "-nn", "-U", "-B", "16384", "-w"])
                 .arg(&file)
-                .arg(format!(
-                    "udp and net 127.{}.0.0/16 and not portrange 5060-5099",
-                    self.n
-                ))
+                .arg(filter)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped()),
         )
@@ -546,13 +573,15 @@ impl Capture {
         let addr = |s: &str| -> std::net::SocketAddr {
             let s = s.trim_end_matches(':');
             let (ip, port) = s.rsplit_once('.').unwrap();
-            format!("{ip}:{port}").parse().unwrap()
+            std::net::SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap())
         };
         text.lines()
             .filter_map(|l| {
-                // "12:00:00.000000 IP 127.0.1.10.18000 > 127.0.1.1.30000: UDP, length 172"
+                // "12:00:00.000000 IP 127.0.1.10.18000 > 127.0.1.1.30000: UDP, length 172",
+                // "IP6 fd00::20.18000 > fd00::1.30000: ..." for IPv6.
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(1) == Some(&"IP") && f.get(3) == Some(&">")).then(|| Packet {
+                let ip = matches!(f.get(1), Some(&"IP" | &"IP6"));
+                (ip && f.get(3) == Some(&">")).then(|| Packet {
                     src: addr(f[2]),
                     dst: addr(f[4]),
                     len: f.last().and_then(|n| n.parse().ok()).unwrap_or(0),
@@ -562,16 +591,37 @@ impl Capture {
     }
 }
 
-/// Datagrams from `src` to `dst` (either may be an IP with port 0 for any port).
+/// Datagrams from `src` to `dst` (either may be an IP with port 0 for any port). The
+/// relay sends a burst to one party as one GSO train (UDP_SEGMENT), which loopback
+/// delivers as separate datagrams but tcpdump sees as one packet of their summed length:
+/// a packet that is a whole multiple of the flow's usual length counts that many times.
 pub(crate) fn count(packets: &[Packet], src: &str, dst: &str) -> usize {
     let matches = |a: std::net::SocketAddr, want: &str| {
         let want: std::net::SocketAddr = want.parse().unwrap();
         a.ip() == want.ip() && (want.port() == 0 || a.port() == want.port())
     };
-    packets
+    let flow: Vec<usize> = packets
         .iter()
         .filter(|p| matches(p.src, src) && matches(p.dst, dst))
-        .count()
+        .map(|p| p.len)
+        .collect();
+    let mut lengths: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    for &len in &flow {
+        *lengths.entry(len).or_default() += 1;
+    }
+    let usual = lengths
+        .iter()
+        .max_by_key(|&(len, n)| (*n, std::cmp::Reverse(*len)))
+        .map_or(0, |(len, _)| *len);
+    flow.iter()
+        .map(|&len| {
+            if usual > 0 && len > usual && len % usual == 0 {
+                len / usual
+            } else {
+                1
+            }
+        })
+        .sum()
 }
 
 impl Topology {
