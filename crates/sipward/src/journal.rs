@@ -476,6 +476,38 @@ mod tests {
     }
 
     #[test]
+    fn a_full_channel_drops_records_and_a_snapshot_follows_once_there_is_room() {
+        // A channel of one and no writer: the test plays the writer.
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let mut journal = Journal {
+            dir: PathBuf::new(),
+            sender: Some(sender),
+            writer: None,
+            resync: false,
+        };
+        let mut gateway = gateway();
+        gateway.enable_state_records();
+        let now = Instant::now();
+        journal.take(&mut gateway, now);
+        assert!(!journal.behind(), "the first snapshot fits");
+        let source: std::net::IpAddr = "192.0.2.66".parse().unwrap();
+        gateway.ban(source, Some(Duration::from_secs(60)), "test", now);
+        journal.take(&mut gateway, now);
+        assert!(journal.behind(), "the ban's record did not fit");
+        // The writer catches up: the first snapshot (empty), then the one with the ban.
+        assert!(matches!(receiver.try_recv(), Ok(Message::Snapshot(_, r)) if r.is_empty()));
+        journal.take(&mut gateway, now);
+        assert!(!journal.behind());
+        match receiver.try_recv() {
+            Ok(Message::Snapshot(_, records)) => assert!(
+                matches!(records.as_slice(), [StateRecord::Ban { source: s, state: Some(_) }] if *s == source),
+                "{records:?}"
+            ),
+            _ => panic!("no snapshot after the overflow"),
+        }
+    }
+
+    #[test]
     fn state_under_another_secret_is_refused() {
         let dir = temp_dir("secret");
         drop(Journal::open(&dir, &mut gateway()).unwrap());
