@@ -18,7 +18,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{count, logged, output_within, Guard, Peer, Topology, ADMIN_TOKEN};
+use common::{count, logged, output_within, Capture, Guard, Peer, Topology, ADMIN_TOKEN};
 use serde_json::Value;
 
 /// The topology's configuration with a journal and a secret file in its directory.
@@ -46,12 +46,12 @@ fn restored_line(out: &str) -> &str {
         .unwrap_or_else(|| panic!("no restored line in: {out}"))
 }
 
-/// An outbound call from phone 1 (RTP from port 18000, tone.ulaw of 10 s, BYE `hold_ms`
+/// An outbound call from phone 1 (RTP from port 18000, tone.ulaw of 12 s, BYE `hold_ms`
 /// after the answer) to a SIPp far end on the proxy address echoing RTP on port 16000,
 /// whose messages are logged to far_messages.log. Returns (caller, far end) once the
 /// far end has answered.
 fn call_with_media(t: &Topology, hold_ms: u32) -> (Guard, Guard) {
-    t.tone(10);
+    t.tone(12);
     let proxy_ip = t.proxy();
     let mut far_args = vec!["-sn", "uas", "-i", &proxy_ip, "-p", "5060", "-m", "1"];
     far_args.extend(["-rtp_echo", "-mi", &proxy_ip, "-mp", "16000"]);
@@ -72,9 +72,8 @@ fn call_with_media(t: &Topology, hold_ms: u32) -> (Guard, Guard) {
 }
 
 /// RTP both ways between phone 1 and the far end through the relay's first pairs
-/// (port 30000 inside and outside), as seen by tcpdump for `window`.
-fn rtp_through_relay(t: &Topology, window: Duration) -> (usize, usize) {
-    let cap = t.capture();
+/// (port 30000 inside and outside), as seen by tcpdump `cap` for `window` more.
+fn rtp_through_relay(t: &Topology, cap: Capture, window: Duration) -> (usize, usize) {
     std::thread::sleep(window);
     let p = cap.stop();
     let phone = format!("{}:18000", t.phone(1));
@@ -94,8 +93,9 @@ fn bindings_and_a_call_with_media_survive_kill_9() {
     let config = journaled(&t, "secret");
     let (gateway, _) = start(&t, &config);
     t.register_alice();
-    let (caller, far) = call_with_media(&t, 7_000);
-    let (out, back) = rtp_through_relay(&t, Duration::from_millis(1500));
+    let cap = t.capture();
+    let (caller, far) = call_with_media(&t, 9_000);
+    let (out, back) = rtp_through_relay(&t, cap, Duration::from_millis(1_000));
     assert!(out > 0 && back > 0, "no RTP before the kill: {out} {back}");
 
     drop(gateway); // SIGKILL
@@ -107,7 +107,7 @@ fn bindings_and_a_call_with_media_survive_kill_9() {
     );
 
     // The media of the restored call flows again through the same ports.
-    let (out, back) = rtp_through_relay(&t, Duration::from_millis(800));
+    let (out, back) = rtp_through_relay(&t, t.capture(), Duration::from_millis(1_000));
     assert!(
         out > 0 && back > 0,
         "no RTP after the restart: {out} {back}"
