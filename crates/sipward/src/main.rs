@@ -12,6 +12,7 @@ mod config;
 mod driver;
 mod export;
 mod firewall;
+mod journal;
 mod secret;
 mod transparent;
 mod validate;
@@ -84,6 +85,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         interface_lines: file.interface_lines(&origin),
         relay: file.relay(&origin)?,
         transparent: file.transparent(&origin, &core)?,
+        journal: file.state_dir(),
     };
     Ok((core, settings))
 }
