@@ -1341,8 +1341,7 @@ impl Config {
             core.protection.exempt.clone(),
         )
         .map_err(|e| anyhow!("{}: {e}", self.section_at(origin, "[transport]")))?;
-        crate::streams::StreamSettings::new(core, tls, limits)
-            .map_err(|e| anyhow!("{origin}: {e:#}"))
+        crate::streams::StreamSettings::new(origin, core, tls, limits)
     }
 
     pub(crate) fn interface_lines(&self, origin: &str) -> Vec<String> {

@@ -46,6 +46,7 @@ impl StreamSettings {
     /// each interface (its files read now: an error names the file), and the names
     /// configured next hops must show.
     pub(crate) fn new(
+        origin: &str,
         core: &sipward_core::Config,
         tls: Vec<(IpAddr, TlsSettings, String)>,
         limits: LimitSettings,
@@ -111,7 +112,7 @@ impl StreamSettings {
             .find(|l| l.transport == Transport::Tls && !holders.contains_key(&l.local.ip()))
         {
             return Err(anyhow!(
-                "a tls service listens on {}: give that interface a `tls = {{ certificate = ..., private_key = ... }}` table",
+                "{origin}: a tls service listens on {}: give that interface a `tls = {{ certificate = ..., private_key = ... }}` table",
                 l.local
             ));
         }
