@@ -171,6 +171,20 @@ pub(crate) struct CertArgs {
     days: u32,
 }
 
+#[cfg(test)]
+impl CertArgs {
+    /// `sipward cert --name NAME --ip IP... --out DIR`.
+    pub(crate) fn for_test(name: &str, ips: &[&str], out: &Path) -> Self {
+        Self {
+            name: name.to_string(),
+            ip: ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+            out: out.to_path_buf(),
+            ca_out: None,
+            days: 30,
+        }
+    }
+}
+
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -229,6 +229,9 @@ struct StateSection {
     /// process or the other node of a pair then recognises the names in its state.
     #[serde(default)]
     secret_file: Option<Spanned<String>>,
+    /// The restart journal's directory: bindings, calls and bans survive a restart.
+    #[serde(default)]
+    dir: Option<Spanned<String>>,
 }
 
 /// `[transparent]`: the TPROXY listener and the firewall rules that feed it.
@@ -1013,6 +1016,18 @@ impl Config {
         // `[limits]` is what `sipward validate` applies without an ALG; with one it is
         // unused (a warning says so) but still must not hold values that cannot work.
         self.checked_limits(origin, "[limits]", &self.limits)?;
+        if let (Some(dir), None, None) = (
+            &self.state.dir,
+            &self.state.secret_file,
+            &self.gateway.secret,
+        ) {
+            bail!(
+                "{}: [state] dir needs a stable hiding secret (restored state is named under it): \
+                 add [state] secret_file = \"/etc/sipward/secret\" (created if absent) or \
+                 [gateway] secret",
+                self.at(origin, dir)
+            );
+        }
         let secret = match (&self.state.secret_file, &self.gateway.secret) {
             (Some(file), Some(s)) => bail!(
                 "{}: [gateway] secret and {}: [state] secret_file both set: keep one",
@@ -1190,6 +1205,11 @@ impl Config {
         Ok(())
     }
 
+    /// The restart journal's directory (`[state] dir`), when set.
+    pub(crate) fn state_dir(&self) -> Option<PathBuf> {
+        self.state.dir.as_ref().map(|d| PathBuf::from(d.get_ref()))
+    }
+
     /// Where security events go: None (off), Some("-") standard output, or a path.
     pub(crate) fn events(&self) -> Option<&str> {
         let events = self.gateway.events.get_ref();
@@ -1321,8 +1341,7 @@ impl Config {
             core.protection.exempt.clone(),
         )
         .map_err(|e| anyhow!("{}: {e}", self.section_at(origin, "[transport]")))?;
-        crate::streams::StreamSettings::new(core, tls, limits)
-            .map_err(|e| anyhow!("{origin}: {e:#}"))
+        crate::streams::StreamSettings::new(origin, core, tls, limits)
     }
 
     pub(crate) fn interface_lines(&self, origin: &str) -> Vec<String> {
@@ -2028,6 +2047,39 @@ mod tests {
             .unwrap_or_else(|| panic!("{marker:?} not in the text"));
         assert!(e.starts_with(&format!("c.toml:{line}: ")), "{to}: {e}");
         e
+    }
+
+    #[test]
+    fn a_journal_without_a_stable_secret_is_refused_with_its_line() {
+        let with_dir = |extra: &str| {
+            EMBEDDED_DEFAULT.replacen(
+                "[[interface]]\nname = \"lan\"",
+                &format!(
+                    "[state]\ndir = \"/var/lib/sipward\"\n{extra}\n[[interface]]\nname = \"lan\""
+                ),
+                1,
+            )
+        };
+        let text = with_dir("");
+        let line = text.lines().position(|l| l.starts_with("dir = ")).unwrap() + 1;
+        let e = Config::parse(&text, "s.toml")
+            .and_then(|c| c.compile("s.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "s.toml:{line}: [state] dir needs a stable hiding secret"
+            )) && e.contains("secret_file"),
+            "{e}"
+        );
+        let with_secret = with_dir("").replacen(
+            "name = \"sipward\"",
+            "name = \"sipward\"\nsecret = \"0123456789abcdef0\"",
+            1,
+        );
+        let config = Config::parse(&with_secret, "s.toml").unwrap();
+        assert!(config.compile("s.toml").is_ok());
+        assert_eq!(config.state_dir(), Some(PathBuf::from("/var/lib/sipward")));
     }
 
     #[test]

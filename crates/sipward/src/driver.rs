@@ -42,6 +42,8 @@ pub(crate) struct Settings {
     pub(crate) streams: crate::streams::StreamSettings,
     /// Transparent mode, when an interface intercepts.
     pub(crate) transparent: Option<crate::config::TransparentSettings>,
+    /// The restart journal's directory (`[state] dir`).
+    pub(crate) journal: Option<std::path::PathBuf>,
 }
 
 /// Where copies of events and messages go.
@@ -264,6 +266,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         admin: settings.admin.clone(),
         events: settings.events.clone(),
         transparent: settings.transparent.clone(),
+        journal: settings.journal.clone(),
     };
     let _admin = match settings.admin {
         Some(admin) => Some(admin::serve(admin, admin_tx).await?),
@@ -301,6 +304,10 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     // Media sockets are bound as ports are handed out, so a call whose sockets cannot
     // open is refused with 503 rather than connected without audio.
     gateway.set_port_reserver(Box::new(relay.reservations()));
+    let mut journal = match &settings.journal {
+        Some(dir) => Some(crate::journal::Journal::start(dir, &mut gateway, &relay)?),
+        None => None,
+    };
     say(&mut std::io::stdout(), "sipward: ready");
     // `SIPWARD_FAULT=panic`: a panic in the driver task once ready, to check that the
     // panic policy (one line, abort) and the service manager's restart do their part.
@@ -328,6 +335,13 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 None => std::future::pending().await,
             }
         };
+        // A snapshot the journal's full channel refused is retried even when idle.
+        let journal_retry = async {
+            match &journal {
+                Some(j) if j.behind() => tokio::time::sleep(crate::journal::RETRY_EVERY).await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             received = rx.recv() => {
                 let Some(r) = received else { break };
@@ -349,6 +363,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 latency.record(started.elapsed());
             }
             () = sleep => gateway.handle_timeout(Instant::now()),
+            () = journal_retry => {}
             Some(request) = admin_rx.recv() => {
                 info.senders = senders.stats();
                 let answer = match request.query {
@@ -374,13 +389,26 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             _ = &mut shutdown => stopping = true,
             Some(()) = terminate.recv() => stopping = true,
         }
-        if stopping {
-            streams.close_all();
-            let calls = gateway.shutdown(Instant::now());
-            say(
+        match (&journal, stopping) {
+            // With a journal the calls survive the stop: no BYE, the next start restores them.
+            (Some(j), true) => say(
                 &mut std::io::stdout(),
-                &format!("sipward: shutting down: {calls} call(s) in progress ended"),
-            );
+                &format!(
+                    "sipward: shutting down: calls kept in the journal at {}",
+                    j.dir().display()
+                ),
+            ),
+            (None, true) => {
+                let calls = gateway.shutdown(Instant::now());
+                say(
+                    &mut std::io::stdout(),
+                    &format!("sipward: shutting down: {calls} call(s) in progress ended"),
+                );
+            }
+            _ => {}
+        }
+        if let Some(j) = journal.as_mut() {
+            j.take(&mut gateway, Instant::now());
         }
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
         events.write_all(std::iter::from_fn(|| gateway.poll_event()));
@@ -407,6 +435,14 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         if stopping {
             // The BYEs are out (UDP sends complete at once) and the events written:
             // the far ends' 200s are not awaited, as nothing would be done with them.
+            // The journal writes what is queued and syncs it to disk.
+            if let Some(j) = journal.as_mut() {
+                j.close();
+            }
+            // Stream connections write what is queued (the BYEs) and close, briefly.
+            streams
+                .close_all(std::time::Duration::from_millis(500))
+                .await;
             break;
         }
     }
@@ -453,6 +489,7 @@ struct Fixed {
     events: Option<String>,
     /// The listener and the firewall rules are set up once.
     transparent: Option<crate::config::TransparentSettings>,
+    journal: Option<std::path::PathBuf>,
 }
 
 /// Re-reads the configuration and applies it to new traffic; on any error the running
@@ -508,6 +545,9 @@ fn reload(
     }
     if settings.transparent != running.transparent {
         restart.push("[transparent] (or which interfaces intercept)");
+    }
+    if settings.journal != running.journal {
+        restart.push("[state] dir");
     }
     let note = if restart.is_empty() {
         String::new()

@@ -13,6 +13,7 @@ mod config;
 mod driver;
 mod export;
 mod firewall;
+mod journal;
 mod secret;
 mod streams;
 mod transparent;
@@ -93,6 +94,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         relay: file.relay(&origin)?,
         streams,
         transparent: file.transparent(&origin, &core)?,
+        journal: file.state_dir(),
     };
     Ok((core, settings))
 }

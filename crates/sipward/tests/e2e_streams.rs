@@ -573,3 +573,132 @@ fn a_reload_rotates_the_certificate_and_a_bad_key_keeps_the_old_one() {
         .unwrap_or_default();
     assert!(refused.contains("not valid for name"), "{refused}");
 }
+
+/// A registrar on TLS that requires a client certificate from the test CA: answers one
+/// REGISTER with 200 and returns what it received and whether a certificate came.
+fn tls_registrar(t: &Topology, at: &str) -> std::thread::JoinHandle<(String, bool)> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = t.dir.join("certs");
+    let chain: Vec<_> =
+        rustls_pki_types::CertificateDer::pem_file_iter(certs.join("proxy.sipward.test.crt"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("proxy.sipward.test.key"))
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(certs.join("ca.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind(at).unwrap();
+    std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), tcp);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = tls.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before a whole request");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let request = String::from_utf8_lossy(&got).to_string();
+        let copied: Vec<&str> = request
+            .lines()
+            .filter(|l| {
+                ["Via:", "From:", "Call-ID:", "CSeq:", "Contact:"]
+                    .iter()
+                    .any(|h| l.starts_with(h))
+            })
+            .collect();
+        let to = request
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .unwrap_or("To: <sip:x@x>");
+        let response = format!(
+            "SIP/2.0 200 OK\r\n{}\r\n{to};tag=reg1\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+            copied.join("\r\n")
+        );
+        tls.write_all(response.as_bytes()).unwrap();
+        tls.flush().unwrap();
+        let presented = tls.conn.peer_certificates().is_some_and(|c| !c.is_empty());
+        // Held open a moment so the 200 is read before the close.
+        std::thread::sleep(Duration::from_millis(500));
+        (request, presented)
+    })
+}
+
+#[test]
+fn a_udp_phone_registers_with_a_tls_registrar_that_requires_the_gateways_certificate() {
+    let t = Topology::new(98);
+    let certs = t.dir.join("certs");
+    let proxy_at = format!("{}:5061", t.proxy());
+    // The gateway's outside certificate and the registrar's, from one test CA.
+    for (name, ip) in [
+        ("gw-wan.sipward.test", t.gw_wan()),
+        ("proxy.sipward.test", t.proxy()),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sipward"))
+            .args(["cert", "--name", name, "--ip", &ip, "--out"])
+            .arg(&certs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let wan = format!("networks = [\"127.{}.1.0/24\"]\n", t.n);
+    let tls = format!(
+        "tls = {{ certificate = \"{c}/gw-wan.sipward.test.crt\", private_key = \"{c}/gw-wan.sipward.test.key\", ca = \"{c}/ca.crt\" }}\n",
+        c = certs.display()
+    );
+    let proxy_object = format!("name = \"proxy\"\nhost = \"{}:5060\"\n", t.proxy());
+    let text = t
+        .config()
+        .replacen(&wan, &format!("{wan}{tls}"), 1)
+        .replacen(
+            &proxy_object,
+            &format!("name = \"proxy\"\nhost = \"{proxy_at}\"\ntransport = \"tls\"\nserver_name = \"proxy.sipward.test\"\n"),
+            1,
+        );
+    let registrar = tls_registrar(&t, &proxy_at);
+    let _gw = t.start_gateway_text(&text);
+    let phone = t.play(
+        "phone_register_plain.xml",
+        Peer::Phone(0),
+        Some(&t.gw_lan_sip()),
+        &["-s", "alice"],
+    );
+    phone.wait_ok("UDP phone registering through to a TLS registrar");
+    let (request, presented) = registrar.join().unwrap();
+    assert!(
+        presented,
+        "the gateway presented its certificate (mutual TLS)"
+    );
+    assert!(request.starts_with("REGISTER "), "{request}");
+    assert!(
+        request.contains("SIP/2.0/TLS "),
+        "the outside leg's Via says TLS: {request}"
+    );
+    assert!(
+        !request.contains(&t.inside_prefix()),
+        "inside address leaked: {request}"
+    );
+}

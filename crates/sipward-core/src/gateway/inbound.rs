@@ -259,25 +259,14 @@ impl Gateway {
                 },
             );
         }
-        if ends_subscription(msg) {
-            self.end_subscription(&tx_dialog);
-        }
-        if method == MethodKind::Invite {
-            self.cancels.prepare(
-                Toward::Inside,
-                (branch.clone(), b"INVITE".to_vec()),
-                &payload,
-                phone,
-                &config.alg.limits,
-            );
-        }
-        if let Some(kind) = bridged(at.flow.transport, phone.transport, method) {
-            let key = (branch.clone(), cseq.method.to_vec());
-            self.retransmits
-                .start(key, kind, phone, payload.clone(), at.now);
-        }
-        self.counters.forwarded += 1;
-        self.send_on(phone, payload);
+        let onward = Onward {
+            toward: Toward::Inside,
+            flow: phone,
+            branch: &branch,
+            dialog: &tx_dialog,
+            method,
+        };
+        self.send_request_onward(config, at, msg, onward, payload);
     }
 
     pub(super) fn response_from_inside(&mut self, config: &Config, at: Arrival, msg: &Message<'_>) {

@@ -339,25 +339,14 @@ impl Gateway {
                 },
             );
         }
-        if ends_subscription(msg) {
-            self.end_subscription(&tx_dialog);
-        }
-        if method == MethodKind::Invite {
-            self.cancels.prepare(
-                Toward::Outside,
-                (branch.clone(), b"INVITE".to_vec()),
-                &payload,
-                outside,
-                &config.alg.limits,
-            );
-        }
-        if let Some(kind) = bridged(at.flow.transport, outside.transport, method) {
-            let key = (branch.clone(), cseq.method.to_vec());
-            self.retransmits
-                .start(key, kind, outside, payload.clone(), at.now);
-        }
-        self.counters.forwarded += 1;
-        self.push_on(outside, payload);
+        let onward = Onward {
+            toward: Toward::Outside,
+            flow: outside,
+            branch: &branch,
+            dialog: &tx_dialog,
+            method,
+        };
+        self.send_request_onward(config, at, msg, onward, payload);
     }
 
     pub(super) fn response_from_outside(

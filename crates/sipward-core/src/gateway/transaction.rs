@@ -7,6 +7,16 @@ use super::*;
 /// sender's retransmission timer fired): a stateful relay absorbs it (RFC 3261 16.6,
 /// RFC 6026) instead of passing every copy on, where the next hop could take it for
 /// a new request once it has answered.
+/// Where a relayed request goes on, for the end both request paths share.
+pub(super) struct Onward<'a> {
+    pub(super) toward: Toward,
+    pub(super) flow: Flow,
+    /// The gateway's branch: the transaction's name on the next hop.
+    pub(super) branch: &'a str,
+    pub(super) dialog: &'a DialogKey,
+    pub(super) method: MethodKind,
+}
+
 pub(super) enum Repeat {
     /// Nothing came back yet: the next hop may never have had it.
     Forward,
@@ -111,6 +121,40 @@ pub(super) fn answer_timeout(alg: &crate::config::AlgOptions, method: MethodKind
 }
 
 impl Gateway {
+    /// The end both request paths share: a subscription ended by its NOTIFY, the
+    /// gateway's own CANCEL made ready for an INVITE, its own retransmissions where a
+    /// stream sender's request goes on over UDP, and the send (the payload has had the
+    /// last-line scan where it leaves by an outside interface).
+    pub(super) fn send_request_onward(
+        &mut self,
+        config: &Config,
+        at: Arrival,
+        msg: &Message<'_>,
+        onward: Onward<'_>,
+        payload: Vec<u8>,
+    ) {
+        if ends_subscription(msg) {
+            self.end_subscription(onward.dialog);
+        }
+        if onward.method == MethodKind::Invite {
+            self.cancels.prepare(
+                onward.toward,
+                (onward.branch.to_owned(), b"INVITE".to_vec()),
+                &payload,
+                onward.flow,
+                &config.alg.limits,
+            );
+        }
+        let cseq_method = msg.cseq().map(|c| c.method.to_vec()).unwrap_or_default();
+        if let Some(kind) = bridged(at.flow.transport, onward.flow.transport, onward.method) {
+            let key = (onward.branch.to_owned(), cseq_method);
+            self.retransmits
+                .start(key, kind, onward.flow, payload.clone(), at.now);
+        }
+        self.counters.forwarded += 1;
+        self.push_on(onward.flow, payload);
+    }
+
     /// RFC 3261 18.1.1: a request over `udp_switch_size` goes over TCP to a next hop
     /// that takes it (every SIP element must, unless the rule says `udp_only`); the Via
     /// names the transport used. A UDP-only next hop still gets UDP, counted.

@@ -336,16 +336,21 @@ impl Hub {
                 },
             }
         };
-        // A last answer (400/513) goes out before the close, within a short bound; a
-        // peer that does not read it loses it.
+        // What is still queued goes out before the close, within a short bound: the last
+        // answer (400/513) after a framing fault, or everything at the gateway's own close
+        // (the BYEs of a shutdown). A peer that does not read it loses it.
         if matches!(
             reason,
-            CloseReason::MissingContentLength | CloseReason::TooLarge
+            CloseReason::MissingContentLength | CloseReason::TooLarge | CloseReason::Local
         ) {
-            if let Some(answer) = queue.front() {
-                let last = answer.get(written..).unwrap_or_default().to_vec();
+            let mut rest = Vec::new();
+            for (i, bytes) in queue.iter().enumerate() {
+                let from = if i == 0 { written } else { 0 };
+                rest.extend_from_slice(bytes.get(from..).unwrap_or_default());
+            }
+            if !rest.is_empty() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    writer.write_all(&last).await?;
+                    writer.write_all(&rest).await?;
                     writer.flush().await
                 })
                 .await;

@@ -46,6 +46,7 @@ impl StreamSettings {
     /// each interface (its files read now: an error names the file), and the names
     /// configured next hops must show.
     pub(crate) fn new(
+        origin: &str,
         core: &sipward_core::Config,
         tls: Vec<(IpAddr, TlsSettings, String)>,
         limits: LimitSettings,
@@ -111,7 +112,7 @@ impl StreamSettings {
             .find(|l| l.transport == Transport::Tls && !holders.contains_key(&l.local.ip()))
         {
             return Err(anyhow!(
-                "a tls service listens on {}: give that interface a `tls = {{ certificate = ..., private_key = ... }}` table",
+                "{origin}: a tls service listens on {}: give that interface a `tls = {{ certificate = ..., private_key = ... }}` table",
                 l.local
             ));
         }
@@ -312,5 +313,37 @@ max_connections = 500
         assert!(e.contains("transport \"sctp\""), "{e}");
         let e = error(&text("").replace("protocol = \"tcp\"", "protocol = \"ws\""));
         assert!(e.contains("protocol \"ws\""), "{e}");
+    }
+
+    /// examples/streams.toml loads with certificates made as its comment says.
+    #[test]
+    fn the_streams_example_loads_with_certificates_from_sipward_cert() {
+        let f = Fixture::new("mod-example");
+        let args = crate::cert::CertArgs::for_test(
+            "gw.example.test",
+            &["10.0.0.1", "198.51.100.2"],
+            &f.path("certs"),
+        );
+        crate::cert::run(&args).unwrap_or_else(|e| panic!("{e:#}"));
+        let text = include_str!("../../../../examples/streams.toml");
+        let (core, s) = load(&f, text).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(s.tls.len(), 2);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let mut listeners: Vec<String> = s
+            .listeners
+            .iter()
+            .map(|l| format!("{} {}", l.local, l.transport.via_token()))
+            .collect();
+        listeners.sort();
+        assert_eq!(
+            listeners,
+            [
+                "10.0.0.1:5060 TCP",
+                "10.0.0.1:5061 TLS",
+                "198.51.100.2:5060 TLS",
+                "198.51.100.2:5061 TLS"
+            ]
+        );
+        assert_eq!(core.zones[1].advertise.as_deref(), Some("gw.example.test"));
     }
 }

@@ -446,12 +446,17 @@ impl StreamRuntime {
         out
     }
 
-    /// Closes every connection (shutdown).
-    pub(crate) fn close_all(&self) {
+    /// Closes every connection (shutdown): each writes what it has queued first. Waits
+    /// up to `grace` for them to finish.
+    pub(crate) async fn close_all(&self, grace: std::time::Duration) {
         for row in self.hub.rows() {
             if let Some(id) = row.flow.connection {
                 self.hub.close(id, CloseReason::Local);
             }
+        }
+        let until = Instant::now() + grace;
+        while !self.hub.rows().is_empty() && Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 

@@ -530,3 +530,26 @@ async fn the_gateway_pings_its_connections_that_carry_a_binding_and_closes_on_a_
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn closing_everything_at_shutdown_writes_what_was_queued_first() {
+    let mut rt = runtime(vec![], HashMap::new(), HashMap::new()).await;
+    let peer = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let peer_addr = peer.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    assert!(rt.transmit(&transmit(gw(), peer_addr, Transport::Tcp, None, options(1))));
+    let (mut conn, _) = tokio::time::timeout(PATIENCE, peer.accept())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no connection"));
+    assert_eq!(read_n(&mut conn, options(1).len()).await, options(1));
+    // Sent and closed at once (the BYEs of a shutdown): the message goes out first.
+    assert!(rt.transmit(&transmit(gw(), peer_addr, Transport::Tcp, None, options(2))));
+    rt.close_all(Duration::from_secs(2)).await;
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut all)).await;
+    assert_eq!(all, options(2));
+    assert_eq!(rt.hub.rows().len(), 0);
+}
