@@ -189,10 +189,16 @@ fn baresip_call_through_the_gateway_carries_all_the_audio() {
     drop(gw);
 
     let (sent, direct_len, relayed_len) = (seconds(&tone), seconds(&direct), seconds(&relayed));
-    assert!(
-        (relayed_len - direct_len).abs() <= 0.041,
-        "through the gateway the far end decoded {relayed_len} s, directly {direct_len} s (sent {sent} s)"
-    );
+    // The direct call is the baseline for what baresip itself loses. On a loaded machine
+    // its own recording has run long (3.94 s of 3 s sent, in a CI run beside builds):
+    // such a baseline says nothing about the relay, and the check against what was sent
+    // (below) is the one that holds.
+    if (direct_len - sent).abs() <= 0.2 {
+        assert!(
+            (relayed_len - direct_len).abs() <= 0.041,
+            "through the gateway the far end decoded {relayed_len} s, directly {direct_len} s (sent {sent} s)"
+        );
+    }
     assert!(
         (relayed_len - sent).abs() <= 0.2,
         "the far end decoded {relayed_len} s of the {sent} s sent"
