@@ -46,6 +46,8 @@ pub(crate) enum Query {
     Metrics,
     /// Re-read the configuration file (the driver handles it).
     Reload,
+    /// The node's role, epoch and store (the driver handles it).
+    Ha,
 }
 
 /// The driver's reply.
@@ -298,7 +300,9 @@ pub(crate) fn answer(
             }
         }
         Query::Metrics => Answer::Text(metrics(gateway, info, latency, now)),
-        Query::Reload => Answer::BadRequest("reload is handled by the driver".into()),
+        Query::Reload | Query::Ha => {
+            Answer::BadRequest("this query is handled by the driver".into())
+        }
     }
 }
 
@@ -618,6 +622,7 @@ pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Route
             "/api/v1/reload",
             post(|s: State<AppState>| ask(s, Query::Reload)),
         )
+        .route("/api/v1/ha", get(|s: State<AppState>| ask(s, Query::Ha)))
         .route("/metrics", get(|s: State<AppState>| ask(s, Query::Metrics)))
         // The API's bodies are a few hundred bytes; axum's 2 MB default, times the
         // connection cap, would be memory for nothing.

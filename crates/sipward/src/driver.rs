@@ -42,6 +42,8 @@ pub(crate) struct Settings {
     pub(crate) transparent: Option<crate::config::TransparentSettings>,
     /// The restart journal's directory (`[state] dir`).
     pub(crate) journal: Option<std::path::PathBuf>,
+    /// The Redis store and this node's role (`[state] store`, `[ha]`).
+    pub(crate) ha: Option<crate::config::HaSettings>,
 }
 
 /// Where copies of events and messages go.
@@ -257,6 +259,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         events: settings.events.clone(),
         transparent: settings.transparent.clone(),
         journal: settings.journal.clone(),
+        ha: settings.ha.clone(),
     };
     let _admin = match settings.admin {
         Some(admin) => Some(admin::serve(admin, admin_tx).await?),
@@ -286,6 +289,14 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         Some(dir) => Some(crate::journal::Journal::start(dir, &mut gateway, &relay)?),
         None => None,
     };
+    let mut store = match &settings.ha {
+        Some(ha) => Some(start_store(ha, journal.is_some(), &mut gateway, &relay)?),
+        None => None,
+    };
+    if journal.is_some() || store.is_some() {
+        gateway.enable_state_records();
+        take_state(&mut gateway, &mut journal, &mut store);
+    }
     say(&mut std::io::stdout(), "sipward: ready");
     // `SIPWARD_FAULT=panic`: a panic in the driver task once ready, to check that the
     // panic policy (one line, abort) and the service manager's restart do their part.
@@ -313,11 +324,14 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 None => std::future::pending().await,
             }
         };
-        // A snapshot the journal's full channel refused is retried even when idle.
+        // A snapshot a store's full channel refused is retried even when idle.
+        let behind = journal.as_ref().is_some_and(|j| j.feed.behind())
+            || store.as_ref().is_some_and(|s| s.feed.behind());
         let journal_retry = async {
-            match &journal {
-                Some(j) if j.behind() => tokio::time::sleep(crate::journal::RETRY_EVERY).await,
-                _ => std::future::pending().await,
+            if behind {
+                tokio::time::sleep(crate::journal::RETRY_EVERY).await;
+            } else {
+                std::future::pending::<()>().await;
             }
         };
         tokio::select! {
@@ -340,6 +354,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                         Ok((digest, restart)) => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest, "restart_needed": restart})),
                         Err(e) => admin::Answer::BadRequest(e),
                     },
+                    admin::Query::Ha => admin::Answer::Json(ha_status(store.as_ref())),
                     query => admin::answer(&mut gateway, &info, &latency, query, Instant::now()),
                 };
                 let _ = request.reply.send(answer);
@@ -352,16 +367,23 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             _ = &mut shutdown => stopping = true,
             Some(()) = terminate.recv() => stopping = true,
         }
-        match (&journal, stopping) {
+        match (&journal, &store, stopping) {
             // With a journal the calls survive the stop: no BYE, the next start restores them.
-            (Some(j), true) => say(
+            (Some(j), _, true) => say(
                 &mut std::io::stdout(),
                 &format!(
                     "sipward: shutting down: calls kept in the journal at {}",
                     j.dir().display()
                 ),
             ),
-            (None, true) => {
+            (None, Some(s), true) => say(
+                &mut std::io::stdout(),
+                &format!(
+                    "sipward: shutting down: calls kept in the Redis store {}",
+                    s.settings.shown()
+                ),
+            ),
+            (None, None, true) => {
                 let calls = gateway.shutdown(Instant::now());
                 say(
                     &mut std::io::stdout(),
@@ -370,9 +392,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             }
             _ => {}
         }
-        if let Some(j) = journal.as_mut() {
-            j.take(&mut gateway, Instant::now());
-        }
+        take_state(&mut gateway, &mut journal, &mut store);
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
         events.write_all(std::iter::from_fn(|| gateway.poll_event()));
         while let Some(t) = gateway.poll_transmit() {
@@ -394,10 +414,93 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             if let Some(j) = journal.as_mut() {
                 j.close();
             }
+            if let Some(s) = store.as_mut() {
+                s.close();
+            }
             break;
         }
     }
     Ok(())
+}
+
+/// Hands the core's new state records to the journal and the store (one drain of the
+/// core's queue for both).
+fn take_state(
+    gateway: &mut Gateway,
+    journal: &mut Option<crate::journal::Journal>,
+    store: &mut Option<crate::redis_store::RedisStore>,
+) {
+    let mut feeds: Vec<&mut crate::store::Feed> = Vec::with_capacity(2);
+    if let Some(j) = journal.as_mut() {
+        feeds.push(&mut j.feed);
+    }
+    if let Some(s) = store.as_mut() {
+        feeds.push(&mut s.feed);
+    }
+    if !feeds.is_empty() {
+        crate::store::take(gateway, Instant::now(), &mut feeds);
+    }
+}
+
+/// `GET /api/v1/ha`: this node's role and epoch and how its store is doing.
+fn ha_status(store: Option<&crate::redis_store::RedisStore>) -> serde_json::Value {
+    use std::sync::atomic::Ordering;
+    match store {
+        None => serde_json::json!({"role": "single", "store": null}),
+        Some(s) => serde_json::json!({
+            "role": "active",
+            "group": s.settings.group,
+            "epoch": s.status.own_epoch.load(Ordering::Relaxed),
+            "store_epoch": s.status.seen_epoch.load(Ordering::Relaxed),
+            "store": s.status.json(),
+        }),
+    }
+}
+
+/// Opens the Redis store: restores from it when there is no journal (an unreachable
+/// store at start is said, and the gateway starts without that state, keeping the
+/// store's keys for a later start), and starts its writer.
+fn start_store(
+    ha: &crate::config::HaSettings,
+    have_journal: bool,
+    gateway: &mut Gateway,
+    relay: &RelayHandle,
+) -> Result<crate::redis_store::RedisStore> {
+    use crate::redis_store::RedisStore;
+    let settings = &ha.store;
+    let mut prune = true;
+    if !have_journal {
+        match RedisStore::restore(settings, gateway) {
+            Ok(restored) => {
+                let r = &restored.report;
+                say(
+                    &mut std::io::stdout(),
+                    &format!(
+                        "sipward: restored {} binding(s), {} dialog(s) ({} stream(s)), {} ban(s) from Redis store {} (group {}) in {} ms ({} expired, {} unreadable)",
+                        r.bindings,
+                        r.dialogs,
+                        r.streams,
+                        r.bans,
+                        settings.shown(),
+                        settings.group,
+                        restored.took.as_millis(),
+                        r.expired,
+                        restored.unreadable
+                    ),
+                );
+                relay.apply(std::iter::from_fn(|| gateway.poll_media()));
+            }
+            Err(e) if e.downcast_ref::<redis::RedisError>().is_some() => {
+                say(
+                    &mut std::io::stderr(),
+                    &format!("sipward: warning: {e:#}: starting without its state (kept there)"),
+                );
+                prune = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    RedisStore::spawn(settings.clone(), gateway.secret_id(), prune)
 }
 
 /// Socket buffers for the SIP sockets. Signalling arrives in bursts (a proxy relaying a
@@ -441,6 +544,7 @@ struct Fixed {
     /// The listener and the firewall rules are set up once.
     transparent: Option<crate::config::TransparentSettings>,
     journal: Option<std::path::PathBuf>,
+    ha: Option<crate::config::HaSettings>,
 }
 
 /// Re-reads the configuration and applies it to new traffic; on any error the running
@@ -481,6 +585,9 @@ fn reload(
     }
     if settings.journal != running.journal {
         restart.push("[state] dir");
+    }
+    if settings.ha != running.ha {
+        restart.push("[state] store and [ha]");
     }
     let note = if restart.is_empty() {
         String::new()

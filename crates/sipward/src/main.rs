@@ -13,7 +13,9 @@ mod driver;
 mod export;
 mod firewall;
 mod journal;
+mod redis_store;
 mod secret;
+mod store;
 mod transparent;
 mod validate;
 
@@ -86,6 +88,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         relay: file.relay(&origin)?,
         transparent: file.transparent(&origin, &core)?,
         journal: file.state_dir(),
+        ha: file.ha(&origin)?,
     };
     Ok((core, settings))
 }
