@@ -48,6 +48,8 @@ pub(crate) enum Query {
     Reload,
     /// The node's role, epoch and store (the driver handles it).
     Ha,
+    /// Make a standby active (the driver handles it).
+    Promote,
 }
 
 /// The driver's reply.
@@ -300,7 +302,7 @@ pub(crate) fn answer(
             }
         }
         Query::Metrics => Answer::Text(metrics(gateway, info, latency, now)),
-        Query::Reload | Query::Ha => {
+        Query::Reload | Query::Ha | Query::Promote => {
             Answer::BadRequest("this query is handled by the driver".into())
         }
     }
@@ -623,6 +625,10 @@ pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Route
             post(|s: State<AppState>| ask(s, Query::Reload)),
         )
         .route("/api/v1/ha", get(|s: State<AppState>| ask(s, Query::Ha)))
+        .route(
+            "/api/v1/ha/promote",
+            post(|s: State<AppState>| ask(s, Query::Promote)),
+        )
         .route("/metrics", get(|s: State<AppState>| ask(s, Query::Metrics)))
         // The API's bodies are a few hundred bytes; axum's 2 MB default, times the
         // connection cap, would be memory for nothing.

@@ -1246,6 +1246,13 @@ impl Config {
                 r.get_ref()
             ),
         };
+        if let (true, Some(dir)) = (standby, &self.state.dir) {
+            bail!(
+                "{}: [state] dir with [ha] role = \"standby\": a standby's state comes from the \
+                 store (remove the journal from the standby's configuration)",
+                self.at(origin, dir)
+            );
+        }
         let group = match ha.and_then(|h| h.group.as_ref()) {
             None => "sipward".to_string(),
             Some(g)
@@ -2052,6 +2059,60 @@ mod tests {
             .unwrap_or_else(|| panic!("{marker:?} not in the text"));
         assert!(e.starts_with(&format!("c.toml:{line}: ")), "{to}: {e}");
         e
+    }
+
+    #[test]
+    fn ha_settings_are_read_and_bad_ones_refused_with_their_line() {
+        let with = |state: &str, ha: &str| {
+            format!(
+                "[gateway]\nname = \"sipward\"\nsecret = \"0123456789abcdef0\"\n[state]\n{state}\n{ha}\n[[interface]]\nname = \"lan\"\naddress = \"127.0.0.1\"\nnetworks = [\"127.0.0.0/8\"]\ninside = true\n"
+            )
+        };
+        let parsed = |text: &str| {
+            let c = Config::parse(text, "s.toml").unwrap();
+            c.ha("s.toml").map_err(|e| e.to_string())
+        };
+        let store = "store = \"redis://127.0.0.1:6379/0\"";
+        let ha = parsed(&with(store, "[ha]\nrole = \"standby\"\ngroup = \"edge1\""))
+            .unwrap()
+            .unwrap();
+        assert!(ha.standby);
+        assert_eq!(ha.store.group, "edge1");
+        assert_eq!(ha.store.prefix(), "sw:edge1:");
+        let single = parsed(&with(store, "")).unwrap().unwrap();
+        assert!(!single.standby);
+        assert_eq!(single.store.group, "sipward");
+        assert_eq!(parsed(&with("", "")).unwrap(), None);
+        for (state, ha, want) in [
+            (
+                "",
+                "[ha]\nrole = \"active\"",
+                "s.toml:7: [ha] needs [state] store",
+            ),
+            (
+                store,
+                "[ha]\nrole = \"primary\"",
+                "s.toml:7: [ha] role \"primary\"",
+            ),
+            (
+                store,
+                "[ha]\ngroup = \"a b\"",
+                "s.toml:7: [ha] group \"a b\"",
+            ),
+            (
+                "store = \"http://127.0.0.1/\"",
+                "",
+                "s.toml:5: [state] store \"http://127.0.0.1/\": not a Redis URL",
+            ),
+            (
+                &format!("{store}\ndir = \"/var/lib/sipward\""),
+                "[ha]\nrole = \"standby\"",
+                "s.toml:6: [state] dir with [ha] role = \"standby\"",
+            ),
+        ] {
+            let e = parsed(&with(state, ha)).unwrap_err();
+            assert!(e.starts_with(want), "{e}");
+        }
     }
 
     #[test]

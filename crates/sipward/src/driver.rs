@@ -134,10 +134,29 @@ fn raise_file_limit(config: &Config) {
 /// Binds every interface and runs the gateway until ctrl-c.
 pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     raise_file_limit(&config);
+    let standby_at_start = settings.ha.as_ref().is_some_and(|h| h.standby);
+    // In a pair the addresses are virtual: bound before they move here (IP_FREEBIND).
+    let freebind = settings.ha.is_some();
     let mut sockets: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
+    let mut deferred: Vec<SocketAddr> = Vec::new();
     for (i, zone) in config.zones.iter().enumerate() {
         let at = settings.interface_lines.get(i).map_or("", String::as_str);
-        let socket = bind_signalling(zone.address).with_context(|| {
+        let bound = bind_signalling(zone.address, freebind);
+        if let (true, Err(e)) = (standby_at_start, &bound) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                // The active node holds it on this host: bound at promotion.
+                say(
+                    &mut std::io::stdout(),
+                    &format!(
+                        "sipward: standby: {} ({}) is in use here: bound at promotion",
+                        zone.address, zone.name
+                    ),
+                );
+                deferred.push(zone.address);
+                continue;
+            }
+        }
+        let socket = bound.with_context(|| {
             format!(
                 "{at}: interface {:?}: cannot bind {}",
                 zone.name, zone.address
@@ -156,24 +175,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     }
     let (tx, mut rx) = mpsc::channel::<Received>(4096);
     for (local, socket) in &sockets {
-        let socket = socket.clone();
-        let tx = tx.clone();
-        let local = *local;
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; RECV_BUFFER];
-            loop {
-                match socket.recv_from(&mut buf).await {
-                    Ok((n, remote)) => {
-                        let data = buf.get(..n).unwrap_or_default().to_vec();
-                        let flow = Flow::udp(local, remote);
-                        if tx.send(Received { flow, data }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::warn!(%local, "receive failed: {e}"),
-                }
-            }
-        });
+        spawn_receiver(*local, socket.clone(), tx.clone());
     }
     // Transparent mode: the listener(s) the router diverts to, and, when sipward manages
     // the firewall, the rules (removed again when `_firewall` is dropped, at stop or on
@@ -238,6 +240,8 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         }
     }
     let mut senders = crate::transparent::Senders::new(crate::transparent::SEND_SOCKETS);
+    // A standby binds what it could not at start when promoted, and needs a sender then.
+    let late_tx = settings.ha.as_ref().map(|_| tx.clone());
     drop(tx);
 
     let info = RunInfo {
@@ -279,6 +283,13 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     };
 
     let mut gateway = Gateway::new(config);
+    // The active/standby part (`[ha]`): the standby's follower, the sockets it binds at
+    // promotion.
+    let mut pair = Pair {
+        follower: None,
+        deferred,
+        late_tx,
+    };
     let relay = RelayHandle::spawn_with_options(settings.relay.clone())
         .context("cannot start the media relay")?;
     tracing::info!(engine = ?relay.engine(), "media relay started");
@@ -290,10 +301,29 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         None => None,
     };
     let mut store = match &settings.ha {
+        Some(ha) if ha.standby => {
+            pair.follower = Some(
+                crate::ha::Follower::spawn(ha.store.clone(), gateway.secret_id())
+                    .context("cannot start the standby's follower")?,
+            );
+            say(
+                &mut std::io::stdout(),
+                &format!(
+                    "sipward: standby (group {}): following the Redis store {}; nothing is sent until promoted",
+                    ha.store.group,
+                    ha.store.shown()
+                ),
+            );
+            Some(crate::redis_store::RedisStore::spawn(
+                ha.store.clone(),
+                gateway.secret_id(),
+                true,
+            )?)
+        }
         Some(ha) => Some(start_store(ha, journal.is_some(), &mut gateway, &relay)?),
         None => None,
     };
-    if journal.is_some() || store.is_some() {
+    if pair.follower.is_none() && (journal.is_some() || store.is_some()) {
         gateway.enable_state_records();
         take_state(&mut gateway, &mut journal, &mut store);
     }
@@ -317,7 +347,13 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     let mut info = info;
     let mut stopping = false;
     loop {
-        let deadline = gateway.poll_timeout();
+        let standby = pair.follower.is_some();
+        // A standby runs no timers: the active node's are the ones that fire.
+        let deadline = if standby {
+            None
+        } else {
+            gateway.poll_timeout()
+        };
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -334,9 +370,21 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 std::future::pending::<()>().await;
             }
         };
+        // Fencing: an active node wakes each second to see whether another was promoted.
+        let fence_check = async {
+            if settings.ha.is_some() && !standby {
+                tokio::time::sleep(FENCE_CHECK_EVERY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             received = rx.recv() => {
                 let Some(r) = received else { break };
+                if standby {
+                    // Passive: what reaches a standby is the active's (or nobody's).
+                    continue;
+                }
                 if let Some(h) = hep.as_mut() {
                     h.send(r.flow.remote, r.flow.local, &r.data);
                 }
@@ -346,6 +394,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             }
             () = sleep => gateway.handle_timeout(Instant::now()),
             () = journal_retry => {}
+            () = fence_check => {}
             Some(request) = admin_rx.recv() => {
                 info.senders = senders.stats();
                 let answer = match request.query {
@@ -354,7 +403,11 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                         Ok((digest, restart)) => admin::Answer::Json(serde_json::json!({"reloaded": true, "config_digest": digest, "restart_needed": restart})),
                         Err(e) => admin::Answer::BadRequest(e),
                     },
-                    admin::Query::Ha => admin::Answer::Json(ha_status(store.as_ref())),
+                    admin::Query::Ha => admin::Answer::Json(ha_status(&pair, store.as_ref())),
+                    admin::Query::Promote => match promote(&mut pair, &mut gateway, &relay, &mut journal, &mut store, &mut sockets) {
+                        Ok(answer) => admin::Answer::Json(answer),
+                        Err(e) => admin::Answer::BadRequest(e),
+                    },
                     query => admin::answer(&mut gateway, &info, &latency, query, Instant::now()),
                 };
                 let _ = request.reply.send(answer);
@@ -391,6 +444,15 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 );
             }
             _ => {}
+        }
+        if pair.follower.is_none() && store.as_ref().is_some_and(|s| s.status.fenced()) {
+            demote(&mut pair, &mut gateway, &relay, store.as_ref());
+        }
+        if pair.follower.is_some() {
+            // A standby sends nothing and keeps nothing (an operator's ban here would
+            // be lost at promotion, and its transmits are the active's to send).
+            while gateway.poll_transmit().is_some() {}
+            while gateway.poll_state(Instant::now()).is_some() {}
         }
         take_state(&mut gateway, &mut journal, &mut store);
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
@@ -442,18 +504,187 @@ fn take_state(
     }
 }
 
+/// How often an active node of a pair wakes to check the store's epoch (the writer
+/// reads it with each batch, and each second when idle).
+const FENCE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The active/standby part of the driver's state.
+struct Pair {
+    /// Set while standby: the thread following the store.
+    follower: Option<crate::ha::Follower>,
+    /// Addresses a standby could not bind at start (the active holds them on this host).
+    deferred: Vec<SocketAddr>,
+    /// Feeds the receivers of sockets bound after start.
+    late_tx: Option<mpsc::Sender<Received>>,
+}
+
+fn spawn_receiver(local: SocketAddr, socket: Arc<UdpSocket>, tx: mpsc::Sender<Received>) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, remote)) => {
+                    let data = buf.get(..n).unwrap_or_default().to_vec();
+                    let flow = Flow::udp(local, remote);
+                    if tx.send(Received { flow, data }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(%local, "receive failed: {e}"),
+            }
+        }
+    });
+}
+
 /// `GET /api/v1/ha`: this node's role and epoch and how its store is doing.
-fn ha_status(store: Option<&crate::redis_store::RedisStore>) -> serde_json::Value {
+fn ha_status(pair: &Pair, store: Option<&crate::redis_store::RedisStore>) -> serde_json::Value {
     use std::sync::atomic::Ordering;
-    match store {
-        None => serde_json::json!({"role": "single", "store": null}),
-        Some(s) => serde_json::json!({
+    let Some(s) = store else {
+        return serde_json::json!({"role": "single", "store": null});
+    };
+    let following = pair.follower.as_ref().map(crate::ha::Follower::json);
+    serde_json::json!({
+        "role": if following.is_some() { "standby" } else { "active" },
+        "group": s.settings.group,
+        "epoch": s.status.own_epoch.load(Ordering::Relaxed),
+        "store_epoch": s.status.seen_epoch.load(Ordering::Relaxed),
+        "lag_ms": following.as_ref().and_then(|f| f.get("lag_ms").cloned()).unwrap_or(serde_json::json!(0)),
+        "following": following,
+        "store": s.status.json(),
+    })
+}
+
+/// `POST /api/v1/ha/promote`: a standby binds what it deferred, raises the store's
+/// epoch (fencing the old active), restores the followed records with the CSeqs it
+/// writes jumped ahead by 1000, arms its timers and writes as the active.
+fn promote(
+    pair: &mut Pair,
+    gateway: &mut Gateway,
+    relay: &RelayHandle,
+    journal: &mut Option<crate::journal::Journal>,
+    store: &mut Option<crate::redis_store::RedisStore>,
+    sockets: &mut Vec<(SocketAddr, Arc<UdpSocket>)>,
+) -> std::result::Result<serde_json::Value, String> {
+    use std::sync::atomic::Ordering;
+    let Some(s) = store.as_ref() else {
+        return Err("no [state] store: nothing to promote from".into());
+    };
+    if pair.follower.is_none() {
+        return Ok(serde_json::json!({
             "role": "active",
-            "group": s.settings.group,
             "epoch": s.status.own_epoch.load(Ordering::Relaxed),
-            "store_epoch": s.status.seen_epoch.load(Ordering::Relaxed),
-            "store": s.status.json(),
-        }),
+            "promoted": false,
+        }));
+    }
+    while let Some(address) = pair.deferred.first().copied() {
+        let socket = bind_signalling(address, true)
+            .map_err(|e| format!("cannot bind {address}: {e}: still standby"))?;
+        let socket = Arc::new(socket);
+        if let Some(tx) = &pair.late_tx {
+            spawn_receiver(address, socket.clone(), tx.clone());
+        }
+        sockets.push((address, socket));
+        pair.deferred.remove(0);
+        say(
+            &mut std::io::stdout(),
+            &format!("sipward: listening on {address}"),
+        );
+    }
+    let epoch = crate::redis_store::connect(&s.settings.url)
+        .and_then(|mut con| {
+            redis::cmd("HINCRBY")
+                .arg(format!("sw:{}:meta", s.settings.group))
+                .arg("epoch")
+                .arg(1)
+                .query::<u64>(&mut con)
+        })
+        .map_err(|e| {
+            format!(
+                "cannot raise the epoch in the Redis store {} ({e}): still standby",
+                s.settings.shown()
+            )
+        })?;
+    s.status.own_epoch.store(epoch, Ordering::Relaxed);
+    s.status.seen_epoch.fetch_max(epoch, Ordering::Relaxed);
+    let started = Instant::now();
+    let records = pair
+        .follower
+        .take()
+        .map(crate::ha::Follower::take)
+        .unwrap_or_default();
+    let report = gateway.restore_state(
+        Instant::now(),
+        crate::redis_store::with_ages(records),
+        PROMOTION_CSEQ_JUMP,
+    );
+    relay.apply(std::iter::from_fn(|| gateway.poll_media()));
+    gateway.enable_state_records();
+    take_state(gateway, journal, store);
+    say(
+        &mut std::io::stdout(),
+        &format!(
+            "sipward: promoted to active (epoch {epoch}): restored {} binding(s), {} dialog(s) ({} stream(s)), {} ban(s) in {} ms ({} expired)",
+            report.bindings,
+            report.dialogs,
+            report.streams,
+            report.bans,
+            started.elapsed().as_millis(),
+            report.expired
+        ),
+    );
+    Ok(serde_json::json!({
+        "role": "active",
+        "epoch": epoch,
+        "promoted": true,
+        "restored": {
+            "bindings": report.bindings,
+            "dialogs": report.dialogs,
+            "streams": report.streams,
+            "streams_lost": report.streams_lost,
+            "bans": report.bans,
+            "expired": report.expired,
+        },
+    }))
+}
+
+/// The CSeqs a promoted node writes in its own in-dialog requests jump ahead by this
+/// much: the failed node may have sent some the store never saw.
+const PROMOTION_CSEQ_JUMP: u32 = 1000;
+
+/// Another node was promoted (a higher epoch in the store): this one stops acting at
+/// once: its calls are dropped here without a BYE (they are the new active's now),
+/// their media ports closed, nothing sent, no timers, and it follows the store again.
+fn demote(
+    pair: &mut Pair,
+    gateway: &mut Gateway,
+    relay: &RelayHandle,
+    store: Option<&crate::redis_store::RedisStore>,
+) {
+    use std::sync::atomic::Ordering;
+    let Some(s) = store else { return };
+    say(
+        &mut std::io::stderr(),
+        &format!(
+            "sipward: the Redis store's epoch ({}) is above this node's ({}): another node was promoted; stepping down to standby",
+            s.status.seen_epoch.load(Ordering::Relaxed),
+            s.status.own_epoch.load(Ordering::Relaxed)
+        ),
+    );
+    let now = Instant::now();
+    gateway.shutdown(now);
+    relay.apply(std::iter::from_fn(|| gateway.poll_media()));
+    while gateway.poll_transmit().is_some() {}
+    while gateway.poll_state(now).is_some() {}
+    while gateway.poll_event().is_some() {}
+    let config = gateway.config().clone();
+    *gateway = Gateway::new(config);
+    gateway.set_port_reserver(Box::new(relay.reservations()));
+    match crate::ha::Follower::spawn(s.settings.clone(), gateway.secret_id()) {
+        Ok(f) => pair.follower = Some(f),
+        Err(e) => say(
+            &mut std::io::stderr(),
+            &format!("sipward: cannot start the standby's follower: {e}"),
+        ),
     }
 }
 
@@ -511,7 +742,7 @@ fn start_store(
 const SIGNALLING_RECEIVE_BUFFER: usize = 8 << 20;
 const SIGNALLING_SEND_BUFFER: usize = 4 << 20;
 
-fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
+fn bind_signalling(address: SocketAddr, freebind: bool) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(address),
@@ -524,6 +755,9 @@ fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
     if address.is_ipv6() {
         // IPv6 only, whatever net.ipv6.bindv6only says: an interface is one family.
         socket.set_only_v6(true)?;
+    }
+    if freebind {
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpFreebind, &true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
@@ -690,7 +924,7 @@ mod ipv6_tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn an_ipv6_interface_socket_is_ipv6_only() {
-        let socket = super::bind_signalling("[::1]:0".parse().unwrap()).unwrap();
+        let socket = super::bind_signalling("[::1]:0".parse().unwrap(), false).unwrap();
         assert!(socket2::SockRef::from(&socket).only_v6().unwrap());
     }
 }

@@ -12,6 +12,7 @@ mod config;
 mod driver;
 mod export;
 mod firewall;
+mod ha;
 mod journal;
 mod redis_store;
 mod secret;

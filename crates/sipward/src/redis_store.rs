@@ -125,7 +125,11 @@ pub(crate) fn connect(url: &str) -> redis::RedisResult<Connection> {
 }
 
 /// Refuses a store of a newer layout or written under another secret.
-fn check_meta(con: &mut Connection, settings: &StoreSettings, secret_id: &str) -> Result<()> {
+pub(crate) fn check_meta(
+    con: &mut Connection,
+    settings: &StoreSettings,
+    secret_id: &str,
+) -> Result<()> {
     let (schema, stored): (Option<u32>, Option<String>) = redis::cmd("HMGET")
         .arg(settings.meta())
         .arg("schema")
@@ -530,7 +534,17 @@ impl Writer {
             self.refused = true;
             return Ok(());
         }
-        let epoch = read_epoch(&mut con, &self.settings)?;
+        let mut epoch = read_epoch(&mut con, &self.settings)?;
+        if self.status.own_epoch.load(Ordering::Relaxed) == 0 {
+            // An active node's first connection claims the group: a node active
+            // before it sees the higher epoch and steps down.
+            epoch = redis::cmd("HINCRBY")
+                .arg(self.settings.meta())
+                .arg("epoch")
+                .arg(1)
+                .query(&mut con)?;
+            self.status.own_epoch.store(epoch, Ordering::Relaxed);
+        }
         self.saw_epoch(epoch);
         if self.status.fenced() {
             // Another node was promoted: the driver steps down; this one writes nothing.
