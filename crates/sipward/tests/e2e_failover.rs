@@ -271,6 +271,36 @@ fn a_promoted_standby_keeps_bindings_calls_and_bans_after_the_active_is_killed()
     assert!((30..=59).contains(&left), "{list}");
 }
 
+/// Sends a REGISTER from phone 0 to the node on `t`'s addresses and counts the
+/// datagrams that node sends to the proxy within a second (the registrar is not there:
+/// only the forwarding is seen).
+fn register_forwarded(t: &Topology) -> usize {
+    let cap = t.capture_under(&[], &format!("udp and src host {}", t.gw_wan()));
+    let phone = std::net::UdpSocket::bind(format!("{}:5070", t.phone(0))).unwrap();
+    let branch = format!(
+        "z9hG4bK{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let register = format!(
+        "REGISTER sip:sipward.test SIP/2.0\r\nVia: SIP/2.0/UDP {p}:5070;branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:carol@sipward.test>;tag=1\r\nTo: <sip:carol@sipward.test>\r\n\
+         Call-ID: {branch}@{p}\r\nCSeq: 1 REGISTER\r\nContact: <sip:carol@{p}:5070>\r\n\
+         Expires: 60\r\nContent-Length: 0\r\n\r\n",
+        p = t.phone(0)
+    );
+    phone.send_to(register.as_bytes(), t.gw_lan_sip()).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let packets = cap.stop();
+    count(
+        &packets,
+        &format!("{}:0", t.gw_wan()),
+        &format!("{}:5060", t.proxy()),
+    )
+}
+
 #[test]
 fn of_two_active_nodes_the_one_with_the_lower_epoch_steps_down() {
     let t = Topology::new(202);
@@ -288,6 +318,11 @@ fn of_two_active_nodes_the_one_with_the_lower_epoch_steps_down() {
         (&Value::from("active"), &Value::from(1)),
         "{ha}"
     );
+    assert_eq!(
+        register_forwarded(&t),
+        1,
+        "the active node forwards a REGISTER"
+    );
     // A second active node of the same group (its own addresses) claims epoch 2.
     let _b = start(
         &other,
@@ -304,8 +339,46 @@ fn of_two_active_nodes_the_one_with_the_lower_epoch_steps_down() {
     assert_eq!(ha["role"], "standby", "A did not step down: {ha}");
     let a_out = std::fs::read_to_string(t.dir.join("a.out")).unwrap();
     assert!(a_out.contains("stepping down to standby"), "{a_out}");
+    assert_eq!(
+        register_forwarded(&t),
+        0,
+        "a node that stepped down sends nothing"
+    );
     // B stays active, and A, now following, sees B's epoch.
     assert_eq!(api(&admin_b, "GET", "/api/v1/ha")["role"], "active");
     let ha = ha_when(&admin_a, |h| h["following"]["store_epoch"] == 2);
     assert_eq!(ha["following"]["store_epoch"], 2, "{ha}");
+}
+
+#[test]
+fn a_single_node_restarts_from_the_redis_store_without_a_journal() {
+    let t = Topology::new(204);
+    let redis_address = format!("127.{}.0.5", t.n);
+    let _redis = start_redis(&t, &redis_address);
+    let admin = format!("{}:8080", t.gw_lan());
+    let config = node(&t, &t, &redis_address, "active", &admin);
+    let a = start(&t, "a", &config);
+    t.register_alice();
+    // The binding is written (one batch) before the kill.
+    let ha = ha_when(&admin, |h| {
+        h["store"]["records_written"].as_u64() >= Some(1)
+    });
+    assert!(ha["store"]["connected"] == true, "{ha}");
+    drop(a); // SIGKILL
+    let _a = start(&t, "a", &config);
+    let out = std::fs::read_to_string(t.dir.join("a.out")).unwrap();
+    assert!(
+        out.contains("sipward: restored 1 binding(s), 0 dialog(s) (0 stream(s)), 0 ban(s) from Redis store redis://"),
+        "{out}"
+    );
+    let answerer = t.sipp(&["-sn", "uas", "-i", &t.phone(0), "-p", "5070", "-m", "1"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let inbound = t.play(
+        "proxy_call.xml",
+        Peer::Proxy,
+        Some(&t.gw_wan_sip()),
+        &["-inf", "contact.csv"],
+    );
+    inbound.wait_ok("inbound caller");
+    answerer.wait_ok("phone 0 (answering)");
 }
