@@ -590,13 +590,30 @@ fn promote(
             &format!("sipward: listening on {address}"),
         );
     }
+    // Above any epoch seen, even if the store lost its data since it was read.
+    let seen = pair
+        .follower
+        .as_ref()
+        .map_or(0, crate::ha::Follower::epoch)
+        .max(s.status.seen_epoch.load(Ordering::Relaxed));
+    let meta = format!("sw:{}:meta", s.settings.group);
     let epoch = crate::redis_store::connect(&s.settings.url)
         .and_then(|mut con| {
-            redis::cmd("HINCRBY")
-                .arg(format!("sw:{}:meta", s.settings.group))
+            let raised: u64 = redis::cmd("HINCRBY")
+                .arg(&meta)
                 .arg("epoch")
                 .arg(1)
-                .query::<u64>(&mut con)
+                .query(&mut con)?;
+            if raised > seen {
+                return Ok(raised);
+            }
+            let above = seen + 1;
+            redis::cmd("HSET")
+                .arg(&meta)
+                .arg("epoch")
+                .arg(above)
+                .query::<()>(&mut con)?;
+            Ok(above)
         })
         .map_err(|e| {
             format!(

@@ -73,6 +73,11 @@ impl Follower {
         std::mem::take(&mut shared.mirror).into_values().collect()
     }
 
+    /// The store's epoch as the follower last read it.
+    pub(crate) fn epoch(&self) -> u64 {
+        lock(&self.shared).epoch
+    }
+
     pub(crate) fn json(&self) -> serde_json::Value {
         let shared = match self.shared.lock() {
             Ok(s) => s,

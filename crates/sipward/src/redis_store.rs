@@ -545,6 +545,16 @@ impl Writer {
                 .query(&mut con)?;
             self.status.own_epoch.store(epoch, Ordering::Relaxed);
         }
+        let own = self.status.own_epoch.load(Ordering::Relaxed);
+        if epoch < own {
+            // The store lost its data (a restart without persistence): the epoch is put
+            // back, or a node promoted next would get one that fences nobody.
+            let _: () = redis::cmd("HSET")
+                .arg(self.settings.meta())
+                .arg("epoch")
+                .arg(own)
+                .query(&mut con)?;
+        }
         self.saw_epoch(epoch);
         if self.status.fenced() {
             // Another node was promoted: the driver steps down; this one writes nothing.
@@ -845,8 +855,12 @@ pub(crate) mod tests {
         });
         assert!(store.status.connected.load(Ordering::Relaxed));
         assert_eq!(store.status.unwritten.load(Ordering::Relaxed), 0);
-        let keys = scan_keys(&mut server.con(), &settings).unwrap();
+        let mut con = server.con();
+        let keys = scan_keys(&mut con, &settings).unwrap();
         assert_eq!(keys, vec!["sw:edge1:ban:192.0.2.9"]);
+        // The epoch claimed at the first write is put back into the emptied store.
+        assert_eq!(store.status.own_epoch.load(Ordering::Relaxed), 1);
+        assert_eq!(read_epoch(&mut con, &settings).unwrap(), 1);
         drop(sender);
         store.close();
     }
