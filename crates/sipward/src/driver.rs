@@ -408,7 +408,14 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                         Ok(answer) => admin::Answer::Json(answer),
                         Err(e) => admin::Answer::BadRequest(e),
                     },
-                    query => admin::answer(&mut gateway, &info, &latency, query, Instant::now()),
+                    query => {
+                        let metrics = matches!(query, admin::Query::Metrics);
+                        let mut answer = admin::answer(&mut gateway, &info, &latency, query, Instant::now());
+                        if let (true, admin::Answer::Text(text), Some(s)) = (metrics, &mut answer, store.as_ref()) {
+                            text.push_str(&s.status.metrics(pair.follower.is_none()));
+                        }
+                        answer
+                    }
                 };
                 let _ = request.reply.send(answer);
             }

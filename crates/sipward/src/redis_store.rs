@@ -101,6 +101,60 @@ impl StoreStatus {
         self.seen_epoch.load(Ordering::Relaxed) > self.own_epoch.load(Ordering::Relaxed)
     }
 
+    /// The store's and the pair's Prometheus metrics (appended to `/metrics`).
+    pub(crate) fn metrics(&self, active: bool) -> String {
+        use std::fmt::Write as _;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "sipward_store_connected",
+                "gauge",
+                "1 while the Redis store answers the writer.",
+                u64::from(self.connected.load(Ordering::Relaxed)),
+            ),
+            (
+                "sipward_store_write_failures_total",
+                "counter",
+                "Writes to the Redis store that failed (it was unreachable).",
+                get(&self.failures),
+            ),
+            (
+                "sipward_store_records_waiting",
+                "gauge",
+                "Records kept only in memory while the Redis store is down (written when it is back).",
+                get(&self.unwritten),
+            ),
+            (
+                "sipward_store_rewrites_total",
+                "counter",
+                "Full rewrites of the Redis store from memory (after each reconnect).",
+                get(&self.rewrites),
+            ),
+            (
+                "sipward_store_records_written_total",
+                "counter",
+                "Records written to the Redis store.",
+                get(&self.records),
+            ),
+            (
+                "sipward_ha_active",
+                "gauge",
+                "1 when this node is the active one of its group, 0 when standby.",
+                u64::from(active),
+            ),
+            (
+                "sipward_ha_epoch",
+                "gauge",
+                "The epoch this node was promoted with (0 before its first write).",
+                get(&self.own_epoch),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        out
+    }
+
     pub(crate) fn json(&self) -> serde_json::Value {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
@@ -848,6 +902,12 @@ pub(crate) mod tests {
         });
         assert!(!store.status.connected.load(Ordering::Relaxed));
         assert_eq!(store.status.mirror_keys.load(Ordering::Relaxed), 1);
+        let metrics = store.status.metrics(true);
+        assert!(
+            metrics.contains("\nsipward_store_connected 0\n")
+                && metrics.contains("\nsipward_store_records_waiting 2\n"),
+            "{metrics}"
+        );
         // Redis comes back empty (no persistence): everything is written again.
         server.resume();
         wait_for("the rewrite after the reconnect", || {
