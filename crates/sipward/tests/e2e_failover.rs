@@ -382,3 +382,45 @@ fn a_single_node_restarts_from_the_redis_store_without_a_journal() {
     inbound.wait_ok("inbound caller");
     answerer.wait_ok("phone 0 (answering)");
 }
+
+#[test]
+fn calls_go_on_while_redis_is_down_and_the_store_is_rewritten_when_it_is_back() {
+    let t = Topology::new(205);
+    let redis_address = format!("127.{}.0.5", t.n);
+    let redis = start_redis(&t, &redis_address);
+    let admin = format!("{}:8080", t.gw_lan());
+    let config = node(&t, &t, &redis_address, "active", &admin);
+    let a = start(&t, "a", &config);
+    drop(redis);
+    t.register_alice();
+    // An inbound call to alice while the store is down.
+    let answerer = t.sipp(&["-sn", "uas", "-i", &t.phone(0), "-p", "5070", "-m", "1"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let inbound = t.play(
+        "proxy_call.xml",
+        Peer::Proxy,
+        Some(&t.gw_wan_sip()),
+        &["-inf", "contact.csv"],
+    );
+    inbound.wait_ok("inbound caller (Redis down)");
+    answerer.wait_ok("phone 0 (answering, Redis down)");
+    let ha = ha_when(&admin, |h| h["store"]["write_failures"].as_u64() >= Some(1));
+    assert_eq!(ha["store"]["connected"], false, "{ha}");
+    assert!(
+        ha["store"]["records_waiting_for_store"].as_u64() >= Some(1),
+        "{ha}"
+    );
+    // Redis comes back empty: the writer rewrites what it kept (alice's binding).
+    let _redis = start_redis(&t, &redis_address);
+    let ha = ha_when(&admin, |h| {
+        h["store"]["connected"] == true && h["store"]["records_waiting_for_store"] == 0
+    });
+    assert_eq!(ha["store"]["connected"], true, "{ha}");
+    drop(a); // SIGKILL
+    let _a = start(&t, "a", &config);
+    let out = std::fs::read_to_string(t.dir.join("a.out")).unwrap();
+    assert!(
+        out.contains("sipward: restored 1 binding(s), "),
+        "the rewrite after Redis came back holds the binding: {out}"
+    );
+}
