@@ -456,8 +456,8 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             demote(&mut pair, &mut gateway, &relay, store.as_ref());
         }
         if pair.follower.is_some() {
-            // A standby sends nothing and keeps nothing (an operator's ban here would
-            // be lost at promotion, and its transmits are the active's to send).
+            // A standby sends nothing (what an admin action here queues is the active's
+            // to send); it makes no records, state comes to it from the store.
             while gateway.poll_transmit().is_some() {}
             while gateway.poll_state(Instant::now()).is_some() {}
         }
