@@ -19,6 +19,8 @@ command -v sox >/dev/null 2>&1 || need_apt+=(sox)
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)
 command -v bc >/dev/null 2>&1 || need_apt+=(bc)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The Redis state store and the failover tests (e2e_failover) run a local redis-server.
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # Transparent mode's tests: namespaces and policy routing, nftables, capsh (to start
 # without CAP_NET_ADMIN), python3 (the phones and proxy of e2e_transparent).
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)

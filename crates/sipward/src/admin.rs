@@ -48,6 +48,10 @@ pub(crate) enum Query {
     Reload,
     /// The TCP and TLS connections (the driver's stream side answers).
     Connections,
+    /// The node's role, epoch and store (the driver handles it).
+    Ha,
+    /// Make a standby active (the driver handles it).
+    Promote,
 }
 
 /// The driver's reply.
@@ -300,7 +304,7 @@ pub(crate) fn answer(
             }
         }
         Query::Metrics => Answer::Text(metrics(gateway, info, latency, now)),
-        Query::Reload | Query::Connections => {
+        Query::Reload | Query::Connections | Query::Ha | Query::Promote => {
             Answer::BadRequest("answered by the driver".into())
         }
     }
@@ -625,6 +629,11 @@ pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Route
         .route(
             "/api/v1/reload",
             post(|s: State<AppState>| ask(s, Query::Reload)),
+        )
+        .route("/api/v1/ha", get(|s: State<AppState>| ask(s, Query::Ha)))
+        .route(
+            "/api/v1/ha/promote",
+            post(|s: State<AppState>| ask(s, Query::Promote)),
         )
         .route("/metrics", get(|s: State<AppState>| ask(s, Query::Metrics)))
         // The API's bodies are a few hundred bytes; axum's 2 MB default, times the

@@ -53,6 +53,21 @@ pub(crate) enum AdminCommand {
         #[command(subcommand)]
         action: BlacklistAction,
     },
+    /// The active/standby pair: this node's role, epoch and lag; promote a standby.
+    Ha {
+        #[command(flatten)]
+        api: Api,
+        #[command(subcommand)]
+        action: HaAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum HaAction {
+    /// Role, epoch, lag behind the active and the store's state (JSON).
+    Show,
+    /// Make this standby active (keepalived's notify script calls it on MASTER).
+    Promote,
 }
 
 #[derive(Subcommand)]
@@ -167,6 +182,13 @@ fn items(v: &Value) -> &[Value] {
 
 pub(crate) fn run(command: AdminCommand) -> Result<ExitCode> {
     match command {
+        AdminCommand::Ha { api, action } => {
+            let v = match action {
+                HaAction::Show => request(&api, "GET", "/api/v1/ha", None)?,
+                HaAction::Promote => request(&api, "POST", "/api/v1/ha/promote", None)?,
+            };
+            print_json(&v);
+        }
         AdminCommand::Status { api } => {
             let v = request(&api, "GET", "/api/v1/status", None)?;
             if api.json {

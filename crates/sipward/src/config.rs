@@ -54,6 +54,9 @@ pub(crate) struct Config {
     /// What outlives the process.
     #[serde(default)]
     state: StateSection,
+    /// An active/standby pair sharing the state store.
+    #[serde(default)]
+    ha: Option<HaSection>,
     /// Wire-layer limits for `sipward validate` when the file has no ALG.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
@@ -232,6 +235,30 @@ struct StateSection {
     /// The restart journal's directory: bindings, calls and bans survive a restart.
     #[serde(default)]
     dir: Option<Spanned<String>>,
+    /// A Redis or Valkey server (`redis://host:port/db`) that keeps the state for a
+    /// restart and for the other node of a pair.
+    #[serde(default)]
+    store: Option<Spanned<String>>,
+}
+
+/// `[ha]`: this node's part in a pair sharing `[state] store`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HaSection {
+    /// "active" (the default) or "standby" (follows the store, sends nothing, until
+    /// promoted).
+    #[serde(default)]
+    role: Option<Spanned<String>>,
+    /// The name the pair's keys are filed under in the store (`sw:{group}:...`).
+    #[serde(default)]
+    group: Option<Spanned<String>>,
+}
+
+/// The store and this node's role, as `sipward run` uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HaSettings {
+    pub(crate) store: crate::redis_store::StoreSettings,
+    pub(crate) standby: bool,
 }
 
 /// `[transparent]`: the TPROXY listener and the firewall rules that feed it.
@@ -1016,16 +1043,19 @@ impl Config {
         // `[limits]` is what `sipward validate` applies without an ALG; with one it is
         // unused (a warning says so) but still must not hold values that cannot work.
         self.checked_limits(origin, "[limits]", &self.limits)?;
-        if let (Some(dir), None, None) = (
-            &self.state.dir,
-            &self.state.secret_file,
-            &self.gateway.secret,
-        ) {
+        let persisted = self.state.dir.as_ref().or(self.state.store.as_ref());
+        if let (Some(dir), None, None) = (persisted, &self.state.secret_file, &self.gateway.secret)
+        {
             bail!(
-                "{}: [state] dir needs a stable hiding secret (restored state is named under it): \
+                "{}: [state] {} needs a stable hiding secret (restored state is named under it): \
                  add [state] secret_file = \"/etc/sipward/secret\" (created if absent) or \
                  [gateway] secret",
-                self.at(origin, dir)
+                self.at(origin, dir),
+                if self.state.dir.is_some() {
+                    "dir"
+                } else {
+                    "store"
+                }
             );
         }
         let secret = match (&self.state.secret_file, &self.gateway.secret) {
@@ -1203,6 +1233,80 @@ impl Config {
             let _ = std::fs::remove_file(path);
         }
         Ok(())
+    }
+
+    /// The Redis store and this node's role (`[state] store`, `[ha]`), when a store is set.
+    pub(crate) fn ha(&self, origin: &str) -> Result<Option<HaSettings>> {
+        let ha = self.ha.as_ref();
+        let Some(url) = &self.state.store else {
+            if let Some(ha) = ha {
+                let at = ha.role.as_ref().or(ha.group.as_ref());
+                bail!(
+                    "{}[ha] needs [state] store = \"redis://host:port/db\" (the pair's state is there)",
+                    at.map_or_else(String::new, |v| format!("{}: ", self.at(origin, v)))
+                );
+            }
+            return Ok(None);
+        };
+        if ![
+            "redis://",
+            "rediss://",
+            "unix://",
+            "redis+unix://",
+            "valkey://",
+            "valkeys://",
+        ]
+        .iter()
+        .any(|scheme| url.get_ref().starts_with(scheme))
+            || redis::parse_redis_url(url.get_ref()).is_none()
+        {
+            bail!(
+                "{}: [state] store {:?}: not a Redis URL (redis://host:port/db, or unix:///path/to/socket)",
+                self.at(origin, url),
+                url.get_ref()
+            );
+        }
+        let standby = match ha.and_then(|h| h.role.as_ref()) {
+            None => false,
+            Some(r) if r.get_ref() == "active" => false,
+            Some(r) if r.get_ref() == "standby" => true,
+            Some(r) => bail!(
+                "{}: [ha] role {:?}: use \"active\" or \"standby\"",
+                self.at(origin, r),
+                r.get_ref()
+            ),
+        };
+        if let (true, Some(dir)) = (standby, &self.state.dir) {
+            bail!(
+                "{}: [state] dir with [ha] role = \"standby\": a standby's state comes from the \
+                 store (remove the journal from the standby's configuration)",
+                self.at(origin, dir)
+            );
+        }
+        let group = match ha.and_then(|h| h.group.as_ref()) {
+            None => "sipward".to_string(),
+            Some(g)
+                if !g.get_ref().is_empty()
+                    && g.get_ref().len() <= 64
+                    && g.get_ref().bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+                    }) =>
+            {
+                g.get_ref().clone()
+            }
+            Some(g) => bail!(
+                "{}: [ha] group {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                self.at(origin, g),
+                g.get_ref()
+            ),
+        };
+        Ok(Some(HaSettings {
+            store: crate::redis_store::StoreSettings {
+                url: url.get_ref().clone(),
+                group,
+            },
+            standby,
+        }))
     }
 
     /// The restart journal's directory (`[state] dir`), when set.
@@ -2047,6 +2151,60 @@ mod tests {
             .unwrap_or_else(|| panic!("{marker:?} not in the text"));
         assert!(e.starts_with(&format!("c.toml:{line}: ")), "{to}: {e}");
         e
+    }
+
+    #[test]
+    fn ha_settings_are_read_and_bad_ones_refused_with_their_line() {
+        let with = |state: &str, ha: &str| {
+            format!(
+                "[gateway]\nname = \"sipward\"\nsecret = \"0123456789abcdef0\"\n[state]\n{state}\n{ha}\n[[interface]]\nname = \"lan\"\naddress = \"127.0.0.1\"\nnetworks = [\"127.0.0.0/8\"]\ninside = true\n"
+            )
+        };
+        let parsed = |text: &str| {
+            let c = Config::parse(text, "s.toml").unwrap();
+            c.ha("s.toml").map_err(|e| e.to_string())
+        };
+        let store = "store = \"redis://127.0.0.1:6379/0\"";
+        let ha = parsed(&with(store, "[ha]\nrole = \"standby\"\ngroup = \"edge1\""))
+            .unwrap()
+            .unwrap();
+        assert!(ha.standby);
+        assert_eq!(ha.store.group, "edge1");
+        assert_eq!(ha.store.prefix(), "sw:edge1:");
+        let single = parsed(&with(store, "")).unwrap().unwrap();
+        assert!(!single.standby);
+        assert_eq!(single.store.group, "sipward");
+        assert_eq!(parsed(&with("", "")).unwrap(), None);
+        for (state, ha, want) in [
+            (
+                "",
+                "[ha]\nrole = \"active\"",
+                "s.toml:7: [ha] needs [state] store",
+            ),
+            (
+                store,
+                "[ha]\nrole = \"primary\"",
+                "s.toml:7: [ha] role \"primary\"",
+            ),
+            (
+                store,
+                "[ha]\ngroup = \"a b\"",
+                "s.toml:7: [ha] group \"a b\"",
+            ),
+            (
+                "store = \"http://127.0.0.1/\"",
+                "",
+                "s.toml:5: [state] store \"http://127.0.0.1/\": not a Redis URL",
+            ),
+            (
+                &format!("{store}\ndir = \"/var/lib/sipward\""),
+                "[ha]\nrole = \"standby\"",
+                "s.toml:6: [state] dir with [ha] role = \"standby\"",
+            ),
+        ] {
+            let e = parsed(&with(state, ha)).unwrap_err();
+            assert!(e.starts_with(want), "{e}");
+        }
     }
 
     #[test]

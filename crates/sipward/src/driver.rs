@@ -44,6 +44,8 @@ pub(crate) struct Settings {
     pub(crate) transparent: Option<crate::config::TransparentSettings>,
     /// The restart journal's directory (`[state] dir`).
     pub(crate) journal: Option<std::path::PathBuf>,
+    /// The Redis store and this node's role (`[state] store`, `[ha]`).
+    pub(crate) ha: Option<crate::config::HaSettings>,
 }
 
 /// Where copies of events and messages go.
@@ -142,10 +144,29 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             say(&mut std::io::stderr(), &format!("sipward: {w}"));
         }
     }
+    let standby_at_start = settings.ha.as_ref().is_some_and(|h| h.standby);
+    // In a pair the addresses are virtual: bound before they move here (IP_FREEBIND).
+    let freebind = settings.ha.is_some();
     let mut sockets: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
+    let mut deferred: Vec<SocketAddr> = Vec::new();
     for (i, zone) in config.zones.iter().enumerate() {
         let at = settings.interface_lines.get(i).map_or("", String::as_str);
-        let socket = bind_signalling(zone.address).with_context(|| {
+        let bound = bind_signalling(zone.address, freebind);
+        if let (true, Err(e)) = (standby_at_start, &bound) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                // The active node holds it on this host: bound at promotion.
+                say(
+                    &mut std::io::stdout(),
+                    &format!(
+                        "sipward: standby: {} ({}) is in use here: bound at promotion",
+                        zone.address, zone.name
+                    ),
+                );
+                deferred.push(zone.address);
+                continue;
+            }
+        }
+        let socket = bound.with_context(|| {
             format!(
                 "{at}: interface {:?}: cannot bind {}",
                 zone.name, zone.address
@@ -164,24 +185,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     }
     let (tx, mut rx) = mpsc::channel::<Received>(4096);
     for (local, socket) in &sockets {
-        let socket = socket.clone();
-        let tx = tx.clone();
-        let local = *local;
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; RECV_BUFFER];
-            loop {
-                match socket.recv_from(&mut buf).await {
-                    Ok((n, remote)) => {
-                        let data = buf.get(..n).unwrap_or_default().to_vec();
-                        let flow = Flow::udp(local, remote);
-                        if tx.send(Received { flow, data }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::warn!(%local, "receive failed: {e}"),
-                }
-            }
-        });
+        spawn_receiver(*local, socket.clone(), tx.clone());
     }
     // Transparent mode: the listener(s) the router diverts to, and, when sipward manages
     // the firewall, the rules (removed again when `_firewall` is dropped, at stop or on
@@ -246,6 +250,8 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         }
     }
     let mut senders = crate::transparent::Senders::new(crate::transparent::SEND_SOCKETS);
+    // A standby binds what it could not at start when promoted, and needs a sender then.
+    let late_tx = settings.ha.as_ref().map(|_| tx.clone());
     drop(tx);
 
     let info = RunInfo {
@@ -267,6 +273,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         events: settings.events.clone(),
         transparent: settings.transparent.clone(),
         journal: settings.journal.clone(),
+        ha: settings.ha.clone(),
     };
     let _admin = match settings.admin {
         Some(admin) => Some(admin::serve(admin, admin_tx).await?),
@@ -298,6 +305,13 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         );
     }
     let mut gateway = Gateway::new(config);
+    // The active/standby part (`[ha]`): the standby's follower, the sockets it binds at
+    // promotion.
+    let mut pair = Pair {
+        follower: None,
+        deferred,
+        late_tx,
+    };
     let relay = RelayHandle::spawn_with_options(settings.relay.clone())
         .context("cannot start the media relay")?;
     tracing::info!(engine = ?relay.engine(), "media relay started");
@@ -308,6 +322,33 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
         Some(dir) => Some(crate::journal::Journal::start(dir, &mut gateway, &relay)?),
         None => None,
     };
+    let mut store = match &settings.ha {
+        Some(ha) if ha.standby => {
+            pair.follower = Some(
+                crate::ha::Follower::spawn(ha.store.clone(), gateway.secret_id())
+                    .context("cannot start the standby's follower")?,
+            );
+            say(
+                &mut std::io::stdout(),
+                &format!(
+                    "sipward: standby (group {}): following the Redis store {}; nothing is sent until promoted",
+                    ha.store.group,
+                    ha.store.shown()
+                ),
+            );
+            Some(crate::redis_store::RedisStore::spawn(
+                ha.store.clone(),
+                gateway.secret_id(),
+                true,
+            )?)
+        }
+        Some(ha) => Some(start_store(ha, journal.is_some(), &mut gateway, &relay)?),
+        None => None,
+    };
+    if pair.follower.is_none() && (journal.is_some() || store.is_some()) {
+        gateway.enable_state_records();
+        take_state(&mut gateway, &mut journal, &mut store);
+    }
     say(&mut std::io::stdout(), "sipward: ready");
     // `SIPWARD_FAULT=panic`: a panic in the driver task once ready, to check that the
     // panic policy (one line, abort) and the service manager's restart do their part.
@@ -328,23 +369,44 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     let mut info = info;
     let mut stopping = false;
     loop {
-        let deadline = gateway.poll_timeout();
+        let standby = pair.follower.is_some();
+        // A standby runs no timers: the active node's are the ones that fire.
+        let deadline = if standby {
+            None
+        } else {
+            gateway.poll_timeout()
+        };
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
                 None => std::future::pending().await,
             }
         };
-        // A snapshot the journal's full channel refused is retried even when idle.
+        // A snapshot a store's full channel refused is retried even when idle.
+        let behind = journal.as_ref().is_some_and(|j| j.feed.behind())
+            || store.as_ref().is_some_and(|s| s.feed.behind());
         let journal_retry = async {
-            match &journal {
-                Some(j) if j.behind() => tokio::time::sleep(crate::journal::RETRY_EVERY).await,
-                _ => std::future::pending().await,
+            if behind {
+                tokio::time::sleep(crate::journal::RETRY_EVERY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        // Fencing: an active node wakes each second to see whether another was promoted.
+        let fence_check = async {
+            if settings.ha.is_some() && !standby {
+                tokio::time::sleep(FENCE_CHECK_EVERY).await;
+            } else {
+                std::future::pending::<()>().await;
             }
         };
         tokio::select! {
             received = rx.recv() => {
                 let Some(r) = received else { break };
+                if standby {
+                    // Passive: what reaches a standby is the active's (or nobody's).
+                    continue;
+                }
                 if let Some(h) = hep.as_mut() {
                     h.send(r.flow.remote, r.flow.local, &r.data);
                 }
@@ -353,6 +415,11 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 latency.record(started.elapsed());
             }
             Some(event) = streams.next_event() => {
+                let message = matches!(event, crate::streams::conn::ConnEvent::Message { .. });
+                if message && pair.follower.is_some() {
+                    // A standby answers nothing: the active node's state is in the store.
+                    continue;
+                }
                 if let crate::streams::conn::ConnEvent::Message { flow, bytes } = &event {
                     if let Some(h) = hep.as_mut() {
                         h.send(flow.remote, flow.local, bytes);
@@ -364,6 +431,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             }
             () = sleep => gateway.handle_timeout(Instant::now()),
             () = journal_retry => {}
+            () = fence_check => {}
             Some(request) = admin_rx.recv() => {
                 info.senders = senders.stats();
                 let answer = match request.query {
@@ -373,11 +441,22 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                         Err(e) => admin::Answer::BadRequest(e),
                     },
                     admin::Query::Connections => admin::Answer::Json(streams.connections_json()),
-                    admin::Query::Metrics => match admin::answer(&mut gateway, &info, &latency, admin::Query::Metrics, Instant::now()) {
-                        admin::Answer::Text(text) => admin::Answer::Text(text + &streams.metrics()),
-                        other => other,
+                    admin::Query::Ha => admin::Answer::Json(ha_status(&pair, store.as_ref())),
+                    admin::Query::Promote => match promote(&mut pair, &mut gateway, &relay, &mut journal, &mut store, &mut sockets) {
+                        Ok(answer) => admin::Answer::Json(answer),
+                        Err(e) => admin::Answer::BadRequest(e),
                     },
-                    query => admin::answer(&mut gateway, &info, &latency, query, Instant::now()),
+                    query => {
+                        let metrics = matches!(query, admin::Query::Metrics);
+                        let mut answer = admin::answer(&mut gateway, &info, &latency, query, Instant::now());
+                        if let (true, admin::Answer::Text(text)) = (metrics, &mut answer) {
+                            text.push_str(&streams.metrics());
+                            if let Some(s) = store.as_ref() {
+                                text.push_str(&s.status.metrics(pair.follower.is_none()));
+                            }
+                        }
+                        answer
+                    }
                 };
                 let _ = request.reply.send(answer);
             }
@@ -389,16 +468,23 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             _ = &mut shutdown => stopping = true,
             Some(()) = terminate.recv() => stopping = true,
         }
-        match (&journal, stopping) {
+        match (&journal, &store, stopping) {
             // With a journal the calls survive the stop: no BYE, the next start restores them.
-            (Some(j), true) => say(
+            (Some(j), _, true) => say(
                 &mut std::io::stdout(),
                 &format!(
                     "sipward: shutting down: calls kept in the journal at {}",
                     j.dir().display()
                 ),
             ),
-            (None, true) => {
+            (None, Some(s), true) => say(
+                &mut std::io::stdout(),
+                &format!(
+                    "sipward: shutting down: calls kept in the Redis store {}",
+                    s.settings.shown()
+                ),
+            ),
+            (None, None, true) => {
                 let calls = gateway.shutdown(Instant::now());
                 say(
                     &mut std::io::stdout(),
@@ -407,9 +493,16 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             }
             _ => {}
         }
-        if let Some(j) = journal.as_mut() {
-            j.take(&mut gateway, Instant::now());
+        if pair.follower.is_none() && store.as_ref().is_some_and(|s| s.status.fenced()) {
+            demote(&mut pair, &mut gateway, &relay, store.as_ref());
         }
+        if pair.follower.is_some() {
+            // A standby sends nothing (what an admin action here queues is the active's
+            // to send); it makes no records, state comes to it from the store.
+            while gateway.poll_transmit().is_some() {}
+            while gateway.poll_state(Instant::now()).is_some() {}
+        }
+        take_state(&mut gateway, &mut journal, &mut store);
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
         events.write_all(std::iter::from_fn(|| gateway.poll_event()));
         events.write_all(streams.drain_events().into_iter());
@@ -439,6 +532,9 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
             if let Some(j) = journal.as_mut() {
                 j.close();
             }
+            if let Some(s) = store.as_mut() {
+                s.close();
+            }
             // Stream connections write what is queued (the BYEs) and close, briefly.
             streams
                 .close_all(std::time::Duration::from_millis(500))
@@ -449,6 +545,272 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
     Ok(())
 }
 
+/// Hands the core's new state records to the journal and the store (one drain of the
+/// core's queue for both).
+fn take_state(
+    gateway: &mut Gateway,
+    journal: &mut Option<crate::journal::Journal>,
+    store: &mut Option<crate::redis_store::RedisStore>,
+) {
+    let mut feeds: Vec<&mut crate::store::Feed> = Vec::with_capacity(2);
+    if let Some(j) = journal.as_mut() {
+        feeds.push(&mut j.feed);
+    }
+    if let Some(s) = store.as_mut() {
+        feeds.push(&mut s.feed);
+    }
+    if !feeds.is_empty() {
+        crate::store::take(gateway, Instant::now(), &mut feeds);
+    }
+}
+
+/// How often an active node of a pair wakes to check the store's epoch (the writer
+/// reads it with each batch, and each second when idle).
+const FENCE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The active/standby part of the driver's state.
+struct Pair {
+    /// Set while standby: the thread following the store.
+    follower: Option<crate::ha::Follower>,
+    /// Addresses a standby could not bind at start (the active holds them on this host).
+    deferred: Vec<SocketAddr>,
+    /// Feeds the receivers of sockets bound after start.
+    late_tx: Option<mpsc::Sender<Received>>,
+}
+
+fn spawn_receiver(local: SocketAddr, socket: Arc<UdpSocket>, tx: mpsc::Sender<Received>) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, remote)) => {
+                    let data = buf.get(..n).unwrap_or_default().to_vec();
+                    let flow = Flow::udp(local, remote);
+                    if tx.send(Received { flow, data }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(%local, "receive failed: {e}"),
+            }
+        }
+    });
+}
+
+/// `GET /api/v1/ha`: this node's role and epoch and how its store is doing.
+fn ha_status(pair: &Pair, store: Option<&crate::redis_store::RedisStore>) -> serde_json::Value {
+    use std::sync::atomic::Ordering;
+    let Some(s) = store else {
+        return serde_json::json!({"role": "single", "store": null});
+    };
+    let following = pair.follower.as_ref().map(crate::ha::Follower::json);
+    serde_json::json!({
+        "role": if following.is_some() { "standby" } else { "active" },
+        "group": s.settings.group,
+        "epoch": s.status.own_epoch.load(Ordering::Relaxed),
+        "store_epoch": s.status.seen_epoch.load(Ordering::Relaxed),
+        "lag_ms": following.as_ref().and_then(|f| f.get("lag_ms").cloned()).unwrap_or(serde_json::json!(0)),
+        "following": following,
+        "store": s.status.json(),
+    })
+}
+
+/// `POST /api/v1/ha/promote`: a standby binds what it deferred, raises the store's
+/// epoch (fencing the old active), restores the followed records with the CSeqs it
+/// writes jumped ahead by 1000, arms its timers and writes as the active.
+fn promote(
+    pair: &mut Pair,
+    gateway: &mut Gateway,
+    relay: &RelayHandle,
+    journal: &mut Option<crate::journal::Journal>,
+    store: &mut Option<crate::redis_store::RedisStore>,
+    sockets: &mut Vec<(SocketAddr, Arc<UdpSocket>)>,
+) -> std::result::Result<serde_json::Value, String> {
+    use std::sync::atomic::Ordering;
+    let Some(s) = store.as_ref() else {
+        return Err("no [state] store: nothing to promote from".into());
+    };
+    if pair.follower.is_none() {
+        return Ok(serde_json::json!({
+            "role": "active",
+            "epoch": s.status.own_epoch.load(Ordering::Relaxed),
+            "promoted": false,
+        }));
+    }
+    while let Some(address) = pair.deferred.first().copied() {
+        let socket = bind_signalling(address, true)
+            .map_err(|e| format!("cannot bind {address}: {e}: still standby"))?;
+        let socket = Arc::new(socket);
+        if let Some(tx) = &pair.late_tx {
+            spawn_receiver(address, socket.clone(), tx.clone());
+        }
+        sockets.push((address, socket));
+        pair.deferred.remove(0);
+        say(
+            &mut std::io::stdout(),
+            &format!("sipward: listening on {address}"),
+        );
+    }
+    // Above any epoch seen, even if the store lost its data since it was read.
+    let seen = pair
+        .follower
+        .as_ref()
+        .map_or(0, crate::ha::Follower::epoch)
+        .max(s.status.seen_epoch.load(Ordering::Relaxed));
+    let meta = format!("sw:{}:meta", s.settings.group);
+    let epoch = crate::redis_store::connect(&s.settings.url)
+        .and_then(|mut con| {
+            let raised: u64 = redis::cmd("HINCRBY")
+                .arg(&meta)
+                .arg("epoch")
+                .arg(1)
+                .query(&mut con)?;
+            if raised > seen {
+                return Ok(raised);
+            }
+            let above = seen + 1;
+            redis::cmd("HSET")
+                .arg(&meta)
+                .arg("epoch")
+                .arg(above)
+                .query::<()>(&mut con)?;
+            Ok(above)
+        })
+        .map_err(|e| {
+            format!(
+                "cannot raise the epoch in the Redis store {} ({e}): still standby",
+                s.settings.shown()
+            )
+        })?;
+    s.status.own_epoch.store(epoch, Ordering::Relaxed);
+    s.status.seen_epoch.fetch_max(epoch, Ordering::Relaxed);
+    let started = Instant::now();
+    let records = pair
+        .follower
+        .take()
+        .map(crate::ha::Follower::take)
+        .unwrap_or_default();
+    let report = gateway.restore_state(
+        Instant::now(),
+        crate::redis_store::with_ages(records),
+        PROMOTION_CSEQ_JUMP,
+    );
+    relay.apply(std::iter::from_fn(|| gateway.poll_media()));
+    gateway.enable_state_records();
+    take_state(gateway, journal, store);
+    say(
+        &mut std::io::stdout(),
+        &format!(
+            "sipward: promoted to active (epoch {epoch}): restored {} binding(s), {} dialog(s) ({} stream(s)), {} ban(s) in {} ms ({} expired)",
+            report.bindings,
+            report.dialogs,
+            report.streams,
+            report.bans,
+            started.elapsed().as_millis(),
+            report.expired
+        ),
+    );
+    Ok(serde_json::json!({
+        "role": "active",
+        "epoch": epoch,
+        "promoted": true,
+        "restored": {
+            "bindings": report.bindings,
+            "dialogs": report.dialogs,
+            "streams": report.streams,
+            "streams_lost": report.streams_lost,
+            "bans": report.bans,
+            "expired": report.expired,
+        },
+    }))
+}
+
+/// The CSeqs a promoted node writes in its own in-dialog requests jump ahead by this
+/// much: the failed node may have sent some the store never saw.
+const PROMOTION_CSEQ_JUMP: u32 = 1000;
+
+/// Another node was promoted (a higher epoch in the store): this one stops acting at
+/// once: its calls are dropped here without a BYE (they are the new active's now),
+/// their media ports closed, nothing sent, no timers, and it follows the store again.
+fn demote(
+    pair: &mut Pair,
+    gateway: &mut Gateway,
+    relay: &RelayHandle,
+    store: Option<&crate::redis_store::RedisStore>,
+) {
+    use std::sync::atomic::Ordering;
+    let Some(s) = store else { return };
+    say(
+        &mut std::io::stderr(),
+        &format!(
+            "sipward: the Redis store's epoch ({}) is above this node's ({}): another node was promoted; stepping down to standby",
+            s.status.seen_epoch.load(Ordering::Relaxed),
+            s.status.own_epoch.load(Ordering::Relaxed)
+        ),
+    );
+    let now = Instant::now();
+    gateway.shutdown(now);
+    relay.apply(std::iter::from_fn(|| gateway.poll_media()));
+    while gateway.poll_transmit().is_some() {}
+    while gateway.poll_state(now).is_some() {}
+    while gateway.poll_event().is_some() {}
+    let config = gateway.config().clone();
+    *gateway = Gateway::new(config);
+    gateway.set_port_reserver(Box::new(relay.reservations()));
+    match crate::ha::Follower::spawn(s.settings.clone(), gateway.secret_id()) {
+        Ok(f) => pair.follower = Some(f),
+        Err(e) => say(
+            &mut std::io::stderr(),
+            &format!("sipward: cannot start the standby's follower: {e}"),
+        ),
+    }
+}
+
+/// Opens the Redis store: restores from it when there is no journal (an unreachable
+/// store at start is said, and the gateway starts without that state, keeping the
+/// store's keys for a later start), and starts its writer.
+fn start_store(
+    ha: &crate::config::HaSettings,
+    have_journal: bool,
+    gateway: &mut Gateway,
+    relay: &RelayHandle,
+) -> Result<crate::redis_store::RedisStore> {
+    use crate::redis_store::RedisStore;
+    let settings = &ha.store;
+    let mut prune = true;
+    if !have_journal {
+        match RedisStore::restore(settings, gateway) {
+            Ok(restored) => {
+                let r = &restored.report;
+                say(
+                    &mut std::io::stdout(),
+                    &format!(
+                        "sipward: restored {} binding(s), {} dialog(s) ({} stream(s)), {} ban(s) from Redis store {} (group {}) in {} ms ({} expired, {} unreadable)",
+                        r.bindings,
+                        r.dialogs,
+                        r.streams,
+                        r.bans,
+                        settings.shown(),
+                        settings.group,
+                        restored.took.as_millis(),
+                        r.expired,
+                        restored.unreadable
+                    ),
+                );
+                relay.apply(std::iter::from_fn(|| gateway.poll_media()));
+            }
+            Err(e) if e.downcast_ref::<redis::RedisError>().is_some() => {
+                say(
+                    &mut std::io::stderr(),
+                    &format!("sipward: warning: {e:#}: starting without its state (kept there)"),
+                );
+                prune = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    RedisStore::spawn(settings.clone(), gateway.secret_id(), prune)
+}
+
 /// Socket buffers for the SIP sockets. Signalling arrives in bursts (a proxy relaying a
 /// batch of responses, a phone's retransmissions): with the kernel's default (~200 KiB)
 /// a burst that arrives while the gateway is busy is dropped and costs a retransmission
@@ -457,7 +819,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
 const SIGNALLING_RECEIVE_BUFFER: usize = 8 << 20;
 const SIGNALLING_SEND_BUFFER: usize = 4 << 20;
 
-fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
+fn bind_signalling(address: SocketAddr, freebind: bool) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(address),
@@ -470,6 +832,9 @@ fn bind_signalling(address: SocketAddr) -> std::io::Result<UdpSocket> {
     if address.is_ipv6() {
         // IPv6 only, whatever net.ipv6.bindv6only says: an interface is one family.
         socket.set_only_v6(true)?;
+    }
+    if freebind {
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpFreebind, &true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
@@ -490,6 +855,7 @@ struct Fixed {
     /// The listener and the firewall rules are set up once.
     transparent: Option<crate::config::TransparentSettings>,
     journal: Option<std::path::PathBuf>,
+    ha: Option<crate::config::HaSettings>,
 }
 
 /// Re-reads the configuration and applies it to new traffic; on any error the running
@@ -548,6 +914,9 @@ fn reload(
     }
     if settings.journal != running.journal {
         restart.push("[state] dir");
+    }
+    if settings.ha != running.ha {
+        restart.push("[state] store and [ha]");
     }
     let note = if restart.is_empty() {
         String::new()
@@ -650,7 +1019,7 @@ mod ipv6_tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn an_ipv6_interface_socket_is_ipv6_only() {
-        let socket = super::bind_signalling("[::1]:0".parse().unwrap()).unwrap();
+        let socket = super::bind_signalling("[::1]:0".parse().unwrap(), false).unwrap();
         assert!(socket2::SockRef::from(&socket).only_v6().unwrap());
     }
 }

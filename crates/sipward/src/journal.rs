@@ -10,15 +10,16 @@
 //! which bounds what a power loss takes.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use serde::{Deserialize, Serialize};
 use sipward_core::records::{RestoreReport, StateRecord};
 use sipward_core::Gateway;
+
+use crate::store::{encode, wall_ms, Feed, Message, Stored};
 
 /// The layout of what is stored; a journal of a newer layout is refused.
 const SCHEMA: u32 = 1;
@@ -35,19 +36,6 @@ pub(crate) const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 const META_SCHEMA: &str = "schema";
 const META_SECRET: &str = "secret_id";
-
-/// A record as stored: with the wall-clock time (Unix ms) it was handed over at.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    at_ms: u64,
-    record: StateRecord,
-}
-
-enum Message {
-    Record(u64, StateRecord),
-    /// Everything, replacing what is stored (keys not in it are removed).
-    Snapshot(u64, Vec<StateRecord>),
-}
 
 /// What the journal restored at start, for the start line.
 pub(crate) struct Restored {
@@ -96,21 +84,8 @@ impl Restored {
 /// The driver's end of the journal.
 pub(crate) struct Journal {
     dir: PathBuf,
-    sender: Option<SyncSender<Message>>,
+    pub(crate) feed: Feed,
     writer: Option<JoinHandle<()>>,
-    /// Records were dropped (the channel was full): a snapshot must follow.
-    resync: bool,
-}
-
-/// Unix milliseconds now.
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn encode(at_ms: u64, record: StateRecord) -> Option<Vec<u8>> {
-    serde_json::to_vec(&Stored { at_ms, record }).ok()
 }
 
 impl Journal {
@@ -179,9 +154,8 @@ impl Journal {
         Ok((
             Self {
                 dir: dir.to_path_buf(),
-                sender: Some(sender),
+                feed: Feed::new(sender, format!("journal ({})", dir.display())),
                 writer: Some(writer),
-                resync: false,
             },
             Restored {
                 report,
@@ -191,19 +165,17 @@ impl Journal {
         ))
     }
 
-    /// `sipward run`'s start: opens and restores (printing the restored line), hands
-    /// the restored media to the relay, enables state records and writes the first
-    /// snapshot, so that the journal is exact again.
+    /// `sipward run`'s start: opens and restores (printing the restored line) and hands
+    /// the restored media to the relay. The driver then enables state records, and
+    /// its first take writes a snapshot, so that the journal is exact again.
     pub(crate) fn start(
         dir: &Path,
         gateway: &mut Gateway,
         relay: &sipward_relay::RelayHandle,
     ) -> Result<Self> {
-        let (mut journal, restored) = Self::open(dir, gateway)?;
+        let (journal, restored) = Self::open(dir, gateway)?;
         crate::driver::say(&mut std::io::stdout(), &restored.line(dir));
         relay.apply(std::iter::from_fn(|| gateway.poll_media()));
-        gateway.enable_state_records();
-        journal.take(gateway, Instant::now());
         Ok(journal)
     }
 
@@ -214,58 +186,20 @@ impl Journal {
     /// Hands the core's new records to the writer; call after every event. Never
     /// blocks: when the channel is full the records are dropped and a snapshot is
     /// sent as soon as it has room.
+    #[cfg(test)]
     pub(crate) fn take(&mut self, gateway: &mut Gateway, now: Instant) {
-        let Some(sender) = &self.sender else { return };
-        if self.resync || gateway.resync_needed() {
-            let at = wall_ms();
-            let snapshot = gateway.snapshot_state(now);
-            self.resync = match sender.try_send(Message::Snapshot(at, snapshot)) {
-                Ok(()) => false,
-                Err(TrySendError::Full(_)) => true,
-                Err(TrySendError::Disconnected(_)) => {
-                    self.writer_gone();
-                    return;
-                }
-            };
-        }
-        while let Some(record) = gateway.poll_state(now) {
-            if self.resync {
-                // The snapshot that follows carries it.
-                continue;
-            }
-            match sender.try_send(Message::Record(wall_ms(), record)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    tracing::warn!("journal behind: records dropped, a snapshot follows");
-                    self.resync = true;
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.writer_gone();
-                    return;
-                }
-            }
-        }
+        crate::store::take(gateway, now, &mut [&mut self.feed]);
     }
 
     /// Whether a snapshot is waiting for room (the driver retries it when idle).
+    #[cfg(test)]
     pub(crate) fn behind(&self) -> bool {
-        self.resync
-    }
-
-    fn writer_gone(&mut self) {
-        self.sender = None;
-        crate::driver::say(
-            &mut std::io::stderr(),
-            &format!(
-                "sipward: the journal writer stopped ({}): state is no longer kept",
-                self.dir.display()
-            ),
-        );
+        self.feed.behind()
     }
 
     /// Writes what is queued, syncs it to disk and stops the writer (a graceful stop).
     pub(crate) fn close(&mut self) {
-        drop(self.sender.take());
+        self.feed.hang_up();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
@@ -439,7 +373,7 @@ mod tests {
         let dir = temp_dir("roundtrip");
         {
             let (journal, _) = Journal::open(&dir, &mut gateway()).unwrap();
-            let sender = journal.sender.clone().unwrap();
+            let sender = journal.feed.sender.clone().unwrap();
             for i in 0..3 {
                 sender
                     .send(Message::Record(wall_ms(), binding(i, 60_000)))
@@ -481,9 +415,8 @@ mod tests {
         let (sender, receiver) = mpsc::sync_channel(1);
         let mut journal = Journal {
             dir: PathBuf::new(),
-            sender: Some(sender),
+            feed: Feed::new(sender, "journal".into()),
             writer: None,
-            resync: false,
         };
         let mut gateway = gateway();
         gateway.enable_state_records();

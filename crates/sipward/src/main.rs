@@ -13,8 +13,11 @@ mod config;
 mod driver;
 mod export;
 mod firewall;
+mod ha;
 mod journal;
+mod redis_store;
 mod secret;
+mod store;
 mod streams;
 mod transparent;
 mod validate;
@@ -95,6 +98,7 @@ pub(crate) fn load_all(path: Option<&Path>) -> Result<(sipward_core::Config, dri
         streams,
         transparent: file.transparent(&origin, &core)?,
         journal: file.state_dir(),
+        ha: file.ha(&origin)?,
     };
     Ok((core, settings))
 }
