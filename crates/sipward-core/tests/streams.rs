@@ -425,3 +425,36 @@ fn configured_peers_are_pinged_with_options_and_shown_up_or_down() {
     assert!(!net.gw.peers()[0].up);
     assert_eq!(net.gw.peers()[0].pings_sent, 3);
 }
+
+#[test]
+fn outbound_parameters_and_flow_timer_pass_through_a_registration() {
+    let mut net = net(Transport::Udp);
+    let register = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.20:5062;branch=z9hG4bK-ob1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=r1\r\nTo: <sip:alice@example.com>\r\nCall-ID: reg-ob@10.0.0.20\r\nCSeq: 1 REGISTER\r\nSupported: outbound, path\r\nContact: <sip:alice@10.0.0.20:5062;transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";expires=3600\r\nContent-Length: 0\r\n\r\n";
+    let out = only(send(&mut net, tcp(LAN, PHONE, 7), register));
+    let fwd = text(&out);
+    let contact = header(&fwd, "Contact").unwrap();
+    // RFC 5626: the registrar sees the flow's identity as the phone wrote it.
+    for kept in [
+        ";ob",
+        ";reg-id=1",
+        "+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\"",
+    ] {
+        assert!(contact.contains(kept), "{kept} in {contact}");
+    }
+    assert!(header(&fwd, "Supported").unwrap().contains("outbound"));
+    let uri = contact.split('>').next().unwrap().trim_start_matches('<');
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=s\r\nCall-ID: {}\r\nCSeq: 1 REGISTER\r\nRequire: outbound\r\nFlow-Timer: 120\r\nContact: <{uri}>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";expires=3600\r\nContent-Length: 0\r\n\r\n",
+        header(&fwd, "Via").unwrap(),
+        header(&fwd, "From").unwrap(),
+        header(&fwd, "To").unwrap(),
+        header(&fwd, "Call-ID").unwrap(),
+    );
+    let back = text(&only(net.deliver(WAN, PROXY, &ok)));
+    assert_eq!(header(&back, "Flow-Timer"), Some("120"), "{back}");
+    assert_eq!(header(&back, "Require"), Some("outbound"));
+    assert!(
+        header(&back, "Contact").unwrap().contains("reg-id=1"),
+        "{back}"
+    );
+}

@@ -48,6 +48,8 @@ pub(crate) enum Query {
     Reload,
     /// The TCP and TLS connections (the driver's stream side answers).
     Connections,
+    /// The next hops pinged with OPTIONS and how they answer.
+    Peers,
     /// The node's role, epoch and store (the driver handles it).
     Ha,
     /// Make a standby active (the driver handles it).
@@ -264,6 +266,21 @@ pub(crate) fn answer(
                 .collect(),
         )),
         Query::Transactions => Answer::Json(json!({ "count": gateway.transactions() })),
+        Query::Peers => Answer::Json(json!(gateway
+            .peers()
+            .iter()
+            .map(|p| json!({
+                "rule": p.rule,
+                "peer": p.peer.to_string(),
+                "transport": p.transport.via_token().to_ascii_lowercase(),
+                "up": p.up,
+                "pings_sent": p.pings_sent,
+                "last_status": p.last_answer.map(|(_, status)| status),
+                "last_answer_seconds_ago": p
+                    .last_answer
+                    .map(|(at, _)| now.saturating_duration_since(at).as_secs()),
+            }))
+            .collect::<Vec<_>>())),
         Query::Counters => {
             let c = gateway.counters().fields();
             let t = gateway.traffic();
@@ -616,6 +633,10 @@ pub(crate) fn router(token: &str, requests: mpsc::Sender<AdminRequest>) -> Route
         .route(
             "/api/v1/transactions",
             get(|s: State<AppState>| ask(s, Query::Transactions)),
+        )
+        .route(
+            "/api/v1/peers",
+            get(|s: State<AppState>| ask(s, Query::Peers)),
         )
         .route(
             "/api/v1/counters",

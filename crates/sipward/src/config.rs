@@ -311,6 +311,10 @@ struct AddressSection {
     /// The name its TLS certificate must carry (DNS or IP; default: its address).
     #[serde(default)]
     server_name: Option<Spanned<String>>,
+    /// Send it an OPTIONS this often (seconds) while it is a rule's next hop; its
+    /// answers show it up or down (`/api/v1/peers`).
+    #[serde(default)]
+    options_ping: Option<Spanned<u64>>,
 }
 
 /// The ALG object: the brief's options plus the wire-layer limits.
@@ -325,6 +329,10 @@ struct AlgSection {
     allow_media_bypass: Option<bool>,
     /// "off", "nat" or "any".
     media_latching: Option<Spanned<String>>,
+    /// An SDP with SDES keys (`a=crypto`) toward a leg without TLS: "refuse" (488, the
+    /// default) or "allow".
+    #[serde(default)]
+    sdes_on_plain_leg: Option<Spanned<String>>,
     max_registrations: Option<Spanned<usize>>,
     max_dialogs: Option<Spanned<usize>>,
     max_transactions: Option<Spanned<usize>>,
@@ -414,6 +422,15 @@ impl<'de> Deserialize<'de> for PortList {
     }
 }
 
+/// How a rule's host destination is reached (its address object's options).
+#[derive(Debug, Default)]
+struct NextHop {
+    transport: sipward_core::Transport,
+    server_name: Option<String>,
+    udp_only: bool,
+    options_ping: Option<Duration>,
+}
+
 /// The most ports one service may list.
 const MAX_SERVICE_PORTS: usize = 64;
 
@@ -429,7 +446,24 @@ struct RuleSection {
     to: Spanned<String>,
     #[serde(default = "any")]
     destination: Spanned<String>,
-    service: Spanned<String>,
+    /// One service's name or a list of them (`["sip-udp", "sip-tls"]`).
+    service: Spanned<ServiceNames>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ServiceNames {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ServiceNames {
+    fn names(&self) -> &[String] {
+        match self {
+            ServiceNames::One(name) => std::slice::from_ref(name),
+            ServiceNames::Many(names) => names,
+        }
+    }
 }
 
 fn any() -> Spanned<String> {
@@ -799,7 +833,25 @@ impl Config {
                 d.max_transactions,
             )?,
             leak_policy,
-            ..d.clone()
+            udp_switch_size: match self.transport.udp_mtu {
+                None => d.udp_switch_size,
+                Some(m) if (576..=65_535).contains(&m) => m - 200,
+                Some(m) => bail!(
+                    "{}: [transport] udp_mtu = {m}: out of range, expected 576 to 65535 (bytes; requests over udp_mtu - 200 go over TCP)",
+                    self.section_at(origin, "[transport]")
+                ),
+            },
+            allow_sdes_on_plain_leg: match &alg.sdes_on_plain_leg {
+                None => d.allow_sdes_on_plain_leg,
+                Some(v) => match v.get_ref().as_str() {
+                    "refuse" => false,
+                    "allow" => true,
+                    other => bail!(
+                        "{}: alg {alg_name:?}: sdes_on_plain_leg {other:?}: expected \"refuse\" or \"allow\"",
+                        self.at(origin, v)
+                    ),
+                },
+            },
         };
         let mut service_port = None;
         let mut stream_port = None;
@@ -918,17 +970,28 @@ impl Config {
             };
             let source = object(&r.source)?;
             let destination = object(&r.destination)?;
-            let (next_hop_transport, server_name) =
-                self.next_hop(origin, r.destination.get_ref())?;
-            let (transport, ports) =
-                service_ports
-                    .get(r.service.get_ref().as_str())
-                    .ok_or_else(|| {
-                        err(
-                            self.at(origin, &r.service),
-                            format!("no service {:?}", r.service.get_ref()),
-                        )
-                    })?;
+            let hop = self.next_hop(origin, r.destination.get_ref())?;
+            let mut services = Vec::new();
+            if r.service.get_ref().names().is_empty() {
+                return Err(err(
+                    self.at(origin, &r.service),
+                    "service = []: name at least one service".into(),
+                ));
+            }
+            for name in r.service.get_ref().names() {
+                let (transport, ports) = service_ports.get(name.as_str()).ok_or_else(|| {
+                    err(self.at(origin, &r.service), format!("no service {name:?}"))
+                })?;
+                for p in ports {
+                    let service = sipward_core::Service {
+                        transport: *transport,
+                        port: *p,
+                    };
+                    if !services.contains(&service) {
+                        services.push(service);
+                    }
+                }
+            }
             if action == Action::Nat {
                 let intercepting = zones.get(from_zone).is_some_and(|z| z.intercept);
                 if to_zone.is_none() {
@@ -1027,17 +1090,11 @@ impl Config {
                 source,
                 to_zone,
                 destination,
-                services: ports
-                    .iter()
-                    .map(|p| sipward_core::Service {
-                        transport: *transport,
-                        port: *p,
-                    })
-                    .collect(),
-                next_hop_transport,
-                server_name,
-                udp_only: false,
-                options_ping: None,
+                services,
+                next_hop_transport: hop.transport,
+                server_name: hop.server_name,
+                udp_only: hop.udp_only,
+                options_ping: hop.options_ping.filter(|_| action == Action::Nat),
             });
         }
         // `[limits]` is what `sipward validate` applies without an ALG; with one it is
@@ -1388,13 +1445,9 @@ impl Config {
     /// bind that fails at `run` names the line too.
     /// How the address object `name` is reached as a next hop: its `transport` and the
     /// `server_name` its TLS certificate must carry.
-    fn next_hop(
-        &self,
-        origin: &str,
-        name: &str,
-    ) -> Result<(sipward_core::Transport, Option<String>)> {
+    fn next_hop(&self, origin: &str, name: &str) -> Result<NextHop> {
         let Some(a) = self.address.iter().find(|a| a.name.get_ref() == name) else {
-            return Ok((sipward_core::Transport::Udp, None));
+            return Ok(NextHop::default());
         };
         let transport = match &a.transport {
             None => sipward_core::Transport::Udp,
@@ -1415,7 +1468,28 @@ impl Config {
                 Some(n.get_ref().clone())
             }
         };
-        Ok((transport, server_name))
+        let options_ping = match &a.options_ping {
+            None => None,
+            Some(v) if (1..=86_400).contains(v.get_ref()) => {
+                Some(Duration::from_secs(*v.get_ref()))
+            }
+            Some(v) => bail!(
+                "{}: address {name:?}: options_ping = {}: out of range, expected 1 to 86400 (seconds)",
+                self.at(origin, v),
+                v.get_ref()
+            ),
+        };
+        Ok(NextHop {
+            transport,
+            server_name,
+            // RFC 3261 18.1.1: every SIP element takes TCP; one written `transport =
+            // "udp"` is taken at its word, and a large request still goes over UDP.
+            udp_only: a
+                .transport
+                .as_ref()
+                .is_some_and(|t| t.get_ref().eq_ignore_ascii_case("udp")),
+            options_ping,
+        })
     }
 
     /// The stream side's settings: each interface's TLS (paths relative to the file's
@@ -2353,6 +2427,78 @@ mod tests {
         assert!(file.exists());
         assert_eq!(first, key(&with_file));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn next_hop_options_service_lists_sdes_and_udp_mtu_reach_the_core() {
+        let compiled = |text: &str| {
+            Config::parse(text, "n.toml")
+                .and_then(|c| c.compile("n.toml"))
+                .map_err(|e| e.to_string())
+        };
+        let text = EMBEDDED_DEFAULT
+            .replacen(
+                "host = \"127.0.2.10:5060\"",
+                "host = \"127.0.2.10:5060\"\ntransport = \"udp\"\noptions_ping = 30",
+                1,
+            )
+            .replacen(
+                "[service.sip-udp]",
+                "[service.sip-tcp]\nprotocol = \"tcp\"\nport = 5070\nalg = \"sip\"\n\n[service.sip-udp]",
+                1,
+            )
+            .replacen("service = \"sip-udp\"", "service = [\"sip-udp\", \"sip-tcp\"]", 1)
+            .replacen(
+                "max_sdp_len = 4000",
+                "max_sdp_len = 4000\nsdes_on_plain_leg = \"allow\"",
+                1,
+            )
+            + "\n[transport]\nudp_mtu = 9000\n";
+        let c = compiled(&text).unwrap();
+        let nat = &c.rules[0];
+        assert!(nat.udp_only, "transport = \"udp\" is taken at its word");
+        assert_eq!(nat.options_ping, Some(Duration::from_secs(30)));
+        let tcp = sipward_core::Service {
+            transport: sipward_core::Transport::Tcp,
+            port: 5070,
+        };
+        assert!(
+            nat.services.contains(&sipward_core::Service::udp(5060)) && nat.services.contains(&tcp),
+            "{:?}",
+            nat.services
+        );
+        assert!(c.alg.allow_sdes_on_plain_leg);
+        assert_eq!(c.alg.udp_switch_size, 8800);
+        // The defaults: every next hop takes TCP for large requests, no pings, keys refused.
+        let d = compiled(EMBEDDED_DEFAULT).unwrap();
+        assert!(!d.rules[0].udp_only && d.rules[0].options_ping.is_none());
+        assert!(!d.alg.allow_sdes_on_plain_leg);
+        assert_eq!(d.alg.udp_switch_size, 1300);
+        for (from, to, words) in [
+            (
+                "options_ping = 30",
+                "options_ping = 0",
+                "options_ping = 0: out of range",
+            ),
+            (
+                "udp_mtu = 9000",
+                "udp_mtu = 100",
+                "udp_mtu = 100: out of range",
+            ),
+            (
+                "sdes_on_plain_leg = \"allow\"",
+                "sdes_on_plain_leg = \"maybe\"",
+                "expected \"refuse\" or \"allow\"",
+            ),
+            (
+                "[\"sip-udp\", \"sip-tcp\"]",
+                "[\"sip-udp\", \"sip-sctp\"]",
+                "no service \"sip-sctp\"",
+            ),
+        ] {
+            let e = compiled(&text.replacen(from, to, 1)).unwrap_err();
+            assert!(e.starts_with("n.toml:") && e.contains(words), "{to}: {e}");
+        }
     }
 
     #[test]

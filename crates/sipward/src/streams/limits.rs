@@ -34,6 +34,9 @@ pub(crate) struct TransportSettings {
     pub max_pings_per_second: Option<u32>,
     pub keepalive_interval: Option<f64>,
     pub keepalive_timeout: Option<f64>,
+    /// The path MTU toward UDP next hops: requests over `udp_mtu - 200` bytes go over
+    /// TCP where the next hop takes it (RFC 3261 18.1.1; default 1500).
+    pub udp_mtu: Option<usize>,
 }
 
 /// The limits in force.
