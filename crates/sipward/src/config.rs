@@ -1508,7 +1508,10 @@ impl Config {
             if let Some(t) = &i.tls {
                 let mut t2 = t.get_ref().clone();
                 for p in [&mut t2.certificate, &mut t2.private_key] {
-                    *p = base.join(&*p);
+                    // The built-in test certificate is no file.
+                    if !p.to_str().is_some_and(|s| s.starts_with("builtin:")) {
+                        *p = base.join(&*p);
+                    }
                 }
                 t2.ca = t2.ca.map(|c| base.join(c));
                 tls.push((z.address.ip(), t2, self.at(origin, t)));
@@ -2444,10 +2447,14 @@ mod tests {
             )
             .replacen(
                 "[service.sip-udp]",
-                "[service.sip-tcp]\nprotocol = \"tcp\"\nport = 5070\nalg = \"sip\"\n\n[service.sip-udp]",
+                "[service.sip-tcp2]\nprotocol = \"tcp\"\nport = 5070\nalg = \"sip\"\n\n[service.sip-udp]",
                 1,
             )
-            .replacen("service = \"sip-udp\"", "service = [\"sip-udp\", \"sip-tcp\"]", 1)
+            .replacen(
+                "service = [\"sip-udp\", \"sip-tcp\", \"sip-tls\"]",
+                "service = [\"sip-udp\", \"sip-tcp2\"]",
+                1,
+            )
             .replacen(
                 "max_sdp_len = 4000",
                 "max_sdp_len = 4000\nsdes_on_plain_leg = \"allow\"",
@@ -2491,7 +2498,7 @@ mod tests {
                 "expected \"refuse\" or \"allow\"",
             ),
             (
-                "[\"sip-udp\", \"sip-tcp\"]",
+                "[\"sip-udp\", \"sip-tcp2\"]",
                 "[\"sip-udp\", \"sip-sctp\"]",
                 "no service \"sip-sctp\"",
             ),

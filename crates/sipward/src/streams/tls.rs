@@ -104,7 +104,23 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The path that names the built-in test certificate (and, with `.key`, its key): what
+/// the embedded default configuration's TLS service uses, so that `sipward run` needs no
+/// file. FOR TESTING ONLY: its private key is public (it is in the source).
+pub(crate) const BUILTIN_TEST_CERTIFICATE: &str = "builtin:sipward-test.crt";
+pub(crate) const BUILTIN_TEST_KEY: &str = "builtin:sipward-test.key";
+/// Made with `sipward cert --name sipward.test --ip 127.0.1.1 --ip 127.0.2.1 --days 3650`;
+/// its CA (`test-tls/ca.crt`) is there for clients that want to verify it.
+const BUILTIN_CERTIFICATE_PEM: &[u8] = include_bytes!("test-tls/sipward.test.crt");
+const BUILTIN_KEY_PEM: &[u8] = include_bytes!("test-tls/sipward.test.key");
+
 fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
+    if file == Path::new(BUILTIN_TEST_CERTIFICATE) {
+        return Ok(BUILTIN_CERTIFICATE_PEM.to_vec());
+    }
+    if file == Path::new(BUILTIN_TEST_KEY) {
+        return Ok(BUILTIN_KEY_PEM.to_vec());
+    }
     std::fs::read(file).map_err(|e| error(file, format!("cannot read: {e}")))
 }
 
