@@ -12,6 +12,8 @@ command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
 dpkg -s kamailio-tls-modules >/dev/null 2>&1 || need_apt+=(kamailio-tls-modules)
 # socat: the TLS shim in front of SIPp, which Debian builds without TLS.
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+# openssl: a TLS 1.1-only client the gateway must refuse (e2e_streams).
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v baresip >/dev/null 2>&1 || need_apt+=(baresip)
 command -v rtpengine >/dev/null 2>&1 || need_apt+=(rtpengine-daemon)
 command -v sipvicious_svcrack >/dev/null 2>&1 || command -v svcrack >/dev/null 2>&1 || need_apt+=(sipvicious)
