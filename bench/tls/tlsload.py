@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """TLS load for bench/tls/run.sh: idle registered phones, slowloris and a connection flood.
 
-  tlsload.py idle HOST:PORT SOURCES COUNT RATE PING_SECONDS
+  tlsload.py idle HOST:PORT SOURCES COUNT RATE PING_SECONDS [IN_FLIGHT]
       COUNT TLS connections from the SOURCES addresses (comma-separated, round robin),
-      opened at RATE/s; each registers a user of its own and then sends CRLFCRLF every
+      opened at RATE/s with at most IN_FLIGHT (200) handshakes at once; each registers a user of its own and then sends CRLFCRLF every
       PING_SECONDS, expecting CRLF back. Prints "ready REGISTERED FAILED" once every
       connection has tried, then holds them until SIGTERM and prints
       "done registered=N failed=N pongs=N missed_pongs=N closed_by_edge=N".
@@ -71,12 +71,12 @@ def register_message(n, local):
     ).encode()
 
 
-async def idle(target, sources, count, rate, ping):
+async def idle(target, sources, count, rate, ping, in_flight):
     host, port = target
     ctx = client_context()
     stats = {"registered": 0, "failed": 0, "pongs": 0, "missed_pongs": 0, "closed_by_edge": 0}
     tried = 0
-    gate = asyncio.Semaphore(200)  # handshakes in flight
+    gate = asyncio.Semaphore(in_flight)
     writers = []
 
     async def phone(n):
@@ -212,7 +212,8 @@ def main():
     host, port = target.rsplit(":", 1)
     target = (host, int(port))
     if mode == "idle":
-        asyncio.run(idle(target, sys.argv[3].split(","), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])))
+        in_flight = int(sys.argv[7]) if len(sys.argv) > 7 else 200
+        asyncio.run(idle(target, sys.argv[3].split(","), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), in_flight))
     elif mode == "slowloris":
         asyncio.run(slowloris(target, sys.argv[3].split(","), int(sys.argv[4]), float(sys.argv[5])))
     elif mode == "flood":
