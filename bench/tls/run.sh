@@ -40,7 +40,8 @@ hs_secs="${HANDSHAKE_SECONDS:-8}"
 figures="${FIGURES:-calls handshakes idle attack udp}"
 attack_rounds="${ATTACK_ROUNDS:-2}"
 # The idle phones connect at 300/s, 20 handshakes at once: Kamailio 5.6.3's tls.so aborted
-# (q_malloc "fragment overwritten", double free from tls_init.c) with 200 at once at 1000/s.
+# (q_malloc "fragment overwritten", double free from tls_init.c) with 200 at once at 1000/s
+# (and still does in some runs at this pace: the report then says "crashed").
 idle_rate="${IDLE_RATE:-300}"
 proxy=127.70.1.10 phone=127.70.0.20 shim=127.70.0.21 flooder=127.70.0.66
 declare -A lan=([sipward]=127.70.0.1 [kamailio]=127.70.0.2)
