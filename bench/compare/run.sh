@@ -24,7 +24,8 @@
 #
 # Environment: STEP_SECONDS (5), CALL_RATES, REG_RATES, MEDIA_STREAMS ("100 2000"),
 # KAMAILIO_WORKERS (1), SYSTEMS ("kamailio sipward"), MEM_REGISTRATIONS, MEM_CALLS, MEM_MEDIA_CALLS, and
-# FIGURES (all of "calls registers mem_regs mem_calls mem_media flood media") to run a part.
+# FIGURES (all of "calls registers mem_regs mem_calls mem_media flood media") to run a part,
+# OUT (the results file, bench/results/compare-DATE.md by default).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -46,7 +47,11 @@ command -v kamailio >/dev/null && command -v rtpengine >/dev/null && command -v 
     && command -v curl >/dev/null || bash "$root/scripts/install-deps.sh"
 say "building sipward and the load tools (release)"
 cargo build --release -q -p sipward --manifest-path "$root/Cargo.toml"
-cargo build --release -q --manifest-path "$root/bench/media/Cargo.toml"
+# The load tools (sipflood, the media bench) only for the figures that use them, so a
+# quick UDP check (FIGURES=calls, as bench/tls/run.sh runs it) builds sipward alone.
+case " ${FIGURES:-flood media} " in
+*" flood "* | *" media "*) cargo build --release -q --manifest-path "$root/bench/media/Cargo.toml" ;;
+esac
 sipward_bin="$root/target/release/sipward"
 flood_bin="$root/bench/media/target/release/sipflood"
 media_bin="$root/bench/media/target/release/sipward-bench-media"
@@ -286,7 +291,7 @@ fi
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 mkdir -p "$root/bench/results"
-out="$root/bench/results/compare-$(date +%F).md"
+out="${OUT:-$root/bench/results/compare-$(date +%F).md}"
 {
     echo "# sipward vs Kamailio + rtpengine, $(date -u +%FT%TZ)"
     echo

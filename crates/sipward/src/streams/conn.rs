@@ -152,7 +152,7 @@ impl Hub {
                         acceptor
                             .accept(stream)
                             .await
-                            .map_err(|_| CloseReason::HandshakeFailed)
+                            .map_err(|e| accept_close_reason(&e))
                     };
                     hub.handshake_then_serve(flow, handshake, commands, stats)
                         .await
@@ -635,6 +635,18 @@ fn io_close_reason(e: &std::io::Error) -> CloseReason {
         | ErrorKind::ConnectionAborted
         | ErrorKind::BrokenPipe => CloseReason::PeerClosed,
         _ => CloseReason::IoError,
+    }
+}
+
+/// Why an inbound TLS handshake ended. A peer that resets or leaves during it (a health
+/// check that connects and closes; a client that completes the handshake and drops before
+/// the session tickets are written, as `openssl s_time` does) closed an ordinary
+/// connection; only a TLS error (an alert, bytes that are not TLS, a refused
+/// certificate) is a failed handshake and a security event.
+fn accept_close_reason(e: &std::io::Error) -> CloseReason {
+    match io_close_reason(e) {
+        CloseReason::PeerClosed => CloseReason::PeerClosed,
+        _ => CloseReason::HandshakeFailed,
     }
 }
 

@@ -398,3 +398,40 @@ async fn tls_messages_flow_and_a_silent_client_is_closed_at_the_handshake_timeou
     let _ = read_to_close(&mut plain).await;
     assert_eq!(server.closed().await, CloseReason::HandshakeFailed);
 }
+
+#[tokio::test]
+async fn a_tls_peer_that_leaves_during_or_right_after_the_handshake_is_an_ordinary_close() {
+    let fixture = Fixture::new("conn-tls-leave");
+    let holder = Arc::new(
+        TlsHolder::new(
+            fixture.settings("server", VerifyClient::None),
+            std::time::SystemTime::now(),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let mut server = start(LimitSettings::default(), Some(holder)).await;
+    // A health check: connects and closes before any ClientHello.
+    drop(connect(server.addr).await);
+    assert_eq!(server.closed().await, CloseReason::PeerClosed);
+    // A client that completes the handshake and drops at once, unread session tickets
+    // and all (the kernel answers them with a reset), as `openssl s_time` does.
+    let client_config = fixture
+        .material("client", VerifyClient::None)
+        .client
+        .unwrap_or_else(|| panic!("client"));
+    let name = crate::streams::tls::server_name("127.0.0.1").unwrap_or_else(|e| panic!("{e}"));
+    let tls = tokio_rustls::TlsConnector::from(client_config)
+        .connect(name, connect(server.addr).await)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(tls);
+    assert_eq!(server.closed().await, CloseReason::PeerClosed);
+    // Plain SIP on the TLS port is still a failed handshake.
+    let mut plain = connect(server.addr).await;
+    plain
+        .write_all(&register(3))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = read_to_close(&mut plain).await;
+    assert_eq!(server.closed().await, CloseReason::HandshakeFailed);
+}
