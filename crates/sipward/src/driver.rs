@@ -552,6 +552,10 @@ fn take_state(
     journal: &mut Option<crate::journal::Journal>,
     store: &mut Option<crate::redis_store::RedisStore>,
 ) {
+    if journal.is_none() && store.is_none() {
+        // No store: nothing to take, and no allocation on the packet path.
+        return;
+    }
     let mut feeds: Vec<&mut crate::store::Feed> = Vec::with_capacity(2);
     if let Some(j) = journal.as_mut() {
         feeds.push(&mut j.feed);
