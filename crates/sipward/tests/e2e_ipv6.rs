@@ -206,7 +206,7 @@ impl Bed {
 
     /// Registers the phone as alice (digest) with the SIPp registrar outside, which
     /// writes the bound contact to contact.csv.
-    fn register(&self, plan: &Plan) {
+    fn register(&self, plan: &Plan, phone_extra: &[&str]) {
         let registrar = scenario("proxy_registrar.xml");
         let mut args = vec!["-sf", &registrar, "-i", plan.proxy, "-p", "5060", "-m", "1"];
         args.extend(logged("registrar_messages.log"));
@@ -215,6 +215,7 @@ impl Bed {
         let (file, gw) = (scenario("phone_register.xml"), at(plan.lan, 5060));
         let mut args = vec!["-sf", &file, &gw, "-i", plan.phone, "-p", "5070", "-m", "1"];
         args.extend(ALICE_DIGEST);
+        args.extend(phone_extra);
         self.sipp(&args).wait_ok("phone registration");
         registrar.wait_ok("registrar");
     }
@@ -286,8 +287,13 @@ fn assert_phone_sdp(bed: &Bed, plan: &Plan, log: &str) {
 
 /// REGISTER, then the phone calls out: it streams 2 s of RTP, the far end echoes it.
 fn outbound_call(tag: &str, n: u8, plan: &Plan, tail: &str) {
+    outbound_call_with(tag, n, plan, tail, &[]);
+}
+
+/// [`outbound_call`] with more SIPp arguments for the phone (its transport).
+fn outbound_call_with(tag: &str, n: u8, plan: &Plan, tail: &str, phone_extra: &[&str]) -> Bed {
     let bed = Bed::new(tag, n, plan, tail);
-    bed.register(plan);
+    bed.register(plan, phone_extra);
     assert_outside_clean(&bed, plan, "registrar_messages.log", false);
     let contact = bed.t.read_when("contact.txt", |t| !t.is_empty());
     assert!(
@@ -306,6 +312,7 @@ fn outbound_call(tag: &str, n: u8, plan: &Plan, tail: &str) {
     let mut phone_args = vec!["-sf", &call, &gw, "-i", plan.phone, "-p", "5070", "-m", "1"];
     phone_args.extend(["-s", "bob", "-mi", plan.phone, "-mp", "18000", "-d", "2500"]);
     phone_args.extend(logged("phone_messages.log"));
+    phone_args.extend(phone_extra);
     let phone = bed.sipp(&phone_args);
     phone.wait_ok("phone");
     far.wait_ok("far end");
@@ -320,6 +327,7 @@ fn outbound_call(tag: &str, n: u8, plan: &Plan, tail: &str) {
     assert_eq!(count(&p, &at(plan.phone, 0), &at(plan.proxy, 0)), 0);
     assert_outside_clean(&bed, plan, "far_messages.log", true);
     assert_phone_sdp(&bed, plan, "phone_messages.log");
+    bed
 }
 
 #[test]
@@ -349,7 +357,7 @@ fn the_io_uring_relay_carries_an_ipv6_phone_call_to_ipv4() {
 fn an_ipv4_outside_calls_the_registered_ipv6_phone_with_rtp_both_ways() {
     let plan = &V6_INSIDE;
     let bed = Bed::new("in6", 65, plan, "");
-    bed.register(plan);
+    bed.register(plan, &[]);
     let cap = bed.capture();
     let answer = scenario("answer_rtp.xml");
     let mut phone_args = vec!["-sf", &answer, "-i", plan.phone, "-p", "5070", "-m", "1"];
@@ -382,4 +390,38 @@ fn an_ipv4_outside_calls_the_registered_ipv6_phone_with_rtp_both_ways() {
         )),
         "the phone got no INVITE to its registered contact:\n{invite}"
     );
+}
+
+/// The phones' rule over TCP beside the UDP one.
+const TCP_PHONES: &str = r#"
+[service.sip-tcp]
+protocol = "tcp"
+port = 5060
+alg = "sip"
+[[rule]]
+action = "nat"
+from = "lan"
+source = "phones"
+to = "wan"
+destination = "proxy"
+service = "sip-tcp"
+"#;
+
+/// A TCP phone on IPv6 (the gateway's stream listener on an IPv6 address) registers
+/// and calls through to the IPv4 proxy on UDP; nothing of the inside reaches it.
+#[test]
+fn an_ipv6_tcp_phone_registers_and_calls_an_ipv4_udp_outside() {
+    let plan = &V6_INSIDE;
+    let bed = outbound_call_with("tcp6", 66, plan, TCP_PHONES, &["-t", "t1"]);
+    let phone = bed.log("phone_messages.log");
+    assert!(
+        phone.contains("SIP/2.0/TCP"),
+        "the phone's leg is TCP:\n{phone}"
+    );
+    let far = bed.log("far_messages.log");
+    assert!(
+        far.contains("SIP/2.0/UDP"),
+        "the outside leg is UDP:\n{far}"
+    );
+    assert!(!far.contains("SIP/2.0/TCP"), "{far}");
 }
