@@ -200,6 +200,45 @@ impl Bed {
         }
     }
 
+    /// [`Bed::new`] with a TLS certificate for the inside address, made by `sipward
+    /// cert`, and a TLS listener for the phones beside the UDP one.
+    fn with_tls(tag: &str, n: u8, plan: &Plan) -> Bed {
+        let ns = Namespace::new(tag, &plan.v6_addresses());
+        let t = Topology::new(n);
+        let certs = t.dir.join("certs");
+        let out = Command::new(env!("CARGO_BIN_EXE_sipward"))
+            .args([
+                "cert",
+                "--name",
+                "gw.sipward.test",
+                "--ip",
+                plan.lan,
+                "--out",
+            ])
+            .arg(&certs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tls = format!(
+            "inside = true\ntls = {{ certificate = \"{c}/gw.sipward.test.crt\", private_key = \"{c}/gw.sipward.test.key\" }}\n",
+            c = certs.display()
+        );
+        let tail = "[service.sip-tls]\nprotocol = \"tls\"\nport = 5061\nalg = \"sip\"\n\
+                    [[rule]]\naction = \"nat\"\nfrom = \"lan\"\nsource = \"phones\"\nto = \"wan\"\n\
+                    destination = \"proxy\"\nservice = \"sip-tls\"\n";
+        let config = plan.config(&t, tail).replacen("inside = true\n", &tls, 1);
+        let gateway = t.start_gateway_under(&ns.wrapper(), &config);
+        Bed {
+            ns,
+            t,
+            _gateway: Some(gateway),
+        }
+    }
+
     fn sipp(&self, args: &[&str]) -> Guard {
         self.t.sipp_under(&self.ns.wrapper(), args)
     }
@@ -424,4 +463,63 @@ fn an_ipv6_tcp_phone_registers_and_calls_an_ipv4_udp_outside() {
         "the outside leg is UDP:\n{far}"
     );
     assert!(!far.contains("SIP/2.0/TCP"), "{far}");
+}
+
+/// A TLS phone on IPv6 (Python's ssl module, verifying the gateway's certificate for its
+/// IPv6 address) registers through the gateway's IPv6 TLS listener with the IPv4 UDP
+/// registrar; nothing of the inside reaches it.
+#[test]
+fn an_ipv6_tls_phone_verifies_the_gateway_and_registers_with_an_ipv4_udp_registrar() {
+    let plan = &V6_INSIDE;
+    let bed = Bed::with_tls("tls6", 67, plan);
+    let registrar = scenario("proxy_mute_options.xml");
+    let mut args = vec!["-sf", &registrar, "-i", plan.proxy, "-p", "5060"];
+    args.extend(logged("registrar_messages.log"));
+    let _registrar = bed.sipp(&args);
+    std::thread::sleep(Duration::from_millis(200));
+    let client = r#"
+import socket, ssl, sys
+ca, lan, phone = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=ca)
+raw = socket.create_connection((lan, 5061), timeout=10, source_address=(phone, 0))
+s = ctx.wrap_socket(raw, server_hostname=lan)
+port = s.getsockname()[1]
+s.sendall((
+    "REGISTER sip:sipward.test SIP/2.0\r\n"
+    f"Via: SIP/2.0/TLS [{phone}]:{port};branch=z9hG4bKtls6;rport\r\n"
+    "From: <sip:alice@sipward.test>;tag=t6\r\nTo: <sip:alice@sipward.test>\r\n"
+    "Call-ID: tls6-register\r\nCSeq: 1 REGISTER\r\n"
+    f"Contact: <sip:alice@[{phone}]:{port};transport=tls>\r\nExpires: 600\r\n"
+    "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+got = b""
+while b"\r\n\r\n" not in got:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+print(s.version())
+print(got.decode(errors="replace"))
+"#;
+    let ca = bed.t.dir.join("certs").join("ca.crt");
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &bed.ns.name, "python3", "-c", client])
+        .arg(&ca)
+        .args([plan.lan, plan.phone]);
+    let out = common::output_within(&mut command, Duration::from_secs(20)).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("TLSv1.3\n"), "{text}");
+    assert!(text.contains("SIP/2.0 200 "), "{text}");
+    assert!(text.contains("Call-ID: tls6-register"), "{text}");
+    assert_outside_clean(&bed, plan, "registrar_messages.log", false);
+    let registrar_log = bed.log("registrar_messages.log");
+    assert!(
+        registrar_log.contains("SIP/2.0/UDP"),
+        "the outside leg is UDP: {registrar_log}"
+    );
 }
