@@ -392,7 +392,8 @@ fn a_tls_phone_verifies_the_gateway_and_registers_over_its_connection() {
 #[test]
 fn an_inbound_call_reaches_a_tcp_phone_over_the_connection_it_registered_on() {
     let t = Topology::new(94);
-    let _gw = t.start_gateway_text(&stream_config(&t));
+    // Idle connections close after 1 s: the registration holds this one.
+    let _gw = t.start_gateway_text(&stream_config_with(&t, "idle_timeout = 1.0\n"));
     let registrar = t.play(
         "proxy_registrar.xml",
         Peer::Proxy,
@@ -412,6 +413,12 @@ fn an_inbound_call_reaches_a_tcp_phone_over_the_connection_it_registered_on() {
     assert!(
         contact.contains(';'),
         "the registrar wrote no contact: {contact:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let connections = get(&t, "/api/v1/connections");
+    assert!(
+        connections.contains("\"usage\":\"binding\""),
+        "{connections}"
     );
     let mut caller_args = vec!["-inf", "contact.csv"];
     caller_args.extend(logged("caller_messages.log"));
