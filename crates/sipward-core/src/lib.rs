@@ -29,4 +29,4 @@ pub use media::{
     PortReserver, ReserveError, Side, StreamCounters, StreamId, StreamView,
 };
 pub use protect::{BanView, EventKind, FilterMode, ProtectionOptions, Rate, SecurityEvent};
-pub use state::{BindingView, DialogView};
+pub use state::{BindingView, ConnectionUse, DialogView};

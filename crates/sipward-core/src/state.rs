@@ -2,7 +2,7 @@
 //! bounded table. This module is the seam for shared state (cluster mode): everything the
 //! gateway remembers goes through these tables' methods.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -332,10 +332,32 @@ pub(crate) struct Tables {
     /// limit) and binding tokens per AoR (a registration moving to another phone).
     sessions_by_aor: HashMap<Vec<u8>, usize>,
     tokens_by_aor: HashMap<Vec<u8>, Vec<String>>,
+    /// What each stream connection carries (kept by the insert and remove functions),
+    /// so the driver's idle reaper asks about one connection at the cost of a lookup.
+    by_connection: HashMap<ConnectionId, ConnectionHeld>,
     /// Final responses to non-INVITE requests from inside and from outside, by the
     /// transaction's key (see `Completed`).
     pub(crate) completed_client: Completed,
     pub(crate) completed_server: Completed,
+}
+
+/// The dialogs and bindings one stream connection carries.
+#[derive(Debug, Default)]
+struct ConnectionHeld {
+    /// Dialog flows on it (a dialog with both legs on one connection counts twice).
+    dialogs: usize,
+    /// The expiries of the bindings on it, with how many expire at each instant.
+    bindings: BTreeMap<Instant, usize>,
+}
+
+/// Why a stream connection must stay open although no message crosses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionUse {
+    /// A call or subscription runs over it: open while the dialog lasts.
+    Dialog,
+    /// A registration binding was made over it: inbound requests reach the phone on it
+    /// until the binding expires (the last one, if several).
+    Binding { until: Instant },
 }
 
 /// The final responses of ended non-INVITE transactions, kept for a while so that a
@@ -523,7 +545,9 @@ impl Tables {
         if d.session {
             self.call_holders.add(ip, outside);
         }
+        self.hold_dialog(&d, true);
         if let Some(old) = self.dialogs.insert(key, d) {
+            self.hold_dialog(&old, false);
             let (ip, outside) = old.holder();
             self.dialog_holders.remove(ip, outside);
             if old.session {
@@ -535,6 +559,7 @@ impl Tables {
 
     pub(crate) fn remove_dialog(&mut self, key: &DialogKey) -> Option<Dialog> {
         let d = self.dialogs.remove(key)?;
+        self.hold_dialog(&d, false);
         self.note(Changed::Dialog(key.clone()));
         self.call_ids.remove(&d.inside_call_id);
         let (ip, outside) = d.holder();
@@ -544,6 +569,57 @@ impl Tables {
         }
         self.forget_session(&d);
         Some(d)
+    }
+
+    /// Counts (or uncounts) a dialog's flows on the connections they use.
+    fn hold_dialog(&mut self, d: &Dialog, add: bool) {
+        for id in [d.phone.connection, d.outside.connection]
+            .into_iter()
+            .flatten()
+        {
+            let held = self.by_connection.entry(id).or_default();
+            held.dialogs = if add {
+                held.dialogs.saturating_add(1)
+            } else {
+                held.dialogs.saturating_sub(1)
+            };
+            self.forget_unheld(id);
+        }
+    }
+
+    /// Counts (or uncounts) a binding on the connection it was registered over.
+    fn hold_binding(&mut self, b: &Binding, add: bool) {
+        let Some(id) = b.phone.connection else { return };
+        let held = self.by_connection.entry(id).or_default();
+        if add {
+            *held.bindings.entry(b.expires_at).or_default() += 1;
+        } else if let Some(n) = held.bindings.get_mut(&b.expires_at) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.bindings.remove(&b.expires_at);
+            }
+        }
+        self.forget_unheld(id);
+    }
+
+    fn forget_unheld(&mut self, id: ConnectionId) {
+        if self
+            .by_connection
+            .get(&id)
+            .is_some_and(|h| h.dialogs == 0 && h.bindings.is_empty())
+        {
+            self.by_connection.remove(&id);
+        }
+    }
+
+    /// What keeps connection `id` wanted: a dialog over it, else its latest binding.
+    pub(crate) fn connection_use(&self, id: ConnectionId) -> Option<ConnectionUse> {
+        let held = self.by_connection.get(&id)?;
+        if held.dialogs > 0 {
+            return Some(ConnectionUse::Dialog);
+        }
+        let (&until, _) = held.bindings.last_key_value()?;
+        Some(ConnectionUse::Binding { until })
     }
 
     fn forget_session(&mut self, d: &Dialog) {
@@ -562,6 +638,7 @@ impl Tables {
     /// then has no connection (an inbound request decides: a new connection, or 430);
     /// an outside one reconnects on the next message. Returns how many flows used it.
     pub(crate) fn connection_closed(&mut self, id: ConnectionId) -> usize {
+        self.by_connection.remove(&id);
         let mut n = 0;
         let mut forget = |flow: &mut Flow| {
             if flow.connection == Some(id) {
@@ -601,12 +678,14 @@ impl Tables {
             .or_default()
             .push(token.clone());
         self.binding_holders.add(b.phone.remote.ip(), false);
+        self.hold_binding(&b, true);
         self.note(Changed::Binding(token.clone()));
         self.bindings.insert(token, b);
     }
 
     pub(crate) fn remove_binding(&mut self, token: &str) -> Option<Binding> {
         let b = self.bindings.remove(token)?;
+        self.hold_binding(&b, false);
         self.note(Changed::Binding(token.to_owned()));
         self.binding_holders.remove(b.phone.remote.ip(), false);
         if let Some(tokens) = self.tokens_by_aor.get_mut(&b.aor) {

@@ -458,3 +458,48 @@ fn outbound_parameters_and_flow_timer_pass_through_a_registration() {
         "{back}"
     );
 }
+
+#[test]
+fn a_connection_is_in_use_while_a_binding_or_a_call_rides_it() {
+    use sipward_core::ConnectionUse;
+    let mut net = net(Transport::Udp);
+    let (reg, call) = (ConnectionId(7), ConnectionId(9));
+    assert_eq!(net.gw.connection_use(reg), None);
+    // A binding holds its connection until it expires.
+    let registered_at = net.now;
+    registered_over_tcp(&mut net, "10.0.0.20:40000");
+    let until = registered_at + Duration::from_secs(3600);
+    assert_eq!(
+        net.gw.connection_use(reg),
+        Some(ConnectionUse::Binding { until })
+    );
+    assert_eq!(net.gw.connection_use(call), None);
+
+    // A call over another connection holds it from its INVITE to its BYE's answer.
+    let phone = tcp(LAN, PHONE, 9);
+    let fwd = text(&only(send(&mut net, phone, &invite("TCP", "u1"))));
+    assert_eq!(net.gw.connection_use(call), Some(ConnectionUse::Dialog));
+    let ok = common::response_to(&fwd, "200 OK", "b1", "Contact: <sip:bob@203.0.113.50>\r\n");
+    assert_eq!(only(net.deliver(WAN, PROXY, &ok)).connection, Some(call));
+    send(&mut net, phone, "ACK sip:bob@203.0.113.50 SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.20:5062;branch=z9hG4bK-ack-u1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a-u1\r\nTo: <sip:bob@example.com>;tag=b1\r\nCall-ID: u1@10.0.0.20\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+    net.advance(Duration::from_secs(600));
+    assert_eq!(net.gw.connection_use(call), Some(ConnectionUse::Dialog));
+    let bye = text(&only(send(&mut net, phone, "BYE sip:bob@203.0.113.50 SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.20:5062;branch=z9hG4bK-bye-u1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a-u1\r\nTo: <sip:bob@example.com>;tag=b1\r\nCall-ID: u1@10.0.0.20\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")));
+    assert_eq!(net.gw.connection_use(call), Some(ConnectionUse::Dialog));
+    only(net.deliver(WAN, PROXY, &common::response_to(&bye, "200 OK", "b1", "")));
+    assert_eq!(net.gw.connection_use(call), None, "the call ended");
+
+    // The binding still holds its connection, until it expires.
+    assert_eq!(
+        net.gw.connection_use(reg),
+        Some(ConnectionUse::Binding { until })
+    );
+    net.advance(Duration::from_secs(3001));
+    assert_eq!(net.gw.connection_use(reg), None, "the binding expired");
+
+    // A closed connection is in no one's use.
+    registered_over_tcp(&mut net, "10.0.0.20:40000");
+    assert!(net.gw.connection_use(reg).is_some());
+    net.gw.handle_connection_closed(net.now, reg);
+    assert_eq!(net.gw.connection_use(reg), None);
+}

@@ -190,6 +190,11 @@ impl StreamFramer {
         self.buf.len().saturating_sub(self.head)
     }
 
+    /// Bytes of memory the framer's buffer holds now (allocated, used or not).
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// CRLFCRLF pings seen on this stream so far.
     pub fn pings(&self) -> u64 {
         self.pings
@@ -252,6 +257,12 @@ impl StreamFramer {
             // A full buffer always yields a frame or a fault; the last test only keeps a
             // broken invariant from spinning here.
             if data.is_empty() || self.fault().is_some() || (taken == 0 && !cut) {
+                if self.buffered() == 0 && self.fault().is_none() {
+                    // Nothing held: give the buffer back, so that a connection idle
+                    // between messages keeps no copy of the largest it received.
+                    self.buf = Vec::new();
+                    self.head = 0;
+                }
                 return;
             }
         }
@@ -523,6 +534,30 @@ mod tests {
             bytes: bytes.to_vec(),
             header_len,
         })
+    }
+
+    #[test]
+    fn the_buffer_is_given_back_between_messages_and_kept_within_one() {
+        let mut framer = StreamFramer::new(6048);
+        assert_eq!(framer.allocated(), 0);
+        // Half a message: held.
+        let (head, tail) = OPTIONS.split_at(40);
+        assert!(all(&mut framer, head).is_empty());
+        assert!(framer.allocated() >= 40);
+        // Its end: handed out, and nothing is held while the stream is idle.
+        assert_eq!(all(&mut framer, tail), vec![message(OPTIONS)]);
+        assert_eq!(framer.allocated(), 0);
+        // A message and the start of the next: the start is kept.
+        let mut two = OPTIONS.to_vec();
+        two.extend_from_slice(head);
+        assert_eq!(all(&mut framer, &two), vec![message(OPTIONS)]);
+        assert_eq!(framer.buffered(), 40);
+        assert_eq!(all(&mut framer, tail), vec![message(OPTIONS)]);
+        assert_eq!(framer.allocated(), 0);
+        // CRLFs between messages are skipped and hold nothing either.
+        assert!(all(&mut framer, b"\r\n").is_empty());
+        assert_eq!(all(&mut framer, OPTIONS), vec![message(OPTIONS)]);
+        assert_eq!(framer.allocated(), 0);
     }
 
     fn with_body(cl_line: &str, body: &str) -> Vec<u8> {

@@ -525,6 +525,7 @@ pub(crate) async fn run(config: Config, settings: Settings) -> Result<()> {
                 }
             }
         }
+        streams.refresh_usage(|id| gateway.connection_use(id));
         if stopping {
             // The BYEs are out (UDP sends complete at once) and the events written:
             // the far ends' 200s are not awaited, as nothing would be done with them.

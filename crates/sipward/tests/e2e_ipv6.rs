@@ -200,13 +200,52 @@ impl Bed {
         }
     }
 
+    /// [`Bed::new`] with a TLS certificate for the inside address, made by `sipward
+    /// cert`, and a TLS listener for the phones beside the UDP one.
+    fn with_tls(tag: &str, n: u8, plan: &Plan) -> Bed {
+        let ns = Namespace::new(tag, &plan.v6_addresses());
+        let t = Topology::new(n);
+        let certs = t.dir.join("certs");
+        let out = Command::new(env!("CARGO_BIN_EXE_sipward"))
+            .args([
+                "cert",
+                "--name",
+                "gw.sipward.test",
+                "--ip",
+                plan.lan,
+                "--out",
+            ])
+            .arg(&certs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tls = format!(
+            "inside = true\ntls = {{ certificate = \"{c}/gw.sipward.test.crt\", private_key = \"{c}/gw.sipward.test.key\" }}\n",
+            c = certs.display()
+        );
+        let tail = "[service.sip-tls]\nprotocol = \"tls\"\nport = 5061\nalg = \"sip\"\n\
+                    [[rule]]\naction = \"nat\"\nfrom = \"lan\"\nsource = \"phones\"\nto = \"wan\"\n\
+                    destination = \"proxy\"\nservice = \"sip-tls\"\n";
+        let config = plan.config(&t, tail).replacen("inside = true\n", &tls, 1);
+        let gateway = t.start_gateway_under(&ns.wrapper(), &config);
+        Bed {
+            ns,
+            t,
+            _gateway: Some(gateway),
+        }
+    }
+
     fn sipp(&self, args: &[&str]) -> Guard {
         self.t.sipp_under(&self.ns.wrapper(), args)
     }
 
     /// Registers the phone as alice (digest) with the SIPp registrar outside, which
     /// writes the bound contact to contact.csv.
-    fn register(&self, plan: &Plan) {
+    fn register(&self, plan: &Plan, phone_extra: &[&str]) {
         let registrar = scenario("proxy_registrar.xml");
         let mut args = vec!["-sf", &registrar, "-i", plan.proxy, "-p", "5060", "-m", "1"];
         args.extend(logged("registrar_messages.log"));
@@ -215,6 +254,7 @@ impl Bed {
         let (file, gw) = (scenario("phone_register.xml"), at(plan.lan, 5060));
         let mut args = vec!["-sf", &file, &gw, "-i", plan.phone, "-p", "5070", "-m", "1"];
         args.extend(ALICE_DIGEST);
+        args.extend(phone_extra);
         self.sipp(&args).wait_ok("phone registration");
         registrar.wait_ok("registrar");
     }
@@ -286,8 +326,13 @@ fn assert_phone_sdp(bed: &Bed, plan: &Plan, log: &str) {
 
 /// REGISTER, then the phone calls out: it streams 2 s of RTP, the far end echoes it.
 fn outbound_call(tag: &str, n: u8, plan: &Plan, tail: &str) {
+    outbound_call_with(tag, n, plan, tail, &[]);
+}
+
+/// [`outbound_call`] with more SIPp arguments for the phone (its transport).
+fn outbound_call_with(tag: &str, n: u8, plan: &Plan, tail: &str, phone_extra: &[&str]) -> Bed {
     let bed = Bed::new(tag, n, plan, tail);
-    bed.register(plan);
+    bed.register(plan, phone_extra);
     assert_outside_clean(&bed, plan, "registrar_messages.log", false);
     let contact = bed.t.read_when("contact.txt", |t| !t.is_empty());
     assert!(
@@ -306,6 +351,7 @@ fn outbound_call(tag: &str, n: u8, plan: &Plan, tail: &str) {
     let mut phone_args = vec!["-sf", &call, &gw, "-i", plan.phone, "-p", "5070", "-m", "1"];
     phone_args.extend(["-s", "bob", "-mi", plan.phone, "-mp", "18000", "-d", "2500"]);
     phone_args.extend(logged("phone_messages.log"));
+    phone_args.extend(phone_extra);
     let phone = bed.sipp(&phone_args);
     phone.wait_ok("phone");
     far.wait_ok("far end");
@@ -320,6 +366,7 @@ fn outbound_call(tag: &str, n: u8, plan: &Plan, tail: &str) {
     assert_eq!(count(&p, &at(plan.phone, 0), &at(plan.proxy, 0)), 0);
     assert_outside_clean(&bed, plan, "far_messages.log", true);
     assert_phone_sdp(&bed, plan, "phone_messages.log");
+    bed
 }
 
 #[test]
@@ -349,7 +396,7 @@ fn the_io_uring_relay_carries_an_ipv6_phone_call_to_ipv4() {
 fn an_ipv4_outside_calls_the_registered_ipv6_phone_with_rtp_both_ways() {
     let plan = &V6_INSIDE;
     let bed = Bed::new("in6", 65, plan, "");
-    bed.register(plan);
+    bed.register(plan, &[]);
     let cap = bed.capture();
     let answer = scenario("answer_rtp.xml");
     let mut phone_args = vec!["-sf", &answer, "-i", plan.phone, "-p", "5070", "-m", "1"];
@@ -381,5 +428,98 @@ fn an_ipv4_outside_calls_the_registered_ipv6_phone_with_rtp_both_ways() {
             at(plan.phone, 5070)
         )),
         "the phone got no INVITE to its registered contact:\n{invite}"
+    );
+}
+
+/// The phones' rule over TCP beside the UDP one.
+const TCP_PHONES: &str = r#"
+[service.sip-tcp]
+protocol = "tcp"
+port = 5060
+alg = "sip"
+[[rule]]
+action = "nat"
+from = "lan"
+source = "phones"
+to = "wan"
+destination = "proxy"
+service = "sip-tcp"
+"#;
+
+/// A TCP phone on IPv6 (the gateway's stream listener on an IPv6 address) registers
+/// and calls through to the IPv4 proxy on UDP; nothing of the inside reaches it.
+#[test]
+fn an_ipv6_tcp_phone_registers_and_calls_an_ipv4_udp_outside() {
+    let plan = &V6_INSIDE;
+    let bed = outbound_call_with("tcp6", 66, plan, TCP_PHONES, &["-t", "t1"]);
+    let phone = bed.log("phone_messages.log");
+    assert!(
+        phone.contains("SIP/2.0/TCP"),
+        "the phone's leg is TCP:\n{phone}"
+    );
+    let far = bed.log("far_messages.log");
+    assert!(
+        far.contains("SIP/2.0/UDP"),
+        "the outside leg is UDP:\n{far}"
+    );
+    assert!(!far.contains("SIP/2.0/TCP"), "{far}");
+}
+
+/// A TLS phone on IPv6 (Python's ssl module, verifying the gateway's certificate for its
+/// IPv6 address) registers through the gateway's IPv6 TLS listener with the IPv4 UDP
+/// registrar; nothing of the inside reaches it.
+#[test]
+fn an_ipv6_tls_phone_verifies_the_gateway_and_registers_with_an_ipv4_udp_registrar() {
+    let plan = &V6_INSIDE;
+    let bed = Bed::with_tls("tls6", 67, plan);
+    let registrar = scenario("proxy_mute_options.xml");
+    let mut args = vec!["-sf", &registrar, "-i", plan.proxy, "-p", "5060"];
+    args.extend(logged("registrar_messages.log"));
+    let _registrar = bed.sipp(&args);
+    std::thread::sleep(Duration::from_millis(200));
+    let client = r#"
+import socket, ssl, sys
+ca, lan, phone = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=ca)
+raw = socket.create_connection((lan, 5061), timeout=10, source_address=(phone, 0))
+s = ctx.wrap_socket(raw, server_hostname=lan)
+port = s.getsockname()[1]
+s.sendall((
+    "REGISTER sip:sipward.test SIP/2.0\r\n"
+    f"Via: SIP/2.0/TLS [{phone}]:{port};branch=z9hG4bKtls6;rport\r\n"
+    "From: <sip:alice@sipward.test>;tag=t6\r\nTo: <sip:alice@sipward.test>\r\n"
+    "Call-ID: tls6-register\r\nCSeq: 1 REGISTER\r\n"
+    f"Contact: <sip:alice@[{phone}]:{port};transport=tls>\r\nExpires: 600\r\n"
+    "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+got = b""
+while b"\r\n\r\n" not in got:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+print(s.version())
+print(got.decode(errors="replace"))
+"#;
+    let ca = bed.t.dir.join("certs").join("ca.crt");
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &bed.ns.name, "python3", "-c", client])
+        .arg(&ca)
+        .args([plan.lan, plan.phone]);
+    let out = common::output_within(&mut command, Duration::from_secs(20)).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("TLSv1.3\n"), "{text}");
+    assert!(text.contains("SIP/2.0 200 "), "{text}");
+    assert!(text.contains("Call-ID: tls6-register"), "{text}");
+    assert_outside_clean(&bed, plan, "registrar_messages.log", false);
+    let registrar_log = bed.log("registrar_messages.log");
+    assert!(
+        registrar_log.contains("SIP/2.0/UDP"),
+        "the outside leg is UDP: {registrar_log}"
     );
 }

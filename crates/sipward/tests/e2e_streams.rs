@@ -212,6 +212,31 @@ fn closed_after(addr: &str, send: &[u8]) -> (Vec<u8>, Duration) {
     (got, started.elapsed())
 }
 
+/// `took` is at least `setting` seconds and less than one more.
+fn assert_within_a_second_of(took: Duration, setting: f64, what: &str) {
+    let setting = Duration::from_secs_f64(setting);
+    assert!(
+        took >= setting && took < setting + Duration::from_secs(1),
+        "{what}: closed after {took:?}, set to {setting:?}"
+    );
+}
+
+/// Waits (up to 5 s) for a line of the event log holding `text`.
+fn wait_event(t: &Topology, text: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let events = std::fs::read_to_string(t.dir.join("events.jsonl")).unwrap_or_default();
+        if let Some(line) = events.lines().find(|l| l.contains(text)) {
+            return line.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no event {text:?} in {events}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn abusive_stream_peers_are_closed_and_counted() {
     let t = Topology::new(92);
@@ -219,17 +244,24 @@ fn abusive_stream_peers_are_closed_and_counted() {
     let tcp = t.gw_lan_sip();
     let tls = format!("{}:5061", t.gw_lan());
 
-    let (got, _) = closed_after(&tcp, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Each abuse is closed at its setting, not before and less than a second after
+    // (garbage and an oversized message at once).
+    let (got, took) = closed_after(&tcp, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(got.is_empty(), "garbage gets no answer");
+    assert!(took < Duration::from_secs(1), "garbage: {took:?}");
 
     let huge = "REGISTER sip:sipward.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.92.0.20:5070;branch=z9hG4bK1\r\n\
                 From: <sip:a@sipward.test>;tag=1\r\nTo: <sip:a@sipward.test>\r\nCall-ID: h1\r\nCSeq: 1 REGISTER\r\n\
                 Content-Length: 99999999\r\n\r\n";
-    let (got, _) = closed_after(&tcp, huge.as_bytes());
+    let (got, took) = closed_after(&tcp, huge.as_bytes());
     assert!(
         String::from_utf8_lossy(&got).starts_with("SIP/2.0 513 "),
         "{}",
         String::from_utf8_lossy(&got)
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "huge Content-Length: {took:?}"
     );
     let (got, _) = closed_after(
         &tcp,
@@ -241,18 +273,21 @@ fn abusive_stream_peers_are_closed_and_counted() {
         String::from_utf8_lossy(&got)
     );
 
-    // Silence: closed at first_message_timeout (1 s), well before the 10 s read limit.
+    // Silence: closed at first_message_timeout (2 s).
     let (got, took) = closed_after(&tcp, b"");
-    assert!(got.is_empty() && took < Duration::from_secs(5), "{took:?}");
-    // Half a message, never finished: message_timeout (1 s).
+    assert!(got.is_empty(), "silence");
+    assert_within_a_second_of(took, 2.0, "first_message_timeout");
+    // Half a message, never finished (slowloris): message_timeout (1 s).
     let (got, took) = closed_after(
         &tcp,
         b"REGISTER sip:sipward.test SIP/2.0\r\nVia: SIP/2.0/TCP",
     );
-    assert!(got.is_empty() && took < Duration::from_secs(5), "{took:?}");
+    assert!(got.is_empty(), "slowloris");
+    assert_within_a_second_of(took, 1.0, "message_timeout");
     // No ClientHello on the TLS port: tls_handshake_timeout (1 s).
     let (got, took) = closed_after(&tls, b"");
-    assert!(got.is_empty() && took < Duration::from_secs(5), "{took:?}");
+    assert!(got.is_empty(), "no ClientHello");
+    assert_within_a_second_of(took, 1.0, "tls_handshake_timeout");
     // TLS 1.1 only: refused by the handshake (openssl s_client as an old phone).
     let old = common::output_within(
         Command::new("openssl").args(["s_client", "-connect", &tls, "-tls1_1"]),
@@ -357,7 +392,8 @@ fn a_tls_phone_verifies_the_gateway_and_registers_over_its_connection() {
 #[test]
 fn an_inbound_call_reaches_a_tcp_phone_over_the_connection_it_registered_on() {
     let t = Topology::new(94);
-    let _gw = t.start_gateway_text(&stream_config(&t));
+    // Idle connections close after 1 s: the registration holds this one.
+    let _gw = t.start_gateway_text(&stream_config_with(&t, "idle_timeout = 1.0\n"));
     let registrar = t.play(
         "proxy_registrar.xml",
         Peer::Proxy,
@@ -377,6 +413,12 @@ fn an_inbound_call_reaches_a_tcp_phone_over_the_connection_it_registered_on() {
     assert!(
         contact.contains(';'),
         "the registrar wrote no contact: {contact:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let connections = get(&t, "/api/v1/connections");
+    assert!(
+        connections.contains("\"usage\":\"binding\""),
+        "{connections}"
     );
     let mut caller_args = vec!["-inf", "contact.csv"];
     caller_args.extend(logged("caller_messages.log"));
@@ -490,6 +532,66 @@ fn per_source_cap_and_connection_flood_refuse_before_anything_is_read() {
     assert!(wait_metric(&t, "sipward_stream_refused_total{reason=\"banned\"}", 1) >= 1);
     let events = std::fs::read_to_string(t.dir.join("events.jsonl")).unwrap_or_default();
     assert!(events.contains("\"kind\":\"banned\""), "{events}");
+}
+
+#[test]
+fn past_the_total_cap_connections_are_refused_at_once_and_an_unused_one_idles_out() {
+    let t = Topology::new(99);
+    let config = stream_config_with(&t, "max_connections = 3\nidle_timeout = 1.0\n").replace(
+        "first_message_timeout = 2.0",
+        "first_message_timeout = 10.0",
+    );
+    let _gw = t.start_gateway_text(&config);
+    let tcp = t.gw_lan_sip();
+    let tls = format!("{}:5061", t.gw_lan());
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&tcp).unwrap()).collect();
+    assert_eq!(wait_metric(&t, "sipward_stream_connections ", 3), 3);
+    // The fourth, on either listener, is closed at once, unread.
+    for listener in [&tcp, &tls] {
+        let (got, took) = closed_after(listener, b"");
+        assert!(
+            got.is_empty() && took < Duration::from_secs(1),
+            "{listener}: {took:?}"
+        );
+    }
+    let sample = "sipward_stream_refused_total{reason=\"max_connections\"}";
+    assert_eq!(wait_metric(&t, sample, 2), 2, "{}", get(&t, "/metrics"));
+    let event = wait_event(&t, "stream connection refused: max_connections");
+    assert!(event.contains("127.0.0.1"), "{event}");
+    drop(held);
+    assert_eq!(
+        wait_metric(&t, "sipward_stream_closed_total{reason=\"peer_closed\"}", 3),
+        3
+    );
+
+    // Room again. A phone sends a request (forwarded to the proxy, which is not there)
+    // and then nothing: closed at idle_timeout (1 s) after its last message.
+    let phone = std::net::SocketAddr::new(t.phone(0).parse().unwrap(), 0);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&phone.into()).unwrap();
+    let gw: std::net::SocketAddr = tcp.parse().unwrap();
+    socket.connect(&gw.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let local = s.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:bob@sipward.test SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKidle1\r\n\
+         From: <sip:alice@sipward.test>;tag=i1\r\nTo: <sip:bob@sipward.test>\r\nCall-ID: idle-1\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(options.as_bytes()).unwrap();
+    let sent = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_within_a_second_of(sent.elapsed(), 1.0, "idle_timeout");
+    assert_eq!(
+        wait_metric(
+            &t,
+            "sipward_stream_closed_total{reason=\"idle_timeout\"}",
+            1
+        ),
+        1
+    );
 }
 
 /// A TLS handshake with the gateway's inside TLS listener expecting `name`; the error

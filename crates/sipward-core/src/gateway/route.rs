@@ -21,6 +21,13 @@ impl Gateway {
         self.tables.connection_closed(id);
     }
 
+    /// Why stream connection `id` must outlive its idle timeout, if it must: a dialog
+    /// over it (while the dialog lasts) or a registration binding made over it (until
+    /// the binding expires). A lookup, kept by the tables as entries come and go.
+    pub fn connection_use(&self, id: ConnectionId) -> Option<crate::state::ConnectionUse> {
+        self.tables.connection_use(id)
+    }
+
     /// A message the gateway sent on `flow` could not be delivered (the connection could
     /// not be opened or its send queue was full). A request of a transaction in progress
     /// gets its sender an answer at once instead of a timeout: 503 for a request toward

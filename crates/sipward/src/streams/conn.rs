@@ -22,10 +22,14 @@ use tokio::sync::mpsc;
 use super::limits::{CloseReason, ConnectionView, Origin, Refuse, StreamLimits, Usage};
 use super::tls::TlsHolder;
 
-/// Bytes read from a connection at a time. Held by every connection for its whole life,
-/// so small: an idle TLS connection should cost little more than rustls's own state, and
-/// a typical SIP message still arrives in one or two reads.
+/// Bytes read at a time while messages are arriving. Allocated when a read fills the
+/// small buffer below and freed once no message is under way, so an idle connection
+/// holds none.
 const READ_CHUNK: usize = 1024;
+
+/// Bytes read at a time while the connection is idle, in the task itself: enough for a
+/// keepalive, and the first read of a message that then switches to [`READ_CHUNK`].
+const IDLE_READ: usize = 64;
 
 /// What the driver hears from the connections.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,8 +65,34 @@ pub(crate) struct ConnStats {
 
 struct Handle {
     flow: Flow,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Arc<Mailbox>,
     stats: Arc<ConnStats>,
+}
+
+/// The driver's commands to one connection task. Lighter than an unbounded channel
+/// (which allocates a block of slots per channel): an empty queue holds no allocation,
+/// which matters with thousands of idle connections. Bounded by the send queue limit.
+#[derive(Default)]
+struct Mailbox {
+    queue: Mutex<VecDeque<Command>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    fn send(&self, command: Command) {
+        lock(&self.queue).push_back(command);
+        // Stores a permit when the task is not waiting: no command is missed.
+        self.ready.notify_one();
+    }
+
+    async fn recv(&self) -> Command {
+        loop {
+            if let Some(command) = lock(&self.queue).pop_front() {
+                return command;
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// One row of `/api/v1/connections`.
@@ -163,20 +193,20 @@ impl Hub {
         Ok(id)
     }
 
-    fn register(&self, flow: Flow) -> (mpsc::UnboundedReceiver<Command>, Arc<ConnStats>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn register(&self, flow: Flow) -> (Arc<Mailbox>, Arc<ConnStats>) {
+        let commands = Arc::new(Mailbox::default());
         let stats = Arc::new(ConnStats::default());
         if let Some(id) = flow.connection {
             lock(&self.table).insert(
                 id,
                 Handle {
                     flow,
-                    commands: tx,
+                    commands: commands.clone(),
                     stats: stats.clone(),
                 },
             );
         }
-        (rx, stats)
+        (commands, stats)
     }
 
     /// Waits for `handshake` (a TLS accept, or a connect and TLS handshake) while
@@ -186,7 +216,7 @@ impl Hub {
         &self,
         flow: Flow,
         handshake: F,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        commands: Arc<Mailbox>,
         stats: Arc<ConnStats>,
     ) -> (CloseReason, Vec<Vec<u8>>)
     where
@@ -196,18 +226,21 @@ impl Hub {
         let id = flow.connection.unwrap_or(ConnectionId(0));
         // Sends queued during the handshake wait for it.
         let mut early = Vec::new();
-        tokio::pin!(handshake);
-        let stream = loop {
-            tokio::select! {
-                done = &mut handshake => match done {
-                    Ok(stream) => break stream,
-                    Err(reason) => return (reason, early),
-                },
-                command = commands.recv() => match command {
-                    Some(Command::Send(bytes)) => early.push(bytes),
-                    Some(Command::Close(reason)) => return (reason, early),
-                    None => return (CloseReason::Local, early),
-                },
+        // In a block of its own: the finished handshake's state (a whole TLS stream) is
+        // then not kept in the task beside the stream it produced.
+        let stream = {
+            tokio::pin!(handshake);
+            loop {
+                tokio::select! {
+                    done = &mut handshake => match done {
+                        Ok(stream) => break stream,
+                        Err(reason) => return (reason, early),
+                    },
+                    command = commands.recv() => match command {
+                        Command::Send(bytes) => early.push(bytes),
+                        Command::Close(reason) => return (reason, early),
+                    },
+                }
             }
         };
         self.limits().handshake_done(Instant::now(), id);
@@ -218,7 +251,7 @@ impl Hub {
         &self,
         flow: Flow,
         stream: S,
-        commands: mpsc::UnboundedReceiver<Command>,
+        commands: Arc<Mailbox>,
         stats: Arc<ConnStats>,
     ) -> CloseReason
     where
@@ -237,7 +270,7 @@ impl Hub {
         &self,
         flow: Flow,
         stream: S,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        commands: Arc<Mailbox>,
         stats: Arc<ConnStats>,
         early: Vec<Vec<u8>>,
     ) -> (CloseReason, Vec<Vec<u8>>)
@@ -253,7 +286,8 @@ impl Hub {
         let mut queue: VecDeque<Vec<u8>> = early.into();
         // How much of the front buffer is already written.
         let mut written = 0usize;
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut small = [0u8; IDLE_READ];
+        let mut big: Vec<u8> = Vec::new();
         let keepalive = self.keepalive(id);
         let opened_by_us = keepalive.is_some();
         let mut next_ping =
@@ -262,6 +296,8 @@ impl Hub {
         let reason = loop {
             let front = queue.front().and_then(|b| b.get(written..));
             let wake = pong_due.or(next_ping);
+            let using_big = !big.is_empty();
+            let room = if using_big { big.len() } else { IDLE_READ };
             tokio::select! {
                 () = sleep_until_some(wake), if wake.is_some() => {
                     let now = tokio::time::Instant::now();
@@ -278,15 +314,21 @@ impl Hub {
                         next_ping = Some(now + jittered(every, id));
                     }
                 }
-                read = reader.read(&mut buf) => {
+                read = reader.read(if using_big { &mut big[..] } else { &mut small[..] }) => {
                     let n = match read {
                         Ok(0) => break CloseReason::PeerClosed,
                         Ok(n) => n,
                         Err(e) => break io_close_reason(&e),
                     };
                     stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    match self.take(flow, &mut framer, buf.get(..n).unwrap_or_default(), &stats).await {
+                    let data = if using_big { big.get(..n) } else { small.get(..n) };
+                    match self.take(flow, &mut framer, data.unwrap_or_default(), &stats).await {
                         Ok((pongs, pong_seen)) => {
+                            if n == room && !using_big {
+                                big = vec![0u8; READ_CHUNK];
+                            } else if using_big && n < room && framer.buffered() == 0 {
+                                big = Vec::new();
+                            }
                             if pong_seen {
                                 pong_due = None;
                             }
@@ -330,9 +372,8 @@ impl Hub {
                     }
                 }
                 command = commands.recv() => match command {
-                    Some(Command::Send(bytes)) => queue.push_back(bytes),
-                    Some(Command::Close(reason)) => break reason,
-                    None => break CloseReason::Local,
+                    Command::Send(bytes) => queue.push_back(bytes),
+                    Command::Close(reason) => break reason,
                 },
             }
         };
@@ -542,16 +583,17 @@ impl Hub {
         let commands = handle.commands.clone();
         drop(table);
         if let Err(reason) = self.limits().send_queued(Instant::now(), id, queued) {
-            let _ = commands.send(Command::Close(reason));
+            commands.send(Command::Close(reason));
             return false;
         }
-        commands.send(Command::Send(bytes)).is_ok()
+        commands.send(Command::Send(bytes));
+        true
     }
 
     /// Asks connection `id` to close.
     pub(crate) fn close(&self, id: ConnectionId, reason: CloseReason) {
         if let Some(handle) = lock(&self.table).get(&id) {
-            let _ = handle.commands.send(Command::Close(reason));
+            handle.commands.send(Command::Close(reason));
         }
     }
 
@@ -562,7 +604,7 @@ impl Hub {
             let table = lock(&self.table);
             for (id, reason) in due {
                 if let Some(handle) = table.get(&id) {
-                    let _ = handle.commands.send(Command::Close(reason));
+                    handle.commands.send(Command::Close(reason));
                 }
             }
         }

@@ -333,10 +333,20 @@ pub(crate) enum Origin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Usage {
     None,
-    /// A registration binding on this flow expires in this long (from when told).
-    Binding(Duration),
+    /// A registration binding made over this connection expires then.
+    Binding(Instant),
     /// A dialog's party is on this flow: no idle timeout.
     Dialog,
+}
+
+impl Usage {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Usage::None => "none",
+            Usage::Binding(_) => "binding",
+            Usage::Dialog => "dialog",
+        }
+    }
 }
 
 /// Where a connection is in its life.
@@ -372,7 +382,6 @@ struct Connection {
     message_since: Option<Instant>,
     last_activity: Instant,
     usage: Usage,
-    usage_since: Instant,
     /// Bytes have waited in the send queue since then.
     send_pending_since: Option<Instant>,
     ping_window: Instant,
@@ -633,7 +642,6 @@ impl StreamLimits {
                 message_since: None,
                 last_activity: now,
                 usage: Usage::None,
-                usage_since: now,
                 send_pending_since: None,
                 ping_window: now,
                 pings_in_window: 0,
@@ -718,9 +726,10 @@ impl StreamLimits {
         let Some(c) = self.connections.get_mut(&id) else {
             return;
         };
-        c.usage = usage;
-        c.usage_since = now;
-        self.reschedule(id, now);
+        if c.usage != usage {
+            c.usage = usage;
+            self.reschedule(id, now);
+        }
     }
 
     /// The connection ended for `reason`: counted and forgotten.
@@ -818,10 +827,9 @@ impl StreamLimits {
         if matches!(c.phase, Phase::Open | Phase::AwaitingFirstMessage) {
             let idle = match c.usage {
                 Usage::None => Some(c.last_activity + settings.idle_timeout),
-                Usage::Binding(expires) => Some(
-                    (c.last_activity + settings.idle_timeout)
-                        .max(c.usage_since + expires + BINDING_GRACE),
-                ),
+                Usage::Binding(until) => {
+                    Some((c.last_activity + settings.idle_timeout).max(until + BINDING_GRACE))
+                }
                 Usage::Dialog => None,
             };
             if let Some(at) = idle {

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use sipward_core::{ConnectionId, EventKind, Gateway, SecurityEvent, Transmit, Transport};
+use sipward_core::{
+    ConnectionId, ConnectionUse, EventKind, Gateway, SecurityEvent, Transmit, Transport,
+};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -62,57 +64,9 @@ pub(crate) struct StreamRuntime {
     /// Connections the gateway opened, by (own address, peer, transport).
     pool: HashMap<(IpAddr, SocketAddr, Transport), ConnectionId>,
     security: Arc<Mutex<PendingEvents>>,
-    /// What keeps each connection wanted past its idle timeout, as seen in the 2xx
-    /// responses that cross it.
-    usage: HashMap<ConnectionId, Kept>,
-}
-
-/// Registrations and calls seen on one connection.
-#[derive(Debug, Default, Clone, Copy)]
-struct Kept {
-    dialogs: u32,
-    binding: Option<std::time::Duration>,
-}
-
-/// What a 2xx response says about its connection's use: a REGISTER's binding lifetime
-/// (the longest `expires` in it), a call set up (INVITE) or ended (BYE). Only 2xx
-/// responses are looked at, so other traffic costs one prefix comparison.
-#[derive(Debug, PartialEq, Eq)]
-enum Seen {
-    Binding(u32),
-    CallUp,
-    CallDown,
-}
-
-fn seen(payload: &[u8]) -> Option<Seen> {
-    if !payload.starts_with(b"SIP/2.0 2") {
-        return None;
-    }
-    let limits = sipward_proto::Limits::default();
-    let Ok(sipward_proto::Datagram::Message(msg)) = sipward_proto::parse_datagram(payload, &limits)
-    else {
-        return None;
-    };
-    let cseq = msg.cseq()?;
-    match cseq.method {
-        b"INVITE" => Some(Seen::CallUp),
-        b"BYE" => Some(Seen::CallDown),
-        b"REGISTER" => {
-            // The binding's lifetime: Contact `expires` parameters, else Expires.
-            let header = payload.get(..msg.header_end()).unwrap_or_default();
-            let text = String::from_utf8_lossy(header).to_ascii_lowercase();
-            let from_contacts = text
-                .split("expires=")
-                .skip(1)
-                .filter_map(|rest| {
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    digits.parse::<u32>().ok()
-                })
-                .max();
-            from_contacts.or(msg.expires()).map(Seen::Binding)
-        }
-        _ => None,
-    }
+    /// Connections a message crossed since the core was last asked what keeps them
+    /// wanted (a binding or a dialog may have begun or ended with it).
+    touched: Vec<ConnectionId>,
 }
 
 fn push_event(pending: &Mutex<PendingEvents>, kind: EventKind, source: IpAddr, reason: String) {
@@ -224,7 +178,7 @@ impl StreamRuntime {
             server_names: setup.server_names,
             pool: HashMap::new(),
             security,
-            usage: HashMap::new(),
+            touched: Vec::new(),
         })
     }
 
@@ -242,16 +196,13 @@ impl StreamRuntime {
     /// a limit or a misbehaving peer, raises a security event).
     pub(crate) async fn next_event(&mut self) -> Option<ConnEvent> {
         let event = self.events.recv().await?;
-        if let ConnEvent::Message { flow, bytes } = &event {
+        if let ConnEvent::Message { flow, .. } = &event {
             if let Some(id) = flow.connection {
-                self.note_usage(id, bytes);
+                self.touch(id);
             }
         }
         if let ConnEvent::Closed { flow, reason, .. } = &event {
             self.pool.retain(|_, id| Some(*id) != flow.connection);
-            if let Some(id) = flow.connection {
-                self.usage.remove(&id);
-            }
             if reason.is_violation() {
                 push_event(
                     &self.security,
@@ -290,13 +241,13 @@ impl StreamRuntime {
             return false;
         }
         if let Some(id) = t.connection {
-            self.note_usage(id, &t.payload);
+            self.touch(id);
             return self.hub.send(id, t.payload.clone());
         }
         let key = (t.local.ip(), t.remote, t.transport);
         if let Some(&id) = self.pool.get(&key) {
             if self.hub.send(id, t.payload.clone()) {
-                self.note_usage(id, &t.payload);
+                self.touch(id);
                 return true;
             }
             self.pool.remove(&key);
@@ -329,30 +280,38 @@ impl StreamRuntime {
         match self.hub.connect(t.local, t.remote, tls, t.payload.clone()) {
             Ok(id) => {
                 self.pool.insert(key, id);
-                self.note_usage(id, &t.payload);
+                self.touch(id);
                 true
             }
             Err(_) => false,
         }
     }
 
-    /// Keeps a connection that carries a registration or a call from idling out: a
-    /// binding holds it for its lifetime (and a grace), a call until its BYE.
-    fn note_usage(&mut self, id: ConnectionId, payload: &[u8]) {
-        let Some(seen) = seen(payload) else { return };
-        let kept = self.usage.entry(id).or_default();
-        match seen {
-            Seen::Binding(0) => kept.binding = None,
-            Seen::Binding(s) => kept.binding = Some(std::time::Duration::from_secs(u64::from(s))),
-            Seen::CallUp => kept.dialogs = kept.dialogs.saturating_add(1),
-            Seen::CallDown => kept.dialogs = kept.dialogs.saturating_sub(1),
+    fn touch(&mut self, id: ConnectionId) {
+        if !self.touched.contains(&id) {
+            self.touched.push(id);
         }
-        let usage = match (kept.dialogs, kept.binding) {
-            (1.., _) => Usage::Dialog,
-            (0, Some(d)) => Usage::Binding(d),
-            (0, None) => Usage::None,
-        };
-        self.hub.limits().set_usage(Instant::now(), id, usage);
+    }
+
+    /// Asks the core what keeps each connection a message crossed wanted past its idle
+    /// timeout (a binding until it expires and a grace, a dialog while it lasts) and
+    /// tells the limits. Called once the core has handled what came and sent what it
+    /// had: only then do its tables show the binding or dialog a message made or ended.
+    /// `use_of` is the core's answer (`Gateway::connection_use`).
+    pub(crate) fn refresh_usage(&mut self, use_of: impl Fn(ConnectionId) -> Option<ConnectionUse>) {
+        if self.touched.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut limits = self.hub.limits();
+        for id in self.touched.drain(..) {
+            let usage = match use_of(id) {
+                Some(ConnectionUse::Dialog) => Usage::Dialog,
+                Some(ConnectionUse::Binding { until }) => Usage::Binding(until),
+                None => Usage::None,
+            };
+            limits.set_usage(now, id, usage);
+        }
     }
 
     /// Stream security events for the event log.
@@ -376,7 +335,7 @@ impl StreamRuntime {
                         },
                         v.phase.name(),
                         v.age.as_secs_f64(),
-                        format!("{:?}", v.usage).to_lowercase(),
+                        v.usage.name().to_string(),
                     ),
                     None => ("?", "closing", 0.0, String::new()),
                 };

@@ -117,6 +117,74 @@ async fn pipelined_messages_arrive_in_order_on_the_connection_flow() {
     assert_eq!(server.hub.limits().open_connections(), 0);
 }
 
+/// A REGISTER with a body of `len` bytes.
+fn register_with_body(n: u32, len: usize) -> Vec<u8> {
+    let mut message = format!(
+        "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bK{n}\r\n\
+         From: <sip:a@example.test>;tag={n}\r\nTo: <sip:a@example.test>\r\nCall-ID: c{n}\r\n\
+         CSeq: {n} REGISTER\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .into_bytes();
+    message.extend((0..len).map(|i| b'a' + (i % 26) as u8));
+    message
+}
+
+/// An idle connection reads into a small buffer and a message in flight into a larger
+/// one: messages of every size, alone, pipelined and cut at the buffers' sizes, arrive
+/// whole and in order, and a keepalive between them is answered.
+#[tokio::test]
+async fn messages_of_every_size_arrive_whole_across_the_read_buffers() {
+    let mut server = start(LimitSettings::default(), None).await;
+    let mut client = connect(server.addr).await;
+    client.set_nodelay(true).unwrap_or_else(|e| panic!("{e}"));
+    let sizes = [0, 1, 63, 64, 65, 900, 1024, 1500, 3000];
+    // One at a time, with a pause: each starts on an idle connection.
+    for (n, len) in (1u32..).zip(sizes) {
+        let message = register_with_body(n, len);
+        client
+            .write_all(&message)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(server.message().await, message, "body of {len}");
+    }
+    // A keepalive while idle: its pong.
+    client
+        .write_all(b"\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(PATIENCE, client.read_exact(&mut pong))
+        .await
+        .unwrap_or_else(|_| panic!("no pong"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&pong, b"\r\n");
+    // All of them at once, written in pieces cut at the buffers' sizes.
+    let all: Vec<u8> = (100u32..)
+        .zip(sizes)
+        .flat_map(|(n, len)| register_with_body(n, len))
+        .collect();
+    let mut rest = all.as_slice();
+    for cut in [64, 1, 63, 1024, 1, 1023, 64].into_iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, after) = rest.split_at(cut.min(rest.len()));
+        client
+            .write_all(piece)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio::task::yield_now().await;
+        rest = after;
+    }
+    for (n, len) in (100u32..).zip(sizes) {
+        assert_eq!(
+            server.message().await,
+            register_with_body(n, len),
+            "body of {len}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_message_split_byte_by_byte_is_one_message() {
     let mut server = start(LimitSettings::default(), None).await;

@@ -334,7 +334,7 @@ fn idle_connections_close_later_with_a_binding_and_never_during_a_dialog() {
             .unwrap_or_else(|e| panic!("{e:?}"));
         l.message_complete(c.at(secs(1)), id(n));
     }
-    l.set_usage(c.at(secs(1)), id(2), Usage::Binding(secs(3600)));
+    l.set_usage(c.at(secs(1)), id(2), Usage::Binding(c.at(secs(3601))));
     l.set_usage(c.at(secs(1)), id(3), Usage::Dialog);
     assert_eq!(
         l.on_timeout(c.at(secs(121))),

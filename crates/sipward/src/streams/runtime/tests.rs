@@ -366,38 +366,6 @@ fn response(status: &str, cseq: &str, extra: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-#[test]
-fn registrations_and_calls_are_recognised_in_2xx_responses_only() {
-    let contact = "Contact: <sip:a@192.0.2.1:5060;transport=tcp>;expires=3600\r\n";
-    assert_eq!(
-        seen(&response("200 OK", "1 REGISTER", contact)),
-        Some(Seen::Binding(3600))
-    );
-    assert_eq!(
-        seen(&response("200 OK", "1 REGISTER", "Expires: 600\r\n")),
-        Some(Seen::Binding(600))
-    );
-    assert_eq!(
-        seen(&response(
-            "200 OK",
-            "1 REGISTER",
-            "Contact: <sip:a@192.0.2.1>;expires=0\r\n"
-        )),
-        Some(Seen::Binding(0))
-    );
-    assert_eq!(
-        seen(&response("200 OK", "2 INVITE", "")),
-        Some(Seen::CallUp)
-    );
-    assert_eq!(seen(&response("200 OK", "3 BYE", "")), Some(Seen::CallDown));
-    assert_eq!(seen(&response("180 Ringing", "2 INVITE", "")), None);
-    assert_eq!(
-        seen(&response("401 Unauthorized", "1 REGISTER", contact)),
-        None
-    );
-    assert_eq!(seen(&options(1)), None);
-}
-
 #[tokio::test]
 async fn a_registered_connection_outlives_the_idle_timeout_by_its_binding() {
     let mut rt = runtime(vec![], HashMap::new(), HashMap::new()).await;
@@ -425,6 +393,9 @@ async fn a_registered_connection_outlives_the_idle_timeout_by_its_binding() {
         register_ok.clone()
     )));
     assert_eq!(read_n(&mut conn, register_ok.len()).await, register_ok);
+    let registered = Instant::now() + Duration::from_secs(3600);
+    let binding = move |_| Some(ConnectionUse::Binding { until: registered });
+    rt.refresh_usage(binding);
     // Once written (the send clock stopped), only the binding's lifetime bounds it.
     let now = Instant::now();
     let far = now + Duration::from_secs(3600);
@@ -447,6 +418,7 @@ async fn a_registered_connection_outlives_the_idle_timeout_by_its_binding() {
         invite_ok.clone()
     )));
     assert_eq!(read_n(&mut conn, invite_ok.len()).await, invite_ok);
+    rt.refresh_usage(|_| Some(ConnectionUse::Dialog));
     let call = async {
         while rt.hub.limits().next_deadline().is_some() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -463,6 +435,7 @@ async fn a_registered_connection_outlives_the_idle_timeout_by_its_binding() {
         Some(id),
         response("200 OK", "3 BYE", "")
     )));
+    rt.refresh_usage(binding);
     assert!(
         rt.hub.limits().next_deadline().is_some(),
         "the call ended: idle again (bounded by the binding)"
@@ -514,6 +487,8 @@ async fn the_gateway_pings_its_connections_that_carry_a_binding_and_closes_on_a_
         register_ok.clone()
     )));
     assert_eq!(read_n(&mut conn, register_ok.len()).await, register_ok);
+    let until = Instant::now() + Duration::from_secs(3600);
+    rt.refresh_usage(|_| Some(ConnectionUse::Binding { until }));
     // Now it is pinged; answered, it stays.
     assert_eq!(read_n(&mut conn, 4).await, b"\r\n\r\n");
     conn.write_all(b"\r\n")
