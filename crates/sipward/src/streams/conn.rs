@@ -160,17 +160,7 @@ impl Hub {
         self.limits()
             .admit(Instant::now(), id, remote.ip(), tls.is_some())?;
         let _ = stream.set_nodelay(true);
-        let flow = Flow {
-            transport: if tls.is_some() {
-                Transport::Tls
-            } else {
-                Transport::Tcp
-            },
-            local,
-            remote,
-            connection: Some(id),
-            intercepted: false,
-        };
+        let flow = stream_flow(tls.is_some(), local, remote, id);
         let (commands, stats) = self.register(flow);
         let hub = self.clone();
         tokio::spawn(async move {
@@ -516,17 +506,7 @@ impl Hub {
         let id = self.allocate_id();
         self.limits()
             .connecting(Instant::now(), id, remote.ip(), tls.is_some())?;
-        let flow = Flow {
-            transport: if tls.is_some() {
-                Transport::Tls
-            } else {
-                Transport::Tcp
-            },
-            local,
-            remote,
-            connection: Some(id),
-            intercepted: false,
-        };
+        let flow = stream_flow(tls.is_some(), local, remote, id);
         let (commands, stats) = self.register(flow);
         self.send(id, first);
         let hub = self.clone();
@@ -700,6 +680,17 @@ fn release(queued: &AtomicUsize, n: usize) -> usize {
         })
         .unwrap_or_else(|q| q);
     before.saturating_sub(n)
+}
+
+/// The flow of a stream connection, accepted or opened.
+fn stream_flow(tls: bool, local: SocketAddr, remote: SocketAddr, id: ConnectionId) -> Flow {
+    Flow {
+        transport: if tls { Transport::Tls } else { Transport::Tcp },
+        local,
+        remote,
+        connection: Some(id),
+        intercepted: false,
+    }
 }
 
 #[cfg(test)]
